@@ -1,0 +1,107 @@
+#include <gtest/gtest.h>
+
+#include "common/clock.h"
+#include "common/ids.h"
+#include "common/json.h"
+#include "common/sha256.h"
+#include "common/status.h"
+#include "common/units.h"
+
+namespace epoch {
+namespace {
+
+Result<int> Half(int x) {
+  if (x % 2) return InvalidArgument("odd");
+  return x / 2;
+}
+Result<int> Quarter(int x) {
+  ASSIGN_OR_RETURN(int h, Half(x));
+  ASSIGN_OR_RETURN(int q, Half(h));
+  return q;
+}
+
+TEST(StatusTest, MacrosPropagate) {
+  EXPECT_EQ(*Quarter(8), 2);
+  Result<int> r = Quarter(6);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().ToString(), "invalid_argument: odd");
+}
+
+TEST(ClockTest, FormatAndParseRoundTrip) {
+  TimePoint t = FromMicros(1795873120123456);  // 2026-11-28T...
+  std::string s = FormatTime(t);
+  EXPECT_EQ(s.substr(0, 10), "2026-11-28");
+  EXPECT_EQ(s.size(), 27u);
+  EXPECT_EQ(s.back(), 'Z');
+  EXPECT_EQ(*ParseTime(s), t);
+  EXPECT_EQ(FormatTime(*ParseTime("1970-01-01T00:00:01Z")), "1970-01-01T00:00:01.000000Z");
+  EXPECT_FALSE(ParseTime("yesterday").ok());
+  EXPECT_FALSE(ParseTime("2026-13-01T00:00:00Z").ok());
+}
+
+TEST(UnitsTest, Durations) {
+  EXPECT_EQ(ParseDuration("2s")->count(), 2000000);
+  EXPECT_EQ(ParseDuration("500ms")->count(), 500000);
+  EXPECT_EQ(ParseDuration("1h30m")->count(), 5400LL * 1000000);
+  EXPECT_EQ(ParseDuration("120")->count(), 120LL * 1000000);
+  EXPECT_EQ(ParseDuration("7d")->count(), 7LL * 86400 * 1000000);
+  EXPECT_FALSE(ParseDuration("").ok());
+  EXPECT_FALSE(ParseDuration("-1s").ok());
+  EXPECT_FALSE(ParseDuration("5 parsecs").ok());
+  EXPECT_FALSE(ParseDuration("3x").ok());
+  EXPECT_EQ(FormatDuration(Micros(90'000'000)), "1m30s");
+  EXPECT_EQ(FormatDuration(Micros(250'000)), "250ms");
+}
+
+TEST(UnitsTest, Quantities) {
+  EXPECT_EQ(*ParseCpuMillis("1000m"), 1000);
+  EXPECT_EQ(*ParseCpuMillis("1.5"), 1500);
+  EXPECT_EQ(*ParseCpuMillis("2"), 2000);
+  EXPECT_FALSE(ParseCpuMillis("0").ok());
+  EXPECT_FALSE(ParseCpuMillis("1 core").ok());
+  EXPECT_EQ(*ParseBytes("128Mi"), 128LL << 20);
+  EXPECT_EQ(*ParseBytes("2Gi"), 2LL << 30);
+  EXPECT_EQ(*ParseBytes("2144Mi"), 2144LL << 20);
+  EXPECT_EQ(*ParseBytes("1G"), 1000000000LL);
+  EXPECT_FALSE(ParseBytes("lots").ok());
+  EXPECT_FALSE(ParseBytes("12Qi").ok());
+}
+
+TEST(JsonTest, ParseErrorsAndDepth) {
+  EXPECT_TRUE(ParseJson(R"({"a":[1,2]})").ok());
+  auto bad = ParseJson("{\"a\":");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("malformed JSON"), std::string::npos);
+  std::string deep(100, '[');
+  deep += std::string(100, ']');
+  auto too_deep = ParseJson(deep, 64);
+  ASSERT_FALSE(too_deep.ok());
+  EXPECT_NE(too_deep.status().message().find("deeper"), std::string::npos);
+  EXPECT_EQ(CanonicalDump(*ParseJson(R"({"b":1,"a":2})")), R"({"a":2,"b":1})");
+}
+
+TEST(Sha256Test, KnownVector) {
+  EXPECT_EQ(Sha256Hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  auto d = DigestFromHex(Sha256Hex("abc"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(ToHex(*d), Sha256Hex("abc"));
+}
+
+TEST(IdsTest, NamesAndIds) {
+  EXPECT_TRUE(IsValidName("train"));
+  EXPECT_TRUE(IsValidName("data-prep_2"));
+  EXPECT_FALSE(IsValidName("Train"));
+  EXPECT_FALSE(IsValidName("-x"));
+  EXPECT_FALSE(IsValidName("a b"));
+  EXPECT_FALSE(IsValidName(""));
+  RandomIdGenerator gen;
+  std::string a = gen.NewId("r", FromMicros(0)), b = gen.NewId("r", FromMicros(0));
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a.substr(0, 17), "r19700101t000000-");
+  EXPECT_TRUE(IsValidName(a));
+}
+
+}  // namespace
+}  // namespace epoch

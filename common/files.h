@@ -1,0 +1,23 @@
+// Small POSIX file helpers used by the agent and the master: durable writes
+// (write temp, fsync, rename, fsync dir) and directory creation. OS errors are
+// converted to Status here, once.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace epoch {
+
+// mkdir -p.
+Status MakeDirs(const std::string& path);
+// Atomically replaces path with content and fsyncs file and directory.
+Status WriteFileDurably(const std::string& path, const std::string& content);
+Result<std::string> ReadFile(const std::string& path, size_t max_bytes = 64u << 20);
+// Names (not paths) of the regular files in dir; empty if dir is missing.
+std::vector<std::string> ListFiles(const std::string& dir);
+Status RemoveFile(const std::string& path);
+bool PathExists(const std::string& path);
+
+}  // namespace epoch

@@ -1,0 +1,47 @@
+// ContainerBackend: the port through which the engine's pool reactor obtains and
+// releases compute containers. The engine defines it; executors/ implements it
+// (local processes now, Slurm later). A container, once launched, runs
+// `epoch-agent`, which registers itself with the leader over HTTP; the backend's
+// job is only to start, stop and describe that process or job.
+//
+// Thread-safety: implementations must be safe to call from any one thread at a
+// time (the pool reactor calls them from its own thread).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "common/status.h"
+
+namespace epoch::engine {
+
+struct ContainerSpec {
+  std::string id;  // container id chosen by the engine ("c...")
+  int64_t cpu_millis = 1000;
+  int64_t memory_bytes = 2144LL << 20;
+  int gpus = 0;
+  std::string master_url;  // where the agent registers ("http://127.0.0.1:30745")
+  std::string data_dir;    // shared data dir (runs/, logs/, containers/)
+  std::map<std::string, std::string> env;  // extra environment for the agent
+};
+
+struct ContainerDescription {
+  enum class State { kPending, kRunning, kGone };
+  State state = State::kGone;
+  std::string detail;  // backend's words ("pid 1234 running", "exited", ...)
+};
+
+class ContainerBackend {
+ public:
+  virtual ~ContainerBackend() = default;
+  virtual std::string Name() const = 0;  // "local", "slurm"
+  // Starts a container; returns the backend's handle for it (a pid, a job id).
+  virtual Result<std::string> Launch(const ContainerSpec& spec) = 0;
+  // Stops it (idempotent: an already gone container is OK).
+  virtual Status Terminate(const std::string& container_id, const std::string& handle) = 0;
+  virtual Result<ContainerDescription> Describe(const std::string& container_id,
+                                                const std::string& handle) = 0;
+};
+
+}  // namespace epoch::engine

@@ -1,0 +1,144 @@
+// EventStore: Epoch's durable, totally ordered, hash-chained event log.
+//
+// The store moves bytes: an event's `data` is an opaque string (the engine puts
+// canonical JSON there); the store knows nothing of runs or jobs. Every event has
+// a global position (dense, from 1) and belongs to one stream, where it has a
+// version (dense, from 1). Each envelope carries the SHA-256 of its predecessor
+// (`prev_hash`) and of its own canonical encoding (`hash`), so any change to a
+// stored event is detected on read.
+//
+// Durability: Append returns only after its events are in one RocksDB WriteBatch
+// written with sync=true. Concurrent Append calls are group-committed: one caller
+// leads, takes every queued append, writes them in one synced batch, and each
+// caller learns its own positions or its own error (a version conflict fails only
+// that caller's append).
+//
+// Thread-safety: all methods are safe to call from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+
+namespace epoch::storage {
+
+struct Envelope {
+  uint64_t position = 0;
+  std::string stream;
+  uint64_t version = 0;
+  std::string type;
+  uint32_t schema = 1;
+  std::string time;  // RFC 3339 UTC with microseconds
+  uint64_t epoch = 0;
+  std::string actor;
+  std::string data;       // opaque bytes (canonical JSON by convention)
+  std::string prev_hash;  // 64 hex digits; 64 zeros for position 1
+  std::string hash;       // 64 hex digits
+};
+
+// An event to append: the store fills position, version, time, epoch, hashes.
+struct NewEvent {
+  std::string type;
+  uint32_t schema = 1;
+  std::string actor;
+  std::string data;
+};
+
+inline constexpr uint64_t kAnyVersion = std::numeric_limits<uint64_t>::max();
+inline constexpr uint64_t kNoStream = 0;  // expected_version: the stream must not exist yet
+
+struct StreamAppend {
+  std::string stream;
+  uint64_t expected_version = kAnyVersion;  // else the stream's current version must equal it
+  std::vector<NewEvent> events;
+};
+
+// One atomic unit: every stream append in it commits, or none does.
+struct AppendBatch {
+  std::vector<StreamAppend> appends;
+  std::string time;    // stamped on every event of the batch (RFC 3339)
+  uint64_t epoch = 0;  // leader term of the writer
+  // Extra index records written in the same WriteBatch: (tenant, key) -> value in
+  // the `idempotency` family. A key that already exists is a kConflict.
+  std::vector<std::pair<std::string, std::string>> idempotency;
+};
+
+struct AppendResult {
+  uint64_t first_position = 0;  // position of the batch's first event
+  uint64_t last_position = 0;
+  std::vector<uint64_t> stream_versions;  // new version of each StreamAppend, in order
+};
+
+struct ReadFilter {
+  std::string stream_prefix;       // empty = every stream
+  std::vector<std::string> types;  // empty = every type
+};
+
+struct HeadInfo {
+  uint64_t position = 0;  // 0 = empty log
+  std::string hash;       // hash of the head event (64 zeros when empty)
+};
+
+class EventStore {
+ public:
+  virtual ~EventStore() = default;
+
+  // Appends atomically and durably (see the header comment). Errors:
+  //   kConflict           a stream's version differs from expected_version, or an
+  //                       idempotency key exists (nothing of the batch is written)
+  //   kInvalidArgument    empty batch, empty stream name or type
+  //   kFailedPrecondition the store is read-only (secondary) or closed
+  //   kInternal           RocksDB failed to write or sync; the store then refuses
+  //                       further appends (the process must restart and replay)
+  virtual Result<AppendResult> Append(AppendBatch batch) = 0;
+
+  // Events of one stream with version >= from_version, at most limit.
+  virtual Result<std::vector<Envelope>> ReadStream(const std::string& stream,
+                                                   uint64_t from_version, size_t limit) = 0;
+  // Events of the global log with position > after, matching filter, at most limit.
+  // kCorruption (naming the position) when an event's bytes do not match its hash.
+  virtual Result<std::vector<Envelope>> ReadAll(uint64_t after, size_t limit,
+                                                const ReadFilter& filter = {}) = 0;
+  virtual Result<Envelope> ReadAt(uint64_t position) = 0;
+
+  virtual HeadInfo Head() = 0;
+  virtual uint64_t StreamVersion(const std::string& stream) = 0;
+
+  // Blocks until the head passes `after` or the timeout elapses; returns the head.
+  virtual uint64_t WaitForHead(uint64_t after, std::chrono::milliseconds timeout) = 0;
+  // Calls fn(head) after every commit, on the committing thread; keep it short
+  // (post work elsewhere). Returns an id for Unsubscribe.
+  virtual uint64_t Subscribe(std::function<void(uint64_t head)> fn) = 0;
+  virtual void Unsubscribe(uint64_t id) = 0;
+
+  virtual Result<std::optional<std::string>> GetIdempotency(const std::string& tenant,
+                                                            const std::string& key) = 0;
+  // Small synced records in the `meta` family (e.g. "epoch", "leader").
+  virtual Result<std::optional<std::string>> GetMeta(const std::string& key) = 0;
+  virtual Status PutMeta(const std::string& key, const std::string& value) = 0;
+
+  // Snapshots: opaque bytes describing state as of `position`.
+  virtual Status PutSnapshot(uint64_t position, const std::string& bytes) = 0;
+  virtual Result<std::optional<std::pair<uint64_t, std::string>>> LatestSnapshot() = 0;
+
+  // Approximate size on disk, for /v1/cluster and /metrics.
+  virtual uint64_t ApproximateSizeBytes() = 0;
+};
+
+struct StoreOptions {
+  std::string path;  // RocksDB directory
+  bool create_if_missing = true;
+};
+
+// Opens (creating if asked) the RocksDB store at options.path as primary.
+Result<std::unique_ptr<EventStore>> OpenRocksDbEventStore(const StoreOptions& options);
+
+}  // namespace epoch::storage

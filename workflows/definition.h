@@ -1,0 +1,114 @@
+// Workflow definitions: the parsed, validated form of the JSON a user registers
+// (see DESIGN.md, "Workflow definition"), plus the run-time helpers that need the
+// definition: parameter resolution, command templating and `when` evaluation.
+//
+// Parsing collects every problem, not only the first: a rejection is a
+// kInvalidArgument Status whose message summarises and whose details() hold one
+// "<json path>: <reason>" string per problem, e.g.
+//   "steps[1].after[0]: unknown step 'trian'"
+//   "steps: cycle train -> validate -> train"
+//
+// Thread-safety: Definition is an immutable value once parsed; share it freely
+// (engine state holds std::shared_ptr<const Definition>).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/json.h"
+#include "common/status.h"
+
+namespace epoch::workflows {
+
+enum class StepKind { kDataPrep, kTrain, kValidate, kInfer, kTask };
+std::string_view StepKindName(StepKind k);  // "data_prep", "train", ...
+
+struct Resources {
+  int64_t cpu_millis = 100;            // "100m"
+  int64_t memory_bytes = 128LL << 20;  // "128Mi"
+  int gpus = 0;
+};
+
+struct RetryPolicy {
+  enum class Backoff { kFixed, kExponential };
+  int limit = 0;  // retries after the first attempt (limit 3 = at most 4 attempts)
+  Backoff backoff = Backoff::kExponential;
+  Micros initial = std::chrono::seconds(1);
+  Micros max = std::chrono::minutes(1);
+  // Delay before attempt `next_attempt` (2 = the first retry): fixed = initial;
+  // exponential = initial * 2^(next_attempt-2), capped at max.
+  Micros DelayBefore(int next_attempt) const;
+};
+
+class WhenExpr;  // parsed `when` expression (when.h)
+
+struct Step {
+  std::string name;
+  StepKind kind = StepKind::kTask;
+  std::vector<std::string> command;   // argv templates
+  std::map<std::string, std::string> env;  // extra environment (templates allowed)
+  std::vector<std::string> after;     // names of upstream steps
+  Resources resources;
+  RetryPolicy retry;
+  std::optional<Micros> timeout;
+  bool cache = false;
+  std::string when;                       // source text, empty = always
+  std::shared_ptr<const WhenExpr> when_expr;  // null when `when` is empty
+};
+
+struct Definition {
+  std::string name;
+  std::string description;
+  Json params = Json::object();  // name -> default value (null = required at submission)
+  std::vector<Step> steps;       // in the order given
+  std::vector<size_t> topo_order;  // indices into steps, dependencies first
+  Json source;                   // the definition as JSON, normalised (defaults not added)
+  std::string digest;            // SHA-256 hex of CanonicalDump(source)
+
+  const Step* FindStep(std::string_view name) const;
+};
+
+// Parses and validates a definition. Rejections as described above.
+// Validated: unknown fields anywhere, name/command missing or of the wrong type,
+// invalid or duplicate step names, unknown `after` targets, cycles, durations
+// (timeout, retry.initial, retry.max), quantities (resources.cpu/memory/gpus),
+// retry (limit 0..100, backoff fixed|exponential), template variables
+// ({{params.X}} must be declared; {{run.id}}, {{workspace}}, {{step.name}},
+// {{attempt}}, {{outputs}} and {{steps.<upstream>.metrics.<k>}} /
+// {{steps.<upstream>.outputs.<f>}} are known), and `when` syntax and references.
+// `max_resources` (if given) rejects steps that ask for more than any container holds.
+Result<std::shared_ptr<const Definition>> ParseDefinition(
+    const Json& j, const std::optional<Resources>& max_resources = std::nullopt);
+
+// Merges submitted params over the defaults. kInvalidArgument naming the param
+// for: an undeclared param, a required (null default) param not given.
+Result<Json> ResolveParams(const Definition& def, const Json& given);
+
+// What a command template may refer to at dispatch time.
+struct TemplateContext {
+  Json params = Json::object();
+  std::string run_id;
+  std::string workspace;    // runs/<run>
+  std::string outputs_dir;  // this attempt's $EPOCH_OUTPUTS
+  std::string step;
+  int attempt = 1;
+  // step name -> {"metrics": {...}, "outputs": {"file": "/abs/path", ...}}
+  Json steps = Json::object();
+};
+
+// Replaces every {{...}} in s. kInvalidArgument for an unknown variable or a
+// reference to a metric/output that does not exist at run time.
+Result<std::string> RenderTemplate(std::string_view s, const TemplateContext& ctx);
+Result<std::vector<std::string>> RenderCommand(const Step& step, const TemplateContext& ctx);
+
+// Evaluates the step's `when` (true when it has none). `steps` is as in
+// TemplateContext (metrics of finished upstream steps). A reference to a metric
+// that does not exist evaluates the comparison to false (and is not an error).
+Result<bool> EvaluateWhen(const Step& step, const Json& params, const Json& steps);
+
+}  // namespace epoch::workflows
