@@ -1,0 +1,42 @@
+# Epoch: make deps | build | test | demo | bench
+# `make test` and `make demo` each work from a fresh Debian 12 machine: they
+# install what is missing (apt), build, then test or demo.
+
+BUILD ?= build
+JOBS ?= $(shell nproc)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEPS := cmake g++ make pkg-config ccache curl procps \
+        librocksdb-dev libboost-dev nlohmann-json3-dev libcpp-httplib-dev libbrotli-dev \
+        libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev zlib1g-dev libcli11-dev
+
+.PHONY: deps configure build test demo bench clean
+
+deps:
+	@missing=""; for p in $(DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "make deps: all packages present"; fi
+
+configure: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: configure
+	cmake --build $(BUILD) -j$(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 600
+
+demo: build
+	examples/hello-lifecycle/demo.sh $(BUILD)
+
+bench: build
+	$(BUILD)/bench/epoch-bench append
+	$(BUILD)/bench/epoch-bench steps 200
+	$(BUILD)/bench/epoch-bench submit
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,67 @@
+// Configuration of epochd: the reference chart's keys (sig.*, cluster.*, master.*)
+// plus Epoch's own (storage.*, executor.*, api.*). Values come from built-in
+// defaults, then a values file (nested or dotted JSON), then --set key=value, in
+// that order. An unknown key or a value of the wrong shape is an error naming
+// the key; epochd refuses to start on it.
+//
+// Thread-safety: a plain value.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/json.h"
+#include "common/status.h"
+
+namespace epoch::api {
+
+struct Config {
+  // master.*
+  std::string master_name = "epoch-master";
+  std::string master_cpu = "2";
+  std::string master_memory = "4Gi";
+  // sig.* (compute containers)
+  int max_replicas = 10;
+  int min_replicas = 0;
+  int64_t container_cpu_millis = 1000;             // sig.cpu
+  int64_t container_memory_bytes = 2144LL << 20;   // sig.memory
+  int container_gpus = 0;                          // sig.gpu
+  int allocation_unit = 2;                         // sig.ssAllocationUnit
+  Micros allocation_interval = std::chrono::seconds(120);  // sig.ssAllocationInterval
+  Micros idle_timeout = std::chrono::minutes(10);          // sig.idleTimeout
+  // cluster.*
+  int base_port = 30745;
+  std::string host = "127.0.0.1";  // api.host
+  std::string tls_certificate_secret_name;
+  // storage.*
+  std::string data_dir;
+  // executor.*
+  std::string backend = "local";
+  Micros lease = std::chrono::seconds(10);
+  Micros register_timeout = std::chrono::seconds(30);
+  Micros poll_timeout = std::chrono::milliseconds(1000);
+  Micros grace = std::chrono::seconds(5);
+  std::string agent_path;  // default: epoch-agent next to epochd
+  // api.*
+  size_t max_body_bytes = 1 << 20;
+  int threads = 64;
+  int max_streams = 32;  // concurrent SSE streams
+  std::string advertise_url;  // default http://<host>:<port>
+
+  // The effective configuration as JSON (dotted keys), for /v1/cluster and logs.
+  Json ToJson() const;
+};
+
+// Applies one key. kInvalidArgument "sig.cpu: invalid cpu quantity ..." or
+// "unknown configuration key 'sig.foo'".
+Status SetKey(Config* config, const std::string& key, const Json& value);
+// Applies a values document: nested objects flatten to dotted keys.
+Status ApplyValues(Config* config, const Json& values);
+// "key=value": the value parses as JSON when it can, else it is a string.
+Status ApplySetArg(Config* config, const std::string& arg);
+// Every key SetKey accepts, with its default, for --help and the README.
+std::vector<std::pair<std::string, std::string>> DescribeKeys();
+
+}  // namespace epoch::api

@@ -1,0 +1,41 @@
+#include "api/leader_lock.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace epoch::api {
+
+LeaderLock::~LeaderLock() { Release(); }
+
+Status LeaderLock::TryAcquire(const std::string& path) {
+  if (fd_ >= 0) return Status::Ok();
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Internal("open " + path + ": " + std::strerror(errno));
+  struct flock fl = {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 0;
+  fl.l_len = 0;
+  if (fcntl(fd, F_SETLK, &fl) != 0) {
+    int err = errno;
+    close(fd);
+    if (err == EACCES || err == EAGAIN) {
+      return Unavailable("another epochd holds " + path);
+    }
+    return Internal("lock " + path + ": " + std::strerror(err));
+  }
+  fd_ = fd;
+  return Status::Ok();
+}
+
+void LeaderLock::Release() {
+  if (fd_ >= 0) {
+    close(fd_);  // closing the descriptor drops the fcntl lock
+    fd_ = -1;
+  }
+}
+
+}  // namespace epoch::api

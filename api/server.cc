@@ -1,0 +1,939 @@
+#include "api/server.h"
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+namespace epoch::api {
+
+using engine::Engine;
+using httplib::Request;
+using httplib::Response;
+
+namespace {
+
+constexpr int kMaxPageSize = 1000;
+
+// An error that ends a request: HTTP status, machine code, message, details.
+struct HttpError {
+  int status;
+  std::string code;
+  std::string message;
+  std::vector<std::string> details;
+};
+
+void WriteError(Response& res, const HttpError& e) {
+  Json details = Json::array();
+  for (const auto& d : e.details) details.push_back(d);
+  res.status = e.status;
+  res.set_content(
+      Json{{"error", Json{{"code", e.code}, {"message", e.message}, {"details", details}}}}.dump(),
+      "application/json");
+}
+
+// Maps an engine/store Status to HTTP. kInvalidArgument from the engine means
+// the request was well-formed but its content is invalid: 422.
+HttpError FromStatus(const Status& st) {
+  switch (st.code()) {
+    case StatusCode::kInvalidArgument: return {422, "invalid", st.message(), st.details()};
+    case StatusCode::kNotFound: return {404, "not_found", st.message(), st.details()};
+    case StatusCode::kConflict: return {409, "conflict", st.message(), st.details()};
+    case StatusCode::kFailedPrecondition:
+      return {409, "failed_precondition", st.message(), st.details()};
+    case StatusCode::kUnavailable: return {503, "unavailable", st.message(), st.details()};
+    case StatusCode::kResourceExhausted:
+      return {429, "resource_exhausted", st.message(), st.details()};
+    case StatusCode::kUnauthenticated: return {401, "unauthenticated", st.message(), {}};
+    case StatusCode::kPermissionDenied: return {403, "permission_denied", st.message(), {}};
+    case StatusCode::kCorruption: return {500, "corruption", st.message(), st.details()};
+    default: return {500, "internal", st.message(), st.details()};
+  }
+}
+
+void WriteJson(Response& res, int status, const Json& j) {
+  res.status = status;
+  res.set_content(j.dump(), "application/json");
+}
+
+// Parses a JSON request body: 415 for another content type, 400 for bad JSON.
+Result<Json> ParseBody(const Request& req, HttpError* err, bool allow_empty = false) {
+  if (req.body.empty() && allow_empty) return Json::object();
+  std::string ct = req.get_header_value("Content-Type");
+  std::string lower = ct;
+  std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+  if (lower.rfind("application/json", 0) != 0) {
+    *err = {415, "unsupported_media_type",
+            "Content-Type must be application/json" + (ct.empty() ? "" : ", got '" + ct + "'"),
+            {}};
+    return InvalidArgument("content type");
+  }
+  auto j = ParseJson(req.body, 64);
+  if (!j.ok()) {
+    *err = {400, "malformed", j.status().message(), {}};
+    return j.status();
+  }
+  if (!j->is_object()) {
+    *err = {400, "malformed", "the request body must be a JSON object", {}};
+    return InvalidArgument("not an object");
+  }
+  return j;
+}
+
+// Query parameter helpers; bad values are 400s naming the parameter.
+Result<int64_t> QueryInt(const Request& req, const char* name, int64_t def, int64_t min,
+                         int64_t max, HttpError* err) {
+  if (!req.has_param(name)) return def;
+  std::string v = req.get_param_value(name);
+  try {
+    size_t used = 0;
+    int64_t n = std::stoll(v, &used);
+    if (used == v.size() && n >= min && n <= max) return n;
+  } catch (const std::exception&) {
+  }
+  *err = {400, "bad_parameter",
+          std::string("query parameter '") + name + "' must be an integer in [" +
+              std::to_string(min) + ", " + std::to_string(max) + "], got '" + v + "'",
+          {}};
+  return InvalidArgument(name);
+}
+
+bool QueryBool(const Request& req, const char* name) {
+  if (!req.has_param(name)) return false;
+  std::string v = req.get_param_value(name);
+  return v == "true" || v == "1" || v == "yes";
+}
+
+std::vector<std::string> SplitComma(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+Json EnvelopeToJson(const storage::Envelope& e) {
+  auto data = ParseJson(e.data, 256);
+  return Json{{"position", e.position}, {"stream", e.stream},   {"version", e.version},
+              {"type", e.type},         {"schema", e.schema},   {"time", e.time},
+              {"epoch", e.epoch},       {"actor", e.actor},
+              {"data", data.ok() ? *data : Json(e.data)},
+              {"prev_hash", e.prev_hash}, {"hash", e.hash}};
+}
+
+std::string SseEvent(const storage::Envelope& e) {
+  return "id: " + std::to_string(e.position) + "\nevent: " + e.type +
+         "\ndata: " + EnvelopeToJson(e).dump() + "\n\n";
+}
+
+std::string EscapeLabel(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+struct ApiServer::Impl {
+  Config config;
+  Engine* engine;
+  storage::EventStore* store;
+  IdGenerator* ids;
+  const Clock* clock;
+  httplib::Server http;
+  std::thread thread;
+  std::atomic<bool> stopping{false};
+  std::atomic<int> streams{0};
+
+  std::mutex metrics_mu;
+  std::map<std::pair<std::string, int>, uint64_t> requests;  // (route, status) -> count
+
+  Impl(Config c, Engine* e, storage::EventStore* s, IdGenerator* i, const Clock* k)
+      : config(std::move(c)), engine(e), store(s), ids(i), clock(k) {}
+
+  using Handler = std::function<void(const Request&, Response&)>;
+
+  // Wraps a handler: exceptions become 500s, requests are counted and logged.
+  Handler Wrap(std::string route, Handler h) {
+    return [this, route = std::move(route), h = std::move(h)](const Request& req, Response& res) {
+      auto t0 = std::chrono::steady_clock::now();
+      try {
+        h(req, res);
+      } catch (const std::exception& e) {
+        spdlog::error("{} {}: unhandled exception: {}", req.method, req.path, e.what());
+        WriteError(res, {500, "internal", std::string("internal error: ") + e.what(), {}});
+      }
+      auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                    std::chrono::steady_clock::now() - t0)
+                    .count();
+      {
+        std::lock_guard<std::mutex> lock(metrics_mu);
+        requests[{route, res.status}]++;
+      }
+      spdlog::debug("http {} {} route={} status={} duration_us={}", req.method, req.path, route,
+                    res.status, us);
+    };
+  }
+
+  void Routes();
+  void RunsRoutes();
+  void ContainerRoutes();
+  void EventRoutes();
+  void OpsRoutes();
+
+  std::string Actor(const Request& req) {
+    std::string a = req.get_header_value("X-Epoch-User");
+    return a.empty() ? "anonymous" : a;
+  }
+
+  // Streams SSE with the events from `fetch(after)` until `done()` or disconnect.
+  void StreamEvents(Response& res, uint64_t after,
+                    std::function<Result<std::vector<storage::Envelope>>(uint64_t)> fetch,
+                    std::function<bool()> done);
+};
+
+void ApiServer::Impl::Routes() {
+  http.set_tcp_nodelay(true);
+  http.set_payload_max_length(config.max_body_bytes);
+  http.set_read_timeout(std::chrono::seconds(30));
+  http.set_write_timeout(std::chrono::seconds(30));
+  int threads = config.threads + config.max_streams + config.max_replicas * 2;
+  http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  // httplib calls this for every status >= 400; only fill in bodies it left empty.
+  http.set_error_handler([](const Request& req, Response& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 413) {
+      WriteError(res, {413, "too_large", "the request body is larger than api.maxBodyBytes", {}});
+    } else if (res.status == 404) {
+      WriteError(res, {404, "not_found", "no route for " + req.method + " " + req.path, {}});
+    } else if (res.status == 405) {
+      WriteError(res, {405, "method_not_allowed", req.method + " is not allowed here", {}});
+    } else if (res.body.empty()) {
+      WriteError(res, {res.status, "error", httplib::detail::status_message(res.status), {}});
+    }
+  });
+  OpsRoutes();
+  RunsRoutes();
+  EventRoutes();
+  ContainerRoutes();
+}
+
+void ApiServer::Impl::OpsRoutes() {
+  http.Get("/healthz", Wrap("/healthz", [](const Request&, Response& res) {
+             WriteJson(res, 200, Json{{"status", "ok"}});
+           }));
+  http.Get("/readyz", Wrap("/readyz", [this](const Request&, Response& res) {
+             bool ready = engine->ready() && engine->healthy();
+             WriteJson(res, ready ? 200 : 503,
+                       Json{{"ready", ready}, {"role", ready ? "leader" : "unavailable"},
+                            {"epoch", engine->epoch()}});
+           }));
+  http.Get("/v1/cluster", Wrap("/v1/cluster", [this](const Request&, Response& res) {
+             storage::HeadInfo head = store->Head();
+             Json j{{"role", "leader"},
+                    {"node", config.master_name},
+                    {"epoch", engine->epoch()},
+                    {"leader", Json{{"address", engine->options().advertise_url},
+                                    {"node", config.master_name}}},
+                    {"head", Json{{"position", head.position}, {"hash", head.hash}}},
+                    {"store_bytes", store->ApproximateSizeBytes()},
+                    {"data_dir", config.data_dir},
+                    {"ready", engine->ready()},
+                    {"config", config.ToJson()}};
+             WriteJson(res, 200, j);
+           }));
+  http.Get("/metrics", Wrap("/metrics", [this](const Request&, Response& res) {
+             std::ostringstream o;
+             std::map<std::string, int> runs, attempts, containers;
+             size_t queue = 0;
+             engine->Read([&](const engine::State& s) {
+               for (const auto& [id, r] : s.runs) {
+                 runs[std::string(engine::Name(r.phase))]++;
+                 for (const auto& st : r.steps) {
+                   for (const auto& a : st.attempts) attempts[std::string(engine::Name(a.phase))]++;
+                 }
+               }
+               for (const auto& [id, c] : s.containers) {
+                 containers[std::string(engine::Name(c.phase))]++;
+               }
+               queue = s.queue.size();
+               return 0;
+             });
+             o << "# HELP epoch_runs Runs by state.\n# TYPE epoch_runs gauge\n";
+             for (auto st : {"queued", "running", "succeeded", "failed", "cancelled"}) {
+               o << "epoch_runs{state=\"" << st << "\"} " << runs[st] << "\n";
+             }
+             o << "# HELP epoch_jobs Job attempts by state.\n# TYPE epoch_jobs gauge\n";
+             for (auto st : {"queued", "assigned", "running", "succeeded", "failed", "timed_out",
+                             "cancelled", "lost"}) {
+               o << "epoch_jobs{state=\"" << st << "\"} " << attempts[st] << "\n";
+             }
+             o << "# HELP epoch_queue_length Attempts waiting for a container.\n"
+                  "# TYPE epoch_queue_length gauge\nepoch_queue_length "
+               << queue << "\n";
+             o << "# HELP epoch_containers Containers by state.\n# TYPE epoch_containers gauge\n";
+             for (auto st : {"requested", "registered", "lost", "released"}) {
+               o << "epoch_containers{state=\"" << st << "\"} " << containers[st] << "\n";
+             }
+             const auto& stats = engine->stats();
+             o << "# HELP epoch_events_appended_total Events appended by this master.\n"
+                  "# TYPE epoch_events_appended_total counter\nepoch_events_appended_total "
+               << stats.events_appended.load() << "\n";
+             o << "# HELP epoch_commits_total Synced group commits.\n"
+                  "# TYPE epoch_commits_total counter\nepoch_commits_total "
+               << stats.commits.load() << "\n";
+             o << "# HELP epoch_append_latency_seconds Latency of synced appends.\n"
+                  "# TYPE epoch_append_latency_seconds histogram\n";
+             uint64_t cum = 0;
+             for (int b = 0; b < engine::EngineStats::kBuckets; ++b) {
+               cum += stats.latency_buckets[b].load();
+               o << "epoch_append_latency_seconds_bucket{le=\""
+                 << engine::EngineStats::kBoundsUs[b] / 1e6 << "\"} " << cum << "\n";
+             }
+             cum += stats.latency_buckets[engine::EngineStats::kBuckets].load();
+             o << "epoch_append_latency_seconds_bucket{le=\"+Inf\"} " << cum << "\n";
+             o << "epoch_append_latency_seconds_sum " << stats.latency_sum_us.load() / 1e6 << "\n";
+             o << "epoch_append_latency_seconds_count " << stats.latency_count.load() << "\n";
+             o << "# HELP epoch_http_requests_total HTTP requests by route and status.\n"
+                  "# TYPE epoch_http_requests_total counter\n";
+             {
+               std::lock_guard<std::mutex> lock(metrics_mu);
+               for (const auto& [k, n] : requests) {
+                 o << "epoch_http_requests_total{route=\"" << EscapeLabel(k.first)
+                   << "\",code=\"" << k.second << "\"} " << n << "\n";
+               }
+             }
+             res.set_content(o.str(), "text/plain; version=0.0.4");
+           }));
+}
+
+void ApiServer::Impl::RunsRoutes() {
+  http.Post("/v1/workflows", Wrap("/v1/workflows", [this](const Request& req, Response& res) {
+              HttpError err;
+              auto body = ParseBody(req, &err);
+              if (!body.ok()) return WriteError(res, err);
+              auto r = engine->Execute(engine::RegisterWorkflow{*body, Actor(req)});
+              if (!r.ok()) return WriteError(res, FromStatus(r.status()));
+              WriteJson(res, r->created ? 201 : 200,
+                        Json{{"name", r->id}, {"version", r->version}, {"digest", r->digest}});
+            }));
+  http.Get("/v1/workflows", Wrap("/v1/workflows", [this](const Request&, Response& res) {
+             Json items = Json::array();
+             engine->Read([&](const engine::State& s) {
+               for (const auto& [name, versions] : s.workflows) {
+                 const auto& v = versions.back();
+                 items.push_back(Json{{"name", name},
+                                      {"version", v.version},
+                                      {"digest", v.digest},
+                                      {"versions", versions.size()},
+                                      {"steps", v.def->steps.size()},
+                                      {"registered_at", FormatTime(v.registered_at)}});
+               }
+               return 0;
+             });
+             WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
+           }));
+  auto get_workflow = [this](const Request& req, Response& res) {
+    std::string name = req.matches[1];
+    int version = 0;
+    if (req.matches.size() > 2 && req.matches[2].matched) {
+      try {
+        version = std::stoi(req.matches[2]);
+      } catch (const std::exception&) {
+        return WriteError(res, {400, "bad_parameter", "version must be an integer", {}});
+      }
+      if (version < 1) return WriteError(res, {400, "bad_parameter", "version must be >= 1", {}});
+    }
+    Json out;
+    bool found = engine->Read([&](const engine::State& s) {
+      const engine::WorkflowVersion* v = s.FindWorkflow(name, version);
+      if (!v) return false;
+      out = Json{{"name", name},
+                 {"version", v->version},
+                 {"digest", v->digest},
+                 {"definition", v->def->source},
+                 {"registered_at", FormatTime(v->registered_at)},
+                 {"registered_by", v->actor},
+                 {"versions", s.workflows.at(name).size()}};
+      return true;
+    });
+    if (!found) {
+      return WriteError(res, {404, "not_found",
+                              "workflow '" + name + "'" +
+                                  (version ? " version " + std::to_string(version) : "") +
+                                  " not found",
+                              {}});
+    }
+    WriteJson(res, 200, out);
+  };
+  http.Get(R"(/v1/workflows/([^/]+))", Wrap("/v1/workflows/{name}", get_workflow));
+  http.Get(R"(/v1/workflows/([^/]+)/versions/([^/]+))",
+           Wrap("/v1/workflows/{name}/versions/{v}", get_workflow));
+
+  http.Post("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
+              HttpError err;
+              auto body = ParseBody(req, &err);
+              if (!body.ok()) return WriteError(res, err);
+              const Json& b = *body;
+              static const std::set<std::string> kFields{"workflow", "version", "params",
+                                                         "labels",   "definition", "priority"};
+              for (auto& [k, v] : b.items()) {
+                if (!kFields.count(k)) {
+                  return WriteError(res, {400, "malformed", k + ": unknown field", {}});
+                }
+              }
+              engine::SubmitRun cmd;
+              if (b.contains("definition")) {
+                if (!b["definition"].is_object()) {
+                  return WriteError(res, {400, "malformed", "definition: must be an object", {}});
+                }
+                cmd.definition = b["definition"];
+              } else if (!b.contains("workflow") || !b["workflow"].is_string()) {
+                return WriteError(res, {400, "malformed",
+                                        "workflow: required string (or give a definition)", {}});
+              } else {
+                cmd.workflow = b["workflow"];
+              }
+              if (b.contains("version")) {
+                if (!b["version"].is_number_integer() || b["version"].get<int64_t>() < 1) {
+                  return WriteError(res, {400, "malformed", "version: must be an integer >= 1", {}});
+                }
+                cmd.version = b["version"];
+              }
+              if (b.contains("params")) {
+                if (!b["params"].is_object()) {
+                  return WriteError(res, {400, "malformed", "params: must be an object", {}});
+                }
+                cmd.params = b["params"];
+              }
+              if (b.contains("labels")) {
+                if (!b["labels"].is_object()) {
+                  return WriteError(res, {400, "malformed", "labels: must be an object", {}});
+                }
+                for (auto& [k, v] : b["labels"].items()) {
+                  if (!v.is_string()) {
+                    return WriteError(res,
+                                      {400, "malformed", "labels." + k + ": must be a string", {}});
+                  }
+                }
+                cmd.labels = b["labels"];
+              }
+              if (b.contains("priority")) {
+                if (!b["priority"].is_number_integer() || b["priority"].get<int64_t>() < -1000 ||
+                    b["priority"].get<int64_t>() > 1000) {
+                  return WriteError(res, {400, "malformed",
+                                          "priority: must be an integer in [-1000, 1000]", {}});
+                }
+                cmd.priority = b["priority"];
+              }
+              cmd.idempotency_key = req.get_header_value("Idempotency-Key");
+              if (cmd.idempotency_key.size() > 256) {
+                return WriteError(res, {400, "malformed", "Idempotency-Key: at most 256 bytes", {}});
+              }
+              cmd.submitter = Actor(req);
+              cmd.run_id = ids->NewId("r", clock->Now());
+              auto r = engine->Execute(cmd);
+              if (!r.ok()) return WriteError(res, FromStatus(r.status()));
+              Json run;
+              engine->Read([&](const engine::State& s) {
+                const engine::Run* found = s.FindRun(r->id);
+                if (found) run = engine::RunToJson(*found, engine->options().config);
+                return 0;
+              });
+              res.set_header("Location", "/v1/runs/" + r->id);
+              WriteJson(res, r->created ? 201 : 200, run);
+            }));
+
+  http.Get("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
+             HttpError err;
+             auto limit = QueryInt(req, "limit", 100, 1, kMaxPageSize, &err);
+             if (!limit.ok()) return WriteError(res, err);
+             auto cursor = QueryInt(req, "cursor", 0, 0, INT64_MAX, &err);
+             if (!cursor.ok()) return WriteError(res, err);
+             std::string state = req.get_param_value("state");
+             std::string workflow = req.get_param_value("workflow");
+             std::string label = req.get_param_value("label");
+             std::string lk, lv;
+             if (!label.empty()) {
+               auto eq = label.find('=');
+               if (eq == std::string::npos) {
+                 return WriteError(res, {400, "bad_parameter", "label must be key=value", {}});
+               }
+               lk = label.substr(0, eq);
+               lv = label.substr(eq + 1);
+             }
+             static const std::set<std::string> kStates{"queued", "running", "succeeded", "failed",
+                                                        "cancelled"};
+             if (!state.empty() && !kStates.count(state)) {
+               return WriteError(res, {400, "bad_parameter", "state must be one of queued, "
+                                       "running, succeeded, failed, cancelled", {}});
+             }
+             Json items = Json::array();
+             Json next = nullptr;
+             engine->Read([&](const engine::State& s) {
+               auto it = *cursor > 0 ? s.runs_by_seq.lower_bound(static_cast<uint64_t>(*cursor))
+                                     : s.runs_by_seq.end();
+               while (it != s.runs_by_seq.begin()) {
+                 --it;
+                 const engine::Run& r = s.runs.at(it->second);
+                 if (!state.empty() && engine::Name(r.phase) != state) continue;
+                 if (!workflow.empty() && r.workflow != workflow) continue;
+                 if (!lk.empty() && r.labels.value(lk, std::string("\x01")) != lv) continue;
+                 if (static_cast<int64_t>(items.size()) == *limit) {
+                   next = std::to_string(it->first + 1);
+                   break;
+                 }
+                 Json j = engine::RunToJson(r, engine->options().config);
+                 items.push_back(std::move(j));
+               }
+               return 0;
+             });
+             WriteJson(res, 200, Json{{"items", items}, {"next_cursor", next}});
+           }));
+  http.Get(R"(/v1/runs/([^/]+))", Wrap("/v1/runs/{id}", [this](const Request& req, Response& res) {
+             std::string id = req.matches[1];
+             Json run;
+             bool found = engine->Read([&](const engine::State& s) {
+               const engine::Run* r = s.FindRun(id);
+               if (r) run = engine::RunToJson(*r, engine->options().config);
+               return r != nullptr;
+             });
+             if (!found) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+             WriteJson(res, 200, run);
+           }));
+  auto run_command = [this](bool cancel) {
+    return [this, cancel](const Request& req, Response& res) {
+      HttpError err;
+      auto body = ParseBody(req, &err, /*allow_empty=*/true);
+      if (!body.ok()) return WriteError(res, err);
+      std::string id = req.matches[1];
+      Result<engine::CommandResult> r =
+          cancel ? engine->Execute(engine::CancelRun{id, Actor(req)})
+                 : engine->Execute(engine::RetryRun{id, Actor(req)});
+      if (!r.ok()) return WriteError(res, FromStatus(r.status()));
+      Json run;
+      engine->Read([&](const engine::State& s) {
+        const engine::Run* found = s.FindRun(id);
+        if (found) run = engine::RunToJson(*found, engine->options().config);
+        return 0;
+      });
+      WriteJson(res, 202, run);
+    };
+  };
+  http.Post(R"(/v1/runs/([^/]+)/cancel)", Wrap("/v1/runs/{id}/cancel", run_command(true)));
+  http.Post(R"(/v1/runs/([^/]+)/retry)", Wrap("/v1/runs/{id}/retry", run_command(false)));
+
+  http.Get(R"(/v1/runs/([^/]+)/steps/([^/]+)/logs)",
+           Wrap("/v1/runs/{id}/steps/{step}/logs", [this](const Request& req, Response& res) {
+             std::string id = req.matches[1], step = req.matches[2];
+             HttpError err;
+             auto attempt_q = QueryInt(req, "attempt", 0, 0, 1000000, &err);
+             if (!attempt_q.ok()) return WriteError(res, err);
+             int attempt = 0;
+             std::string problem;
+             engine->Read([&](const engine::State& s) {
+               const engine::Run* r = s.FindRun(id);
+               if (!r) return problem = "run '" + id + "' not found", 0;
+               const engine::StepRun* st = r->FindStep(step);
+               if (!st) return problem = "run '" + id + "' has no step '" + step + "'", 0;
+               if (st->attempts.empty()) return problem = "step '" + step + "' has not run yet", 0;
+               attempt = *attempt_q ? static_cast<int>(*attempt_q) : st->attempts.back().number;
+               if (attempt > static_cast<int>(st->attempts.size())) {
+                 problem = "step '" + step + "' has no attempt " + std::to_string(attempt);
+               }
+               return 0;
+             });
+             if (!problem.empty()) return WriteError(res, {404, "not_found", problem, {}});
+             std::string path = engine::LogPath(engine->options().config, id, step, attempt);
+             if (!QueryBool(req, "follow")) {
+               std::ifstream in(path, std::ios::binary);
+               std::stringstream ss;
+               if (in) ss << in.rdbuf();
+               res.set_content(ss.str(), "text/plain; charset=utf-8");
+               return;
+             }
+             if (streams.fetch_add(1) >= config.max_streams) {
+               streams--;
+               return WriteError(res, {429, "too_many_streams", "too many open streams", {}});
+             }
+             std::string attempt_id = engine::AttemptId(id, step, attempt);
+             auto offset = std::make_shared<std::streamoff>(0);
+             auto partial = std::make_shared<std::string>();
+             res.set_header("Cache-Control", "no-cache");
+             res.set_chunked_content_provider(
+                 "text/event-stream",
+                 [this, path, attempt_id, offset, partial](size_t, httplib::DataSink& sink) {
+                   while (!stopping) {
+                     bool finished = engine->Read([&](const engine::State& s) {
+                       const engine::Attempt* a = s.FindAttempt(attempt_id);
+                       return !a || engine::IsTerminal(a->phase);
+                     });
+                     std::ifstream in(path, std::ios::binary);
+                     std::string chunk;
+                     if (in) {
+                       in.seekg(*offset);
+                       std::stringstream ss;
+                       ss << in.rdbuf();
+                       chunk = ss.str();
+                       *offset += static_cast<std::streamoff>(chunk.size());
+                     }
+                     *partial += chunk;
+                     std::string out;
+                     size_t nl;
+                     while ((nl = partial->find('\n')) != std::string::npos) {
+                       out += "event: log\ndata: " + partial->substr(0, nl) + "\n\n";
+                       partial->erase(0, nl + 1);
+                     }
+                     if (finished && chunk.empty()) {
+                       if (!partial->empty()) out += "event: log\ndata: " + *partial + "\n\n";
+                       out += "event: end\ndata: {}\n\n";
+                       sink.write(out.data(), out.size());
+                       sink.done();
+                       return true;
+                     }
+                     if (!out.empty() && !sink.write(out.data(), out.size())) return false;
+                     if (out.empty()) {
+                       uint64_t gen = engine->Generation();
+                       engine->WaitForChange(gen, std::chrono::milliseconds(200));
+                     }
+                     if (!sink.is_writable()) return false;
+                   }
+                   return false;
+                 },
+                 [this](bool) { streams--; });
+           }));
+}
+
+void ApiServer::Impl::StreamEvents(
+    Response& res, uint64_t after,
+    std::function<Result<std::vector<storage::Envelope>>(uint64_t)> fetch,
+    std::function<bool()> done) {
+  auto cursor = std::make_shared<uint64_t>(after);
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [this, cursor, fetch, done](size_t, httplib::DataSink& sink) {
+        auto last_write = std::chrono::steady_clock::now();
+        while (!stopping) {
+          auto page = fetch(*cursor);
+          if (!page.ok()) {
+            std::string msg = "event: error\ndata: " +
+                              Json{{"message", page.status().message()}}.dump() + "\n\n";
+            sink.write(msg.data(), msg.size());
+            sink.done();
+            return true;
+          }
+          std::string out;
+          for (const auto& e : *page) {
+            out += SseEvent(e);
+            *cursor = e.position;
+          }
+          if (!out.empty()) {
+            if (!sink.write(out.data(), out.size())) return false;
+            last_write = std::chrono::steady_clock::now();
+            continue;  // there may be more pages
+          }
+          if (done()) {
+            sink.done();
+            return true;
+          }
+          if (std::chrono::steady_clock::now() - last_write > std::chrono::seconds(15)) {
+            static const std::string kKeepAlive = ": keep-alive\n\n";
+            if (!sink.write(kKeepAlive.data(), kKeepAlive.size())) return false;
+            last_write = std::chrono::steady_clock::now();
+          }
+          store->WaitForHead(store->Head().position, std::chrono::milliseconds(500));
+          if (!sink.is_writable()) return false;
+        }
+        return false;
+      },
+      [this](bool) { streams--; });
+}
+
+void ApiServer::Impl::EventRoutes() {
+  http.Get("/v1/events", Wrap("/v1/events", [this](const Request& req, Response& res) {
+             HttpError err;
+             auto after = QueryInt(req, "after", 0, 0, INT64_MAX, &err);
+             if (!after.ok()) return WriteError(res, err);
+             auto limit = QueryInt(req, "limit", 100, 1, kMaxPageSize, &err);
+             if (!limit.ok()) return WriteError(res, err);
+             storage::ReadFilter filter;
+             filter.types = SplitComma(req.get_param_value("type"));
+             std::string stream = req.get_param_value("stream");
+             bool exact = !stream.empty() && stream.back() != '*';
+             filter.stream_prefix = exact ? stream : stream.substr(0, stream.empty() ? 0 : stream.size() - 1);
+             uint64_t from = static_cast<uint64_t>(*after);
+             std::string last_id = req.get_header_value("Last-Event-ID");
+             if (!last_id.empty()) {
+               try {
+                 from = std::stoull(last_id);
+               } catch (const std::exception&) {
+                 return WriteError(res, {400, "bad_parameter", "Last-Event-ID must be a position", {}});
+               }
+             }
+             size_t lim = static_cast<size_t>(*limit);
+             auto fetch = [this, filter, exact, stream, lim](uint64_t a)
+                 -> Result<std::vector<storage::Envelope>> {
+               ASSIGN_OR_RETURN(auto page, store->ReadAll(a, lim, filter));
+               if (exact) {
+                 std::erase_if(page, [&](const storage::Envelope& e) { return e.stream != stream; });
+               }
+               return page;
+             };
+             if (QueryBool(req, "follow")) {
+               if (streams.fetch_add(1) >= config.max_streams) {
+                 streams--;
+                 return WriteError(res, {429, "too_many_streams", "too many open streams", {}});
+               }
+               return StreamEvents(res, from, fetch, [] { return false; });
+             }
+             auto page = fetch(from);
+             if (!page.ok()) return WriteError(res, FromStatus(page.status()));
+             Json items = Json::array();
+             for (const auto& e : *page) items.push_back(EnvelopeToJson(e));
+             Json next = page->size() == lim ? Json(std::to_string(page->back().position))
+                                             : Json(nullptr);
+             WriteJson(res, 200, Json{{"items", items}, {"next_cursor", next}});
+           }));
+  http.Get(R"(/v1/runs/([^/]+)/events)",
+           Wrap("/v1/runs/{id}/events", [this](const Request& req, Response& res) {
+             std::string id = req.matches[1];
+             bool exists = engine->Read([&](const engine::State& s) { return s.FindRun(id) != nullptr; });
+             if (!exists) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+             HttpError err;
+             auto after = QueryInt(req, "after", 0, 0, INT64_MAX, &err);
+             if (!after.ok()) return WriteError(res, err);
+             uint64_t from = static_cast<uint64_t>(*after);
+             std::string last_id = req.get_header_value("Last-Event-ID");
+             if (!last_id.empty()) {
+               try {
+                 from = std::stoull(last_id);
+               } catch (const std::exception&) {
+                 return WriteError(res, {400, "bad_parameter", "Last-Event-ID must be a position", {}});
+               }
+             }
+             std::string stream = engine::RunStream(id);
+             // Reads the run's stream by version, keeping events past the cursor position.
+             auto fetch = [this, stream](uint64_t a) -> Result<std::vector<storage::Envelope>> {
+               std::vector<storage::Envelope> out;
+               uint64_t version = 1;
+               while (true) {
+                 ASSIGN_OR_RETURN(auto page, store->ReadStream(stream, version, 1000));
+                 for (auto& e : page) {
+                   if (e.position > a) out.push_back(std::move(e));
+                 }
+                 if (page.size() < 1000) break;
+                 version = page.back().version + 1;
+               }
+               return out;
+             };
+             if (QueryBool(req, "follow")) {
+               if (streams.fetch_add(1) >= config.max_streams) {
+                 streams--;
+                 return WriteError(res, {429, "too_many_streams", "too many open streams", {}});
+               }
+               // The stream ends once the run is finished and everything was sent.
+               return StreamEvents(res, from, fetch, [this, id] {
+                 return engine->Read([&](const engine::State& s) {
+                   const engine::Run* r = s.FindRun(id);
+                   return !r || engine::IsTerminal(r->phase);
+                 });
+               });
+             }
+             auto page = fetch(from);
+             if (!page.ok()) return WriteError(res, FromStatus(page.status()));
+             Json items = Json::array();
+             for (const auto& e : *page) items.push_back(EnvelopeToJson(e));
+             WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
+           }));
+}
+
+void ApiServer::Impl::ContainerRoutes() {
+  http.Get("/v1/containers", Wrap("/v1/containers", [this](const Request& req, Response& res) {
+             bool all = QueryBool(req, "all");
+             Json items = Json::array();
+             engine->Read([&](const engine::State& s) {
+               for (const auto& [id, c] : s.containers) {
+                 if (!all && (c.phase == engine::ContainerPhase::kLost ||
+                              c.phase == engine::ContainerPhase::kReleased)) {
+                   continue;
+                 }
+                 items.push_back(engine::ContainerToJson(c));
+               }
+               return 0;
+             });
+             WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
+           }));
+  auto strings = [](const Json& j, const char* key, std::vector<std::string>* out) -> bool {
+    if (!j.contains(key)) return true;
+    if (!j[key].is_array()) return false;
+    for (const auto& v : j[key]) {
+      if (!v.is_string()) return false;
+      out->push_back(v);
+    }
+    return true;
+  };
+  http.Post(R"(/v1/containers/([^/]+)/register)",
+            Wrap("/v1/containers/{id}/register", [this, strings](const Request& req, Response& res) {
+              HttpError err;
+              auto body = ParseBody(req, &err);
+              if (!body.ok()) return WriteError(res, err);
+              const Json& b = *body;
+              engine::RegisterContainer cmd;
+              cmd.container = req.matches[1];
+              cmd.backend = b.value("backend", "");
+              cmd.handle = b.value("handle", "");
+              cmd.host = b.value("host", "");
+              cmd.pid = b.value("pid", int64_t{0});
+              cmd.cpu_millis = b.value("cpu_millis", int64_t{0});
+              cmd.memory_bytes = b.value("memory_bytes", int64_t{0});
+              cmd.gpus = b.value("gpus", Json::array());
+              cmd.epoch_seen = b.value("epoch_seen", uint64_t{0});
+              if (!strings(b, "running", &cmd.running)) {
+                return WriteError(res, {400, "malformed", "running: must be an array of strings", {}});
+              }
+              if (cmd.cpu_millis <= 0 || cmd.memory_bytes <= 0) {
+                return WriteError(res, {400, "malformed",
+                                        "cpu_millis and memory_bytes must be positive", {}});
+              }
+              auto r = engine->Execute(cmd);
+              if (!r.ok()) {
+                HttpError e = FromStatus(r.status());
+                if (r.status().code() == StatusCode::kNotFound) e.code = "unknown_container";
+                if (r.status().code() == StatusCode::kFailedPrecondition) e.code = "released";
+                return WriteError(res, e);
+              }
+              engine->Heartbeat(cmd.container);
+              WriteJson(res, 200,
+                        Json{{"epoch", engine->epoch()},
+                             {"lease_ms", engine->options().config.lease.count() / 1000},
+                             {"poll_timeout_ms",
+                              engine->options().config.poll_timeout.count() / 1000}});
+            }));
+  http.Post(R"(/v1/containers/([^/]+)/poll)",
+            Wrap("/v1/containers/{id}/poll", [this, strings](const Request& req, Response& res) {
+              HttpError err;
+              auto body = ParseBody(req, &err);
+              if (!body.ok()) return WriteError(res, err);
+              const Json& b = *body;
+              engine::PollContainer cmd;
+              cmd.container = req.matches[1];
+              cmd.epoch_seen = b.value("epoch_seen", uint64_t{0});
+              cmd.reports = b.value("reports", Json::array());
+              if (!cmd.reports.is_array()) {
+                return WriteError(res, {400, "malformed", "reports: must be an array", {}});
+              }
+              if (!strings(b, "running", &cmd.running)) {
+                return WriteError(res, {400, "malformed", "running: must be an array of strings", {}});
+              }
+              engine->Heartbeat(cmd.container);
+              // A poll that reports nothing new needs no command: check the
+              // container's standing from the published state instead.
+              bool needs_command = !cmd.reports.empty();
+              std::string problem;
+              engine->Read([&](const engine::State& s) {
+                auto it = s.containers.find(cmd.container);
+                if (it == s.containers.end() ||
+                    it->second.phase == engine::ContainerPhase::kRequested) {
+                  problem = "unknown_container";
+                  return 0;
+                }
+                if (it->second.phase != engine::ContainerPhase::kRegistered) {
+                  problem = "released";
+                  return 0;
+                }
+                for (const auto& id : cmd.running) {
+                  const engine::Attempt* a = s.FindAttempt(id);
+                  if (a && a->phase == engine::AttemptPhase::kAssigned) needs_command = true;
+                }
+                return 0;
+              });
+              if (problem == "unknown_container") {
+                return WriteError(res, {404, problem,
+                                        "container '" + cmd.container + "' must register", {}});
+              }
+              if (problem == "released") {
+                return WriteError(res, {409, problem,
+                                        "container '" + cmd.container + "' was released or lost",
+                                        {}});
+              }
+              std::vector<std::string> ack;
+              if (needs_command) {
+                auto r = engine->Execute(cmd);
+                if (!r.ok()) {
+                  HttpError e = FromStatus(r.status());
+                  if (r.status().code() == StatusCode::kNotFound) e.code = "unknown_container";
+                  if (r.status().code() == StatusCode::kFailedPrecondition) e.code = "released";
+                  return WriteError(res, e);
+                }
+                ack = r->ack;
+              }
+              auto deadline = std::chrono::steady_clock::now() +
+                              std::chrono::microseconds(engine->options().config.poll_timeout);
+              engine::DispatchView view;
+              while (true) {
+                uint64_t gen = engine->Generation();
+                view = engine->DispatchFor(cmd.container, cmd.running, ack);
+                if (!ack.empty() || !view.assignments.empty() || !view.cancels.empty() ||
+                    stopping) {
+                  break;
+                }
+                auto left = deadline - std::chrono::steady_clock::now();
+                if (left <= std::chrono::steady_clock::duration::zero()) break;
+                engine->WaitForChange(gen, std::min<Micros>(
+                    std::chrono::duration_cast<Micros>(left), std::chrono::milliseconds(250)));
+              }
+              Json ack_json = Json::array();
+              for (const auto& a : ack) ack_json.push_back(a);
+              WriteJson(res, 200, Json{{"epoch", engine->epoch()},
+                                       {"ack", ack_json},
+                                       {"assignments", view.assignments},
+                                       {"cancels", view.cancels},
+                                       {"grace_ms", engine->options().config.grace_ms}});
+            }));
+}
+
+ApiServer::ApiServer(Config config, Engine* engine, storage::EventStore* store, IdGenerator* ids,
+                     const Clock* clock)
+    : impl_(std::make_unique<Impl>(std::move(config), engine, store, ids, clock)) {
+  impl_->Routes();
+}
+
+ApiServer::~ApiServer() { Stop(); }
+
+Result<int> ApiServer::Start(const std::string& host, int port) {
+  int bound;
+  if (port == 0) {
+    bound = impl_->http.bind_to_any_port(host);
+  } else {
+    bound = impl_->http.bind_to_port(host, port) ? port : -1;
+  }
+  if (bound <= 0) {
+    return Unavailable("cannot listen on " + host + ":" + std::to_string(port) +
+                       " (is another epochd running?)");
+  }
+  impl_->thread = std::thread([this] { impl_->http.listen_after_bind(); });
+  return bound;
+}
+
+void ApiServer::Stop() {
+  if (!impl_ || impl_->stopping.exchange(true)) return;
+  impl_->http.stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+}  // namespace epoch::api

@@ -1,0 +1,87 @@
+// Commands: what the outside world asks of the engine. Each carries the time it
+// was issued (from the injected Clock), so decide never reads a clock.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/json.h"
+
+namespace epoch::engine {
+
+struct RegisterWorkflow {
+  Json definition;
+  std::string actor = "anonymous";
+};
+
+struct SubmitRun {
+  std::string run_id;  // chosen by the caller (IdGenerator), used unless idempotent replay
+  std::string workflow;
+  int version = 0;  // 0 = latest
+  std::optional<Json> definition;  // inline definition: registered (or matched) first
+  Json params = Json::object();
+  Json labels = Json::object();
+  int priority = 0;
+  std::string tenant = "default";
+  std::string submitter = "anonymous";
+  std::string idempotency_key;
+};
+
+struct CancelRun {
+  std::string run_id;
+  std::string actor = "anonymous";
+};
+
+struct RetryRun {
+  std::string run_id;
+  std::string actor = "anonymous";
+};
+
+struct RegisterContainer {
+  std::string container;
+  std::string backend, handle, host;
+  int64_t pid = 0;
+  int64_t cpu_millis = 0, memory_bytes = 0;
+  Json gpus = Json::array();
+  uint64_t epoch_seen = 0;
+  std::vector<std::string> running;
+};
+
+struct PollContainer {
+  std::string container;
+  uint64_t epoch_seen = 0;
+  Json reports = Json::array();
+  std::vector<std::string> running;
+};
+
+// From the pool reactor after the backend answered a launch.
+struct ContainerLaunchResult {
+  std::string container;
+  bool ok = false;
+  std::string handle;  // when ok
+  std::string error;   // when not
+};
+
+// Periodic: timers, leases, the pool's size. `expired` lists registered
+// containers whose lease ran out (the writer tracks heartbeats, which are not events).
+struct Tick {
+  std::vector<std::string> expired;
+};
+
+using Command = std::variant<RegisterWorkflow, SubmitRun, CancelRun, RetryRun, RegisterContainer,
+                             PollContainer, ContainerLaunchResult, Tick>;
+
+// What a command's caller learns once its events are durable.
+struct CommandResult {
+  std::string id;        // run id, workflow name, container id
+  int version = 0;       // workflow version
+  std::string digest;    // workflow digest
+  bool created = false;  // false: idempotent repeat / same digest
+  uint64_t position = 0;  // head after the commit that made it durable
+  std::vector<std::string> ack;  // poll: attempt ids whose reports are durable
+};
+
+}  // namespace epoch::engine

@@ -1,0 +1,600 @@
+#include "engine/decider.h"
+
+#include <algorithm>
+#include <set>
+
+#include "common/units.h"
+
+namespace epoch::engine {
+
+namespace {
+
+using workflows::Definition;
+using workflows::Step;
+
+Event RunEvent(const Run& run, std::string_view type, Json data, std::string actor = "system") {
+  return Event{RunStream(run.id), std::string(type), std::move(data), std::move(actor)};
+}
+
+Json ResourcesJson(const workflows::Resources& r) {
+  return Json{{"cpu_millis", r.cpu_millis}, {"memory_bytes", r.memory_bytes}, {"gpus", r.gpus}};
+}
+
+workflows::Resources MaxContainer(const EngineConfig& c) {
+  workflows::Resources r;
+  r.cpu_millis = c.container_cpu_millis;
+  r.memory_bytes = c.container_memory_bytes;
+  r.gpus = c.container_gpus;
+  return r;
+}
+
+// {"<step>": {"metrics": {...}, "outputs": {"<file>": "<path>"}}} for steps that succeeded.
+Json StepsContext(const Run& run, const EngineConfig& cfg) {
+  Json steps = Json::object();
+  for (const auto& s : run.steps) {
+    if (s.phase != StepPhase::kSucceeded || s.attempts.empty()) continue;
+    Json outs = Json::object();
+    std::string dir = OutputsDir(cfg, run.id, s.name, s.attempts.back().number);
+    for (const auto& o : s.outputs) {
+      std::string n = o.value("name", "");
+      if (!n.empty()) outs[n] = dir + "/" + n;
+    }
+    steps[s.name] = Json{{"metrics", s.metrics}, {"outputs", outs}};
+  }
+  return steps;
+}
+
+Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkflow& cmd,
+                                        const DecideContext& ctx) {
+  ASSIGN_OR_RETURN(auto def, workflows::ParseDefinition(cmd.definition, MaxContainer(*ctx.config)));
+  Decision d;
+  d.result.id = def->name;
+  d.result.digest = def->digest;
+  auto it = state.workflows.find(def->name);
+  int next = 1;
+  if (it != state.workflows.end()) {
+    for (const auto& v : it->second) {
+      if (v.digest == def->digest) {
+        d.result.version = v.version;
+        d.result.created = false;
+        return d;
+      }
+    }
+    next = static_cast<int>(it->second.size()) + 1;
+  }
+  d.result.version = next;
+  d.result.created = true;
+  d.events.push_back(Event{WorkflowStream(def->name), std::string(ev::kWorkflowRegistered),
+                           Json{{"name", def->name},
+                                {"version", next},
+                                {"definition", def->source},
+                                {"digest", def->digest}},
+                           cmd.actor});
+  return d;
+}
+
+Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
+                                 const DecideContext& ctx) {
+  Decision d;
+  if (!cmd.idempotency_key.empty()) {
+    auto it = state.idempotency.find({cmd.tenant, cmd.idempotency_key});
+    if (it != state.idempotency.end()) {
+      d.result.id = it->second;
+      d.result.created = false;
+      return d;
+    }
+  }
+  if (!cmd.labels.is_object()) return InvalidArgument("labels: must be an object");
+  for (auto& [k, v] : cmd.labels.items()) {
+    if (!v.is_string()) return InvalidArgument("labels." + k + ": must be a string");
+  }
+  if (state.FindRun(cmd.run_id)) return Conflict("run " + cmd.run_id + " already exists");
+  std::string workflow = cmd.workflow;
+  int version = cmd.version;
+  std::shared_ptr<const Definition> def;
+  std::string digest;
+  if (cmd.definition) {
+    ASSIGN_OR_RETURN(Decision reg,
+                     DecideRegisterWorkflow(state, RegisterWorkflow{*cmd.definition, cmd.submitter},
+                                            ctx));
+    workflow = reg.result.id;
+    version = reg.result.version;
+    digest = reg.result.digest;
+    if (reg.result.created) {
+      ASSIGN_OR_RETURN(def, workflows::ParseDefinition(*cmd.definition));
+    } else {
+      def = state.FindWorkflow(workflow, version)->def;
+    }
+    for (auto& e : reg.events) d.events.push_back(std::move(e));
+  } else {
+    const WorkflowVersion* wf = state.FindWorkflow(workflow, version);
+    if (!wf) {
+      if (state.workflows.count(workflow)) {
+        return NotFound("workflow '" + workflow + "' has no version " + std::to_string(version));
+      }
+      return NotFound("workflow '" + workflow + "' is not registered");
+    }
+    version = wf->version;
+    digest = wf->digest;
+    def = wf->def;
+  }
+  ASSIGN_OR_RETURN(Json params, workflows::ResolveParams(*def, cmd.params));
+  Json data{{"run", cmd.run_id},       {"workflow", workflow},  {"version", version},
+            {"digest", digest},        {"params", params},      {"labels", cmd.labels},
+            {"tenant", cmd.tenant},    {"submitter", cmd.submitter},
+            {"priority", cmd.priority}};
+  if (!cmd.idempotency_key.empty()) data["idempotency_key"] = cmd.idempotency_key;
+  d.events.push_back(Event{RunStream(cmd.run_id), std::string(ev::kRunSubmitted), std::move(data),
+                           cmd.submitter});
+  d.result.id = cmd.run_id;
+  d.result.version = version;
+  d.result.digest = digest;
+  d.result.created = true;
+  return d;
+}
+
+Result<Decision> DecideCancel(const State& state, const CancelRun& cmd) {
+  const Run* run = state.FindRun(cmd.run_id);
+  if (!run) return NotFound("run '" + cmd.run_id + "' not found");
+  Decision d;
+  d.result.id = run->id;
+  if (IsTerminal(run->phase)) {
+    return Conflict("run '" + run->id + "' is already " + std::string(Name(run->phase)));
+  }
+  if (run->cancel_requested) return d;  // cancelling already: nothing new to record
+  d.result.created = true;
+  d.events.push_back(RunEvent(*run, ev::kRunCancelRequested, Json{{"by", cmd.actor}}, cmd.actor));
+  return d;
+}
+
+Result<Decision> DecideRetry(const State& state, const RetryRun& cmd) {
+  const Run* run = state.FindRun(cmd.run_id);
+  if (!run) return NotFound("run '" + cmd.run_id + "' not found");
+  if (run->phase != RunPhase::kFailed && run->phase != RunPhase::kCancelled) {
+    return Conflict("run '" + run->id + "' is " + std::string(Name(run->phase)) +
+                    "; only failed or cancelled runs can be retried");
+  }
+  Json steps = Json::array();
+  for (const auto& s : run->steps) {
+    if (s.phase == StepPhase::kSucceeded) continue;
+    if (s.phase == StepPhase::kSkipped) continue;  // decided by `when`; re-evaluated if upstream re-runs
+    if (s.Last() && !IsTerminal(s.Last()->phase)) {
+      return Conflict("step '" + s.name + "' of run '" + run->id + "' is still running");
+    }
+    steps.push_back(s.name);
+  }
+  Decision d;
+  d.result.id = run->id;
+  d.result.created = true;
+  d.events.push_back(
+      RunEvent(*run, ev::kRunRetryRequested, Json{{"steps", steps}, {"by", cmd.actor}}, cmd.actor));
+  return d;
+}
+
+Result<Decision> DecideRegisterContainer(const State& state, const RegisterContainer& cmd) {
+  auto it = state.containers.find(cmd.container);
+  if (it == state.containers.end()) {
+    return NotFound("container '" + cmd.container + "' is not known to this master");
+  }
+  const Container& c = it->second;
+  if (c.phase == ContainerPhase::kLost || c.phase == ContainerPhase::kReleased) {
+    return FailedPrecondition("container '" + c.id + "' is " + std::string(Name(c.phase)) +
+                              (c.reason.empty() ? "" : " (" + c.reason + ")"));
+  }
+  Decision d;
+  d.result.id = c.id;
+  d.result.created = c.phase != ContainerPhase::kRegistered;
+  d.events.push_back(Event{ContainerStream(c.id), std::string(ev::kContainerRegistered),
+                           Json{{"container", c.id},
+                                {"backend", cmd.backend.empty() ? c.backend : cmd.backend},
+                                {"handle", cmd.handle.empty() ? c.handle : cmd.handle},
+                                {"host", cmd.host},
+                                {"pid", cmd.pid},
+                                {"cpu_millis", cmd.cpu_millis},
+                                {"memory_bytes", cmd.memory_bytes},
+                                {"gpus", cmd.gpus}},
+                           c.id});
+  return d;
+}
+
+// Turns an agent report into the attempt's terminal event (plus JobStarted if
+// the master never saw it start).
+void ReportEvents(const State& state, const Container& c, const Json& report,
+                  std::vector<Event>* out) {
+  std::string id = report.value("attempt_id", "");
+  std::string run_id, step;
+  int n;
+  if (!ParseAttemptId(id, &run_id, &step, &n)) return;
+  const Run* run = state.FindRun(run_id);
+  const Attempt* a = state.FindAttempt(id);
+  if (!run || !a || IsTerminal(a->phase) || a->container != c.id) return;  // stale: ack, no-op
+  Json usage = report.value("usage", Json::object());
+  if (a->phase == AttemptPhase::kAssigned) {
+    out->push_back(RunEvent(*run, ev::kJobStarted,
+                            Json{{"step", step}, {"attempt", n}, {"container", c.id}}, c.id));
+  }
+  std::string st = report.value("state", "failed");
+  Json base{{"step", step}, {"attempt", n}, {"usage", usage}};
+  auto copy_opt = [&](const char* k) {
+    if (report.contains(k) && !report[k].is_null()) base[k] = report[k];
+  };
+  copy_opt("exit_code");
+  copy_opt("signal");
+  copy_opt("reason");
+  if (st == "succeeded") {
+    base["metrics"] = report.value("metrics", Json::object());
+    base["outputs"] = report.value("outputs", Json::array());
+    if (report.contains("metrics_error")) base["metrics_error"] = report["metrics_error"];
+    out->push_back(RunEvent(*run, ev::kJobSucceeded, std::move(base), c.id));
+  } else if (st == "timed_out") {
+    if (!base.contains("reason")) base["reason"] = "timeout";
+    out->push_back(RunEvent(*run, ev::kJobTimedOut, std::move(base), c.id));
+  } else if (st == "cancelled") {
+    if (!base.contains("reason")) base["reason"] = run->cancel_requested ? "run cancelled" : "cancelled";
+    out->push_back(RunEvent(*run, ev::kJobCancelled, std::move(base), c.id));
+  } else {
+    if (!base.contains("reason")) base["reason"] = "failed";
+    out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
+  }
+}
+
+Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
+  auto it = state.containers.find(cmd.container);
+  if (it == state.containers.end()) {
+    return NotFound("container '" + cmd.container + "' is not known to this master");
+  }
+  const Container& c = it->second;
+  if (c.phase == ContainerPhase::kLost || c.phase == ContainerPhase::kReleased) {
+    return FailedPrecondition("container '" + c.id + "' is " + std::string(Name(c.phase)));
+  }
+  if (c.phase != ContainerPhase::kRegistered) {
+    return NotFound("container '" + c.id + "' has not registered");
+  }
+  Decision d;
+  d.result.id = c.id;
+  std::set<std::string> reported;
+  if (cmd.reports.is_array()) {
+    for (const auto& r : cmd.reports) {
+      if (!r.is_object()) continue;
+      ReportEvents(state, c, r, &d.events);
+      std::string id = r.value("attempt_id", "");
+      if (!id.empty()) {
+        reported.insert(id);
+        d.result.ack.push_back(id);
+      }
+    }
+  }
+  for (const auto& id : cmd.running) {
+    if (reported.count(id)) continue;
+    const Attempt* a = state.FindAttempt(id);
+    if (!a || a->phase != AttemptPhase::kAssigned || a->container != c.id) continue;
+    std::string run_id, step;
+    int n;
+    ParseAttemptId(id, &run_id, &step, &n);
+    d.events.push_back(RunEvent(*state.FindRun(run_id), ev::kJobStarted,
+                                Json{{"step", step}, {"attempt", n}, {"container", c.id}}, c.id));
+  }
+  return d;
+}
+
+Result<Decision> DecideLaunchResult(const State& state, const ContainerLaunchResult& cmd) {
+  auto it = state.containers.find(cmd.container);
+  if (it == state.containers.end()) return NotFound("container '" + cmd.container + "'");
+  Decision d;
+  d.result.id = cmd.container;
+  if (it->second.phase == ContainerPhase::kLost || it->second.phase == ContainerPhase::kReleased) {
+    return d;
+  }
+  if (cmd.ok) {
+    d.events.push_back(Event{ContainerStream(cmd.container), std::string(ev::kContainerLaunched),
+                             Json{{"container", cmd.container}, {"handle", cmd.handle}}});
+  } else {
+    d.events.push_back(Event{ContainerStream(cmd.container), std::string(ev::kContainerLost),
+                             Json{{"container", cmd.container},
+                                  {"reason", "launch failed: " + cmd.error}}});
+  }
+  return d;
+}
+
+// JobFailed{container_lost} for every attempt still placed on a lost container.
+void LoseContainer(const State& state, const Container& c, const std::string& reason,
+                   std::vector<Event>* out) {
+  out->push_back(Event{ContainerStream(c.id), std::string(ev::kContainerLost),
+                       Json{{"container", c.id}, {"reason", reason}}});
+  for (const auto& id : c.attempts) {
+    std::string run_id, step;
+    int n;
+    if (!ParseAttemptId(id, &run_id, &step, &n)) continue;
+    const Run* run = state.FindRun(run_id);
+    if (!run) continue;
+    out->push_back(RunEvent(*run, ev::kJobFailed,
+                            Json{{"step", step},
+                                 {"attempt", n},
+                                 {"reason", "container_lost"},
+                                 {"detail", "container " + c.id + ": " + reason}}));
+  }
+}
+
+}  // namespace
+
+std::string WorkspaceDir(const EngineConfig& c, std::string_view run) {
+  return c.data_dir + "/runs/" + std::string(run);
+}
+std::string OutputsDir(const EngineConfig& c, std::string_view run, std::string_view step,
+                       int attempt) {
+  return WorkspaceDir(c, run) + "/" + std::string(step) + "/" + std::to_string(attempt) +
+         "/outputs";
+}
+std::string LogPath(const EngineConfig& c, std::string_view run, std::string_view step,
+                    int attempt) {
+  return c.data_dir + "/logs/" + std::string(run) + "/" + std::string(step) + "/" +
+         std::to_string(attempt) + ".log";
+}
+
+Result<Decision> Decide(const State& state, const Command& command, const DecideContext& ctx) {
+  return std::visit(
+      [&](const auto& cmd) -> Result<Decision> {
+        using T = std::decay_t<decltype(cmd)>;
+        if constexpr (std::is_same_v<T, RegisterWorkflow>) {
+          return DecideRegisterWorkflow(state, cmd, ctx);
+        } else if constexpr (std::is_same_v<T, SubmitRun>) {
+          return DecideSubmitRun(state, cmd, ctx);
+        } else if constexpr (std::is_same_v<T, CancelRun>) {
+          return DecideCancel(state, cmd);
+        } else if constexpr (std::is_same_v<T, RetryRun>) {
+          return DecideRetry(state, cmd);
+        } else if constexpr (std::is_same_v<T, RegisterContainer>) {
+          return DecideRegisterContainer(state, cmd);
+        } else if constexpr (std::is_same_v<T, PollContainer>) {
+          return DecidePoll(state, cmd);
+        } else if constexpr (std::is_same_v<T, ContainerLaunchResult>) {
+          return DecideLaunchResult(state, cmd);
+        } else {
+          Decision d;
+          d.events = OnTick(state, cmd, ctx);
+          return d;
+        }
+      },
+      command);
+}
+
+namespace {
+
+// Queues the next attempt of a step: renders its command now, so the event
+// records exactly what will run.
+void QueueAttempt(const Run& run, const Step& step, int attempt, const DecideContext& ctx,
+                  std::vector<Event>* out) {
+  const EngineConfig& cfg = *ctx.config;
+  workflows::TemplateContext tc;
+  tc.params = run.params;
+  tc.run_id = run.id;
+  tc.workspace = WorkspaceDir(cfg, run.id);
+  tc.outputs_dir = OutputsDir(cfg, run.id, step.name, attempt);
+  tc.step = step.name;
+  tc.attempt = attempt;
+  tc.steps = StepsContext(run, cfg);
+  auto argv = workflows::RenderCommand(step, tc);
+  Json env = Json::object();
+  Status env_status;
+  for (const auto& [k, v] : step.env) {
+    auto r = workflows::RenderTemplate(v, tc);
+    if (!r.ok()) {
+      env_status = r.status();
+      break;
+    }
+    env[k] = *r;
+  }
+  if (!argv.ok() || !env_status.ok()) {
+    const Status& st = !argv.ok() ? argv.status() : env_status;
+    out->push_back(RunEvent(run, ev::kRunFailed,
+                            Json{{"step", step.name}, {"reason", "template: " + st.message()}}));
+    return;
+  }
+  Json data{{"run", run.id},
+            {"step", step.name},
+            {"attempt", attempt},
+            {"resources", ResourcesJson(step.resources)},
+            {"argv", *argv},
+            {"env", env},
+            {"timeout_ms", step.timeout ? step.timeout->count() / 1000 : 0}};
+  out->push_back(RunEvent(run, ev::kJobQueued, std::move(data)));
+}
+
+bool HasActiveAttempt(const StepRun& s) { return s.Last() && !IsTerminal(s.Last()->phase); }
+
+}  // namespace
+
+std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideContext& ctx) {
+  (void)state;
+  std::vector<Event> out;
+  if (IsTerminal(run.phase) || !run.def) return out;
+  const Definition& def = *run.def;
+
+  if (run.cancel_requested) {
+    bool active = false;
+    for (const auto& s : run.steps) {
+      const Attempt* a = s.Last();
+      // Queued and assigned attempts end here; an agent that already started an
+      // assigned one is told to cancel it when it next reports it running.
+      if (a && (a->phase == AttemptPhase::kQueued || a->phase == AttemptPhase::kAssigned)) {
+        out.push_back(RunEvent(run, ev::kJobCancelled,
+                               Json{{"step", s.name}, {"attempt", a->number},
+                                    {"reason", "run cancelled"}}));
+      } else if (HasActiveAttempt(s)) {
+        active = true;
+      }
+    }
+    if (!active) out.push_back(RunEvent(run, ev::kRunCancelled, Json::object()));
+    return out;
+  }
+
+  bool all_done = true;
+  for (size_t idx : def.topo_order) {
+    const Step& step = def.steps[idx];
+    const StepRun& s = run.steps[idx];
+    if (!IsTerminal(s.phase) || s.phase == StepPhase::kFailed ||
+        s.phase == StepPhase::kCancelled) {
+      all_done = false;
+    }
+    if ((s.phase == StepPhase::kFailed || s.phase == StepPhase::kCancelled) && !s.retry_at &&
+        !HasActiveAttempt(s)) {
+      // Attempts used since the run was (re)started; a retry request starts a new round.
+      int used = static_cast<int>(s.attempts.size()) - s.round_start + 1;
+      if (used <= step.retry.limit) {
+        int next = static_cast<int>(s.attempts.size()) + 1;
+        TimePoint nb = ctx.now + step.retry.DelayBefore(used + 1);
+        out.push_back(RunEvent(run, ev::kJobRetryScheduled,
+                               Json{{"step", s.name}, {"attempt", next},
+                                    {"not_before", FormatTime(nb)},
+                                    {"after_reason", s.reason}}));
+      } else {
+        // Out of retries: the run fails; queued work is cancelled, running work
+        // is told to stop by the dispatcher (the run is terminal).
+        for (const auto& other : run.steps) {
+          const Attempt* a = other.Last();
+          if (a && (a->phase == AttemptPhase::kQueued || a->phase == AttemptPhase::kAssigned)) {
+            out.push_back(RunEvent(run, ev::kJobCancelled,
+                                   Json{{"step", other.name}, {"attempt", a->number},
+                                        {"reason", "run failed"}}));
+          }
+        }
+        std::string reason = s.reason.empty() ? "failed" : s.reason;
+        out.push_back(RunEvent(run, ev::kRunFailed,
+                               Json{{"step", s.name},
+                                    {"reason", "step '" + s.name + "' failed after " +
+                                                   std::to_string(used) + " attempt(s): " +
+                                                   reason}}));
+        return out;
+      }
+      continue;
+    }
+    if (s.phase != StepPhase::kPending) continue;
+    bool ready = true;
+    std::string skip_reason;
+    for (const auto& dep : step.after) {
+      const StepRun* ds = run.FindStep(dep);
+      if (!ds) continue;
+      if (ds->phase == StepPhase::kSkipped) {
+        skip_reason = "upstream step '" + dep + "' was skipped";
+      } else if (ds->phase != StepPhase::kSucceeded) {
+        ready = false;
+      }
+    }
+    if (!ready) continue;
+    if (!skip_reason.empty()) {
+      out.push_back(RunEvent(run, ev::kStepSkipped, Json{{"step", s.name}, {"reason", skip_reason}}));
+      continue;
+    }
+    auto when = workflows::EvaluateWhen(step, run.params, StepsContext(run, *ctx.config));
+    if (!when.ok() || !*when) {
+      std::string why = when.ok() ? "when '" + step.when + "' is false"
+                                  : "when '" + step.when + "': " + when.status().message();
+      out.push_back(RunEvent(run, ev::kStepSkipped, Json{{"step", s.name}, {"reason", why}}));
+      continue;
+    }
+    out.push_back(RunEvent(run, ev::kStepReady, Json{{"step", s.name}}));
+    QueueAttempt(run, step, s.next_attempt, ctx, &out);
+  }
+  if (all_done && out.empty()) out.push_back(RunEvent(run, ev::kRunSucceeded, Json::object()));
+  return out;
+}
+
+std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
+  (void)ctx;
+  std::vector<Event> out;
+  if (state.queue.empty()) return out;
+  struct Free {
+    const Container* c;
+    int64_t cpu, mem;
+    std::vector<std::string> gpus;
+  };
+  std::vector<Free> free;
+  for (const auto& [id, c] : state.containers) {
+    if (c.phase != ContainerPhase::kRegistered) continue;
+    Free f{&c, c.cpu_millis - c.used_cpu, c.memory_bytes - c.used_memory, {}};
+    for (const auto& g : c.gpus) {
+      std::string idx = g.contains("index") ? g["index"].dump() : "";
+      if (g.contains("index") && g["index"].is_string()) idx = g["index"].get<std::string>();
+      bool healthy = g.value("healthy", true);
+      if (!idx.empty() && healthy && !c.busy_gpus.count(idx)) f.gpus.push_back(idx);
+    }
+    if (f.cpu > 0 && f.mem > 0) free.push_back(std::move(f));
+  }
+  if (free.empty()) return out;
+  for (const auto& [key, attempt_id] : state.queue) {
+    std::string run_id, step;
+    int n;
+    if (!ParseAttemptId(attempt_id, &run_id, &step, &n)) continue;
+    const Run* run = state.FindRun(run_id);
+    const Attempt* a = state.FindAttempt(attempt_id);
+    if (!run || !a || run->cancel_requested || IsTerminal(run->phase)) continue;
+    for (auto& f : free) {
+      if (f.cpu < a->resources.cpu_millis || f.mem < a->resources.memory_bytes ||
+          static_cast<int>(f.gpus.size()) < a->resources.gpus) {
+        continue;
+      }
+      Json gpus = Json::array();
+      for (int i = 0; i < a->resources.gpus; ++i) {
+        gpus.push_back(f.gpus.back());
+        f.gpus.pop_back();
+      }
+      f.cpu -= a->resources.cpu_millis;
+      f.mem -= a->resources.memory_bytes;
+      out.push_back(RunEvent(*run, ev::kJobAssigned,
+                             Json{{"step", step}, {"attempt", n}, {"container", f.c->id},
+                                  {"gpus", gpus}}));
+      break;
+    }
+  }
+  return out;
+}
+
+std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideContext& ctx) {
+  std::vector<Event> out;
+  const EngineConfig& cfg = *ctx.config;
+  // Retries whose time has come.
+  for (const auto& [when, attempt_id] : state.retry_timers) {
+    if (when > ctx.now) break;
+    std::string run_id, step;
+    int n;
+    if (!ParseAttemptId(attempt_id, &run_id, &step, &n)) continue;
+    const Run* run = state.FindRun(run_id);
+    if (!run || IsTerminal(run->phase) || run->cancel_requested) continue;
+    const StepRun* s = run->FindStep(step);
+    const Step* def_step = run->def->FindStep(step);
+    if (!s || !def_step || !s->retry_at || s->next_attempt != n) continue;
+    QueueAttempt(*run, *def_step, n, ctx, &out);
+  }
+  // Leases.
+  std::set<std::string> expired(tick.expired.begin(), tick.expired.end());
+  int live = 0;
+  for (const auto& [id, c] : state.containers) {
+    if (c.phase == ContainerPhase::kRegistered && expired.count(id)) {
+      LoseContainer(state, c, "lease expired (no poll for " + FormatDuration(cfg.lease) + ")",
+                    &out);
+      continue;
+    }
+    if (c.phase == ContainerPhase::kRequested && ctx.now - c.requested_at > cfg.register_timeout) {
+      LoseContainer(state, c,
+                    "never registered (within " + FormatDuration(cfg.register_timeout) + ")", &out);
+      continue;
+    }
+    if (c.phase == ContainerPhase::kRequested || c.phase == ContainerPhase::kRegistered) ++live;
+  }
+  // The pool: a fixed size for now (sig.maxReplicas).
+  for (int i = live; i < cfg.max_replicas; ++i) {
+    std::string id = "c" + std::to_string(state.container_counter + 1 + (i - live));
+    out.push_back(Event{ContainerStream(id), std::string(ev::kContainerRequested),
+                        Json{{"container", id},
+                             {"backend", cfg.backend},
+                             {"spec", Json{{"cpu_millis", cfg.container_cpu_millis},
+                                           {"memory_bytes", cfg.container_memory_bytes},
+                                           {"gpus", cfg.container_gpus}}},
+                             {"reason", live == 0 && state.container_counter == 0
+                                            ? "pool start"
+                                            : "pool below sig.maxReplicas"}}});
+  }
+  return out;
+}
+
+}  // namespace epoch::engine

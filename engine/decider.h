@@ -1,0 +1,70 @@
+// The decider: pure functions from (State, Command, context) to events.
+//
+//   Decide      validates a command against the state and returns its events.
+//   AdvanceRun  the run's own logic after something changed: steps whose
+//               dependencies are met become ready (or are skipped by `when`),
+//               failed attempts are retried or fail the run, a cancel settles.
+//   Schedule    places queued attempts on containers with room (first fit, FIFO
+//               by priority then submission).
+//   OnTick      due retries, expired container leases, the pool's size.
+//
+// None of them reads a clock, the environment or the store: time, configuration
+// and ids arrive in the context, so replaying the same events gives the same
+// decisions. The writer (engine.h) evolves each returned event into its working
+// state before asking again, until nothing more follows (a fixpoint).
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "engine/commands.h"
+#include "engine/events.h"
+#include "engine/state.h"
+
+namespace epoch::engine {
+
+struct EngineConfig {
+  std::string data_dir;            // runs/, logs/ live here (absolute)
+  std::string backend = "local";
+  int max_replicas = 10;           // sig.maxReplicas: fixed pool size for now
+  int64_t container_cpu_millis = 1000;          // sig.cpu
+  int64_t container_memory_bytes = 2144LL << 20;  // sig.memory
+  int container_gpus = 0;                       // sig.gpu
+  Micros lease = std::chrono::seconds(10);           // executor.leaseTime
+  Micros register_timeout = std::chrono::seconds(30);  // executor.registerTimeout
+  Micros poll_timeout = std::chrono::milliseconds(1000);  // executor.pollTimeout
+  Micros tick = std::chrono::milliseconds(100);
+  int64_t grace_ms = 5000;  // SIGTERM -> SIGKILL grace given to agents
+};
+
+struct DecideContext {
+  TimePoint now;
+  const EngineConfig* config;
+};
+
+struct Decision {
+  std::vector<Event> events;
+  CommandResult result;
+};
+
+// Errors: kInvalidArgument (bad definition/params; details list each problem),
+// kNotFound (unknown run/workflow/container), kConflict (wrong state),
+// kFailedPrecondition (container already lost or released).
+Result<Decision> Decide(const State& state, const Command& command, const DecideContext& ctx);
+
+std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideContext& ctx);
+std::vector<Event> Schedule(const State& state, const DecideContext& ctx);
+std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideContext& ctx);
+
+// Paths of the data dir layout (DESIGN.md).
+std::string WorkspaceDir(const EngineConfig& c, std::string_view run);
+std::string OutputsDir(const EngineConfig& c, std::string_view run, std::string_view step,
+                       int attempt);
+std::string LogPath(const EngineConfig& c, std::string_view run, std::string_view step,
+                    int attempt);
+
+}  // namespace epoch::engine

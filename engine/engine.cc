@@ -1,0 +1,361 @@
+#include "engine/engine.h"
+
+#include <spdlog/spdlog.h>
+
+#include <set>
+
+#include "engine/processor.h"
+
+namespace epoch::engine {
+
+namespace {
+constexpr size_t kReplayPage = 4096;
+
+RecordedEvent FromEnvelope(const storage::Envelope& env) {
+  RecordedEvent r;
+  r.position = env.position;
+  r.stream = env.stream;
+  r.type = env.type;
+  r.actor = env.actor;
+  r.epoch = env.epoch;
+  auto t = ParseTime(env.time);
+  r.time = t.ok() ? *t : TimePoint{};
+  auto j = ParseJson(env.data, 256);
+  r.data = j.ok() ? std::move(*j) : Json::object();
+  return r;
+}
+}  // namespace
+
+Engine::Engine(EngineOptions options, storage::EventStore* store, ContainerBackend* backend,
+               const Clock* clock)
+    : options_(std::move(options)), store_(store), backend_(backend), clock_(clock) {}
+
+Engine::~Engine() { Stop(); }
+
+Status Engine::Start() {
+  // Replay.
+  uint64_t after = 0;
+  size_t count = 0;
+  while (true) {
+    ASSIGN_OR_RETURN(auto page, store_->ReadAll(after, kReplayPage));
+    if (page.empty()) break;
+    for (const auto& env : page) {
+      Evolve(working_, FromEnvelope(env));
+      after = env.position;
+      ++count;
+    }
+  }
+  storage::HeadInfo head = store_->Head();
+  if (head.position != working_.head) {
+    return Corruption("replay ended at " + std::to_string(working_.head) + " but the head is " +
+                      std::to_string(head.position));
+  }
+  uint64_t stored_epoch = 0;
+  ASSIGN_OR_RETURN(auto meta_epoch, store_->GetMeta("epoch"));
+  if (meta_epoch) stored_epoch = std::strtoull(meta_epoch->c_str(), nullptr, 10);
+  epoch_ = std::max(stored_epoch, working_.epoch) + 1;
+  RETURN_IF_ERROR(store_->PutMeta("epoch", std::to_string(epoch_)));
+  spdlog::info("replayed {} events (head {}), taking leadership with epoch {}", count,
+               working_.head, epoch_);
+
+  // Leadership is itself an event.
+  TimePoint now = clock_->Now();
+  storage::AppendBatch batch;
+  batch.time = FormatTime(now);
+  batch.epoch = epoch_;
+  Json data{{"epoch", epoch_}, {"node", options_.node}, {"address", options_.advertise_url}};
+  batch.appends.push_back(storage::StreamAppend{
+      std::string(kMasterStream), storage::kAnyVersion,
+      {storage::NewEvent{std::string(ev::kLeaderElected), 1, "system", CanonicalDump(data)}}});
+  ASSIGN_OR_RETURN(auto res, store_->Append(std::move(batch)));
+  RecordedEvent le{res.first_position, std::string(kMasterStream),
+                   std::string(ev::kLeaderElected), data, "system", now, epoch_};
+  Evolve(working_, le);
+  {
+    std::unique_lock lock(published_mu_);
+    published_ = working_;
+  }
+  // Reconcile: every live container gets a fresh lease from now.
+  {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    for (const auto& [id, c] : working_.containers) {
+      if (c.phase == ContainerPhase::kRegistered) last_seen_[id] = now;
+    }
+  }
+  started_ = true;
+  writer_ = std::thread([this] { WriterLoop(); });
+  reactor_ = std::thread([this] { ReactorLoop(); });
+  ready_ = true;
+  return Status::Ok();
+}
+
+void Engine::Stop() {
+  if (!started_) return;
+  started_ = false;
+  ready_ = false;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  {
+    std::lock_guard<std::mutex> lock(reactor_mu_);
+    reactor_stopping_ = true;
+  }
+  reactor_cv_.notify_all();
+  if (reactor_.joinable()) reactor_.join();
+  change_cv_.notify_all();
+}
+
+Result<CommandResult> Engine::Execute(Command command) {
+  if (failed_) return Unavailable("the engine stopped after a storage failure; restart epochd");
+  auto p = std::make_unique<Pending>();
+  p->command = std::move(command);
+  auto fut = p->promise.get_future();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (stopping_ || !started_) return Unavailable("the engine is not running");
+    queue_.push_back(std::move(p));
+  }
+  queue_cv_.notify_one();
+  return fut.get();
+}
+
+void Engine::Heartbeat(const std::string& container) {
+  std::lock_guard<std::mutex> lock(lease_mu_);
+  last_seen_[container] = clock_->Now();
+}
+
+std::vector<std::string> Engine::ExpiredLeases(TimePoint now) {
+  std::vector<std::string> out;
+  std::lock_guard<std::mutex> lock(lease_mu_);
+  for (const auto& [id, c] : working_.containers) {
+    if (c.phase != ContainerPhase::kRegistered) continue;
+    auto it = last_seen_.find(id);
+    if (it == last_seen_.end()) {
+      last_seen_[id] = now;  // first sight (e.g. just registered): lease starts now
+      continue;
+    }
+    if (now - it->second > options_.config.lease) out.push_back(id);
+  }
+  return out;
+}
+
+void Engine::WriterLoop() {
+  const EngineConfig& cfg = options_.config;
+  TimePoint next_tick = clock_->Now();
+  while (true) {
+    std::vector<std::unique_ptr<Pending>> group;
+    {
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      auto wait_for = std::chrono::duration_cast<std::chrono::microseconds>(next_tick -
+                                                                            clock_->Now());
+      if (queue_.empty() && !stopping_ && wait_for.count() > 0) {
+        queue_cv_.wait_for(lock, wait_for, [&] { return !queue_.empty() || stopping_; });
+      }
+      if (stopping_) break;
+      while (!queue_.empty() && group.size() < options_.max_group) {
+        group.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+    }
+    TimePoint now = clock_->Now();
+    Processor proc(&working_, DecideContext{now, &cfg}, epoch_);
+    std::vector<std::optional<Result<CommandResult>>> results(group.size());
+    for (size_t i = 0; i < group.size(); ++i) {
+      stats_.commands++;
+      results[i] = proc.Apply(group[i]->command);
+      if (!results[i]->ok()) stats_.rejected++;
+    }
+    if (now >= next_tick) {
+      Tick tick;
+      if (options_.start_pool) tick.expired = ExpiredLeases(now);
+      std::vector<Event> tick_events = OnTick(working_, tick, DecideContext{now, &cfg});
+      if (!options_.start_pool) {
+        std::erase_if(tick_events, [](const Event& e) { return e.type == ev::kContainerRequested; });
+      }
+      proc.Record(std::move(tick_events));
+      next_tick = now + cfg.tick;
+    }
+    proc.Settle();
+    std::vector<RecordedEvent>& recorded = proc.recorded();
+
+    uint64_t position = working_.head;
+    if (!recorded.empty()) {
+      storage::AppendBatch ab;
+      ab.time = FormatTime(recorded.front().time);
+      ab.epoch = epoch_;
+      for (auto& e : recorded) {
+        if (ab.appends.empty() || ab.appends.back().stream != e.stream) {
+          storage::StreamAppend sa;
+          sa.stream = e.stream;
+          sa.expected_version =
+              e.type == ev::kRunSubmitted ? storage::kNoStream : storage::kAnyVersion;
+          ab.appends.push_back(std::move(sa));
+        }
+        ab.appends.back().events.push_back(
+            storage::NewEvent{e.type, 1, e.actor, CanonicalDump(e.data)});
+        if (e.type == ev::kRunSubmitted) {
+          std::string key = e.data.value("idempotency_key", "");
+          if (!key.empty()) {
+            ab.idempotency.push_back(
+                {e.data.value("tenant", "default") + std::string(1, '\0') + key,
+                 e.data.value("run", "")});
+          }
+        }
+      }
+      TimePoint t0 = clock_->Now();
+      auto res = store_->Append(std::move(ab));
+      int64_t lat = (clock_->Now() - t0).count();
+      int b = 0;
+      while (b < EngineStats::kBuckets && lat > EngineStats::kBoundsUs[b]) ++b;
+      stats_.latency_buckets[b]++;
+      stats_.latency_sum_us += static_cast<uint64_t>(std::max<int64_t>(lat, 0));
+      stats_.latency_count++;
+      if (!res.ok() || res->first_position != recorded.front().position) {
+        Status st = res.ok() ? Internal("append landed at an unexpected position")
+                             : res.status();
+        spdlog::critical("event append failed, the engine stops: {}", st.ToString());
+        failed_ = true;
+        for (auto& p : group) {
+          p->promise.set_value(Unavailable("storage failure: " + st.message()));
+        }
+        {
+          std::lock_guard<std::mutex> lock(queue_mu_);
+          stopping_ = true;
+          for (auto& p : queue_) p->promise.set_value(Unavailable("storage failure"));
+          queue_.clear();
+        }
+        break;
+      }
+      stats_.commits++;
+      stats_.events_appended += recorded.size();
+      {
+        std::unique_lock lock(published_mu_);
+        for (const auto& r : recorded) Evolve(published_, r);
+      }
+      {
+        std::lock_guard<std::mutex> lock(change_mu_);
+        generation_++;
+      }
+      change_cv_.notify_all();
+      // Reactors: side effects of durable events.
+      for (const auto& r : recorded) {
+        if (r.type == ev::kContainerRequested && backend_) {
+          ContainerSpec spec;
+          spec.id = r.data.value("container", "");
+          const Json& s = r.data.value("spec", Json::object());
+          spec.cpu_millis = s.value("cpu_millis", int64_t{1000});
+          spec.memory_bytes = s.value("memory_bytes", int64_t{0});
+          spec.gpus = s.value("gpus", 0);
+          spec.master_url = options_.advertise_url;
+          spec.data_dir = cfg.data_dir;
+          spec.env = options_.agent_env;
+          PostReactor([this, spec] {
+            auto h = backend_->Launch(spec);
+            ContainerLaunchResult lr;
+            lr.container = spec.id;
+            lr.ok = h.ok();
+            if (h.ok()) lr.handle = *h;
+            else lr.error = h.status().message();
+            if (!h.ok()) spdlog::error("launching container {} failed: {}", spec.id, lr.error);
+            (void)Execute(lr);
+          });
+        } else if ((r.type == ev::kContainerLost || r.type == ev::kContainerReleased) && backend_) {
+          std::string id = r.data.value("container", "");
+          auto it = working_.containers.find(id);
+          std::string handle = it != working_.containers.end() ? it->second.handle : "";
+          if (!handle.empty()) {
+            PostReactor([this, id, handle] {
+              Status st = backend_->Terminate(id, handle);
+              if (!st.ok()) spdlog::warn("terminating container {}: {}", id, st.ToString());
+            });
+          }
+        }
+      }
+    }
+    for (size_t i = 0; i < group.size(); ++i) {
+      if (results[i]->ok()) (*results[i])->position = position;
+      group[i]->promise.set_value(std::move(*results[i]));
+    }
+  }
+  // Drain: anything still queued learns that the engine stopped.
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  for (auto& p : queue_) p->promise.set_value(Unavailable("the engine is stopping"));
+  queue_.clear();
+}
+
+void Engine::PostReactor(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(reactor_mu_);
+    reactor_tasks_.push_back(std::move(task));
+  }
+  reactor_cv_.notify_one();
+}
+
+void Engine::ReactorLoop() {
+  while (true) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(reactor_mu_);
+      reactor_cv_.wait(lock, [&] { return reactor_stopping_ || !reactor_tasks_.empty(); });
+      if (reactor_stopping_) return;
+      task = std::move(reactor_tasks_.front());
+      reactor_tasks_.pop_front();
+    }
+    task();
+  }
+}
+
+void Engine::WaitForChange(uint64_t seen, Micros timeout) const {
+  std::unique_lock<std::mutex> lock(change_mu_);
+  change_cv_.wait_for(lock, timeout, [&] { return generation_.load() != seen || !started_; });
+}
+
+DispatchView Engine::DispatchFor(const std::string& container,
+                                 const std::vector<std::string>& running,
+                                 const std::vector<std::string>& reported) const {
+  DispatchView view;
+  std::set<std::string> run_set(running.begin(), running.end());
+  std::set<std::string> rep_set(reported.begin(), reported.end());
+  const EngineConfig& cfg = options_.config;
+  std::shared_lock lock(published_mu_);
+  const State& s = published_;
+  auto it = s.containers.find(container);
+  if (it == s.containers.end()) return view;
+  for (const auto& id : it->second.attempts) {
+    if (run_set.count(id) || rep_set.count(id)) continue;
+    const Attempt* a = s.FindAttempt(id);
+    if (!a || a->phase != AttemptPhase::kAssigned) continue;
+    std::string run_id, step;
+    int n;
+    ParseAttemptId(id, &run_id, &step, &n);
+    view.assignments.push_back(Json{{"attempt_id", id},
+                                    {"run", run_id},
+                                    {"step", step},
+                                    {"attempt", n},
+                                    {"argv", a->argv},
+                                    {"env", a->env},
+                                    {"workspace", WorkspaceDir(cfg, run_id)},
+                                    {"outputs_dir", OutputsDir(cfg, run_id, step, n)},
+                                    {"log_path", LogPath(cfg, run_id, step, n)},
+                                    {"timeout_ms", a->timeout_ms},
+                                    {"gpus", a->gpus}});
+  }
+  for (const auto& id : running) {
+    if (rep_set.count(id)) continue;
+    const Attempt* a = s.FindAttempt(id);
+    std::string run_id, step;
+    int n;
+    bool cancel = !a || IsTerminal(a->phase) || a->container != container;
+    if (!cancel && ParseAttemptId(id, &run_id, &step, &n)) {
+      const Run* run = s.FindRun(run_id);
+      cancel = !run || run->cancel_requested || IsTerminal(run->phase);
+    }
+    if (cancel) view.cancels.push_back(id);
+  }
+  return view;
+}
+
+}  // namespace epoch::engine

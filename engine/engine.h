@@ -1,0 +1,173 @@
+// Engine: the event-sourced core of the master.
+//
+// One writer thread owns the working State. Commands from any thread are queued;
+// the writer drains everything queued, decides (decider.h), evolves its working
+// state event by event until nothing more follows, and commits all the events in
+// one synced append (group commit: one fsync acknowledges many commands). Only
+// after the append is durable does it evolve the *published* State that readers
+// see, answer the callers, and run reactors (launch or terminate containers).
+// Readers take a shared lock on the published state and never see an event that
+// is not durable.
+//
+// Start() replays the whole log into both states, appends LeaderElected with the
+// next epoch, and reconciles: timers are re-armed from state, containers get a
+// fresh lease to re-register, assignments not yet acknowledged are re-sent on the
+// next poll. Replay never triggers a reactor.
+//
+// If the store fails an append the engine stops accepting commands (every later
+// Execute returns kUnavailable); the process must restart and replay.
+//
+// Thread-safety: every public method is safe from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "engine/commands.h"
+#include "engine/container_backend.h"
+#include "engine/decider.h"
+#include "engine/state.h"
+#include "storage/event_store.h"
+
+namespace epoch::engine {
+
+struct EngineOptions {
+  EngineConfig config;
+  std::string node = "epochd";      // this master's name
+  std::string advertise_url;        // where agents and clients reach it
+  size_t max_group = 1024;          // commands decided per commit at most
+  std::map<std::string, std::string> agent_env;  // handed to every container
+  bool start_pool = true;           // false: no ContainerRequested (tests of the core)
+};
+
+// Counters for /metrics.
+struct EngineStats {
+  std::atomic<uint64_t> commits{0};
+  std::atomic<uint64_t> events_appended{0};
+  std::atomic<uint64_t> commands{0};
+  std::atomic<uint64_t> rejected{0};
+  // Append latency histogram: upper bounds in microseconds.
+  static constexpr int kBuckets = 12;
+  static constexpr int64_t kBoundsUs[kBuckets] = {250,   500,    1000,   2000,   5000,   10000,
+                                                  25000, 50000, 100000, 250000, 1000000, 5000000};
+  std::atomic<uint64_t> latency_buckets[kBuckets + 1] = {};
+  std::atomic<uint64_t> latency_sum_us{0};
+  std::atomic<uint64_t> latency_count{0};
+};
+
+// What a poll answers besides the acks (DESIGN.md, container protocol).
+struct DispatchView {
+  Json assignments = Json::array();
+  Json cancels = Json::array();
+};
+
+class Engine {
+ public:
+  Engine(EngineOptions options, storage::EventStore* store, ContainerBackend* backend,
+         const Clock* clock);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Where agents and clients reach this master; call before Start() (the API
+  // may bind port 0 and learn its port only then).
+  void SetAdvertiseUrl(std::string url) { options_.advertise_url = std::move(url); }
+
+  // Replays the log, takes leadership (LeaderElected), starts the writer.
+  Status Start();
+  // Stops the writer and reactors; containers keep running (they outlive the master).
+  void Stop();
+
+  // Decides and commits one command; returns once its events are durable.
+  Result<CommandResult> Execute(Command command);
+
+  // Runs fn(const State&) under the published state's shared lock.
+  template <typename F>
+  auto Read(F&& fn) const {
+    std::shared_lock lock(published_mu_);
+    return fn(published_);
+  }
+
+  // Assignments and cancels for a container's poll, from the published state.
+  DispatchView DispatchFor(const std::string& container, const std::vector<std::string>& running,
+                           const std::vector<std::string>& reported) const;
+  // Long-poll support: the generation increments after every commit.
+  uint64_t Generation() const { return generation_.load(); }
+  // Waits until Generation() != seen or the timeout passes.
+  void WaitForChange(uint64_t seen, Micros timeout) const;
+
+  // Records that a container was heard from (polls and registrations are not
+  // events; leases are tracked here and expire through Tick commands).
+  void Heartbeat(const std::string& container);
+
+  uint64_t epoch() const { return epoch_; }
+  bool healthy() const { return !failed_.load(); }
+  bool ready() const { return ready_.load(); }
+  const EngineStats& stats() const { return stats_; }
+  const EngineOptions& options() const { return options_; }
+  storage::EventStore* store() const { return store_; }
+
+ private:
+  struct Pending {
+    Command command;
+    std::promise<Result<CommandResult>> promise;
+  };
+
+  void WriterLoop();
+  std::vector<std::string> ExpiredLeases(TimePoint now);
+  void ReactorLoop();
+  void PostReactor(std::function<void()> task);
+
+  EngineOptions options_;
+  storage::EventStore* store_;
+  ContainerBackend* backend_;
+  const Clock* clock_;
+  uint64_t epoch_ = 0;
+
+  State working_;  // writer thread only
+  mutable std::shared_mutex published_mu_;
+  State published_;
+
+  std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::deque<std::unique_ptr<Pending>> queue_;
+  bool stopping_ = false;
+
+  mutable std::mutex change_mu_;
+  mutable std::condition_variable change_cv_;
+  std::atomic<uint64_t> generation_{0};
+
+  std::mutex lease_mu_;
+  std::map<std::string, TimePoint> last_seen_;
+
+  std::mutex reactor_mu_;
+  std::condition_variable reactor_cv_;
+  std::deque<std::function<void()>> reactor_tasks_;
+  bool reactor_stopping_ = false;
+
+  std::thread writer_, reactor_;
+  std::atomic<bool> failed_{false};
+  std::atomic<bool> ready_{false};
+  bool started_ = false;
+  EngineStats stats_;
+};
+
+// Converts a State to readable JSON (used by the API and by replay tests that
+// compare a replayed state with the live one).
+Json RunToJson(const Run& run, const EngineConfig& config);
+Json ContainerToJson(const Container& c);
+Json StateDigestJson(const State& s);
+
+}  // namespace epoch::engine

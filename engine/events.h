@@ -1,0 +1,71 @@
+// Event vocabulary of the engine: type names (past tense), stream names, and the
+// decided-but-not-yet-durable form of an event. The payload shapes are documented
+// next to each type; evolve (state.cc) is their only reader.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/clock.h"
+#include "common/json.h"
+
+namespace epoch::engine {
+
+namespace ev {
+// Workflows
+inline constexpr std::string_view kWorkflowRegistered = "WorkflowRegistered";  // {name, version, definition, digest}
+// Runs (stream run-<id>)
+inline constexpr std::string_view kRunSubmitted = "RunSubmitted";  // {run, workflow, version, digest, params, labels, tenant, submitter, idempotency_key, priority}
+inline constexpr std::string_view kStepReady = "StepReady";        // {step}
+inline constexpr std::string_view kStepSkipped = "StepSkipped";    // {step, reason}
+inline constexpr std::string_view kRunSucceeded = "RunSucceeded";  // {}
+inline constexpr std::string_view kRunFailed = "RunFailed";        // {step, reason}
+inline constexpr std::string_view kRunCancelRequested = "RunCancelRequested";  // {by}
+inline constexpr std::string_view kRunCancelled = "RunCancelled";              // {}
+inline constexpr std::string_view kRunRetryRequested = "RunRetryRequested";    // {steps, by}
+// Jobs: one attempt of one step (stream run-<id>)
+inline constexpr std::string_view kJobQueued = "JobQueued";  // {run, step, attempt, resources, argv, env, timeout_ms}
+inline constexpr std::string_view kJobAssigned = "JobAssigned";  // {step, attempt, container, gpus}
+inline constexpr std::string_view kJobStarted = "JobStarted";    // {step, attempt, container}
+inline constexpr std::string_view kJobSucceeded = "JobSucceeded";  // {step, attempt, exit_code, metrics, outputs, usage}
+inline constexpr std::string_view kJobFailed = "JobFailed";  // {step, attempt, exit_code, signal, reason, usage}
+inline constexpr std::string_view kJobTimedOut = "JobTimedOut";  // {step, attempt, usage}
+inline constexpr std::string_view kJobCancelled = "JobCancelled";  // {step, attempt, reason, usage}
+inline constexpr std::string_view kJobRetryScheduled = "JobRetryScheduled";  // {step, attempt, not_before}
+// Containers (stream container-<id>)
+inline constexpr std::string_view kContainerRequested = "ContainerRequested";  // {container, backend, spec, reason}
+inline constexpr std::string_view kContainerLaunched = "ContainerLaunched";    // {container, handle}
+inline constexpr std::string_view kContainerRegistered = "ContainerRegistered";  // {container, backend, handle, host, pid, cpu_millis, memory_bytes, gpus}
+inline constexpr std::string_view kContainerLost = "ContainerLost";        // {container, reason}
+inline constexpr std::string_view kContainerReleased = "ContainerReleased";  // {container, reason}
+// Master (stream master)
+inline constexpr std::string_view kLeaderElected = "LeaderElected";  // {epoch, node, address}
+}  // namespace ev
+
+inline std::string RunStream(std::string_view run) { return "run-" + std::string(run); }
+inline std::string WorkflowStream(std::string_view name) { return "workflow-" + std::string(name); }
+inline std::string ContainerStream(std::string_view id) { return "container-" + std::string(id); }
+inline constexpr std::string_view kMasterStream = "master";
+
+// An event as decided: stream, type and payload. It becomes a RecordedEvent once
+// the writer has placed it in the log.
+struct Event {
+  std::string stream;
+  std::string type;
+  Json data;
+  std::string actor = "system";
+};
+
+// An event with its place in the log, as evolve sees it (live or in replay).
+struct RecordedEvent {
+  uint64_t position = 0;
+  std::string stream;
+  std::string type;
+  Json data;
+  std::string actor;
+  TimePoint time;
+  uint64_t epoch = 0;
+};
+
+}  // namespace epoch::engine

@@ -1,0 +1,43 @@
+#include "engine/processor.h"
+
+namespace epoch::engine {
+
+void Processor::Record(std::vector<Event> events) {
+  for (auto& e : events) {
+    RecordedEvent r;
+    r.position = state_->head + 1;
+    r.stream = std::move(e.stream);
+    r.type = std::move(e.type);
+    r.data = std::move(e.data);
+    r.actor = std::move(e.actor);
+    r.time = ctx_.now;
+    r.epoch = epoch_;
+    Evolve(*state_, r);
+    if (r.stream.rfind("run-", 0) == 0) touched_.insert(r.stream.substr(4));
+    recorded_.push_back(std::move(r));
+  }
+}
+
+Result<CommandResult> Processor::Apply(const Command& command) {
+  ASSIGN_OR_RETURN(Decision d, Decide(*state_, command, ctx_));
+  Record(std::move(d.events));
+  return d.result;
+}
+
+void Processor::Settle() {
+  // A run's follow-ups converge: each round moves some step forward; the bound
+  // only guards against a decider bug looping forever.
+  for (int round = 0; round < 10000 && !touched_.empty(); ++round) {
+    std::set<std::string> runs;
+    runs.swap(touched_);
+    for (const auto& id : runs) {
+      const Run* run = state_->FindRun(id);
+      if (run) Record(AdvanceRun(*state_, *run, ctx_));
+    }
+  }
+  touched_.clear();
+  Record(Schedule(*state_, ctx_));
+  touched_.clear();
+}
+
+}  // namespace epoch::engine

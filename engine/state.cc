@@ -1,0 +1,431 @@
+#include "engine/state.h"
+
+#include <spdlog/spdlog.h>
+
+namespace epoch::engine {
+
+std::string_view Name(RunPhase p) {
+  switch (p) {
+    case RunPhase::kQueued: return "queued";
+    case RunPhase::kRunning: return "running";
+    case RunPhase::kSucceeded: return "succeeded";
+    case RunPhase::kFailed: return "failed";
+    case RunPhase::kCancelled: return "cancelled";
+  }
+  return "?";
+}
+std::string_view Name(StepPhase p) {
+  switch (p) {
+    case StepPhase::kPending: return "pending";
+    case StepPhase::kQueued: return "queued";
+    case StepPhase::kRunning: return "running";
+    case StepPhase::kSucceeded: return "succeeded";
+    case StepPhase::kFailed: return "failed";
+    case StepPhase::kSkipped: return "skipped";
+    case StepPhase::kCancelled: return "cancelled";
+  }
+  return "?";
+}
+std::string_view Name(AttemptPhase p) {
+  switch (p) {
+    case AttemptPhase::kQueued: return "queued";
+    case AttemptPhase::kAssigned: return "assigned";
+    case AttemptPhase::kRunning: return "running";
+    case AttemptPhase::kSucceeded: return "succeeded";
+    case AttemptPhase::kFailed: return "failed";
+    case AttemptPhase::kTimedOut: return "timed_out";
+    case AttemptPhase::kCancelled: return "cancelled";
+    case AttemptPhase::kLost: return "lost";
+  }
+  return "?";
+}
+std::string_view Name(ContainerPhase p) {
+  switch (p) {
+    case ContainerPhase::kRequested: return "requested";
+    case ContainerPhase::kRegistered: return "registered";
+    case ContainerPhase::kLost: return "lost";
+    case ContainerPhase::kReleased: return "released";
+  }
+  return "?";
+}
+bool IsTerminal(RunPhase p) {
+  return p == RunPhase::kSucceeded || p == RunPhase::kFailed || p == RunPhase::kCancelled;
+}
+bool IsTerminal(AttemptPhase p) {
+  return p != AttemptPhase::kQueued && p != AttemptPhase::kAssigned &&
+         p != AttemptPhase::kRunning;
+}
+bool IsTerminal(StepPhase p) {
+  return p == StepPhase::kSucceeded || p == StepPhase::kFailed || p == StepPhase::kSkipped ||
+         p == StepPhase::kCancelled;
+}
+
+std::string AttemptId(std::string_view run, std::string_view step, int attempt) {
+  return std::string(run) + "/" + std::string(step) + "/" + std::to_string(attempt);
+}
+
+bool ParseAttemptId(std::string_view id, std::string* run, std::string* step, int* attempt) {
+  auto a = id.find('/');
+  if (a == std::string_view::npos) return false;
+  auto b = id.find('/', a + 1);
+  if (b == std::string_view::npos || id.find('/', b + 1) != std::string_view::npos) return false;
+  std::string_view num = id.substr(b + 1);
+  if (num.empty() || num.size() > 6) return false;
+  int n = 0;
+  for (char c : num) {
+    if (c < '0' || c > '9') return false;
+    n = n * 10 + (c - '0');
+  }
+  if (n < 1 || a == 0 || b == a + 1) return false;
+  *run = std::string(id.substr(0, a));
+  *step = std::string(id.substr(a + 1, b - a - 1));
+  *attempt = n;
+  return true;
+}
+
+StepRun* Run::FindStep(std::string_view name) {
+  for (auto& s : steps) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+const StepRun* Run::FindStep(std::string_view name) const {
+  return const_cast<Run*>(this)->FindStep(name);
+}
+
+const Run* State::FindRun(std::string_view id) const {
+  auto it = runs.find(std::string(id));
+  return it == runs.end() ? nullptr : &it->second;
+}
+Run* State::FindRun(std::string_view id) {
+  auto it = runs.find(std::string(id));
+  return it == runs.end() ? nullptr : &it->second;
+}
+
+const WorkflowVersion* State::FindWorkflow(std::string_view name, int version) const {
+  auto it = workflows.find(std::string(name));
+  if (it == workflows.end() || it->second.empty()) return nullptr;
+  if (version <= 0) return &it->second.back();
+  if (static_cast<size_t>(version) > it->second.size()) return nullptr;
+  return &it->second[static_cast<size_t>(version) - 1];
+}
+
+const Attempt* State::FindAttempt(std::string_view attempt_id) const {
+  std::string run_id, step;
+  int n;
+  if (!ParseAttemptId(attempt_id, &run_id, &step, &n)) return nullptr;
+  const Run* run = FindRun(run_id);
+  if (!run) return nullptr;
+  const StepRun* s = run->FindStep(step);
+  if (!s || n > static_cast<int>(s->attempts.size())) return nullptr;
+  return &s->attempts[static_cast<size_t>(n) - 1];
+}
+
+namespace {
+
+TimePoint TimeField(const Json& d, const char* key, TimePoint fallback) {
+  if (d.contains(key) && d[key].is_string()) {
+    auto t = ParseTime(d[key].get<std::string>());
+    if (t.ok()) return *t;
+  }
+  return fallback;
+}
+
+std::optional<int> OptInt(const Json& d, const char* key) {
+  if (d.contains(key) && d[key].is_number_integer()) return d[key].get<int>();
+  return std::nullopt;
+}
+
+// Releases an attempt's reservation on its container.
+void ReleaseReservation(State& s, const std::string& attempt_id, Attempt& a) {
+  if (a.container.empty()) return;
+  auto it = s.containers.find(a.container);
+  if (it == s.containers.end()) return;
+  Container& c = it->second;
+  if (c.attempts.erase(attempt_id) == 0) return;
+  c.used_cpu -= a.resources.cpu_millis;
+  c.used_memory -= a.resources.memory_bytes;
+  for (const auto& g : a.gpus) {
+    if (g.is_string()) c.busy_gpus.erase(g.get<std::string>());
+  }
+}
+
+void RemoveFromQueue(State& s, const std::string& attempt_id, const Run& run, const Attempt& a) {
+  s.queue.erase({-run.priority, a.queue_seq});
+  (void)attempt_id;
+}
+
+struct Target {
+  Run* run = nullptr;
+  StepRun* step = nullptr;
+  Attempt* attempt = nullptr;
+  std::string attempt_id;
+};
+
+Target Resolve(State& s, const RecordedEvent& e) {
+  Target t;
+  const Json& d = e.data;
+  std::string run_id = e.stream.rfind("run-", 0) == 0 ? e.stream.substr(4) : "";
+  t.run = s.FindRun(run_id);
+  if (!t.run) return t;
+  if (d.contains("step") && d["step"].is_string()) {
+    t.step = t.run->FindStep(d["step"].get<std::string>());
+  }
+  if (t.step && d.contains("attempt") && d["attempt"].is_number_integer()) {
+    int n = d["attempt"].get<int>();
+    if (n >= 1 && n <= static_cast<int>(t.step->attempts.size())) {
+      t.attempt = &t.step->attempts[static_cast<size_t>(n) - 1];
+      t.attempt_id = AttemptId(t.run->id, t.step->name, n);
+    }
+  }
+  return t;
+}
+
+// An attempt reached a terminal phase: bookkeeping shared by every outcome.
+void FinishAttempt(State& s, Target& t, AttemptPhase phase, const RecordedEvent& e) {
+  Attempt& a = *t.attempt;
+  if (a.phase == AttemptPhase::kQueued) RemoveFromQueue(s, t.attempt_id, *t.run, a);
+  ReleaseReservation(s, t.attempt_id, a);
+  a.phase = phase;
+  a.finished_at = e.time;
+  const Json& d = e.data;
+  if (d.contains("usage") && d["usage"].is_object()) a.usage = d["usage"];
+  a.exit_code = OptInt(d, "exit_code");
+  a.signal = OptInt(d, "signal");
+  if (d.contains("reason") && d["reason"].is_string()) a.reason = d["reason"].get<std::string>();
+}
+
+void EvolveRunEvent(State& s, const RecordedEvent& e) {
+  const Json& d = e.data;
+  const std::string& type = e.type;
+  if (type == ev::kRunSubmitted) {
+    Run run;
+    run.id = d.value("run", "");
+    run.workflow = d.value("workflow", "");
+    run.version = d.value("version", 0);
+    const WorkflowVersion* wf = s.FindWorkflow(run.workflow, run.version);
+    if (run.id.empty() || !wf) {
+      spdlog::warn("replay: RunSubmitted at {} names unknown workflow {}@{}", e.position,
+                   run.workflow, run.version);
+      return;
+    }
+    run.def = wf->def;
+    run.digest = d.value("digest", wf->digest);
+    run.tenant = d.value("tenant", "default");
+    run.submitter = d.value("submitter", e.actor);
+    run.params = d.value("params", Json::object());
+    run.labels = d.value("labels", Json::object());
+    run.priority = d.value("priority", 0);
+    run.seq = s.next_run_seq++;
+    run.submitted_at = e.time;
+    for (const auto& st : run.def->steps) {
+      StepRun sr;
+      sr.name = st.name;
+      run.steps.push_back(std::move(sr));
+    }
+    std::string key = d.value("idempotency_key", "");
+    if (!key.empty()) s.idempotency[{run.tenant, key}] = run.id;
+    s.runs_by_seq[run.seq] = run.id;
+    s.runs[run.id] = std::move(run);
+    return;
+  }
+  Target t = Resolve(s, e);
+  if (!t.run) return;
+  Run& run = *t.run;
+  if (type == ev::kStepReady) {
+    if (t.step) t.step->phase = StepPhase::kQueued;
+  } else if (type == ev::kStepSkipped) {
+    if (t.step) {
+      t.step->phase = StepPhase::kSkipped;
+      t.step->reason = d.value("reason", "");
+    }
+  } else if (type == ev::kJobQueued) {
+    if (!t.step) return;
+    Attempt a;
+    a.number = d.value("attempt", 1);
+    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return;
+    const Json& r = d.value("resources", Json::object());
+    a.resources.cpu_millis = r.value("cpu_millis", int64_t{100});
+    a.resources.memory_bytes = r.value("memory_bytes", int64_t{128} << 20);
+    a.resources.gpus = r.value("gpus", 0);
+    a.argv = d.value("argv", Json::array());
+    a.env = d.value("env", Json::object());
+    a.timeout_ms = d.value("timeout_ms", int64_t{0});
+    a.queue_seq = s.next_queue_seq++;
+    a.queued_at = e.time;
+    t.step->attempts.push_back(a);
+    t.step->phase = StepPhase::kQueued;
+    if (t.step->retry_at) {
+      s.retry_timers.erase({*t.step->retry_at, AttemptId(run.id, t.step->name, a.number)});
+      t.step->retry_at.reset();
+    }
+    t.step->next_attempt = a.number + 1;
+    s.queue[{-run.priority, a.queue_seq}] = AttemptId(run.id, t.step->name, a.number);
+  } else if (type == ev::kJobAssigned) {
+    if (!t.attempt || t.attempt->phase != AttemptPhase::kQueued) return;
+    Attempt& a = *t.attempt;
+    RemoveFromQueue(s, t.attempt_id, run, a);
+    a.phase = AttemptPhase::kAssigned;
+    a.container = d.value("container", "");
+    a.gpus = d.value("gpus", Json::array());
+    a.assigned_at = e.time;
+    auto it = s.containers.find(a.container);
+    if (it != s.containers.end()) {
+      Container& c = it->second;
+      c.attempts.insert(t.attempt_id);
+      c.used_cpu += a.resources.cpu_millis;
+      c.used_memory += a.resources.memory_bytes;
+      for (const auto& g : a.gpus) {
+        if (g.is_string()) c.busy_gpus.insert(g.get<std::string>());
+      }
+    }
+  } else if (type == ev::kJobStarted) {
+    if (!t.attempt || t.attempt->phase != AttemptPhase::kAssigned) return;
+    t.attempt->phase = AttemptPhase::kRunning;
+    t.attempt->started_at = e.time;
+    t.step->phase = StepPhase::kRunning;
+    if (!run.started_at) run.started_at = e.time;
+    if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
+  } else if (type == ev::kJobSucceeded) {
+    if (!t.attempt || IsTerminal(t.attempt->phase)) return;
+    FinishAttempt(s, t, AttemptPhase::kSucceeded, e);
+    t.step->phase = StepPhase::kSucceeded;
+    t.step->metrics = d.value("metrics", Json::object());
+    t.step->outputs = d.value("outputs", Json::array());
+    t.step->reason.clear();
+  } else if (type == ev::kJobFailed || type == ev::kJobTimedOut || type == ev::kJobCancelled) {
+    if (!t.attempt || IsTerminal(t.attempt->phase)) return;
+    AttemptPhase phase = AttemptPhase::kFailed;
+    if (type == ev::kJobTimedOut) phase = AttemptPhase::kTimedOut;
+    if (type == ev::kJobCancelled) phase = AttemptPhase::kCancelled;
+    if (type == ev::kJobFailed && d.value("reason", "") == "container_lost") {
+      phase = AttemptPhase::kLost;
+    }
+    FinishAttempt(s, t, phase, e);
+    if (type == ev::kJobTimedOut && t.attempt->reason.empty()) t.attempt->reason = "timeout";
+    // The step stays where it is until decide says retry (JobRetryScheduled) or
+    // gives up (RunFailed / RunCancelled settle the step).
+    t.step->phase = type == ev::kJobCancelled ? StepPhase::kCancelled : StepPhase::kFailed;
+    t.step->reason = t.attempt->reason;
+  } else if (type == ev::kJobRetryScheduled) {
+    if (!t.step) return;
+    auto nb = TimeField(d, "not_before", e.time);
+    t.step->retry_at = nb;
+    t.step->phase = StepPhase::kQueued;
+    int next = d.value("attempt", t.step->next_attempt);
+    t.step->next_attempt = next;
+    s.retry_timers.insert({nb, AttemptId(run.id, t.step->name, next)});
+  } else if (type == ev::kRunSucceeded) {
+    run.phase = RunPhase::kSucceeded;
+    run.finished_at = e.time;
+  } else if (type == ev::kRunFailed || type == ev::kRunCancelled) {
+    run.phase = type == ev::kRunFailed ? RunPhase::kFailed : RunPhase::kCancelled;
+    run.finished_at = e.time;
+    run.failed_step = d.value("step", "");
+    run.reason = d.value("reason", "");
+    for (auto& st : run.steps) {
+      if (st.retry_at) {
+        s.retry_timers.erase({*st.retry_at, AttemptId(run.id, st.name, st.next_attempt)});
+        st.retry_at.reset();
+      }
+      if (st.phase == StepPhase::kPending || st.phase == StepPhase::kQueued) {
+        bool active = st.Last() && !IsTerminal(st.Last()->phase);
+        if (!active) {
+          st.phase = StepPhase::kCancelled;
+          st.reason = type == ev::kRunFailed ? "run failed" : "run cancelled";
+        }
+      }
+    }
+  } else if (type == ev::kRunCancelRequested) {
+    run.cancel_requested = true;
+  } else if (type == ev::kRunRetryRequested) {
+    run.phase = run.started_at ? RunPhase::kRunning : RunPhase::kQueued;
+    run.cancel_requested = false;
+    run.finished_at.reset();
+    run.failed_step.clear();
+    run.reason.clear();
+    for (const auto& name : d.value("steps", Json::array())) {
+      if (!name.is_string()) continue;
+      StepRun* st = run.FindStep(name.get<std::string>());
+      if (!st) continue;
+      st->phase = StepPhase::kPending;
+      st->reason.clear();
+      st->metrics = Json::object();
+      st->outputs = Json::array();
+      st->next_attempt = static_cast<int>(st->attempts.size()) + 1;
+      st->round_start = st->next_attempt;
+    }
+  }
+}
+
+void EvolveContainerEvent(State& s, const RecordedEvent& e) {
+  const Json& d = e.data;
+  std::string id = d.value("container", "");
+  if (id.empty()) return;
+  if (e.type == ev::kContainerRequested) {
+    Container c;
+    c.id = id;
+    c.backend = d.value("backend", "");
+    const Json& spec = d.value("spec", Json::object());
+    c.cpu_millis = spec.value("cpu_millis", int64_t{0});
+    c.memory_bytes = spec.value("memory_bytes", int64_t{0});
+    c.requested_at = e.time;
+    s.containers[id] = std::move(c);
+    s.container_counter++;
+    return;
+  }
+  auto it = s.containers.find(id);
+  if (it == s.containers.end()) return;
+  Container& c = it->second;
+  if (e.type == ev::kContainerLaunched) {
+    c.handle = d.value("handle", "");
+  } else if (e.type == ev::kContainerRegistered) {
+    if (c.phase == ContainerPhase::kLost || c.phase == ContainerPhase::kReleased) return;
+    c.phase = ContainerPhase::kRegistered;
+    c.handle = d.value("handle", c.handle);
+    c.host = d.value("host", "");
+    c.pid = d.value("pid", int64_t{0});
+    c.cpu_millis = d.value("cpu_millis", c.cpu_millis);
+    c.memory_bytes = d.value("memory_bytes", c.memory_bytes);
+    c.gpus = d.value("gpus", Json::array());
+    if (!c.registered_at) c.registered_at = e.time;
+  } else if (e.type == ev::kContainerLost || e.type == ev::kContainerReleased) {
+    c.phase = e.type == ev::kContainerLost ? ContainerPhase::kLost : ContainerPhase::kReleased;
+    c.reason = d.value("reason", "");
+    c.ended_at = e.time;
+  }
+}
+
+}  // namespace
+
+void Evolve(State& s, const RecordedEvent& e) {
+  s.head = e.position;
+  if (e.epoch > s.epoch) s.epoch = e.epoch;
+  if (e.stream.rfind("run-", 0) == 0) {
+    EvolveRunEvent(s, e);
+  } else if (e.stream.rfind("container-", 0) == 0) {
+    EvolveContainerEvent(s, e);
+  } else if (e.type == ev::kWorkflowRegistered) {
+    const Json& d = e.data;
+    auto def = workflows::ParseDefinition(d.value("definition", Json::object()));
+    if (!def.ok()) {
+      spdlog::error("replay: WorkflowRegistered at {} does not parse: {}", e.position,
+                    def.status().ToString());
+      return;
+    }
+    WorkflowVersion v;
+    v.version = d.value("version", 0);
+    v.digest = d.value("digest", (*def)->digest);
+    v.def = *def;
+    v.registered_at = e.time;
+    v.actor = e.actor;
+    auto& versions = s.workflows[d.value("name", (*def)->name)];
+    if (v.version != static_cast<int>(versions.size()) + 1) return;
+    versions.push_back(std::move(v));
+  } else if (e.type == ev::kLeaderElected) {
+    uint64_t ep = e.data.value("epoch", uint64_t{0});
+    if (ep > s.epoch) s.epoch = ep;
+  }
+}
+
+}  // namespace epoch::engine

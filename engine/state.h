@@ -1,0 +1,153 @@
+// State: everything the master knows, as a fold over the event log.
+//
+// State changes only in Evolve(), which runs identically live and during replay,
+// so replay cannot drift from live behaviour. The engine's writer owns one State
+// (decisions are taken against it); readers see a second copy that is evolved
+// only after the events are durable (see engine.h).
+//
+// Thread-safety: none; a State is owned by one thread or guarded by its owner.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/json.h"
+#include "engine/events.h"
+#include "workflows/definition.h"
+
+namespace epoch::engine {
+
+enum class RunPhase { kQueued, kRunning, kSucceeded, kFailed, kCancelled };
+enum class StepPhase { kPending, kQueued, kRunning, kSucceeded, kFailed, kSkipped, kCancelled };
+enum class AttemptPhase {
+  kQueued, kAssigned, kRunning, kSucceeded, kFailed, kTimedOut, kCancelled, kLost
+};
+enum class ContainerPhase { kRequested, kRegistered, kLost, kReleased };
+
+std::string_view Name(RunPhase p);
+std::string_view Name(StepPhase p);
+std::string_view Name(AttemptPhase p);
+std::string_view Name(ContainerPhase p);
+bool IsTerminal(RunPhase p);
+bool IsTerminal(AttemptPhase p);
+bool IsTerminal(StepPhase p);
+
+// "<run>/<step>/<attempt>"
+std::string AttemptId(std::string_view run, std::string_view step, int attempt);
+// Splits an attempt id; false if malformed.
+bool ParseAttemptId(std::string_view id, std::string* run, std::string* step, int* attempt);
+
+struct Attempt {
+  int number = 1;
+  AttemptPhase phase = AttemptPhase::kQueued;
+  workflows::Resources resources;
+  Json argv = Json::array();
+  Json env = Json::object();
+  int64_t timeout_ms = 0;
+  std::string container;
+  Json gpus = Json::array();
+  std::optional<int> exit_code;
+  std::optional<int> signal;
+  std::string reason;
+  Json usage = Json::object();
+  uint64_t queue_seq = 0;  // FIFO order among queued attempts
+  TimePoint queued_at{}, assigned_at{}, started_at{}, finished_at{};
+};
+
+struct StepRun {
+  std::string name;
+  StepPhase phase = StepPhase::kPending;
+  std::vector<Attempt> attempts;
+  Json metrics = Json::object();
+  Json outputs = Json::array();  // [{"name","size","sha256"}]
+  std::string reason;            // why skipped / failed / cancelled
+  std::optional<TimePoint> retry_at;  // a retry is scheduled for this time
+  int next_attempt = 1;          // number of the attempt a retry will create
+  int round_start = 1;           // first attempt number since the last retry request
+
+  Attempt* Last() { return attempts.empty() ? nullptr : &attempts.back(); }
+  const Attempt* Last() const { return attempts.empty() ? nullptr : &attempts.back(); }
+};
+
+struct Run {
+  std::string id;
+  std::string workflow;
+  int version = 0;
+  std::string digest;
+  std::shared_ptr<const workflows::Definition> def;
+  std::string tenant;
+  std::string submitter;
+  Json params = Json::object();
+  Json labels = Json::object();
+  int priority = 0;
+  uint64_t seq = 0;  // submission order
+  RunPhase phase = RunPhase::kQueued;
+  bool cancel_requested = false;
+  std::string failed_step, reason;
+  TimePoint submitted_at{};
+  std::optional<TimePoint> started_at, finished_at;
+  std::vector<StepRun> steps;  // same order as def->steps
+
+  StepRun* FindStep(std::string_view name);
+  const StepRun* FindStep(std::string_view name) const;
+};
+
+struct WorkflowVersion {
+  int version = 0;
+  std::string digest;
+  std::shared_ptr<const workflows::Definition> def;
+  TimePoint registered_at{};
+  std::string actor;
+};
+
+struct Container {
+  std::string id;
+  ContainerPhase phase = ContainerPhase::kRequested;
+  std::string backend, handle, host, reason;
+  int64_t pid = 0;
+  int64_t cpu_millis = 0, memory_bytes = 0;
+  Json gpus = Json::array();  // inventory as registered
+  TimePoint requested_at{};
+  std::optional<TimePoint> registered_at, ended_at;
+  // Reservations of attempts placed here (assigned or running).
+  int64_t used_cpu = 0, used_memory = 0;
+  std::set<std::string> busy_gpus;     // gpu index strings in use
+  std::set<std::string> attempts;      // attempt ids placed here, not yet terminal
+};
+
+struct State {
+  uint64_t head = 0;           // position of the last evolved event
+  uint64_t epoch = 0;          // highest leader epoch seen
+  std::map<std::string, std::vector<WorkflowVersion>> workflows;  // name -> versions (1..n)
+  std::map<std::string, Run> runs;
+  std::map<uint64_t, std::string> runs_by_seq;  // submission order
+  std::map<std::string, Container> containers;
+  // Queued attempts in dispatch order: (-priority, queue_seq) -> attempt id.
+  std::map<std::pair<int, uint64_t>, std::string> queue;
+  // Retries waiting for their time: (time, attempt id of the retry to create).
+  std::set<std::pair<TimePoint, std::string>> retry_timers;
+  std::map<std::pair<std::string, std::string>, std::string> idempotency;  // (tenant,key)->run
+  uint64_t next_run_seq = 1;
+  uint64_t next_queue_seq = 1;
+  uint64_t container_counter = 0;  // containers ever requested
+
+  const Run* FindRun(std::string_view id) const;
+  Run* FindRun(std::string_view id);
+  const WorkflowVersion* FindWorkflow(std::string_view name, int version /*0=latest*/) const;
+  // The attempt with this id, or null.
+  const Attempt* FindAttempt(std::string_view attempt_id) const;
+};
+
+// Applies one durable event. Unknown types are ignored (forward compatibility);
+// events that reference unknown entities are ignored too (they cannot be
+// produced by decide, but a hand-edited log must not crash replay).
+void Evolve(State& state, const RecordedEvent& event);
+
+}  // namespace epoch::engine

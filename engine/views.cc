@@ -1,0 +1,105 @@
+// Readable projections of State, shared by the API and by replay tests.
+#include "engine/engine.h"
+
+namespace epoch::engine {
+
+namespace {
+Json OptTime(const std::optional<TimePoint>& t) { return t ? Json(FormatTime(*t)) : Json(); }
+Json TimeOrNull(TimePoint t) { return t == TimePoint{} ? Json() : Json(FormatTime(t)); }
+}  // namespace
+
+Json RunToJson(const Run& run, const EngineConfig& config) {
+  (void)config;
+  Json steps = Json::array();
+  for (size_t i = 0; i < run.steps.size(); ++i) {
+    const StepRun& s = run.steps[i];
+    const workflows::Step* def = run.def ? &run.def->steps[i] : nullptr;
+    Json attempts = Json::array();
+    for (const auto& a : s.attempts) {
+      attempts.push_back(Json{
+          {"attempt", a.number},
+          {"state", Name(a.phase)},
+          {"container", a.container.empty() ? Json() : Json(a.container)},
+          {"gpus", a.gpus},
+          {"exit_code", a.exit_code ? Json(*a.exit_code) : Json()},
+          {"signal", a.signal ? Json(*a.signal) : Json()},
+          {"reason", a.reason.empty() ? Json() : Json(a.reason)},
+          {"queued_at", TimeOrNull(a.queued_at)},
+          {"started_at", TimeOrNull(a.started_at)},
+          {"finished_at", TimeOrNull(a.finished_at)},
+          {"usage", a.usage},
+          {"argv", a.argv}});
+    }
+    Json step{{"name", s.name},
+              {"kind", def ? std::string(workflows::StepKindName(def->kind)) : "task"},
+              {"state", Name(s.phase)},
+              {"attempts", attempts},
+              {"metrics", s.metrics},
+              {"outputs", s.outputs}};
+    if (!s.reason.empty()) step["reason"] = s.reason;
+    if (s.retry_at) step["retry_at"] = FormatTime(*s.retry_at);
+    steps.push_back(std::move(step));
+  }
+  Json j{{"id", run.id},
+         {"workflow", run.workflow},
+         {"version", run.version},
+         {"digest", run.digest},
+         {"tenant", run.tenant},
+         {"submitter", run.submitter},
+         {"state", Name(run.phase)},
+         {"params", run.params},
+         {"labels", run.labels},
+         {"priority", run.priority},
+         {"submitted_at", FormatTime(run.submitted_at)},
+         {"started_at", OptTime(run.started_at)},
+         {"finished_at", OptTime(run.finished_at)},
+         {"steps", steps}};
+  if (run.cancel_requested && !IsTerminal(run.phase)) j["cancel_requested"] = true;
+  if (!run.reason.empty()) j["reason"] = run.reason;
+  if (!run.failed_step.empty()) j["failed_step"] = run.failed_step;
+  return j;
+}
+
+Json ContainerToJson(const Container& c) {
+  Json attempts = Json::array();
+  for (const auto& a : c.attempts) attempts.push_back(a);
+  return Json{{"id", c.id},
+              {"state", Name(c.phase)},
+              {"backend", c.backend},
+              {"handle", c.handle},
+              {"host", c.host},
+              {"pid", c.pid},
+              {"cpu_millis", c.cpu_millis},
+              {"memory_bytes", c.memory_bytes},
+              {"gpus", c.gpus},
+              {"used_cpu_millis", c.used_cpu},
+              {"used_memory_bytes", c.used_memory},
+              {"attempts", attempts},
+              {"reason", c.reason.empty() ? Json() : Json(c.reason)},
+              {"requested_at", FormatTime(c.requested_at)},
+              {"registered_at", OptTime(c.registered_at)},
+              {"ended_at", OptTime(c.ended_at)}};
+}
+
+Json StateDigestJson(const State& s) {
+  EngineConfig cfg;
+  Json runs = Json::object();
+  for (const auto& [id, r] : s.runs) runs[id] = RunToJson(r, cfg);
+  Json containers = Json::object();
+  for (const auto& [id, c] : s.containers) containers[id] = ContainerToJson(c);
+  Json workflows = Json::object();
+  for (const auto& [name, versions] : s.workflows) {
+    Json vs = Json::array();
+    for (const auto& v : versions) vs.push_back(Json{{"version", v.version}, {"digest", v.digest}});
+    workflows[name] = vs;
+  }
+  Json queue = Json::array();
+  for (const auto& [k, id] : s.queue) queue.push_back(id);
+  Json timers = Json::array();
+  for (const auto& [t, id] : s.retry_timers) timers.push_back(FormatTime(t) + " " + id);
+  return Json{{"head", s.head},         {"epoch", s.epoch},       {"runs", runs},
+              {"containers", containers}, {"workflows", workflows}, {"queue", queue},
+              {"retry_timers", timers}};
+}
+
+}  // namespace epoch::engine

@@ -1,0 +1,342 @@
+// End-to-end: real epochd, real epoch-agent containers, real child processes,
+// HTTP over 127.0.0.1 on a kernel-chosen port, RocksDB in a temp dir.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "tests/harness.h"
+
+namespace epoch::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+Json Def(const char* text) {
+  auto j = ParseJson(text);
+  EXPECT_TRUE(j.ok()) << j.status().ToString();
+  return *j;
+}
+
+// Events of a run, in order.
+std::vector<Json> RunEvents(Epochd& d, const std::string& run) {
+  auto r = d.Get("/v1/runs/" + run + "/events");
+  EXPECT_EQ(r.status, 200) << r.body;
+  std::vector<Json> out;
+  for (const auto& e : r.json()["items"]) out.push_back(e);
+  return out;
+}
+
+std::vector<Json> OfType(const std::vector<Json>& evs, const std::string& type,
+                         const std::string& step = "") {
+  std::vector<Json> out;
+  for (const auto& e : evs) {
+    if (e["type"] == type && (step.empty() || e["data"].value("step", "") == step)) {
+      out.push_back(e);
+    }
+  }
+  return out;
+}
+
+uint64_t PositionOf(const std::vector<Json>& evs, const std::string& type, const std::string& step) {
+  auto v = OfType(evs, type, step);
+  return v.empty() ? 0 : v.front()["position"].get<uint64_t>();
+}
+
+const Json& Step(const Json& run, const std::string& name) {
+  for (const auto& s : run["steps"]) {
+    if (s["name"] == name) return s;
+  }
+  static const Json kNull;
+  ADD_FAILURE() << "no step " << name << " in " << run.dump();
+  return kNull;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class E2ETest : public ::testing::Test {
+ protected:
+  TempDir dir_;
+};
+
+TEST_F(E2ETest, LifecycleRunsInOrderPassesFilesAndGatesOnMetrics) {
+  Epochd d(dir_.path());
+  d.Start();
+  Json def = Def(R"({
+    "name": "life",
+    "params": {"n": 5, "min": 0.5},
+    "steps": [
+      {"name": "prep", "kind": "data_prep",
+       "command": ["sh", "-c", "seq 1 {{params.n}} > {{workspace}}/data.txt; echo '{\"rows\": {{params.n}}}' > {{outputs}}/metrics.json; echo prepared"]},
+      {"name": "train", "kind": "train", "after": ["prep"],
+       "command": ["sh", "-c", "awk '{s+=$1} END {print s}' {{workspace}}/data.txt > {{workspace}}/model.txt"]},
+      {"name": "validate", "kind": "validate", "after": ["train"],
+       "command": ["sh", "-c", "test $(cat {{workspace}}/model.txt) = 15 && echo '{\"accuracy\": 0.9}' > $EPOCH_OUTPUTS/metrics.json"]},
+      {"name": "infer", "kind": "infer", "after": ["validate"],
+       "when": "steps.validate.metrics.accuracy >= params.min",
+       "command": ["sh", "-c", "echo predicted with $(cat {{workspace}}/model.txt)"]},
+      {"name": "strict", "after": ["validate"], "when": "steps.validate.metrics.accuracy > 0.95",
+       "command": ["false"]}
+    ]})");
+  std::string run = d.RegisterAndSubmit(def);
+  Json r = d.WaitForRun(run);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
+  EXPECT_EQ(Step(r, "prep")["metrics"]["rows"], 5);
+  EXPECT_EQ(Step(r, "validate")["metrics"]["accuracy"], 0.9);
+  EXPECT_EQ(Step(r, "infer")["state"], "succeeded");
+  EXPECT_EQ(Step(r, "strict")["state"], "skipped");
+  EXPECT_EQ(Step(r, "train")["kind"], "train");
+  // Order: each step starts only after its upstream succeeded.
+  auto evs = RunEvents(d, run);
+  EXPECT_LT(PositionOf(evs, "JobSucceeded", "prep"), PositionOf(evs, "JobQueued", "train"));
+  EXPECT_LT(PositionOf(evs, "JobSucceeded", "train"), PositionOf(evs, "JobQueued", "validate"));
+  EXPECT_LT(PositionOf(evs, "JobSucceeded", "validate"), PositionOf(evs, "JobQueued", "infer"));
+  EXPECT_EQ(OfType(evs, "RunSucceeded").size(), 1u);
+  // The step's output went to its log file, served by the API.
+  auto log = d.Get("/v1/runs/" + run + "/steps/infer/logs");
+  EXPECT_EQ(log.status, 200);
+  EXPECT_EQ(log.body, "predicted with 15\n");
+  EXPECT_EQ(ReadAll(dir_.path() + "/logs/" + run + "/infer/1.log"), "predicted with 15\n");
+  // Attempt records carry usage and the container.
+  const Json& a = Step(r, "train")["attempts"][0];
+  EXPECT_EQ(a["exit_code"], 0);
+  EXPECT_TRUE(a["container"].is_string());
+  EXPECT_GE(a["usage"].value("wall_s", -1.0), 0.0);
+}
+
+TEST_F(E2ETest, FailingStepRetriesWithBackoffThenFailsTheRun) {
+  Epochd d(dir_.path());
+  d.Start();
+  std::string run = d.RegisterAndSubmit(Def(R"({"name": "flaky", "steps": [
+      {"name": "a", "command": ["sh", "-c", "echo try >> {{workspace}}/tries; exit 3"],
+       "retry": {"limit": 2, "backoff": "fixed", "initial": "300ms"}},
+      {"name": "b", "after": ["a"], "command": ["true"]}]})"));
+  Json r = d.WaitForRun(run);
+  ASSERT_EQ(r["state"], "failed") << r.dump(2);
+  const Json& a = Step(r, "a");
+  ASSERT_EQ(a["attempts"].size(), 3u);
+  for (const auto& at : a["attempts"]) {
+    EXPECT_EQ(at["state"], "failed");
+    EXPECT_EQ(at["exit_code"], 3);
+  }
+  EXPECT_EQ(Step(r, "b")["state"], "cancelled");
+  EXPECT_EQ(ReadAll(dir_.path() + "/runs/" + run + "/tries"), "try\ntry\ntry\n");
+  auto evs = RunEvents(d, run);
+  auto failed = OfType(evs, "JobFailed", "a");
+  auto retries = OfType(evs, "JobRetryScheduled", "a");
+  auto queued = OfType(evs, "JobQueued", "a");
+  ASSERT_EQ(retries.size(), 2u);
+  ASSERT_EQ(queued.size(), 3u);
+  for (size_t i = 0; i < 2; ++i) {
+    auto t_fail = *ParseTime(failed[i]["time"].get<std::string>());
+    auto not_before = *ParseTime(retries[i]["data"]["not_before"].get<std::string>());
+    auto t_queued = *ParseTime(queued[i + 1]["time"].get<std::string>());
+    EXPECT_EQ(not_before - t_fail, std::chrono::milliseconds(300));
+    EXPECT_GE(t_queued, not_before);
+  }
+  EXPECT_NE(r.value("reason", "").find("after 3 attempt(s)"), std::string::npos) << r.dump();
+}
+
+TEST_F(E2ETest, TimeoutKillsTheAttemptAndCountsAsFailure) {
+  Epochd d(dir_.path());
+  d.Start();
+  std::string run = d.RegisterAndSubmit(Def(R"({"name": "slow", "steps": [
+      {"name": "a", "command": ["sleep", "30"], "timeout": "500ms"}]})"));
+  Json r = d.WaitForRun(run, 20s);
+  ASSERT_EQ(r["state"], "failed") << r.dump(2);
+  const Json& at = Step(r, "a")["attempts"][0];
+  EXPECT_EQ(at["state"], "timed_out");
+  EXPECT_LT(at["usage"].value("wall_s", 99.0), 10.0);
+  EXPECT_EQ(OfType(RunEvents(d, run), "JobTimedOut").size(), 1u);
+}
+
+TEST_F(E2ETest, CancelKillsTheWholeProcessGroup) {
+  Epochd d(dir_.path());
+  d.Start();
+  std::string run = d.RegisterAndSubmit(Def(R"({"name": "long", "steps": [
+      {"name": "a", "command": ["sh", "-c", "sleep 300 & echo $! > {{workspace}}/child.pid; wait"]},
+      {"name": "b", "after": ["a"], "command": ["true"]}]})"));
+  std::string pidfile = dir_.path() + "/runs/" + run + "/child.pid";
+  ASSERT_TRUE(WaitFor([&] { return !ReadAll(pidfile).empty(); }, 20000ms));
+  pid_t child = std::stoi(ReadAll(pidfile));
+  ASSERT_TRUE(ProcessAlive(child));
+  auto c = d.Post("/v1/runs/" + run + "/cancel", "", "application/json",
+                  {{"X-Epoch-User", "alice"}});
+  EXPECT_EQ(c.status, 202) << c.body;
+  Json r = d.WaitForRun(run, 20s);
+  EXPECT_EQ(r["state"], "cancelled") << r.dump(2);
+  EXPECT_EQ(Step(r, "a")["attempts"][0]["state"], "cancelled");
+  EXPECT_EQ(Step(r, "b")["state"], "cancelled");
+  EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(child); }, 5000ms)) << "grandchild survived";
+  auto evs = RunEvents(d, run);
+  auto req = OfType(evs, "RunCancelRequested");
+  ASSERT_EQ(req.size(), 1u);
+  EXPECT_EQ(req[0]["actor"], "alice");
+  EXPECT_EQ(OfType(evs, "RunCancelled").size(), 1u);
+  // Cancelling a finished run is a conflict and writes nothing.
+  uint64_t head = d.Head();
+  EXPECT_EQ(d.Post("/v1/runs/" + run + "/cancel", "").status, 409);
+  EXPECT_EQ(d.Head(), head);
+}
+
+TEST_F(E2ETest, RetryRerunsOnlyTheStepsThatDidNotSucceed) {
+  Epochd d(dir_.path());
+  d.Start();
+  std::string fix = dir_.path() + "/fixed";
+  Json def = Def(R"({"name": "fixme", "params": {"fix": ""}, "steps": [
+      {"name": "a", "command": ["sh", "-c", "echo a >> {{workspace}}/a.count; echo '{\"v\": 1}' > {{outputs}}/metrics.json"]},
+      {"name": "b", "after": ["a"], "command": ["test", "-e", "{{params.fix}}"]}]})");
+  std::string run = d.RegisterAndSubmit(def, Json{{"fix", fix}});
+  Json r = d.WaitForRun(run);
+  ASSERT_EQ(r["state"], "failed");
+  std::ofstream(fix) << "ok";
+  auto rr = d.Post("/v1/runs/" + run + "/retry", "");
+  EXPECT_EQ(rr.status, 202) << rr.body;
+  r = d.WaitForRun(run);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
+  EXPECT_EQ(Step(r, "a")["attempts"].size(), 1u);
+  EXPECT_EQ(Step(r, "a")["metrics"]["v"], 1);
+  EXPECT_EQ(Step(r, "b")["attempts"].size(), 2u);
+  EXPECT_EQ(ReadAll(dir_.path() + "/runs/" + run + "/a.count"), "a\n");
+  EXPECT_EQ(OfType(RunEvents(d, run), "RunRetryRequested").size(), 1u);
+  EXPECT_EQ(d.Post("/v1/runs/" + run + "/retry", "").status, 409);  // succeeded now
+}
+
+TEST_F(E2ETest, Kill9OfEpochdDuringARunningStepLosesNothingAndRunsNothingTwice) {
+  std::string counter = dir_.path() + "/count";
+  Json def = Def(R"({"name": "survive", "params": {"out": ""}, "steps": [
+      {"name": "long", "command": ["sh", "-c", "sleep 2; echo ran >> {{params.out}}"]},
+      {"name": "after", "after": ["long"], "command": ["true"]}]})");
+  std::string run;
+  {
+    Epochd d(dir_.path());
+    d.Start();
+    run = d.RegisterAndSubmit(def, Json{{"out", counter}});
+    Json r = d.WaitForRunState(run, [](const Json& j) {
+      return j["steps"][0]["state"] == "running";
+    });
+    ASSERT_EQ(r["steps"][0]["state"], "running") << r.dump(2);
+    d.Kill9();
+    // The agents outlive the master; keep them for the restarted one.
+    ASSERT_FALSE(d.AgentPids().empty());
+    Epochd restarted(dir_.path());
+    restarted.Start();
+    r = restarted.WaitForRun(run, 30s);
+    ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
+    EXPECT_EQ(r["steps"][0]["attempts"].size(), 1u);
+    EXPECT_EQ(ReadAll(counter), "ran\n");
+    auto evs = RunEvents(restarted, run);
+    EXPECT_EQ(OfType(evs, "JobSucceeded", "long").size(), 1u);
+    EXPECT_EQ(OfType(evs, "JobStarted", "long").size(), 1u);
+    auto leaders = restarted.Get("/v1/events?type=LeaderElected").json()["items"];
+    EXPECT_EQ(leaders.size(), 2u);
+  }
+}
+
+TEST_F(E2ETest, Kill9OfAnAgentRetriesTheAttemptOnAnotherContainer) {
+  Epochd d(dir_.path());
+  d.Start();
+  std::string run = d.RegisterAndSubmit(Def(R"({"name": "orphan", "steps": [
+      {"name": "a", "command": ["sleep", "2"], "retry": {"limit": 2, "initial": "100ms"}}]})"));
+  Json r = d.WaitForRunState(run, [](const Json& j) { return j["steps"][0]["state"] == "running"; });
+  std::string container = r["steps"][0]["attempts"][0]["container"];
+  auto cs = d.Get("/v1/containers").json()["items"];
+  pid_t agent = 0;
+  for (const auto& c : cs) {
+    if (c["id"] == container) agent = static_cast<pid_t>(c["pid"].get<int64_t>());
+  }
+  ASSERT_GT(agent, 0) << cs.dump(2);
+  kill(agent, SIGKILL);
+  r = d.WaitForRun(run, 40s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
+  const Json& attempts = r["steps"][0]["attempts"];
+  ASSERT_EQ(attempts.size(), 2u);
+  EXPECT_EQ(attempts[0]["state"], "lost");
+  EXPECT_EQ(attempts[0]["reason"], "container_lost");
+  EXPECT_NE(attempts[1]["container"], container);
+  auto lost = d.Get("/v1/events?type=ContainerLost").json()["items"];
+  ASSERT_EQ(lost.size(), 1u);
+  EXPECT_EQ(lost[0]["data"]["container"], container);
+}
+
+TEST_F(E2ETest, BadInputGetsPreciseErrorsAndWritesNothing) {
+  Epochd d(dir_.path());
+  d.Start();
+  ASSERT_EQ(d.PostJson("/v1/workflows", Def(R"({"name": "ok", "params": {"need": null},
+      "steps": [{"name": "a", "command": ["echo", "{{params.need}}"]}]})")).status, 201);
+  uint64_t head = d.Head();
+  struct Case {
+    std::string name, path, body, content_type;
+    int status;
+    std::string needle;
+  };
+  std::string big(2 << 20, 'x');
+  std::vector<Case> cases = {
+      {"malformed", "/v1/workflows", "{\"name\": ", "application/json", 400, "malformed JSON"},
+      {"not object", "/v1/runs", "[1,2]", "application/json", 400, "JSON object"},
+      {"content type", "/v1/runs", "{}", "text/plain", 415, "application/json"},
+      {"too large", "/v1/runs", big, "application/json", 413, "maxBodyBytes"},
+      {"cycle", "/v1/workflows",
+       R"({"name":"cyc","steps":[{"name":"a","command":["x"],"after":["b"]},{"name":"b","command":["x"],"after":["a"]}]})",
+       "application/json", 422, "cycle"},
+      {"unknown after", "/v1/workflows",
+       R"({"name":"u","steps":[{"name":"a","command":["x"],"after":["zz"]}]})", "application/json",
+       422, "steps[0].after[0]"},
+      {"unknown workflow", "/v1/runs", R"({"workflow":"nope"})", "application/json", 404,
+       "not registered"},
+      {"wrong type", "/v1/runs", R"({"workflow":"ok","params":5})", "application/json", 400,
+       "params"},
+      {"unknown field", "/v1/runs", R"({"workflow":"ok","bogus":1})", "application/json", 400,
+       "bogus"},
+      {"missing param", "/v1/runs", R"({"workflow":"ok"})", "application/json", 422, "need"},
+      {"undeclared param", "/v1/runs", R"({"workflow":"ok","params":{"need":1,"x":2}})",
+       "application/json", 422, "params.x"},
+      {"unknown run cancel", "/v1/runs/nope/cancel", "", "application/json", 404, "nope"},
+      {"unknown container", "/v1/containers/zz/poll", "{}", "application/json", 404,
+       "must register"},
+  };
+  for (const auto& c : cases) {
+    auto r = d.Post(c.path, c.body, c.content_type);
+    EXPECT_EQ(r.status, c.status) << c.name << ": " << r.body;
+    Json e = r.json();
+    ASSERT_TRUE(e.contains("error")) << c.name << ": " << r.body;
+    std::string text = e["error"]["message"].get<std::string>() + " " + e["error"]["details"].dump();
+    EXPECT_NE(text.find(c.needle), std::string::npos) << c.name << ": " << r.body;
+    EXPECT_EQ(d.Head(), head) << c.name << " wrote an event";
+  }
+  EXPECT_EQ(d.Get("/v1/runs/nope").status, 404);
+  EXPECT_EQ(d.Get("/v1/runs/nope/steps/a/logs").status, 404);
+  EXPECT_EQ(d.Get("/v1/workflows/nope").status, 404);
+  EXPECT_EQ(d.Get("/v1/runs?limit=0").status, 400);
+  EXPECT_EQ(d.Get("/v1/events?after=x").status, 400);
+  EXPECT_EQ(d.Head(), head);
+}
+
+TEST_F(E2ETest, EventsStreamOverSseAndMetricsCount) {
+  Epochd d(dir_.path());
+  d.Start();
+  std::string run = d.RegisterAndSubmit(Def(R"({"name": "sse", "steps": [
+      {"name": "a", "command": ["true"]}, {"name": "b", "after": ["a"], "command": ["true"]}]})"));
+  // follow=true on a run ends when the run is finished.
+  auto s = d.Get("/v1/runs/" + run + "/events?follow=true");
+  ASSERT_EQ(s.status, 200);
+  EXPECT_EQ(s.content_type, "text/event-stream");
+  EXPECT_NE(s.body.find("event: RunSubmitted"), std::string::npos);
+  EXPECT_NE(s.body.find("event: RunSucceeded"), std::string::npos) << s.body;
+  auto runs = d.Get("/v1/runs?state=succeeded").json();
+  ASSERT_EQ(runs["items"].size(), 1u);
+  auto m = d.Get("/metrics");
+  EXPECT_NE(m.body.find("epoch_runs{state=\"succeeded\"} 1"), std::string::npos) << m.body;
+  EXPECT_NE(m.body.find("epoch_append_latency_seconds_count"), std::string::npos);
+  EXPECT_NE(m.body.find("route=\"/v1/runs\",code=\"201\"} 1"), std::string::npos) << m.body;
+}
+
+}  // namespace
+}  // namespace epoch::testing

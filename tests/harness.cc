@@ -1,0 +1,215 @@
+#include "tests/harness.h"
+
+#include <dirent.h>
+#include <httplib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+namespace epoch::testing {
+
+std::string EpochdPath() { return EPOCHD_PATH; }
+std::string AgentPath() { return EPOCH_AGENT_PATH; }
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/epoch-test.XXXXXX";
+  char* p = mkdtemp(tmpl);
+  if (!p) std::abort();
+  path_ = p;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+Json HttpResult::json() const {
+  auto j = ParseJson(body, 256);
+  return j.ok() ? *j : Json();
+}
+
+bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds deadline) {
+  auto end = std::chrono::steady_clock::now() + deadline;
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return cond();
+}
+
+bool ProcessAlive(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  if (!in) return false;
+  std::string line;
+  std::getline(in, line);
+  auto close = line.rfind(')');
+  if (close == std::string::npos || close + 2 >= line.size()) return false;
+  char state = line[close + 2];
+  return state != 'Z' && state != 'X';
+}
+
+Epochd::Epochd(std::string data_dir, std::vector<std::string> extra)
+    : data_dir_(std::move(data_dir)), extra_(std::move(extra)) {}
+
+Epochd::~Epochd() {
+  if (pid_ > 0) Kill9();
+  for (pid_t p : AgentPids()) kill(p, SIGKILL);
+  WaitFor([&] { return AgentPids().empty(); }, std::chrono::milliseconds(3000));
+}
+
+void Epochd::Start() {
+  std::string leader = data_dir_ + "/leader.json";
+  std::filesystem::remove(leader);
+  std::vector<std::string> args{EpochdPath(), "--data-dir", data_dir_, "--set",
+                                "cluster.basePort=0", "--log-level", "debug"};
+  // Small, fast defaults for tests; a test's own settings come after and win.
+  for (const char* s : {"sig.maxReplicas=2", "sig.cpu=2", "sig.memory=1Gi",
+                        "executor.leaseTime=2s", "executor.pollTimeout=500ms",
+                        "executor.killGrace=1s"}) {
+    args.push_back("--set");
+    args.push_back(s);
+  }
+  for (const auto& e : extra_) {
+    args.push_back("--set");
+    args.push_back(e);
+  }
+  std::string log = data_dir_ + "/epochd.log";
+  pid_ = fork();
+  ASSERT_GE(pid_, 0);
+  if (pid_ == 0) {
+    FILE* f = freopen(log.c_str(), "a", stderr);
+    (void)f;
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  bool up = WaitFor(
+      [&] {
+        std::ifstream in(leader);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        auto j = ParseJson(ss.str());
+        if (!j.ok() || !j->contains("address")) return false;
+        url_ = (*j)["address"];
+        return Get("/readyz").status == 200;
+      },
+      std::chrono::milliseconds(20000));
+  if (!up) {
+    std::ifstream in(log);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    FAIL() << "epochd did not become ready; its log:\n" << ss.str();
+  }
+}
+
+void Epochd::Kill9() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int st;
+  waitpid(pid_, &st, 0);
+  exit_status_ = st;
+  pid_ = -1;
+}
+
+void Epochd::Terminate() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGTERM);
+  int st;
+  waitpid(pid_, &st, 0);
+  exit_status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  pid_ = -1;
+}
+
+namespace {
+HttpResult Do(const std::string& url, const std::function<httplib::Result(httplib::Client&)>& f) {
+  httplib::Client cli(url);
+  cli.set_connection_timeout(std::chrono::seconds(2));
+  cli.set_read_timeout(std::chrono::seconds(30));
+  auto r = f(cli);
+  HttpResult out;
+  if (!r) return out;
+  out.status = r->status;
+  out.body = r->body;
+  out.content_type = r->get_header_value("Content-Type");
+  return out;
+}
+}  // namespace
+
+HttpResult Epochd::Get(const std::string& path) {
+  if (url_.empty()) return {};
+  return Do(url_, [&](httplib::Client& c) { return c.Get(path); });
+}
+
+HttpResult Epochd::Post(const std::string& path, const std::string& body,
+                        const std::string& content_type,
+                        const std::vector<std::pair<std::string, std::string>>& headers) {
+  httplib::Headers h;
+  for (const auto& [k, v] : headers) h.emplace(k, v);
+  return Do(url_, [&](httplib::Client& c) { return c.Post(path, h, body, content_type); });
+}
+
+std::string Epochd::RegisterAndSubmit(const Json& definition, const Json& params) {
+  auto reg = PostJson("/v1/workflows", definition);
+  EXPECT_TRUE(reg.status == 200 || reg.status == 201) << reg.status << " " << reg.body;
+  auto sub = PostJson("/v1/runs", Json{{"workflow", definition["name"]}, {"params", params}});
+  EXPECT_EQ(sub.status, 201) << sub.body;
+  return sub.json().value("id", "");
+}
+
+Json Epochd::WaitForRunState(const std::string& run, const std::function<bool(const Json&)>& pred,
+                             std::chrono::seconds timeout) {
+  Json last;
+  WaitFor(
+      [&] {
+        auto r = Get("/v1/runs/" + run);
+        if (r.status != 200) return false;
+        last = r.json();
+        return pred(last);
+      },
+      std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
+  return last;
+}
+
+Json Epochd::WaitForRun(const std::string& run, std::chrono::seconds timeout) {
+  return WaitForRunState(
+      run,
+      [](const Json& j) {
+        std::string s = j.value("state", "");
+        return s == "succeeded" || s == "failed" || s == "cancelled";
+      },
+      timeout);
+}
+
+uint64_t Epochd::Head() {
+  auto r = Get("/v1/cluster");
+  return r.json()["head"].value("position", uint64_t{0});
+}
+
+std::vector<pid_t> Epochd::AgentPids() const {
+  std::vector<pid_t> out;
+  DIR* d = opendir("/proc");
+  if (!d) return out;
+  while (auto* e = readdir(d)) {
+    pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+    if (pid <= 0) continue;
+    std::ifstream in("/proc/" + std::string(e->d_name) + "/cmdline");
+    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmd.find("epoch-agent") != std::string::npos &&
+        cmd.find(data_dir_) != std::string::npos && ProcessAlive(pid)) {
+      out.push_back(pid);
+    }
+  }
+  closedir(d);
+  return out;
+}
+
+}  // namespace epoch::testing

@@ -1,0 +1,92 @@
+// Test harness for end-to-end tests: real epochd and epoch-agent processes on
+// a temp data dir, talking HTTP over 127.0.0.1 on a port the kernel picked.
+//
+// Waiting: processes are real, so the tests wait for observable states with a
+// deadline (WaitFor) rather than sleeping for fixed times.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/json.h"
+
+namespace epoch::testing {
+
+// mkdtemp under /tmp, removed (with anything left in it) on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+struct HttpResult {
+  int status = 0;  // 0: no connection
+  std::string body;
+  std::string content_type;
+  Json json() const;
+};
+
+// One epochd process on a data dir.
+class Epochd {
+ public:
+  // extra: additional --set key=value pairs.
+  Epochd(std::string data_dir, std::vector<std::string> extra = {});
+  ~Epochd();  // SIGKILLs epochd and every agent of its data dir
+
+  // Starts epochd and waits until /readyz is 200 (or fails the test).
+  void Start();
+  void Kill9();       // kill -9, reaped
+  void Terminate();   // SIGTERM, waits for a clean exit; returns its exit status
+  int exit_status() const { return exit_status_; }
+  bool running() const { return pid_ > 0; }
+  const std::string& url() const { return url_; }
+  const std::string& data_dir() const { return data_dir_; }
+
+  HttpResult Get(const std::string& path);
+  HttpResult Post(const std::string& path, const std::string& body,
+                  const std::string& content_type = "application/json",
+                  const std::vector<std::pair<std::string, std::string>>& headers = {});
+  HttpResult PostJson(const std::string& path, const Json& body) {
+    return Post(path, body.dump());
+  }
+
+  // Registers a workflow (asserting 200/201) and submits a run; returns the run id.
+  std::string RegisterAndSubmit(const Json& definition, const Json& params = Json::object());
+  // Waits until the run is in a terminal state; returns the run JSON.
+  Json WaitForRun(const std::string& run, std::chrono::seconds timeout = std::chrono::seconds(60));
+  // Waits for pred(run json) to hold.
+  Json WaitForRunState(const std::string& run, const std::function<bool(const Json&)>& pred,
+                       std::chrono::seconds timeout = std::chrono::seconds(60));
+  // Number of events in the global log.
+  uint64_t Head();
+  // pids of the epoch-agent processes serving this data dir.
+  std::vector<pid_t> AgentPids() const;
+
+ private:
+  std::string data_dir_;
+  std::vector<std::string> extra_;
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+  std::string url_;
+};
+
+// Polls cond every 20 ms until it holds or the deadline passes.
+bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds deadline);
+
+// True while a process with this pid exists and is not a zombie.
+bool ProcessAlive(pid_t pid);
+// Paths of the built binaries (from compile definitions).
+std::string EpochdPath();
+std::string AgentPath();
+
+}  // namespace epoch::testing
