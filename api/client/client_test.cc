@@ -1,0 +1,638 @@
+// Tests for epoch_client and epochctl: SSE parsing, error mapping, parameter parsing,
+// table rendering, and, over real sockets on 127.0.0.1 (port 0), redirects, failover,
+// streams and the epochctl binary itself against a mock server.
+#include "api/client/client.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "api/client/output.h"
+
+namespace epoch::client {
+namespace {
+
+using ::testing::HasSubstr;
+
+// ---- SSE parser ---------------------------------------------------------------------
+
+std::vector<SseEvent> ParseAll(const std::vector<std::string>& chunks) {
+  std::vector<SseEvent> out;
+  SseParser p([&](const SseEvent& e) {
+    out.push_back(e);
+    return true;
+  });
+  for (const auto& c : chunks) EXPECT_TRUE(p.Feed(c));
+  return out;
+}
+
+TEST(SseParser, MultiLineDataIdEventAndComments) {
+  std::string stream =
+      ": keep-alive comment\n"
+      "id: 7\n"
+      "event: log\n"
+      "data: first line\n"
+      "data:second line\n"
+      "\n"
+      "data: {\"position\":8}\r\n"
+      "\r\n"
+      "id: 9\r"
+      "retry: 100\r"
+      "event\r"  // a field without a colon: the value is empty
+      "data\r"
+      "\r"
+      "event: only-an-event\n"
+      "\n"
+      "data: unterminated at end of stream\n";
+  // Feed it whole and byte by byte: chunk boundaries must not matter (even inside \r\n).
+  std::vector<std::string> bytes;
+  for (char c : stream) bytes.emplace_back(1, c);
+  for (const auto& events : {ParseAll({stream}), ParseAll(bytes)}) {
+    ASSERT_EQ(events.size(), 3u);
+    EXPECT_EQ(events[0].id, "7");
+    EXPECT_EQ(events[0].event, "log");
+    EXPECT_EQ(events[0].data, "first line\nsecond line");
+    EXPECT_EQ(events[1].id, "7");  // ids persist until changed
+    EXPECT_EQ(events[1].event, "");
+    EXPECT_EQ(events[1].data, "{\"position\":8}");
+    EXPECT_EQ(events[2].id, "9");
+    EXPECT_EQ(events[2].data, "");
+  }
+}
+
+TEST(SseParser, CallbackCanStop) {
+  int seen = 0;
+  SseParser p([&](const SseEvent&) { return ++seen < 2; });
+  EXPECT_FALSE(p.Feed("data: a\n\ndata: b\n\ndata: c\n\n"));
+  EXPECT_EQ(seen, 2);
+}
+
+// ---- pure helpers ---------------------------------------------------------------------
+
+TEST(StatusFromHttpError, UsesServerMessageAndDetails) {
+  Status st = StatusFromHttpError(
+      422, R"({"error":{"code":"invalid_argument","message":"invalid workflow definition",
+               "details":["steps[1].after: unknown step 'trian'",
+                          {"path":"steps[2].timeout","message":"bad duration"}]}})");
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message(), "invalid workflow definition");
+  ASSERT_EQ(st.details().size(), 2u);
+  EXPECT_EQ(st.details()[0], "steps[1].after: unknown step 'trian'");
+  EXPECT_EQ(st.details()[1], "steps[2].timeout: bad duration");
+}
+
+TEST(StatusFromHttpError, CodeFromBodyOrHttpStatus) {
+  EXPECT_EQ(StatusFromHttpError(400, R"({"error":{"code":"NotFound","message":"x"}})").code(),
+            StatusCode::kNotFound);
+  EXPECT_EQ(StatusFromHttpError(409, R"({"error":{"code":"weird","message":"x"}})").code(),
+            StatusCode::kConflict);
+  Status plain = StatusFromHttpError(502, "<html>bad gateway</html>");
+  EXPECT_EQ(plain.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(plain.message(), "HTTP 502: <html>bad gateway</html>");
+  EXPECT_EQ(StatusFromHttpError(500, "").message(), "HTTP 500");
+}
+
+TEST(Params, JsonWhenValidElseString) {
+  EXPECT_EQ(ParseParamValue("10"), Json(10));
+  EXPECT_EQ(ParseParamValue("0.05"), Json(0.05));
+  EXPECT_EQ(ParseParamValue("true"), Json(true));
+  EXPECT_EQ(ParseParamValue("\"10\""), Json("10"));
+  EXPECT_EQ(ParseParamValue("[1,2]"), Json::array({1, 2}));
+  EXPECT_EQ(ParseParamValue("adam"), Json("adam"));
+  EXPECT_EQ(ParseParamValue("1e"), Json("1e"));
+  EXPECT_EQ(ParseParamValue("10x"), Json("10x"));
+  EXPECT_EQ(ParseParamValue(""), Json(""));
+
+  auto params = ParseKeyValues({"epochs=10", "lr=0.05", "opt=adam", "tag=a=b"}, true);
+  ASSERT_TRUE(params.ok()) << params.status().ToString();
+  EXPECT_EQ(*params, Json({{"epochs", 10}, {"lr", 0.05}, {"opt", "adam"}, {"tag", "a=b"}}));
+  auto labels = ParseKeyValues({"team=vision", "n=3"}, false);
+  ASSERT_TRUE(labels.ok());
+  EXPECT_EQ(*labels, Json({{"team", "vision"}, {"n", "3"}}));
+
+  EXPECT_EQ(ParseKeyValues({"novalue"}, true).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseKeyValues({"=1"}, true).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseKeyValues({"a=1", "a=2"}, true).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(Servers, SplitAndValidate) {
+  auto s = SplitServers(" http://a:1/, b:2 ,https://c:3");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(*s, (std::vector<std::string>{"http://a:1", "http://b:2", "https://c:3"}));
+  EXPECT_FALSE(SplitServers("").ok());
+  EXPECT_FALSE(SplitServers("ftp://x:1").ok());
+  EXPECT_FALSE(SplitServers("http://x:1/v1").ok());
+}
+
+TEST(Query, EncodesValuesAndSkipsEmpty) {
+  EXPECT_EQ(WithQuery("/v1/runs", {{"state", "running"}, {"workflow", ""}, {"label", "a=b c"}}),
+            "/v1/runs?state=running&label=a%3Db%20c");
+  EventQuery q;
+  q.after = 5;
+  q.type = "RunSubmitted";
+  EXPECT_EQ(EventsPath(q), "/v1/events?after=5&type=RunSubmitted");
+  q.run = "r-1";
+  EXPECT_EQ(EventsPath(q), "/v1/runs/r-1/events?after=5&type=RunSubmitted");
+}
+
+// ---- rendering --------------------------------------------------------------------------
+
+Json SampleRun() {
+  return Json::parse(R"({
+    "id": "r-1", "workflow": "fashion-mnist", "version": 3, "state": "running",
+    "params": {"epochs": 10}, "labels": {"team": "vision"},
+    "submitted_at": "2026-11-28T13:00:00.000000Z", "started_at": "2026-11-28T13:00:01Z",
+    "steps": [
+      {"name": "prep", "kind": "data_prep", "state": "succeeded", "metrics": {},
+       "attempts": [{"attempt": 1, "state": "succeeded", "exit_code": 0,
+                     "started_at": "2026-11-28T13:00:01Z",
+                     "finished_at": "2026-11-28T13:00:13.500Z"}]},
+      {"name": "train", "kind": "train", "state": "running",
+       "metrics": {"accuracy": 0.91, "loss": 0.25},
+       "attempts": [{"attempt": 1, "state": "failed", "exit_code": 137, "reason": "oom_killed",
+                     "started_at": "2026-11-28T13:00:14Z", "finished_at": "2026-11-28T13:01:00Z"},
+                    {"attempt": 2, "state": "running", "started_at": "2026-11-28T13:01:30Z"}]},
+      {"name": "infer", "state": "pending", "attempts": []}
+    ]})");
+}
+
+TimePoint At(const char* rfc3339) { return *ParseTime(rfc3339); }
+
+TEST(Output, RunTable) {
+  std::string text = RenderRun(SampleRun(), At("2026-11-28T13:03:01Z"));
+  EXPECT_EQ(text,
+            "Run:       r-1\n"
+            "Workflow:  fashion-mnist@3\n"
+            "State:     running\n"
+            "Submitted: 2026-11-28T13:00:00.000000Z\n"
+            "Started:   2026-11-28T13:00:01Z\n"
+            "Finished:  -\n"
+            "Duration:  3m\n"
+            "Params:    {\"epochs\":10}\n"
+            "Labels:    team=vision\n"
+            "\n"
+            "STEP   KIND       STATE      ATTEMPTS  EXIT/REASON  DURATION  METRICS\n"
+            "prep   data_prep  succeeded  1         exit 0       12.5s     -\n"
+            "train  train      running    2         -            1m31s     "
+            "{\"accuracy\":0.91,\"loss\":0.25}\n"
+            "infer  -          pending    0         -            -         -\n");
+}
+
+TEST(Output, FailedAttemptOutcomeAndRunList) {
+  Json run = SampleRun();
+  run["steps"][1]["attempts"].erase(1);
+  std::string text = RenderRun(run, At("2026-11-28T13:03:01Z"));
+  EXPECT_THAT(text, HasSubstr("exit 137 oom_killed  46.0s"));
+  std::string list = RenderRunList(Json{{"items", {run}}}, At("2026-11-28T13:03:01Z"));
+  EXPECT_EQ(list,
+            "ID   WORKFLOW         STATE    SUBMITTED            DURATION  LABELS\n"
+            "r-1  fashion-mnist@3  running  2026-11-28 13:00:00  3m        team=vision\n");
+}
+
+TEST(Output, ContainersEventsAndChanges) {
+  Json containers = Json::parse(R"({"items":[{"id":"c-1","state":"ready","backend":"local",
+      "handle":"pid:42","cpu_millis":1000,"memory_bytes":2248146944,
+      "gpus":[{"index":0,"simulated":true},{"index":1,"simulated":true}],
+      "attempts":["r-1/train/2"]}]})");
+  EXPECT_EQ(RenderContainers(containers),
+            "ID   STATE  BACKEND  HANDLE  CPU    MEMORY  GPUS             ATTEMPTS\n"
+            "c-1  ready  local    pid:42  1000m  2144Mi  2 (2 simulated)  r-1/train/2\n");
+  Json events = Json::parse(R"({"items":[{"position":1,"time":"2026-11-28T13:00:00.000001Z",
+      "stream":"run-r-1","type":"RunSubmitted","data":{"workflow":"w"}}]})");
+  EXPECT_EQ(HumanBytes(512), "512");
+  EXPECT_EQ(HumanBytes(128 << 20), "128Mi");
+  EXPECT_EQ(HumanBytes((int64_t{1} << 30) + 1), "1.0Gi");
+  EXPECT_EQ(RenderEvents(events),
+            "POSITION  TIME                         STREAM   TYPE          DATA\n"
+            "1         2026-11-28T13:00:00.000001Z  run-r-1  RunSubmitted  {\"workflow\":\"w\"}\n");
+
+  Json before = SampleRun();
+  Json after = SampleRun();
+  after["steps"][1]["state"] = "succeeded";
+  after["steps"][1]["attempts"][1]["exit_code"] = 0;
+  after["steps"][1]["attempts"][1]["finished_at"] = "2026-11-28T13:02:00Z";
+  after["steps"][2]["state"] = "skipped";
+  after["state"] = "succeeded";
+  after["finished_at"] = "2026-11-28T13:02:01Z";
+  EXPECT_EQ(RenderRunChanges(before, after, At("2026-11-28T13:02:02Z")),
+            "[13:02:02] step train succeeded (attempt 2, exit 0, 30.0s)\n"
+            "[13:02:02] step infer skipped\n"
+            "[13:02:02] run r-1 succeeded in 2m\n");
+}
+
+// ---- live HTTP ------------------------------------------------------------------------
+
+// An httplib::Server on 127.0.0.1, port 0, serving on its own thread.
+class MockServer {
+ public:
+  MockServer() {
+    port_ = server.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server.listen_after_bind(); });
+  }
+  ~MockServer() {
+    server.stop();
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  httplib::Server server;
+
+ private:
+  int port_ = 0;
+  std::thread thread_;
+};
+
+void ReplyError(httplib::Response& res, int status, const std::string& code,
+                const std::string& message, const Json& details = Json::array()) {
+  res.status = status;
+  res.set_content(
+      Json{{"error", {{"code", code}, {"message", message}, {"details", details}}}}.dump(),
+      "application/json");
+}
+
+// A port nothing listens on: bound, never listened, then closed.
+std::string RefusingUrl() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  socklen_t len = sizeof addr;
+  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  ::close(fd);
+  return "http://127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+}
+
+std::unique_ptr<ApiClient> MakeClient(std::vector<std::string> servers) {
+  ClientOptions options;
+  options.servers = std::move(servers);
+  options.connect_timeout = std::chrono::seconds(2);
+  options.read_timeout = std::chrono::seconds(10);
+  options.stream_idle_timeout = std::chrono::seconds(10);
+  auto c = ApiClient::Create(std::move(options));
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return std::move(c).value();
+}
+
+TEST(ApiClient, MapsErrorBodyToStatus) {
+  MockServer m;
+  m.server.Get("/v1/runs/r-404", [](const httplib::Request&, httplib::Response& res) {
+    ReplyError(res, 404, "not_found", "run r-404 not found", {"known runs: r-1"});
+  });
+  m.server.Post("/v1/workflows", [](const httplib::Request&, httplib::Response& res) {
+    ReplyError(res, 422, "invalid_argument", "invalid workflow definition",
+               {"steps[0].name: duplicate step name 'a'", "steps: cycle a -> b -> a"});
+  });
+  auto c = MakeClient({m.url()});
+  auto run = c->GetRun("r-404");
+  ASSERT_FALSE(run.ok());
+  EXPECT_EQ(run.status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(run.status().message(), "run r-404 not found");
+  EXPECT_EQ(run.status().details(), std::vector<std::string>{"known runs: r-1"});
+
+  auto reg = c->RegisterWorkflow(Json{{"name", "w"}});
+  ASSERT_FALSE(reg.ok());
+  EXPECT_EQ(reg.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(reg.status().details().size(), 2u);
+  EXPECT_EQ(reg.status().details()[1], "steps: cycle a -> b -> a");
+}
+
+TEST(ApiClient, Follows307FromStandbyToLeader) {
+  MockServer leader, standby;
+  std::atomic<int> standby_hits{0}, leader_hits{0};
+  std::string leader_url = leader.url();
+  standby.server.Post(".*", [&](const httplib::Request& req, httplib::Response& res) {
+    ++standby_hits;
+    res.status = 307;
+    res.set_header("Location", leader_url + req.path);
+  });
+  std::mutex mu;
+  Json received;
+  std::string idempotency_key;
+  leader.server.Post("/v1/runs", [&](const httplib::Request& req, httplib::Response& res) {
+    ++leader_hits;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      received = Json::parse(req.body);
+      idempotency_key = req.get_header_value("Idempotency-Key");
+    }
+    res.status = 201;
+    res.set_content(R"({"id":"r-1","state":"queued"})", "application/json");
+  });
+  auto c = MakeClient({standby.url()});
+  SubmitRunRequest r;
+  r.workflow = "w";
+  r.params = {{"epochs", 3}};
+  r.idempotency_key = "k-1";
+  auto res = c->SubmitRun(r);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->status, 201);
+  EXPECT_EQ(res->body.value("id", ""), "r-1");
+  EXPECT_EQ(c->current_server(), leader_url);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(received,
+              Json({{"workflow", "w"}, {"params", {{"epochs", 3}}}, {"labels", Json::object()}}));
+    EXPECT_EQ(idempotency_key, "k-1");
+  }
+  // The leader is remembered: the next write goes straight to it.
+  ASSERT_TRUE(c->SubmitRun(r).ok());
+  EXPECT_EQ(standby_hits.load(), 1);
+  EXPECT_EQ(leader_hits.load(), 2);
+}
+
+TEST(ApiClient, RedirectLoopIsBounded) {
+  MockServer m;
+  std::string self = m.url();
+  m.server.Get(".*", [&](const httplib::Request& req, httplib::Response& res) {
+    res.status = 307;
+    res.set_header("Location", self + req.path);
+  });
+  auto c = MakeClient({m.url()});
+  auto res = c->GetCluster();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), StatusCode::kUnavailable);
+  EXPECT_THAT(res.status().message(), HasSubstr("redirects"));
+}
+
+TEST(ApiClient, FailsOverWhenFirstServerRefuses) {
+  MockServer m;
+  m.server.Get("/v1/cluster", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(R"({"role":"leader","epoch":4})", "application/json");
+  });
+  std::string dead = RefusingUrl();
+  auto c = MakeClient({dead, m.url()});
+  auto res = c->GetCluster();
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->value("epoch", 0), 4);
+  EXPECT_EQ(c->current_server(), m.url());
+
+  // Nobody listening anywhere: kUnavailable naming the server.
+  auto none = MakeClient({dead});
+  auto bad = none->GetCluster();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kUnavailable);
+  EXPECT_THAT(bad.status().message(), HasSubstr(dead));
+}
+
+TEST(ApiClient, TriesNextServerOn503) {
+  MockServer standby, leader;
+  std::atomic<int> standby_hits{0};
+  standby.server.Post(".*", [&](const httplib::Request&, httplib::Response& res) {
+    ++standby_hits;
+    ReplyError(res, 503, "unavailable", "not the leader; leader unknown");
+  });
+  leader.server.Post("/v1/runs/r-1/cancel", [](const httplib::Request&, httplib::Response& res) {
+    res.status = 202;
+    res.set_content("{}", "application/json");
+  });
+  auto c = MakeClient({standby.url(), leader.url()});
+  auto res = c->CancelRun("r-1");
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->status, 202);
+  // The server that answered is tried first next time.
+  ASSERT_TRUE(c->CancelRun("r-1").ok());
+  EXPECT_EQ(standby_hits.load(), 1);
+
+  auto only_standby = MakeClient({standby.url()});
+  auto bad = only_standby->CancelRun("r-1");
+  EXPECT_EQ(bad.status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(bad.status().message(), "not the leader; leader unknown");
+}
+
+// Serves `body` in pieces of `piece` bytes as a chunked stream of `content_type`.
+void ServeChunked(httplib::Response& res, std::string body, size_t piece,
+                  const std::string& content_type) {
+  res.set_chunked_content_provider(
+      content_type, [body = std::move(body), piece](size_t offset, httplib::DataSink& sink) {
+        if (offset >= body.size()) {
+          sink.done();
+          return true;
+        }
+        std::string part = body.substr(offset, piece);
+        return sink.write(part.data(), part.size());
+      });
+}
+
+TEST(ApiClient, FollowsEventStream) {
+  MockServer m;
+  std::string seen_query;
+  m.server.Get("/v1/events", [&](const httplib::Request& req, httplib::Response& res) {
+    seen_query = req.get_param_value("follow") + "," + req.get_param_value("after");
+    std::string sse = ": hello\n\n";
+    for (int pos = 4; pos <= 6; ++pos) {
+      Json e = {{"position", pos},
+                {"stream", "run-r-1"},
+                {"type", "JobStarted"},
+                {"data", {{"pid", 100 + pos}}}};
+      sse += "id: " + std::to_string(pos) + "\nevent: ping\ndata: {}\n\n";
+      sse += "id: " + std::to_string(pos) + "\ndata: " + e.dump() + "\n\n";
+    }
+    ServeChunked(res, sse, 7, "text/event-stream");
+  });
+  auto c = MakeClient({m.url()});
+  std::vector<uint64_t> positions;
+  EventQuery q;
+  q.after = 3;
+  Status st = c->FollowEvents(q, [&](const Json& e) {
+    positions.push_back(e.value("position", uint64_t{0}));
+    EXPECT_EQ(e["data"].value("pid", 0), 100 + static_cast<int>(positions.back()));
+    return true;
+  });
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(positions, (std::vector<uint64_t>{4, 5, 6}));
+  EXPECT_EQ(seen_query, "true,3");
+
+  // A handler that stops early ends the call with OK.
+  positions.clear();
+  st = c->FollowEvents(q, [&](const Json& e) {
+    positions.push_back(e.value("position", uint64_t{0}));
+    return false;
+  });
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(positions, (std::vector<uint64_t>{4}));
+}
+
+TEST(ApiClient, LogsAsChunkedTextOrSse) {
+  MockServer m;
+  m.server.Get("/v1/runs/r-1/steps/train/logs",
+               [](const httplib::Request& req, httplib::Response& res) {
+                 if (req.get_param_value("follow") == "true") {
+                   ServeChunked(res, "data: epoch 1 loss 0.5\n\ndata: epoch 2\ndata: loss 0.3\n\n",
+                                5, "text/event-stream");
+                 } else {
+                   ServeChunked(res, "attempt " + req.get_param_value("attempt") + "\nline 2\n", 4,
+                                "text/plain");
+                 }
+               });
+  auto c = MakeClient({m.url()});
+  std::string text;
+  auto collect = [&](std::string_view s) {
+    text += s;
+    return true;
+  };
+  ASSERT_TRUE(c->GetLogs("r-1", "train", 2, false, collect).ok());
+  EXPECT_EQ(text, "attempt 2\nline 2\n");
+  text.clear();
+  ASSERT_TRUE(c->GetLogs("r-1", "train", std::nullopt, true, collect).ok());
+  EXPECT_EQ(text, "epoch 1 loss 0.5\nepoch 2\nloss 0.3\n");
+}
+
+// ---- the binary, end to end -------------------------------------------------------------
+
+struct Outcome {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Outcome RunEpochctl(const std::vector<std::string>& args) {
+  char err_path[] = "/tmp/epochctl_test_stderr_XXXXXX";
+  int fd = ::mkstemp(err_path);
+  EXPECT_GE(fd, 0);
+  ::close(fd);
+  std::string cmd = "env -u EPOCH_SERVER -u EPOCH_TOKEN " + Quote(EPOCHCTL_PATH);
+  for (const auto& a : args) cmd += " " + Quote(a);
+  cmd += " 2>" + Quote(err_path);
+  Outcome o;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  EXPECT_NE(p, nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) o.out.append(buf, n);
+  int status = ::pclose(p);
+  o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(err_path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  o.err = ss.str();
+  ::unlink(err_path);
+  return o;
+}
+
+TEST(Epochctl, SubmitAndFailingGet) {
+  MockServer m;
+  std::mutex mu;
+  Json received;
+  m.server.Post("/v1/runs", [&](const httplib::Request& req, httplib::Response& res) {
+    std::lock_guard<std::mutex> lock(mu);
+    received = Json::parse(req.body);
+    res.status = 201;
+    res.set_content(R"({"id":"r-7","workflow":"w","state":"queued"})", "application/json");
+  });
+  m.server.Get("/v1/runs/r-404", [](const httplib::Request&, httplib::Response& res) {
+    ReplyError(res, 404, "not_found", "run r-404 not found", {"did you mean r-7?"});
+  });
+
+  // Options before the positional: each -p takes exactly one value.
+  Outcome ok = RunEpochctl({"--server", RefusingUrl() + "," + m.url(), "run", "submit", "-p",
+                            "epochs=10", "-p", "opt=adam", "w", "-p", "tag=\"10\"", "--label",
+                            "team=vision", "--version", "2"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_EQ(ok.out, "run r-7 submitted\n");
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(received, Json({{"workflow", "w"},
+                              {"version", 2},
+                              {"params", {{"epochs", 10}, {"opt", "adam"}, {"tag", "10"}}},
+                              {"labels", {{"team", "vision"}}}}));
+  }
+
+  Outcome json = RunEpochctl({"-o", "json", "run", "submit", "w", "--server", m.url()});
+  EXPECT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(Json::parse(json.out).value("id", ""), "r-7");
+
+  Outcome missing = RunEpochctl({"--server", m.url(), "run", "get", "r-404"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_EQ(missing.out, "");
+  EXPECT_EQ(missing.err, "error: run r-404 not found\n  did you mean r-7?\n");
+
+  Outcome bad_param = RunEpochctl({"--server", m.url(), "run", "submit", "w", "-p", "oops"});
+  EXPECT_NE(bad_param.exit_code, 0);
+  EXPECT_THAT(bad_param.err, HasSubstr("'oops' is not of the form key=value"));
+}
+
+// --wait: the event stream triggers fresh GETs of the run; the exit code follows the
+// run's final state.
+void WaitScenario(const std::string& final_state, int expected_exit) {
+  MockServer m;
+  std::atomic<int> gets{0};
+  m.server.Post("/v1/runs", [](const httplib::Request&, httplib::Response& res) {
+    res.status = 201;
+    res.set_content(R"({"id":"r-9","state":"queued"})", "application/json");
+  });
+  m.server.Get("/v1/runs/r-9", [&](const httplib::Request&, httplib::Response& res) {
+    int n = ++gets;
+    Json run = {{"id", "r-9"}, {"state", "running"}};
+    Json prep = {{"name", "prep"}, {"state", "running"}, {"attempts", {{{"attempt", 1}}}}};
+    Json train = {{"name", "train"}, {"state", "pending"}, {"attempts", Json::array()}};
+    if (n >= 2) {
+      prep["state"] = "succeeded";
+      prep["attempts"][0]["exit_code"] = 0;
+      train["state"] = "running";
+      train["attempts"] = {{{"attempt", 1}}};
+    }
+    if (n >= 3) {
+      run["state"] = final_state;
+      train["state"] = final_state == "succeeded" ? "succeeded" : "failed";
+      train["attempts"][0]["exit_code"] = final_state == "succeeded" ? 0 : 3;
+    }
+    run["steps"] = {prep, train};
+    res.set_content(run.dump(), "application/json");
+  });
+  m.server.Get("/v1/runs/r-9/events", [](const httplib::Request&, httplib::Response& res) {
+    ServeChunked(res,
+                 "id: 2\ndata: {\"position\":2,\"type\":\"JobSucceeded\"}\n\n"
+                 "id: 3\ndata: {\"position\":3,\"type\":\"RunSucceeded\"}\n\n",
+                 16, "text/event-stream");
+  });
+  Outcome o =
+      RunEpochctl({"--server", m.url(), "run", "submit", "w", "--wait", "--timeout", "20s"});
+  EXPECT_EQ(o.exit_code, expected_exit) << o.out << o.err;
+  EXPECT_THAT(o.out, HasSubstr("run r-9 submitted\n"));
+  EXPECT_THAT(o.out, HasSubstr("step prep running (attempt 1)\n"));
+  EXPECT_THAT(o.out, HasSubstr("step prep succeeded (attempt 1, exit 0)\n"));
+  EXPECT_THAT(o.out, HasSubstr("step train running (attempt 1)\n"));
+  EXPECT_THAT(o.out, HasSubstr("run r-9 " + final_state + "\n"));
+  EXPECT_EQ(gets.load(), 3);
+}
+
+TEST(Epochctl, SubmitWaitSucceeded) { WaitScenario("succeeded", 0); }
+TEST(Epochctl, SubmitWaitFailed) { WaitScenario("failed", 1); }
+
+TEST(Epochctl, WaitFallsBackToPollingWhenStreamIsMissing) {
+  MockServer m;
+  std::atomic<int> gets{0};
+  m.server.Post("/v1/runs", [](const httplib::Request&, httplib::Response& res) {
+    res.status = 201;
+    res.set_content(R"({"id":"r-5"})", "application/json");
+  });
+  m.server.Get("/v1/runs/r-5", [&](const httplib::Request&, httplib::Response& res) {
+    Json run = {{"id", "r-5"}, {"state", ++gets >= 3 ? "cancelled" : "running"}};
+    res.set_content(run.dump(), "application/json");
+  });
+  Outcome o = RunEpochctl({"--server", m.url(), "run", "submit", "w", "--wait"});
+  EXPECT_EQ(o.exit_code, 1) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("run r-5 cancelled\n"));
+  EXPECT_EQ(gets.load(), 3);
+}
+
+}  // namespace
+}  // namespace epoch::client

@@ -1,0 +1,436 @@
+// epochctl: the command-line client for Epoch's HTTP API (see api/client/README.md).
+//
+// Exit codes: 0 success; 1 an error (the server's message and details on stderr) or,
+// with `run submit --wait`, a run that ended failed or cancelled; 2 `--wait` timed
+// out; usage errors exit with CLI11's code.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "api/client/client.h"
+#include "api/client/output.h"
+#include "common/units.h"
+
+namespace epoch::client {
+namespace {
+
+constexpr auto kPollInterval = std::chrono::milliseconds(200);
+constexpr int kMaxStreamReconnects = 5;
+
+int Fail(const Status& status) {
+  std::cerr << "error: " << status.message() << "\n";
+  for (const auto& d : status.details()) std::cerr << "  " << d << "\n";
+  return 1;
+}
+
+void Print(const std::string& text) { std::cout << text << std::flush; }
+
+// Options shared by every command.
+struct Globals {
+  std::string server;
+  std::string output = "table";
+  std::string token;
+  std::string ca_cert;
+  bool insecure = false;
+};
+
+struct Context {
+  std::unique_ptr<ApiClient> api;
+  OutputFormat format = OutputFormat::kTable;
+  SystemClock clock;
+  bool json() const { return format == OutputFormat::kJson; }
+};
+
+Result<std::unique_ptr<Context>> MakeContext(const Globals& g) {
+  auto ctx = std::make_unique<Context>();
+  ASSIGN_OR_RETURN(ctx->format, ParseOutputFormat(g.output));
+  ClientOptions options;
+  ASSIGN_OR_RETURN(options.servers, SplitServers(g.server));
+  options.token = g.token;
+  options.ca_cert_path = g.ca_cert;
+  options.insecure = g.insecure;
+  ASSIGN_OR_RETURN(ctx->api, ApiClient::Create(std::move(options)));
+  return ctx;
+}
+
+Result<Json> ReadJsonFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound("cannot open " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto j = ParseJson(ss.str());
+  if (!j.ok()) return j.status().WithContext(path);
+  return j;
+}
+
+// ---- workflow ----------------------------------------------------------------------
+
+int WorkflowRegister(Context& c, const std::string& file) {
+  auto def = ReadJsonFile(file);
+  if (!def.ok()) return Fail(def.status());
+  auto res = c.api->RegisterWorkflow(*def);
+  if (!res.ok()) return Fail(res.status());
+  if (c.json()) {
+    Print(RenderJson(res->body));
+    return 0;
+  }
+  const Json& b = res->body;
+  Print("workflow " + Cell(b, "name") + " version " + Cell(b, "version") +
+        (res->status == 201 ? " registered" : " unchanged") + "\ndigest " + Cell(b, "digest") +
+        "\n");
+  return 0;
+}
+
+int WorkflowList(Context& c) {
+  auto res = c.api->ListWorkflows();
+  if (!res.ok()) return Fail(res.status());
+  Print(c.json() ? RenderJson(*res) : RenderWorkflows(*res));
+  return 0;
+}
+
+int WorkflowGet(Context& c, const std::string& name, std::optional<int64_t> version) {
+  auto res = c.api->GetWorkflow(name, version);
+  if (!res.ok()) return Fail(res.status());
+  Print(c.json() ? RenderJson(*res) : RenderWorkflow(*res));
+  return 0;
+}
+
+// ---- run ---------------------------------------------------------------------------
+
+struct SubmitArgs {
+  std::string workflow;
+  std::vector<std::string> params, labels;
+  int64_t version = 0;
+  bool has_version = false;
+  std::string idempotency_key;
+  bool wait = false;
+  std::string timeout;
+};
+
+// Follows a run to its end: the run's event stream (each event triggers a fresh GET of
+// the run, whose step states are diffed and printed), falling back to polling every
+// 200 ms when the stream is unavailable or breaks.
+int WaitForRun(Context& c, const std::string& id, std::optional<TimePoint> deadline) {
+  Json last;  // null until the first snapshot
+  auto refresh = [&]() -> Status {
+    ASSIGN_OR_RETURN(Json run, c.api->GetRun(id));
+    if (!c.json()) Print(RenderRunChanges(last, run, c.clock.Now()));
+    last = std::move(run);
+    return Status::Ok();
+  };
+  auto terminal = [&] { return IsTerminalRunState(last.value("state", "")); };
+  auto expired = [&] { return deadline && c.clock.Now() >= *deadline; };
+
+  if (Status st = refresh(); !st.ok()) return Fail(st);
+  if (!terminal() && !expired()) {
+    Status refresh_error;
+    std::optional<Micros> idle;
+    if (deadline) idle = std::max(Micros(1000), *deadline - c.clock.Now());
+    EventQuery q;
+    q.run = id;
+    Status stream = c.api->FollowEvents(
+        q,
+        [&](const Json&) {
+          refresh_error = refresh();
+          return refresh_error.ok() && !terminal() && !expired();
+        },
+        idle);
+    if (!refresh_error.ok() && refresh_error.code() != StatusCode::kUnavailable) {
+      return Fail(refresh_error);
+    }
+    // Any other outcome (stream ended, broke, or is not served): poll.
+    bool warned = false;
+    while (!terminal() && !expired()) {
+      std::this_thread::sleep_for(kPollInterval);
+      Status st = refresh();
+      if (st.ok()) continue;
+      if (st.code() != StatusCode::kUnavailable) return Fail(st);
+      if (!warned) std::cerr << "warning: " << st.message() << "; still trying\n";
+      warned = true;
+    }
+  }
+  if (!terminal()) {
+    std::cerr << "error: timed out waiting for run " << id << " (state "
+              << last.value("state", "unknown") << ")\n";
+    if (c.json()) Print(RenderJson(last));
+    return 2;
+  }
+  if (c.json()) Print(RenderJson(last));
+  return last.value("state", "") == "succeeded" ? 0 : 1;
+}
+
+int RunSubmit(Context& c, const SubmitArgs& a) {
+  SubmitRunRequest req;
+  req.workflow = a.workflow;
+  if (a.has_version) req.version = a.version;
+  req.idempotency_key = a.idempotency_key;
+  auto params = ParseKeyValues(a.params, /*json_values=*/true);
+  if (!params.ok()) return Fail(params.status().WithContext("-p"));
+  auto labels = ParseKeyValues(a.labels, /*json_values=*/false);
+  if (!labels.ok()) return Fail(labels.status().WithContext("--label"));
+  req.params = std::move(*params);
+  req.labels = std::move(*labels);
+  std::optional<TimePoint> deadline;
+  if (!a.timeout.empty()) {
+    auto d = ParseDuration(a.timeout);
+    if (!d.ok()) return Fail(d.status().WithContext("--timeout"));
+    deadline = c.clock.Now() + *d;
+  }
+  auto res = c.api->SubmitRun(req);
+  if (!res.ok()) return Fail(res.status());
+  std::string id = res->body.value("id", "");
+  if (id.empty()) return Fail(Internal("the server's answer has no run id"));
+  if (!a.wait) {
+    Print(c.json() ? RenderJson(res->body) : "run " + id + " submitted\n");
+    return 0;
+  }
+  if (!c.json()) Print("run " + id + " submitted\n");
+  return WaitForRun(c, id, deadline);
+}
+
+int RunGet(Context& c, const std::string& id) {
+  auto res = c.api->GetRun(id);
+  if (!res.ok()) return Fail(res.status());
+  Print(c.json() ? RenderJson(*res) : RenderRun(*res, c.clock.Now()));
+  return 0;
+}
+
+struct ListArgs {
+  RunListQuery query;
+  int64_t limit = 0;
+  bool all = false;
+};
+
+int RunList(Context& c, ListArgs a) {
+  if (a.limit > 0) a.query.limit = a.limit;
+  Json items = Json::array();
+  std::string next;
+  for (int page = 0;; ++page) {
+    auto res = c.api->ListRuns(a.query);
+    if (!res.ok()) return Fail(res.status());
+    for (const Json& r : res->value("items", Json::array())) items.push_back(r);
+    next = res->value("next_cursor", "");
+    if (!a.all || next.empty() || next == a.query.cursor) break;
+    a.query.cursor = next;
+  }
+  if (c.json()) {
+    Json out = {{"items", items}};
+    if (!a.all && !next.empty()) out["next_cursor"] = next;
+    Print(RenderJson(out));
+  } else {
+    Print(RenderRunList(items, c.clock.Now()));
+    if (!a.all && !next.empty()) std::cerr << "more runs: --all, or --cursor " << next << "\n";
+  }
+  return 0;
+}
+
+int RunWrite(Context& c, const std::string& id, bool cancel) {
+  auto res = cancel ? c.api->CancelRun(id) : c.api->RetryRun(id);
+  if (!res.ok()) return Fail(res.status());
+  Print(c.json() ? RenderJson(res->body)
+                 : "run " + id + (cancel ? " cancel requested\n" : " retry requested\n"));
+  return 0;
+}
+
+int RunLogs(Context& c, const std::string& id, const std::string& step,
+            std::optional<int64_t> attempt, bool follow) {
+  Status st = c.api->GetLogs(id, step, attempt, follow, [](std::string_view text) {
+    std::cout.write(text.data(), static_cast<std::streamsize>(text.size()));
+    std::cout.flush();
+    return static_cast<bool>(std::cout);
+  });
+  if (!st.ok()) return Fail(st);
+  return 0;
+}
+
+// ---- events, containers, cluster --------------------------------------------------------
+
+struct EventArgs {
+  EventQuery query;
+  int64_t after = 0, limit = 0;
+  bool follow = false;
+};
+
+int Events(Context& c, EventArgs a) {
+  if (a.after > 0) a.query.after = static_cast<uint64_t>(a.after);
+  if (!a.follow) {
+    if (a.limit > 0) a.query.limit = a.limit;
+    auto res = c.api->ListEvents(a.query);
+    if (!res.ok()) return Fail(res.status());
+    Print(c.json() ? RenderJson(*res) : RenderEvents(*res));
+    return 0;
+  }
+  // Following: one event per line (JSON lines with -o json). On a broken stream, resume
+  // after the last position printed (the server may have failed over).
+  if (!c.json()) Print(RenderEventHeader());
+  int64_t printed = 0;
+  int failures = 0;
+  while (true) {
+    Status st = c.api->FollowEvents(a.query, [&](const Json& e) {
+      if (e.contains("position") && e["position"].is_number_unsigned()) {
+        a.query.after = e["position"].get<uint64_t>();
+      }
+      Print(c.json() ? e.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n"
+                     : RenderEventLine(e));
+      failures = 0;
+      return !(a.limit > 0 && ++printed >= a.limit);
+    });
+    if (st.ok()) return 0;
+    if (st.code() != StatusCode::kUnavailable || ++failures > kMaxStreamReconnects) {
+      return Fail(st);
+    }
+    std::cerr << "warning: " << st.message() << "; reconnecting\n";
+    std::this_thread::sleep_for(kPollInterval * failures);
+  }
+}
+
+int Containers(Context& c) {
+  auto res = c.api->ListContainers();
+  if (!res.ok()) return Fail(res.status());
+  Print(c.json() ? RenderJson(*res) : RenderContainers(*res));
+  return 0;
+}
+
+int Cluster(Context& c) {
+  auto res = c.api->GetCluster();
+  if (!res.ok()) return Fail(res.status());
+  Print(c.json() ? RenderJson(*res) : RenderCluster(*res));
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"epochctl: the command-line client for Epoch"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  Globals g;
+  g.server = std::string(kDefaultServer);
+  app.add_option("-s,--server", g.server,
+                 "server URL, or a comma-separated list tried in turn (HA)")
+      ->envname("EPOCH_SERVER")
+      ->capture_default_str();
+  app.add_option("-o,--output", g.output, "table or json")
+      ->check(CLI::IsMember({"table", "json"}))
+      ->capture_default_str();
+  app.add_option("--token", g.token, "bearer token")->envname("EPOCH_TOKEN");
+  app.add_option("--ca-cert", g.ca_cert, "https: CA certificate file to trust");
+  app.add_flag("--insecure", g.insecure, "https: do not verify the server's certificate");
+
+  std::function<int(Context&)> action;
+
+  // workflow
+  auto* wf = app.add_subcommand("workflow", "register and inspect workflow definitions");
+  wf->require_subcommand(1);
+  std::string wf_file, wf_name;
+  int64_t wf_version = 0;
+  wf->add_subcommand("register", "register a definition (POST /v1/workflows)")
+      ->callback([&] { action = [&](Context& c) { return WorkflowRegister(c, wf_file); }; })
+      ->add_option("file", wf_file, "definition JSON file")
+      ->required();
+  wf->add_subcommand("list", "list workflows")->callback([&] {
+    action = [&](Context& c) { return WorkflowList(c); };
+  });
+  auto* wf_get = wf->add_subcommand("get", "show a workflow definition");
+  wf_get->add_option("name", wf_name)->required();
+  auto* wf_version_opt = wf_get->add_option("--version", wf_version, "a specific version");
+  wf_get->callback([&] {
+    action = [&](Context& c) {
+      return WorkflowGet(
+          c, wf_name, wf_version_opt->count() ? std::optional<int64_t>(wf_version) : std::nullopt);
+    };
+  });
+
+  // run
+  auto* run = app.add_subcommand("run", "submit, inspect and control runs");
+  run->require_subcommand(1);
+  SubmitArgs submit;
+  auto* sub = run->add_subcommand("submit", "submit a run of a workflow");
+  sub->add_option("workflow", submit.workflow)->required();
+  sub->add_option("-p,--param", submit.params, "parameter k=v (v is JSON when it parses)")
+      ->allow_extra_args(false);
+  sub->add_option("--label", submit.labels, "label k=v")->allow_extra_args(false);
+  auto* sub_version = sub->add_option("--version", submit.version, "workflow version");
+  sub->add_option("--idempotency-key", submit.idempotency_key, "makes a retried submit safe");
+  sub->add_flag("--wait", submit.wait, "follow the run to its end; exit 1 unless it succeeds");
+  sub->add_option("--timeout", submit.timeout, "with --wait: give up after this long (e.g. 30m)");
+  sub->callback([&] {
+    submit.has_version = sub_version->count() > 0;
+    action = [&](Context& c) { return RunSubmit(c, submit); };
+  });
+
+  std::string run_id, step;
+  run->add_subcommand("get", "show a run and its steps")
+      ->callback([&] { action = [&](Context& c) { return RunGet(c, run_id); }; })
+      ->add_option("id", run_id)
+      ->required();
+
+  ListArgs list;
+  auto* ls = run->add_subcommand("list", "list runs");
+  ls->add_option("--state", list.query.state);
+  ls->add_option("--workflow", list.query.workflow);
+  ls->add_option("--label", list.query.labels, "k=v")->allow_extra_args(false);
+  ls->add_option("--limit", list.limit);
+  ls->add_option("--cursor", list.query.cursor, "continue from a previous page");
+  ls->add_flag("--all", list.all, "fetch every page");
+  ls->callback([&] { action = [&](Context& c) { return RunList(c, list); }; });
+
+  run->add_subcommand("cancel", "cancel a run")
+      ->callback([&] { action = [&](Context& c) { return RunWrite(c, run_id, true); }; })
+      ->add_option("id", run_id)
+      ->required();
+  run->add_subcommand("retry", "re-run the failed and cancelled steps of a run")
+      ->callback([&] { action = [&](Context& c) { return RunWrite(c, run_id, false); }; })
+      ->add_option("id", run_id)
+      ->required();
+
+  int64_t attempt = 0;
+  bool follow_logs = false;
+  auto* logs = run->add_subcommand("logs", "print a step's log");
+  logs->add_option("id", run_id)->required();
+  logs->add_option("step", step)->required();
+  auto* attempt_opt = logs->add_option("--attempt", attempt, "attempt number (default: last)");
+  logs->add_flag("-f,--follow", follow_logs, "keep streaming as the step writes");
+  logs->callback([&] {
+    action = [&](Context& c) {
+      return RunLogs(c, run_id, step,
+                     attempt_opt->count() ? std::optional<int64_t>(attempt) : std::nullopt,
+                     follow_logs);
+    };
+  });
+
+  // events
+  EventArgs ev;
+  auto* events = app.add_subcommand("events", "the event history (global, or of one run)");
+  events->add_option("--run", ev.query.run, "only this run's events");
+  events->add_option("--after", ev.after, "events after this position");
+  events->add_option("--type", ev.query.type, "only this event type");
+  events->add_option("--stream", ev.query.stream, "only this stream");
+  events->add_option("--limit", ev.limit, "at most this many events");
+  events->add_flag("-f,--follow", ev.follow, "keep streaming new events");
+  events->callback([&] { action = [&](Context& c) { return Events(c, ev); }; });
+
+  app.add_subcommand("containers", "the container pool")->callback([&] {
+    action = [&](Context& c) { return Containers(c); };
+  });
+  app.add_subcommand("cluster", "role, epoch, leader and store of the server")->callback([&] {
+    action = [&](Context& c) { return Cluster(c); };
+  });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (!action) return Fail(InvalidArgument("no command given (see --help)"));
+  auto ctx = MakeContext(g);
+  if (!ctx.ok()) return Fail(ctx.status());
+  return action(**ctx);
+}
+
+}  // namespace
+}  // namespace epoch::client
+
+int main(int argc, char** argv) { return epoch::client::Main(argc, argv); }

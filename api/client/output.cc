@@ -1,0 +1,460 @@
+#include "api/client/output.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+
+namespace epoch::client {
+
+namespace {
+
+const Json& Field(const Json& obj, std::string_view key) {
+  static const Json kNull;
+  if (!obj.is_object()) return kNull;
+  auto it = obj.find(key);
+  return it == obj.end() ? kNull : *it;
+}
+
+std::string Str(const Json& obj, std::string_view key) {
+  const Json& v = Field(obj, key);
+  return v.is_string() ? v.get<std::string>() : std::string();
+}
+
+const Json& Items(const Json& list) {
+  static const Json kEmpty = Json::array();
+  if (list.is_array()) return list;
+  const Json& items = Field(list, "items");
+  return items.is_array() ? items : kEmpty;
+}
+
+std::optional<TimePoint> TimeField(const Json& obj, std::string_view key) {
+  std::string s = Str(obj, key);
+  if (s.empty()) return std::nullopt;
+  auto t = ParseTime(s);
+  if (!t.ok()) return std::nullopt;
+  return *t;
+}
+
+// "2026-11-28T13:38:40.123456Z" -> "2026-11-28 13:38:40" (tables need no microseconds).
+std::string ShortTime(const Json& obj, std::string_view key) {
+  std::string s = Str(obj, key);
+  if (s.empty()) return "-";
+  if (s.size() >= 19 && s[10] == 'T') return s.substr(0, 10) + " " + s.substr(11, 8);
+  return s;
+}
+
+std::string Pad(std::string s, size_t width) {
+  if (s.size() < width) s.append(width - s.size(), ' ');
+  return s;
+}
+
+std::string JoinLabels(const Json& labels) {
+  if (!labels.is_object() || labels.empty()) return "-";
+  std::string out;
+  for (const auto& [k, v] : labels.items()) {
+    if (!out.empty()) out += ',';
+    out += k + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
+  }
+  return out;
+}
+
+std::string WorkflowAt(const Json& run) {
+  std::string wf = Cell(run, "workflow");
+  const Json& v = Field(run, "version");
+  if (!v.is_null()) wf += "@" + (v.is_string() ? v.get<std::string>() : v.dump());
+  return wf;
+}
+
+const Json& LastAttempt(const Json& step) {
+  static const Json kNull;
+  const Json& attempts = Field(step, "attempts");
+  if (!attempts.is_array() || attempts.empty()) return kNull;
+  return attempts.back();
+}
+
+size_t AttemptCount(const Json& step) {
+  const Json& attempts = Field(step, "attempts");
+  if (attempts.is_array()) return attempts.size();
+  if (attempts.is_number_unsigned() || attempts.is_number_integer()) {
+    return attempts.get<size_t>();
+  }
+  return 0;
+}
+
+// "exit 0", "signal 9", "exit 1 oom_killed", "container_lost" or "-".
+std::string Outcome(const Json& attempt) {
+  std::string out;
+  auto add = [&](std::string s) {
+    if (!out.empty()) out += ' ';
+    out += s;
+  };
+  const Json& exit_code = Field(attempt, "exit_code");
+  if (exit_code.is_number()) add("exit " + exit_code.dump());
+  const Json& signal = Field(attempt, "signal");
+  if (signal.is_number() && signal.get<int64_t>() != 0) add("signal " + signal.dump());
+  if (signal.is_string() && !signal.get<std::string>().empty())
+    add("signal " + Str(attempt, "signal"));
+  std::string reason = Str(attempt, "reason");
+  if (!reason.empty()) add(reason);
+  return out.empty() ? "-" : out;
+}
+
+std::string StepDuration(const Json& step, TimePoint now) {
+  const Json& last = LastAttempt(step);
+  if (last.is_null()) return "-";
+  std::string cell = ElapsedCell(last, "started_at", "finished_at", now);
+  if (cell != "-") return cell;
+  const Json& wall = Field(Field(last, "usage"), "wall_s");
+  if (wall.is_number()) {
+    return HumanDuration(Micros(static_cast<int64_t>(wall.get<double>() * 1e6)));
+  }
+  return "-";
+}
+
+std::string KeyValueBlock(const std::vector<std::pair<std::string, std::string>>& rows) {
+  size_t width = 0;
+  for (const auto& [k, v] : rows) width = std::max(width, k.size() + 1);
+  std::string out;
+  for (const auto& [k, v] : rows) out += Pad(k + ":", width + 1) + v + "\n";
+  return out;
+}
+
+std::string Clock(TimePoint now) {
+  std::string t = FormatTime(now);  // 2026-11-28T13:38:40.123456Z
+  return t.size() >= 19 ? t.substr(11, 8) : t;
+}
+
+}  // namespace
+
+Result<OutputFormat> ParseOutputFormat(std::string_view s) {
+  if (s == "table") return OutputFormat::kTable;
+  if (s == "json") return OutputFormat::kJson;
+  return InvalidArgument("output format must be 'table' or 'json', not '" + std::string(s) + "'");
+}
+
+std::string Table::Render() const {
+  std::vector<size_t> widths(headers_.size(), 0);
+  auto measure = [&](const std::vector<std::string>& row) {
+    for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
+      widths[i] = std::max(widths[i], row[i].size());
+    }
+  };
+  measure(headers_);
+  for (const auto& r : rows_) measure(r);
+  auto line = [&](const std::vector<std::string>& row) {
+    std::string out;
+    for (size_t i = 0; i < widths.size(); ++i) {
+      std::string cell = i < row.size() ? row[i] : "";
+      if (i + 1 < widths.size()) {
+        out += Pad(cell, widths[i] + 2);
+      } else {
+        out += cell;
+      }
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    return out + "\n";
+  };
+  std::string out = line(headers_);
+  for (const auto& r : rows_) out += line(r);
+  return out;
+}
+
+std::string Cell(const Json& obj, std::string_view key) {
+  const Json& v = Field(obj, key);
+  if (v.is_string()) {
+    std::string s = v.get<std::string>();
+    return s.empty() ? "-" : s;
+  }
+  return CompactJson(v);
+}
+
+std::string CompactJson(const Json& j) {
+  if (j.is_null()) return "-";
+  if ((j.is_object() || j.is_array()) && j.empty()) return "-";
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+std::string HumanDuration(Micros d) {
+  int64_t us = d.count();
+  if (us < 0) us = 0;
+  if (us < 1000000) return std::to_string(us / 1000) + "ms";
+  if (us < 60 * 1000000LL) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1fs", static_cast<double>(us) / 1e6);
+    return buf;
+  }
+  int64_t s = us / 1000000;
+  std::string out;
+  if (s >= 86400) {
+    out += std::to_string(s / 86400) + "d";
+    s %= 86400;
+  }
+  if (s >= 3600) {
+    out += std::to_string(s / 3600) + "h";
+    s %= 3600;
+  }
+  if (s >= 60) {
+    out += std::to_string(s / 60) + "m";
+    s %= 60;
+  }
+  if (s > 0 && out.find('d') == std::string::npos) out += std::to_string(s) + "s";
+  return out;
+}
+
+std::string HumanBytes(int64_t bytes) {
+  static constexpr const char* kUnits[] = {"Ki", "Mi", "Gi", "Ti"};
+  if (bytes < 1024) return std::to_string(bytes);
+  // Exact in the largest unit that divides it ("2144Mi", as configured); else rounded.
+  for (int unit = 3; unit >= 0; --unit) {
+    int64_t size = int64_t{1} << (10 * (unit + 1));
+    if (bytes >= size && bytes % size == 0) return std::to_string(bytes / size) + kUnits[unit];
+  }
+  double v = static_cast<double>(bytes);
+  int unit = -1;
+  while (v >= 1024 && unit < 3) {
+    v /= 1024;
+    ++unit;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f%s", v, kUnits[unit]);
+  return buf;
+}
+
+std::string ElapsedCell(const Json& obj, std::string_view start_key, std::string_view end_key,
+                        TimePoint now) {
+  auto start = TimeField(obj, start_key);
+  if (!start) return "-";
+  auto end = TimeField(obj, end_key);
+  return HumanDuration(end.value_or(now) - *start);
+}
+
+bool IsTerminalRunState(std::string_view state) {
+  return state == "succeeded" || state == "failed" || state == "cancelled";
+}
+
+std::string RenderJson(const Json& j) {
+  return j.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
+}
+
+std::string RenderRun(const Json& run, TimePoint now) {
+  std::string out = KeyValueBlock({
+      {"Run", Cell(run, "id")},
+      {"Workflow", WorkflowAt(run)},
+      {"State", Cell(run, "state")},
+      {"Submitted", Cell(run, "submitted_at")},
+      {"Started", Cell(run, "started_at")},
+      {"Finished", Cell(run, "finished_at")},
+      {"Duration", ElapsedCell(run, "started_at", "finished_at", now)},
+      {"Params", CompactJson(Field(run, "params"))},
+      {"Labels", JoinLabels(Field(run, "labels"))},
+  });
+  const Json& steps = Field(run, "steps");
+  if (!steps.is_array() || steps.empty()) return out;
+  Table t({"STEP", "KIND", "STATE", "ATTEMPTS", "EXIT/REASON", "DURATION", "METRICS"});
+  for (const Json& step : steps) {
+    t.AddRow({Cell(step, "name"), Cell(step, "kind"), Cell(step, "state"),
+              std::to_string(AttemptCount(step)), Outcome(LastAttempt(step)),
+              StepDuration(step, now), CompactJson(Field(step, "metrics"))});
+  }
+  return out + "\n" + t.Render();
+}
+
+std::string RenderRunList(const Json& runs, TimePoint now) {
+  Table t({"ID", "WORKFLOW", "STATE", "SUBMITTED", "DURATION", "LABELS"});
+  for (const Json& run : Items(runs)) {
+    t.AddRow({Cell(run, "id"), WorkflowAt(run), Cell(run, "state"), ShortTime(run, "submitted_at"),
+              ElapsedCell(run, "started_at", "finished_at", now),
+              JoinLabels(Field(run, "labels"))});
+  }
+  return t.Render();
+}
+
+std::string RenderEvents(const Json& events) {
+  Table t({"POSITION", "TIME", "STREAM", "TYPE", "DATA"});
+  for (const Json& e : Items(events)) {
+    t.AddRow({Cell(e, "position"), Cell(e, "time"), Cell(e, "stream"), Cell(e, "type"),
+              CompactJson(Field(e, "data"))});
+  }
+  return t.Render();
+}
+
+namespace {
+std::string EventLine(std::string position, std::string time, std::string stream, std::string type,
+                      std::string data) {
+  return Pad(std::move(position), 8) + "  " + Pad(std::move(time), 27) + "  " +
+         Pad(std::move(stream), 28) + "  " + Pad(std::move(type), 20) + "  " + data + "\n";
+}
+}  // namespace
+
+std::string RenderEventLine(const Json& e) {
+  return EventLine(Cell(e, "position"), Cell(e, "time"), Cell(e, "stream"), Cell(e, "type"),
+                   CompactJson(Field(e, "data")));
+}
+
+std::string RenderEventHeader() { return EventLine("POSITION", "TIME", "STREAM", "TYPE", "DATA"); }
+
+std::string RenderContainers(const Json& containers) {
+  Table t({"ID", "STATE", "BACKEND", "HANDLE", "CPU", "MEMORY", "GPUS", "ATTEMPTS"});
+  for (const Json& c : Items(containers)) {
+    const Json& cpu = Field(c, "cpu_millis");
+    const Json& mem = Field(c, "memory_bytes");
+    const Json& gpus = Field(c, "gpus");
+    std::string gpu_cell = "-";
+    if (gpus.is_array()) {
+      size_t simulated = 0, unhealthy = 0;
+      for (const Json& g : gpus) {
+        if (Field(g, "simulated").is_boolean() && Field(g, "simulated").get<bool>()) ++simulated;
+        if (Field(g, "healthy").is_boolean() && !Field(g, "healthy").get<bool>()) ++unhealthy;
+      }
+      gpu_cell = std::to_string(gpus.size());
+      if (simulated > 0) gpu_cell += " (" + std::to_string(simulated) + " simulated)";
+      if (unhealthy > 0) gpu_cell += " (" + std::to_string(unhealthy) + " unhealthy)";
+    } else if (gpus.is_number()) {
+      gpu_cell = gpus.dump();
+    }
+    const Json& attempts = Field(c, "attempts");
+    std::string attempts_cell = "-";
+    if (attempts.is_array() && !attempts.empty()) {
+      attempts_cell.clear();
+      for (const Json& a : attempts) {
+        if (!attempts_cell.empty()) attempts_cell += ',';
+        attempts_cell += a.is_string() ? a.get<std::string>() : a.dump();
+      }
+    } else if (attempts.is_number()) {
+      attempts_cell = attempts.dump();
+    }
+    t.AddRow({Cell(c, "id"), Cell(c, "state"), Cell(c, "backend"), Cell(c, "handle"),
+              cpu.is_number() ? cpu.dump() + "m" : "-",
+              mem.is_number() ? HumanBytes(mem.get<int64_t>()) : "-", gpu_cell, attempts_cell});
+  }
+  return t.Render();
+}
+
+std::string RenderCluster(const Json& cluster) {
+  static constexpr const char* kFirst[] = {"role",           "node",       "epoch", "leader",
+                                           "leader_address", "address",    "head",  "head_position",
+                                           "store_size",     "store_bytes"};
+  std::vector<std::pair<std::string, std::string>> rows;
+  std::vector<std::string> seen;
+  for (const char* k : kFirst) {
+    if (cluster.is_object() && cluster.contains(k)) {
+      rows.emplace_back(k, Cell(cluster, k));
+      seen.emplace_back(k);
+    }
+  }
+  if (cluster.is_object()) {
+    for (const auto& [k, v] : cluster.items()) {
+      if (std::find(seen.begin(), seen.end(), k) != seen.end()) continue;
+      rows.emplace_back(k, Cell(cluster, k));
+    }
+  }
+  return KeyValueBlock(rows);
+}
+
+std::string RenderWorkflows(const Json& workflows) {
+  Table t({"NAME", "VERSION", "DIGEST", "REGISTERED"});
+  for (const Json& w : Items(workflows)) {
+    std::string version = Cell(w, "version");
+    if (version == "-") version = Cell(w, "latest_version");
+    std::string digest = Cell(w, "digest");
+    if (digest.size() > 19) digest = digest.substr(0, 19);
+    std::string registered = ShortTime(w, "registered_at");
+    if (registered == "-") registered = ShortTime(w, "time");
+    t.AddRow({Cell(w, "name"), version, digest, registered});
+  }
+  return t.Render();
+}
+
+std::string RenderWorkflow(const Json& workflow) {
+  const Json& def =
+      Field(workflow, "definition").is_object() ? Field(workflow, "definition") : workflow;
+  std::string name = Cell(workflow, "name");
+  if (name == "-") name = Cell(def, "name");
+  std::string out = KeyValueBlock({{"Name", name},
+                                   {"Version", Cell(workflow, "version")},
+                                   {"Digest", Cell(workflow, "digest")},
+                                   {"Params", CompactJson(Field(def, "params"))}});
+  const Json& steps = Field(def, "steps");
+  if (!steps.is_array() || steps.empty()) return out;
+  Table t({"STEP", "KIND", "AFTER", "WHEN", "COMMAND"});
+  for (const Json& s : steps) {
+    std::string after = "-";
+    if (Field(s, "after").is_array() && !Field(s, "after").empty()) {
+      after.clear();
+      for (const Json& a : Field(s, "after")) {
+        if (!after.empty()) after += ',';
+        after += a.is_string() ? a.get<std::string>() : a.dump();
+      }
+    }
+    std::string command = "-";
+    if (Field(s, "command").is_array()) {
+      command.clear();
+      for (const Json& a : Field(s, "command")) {
+        if (!command.empty()) command += ' ';
+        command += a.is_string() ? a.get<std::string>() : a.dump();
+      }
+    }
+    std::string kind = Cell(s, "kind");
+    t.AddRow({Cell(s, "name"), kind == "-" ? "task" : kind, after, Cell(s, "when"), command});
+  }
+  return out + "\n" + t.Render();
+}
+
+std::string RenderRunChanges(const Json& before, const Json& after, TimePoint now) {
+  std::string out;
+  std::string prefix = "[" + Clock(now) + "] ";
+  std::string run_state = Str(after, "state");
+  if (!run_state.empty() && run_state != Str(before, "state") && !IsTerminalRunState(run_state)) {
+    out += prefix + "run " + Cell(after, "id") + " " + run_state + "\n";
+  }
+  std::map<std::string, std::pair<std::string, size_t>> old_steps;
+  const Json& old_list = Field(before, "steps");
+  if (old_list.is_array()) {
+    for (const Json& s : old_list) {
+      old_steps[Str(s, "name")] = {Str(s, "state"), AttemptCount(s)};
+    }
+  }
+  const Json& steps = Field(after, "steps");
+  if (steps.is_array()) {
+    for (const Json& s : steps) {
+      std::string name = Str(s, "name");
+      std::string state = Str(s, "state");
+      size_t attempts = AttemptCount(s);
+      auto it = old_steps.find(name);
+      if (it == old_steps.end()) {
+        if (state.empty() || state == "pending") continue;
+      } else if (it->second.first == state && it->second.second == attempts) {
+        continue;
+      }
+      std::string line = prefix + "step " + name + " " + (state.empty() ? "-" : state);
+      std::vector<std::string> extra;
+      if (attempts > 0) extra.push_back("attempt " + std::to_string(attempts));
+      const Json& last = LastAttempt(s);
+      if (state == "succeeded" || state == "failed" || state == "cancelled") {
+        std::string outcome = Outcome(last);
+        if (outcome != "-") extra.push_back(outcome);
+        std::string d = StepDuration(s, now);
+        if (d != "-") extra.push_back(d);
+      }
+      if (state == "skipped") {
+        std::string reason = Str(s, "reason");
+        if (!reason.empty()) extra.push_back(reason);
+      }
+      if (!extra.empty()) {
+        line += " (";
+        for (size_t i = 0; i < extra.size(); ++i) line += (i ? ", " : "") + extra[i];
+        line += ")";
+      }
+      out += line + "\n";
+    }
+  }
+  if (IsTerminalRunState(run_state) && run_state != Str(before, "state")) {
+    out += prefix + "run " + Cell(after, "id") + " " + run_state;
+    std::string d = ElapsedCell(after, "started_at", "finished_at", now);
+    if (d != "-") out += " in " + d;
+    out += "\n";
+  }
+  return out;
+}
+
+}  // namespace epoch::client

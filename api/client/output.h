@@ -1,0 +1,76 @@
+// Rendering of API answers for epochctl: aligned text tables for people, JSON for
+// scripts. Every function takes the server's JSON as it came and is tolerant of
+// missing or null optional fields (shown as "-"), so a newer or older server still
+// renders. Functions return the text; the caller decides where it goes.
+//
+// "now" is passed in (never read here) so the elapsed time of a running step or run
+// is deterministic in tests.
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/json.h"
+#include "common/status.h"
+
+namespace epoch::client {
+
+enum class OutputFormat { kTable, kJson };
+
+// "table" | "json"; kInvalidArgument otherwise.
+Result<OutputFormat> ParseOutputFormat(std::string_view s);
+
+// Columns padded to their widest cell, two spaces apart; the last column is not
+// padded (no trailing spaces).
+class Table {
+ public:
+  explicit Table(std::vector<std::string> headers) : headers_(std::move(headers)) {}
+  void AddRow(std::vector<std::string> cells) { rows_.push_back(std::move(cells)); }
+  std::string Render() const;
+
+ private:
+  std::vector<std::string> headers_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+// A field for display: strings as they are, numbers and booleans printed, objects and
+// arrays as compact JSON; "-" when missing, null, "" or an empty object/array.
+std::string Cell(const Json& obj, std::string_view key);
+std::string CompactJson(const Json& j);  // "-" for null and empty containers
+// "250ms", "12.3s", "1m30s", "2h5m".
+std::string HumanDuration(Micros d);
+// "2Gi", "128Mi", "1.5Gi", "512".
+std::string HumanBytes(int64_t bytes);
+// finished - started (or now - started when not finished); "-" without a start time.
+std::string ElapsedCell(const Json& obj, std::string_view start_key, std::string_view end_key,
+                        TimePoint now);
+
+bool IsTerminalRunState(std::string_view state);
+
+// Pretty JSON (2-space indent) and a newline.
+std::string RenderJson(const Json& j);
+
+// A Run: a header (id, workflow@version, state, times, params, labels) and a table of
+// steps: name, kind, state, attempts, the last attempt's exit code / signal / reason,
+// duration, metrics as compact JSON.
+std::string RenderRun(const Json& run, TimePoint now);
+std::string RenderRunList(const Json& runs, TimePoint now);  // an array of Run
+std::string RenderEvents(const Json& events);                // an array of Event
+// One event as one line with fixed column widths, for streams (no header).
+std::string RenderEventLine(const Json& event);
+std::string RenderEventHeader();                       // the column titles matching RenderEventLine
+std::string RenderContainers(const Json& containers);  // an array
+std::string RenderCluster(const Json& cluster);
+std::string RenderWorkflows(const Json& workflows);  // an array
+std::string RenderWorkflow(const Json& workflow);
+
+// --wait: the lines describing what changed between two snapshots of a run (run state,
+// each step whose state or attempt count changed), each ending in '\n'. `before` may be
+// null (first snapshot: every step not pending is reported).
+std::string RenderRunChanges(const Json& before, const Json& after, TimePoint now);
+
+}  // namespace epoch::client
