@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/clock.h"
@@ -27,6 +28,8 @@ namespace epoch::workflows {
 
 enum class StepKind { kDataPrep, kTrain, kValidate, kInfer, kTask };
 std::string_view StepKindName(StepKind k);  // "data_prep", "train", ...
+// The kind named by s ("data_prep", ...), or nullopt for an unknown name.
+std::optional<StepKind> ParseStepKind(std::string_view s);
 
 struct Resources {
   int64_t cpu_millis = 100;            // "100m"
@@ -50,25 +53,28 @@ class WhenExpr;  // parsed `when` expression (when.h)
 struct Step {
   std::string name;
   StepKind kind = StepKind::kTask;
-  std::vector<std::string> command;   // argv templates
+  std::vector<std::string> command;        // argv templates
   std::map<std::string, std::string> env;  // extra environment (templates allowed)
-  std::vector<std::string> after;     // names of upstream steps
+  std::vector<std::string> after;          // names of upstream steps
   Resources resources;
   RetryPolicy retry;
   std::optional<Micros> timeout;
   bool cache = false;
-  std::string when;                       // source text, empty = always
+  std::string when;                           // source text, empty = always
   std::shared_ptr<const WhenExpr> when_expr;  // null when `when` is empty
+  // Declared output file names (plain names, no '/'); empty = none declared. When
+  // declared, {{steps.<this>.outputs.<f>}} in downstream steps must name one of them.
+  std::vector<std::string> outputs;
 };
 
 struct Definition {
   std::string name;
   std::string description;
-  Json params = Json::object();  // name -> default value (null = required at submission)
-  std::vector<Step> steps;       // in the order given
+  Json params = Json::object();    // name -> default value (null = required at submission)
+  std::vector<Step> steps;         // in the order given
   std::vector<size_t> topo_order;  // indices into steps, dependencies first
-  Json source;                   // the definition as JSON, normalised (defaults not added)
-  std::string digest;            // SHA-256 hex of CanonicalDump(source)
+  Json source;                     // the definition as JSON, normalised (defaults not added)
+  std::string digest;              // SHA-256 hex of CanonicalDump(source)
 
   const Step* FindStep(std::string_view name) const;
 };
