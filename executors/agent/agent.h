@@ -1,0 +1,110 @@
+// The compute-container agent (`epoch-agent`): registers its CPUs, memory and GPUs with
+// the leader, long-polls for job attempts, runs each one as a child process in its own
+// process group (executors/process.h), and reports how each ended. The wire protocol
+// is DESIGN.md's "container protocol (agent pulls)":
+//
+//   POST {master}/v1/containers/{id}/register
+//     {"backend","handle","host","pid","cpu_millis","memory_bytes","gpus":[...],
+//      "epoch_seen","running":[attempt ids]}
+//     -> {"epoch","lease_ms","poll_timeout_ms"}            (optional "release": true)
+//   POST {master}/v1/containers/{id}/poll
+//     {"epoch_seen","reports":[report...],"running":[attempt ids]}
+//     -> {"epoch","ack":[ids],"assignments":[...],"cancels":[ids]}  (optional "release")
+//   A poll answered 404, or 409 with {"error":{"code":"unknown_container"|"register"}},
+//   makes the agent register again. 307 (Location) or a newer leader.json in the data
+//   dir moves it to another master. Any answer whose "epoch" is lower than the highest
+//   the agent has seen is ignored entirely (fencing).
+//
+// On-disk state, under <data-dir>/containers/<id>/ (all written with WriteFileDurably):
+//   agent.json                 {"id","pid","master_url","epoch_seen","started_at"}
+//   reports/<escaped id>.json  a report not yet acknowledged; written before it is sent,
+//                              resent on every poll, deleted when an "ack" names it
+//   attempts/<escaped id>      {"attempt_id","state":"started"|"finished"}: every
+//                              attempt this container ever accepted, so a re-sent
+//                              assignment never runs twice, even across agent restarts;
+//                              one still "started" at start-up is reported failed
+//                              ("agent restarted while the attempt was running")
+//
+// Threads: Run()'s thread owns the children (spawns, reaps, enforces timeouts and
+// cancels; children's PR_SET_PDEATHSIG is tied to it); a poll thread registers and
+// long-polls; a report thread builds reports (metrics, output hashes), writes them and
+// sends them at once with a short POST of the same /poll endpoint, so a finished
+// attempt is reported within milliseconds while a long poll may be in flight. Shared
+// state is guarded by one mutex inside the implementation.
+//
+// Thread-safety: Run() once, from one thread. Stop() from any thread or a signal
+// handler (it only stores an atomic flag).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/json.h"
+#include "common/status.h"
+
+namespace epoch::executors {
+
+struct AgentOptions {
+  std::string id;          // --id: container id, [a-z0-9-_]
+  std::string master_url;  // --master: "http://127.0.0.1:30745"
+  std::string data_dir;    // --data-dir: shared data dir
+  int64_t cpu_millis = 0;  // --cpu-millis
+  int64_t memory_bytes = 0;
+  int gpus = 0;                            // --gpus: how many GPUs the container was given
+  std::string backend = "local";           // --backend
+  std::string handle;                      // --handle; empty: the agent's pid
+  Micros grace = std::chrono::seconds(5);  // --grace: SIGTERM..SIGKILL
+  Micros orphan_timeout = std::chrono::seconds(300);  // --orphan-timeout
+  std::string log_format = "text";                    // --log-format text|json
+  std::string log_level = "info";                     // --log-level
+  // The register message's "gpus" (objects as in DESIGN.md). main() fills it
+  // (EPOCH_FAKE_GPUS gives simulated ones); empty by default.
+  Json gpu_inventory = Json::array();
+  Micros tick = std::chrono::milliseconds(10);  // main loop period (reaping, timeouts)
+};
+
+// Parses the flags after argv[0]: "--flag value" or "--flag=value". Durations take
+// common/units.h syntax ("5s", "300ms", "2m"), memory "2Gi" or plain bytes.
+// kInvalidArgument naming the flag; "--help" gives kInvalidArgument with the usage.
+Result<AgentOptions> ParseAgentFlags(const std::vector<std::string>& args);
+std::string AgentUsage();
+
+// File-name-safe form of an attempt id: [A-Za-z0-9_-] kept, every other byte %XX
+// ("r1/train/1" -> "r1%2Ftrain%2F1").
+std::string EscapeAttemptId(std::string_view id);
+
+// n simulated GPUs for the register message (EPOCH_FAKE_GPUS), marked "simulated".
+Json SimulatedGpus(int n, const std::string& container_id);
+
+// Exit codes of Run().
+inline constexpr int kAgentExitOk = 0;        // released by the master, or stopped
+inline constexpr int kAgentExitOrphaned = 2;  // master unreachable past --orphan-timeout
+
+class Agent {
+ public:
+  explicit Agent(AgentOptions options);
+  ~Agent();
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // Runs until released, stopped or orphaned; kills every attempt's process group
+  // (SIGTERM, grace, SIGKILL) before it returns. Returns the process exit code.
+  // Sets SIGPIPE to SIG_IGN for the whole process (cpp-httplib 0.11 writes to
+  // sockets the peer may have closed).
+  // kInvalidArgument for bad options, kInternal when the data dir is unusable.
+  Result<int> Run();
+  // Asks Run() to stop (async-signal-safe).
+  void Stop() { stop_.store(true); }
+
+ private:
+  struct Impl;
+  std::atomic<bool> stop_{false};
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace epoch::executors

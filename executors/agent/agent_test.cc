@@ -1,0 +1,526 @@
+#include "executors/agent/agent.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+#include "common/files.h"
+#include "executors/agent/fake_master.h"
+#include "executors/test_util.h"
+
+namespace epoch::executors {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::CountLines;
+using testing::FakeMaster;
+using testing::ProcessGone;
+using testing::Slurp;
+using testing::TempDir;
+using testing::WaitFor;
+
+// Runs an Agent on its own thread; stops and joins it on destruction.
+class AgentRun {
+ public:
+  explicit AgentRun(AgentOptions o) : agent_(std::move(o)) {
+    thread_ = std::thread([this] {
+      auto r = agent_.Run();
+      status_ = r.status();
+      code_ = r.ok() ? *r : -1;
+      done_ = true;
+    });
+  }
+  ~AgentRun() { Join(); }
+  void Stop() { agent_.Stop(); }
+  void Join() {
+    agent_.Stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  bool done() const { return done_; }
+  int code() const { return code_; }
+
+ private:
+  Agent agent_;
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+  std::atomic<int> code_{-100};
+  Status status_;
+};
+
+AgentOptions Options(const TempDir& tmp, const FakeMaster& m, const std::string& id = "c-1") {
+  AgentOptions o;
+  o.id = id;
+  o.master_url = m.url();
+  o.data_dir = tmp.path();
+  o.cpu_millis = 1500;
+  o.memory_bytes = 1LL << 30;
+  o.gpus = 2;
+  o.grace = 200ms;
+  o.orphan_timeout = 30s;
+  o.log_level = "warn";
+  return o;
+}
+
+std::string AttemptId(const std::string& run, const std::string& step, int attempt) {
+  return run + "/" + step + "/" + std::to_string(attempt);
+}
+
+Json MakeAssignment(const TempDir& tmp, const std::string& run, const std::string& step,
+                    int attempt, std::vector<std::string> argv, int64_t timeout_ms = 0) {
+  std::string a = std::to_string(attempt);
+  return Json{{"attempt_id", AttemptId(run, step, attempt)},
+              {"run", run},
+              {"step", step},
+              {"attempt", attempt},
+              {"argv", argv},
+              {"env", {{"USER_VAR", "hello world"}}},
+              {"workspace", tmp / ("runs/" + run)},
+              {"outputs_dir", tmp / ("runs/" + run + "/" + step + "/" + a + "/outputs")},
+              {"log_path", tmp / ("logs/" + run + "/" + step + "/" + a + ".log")},
+              {"timeout_ms", timeout_ms},
+              {"gpus", Json::array({0, 1})}};
+}
+
+Json WaitReport(FakeMaster& m, const std::string& id, std::chrono::milliseconds t = 10s) {
+  Json out;
+  WaitFor(
+      [&] {
+        auto r = m.ReportsFor(id);
+        if (r.empty()) return false;
+        out = r.front();
+        return true;
+      },
+      t);
+  return out;
+}
+
+std::string ReportFile(const TempDir& tmp, const std::string& id, const std::string& c = "c-1") {
+  return tmp / ("containers/" + c + "/reports/" + EscapeAttemptId(id) + ".json");
+}
+
+TEST(AgentFlagsTest, ParsesAllFlags) {
+  auto o = ParseAgentFlags({"--id",
+                            "c7",
+                            "--master=http://127.0.0.1:1",
+                            "--data-dir",
+                            "/d",
+                            "--cpu-millis",
+                            "2000",
+                            "--memory-bytes",
+                            "2Gi",
+                            "--gpus",
+                            "2",
+                            "--handle",
+                            "h1",
+                            "--grace",
+                            "250ms",
+                            "--orphan-timeout",
+                            "1m",
+                            "--log-format",
+                            "json",
+                            "--log-level",
+                            "debug",
+                            "--backend",
+                            "local"});
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->id, "c7");
+  EXPECT_EQ(o->master_url, "http://127.0.0.1:1");
+  EXPECT_EQ(o->data_dir, "/d");
+  EXPECT_EQ(o->cpu_millis, 2000);
+  EXPECT_EQ(o->memory_bytes, 2LL << 30);
+  EXPECT_EQ(o->gpus, 2);
+  EXPECT_EQ(o->handle, "h1");
+  EXPECT_EQ(o->grace, 250ms);
+  EXPECT_EQ(o->orphan_timeout, 60s);
+  EXPECT_EQ(o->log_format, "json");
+  EXPECT_EQ(o->log_level, "debug");
+}
+
+TEST(AgentFlagsTest, RejectsBadFlags) {
+  std::vector<std::string> base = {"--id",           "c",  "--master",     "u",
+                                   "--data-dir",     "/d", "--cpu-millis", "1000",
+                                   "--memory-bytes", "1"};
+  EXPECT_TRUE(ParseAgentFlags(base).ok());
+  auto with = [&](std::vector<std::string> extra) {
+    auto v = base;
+    v.insert(v.end(), extra.begin(), extra.end());
+    return ParseAgentFlags(v).status().code();
+  };
+  EXPECT_EQ(with({"--bogus", "1"}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(with({"--gpus", "x"}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(with({"--grace", "-1s"}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(with({"--log-format", "xml"}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(with({"--gpus"}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseAgentFlags({"--id", "c"}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseAgentFlags({"--id", "a/b", "--master", "u", "--data-dir", "/d", "--cpu-millis",
+                             "1", "--memory-bytes", "1"})
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(AgentFlagsTest, EscapesAttemptIds) {
+  EXPECT_EQ(EscapeAttemptId("r1/train/1"), "r1%2Ftrain%2F1");
+  EXPECT_EQ(EscapeAttemptId("a-b_c.d"), "a-b_c%2Ed");
+}
+
+TEST(AgentTest, RunsAttemptAndReportsUntilAcked) {
+  TempDir tmp;
+  FakeMaster m;
+  m.Set([](FakeMaster& f) { f.ack = false; });
+  AgentRun agent(Options(tmp, m));
+  const std::string id = AttemptId("r1", "prep", 1);
+  m.Assign(
+      MakeAssignment(tmp, "r1", "prep", 1,
+                     {"sh", "-c",
+                      "echo \"run=$EPOCH_RUN_ID step=$EPOCH_STEP attempt=$EPOCH_ATTEMPT "
+                      "cuda=$CUDA_VISIBLE_DEVICES cid=$EPOCH_CONTAINER_ID user=$USER_VAR\"; "
+                      "echo ws=$EPOCH_WORKSPACE; pwd; echo to-stderr >&2; "
+                      "printf '{\"loss\": 0.25, \"acc\": 0.9}' > \"$EPOCH_OUTPUTS/metrics.json\"; "
+                      "printf abc > \"$EPOCH_OUTPUTS/model.bin\"; mkdir -p \"$EPOCH_OUTPUTS/sub\"; "
+                      ": > \"$EPOCH_OUTPUTS/sub/empty\""}));
+  Json r = WaitReport(m, id);
+  ASSERT_FALSE(r.is_null()) << "no report";
+  EXPECT_EQ(r["state"], "succeeded") << r.dump();
+  EXPECT_EQ(r["exit_code"], 0);
+  EXPECT_TRUE(r["signal"].is_null());
+  EXPECT_EQ(r["metrics"], Json({{"loss", 0.25}, {"acc", 0.9}}));
+  EXPECT_FALSE(r.contains("metrics_error"));
+  Json outputs = Json::array(
+      {{{"name", "model.bin"},
+        {"size", 3},
+        {"sha256", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}},
+       {{"name", "sub/empty"},
+        {"size", 0},
+        {"sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}});
+  EXPECT_EQ(r["outputs"], outputs);
+  EXPECT_GT(r["usage"]["wall_s"].get<double>(), 0.0);
+  EXPECT_GE(r["usage"]["cpu_s"].get<double>(), 0.0);
+  EXPECT_GT(r["usage"]["max_rss_kb"].get<int64_t>(), 0);
+
+  std::string log = Slurp(tmp / "logs/r1/prep/1.log");
+  EXPECT_NE(log.find("run=r1 step=prep attempt=1 cuda=0,1 cid=c-1 user=hello world"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("ws=" + (tmp / "runs/r1") + "\n" + (tmp / "runs/r1") + "\n"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("to-stderr"), std::string::npos);
+
+  // Registered with what it owns.
+  Json reg = m.Get<Json>([](const FakeMaster& f) { return f.registers.front(); });
+  EXPECT_EQ(reg["backend"], "local");
+  EXPECT_EQ(reg["pid"], getpid());
+  EXPECT_EQ(reg["handle"], std::to_string(getpid()));
+  EXPECT_EQ(reg["cpu_millis"], 1500);
+  EXPECT_EQ(reg["memory_bytes"], 1LL << 30);
+  EXPECT_TRUE(reg["gpus"].is_array());
+  Json agent_json = Json::parse(Slurp(tmp / "containers/c-1/agent.json"));
+  EXPECT_EQ(agent_json["pid"], getpid());
+  EXPECT_EQ(agent_json["master_url"], m.url());
+
+  // Unacknowledged: on disk, and resent on later polls.
+  EXPECT_TRUE(PathExists(ReportFile(tmp, id)));
+  EXPECT_TRUE(WaitFor([&] { return m.ReportsFor(id).size() >= 2; }));
+  EXPECT_TRUE(PathExists(ReportFile(tmp, id)));
+  m.Set([](FakeMaster& f) { f.ack = true; });
+  EXPECT_TRUE(WaitFor([&] { return !PathExists(ReportFile(tmp, id)); }));
+}
+
+TEST(AgentTest, ReportsPromptly) {
+  TempDir tmp;
+  FakeMaster m;
+  m.Set([](FakeMaster& f) { f.poll_timeout_ms = 5000; });  // a long poll is in flight
+  AgentRun agent(Options(tmp, m));
+  ASSERT_TRUE(WaitFor([&] { return m.PollCount() >= 1; }));
+  m.Assign(MakeAssignment(tmp, "r1", "quick", 1, {"true"}));
+  auto start = std::chrono::steady_clock::now();
+  Json r = WaitReport(m, AttemptId("r1", "quick", 1));
+  ASSERT_FALSE(r.is_null());
+  EXPECT_EQ(r["state"], "succeeded");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1500ms);
+}
+
+TEST(AgentTest, DuplicateAssignmentRunsOnce) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));
+  const std::string counter = tmp / "count";
+  Json a = MakeAssignment(tmp, "r2", "s", 1, {"sh", "-c", "echo x >> " + counter + "; sleep 0.3"});
+  const std::string id = AttemptId("r2", "s", 1);
+  m.Assign(a);
+  ASSERT_TRUE(WaitFor([&] { return CountLines(counter) == 1; }));
+  m.Assign(a);  // while it runs
+  Json r = WaitReport(m, id);
+  EXPECT_EQ(r["state"], "succeeded");
+  ASSERT_TRUE(WaitFor([&] { return !PathExists(ReportFile(tmp, id)); }));
+  m.Assign(a);  // after it was reported and acknowledged
+  m.Assign(a);
+  // A later attempt proves the duplicates were seen first (same or earlier answer).
+  m.Assign(MakeAssignment(tmp, "r2", "s", 2, {"true"}));
+  EXPECT_EQ(WaitReport(m, AttemptId("r2", "s", 2))["state"], "succeeded");
+  EXPECT_EQ(CountLines(counter), 1);
+  for (const auto& rep : m.ReportsFor(id)) EXPECT_EQ(rep["state"], "succeeded");
+}
+
+TEST(AgentTest, CancelKillsTheGroup) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));
+  const std::string pidfile = tmp / "pid";
+  m.Assign(MakeAssignment(
+      tmp, "r3", "s", 1,
+      {"sh", "-c",
+       "sleep 100 & echo $! > " + pidfile + ".tmp; mv " + pidfile + ".tmp " + pidfile + "; wait"}));
+  ASSERT_TRUE(WaitFor([&] { return !Slurp(pidfile).empty(); }));
+  pid_t grandchild = static_cast<pid_t>(std::stol(Slurp(pidfile)));
+  EXPECT_FALSE(ProcessGone(grandchild));
+  m.Cancel(AttemptId("r3", "s", 1));
+  Json r = WaitReport(m, AttemptId("r3", "s", 1));
+  EXPECT_EQ(r["state"], "cancelled") << r.dump();
+  EXPECT_EQ(r["signal"], SIGTERM);
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(grandchild); }));
+}
+
+TEST(AgentTest, CancelOfUnknownAttemptIsReportedAndNeverRuns) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));
+  const std::string id = AttemptId("r4", "s", 1);
+  m.Cancel(id);
+  Json r = WaitReport(m, id);
+  EXPECT_EQ(r["state"], "cancelled");
+  EXPECT_TRUE(r["exit_code"].is_null());
+  m.Assign(MakeAssignment(tmp, "r4", "s", 1, {"touch", tmp / "ran"}));
+  m.Assign(MakeAssignment(tmp, "r4", "s", 2, {"true"}));
+  EXPECT_EQ(WaitReport(m, AttemptId("r4", "s", 2))["state"], "succeeded");
+  EXPECT_FALSE(PathExists(tmp / "ran"));
+}
+
+TEST(AgentTest, TimeoutReportsTimedOut) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));
+  m.Assign(MakeAssignment(tmp, "r5", "s", 1, {"sleep", "100"}, 200));
+  // This one ignores SIGTERM: the grace runs out and SIGKILL ends it.
+  m.Assign(MakeAssignment(tmp, "r5", "s", 2, {"sh", "-c", "trap '' TERM; sleep 100"}, 200));
+  Json r1 = WaitReport(m, AttemptId("r5", "s", 1));
+  Json r2 = WaitReport(m, AttemptId("r5", "s", 2));
+  EXPECT_EQ(r1["state"], "timed_out") << r1.dump();
+  EXPECT_EQ(r1["signal"], SIGTERM);
+  EXPECT_EQ(r2["state"], "timed_out") << r2.dump();
+  EXPECT_EQ(r2["signal"], SIGKILL);
+  EXPECT_GE(r2["usage"]["wall_s"].get<double>(), 0.35);
+  EXPECT_NE(r1["reason"].get<std::string>().find("timed out after 200 ms"), std::string::npos);
+}
+
+TEST(AgentTest, FailedAndExecFailure) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));
+  m.Assign(MakeAssignment(tmp, "r6", "s", 1, {"sh", "-c", "exit 7"}));
+  m.Assign(MakeAssignment(tmp, "r6", "s", 2, {"/nonexistent/step-binary"}));
+  m.Assign(MakeAssignment(tmp, "r6", "s", 3, {"sh", "-c", "kill -KILL $$"}));
+  Json bad = MakeAssignment(tmp, "r6", "s", 4, {});
+  m.Assign(bad);
+  Json r1 = WaitReport(m, AttemptId("r6", "s", 1));
+  EXPECT_EQ(r1["state"], "failed");
+  EXPECT_EQ(r1["exit_code"], 7);
+  EXPECT_EQ(r1["reason"], "exit code 7");
+  Json r2 = WaitReport(m, AttemptId("r6", "s", 2));
+  EXPECT_EQ(r2["state"], "failed");
+  EXPECT_EQ(r2["exit_code"], 127);
+  EXPECT_EQ(r2["reason"], "exec failed: No such file or directory");
+  Json r3 = WaitReport(m, AttemptId("r6", "s", 3));
+  EXPECT_EQ(r3["reason"], "killed by signal 9");
+  EXPECT_TRUE(r3["exit_code"].is_null());
+  Json r4 = WaitReport(m, AttemptId("r6", "s", 4));
+  EXPECT_EQ(r4["state"], "failed");
+  EXPECT_NE(r4["reason"].get<std::string>().find("invalid assignment"), std::string::npos);
+}
+
+TEST(AgentTest, IgnoresAnswersFromLowerEpoch) {
+  TempDir tmp;
+  FakeMaster m;
+  m.Set([](FakeMaster& f) { f.epoch = 5; });
+  AgentRun agent(Options(tmp, m));
+  ASSERT_TRUE(WaitFor([&] { return m.PollCount() >= 1; }));
+  m.Set([](FakeMaster& f) { f.epoch = 3; });  // a deposed leader
+  m.Assign(MakeAssignment(tmp, "r7", "s", 1, {"touch", tmp / "stale"}));
+  ASSERT_TRUE(WaitFor(
+      [&] { return m.Get<bool>([](const FakeMaster& f) { return f.assignments.empty(); }); }));
+  size_t polls = m.PollCount();
+  ASSERT_TRUE(WaitFor([&] { return m.PollCount() >= polls + 2; }));
+  EXPECT_FALSE(PathExists(tmp / "stale"));
+  EXPECT_TRUE(m.ReportsFor(AttemptId("r7", "s", 1)).empty());
+
+  m.Set([](FakeMaster& f) { f.epoch = 6; });  // a newer leader is obeyed
+  m.Assign(MakeAssignment(tmp, "r7", "s", 2, {"touch", tmp / "fresh"}));
+  EXPECT_EQ(WaitReport(m, AttemptId("r7", "s", 2))["state"], "succeeded");
+  EXPECT_TRUE(PathExists(tmp / "fresh"));
+  EXPECT_FALSE(PathExists(tmp / "stale"));
+  EXPECT_TRUE(WaitFor([&] {
+    auto j = ParseJson(Slurp(tmp / "containers/c-1/agent.json"));
+    return j.ok() && (*j)["epoch_seen"] == 6;
+  }));
+}
+
+TEST(AgentTest, BadMetricsStillReport) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));
+  auto metrics_cmd = [](const std::string& script) {
+    return std::vector<std::string>{"sh", "-c", script};
+  };
+  m.Assign(MakeAssignment(tmp, "r8", "s", 1,
+                          metrics_cmd("printf '{not json' > $EPOCH_OUTPUTS/metrics.json")));
+  m.Assign(MakeAssignment(
+      tmp, "r8", "s", 2,
+      metrics_cmd("{ printf '{\"a\":\"'; head -c 70000 /dev/zero | tr '\\0' a; printf '\"}'; } "
+                  "> $EPOCH_OUTPUTS/metrics.json")));
+  m.Assign(MakeAssignment(tmp, "r8", "s", 3,
+                          metrics_cmd("printf '[1,2]' > $EPOCH_OUTPUTS/metrics.json")));
+  Json r1 = WaitReport(m, AttemptId("r8", "s", 1));
+  Json r2 = WaitReport(m, AttemptId("r8", "s", 2));
+  Json r3 = WaitReport(m, AttemptId("r8", "s", 3));
+  for (const Json* r : {&r1, &r2, &r3}) {
+    EXPECT_EQ((*r)["state"], "succeeded") << r->dump();
+    EXPECT_EQ((*r)["metrics"], Json::object());
+    EXPECT_EQ((*r)["outputs"], Json::array());
+  }
+  EXPECT_NE(r1["metrics_error"].get<std::string>().find("malformed JSON"), std::string::npos)
+      << r1.dump();
+  EXPECT_NE(r2["metrics_error"].get<std::string>().find("larger than 65536"), std::string::npos)
+      << r2.dump();
+  EXPECT_EQ(r3["metrics_error"], "metrics.json is not a JSON object");
+}
+
+TEST(AgentTest, RegistersAgainWhenTheMasterForgetsIt) {
+  TempDir tmp;
+  FakeMaster m;
+  m.Set([](FakeMaster& f) { f.fail_polls = 1; });  // 404
+  AgentRun agent(Options(tmp, m));
+  ASSERT_TRUE(WaitFor([&] { return m.RegisterCount() >= 2; }));
+  m.Set([](FakeMaster& f) {
+    f.fail_polls = 1;
+    f.fail_status = 409;
+    f.fail_code = "register";
+  });
+  ASSERT_TRUE(WaitFor([&] { return m.RegisterCount() >= 3; }));
+  // A 409 for any other reason is not a re-register.
+  m.Set([](FakeMaster& f) {
+    f.fail_polls = 1;
+    f.fail_code = "something_else";
+  });
+  size_t polls = m.PollCount();
+  ASSERT_TRUE(WaitFor([&] { return m.PollCount() >= polls + 3; }));
+  EXPECT_EQ(m.RegisterCount(), 3u);
+  m.Assign(MakeAssignment(tmp, "r9", "s", 1, {"true"}));
+  EXPECT_EQ(WaitReport(m, AttemptId("r9", "s", 1))["state"], "succeeded");
+}
+
+TEST(AgentTest, PendingReportsSurviveRestart) {
+  TempDir tmp;
+  FakeMaster m;
+  m.Set([](FakeMaster& f) { f.ack = false; });
+  const std::string counter = tmp / "count";
+  Json a = MakeAssignment(tmp, "r10", "s", 1, {"sh", "-c", "echo x >> " + counter});
+  const std::string id = AttemptId("r10", "s", 1);
+  {
+    AgentRun agent(Options(tmp, m));
+    m.Assign(a);
+    ASSERT_FALSE(WaitReport(m, id).is_null());
+  }
+  ASSERT_TRUE(PathExists(ReportFile(tmp, id)));
+  // The stopped agent's long poll may still be parked in the fake master; it would
+  // swallow the assignments below.
+  ASSERT_TRUE(
+      WaitFor([&] { return m.Get<int>([](const FakeMaster& f) { return f.in_flight; }) == 0; }));
+  // An attempt that a crashed agent left "started".
+  ASSERT_TRUE(WriteFileDurably(tmp / ("containers/c-1/attempts/" + EscapeAttemptId("r10/s/9")),
+                               R"({"attempt_id":"r10/s/9","state":"started"})")
+                  .ok());
+  size_t before = m.ReportsFor(id).size();
+  m.Set([](FakeMaster& f) { f.ack = true; });
+  AgentRun agent(Options(tmp, m));
+  EXPECT_TRUE(WaitFor([&] { return m.ReportsFor(id).size() > before; }));
+  EXPECT_TRUE(WaitFor([&] { return !PathExists(ReportFile(tmp, id)); }));
+  Json orphan = WaitReport(m, "r10/s/9");
+  EXPECT_EQ(orphan["state"], "failed");
+  EXPECT_EQ(orphan["reason"], "agent restarted while the attempt was running");
+  // The restarted master re-sends the assignment: it is not run again.
+  m.Assign(a);
+  m.Assign(MakeAssignment(tmp, "r10", "s", 2, {"true"}));
+  EXPECT_EQ(WaitReport(m, AttemptId("r10", "s", 2))["state"], "succeeded");
+  EXPECT_EQ(CountLines(counter), 1);
+}
+
+TEST(AgentTest, ReleaseStopsAttemptsAndExitsZero) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));
+  const std::string pidfile = tmp / "pid";
+  m.Assign(MakeAssignment(
+      tmp, "r11", "s", 1,
+      {"sh", "-c",
+       "echo $$ > " + pidfile + ".tmp; mv " + pidfile + ".tmp " + pidfile + "; exec sleep 100"}));
+  ASSERT_TRUE(WaitFor([&] { return !Slurp(pidfile).empty(); }));
+  pid_t pid = static_cast<pid_t>(std::stol(Slurp(pidfile)));
+  m.Set([](FakeMaster& f) { f.release = true; });
+  ASSERT_TRUE(WaitFor([&] { return agent.done(); }));
+  EXPECT_EQ(agent.code(), kAgentExitOk);
+  EXPECT_TRUE(ProcessGone(pid));
+  Json r = WaitReport(m, AttemptId("r11", "s", 1));
+  EXPECT_EQ(r["state"], "failed");
+  EXPECT_NE(r["reason"].get<std::string>().find("container released"), std::string::npos);
+}
+
+TEST(AgentTest, OrphanedAgentKillsAttemptsAndExits) {
+  TempDir tmp;
+  auto m = std::make_unique<FakeMaster>();
+  AgentOptions o = Options(tmp, *m);
+  o.orphan_timeout = 500ms;
+  AgentRun agent(o);
+  const std::string pidfile = tmp / "pid";
+  const std::string id = AttemptId("r12", "s", 1);
+  m->Assign(MakeAssignment(
+      tmp, "r12", "s", 1,
+      {"sh", "-c",
+       "sleep 100 & echo $! > " + pidfile + ".tmp; mv " + pidfile + ".tmp " + pidfile + "; wait"}));
+  ASSERT_TRUE(WaitFor([&] { return !Slurp(pidfile).empty(); }));
+  pid_t grandchild = static_cast<pid_t>(std::stol(Slurp(pidfile)));
+  m->Stop();
+  ASSERT_TRUE(WaitFor([&] { return agent.done(); }, 10s));
+  EXPECT_EQ(agent.code(), kAgentExitOrphaned);
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(grandchild); }));
+  // The report waits on disk for a master to come back.
+  auto text = ReadFile(ReportFile(tmp, id));
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  Json r = Json::parse(*text);
+  EXPECT_EQ(r["state"], "failed");
+  EXPECT_NE(r["reason"].get<std::string>().find("orphaned"), std::string::npos);
+}
+
+TEST(AgentTest, StopKillsRunningAttempts) {
+  TempDir tmp;
+  FakeMaster m;
+  auto agent = std::make_unique<AgentRun>(Options(tmp, m));
+  const std::string pidfile = tmp / "pid";
+  m.Assign(MakeAssignment(
+      tmp, "r13", "s", 1,
+      {"sh", "-c",
+       "echo $$ > " + pidfile + ".tmp; mv " + pidfile + ".tmp " + pidfile + "; exec sleep 100"}));
+  ASSERT_TRUE(WaitFor([&] { return !Slurp(pidfile).empty(); }));
+  pid_t pid = static_cast<pid_t>(std::stol(Slurp(pidfile)));
+  auto start = std::chrono::steady_clock::now();
+  agent->Join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+  EXPECT_EQ(agent->code(), kAgentExitOk);
+  EXPECT_TRUE(ProcessGone(pid));
+}
+
+}  // namespace
+}  // namespace epoch::executors

@@ -1,0 +1,170 @@
+// FakeMaster: a tiny stand-in for epochd's container protocol, for tests only. It
+// serves POST /v1/containers/{id}/register and /poll on 127.0.0.1 (port 0), records
+// what agents send, and answers with whatever the test queued. A poll that carries
+// reports is answered at once; otherwise it waits up to poll_timeout_ms for work.
+//
+// Thread-safety: every public member is guarded by mu; handlers run on httplib's pool.
+#pragma once
+
+#include <httplib.h>
+#include <signal.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/json.h"
+
+namespace epoch::executors::testing {
+
+class FakeMaster {
+ public:
+  FakeMaster() {
+    signal(SIGPIPE, SIG_IGN);  // an agent killed mid-poll closes its socket
+    server_.Post(
+        R"(/v1/containers/([^/]+)/register)",
+        [this](const httplib::Request& req, httplib::Response& res) { Register(req, res); });
+    server_.Post(R"(/v1/containers/([^/]+)/poll)",
+                 [this](const httplib::Request& req, httplib::Response& res) { Poll(req, res); });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    for (int i = 0; i < 2000 && !server_.is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  ~FakeMaster() { Stop(); }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopping = true;
+      cv.notify_all();
+    }
+    server_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  void Assign(Json a) {
+    std::lock_guard<std::mutex> lock(mu);
+    assignments.push_back(std::move(a));
+    cv.notify_all();
+  }
+  void Cancel(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu);
+    cancels.push_back(id);
+    cv.notify_all();
+  }
+  void Set(const std::function<void(FakeMaster&)>& f) {
+    std::lock_guard<std::mutex> lock(mu);
+    f(*this);
+    cv.notify_all();
+  }
+  template <typename T>
+  T Get(const std::function<T(const FakeMaster&)>& f) {
+    std::lock_guard<std::mutex> lock(mu);
+    return f(*this);
+  }
+  size_t RegisterCount() {
+    std::lock_guard<std::mutex> lock(mu);
+    return registers.size();
+  }
+  size_t PollCount() {
+    std::lock_guard<std::mutex> lock(mu);
+    return polls;
+  }
+  // Every report received for id, in arrival order.
+  std::vector<Json> ReportsFor(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = reports.find(id);
+    return it == reports.end() ? std::vector<Json>{} : it->second;
+  }
+
+  // ---- test-controlled answers (guarded by mu)
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t epoch = 1;
+  bool ack = true;
+  int64_t poll_timeout_ms = 200;
+  bool release = false;
+  int fail_polls = 0;  // answer the next N polls with fail_status
+  int fail_status = 404;
+  std::string fail_code = "unknown_container";
+  std::deque<Json> assignments;
+  std::deque<std::string> cancels;
+  // ---- observations
+  std::vector<Json> registers;
+  size_t polls = 0;
+  int in_flight = 0;  // polls being answered (a dead agent's long poll lingers here)
+  std::map<std::string, std::vector<Json>> reports;
+  std::vector<Json> running_lists;
+  bool stopping = false;
+
+ private:
+  void Register(const httplib::Request& req, httplib::Response& res) {
+    std::lock_guard<std::mutex> lock(mu);
+    registers.push_back(Json::parse(req.body, nullptr, false));
+    Json out{{"epoch", epoch}, {"lease_ms", 10000}, {"poll_timeout_ms", poll_timeout_ms}};
+    res.set_content(out.dump(), "application/json");
+  }
+
+  void Poll(const httplib::Request& req, httplib::Response& res) {
+    std::unique_lock<std::mutex> lock(mu);
+    ++polls;
+    ++in_flight;
+    struct Done {
+      int& n;
+      ~Done() { --n; }
+    } done{in_flight};
+    Json body = Json::parse(req.body, nullptr, false);
+    if (fail_polls > 0) {
+      --fail_polls;
+      res.status = fail_status;
+      Json err{{"error", {{"code", fail_code}, {"message", "register again"}}}};
+      res.set_content(err.dump(), "application/json");
+      return;
+    }
+    Json acks = Json::array();
+    bool has_reports = false;
+    if (body.is_object() && body.contains("reports") && body["reports"].is_array()) {
+      for (const auto& r : body["reports"]) {
+        has_reports = true;
+        std::string id = r.value("attempt_id", "");
+        reports[id].push_back(r);
+        if (ack) acks.push_back(id);
+      }
+    }
+    if (body.is_object() && body.contains("running")) running_lists.push_back(body["running"]);
+    if (!has_reports) {
+      cv.wait_for(lock, std::chrono::milliseconds(poll_timeout_ms),
+                  [&] { return stopping || release || !assignments.empty() || !cancels.empty(); });
+    }
+    Json out{{"epoch", epoch},
+             {"ack", acks},
+             {"assignments", Json::array()},
+             {"cancels", Json::array()}};
+    while (!assignments.empty()) {
+      out["assignments"].push_back(assignments.front());
+      assignments.pop_front();
+    }
+    while (!cancels.empty()) {
+      out["cancels"].push_back(cancels.front());
+      cancels.pop_front();
+    }
+    if (release) out["release"] = true;
+    res.set_content(out.dump(), "application/json");
+  }
+
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace epoch::executors::testing

@@ -1,0 +1,312 @@
+#include "executors/process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "common/files.h"
+
+extern char** environ;
+
+namespace epoch::executors {
+
+namespace {
+
+// What the child writes to the error pipe when it fails before exec.
+enum class Stage : int { kChdir = 1, kExec = 2, kDeathSignal = 3 };
+struct PreExecError {
+  int stage;
+  int err;
+};
+
+std::string DirOf(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  if (pos == std::string::npos) return "";
+  if (pos == 0) return "/";
+  return path.substr(0, pos);
+}
+
+Status Errno(const std::string& what) { return Internal(what + ": " + std::strerror(errno)); }
+
+void WriteAll(int fd, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+// Runs in the child between fork and exec: async-signal-safe calls only.
+[[noreturn]] void ChildMain(char* const* argv, char** envp, const char* working_dir, int devnull_fd,
+                            int log_fd, int err_fd, pid_t parent) {
+  auto fail = [err_fd](Stage stage) {
+    PreExecError e{static_cast<int>(stage), errno};
+    WriteAll(err_fd, &e, sizeof(e));
+    _exit(127);
+  };
+  // Ignored signals and the blocked mask survive exec; give the command a clean slate.
+  sigset_t empty;
+  sigemptyset(&empty);
+  sigprocmask(SIG_SETMASK, &empty, nullptr);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    sigaction(sig, &dfl, nullptr);
+  }
+  setpgid(0, 0);
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail(Stage::kDeathSignal);
+  if (getppid() != parent) _exit(127);  // the spawner died before the prctl
+  if (working_dir != nullptr && chdir(working_dir) != 0) fail(Stage::kChdir);
+  dup2(devnull_fd, 0);
+  dup2(log_fd, 1);
+  dup2(log_fd, 2);
+  // Everything else (sockets of the spawner, other children's pipes) stays behind.
+  // err_fd is >= 3 and CLOEXEC, so close around it.
+  if (err_fd > 3) close_range(3, static_cast<unsigned>(err_fd - 1), 0);
+  close_range(static_cast<unsigned>(err_fd + 1), ~0U, 0);
+  environ = envp;  // execvp searches the child's own PATH
+  execvp(argv[0], argv);
+  fail(Stage::kExec);
+  _exit(127);
+}
+
+std::string PreExecMessage(const PreExecError& e, const ProcessSpec& spec) {
+  switch (static_cast<Stage>(e.stage)) {
+    case Stage::kChdir:
+      return "chdir " + spec.working_dir + " failed: " + std::strerror(e.err);
+    case Stage::kDeathSignal:
+      return std::string("prctl(PR_SET_PDEATHSIG) failed: ") + std::strerror(e.err);
+    case Stage::kExec:
+      break;
+  }
+  return std::string("exec failed: ") + std::strerror(e.err);
+}
+
+}  // namespace
+
+const std::vector<std::string>& InheritedEnvNames() {
+  static const std::vector<std::string> kNames = {"PATH", "HOME",   "LANG", "LC_ALL",
+                                                  "TZ",   "TMPDIR", "USER", "LD_LIBRARY_PATH"};
+  return kNames;
+}
+
+std::string DescribeExit(const ExitInfo& e) {
+  if (e.signal) return "killed by signal " + std::to_string(*e.signal);
+  if (e.exit_code) return "exit code " + std::to_string(*e.exit_code);
+  return "unknown";
+}
+
+Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
+  if (spec.argv.empty() || spec.argv[0].empty()) return InvalidArgument("empty argv");
+
+  // Everything the child needs is prepared before fork: no allocation after it.
+  std::vector<std::string> env_strings;
+  {
+    std::map<std::string, std::string> env;
+    for (const auto& name : InheritedEnvNames()) {
+      if (const char* v = std::getenv(name.c_str())) env[name] = v;
+    }
+    if (!env.count("PATH")) env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
+    for (const auto& [k, v] : spec.env) env[k] = v;
+    for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+  }
+  std::vector<char*> envp;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> argv_copy = spec.argv;
+  std::vector<char*> argv;
+  for (auto& s : argv_copy) argv.push_back(s.data());
+  argv.push_back(nullptr);
+
+  int log_fd = -1;
+  if (spec.log_path.empty()) {
+    log_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  } else {
+    std::string dir = DirOf(spec.log_path);
+    if (!dir.empty()) RETURN_IF_ERROR(MakeDirs(dir));
+    log_fd = open(spec.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  }
+  if (log_fd < 0) return Errno("open log " + spec.log_path);
+  int devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (devnull_fd < 0) {
+    Status st = Errno("open /dev/null");
+    close(log_fd);
+    return st;
+  }
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    Status st = Errno("pipe2");
+    close(log_fd);
+    close(devnull_fd);
+    return st;
+  }
+  // Keep the write end off 0..2, which the child overwrites with dup2.
+  int err_fd = fcntl(pipe_fds[1], F_DUPFD_CLOEXEC, 3);
+  close(pipe_fds[1]);
+  if (err_fd < 0) {
+    Status st = Errno("fcntl");
+    close(pipe_fds[0]);
+    close(log_fd);
+    close(devnull_fd);
+    return st;
+  }
+
+  const char* wd = spec.working_dir.empty() ? nullptr : spec.working_dir.c_str();
+  pid_t parent = getpid();
+  auto started = std::chrono::steady_clock::now();
+  pid_t pid = fork();
+  if (pid == 0) ChildMain(argv.data(), envp.data(), wd, devnull_fd, log_fd, err_fd, parent);
+  int fork_errno = errno;
+  close(err_fd);
+  close(devnull_fd);
+  if (pid < 0) {
+    close(pipe_fds[0]);
+    close(log_fd);
+    errno = fork_errno;
+    return Errno("fork");
+  }
+  // Also set the group from the parent, so a kill(-pid) right after Spawn returns
+  // cannot miss the child (the classic setpgid race). EACCES after exec is fine.
+  setpgid(pid, pid);
+
+  auto child = std::unique_ptr<ChildProcess>(new ChildProcess());
+  child->pid_ = pid;
+  child->started_ = started;
+
+  // EOF means exec succeeded (CLOEXEC); a record means the child failed before it.
+  PreExecError e{};
+  size_t got = 0;
+  while (got < sizeof(e)) {
+    ssize_t n = read(pipe_fds[0], reinterpret_cast<char*>(&e) + got, sizeof(e) - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  close(pipe_fds[0]);
+  if (got == sizeof(e)) {
+    child->pre_exec_error_ = PreExecMessage(e, spec);
+    std::string line = "epoch: " + spec.argv[0] + ": " + child->pre_exec_error_ + "\n";
+    WriteAll(log_fd, line.data(), line.size());
+  }
+  close(log_fd);
+  return child;
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0 && !exit_) {
+    kill(-pid_, SIGKILL);
+    kill(pid_, SIGKILL);
+    int status;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+ExitInfo ChildProcess::Finish(int status, const ::rusage& usage) {
+  ExitInfo info;
+  if (WIFEXITED(status)) {
+    info.exit_code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    info.signal = WTERMSIG(status);
+  }
+  if (!pre_exec_error_.empty() && info.exit_code == 127) {
+    info.reason = pre_exec_error_;
+  } else {
+    info.reason = DescribeExit(info);
+  }
+  info.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  info.cpu_s = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+               static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+  info.max_rss_kb = usage.ru_maxrss;  // KiB on Linux
+  // The attempt owns its whole group: whatever the leader left running dies with it.
+  // The group id cannot have been reused while members remain, so this is safe.
+  kill(-pid_, SIGKILL);
+  return info;
+}
+
+Result<std::optional<ExitInfo>> ChildProcess::TryWait() {
+  if (exit_) return exit_;
+  while (true) {
+    int status = 0;
+    struct rusage usage {};
+    pid_t r = wait4(pid_, &status, WNOHANG, &usage);
+    if (r == 0) return std::optional<ExitInfo>();
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return Errno("wait4 " + std::to_string(pid_));
+    }
+    exit_ = Finish(status, usage);
+    return exit_;
+  }
+}
+
+Result<ExitInfo> ChildProcess::Wait() {
+  if (exit_) return *exit_;
+  while (true) {
+    int status = 0;
+    struct rusage usage {};
+    pid_t r = wait4(pid_, &status, 0, &usage);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return Errno("wait4 " + std::to_string(pid_));
+    }
+    exit_ = Finish(status, usage);
+    return *exit_;
+  }
+}
+
+Status ChildProcess::SignalGroup(int sig) {
+  if (exit_) return Status::Ok();  // reaped: the group was already SIGKILLed
+  if (kill(-pid_, sig) != 0 && errno != ESRCH) {
+    return Errno("kill -" + std::to_string(sig) + " group " + std::to_string(pid_));
+  }
+  return Status::Ok();
+}
+
+Result<ExitInfo> ChildProcess::Terminate(Micros grace) {
+  if (exit_) return *exit_;
+  RETURN_IF_ERROR(SignalGroup(SIGTERM));
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  while (std::chrono::steady_clock::now() < deadline) {
+    ASSIGN_OR_RETURN(auto done, TryWait());
+    if (done) return *done;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  RETURN_IF_ERROR(SignalGroup(SIGKILL));
+  return Wait();
+}
+
+bool GroupExists(pid_t pgid) { return kill(-pgid, 0) == 0 || errno == EPERM; }
+
+Status KillGroup(pid_t pgid, Micros grace) {
+  if (pgid <= 1) return InvalidArgument("refusing to signal group " + std::to_string(pgid));
+  if (kill(-pgid, SIGTERM) != 0) {
+    if (errno == ESRCH) return Status::Ok();
+    return Errno("kill -TERM group " + std::to_string(pgid));
+  }
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!GroupExists(pgid)) return Status::Ok();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (kill(-pgid, SIGKILL) != 0 && errno != ESRCH) {
+    return Errno("kill -KILL group " + std::to_string(pgid));
+  }
+  return Status::Ok();
+}
+
+}  // namespace epoch::executors
