@@ -34,9 +34,9 @@ demo: build
 	examples/hello-lifecycle/demo.sh $(BUILD)
 
 bench: build
-	$(BUILD)/bench/epoch-bench append
-	$(BUILD)/bench/epoch-bench steps 200
-	$(BUILD)/bench/epoch-bench submit
+	$(BUILD)/bin/epoch-bench append
+	$(BUILD)/bin/epoch-bench steps 200
+	$(BUILD)/bin/epoch-bench submit
 
 clean:
 	rm -rf $(BUILD)

@@ -220,7 +220,7 @@ void ReportEvents(const State& state, const Container& c, const Json& report,
   };
   copy_opt("exit_code");
   copy_opt("signal");
-  copy_opt("reason");
+  if (st != "succeeded") copy_opt("reason");
   if (st == "succeeded") {
     base["metrics"] = report.value("metrics", Json::object());
     base["outputs"] = report.value("outputs", Json::array());
@@ -581,7 +581,13 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
     }
     if (c.phase == ContainerPhase::kRequested || c.phase == ContainerPhase::kRegistered) ++live;
   }
-  // The pool: a fixed size for now (sig.maxReplicas).
+  // The pool: a fixed size for now (sig.maxReplicas). After launch failures it
+  // backs off (1 s, 2 s, 4 s ... up to 1 min) instead of spinning on a broken backend.
+  if (state.launch_failures_in_row > 0) {
+    int shift = std::min(state.launch_failures_in_row - 1, 6);
+    Micros backoff = std::min<Micros>(std::chrono::seconds(1) * (1 << shift), std::chrono::minutes(1));
+    if (ctx.now < state.last_launch_failure + backoff) return out;
+  }
   for (int i = live; i < cfg.max_replicas; ++i) {
     std::string id = "c" + std::to_string(state.container_counter + 1 + (i - live));
     out.push_back(Event{ContainerStream(id), std::string(ev::kContainerRequested),

@@ -314,3 +314,38 @@ TEST_F(DeciderTest, ReplayOfRecordedEventsGivesTheSameState) {
 
 }  // namespace
 }  // namespace epoch::engine
+
+namespace epoch::engine {
+namespace {
+
+TEST(PoolTest, LaunchFailuresBackOffExponentially) {
+  EngineConfig cfg;
+  cfg.max_replicas = 1;
+  State s;
+  TimePoint now = FromMicros(1'800'000'000'000'000);
+  auto tick = [&] {
+    Processor p(&s, DecideContext{now, &cfg}, 1);
+    p.Record(OnTick(s, Tick{}, DecideContext{now, &cfg}));
+    return p.recorded().size();
+  };
+  auto fail = [&](const std::string& id) {
+    Processor p(&s, DecideContext{now, &cfg}, 1);
+    auto r = p.Apply(ContainerLaunchResult{id, false, "", "no such file"});
+    ASSERT_TRUE(r.ok());
+  };
+  EXPECT_EQ(tick(), 1u);  // c1 requested
+  fail("c1");
+  EXPECT_EQ(s.containers["c1"].reason, "launch failed: no such file");
+  EXPECT_EQ(tick(), 0u);  // backing off 1 s
+  now += std::chrono::seconds(1);
+  EXPECT_EQ(tick(), 1u);  // c2
+  fail("c2");
+  now += std::chrono::seconds(1);
+  EXPECT_EQ(tick(), 0u);  // 2 s now
+  now += std::chrono::seconds(1);
+  EXPECT_EQ(tick(), 1u);  // c3
+  EXPECT_EQ(s.container_counter, 3u);
+}
+
+}  // namespace
+}  // namespace epoch::engine

@@ -389,10 +389,15 @@ void EvolveContainerEvent(State& s, const RecordedEvent& e) {
     c.memory_bytes = d.value("memory_bytes", c.memory_bytes);
     c.gpus = d.value("gpus", Json::array());
     if (!c.registered_at) c.registered_at = e.time;
+    s.launch_failures_in_row = 0;
   } else if (e.type == ev::kContainerLost || e.type == ev::kContainerReleased) {
     c.phase = e.type == ev::kContainerLost ? ContainerPhase::kLost : ContainerPhase::kReleased;
     c.reason = d.value("reason", "");
     c.ended_at = e.time;
+    if (c.reason.rfind("launch failed", 0) == 0) {
+      s.launch_failures_in_row++;
+      s.last_launch_failure = e.time;
+    }
   }
 }
 

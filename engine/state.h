@@ -137,6 +137,9 @@ struct State {
   uint64_t next_run_seq = 1;
   uint64_t next_queue_seq = 1;
   uint64_t container_counter = 0;  // containers ever requested
+  // Launch failures since the last container registered, for the pool's back-off.
+  int launch_failures_in_row = 0;
+  TimePoint last_launch_failure{};
 
   const Run* FindRun(std::string_view id) const;
   Run* FindRun(std::string_view id);

@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting epochd (data dir $DATA)"
-"$BIN/api/epochd" --data-dir "$DATA" --set cluster.basePort=$PORT --set sig.maxReplicas=2 \
+"$BIN/bin/epochd" --data-dir "$DATA" --set cluster.basePort=$PORT --set sig.maxReplicas=2 \
   >"$DATA/epochd.log" 2>&1 &
 EPOCHD_PID=$!
 for _ in $(seq 1 100); do
@@ -35,7 +35,7 @@ done
 [ -s "$DATA/leader.json" ] || { echo "epochd did not start:"; cat "$DATA/epochd.log"; exit 1; }
 SERVER=$(sed -n 's/.*"address":"\([^"]*\)".*/\1/p' "$DATA/leader.json")
 export EPOCH_SERVER=$SERVER
-CTL="$BIN/api/client/epochctl"
+CTL="$BIN/bin/epochctl"
 for _ in $(seq 1 100); do curl -sf "$SERVER/readyz" >/dev/null && break; sleep 0.1; done
 echo "== epochd is leader at $SERVER"
 curl -s "$SERVER/readyz"; echo
