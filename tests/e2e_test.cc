@@ -7,6 +7,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/clock.h"
 #include "tests/harness.h"
 
 namespace epoch::testing {
@@ -25,7 +26,8 @@ std::vector<Json> RunEvents(Epochd& d, const std::string& run) {
   auto r = d.Get("/v1/runs/" + run + "/events");
   EXPECT_EQ(r.status, 200) << r.body;
   std::vector<Json> out;
-  for (const auto& e : r.json()["items"]) out.push_back(e);
+  Json body = r.json();
+  for (const auto& e : body["items"]) out.push_back(e);
   return out;
 }
 
@@ -69,7 +71,7 @@ class E2ETest : public ::testing::Test {
 TEST_F(E2ETest, LifecycleRunsInOrderPassesFilesAndGatesOnMetrics) {
   Epochd d(dir_.path());
   d.Start();
-  Json def = Def(R"({
+  Json def = Def(R"J({
     "name": "life",
     "params": {"n": 5, "min": 0.5},
     "steps": [
@@ -84,7 +86,7 @@ TEST_F(E2ETest, LifecycleRunsInOrderPassesFilesAndGatesOnMetrics) {
        "command": ["sh", "-c", "echo predicted with $(cat {{workspace}}/model.txt)"]},
       {"name": "strict", "after": ["validate"], "when": "steps.validate.metrics.accuracy > 0.95",
        "command": ["false"]}
-    ]})");
+    ]})J");
   std::string run = d.RegisterAndSubmit(def);
   Json r = d.WaitForRun(run);
   ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
@@ -114,10 +116,10 @@ TEST_F(E2ETest, LifecycleRunsInOrderPassesFilesAndGatesOnMetrics) {
 TEST_F(E2ETest, FailingStepRetriesWithBackoffThenFailsTheRun) {
   Epochd d(dir_.path());
   d.Start();
-  std::string run = d.RegisterAndSubmit(Def(R"({"name": "flaky", "steps": [
+  std::string run = d.RegisterAndSubmit(Def(R"J({"name": "flaky", "steps": [
       {"name": "a", "command": ["sh", "-c", "echo try >> {{workspace}}/tries; exit 3"],
        "retry": {"limit": 2, "backoff": "fixed", "initial": "300ms"}},
-      {"name": "b", "after": ["a"], "command": ["true"]}]})"));
+      {"name": "b", "after": ["a"], "command": ["true"]}]})J"));
   Json r = d.WaitForRun(run);
   ASSERT_EQ(r["state"], "failed") << r.dump(2);
   const Json& a = Step(r, "a");
@@ -147,8 +149,8 @@ TEST_F(E2ETest, FailingStepRetriesWithBackoffThenFailsTheRun) {
 TEST_F(E2ETest, TimeoutKillsTheAttemptAndCountsAsFailure) {
   Epochd d(dir_.path());
   d.Start();
-  std::string run = d.RegisterAndSubmit(Def(R"({"name": "slow", "steps": [
-      {"name": "a", "command": ["sleep", "30"], "timeout": "500ms"}]})"));
+  std::string run = d.RegisterAndSubmit(Def(R"J({"name": "slow", "steps": [
+      {"name": "a", "command": ["sleep", "30"], "timeout": "500ms"}]})J"));
   Json r = d.WaitForRun(run, 20s);
   ASSERT_EQ(r["state"], "failed") << r.dump(2);
   const Json& at = Step(r, "a")["attempts"][0];
@@ -160,9 +162,9 @@ TEST_F(E2ETest, TimeoutKillsTheAttemptAndCountsAsFailure) {
 TEST_F(E2ETest, CancelKillsTheWholeProcessGroup) {
   Epochd d(dir_.path());
   d.Start();
-  std::string run = d.RegisterAndSubmit(Def(R"({"name": "long", "steps": [
+  std::string run = d.RegisterAndSubmit(Def(R"J({"name": "long", "steps": [
       {"name": "a", "command": ["sh", "-c", "sleep 300 & echo $! > {{workspace}}/child.pid; wait"]},
-      {"name": "b", "after": ["a"], "command": ["true"]}]})"));
+      {"name": "b", "after": ["a"], "command": ["true"]}]})J"));
   std::string pidfile = dir_.path() + "/runs/" + run + "/child.pid";
   ASSERT_TRUE(WaitFor([&] { return !ReadAll(pidfile).empty(); }, 20000ms));
   pid_t child = std::stoi(ReadAll(pidfile));
@@ -190,9 +192,9 @@ TEST_F(E2ETest, RetryRerunsOnlyTheStepsThatDidNotSucceed) {
   Epochd d(dir_.path());
   d.Start();
   std::string fix = dir_.path() + "/fixed";
-  Json def = Def(R"({"name": "fixme", "params": {"fix": ""}, "steps": [
+  Json def = Def(R"J({"name": "fixme", "params": {"fix": ""}, "steps": [
       {"name": "a", "command": ["sh", "-c", "echo a >> {{workspace}}/a.count; echo '{\"v\": 1}' > {{outputs}}/metrics.json"]},
-      {"name": "b", "after": ["a"], "command": ["test", "-e", "{{params.fix}}"]}]})");
+      {"name": "b", "after": ["a"], "command": ["test", "-e", "{{params.fix}}"]}]})J");
   std::string run = d.RegisterAndSubmit(def, Json{{"fix", fix}});
   Json r = d.WaitForRun(run);
   ASSERT_EQ(r["state"], "failed");
@@ -211,9 +213,9 @@ TEST_F(E2ETest, RetryRerunsOnlyTheStepsThatDidNotSucceed) {
 
 TEST_F(E2ETest, Kill9OfEpochdDuringARunningStepLosesNothingAndRunsNothingTwice) {
   std::string counter = dir_.path() + "/count";
-  Json def = Def(R"({"name": "survive", "params": {"out": ""}, "steps": [
+  Json def = Def(R"J({"name": "survive", "params": {"out": ""}, "steps": [
       {"name": "long", "command": ["sh", "-c", "sleep 2; echo ran >> {{params.out}}"]},
-      {"name": "after", "after": ["long"], "command": ["true"]}]})");
+      {"name": "after", "after": ["long"], "command": ["true"]}]})J");
   std::string run;
   {
     Epochd d(dir_.path());
@@ -243,8 +245,8 @@ TEST_F(E2ETest, Kill9OfEpochdDuringARunningStepLosesNothingAndRunsNothingTwice) 
 TEST_F(E2ETest, Kill9OfAnAgentRetriesTheAttemptOnAnotherContainer) {
   Epochd d(dir_.path());
   d.Start();
-  std::string run = d.RegisterAndSubmit(Def(R"({"name": "orphan", "steps": [
-      {"name": "a", "command": ["sleep", "2"], "retry": {"limit": 2, "initial": "100ms"}}]})"));
+  std::string run = d.RegisterAndSubmit(Def(R"J({"name": "orphan", "steps": [
+      {"name": "a", "command": ["sleep", "2"], "retry": {"limit": 2, "initial": "100ms"}}]})J"));
   Json r = d.WaitForRunState(run, [](const Json& j) { return j["steps"][0]["state"] == "running"; });
   std::string container = r["steps"][0]["attempts"][0]["container"];
   auto cs = d.Get("/v1/containers").json()["items"];
@@ -269,8 +271,15 @@ TEST_F(E2ETest, Kill9OfAnAgentRetriesTheAttemptOnAnotherContainer) {
 TEST_F(E2ETest, BadInputGetsPreciseErrorsAndWritesNothing) {
   Epochd d(dir_.path());
   d.Start();
-  ASSERT_EQ(d.PostJson("/v1/workflows", Def(R"({"name": "ok", "params": {"need": null},
-      "steps": [{"name": "a", "command": ["echo", "{{params.need}}"]}]})")).status, 201);
+  ASSERT_EQ(d.PostJson("/v1/workflows", Def(R"J({"name": "ok", "params": {"need": null},
+      "steps": [{"name": "a", "command": ["echo", "{{params.need}}"]}]})J")).status, 201);
+  // Wait for the pool to settle so that only these requests could move the head.
+  ASSERT_TRUE(WaitFor([&] {
+    Json cs = d.Get("/v1/containers").json();
+    int n = 0;
+    for (const auto& c : cs["items"]) n += c["state"] == "registered";
+    return n == 2;
+  }, 10000ms));
   uint64_t head = d.Head();
   struct Case {
     std::string name, path, body, content_type;
@@ -322,8 +331,8 @@ TEST_F(E2ETest, BadInputGetsPreciseErrorsAndWritesNothing) {
 TEST_F(E2ETest, EventsStreamOverSseAndMetricsCount) {
   Epochd d(dir_.path());
   d.Start();
-  std::string run = d.RegisterAndSubmit(Def(R"({"name": "sse", "steps": [
-      {"name": "a", "command": ["true"]}, {"name": "b", "after": ["a"], "command": ["true"]}]})"));
+  std::string run = d.RegisterAndSubmit(Def(R"J({"name": "sse", "steps": [
+      {"name": "a", "command": ["true"]}, {"name": "b", "after": ["a"], "command": ["true"]}]})J"));
   // follow=true on a run ends when the run is finished.
   auto s = d.Get("/v1/runs/" + run + "/events?follow=true");
   ASSERT_EQ(s.status, 200);
