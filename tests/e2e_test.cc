@@ -347,5 +347,50 @@ TEST_F(E2ETest, EventsStreamOverSseAndMetricsCount) {
   EXPECT_NE(m.body.find("route=\"/v1/runs\",code=\"201\"} 1"), std::string::npos) << m.body;
 }
 
+TEST_F(E2ETest, LogsFollowStreamsLinesUntilTheAttemptEnds) {
+  Epochd d(dir_.path());
+  d.Start();
+  std::string run = d.RegisterAndSubmit(Def(R"J({"name": "chatty", "steps": [
+      {"name": "a", "command": ["sh", "-c", "echo one; sleep 0.3; echo two; sleep 0.3; echo three"]}]})J"));
+  d.WaitForRunState(run, [](const Json& j) {
+    return !j["steps"][0]["attempts"].empty() && j["steps"][0]["attempts"][0]["state"] != "queued";
+  });
+  auto r = d.Get("/v1/runs/" + run + "/steps/a/logs?follow=true");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.content_type, "text/event-stream");
+  EXPECT_NE(r.body.find("event: log\ndata: one\n\n"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("event: log\ndata: three\n\n"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("event: end"), std::string::npos) << r.body;
+  EXPECT_LT(r.body.find("data: one"), r.body.find("data: two"));
+}
+
+TEST_F(E2ETest, SigtermStopsCleanlyAndTheDataDirCanBeReopened) {
+  Epochd d(dir_.path());
+  d.Start();
+  std::string run = d.RegisterAndSubmit(Def(R"J({"name": "q", "steps": [{"name": "a", "command": ["true"]}]})J"));
+  ASSERT_EQ(d.WaitForRun(run)["state"], "succeeded");
+  d.Terminate();
+  EXPECT_EQ(d.exit_status(), 0);
+  d.Start();  // the election lock and the store were released
+  Json r = d.Get("/v1/runs/" + run).json();
+  EXPECT_EQ(r["state"], "succeeded");
+  auto leaders = d.Get("/v1/events?type=LeaderElected").json()["items"];
+  ASSERT_EQ(leaders.size(), 2u);
+  EXPECT_EQ(leaders[1]["data"]["epoch"], 2);
+}
+
+TEST_F(E2ETest, ASecondEpochdOnTheSameDataDirIsRefused) {
+  Epochd d(dir_.path());
+  d.Start();
+  TempDir unused;
+  std::string out = unused.path() + "/out";
+  std::string cmd = EpochdPath() + " --data-dir " + dir_.path() +
+                    " --set cluster.basePort=0 > " + out + " 2>&1";
+  int rc = std::system(cmd.c_str());
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(ReadAll(out).find("another epochd holds"), std::string::npos) << ReadAll(out);
+  EXPECT_EQ(d.Get("/readyz").status, 200);
+}
+
 }  // namespace
 }  // namespace epoch::testing
