@@ -1,7 +1,7 @@
 // epochd: the Epoch master. The composition root: the only file that knows
 // every concrete type (RocksDB store, local container backend, HTTP server).
 //
-//   epochd --data-dir DIR [--values FILE.json] [--set key=value]... \
+//   epochd --data-dir DIR [--values FILE.json] [--set key=value]...
 //          [--log-format text|json] [--log-level info]
 #include <signal.h>
 #include <unistd.h>

@@ -223,7 +223,7 @@ void ApiServer::Impl::Routes() {
     } else if (res.status == 405) {
       WriteError(res, {405, "method_not_allowed", req.method + " is not allowed here", {}});
     } else if (res.body.empty()) {
-      WriteError(res, {res.status, "error", httplib::detail::status_message(res.status), {}});
+      WriteError(res, {res.status, "error", "HTTP " + std::to_string(res.status), {}});
     }
   });
   OpsRoutes();
