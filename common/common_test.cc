@@ -1,6 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
+
 #include "common/clock.h"
+#include "common/files.h"
 #include "common/ids.h"
 #include "common/json.h"
 #include "common/sha256.h"
@@ -101,6 +105,26 @@ TEST(IdsTest, NamesAndIds) {
   EXPECT_NE(a, b);
   EXPECT_EQ(a.substr(0, 17), "r19700101t000000-");
   EXPECT_TRUE(IsValidName(a));
+}
+
+TEST(FilesTest, DurableWritesReplaceAtomically) {
+  char tmpl[] = "/tmp/epoch-files-test.XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  ASSERT_TRUE(MakeDirs(dir + "/a/b").ok());
+  ASSERT_TRUE(WriteFileDurably(dir + "/a/b/one", "1").ok());
+  ASSERT_TRUE(WriteFilesDurably({{dir + "/a/b/one", "uno"}, {dir + "/a/two", "dos"},
+                                 {dir + "/a/b/three", "tres"}})
+                  .ok());
+  EXPECT_EQ(*ReadFile(dir + "/a/b/one"), "uno");
+  EXPECT_EQ(*ReadFile(dir + "/a/two"), "dos");
+  EXPECT_EQ(*ReadFile(dir + "/a/b/three"), "tres");
+  auto names = ListFiles(dir + "/a/b");
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"one", "three"}));  // no temporaries left
+  EXPECT_EQ(ReadFile(dir + "/nope").status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(WriteFilesDurably({{dir + "/missing/x", "1"}, {dir + "/a/y", "2"}}).ok());
+  std::string cmd = "rm -rf " + dir;
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
 }
 
 }  // namespace

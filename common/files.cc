@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
 namespace epoch {
@@ -64,6 +65,55 @@ Status WriteFileDurably(const std::string& path, const std::string& content) {
   if (dfd >= 0) {
     fsync(dfd);
     close(dfd);
+  }
+  return Status::Ok();
+}
+
+Status WriteFilesDurably(const std::vector<std::pair<std::string, std::string>>& files) {
+  if (files.empty()) return Status::Ok();
+  if (files.size() == 1) return WriteFileDurably(files[0].first, files[0].second);
+  int sync_fd = -1;
+  for (const auto& [path, content] : files) {
+    std::string tmp = path + ".tmp";
+    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      if (sync_fd >= 0) close(sync_fd);
+      return Errno("open " + tmp);
+    }
+    size_t off = 0;
+    while (off < content.size()) {
+      ssize_t n = write(fd, content.data() + off, content.size() - off);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        Status st = Errno("write " + tmp);
+        close(fd);
+        if (sync_fd >= 0) close(sync_fd);
+        return st;
+      }
+      off += static_cast<size_t>(n);
+    }
+    if (sync_fd < 0) {
+      sync_fd = fd;
+    } else {
+      close(fd);
+    }
+  }
+  // One flush of the file system makes every temporary's contents durable.
+  int rc = syncfs(sync_fd);
+  close(sync_fd);
+  if (rc != 0) return Errno("syncfs");
+  std::vector<std::string> dirs;
+  for (const auto& [path, content] : files) {
+    if (rename((path + ".tmp").c_str(), path.c_str()) != 0) return Errno("rename " + path);
+    std::string d = DirOf(path);
+    if (std::find(dirs.begin(), dirs.end(), d) == dirs.end()) dirs.push_back(d);
+  }
+  for (const auto& d : dirs) {
+    int dfd = open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return Errno("open " + d);
+    int r = fsync(dfd);
+    close(dfd);
+    if (r != 0) return Errno("fsync " + d);
   }
   return Status::Ok();
 }

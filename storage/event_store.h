@@ -68,8 +68,15 @@ struct AppendBatch {
   uint64_t epoch = 0;  // leader term of the writer
   // Extra index records written in the same WriteBatch: (tenant, key) -> value in
   // the `idempotency` family. A key that already exists is a kConflict.
+  // Each pair is {IdempotencyRecordKey(tenant, key), value}, i.e. first is
+  // tenant + '\0' + key (the tenant has no NUL; the key is non-empty).
   std::vector<std::pair<std::string, std::string>> idempotency;
 };
+
+// The first member of an AppendBatch::idempotency pair: tenant, 0x00, key.
+inline std::string IdempotencyRecordKey(const std::string& tenant, const std::string& key) {
+  return tenant + std::string(1, '\0') + key;
+}
 
 struct AppendResult {
   uint64_t first_position = 0;  // position of the batch's first event
@@ -87,6 +94,15 @@ struct HeadInfo {
   std::string hash;       // hash of the head event (64 zeros when empty)
 };
 
+// Counters since open, for /metrics and tests.
+struct StoreStats {
+  uint64_t appends = 0;           // Append calls that committed
+  uint64_t append_conflicts = 0;  // Append calls rejected with kConflict
+  uint64_t events = 0;            // events committed
+  uint64_t commit_groups = 0;     // synced WriteBatches written by Append (group commit:
+                                  // commit_groups <= appends)
+};
+
 class EventStore {
  public:
   virtual ~EventStore() = default;
@@ -101,8 +117,8 @@ class EventStore {
   virtual Result<AppendResult> Append(AppendBatch batch) = 0;
 
   // Events of one stream with version >= from_version, at most limit.
-  virtual Result<std::vector<Envelope>> ReadStream(const std::string& stream,
-                                                   uint64_t from_version, size_t limit) = 0;
+  virtual Result<std::vector<Envelope>> ReadStream(const std::string& stream, uint64_t from_version,
+                                                   size_t limit) = 0;
   // Events of the global log with position > after, matching filter, at most limit.
   // kCorruption (naming the position) when an event's bytes do not match its hash.
   virtual Result<std::vector<Envelope>> ReadAll(uint64_t after, size_t limit,
@@ -131,11 +147,18 @@ class EventStore {
 
   // Approximate size on disk, for /v1/cluster and /metrics.
   virtual uint64_t ApproximateSizeBytes() = 0;
+
+  // Counters since open. Optional: the default reports zeros (e.g. in-memory fakes).
+  virtual StoreStats Stats() { return {}; }
 };
 
 struct StoreOptions {
   std::string path;  // RocksDB directory
   bool create_if_missing = true;
+  // Tests only: called by the group leader before each synced write; returning true
+  // makes that write fail as if RocksDB had returned an I/O error (nothing is
+  // written). Exercises the kInternal-then-refuse policy of Append.
+  std::function<bool()> fail_write_for_testing = nullptr;
 };
 
 // Opens (creating if asked) the RocksDB store at options.path as primary.

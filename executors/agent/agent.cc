@@ -825,31 +825,36 @@ struct Agent::Impl {
   }
 
   // Builds, stores and queues the report of every ended attempt. Report thread.
+  // Takes every ended attempt queued so far and makes their reports durable
+  // together (one flush for the batch, not two per report).
   void FinishEnded() {
-    while (true) {
-      std::optional<Ended> e;
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        if (ended.empty()) return;
-        e = std::move(ended.front());
-        ended.pop_front();
-      }
-      Json report = BuildReport(*e);
-      const std::string& id = e->a.attempt_id;
+    std::deque<Ended> batch;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      batch.swap(ended);
+    }
+    if (batch.empty()) return;
+    std::vector<std::pair<std::string, Json>> reports;
+    std::vector<std::pair<std::string, std::string>> files;
+    for (auto& e : batch) {
+      Json report = BuildReport(e);
+      const std::string& id = e.a.attempt_id;
       spdlog::info("attempt {} {}: {}", id, report["state"].get<std::string>(),
                    report["reason"].get<std::string>());
-      // Durable before it is sent: the master may ack it the moment it arrives.
-      if (Status st = WriteFileDurably(ReportPath(id), report.dump()); !st.ok()) {
-        spdlog::error("storing report for {}: {}", id, st.ToString());
-      }
-      if (Status st = WriteMarker(id, "finished"); !st.ok()) {
-        spdlog::error("marking {} finished: {}", id, st.ToString());
-      }
-      std::lock_guard<std::mutex> lock(mu);
+      files.push_back({ReportPath(id), report.dump()});
+      files.push_back({MarkerPath(id), CanonicalDump(Json{{"attempt_id", id}, {"state", "finished"}})});
+      reports.push_back({id, std::move(report)});
+    }
+    // Durable before they are sent: the master may ack them the moment they arrive.
+    if (Status st = WriteFilesDurably(files); !st.ok()) {
+      spdlog::error("storing {} report(s): {}", reports.size(), st.ToString());
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto& [id, report] : reports) {
       pending[id] = std::move(report);
       active.erase(id);
-      reports_dirty = true;
     }
+    reports_dirty = true;
   }
 
   void ReportThread() {
@@ -912,7 +917,8 @@ struct Agent::Impl {
     report_cv.notify_all();
   }
 
-  void Start(const Json& j) {
+  // marker_written: the caller already recorded this attempt as started, durably.
+  void Start(const Json& j, bool marker_written) {
     auto parsed = ParseAssignment(j, opt.data_dir);
     if (!parsed.ok()) {
       Assignment a;
@@ -923,7 +929,8 @@ struct Agent::Impl {
     }
     Assignment a = std::move(*parsed);
     // Durable before the process starts: a restarted agent must know it ran.
-    if (Status st = WriteMarker(a.attempt_id, "started"); !st.ok()) {
+    if (Status st = marker_written ? Status::Ok() : WriteMarker(a.attempt_id, "started");
+        !st.ok()) {
       EndWithoutRunning(std::move(a), Why::kNone, "cannot record the attempt: " + st.ToString(),
                         true);
       return;
@@ -1073,7 +1080,16 @@ struct Agent::Impl {
         starts.swap(inbox);
         cancels.swap(cancel_inbox);
       }
-      for (const auto& j : starts) Start(j);
+      // Record every new attempt as started in one durable batch, then start them.
+      std::vector<std::pair<std::string, std::string>> markers;
+      for (const auto& j : starts) {
+        std::string id = GetString(j, "attempt_id");
+        if (id.empty()) continue;
+        markers.push_back(
+            {MarkerPath(id), CanonicalDump(Json{{"attempt_id", id}, {"state", "started"}})});
+      }
+      bool markers_ok = WriteFilesDurably(markers).ok();
+      for (const auto& j : starts) Start(j, markers_ok && !GetString(j, "attempt_id").empty());
       for (const auto& id : cancels) Cancel(id);
       Tend();
     }

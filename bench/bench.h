@@ -1,0 +1,16 @@
+// epoch-bench subcommands. Each takes the arguments after its name (argv[0] is the
+// subcommand name) and returns a process exit code. Benchmarks are programs, not
+// tests: they print tables for humans and assert nothing.
+#pragma once
+
+namespace epoch::bench {
+
+// epoch-bench append [--events N] [--dir D]: durable appends/s through the
+// EventStore vs raw synced RocksDB WriteBatches, at 1, 16 and 64 threads.
+int RunAppendBench(int argc, char** argv);
+// epoch-bench steps N [--containers C]: N no-op steps through local containers.
+int RunStepsBench(int argc, char** argv);
+// epoch-bench submit [--clients 1,8,32] [--seconds S]: durable runs/s over HTTP.
+int RunSubmitBench(int argc, char** argv);
+
+}  // namespace epoch::bench

@@ -1,0 +1,24 @@
+// Starts a real epochd (the binary next to epoch-bench) on a temp data dir for
+// the end-to-end benchmarks, and stops it and its containers afterwards.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace epoch::bench {
+
+class EpochdProcess {
+ public:
+  // sets: --set key=value pairs. Returns with the server ready, or exits(1).
+  explicit EpochdProcess(const std::vector<std::string>& sets);
+  ~EpochdProcess();
+  const std::string& url() const { return url_; }
+
+ private:
+  std::string dir_, url_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace epoch::bench

@@ -1,0 +1,41 @@
+// epoch-bench: dispatches to a benchmark subcommand (see bench.h).
+#include <cstdio>
+#include <cstring>
+
+#include "bench/bench.h"
+
+namespace {
+
+struct Subcommand {
+  const char* name;
+  int (*run)(int argc, char** argv);
+  const char* help;
+};
+
+constexpr Subcommand kSubcommands[] = {
+    {"append", epoch::bench::RunAppendBench,
+     "durable appends/s: EventStore vs raw RocksDB, 1/16/64 threads"},
+    {"steps", epoch::bench::RunStepsBench, "N no-op steps through local containers: steps/s"},
+    {"submit", epoch::bench::RunSubmitBench,
+     "runs/s acknowledged durably over HTTP with K clients, p50/p99"},
+};
+
+int Usage(FILE* out) {
+  std::fprintf(out, "usage: epoch-bench <subcommand> [options]\n\nsubcommands:\n");
+  for (const Subcommand& s : kSubcommands) std::fprintf(out, "  %-10s %s\n", s.name, s.help);
+  return out == stdout ? 0 : 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return Usage(stderr);
+  if (std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0) {
+    return Usage(stdout);
+  }
+  for (const Subcommand& s : kSubcommands) {
+    if (std::strcmp(argv[1], s.name) == 0) return s.run(argc - 1, argv + 1);
+  }
+  std::fprintf(stderr, "epoch-bench: unknown subcommand '%s'\n", argv[1]);
+  return Usage(stderr);
+}
