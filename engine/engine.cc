@@ -40,7 +40,12 @@ Status Engine::Start() {
     ASSIGN_OR_RETURN(auto page, store_->ReadAll(after, kReplayPage));
     if (page.empty()) break;
     for (const auto& env : page) {
-      Evolve(working_, FromEnvelope(env));
+      try {
+        Evolve(working_, FromEnvelope(env));
+      } catch (const Json::exception& e) {
+        return Corruption("replaying event " + std::to_string(env.position) + " (" + env.type +
+                          "): " + e.what());
+      }
       after = env.position;
       ++count;
     }

@@ -19,9 +19,17 @@ void Processor::Record(std::vector<Event> events) {
 }
 
 Result<CommandResult> Processor::Apply(const Command& command) {
-  ASSIGN_OR_RETURN(Decision d, Decide(*state_, command, ctx_));
-  Record(std::move(d.events));
-  return d.result;
+  // Commands carry JSON from outside (agent reports); a value of the wrong type
+  // must reject that command, not take the writer thread down.
+  Result<Decision> d = InvalidArgument("unset");
+  try {
+    d = Decide(*state_, command, ctx_);
+  } catch (const Json::exception& e) {
+    return InvalidArgument(std::string("malformed command: ") + e.what());
+  }
+  if (!d.ok()) return d.status();
+  Record(std::move(d->events));
+  return d->result;
 }
 
 void Processor::Settle() {

@@ -392,5 +392,50 @@ TEST_F(E2ETest, ASecondEpochdOnTheSameDataDirIsRefused) {
   EXPECT_EQ(d.Get("/readyz").status, 200);
 }
 
+TEST_F(E2ETest, EpochctlSubmitWaitsAndExitsByTheRunsOutcome) {
+  Epochd d(dir_.path());
+  d.Start();
+  std::string file = dir_.path() + "/wf.json";
+  std::ofstream(file) << R"J({"name": "ctl", "params": {"code": 0},
+      "steps": [{"name": "a", "command": ["sh", "-c", "exit {{params.code}}"]}]})J";
+  std::string ctl = EpochctlPath() + " --server " + d.url() + " ";
+  std::string out;
+  ASSERT_EQ(RunCommand(ctl + "workflow register " + file, &out), 0) << out;
+  EXPECT_NE(out.find("version 1"), std::string::npos) << out;
+  EXPECT_EQ(RunCommand(ctl + "run submit ctl --wait", &out), 0) << out;
+  EXPECT_EQ(RunCommand(ctl + "run submit ctl -p code=4 --wait", &out), 1) << out;
+  EXPECT_EQ(RunCommand(ctl + "run get no-such-run", &out), 1);
+  EXPECT_NE(out.find("run 'no-such-run' not found"), std::string::npos) << out;
+  EXPECT_EQ(RunCommand(ctl + "-o json run list --state failed", &out), 0) << out;
+  auto list = ParseJson(out);
+  ASSERT_TRUE(list.ok()) << out;
+  ASSERT_EQ((*list)["items"].size(), 1u);
+  EXPECT_EQ((*list)["items"][0]["params"]["code"], 4);
+}
+
+TEST_F(E2ETest, JsonLogsAreOneObjectPerLine) {
+  Epochd d(dir_.path());
+  d.AddArgs({"--log-format", "json"});
+  d.Start();
+  // A request whose path carries quotes must still log valid JSON.
+  EXPECT_EQ(d.Get("/v1/runs/%22quoted%22").status, 404);
+  d.Terminate();
+  std::istringstream log(ReadAll(dir_.path() + "/epochd.log"));
+  std::string line;
+  int lines = 0;
+  bool saw_request = false;
+  while (std::getline(log, line)) {
+    auto j = ParseJson(line);
+    ASSERT_TRUE(j.ok()) << "not JSON: " << line;
+    EXPECT_TRUE(j->contains("time") && j->contains("level") && j->contains("msg")) << line;
+    if ((*j)["msg"].get<std::string>().find("route=/v1/runs/{id} status=404") != std::string::npos) {
+      saw_request = true;
+    }
+    ++lines;
+  }
+  EXPECT_GT(lines, 2);
+  EXPECT_TRUE(saw_request);
+}
+
 }  // namespace
 }  // namespace epoch::testing

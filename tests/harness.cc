@@ -17,6 +17,18 @@ namespace epoch::testing {
 
 std::string EpochdPath() { return EPOCHD_PATH; }
 std::string AgentPath() { return EPOCH_AGENT_PATH; }
+std::string EpochctlPath() { return EPOCHCTL_PATH; }
+
+int RunCommand(const std::string& cmd, std::string* out) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return -1;
+  char buf[4096];
+  size_t n;
+  out->clear();
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
 
 TempDir::TempDir() {
   char tmpl[] = "/tmp/epoch-test.XXXXXX";
@@ -80,6 +92,7 @@ void Epochd::Start() {
     args.push_back("--set");
     args.push_back(e);
   }
+  for (const auto& a : args_) args.push_back(a);
   std::string log = data_dir_ + "/epochd.log";
   pid_ = fork();
   ASSERT_GE(pid_, 0);

@@ -43,6 +43,8 @@ class Epochd {
   Epochd(std::string data_dir, std::vector<std::string> extra = {});
   ~Epochd();  // SIGKILLs epochd and every agent of its data dir
 
+  // Extra command-line arguments (e.g. {"--log-format", "json"}) for the next Start().
+  void AddArgs(std::vector<std::string> args) { args_ = std::move(args); }
   // Starts epochd and waits until /readyz is 200 (or fails the test).
   void Start();
   void Kill9();       // kill -9, reaped
@@ -75,6 +77,7 @@ class Epochd {
  private:
   std::string data_dir_;
   std::vector<std::string> extra_;
+  std::vector<std::string> args_;
   pid_t pid_ = -1;
   int exit_status_ = -1;
   std::string url_;
@@ -88,5 +91,8 @@ bool ProcessAlive(pid_t pid);
 // Paths of the built binaries (from compile definitions).
 std::string EpochdPath();
 std::string AgentPath();
+std::string EpochctlPath();
+// Runs a shell command; returns its exit status and puts stdout+stderr in *out.
+int RunCommand(const std::string& cmd, std::string* out);
 
 }  // namespace epoch::testing

@@ -213,7 +213,8 @@ int RunList(Context& c, ListArgs a) {
     auto res = c.api->ListRuns(a.query);
     if (!res.ok()) return Fail(res.status());
     for (const Json& r : res->value("items", Json::array())) items.push_back(r);
-    next = res->value("next_cursor", "");
+    const Json& nc = res->contains("next_cursor") ? (*res)["next_cursor"] : Json();
+    next = nc.is_string() ? nc.get<std::string>() : "";
     if (!a.all || next.empty() || next == a.query.cursor) break;
     a.query.cursor = next;
   }
