@@ -104,6 +104,10 @@ int main(int argc, char** argv) {
   ec.data_dir = config.data_dir;
   ec.backend = config.backend;
   ec.max_replicas = config.max_replicas;
+  ec.min_replicas = config.min_replicas;
+  ec.allocation_unit = config.allocation_unit;
+  ec.allocation_interval = config.allocation_interval;
+  ec.idle_timeout = config.idle_timeout;
   ec.container_cpu_millis = config.container_cpu_millis;
   ec.container_memory_bytes = config.container_memory_bytes;
   ec.container_gpus = config.container_gpus;

@@ -802,6 +802,7 @@ void ApiServer::Impl::ContainerRoutes() {
               cmd.cpu_millis = b.value("cpu_millis", int64_t{0});
               cmd.memory_bytes = b.value("memory_bytes", int64_t{0});
               cmd.gpus = b.value("gpus", Json::array());
+              cmd.cuda = b.value("cuda", Json::object());
               cmd.epoch_seen = b.value("epoch_seen", uint64_t{0});
               if (!strings(b, "running", &cmd.running)) {
                 return WriteError(res, {400, "malformed", "running: must be an array of strings", {}});

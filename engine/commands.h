@@ -46,6 +46,7 @@ struct RegisterContainer {
   int64_t pid = 0;
   int64_t cpu_millis = 0, memory_bytes = 0;
   Json gpus = Json::array();
+  Json cuda = Json::object();
   uint64_t epoch_seen = 0;
   std::vector<std::string> running;
 };

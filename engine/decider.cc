@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <set>
+#include <tuple>
 
 #include "common/units.h"
 
@@ -192,7 +193,8 @@ Result<Decision> DecideRegisterContainer(const State& state, const RegisterConta
                                 {"pid", cmd.pid},
                                 {"cpu_millis", cmd.cpu_millis},
                                 {"memory_bytes", cmd.memory_bytes},
-                                {"gpus", cmd.gpus}},
+                                {"gpus", cmd.gpus},
+                                {"cuda", cmd.cuda}},
                            c.id});
   return d;
 }
@@ -499,27 +501,128 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
   return out;
 }
 
+namespace {
+
+// Free capacity of one container, as the scheduler and the pool see it.
+struct Slot {
+  const Container* c = nullptr;
+  int64_t cpu = 0, mem = 0;
+  std::vector<std::string> gpus;   // free GPU indices (healthy ones only)
+  std::vector<std::string> uuids;  // their UUIDs, same order
+  bool pending = false;            // requested, not registered yet
+};
+
+std::string GpuIndex(const Json& g) {
+  if (!g.contains("index")) return "";
+  return g["index"].is_string() ? g["index"].get<std::string>() : g["index"].dump();
+}
+
+// Registered containers with their free capacity; with include_pending, also the
+// full capacity of containers requested but not registered yet.
+std::vector<Slot> FreeSlots(const State& state, bool include_pending) {
+  std::vector<Slot> slots;
+  for (const auto& [id, c] : state.containers) {
+    Slot f;
+    f.c = &c;
+    if (c.phase == ContainerPhase::kRegistered) {
+      f.cpu = c.cpu_millis - c.used_cpu;
+      f.mem = c.memory_bytes - c.used_memory;
+      for (const auto& g : c.gpus) {
+        std::string idx = GpuIndex(g);
+        if (idx.empty() || !g.value("healthy", true) || c.busy_gpus.count(idx)) continue;
+        f.gpus.push_back(idx);
+        f.uuids.push_back(g.value("uuid", ""));
+      }
+      // Lowest index first when taken from the back.
+      std::reverse(f.gpus.begin(), f.gpus.end());
+      std::reverse(f.uuids.begin(), f.uuids.end());
+    } else if (c.phase == ContainerPhase::kRequested && include_pending) {
+      f.pending = true;
+      f.cpu = c.cpu_millis;
+      f.mem = c.memory_bytes;
+      for (int i = 0; i < c.requested_gpus; ++i) {
+        f.gpus.push_back("pending");
+        f.uuids.push_back("");
+      }
+    } else {
+      continue;
+    }
+    slots.push_back(std::move(f));
+  }
+  return slots;
+}
+
+bool Fits(const Slot& s, const workflows::Resources& r) {
+  return s.cpu >= r.cpu_millis && s.mem >= r.memory_bytes &&
+         static_cast<int>(s.gpus.size()) >= r.gpus;
+}
+
+// Best fit: the container left with the least room (GPUs, then CPU, then memory),
+// so big holes stay free for big requests. -1 when nothing fits.
+int BestFit(const std::vector<Slot>& slots, const workflows::Resources& r) {
+  int best = -1;
+  std::tuple<size_t, int64_t, int64_t> best_key{};
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const Slot& s = slots[i];
+    if (!Fits(s, r)) continue;
+    std::tuple<size_t, int64_t, int64_t> key{s.gpus.size() - static_cast<size_t>(r.gpus),
+                                             s.cpu - r.cpu_millis, s.mem - r.memory_bytes};
+    if (best < 0 || key < best_key) {
+      best = static_cast<int>(i);
+      best_key = key;
+    }
+  }
+  return best;
+}
+
+void Take(Slot& s, const workflows::Resources& r, Json* gpus, Json* uuids) {
+  s.cpu -= r.cpu_millis;
+  s.mem -= r.memory_bytes;
+  for (int i = 0; i < r.gpus; ++i) {
+    gpus->push_back(s.gpus.back());
+    uuids->push_back(s.uuids.back());
+    s.gpus.pop_back();
+    s.uuids.pop_back();
+  }
+}
+
+// Queued attempts that cannot be placed even on the containers already asked for.
+int UnplacedDemand(const State& state) {
+  std::vector<Slot> slots = FreeSlots(state, /*include_pending=*/true);
+  int unplaced = 0;
+  for (const auto& [key, attempt_id] : state.queue) {
+    const Attempt* a = state.FindAttempt(attempt_id);
+    if (!a) continue;
+    int i = BestFit(slots, a->resources);
+    if (i < 0) {
+      ++unplaced;
+      continue;
+    }
+    Json g = Json::array(), u = Json::array();
+    Take(slots[static_cast<size_t>(i)], a->resources, &g, &u);
+  }
+  return unplaced;
+}
+
+Event ContainerRequest(const State& state, const EngineConfig& cfg, int nth,
+                       const std::string& reason) {
+  std::string id = "c" + std::to_string(state.container_counter + 1 + static_cast<uint64_t>(nth));
+  return Event{ContainerStream(id), std::string(ev::kContainerRequested),
+               Json{{"container", id},
+                    {"backend", cfg.backend},
+                    {"spec", Json{{"cpu_millis", cfg.container_cpu_millis},
+                                  {"memory_bytes", cfg.container_memory_bytes},
+                                  {"gpus", cfg.container_gpus}}},
+                    {"reason", reason}}};
+}
+
+}  // namespace
+
 std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
   (void)ctx;
   std::vector<Event> out;
   if (state.queue.empty()) return out;
-  struct Free {
-    const Container* c;
-    int64_t cpu, mem;
-    std::vector<std::string> gpus;
-  };
-  std::vector<Free> free;
-  for (const auto& [id, c] : state.containers) {
-    if (c.phase != ContainerPhase::kRegistered) continue;
-    Free f{&c, c.cpu_millis - c.used_cpu, c.memory_bytes - c.used_memory, {}};
-    for (const auto& g : c.gpus) {
-      std::string idx = g.contains("index") ? g["index"].dump() : "";
-      if (g.contains("index") && g["index"].is_string()) idx = g["index"].get<std::string>();
-      bool healthy = g.value("healthy", true);
-      if (!idx.empty() && healthy && !c.busy_gpus.count(idx)) f.gpus.push_back(idx);
-    }
-    if (f.cpu > 0 && f.mem > 0) free.push_back(std::move(f));
-  }
+  std::vector<Slot> free = FreeSlots(state, /*include_pending=*/false);
   if (free.empty()) return out;
   for (const auto& [key, attempt_id] : state.queue) {
     std::string run_id, step;
@@ -528,23 +631,14 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
     const Run* run = state.FindRun(run_id);
     const Attempt* a = state.FindAttempt(attempt_id);
     if (!run || !a || run->cancel_requested || IsTerminal(run->phase)) continue;
-    for (auto& f : free) {
-      if (f.cpu < a->resources.cpu_millis || f.mem < a->resources.memory_bytes ||
-          static_cast<int>(f.gpus.size()) < a->resources.gpus) {
-        continue;
-      }
-      Json gpus = Json::array();
-      for (int i = 0; i < a->resources.gpus; ++i) {
-        gpus.push_back(f.gpus.back());
-        f.gpus.pop_back();
-      }
-      f.cpu -= a->resources.cpu_millis;
-      f.mem -= a->resources.memory_bytes;
-      out.push_back(RunEvent(*run, ev::kJobAssigned,
-                             Json{{"step", step}, {"attempt", n}, {"container", f.c->id},
-                                  {"gpus", gpus}}));
-      break;
-    }
+    int i = BestFit(free, a->resources);
+    if (i < 0) continue;  // later, smaller attempts may still fit (backfill)
+    Slot& slot = free[static_cast<size_t>(i)];
+    Json gpus = Json::array(), uuids = Json::array();
+    Take(slot, a->resources, &gpus, &uuids);
+    out.push_back(RunEvent(*run, ev::kJobAssigned,
+                           Json{{"step", step}, {"attempt", n}, {"container", slot.c->id},
+                                {"gpus", gpus}, {"gpu_uuids", uuids}}));
   }
   return out;
 }
@@ -581,24 +675,43 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
     }
     if (c.phase == ContainerPhase::kRequested || c.phase == ContainerPhase::kRegistered) ++live;
   }
-  // The pool: a fixed size for now (sig.maxReplicas). After launch failures it
-  // backs off (1 s, 2 s, 4 s ... up to 1 min) instead of spinning on a broken backend.
+  // The pool. After launch failures it backs off (1 s, 2 s, 4 s ... up to 1 min)
+  // instead of spinning on a broken backend.
   if (state.launch_failures_in_row > 0) {
     int shift = std::min(state.launch_failures_in_row - 1, 6);
-    Micros backoff = std::min<Micros>(std::chrono::seconds(1) * (1 << shift), std::chrono::minutes(1));
+    Micros backoff =
+        std::min<Micros>(std::chrono::seconds(1) * (1 << shift), std::chrono::minutes(1));
     if (ctx.now < state.last_launch_failure + backoff) return out;
   }
-  for (int i = live; i < cfg.max_replicas; ++i) {
-    std::string id = "c" + std::to_string(state.container_counter + 1 + (i - live));
-    out.push_back(Event{ContainerStream(id), std::string(ev::kContainerRequested),
-                        Json{{"container", id},
-                             {"backend", cfg.backend},
-                             {"spec", Json{{"cpu_millis", cfg.container_cpu_millis},
-                                           {"memory_bytes", cfg.container_memory_bytes},
-                                           {"gpus", cfg.container_gpus}}},
-                             {"reason", live == 0 && state.container_counter == 0
-                                            ? "pool start"
-                                            : "pool below sig.maxReplicas"}}});
+  int requested = 0;
+  // Scale up on demand: queued attempts that fit nowhere, even counting the
+  // containers already asked for, get sig.ssAllocationUnit more containers, at
+  // most one round per sig.ssAllocationInterval, never past sig.maxReplicas.
+  int unplaced = UnplacedDemand(state);
+  bool interval_passed = state.last_scale_up == TimePoint{} ||
+                         ctx.now - state.last_scale_up >= cfg.allocation_interval;
+  if (unplaced > 0 && live < cfg.max_replicas && interval_passed) {
+    int n = std::min(cfg.allocation_unit, cfg.max_replicas - live);
+    for (int i = 0; i < n; ++i) out.push_back(ContainerRequest(state, cfg, requested++, "demand"));
+    live += n;
+  }
+  // Keep sig.minReplicas (this also replaces lost containers below the minimum).
+  for (; live < std::min(cfg.min_replicas, cfg.max_replicas); ++live) {
+    out.push_back(ContainerRequest(state, cfg, requested++, "minReplicas"));
+  }
+  // Release containers idle longer than sig.idleTimeout, down to the minimum,
+  // only when nothing is waiting.
+  if (unplaced == 0 && state.queue.empty()) {
+    for (const auto& [id, c] : state.containers) {
+      if (live <= cfg.min_replicas) break;
+      if (c.phase != ContainerPhase::kRegistered || !c.attempts.empty()) continue;
+      if (expired.count(id)) continue;
+      if (ctx.now - c.idle_since < cfg.idle_timeout) continue;
+      out.push_back(Event{ContainerStream(id), std::string(ev::kContainerReleased),
+                          Json{{"container", id},
+                               {"reason", "idle for " + FormatDuration(ctx.now - c.idle_since)}}});
+      --live;
+    }
   }
   return out;
 }

@@ -30,7 +30,11 @@ namespace epoch::engine {
 struct EngineConfig {
   std::string data_dir;            // runs/, logs/ live here (absolute)
   std::string backend = "local";
-  int max_replicas = 10;           // sig.maxReplicas: fixed pool size for now
+  int max_replicas = 10;           // sig.maxReplicas
+  int min_replicas = 0;            // sig.minReplicas: kept even when idle
+  int allocation_unit = 2;         // sig.ssAllocationUnit: containers per scale-up round
+  Micros allocation_interval = std::chrono::seconds(120);  // sig.ssAllocationInterval
+  Micros idle_timeout = std::chrono::minutes(10);          // sig.idleTimeout
   int64_t container_cpu_millis = 1000;          // sig.cpu
   int64_t container_memory_bytes = 2144LL << 20;  // sig.memory
   int container_gpus = 0;                       // sig.gpu

@@ -25,6 +25,7 @@ class DeciderTest : public ::testing::Test {
   DeciderTest() {
     cfg_.data_dir = "/data";
     cfg_.max_replicas = 1;
+    cfg_.min_replicas = 1;
     cfg_.container_cpu_millis = 4000;
     cfg_.container_memory_bytes = 8LL << 30;
   }
@@ -321,6 +322,7 @@ namespace {
 TEST(PoolTest, LaunchFailuresBackOffExponentially) {
   EngineConfig cfg;
   cfg.max_replicas = 1;
+  cfg.min_replicas = 1;
   State s;
   TimePoint now = FromMicros(1'800'000'000'000'000);
   auto tick = [&] {
@@ -345,6 +347,190 @@ TEST(PoolTest, LaunchFailuresBackOffExponentially) {
   now += std::chrono::seconds(1);
   EXPECT_EQ(tick(), 1u);  // c3
   EXPECT_EQ(s.container_counter, 3u);
+}
+
+}  // namespace
+}  // namespace epoch::engine
+
+namespace epoch::engine {
+namespace {
+
+class ScalingTest : public ::testing::Test {
+ protected:
+  ScalingTest() {
+    cfg_.data_dir = "/data";
+    cfg_.min_replicas = 0;
+    cfg_.max_replicas = 5;
+    cfg_.allocation_unit = 2;
+    cfg_.allocation_interval = std::chrono::seconds(1);
+    cfg_.idle_timeout = std::chrono::seconds(30);
+    cfg_.container_cpu_millis = 1000;
+    cfg_.container_memory_bytes = 1LL << 30;
+    cfg_.container_gpus = 4;
+  }
+  std::vector<RecordedEvent> Run(const Command& c, Status* st = nullptr) {
+    Processor p(&s_, DecideContext{now_, &cfg_}, 1);
+    auto r = p.Apply(c);
+    if (st) *st = r.ok() ? Status::Ok() : r.status();
+    p.Settle();
+    return p.recorded();
+  }
+  std::vector<RecordedEvent> Tick() {
+    Processor p(&s_, DecideContext{now_, &cfg_}, 1);
+    p.Record(OnTick(s_, engine::Tick{}, DecideContext{now_, &cfg_}));
+    p.Settle();
+    return p.recorded();
+  }
+  static int Count(const std::vector<RecordedEvent>& evs, std::string_view type) {
+    int n = 0;
+    for (const auto& e : evs) n += e.type == type;
+    return n;
+  }
+  void Register(const std::string& id, int gpus) {
+    RegisterContainer r;
+    r.container = id;
+    r.cpu_millis = cfg_.container_cpu_millis;
+    r.memory_bytes = cfg_.container_memory_bytes;
+    for (int i = 0; i < gpus; ++i) {
+      r.gpus.push_back(Json{{"index", i}, {"uuid", id + "-gpu" + std::to_string(i)},
+                            {"healthy", true}, {"simulated", true}});
+    }
+    Status st;
+    Run(r, &st);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+  int Live() {
+    int n = 0;
+    for (const auto& [id, c] : s_.containers) {
+      n += c.phase == ContainerPhase::kRequested || c.phase == ContainerPhase::kRegistered;
+    }
+    return n;
+  }
+  void Submit(const std::string& def, int runs) {
+    Status st;
+    Run(RegisterWorkflow{*ParseJson(def)}, &st);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    std::string name = (*ParseJson(def))["name"];
+    for (int i = 0; i < runs; ++i) {
+      SubmitRun sr;
+      sr.run_id = name + std::to_string(i);
+      sr.workflow = name;
+      Run(sr, &st);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+    }
+  }
+
+  EngineConfig cfg_;
+  State s_;
+  TimePoint now_ = FromMicros(1'800'000'000'000'000);
+};
+
+TEST_F(ScalingTest, BurstGrowsThePoolInUnitsNoFasterThanTheInterval) {
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);  // no demand, min 0: nothing
+  // 20 jobs of 1 CPU each: each container holds one.
+  Submit(R"({"name":"burst","steps":[{"name":"a","command":["x"],"resources":{"cpu":"1"}}]})", 20);
+  auto evs = Tick();
+  EXPECT_EQ(Count(evs, ev::kContainerRequested), 2);  // first round at once
+  EXPECT_EQ(evs[0].data["reason"], "demand");
+  EXPECT_EQ(Live(), 2);
+  now_ += std::chrono::milliseconds(500);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);  // interval not yet over
+  now_ += std::chrono::milliseconds(500);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 2);
+  EXPECT_EQ(Live(), 4);
+  now_ += std::chrono::seconds(1);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 1);  // capped by sig.maxReplicas
+  EXPECT_EQ(Live(), 5);
+  now_ += std::chrono::seconds(5);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);
+  // Work is placed as containers register; when it is all done they go idle and
+  // are released after sig.idleTimeout.
+  for (int i = 1; i <= 5; ++i) Register("c" + std::to_string(i), 0);
+  int done = 0;
+  while (done < 20) {
+    for (const auto& [id, r] : std::map<std::string, engine::Run>(s_.runs)) {
+      const Attempt* a = r.steps[0].Last();
+      if (a && a->phase == AttemptPhase::kAssigned) {
+        PollContainer p;
+        p.container = a->container;
+        p.reports = Json::array({Json{{"attempt_id", id + "/a/1"}, {"state", "succeeded"}}});
+        Run(p);
+        ++done;
+      }
+    }
+  }
+  EXPECT_TRUE(s_.queue.empty());
+  now_ += std::chrono::seconds(29);
+  EXPECT_EQ(Count(Tick(), ev::kContainerReleased), 0);
+  now_ += std::chrono::seconds(2);
+  evs = Tick();
+  EXPECT_EQ(Count(evs, ev::kContainerReleased), 5);
+  EXPECT_NE(evs[0].data["reason"].get<std::string>().find("idle for"), std::string::npos);
+  EXPECT_EQ(Live(), 0);
+}
+
+TEST_F(ScalingTest, MinReplicasAreKeptAndNotReleased) {
+  cfg_.min_replicas = 2;
+  auto evs = Tick();
+  EXPECT_EQ(Count(evs, ev::kContainerRequested), 2);
+  EXPECT_EQ(evs[0].data["reason"], "minReplicas");
+  Register("c1", 0);
+  Register("c2", 0);
+  now_ += std::chrono::hours(1);
+  EXPECT_EQ(Count(Tick(), ev::kContainerReleased), 0);
+  EXPECT_EQ(Live(), 2);
+}
+
+TEST_F(ScalingTest, GpusAreGivenToOneAttemptAtATimeWithBestFit) {
+  cfg_.min_replicas = 2;
+  Tick();
+  Register("c1", 4);
+  Register("c2", 4);
+  // Six 1-GPU then three 2-GPU attempts ask for 12 GPUs; 2x4 hold 8. Best fit packs
+  // the singles (4 on c1, 2 on c2), so one double still fits in c2's last two.
+  Submit(R"({"name":"g1","steps":[{"name":"a","command":["x"],"resources":{"gpus":1,"cpu":"10m"}}]})", 6);
+  Submit(R"({"name":"g2","steps":[{"name":"a","command":["x"],"resources":{"gpus":2,"cpu":"10m"}}]})", 3);
+  std::map<std::string, std::set<std::string>> used;  // container -> gpu indices
+  int placed = 0, waiting = 0;
+  for (const auto& [id, r] : s_.runs) {
+    const Attempt* a = r.steps[0].Last();
+    if (a->phase == AttemptPhase::kQueued) {
+      ++waiting;
+      continue;
+    }
+    ++placed;
+    ASSERT_EQ(static_cast<int>(a->gpus.size()), a->resources.gpus);
+    ASSERT_EQ(a->gpu_uuids.size(), a->gpus.size());
+    for (const auto& g : a->gpus) {
+      EXPECT_TRUE(used[a->container].insert(g.get<std::string>()).second)
+          << "GPU " << g << " of " << a->container << " given twice";
+    }
+  }
+  EXPECT_EQ(used["c1"].size() + used["c2"].size(), 8u);
+  EXPECT_EQ(placed, 7);
+  EXPECT_EQ(waiting, 2);
+  EXPECT_EQ(s_.containers["c1"].busy_gpus.size(), 4u);
+  EXPECT_EQ(s_.containers["c2"].busy_gpus.size(), 4u);
+}
+
+TEST_F(ScalingTest, PriorityMovesARunAhead) {
+  cfg_.min_replicas = 1;
+  cfg_.container_gpus = 1;
+  Tick();
+  Register("c1", 1);
+  Submit(R"({"name":"p","steps":[{"name":"a","command":["x"],"resources":{"gpus":1}}]})", 3);
+  SubmitRun urgent;
+  urgent.run_id = "urgent";
+  urgent.workflow = "p";
+  urgent.priority = 10;
+  Run(urgent);
+  // p0 holds the only GPU; when it finishes, the urgent run goes next, not p1.
+  PollContainer p;
+  p.container = "c1";
+  p.reports = Json::array({Json{{"attempt_id", "p0/a/1"}, {"state", "succeeded"}}});
+  Run(p);
+  EXPECT_EQ(s_.runs["urgent"].steps[0].Last()->phase, AttemptPhase::kAssigned);
+  EXPECT_EQ(s_.runs["p1"].steps[0].Last()->phase, AttemptPhase::kQueued);
 }
 
 }  // namespace

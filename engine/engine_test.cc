@@ -57,6 +57,7 @@ class EngineTest : public ::testing::Test {
     EngineOptions o;
     o.config.data_dir = dir_;
     o.config.max_replicas = replicas;
+    o.config.min_replicas = replicas;
     o.config.tick = std::chrono::milliseconds(20);
     o.advertise_url = "http://127.0.0.1:1";
     engine_ = std::make_unique<Engine>(o, store_.get(), &backend_, &clock_);

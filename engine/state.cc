@@ -137,7 +137,7 @@ std::optional<int> OptInt(const Json& d, const char* key) {
 }
 
 // Releases an attempt's reservation on its container.
-void ReleaseReservation(State& s, const std::string& attempt_id, Attempt& a) {
+void ReleaseReservation(State& s, const std::string& attempt_id, Attempt& a, TimePoint now) {
   if (a.container.empty()) return;
   auto it = s.containers.find(a.container);
   if (it == s.containers.end()) return;
@@ -148,6 +148,7 @@ void ReleaseReservation(State& s, const std::string& attempt_id, Attempt& a) {
   for (const auto& g : a.gpus) {
     if (g.is_string()) c.busy_gpus.erase(g.get<std::string>());
   }
+  if (c.attempts.empty()) c.idle_since = now;
 }
 
 void RemoveFromQueue(State& s, const std::string& attempt_id, const Run& run, const Attempt& a) {
@@ -185,7 +186,7 @@ Target Resolve(State& s, const RecordedEvent& e) {
 void FinishAttempt(State& s, Target& t, AttemptPhase phase, const RecordedEvent& e) {
   Attempt& a = *t.attempt;
   if (a.phase == AttemptPhase::kQueued) RemoveFromQueue(s, t.attempt_id, *t.run, a);
-  ReleaseReservation(s, t.attempt_id, a);
+  ReleaseReservation(s, t.attempt_id, a, e.time);
   a.phase = phase;
   a.finished_at = e.time;
   const Json& d = e.data;
@@ -268,6 +269,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     a.phase = AttemptPhase::kAssigned;
     a.container = d.value("container", "");
     a.gpus = d.value("gpus", Json::array());
+    a.gpu_uuids = d.value("gpu_uuids", Json::array());
     a.assigned_at = e.time;
     auto it = s.containers.find(a.container);
     if (it != s.containers.end()) {
@@ -369,7 +371,10 @@ void EvolveContainerEvent(State& s, const RecordedEvent& e) {
     const Json& spec = d.value("spec", Json::object());
     c.cpu_millis = spec.value("cpu_millis", int64_t{0});
     c.memory_bytes = spec.value("memory_bytes", int64_t{0});
+    c.requested_gpus = spec.value("gpus", 0);
+    c.request_reason = d.value("reason", "");
     c.requested_at = e.time;
+    if (c.request_reason == "demand") s.last_scale_up = e.time;
     s.containers[id] = std::move(c);
     s.container_counter++;
     return;
@@ -388,7 +393,9 @@ void EvolveContainerEvent(State& s, const RecordedEvent& e) {
     c.cpu_millis = d.value("cpu_millis", c.cpu_millis);
     c.memory_bytes = d.value("memory_bytes", c.memory_bytes);
     c.gpus = d.value("gpus", Json::array());
+    c.cuda = d.value("cuda", Json::object());
     if (!c.registered_at) c.registered_at = e.time;
+    if (c.attempts.empty()) c.idle_since = e.time;
     s.launch_failures_in_row = 0;
   } else if (e.type == ev::kContainerLost || e.type == ev::kContainerReleased) {
     c.phase = e.type == ev::kContainerLost ? ContainerPhase::kLost : ContainerPhase::kReleased;

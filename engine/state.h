@@ -52,7 +52,8 @@ struct Attempt {
   Json env = Json::object();
   int64_t timeout_ms = 0;
   std::string container;
-  Json gpus = Json::array();
+  Json gpus = Json::array();       // GPU indices on its container
+  Json gpu_uuids = Json::array();  // the same GPUs by UUID, for the record
   std::optional<int> exit_code;
   std::optional<int> signal;
   std::string reason;
@@ -114,7 +115,11 @@ struct Container {
   int64_t pid = 0;
   int64_t cpu_millis = 0, memory_bytes = 0;
   Json gpus = Json::array();  // inventory as registered
+  Json cuda = Json::object();  // {"compiled", "reason"} as the agent reported
+  int requested_gpus = 0;      // the spec's sig.gpu
+  std::string request_reason;  // why the pool asked for it (demand, minReplicas, ...)
   TimePoint requested_at{};
+  TimePoint idle_since{};      // when its last attempt ended (or it registered)
   std::optional<TimePoint> registered_at, ended_at;
   // Reservations of attempts placed here (assigned or running).
   int64_t used_cpu = 0, used_memory = 0;
@@ -140,6 +145,7 @@ struct State {
   // Launch failures since the last container registered, for the pool's back-off.
   int launch_failures_in_row = 0;
   TimePoint last_launch_failure{};
+  TimePoint last_scale_up{};  // the pool's last demand-driven round
 
   const Run* FindRun(std::string_view id) const;
   Run* FindRun(std::string_view id);

@@ -21,6 +21,7 @@ Json RunToJson(const Run& run, const EngineConfig& config) {
           {"state", Name(a.phase)},
           {"container", a.container.empty() ? Json() : Json(a.container)},
           {"gpus", a.gpus},
+          {"gpu_uuids", a.gpu_uuids},
           {"exit_code", a.exit_code ? Json(*a.exit_code) : Json()},
           {"signal", a.signal ? Json(*a.signal) : Json()},
           {"reason", a.reason.empty() ? Json() : Json(a.reason)},
@@ -72,6 +73,12 @@ Json ContainerToJson(const Container& c) {
               {"cpu_millis", c.cpu_millis},
               {"memory_bytes", c.memory_bytes},
               {"gpus", c.gpus},
+              {"cuda", c.cuda},
+              {"requested_gpus", c.requested_gpus},
+              {"request_reason", c.request_reason},
+              {"idle_since", c.attempts.empty() && c.phase == ContainerPhase::kRegistered
+                                 ? Json(FormatTime(c.idle_since))
+                                 : Json()},
               {"used_cpu_millis", c.used_cpu},
               {"used_memory_bytes", c.used_memory},
               {"attempts", attempts},

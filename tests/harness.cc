@@ -82,7 +82,7 @@ void Epochd::Start() {
   std::vector<std::string> args{EpochdPath(), "--data-dir", data_dir_, "--set",
                                 "cluster.basePort=0", "--log-level", "debug"};
   // Small, fast defaults for tests; a test's own settings come after and win.
-  for (const char* s : {"sig.maxReplicas=2", "sig.cpu=2", "sig.memory=1Gi",
+  for (const char* s : {"sig.maxReplicas=2", "sig.minReplicas=2", "sig.cpu=2", "sig.memory=1Gi",
                         "executor.leaseTime=2s", "executor.pollTimeout=500ms",
                         "executor.killGrace=1s"}) {
     args.push_back("--set");
