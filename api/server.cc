@@ -860,6 +860,8 @@ void ApiServer::Impl::ContainerRoutes() {
                 for (const auto& id : cmd.running) {
                   const engine::Attempt* a = s.FindAttempt(id);
                   if (a && a->phase == engine::AttemptPhase::kAssigned) needs_command = true;
+                  const engine::Worker* w = s.FindWorker(id);
+                  if (w && w->phase == engine::AttemptPhase::kAssigned) needs_command = true;
                 }
                 return 0;
               });

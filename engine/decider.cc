@@ -201,12 +201,80 @@ Result<Decision> DecideRegisterContainer(const State& state, const RegisterConta
 
 // Turns an agent report into the attempt's terminal event (plus JobStarted if
 // the master never saw it start).
+// What one poll has already decided about gang attempts, so that two workers
+// reported together are judged together.
+struct GangProgress {
+  std::map<std::string, std::set<int>> succeeded;  // attempt id -> ranks succeeded now
+  std::set<std::string> ended;                     // attempts ended by this poll
+};
+
+// A gang worker's report: the worker's own record, then the attempt's outcome
+// when this report decides it (all succeeded, or the first failure).
+void WorkerReportEvents(const State& state, const Container& c, const Json& report,
+                        const std::string& run_id, const std::string& step, int n, int rank,
+                        GangProgress* progress, std::vector<Event>* out) {
+  const Run* run = state.FindRun(run_id);
+  std::string attempt_id = AttemptId(run_id, step, n);
+  const Attempt* a = state.FindAttempt(attempt_id);
+  if (!run || !a || rank >= static_cast<int>(a->ranks.size())) return;
+  const Worker& w = a->ranks[static_cast<size_t>(rank)];
+  if (w.container != c.id || (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled)) return;
+  std::string st = report.value("state", "failed");
+  Json usage = report.value("usage", Json::object());
+  if (w.phase == AttemptPhase::kAssigned && !IsTerminal(a->phase)) {
+    out->push_back(RunEvent(*run, ev::kJobStarted,
+                            Json{{"step", step}, {"attempt", n}, {"rank", rank},
+                                 {"container", c.id}}, c.id));
+  }
+  Json rec{{"step", step}, {"attempt", n}, {"rank", rank}, {"state", st}, {"usage", usage}};
+  for (const char* k : {"exit_code", "signal", "reason"}) {
+    if (report.contains(k) && !report[k].is_null()) rec[k] = report[k];
+  }
+  out->push_back(RunEvent(*run, ev::kJobWorkerFinished, rec, c.id));
+  if (IsTerminal(a->phase) || progress->ended.count(attempt_id)) return;
+  if (st == "succeeded") {
+    auto& done = progress->succeeded[attempt_id];
+    done.insert(rank);
+    for (const auto& other : a->ranks) {
+      if (other.phase != AttemptPhase::kSucceeded && !done.count(other.rank)) return;
+    }
+    progress->ended.insert(attempt_id);
+    Json data{{"step", step}, {"attempt", n}, {"exit_code", 0}, {"usage", usage},
+              {"metrics", Json::object()}, {"outputs", Json::array()}, {"workers", a->workers}};
+    if (rank == 0) {
+      data["metrics"] = report.value("metrics", Json::object());
+      data["outputs"] = report.value("outputs", Json::array());
+    }
+    out->push_back(RunEvent(*run, ev::kJobSucceeded, std::move(data), c.id));
+    return;
+  }
+  // One worker's failure fails the attempt; the dispatcher stops the others.
+  progress->ended.insert(attempt_id);
+  std::string reason = "worker " + std::to_string(rank) + ": " +
+                       (report.contains("reason") && report["reason"].is_string()
+                            ? report["reason"].get<std::string>()
+                            : st);
+  Json data{{"step", step}, {"attempt", n}, {"reason", reason}, {"usage", usage}};
+  if (st == "cancelled" && run->cancel_requested) {
+    data["reason"] = "run cancelled";
+    out->push_back(RunEvent(*run, ev::kJobCancelled, std::move(data), c.id));
+  } else if (st == "timed_out") {
+    out->push_back(RunEvent(*run, ev::kJobTimedOut, std::move(data), c.id));
+  } else {
+    out->push_back(RunEvent(*run, ev::kJobFailed, std::move(data), c.id));
+  }
+}
+
 void ReportEvents(const State& state, const Container& c, const Json& report,
-                  std::vector<Event>* out) {
+                  GangProgress* progress, std::vector<Event>* out) {
   std::string id = report.value("attempt_id", "");
   std::string run_id, step;
-  int n;
-  if (!ParseAttemptId(id, &run_id, &step, &n)) return;
+  int n, rank;
+  if (!ParseTaskId(id, &run_id, &step, &n, &rank)) return;
+  if (rank >= 0) {
+    WorkerReportEvents(state, c, report, run_id, step, n, rank, progress, out);
+    return;
+  }
   const Run* run = state.FindRun(run_id);
   const Attempt* a = state.FindAttempt(id);
   if (!run || !a || IsTerminal(a->phase) || a->container != c.id) return;  // stale: ack, no-op
@@ -255,10 +323,11 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
   Decision d;
   d.result.id = c.id;
   std::set<std::string> reported;
+  GangProgress progress;
   if (cmd.reports.is_array()) {
     for (const auto& r : cmd.reports) {
       if (!r.is_object()) continue;
-      ReportEvents(state, c, r, &d.events);
+      ReportEvents(state, c, r, &progress, &d.events);
       std::string id = r.value("attempt_id", "");
       if (!id.empty()) {
         reported.insert(id);
@@ -268,6 +337,19 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
   }
   for (const auto& id : cmd.running) {
     if (reported.count(id)) continue;
+    const Attempt* ga = nullptr;
+    if (const Worker* w = state.FindWorker(id, &ga)) {
+      if (w->phase != AttemptPhase::kAssigned || w->container != c.id || IsTerminal(ga->phase)) {
+        continue;
+      }
+      std::string run_id, step;
+      int n, rank;
+      ParseTaskId(id, &run_id, &step, &n, &rank);
+      d.events.push_back(RunEvent(*state.FindRun(run_id), ev::kJobStarted,
+                                  Json{{"step", step}, {"attempt", n}, {"rank", rank},
+                                       {"container", c.id}}, c.id));
+      continue;
+    }
     const Attempt* a = state.FindAttempt(id);
     if (!a || a->phase != AttemptPhase::kAssigned || a->container != c.id) continue;
     std::string run_id, step;
@@ -303,12 +385,22 @@ void LoseContainer(const State& state, const Container& c, const std::string& re
                    std::vector<Event>* out) {
   out->push_back(Event{ContainerStream(c.id), std::string(ev::kContainerLost),
                        Json{{"container", c.id}, {"reason", reason}}});
+  std::set<std::string> failed;
   for (const auto& id : c.attempts) {
     std::string run_id, step;
-    int n;
-    if (!ParseAttemptId(id, &run_id, &step, &n)) continue;
+    int n, rank;
+    if (!ParseTaskId(id, &run_id, &step, &n, &rank)) continue;
     const Run* run = state.FindRun(run_id);
     if (!run) continue;
+    if (rank >= 0) {
+      out->push_back(RunEvent(*run, ev::kJobWorkerFinished,
+                              Json{{"step", step}, {"attempt", n}, {"rank", rank},
+                                   {"state", "lost"}, {"reason", "container_lost"}}));
+      const Attempt* a = state.FindAttempt(AttemptId(run_id, step, n));
+      if (!a || IsTerminal(a->phase) || !failed.insert(AttemptId(run_id, step, n)).second) {
+        continue;
+      }
+    }
     out->push_back(RunEvent(*run, ev::kJobFailed,
                             Json{{"step", step},
                                  {"attempt", n},
@@ -399,6 +491,7 @@ void QueueAttempt(const Run& run, const Step& step, int attempt, const DecideCon
             {"argv", *argv},
             {"env", env},
             {"timeout_ms", step.timeout ? step.timeout->count() / 1000 : 0}};
+  if (step.workers > 1) data["workers"] = step.workers;
   out->push_back(RunEvent(run, ev::kJobQueued, std::move(data)));
 }
 
@@ -586,6 +679,30 @@ void Take(Slot& s, const workflows::Resources& r, Json* gpus, Json* uuids) {
   }
 }
 
+// Places all of an attempt's workers or none: on success the slots are updated
+// and placements holds {rank, local_rank, container, gpus, gpu_uuids} per worker;
+// on failure the slots are untouched (nothing is held while a gang waits).
+bool PlaceAll(std::vector<Slot>& slots, const Attempt& a, Json* placements) {
+  std::vector<Slot> trial = slots;
+  Json out = Json::array();
+  std::map<std::string, int> per_container;
+  for (int rank = 0; rank < std::max(1, a.workers); ++rank) {
+    int i = BestFit(trial, a.resources);
+    if (i < 0) return false;
+    Slot& s = trial[static_cast<size_t>(i)];
+    Json gpus = Json::array(), uuids = Json::array();
+    Take(s, a.resources, &gpus, &uuids);
+    out.push_back(Json{{"rank", rank},
+                       {"local_rank", per_container[s.c->id]++},
+                       {"container", s.c->id},
+                       {"gpus", gpus},
+                       {"gpu_uuids", uuids}});
+  }
+  slots = std::move(trial);
+  *placements = std::move(out);
+  return true;
+}
+
 // Queued attempts that cannot be placed even on the containers already asked for.
 int UnplacedDemand(const State& state) {
   std::vector<Slot> slots = FreeSlots(state, /*include_pending=*/true);
@@ -593,13 +710,8 @@ int UnplacedDemand(const State& state) {
   for (const auto& [key, attempt_id] : state.queue) {
     const Attempt* a = state.FindAttempt(attempt_id);
     if (!a) continue;
-    int i = BestFit(slots, a->resources);
-    if (i < 0) {
-      ++unplaced;
-      continue;
-    }
-    Json g = Json::array(), u = Json::array();
-    Take(slots[static_cast<size_t>(i)], a->resources, &g, &u);
+    Json placements;
+    if (!PlaceAll(slots, *a, &placements)) ++unplaced;
   }
   return unplaced;
 }
@@ -624,6 +736,7 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
   if (state.queue.empty()) return out;
   std::vector<Slot> free = FreeSlots(state, /*include_pending=*/false);
   if (free.empty()) return out;
+  uint64_t gangs = 0;
   for (const auto& [key, attempt_id] : state.queue) {
     std::string run_id, step;
     int n;
@@ -631,14 +744,25 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
     const Run* run = state.FindRun(run_id);
     const Attempt* a = state.FindAttempt(attempt_id);
     if (!run || !a || run->cancel_requested || IsTerminal(run->phase)) continue;
-    int i = BestFit(free, a->resources);
-    if (i < 0) continue;  // later, smaller attempts may still fit (backfill)
-    Slot& slot = free[static_cast<size_t>(i)];
-    Json gpus = Json::array(), uuids = Json::array();
-    Take(slot, a->resources, &gpus, &uuids);
+    Json placements;
+    if (!PlaceAll(free, *a, &placements)) continue;  // later, smaller ones may fit (backfill)
+    const Json& p0 = placements[0];
+    if (a->workers <= 1) {
+      out.push_back(RunEvent(*run, ev::kJobAssigned,
+                             Json{{"step", step}, {"attempt", n}, {"container", p0["container"]},
+                                  {"gpus", p0["gpus"]}, {"gpu_uuids", p0["gpu_uuids"]}}));
+      continue;
+    }
+    // A gang: torch.distributed's rendezvous is rank 0's host and a port chosen
+    // here (deterministically, so replay agrees).
+    const Container& c0 = state.containers.at(p0["container"].get<std::string>());
+    int port = 29500 + static_cast<int>((state.gangs_placed + gangs) % 2000);
+    ++gangs;
     out.push_back(RunEvent(*run, ev::kJobAssigned,
-                           Json{{"step", step}, {"attempt", n}, {"container", slot.c->id},
-                                {"gpus", gpus}, {"gpu_uuids", uuids}}));
+                           Json{{"step", step}, {"attempt", n}, {"container", p0["container"]},
+                                {"placements", placements},
+                                {"master_addr", c0.host.empty() ? "127.0.0.1" : c0.host},
+                                {"master_port", port}}));
   }
   return out;
 }

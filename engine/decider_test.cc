@@ -535,3 +535,115 @@ TEST_F(ScalingTest, PriorityMovesARunAhead) {
 
 }  // namespace
 }  // namespace epoch::engine
+
+namespace epoch::engine {
+namespace {
+
+class GangTest : public ScalingTest {
+ protected:
+  void SetUp() override {
+    cfg_.min_replicas = 2;
+    cfg_.max_replicas = 3;
+    cfg_.allocation_unit = 1;
+    cfg_.container_gpus = 1;
+    Tick();
+    Register("c1", 1);
+    Register("c2", 1);
+    Submit(R"({"name":"ddp","steps":[{"name":"t","command":["train"],"workers":3,
+        "resources":{"gpus":1,"cpu":"100m"},"retry":{"limit":1,"initial":"1s"}}]})", 1);
+  }
+  const Attempt& A() { return *s_.runs["ddp0"].steps[0].Last(); }
+  std::vector<RecordedEvent> Report(const std::string& container, Json reports) {
+    PollContainer p;
+    p.container = container;
+    p.reports = std::move(reports);
+    Status st;
+    auto evs = Run(p, &st);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return evs;
+  }
+  static Json R(int rank, const std::string& state, int attempt = 1) {
+    return Json{{"attempt_id", "ddp0/t/" + std::to_string(attempt) + "/" + std::to_string(rank)},
+                {"state", state}, {"exit_code", state == "succeeded" ? 0 : 1}};
+  }
+};
+
+TEST_F(GangTest, WaitsWithoutHoldingGpusThenPlacesAllWorkersTogether) {
+  EXPECT_EQ(A().phase, AttemptPhase::kQueued);
+  EXPECT_TRUE(s_.containers["c1"].busy_gpus.empty());  // nothing held while waiting
+  EXPECT_TRUE(s_.containers["c2"].busy_gpus.empty());
+  // The waiting gang is demand: the pool asks for a third container.
+  auto evs = Tick();
+  ASSERT_EQ(Count(evs, ev::kContainerRequested), 1);
+  Register("c3", 1);
+  const Attempt& a = A();
+  ASSERT_EQ(a.phase, AttemptPhase::kAssigned);
+  ASSERT_EQ(a.ranks.size(), 3u);
+  std::set<std::string> containers;
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(a.ranks[r].rank, r);
+    EXPECT_EQ(a.ranks[r].local_rank, 0);  // one worker per container here
+    EXPECT_EQ(a.ranks[r].gpus.size(), 1u);
+    containers.insert(a.ranks[r].container);
+  }
+  EXPECT_EQ(containers.size(), 3u);
+  EXPECT_GE(a.master_port, 29500);
+  EXPECT_EQ(s_.containers["c3"].attempts.count("ddp0/t/1/" + std::to_string(
+                [&] { for (const auto& w : a.ranks) if (w.container == "c3") return w.rank; return -1; }())),
+            1u);
+}
+
+TEST_F(GangTest, AllWorkersSucceedingSucceedsTheAttemptOnce) {
+  Tick();
+  Register("c3", 1);
+  const Attempt& a = A();
+  std::map<std::string, Json> by_container;
+  for (const auto& w : a.ranks) by_container[w.container].push_back(R(w.rank, "succeeded"));
+  auto it = by_container.begin();
+  auto evs = Report(it->first, it->second);
+  EXPECT_EQ(Count(evs, ev::kJobSucceeded), 0);
+  ++it;
+  evs = Report(it->first, it->second);
+  EXPECT_EQ(Count(evs, ev::kJobSucceeded), 0);
+  ++it;
+  evs = Report(it->first, it->second);
+  EXPECT_EQ(Count(evs, ev::kJobSucceeded), 1);
+  EXPECT_EQ(Count(evs, ev::kRunSucceeded), 1);
+  for (const auto& id : {"c1", "c2", "c3"}) EXPECT_TRUE(s_.containers[id].busy_gpus.empty());
+}
+
+TEST_F(GangTest, OneWorkerFailingFailsTheAttemptAndTheStepRetriesAsAWhole) {
+  Tick();
+  Register("c3", 1);
+  std::map<int, std::string> where;
+  for (const auto& w : A().ranks) where[w.rank] = w.container;
+  for (const auto& [rank, c] : where) {  // every worker is running
+    PollContainer p;
+    p.container = c;
+    p.running = {"ddp0/t/1/" + std::to_string(rank)};
+    EXPECT_EQ(Count(Run(p), ev::kJobStarted), 1);
+  }
+  EXPECT_EQ(A().phase, AttemptPhase::kRunning);
+  auto evs = Report(where[1], Json::array({R(1, "failed")}));
+  EXPECT_EQ(Count(evs, ev::kJobWorkerFinished), 1);
+  EXPECT_EQ(Count(evs, ev::kJobFailed), 1);
+  EXPECT_EQ(Count(evs, ev::kJobRetryScheduled), 1);
+  const Attempt& first = s_.runs["ddp0"].steps[0].attempts[0];
+  EXPECT_EQ(first.phase, AttemptPhase::kFailed);
+  EXPECT_NE(first.reason.find("worker 1"), std::string::npos);
+  // Workers 0 and 2 still hold their GPUs until they report (they are being stopped).
+  EXPECT_EQ(s_.containers[where[0]].busy_gpus.size(), 1u);
+  EXPECT_TRUE(s_.containers[where[1]].busy_gpus.empty());
+  now_ += std::chrono::seconds(1);
+  Tick();  // the retry is queued but cannot be placed yet
+  EXPECT_EQ(s_.runs["ddp0"].steps[0].attempts.size(), 2u);
+  EXPECT_EQ(A().phase, AttemptPhase::kQueued);
+  Report(where[0], Json::array({R(0, "cancelled")}));
+  Report(where[2], Json::array({R(2, "cancelled")}));
+  EXPECT_EQ(A().phase, AttemptPhase::kAssigned);  // the whole gang again
+  EXPECT_EQ(A().ranks.size(), 3u);
+  EXPECT_EQ(s_.runs["ddp0"].steps[0].attempts[0].ranks[0].phase, AttemptPhase::kCancelled);
+}
+
+}  // namespace
+}  // namespace epoch::engine

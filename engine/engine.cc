@@ -331,6 +331,41 @@ DispatchView Engine::DispatchFor(const std::string& container,
   if (it == s.containers.end()) return view;
   for (const auto& id : it->second.attempts) {
     if (run_set.count(id) || rep_set.count(id)) continue;
+    const Attempt* ga = nullptr;
+    if (const Worker* w = s.FindWorker(id, &ga)) {
+      // A gang worker: handed out once every worker of its attempt is placed
+      // (they are placed together), with torch.distributed's variables.
+      if (w->phase != AttemptPhase::kAssigned || IsTerminal(ga->phase)) continue;
+      std::string run_id, step;
+      int n, rank;
+      ParseTaskId(id, &run_id, &step, &n, &rank);
+      const Run* run = s.FindRun(run_id);
+      if (!run || run->cancel_requested || IsTerminal(run->phase)) continue;
+      Json env = ga->env;
+      env["WORLD_SIZE"] = std::to_string(ga->workers);
+      env["RANK"] = std::to_string(rank);
+      env["LOCAL_RANK"] = std::to_string(w->local_rank);
+      env["MASTER_ADDR"] = ga->master_addr;
+      env["MASTER_PORT"] = std::to_string(ga->master_port);
+      std::string outputs = OutputsDir(cfg, run_id, step, n);
+      std::string log = LogPath(cfg, run_id, step, n);
+      if (rank > 0) {  // rank 0 writes the step's outputs and main log
+        outputs += "-" + std::to_string(rank);
+        log = log.substr(0, log.size() - 4) + "." + std::to_string(rank) + ".log";
+      }
+      view.assignments.push_back(Json{{"attempt_id", id},
+                                      {"run", run_id},
+                                      {"step", step},
+                                      {"attempt", n},
+                                      {"argv", ga->argv},
+                                      {"env", env},
+                                      {"workspace", WorkspaceDir(cfg, run_id)},
+                                      {"outputs_dir", outputs},
+                                      {"log_path", log},
+                                      {"timeout_ms", ga->timeout_ms},
+                                      {"gpus", w->gpus}});
+      continue;
+    }
     const Attempt* a = s.FindAttempt(id);
     if (!a || a->phase != AttemptPhase::kAssigned) continue;
     std::string run_id, step;
@@ -350,6 +385,21 @@ DispatchView Engine::DispatchFor(const std::string& container,
   }
   for (const auto& id : running) {
     if (rep_set.count(id)) continue;
+    const Attempt* ga = nullptr;
+    if (const Worker* w = s.FindWorker(id, &ga)) {
+      // A worker runs on only while its whole attempt does.
+      std::string run_id, step;
+      int n, rank;
+      ParseTaskId(id, &run_id, &step, &n, &rank);
+      const Run* run = s.FindRun(run_id);
+      if (IsTerminal(ga->phase) || w->container != container || !run || run->cancel_requested ||
+          IsTerminal(run->phase) || (IsTerminal(w->phase) && w->phase != AttemptPhase::kCancelled)) {
+        view.cancels.push_back(id);
+      } else if (w->phase == AttemptPhase::kCancelled) {
+        view.cancels.push_back(id);
+      }
+      continue;
+    }
     const Attempt* a = s.FindAttempt(id);
     std::string run_id, step;
     int n;

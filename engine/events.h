@@ -32,6 +32,7 @@ inline constexpr std::string_view kJobSucceeded = "JobSucceeded";  // {step, att
 inline constexpr std::string_view kJobFailed = "JobFailed";  // {step, attempt, exit_code, signal, reason, usage}
 inline constexpr std::string_view kJobTimedOut = "JobTimedOut";  // {step, attempt, usage}
 inline constexpr std::string_view kJobCancelled = "JobCancelled";  // {step, attempt, reason, usage}
+inline constexpr std::string_view kJobWorkerFinished = "JobWorkerFinished";  // {step, attempt, rank, state, exit_code, signal, reason, usage}
 inline constexpr std::string_view kJobRetryScheduled = "JobRetryScheduled";  // {step, attempt, not_before}
 // Containers (stream container-<id>)
 inline constexpr std::string_view kContainerRequested = "ContainerRequested";  // {container, backend, spec, reason}

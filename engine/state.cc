@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace epoch::engine {
 
 std::string_view Name(RunPhase p) {
@@ -83,6 +85,38 @@ bool ParseAttemptId(std::string_view id, std::string* run, std::string* step, in
   return true;
 }
 
+std::string TaskId(std::string_view run, std::string_view step, int attempt, int rank) {
+  return AttemptId(run, step, attempt) + "/" + std::to_string(rank);
+}
+
+bool ParseTaskId(std::string_view id, std::string* run, std::string* step, int* attempt,
+                 int* rank) {
+  auto last = id.rfind('/');
+  if (last != std::string_view::npos && std::count(id.begin(), id.end(), '/') == 3) {
+    std::string_view r = id.substr(last + 1);
+    if (r.empty() || r.size() > 4) return false;
+    int n = 0;
+    for (char c : r) {
+      if (c < '0' || c > '9') return false;
+      n = n * 10 + (c - '0');
+    }
+    *rank = n;
+    return ParseAttemptId(id.substr(0, last), run, step, attempt);
+  }
+  *rank = -1;
+  return ParseAttemptId(id, run, step, attempt);
+}
+
+const Worker* State::FindWorker(std::string_view task_id, const Attempt** attempt) const {
+  std::string run, step;
+  int n, rank;
+  if (!ParseTaskId(task_id, &run, &step, &n, &rank) || rank < 0) return nullptr;
+  const Attempt* a = FindAttempt(AttemptId(run, step, n));
+  if (!a || rank >= static_cast<int>(a->ranks.size())) return nullptr;
+  if (attempt) *attempt = a;
+  return &a->ranks[static_cast<size_t>(rank)];
+}
+
 StepRun* Run::FindStep(std::string_view name) {
   for (auto& s : steps) {
     if (s.name == name) return &s;
@@ -137,18 +171,47 @@ std::optional<int> OptInt(const Json& d, const char* key) {
 }
 
 // Releases an attempt's reservation on its container.
-void ReleaseReservation(State& s, const std::string& attempt_id, Attempt& a, TimePoint now) {
-  if (a.container.empty()) return;
-  auto it = s.containers.find(a.container);
+// Releases what `id` (an attempt or a gang worker) holds on `container`.
+void Release(State& s, const std::string& container, const std::string& id,
+             const workflows::Resources& r, const Json& gpus, TimePoint now) {
+  auto it = s.containers.find(container);
   if (it == s.containers.end()) return;
   Container& c = it->second;
-  if (c.attempts.erase(attempt_id) == 0) return;
-  c.used_cpu -= a.resources.cpu_millis;
-  c.used_memory -= a.resources.memory_bytes;
-  for (const auto& g : a.gpus) {
+  if (c.attempts.erase(id) == 0) return;
+  c.used_cpu -= r.cpu_millis;
+  c.used_memory -= r.memory_bytes;
+  for (const auto& g : gpus) {
     if (g.is_string()) c.busy_gpus.erase(g.get<std::string>());
   }
   if (c.attempts.empty()) c.idle_since = now;
+}
+
+void Reserve(State& s, const std::string& container, const std::string& id,
+             const workflows::Resources& r, const Json& gpus) {
+  auto it = s.containers.find(container);
+  if (it == s.containers.end()) return;
+  Container& c = it->second;
+  if (!c.attempts.insert(id).second) return;
+  c.used_cpu += r.cpu_millis;
+  c.used_memory += r.memory_bytes;
+  for (const auto& g : gpus) {
+    if (g.is_string()) c.busy_gpus.insert(g.get<std::string>());
+  }
+}
+
+void ReleaseReservation(State& s, const std::string& attempt_id, Attempt& a, TimePoint now) {
+  if (a.workers <= 1) {
+    if (!a.container.empty()) Release(s, a.container, attempt_id, a.resources, a.gpus, now);
+    return;
+  }
+  // A gang: workers that never started give their room back now; running ones
+  // keep it until they report (they are being stopped).
+  for (auto& w : a.ranks) {
+    if (w.phase != AttemptPhase::kAssigned) continue;
+    w.phase = AttemptPhase::kCancelled;
+    w.finished_at = now;
+    Release(s, w.container, attempt_id + "/" + std::to_string(w.rank), a.resources, w.gpus, now);
+  }
 }
 
 void RemoveFromQueue(State& s, const std::string& attempt_id, const Run& run, const Attempt& a) {
@@ -252,6 +315,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     a.argv = d.value("argv", Json::array());
     a.env = d.value("env", Json::object());
     a.timeout_ms = d.value("timeout_ms", int64_t{0});
+    a.workers = d.value("workers", 1);
     a.queue_seq = s.next_queue_seq++;
     a.queued_at = e.time;
     t.step->attempts.push_back(a);
@@ -267,22 +331,43 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     Attempt& a = *t.attempt;
     RemoveFromQueue(s, t.attempt_id, run, a);
     a.phase = AttemptPhase::kAssigned;
-    a.container = d.value("container", "");
-    a.gpus = d.value("gpus", Json::array());
-    a.gpu_uuids = d.value("gpu_uuids", Json::array());
     a.assigned_at = e.time;
-    auto it = s.containers.find(a.container);
-    if (it != s.containers.end()) {
-      Container& c = it->second;
-      c.attempts.insert(t.attempt_id);
-      c.used_cpu += a.resources.cpu_millis;
-      c.used_memory += a.resources.memory_bytes;
-      for (const auto& g : a.gpus) {
-        if (g.is_string()) c.busy_gpus.insert(g.get<std::string>());
+    if (d.contains("placements")) {
+      s.gangs_placed++;
+      a.master_addr = d.value("master_addr", "127.0.0.1");
+      a.master_port = d.value("master_port", 0);
+      for (const auto& p : d["placements"]) {
+        Worker w;
+        w.rank = p.value("rank", 0);
+        w.local_rank = p.value("local_rank", 0);
+        w.container = p.value("container", "");
+        w.gpus = p.value("gpus", Json::array());
+        w.gpu_uuids = p.value("gpu_uuids", Json::array());
+        Reserve(s, w.container, t.attempt_id + "/" + std::to_string(w.rank), a.resources, w.gpus);
+        a.ranks.push_back(std::move(w));
       }
+      if (!a.ranks.empty()) {
+        a.container = a.ranks[0].container;
+        a.gpus = a.ranks[0].gpus;
+        a.gpu_uuids = a.ranks[0].gpu_uuids;
+      }
+    } else {
+      a.container = d.value("container", "");
+      a.gpus = d.value("gpus", Json::array());
+      a.gpu_uuids = d.value("gpu_uuids", Json::array());
+      Reserve(s, a.container, t.attempt_id, a.resources, a.gpus);
     }
   } else if (type == ev::kJobStarted) {
-    if (!t.attempt || t.attempt->phase != AttemptPhase::kAssigned) return;
+    if (!t.attempt) return;
+    if (d.contains("rank")) {
+      int rank = d.value("rank", -1);
+      if (rank < 0 || rank >= static_cast<int>(t.attempt->ranks.size())) return;
+      Worker& w = t.attempt->ranks[static_cast<size_t>(rank)];
+      if (w.phase != AttemptPhase::kAssigned) return;
+      w.phase = AttemptPhase::kRunning;
+      w.started_at = e.time;
+    }
+    if (t.attempt->phase != AttemptPhase::kAssigned) return;
     t.attempt->phase = AttemptPhase::kRunning;
     t.attempt->started_at = e.time;
     t.step->phase = StepPhase::kRunning;
@@ -309,6 +394,25 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     // gives up (RunFailed / RunCancelled settle the step).
     t.step->phase = type == ev::kJobCancelled ? StepPhase::kCancelled : StepPhase::kFailed;
     t.step->reason = t.attempt->reason;
+  } else if (type == ev::kJobWorkerFinished) {
+    if (!t.attempt) return;
+    int rank = d.value("rank", -1);
+    if (rank < 0 || rank >= static_cast<int>(t.attempt->ranks.size())) return;
+    Worker& w = t.attempt->ranks[static_cast<size_t>(rank)];
+    if (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled) return;
+    std::string st = d.value("state", "failed");
+    w.phase = st == "succeeded"   ? AttemptPhase::kSucceeded
+              : st == "timed_out" ? AttemptPhase::kTimedOut
+              : st == "cancelled" ? AttemptPhase::kCancelled
+              : st == "lost"      ? AttemptPhase::kLost
+                                  : AttemptPhase::kFailed;
+    w.finished_at = e.time;
+    w.exit_code = OptInt(d, "exit_code");
+    w.signal = OptInt(d, "signal");
+    if (d.contains("reason") && d["reason"].is_string()) w.reason = d["reason"].get<std::string>();
+    if (d.contains("usage") && d["usage"].is_object()) w.usage = d["usage"];
+    Release(s, w.container, t.attempt_id + "/" + std::to_string(rank), t.attempt->resources, w.gpus,
+            e.time);
   } else if (type == ev::kJobRetryScheduled) {
     if (!t.step) return;
     auto nb = TimeField(d, "not_before", e.time);

@@ -43,6 +43,25 @@ bool IsTerminal(StepPhase p);
 std::string AttemptId(std::string_view run, std::string_view step, int attempt);
 // Splits an attempt id; false if malformed.
 bool ParseAttemptId(std::string_view id, std::string* run, std::string* step, int* attempt);
+// One worker of a distributed (gang) attempt: "<run>/<step>/<attempt>/<rank>".
+std::string TaskId(std::string_view run, std::string_view step, int attempt, int rank);
+// Splits an attempt id (rank -1) or a worker's task id; false if malformed.
+bool ParseTaskId(std::string_view id, std::string* run, std::string* step, int* attempt, int* rank);
+
+// One worker of a gang-scheduled attempt.
+struct Worker {
+  int rank = 0;
+  int local_rank = 0;  // its index among the attempt's workers on the same container
+  AttemptPhase phase = AttemptPhase::kAssigned;
+  std::string container;
+  Json gpus = Json::array();
+  Json gpu_uuids = Json::array();
+  std::optional<int> exit_code;
+  std::optional<int> signal;
+  std::string reason;
+  Json usage = Json::object();
+  TimePoint started_at{}, finished_at{};
+};
 
 struct Attempt {
   int number = 1;
@@ -59,6 +78,10 @@ struct Attempt {
   std::string reason;
   Json usage = Json::object();
   uint64_t queue_seq = 0;  // FIFO order among queued attempts
+  int workers = 1;         // > 1: a gang; `ranks` holds each worker once placed
+  std::vector<Worker> ranks;
+  std::string master_addr;  // rank 0's host, for torch.distributed
+  int master_port = 0;
   TimePoint queued_at{}, assigned_at{}, started_at{}, finished_at{};
 };
 
@@ -146,12 +169,15 @@ struct State {
   int launch_failures_in_row = 0;
   TimePoint last_launch_failure{};
   TimePoint last_scale_up{};  // the pool's last demand-driven round
+  uint64_t gangs_placed = 0;  // picks each gang's MASTER_PORT
 
   const Run* FindRun(std::string_view id) const;
   Run* FindRun(std::string_view id);
   const WorkflowVersion* FindWorkflow(std::string_view name, int version /*0=latest*/) const;
   // The attempt with this id, or null.
   const Attempt* FindAttempt(std::string_view attempt_id) const;
+  // The worker with this task id (and its attempt), or null.
+  const Worker* FindWorker(std::string_view task_id, const Attempt** attempt = nullptr) const;
 };
 
 // Applies one durable event. Unknown types are ignored (forward compatibility);

@@ -30,6 +30,27 @@ Json RunToJson(const Run& run, const EngineConfig& config) {
           {"finished_at", TimeOrNull(a.finished_at)},
           {"usage", a.usage},
           {"argv", a.argv}});
+      if (a.workers > 1) {
+        Json workers = Json::array();
+        for (const auto& w : a.ranks) {
+          workers.push_back(Json{{"rank", w.rank},
+                                 {"local_rank", w.local_rank},
+                                 {"state", Name(w.phase)},
+                                 {"container", w.container},
+                                 {"gpus", w.gpus},
+                                 {"gpu_uuids", w.gpu_uuids},
+                                 {"exit_code", w.exit_code ? Json(*w.exit_code) : Json()},
+                                 {"signal", w.signal ? Json(*w.signal) : Json()},
+                                 {"reason", w.reason.empty() ? Json() : Json(w.reason)},
+                                 {"started_at", TimeOrNull(w.started_at)},
+                                 {"finished_at", TimeOrNull(w.finished_at)},
+                                 {"usage", w.usage}});
+        }
+        attempts.back()["workers"] = workers;
+        attempts.back()["world_size"] = a.workers;
+        attempts.back()["master_addr"] = a.master_addr;
+        attempts.back()["master_port"] = a.master_port;
+      }
     }
     Json step{{"name", s.name},
               {"kind", def ? std::string(workflows::StepKindName(def->kind)) : "task"},

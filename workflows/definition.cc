@@ -256,7 +256,7 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
   }
   CheckKnownFields(j,
                    {"name", "kind", "command", "env", "after", "resources", "retry", "timeout",
-                    "cache", "when", "outputs"},
+                    "cache", "when", "outputs", "workers"},
                    path, p);
 
   auto name = j.find("name");
@@ -382,6 +382,14 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
       p->Add(tpath, "must be positive");
     } else if (d) {
       step->timeout = *d;
+    }
+  }
+
+  if (auto it = j.find("workers"); it != j.end()) {
+    if (it->is_number_integer() && it->get<int64_t>() >= 1 && it->get<int64_t>() <= 256) {
+      step->workers = static_cast<int>(it->get<int64_t>());
+    } else {
+      p->Add(JoinPath(path, "workers"), "must be an integer from 1 to 256");
     }
   }
 

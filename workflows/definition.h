@@ -60,6 +60,9 @@ struct Step {
   RetryPolicy retry;
   std::optional<Micros> timeout;
   bool cache = false;
+  // Distributed step: `workers` processes run at once (gang-scheduled: all placed or
+  // none), each with `resources`, RANK 0..workers-1 and WORLD_SIZE = workers.
+  int workers = 1;
   std::string when;                           // source text, empty = always
   std::shared_ptr<const WhenExpr> when_expr;  // null when `when` is empty
   // Declared output file names (plain names, no '/'); empty = none declared. When

@@ -606,3 +606,19 @@ TEST(StepKind, Names) {
 
 }  // namespace
 }  // namespace epoch::workflows
+
+namespace epoch::workflows {
+namespace {
+
+TEST(WorkersTest, ParsedAndValidated) {
+  auto ok = ParseDefinition(*ParseJson(
+      R"({"name":"ddp","steps":[{"name":"t","command":["x"],"workers":3,"resources":{"gpus":1}}]})"));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ((*ok)->steps[0].workers, 3);
+  auto bad = ParseDefinition(*ParseJson(R"({"name":"ddp","steps":[{"name":"t","command":["x"],"workers":0}]})"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().details().at(0), "steps[0].workers: must be an integer from 1 to 256");
+}
+
+}  // namespace
+}  // namespace epoch::workflows
