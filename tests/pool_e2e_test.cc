@@ -146,5 +146,56 @@ TEST(PoolE2ETest, GpusAreIsolatedPerAttempt) {
   EXPECT_EQ(d.Head(), head);
 }
 
+TEST(PoolE2ETest, GangWaitsForRoomRunsEveryRankAndRetriesAsAWhole) {
+  TempDir dir;
+  setenv("EPOCH_FAKE_GPUS", "1", 1);
+  Epochd d(dir.path(), {"sig.minReplicas=2", "sig.maxReplicas=3", "sig.gpu=1", "sig.cpu=1",
+                        "sig.ssAllocationUnit=1", "sig.ssAllocationInterval=0s"});
+  d.Start();
+  unsetenv("EPOCH_FAKE_GPUS");
+  // Attempt 1: rank 1 fails at once while the others would run for a minute; the
+  // step retries as a whole and attempt 2 succeeds.
+  auto reg = d.PostJson("/v1/workflows", Json::parse(R"J({"name": "ddp", "steps": [
+      {"name": "train", "kind": "train", "workers": 3,
+       "resources": {"gpus": 1, "cpu": "500m"}, "retry": {"limit": 1, "initial": "200ms"},
+       "command": ["sh", "-c", "echo $RANK $WORLD_SIZE $LOCAL_RANK $MASTER_ADDR $MASTER_PORT $CUDA_VISIBLE_DEVICES > {{workspace}}/rank-$RANK-$EPOCH_ATTEMPT; if [ $EPOCH_ATTEMPT = 1 ]; then if [ $RANK = 1 ]; then exit 1; fi; sleep 60; fi"]}]})J"));
+  ASSERT_EQ(reg.status, 201) << reg.body;
+  auto t0 = std::chrono::steady_clock::now();
+  auto sub = d.PostJson("/v1/runs", Json{{"workflow", "ddp"}});
+  ASSERT_EQ(sub.status, 201) << sub.body;
+  std::string run = sub.json()["id"];
+  Json r = d.WaitForRun(run, 60s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
+  // The survivors of attempt 1 were stopped, not left to sleep for a minute.
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 30s);
+  const Json& attempts = r["steps"][0]["attempts"];
+  ASSERT_EQ(attempts.size(), 2u);
+  EXPECT_EQ(attempts[0]["state"], "failed");
+  EXPECT_NE(attempts[0]["reason"].get<std::string>().find("worker 1"), std::string::npos);
+  ASSERT_EQ(attempts[1]["workers"].size(), 3u);
+  std::set<std::string> containers;
+  std::string port;
+  for (int rank = 0; rank < 3; ++rank) {
+    const Json& w = attempts[1]["workers"][rank];
+    EXPECT_EQ(w["state"], "succeeded");
+    containers.insert(w["container"]);
+    std::istringstream line(Slurp(dir.path() + "/runs/" + run + "/rank-" + std::to_string(rank) + "-2"));
+    std::string r_, world, local, addr, p, cvd;
+    line >> r_ >> world >> local >> addr >> p >> cvd;
+    EXPECT_EQ(r_, std::to_string(rank));
+    EXPECT_EQ(world, "3");
+    EXPECT_EQ(local, "0");
+    EXPECT_FALSE(addr.empty());
+    EXPECT_EQ(cvd, "0");  // each container has one simulated GPU
+    if (rank == 0) port = p;
+    EXPECT_EQ(p, port);
+  }
+  // Three containers: the gang waited for the pool to add the third.
+  EXPECT_EQ(containers.size(), 3u);
+  Json requested = Items(d, "/v1/events?type=ContainerRequested");
+  ASSERT_EQ(requested.size(), 3u);
+  EXPECT_EQ(requested[2]["data"]["reason"], "demand");
+}
+
 }  // namespace
 }  // namespace epoch::testing
