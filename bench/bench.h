@@ -12,5 +12,7 @@ int RunAppendBench(int argc, char** argv);
 int RunStepsBench(int argc, char** argv);
 // epoch-bench submit [--clients 1,8,32] [--seconds S]: durable runs/s over HTTP.
 int RunSubmitBench(int argc, char** argv);
+// epoch-bench schedule [--attempts N] [--containers C] [--gpus G]: placement decisions/s.
+int RunScheduleBench(int argc, char** argv);
 
 }  // namespace epoch::bench
