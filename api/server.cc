@@ -208,6 +208,10 @@ struct ApiServer::Impl {
 
 void ApiServer::Impl::Routes() {
   http.set_tcp_nodelay(true);
+  // httplib closes a keep-alive connection after 5 requests by default; clients
+  // that reuse connections (epochctl, agents, load) would see spurious errors.
+  http.set_keep_alive_max_count(1000000);
+  http.set_keep_alive_timeout(30);
   http.set_payload_max_length(config.max_body_bytes);
   http.set_read_timeout(std::chrono::seconds(30));
   http.set_write_timeout(std::chrono::seconds(30));

@@ -67,7 +67,11 @@ int RunSubmitBench(int argc, char** argv) {
           auto r = cli.Post("/v1/runs", R"({"workflow":"bench"})", "application/json");
           auto e = std::chrono::steady_clock::now();
           if (!r || r->status != 201) {
-            errors++;
+            if (errors++ == 0) {
+              std::fprintf(stderr, "first error: %s\n",
+                           r ? (std::to_string(r->status) + " " + r->body).c_str()
+                             : httplib::to_string(r.error()).c_str());
+            }
             continue;
           }
           mine.push_back(std::chrono::duration<double, std::milli>(e - s).count());
