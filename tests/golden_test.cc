@@ -1,0 +1,70 @@
+// Golden histories: event logs written by earlier versions of Epoch, which every
+// later version must replay to the same state. Never edit a .ndjson here; add new
+// histories instead. The expected state (.state.json) is regenerated only on
+// purpose: EPOCH_UPDATE_GOLDEN=1 rewrites it, and the diff is reviewed.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "common/json.h"
+#include "engine/engine.h"
+#include "engine/state.h"
+
+namespace epoch::engine {
+namespace {
+
+std::string Dir() { return std::string(EPOCH_SOURCE_DIR) + "/tests/golden/"; }
+
+State Replay(const std::string& name) {
+  std::ifstream in(Dir() + name + ".ndjson");
+  EXPECT_TRUE(in.good()) << name;
+  State s;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = ParseJson(line);
+    EXPECT_TRUE(j.ok()) << line;
+    RecordedEvent e;
+    e.position = (*j)["position"];
+    e.stream = (*j)["stream"];
+    e.type = (*j)["type"];
+    e.data = (*j)["data"];
+    e.actor = (*j)["actor"];
+    e.epoch = (*j)["epoch"];
+    e.time = *ParseTime((*j)["time"].get<std::string>());
+    Evolve(s, e);
+  }
+  return s;
+}
+
+TEST(GoldenTest, V1HistoryReplaysToTheRecordedState) {
+  State s = Replay("v1-history");
+  Json got = StateDigestJson(s);
+  std::string expected_path = Dir() + "v1-history.state.json";
+  if (std::getenv("EPOCH_UPDATE_GOLDEN")) {
+    std::ofstream(expected_path) << got.dump(1) << "\n";
+  }
+  std::ifstream in(expected_path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto want = ParseJson(ss.str());
+  ASSERT_TRUE(want.ok()) << "missing " << expected_path;
+  EXPECT_EQ(got, *want) << "replaying v1-history no longer gives the recorded state";
+  // What the history is known to contain, independent of the file above.
+  EXPECT_EQ(s.head, 82u);
+  int succeeded = 0, failed = 0, cancelled = 0, running = 0;
+  for (const auto& [id, r] : s.runs) {
+    succeeded += r.phase == RunPhase::kSucceeded;
+    failed += r.phase == RunPhase::kFailed;
+    cancelled += r.phase == RunPhase::kCancelled;
+    running += r.phase == RunPhase::kRunning || r.phase == RunPhase::kQueued;
+  }
+  EXPECT_EQ(succeeded, 2);  // hello-lifecycle twice (once with infer skipped)
+  EXPECT_EQ(cancelled, 1);  // long, cancelled while running
+  EXPECT_EQ(failed + running, 1);  // flaky: failed, then retried
+  EXPECT_EQ(s.idempotency.size(), 1u);
+}
+
+}  // namespace
+}  // namespace epoch::engine
