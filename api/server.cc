@@ -470,15 +470,16 @@ void ApiServer::Impl::RunsRoutes() {
              if (!cursor.ok()) return WriteError(res, err);
              std::string state = req.get_param_value("state");
              std::string workflow = req.get_param_value("workflow");
-             std::string label = req.get_param_value("label");
-             std::string lk, lv;
-             if (!label.empty()) {
-               auto eq = label.find('=');
-               if (eq == std::string::npos) {
-                 return WriteError(res, {400, "bad_parameter", "label must be key=value", {}});
+             // label=k=v, repeatable: a run must carry every one.
+             std::vector<std::pair<std::string, std::string>> labels;
+             auto range = req.params.equal_range("label");
+             for (auto it = range.first; it != range.second; ++it) {
+               auto eq = it->second.find('=');
+               if (eq == std::string::npos || eq == 0) {
+                 return WriteError(res, {400, "bad_parameter",
+                                         "label must be key=value, got '" + it->second + "'", {}});
                }
-               lk = label.substr(0, eq);
-               lv = label.substr(eq + 1);
+               labels.push_back({it->second.substr(0, eq), it->second.substr(eq + 1)});
              }
              static const std::set<std::string> kStates{"queued", "running", "succeeded", "failed",
                                                         "cancelled"};
@@ -496,7 +497,14 @@ void ApiServer::Impl::RunsRoutes() {
                  const engine::Run& r = s.runs.at(it->second);
                  if (!state.empty() && engine::Name(r.phase) != state) continue;
                  if (!workflow.empty() && r.workflow != workflow) continue;
-                 if (!lk.empty() && r.labels.value(lk, std::string("\x01")) != lv) continue;
+                 bool match = true;
+                 for (const auto& [k, v] : labels) {
+                   auto l = r.labels.find(k);
+                   if (l == r.labels.end() || !l->is_string() || l->get<std::string>() != v) {
+                     match = false;
+                   }
+                 }
+                 if (!match) continue;
                  if (static_cast<int64_t>(items.size()) == *limit) {
                    next = std::to_string(it->first + 1);
                    break;

@@ -347,6 +347,41 @@ TEST_F(E2ETest, EventsStreamOverSseAndMetricsCount) {
   EXPECT_NE(m.body.find("route=\"/v1/runs\",code=\"201\"} 1"), std::string::npos) << m.body;
 }
 
+TEST_F(E2ETest, RunListFiltersByLabelsAndPages) {
+  Epochd d(dir_.path(), {"sig.minReplicas=0", "sig.maxReplicas=0"});  // runs stay queued
+  d.Start();
+  ASSERT_EQ(d.PostJson("/v1/workflows", Def(R"J({"name": "l", "steps": [{"name": "a", "command": ["true"]}]})J")).status, 201);
+  std::vector<std::string> ids;
+  for (auto [team, env] : std::vector<std::pair<std::string, std::string>>{
+           {"a", "prod"}, {"a", "dev"}, {"b", "prod"}}) {
+    auto r = d.PostJson("/v1/runs", Json{{"workflow", "l"}, {"labels", {{"team", team}, {"env", env}}}});
+    ASSERT_EQ(r.status, 201) << r.body;
+    ids.push_back(r.json()["id"]);
+  }
+  auto items = [&](const std::string& q) {
+    auto r = d.Get("/v1/runs?" + q);
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.json();
+  };
+  EXPECT_EQ(items("label=team%3Da")["items"].size(), 2u);
+  Json one = items("label=team%3Da&label=env%3Dprod")["items"];
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0]["id"], ids[0]);
+  EXPECT_EQ(items("state=queued")["items"].size(), 3u);
+  EXPECT_EQ(items("state=succeeded")["items"].size(), 0u);
+  // Pages of one, newest first, with no repeats.
+  std::vector<std::string> seen;
+  std::string cursor;
+  for (int i = 0; i < 5; ++i) {
+    Json page = items("limit=1" + (cursor.empty() ? "" : "&cursor=" + cursor));
+    for (const auto& r : page["items"]) seen.push_back(r["id"]);
+    if (page["next_cursor"].is_null()) break;
+    cursor = page["next_cursor"];
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{ids[2], ids[1], ids[0]}));
+  EXPECT_EQ(d.Get("/v1/runs?label=nokey").status, 400);
+}
+
 TEST_F(E2ETest, LogsFollowStreamsLinesUntilTheAttemptEnds) {
   Epochd d(dir_.path());
   d.Start();
