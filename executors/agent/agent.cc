@@ -159,10 +159,40 @@ struct Assignment {
   std::map<std::string, std::string> env;
   std::string workspace, outputs_dir, log_path;
   int64_t timeout_ms = 0;
-  std::vector<std::string> gpus;
+  std::vector<std::string> gpus;  // as sent: indices (or UUIDs) of this container's GPUs
+  std::string cuda_visible_devices, gpu_uuids;  // resolved: comma-joined visible_ids, UUIDs
 };
 
-Result<Assignment> ParseAssignment(const Json& j, const std::string& data_dir) {
+// Maps the assignment's GPU indices to the child's CUDA_VISIBLE_DEVICES (visible_ids)
+// and EPOCH_GPU_UUIDS. kInvalidArgument "unknown GPU index N" for one this container
+// does not have (a UUID of one of its GPUs is accepted too), or one listed twice.
+Status ResolveGpus(const gpu::Inventory& inventory, Assignment* a) {
+  std::set<int> seen;
+  for (const auto& want : a->gpus) {
+    const gpu::GpuInfo* found = nullptr;
+    for (const auto& g : inventory.gpus) {
+      if (want == std::to_string(g.index) || (!g.uuid.empty() && want == g.uuid)) {
+        found = &g;
+        break;
+      }
+    }
+    if (found == nullptr) return InvalidArgument("unknown GPU index " + want);
+    if (!seen.insert(found->index).second) {
+      return InvalidArgument("GPU index " + want + " is listed twice");
+    }
+    if (!found->healthy) {
+      spdlog::warn("attempt {} is given GPU {} ({}), which is not healthy: {}", a->attempt_id,
+                   found->index, found->uuid, found->reason);
+    }
+    const char* sep = a->cuda_visible_devices.empty() ? "" : ",";
+    a->cuda_visible_devices += sep + found->visible_id;
+    a->gpu_uuids += sep + found->uuid;
+  }
+  return Status::Ok();
+}
+
+Result<Assignment> ParseAssignment(const Json& j, const std::string& data_dir,
+                                   const gpu::Inventory& inventory) {
   if (!j.is_object()) return InvalidArgument("assignment is not an object");
   Assignment a;
   a.attempt_id = GetString(j, "attempt_id");
@@ -216,6 +246,7 @@ Result<Assignment> ParseAssignment(const Json& j, const std::string& data_dir) {
       }
     }
   }
+  RETURN_IF_ERROR(ResolveGpus(inventory, &a));
   return a;
 }
 
@@ -311,20 +342,6 @@ std::string EscapeAttemptId(std::string_view id) {
       out.push_back(kHex[c >> 4]);
       out.push_back(kHex[c & 15]);
     }
-  }
-  return out;
-}
-
-Json SimulatedGpus(int n, const std::string& container_id) {
-  Json out = Json::array();
-  for (int i = 0; i < n; ++i) {
-    out.push_back({{"index", i},
-                   {"uuid", "GPU-simulated-" + container_id + "-" + std::to_string(i)},
-                   {"name", "Simulated GPU"},
-                   {"memory_bytes", int64_t{16} << 30},
-                   {"healthy", true},
-                   {"simulated", true},
-                   {"reason", "EPOCH_FAKE_GPUS"}});
   }
   return out;
 }
@@ -684,13 +701,14 @@ struct Agent::Impl {
   }
 
   Json RegisterBody() {  // holds mu
+    Json inventory = gpu::ToJson(opt.gpu_inventory);
     char host[256] = {0};
     gethostname(host, sizeof(host) - 1);
     return Json{{"backend", opt.backend},       {"handle", opt.handle},
                 {"host", std::string(host)},    {"pid", static_cast<int64_t>(getpid())},
                 {"cpu_millis", opt.cpu_millis}, {"memory_bytes", opt.memory_bytes},
-                {"gpus", opt.gpu_inventory},    {"epoch_seen", epoch_seen},
-                {"running", RunningIds()}};
+                {"epoch_seen", epoch_seen},     {"running", RunningIds()},
+                {"gpus", inventory["gpus"]},    {"cuda", inventory["cuda"]}};
   }
 
   void PollThread() {
@@ -919,7 +937,7 @@ struct Agent::Impl {
 
   // marker_written: the caller already recorded this attempt as started, durably.
   void Start(const Json& j, bool marker_written) {
-    auto parsed = ParseAssignment(j, opt.data_dir);
+    auto parsed = ParseAssignment(j, opt.data_dir, opt.gpu_inventory);
     if (!parsed.ok()) {
       Assignment a;
       a.attempt_id = GetString(j, "attempt_id");
@@ -938,9 +956,9 @@ struct Agent::Impl {
     ProcessSpec spec;
     spec.argv = a.argv;
     spec.env = a.env;
-    std::string gpus;
-    for (const auto& g : a.gpus) gpus += (gpus.empty() ? "" : ",") + g;
-    spec.env["CUDA_VISIBLE_DEVICES"] = gpus;
+    // Always set, empty when no GPU is assigned: a child must never see the agent's GPUs.
+    spec.env["CUDA_VISIBLE_DEVICES"] = a.cuda_visible_devices;
+    spec.env["EPOCH_GPU_UUIDS"] = a.gpu_uuids;
     spec.env["EPOCH_RUN_ID"] = a.run;
     spec.env["EPOCH_STEP"] = a.step;
     spec.env["EPOCH_ATTEMPT"] = a.attempt;
@@ -1144,8 +1162,10 @@ Result<int> Agent::Run() {
   // httplib writes to sockets that the peer may have closed.
   signal(SIGPIPE, SIG_IGN);
   RETURN_IF_ERROR(impl_->Recover().WithContext("agent state in " + impl_->dir));
-  spdlog::info("agent {} (pid {}) starting: master {}, {} mCPU, {} bytes, {} GPU(s)", o.id,
-               getpid(), impl_->master_url, o.cpu_millis, o.memory_bytes, o.gpus);
+  spdlog::info("agent {} (pid {}) starting: master {}, {} mCPU, {} bytes, {} GPU(s) asked for, "
+               "{} found",
+               o.id, getpid(), impl_->master_url, o.cpu_millis, o.memory_bytes, o.gpus,
+               o.gpu_inventory.gpus.size());
   return impl_->RunAll();
 }
 

@@ -5,7 +5,7 @@
 //
 //   POST {master}/v1/containers/{id}/register
 //     {"backend","handle","host","pid","cpu_millis","memory_bytes","gpus":[...],
-//      "epoch_seen","running":[attempt ids]}
+//      "cuda":{"compiled","reason"},"epoch_seen","running":[attempt ids]}
 //     -> {"epoch","lease_ms","poll_timeout_ms"}            (optional "release": true)
 //   POST {master}/v1/containers/{id}/poll
 //     {"epoch_seen","reports":[report...],"running":[attempt ids]}
@@ -46,6 +46,7 @@
 #include "common/clock.h"
 #include "common/json.h"
 #include "common/status.h"
+#include "gpu/gpu.h"
 
 namespace epoch::executors {
 
@@ -62,9 +63,11 @@ struct AgentOptions {
   Micros orphan_timeout = std::chrono::seconds(300);  // --orphan-timeout
   std::string log_format = "text";                    // --log-format text|json
   std::string log_level = "info";                     // --log-level
-  // The register message's "gpus" (objects as in DESIGN.md). main() fills it
-  // (EPOCH_FAKE_GPUS gives simulated ones); empty by default.
-  Json gpu_inventory = Json::array();
+  // The GPUs this container owns: main() fills it with gpu::DiscoverFromEnv (real and
+  // probed, or EPOCH_FAKE_GPUS's simulated ones); none by default. Registered as
+  // "gpus": [gpu::ToJson...] and "cuda": {"compiled", "reason"}. An assignment's "gpus"
+  // name indices into it; the child gets their visible_ids in CUDA_VISIBLE_DEVICES.
+  gpu::Inventory gpu_inventory;
   Micros tick = std::chrono::milliseconds(10);  // main loop period (reaping, timeouts)
 };
 
@@ -77,9 +80,6 @@ std::string AgentUsage();
 // File-name-safe form of an attempt id: [A-Za-z0-9_-] kept, every other byte %XX
 // ("r1/train/1" -> "r1%2Ftrain%2F1").
 std::string EscapeAttemptId(std::string_view id);
-
-// n simulated GPUs for the register message (EPOCH_FAKE_GPUS), marked "simulated".
-Json SimulatedGpus(int n, const std::string& container_id);
 
 // Exit codes of Run().
 inline constexpr int kAgentExitOk = 0;        // released by the master, or stopped

@@ -6,12 +6,12 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "common/logging.h"
 #include "executors/agent/agent.h"
+#include "gpu/gpu.h"
 
 namespace {
 
@@ -43,12 +43,24 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "epoch-agent: %s\n", st.ToString().c_str());
     return 64;
   }
-  if (const char* fake = std::getenv("EPOCH_FAKE_GPUS"); fake != nullptr && *fake != '\0') {
-    int n = std::atoi(fake);
-    if (n > 0) {
-      options->gpu_inventory = epoch::executors::SimulatedGpus(n, options->id);
-      spdlog::warn("EPOCH_FAKE_GPUS={}: reporting {} simulated GPU(s)", fake, n);
-    }
+  // The GPUs this container owns: EPOCH_FAKE_GPUS's simulated ones, or the CUDA
+  // runtime's, each probed (a few hundred ms per GPU; contexts are released after).
+  options->gpu_inventory = epoch::gpu::DiscoverFromEnv(options->id);
+  const epoch::gpu::Inventory& inv = options->gpu_inventory;
+  if (!inv.gpus.empty() && inv.gpus.front().simulated) {
+    spdlog::warn("EPOCH_FAKE_GPUS: reporting {} simulated GPU(s)", inv.gpus.size());
+  } else if (inv.gpus.empty()) {
+    spdlog::info("no GPUs: {}", inv.reason);
+  }
+  for (const auto& g : inv.gpus) {
+    if (g.simulated) continue;
+    spdlog::info("GPU {}: {} {} ({}, {} bytes, cc {}.{}): {}", g.index, g.uuid, g.name,
+                 g.pci_bus_id, g.memory_bytes, g.cc_major, g.cc_minor,
+                 g.healthy ? "healthy" : "UNHEALTHY: " + g.reason);
+  }
+  if (options->gpus > 0 && static_cast<size_t>(options->gpus) != inv.gpus.size()) {
+    spdlog::warn("--gpus {} but {} GPU(s) found; registering the ones found", options->gpus,
+                 inv.gpus.size());
   }
 
   epoch::executors::Agent agent(std::move(*options));

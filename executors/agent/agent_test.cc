@@ -4,12 +4,15 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <stdlib.h>
+
 #include <atomic>
 #include <thread>
 
 #include "common/files.h"
 #include "executors/agent/fake_master.h"
 #include "executors/test_util.h"
+#include "gpu/gpu.h"
 
 namespace epoch::executors {
 namespace {
@@ -58,6 +61,7 @@ AgentOptions Options(const TempDir& tmp, const FakeMaster& m, const std::string&
   o.cpu_millis = 1500;
   o.memory_bytes = 1LL << 30;
   o.gpus = 2;
+  o.gpu_inventory = gpu::FakeInventory(2, id);
   o.grace = 200ms;
   o.orphan_timeout = 30s;
   o.log_level = "warn";
@@ -217,7 +221,11 @@ TEST(AgentTest, RunsAttemptAndReportsUntilAcked) {
   EXPECT_EQ(reg["handle"], std::to_string(getpid()));
   EXPECT_EQ(reg["cpu_millis"], 1500);
   EXPECT_EQ(reg["memory_bytes"], 1LL << 30);
-  EXPECT_TRUE(reg["gpus"].is_array());
+  ASSERT_EQ(reg["gpus"].size(), 2u);
+  EXPECT_EQ(reg["gpus"][1], gpu::ToJson(gpu::FakeInventory(2, "c-1").gpus[1]));
+  EXPECT_TRUE(reg["gpus"][1]["index"].is_number_integer());
+  EXPECT_EQ(reg["cuda"]["compiled"], gpu::CudaCompiledIn());
+  EXPECT_TRUE(reg["cuda"]["reason"].is_string());
   Json agent_json = Json::parse(Slurp(tmp / "containers/c-1/agent.json"));
   EXPECT_EQ(agent_json["pid"], getpid());
   EXPECT_EQ(agent_json["master_url"], m.url());
@@ -340,6 +348,75 @@ TEST(AgentTest, FailedAndExecFailure) {
   Json r4 = WaitReport(m, AttemptId("r6", "s", 4));
   EXPECT_EQ(r4["state"], "failed");
   EXPECT_NE(r4["reason"].get<std::string>().find("invalid assignment"), std::string::npos);
+}
+
+// The GPUs an assignment names become the child's CUDA_VISIBLE_DEVICES (their
+// visible_ids) and EPOCH_GPU_UUIDS; the inventory comes from EPOCH_FAKE_GPUS as in main().
+TEST(AgentTest, AssignedGpusBecomeCudaVisibleDevices) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentOptions o = Options(tmp, m);
+  ASSERT_EQ(setenv("EPOCH_FAKE_GPUS", "4", 1), 0);
+  o.gpu_inventory = gpu::DiscoverFromEnv(o.id);
+  unsetenv("EPOCH_FAKE_GPUS");
+  AgentRun agent(std::move(o));
+  const std::string env_file = tmp / "gpu-env.txt";
+  auto env_dump = [&](const std::string& out) -> std::vector<std::string> {
+    return {"sh", "-c",
+            "printf 'CUDA_VISIBLE_DEVICES=%s\nEPOCH_GPU_UUIDS=%s\n' "
+            "\"${CUDA_VISIBLE_DEVICES-unset}\" \"${EPOCH_GPU_UUIDS-unset}\" > " +
+                out};
+  };
+  Json a1 = MakeAssignment(tmp, "r20", "train", 1, env_dump(env_file));
+  a1["gpus"] = Json::array({"1", "3"});
+  m.Assign(a1);
+  Json r1 = WaitReport(m, AttemptId("r20", "train", 1));
+  ASSERT_FALSE(r1.is_null()) << "no report";
+  EXPECT_EQ(r1["state"], "succeeded") << r1.dump();
+  EXPECT_EQ(Slurp(env_file),
+            "CUDA_VISIBLE_DEVICES=1,3\nEPOCH_GPU_UUIDS=GPU-sim-c-1-1,GPU-sim-c-1-3\n");
+
+  // Integers are accepted too; no GPUs gives an empty (but set) CUDA_VISIBLE_DEVICES.
+  Json a2 = MakeAssignment(tmp, "r20", "train", 2, env_dump(env_file + "2"));
+  a2["gpus"] = Json::array({2});
+  m.Assign(a2);
+  Json a3 = MakeAssignment(tmp, "r20", "train", 3, env_dump(env_file + "3"));
+  a3["gpus"] = Json::array();
+  m.Assign(a3);
+  EXPECT_EQ(WaitReport(m, AttemptId("r20", "train", 2))["state"], "succeeded");
+  EXPECT_EQ(WaitReport(m, AttemptId("r20", "train", 3))["state"], "succeeded");
+  EXPECT_EQ(Slurp(env_file + "2"), "CUDA_VISIBLE_DEVICES=2\nEPOCH_GPU_UUIDS=GPU-sim-c-1-2\n");
+  EXPECT_EQ(Slurp(env_file + "3"), "CUDA_VISIBLE_DEVICES=\nEPOCH_GPU_UUIDS=\n");
+
+  // Registered the four simulated GPUs.
+  Json reg = m.Get<Json>([](const FakeMaster& f) { return f.registers.front(); });
+  ASSERT_EQ(reg["gpus"].size(), 4u);
+  EXPECT_EQ(reg["gpus"][3]["index"], 3);
+  EXPECT_EQ(reg["gpus"][3]["uuid"], "GPU-sim-c-1-3");
+  EXPECT_EQ(reg["gpus"][3]["simulated"], true);
+  EXPECT_NE(reg["cuda"]["reason"].get<std::string>().find("EPOCH_FAKE_GPUS=4"),
+            std::string::npos);
+}
+
+TEST(AgentTest, UnknownGpuIndexFailsTheAttempt) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));  // GPUs 0 and 1
+  const std::string marker = tmp / "ran";
+  Json a = MakeAssignment(tmp, "r21", "s", 1, {"sh", "-c", ": > " + marker});
+  a["gpus"] = Json::array({"1", "7"});
+  m.Assign(a);
+  Json r = WaitReport(m, AttemptId("r21", "s", 1));
+  ASSERT_FALSE(r.is_null()) << "no report";
+  EXPECT_EQ(r["state"], "failed");
+  EXPECT_EQ(r["reason"], "invalid assignment: unknown GPU index 7");
+  Json dup = MakeAssignment(tmp, "r21", "s", 2, {"sh", "-c", ": > " + marker});
+  dup["gpus"] = Json::array({"1", 1});
+  m.Assign(dup);
+  Json r2 = WaitReport(m, AttemptId("r21", "s", 2));
+  EXPECT_EQ(r2["state"], "failed");
+  EXPECT_EQ(r2["reason"], "invalid assignment: GPU index 1 is listed twice");
+  EXPECT_FALSE(PathExists(marker));
 }
 
 TEST(AgentTest, IgnoresAnswersFromLowerEpoch) {
