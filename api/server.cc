@@ -56,6 +56,15 @@ HttpError FromStatus(const Status& st) {
   }
 }
 
+// The container protocol's errors carry codes the agent acts on: re-register on
+// "unknown_container", exit on "released".
+HttpError ContainerError(const Status& st) {
+  HttpError e = FromStatus(st);
+  if (st.code() == StatusCode::kNotFound) e.code = "unknown_container";
+  if (st.code() == StatusCode::kFailedPrecondition) e.code = "released";
+  return e;
+}
+
 void WriteJson(Response& res, int status, const Json& j) {
   res.status = status;
   res.set_content(j.dump(), "application/json");
@@ -824,12 +833,7 @@ void ApiServer::Impl::ContainerRoutes() {
                                         "cpu_millis and memory_bytes must be positive", {}});
               }
               auto r = engine->Execute(cmd);
-              if (!r.ok()) {
-                HttpError e = FromStatus(r.status());
-                if (r.status().code() == StatusCode::kNotFound) e.code = "unknown_container";
-                if (r.status().code() == StatusCode::kFailedPrecondition) e.code = "released";
-                return WriteError(res, e);
-              }
+              if (!r.ok()) return WriteError(res, ContainerError(r.status()));
               engine->Heartbeat(cmd.container);
               WriteJson(res, 200,
                         Json{{"epoch", engine->epoch()},
@@ -889,12 +893,7 @@ void ApiServer::Impl::ContainerRoutes() {
               std::vector<std::string> ack;
               if (needs_command) {
                 auto r = engine->Execute(cmd);
-                if (!r.ok()) {
-                  HttpError e = FromStatus(r.status());
-                  if (r.status().code() == StatusCode::kNotFound) e.code = "unknown_container";
-                  if (r.status().code() == StatusCode::kFailedPrecondition) e.code = "released";
-                  return WriteError(res, e);
-                }
+                if (!r.ok()) return WriteError(res, ContainerError(r.status()));
                 ack = r->ack;
               }
               auto deadline = std::chrono::steady_clock::now() +

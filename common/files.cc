@@ -23,6 +23,20 @@ std::string DirOf(const std::string& path) {
 }
 }  // namespace
 
+bool WriteFully(int fd, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
 Status MakeDirs(const std::string& path) {
   if (path.empty()) return InvalidArgument("empty path");
   std::string cur;
@@ -43,16 +57,10 @@ Status WriteFileDurably(const std::string& path, const std::string& content) {
   std::string tmp = path + ".tmp";
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("open " + tmp);
-  size_t off = 0;
-  while (off < content.size()) {
-    ssize_t n = write(fd, content.data() + off, content.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      Status st = Errno("write " + tmp);
-      close(fd);
-      return st;
-    }
-    off += static_cast<size_t>(n);
+  if (!WriteFully(fd, content.data(), content.size())) {
+    Status st = Errno("write " + tmp);
+    close(fd);
+    return st;
   }
   if (fsync(fd) != 0) {
     Status st = Errno("fsync " + tmp);
@@ -80,17 +88,11 @@ Status WriteFilesDurably(const std::vector<std::pair<std::string, std::string>>&
       if (sync_fd >= 0) close(sync_fd);
       return Errno("open " + tmp);
     }
-    size_t off = 0;
-    while (off < content.size()) {
-      ssize_t n = write(fd, content.data() + off, content.size() - off);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        Status st = Errno("write " + tmp);
-        close(fd);
-        if (sync_fd >= 0) close(sync_fd);
-        return st;
-      }
-      off += static_cast<size_t>(n);
+    if (!WriteFully(fd, content.data(), content.size())) {
+      Status st = Errno("write " + tmp);
+      close(fd);
+      if (sync_fd >= 0) close(sync_fd);
+      return st;
     }
     if (sync_fd < 0) {
       sync_fd = fd;

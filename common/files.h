@@ -10,6 +10,9 @@
 
 namespace epoch {
 
+// Writes all n bytes to fd, retrying short writes and EINTR. False on error
+// (errno says why). Safe between fork and exec (no allocation).
+bool WriteFully(int fd, const void* data, size_t n);
 // mkdir -p.
 Status MakeDirs(const std::string& path);
 // Atomically replaces path with content and fsyncs file and directory.

@@ -47,18 +47,6 @@ char ProcState(pid_t pid) {
   return (*stat)[close + 2];
 }
 
-void WriteAll(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
 
 std::string DurationFlag(Micros d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
@@ -177,7 +165,7 @@ Result<std::string> LocalBackend::Launch(const engine::ContainerSpec& spec) {
       if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &dfl, nullptr);
     }
     pid_t self = getpid();
-    WriteAll(wfd, &self, sizeof(self));
+    (void)WriteFully(wfd, &self, sizeof(self));
     dup2(null_fd, 0);
     dup2(log_fd, 1);
     dup2(log_fd, 2);
@@ -185,7 +173,7 @@ Result<std::string> LocalBackend::Launch(const engine::ContainerSpec& spec) {
     close_range(static_cast<unsigned>(wfd + 1), ~0U, 0);
     execve(argv[0], argv.data(), envp.data());
     int err = errno;
-    WriteAll(wfd, &err, sizeof(err));
+    (void)WriteFully(wfd, &err, sizeof(err));
     _exit(127);
   }
   int fork_errno = errno;

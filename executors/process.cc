@@ -36,25 +36,13 @@ std::string DirOf(const std::string& path) {
 
 Status Errno(const std::string& what) { return Internal(what + ": " + std::strerror(errno)); }
 
-void WriteAll(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
 
 // Runs in the child between fork and exec: async-signal-safe calls only.
 [[noreturn]] void ChildMain(char* const* argv, char** envp, const char* working_dir, int devnull_fd,
                             int log_fd, int err_fd, pid_t parent) {
   auto fail = [err_fd](Stage stage) {
     PreExecError e{static_cast<int>(stage), errno};
-    WriteAll(err_fd, &e, sizeof(e));
+    (void)WriteFully(err_fd, &e, sizeof(e));
     _exit(127);
   };
   // Ignored signals and the blocked mask survive exec; give the command a clean slate.
@@ -200,7 +188,7 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   if (got == sizeof(e)) {
     child->pre_exec_error_ = PreExecMessage(e, spec);
     std::string line = "epoch: " + spec.argv[0] + ": " + child->pre_exec_error_ + "\n";
-    WriteAll(log_fd, line.data(), line.size());
+    (void)WriteFully(log_fd, line.data(), line.size());
   }
   close(log_fd);
   return child;
