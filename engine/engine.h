@@ -160,7 +160,7 @@ class Engine {
   std::thread writer_, reactor_;
   std::atomic<bool> failed_{false};
   std::atomic<bool> ready_{false};
-  bool started_ = false;
+  std::atomic<bool> started_{false};
   EngineStats stats_;
 };
 
