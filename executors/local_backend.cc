@@ -215,13 +215,23 @@ Status LocalBackend::Terminate(const std::string& container_id, const std::strin
     if (errno == ESRCH) return Status::Ok();
     return Errno("kill -TERM " + handle);
   }
+  // Identity was checked above; from here on wait for the process itself to end
+  // (an exiting process loses its cmdline before it becomes a zombie).
+  auto exited = [pid] {
+    char st = ProcState(pid);
+    return st == 0 || st == 'Z' || st == 'X';
+  };
   auto deadline = std::chrono::steady_clock::now() + options_.terminate_wait;
   while (std::chrono::steady_clock::now() < deadline) {
-    if (!IsAgentProcess(pid, container_id)) return Status::Ok();
+    if (exited()) return Status::Ok();
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  if (IsAgentProcess(pid, container_id) && kill(pid, SIGKILL) != 0 && errno != ESRCH) {
+  if (!exited() && kill(pid, SIGKILL) != 0 && errno != ESRCH) {
     return Errno("kill -KILL " + handle);
+  }
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!exited() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return Status::Ok();
 }
