@@ -164,6 +164,19 @@ const std::map<std::string, KeyDef>& Keys() {
          c->max_streams = static_cast<int>(n);
          return Status::Ok();
        }}},
+      {"ha.tailInterval", {"100ms", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->tail_interval, AsDuration(k, v));
+         if (c->tail_interval < std::chrono::milliseconds(5) ||
+             c->tail_interval > std::chrono::seconds(10)) {
+           return InvalidArgument(k + ": must be between 5ms and 10s");
+         }
+         return Status::Ok();
+       }}},
+      {"ha.secondaryDir", {"<storage.dataDir>/standby/<master.name>-<pid>",
+                           [](Config* c, const std::string&, const Json& v) {
+                             c->secondary_dir = AsString(v);
+                             return Status::Ok();
+                           }}},
       {"api.advertiseUrl", {"http://<api.host>:<cluster.basePort>",
                             [](Config* c, const std::string&, const Json& v) {
                               c->advertise_url = AsString(v);
@@ -236,7 +249,10 @@ Json Config::ToJson() const {
               {"api.host", host},
               {"api.maxBodyBytes", max_body_bytes},
               {"api.threads", threads},
-              {"api.maxStreams", max_streams}};
+              {"api.maxStreams", max_streams},
+              {"api.advertiseUrl", advertise_url},
+              {"ha.tailInterval", FormatDuration(tail_interval)},
+              {"ha.secondaryDir", secondary_dir}};
 }
 
 }  // namespace epoch::api

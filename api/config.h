@@ -49,6 +49,9 @@ struct Config {
   int threads = 64;
   int max_streams = 32;  // concurrent SSE streams
   std::string advertise_url;  // default http://<host>:<port>
+  // ha.* (hot standby)
+  Micros tail_interval = std::chrono::milliseconds(100);  // tail + election attempt period
+  std::string secondary_dir;  // the standby's RocksDB secondary files
 
   // The effective configuration as JSON (dotted keys), for /v1/cluster and logs.
   Json ToJson() const;

@@ -1,6 +1,7 @@
 #include "api/leader_lock.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -28,7 +29,15 @@ Status LeaderLock::TryAcquire(const std::string& path) {
     return Internal("lock " + path + ": " + std::strerror(err));
   }
   fd_ = fd;
+  path_ = path;
   return Status::Ok();
+}
+
+bool LeaderLock::StillHeld() const {
+  if (fd_ < 0) return false;
+  struct stat held {}, at_path {};
+  if (fstat(fd_, &held) != 0 || stat(path_.c_str(), &at_path) != 0) return false;
+  return held.st_dev == at_path.st_dev && held.st_ino == at_path.st_ino;
 }
 
 void LeaderLock::Release() {

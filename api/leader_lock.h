@@ -25,9 +25,14 @@ class LeaderLock {
   Status TryAcquire(const std::string& path);
   void Release();
   bool held() const { return fd_ >= 0; }
+  // False when the lock file we hold is no longer the one at the path (deleted
+  // or replaced by hand): another process could then lock the new file, so the
+  // holder must step down.
+  bool StillHeld() const;
 
  private:
   int fd_ = -1;
+  std::string path_;
 };
 
 }  // namespace epoch::api

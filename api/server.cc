@@ -10,6 +10,8 @@
 #include <sstream>
 #include <thread>
 
+#include "common/files.h"
+
 namespace epoch::api {
 
 using engine::Engine;
@@ -199,6 +201,8 @@ struct ApiServer::Impl {
   }
 
   void Routes();
+  void HaRouting();
+  std::string LeaderAddress();
   void RunsRoutes();
   void ContainerRoutes();
   void EventRoutes();
@@ -239,10 +243,61 @@ void ApiServer::Impl::Routes() {
       WriteError(res, {res.status, "error", "HTTP " + std::to_string(res.status), {}});
     }
   });
+  HaRouting();
   OpsRoutes();
   RunsRoutes();
   EventRoutes();
   ContainerRoutes();
+}
+
+// The leader's address as this master knows it: leader.json on the shared data
+// dir (written by each new leader), else the last LeaderElected it applied.
+// Empty when that is this master itself (it is not leading) or unknown.
+std::string ApiServer::Impl::LeaderAddress() {
+  const std::string& self = engine->options().advertise_url;
+  auto text = ReadFile(config.data_dir + "/leader.json", 1 << 16);
+  if (text.ok()) {
+    auto j = ParseJson(*text);
+    if (j.ok() && j->is_object() && (*j)["address"].is_string()) {
+      std::string a = (*j)["address"];
+      if (!a.empty() && a != self) return a;
+    }
+  }
+  std::string a = engine->Read([](const engine::State& s) { return s.leader_address; });
+  return a != self ? a : "";
+}
+
+// Only the leader writes. Anything else answers writes with 307 to the leader
+// (clients and agents follow it) or 503 naming what it knows; every answer says
+// who answered (Epoch-Role) and how far its state is (Epoch-Position).
+void ApiServer::Impl::HaRouting() {
+  http.set_pre_routing_handler([this](const Request& req, Response& res) {
+    if (req.method == "GET" || req.method == "HEAD") return httplib::Server::HandlerResponse::Unhandled;
+    engine::Role role = engine->role();
+    if (role == engine::Role::kLeader) return httplib::Server::HandlerResponse::Unhandled;
+    std::string leader = LeaderAddress();
+    std::string what = "this master is " + std::string(engine::Name(role)) + ", not the leader";
+    if (!leader.empty() && role != engine::Role::kPromoting) {
+      res.set_header("Location", leader + req.target);
+      WriteError(res, {307, "not_leader", what + "; the leader is " + leader, {leader}});
+      res.status = 307;
+    } else {
+      res.set_header("Retry-After", "1");
+      WriteError(res, {503, "not_leader",
+                       what + (role == engine::Role::kPromoting
+                                   ? "; it is taking over, retry in a moment"
+                                   : "; no leader is known (an election is in progress)"),
+                       {}});
+    }
+    std::lock_guard<std::mutex> lock(metrics_mu);
+    requests[{"not_leader", res.status}]++;
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  http.set_post_routing_handler([this](const Request&, Response& res) {
+    res.set_header("Epoch-Role", std::string(engine::Name(engine->role())));
+    res.set_header("Epoch-Position",
+                   std::to_string(engine->Read([](const engine::State& s) { return s.head; })));
+  });
 }
 
 void ApiServer::Impl::OpsRoutes() {
@@ -251,17 +306,34 @@ void ApiServer::Impl::OpsRoutes() {
            }));
   http.Get("/readyz", Wrap("/readyz", [this](const Request&, Response& res) {
              bool ready = engine->ready() && engine->healthy();
+             std::string role(engine::Name(engine->role()));
+             if (!engine->healthy()) role = "failed";
              WriteJson(res, ready ? 200 : 503,
-                       Json{{"ready", ready}, {"role", ready ? "leader" : "unavailable"},
-                            {"epoch", engine->epoch()}});
+                       Json{{"ready", ready}, {"role", role}, {"epoch", engine->epoch()}});
            }));
   http.Get("/v1/cluster", Wrap("/v1/cluster", [this](const Request&, Response& res) {
              storage::HeadInfo head = store->Head();
-             Json j{{"role", "leader"},
+             engine::Role role = engine->role();
+             Json leader;
+             if (role == engine::Role::kLeader) {
+               leader = Json{{"address", engine->options().advertise_url},
+                             {"node", config.master_name}};
+             } else {
+               auto [node, address] = engine->Read([](const engine::State& s) {
+                 return std::make_pair(s.leader_node, s.leader_address);
+               });
+               std::string known = LeaderAddress();
+               leader = Json{{"address", known.empty() ? Json(nullptr) : Json(known)},
+                             {"node", known == address ? Json(node) : Json(nullptr)}};
+             }
+             uint64_t applied = engine->Read([](const engine::State& s) { return s.head; });
+             Json j{{"role", std::string(engine::Name(role))},
                     {"node", config.master_name},
+                    {"address", engine->options().advertise_url},
                     {"epoch", engine->epoch()},
-                    {"leader", Json{{"address", engine->options().advertise_url},
-                                    {"node", config.master_name}}},
+                    {"leader", leader},
+                    {"applied_position", applied},
+                    {"deposed_reason", engine->deposed_reason()},
                     {"head", Json{{"position", head.position}, {"hash", head.hash}}},
                     {"store_bytes", store->ApproximateSizeBytes()},
                     {"data_dir", config.data_dir},
@@ -339,7 +411,12 @@ void ApiServer::Impl::RunsRoutes() {
               HttpError err;
               auto body = ParseBody(req, &err);
               if (!body.ok()) return WriteError(res, err);
-              auto r = engine->Execute(engine::RegisterWorkflow{*body, Actor(req)});
+              engine::RegisterWorkflow cmd{*body, Actor(req), "default", ""};
+              cmd.idempotency_key = req.get_header_value("Idempotency-Key");
+              if (cmd.idempotency_key.size() > 256) {
+                return WriteError(res, {400, "malformed", "Idempotency-Key: at most 256 bytes", {}});
+              }
+              auto r = engine->Execute(std::move(cmd));
               if (!r.ok()) return WriteError(res, FromStatus(r.status()));
               WriteJson(res, r->created ? 201 : 200,
                         Json{{"name", r->id}, {"version", r->version}, {"digest", r->digest}});
@@ -857,6 +934,9 @@ void ApiServer::Impl::ContainerRoutes() {
               if (!strings(b, "running", &cmd.running)) {
                 return WriteError(res, {400, "malformed", "running: must be an array of strings", {}});
               }
+              if (Status st = engine->ObserveEpoch(cmd.epoch_seen); !st.ok()) {
+                return WriteError(res, FromStatus(st));
+              }
               engine->Heartbeat(cmd.container);
               // A poll that reports nothing new needs no command: check the
               // container's standing from the published state instead.
@@ -930,6 +1010,16 @@ ApiServer::ApiServer(Config config, Engine* engine, storage::EventStore* store, 
 ApiServer::~ApiServer() { Stop(); }
 
 Result<int> ApiServer::Start(const std::string& host, int port) {
+  ASSIGN_OR_RETURN(int bound, Bind(host, port));
+  Serve();
+  return bound;
+}
+
+void ApiServer::Serve() {
+  impl_->thread = std::thread([this] { impl_->http.listen_after_bind(); });
+}
+
+Result<int> ApiServer::Bind(const std::string& host, int port) {
   int bound;
   if (port == 0) {
     bound = impl_->http.bind_to_any_port(host);
@@ -940,7 +1030,6 @@ Result<int> ApiServer::Start(const std::string& host, int port) {
     return Unavailable("cannot listen on " + host + ":" + std::to_string(port) +
                        " (is another epochd running?)");
   }
-  impl_->thread = std::thread([this] { impl_->http.listen_after_bind(); });
   return bound;
 }
 

@@ -5,6 +5,12 @@
 // Every error is {"error": {"code", "message", "details"}} with the right status;
 // a rejected request writes nothing. httplib stays inside server.cc.
 //
+// HA: a master that is not the leader (standby, promoting, deposed) serves every
+// GET from its own state and answers every other method with 307 to the leader
+// (Location: the leader's address + the same path) or 503 when no leader is
+// known. Each response carries Epoch-Role and Epoch-Position (the log position
+// this master's state has applied).
+//
 // Thread-safety: handlers run on the server's bounded thread pool; the engine
 // and store are thread-safe.
 #pragma once
@@ -33,6 +39,9 @@ class ApiServer {
   // Binds host:port (port 0 = any free port) and serves on a background thread.
   // Returns the bound port.
   Result<int> Start(const std::string& host, int port);
+  // Start in two steps: bind (learn the port, e.g. to advertise it), then serve.
+  Result<int> Bind(const std::string& host, int port);
+  void Serve();
   // Stops accepting, ends streams and long polls, joins the serving thread.
   void Stop();
 

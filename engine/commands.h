@@ -15,6 +15,8 @@ namespace epoch::engine {
 struct RegisterWorkflow {
   Json definition;
   std::string actor = "anonymous";
+  std::string tenant = "default";
+  std::string idempotency_key{};  // the same (tenant, key) always answers the first result
 };
 
 struct SubmitRun {

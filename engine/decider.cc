@@ -47,8 +47,21 @@ Json StepsContext(const Run& run, const EngineConfig& cfg) {
 
 Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkflow& cmd,
                                         const DecideContext& ctx) {
-  ASSIGN_OR_RETURN(auto def, workflows::ParseDefinition(cmd.definition, MaxContainer(*ctx.config)));
   Decision d;
+  if (!cmd.idempotency_key.empty()) {
+    auto k = state.workflow_keys.find({cmd.tenant, cmd.idempotency_key});
+    if (k != state.workflow_keys.end()) {
+      const WorkflowVersion* v = state.FindWorkflow(k->second.first, k->second.second);
+      if (v) {
+        d.result.id = k->second.first;
+        d.result.version = v->version;
+        d.result.digest = v->digest;
+        d.result.created = false;
+        return d;
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(auto def, workflows::ParseDefinition(cmd.definition, MaxContainer(*ctx.config)));
   d.result.id = def->name;
   d.result.digest = def->digest;
   auto it = state.workflows.find(def->name);
@@ -65,12 +78,14 @@ Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkfl
   }
   d.result.version = next;
   d.result.created = true;
+  Json data{{"name", def->name}, {"version", next}, {"definition", def->source},
+            {"digest", def->digest}};
+  if (!cmd.idempotency_key.empty()) {
+    data["idempotency_key"] = cmd.idempotency_key;
+    data["tenant"] = cmd.tenant;
+  }
   d.events.push_back(Event{WorkflowStream(def->name), std::string(ev::kWorkflowRegistered),
-                           Json{{"name", def->name},
-                                {"version", next},
-                                {"definition", def->source},
-                                {"digest", def->digest}},
-                           cmd.actor});
+                           std::move(data), cmd.actor});
   return d;
 }
 
@@ -96,7 +111,7 @@ Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
   std::string digest;
   if (cmd.definition) {
     ASSIGN_OR_RETURN(Decision reg,
-                     DecideRegisterWorkflow(state, RegisterWorkflow{*cmd.definition, cmd.submitter},
+                     DecideRegisterWorkflow(state, RegisterWorkflow{*cmd.definition, cmd.submitter, cmd.tenant, ""},
                                             ctx));
     workflow = reg.result.id;
     version = reg.result.version;

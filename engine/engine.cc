@@ -32,43 +32,146 @@ Engine::Engine(EngineOptions options, storage::EventStore* store, ContainerBacke
 
 Engine::~Engine() { Stop(); }
 
-Status Engine::Start() {
-  // Replay.
-  uint64_t after = 0;
-  size_t count = 0;
+std::string_view Name(Role r) {
+  switch (r) {
+    case Role::kStarting: return "starting";
+    case Role::kStandby: return "standby";
+    case Role::kPromoting: return "promoting";
+    case Role::kLeader: return "leader";
+    case Role::kDeposed: return "deposed";
+    case Role::kStopped: return "stopped";
+  }
+  return "?";
+}
+
+// Evolves `s` with the store's events after s->head, page by page; `lock` (may
+// be null) is held while a page is applied. Keeps applied_hash_ at the last one.
+Status Engine::ApplyFromStore(State* s, uint64_t* count) {
   while (true) {
-    ASSIGN_OR_RETURN(auto page, store_->ReadAll(after, kReplayPage));
-    if (page.empty()) break;
+    ASSIGN_OR_RETURN(auto page, store_->ReadAll(s->head, kReplayPage));
+    if (page.empty()) return Status::Ok();
+    std::unique_lock<std::shared_mutex> lock(published_mu_, std::defer_lock);
+    if (s == &published_) lock.lock();
     for (const auto& env : page) {
       try {
-        Evolve(working_, FromEnvelope(env));
+        Evolve(*s, FromEnvelope(env));
       } catch (const Json::exception& e) {
-        return Corruption("replaying event " + std::to_string(env.position) + " (" + env.type +
+        return Corruption("applying event " + std::to_string(env.position) + " (" + env.type +
                           "): " + e.what());
       }
-      after = env.position;
-      ++count;
+      if (s->head != env.position) {
+        return Corruption("event " + std::to_string(env.position) + " did not advance the state");
+      }
+      applied_hash_ = env.hash;
+      ++*count;
     }
   }
+}
+
+Status Engine::Load() {
+  working_ = State{};
+  applied_hash_.clear();
+  uint64_t count = 0;
+  RETURN_IF_ERROR(ApplyFromStore(&working_, &count));
   storage::HeadInfo head = store_->Head();
   if (head.position != working_.head) {
     return Corruption("replay ended at " + std::to_string(working_.head) + " but the head is " +
                       std::to_string(head.position));
   }
-  uint64_t stored_epoch = 0;
-  ASSIGN_OR_RETURN(auto meta_epoch, store_->GetMeta("epoch"));
-  if (meta_epoch) stored_epoch = std::strtoull(meta_epoch->c_str(), nullptr, 10);
-  epoch_ = std::max(stored_epoch, working_.epoch) + 1;
-  RETURN_IF_ERROR(store_->PutMeta("epoch", std::to_string(epoch_)));
-  spdlog::info("replayed {} events (head {}), taking leadership with epoch {}", count,
-               working_.head, epoch_);
+  spdlog::info("replayed {} events (head {})", count, working_.head);
+  return Status::Ok();
+}
+
+Status Engine::Start() {
+  RETURN_IF_ERROR(Load());
+  return Lead();
+}
+
+Status Engine::StartStandby() {
+  RETURN_IF_ERROR(Load());
+  {
+    std::unique_lock lock(published_mu_);
+    published_ = std::move(working_);
+    working_ = State{};
+  }
+  epoch_ = published_.epoch;
+  role_ = Role::kStandby;
+  return Status::Ok();
+}
+
+Result<size_t> Engine::Follow() {
+  if (role_ != Role::kStandby) return FailedPrecondition("not a standby");
+  uint64_t count = 0;
+  Status st = ApplyFromStore(&published_, &count);
+  if (count > 0) {
+    epoch_ = published_.epoch;
+    {
+      std::lock_guard<std::mutex> lock(change_mu_);
+      generation_++;
+    }
+    change_cv_.notify_all();
+  }
+  RETURN_IF_ERROR(st);
+  return static_cast<size_t>(count);
+}
+
+Status Engine::Promote(bool* rebuilt) {
+  if (role_ != Role::kStandby) return FailedPrecondition("not a standby");
+  if (store_->read_only()) return FailedPrecondition("the store is still a secondary");
+  role_ = Role::kPromoting;
+  // What this standby applied must be a prefix of what is durable: the event at
+  // its head must exist in the store with the same hash.
+  uint64_t applied = published_.head;
+  storage::HeadInfo head = store_->Head();
+  bool diverged = applied > head.position;
+  if (!diverged && applied > 0) {
+    auto at = store_->ReadAt(applied);
+    diverged = !at.ok() || at->hash != applied_hash_;
+  }
+  if (rebuilt) *rebuilt = diverged;
+  if (diverged) {
+    spdlog::warn("standby state (head {}) is not a prefix of the durable log (head {}): "
+                 "rebuilding from the store", applied, head.position);
+    Status st = Load();
+    if (!st.ok()) {
+      role_ = Role::kStandby;
+      return st;
+    }
+  } else {
+    {
+      std::shared_lock lock(published_mu_);
+      working_ = published_;
+    }
+    uint64_t count = 0;
+    Status st = ApplyFromStore(&working_, &count);
+    if (!st.ok()) {
+      role_ = Role::kStandby;
+      return st;
+    }
+    spdlog::info("promotion: standby state at {} verified, {} later events applied", applied,
+                 count);
+  }
+  Status st = Lead();
+  if (!st.ok()) role_ = Role::kStandby;
+  return st;
+}
+
+Status Engine::Lead() {
+  storage::HeadInfo head = store_->Head();
+  if (head.position != working_.head) {
+    return Corruption("state is at " + std::to_string(working_.head) + " but the head is " +
+                      std::to_string(head.position));
+  }
+  epoch_ = std::max(store_->ClaimedEpoch(), working_.epoch) + 1;
+  RETURN_IF_ERROR(store_->ClaimEpoch(epoch_));
+  spdlog::info("taking leadership with epoch {} at head {}", epoch_.load(), working_.head);
 
   // Leadership is itself an event.
   TimePoint now = clock_->Now();
   storage::AppendBatch batch;
   batch.time = FormatTime(now);
   batch.epoch = epoch_;
-  Json data{{"epoch", epoch_}, {"node", options_.node}, {"address", options_.advertise_url}};
+  Json data{{"epoch", epoch_.load()}, {"node", options_.node}, {"address", options_.advertise_url}};
   batch.appends.push_back(storage::StreamAppend{
       std::string(kMasterStream), storage::kAnyVersion,
       {storage::NewEvent{std::string(ev::kLeaderElected), 1, "system", CanonicalDump(data)}}});
@@ -80,7 +183,16 @@ Status Engine::Start() {
     std::unique_lock lock(published_mu_);
     published_ = working_;
   }
-  // Reconcile: every live container gets a fresh lease from now.
+  {
+    std::lock_guard<std::mutex> lock(change_mu_);
+    generation_++;
+  }
+  change_cv_.notify_all();
+  // Reconcile: every live container gets a fresh lease from now (its agent finds
+  // this leader through leader.json or a redirect and registers again);
+  // assignments not yet acknowledged are re-sent on its next poll (DispatchFor
+  // hands out every assigned attempt the agent does not report running); retry
+  // timers and timeouts are in the state and fire from the writer's ticks.
   {
     std::lock_guard<std::mutex> lock(lease_mu_);
     for (const auto& [id, c] : working_.containers) {
@@ -90,13 +202,42 @@ Status Engine::Start() {
   started_ = true;
   writer_ = std::thread([this] { WriterLoop(); });
   reactor_ = std::thread([this] { ReactorLoop(); });
+  role_ = Role::kLeader;
   ready_ = true;
   return Status::Ok();
 }
 
+Status Engine::ObserveEpoch(uint64_t seen) {
+  if (role_ != Role::kLeader || seen <= epoch_) return Status::Ok();
+  StepDown("a container reports epoch " + std::to_string(seen) + ", above this leader's " +
+           std::to_string(epoch_.load()));
+  return Unavailable("this master was deposed by epoch " + std::to_string(seen));
+}
+
+std::string Engine::deposed_reason() const {
+  std::lock_guard<std::mutex> lock(deposed_mu_);
+  return deposed_reason_;
+}
+
+void Engine::StepDown(const std::string& reason) {
+  Role expected = Role::kLeader;
+  if (!role_.compare_exchange_strong(expected, Role::kDeposed)) return;
+  ready_ = false;
+  {
+    std::lock_guard<std::mutex> lock(deposed_mu_);
+    deposed_reason_ = reason;
+  }
+  spdlog::critical("stepping down: {}", reason);
+  if (options_.on_deposed) options_.on_deposed(reason);
+}
+
 void Engine::Stop() {
-  if (!started_) return;
+  if (!started_) {
+    if (role_ == Role::kStandby) role_ = Role::kStopped;
+    return;
+  }
   started_ = false;
+  if (role_ == Role::kLeader) role_ = Role::kStopped;
   ready_ = false;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
@@ -115,6 +256,17 @@ void Engine::Stop() {
 
 Result<CommandResult> Engine::Execute(Command command) {
   if (failed_) return Unavailable("the engine stopped after a storage failure; restart epochd");
+  Role role = role_.load();
+  if (role == Role::kDeposed) {
+    return Unavailable("this master was deposed (" + deposed_reason() + "); use the new leader");
+  }
+  if (role != Role::kLeader) {
+    return Unavailable(std::string("this master is not the leader (") + std::string(Name(role)) +
+                       ")");
+  }
+  // An agent that has seen a newer epoch has met a newer leader: this one is stale.
+  if (auto* r = std::get_if<RegisterContainer>(&command)) RETURN_IF_ERROR(ObserveEpoch(r->epoch_seen));
+  if (auto* p = std::get_if<PollContainer>(&command)) RETURN_IF_ERROR(ObserveEpoch(p->epoch_seen));
   auto p = std::make_unique<Pending>();
   p->command = std::move(command);
   auto fut = p->promise.get_future();
@@ -201,13 +353,18 @@ void Engine::WriterLoop() {
         }
         ab.appends.back().events.push_back(
             storage::NewEvent{e.type, 1, e.actor, CanonicalDump(e.data)});
-        if (e.type == ev::kRunSubmitted) {
-          std::string key = e.data.value("idempotency_key", "");
-          if (!key.empty()) {
-            ab.idempotency.push_back(
-                {e.data.value("tenant", "default") + std::string(1, '\0') + key,
-                 e.data.value("run", "")});
-          }
+        // The idempotency family is a second, unique index of the keys: a key
+        // written twice would fail the whole append instead of doubling a run.
+        std::string key = e.data.value("idempotency_key", "");
+        if (!key.empty() && e.type == ev::kRunSubmitted) {
+          ab.idempotency.push_back(
+              {storage::IdempotencyRecordKey(e.data.value("tenant", "default"), key),
+               e.data.value("run", "")});
+        } else if (!key.empty() && e.type == ev::kWorkflowRegistered) {
+          ab.idempotency.push_back(
+              {storage::IdempotencyRecordKey(e.data.value("tenant", "default"), key) +
+                   std::string(1, '\0') + "workflow",
+               e.data.value("name", "") + "@" + std::to_string(e.data.value("version", 0))});
         }
       }
       TimePoint t0 = clock_->Now();
@@ -218,6 +375,20 @@ void Engine::WriterLoop() {
       stats_.latency_buckets[b]++;
       stats_.latency_sum_us += static_cast<uint64_t>(std::max<int64_t>(lat, 0));
       stats_.latency_count++;
+      if (!res.ok() && res.status().code() == StatusCode::kFailedPrecondition) {
+        // Fenced: a newer leader has claimed the store. Nothing was written.
+        for (auto& p : group) {
+          p->promise.set_value(Unavailable("this master was deposed: " + res.status().message()));
+        }
+        {
+          std::lock_guard<std::mutex> lock(queue_mu_);
+          stopping_ = true;
+          for (auto& p : queue_) p->promise.set_value(Unavailable("this master was deposed"));
+          queue_.clear();
+        }
+        StepDown(res.status().message());
+        break;
+      }
       if (!res.ok() || res->first_position != recorded.front().position) {
         Status st = res.ok() ? Internal("append landed at an unexpected position")
                              : res.status();

@@ -17,6 +17,15 @@
 // If the store fails an append the engine stops accepting commands (every later
 // Execute returns kUnavailable); the process must restart and replay.
 //
+// HA (DESIGN.md, "HA"): a standby runs StartStandby() over a secondary store and
+// calls Follow() after each store CatchUp(): the published state follows the
+// leader's log, nothing is decided and nothing runs. Promote(), once the store is
+// primary, checks what was applied against what is durable (head position and
+// hash: a secondary can read writes the old leader never synced), rebuilds from
+// the store when they differ, and then takes leadership as Start() does. A leader
+// steps down at once (role kDeposed, on_deposed called, every command refused)
+// when its append is fenced by a higher epoch or an agent reports one.
+//
 // Thread-safety: every public method is safe from any thread.
 #pragma once
 
@@ -50,7 +59,12 @@ struct EngineOptions {
   size_t max_group = 1024;          // commands decided per commit at most
   std::map<std::string, std::string> agent_env;  // handed to every container
   bool start_pool = true;           // false: no ContainerRequested (tests of the core)
+  // Called once, from the thread that noticed, when this leader is deposed.
+  std::function<void(const std::string& reason)> on_deposed;
 };
+
+enum class Role { kStarting, kStandby, kPromoting, kLeader, kDeposed, kStopped };
+std::string_view Name(Role r);
 
 // Counters for /metrics.
 struct EngineStats {
@@ -87,6 +101,14 @@ class Engine {
 
   // Replays the log, takes leadership (LeaderElected), starts the writer.
   Status Start();
+  // Standby: replays the log into the published state; accepts no command.
+  Status StartStandby();
+  // Standby: applies the events the store has beyond the published state (call
+  // after store()->CatchUp()). Returns how many it applied.
+  Result<size_t> Follow();
+  // Standby whose store was just promoted: verify against the store (rebuild if it
+  // diverged), then lead as Start() does. *rebuilt tells which path it took.
+  Status Promote(bool* rebuilt = nullptr);
   // Stops the writer and reactors; containers keep running (they outlive the master).
   void Stop();
 
@@ -112,7 +134,15 @@ class Engine {
   // events; leases are tracked here and expire through Tick commands).
   void Heartbeat(const std::string& container);
 
-  uint64_t epoch() const { return epoch_; }
+  uint64_t epoch() const { return epoch_.load(); }
+  Role role() const { return role_.load(); }
+  // Leader: stop leading now (role kDeposed, every command refused, on_deposed).
+  void StepDown(const std::string& reason);
+  // An epoch seen elsewhere (an agent's epoch_seen): above ours means a newer
+  // leader exists, so this one steps down (kUnavailable).
+  Status ObserveEpoch(uint64_t seen);
+  // Why this master was deposed (empty otherwise).
+  std::string deposed_reason() const;
   bool healthy() const { return !failed_.load(); }
   bool ready() const { return ready_.load(); }
   const EngineStats& stats() const { return stats_; }
@@ -125,6 +155,9 @@ class Engine {
     std::promise<Result<CommandResult>> promise;
   };
 
+  Status Load();  // replays (from the latest snapshot) into working_
+  Status Lead();  // LeaderElected, reconcile, start the writer
+  Status ApplyFromStore(State* s, uint64_t* count);
   void WriterLoop();
   std::vector<std::string> ExpiredLeases(TimePoint now);
   void ReactorLoop();
@@ -134,7 +167,11 @@ class Engine {
   storage::EventStore* store_;
   ContainerBackend* backend_;
   const Clock* clock_;
-  uint64_t epoch_ = 0;
+  std::atomic<uint64_t> epoch_{0};
+  std::atomic<Role> role_{Role::kStarting};
+  mutable std::mutex deposed_mu_;
+  std::string deposed_reason_;  // guarded by deposed_mu_
+  std::string applied_hash_;    // hash of the event at published_.head (standby thread)
 
   State working_;  // writer thread only
   mutable std::shared_mutex published_mu_;

@@ -535,12 +535,17 @@ void Evolve(State& s, const RecordedEvent& e) {
     v.def = *def;
     v.registered_at = e.time;
     v.actor = e.actor;
-    auto& versions = s.workflows[d.value("name", (*def)->name)];
+    std::string name = d.value("name", (*def)->name);
+    auto& versions = s.workflows[name];
     if (v.version != static_cast<int>(versions.size()) + 1) return;
+    std::string key = d.value("idempotency_key", "");
+    if (!key.empty()) s.workflow_keys[{d.value("tenant", "default"), key}] = {name, v.version};
     versions.push_back(std::move(v));
   } else if (e.type == ev::kLeaderElected) {
     uint64_t ep = e.data.value("epoch", uint64_t{0});
     if (ep > s.epoch) s.epoch = ep;
+    s.leader_node = e.data.value("node", "");
+    s.leader_address = e.data.value("address", "");
   }
 }
 

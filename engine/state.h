@@ -162,6 +162,9 @@ struct State {
   // Retries waiting for their time: (time, attempt id of the retry to create).
   std::set<std::pair<TimePoint, std::string>> retry_timers;
   std::map<std::pair<std::string, std::string>, std::string> idempotency;  // (tenant,key)->run
+  // Idempotency-Key of POST /v1/workflows: (tenant, key) -> (name, version).
+  std::map<std::pair<std::string, std::string>, std::pair<std::string, int>> workflow_keys;
+  std::string leader_node, leader_address;  // from the last LeaderElected
   uint64_t next_run_seq = 1;
   uint64_t next_queue_seq = 1;
   uint64_t container_counter = 0;  // containers ever requested

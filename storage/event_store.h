@@ -150,11 +150,30 @@ class EventStore {
 
   // Counters since open. Optional: the default reports zeros (e.g. in-memory fakes).
   virtual StoreStats Stats() { return {}; }
+
+  // --- HA (DESIGN.md, "HA") ---
+  // Fencing: records `epoch` as the highest leader epoch (synced). kConflict when it
+  // is not above the one claimed. From then on Append refuses batches stamped with
+  // a lower epoch (kFailedPrecondition, "fenced"): a deposed leader cannot append.
+  virtual Status ClaimEpoch(uint64_t epoch) = 0;
+  virtual uint64_t ClaimedEpoch() = 0;
+  // True while the store is a read-only secondary (a standby's view).
+  virtual bool read_only() { return false; }
+  // Secondary: reads what the primary committed since the last call, re-derives
+  // the head (verified, as a reopen would), tells subscribers. Primary: Head().
+  virtual Result<HeadInfo> CatchUp() { return Head(); }
+  // Secondary: reopens the directory as primary; the caller holds the election
+  // lock. The head is then what is durable, which may be *behind* what this
+  // secondary had read (it can see writes the old primary never synced).
+  virtual Status Promote() { return FailedPrecondition("the store is not a secondary"); }
 };
 
 struct StoreOptions {
   std::string path;  // RocksDB directory
   bool create_if_missing = true;
+  // Non-empty: open as a RocksDB secondary (read-only, follows the primary with
+  // CatchUp) keeping its own info files here.
+  std::string secondary_path{};
   // Tests only: called by the group leader before each synced write; returning true
   // makes that write fail as if RocksDB had returned an I/O error (nothing is
   // written). Exercises the kInternal-then-refuse policy of Append.

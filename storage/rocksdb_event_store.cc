@@ -20,6 +20,17 @@
 //
 // Reads: take the published head (never return events beyond it), read through a
 // RocksDB snapshot, decode and re-hash every event, and check the chain links.
+//
+// Standby (secondary): the same class over a RocksDB secondary instance. Append
+// and the meta/snapshot writes answer kFailedPrecondition; CatchUp() tails the
+// primary (TryCatchUpWithPrimary) and re-derives the head exactly as a reopen
+// would. Promote() opens the directory as primary (the caller holds the election
+// lock) and swaps the instance under the readers: every call takes a reference to
+// the current `Db`, so a read that started on the secondary finishes on it.
+//
+// Fencing: the `meta` family's "epoch" record is the highest leader epoch claimed
+// (ClaimEpoch). Append refuses a batch stamped with a lower epoch, so a deposed
+// leader's engine that shares this store cannot append behind its successor.
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
@@ -46,6 +57,8 @@ constexpr size_t kMaxGroupBytes = 4u << 20;
 // The stream-version cache is only a cache: past this size the leader drops it and
 // reloads versions lazily from the `streams` family.
 constexpr size_t kMaxCachedStreams = 1u << 20;
+// `meta` record of the highest claimed leader epoch (the fence).
+constexpr char kEpochMetaKey[] = "epoch";
 
 Status FromRocks(const rocksdb::Status& s, std::string_view context) {
   std::string msg = std::string(context) + ": " + s.ToString();
@@ -98,20 +111,73 @@ Status ValidateBatch(const AppendBatch& batch, size_t* bytes) {
   return Status::Ok();
 }
 
+// One open RocksDB instance (primary or secondary) with its column families.
+struct Db {
+  rocksdb::DB* db = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::ColumnFamilyHandle* events = nullptr;
+  rocksdb::ColumnFamilyHandle* streams = nullptr;
+  rocksdb::ColumnFamilyHandle* meta = nullptr;
+  rocksdb::ColumnFamilyHandle* snapshots = nullptr;
+  rocksdb::ColumnFamilyHandle* idempotency = nullptr;
+  bool secondary = false;
+
+  Db() = default;
+  Db(const Db&) = delete;
+  Db& operator=(const Db&) = delete;
+  ~Db() {
+    if (!db) return;
+    for (rocksdb::ColumnFamilyHandle* h : handles) {
+      // Best effort at shutdown: a failure here leaves nothing for us to undo.
+      (void)db->DestroyColumnFamilyHandle(h);
+    }
+    (void)db->Close();
+    delete db;
+  }
+};
+
+// Opens path as primary, or as a secondary when secondary_path is not empty.
+Result<std::shared_ptr<Db>> OpenDb(const std::string& path, const std::string& secondary_path,
+                                   bool create_if_missing) {
+  rocksdb::Options db_options;
+  db_options.create_if_missing = create_if_missing && secondary_path.empty();
+  db_options.create_missing_column_families = secondary_path.empty();
+  // A small WAL bound keeps the primary's open (WAL replay) short at failover.
+  db_options.max_total_wal_size = 64u << 20;
+  if (!secondary_path.empty()) db_options.max_open_files = -1;  // required by secondaries
+  rocksdb::ColumnFamilyOptions cf_options;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, cf_options},
+      {codec::kEventsFamily, cf_options},
+      {codec::kStreamsFamily, cf_options},
+      {codec::kMetaFamily, cf_options},
+      {codec::kSnapshotsFamily, cf_options},
+      {codec::kIdempotencyFamily, cf_options},
+  };
+  auto d = std::make_shared<Db>();
+  rocksdb::Status s =
+      secondary_path.empty()
+          ? rocksdb::DB::Open(db_options, path, families, &d->handles, &d->db)
+          : rocksdb::DB::OpenAsSecondary(db_options, path, secondary_path, families, &d->handles,
+                                         &d->db);
+  if (!s.ok()) {
+    return FromRocks(s, std::string(secondary_path.empty() ? "opening" : "opening a secondary of") +
+                            " event store at " + path);
+  }
+  // Order of the descriptors above.
+  d->events = d->handles[1];
+  d->streams = d->handles[2];
+  d->meta = d->handles[3];
+  d->snapshots = d->handles[4];
+  d->idempotency = d->handles[5];
+  d->secondary = !secondary_path.empty();
+  return d;
+}
+
 class RocksDbEventStore final : public EventStore {
  public:
-  RocksDbEventStore(rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles,
-                    std::function<bool()> fail_write_for_testing)
-      : db_(db),
-        handles_(std::move(handles)),
-        fail_write_for_testing_(std::move(fail_write_for_testing)) {
-    // Order of the descriptors in Open().
-    events_ = handles_[1];
-    streams_ = handles_[2];
-    meta_ = handles_[3];
-    snapshots_ = handles_[4];
-    idempotency_ = handles_[5];
-  }
+  RocksDbEventStore(std::shared_ptr<Db> db, StoreOptions options)
+      : db_(std::move(db)), options_(std::move(options)) {}
 
   ~RocksDbEventStore() override {
     {
@@ -119,45 +185,139 @@ class RocksDbEventStore final : public EventStore {
       closing_ = true;
     }
     head_cv_.notify_all();
-    for (rocksdb::ColumnFamilyHandle* h : handles_) {
-      // Best effort at shutdown: a failure here leaves nothing for us to undo.
-      (void)db_->DestroyColumnFamilyHandle(h);
-    }
-    (void)db_->Close();
-    delete db_;
   }
 
   // Reads the head from the last event (verifying it) and cross-checks the `meta`
-  // head record written with every batch (detects a truncated log).
-  Status Recover() {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), events_));
+  // head record written with every batch (detects a truncated log). Also loads
+  // the fencing epoch.
+  Status Recover() { return Recover(db()); }
+
+  Status Recover(const std::shared_ptr<Db>& d) {
+    auto [position, hash] = LoadHead(*d);
+    RETURN_IF_ERROR(hash.status());
+    ASSIGN_OR_RETURN(uint64_t fence, LoadFence(*d));
+    std::lock_guard lock(state_mu_);
+    head_position_ = position;
+    head_hash_ = *hash;
+    fence_epoch_ = fence;
+    return Status::Ok();
+  }
+
+  bool read_only() override { return db()->secondary; }
+
+  Result<HeadInfo> CatchUp() override {
+    std::shared_ptr<Db> d = db();
+    if (!d->secondary) return Head();
+    rocksdb::Status s = d->db->TryCatchUpWithPrimary();
+    if (!s.ok()) return FromRocks(s, "catching up with the primary");
+    auto [position, hash] = LoadHead(*d);
+    RETURN_IF_ERROR(hash.status());
+    ASSIGN_OR_RETURN(uint64_t fence, LoadFence(*d));
+    bool advanced = false;
+    {
+      std::lock_guard lock(state_mu_);
+      if (position < head_position_) {
+        return Corruption("the primary's log ends at " + std::to_string(position) +
+                          " but this secondary had read up to " + std::to_string(head_position_));
+      }
+      advanced = position > head_position_;
+      head_position_ = position;
+      head_hash_ = *hash;
+      fence_epoch_ = std::max(fence_epoch_, fence);
+    }
+    if (advanced) {
+      head_cv_.notify_all();
+      NotifySubscribers(position);
+    }
+    return HeadInfo{position, ToHex(*hash)};
+  }
+
+  Status Promote() override {
+    std::shared_ptr<Db> old = db();
+    if (!old->secondary) return Status::Ok();
+    ASSIGN_OR_RETURN(auto primary, OpenDb(options_.path, "", false));
+    RETURN_IF_ERROR(Recover(primary).WithContext("promoting the event store"));
+    {
+      std::lock_guard lock(state_mu_);
+      versions_.clear();  // the leader's cache: filled lazily from the primary
+    }
+    {
+      std::lock_guard lock(db_mu_);
+      db_ = std::move(primary);
+    }
+    // Readers that took the secondary finish on it; it closes with the last one.
+    head_cv_.notify_all();
+    NotifySubscribers(Head().position);
+    return Status::Ok();
+  }
+
+  Status ClaimEpoch(uint64_t epoch) override {
+    std::shared_ptr<Db> d = db();
+    if (d->secondary) return FailedPrecondition("the event store is a read-only secondary");
+    if (Status f = AppendFailure(); !f.ok()) return f;
+    std::lock_guard claim(claim_mu_);
+    ASSIGN_OR_RETURN(uint64_t current, LoadFence(*d));
+    if (epoch <= current) {
+      return Conflict("epoch " + std::to_string(epoch) + " is not above the claimed epoch " +
+                      std::to_string(current));
+    }
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    rocksdb::Status s = d->db->Put(wo, d->meta, kEpochMetaKey, std::to_string(epoch));
+    if (!s.ok()) return FromRocks(s, "claiming epoch " + std::to_string(epoch));
+    std::lock_guard lock(state_mu_);
+    fence_epoch_ = std::max(fence_epoch_, epoch);
+    return Status::Ok();
+  }
+
+  uint64_t ClaimedEpoch() override {
+    std::lock_guard lock(state_mu_);
+    return fence_epoch_;
+  }
+
+  // The last event's position and hash (verified), cross-checked with the head record.
+  std::pair<uint64_t, Result<Digest>> LoadHead(const Db& d) {
+    std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(rocksdb::ReadOptions(), d.events));
     it->SeekToLast();
     uint64_t position = 0;
     Digest hash = codec::ZeroDigest();
     if (it->Valid()) {
-      ASSIGN_OR_RETURN(position, codec::DecodePositionKey(it->key().ToStringView()));
+      auto p = codec::DecodePositionKey(it->key().ToStringView());
+      if (!p.ok()) return {0, p.status()};
+      position = *p;
       Envelope env;
-      RETURN_IF_ERROR(codec::DecodeEvent(position, it->value().ToStringView(), &env, &hash));
+      Status st = codec::DecodeEvent(position, it->value().ToStringView(), &env, &hash);
+      if (!st.ok()) return {0, st};
     }
-    if (!it->status().ok()) return FromRocks(it->status(), "reading the last event");
+    if (!it->status().ok()) return {0, FromRocks(it->status(), "reading the last event")};
 
     std::string meta;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), meta_, codec::kHeadMetaKey, &meta);
+    rocksdb::Status s = d.db->Get(rocksdb::ReadOptions(), d.meta, codec::kHeadMetaKey, &meta);
     if (s.ok()) {
       uint64_t meta_pos = 0;
       Digest meta_hash{};
-      RETURN_IF_ERROR(codec::DecodeHeadValue(meta, &meta_pos, &meta_hash));
+      Status st = codec::DecodeHeadValue(meta, &meta_pos, &meta_hash);
+      if (!st.ok()) return {0, st};
       if (meta_pos != position || meta_hash != hash) {
-        return Corruption("event " + std::to_string(std::max(meta_pos, position)) +
-                          ": log ends at " + std::to_string(position) +
-                          " but the head record says " + std::to_string(meta_pos));
+        return {0, Corruption("event " + std::to_string(std::max(meta_pos, position)) +
+                              ": log ends at " + std::to_string(position) +
+                              " but the head record says " + std::to_string(meta_pos))};
       }
     } else if (!s.IsNotFound()) {
-      return FromRocks(s, "reading the head record");
+      return {0, FromRocks(s, "reading the head record")};
     }
-    head_position_ = position;
-    head_hash_ = hash;
-    return Status::Ok();
+    return {position, hash};
+  }
+
+  Result<uint64_t> LoadFence(const Db& d) {
+    std::string v;
+    rocksdb::Status s = d.db->Get(rocksdb::ReadOptions(), d.meta, kEpochMetaKey, &v);
+    if (s.IsNotFound()) return uint64_t{0};
+    if (!s.ok()) return FromRocks(s, "reading the claimed epoch");
+    char* end = nullptr;
+    uint64_t e = std::strtoull(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0') return Corruption("meta epoch is not a number: '" + v + "'");
+    return e;
   }
 
   Result<AppendResult> Append(AppendBatch batch) override {
@@ -215,10 +375,11 @@ class RocksDbEventStore final : public EventStore {
     const uint64_t head = Head().position;
     from_version = std::max<uint64_t>(from_version, 1);
 
-    SnapshotReads snap(db_);
+    std::shared_ptr<Db> d = db();
+    SnapshotReads snap(*d);
     std::vector<std::pair<uint64_t, uint64_t>> refs;  // (version, position)
     {
-      std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(snap.options, streams_));
+      std::unique_ptr<rocksdb::Iterator> it(d->db->NewIterator(snap.options, d->streams));
       const std::string prefix = stream + '\0';
       uint64_t expected = from_version;
       for (it->Seek(codec::StreamKey(stream, from_version)); it->Valid() && refs.size() < limit;
@@ -242,7 +403,7 @@ class RocksDbEventStore final : public EventStore {
     out.reserve(refs.size());
     for (const auto& [version, position] : refs) {
       Envelope env;
-      RETURN_IF_ERROR(ReadVerified(snap.options, position, &env));
+      RETURN_IF_ERROR(ReadVerified(*d, snap.options, position, &env));
       if (env.stream != stream || env.version != version) {
         return Corruption("event " + std::to_string(position) + ": indexed as " + stream + "@" +
                           std::to_string(version) + " but is " + env.stream + "@" +
@@ -259,19 +420,20 @@ class RocksDbEventStore final : public EventStore {
     const uint64_t head = Head().position;
     if (limit == 0 || after >= head) return out;
 
-    SnapshotReads snap(db_);
+    std::shared_ptr<Db> d = db();
+    SnapshotReads snap(*d);
     // The link into the page: the first event's prev_hash must be the hash of
     // event `after` (itself verified), or zeros for position 1.
     Digest expected_prev = codec::ZeroDigest();
     if (after > 0) {
       Envelope prev;
-      RETURN_IF_ERROR(ReadVerified(snap.options, after, &prev, &expected_prev));
+      RETURN_IF_ERROR(ReadVerified(*d, snap.options, after, &prev, &expected_prev));
     }
     const std::string upper = codec::EventKey(head + 1);
     rocksdb::Slice upper_slice(upper);
     rocksdb::ReadOptions ro = snap.options;
     ro.iterate_upper_bound = &upper_slice;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, events_));
+    std::unique_ptr<rocksdb::Iterator> it(d->db->NewIterator(ro, d->events));
     uint64_t expected = after + 1;
     for (it->Seek(codec::EventKey(after + 1)); it->Valid(); it->Next(), ++expected) {
       ASSIGN_OR_RETURN(uint64_t position, codec::DecodePositionKey(it->key().ToStringView()));
@@ -302,7 +464,7 @@ class RocksDbEventStore final : public EventStore {
       return NotFound("no event at position " + std::to_string(position));
     }
     Envelope env;
-    RETURN_IF_ERROR(ReadVerified(rocksdb::ReadOptions(), position, &env));
+    RETURN_IF_ERROR(ReadVerified(*db(), rocksdb::ReadOptions(), position, &env));
     return env;
   }
 
@@ -344,20 +506,26 @@ class RocksDbEventStore final : public EventStore {
   Result<std::optional<std::string>> GetIdempotency(const std::string& tenant,
                                                     const std::string& key) override {
     RETURN_IF_ERROR(codec::ValidateName("idempotency tenant", tenant, /*allow_empty=*/true));
-    return GetOptional(idempotency_, codec::IdempotencyKey(tenant, key), "idempotency key");
+    std::shared_ptr<Db> d = db();
+    return GetOptional(*d, d->idempotency, codec::IdempotencyKey(tenant, key), "idempotency key");
   }
 
   Result<std::optional<std::string>> GetMeta(const std::string& key) override {
-    return GetOptional(meta_, key, "meta " + key);
+    std::shared_ptr<Db> d = db();
+    return GetOptional(*d, d->meta, key, "meta " + key);
   }
 
   Status PutMeta(const std::string& key, const std::string& value) override {
     if (key.empty()) return InvalidArgument("empty meta key");
-    if (key == codec::kHeadMetaKey) return InvalidArgument("meta key 'head' is the store's own");
+    if (key == codec::kHeadMetaKey || key == kEpochMetaKey) {
+      return InvalidArgument("meta key '" + key + "' is the store's own");
+    }
+    std::shared_ptr<Db> d = db();
+    if (d->secondary) return FailedPrecondition("the event store is a read-only secondary");
     if (Status f = AppendFailure(); !f.ok()) return f;
     rocksdb::WriteOptions wo;
     wo.sync = true;
-    rocksdb::Status s = db_->Put(wo, meta_, key, value);
+    rocksdb::Status s = d->db->Put(wo, d->meta, key, value);
     if (!s.ok()) return FromRocks(s, "writing meta " + key);
     return Status::Ok();
   }
@@ -366,15 +534,18 @@ class RocksDbEventStore final : public EventStore {
     if (position > Head().position) {
       return InvalidArgument("snapshot at " + std::to_string(position) + " is past the head");
     }
+    std::shared_ptr<Db> d = db();
+    if (d->secondary) return FailedPrecondition("the event store is a read-only secondary");
     rocksdb::WriteOptions wo;
     wo.sync = true;
-    rocksdb::Status s = db_->Put(wo, snapshots_, codec::EventKey(position), bytes);
+    rocksdb::Status s = d->db->Put(wo, d->snapshots, codec::EventKey(position), bytes);
     if (!s.ok()) return FromRocks(s, "writing snapshot " + std::to_string(position));
     return Status::Ok();
   }
 
   Result<std::optional<std::pair<uint64_t, std::string>>> LatestSnapshot() override {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), snapshots_));
+    std::shared_ptr<Db> d = db();
+    std::unique_ptr<rocksdb::Iterator> it(d->db->NewIterator(rocksdb::ReadOptions(), d->snapshots));
     it->SeekToLast();
     if (!it->status().ok()) return FromRocks(it->status(), "reading snapshots");
     if (!it->Valid()) return std::optional<std::pair<uint64_t, std::string>>();
@@ -385,10 +556,11 @@ class RocksDbEventStore final : public EventStore {
 
   uint64_t ApproximateSizeBytes() override {
     uint64_t total = 0;
-    for (rocksdb::ColumnFamilyHandle* h : handles_) {
+    std::shared_ptr<Db> d = db();
+    for (rocksdb::ColumnFamilyHandle* h : d->handles) {
       uint64_t v = 0;
-      if (db_->GetIntProperty(h, "rocksdb.live-sst-files-size", &v)) total += v;
-      if (db_->GetIntProperty(h, "rocksdb.cur-size-all-mem-tables", &v)) total += v;
+      if (d->db->GetIntProperty(h, "rocksdb.live-sst-files-size", &v)) total += v;
+      if (d->db->GetIntProperty(h, "rocksdb.cur-size-all-mem-tables", &v)) total += v;
     }
     return total;
   }
@@ -411,12 +583,18 @@ class RocksDbEventStore final : public EventStore {
     std::condition_variable cv;
   };
 
-  // A consistent view across column families for one read call.
+  // A consistent view across column families for one read call. A secondary has
+  // no snapshots; it needs none: events and index entries are never rewritten,
+  // and reads stop at the published head, which CatchUp() moves only after the
+  // records up to it are applied.
   struct SnapshotReads {
-    explicit SnapshotReads(rocksdb::DB* db) : db(db), snapshot(db->GetSnapshot()) {
+    explicit SnapshotReads(const Db& d)
+        : db(d.db), snapshot(d.secondary ? nullptr : d.db->GetSnapshot()) {
       options.snapshot = snapshot;
     }
-    ~SnapshotReads() { db->ReleaseSnapshot(snapshot); }
+    ~SnapshotReads() {
+      if (snapshot) db->ReleaseSnapshot(snapshot);
+    }
     rocksdb::DB* db;
     const rocksdb::Snapshot* snapshot;
     rocksdb::ReadOptions options;
@@ -427,19 +605,24 @@ class RocksDbEventStore final : public EventStore {
     return failed_;
   }
 
-  Status ReadVerified(const rocksdb::ReadOptions& ro, uint64_t position, Envelope* env,
-                      Digest* hash = nullptr) {
+  std::shared_ptr<Db> db() {
+    std::lock_guard lock(db_mu_);
+    return db_;
+  }
+
+  Status ReadVerified(const Db& d, const rocksdb::ReadOptions& ro, uint64_t position,
+                      Envelope* env, Digest* hash = nullptr) {
     rocksdb::PinnableSlice value;
-    rocksdb::Status s = db_->Get(ro, events_, codec::EventKey(position), &value);
+    rocksdb::Status s = d.db->Get(ro, d.events, codec::EventKey(position), &value);
     if (s.IsNotFound()) return Corruption("event " + std::to_string(position) + ": missing");
     if (!s.ok()) return FromRocks(s, "reading event " + std::to_string(position));
     return codec::DecodeEvent(position, value.ToStringView(), env, hash);
   }
 
-  Result<std::optional<std::string>> GetOptional(rocksdb::ColumnFamilyHandle* cf,
+  Result<std::optional<std::string>> GetOptional(const Db& d, rocksdb::ColumnFamilyHandle* cf,
                                                  const std::string& key, std::string_view what) {
     std::string value;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf, key, &value);
+    rocksdb::Status s = d.db->Get(rocksdb::ReadOptions(), cf, key, &value);
     if (s.IsNotFound()) return std::optional<std::string>();
     if (!s.ok()) return FromRocks(s, std::string("reading ") + std::string(what));
     return std::optional<std::string>(std::move(value));
@@ -447,7 +630,8 @@ class RocksDbEventStore final : public EventStore {
 
   // The stream's last version in the `streams` index (0 = no stream).
   Result<uint64_t> LoadStreamVersion(const std::string& stream) {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), streams_));
+    std::shared_ptr<Db> d = db();
+    std::unique_ptr<rocksdb::Iterator> it(d->db->NewIterator(rocksdb::ReadOptions(), d->streams));
     it->SeekForPrev(codec::StreamKey(stream, std::numeric_limits<uint64_t>::max()));
     if (!it->status().ok()) return FromRocks(it->status(), "reading stream " + stream);
     if (!it->Valid()) return uint64_t{0};
@@ -476,10 +660,16 @@ class RocksDbEventStore final : public EventStore {
   // (group_versions, group_keys). On success: *mine holds the writer's new stream
   // versions (the caller merges them into the group), (*bases)[i] the version of
   // appends[i]'s stream before it, *keys the encoded idempotency keys.
-  Status Validate(const Writer& w, const std::unordered_map<std::string, uint64_t>& group_versions,
+  Status Validate(const Db& d, uint64_t fence, const Writer& w,
+                  const std::unordered_map<std::string, uint64_t>& group_versions,
                   const std::unordered_set<std::string>& group_keys,
                   std::unordered_map<std::string, uint64_t>* mine, std::vector<uint64_t>* bases,
                   std::vector<std::string>* keys) {
+    if (w.batch.epoch < fence) {
+      return FailedPrecondition("fenced: this writer's epoch " + std::to_string(w.batch.epoch) +
+                                " is older than the claimed epoch " + std::to_string(fence) +
+                                " (another leader took over)");
+    }
     for (const StreamAppend& sa : w.batch.appends) {
       uint64_t current = 0;
       if (auto it = mine->find(sa.stream); it != mine->end()) {
@@ -503,7 +693,7 @@ class RocksDbEventStore final : public EventStore {
       bool taken =
           group_keys.contains(k) || std::find(keys->begin(), keys->end(), k) != keys->end();
       if (!taken) {
-        ASSIGN_OR_RETURN(auto existing, GetOptional(idempotency_, k, "idempotency key"));
+        ASSIGN_OR_RETURN(auto existing, GetOptional(d, d.idempotency, k, "idempotency key"));
         taken = existing.has_value();
       }
       if (taken) {
@@ -520,13 +710,21 @@ class RocksDbEventStore final : public EventStore {
   // sets each writer's pending/staged. Returns the new head, or 0 if nothing was
   // committed.
   uint64_t CommitGroup(const std::vector<Writer*>& group) {
-    uint64_t next;
+    std::shared_ptr<Db> d = db();
+    uint64_t next, fence;
     Digest prev;
     {
       std::lock_guard lock(state_mu_);
       if (versions_.size() > kMaxCachedStreams) versions_.clear();
       next = head_position_;
       prev = head_hash_;
+      fence = fence_epoch_;
+    }
+    if (d->secondary) {
+      for (Writer* w : group) {
+        w->pending = FailedPrecondition("the event store is a read-only secondary (a standby)");
+      }
+      return 0;
     }
     std::unordered_map<std::string, uint64_t> group_versions;
     std::unordered_set<std::string> group_keys;
@@ -539,7 +737,7 @@ class RocksDbEventStore final : public EventStore {
       std::unordered_map<std::string, uint64_t> mine;
       std::vector<uint64_t> bases;
       std::vector<std::string> keys;
-      w->pending = Validate(*w, group_versions, group_keys, &mine, &bases, &keys);
+      w->pending = Validate(*d, fence, *w, group_versions, group_keys, &mine, &bases, &keys);
       if (!w->pending.ok()) {
         if (w->pending.code() == StatusCode::kConflict) ++conflicts;
         continue;
@@ -554,8 +752,8 @@ class RocksDbEventStore final : public EventStore {
           ++version;
           codec::EncodeEvent(next, sa.stream, version, e.type, e.schema, w->batch.time,
                              w->batch.epoch, e.actor, e.data, prev, &value, &hash);
-          wb.Put(events_, codec::EventKey(next), value);
-          wb.Put(streams_, codec::StreamKey(sa.stream, version), codec::PositionValue(next));
+          wb.Put(d->events, codec::EventKey(next), value);
+          wb.Put(d->streams, codec::StreamKey(sa.stream, version), codec::PositionValue(next));
           prev = hash;
           ++events;
         }
@@ -563,7 +761,7 @@ class RocksDbEventStore final : public EventStore {
       }
       res.last_position = next;
       for (size_t i = 0; i < keys.size(); ++i) {
-        wb.Put(idempotency_, keys[i], w->batch.idempotency[i].second);
+        wb.Put(d->idempotency, keys[i], w->batch.idempotency[i].second);
         group_keys.insert(std::move(keys[i]));
       }
       for (auto& [s, v] : mine) group_versions[s] = v;
@@ -576,12 +774,13 @@ class RocksDbEventStore final : public EventStore {
       stats_.append_conflicts += conflicts;
       return 0;
     }
-    wb.Put(meta_, codec::kHeadMetaKey, codec::HeadValue(next, prev));
+    wb.Put(d->meta, codec::kHeadMetaKey, codec::HeadValue(next, prev));
     rocksdb::WriteOptions wo;
     wo.sync = true;
-    rocksdb::Status s = fail_write_for_testing_ && fail_write_for_testing_()
-                            ? rocksdb::Status::IOError("injected write failure")
-                            : db_->Write(wo, &wb);
+    rocksdb::Status s =
+        options_.fail_write_for_testing && options_.fail_write_for_testing()
+            ? rocksdb::Status::IOError("injected write failure")
+            : d->db->Write(wo, &wb);
     if (!s.ok()) {
       Status err = Internal(
           "event store write failed (the batch may or may not be durable; the store refuses "
@@ -621,14 +820,10 @@ class RocksDbEventStore final : public EventStore {
     for (auto& fn : fns) (*fn)(head);
   }
 
-  rocksdb::DB* db_;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
-  rocksdb::ColumnFamilyHandle* events_;
-  rocksdb::ColumnFamilyHandle* streams_;
-  rocksdb::ColumnFamilyHandle* meta_;
-  rocksdb::ColumnFamilyHandle* snapshots_;
-  rocksdb::ColumnFamilyHandle* idempotency_;
-  const std::function<bool()> fail_write_for_testing_;
+  std::mutex db_mu_;
+  std::shared_ptr<Db> db_;  // guarded by db_mu_; replaced once, by Promote()
+  const StoreOptions options_;
+  std::mutex claim_mu_;  // serializes ClaimEpoch
 
   std::mutex queue_mu_;
   std::deque<Writer*> writers_;  // guarded by queue_mu_
@@ -641,6 +836,7 @@ class RocksDbEventStore final : public EventStore {
   std::unordered_map<std::string, uint64_t> versions_;  // guarded by state_mu_; committed
   StoreStats stats_;                                    // guarded by state_mu_
   bool closing_ = false;                                // guarded by state_mu_
+  uint64_t fence_epoch_ = 0;                            // guarded by state_mu_
 
   std::mutex sub_mu_;
   uint64_t next_subscriber_ = 0;  // guarded by sub_mu_
@@ -651,24 +847,8 @@ class RocksDbEventStore final : public EventStore {
 
 Result<std::unique_ptr<EventStore>> OpenRocksDbEventStore(const StoreOptions& options) {
   if (options.path.empty()) return InvalidArgument("store path is empty");
-  rocksdb::Options db_options;
-  db_options.create_if_missing = options.create_if_missing;
-  db_options.create_missing_column_families = true;
-  rocksdb::ColumnFamilyOptions cf_options;
-  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
-      {rocksdb::kDefaultColumnFamilyName, cf_options},
-      {codec::kEventsFamily, cf_options},
-      {codec::kStreamsFamily, cf_options},
-      {codec::kMetaFamily, cf_options},
-      {codec::kSnapshotsFamily, cf_options},
-      {codec::kIdempotencyFamily, cf_options},
-  };
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* db = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(db_options, options.path, families, &handles, &db);
-  if (!s.ok()) return FromRocks(s, "opening event store at " + options.path);
-  auto store =
-      std::make_unique<RocksDbEventStore>(db, std::move(handles), options.fail_write_for_testing);
+  ASSIGN_OR_RETURN(auto db, OpenDb(options.path, options.secondary_path, options.create_if_missing));
+  auto store = std::make_unique<RocksDbEventStore>(std::move(db), options);
   RETURN_IF_ERROR(store->Recover().WithContext("opening event store at " + options.path));
   return std::unique_ptr<EventStore>(std::move(store));
 }

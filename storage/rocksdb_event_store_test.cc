@@ -429,7 +429,8 @@ TEST_F(StoreTest, ConcurrentConflictFailsOnlyItself) {
 TEST_F(StoreTest, ReopenRecoversHeadVersionsAndChain) {
   ASSERT_TRUE(store_->Append(One("run-1", kNoStream, {"A", "B", "C"})).ok());
   ASSERT_TRUE(store_->Append(One("run-2", kNoStream, {"A"})).ok());
-  ASSERT_TRUE(store_->PutMeta("epoch", "7").ok());
+  ASSERT_TRUE(store_->ClaimEpoch(1).ok());
+  ASSERT_TRUE(store_->PutMeta("leader", "7").ok());
   HeadInfo before = store_->Head();
 
   ASSERT_TRUE(Reopen().ok());
@@ -438,10 +439,11 @@ TEST_F(StoreTest, ReopenRecoversHeadVersionsAndChain) {
   EXPECT_EQ(after.hash, before.hash);
   EXPECT_EQ(store_->StreamVersion("run-1"), 3u);
   EXPECT_EQ(store_->StreamVersion("run-2"), 1u);
-  auto meta = store_->GetMeta("epoch");
+  auto meta = store_->GetMeta("leader");
   ASSERT_TRUE(meta.ok());
   ASSERT_TRUE(meta->has_value());
   EXPECT_EQ(**meta, "7");
+  EXPECT_EQ(store_->ClaimedEpoch(), 1u);
 
   // Version checks use the recovered versions; the chain continues across reopen.
   EXPECT_EQ(store_->Append(One("run-1", 2, {"D"})).status().code(), StatusCode::kConflict);
@@ -566,7 +568,8 @@ TEST_F(StoreTest, FailedWriteFailsTheBatchAndRefusesLaterAppends) {
   fail->store(false);
   auto later = store_->Append(One("run-2", kNoStream, {"A"}));
   ASSERT_EQ(later.status().code(), StatusCode::kInternal);
-  EXPECT_EQ(store_->PutMeta("epoch", "2").code(), StatusCode::kInternal);
+  EXPECT_EQ(store_->PutMeta("leader", "2").code(), StatusCode::kInternal);
+  EXPECT_EQ(store_->ClaimEpoch(2).code(), StatusCode::kInternal);
   // Reads still work; a reopen clears the refusal.
   ASSERT_TRUE(store_->ReadAt(1).ok());
   ASSERT_TRUE(Reopen().ok());

@@ -67,8 +67,8 @@ bool ProcessAlive(pid_t pid) {
   return state != 'Z' && state != 'X';
 }
 
-Epochd::Epochd(std::string data_dir, std::vector<std::string> extra)
-    : data_dir_(std::move(data_dir)), extra_(std::move(extra)) {}
+Epochd::Epochd(std::string data_dir, std::vector<std::string> extra, std::string name)
+    : data_dir_(std::move(data_dir)), extra_(std::move(extra)), name_(std::move(name)) {}
 
 Epochd::~Epochd() {
   if (pid_ > 0) Kill9();
@@ -76,11 +76,23 @@ Epochd::~Epochd() {
   WaitFor([&] { return AgentPids().empty(); }, std::chrono::milliseconds(3000));
 }
 
-void Epochd::Start() {
-  std::string leader = data_dir_ + "/leader.json";
-  std::filesystem::remove(leader);
+std::string Epochd::Log() const {
+  std::ifstream in(data_dir_ + "/" + name_ + ".log");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void Epochd::Launch() {
+  std::string address_file = data_dir_ + "/" + name_ + ".address";
+  std::filesystem::remove(address_file);
+  {
+    std::lock_guard<std::mutex> lock(url_mu_);
+    url_.clear();
+  }
   std::vector<std::string> args{EpochdPath(), "--data-dir", data_dir_, "--set",
-                                "cluster.basePort=0", "--log-level", "debug"};
+                                "cluster.basePort=0", "--log-level", "debug", "--address-file",
+                                address_file, "--set", "master.name=" + name_};
   // Small, fast defaults for tests; a test's own settings come after and win.
   for (const char* s : {"sig.maxReplicas=2", "sig.minReplicas=2", "sig.cpu=2", "sig.memory=1Gi",
                         "executor.leaseTime=2s", "executor.pollTimeout=500ms",
@@ -93,7 +105,7 @@ void Epochd::Start() {
     args.push_back(e);
   }
   for (const auto& a : args_) args.push_back(a);
-  std::string log = data_dir_ + "/epochd.log";
+  std::string log = data_dir_ + "/" + name_ + ".log";
   pid_ = fork();
   ASSERT_GE(pid_, 0);
   if (pid_ == 0) {
@@ -105,23 +117,43 @@ void Epochd::Start() {
     execv(argv[0], argv.data());
     _exit(127);
   }
-  bool up = WaitFor(
+  bool bound = WaitFor(
       [&] {
-        std::ifstream in(leader);
+        std::ifstream in(address_file);
         std::stringstream ss;
         ss << in.rdbuf();
         auto j = ParseJson(ss.str());
         if (!j.ok() || !j->contains("address")) return false;
+        std::lock_guard<std::mutex> lock(url_mu_);
         url_ = (*j)["address"];
-        return Get("/readyz").status == 200;
+        return true;
       },
       std::chrono::milliseconds(20000));
-  if (!up) {
-    std::ifstream in(log);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    FAIL() << "epochd did not become ready; its log:\n" << ss.str();
+  if (!bound) FAIL() << "epochd " << name_ << " did not bind; its log:\n" << Log();
+}
+
+void Epochd::Start() {
+  Launch();
+  if (::testing::Test::HasFatalFailure()) return;
+  if (!WaitUntilLeader(std::chrono::milliseconds(20000))) {
+    FAIL() << "epochd " << name_ << " did not become ready; its log:\n" << Log();
   }
+}
+
+void Epochd::StartStandby() {
+  Launch();
+  if (::testing::Test::HasFatalFailure()) return;
+  bool standby = WaitFor(
+      [&] {
+        HttpResult r = Get("/readyz");
+        return r.status == 503 && r.json().value("role", "") == "standby";
+      },
+      std::chrono::milliseconds(20000));
+  if (!standby) FAIL() << "epochd " << name_ << " did not stand by; its log:\n" << Log();
+}
+
+bool Epochd::WaitUntilLeader(std::chrono::milliseconds deadline) {
+  return WaitFor([&] { return Get("/readyz").status == 200; }, deadline);
 }
 
 void Epochd::Kill9() {
@@ -153,13 +185,29 @@ HttpResult Do(const std::string& url, const std::function<httplib::Result(httpli
   out.status = r->status;
   out.body = r->body;
   out.content_type = r->get_header_value("Content-Type");
+  out.location = r->get_header_value("Location");
+  out.role = r->get_header_value("Epoch-Role");
+  std::string pos = r->get_header_value("Epoch-Position");
+  if (!pos.empty()) out.position = std::strtoull(pos.c_str(), nullptr, 10);
   return out;
 }
 }  // namespace
 
+HttpResult HttpGet(const std::string& url, const std::string& path) {
+  return Do(url, [&](httplib::Client& c) { return c.Get(path); });
+}
+
+HttpResult HttpPost(const std::string& url, const std::string& path, const std::string& body,
+                    const std::vector<std::pair<std::string, std::string>>& headers) {
+  httplib::Headers h;
+  for (const auto& [k, v] : headers) h.emplace(k, v);
+  return Do(url, [&](httplib::Client& c) { return c.Post(path, h, body, "application/json"); });
+}
+
 HttpResult Epochd::Get(const std::string& path) {
-  if (url_.empty()) return {};
-  return Do(url_, [&](httplib::Client& c) { return c.Get(path); });
+  std::string url = this->url();
+  if (url.empty()) return {};
+  return Do(url, [&](httplib::Client& c) { return c.Get(path); });
 }
 
 HttpResult Epochd::Post(const std::string& path, const std::string& body,
@@ -167,7 +215,7 @@ HttpResult Epochd::Post(const std::string& path, const std::string& body,
                         const std::vector<std::pair<std::string, std::string>>& headers) {
   httplib::Headers h;
   for (const auto& [k, v] : headers) h.emplace(k, v);
-  return Do(url_, [&](httplib::Client& c) { return c.Post(path, h, body, content_type); });
+  return Do(url(), [&](httplib::Client& c) { return c.Post(path, h, body, content_type); });
 }
 
 std::string Epochd::RegisterAndSubmit(const Json& definition, const Json& params) {

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -33,25 +34,40 @@ struct HttpResult {
   int status = 0;  // 0: no connection
   std::string body;
   std::string content_type;
+  std::string location;  // the Location header (redirects)
+  std::string role;      // the Epoch-Role header
+  uint64_t position = 0;  // the Epoch-Position header
   Json json() const;
 };
 
 // One epochd process on a data dir.
 class Epochd {
  public:
-  // extra: additional --set key=value pairs.
-  Epochd(std::string data_dir, std::vector<std::string> extra = {});
+  // extra: additional --set key=value pairs. name: master.name, also names its
+  // log (<data_dir>/<name>.log) and address file; give each epochd of a data dir
+  // its own.
+  Epochd(std::string data_dir, std::vector<std::string> extra = {}, std::string name = "epochd");
   ~Epochd();  // SIGKILLs epochd and every agent of its data dir
 
   // Extra command-line arguments (e.g. {"--log-format", "json"}) for the next Start().
   void AddArgs(std::vector<std::string> args) { args_ = std::move(args); }
   // Starts epochd and waits until /readyz is 200 (or fails the test).
   void Start();
+  // Starts epochd on a data dir that has a leader: waits until it serves as a
+  // standby (or fails the test).
+  void StartStandby();
+  // Waits until this epochd answers /readyz 200 (it leads); false at the deadline.
+  bool WaitUntilLeader(std::chrono::milliseconds deadline);
+  pid_t pid() const { return pid_; }
+  std::string Log() const;
   void Kill9();       // kill -9, reaped
   void Terminate();   // SIGTERM, waits for a clean exit; returns its exit status
   int exit_status() const { return exit_status_; }
   bool running() const { return pid_ > 0; }
-  const std::string& url() const { return url_; }
+  std::string url() const {  // safe from any thread (a restart changes it)
+    std::lock_guard<std::mutex> lock(url_mu_);
+    return url_;
+  }
   const std::string& data_dir() const { return data_dir_; }
 
   HttpResult Get(const std::string& path);
@@ -75,13 +91,21 @@ class Epochd {
   std::vector<pid_t> AgentPids() const;
 
  private:
+  void Launch();
   std::string data_dir_;
   std::vector<std::string> extra_;
+  std::string name_;
   std::vector<std::string> args_;
   pid_t pid_ = -1;
   int exit_status_ = -1;
-  std::string url_;
+  mutable std::mutex url_mu_;
+  std::string url_;  // guarded by url_mu_
 };
+
+// One HTTP request to any URL (no redirect following).
+HttpResult HttpGet(const std::string& url, const std::string& path);
+HttpResult HttpPost(const std::string& url, const std::string& path, const std::string& body,
+                    const std::vector<std::pair<std::string, std::string>>& headers = {});
 
 // Polls cond every 20 ms until it holds or the deadline passes.
 bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds deadline);
