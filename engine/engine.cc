@@ -377,6 +377,7 @@ void Engine::WriterLoop() {
       stats_.latency_count++;
       if (!res.ok() && res.status().code() == StatusCode::kFailedPrecondition) {
         // Fenced: a newer leader has claimed the store. Nothing was written.
+        StepDown(res.status().message());
         for (auto& p : group) {
           p->promise.set_value(Unavailable("this master was deposed: " + res.status().message()));
         }
@@ -386,7 +387,6 @@ void Engine::WriterLoop() {
           for (auto& p : queue_) p->promise.set_value(Unavailable("this master was deposed"));
           queue_.clear();
         }
-        StepDown(res.status().message());
         break;
       }
       if (!res.ok() || res->first_position != recorded.front().position) {

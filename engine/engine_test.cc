@@ -178,5 +178,170 @@ TEST_F(EngineTest, RestartReplaysToTheSameState) {
   EXPECT_TRUE(known);
 }
 
+// --- HA ---
+
+class HaEngineTest : public EngineTest {
+ protected:
+  EngineOptions Options(const std::string& node) {
+    EngineOptions o;
+    o.node = node;
+    o.config.data_dir = dir_;
+    o.config.max_replicas = 1;
+    o.config.min_replicas = 1;
+    o.config.tick = std::chrono::milliseconds(20);
+    o.advertise_url = "http://" + node;
+    return o;
+  }
+  std::unique_ptr<storage::EventStore> OpenSecondary() {
+    auto s = storage::OpenRocksDbEventStore({dir_ + "/store", false, dir_ + "/secondary"});
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+  void Submit(Engine& e, const std::string& id) {
+    auto r = e.Execute(SubmitRun{.run_id = id, .workflow = "w"});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+  static Json Digest(const Engine& e) {
+    return e.Read([](const State& s) { return StateDigestJson(s); });
+  }
+  static uint64_t HeadOf(const Engine& e) {
+    return e.Read([](const State& s) { return s.head; });
+  }
+};
+
+TEST_F(HaEngineTest, StandbyFollowsTheLeaderAndPromotesWithoutReplay) {
+  StartEngine();
+  ASSERT_TRUE(engine_->Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
+  Submit(*engine_, "r1");
+  auto secondary = OpenSecondary();
+  ASSERT_TRUE(secondary);
+  Engine standby(Options("b"), secondary.get(), &backend_, &clock_);
+  ASSERT_TRUE(standby.StartStandby().ok());
+  EXPECT_EQ(standby.role(), Role::kStandby);
+  EXPECT_EQ(HeadOf(standby), HeadOf(*engine_));
+  EXPECT_EQ(standby.Execute(CancelRun{"r1", "x"}).status().code(), StatusCode::kUnavailable);
+
+  Submit(*engine_, "r2");
+  uint64_t gen = standby.Generation();
+  ASSERT_TRUE(secondary->CatchUp().ok());
+  auto applied = standby.Follow();
+  ASSERT_TRUE(applied.ok()) << applied.status().ToString();
+  EXPECT_GE(*applied, 1u);
+  EXPECT_NE(standby.Generation(), gen);  // long polls and streams wake up
+  EXPECT_TRUE(standby.Read([](const State& s) { return s.FindRun("r2") != nullptr; }));
+  EXPECT_EQ(standby.Read([](const State& s) { return s.leader_address; }), "http://127.0.0.1:1");
+
+  // The leader goes; the standby's store becomes primary and it leads.
+  Submit(*engine_, "r3");  // not yet tailed: Promote applies it from the store
+  uint64_t old_epoch = engine_->epoch();
+  engine_.reset();
+  store_.reset();
+  ASSERT_TRUE(secondary->Promote().ok());
+  bool rebuilt = true;
+  Status st = standby.Promote(&rebuilt);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_FALSE(rebuilt);
+  EXPECT_EQ(standby.role(), Role::kLeader);
+  EXPECT_TRUE(standby.ready());
+  EXPECT_EQ(standby.epoch(), old_epoch + 1);
+  EXPECT_TRUE(standby.Read([](const State& s) { return s.FindRun("r3") != nullptr; }));
+  EXPECT_EQ(standby.Read([](const State& s) { return s.leader_address; }), "http://b");
+  Submit(standby, "r4");
+  // What it leads with equals a replay of the store from scratch.
+  Json live = Digest(standby);
+  standby.Stop();
+  Engine replayed(Options("c"), secondary.get(), nullptr, &clock_);
+  ASSERT_TRUE(replayed.StartStandby().ok());
+  EXPECT_EQ(Digest(replayed), live);
+}
+
+TEST_F(HaEngineTest, PromotionRebuildsWhenTheStandbyReadWhatIsNotDurable) {
+  StartEngine();
+  ASSERT_TRUE(engine_->Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
+  Submit(*engine_, "kept");
+  engine_.reset();
+  store_.reset();
+  // What will be "durable": a copy of the store as of now.
+  std::filesystem::copy(dir_ + "/store", dir_ + "/durable", std::filesystem::copy_options::recursive);
+  OpenStore();
+  StartEngine();
+  auto secondary = OpenSecondary();
+  ASSERT_TRUE(secondary);
+  Engine standby(Options("b"), secondary.get(), &backend_, &clock_);
+  ASSERT_TRUE(standby.StartStandby().ok());
+  Submit(*engine_, "lost");
+  ASSERT_TRUE(secondary->CatchUp().ok());
+  ASSERT_TRUE(standby.Follow().ok());
+  ASSERT_TRUE(standby.Read([](const State& s) { return s.FindRun("lost") != nullptr; }));
+  uint64_t seen = HeadOf(standby);
+  // The leader dies and what it wrote after the copy never reached the disk.
+  engine_.reset();
+  store_.reset();
+  std::filesystem::rename(dir_ + "/store", dir_ + "/gone");
+  std::filesystem::rename(dir_ + "/durable", dir_ + "/store");
+  ASSERT_TRUE(secondary->Promote().ok());
+  ASSERT_LT(secondary->Head().position, seen);
+  bool rebuilt = false;
+  Status st = standby.Promote(&rebuilt);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_TRUE(rebuilt);
+  EXPECT_TRUE(standby.Read([](const State& s) { return s.FindRun("kept") != nullptr; }));
+  EXPECT_FALSE(standby.Read([](const State& s) { return s.FindRun("lost") != nullptr; }));
+  EXPECT_EQ(HeadOf(standby), secondary->Head().position);
+  Submit(standby, "after");
+  auto all = secondary->ReadAll(0, 1000);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_EQ(all->back().position, secondary->Head().position);
+}
+
+TEST_F(HaEngineTest, ADeposedLeaderCannotAppend) {
+  std::atomic<int> deposed{0};
+  EngineOptions a = Options("a");
+  a.start_pool = false;
+  a.on_deposed = [&](const std::string&) { deposed++; };
+  Engine old(a, store_.get(), nullptr, &clock_);
+  ASSERT_TRUE(old.Start().ok());
+  ASSERT_TRUE(old.Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
+  EngineOptions b = Options("b");
+  b.start_pool = false;
+  Engine successor(b, store_.get(), nullptr, &clock_);
+  ASSERT_TRUE(successor.Start().ok());  // claims epoch 2 in the store
+  uint64_t head = store_->Head().position;
+  auto r = old.Execute(SubmitRun{.run_id = "stale", .workflow = "w"});
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(old.role(), Role::kDeposed);
+  EXPECT_EQ(deposed.load(), 1);
+  EXPECT_NE(old.deposed_reason().find("fenced"), std::string::npos) << old.deposed_reason();
+  EXPECT_FALSE(old.ready());
+  EXPECT_EQ(store_->Head().position, head);
+  EXPECT_EQ(old.Execute(CancelRun{"x", "y"}).status().code(), StatusCode::kUnavailable);
+  // The successor is unaffected, and nothing of epoch 1 follows its election.
+  Submit(successor, "fresh");
+  auto all = store_->ReadAll(0, 1000);
+  ASSERT_TRUE(all.ok());
+  bool elected = false;
+  for (const auto& e : *all) {
+    if (e.type == "LeaderElected" && e.epoch == 2) elected = true;
+    if (elected) {
+      EXPECT_EQ(e.epoch, 2u) << e.type << " at " << e.position;
+    }
+  }
+  EXPECT_TRUE(elected);
+  old.Stop();
+}
+
+TEST_F(HaEngineTest, AContainerThatSawAHigherEpochDeposesTheLeader) {
+  StartEngine();
+  PollContainer p;
+  p.container = "c1";
+  p.epoch_seen = engine_->epoch() + 3;
+  auto r = engine_->Execute(p);
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(engine_->role(), Role::kDeposed);
+  EXPECT_NE(engine_->deposed_reason().find("epoch"), std::string::npos);
+  EXPECT_EQ(engine_->Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).status().code(),
+            StatusCode::kUnavailable);
+}
+
 }  // namespace
 }  // namespace epoch::engine

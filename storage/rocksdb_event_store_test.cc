@@ -637,5 +637,100 @@ TEST_F(StoreTest, MetaAndSnapshots) {
   EXPECT_EQ(**leader, "{\"address\":\"h:1\"}");
 }
 
+
+// --- HA: secondary, promotion, fencing ---
+
+class SecondaryTest : public StoreTest {
+ protected:
+  Result<std::unique_ptr<EventStore>> OpenSecondary() {
+    return OpenRocksDbEventStore(StoreOptions{dir_ + "/store", false, dir_ + "/secondary"});
+  }
+};
+
+TEST_F(SecondaryTest, FollowsThePrimaryAndRefusesWrites) {
+  ASSERT_TRUE(store_->Append(One("run-1", kNoStream, {"A", "B"})).ok());
+  auto sec = OpenSecondary();
+  ASSERT_TRUE(sec.ok()) << sec.status().ToString();
+  EventStore& s = **sec;
+  EXPECT_TRUE(s.read_only());
+  EXPECT_FALSE(store_->read_only());
+  EXPECT_EQ(s.Head().position, 2u);
+
+  std::atomic<uint64_t> notified{0};
+  s.Subscribe([&](uint64_t head) { notified = head; });
+  ASSERT_TRUE(store_->Append(One("run-2", kNoStream, {"C"})).ok());
+  EXPECT_EQ(s.Head().position, 2u);  // not until it catches up
+  auto head = s.CatchUp();
+  ASSERT_TRUE(head.ok()) << head.status().ToString();
+  EXPECT_EQ(head->position, 3u);
+  EXPECT_EQ(head->hash, store_->Head().hash);
+  EXPECT_EQ(notified.load(), 3u);
+  auto all = s.ReadAll(0, 10);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  ASSERT_EQ(all->size(), 3u);
+  EXPECT_EQ((*all)[2].type, "C");
+  auto stream = s.ReadStream("run-1", 1, 10);
+  ASSERT_TRUE(stream.ok());
+  EXPECT_EQ(stream->size(), 2u);
+  EXPECT_EQ(s.StreamVersion("run-2"), 1u);
+
+  EXPECT_EQ(s.Append(One("run-3", kNoStream, {"X"})).status().code(),
+            StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.PutMeta("leader", "x").code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.ClaimEpoch(9).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.PutSnapshot(1, "x").code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Head().position, 3u);  // the refused writes left no trace
+}
+
+TEST_F(SecondaryTest, PromotionContinuesTheChainAndSeesTheFence) {
+  ASSERT_TRUE(store_->ClaimEpoch(1).ok());
+  ASSERT_TRUE(store_->Append(One("run-1", kNoStream, {"A", "B"})).ok());
+  auto sec = OpenSecondary();
+  ASSERT_TRUE(sec.ok()) << sec.status().ToString();
+  ASSERT_TRUE(store_->Append(One("run-1", 2, {"C"})).ok());
+  ASSERT_TRUE((*sec)->CatchUp().ok());
+  EXPECT_EQ((*sec)->ClaimedEpoch(), 1u);
+  HeadInfo before = store_->Head();
+  store_.reset();  // the leader dies
+
+  EventStore& s = **sec;
+  ASSERT_TRUE(s.Promote().ok());
+  EXPECT_FALSE(s.read_only());
+  EXPECT_EQ(s.Head().position, before.position);
+  EXPECT_EQ(s.Head().hash, before.hash);
+  EXPECT_EQ(s.ClaimEpoch(1).code(), StatusCode::kConflict);  // already claimed
+  ASSERT_TRUE(s.ClaimEpoch(2).ok());
+  // A batch of the old epoch is fenced off and writes nothing.
+  auto fenced = s.Append(One("run-1", 3, {"D"}));
+  EXPECT_EQ(fenced.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(fenced.status().message().find("fenced"), std::string::npos);
+  EXPECT_EQ(s.Head().position, 3u);
+  AppendBatch b = One("run-1", 3, {"D"});
+  b.epoch = 2;
+  auto r = s.Append(b);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->first_position, 4u);
+  EXPECT_EQ(s.StreamVersion("run-1"), 4u);
+  auto all = s.ReadAll(0, 10);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();  // the chain verifies across the switch
+  EXPECT_EQ(all->size(), 4u);
+  EXPECT_EQ((*all)[3].epoch, 2u);
+  EXPECT_EQ(s.Promote().code(), StatusCode::kOk);  // already primary: nothing to do
+}
+
+TEST_F(SecondaryTest, PromotionWhileTheOldPrimaryIsOpenFails) {
+  auto sec = OpenSecondary();
+  ASSERT_TRUE(sec.ok());
+  Status st = (*sec)->Promote();
+  EXPECT_FALSE(st.ok());  // RocksDB's own LOCK: never two primaries
+  EXPECT_TRUE((*sec)->read_only());
+  EXPECT_TRUE(store_->Append(One("run-1", kNoStream, {"A"})).ok());
+}
+
+TEST_F(SecondaryTest, OpeningASecondaryOfNoStoreFails) {
+  auto s = OpenRocksDbEventStore(StoreOptions{dir_ + "/nothing", false, dir_ + "/sec2"});
+  EXPECT_FALSE(s.ok());
+}
+
 }  // namespace
 }  // namespace epoch::storage
