@@ -9,7 +9,7 @@ DEPS := cmake g++ make pkg-config ccache curl procps \
         librocksdb-dev libboost-dev nlohmann-json3-dev libcpp-httplib-dev libbrotli-dev \
         libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev zlib1g-dev libcli11-dev
 
-.PHONY: deps configure build test demo bench clean
+.PHONY: deps configure build test demo demo-ha bench clean
 
 deps:
 	@missing=""; for p in $(DEPS); do \
@@ -32,6 +32,9 @@ test: build
 
 demo: build
 	examples/hello-lifecycle/demo.sh $(BUILD)
+
+demo-ha: build
+	examples/ha/demo.sh $(BUILD)
 
 bench: build
 	$(BUILD)/bin/epoch-bench append
