@@ -117,6 +117,11 @@ const std::map<std::string, KeyDef>& Keys() {
          c->data_dir = AsString(v);
          return Status::Ok();
        }}},
+      {"storage.snapshotEvery", {"100000", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 0, 1LL << 40));
+         c->snapshot_every = static_cast<uint64_t>(n);
+         return Status::Ok();
+       }}},
       {"executor.backend", {"local", [](Config* c, const std::string& k, const Json& v) {
          std::string b = AsString(v);
          if (b != "local") {
@@ -242,6 +247,7 @@ Json Config::ToJson() const {
               {"sig.idleTimeout", FormatDuration(idle_timeout)},
               {"cluster.basePort", base_port},
               {"storage.dataDir", data_dir},
+              {"storage.snapshotEvery", snapshot_every},
               {"executor.backend", backend},
               {"executor.leaseTime", FormatDuration(lease)},
               {"executor.registerTimeout", FormatDuration(register_timeout)},

@@ -37,6 +37,7 @@ struct Config {
   std::string tls_certificate_secret_name;
   // storage.*
   std::string data_dir;
+  uint64_t snapshot_every = 100000;  // events between the leader's snapshots (0 = never)
   // executor.*
   std::string backend = "local";
   Micros lease = std::chrono::seconds(10);

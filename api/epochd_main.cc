@@ -161,6 +161,7 @@ int main(int argc, char** argv) {
   engine::EngineOptions eopts;
   eopts.node = config.master_name;
   eopts.advertise_url = config.advertise_url;
+  eopts.snapshot_every = config.snapshot_every;
   engine::EngineConfig& ec = eopts.config;
   ec.data_dir = config.data_dir;
   ec.backend = config.backend;

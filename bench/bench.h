@@ -14,5 +14,12 @@ int RunStepsBench(int argc, char** argv);
 int RunSubmitBench(int argc, char** argv);
 // epoch-bench schedule [--attempts N] [--containers C] [--gpus G]: placement decisions/s.
 int RunScheduleBench(int argc, char** argv);
+// epoch-bench history N DIR: a data dir with >= N events of real runs (ha_bench.cc).
+int RunHistoryBench(int argc, char** argv);
+// epoch-bench replay DIR: cold start on DIR's log, with and without a snapshot.
+int RunReplayBench(int argc, char** argv);
+// epoch-bench failover K [--history DIR]: kill -9 the leader K times; p50/p99/max
+// until the standby acknowledges a write.
+int RunFailoverBench(int argc, char** argv);
 
 }  // namespace epoch::bench

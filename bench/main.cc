@@ -20,6 +20,12 @@ constexpr Subcommand kSubcommands[] = {
      "runs/s acknowledged durably over HTTP with K clients, p50/p99"},
     {"schedule", epoch::bench::RunScheduleBench,
      "placement decisions/s: 1,000 queued attempts over 100 containers of 8 GPUs"},
+    {"history", epoch::bench::RunHistoryBench,
+     "N DIR: build a data dir with >= N events of real runs (input of replay/failover)"},
+    {"replay", epoch::bench::RunReplayBench,
+     "DIR: cold master start on DIR's log, full replay vs snapshot + tail"},
+    {"failover", epoch::bench::RunFailoverBench,
+     "K [--history DIR]: kill -9 the leader K times; ms until the standby takes a write"},
 };
 
 int Usage(FILE* out) {

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "engine/processor.h"
+#include "engine/snapshot.h"
 
 namespace epoch::engine {
 
@@ -44,26 +45,33 @@ std::string_view Name(Role r) {
   return "?";
 }
 
-// Evolves `s` with the store's events after s->head, page by page; `lock` (may
-// be null) is held while a page is applied. Keeps applied_hash_ at the last one.
-Status Engine::ApplyFromStore(State* s, uint64_t* count) {
+// Evolves working_ with the store's events after its head, page by page, and,
+// with `mirror`, published_ too (under its lock, a page at a time): a standby
+// keeps both in step so that promotion copies nothing. Keeps applied_hash_ at
+// the last event applied.
+Status Engine::ApplyFromStore(bool mirror, uint64_t* count) {
   while (true) {
-    ASSIGN_OR_RETURN(auto page, store_->ReadAll(s->head, kReplayPage));
+    ASSIGN_OR_RETURN(auto page, store_->ReadAll(working_.head, kReplayPage));
     if (page.empty()) return Status::Ok();
-    std::unique_lock<std::shared_mutex> lock(published_mu_, std::defer_lock);
-    if (s == &published_) lock.lock();
+    std::vector<RecordedEvent> recorded;
+    recorded.reserve(page.size());
     for (const auto& env : page) {
+      recorded.push_back(FromEnvelope(env));
       try {
-        Evolve(*s, FromEnvelope(env));
+        Evolve(working_, recorded.back());
       } catch (const Json::exception& e) {
         return Corruption("applying event " + std::to_string(env.position) + " (" + env.type +
                           "): " + e.what());
       }
-      if (s->head != env.position) {
+      if (working_.head != env.position) {
         return Corruption("event " + std::to_string(env.position) + " did not advance the state");
       }
       applied_hash_ = env.hash;
       ++*count;
+    }
+    if (mirror) {
+      std::unique_lock lock(published_mu_);
+      for (const auto& r : recorded) Evolve(published_, r);
     }
   }
 }
@@ -71,19 +79,75 @@ Status Engine::ApplyFromStore(State* s, uint64_t* count) {
 Status Engine::Load() {
   working_ = State{};
   applied_hash_.clear();
+  loaded_from_ = 0;
+  if (options_.load_snapshot) {
+    // A snapshot that does not decode or does not match the log is skipped: the
+    // log is the truth and a full replay rebuilds the same state.
+    auto latest = store_->LatestSnapshot();
+    if (!latest.ok()) {
+      spdlog::warn("reading the latest snapshot: {}; replaying the whole log",
+                   latest.status().ToString());
+    } else if (latest->has_value()) {
+      uint64_t position = (*latest)->first;
+      auto at = store_->ReadAt(position);
+      auto state = DecodeSnapshot((*latest)->second);
+      if (!at.ok() || !state.ok() || state->head != position) {
+        spdlog::warn("snapshot at {} is unusable ({}); replaying the whole log", position,
+                     !at.ok() ? at.status().ToString()
+                              : !state.ok() ? state.status().ToString() : "head mismatch");
+      } else {
+        working_ = std::move(*state);
+        applied_hash_ = at->hash;
+        loaded_from_ = position;
+      }
+    }
+  }
   uint64_t count = 0;
-  RETURN_IF_ERROR(ApplyFromStore(&working_, &count));
+  RETURN_IF_ERROR(ApplyFromStore(/*mirror=*/false, &count));
+  replayed_ = count;
+  last_snapshot_ = loaded_from_;
   storage::HeadInfo head = store_->Head();
   if (head.position != working_.head) {
     return Corruption("replay ended at " + std::to_string(working_.head) + " but the head is " +
                       std::to_string(head.position));
   }
-  spdlog::info("replayed {} events (head {})", count, working_.head);
+  spdlog::info("loaded state at {}: snapshot at {} + {} events replayed", working_.head,
+               loaded_from_.load(), count);
   return Status::Ok();
+}
+
+Result<SnapshotInfo> Engine::WriteSnapshot() {
+  if (store_->read_only()) return FailedPrecondition("a standby cannot write snapshots");
+  State copy;
+  {
+    std::shared_lock lock(published_mu_);
+    copy = published_;
+  }
+  std::string bytes = EncodeSnapshot(copy);
+  RETURN_IF_ERROR(store_->PutSnapshot(copy.head, bytes));
+  spdlog::info("snapshot at {} ({} bytes)", copy.head, bytes.size());
+  return SnapshotInfo{copy.head, bytes.size()};
+}
+
+void Engine::SnapshotLoop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(snapshot_mu_);
+      snapshot_cv_.wait(lock, [&] { return snapshot_due_ || snapshot_stopping_; });
+      if (snapshot_stopping_) return;
+      snapshot_due_ = false;
+    }
+    auto r = WriteSnapshot();
+    if (!r.ok()) spdlog::warn("snapshot failed: {}", r.status().ToString());
+  }
 }
 
 Status Engine::Start() {
   RETURN_IF_ERROR(Load());
+  {
+    std::unique_lock lock(published_mu_);
+    published_ = working_;
+  }
   return Lead();
 }
 
@@ -91,10 +155,9 @@ Status Engine::StartStandby() {
   RETURN_IF_ERROR(Load());
   {
     std::unique_lock lock(published_mu_);
-    published_ = std::move(working_);
-    working_ = State{};
+    published_ = working_;
   }
-  epoch_ = published_.epoch;
+  epoch_ = working_.epoch;
   role_ = Role::kStandby;
   return Status::Ok();
 }
@@ -102,9 +165,9 @@ Status Engine::StartStandby() {
 Result<size_t> Engine::Follow() {
   if (role_ != Role::kStandby) return FailedPrecondition("not a standby");
   uint64_t count = 0;
-  Status st = ApplyFromStore(&published_, &count);
+  Status st = ApplyFromStore(/*mirror=*/true, &count);
   if (count > 0) {
-    epoch_ = published_.epoch;
+    epoch_ = working_.epoch;
     {
       std::lock_guard<std::mutex> lock(change_mu_);
       generation_++;
@@ -121,7 +184,7 @@ Status Engine::Promote(bool* rebuilt) {
   role_ = Role::kPromoting;
   // What this standby applied must be a prefix of what is durable: the event at
   // its head must exist in the store with the same hash.
-  uint64_t applied = published_.head;
+  uint64_t applied = working_.head;
   storage::HeadInfo head = store_->Head();
   bool diverged = applied > head.position;
   if (!diverged && applied > 0) {
@@ -137,13 +200,13 @@ Status Engine::Promote(bool* rebuilt) {
       role_ = Role::kStandby;
       return st;
     }
+    std::unique_lock lock(published_mu_);
+    published_ = working_;
   } else {
-    {
-      std::shared_lock lock(published_mu_);
-      working_ = published_;
-    }
+    // published_ is in step with working_ (Follow keeps both): apply what the
+    // secondary had not read yet to both.
     uint64_t count = 0;
-    Status st = ApplyFromStore(&working_, &count);
+    Status st = ApplyFromStore(/*mirror=*/true, &count);
     if (!st.ok()) {
       role_ = Role::kStandby;
       return st;
@@ -180,8 +243,8 @@ Status Engine::Lead() {
                    std::string(ev::kLeaderElected), data, "system", now, epoch_};
   Evolve(working_, le);
   {
-    std::unique_lock lock(published_mu_);
-    published_ = working_;
+    std::unique_lock lock(published_mu_);  // in step with working_ (see callers)
+    Evolve(published_, le);
   }
   {
     std::lock_guard<std::mutex> lock(change_mu_);
@@ -202,6 +265,7 @@ Status Engine::Lead() {
   started_ = true;
   writer_ = std::thread([this] { WriterLoop(); });
   reactor_ = std::thread([this] { ReactorLoop(); });
+  if (options_.snapshot_every > 0) snapshotter_ = std::thread([this] { SnapshotLoop(); });
   role_ = Role::kLeader;
   ready_ = true;
   return Status::Ok();
@@ -251,6 +315,12 @@ void Engine::Stop() {
   }
   reactor_cv_.notify_all();
   if (reactor_.joinable()) reactor_.join();
+  {
+    std::lock_guard<std::mutex> lock(snapshot_mu_);
+    snapshot_stopping_ = true;
+  }
+  snapshot_cv_.notify_all();
+  if (snapshotter_.joinable()) snapshotter_.join();
   change_cv_.notify_all();
 }
 
@@ -407,6 +477,15 @@ void Engine::WriterLoop() {
       }
       stats_.commits++;
       stats_.events_appended += recorded.size();
+      if (options_.snapshot_every > 0 &&
+          recorded.back().position - last_snapshot_ >= options_.snapshot_every) {
+        last_snapshot_ = recorded.back().position;
+        {
+          std::lock_guard<std::mutex> lock(snapshot_mu_);
+          snapshot_due_ = true;
+        }
+        snapshot_cv_.notify_one();
+      }
       {
         std::unique_lock lock(published_mu_);
         for (const auto& r : recorded) Evolve(published_, r);

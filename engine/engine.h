@@ -61,6 +61,16 @@ struct EngineOptions {
   bool start_pool = true;           // false: no ContainerRequested (tests of the core)
   // Called once, from the thread that noticed, when this leader is deposed.
   std::function<void(const std::string& reason)> on_deposed;
+  // Snapshots (snapshot.h): start from the latest one and replay only the events
+  // after it; the leader writes one every `snapshot_every` events (0 = never), in
+  // the background, from a copy of the published state.
+  bool load_snapshot = true;
+  uint64_t snapshot_every = 100000;
+};
+
+struct SnapshotInfo {
+  uint64_t position = 0;
+  size_t bytes = 0;
 };
 
 enum class Role { kStarting, kStandby, kPromoting, kLeader, kDeposed, kStopped };
@@ -115,6 +125,13 @@ class Engine {
   // Decides and commits one command; returns once its events are durable.
   Result<CommandResult> Execute(Command command);
 
+  // Encodes the published state and stores it as the latest snapshot (the store
+  // keeps only the latest). Leader only (the standby's store is read-only).
+  Result<SnapshotInfo> WriteSnapshot();
+  // Where the last Load() started: the snapshot position (0 = whole log) and how
+  // many events it replayed after it.
+  std::pair<uint64_t, uint64_t> LoadedFrom() const { return {loaded_from_, replayed_}; }
+
   // Runs fn(const State&) under the published state's shared lock.
   template <typename F>
   auto Read(F&& fn) const {
@@ -157,10 +174,11 @@ class Engine {
 
   Status Load();  // replays (from the latest snapshot) into working_
   Status Lead();  // LeaderElected, reconcile, start the writer
-  Status ApplyFromStore(State* s, uint64_t* count);
+  Status ApplyFromStore(bool mirror, uint64_t* count);
   void WriterLoop();
   std::vector<std::string> ExpiredLeases(TimePoint now);
   void ReactorLoop();
+  void SnapshotLoop();
   void PostReactor(std::function<void()> task);
 
   EngineOptions options_;
@@ -194,7 +212,13 @@ class Engine {
   std::deque<std::function<void()>> reactor_tasks_;
   bool reactor_stopping_ = false;
 
-  std::thread writer_, reactor_;
+  std::thread writer_, reactor_, snapshotter_;
+  std::mutex snapshot_mu_;
+  std::condition_variable snapshot_cv_;
+  bool snapshot_due_ = false;           // guarded by snapshot_mu_
+  bool snapshot_stopping_ = false;  // guarded by snapshot_mu_
+  uint64_t last_snapshot_ = 0;          // writer thread
+  std::atomic<uint64_t> loaded_from_{0}, replayed_{0};
   std::atomic<bool> failed_{false};
   std::atomic<bool> ready_{false};
   std::atomic<bool> started_{false};

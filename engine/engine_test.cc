@@ -343,5 +343,45 @@ TEST_F(HaEngineTest, AContainerThatSawAHigherEpochDeposesTheLeader) {
             StatusCode::kUnavailable);
 }
 
+TEST_F(HaEngineTest, RestartLoadsTheLatestSnapshotAndReplaysOnlyTheTail) {
+  EngineOptions o = Options("a");
+  o.snapshot_every = 10;
+  auto leader = std::make_unique<Engine>(o, store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  ASSERT_TRUE(leader->Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
+  for (int i = 0; i < 12; ++i) Submit(*leader, "r" + std::to_string(i));
+  // The background snapshotter catches up with the threshold.
+  ASSERT_TRUE(WaitFor([&] {
+    auto snap = store_->LatestSnapshot();
+    return snap.ok() && snap->has_value() && (*snap)->first >= 30;
+  }));
+  auto explicit_snap = leader->WriteSnapshot();
+  ASSERT_TRUE(explicit_snap.ok()) << explicit_snap.status().ToString();
+  Submit(*leader, "after-snapshot");
+  Json live = Digest(*leader);
+  leader.reset();
+
+  Engine from_snapshot(Options("b"), store_.get(), nullptr, &clock_);
+  ASSERT_TRUE(from_snapshot.StartStandby().ok());
+  auto [at, replayed] = from_snapshot.LoadedFrom();
+  EXPECT_EQ(at, explicit_snap->position);
+  EXPECT_GT(replayed, 0u);
+  EXPECT_LT(replayed, 20u);
+  EXPECT_EQ(Digest(from_snapshot), live);
+  EngineOptions no = Options("c");
+  no.load_snapshot = false;
+  Engine full(no, store_.get(), nullptr, &clock_);
+  ASSERT_TRUE(full.StartStandby().ok());
+  EXPECT_EQ(full.LoadedFrom().first, 0u);
+  EXPECT_EQ(Digest(full), live);
+
+  // A snapshot that does not decode is skipped: the whole log is replayed.
+  ASSERT_TRUE(store_->PutSnapshot(store_->Head().position, "garbage").ok());
+  Engine fallback(Options("d"), store_.get(), nullptr, &clock_);
+  ASSERT_TRUE(fallback.StartStandby().ok());
+  EXPECT_EQ(fallback.LoadedFrom().first, 0u);
+  EXPECT_EQ(Digest(fallback), live);
+}
+
 }  // namespace
 }  // namespace epoch::engine

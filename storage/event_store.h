@@ -141,7 +141,8 @@ class EventStore {
   virtual Result<std::optional<std::string>> GetMeta(const std::string& key) = 0;
   virtual Status PutMeta(const std::string& key, const std::string& value) = 0;
 
-  // Snapshots: opaque bytes describing state as of `position`.
+  // Snapshots: opaque bytes describing state as of `position`. PutSnapshot keeps
+  // only the latest (older ones are deleted in the same synced batch).
   virtual Status PutSnapshot(uint64_t position, const std::string& bytes) = 0;
   virtual Result<std::optional<std::pair<uint64_t, std::string>>> LatestSnapshot() = 0;
 

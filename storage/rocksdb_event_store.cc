@@ -142,10 +142,13 @@ Result<std::shared_ptr<Db>> OpenDb(const std::string& path, const std::string& s
   rocksdb::Options db_options;
   db_options.create_if_missing = create_if_missing && secondary_path.empty();
   db_options.create_missing_column_families = secondary_path.empty();
-  // A small WAL bound keeps the primary's open (WAL replay) short at failover.
-  db_options.max_total_wal_size = 64u << 20;
+  // Failover opens the primary while clients wait: keep the WAL to replay small
+  // (small memtables, a WAL bound) and replay it without flushing to SSTs.
+  db_options.max_total_wal_size = 32u << 20;
+  db_options.avoid_flush_during_recovery = true;
   if (!secondary_path.empty()) db_options.max_open_files = -1;  // required by secondaries
   rocksdb::ColumnFamilyOptions cf_options;
+  cf_options.write_buffer_size = 16u << 20;
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
       {rocksdb::kDefaultColumnFamilyName, cf_options},
       {codec::kEventsFamily, cf_options},
@@ -538,7 +541,11 @@ class RocksDbEventStore final : public EventStore {
     if (d->secondary) return FailedPrecondition("the event store is a read-only secondary");
     rocksdb::WriteOptions wo;
     wo.sync = true;
-    rocksdb::Status s = d->db->Put(wo, d->snapshots, codec::EventKey(position), bytes);
+    // Only the latest snapshot is kept: older ones go in the same batch.
+    rocksdb::WriteBatch wb;
+    wb.DeleteRange(d->snapshots, codec::EventKey(0), codec::EventKey(position));
+    wb.Put(d->snapshots, codec::EventKey(position), bytes);
+    rocksdb::Status s = d->db->Write(wo, &wb);
     if (!s.ok()) return FromRocks(s, "writing snapshot " + std::to_string(position));
     return Status::Ok();
   }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -328,6 +329,36 @@ TEST_F(HaTest, IdempotencyKeysAnswerTheFirstResultAcrossRestarts) {
   EXPECT_EQ(w2.json()["version"], 2);
   HttpResult list = a.Get("/v1/runs");
   EXPECT_EQ(list.json()["items"].size(), 1u);
+}
+
+TEST_F(HaTest, ALeaderWhoseLockFileIsRemovedStepsDownAndRejoinsTheElection) {
+  Epochd a(dir_.path(), {}, "a");
+  a.Start();
+  std::string first = a.url();
+  pid_t pid = a.pid();
+  // Someone deletes the election lock: another epochd could now lock a new file,
+  // so this leader must stop leading at once.
+  std::filesystem::remove(dir_.path() + "/leader.lock");
+  std::string address_file = dir_.path() + "/a.address";
+  std::string second;
+  bool rejoined = WaitFor(
+      [&] {
+        auto j = ParseJson(ReadAll(address_file));
+        if (!j.ok() || !j->contains("address") || (*j)["address"] == first) return false;
+        second = (*j)["address"];
+        return true;
+      },
+      10000ms);
+  ASSERT_TRUE(rejoined) << a.Log();
+  EXPECT_NE(a.Log().find("stepping down"), std::string::npos) << a.Log();
+  // The same process re-executed itself; alone on the data dir it leads again,
+  // with the next epoch.
+  EXPECT_TRUE(ProcessAlive(pid));
+  bool leads = WaitFor([&] { return HttpGet(second, "/readyz").status == 200; }, 10000ms);
+  ASSERT_TRUE(leads) << a.Log();
+  Json cluster = HttpGet(second, "/v1/cluster").json();
+  EXPECT_EQ(cluster["epoch"], 2);
+  EXPECT_EQ(cluster["role"], "leader");
 }
 
 }  // namespace
