@@ -280,6 +280,30 @@ void WorkerReportEvents(const State& state, const Container& c, const Json& repo
   }
 }
 
+// The step's declared outputs that `reported` (the agent's [{"name", ...}]) lacks,
+// comma-separated; empty when all are there (or none are declared).
+std::string MissingOutputs(const Run& run, const std::string& step, const Json& reported) {
+  if (!run.def) return "";
+  const workflows::Step* def = nullptr;
+  for (const auto& s : run.def->steps) {
+    if (s.name == step) def = &s;
+  }
+  if (!def || def->outputs.empty()) return "";
+  std::set<std::string> have;
+  if (reported.is_array()) {
+    for (const auto& o : reported) {
+      if (o.is_object() && o.contains("name") && o["name"].is_string()) have.insert(o["name"]);
+    }
+  }
+  std::string missing;
+  for (const auto& name : def->outputs) {
+    if (have.count(name)) continue;
+    if (!missing.empty()) missing += ", ";
+    missing += name;
+  }
+  return missing;
+}
+
 void ReportEvents(const State& state, const Container& c, const Json& report,
                   GangProgress* progress, std::vector<Event>* out) {
   std::string id = report.value("attempt_id", "");
@@ -307,6 +331,13 @@ void ReportEvents(const State& state, const Container& c, const Json& report,
   copy_opt("signal");
   if (st != "succeeded") copy_opt("reason");
   if (st == "succeeded") {
+    // A declared output the attempt did not write fails it (retry policy applies).
+    std::string missing = MissingOutputs(*run, step, report.value("outputs", Json::array()));
+    if (!missing.empty()) {
+      base["reason"] = "missing_output: " + missing;
+      out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
+      return;
+    }
     base["metrics"] = report.value("metrics", Json::object());
     base["outputs"] = report.value("outputs", Json::array());
     if (report.contains("metrics_error")) base["metrics_error"] = report["metrics_error"];

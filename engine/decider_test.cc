@@ -1,6 +1,8 @@
 // Pure tests of decide/evolve through the Processor: no store, no threads.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "engine/decider.h"
 #include "engine/engine.h"
 #include "engine/processor.h"
@@ -176,6 +178,47 @@ TEST_F(DeciderTest, FailedAttemptRetriesWithExponentialBackoffThenFailsRun) {
   EXPECT_NE(R(run).reason.find("after 3 attempt(s)"), std::string::npos);
   EXPECT_EQ(R(run).steps[1].attempts.size(), 3u);
   EXPECT_EQ(R(run).steps[2].phase, StepPhase::kCancelled);
+}
+
+TEST_F(DeciderTest, ADeclaredOutputThatWasNotWrittenFailsTheAttempt) {
+  StartContainer();
+  std::string run = Submit(R"({"name":"outs","steps":[{"name":"train","command":["x"],
+      "outputs":["model.bin","metrics.json"],"retry":{"limit":1,"backoff":"fixed","initial":"1s"}}]})");
+  // Only metrics.json written: the attempt fails with missing_output, naming the file.
+  PollContainer p;
+  p.container = "c1";
+  p.reports = Json::array({Json{{"attempt_id", run + "/train/1"}, {"state", "succeeded"},
+                                {"exit_code", 0},
+                                {"outputs", Json::array({Json{{"name", "metrics.json"},
+                                                              {"size", 2}, {"sha256", "ab"}}})}}});
+  Status st;
+  auto evs = Do(p, &st);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  auto types = Types(evs);
+  EXPECT_EQ(std::count(types.begin(), types.end(), "JobSucceeded"), 0);
+  ASSERT_EQ(std::count(types.begin(), types.end(), "JobFailed"), 1);
+  for (const auto& e : evs) {
+    if (e.type == "JobFailed") {
+      EXPECT_EQ(e.data["reason"], "missing_output: model.bin");
+    }
+  }
+  EXPECT_EQ(R(run).steps[0].attempts[0].phase, AttemptPhase::kFailed);
+  EXPECT_EQ(R(run).steps[0].attempts[0].reason, "missing_output: model.bin");
+  // The retry writes both and succeeds; the outputs are recorded with their digests.
+  now_ += std::chrono::seconds(2);
+  DoTick();
+  ASSERT_EQ(R(run).steps[0].attempts.size(), 2u);
+  p.reports = Json::array({Json{{"attempt_id", run + "/train/2"}, {"state", "succeeded"},
+                                {"exit_code", 0},
+                                {"outputs", Json::array({Json{{"name", "model.bin"}, {"size", 9},
+                                                              {"sha256", "cd"}},
+                                                         Json{{"name", "metrics.json"},
+                                                              {"size", 2}, {"sha256", "ab"}}})}}});
+  evs = Do(p, &st);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(R(run).steps[0].phase, StepPhase::kSucceeded);
+  EXPECT_EQ(R(run).steps[0].outputs.size(), 2u);
+  EXPECT_EQ(R(run).steps[0].outputs[0]["sha256"], "cd");
 }
 
 TEST_F(DeciderTest, RetryRunReRunsOnlyStepsThatDidNotSucceed) {
