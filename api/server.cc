@@ -474,6 +474,64 @@ void ApiServer::Impl::RunsRoutes() {
   http.Get(R"(/v1/workflows/([^/]+)/versions/([^/]+))",
            Wrap("/v1/workflows/{name}/versions/{v}", get_workflow));
 
+  // Lineage: data sets and models, each version with what produced it.
+  for (bool model : {false, true}) {
+    std::string base = model ? "/v1/models" : "/v1/datasets";
+    auto all = [model](const engine::State& s) -> const auto& {
+      return model ? s.models : s.datasets;
+    };
+    http.Get(base, Wrap(base, [this, all, model](const Request&, Response& res) {
+               Json items = Json::array();
+               engine->Read([&](const engine::State& s) {
+                 for (const auto& [name, versions] : all(s)) {
+                   Json latest = engine::ArtifactToJson(name, versions.back(), model);
+                   latest["versions"] = versions.size();
+                   items.push_back(std::move(latest));
+                 }
+                 return 0;
+               });
+               WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
+             }));
+    auto one = [this, all, model](const Request& req, Response& res) {
+      std::string name = req.matches[1];
+      int version = 0;
+      if (req.matches.size() > 2 && req.matches[2].matched) {
+        try {
+          version = std::stoi(req.matches[2]);
+        } catch (const std::exception&) {
+          version = -1;
+        }
+        if (version < 1) {
+          return WriteError(res, {400, "bad_parameter", "version must be an integer >= 1", {}});
+        }
+      }
+      Json out;
+      bool found = engine->Read([&](const engine::State& s) {
+        auto it = all(s).find(name);
+        if (it == all(s).end()) return false;
+        if (version > static_cast<int>(it->second.size())) return false;
+        if (version > 0) {
+          out = engine::ArtifactToJson(name, it->second[static_cast<size_t>(version - 1)], model);
+          return true;
+        }
+        Json versions = Json::array();
+        for (const auto& v : it->second) versions.push_back(engine::ArtifactToJson(name, v, model));
+        out = Json{{"name", name}, {"versions", versions}};
+        return true;
+      });
+      if (!found) {
+        return WriteError(res, {404, "not_found",
+                                std::string(model ? "model '" : "data set '") + name + "'" +
+                                    (version ? " version " + std::to_string(version) : "") +
+                                    " not found",
+                                {}});
+      }
+      WriteJson(res, 200, out);
+    };
+    http.Get(base + R"(/([^/]+))", Wrap(base + "/{name}", one));
+    http.Get(base + R"(/([^/]+)/versions/([^/]+))", Wrap(base + "/{name}/versions/{v}", one));
+  }
+
   http.Post("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
               HttpError err;
               auto body = ParseBody(req, &err);

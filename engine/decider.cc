@@ -1,9 +1,11 @@
 #include "engine/decider.h"
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <tuple>
 
+#include "common/sha256.h"
 #include "common/units.h"
 
 namespace epoch::engine {
@@ -545,10 +547,103 @@ bool HasActiveAttempt(const StepRun& s) { return s.Last() && !IsTerminal(s.Last(
 
 }  // namespace
 
+// SHA-256 over a step's outputs (name and digest of each, by name): the identity
+// of a data set or model version.
+std::string OutputsDigest(const Json& outputs) {
+  std::map<std::string, std::string> files;
+  if (outputs.is_array()) {
+    for (const auto& o : outputs) {
+      if (o.is_object() && o.contains("name") && o["name"].is_string()) {
+        files[o["name"]] = o.contains("sha256") && o["sha256"].is_string() ? o["sha256"] : "";
+      }
+    }
+  }
+  std::string canonical;
+  for (const auto& [name, sha] : files) canonical += name + '\0' + sha + '\n';
+  return Sha256Hex(canonical);
+}
+
+// The version a step's outputs get: the existing one with the same digest, else the next.
+int ArtifactVersionFor(const std::map<std::string, std::vector<ArtifactVersion>>& all,
+                       const std::string& name, const std::string& digest) {
+  auto it = all.find(name);
+  if (it == all.end()) return 1;
+  for (const auto& v : it->second) {
+    if (v.digest == digest) return v.version;
+  }
+  return static_cast<int>(it->second.size()) + 1;
+}
+
+// Lineage of a run's succeeded steps: data sets, then models (naming the run's
+// data set versions), then validate metrics attached to the run's models.
+void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) {
+  const Definition& def = *run.def;
+  bool datasets_pending = false;
+  for (size_t i = 0; i < def.steps.size(); ++i) {
+    const Step& step = def.steps[i];
+    const StepRun& s = run.steps[i];
+    if (step.dataset.empty() || run.datasets.count(step.name)) continue;
+    if (s.phase != StepPhase::kSucceeded || s.attempts.empty()) continue;
+    std::string digest = OutputsDigest(s.outputs);
+    out->push_back(RunEvent(run, ev::kDatasetVersionRegistered,
+                            Json{{"name", step.dataset},
+                                 {"version", ArtifactVersionFor(state.datasets, step.dataset, digest)},
+                                 {"digest", digest},
+                                 {"step", step.name},
+                                 {"attempt", s.attempts.back().number},
+                                 {"outputs", s.outputs}}));
+    datasets_pending = true;
+  }
+  if (datasets_pending) return;  // models name them: next round
+  bool models_pending = false;
+  for (size_t i = 0; i < def.steps.size(); ++i) {
+    const Step& step = def.steps[i];
+    const StepRun& s = run.steps[i];
+    if (step.model.empty() || run.models.count(step.name)) continue;
+    if (s.phase != StepPhase::kSucceeded || s.attempts.empty()) continue;
+    Json datasets = Json::array();
+    for (const auto& [st, nv] : run.datasets) {
+      datasets.push_back(Json{{"name", nv.first}, {"version", nv.second}, {"step", st}});
+    }
+    std::string digest = OutputsDigest(s.outputs);
+    out->push_back(RunEvent(run, ev::kModelVersionRegistered,
+                            Json{{"name", step.model},
+                                 {"version", ArtifactVersionFor(state.models, step.model, digest)},
+                                 {"digest", digest},
+                                 {"step", step.name},
+                                 {"attempt", s.attempts.back().number},
+                                 {"outputs", s.outputs},
+                                 {"workflow", run.workflow},
+                                 {"workflow_version", run.version},
+                                 {"params", run.params},
+                                 {"datasets", datasets}}));
+    models_pending = true;
+  }
+  if (models_pending || run.models.empty()) return;
+  for (size_t i = 0; i < def.steps.size(); ++i) {
+    const Step& step = def.steps[i];
+    const StepRun& s = run.steps[i];
+    if (step.kind != workflows::StepKind::kValidate || s.phase != StepPhase::kSucceeded ||
+        run.validated.count(step.name)) {
+      continue;
+    }
+    for (const auto& [st, nv] : run.models) {
+      out->push_back(RunEvent(run, ev::kModelVersionValidated,
+                              Json{{"name", nv.first}, {"version", nv.second},
+                                   {"step", step.name}, {"metrics", s.metrics}}));
+    }
+  }
+}
+
 std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideContext& ctx) {
-  (void)state;
   std::vector<Event> out;
-  if (IsTerminal(run.phase) || !run.def) return out;
+  if (!run.def) return out;
+  // Lineage is recorded even when the step that completes it ends the run.
+  if (run.phase != RunPhase::kCancelled && run.phase != RunPhase::kFailed) {
+    LineageEvents(state, run, &out);
+    if (!out.empty()) return out;
+  }
+  if (IsTerminal(run.phase)) return out;
   const Definition& def = *run.def;
 
   if (run.cancel_requested) {

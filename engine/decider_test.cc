@@ -6,6 +6,7 @@
 #include "engine/decider.h"
 #include "engine/engine.h"
 #include "engine/processor.h"
+#include "engine/snapshot.h"
 
 namespace epoch::engine {
 namespace {
@@ -219,6 +220,81 @@ TEST_F(DeciderTest, ADeclaredOutputThatWasNotWrittenFailsTheAttempt) {
   EXPECT_EQ(R(run).steps[0].phase, StepPhase::kSucceeded);
   EXPECT_EQ(R(run).steps[0].outputs.size(), 2u);
   EXPECT_EQ(R(run).steps[0].outputs[0]["sha256"], "cd");
+}
+
+TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation) {
+  StartContainer();
+  const char* def = R"({"name":"lin","params":{"lr":0.1},"steps":[
+      {"name":"prep","kind":"data_prep","command":["p"],"dataset":{"name":"fmnist"}},
+      {"name":"train","kind":"train","after":["prep"],"command":["t"],"model":{"name":"mlp"}},
+      {"name":"validate","kind":"validate","after":["train"],"command":["v"]}]})";
+  auto succeed = [&](const std::string& attempt, Json outputs, Json metrics = Json::object()) {
+    PollContainer p;
+    p.container = "c1";
+    p.reports = Json::array({Json{{"attempt_id", attempt}, {"state", "succeeded"},
+                                  {"exit_code", 0}, {"outputs", outputs}, {"metrics", metrics}}});
+    Status st;
+    auto evs = Do(p, &st);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return Types(evs);
+  };
+  Json shards = Json::array({Json{{"name", "train.bin"}, {"size", 10}, {"sha256", "aa"}}});
+  Json model = Json::array({Json{{"name", "model.bin"}, {"size", 20}, {"sha256", "bb"}}});
+  std::string r1 = Submit(def, Json{{"lr", 0.1}});
+  auto t = succeed(r1 + "/prep/1", shards);
+  EXPECT_EQ(std::count(t.begin(), t.end(), "DatasetVersionRegistered"), 1);
+  succeed(r1 + "/train/1", model);
+  t = succeed(r1 + "/validate/1", Json::array(), Json{{"accuracy", 0.9}});
+  EXPECT_EQ(std::count(t.begin(), t.end(), "ModelVersionValidated"), 1);
+  EXPECT_EQ(t.back(), "RunSucceeded");
+  ASSERT_EQ(state_.datasets["fmnist"].size(), 1u);
+  ASSERT_EQ(state_.models["mlp"].size(), 1u);
+  const ArtifactVersion& m1 = state_.models["mlp"][0];
+  EXPECT_EQ(m1.run, r1);
+  EXPECT_EQ(m1.step, "train");
+  EXPECT_EQ(m1.params["lr"], 0.1);
+  EXPECT_EQ(m1.workflow, "lin");
+  ASSERT_EQ(m1.datasets.size(), 1u);
+  EXPECT_EQ(m1.datasets[0]["name"], "fmnist");
+  EXPECT_EQ(m1.datasets[0]["version"], 1);
+  EXPECT_EQ(m1.metrics["accuracy"], 0.9);
+  EXPECT_EQ(m1.validated_by[0]["step"], "validate");
+
+  // The same data again is the same data set version; a different model is version 2.
+  std::string r2 = Submit(def, Json{{"lr", 0.01}});
+  succeed(r2 + "/prep/1", shards);
+  succeed(r2 + "/train/1",
+          Json::array({Json{{"name", "model.bin"}, {"size", 20}, {"sha256", "cc"}}}));
+  succeed(r2 + "/validate/1", Json::array(), Json{{"accuracy", 0.8}});
+  EXPECT_EQ(state_.datasets["fmnist"].size(), 1u);
+  ASSERT_EQ(state_.models["mlp"].size(), 2u);
+  EXPECT_EQ(state_.models["mlp"][1].params["lr"], 0.01);
+  EXPECT_EQ(state_.models["mlp"][1].metrics["accuracy"], 0.8);
+  EXPECT_EQ(R(r2).datasets.at("prep"), std::make_pair(std::string("fmnist"), 1));
+  EXPECT_EQ(R(r2).models.at("train"), std::make_pair(std::string("mlp"), 2));
+
+  // Replay and a snapshot both keep the lineage.
+  State replayed;
+  for (const auto& e : all_) Evolve(replayed, e);
+  EXPECT_EQ(EncodeSnapshot(replayed), EncodeSnapshot(state_));
+  auto decoded = DecodeSnapshot(EncodeSnapshot(state_));
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(decoded->models["mlp"][1].metrics["accuracy"], 0.8);
+  EXPECT_EQ(decoded->FindRun(r2)->models.at("train").second, 2);
+  EXPECT_EQ(decoded->FindRun(r1)->validated.count("validate"), 1u);
+}
+
+TEST_F(DeciderTest, LineageFieldsAreCheckedAtRegistration) {
+  Status st;
+  Do(RegisterWorkflow{*ParseJson(R"({"name":"bad","steps":[
+      {"name":"t","kind":"train","command":["x"],"dataset":{"name":"d"}},
+      {"name":"p","kind":"data_prep","command":["x"],"model":{"nme":"m"}}]})")}, &st);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  std::string all;
+  for (const auto& d : st.details()) all += d + "\n";
+  EXPECT_NE(all.find("steps[0].dataset: only a data_prep step registers a dataset"),
+            std::string::npos) << all;
+  EXPECT_NE(all.find("steps[1].model.nme: unknown field"), std::string::npos) << all;
 }
 
 TEST_F(DeciderTest, RetryRunReRunsOnlyStepsThatDidNotSucceed) {

@@ -229,6 +229,8 @@ class Engine {
 // compare a replayed state with the live one).
 Json RunToJson(const Run& run, const EngineConfig& config);
 Json ContainerToJson(const Container& c);
+// A data set or model version with its lineage (kind "dataset" or "model").
+Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool model);
 Json StateDigestJson(const State& s);
 
 }  // namespace epoch::engine

@@ -34,6 +34,11 @@ inline constexpr std::string_view kJobTimedOut = "JobTimedOut";  // {step, attem
 inline constexpr std::string_view kJobCancelled = "JobCancelled";  // {step, attempt, reason, usage}
 inline constexpr std::string_view kJobWorkerFinished = "JobWorkerFinished";  // {step, attempt, rank, state, exit_code, signal, reason, usage}
 inline constexpr std::string_view kJobRetryScheduled = "JobRetryScheduled";  // {step, attempt, not_before}
+// Lineage (stream run-<id>): a succeeded step's outputs as a version of a data set
+// or model; the version is the existing one with the same digest, else the next.
+inline constexpr std::string_view kDatasetVersionRegistered = "DatasetVersionRegistered";  // {name, version, digest, step, attempt, outputs}
+inline constexpr std::string_view kModelVersionRegistered = "ModelVersionRegistered";  // {name, version, digest, step, attempt, outputs, workflow, workflow_version, params, datasets: [{name, version}]}
+inline constexpr std::string_view kModelVersionValidated = "ModelVersionValidated";  // {name, version, step, metrics}
 // Containers (stream container-<id>)
 inline constexpr std::string_view kContainerRequested = "ContainerRequested";  // {container, backend, spec, reason}
 inline constexpr std::string_view kContainerLaunched = "ContainerLaunched";    // {container, handle}

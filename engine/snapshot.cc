@@ -335,6 +335,57 @@ bool RunsBySeqIsDerived(const State& s) {
 }
 
 // The whole snapshot: the header's crc and size are filled in once the body is written.
+// lineage := artifacts datasets | artifacts models | varint n | run_lineage[n]
+// artifacts := varint n | (str name | varint m | artifact[m])[n]
+// artifact := svarint version | str digest | str run | str step | svarint attempt |
+//             json outputs | time registered_at | str workflow | svarint workflow_version |
+//             json params | json datasets | json metrics | json validated_by
+// run_lineage := str run | pairs datasets | pairs models | varint k | str validated[k]
+// pairs := varint n | (str step | str name | svarint version)[n]
+void WriteLineage(Writer& w, const State& s) {
+  for (const auto* all : {&s.datasets, &s.models}) {
+    w.Varint(all->size());
+    for (const auto& [name, versions] : *all) {
+      w.Sym(name);
+      w.Varint(versions.size());
+      for (const auto& v : versions) {
+        w.Svarint(v.version);
+        w.Str(v.digest);
+        w.Str(v.run);
+        w.Sym(v.step);
+        w.Svarint(v.attempt);
+        w.Json(v.outputs);
+        w.Time(v.registered_at);
+        w.Sym(v.workflow);
+        w.Svarint(v.workflow_version);
+        w.Json(v.params);
+        w.Json(v.datasets);
+        w.Json(v.metrics);
+        w.Json(v.validated_by);
+      }
+    }
+  }
+  size_t n = 0;
+  for (const auto& [id, r] : s.runs) {
+    if (!r.datasets.empty() || !r.models.empty() || !r.validated.empty()) ++n;
+  }
+  w.Varint(n);
+  for (const auto& [id, r] : s.runs) {
+    if (r.datasets.empty() && r.models.empty() && r.validated.empty()) continue;
+    w.Str(id);
+    for (const auto* pairs : {&r.datasets, &r.models}) {
+      w.Varint(pairs->size());
+      for (const auto& [step, nv] : *pairs) {
+        w.Sym(step);
+        w.Sym(nv.first);
+        w.Svarint(nv.second);
+      }
+    }
+    w.Varint(r.validated.size());
+    for (const auto& step : r.validated) w.Sym(step);
+  }
+}
+
 std::string Encode(const State& s) {
   DefTable defs;
   for (const auto& [name, versions] : s.workflows) {
@@ -429,6 +480,7 @@ std::string Encode(const State& s) {
   w.Time(s.last_launch_failure);
   w.Time(s.last_scale_up);
   w.Varint(s.gangs_placed);
+  WriteLineage(w, s);
 
   std::string& out = w.out();
   std::string_view body = std::string_view(out).substr(kSnapshotHeaderSize);
@@ -906,6 +958,7 @@ class StateReader {
     s.last_launch_failure = r_.Time();
     s.last_scale_up = r_.Time();
     s.gangs_placed = r_.Varint();
+    ReadLineage(s);
     if (r_.ok() && r_.remaining() != 0) {
       r_.set_where("");
       r_.Fail(std::to_string(r_.remaining()) + " bytes after the end of the state");
@@ -920,6 +973,62 @@ class StateReader {
     std::map<std::string, Run> decoded;
     Status status;
   };
+
+  void ReadLineage(State& s) {
+    r_.set_where("lineage");
+    for (auto* all : {&s.datasets, &s.models}) {
+      size_t n = r_.Count("artifacts");
+      for (size_t i = 0; i < n && r_.ok(); ++i) {
+        std::string name(r_.Str());
+        size_t m = r_.Count("versions");
+        std::vector<ArtifactVersion> versions;
+        for (size_t k = 0; k < m && r_.ok(); ++k) {
+          ArtifactVersion v;
+          v.version = r_.Int("version");
+          r_.Str(v.digest);
+          r_.Str(v.run);
+          r_.Str(v.step);
+          v.attempt = r_.Int("attempt");
+          r_.Json(v.outputs);
+          v.registered_at = r_.Time();
+          r_.Str(v.workflow);
+          v.workflow_version = r_.Int("workflow_version");
+          r_.Json(v.params);
+          r_.Json(v.datasets);
+          r_.Json(v.metrics);
+          r_.Json(v.validated_by);
+          if (v.version != static_cast<int>(versions.size()) + 1) {
+            r_.Fail("artifact versions out of order");
+          }
+          versions.push_back(std::move(v));
+        }
+        if (r_.ok() && !all->emplace(std::move(name), std::move(versions)).second) {
+          r_.Fail("duplicate artifact name");
+        }
+      }
+    }
+    size_t n = r_.Count("run lineage");
+    for (size_t i = 0; i < n && r_.ok(); ++i) {
+      std::string id(r_.Str());
+      auto it = s.runs.find(id);
+      if (it == s.runs.end()) {
+        r_.Fail("lineage of an unknown run");
+        return;
+      }
+      Run& run = it->second;
+      for (auto* pairs : {&run.datasets, &run.models}) {
+        size_t m = r_.Count("lineage pairs");
+        for (size_t k = 0; k < m && r_.ok(); ++k) {
+          std::string step(r_.Str());
+          std::string name(r_.Str());
+          int version = r_.Int("version");
+          (*pairs)[std::move(step)] = {std::move(name), version};
+        }
+      }
+      size_t k = r_.Count("validated");
+      for (size_t j = 0; j < k && r_.ok(); ++j) run.validated.insert(std::string(r_.Str()));
+    }
+  }
 
   void ReadDefinitions() {
     size_t n = r_.Count("definitions");

@@ -16,7 +16,7 @@
 //                str leader_node | str leader_address | varint next_run_seq |
 //                varint next_queue_seq | varint container_counter |
 //                svarint launch_failures_in_row | time last_launch_failure |
-//                time last_scale_up | varint gangs_placed
+//                time last_scale_up | varint gangs_placed | lineage (see WriteLineage)
 //   defs      := varint n | json source[n]     every distinct Definition once; rebuilt
 //                with workflows::ParseDefinition and shared by whoever refers to it
 //   def_ref   := varint: 0 = no definition, i = defs[i-1]
@@ -87,7 +87,7 @@
 namespace epoch::engine {
 
 inline constexpr std::string_view kSnapshotMagic = "EPOCHSNP";
-inline constexpr uint32_t kSnapshotFormatVersion = 1;
+inline constexpr uint32_t kSnapshotFormatVersion = 2;  // 2: lineage section
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.

@@ -293,6 +293,52 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     s.runs[run.id] = std::move(run);
     return;
   }
+  if (type == ev::kDatasetVersionRegistered || type == ev::kModelVersionRegistered) {
+    Run* r = s.FindRun(e.stream.substr(4));
+    if (!r) return;
+    bool model = type == ev::kModelVersionRegistered;
+    auto& versions = (model ? s.models : s.datasets)[d.value("name", "")];
+    int version = d.value("version", 0);
+    std::string step = d.value("step", "");
+    if (version == static_cast<int>(versions.size()) + 1) {
+      ArtifactVersion v;
+      v.version = version;
+      v.digest = d.value("digest", "");
+      v.run = r->id;
+      v.step = step;
+      v.attempt = d.value("attempt", 0);
+      v.outputs = d.value("outputs", Json::array());
+      v.registered_at = e.time;
+      if (model) {
+        v.workflow = d.value("workflow", "");
+        v.workflow_version = d.value("workflow_version", 0);
+        v.params = d.value("params", Json::object());
+        v.datasets = d.value("datasets", Json::array());
+      }
+      versions.push_back(std::move(v));
+    } else if (version < 1 || version > static_cast<int>(versions.size())) {
+      return;  // not the next version nor an existing one
+    }
+    (model ? r->models : r->datasets)[step] = {d.value("name", ""), version};
+    return;
+  }
+  if (type == ev::kModelVersionValidated) {
+    Run* r = s.FindRun(e.stream.substr(4));
+    auto it = s.models.find(d.value("name", ""));
+    int version = d.value("version", 0);
+    if (!r || it == s.models.end() || version < 1 ||
+        version > static_cast<int>(it->second.size())) {
+      return;
+    }
+    ArtifactVersion& v = it->second[static_cast<size_t>(version - 1)];
+    Json metrics = d.value("metrics", Json::object());
+    if (metrics.is_object()) {
+      for (const auto& [k, val] : metrics.items()) v.metrics[k] = val;
+    }
+    v.validated_by.push_back(Json{{"run", r->id}, {"step", d.value("step", "")}});
+    r->validated.insert(d.value("step", ""));
+    return;
+  }
   Target t = Resolve(s, e);
   if (!t.run) return;
   Run& run = *t.run;

@@ -100,6 +100,23 @@ struct StepRun {
   const Attempt* Last() const { return attempts.empty() ? nullptr : &attempts.back(); }
 };
 
+// A data set or model version: the outputs of one succeeded step of one run.
+struct ArtifactVersion {
+  int version = 0;
+  std::string digest;  // SHA-256 over the outputs' names and digests
+  std::string run, step;
+  int attempt = 0;
+  Json outputs = Json::array();
+  TimePoint registered_at{};
+  // Models only: what produced it and how it scored.
+  std::string workflow;
+  int workflow_version = 0;
+  Json params = Json::object();
+  Json datasets = Json::array();     // [{name, version}] registered by the same run
+  Json metrics = Json::object();     // from the run's validate steps
+  Json validated_by = Json::array();  // [{run, step}]
+};
+
 struct Run {
   std::string id;
   std::string workflow;
@@ -118,6 +135,9 @@ struct Run {
   TimePoint submitted_at{};
   std::optional<TimePoint> started_at, finished_at;
   std::vector<StepRun> steps;  // same order as def->steps
+  // Lineage registered by this run: step -> (data set or model name, version).
+  std::map<std::string, std::pair<std::string, int>> datasets, models;
+  std::set<std::string> validated;  // validate steps whose metrics were attached
 
   StepRun* FindStep(std::string_view name);
   const StepRun* FindStep(std::string_view name) const;
@@ -165,6 +185,8 @@ struct State {
   // Idempotency-Key of POST /v1/workflows: (tenant, key) -> (name, version).
   std::map<std::pair<std::string, std::string>, std::pair<std::string, int>> workflow_keys;
   std::string leader_node, leader_address;  // from the last LeaderElected
+  // Lineage: name -> versions (1..n).
+  std::map<std::string, std::vector<ArtifactVersion>> datasets, models;
   uint64_t next_run_seq = 1;
   uint64_t next_queue_seq = 1;
   uint64_t container_counter = 0;  // containers ever requested

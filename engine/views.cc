@@ -130,4 +130,24 @@ Json StateDigestJson(const State& s) {
               {"retry_timers", timers}};
 }
 
+Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool model) {
+  Json j{{"name", name},
+         {"version", v.version},
+         {"digest", v.digest},
+         {"run", v.run},
+         {"step", v.step},
+         {"attempt", v.attempt},
+         {"outputs", v.outputs},
+         {"registered_at", FormatTime(v.registered_at)}};
+  if (model) {
+    j["workflow"] = v.workflow;
+    j["workflow_version"] = v.workflow_version;
+    j["params"] = v.params;
+    j["datasets"] = v.datasets;
+    j["metrics"] = v.metrics;
+    j["validated_by"] = v.validated_by;
+  }
+  return j;
+}
+
 }  // namespace epoch::engine

@@ -439,6 +439,49 @@ TEST_F(E2ETest, ASecondEpochdOnTheSameDataDirStandsByAndRedirectsWrites) {
   EXPECT_EQ(ready.json()["role"], "standby");
 }
 
+TEST_F(E2ETest, DeclaredOutputsAndLineageOfDatasetsAndModels) {
+  Epochd d(dir_.path());
+  d.Start();
+  Json def = Def(R"J({"name": "lineage", "params": {"lr": 0.5}, "steps": [
+      {"name": "prep", "kind": "data_prep", "dataset": {"name": "numbers"},
+       "outputs": ["data.txt"], "command": ["sh", "-c", "seq 1 100 > $EPOCH_OUTPUTS/data.txt"]},
+      {"name": "train", "kind": "train", "after": ["prep"], "model": {"name": "summer"},
+       "outputs": ["model.txt"],
+       "command": ["sh", "-c", "awk '{s+=$1} END {print s}' {{steps.prep.outputs.data.txt}} > $EPOCH_OUTPUTS/model.txt"]},
+      {"name": "validate", "kind": "validate", "after": ["train"],
+       "command": ["sh", "-c", "test $(cat {{steps.train.outputs.model.txt}}) = 5050 && echo '{\"accuracy\": 0.91}' > $EPOCH_OUTPUTS/metrics.json"]}]})J");
+  std::string run = d.RegisterAndSubmit(def);
+  Json r = d.WaitForRun(run);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
+  Json ds = d.Get("/v1/datasets/numbers").json();
+  ASSERT_EQ(ds["versions"].size(), 1u) << ds.dump(2);
+  EXPECT_EQ(ds["versions"][0]["run"], run);
+  EXPECT_EQ(ds["versions"][0]["outputs"][0]["name"], "data.txt");
+  EXPECT_EQ(ds["versions"][0]["outputs"][0]["size"], 292);
+  HttpResult mv = d.Get("/v1/models/summer/versions/1");
+  ASSERT_EQ(mv.status, 200) << mv.body;
+  Json m = mv.json();
+  EXPECT_EQ(m["run"], run);
+  EXPECT_EQ(m["step"], "train");
+  EXPECT_EQ(m["params"]["lr"], 0.5);
+  EXPECT_EQ(m["workflow"], "lineage");
+  EXPECT_EQ(m["datasets"][0]["name"], "numbers");
+  EXPECT_EQ(m["datasets"][0]["version"], 1);
+  EXPECT_EQ(m["metrics"]["accuracy"], 0.91);
+  EXPECT_EQ(d.Get("/v1/models").json()["items"][0]["versions"], 1);
+  EXPECT_EQ(d.Get("/v1/models/summer/versions/2").status, 404);
+  EXPECT_EQ(d.Get("/v1/models/nothing").status, 404);
+  EXPECT_EQ(d.Get("/v1/datasets/numbers/versions/0").status, 400);
+
+  // A declared output that is not written fails the attempt, naming it.
+  Json missing = Def(R"J({"name": "forgetful", "steps": [
+      {"name": "s", "outputs": ["model.bin"], "command": ["true"]}]})J");
+  std::string run2 = d.RegisterAndSubmit(missing);
+  Json r2 = d.WaitForRun(run2);
+  EXPECT_EQ(r2["state"], "failed");
+  EXPECT_EQ(r2["steps"][0]["attempts"][0]["reason"], "missing_output: model.bin") << r2.dump(2);
+}
+
 TEST_F(E2ETest, EpochctlSubmitWaitsAndExitsByTheRunsOutcome) {
   Epochd d(dir_.path());
   d.Start();

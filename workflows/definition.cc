@@ -256,7 +256,7 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
   }
   CheckKnownFields(j,
                    {"name", "kind", "command", "env", "after", "resources", "retry", "timeout",
-                    "cache", "when", "outputs", "workers"},
+                    "cache", "when", "outputs", "workers", "dataset", "model"},
                    path, p);
 
   auto name = j.find("name");
@@ -437,6 +437,33 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
       }
     }
   }
+
+  // Lineage: {"dataset": {"name": N}} on a data_prep step, {"model": {"name": N}} on
+  // a train step: the step's outputs become a version of that data set / model.
+  auto lineage = [&](const char* field, StepKind kind, const char* kind_name,
+                     std::string* out) {
+    auto it = j.find(field);
+    if (it == j.end()) return;
+    std::string lpath = JoinPath(path, field);
+    if (!it->is_object()) {
+      p->Add(lpath, "must be an object {\"name\": ...}");
+      return;
+    }
+    CheckKnownFields(*it, {"name"}, lpath, p);
+    auto n = it->find("name");
+    std::string npath2 = JoinPath(lpath, "name");
+    if (n == it->end()) {
+      p->Add(npath2, "required");
+    } else if (!n->is_string() || !IsValidName(n->get<std::string>())) {
+      p->Add(npath2, std::string("must be a valid name: ") + kNameRule);
+    } else if (step->kind != kind) {
+      p->Add(lpath, std::string("only a ") + kind_name + " step registers a " + field);
+    } else {
+      *out = n->get<std::string>();
+    }
+  };
+  lineage("dataset", StepKind::kDataPrep, "data_prep", &step->dataset);
+  lineage("model", StepKind::kTrain, "train", &step->model);
 }
 
 // Kahn's algorithm; among ready steps the one given first goes first. Steps left

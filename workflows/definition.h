@@ -68,6 +68,10 @@ struct Step {
   // Declared output file names (plain names, no '/'); empty = none declared. When
   // declared, {{steps.<this>.outputs.<f>}} in downstream steps must name one of them.
   std::vector<std::string> outputs;
+  // Lineage: a data_prep step's outputs are a version of data set `dataset`; a
+  // train step's are a version of model `model` (empty = none).
+  std::string dataset;
+  std::string model;
 };
 
 struct Definition {
