@@ -7,9 +7,10 @@ JOBS ?= $(shell nproc)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := cmake g++ make pkg-config ccache curl procps \
         librocksdb-dev libboost-dev nlohmann-json3-dev libcpp-httplib-dev libbrotli-dev \
-        libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev zlib1g-dev libcli11-dev
+        libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev zlib1g-dev libcli11-dev \
+        dataset-fashion-mnist
 
-.PHONY: deps configure build test demo demo-ha bench clean
+.PHONY: deps configure build test demo demo-ha demo-fmnist bench clean
 
 deps:
 	@missing=""; for p in $(DEPS); do \
@@ -35,6 +36,9 @@ demo: build
 
 demo-ha: build
 	examples/ha/demo.sh $(BUILD)
+
+demo-fmnist: build
+	examples/fashion-mnist/demo.sh $(BUILD)
 
 bench: build
 	$(BUILD)/bin/epoch-bench append

@@ -1,0 +1,327 @@
+#include "examples/fashion-mnist/commands.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <sstream>
+
+#include "common/files.h"
+#include "common/json.h"
+#include "examples/fashion-mnist/mlp.h"
+#include "examples/fashion-mnist/rng.h"
+#include "examples/fashion-mnist/shards.h"
+
+namespace epoch::fmnist {
+
+namespace {
+
+double Since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Rounds for metrics.json: 0.87650000000000006 helps no one.
+double Round(double v, int digits) {
+  double scale = std::pow(10.0, digits);
+  return std::round(v * scale) / scale;
+}
+
+std::string Fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+Status WriteJson(const std::string& path, const Json& j) {
+  // Replace rather than throw on bytes that are not UTF-8 (a path can hold any).
+  return WriteFileDurably(path, j.dump(2, ' ', false, Json::error_handler_t::replace) + "\n");
+}
+
+bool IsDir(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+Json ClassNamesJson() {
+  Json j = Json::array();
+  for (auto name : kClassNames) j.push_back(std::string(name));
+  return j;
+}
+
+Dataset Gather(const Dataset& d, const std::vector<uint32_t>& order, size_t begin, size_t end) {
+  Dataset out;
+  out.pixels.resize((end - begin) * kPixels);
+  out.labels.resize(end - begin);
+  for (size_t i = begin; i < end; ++i) {
+    std::copy_n(d.image(order[i]), kPixels, out.pixels.data() + (i - begin) * kPixels);
+    out.labels[i - begin] = d.labels[order[i]];
+  }
+  return out;
+}
+
+Result<Mlp> LoadFmnistModel(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string file, FindModelFile(path));
+  ASSIGN_OR_RETURN(Mlp m, LoadModel(file));
+  if (m.inputs() != kPixels || m.outputs() != kClasses) {
+    return Corruption(file + ": the network maps " + std::to_string(m.inputs()) + " inputs to " +
+                      std::to_string(m.outputs()) + " outputs, not 784 to 10");
+  }
+  return m;
+}
+
+}  // namespace
+
+Result<std::string> ResolveDevice(const std::string& device) {
+  if (device == "auto" || device == "cpu") return std::string("cpu");
+  if (device == "cuda") {
+    return FailedPrecondition(
+        "--device cuda: this build has no CUDA path (fmnist trains on the CPU only); use "
+        "--device cpu or --device auto");
+  }
+  return InvalidArgument("--device must be auto, cpu or cuda, not '" + device + "'");
+}
+
+Status Prep(const PrepOptions& o, std::ostream& log) {
+  if (!(o.validation >= 0.0 && o.validation <= 0.5)) {
+    return InvalidArgument("--validation must be in [0, 0.5], got " + std::to_string(o.validation));
+  }
+  if (o.data.empty() || o.out.empty()) return InvalidArgument("--data and --out are required");
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(IdxSplitFiles train_files, FindIdxSplit(o.data, "train"));
+  ASSIGN_OR_RETURN(IdxSplitFiles test_files, FindIdxSplit(o.data, "t10k"));
+  ASSIGN_OR_RETURN(Dataset all, ReadIdxPair(train_files.images, train_files.labels));
+  ASSIGN_OR_RETURN(Dataset test, ReadIdxPair(test_files.images, test_files.labels));
+  if (all.size() == 0) return Corruption(train_files.images + ": holds no images");
+  log << "read " << all.size() << " training images (" << train_files.images << ") and "
+      << test.size() << " test images (" << test_files.images << ")\n";
+
+  std::vector<uint32_t> order(all.size());
+  std::iota(order.begin(), order.end(), 0u);
+  Rng rng(o.seed);
+  rng.Shuffle(order);
+  const size_t n_val = static_cast<size_t>(std::llround(o.validation * all.size()));
+  Dataset validation = Gather(all, order, 0, n_val);
+  Dataset train = Gather(all, order, n_val, all.size());
+
+  RETURN_IF_ERROR(MakeDirs(o.out));
+  Json splits = Json::object();
+  size_t shards = 0;
+  for (auto [name, d] : {std::pair<const char*, const Dataset*>{"train", &train},
+                         {"validation", &validation},
+                         {"test", &test}}) {
+    ASSIGN_OR_RETURN(auto entries, WriteSplit(o.out, name, *d));
+    shards += entries.size();
+    splits[name] = ShardEntriesJson(entries);
+  }
+  Json manifest = {{"format", "fmnist-shards"},
+                   {"version", 1},
+                   {"rows", kRows},
+                   {"cols", kCols},
+                   {"classes", ClassNamesJson()},
+                   {"seed", o.seed},
+                   {"validation_fraction", o.validation},
+                   {"source", o.data},
+                   {"splits", splits}};
+  RETURN_IF_ERROR(WriteJson(o.out + "/manifest.json", manifest));
+
+  std::vector<int64_t> class_counts(kClasses, 0);
+  for (uint8_t l : train.labels) ++class_counts[l];
+  Json metrics = {{"train_images", train.size()},
+                  {"validation_images", validation.size()},
+                  {"test_images", test.size()},
+                  {"shards", shards},
+                  {"seed", o.seed},
+                  {"validation_fraction", o.validation},
+                  {"train_class_counts", class_counts},
+                  {"seconds", Round(Since(t0), 3)}};
+  RETURN_IF_ERROR(WriteJson(o.out + "/metrics.json", metrics));
+  log << "wrote " << train.size() << " train, " << validation.size() << " validation and "
+      << test.size() << " test images in " << shards << " shards to " << o.out << " ("
+      << Fixed(Since(t0), 1) << " s)\n";
+  return Status::Ok();
+}
+
+Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
+  if (o.data.empty() || o.out.empty()) return InvalidArgument("--data and --out are required");
+  ASSIGN_OR_RETURN(std::string device, ResolveDevice(o.device));
+  ASSIGN_OR_RETURN(std::string dir, FindPrepDir(o.data));
+  ASSIGN_OR_RETURN(Dataset train, ReadSplit(dir, "train"));
+  ASSIGN_OR_RETURN(Dataset validation, ReadSplit(dir, "validation"));
+  if (o.limit > 0 && o.limit < train.size()) {
+    train.pixels.resize(o.limit * kPixels);
+    train.labels.resize(o.limit);
+  }
+  std::vector<int> sizes = {kPixels};
+  sizes.insert(sizes.end(), o.hidden.begin(), o.hidden.end());
+  sizes.push_back(kClasses);
+  ASSIGN_OR_RETURN(Mlp model, MakeMlp(sizes, o.train.seed));
+  RETURN_IF_ERROR(MakeDirs(o.out));
+
+  std::string shape;
+  for (int s : sizes) shape += (shape.empty() ? "" : "-") + std::to_string(s);
+  const TrainOptions& t = o.train;
+  log << "training MLP " << shape << " (" << model.params.size() << " parameters) on "
+      << train.size() << " images, validating on " << validation.size() << "; device " << device
+      << (o.device == "auto" ? " (auto)" : "") << ", " << t.threads << " threads, "
+      << (t.optimizer == Optimizer::kAdam ? "adam" : "sgd") << " lr " << t.lr
+      << (t.cosine ? " (cosine decay)" : "") << ", batch " << t.batch << ", " << t.epochs
+      << " epochs, seed " << t.seed << std::endl;
+
+  auto on_epoch = [&](const EpochReport& e) {
+    log << "epoch " << e.epoch << "/" << t.epochs << "  loss " << Fixed(e.train_loss, 4)
+        << "  train_acc " << Fixed(e.train_accuracy, 4);
+    if (e.validation_accuracy >= 0) log << "  val_acc " << Fixed(e.validation_accuracy, 4);
+    log << "  lr " << Fixed(e.lr, 6) << "  " << Fixed(e.seconds, 1) << " s  "
+        << static_cast<int64_t>(train.size() / std::max(e.seconds, 1e-9)) << " img/s" << std::endl;
+  };
+  ASSIGN_OR_RETURN(TrainReport r, Train(model, train, validation, t, on_epoch));
+  RETURN_IF_ERROR(SaveModel(model, o.out + "/model.bin"));
+
+  Json epochs = Json::array();
+  for (const auto& e : r.epochs) {
+    Json j = {{"epoch", e.epoch},
+              {"train_loss", Round(e.train_loss, 5)},
+              {"train_accuracy", Round(e.train_accuracy, 5)},
+              {"seconds", Round(e.seconds, 3)},
+              {"lr", Round(e.lr, 10)}};
+    if (e.validation_accuracy >= 0) j["validation_accuracy"] = Round(e.validation_accuracy, 5);
+    epochs.push_back(j);
+  }
+  const EpochReport& last = r.epochs.back();
+  Json metrics = {{"train_loss", Round(last.train_loss, 5)},
+                  {"train_accuracy", Round(last.train_accuracy, 5)},
+                  {"images_per_second", Round(r.images_per_second, 1)},
+                  {"seconds", Round(r.seconds, 3)},
+                  {"train_seconds", Round(r.train_seconds, 3)},
+                  {"train_images", train.size()},
+                  {"validation_images", validation.size()},
+                  {"parameters", model.params.size()},
+                  {"epochs", epochs},
+                  {"hyperparameters",
+                   {{"epochs", t.epochs},
+                    {"lr", t.lr},
+                    {"batch", t.batch},
+                    {"hidden", o.hidden},
+                    {"seed", t.seed},
+                    {"optimizer", t.optimizer == Optimizer::kAdam ? "adam" : "sgd"},
+                    {"momentum", t.optimizer == Optimizer::kSgd ? Json(t.momentum) : Json(nullptr)},
+                    {"schedule", t.cosine ? "cosine" : "constant"},
+                    {"limit", o.limit},
+                    {"threads", t.threads},
+                    {"device", device}}}};
+  if (last.validation_accuracy >= 0) {
+    metrics["accuracy"] = Round(last.validation_accuracy, 5);
+    metrics["validation_accuracy"] = Round(last.validation_accuracy, 5);
+  }
+  RETURN_IF_ERROR(WriteJson(o.out + "/metrics.json", metrics));
+  log << "trained in " << Fixed(r.seconds, 1) << " s (" << Fixed(r.train_seconds, 1)
+      << " s of training steps, " << static_cast<int64_t>(r.images_per_second)
+      << " images/s); validation accuracy "
+      << (last.validation_accuracy >= 0 ? Fixed(last.validation_accuracy, 4) : "n/a") << "; wrote "
+      << o.out << "/model.bin" << std::endl;
+  return Status::Ok();
+}
+
+Result<Dataset> LoadTestSet(const std::string& path) {
+  if (IsDir(path) && IsIdxDir(path)) return ReadIdxSplit(path, "t10k");
+  auto dir = FindPrepDir(path);
+  if (!dir.ok()) {
+    return NotFound(path + ": neither a data set directory (t10k-images-idx3-ubyte[.gz]) " +
+                    "nor a directory written by fmnist prep (manifest.json)");
+  }
+  return ReadSplit(*dir, "test");
+}
+
+Status Validate(const ValidateOptions& o, std::ostream& log) {
+  if (o.data.empty() || o.model.empty() || o.out.empty()) {
+    return InvalidArgument("--data, --model and --out are required");
+  }
+  ASSIGN_OR_RETURN(Mlp model, LoadFmnistModel(o.model));
+  ASSIGN_OR_RETURN(Dataset test, LoadTestSet(o.data));
+  if (test.size() == 0) return Corruption(o.data + ": the test set is empty");
+  const auto t0 = std::chrono::steady_clock::now();
+  Evaluation ev = Evaluate(model, test, o.threads);
+  const double seconds = Since(t0);
+
+  Json per_class = Json::object();
+  Json confusion = Json::array();
+  log << "accuracy " << Fixed(ev.accuracy, 4) << " on " << test.size() << " test images ("
+      << Fixed(seconds, 2) << " s)\n\nper class:\n";
+  for (int c = 0; c < kClasses; ++c) {
+    int64_t total = 0;
+    for (int p = 0; p < kClasses; ++p) total += ev.confusion[c][p];
+    double acc = total == 0 ? 0.0 : static_cast<double>(ev.confusion[c][c]) / total;
+    per_class[std::string(kClassNames[c])] = Round(acc, 4);
+    confusion.push_back(std::vector<int64_t>(ev.confusion[c], ev.confusion[c] + kClasses));
+    char line[96];
+    std::snprintf(line, sizeof line, "  %d %-12s %.4f  (%lld images)\n", c,
+                  std::string(kClassNames[c]).c_str(), acc, static_cast<long long>(total));
+    log << line;
+  }
+  log << "\nconfusion matrix (rows: true label, columns: predicted):\n     ";
+  for (int p = 0; p < kClasses; ++p) log << (p == 0 ? "" : " ") << "    " << p;
+  log << "\n";
+  for (int c = 0; c < kClasses; ++c) {
+    char cell[16];
+    std::snprintf(cell, sizeof cell, "  %2d:", c);
+    log << cell;
+    for (int p = 0; p < kClasses; ++p) {
+      std::snprintf(cell, sizeof cell, " %5lld", static_cast<long long>(ev.confusion[c][p]));
+      log << cell;
+    }
+    log << "\n";
+  }
+
+  RETURN_IF_ERROR(MakeDirs(o.out));
+  Json metrics = {{"accuracy", Round(ev.accuracy, 5)},
+                  {"loss", Round(ev.loss, 5)},
+                  {"samples", test.size()},
+                  {"per_class_accuracy", per_class},
+                  {"classes", ClassNamesJson()},
+                  {"confusion_matrix", confusion},
+                  {"confusion_matrix_layout", "rows: true label, columns: predicted label"},
+                  {"seconds", Round(seconds, 3)}};
+  return WriteJson(o.out + "/metrics.json", metrics);
+}
+
+Status Infer(const InferOptions& o, std::ostream& log) {
+  if (o.data.empty() || o.model.empty() || o.out.empty()) {
+    return InvalidArgument("--model, --data and --out are required");
+  }
+  ASSIGN_OR_RETURN(Mlp model, LoadFmnistModel(o.model));
+  ASSIGN_OR_RETURN(Dataset test, LoadTestSet(o.data));
+  if (o.offset >= test.size()) {
+    return InvalidArgument("--offset " + std::to_string(o.offset) + " is past the " +
+                           std::to_string(test.size()) + " test images");
+  }
+  const size_t end = std::min(test.size(), o.offset + o.count);
+  Dataset slice;
+  slice.pixels.assign(test.image(o.offset), test.image(end));
+  slice.labels.assign(test.labels.begin() + static_cast<ptrdiff_t>(o.offset),
+                      test.labels.begin() + static_cast<ptrdiff_t>(end));
+  Evaluation ev = Evaluate(model, slice, 1);
+
+  std::ostringstream csv;
+  csv << "index,label,confidence\n";
+  for (size_t i = 0; i < slice.size(); ++i) {
+    csv << (o.offset + i) << "," << kClassNames[ev.predicted[i]] << ","
+        << Fixed(ev.confidence[i], 4) << "\n";
+  }
+  RETURN_IF_ERROR(MakeDirs(o.out));
+  RETURN_IF_ERROR(WriteFileDurably(o.out + "/predictions.csv", csv.str()));
+  log << csv.str();
+  const int64_t correct = static_cast<int64_t>(std::llround(ev.accuracy * slice.size()));
+  Json metrics = {
+      {"predictions", slice.size()},
+      {"offset", o.offset},
+      {"correct", correct},
+      {"mean_confidence", Round(std::accumulate(ev.confidence.begin(), ev.confidence.end(), 0.0) /
+                                    static_cast<double>(slice.size()),
+                                4)}};
+  return WriteJson(o.out + "/metrics.json", metrics);
+}
+
+}  // namespace epoch::fmnist

@@ -1,0 +1,73 @@
+// fmnist's subcommands, the four steps of the fashion-mnist workflow. Each reads its
+// inputs from paths it is given (a data set directory, or an upstream step's output
+// directory or a file in it) and writes its outputs, metrics.json included, into
+// `out`, which it creates; progress and results go to the `log` stream (stdout).
+//
+//   prep      IDX files of `data` -> train/validation/test shards + manifest.json
+//   train     prep dir -> model.bin (+ per-epoch metrics)
+//   validate  prep dir or data set dir (its t10k split) + model -> accuracy,
+//             per-class accuracy, confusion matrix
+//   infer     data set dir or prep dir (test images) + model -> predictions.csv
+//
+// Errors: a Status naming the file or flag and the problem; kInvalidArgument,
+// kNotFound, kCorruption and kFailedPrecondition are the caller's input (fmnist exits 2),
+// anything else is a failure of this program or the machine (exit 1).
+//
+// Thread-safety: each command runs alone in its process.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "examples/fashion-mnist/idx.h"
+#include "examples/fashion-mnist/train.h"
+
+namespace epoch::fmnist {
+
+struct PrepOptions {
+  std::string data;  // the data set directory (train-* and t10k-* IDX files)
+  std::string out;
+  double validation = 0.1;  // fraction of the 60,000 training images held out, 0..0.5
+  uint64_t seed = 1;
+};
+Status Prep(const PrepOptions& o, std::ostream& log);
+
+struct TrainCommandOptions {
+  std::string data;  // prep dir, or a file in it
+  std::string out;
+  std::vector<int> hidden = {256, 128};
+  std::string device = "auto";  // auto | cpu | cuda
+  size_t limit = 0;             // use only the first `limit` training images (0: all)
+  TrainOptions train;           // train.seed also seeds the initial weights
+};
+Status TrainCommand(const TrainCommandOptions& o, std::ostream& log);
+
+struct ValidateOptions {
+  std::string data;   // prep dir (or a file in it) or data set dir
+  std::string model;  // train's output dir, or model.bin
+  std::string out;
+  int threads = 2;
+};
+Status Validate(const ValidateOptions& o, std::ostream& log);
+
+struct InferOptions {
+  std::string model;
+  std::string data;  // data set dir or prep dir (or a file in it)
+  std::string out;
+  size_t count = 20;
+  size_t offset = 0;
+};
+Status Infer(const InferOptions& o, std::ostream& log);
+
+// The 10,000 test images: the t10k IDX pair when `path` is a data set directory, else
+// the test split of the prep directory `path` names (see FindPrepDir).
+Result<Dataset> LoadTestSet(const std::string& path);
+
+// Which path `--device` selects. kFailedPrecondition for cuda (this program has no
+// CUDA path), kInvalidArgument for anything but auto, cpu or cuda.
+Result<std::string> ResolveDevice(const std::string& device);
+
+}  // namespace epoch::fmnist

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The fashion-mnist workflow end to end: starts epochd on a temporary data dir with
+# containers of 2 CPUs (the steps ask for 2), registers workflow.json, submits a run
+# with the absolute path of fmnist, follows its events, shows the run, validate's
+# report and infer's predictions, then stops everything it started.
+#
+# Usage: examples/fashion-mnist/demo.sh [BUILD_DIR] [-p key=value]...
+#   BUILD_DIR (default build) holds bin/epochd, bin/epochctl, bin/epoch-agent and
+#   bin/fmnist; FMNIST=/path/to/fmnist overrides the last. Extra -p flags go to the
+#   run (e.g. -p epochs=3). Needs dataset-fashion-mnist (make deps installs it).
+set -euo pipefail
+BUILD=build
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then BUILD=$1; shift; fi
+BIN=$(cd "$BUILD" && pwd)/bin
+FMNIST=$(cd "$(dirname "${FMNIST:-$BIN/fmnist}")" && pwd)/$(basename "${FMNIST:-$BIN/fmnist}")
+HERE=$(cd "$(dirname "$0")" && pwd)
+DATA=$(mktemp -d /tmp/epoch-fmnist-demo.XXXXXX)
+[ -x "$FMNIST" ] || { echo "no fmnist at $FMNIST (build it, or set FMNIST)"; exit 1; }
+[ -d /usr/share/datasets/fashion-mnist ] ||
+  { echo "no /usr/share/datasets/fashion-mnist: apt-get install dataset-fashion-mnist"; exit 1; }
+
+cleanup() {
+  if [ -n "${EPOCHD_PID:-}" ] && kill -0 "$EPOCHD_PID" 2>/dev/null; then
+    kill -TERM "$EPOCHD_PID"; wait "$EPOCHD_PID" 2>/dev/null || true
+  fi
+  # Compute containers outlive the master by design; stop the ones on this data dir.
+  for pid in $(pgrep -f "epoch-agent .*--data-dir $DATA" || true); do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  sleep 0.3
+  for pid in $(pgrep -f "epoch-agent .*--data-dir $DATA" || true); do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+echo "== starting epochd (data dir $DATA; containers of 2 CPUs and 2144Mi)"
+"$BIN/epochd" --data-dir "$DATA" --set cluster.basePort=0 --set sig.cpu=2000m \
+  --set sig.maxReplicas=1 --address-file "$DATA/address" >"$DATA/epochd.log" 2>&1 &
+EPOCHD_PID=$!
+for _ in $(seq 1 100); do [ -s "$DATA/address" ] && break; sleep 0.1; done
+[ -s "$DATA/address" ] || { echo "epochd did not start:"; cat "$DATA/epochd.log"; exit 1; }
+SERVER=$(sed -n 's/.*"address":"\([^"]*\)".*/\1/p' "$DATA/address")
+export EPOCH_SERVER=$SERVER
+CTL="$BIN/epochctl"
+for _ in $(seq 1 100); do curl -sf "$SERVER/readyz" >/dev/null && break; sleep 0.1; done
+echo "epochd is leader at $SERVER"
+
+echo "== registering the workflow"
+"$CTL" workflow register "$HERE/workflow.json"
+
+echo "== submitting a run (fmnist=$FMNIST $*) and following it"
+RUN=$("$CTL" -o json run submit fashion-mnist -p "fmnist=$FMNIST" "$@" |
+      sed -n 's/^ *"id": *"\([^"]*\)".*/\1/p' | head -n 1)
+echo "run $RUN"
+"$CTL" events --run "$RUN" -f
+echo
+echo "== the run"
+"$CTL" run get "$RUN"
+echo
+echo "== train (log)"
+"$CTL" run logs "$RUN" train
+echo
+echo "== validate: accuracy on the 10,000 test images"
+"$CTL" run logs "$RUN" validate
+echo
+echo "== infer: predictions (only when validate's accuracy >= 0.85)"
+"$CTL" run logs "$RUN" infer || true
+STATE=$(curl -s "$SERVER/v1/runs/$RUN" | sed -n 's/.*"state":"\([a-z]*\)","steps".*/\1/p')
+echo
+echo "== run $RUN finished: $STATE"
+[ "$STATE" = succeeded ]

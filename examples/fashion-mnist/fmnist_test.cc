@@ -1,0 +1,603 @@
+// Tests for fmnist: IDX decoding and its error messages on fixtures written here,
+// shards and model.bin round trips and corruption, the matrix product against a plain
+// loop, a finite-difference gradient check of the MLP, reproducibility across thread
+// counts, the CLI's exit codes, and a short training run on the real data set
+// (skipped only when /usr/share/datasets/fashion-mnist is absent).
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "examples/fashion-mnist/commands.h"
+#include "examples/fashion-mnist/gemm.h"
+#include "examples/fashion-mnist/idx.h"
+#include "examples/fashion-mnist/mlp.h"
+#include "examples/fashion-mnist/rng.h"
+#include "examples/fashion-mnist/shards.h"
+#include "examples/fashion-mnist/train.h"
+
+namespace epoch::fmnist {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kRealData = "/usr/share/datasets/fashion-mnist";
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "fmnist_test.XXXXXX").string();
+    path_ = mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+void Put32BE(std::string& s, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) s.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+std::string ImagesBytes(uint32_t magic, uint32_t count, uint32_t rows, uint32_t cols,
+                        size_t payload_bytes) {
+  std::string s;
+  Put32BE(s, magic);
+  Put32BE(s, count);
+  Put32BE(s, rows);
+  Put32BE(s, cols);
+  for (size_t i = 0; i < payload_bytes; ++i) s.push_back(static_cast<char>(i % 256));
+  return s;
+}
+
+std::string LabelsBytes(uint32_t magic, const std::vector<uint8_t>& labels, uint32_t count) {
+  std::string s;
+  Put32BE(s, magic);
+  Put32BE(s, count);
+  s.append(labels.begin(), labels.end());
+  return s;
+}
+
+void WriteRaw(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+void WriteGz(const std::string& path, const std::string& bytes) {
+  gzFile f = gzopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())),
+            static_cast<int>(bytes.size()));
+  ASSERT_EQ(gzclose(f), Z_OK);
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// A valid 3-image data set directory (train and t10k the same), gzip-compressed.
+void WriteValidIdxDir(const TempDir& dir, uint32_t count = 3) {
+  std::vector<uint8_t> labels;
+  for (uint32_t i = 0; i < count; ++i) labels.push_back(static_cast<uint8_t>(i % 10));
+  for (const char* prefix : {"train", "t10k"}) {
+    WriteGz(dir / (std::string(prefix) + "-images-idx3-ubyte.gz"),
+            ImagesBytes(2051, count, 28, 28, size_t{count} * 784));
+    WriteGz(dir / (std::string(prefix) + "-labels-idx1-ubyte.gz"),
+            LabelsBytes(2049, labels, count));
+  }
+}
+
+// ---- IDX ----
+
+TEST(FmnistIdx, ReadsValidFilesCompressedOrNot) {
+  TempDir d;
+  std::string img = ImagesBytes(2051, 3, 28, 28, 3 * 784);
+  std::string lab = LabelsBytes(2049, {9, 0, 4}, 3);
+  WriteGz(d / "i.gz", img);
+  WriteGz(d / "l.gz", lab);
+  WriteRaw(d / "i.raw", img);
+  WriteRaw(d / "l.raw", lab);
+  for (auto [i, l] : {std::pair{"i.gz", "l.gz"}, {"i.raw", "l.raw"}}) {
+    auto ds = ReadIdxPair(d / i, d / l);
+    ASSERT_TRUE(ds.ok()) << ds.status().ToString();
+    ASSERT_EQ(ds->size(), 3u);
+    EXPECT_EQ(ds->labels, (std::vector<uint8_t>{9, 0, 4}));
+    ASSERT_EQ(ds->pixels.size(), 3u * 784);
+    EXPECT_FLOAT_EQ(ds->pixels[0], 0.0f);
+    EXPECT_FLOAT_EQ(ds->pixels[51], 51.0f / 255.0f);
+    EXPECT_FLOAT_EQ(ds->pixels[255], 1.0f);
+    EXPECT_FLOAT_EQ(ds->pixels[784], (784 % 256) / 255.0f);  // second image
+  }
+}
+
+TEST(FmnistIdx, WrongMagicNamesFileAndBothNumbers) {
+  TempDir d;
+  WriteGz(d / "i.gz", ImagesBytes(2049, 1, 28, 28, 784));
+  auto r = ReadIdxImages(d / "i.gz");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(r.status().message().find(d / "i.gz"), std::string::npos);
+  EXPECT_NE(r.status().message().find("bad magic number 0x00000801 (2049)"), std::string::npos)
+      << r.status().message();
+  EXPECT_NE(r.status().message().find("2051"), std::string::npos);
+  EXPECT_NE(r.status().message().find("that is a labels file"), std::string::npos);
+
+  WriteRaw(d / "l", LabelsBytes(0x12345678, {1}, 1));
+  auto l = ReadIdxLabels(d / "l");
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.status().message().find("bad magic number 0x12345678"), std::string::npos)
+      << l.status().message();
+}
+
+TEST(FmnistIdx, TruncatedPayloadHeaderOrGzipStream) {
+  TempDir d;
+  WriteGz(d / "short.gz", ImagesBytes(2051, 3, 28, 28, 2 * 784 + 100));
+  auto r = ReadIdxImages(d / "short.gz");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(r.status().message(),
+            d / "short.gz" +
+                ": truncated: the header promises 3 images of 28x28 (2352 bytes of data) but "
+                "only 1668 bytes follow it");
+
+  WriteRaw(d / "hdr", std::string("\0\0\x08\x03\0\0", 6));
+  r = ReadIdxImages(d / "hdr");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(
+      r.status().message().find("truncated: an IDX images header is 16 bytes, the file has 6"),
+      std::string::npos)
+      << r.status().message();
+
+  WriteRaw(d / "long", ImagesBytes(2051, 1, 28, 28, 784 + 5));
+  r = ReadIdxImages(d / "long");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("5 unexpected bytes after"), std::string::npos)
+      << r.status().message();
+
+  // A gzip file cut in half: zlib reports the stream ends early.
+  WriteGz(d / "cut.gz", ImagesBytes(2051, 50, 28, 28, 50 * 784));
+  std::string gz = ReadAll(d / "cut.gz");
+  WriteRaw(d / "cut.gz", gz.substr(0, gz.size() / 2));
+  r = ReadIdxImages(d / "cut.gz");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(r.status().message().find(d / "cut.gz"), std::string::npos);
+  // zlib reports it either on the read or on the stream check ("truncated" or
+  // "corrupt gzip stream"); both name the cause.
+  EXPECT_NE(r.status().message().find("unexpected end of file"), std::string::npos)
+      << r.status().message();
+
+  // A gzip file with a damaged byte in its compressed data.
+  gz[gz.size() / 2] ^= 0x55;
+  gz[gz.size() / 2 + 1] ^= 0x55;
+  WriteRaw(d / "bad.gz", gz);
+  r = ReadIdxImages(d / "bad.gz");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(r.status().message().find("gzip stream"), std::string::npos) << r.status().message();
+
+  WriteRaw(d / "l", LabelsBytes(2049, {1, 2}, 5));
+  auto l = ReadIdxLabels(d / "l");
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.status().message().find("truncated: the header promises 5 labels"), std::string::npos)
+      << l.status().message();
+}
+
+TEST(FmnistIdx, CountMismatchNamesBothFiles) {
+  TempDir d;
+  WriteGz(d / "i.gz", ImagesBytes(2051, 3, 28, 28, 3 * 784));
+  WriteGz(d / "l.gz", LabelsBytes(2049, {1, 2}, 2));
+  auto r = ReadIdxPair(d / "i.gz", d / "l.gz");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(r.status().message(),
+            "count mismatch: " + d / "i.gz" + " has 3 images but " + d / "l.gz" + " has 2 labels");
+}
+
+TEST(FmnistIdx, LabelOutOfRange) {
+  TempDir d;
+  WriteGz(d / "l.gz", LabelsBytes(2049, {3, 10, 2}, 3));
+  auto r = ReadIdxLabels(d / "l.gz");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(r.status().message(), d / "l.gz" + ": label 10 at index 1 is out of range 0..9");
+}
+
+TEST(FmnistIdx, WrongImageSizeAndMissingFiles) {
+  TempDir d;
+  WriteRaw(d / "i", ImagesBytes(2051, 1, 32, 32, 1024));
+  auto r = ReadIdxImages(d / "i");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("images are 32x32, expected 28x28"), std::string::npos);
+
+  auto m = ReadIdxImages(d / "nope.gz");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kNotFound);
+
+  auto split = FindIdxSplit(d.path(), "t10k");
+  ASSERT_FALSE(split.ok());
+  EXPECT_NE(split.status().message().find("t10k-images-idx3-ubyte.gz: no such file"),
+            std::string::npos)
+      << split.status().message();
+}
+
+// ---- shards ----
+
+Dataset RandomDataset(size_t n, uint64_t seed) {
+  Rng rng(seed);
+  Dataset d;
+  for (size_t i = 0; i < n * kPixels; ++i) {
+    d.pixels.push_back(static_cast<float>(rng.Below(256)) / 255.0f);
+  }
+  for (size_t i = 0; i < n; ++i) d.labels.push_back(static_cast<uint8_t>(rng.Below(10)));
+  return d;
+}
+
+TEST(FmnistShards, RoundTripThroughManifest) {
+  TempDir d;
+  Dataset data = RandomDataset(25, 3);
+  auto entries = WriteSplit(d.path(), "train", data, 10);
+  ASSERT_TRUE(entries.ok()) << entries.status().ToString();
+  ASSERT_EQ(entries->size(), 3u);
+  EXPECT_EQ((*entries)[0].file, "train-00000.shard");
+  EXPECT_EQ((*entries)[2].count, 5u);
+  Json manifest = {{"format", "fmnist-shards"},
+                   {"version", 1},
+                   {"splits", {{"train", ShardEntriesJson(*entries)}, {"test", Json::array()}}}};
+  WriteRaw(d / "manifest.json", manifest.dump());
+
+  // The directory, or any file in it, names the prep dir.
+  for (const std::string& p : {d.path(), d / "manifest.json", d / "train-00001.shard"}) {
+    auto dir = FindPrepDir(p);
+    ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+    EXPECT_EQ(*dir, d.path());
+  }
+  auto back = ReadSplit(d.path(), "train");
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->labels, data.labels);
+  EXPECT_EQ(back->pixels, data.pixels);
+  auto test = ReadSplit(d.path(), "test");
+  ASSERT_TRUE(test.ok());
+  EXPECT_EQ(test->size(), 0u);
+  EXPECT_EQ(ReadSplit(d.path(), "validation").status().code(), StatusCode::kNotFound);
+  uint32_t crc = 0;
+  ASSERT_TRUE(ReadShard(d / "train-00002.shard", &crc).ok());
+  EXPECT_EQ(crc, (*entries)[2].crc32);
+}
+
+TEST(FmnistShards, CorruptionIsDetected) {
+  TempDir d;
+  Dataset data = RandomDataset(4, 5);
+  auto crc = WriteShard(d / "s.shard", data, 0, 4);
+  ASSERT_TRUE(crc.ok());
+  std::string bytes = ReadAll(d / "s.shard");
+  ASSERT_EQ(bytes.size(), kShardHeaderBytes + 4 * 784 * 4 + 4 + 4);
+
+  std::string flipped = bytes;
+  flipped[kShardHeaderBytes + 100] ^= 0x01;
+  WriteRaw(d / "flip.shard", flipped);
+  auto r = ReadShard(d / "flip.shard");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(r.status().message().find("checksum mismatch"), std::string::npos);
+
+  WriteRaw(d / "short.shard", bytes.substr(0, bytes.size() - 10));
+  r = ReadShard(d / "short.shard");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("(truncated)"), std::string::npos) << r.status().message();
+
+  WriteRaw(d / "magic.shard", "XXXX" + bytes.substr(4));
+  r = ReadShard(d / "magic.shard");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("bad magic"), std::string::npos);
+
+  // A shard whose entry names another CRC (a shard from another prep run).
+  Json manifest = {
+      {"format", "fmnist-shards"},
+      {"version", 1},
+      {"splits", {{"train", {{{"file", "s.shard"}, {"count", 4}, {"crc32", "00000000"}}}}}}};
+  WriteRaw(d / "manifest.json", manifest.dump());
+  auto split = ReadSplit(d.path(), "train");
+  ASSERT_FALSE(split.ok());
+  EXPECT_NE(split.status().message().find("the manifest says 00000000"), std::string::npos)
+      << split.status().message();
+}
+
+// ---- matrix product ----
+
+TEST(FmnistGemm, MatchesPlainLoops) {
+  Rng rng(7);
+  for (auto [m, n, k] : {std::tuple{7, 37, 300}, {4, 16, 1}, {33, 10, 784}, {1, 1, 1}}) {
+    std::vector<float> a(static_cast<size_t>(m) * k), b(static_cast<size_t>(k) * n),
+        c(static_cast<size_t>(m) * n);
+    for (auto& v : a) v = static_cast<float>(rng.Normal());
+    for (auto& v : b) v = static_cast<float>(rng.Normal());
+    for (auto& v : c) v = static_cast<float>(rng.Normal());
+    std::vector<float> c0 = c;
+    for (auto [acc, gemm] :
+         {std::pair{false, &Gemm}, {true, &Gemm}, {false, &GemmBaseline}, {true, &GemmBaseline}}) {
+      std::vector<float> got = c0;
+      gemm(m, n, k, a.data(), k, b.data(), n, got.data(), n, acc);
+      for (int i = 0; i < m; ++i) {
+        for (int j = 0; j < n; ++j) {
+          double want = acc ? c0[i * n + j] : 0.0;
+          for (int p = 0; p < k; ++p) want += double{a[i * k + p]} * b[p * n + j];
+          ASSERT_NEAR(got[i * n + j], want, 1e-4 * (1 + std::sqrt(k)))
+              << m << "x" << n << "x" << k << " at " << i << "," << j << " acc " << acc;
+        }
+      }
+    }
+  }
+  std::vector<float> in = {1, 2, 3, 4, 5, 6}, out(6);
+  Transpose(2, 3, in.data(), 3, out.data(), 2);
+  EXPECT_EQ(out, (std::vector<float>{1, 4, 2, 5, 3, 6}));
+}
+
+// ---- the MLP ----
+
+TEST(FmnistMlp, GradientMatchesFiniteDifferences) {
+  auto made = MakeMlp({6, 5, 4, 3}, 11);
+  ASSERT_TRUE(made.ok());
+  Mlp m = *made;
+  // Non-zero biases so ReLUs sit away from their kink at 0 for these inputs.
+  Rng rng(12);
+  for (int l = 0; l < m.layers(); ++l) {
+    for (int j = 0; j < m.sizes[l + 1]; ++j) {
+      m.params[m.BiasOffset(l) + j] = static_cast<float>(0.1 * rng.Normal());
+    }
+  }
+  const int rows = 5;
+  std::vector<float> x(rows * 6);
+  for (auto& v : x) v = static_cast<float>(rng.Open01());
+  std::vector<uint8_t> y = {0, 2, 1, 1, 0};
+  Workspace ws(m.sizes, rows);
+  std::vector<float> grad(m.params.size());
+  const float scale = 1.0f / rows;
+  LossAndGradient(m, x.data(), y.data(), rows, scale, ws, grad.data());
+
+  std::vector<float> scratch(m.params.size());
+  auto loss = [&](const Mlp& net) {
+    return LossAndGradient(net, x.data(), y.data(), rows, scale, ws, scratch.data()).loss_sum /
+           rows;
+  };
+  const float eps = 1e-3f;
+  int checked = 0, nonzero = 0;
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    Mlp plus = m, minus = m;
+    plus.params[i] += eps;
+    minus.params[i] -= eps;
+    const double numeric = (loss(plus) - loss(minus)) / (2.0 * eps);
+    EXPECT_NEAR(grad[i], numeric, 2e-3 + 2e-2 * std::abs(numeric)) << "parameter " << i;
+    ++checked;
+    nonzero += std::abs(numeric) > 1e-3;
+  }
+  EXPECT_EQ(checked, static_cast<int>(Mlp::ParamCount({6, 5, 4, 3})));
+  EXPECT_GT(nonzero, checked / 2);  // the check compared real gradients, not zeros
+}
+
+TEST(FmnistMlp, ModelFileRoundTripAndCorruption) {
+  TempDir d;
+  auto m = MakeMlp({784, 8, 10}, 3);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(SaveModel(*m, d / "model.bin").ok());
+  auto file = FindModelFile(d.path());
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ(*file, d / "model.bin");
+  auto back = LoadModel(*file);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->sizes, m->sizes);
+  EXPECT_EQ(back->params, m->params);
+
+  std::string bytes = ReadAll(d / "model.bin");
+  bytes[40] ^= 0x10;
+  WriteRaw(d / "bad.bin", bytes);
+  auto bad = LoadModel(d / "bad.bin");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(bad.status().message().find("checksum mismatch"), std::string::npos);
+  WriteRaw(d / "short.bin", bytes.substr(0, 1000));
+  EXPECT_NE(LoadModel(d / "short.bin").status().message().find("(truncated)"), std::string::npos);
+}
+
+// A separable toy problem: the label is which of 10 pixel bands is brightest.
+Dataset BandsDataset(size_t n, uint64_t seed) {
+  Rng rng(seed);
+  Dataset d;
+  d.pixels.resize(n * kPixels);
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t label = static_cast<uint8_t>(rng.Below(10));
+    d.labels.push_back(label);
+    for (int p = 0; p < kPixels; ++p) {
+      float v = static_cast<float>(rng.Open01()) * 0.5f;
+      if (p / 78 == label) v += 0.5f;
+      d.pixels[i * kPixels + p] = std::min(v, 1.0f);
+    }
+  }
+  return d;
+}
+
+TEST(FmnistTrain, LearnsAndIsReproducibleAcrossThreadCounts) {
+  Dataset train = BandsDataset(600, 1), val = BandsDataset(200, 2);
+  std::vector<std::vector<float>> params;
+  for (int threads : {1, 2, 2}) {
+    auto m = MakeMlp({784, 32, 10}, 5);
+    ASSERT_TRUE(m.ok());
+    TrainOptions o;
+    o.epochs = 4;
+    o.batch = 33;  // odd: parts of unequal size, and a short last batch
+    o.threads = threads;
+    o.seed = 9;
+    int epochs_seen = 0;
+    auto r = Train(*m, train, val, o, [&](const EpochReport&) { ++epochs_seen; });
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(epochs_seen, 4);
+    EXPECT_GT(r->epochs.back().validation_accuracy, 0.9);
+    EXPECT_GT(r->images_per_second, 0);
+    params.push_back(m->params);
+  }
+  EXPECT_EQ(params[0], params[1]);
+  EXPECT_EQ(params[1], params[2]);
+
+  auto m = MakeMlp({784, 32, 10}, 5);
+  TrainOptions sgd;
+  sgd.optimizer = Optimizer::kSgd;
+  sgd.lr = 0.05;
+  sgd.epochs = 3;
+  auto r = Train(*m, train, val, sgd, nullptr);
+  ASSERT_TRUE(r.ok());
+  EXPECT_GT(r->epochs.back().validation_accuracy, 0.9);
+}
+
+TEST(FmnistCommands, DeviceSelection) {
+  EXPECT_EQ(*ResolveDevice("auto"), "cpu");
+  EXPECT_EQ(*ResolveDevice("cpu"), "cpu");
+  auto cuda = ResolveDevice("cuda");
+  ASSERT_FALSE(cuda.ok());
+  EXPECT_EQ(cuda.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(cuda.status().message().find("this build has no CUDA path"), std::string::npos);
+  EXPECT_EQ(ResolveDevice("tpu").status().code(), StatusCode::kInvalidArgument);
+}
+
+// ---- the CLI, end to end on fixtures ----
+
+int RunFmnist(const std::string& args, std::string* output) {
+  std::string cmd = std::string(FMNIST_BIN) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) output->append(buf, n);
+  int status = pclose(p);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(FmnistCli, PrepTrainValidateInferOnFixtures) {
+  TempDir d;
+  TempDir data_holder;  // keep the fixture separate from outputs
+  WriteValidIdxDir(data_holder, 40);
+  std::string out;
+  ASSERT_EQ(RunFmnist("prep --data " + data_holder.path() + " --out " + d / "prep" +
+                          " --validation 0.25 --seed 3",
+                      &out),
+            0)
+      << out;
+  auto metrics = ParseJson(ReadAll(d / "prep/metrics.json"));
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_EQ((*metrics)["train_images"], 30);
+  EXPECT_EQ((*metrics)["validation_images"], 10);
+  EXPECT_EQ((*metrics)["test_images"], 40);
+
+  out.clear();
+  ASSERT_EQ(RunFmnist("train --data " + d / "prep/manifest.json" + " --out " + d / "train" +
+                          " --epochs 2 --batch 8 --hidden 16",
+                      &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("epoch 2/2"), std::string::npos) << out;
+  metrics = ParseJson(ReadAll(d / "train/metrics.json"));
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_TRUE(metrics->contains("accuracy"));
+  EXPECT_EQ((*metrics)["epochs"].size(), 2u);
+  EXPECT_EQ((*metrics)["hyperparameters"]["hidden"], Json::array({16}));
+
+  out.clear();
+  ASSERT_EQ(RunFmnist("validate --data " + data_holder.path() + " --model " + d / "train" +
+                          " --out " + d / "validate",
+                      &out),
+            0)
+      << out;
+  metrics = ParseJson(ReadAll(d / "validate/metrics.json"));
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_EQ((*metrics)["samples"], 40);
+  EXPECT_EQ((*metrics)["confusion_matrix"].size(), 10u);
+  EXPECT_EQ((*metrics)["per_class_accuracy"].size(), 10u);
+
+  out.clear();
+  ASSERT_EQ(RunFmnist("infer --model " + d / "train/model.bin" + " --data " + d / "prep" +
+                          " --out " + d / "infer" + " --count 5 --offset 2",
+                      &out),
+            0)
+      << out;
+  std::string csv = ReadAll(d / "infer/predictions.csv");
+  EXPECT_TRUE(csv.starts_with("index,label,confidence\n2,")) << csv;
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 6);
+  EXPECT_NE(out.find(csv), std::string::npos);
+}
+
+TEST(FmnistCli, BadInputExitsTwoWithTheReason) {
+  TempDir data;
+  WriteValidIdxDir(data, 3);
+  WriteGz(data / "train-labels-idx1-ubyte.gz", LabelsBytes(2049, {1, 2}, 2));
+  std::string out;
+  EXPECT_EQ(RunFmnist("prep --data " + data.path() + " --out " + data / "out", &out), 2);
+  EXPECT_NE(out.find("count mismatch"), std::string::npos) << out;
+  EXPECT_NE(out.find("train-labels-idx1-ubyte.gz has 2 labels"), std::string::npos) << out;
+
+  out.clear();
+  EXPECT_EQ(RunFmnist("train --data " + data.path() + " --out " + data / "t", &out), 2);
+  EXPECT_NE(out.find("manifest.json"), std::string::npos) << out;
+  out.clear();
+  EXPECT_EQ(RunFmnist("train --data x --out y --device cuda", &out), 2);
+  EXPECT_NE(out.find("this build has no CUDA path"), std::string::npos) << out;
+  out.clear();
+  EXPECT_EQ(RunFmnist("train --epochs zero", &out), 2);
+  EXPECT_NE(out.find("--epochs must be an integer"), std::string::npos) << out;
+  out.clear();
+  EXPECT_EQ(RunFmnist("frobnicate", &out), 2);
+}
+
+// ---- the real data set ----
+
+TEST(FmnistRealData, ShortTrainingRunReachesSeventyFivePercent) {
+  if (!fs::exists(kRealData)) {
+    GTEST_SKIP() << kRealData << " is absent (apt-get install dataset-fashion-mnist)";
+  }
+  auto all = ReadIdxSplit(kRealData, "train");
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  ASSERT_EQ(all->size(), 60000u);
+  auto test = ReadIdxSplit(kRealData, "t10k");
+  ASSERT_TRUE(test.ok()) << test.status().ToString();
+  ASSERT_EQ(test->size(), 10000u);
+
+  Dataset train;
+  train.pixels.assign(all->pixels.begin(), all->pixels.begin() + 5000 * kPixels);
+  train.labels.assign(all->labels.begin(), all->labels.begin() + 5000);
+  auto m = MakeMlp({784, 256, 128, 10}, 1);
+  ASSERT_TRUE(m.ok());
+  TrainOptions o;
+  o.epochs = 1;
+  o.batch = 32;
+  o.lr = 2e-3;
+  auto r = Train(*m, train, Dataset{}, o, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  Evaluation ev = Evaluate(*m, *test, 2);
+  std::printf("5,000 images, 1 epoch: test accuracy %.4f, %.0f images/s\n", ev.accuracy,
+              r->images_per_second);
+  EXPECT_GT(ev.accuracy, 0.75);
+  int64_t total = 0;
+  for (auto& row : ev.confusion) {
+    for (int64_t v : row) total += v;
+  }
+  EXPECT_EQ(total, 10000);
+}
+
+}  // namespace
+}  // namespace epoch::fmnist

@@ -1,0 +1,201 @@
+#include "examples/fashion-mnist/train.h"
+
+#include <algorithm>
+#include <barrier>
+#include <chrono>
+#include <cmath>
+#include <numbers>
+#include <numeric>
+#include <thread>
+
+#include "examples/fashion-mnist/rng.h"
+
+namespace epoch::fmnist {
+
+namespace {
+
+constexpr float kBeta1 = 0.9f, kBeta2 = 0.999f, kAdamEps = 1e-8f;
+constexpr int kEvalRows = 256;  // rows per forward pass when evaluating
+
+double Since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Runs fn(0..threads-1), fn(0) on the calling thread, and joins.
+template <typename Fn>
+void RunThreads(int threads, Fn fn) {
+  std::vector<std::thread> workers;
+  for (int t = 1; t < threads; ++t) workers.emplace_back(fn, t);
+  fn(0);
+  for (auto& w : workers) w.join();
+}
+
+}  // namespace
+
+Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
+                          const TrainOptions& o,
+                          const std::function<void(const EpochReport&)>& on_epoch) {
+  if (o.epochs < 1) return InvalidArgument("epochs must be at least 1");
+  if (o.batch < 1) return InvalidArgument("batch must be at least 1");
+  if (!(o.lr > 0) || !std::isfinite(o.lr)) return InvalidArgument("lr must be positive");
+  if (o.threads < 1 || o.threads > kParts) {
+    return InvalidArgument("threads must be 1.." + std::to_string(kParts));
+  }
+  if (train.size() == 0) return InvalidArgument("the training set is empty");
+  if (m.inputs() != kPixels || m.outputs() != kClasses) {
+    return InvalidArgument("the network must map 784 inputs to 10 classes");
+  }
+
+  const size_t n = train.size();
+  const int batch = static_cast<int>(std::min<size_t>(o.batch, n));
+  const int steps = static_cast<int>((n + batch - 1) / batch);
+  const int64_t total_steps = int64_t{steps} * o.epochs;
+  const size_t np = m.params.size();
+  const int threads = o.threads;
+
+  std::vector<std::vector<float>> grads(kParts, std::vector<float>(np));
+  std::vector<Workspace> ws;
+  std::vector<std::vector<float>> xs(kParts);
+  std::vector<std::vector<uint8_t>> ys(kParts);
+  const int part_rows = (batch + kParts - 1) / kParts;
+  for (int q = 0; q < kParts; ++q) {
+    ws.emplace_back(m.sizes, part_rows);
+    xs[q].resize(static_cast<size_t>(part_rows) * kPixels);
+    ys[q].resize(part_rows);
+  }
+  std::vector<float> m1(np, 0.0f), m2(np, 0.0f);  // Adam moments, or SGD velocity (m1)
+
+  std::vector<uint32_t> order(n);
+  std::iota(order.begin(), order.end(), 0u);
+  Rng rng(o.seed ^ 0x5eed0f0a11ba7c4eULL);
+
+  TrainReport report;
+  const auto t_all = std::chrono::steady_clock::now();
+  int64_t step_base = 0;
+  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+    rng.Shuffle(order);
+    std::vector<BatchStats> stats(kParts);
+    double last_lr = o.lr;
+    std::barrier sync(threads);
+    const auto t_epoch = std::chrono::steady_clock::now();
+
+    RunThreads(threads, [&](int t) {
+      // This thread's share of the parameters for the update phase.
+      const size_t p_begin = np * t / threads, p_end = np * (t + 1) / threads;
+      for (int s = 0; s < steps; ++s) {
+        const size_t begin = static_cast<size_t>(s) * batch;
+        const int rows = static_cast<int>(std::min<size_t>(batch, n - begin));
+        for (int q = t; q < kParts; q += threads) {
+          const int lo = rows * q / kParts, hi = rows * (q + 1) / kParts;
+          if (hi == lo) {
+            std::fill(grads[q].begin(), grads[q].end(), 0.0f);
+            continue;
+          }
+          for (int r = lo; r < hi; ++r) {
+            const uint32_t idx = order[begin + r];
+            std::copy_n(train.image(idx), kPixels, xs[q].data() + (r - lo) * kPixels);
+            ys[q][r - lo] = train.labels[idx];
+          }
+          BatchStats b = LossAndGradient(m, xs[q].data(), ys[q].data(), hi - lo,
+                                         1.0f / static_cast<float>(rows), ws[q], grads[q].data());
+          stats[q].loss_sum += b.loss_sum;
+          stats[q].correct += b.correct;
+        }
+        sync.arrive_and_wait();  // every part's gradient is ready
+
+        const int64_t step = step_base + s;  // 0-based over the whole run
+        double lr = o.lr;
+        if (o.cosine) {
+          lr = o.lr * 0.5 *
+               (1.0 + std::cos(std::numbers::pi * static_cast<double>(step) /
+                               static_cast<double>(total_steps)));
+        }
+        if (t == 0 && s == steps - 1) last_lr = lr;
+        float* w = m.params.data();
+        if (o.optimizer == Optimizer::kAdam) {
+          const double k = static_cast<double>(step + 1);
+          const float step_size = static_cast<float>(lr * std::sqrt(1.0 - std::pow(kBeta2, k)) /
+                                                     (1.0 - std::pow(kBeta1, k)));
+          for (size_t i = p_begin; i < p_end; ++i) {
+            float g = grads[0][i];
+            for (int q = 1; q < kParts; ++q) g += grads[q][i];
+            m1[i] = kBeta1 * m1[i] + (1.0f - kBeta1) * g;
+            m2[i] = kBeta2 * m2[i] + (1.0f - kBeta2) * g * g;
+            w[i] -= step_size * m1[i] / (std::sqrt(m2[i]) + kAdamEps);
+          }
+        } else {
+          const float mu = static_cast<float>(o.momentum), rate = static_cast<float>(lr);
+          for (size_t i = p_begin; i < p_end; ++i) {
+            float g = grads[0][i];
+            for (int q = 1; q < kParts; ++q) g += grads[q][i];
+            m1[i] = mu * m1[i] - rate * g;
+            w[i] += m1[i];
+          }
+        }
+        sync.arrive_and_wait();  // the parameters are updated
+      }
+    });
+    step_base += steps;
+
+    EpochReport er;
+    er.epoch = epoch;
+    er.seconds = Since(t_epoch);
+    er.lr = last_lr;
+    double loss = 0;
+    int64_t correct = 0;
+    for (const auto& st : stats) {
+      loss += st.loss_sum;
+      correct += st.correct;
+    }
+    er.train_loss = loss / static_cast<double>(n);
+    er.train_accuracy = static_cast<double>(correct) / static_cast<double>(n);
+    report.train_seconds += er.seconds;
+    if (validation.size() > 0) {
+      er.validation_accuracy = Evaluate(m, validation, threads).accuracy;
+    }
+    report.epochs.push_back(er);
+    if (on_epoch) on_epoch(er);
+  }
+  report.seconds = Since(t_all);
+  report.images_per_second =
+      static_cast<double>(n) * o.epochs / std::max(report.train_seconds, 1e-9);
+  return report;
+}
+
+Evaluation Evaluate(const Mlp& m, const Dataset& d, int threads) {
+  threads = std::clamp(threads, 1, kParts);
+  Evaluation ev;
+  const size_t n = d.size();
+  ev.predicted.resize(n);
+  ev.confidence.resize(n);
+  std::vector<double> loss(threads, 0.0);
+  const int classes = m.outputs();
+  RunThreads(threads, [&](int t) {
+    Workspace ws(m.sizes, kEvalRows);
+    const size_t lo = n * t / threads, hi = n * (t + 1) / threads;
+    for (size_t begin = lo; begin < hi; begin += kEvalRows) {
+      const int rows = static_cast<int>(std::min<size_t>(kEvalRows, hi - begin));
+      const float* logits = Forward(m, d.image(begin), rows, ws);
+      for (int r = 0; r < rows; ++r) {
+        const float* z = logits + static_cast<size_t>(r) * classes;
+        const int best = static_cast<int>(std::max_element(z, z + classes) - z);
+        double sum = 0;
+        for (int j = 0; j < classes; ++j) sum += std::exp(static_cast<double>(z[j] - z[best]));
+        ev.predicted[begin + r] = static_cast<uint8_t>(best);
+        ev.confidence[begin + r] = static_cast<float>(1.0 / sum);
+        loss[t] += std::log(sum) - (static_cast<double>(z[d.labels[begin + r]]) - z[best]);
+      }
+    }
+  });
+  int64_t correct = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const int truth = d.labels[i], guess = ev.predicted[i];
+    if (truth < kClasses && guess < kClasses) ++ev.confusion[truth][guess];
+    correct += truth == guess;
+  }
+  ev.accuracy = n == 0 ? 0.0 : static_cast<double>(correct) / static_cast<double>(n);
+  ev.loss = n == 0 ? 0.0 : std::accumulate(loss.begin(), loss.end(), 0.0) / static_cast<double>(n);
+  return ev;
+}
+
+}  // namespace epoch::fmnist

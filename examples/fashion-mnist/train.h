@@ -1,0 +1,73 @@
+// Training and evaluation of an Mlp on the CPU.
+//
+// Minibatch training with Adam (default) or SGD with momentum, optionally a cosine
+// learning-rate decay to zero over the run. Each minibatch is cut into kParts fixed
+// parts whose gradients are computed independently (in parallel when threads > 1) and
+// summed in part order, then the update is applied by parameter ranges in parallel;
+// so the result for a seed is the same whatever the thread count, run after run.
+//
+// Thread-safety: Train and Evaluate start and join their own threads; the model must
+// not be touched by anyone else during the call.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "examples/fashion-mnist/idx.h"
+#include "examples/fashion-mnist/mlp.h"
+
+namespace epoch::fmnist {
+
+inline constexpr int kParts = 2;  // parts of each minibatch (the most threads used)
+
+enum class Optimizer { kAdam, kSgd };
+
+struct TrainOptions {
+  int epochs = 10;
+  double lr = 1e-3;
+  int batch = 64;
+  uint64_t seed = 1;  // minibatch order (the caller seeds MakeMlp)
+  int threads = 2;    // 1..kParts
+  Optimizer optimizer = Optimizer::kAdam;
+  double momentum = 0.9;  // SGD only
+  bool cosine = true;     // decay lr to 0 along a half cosine over all steps
+};
+
+struct EpochReport {
+  int epoch = 0;  // 1-based
+  double train_loss = 0;
+  double train_accuracy = 0;        // on the minibatches as they were trained
+  double validation_accuracy = -1;  // -1: no validation set
+  double seconds = 0;               // this epoch's training steps
+  double lr = 0;                    // at the epoch's last step
+};
+
+struct TrainReport {
+  std::vector<EpochReport> epochs;
+  double train_seconds = 0;      // all training steps (validation passes excluded)
+  double seconds = 0;            // the whole call, validation passes included
+  double images_per_second = 0;  // training images processed / train_seconds
+};
+
+// Trains m in place on train; after each epoch evaluates on validation (when it is
+// not empty) and calls on_epoch (may be null). kInvalidArgument for bad options, an
+// empty training set, or data whose width is not m.inputs().
+Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
+                          const TrainOptions& options,
+                          const std::function<void(const EpochReport&)>& on_epoch);
+
+struct Evaluation {
+  double accuracy = 0;
+  double loss = 0;                             // mean cross-entropy
+  std::vector<uint8_t> predicted;              // per image
+  std::vector<float> confidence;               // softmax probability of the predicted class
+  int64_t confusion[kClasses][kClasses] = {};  // [true label][predicted]
+};
+
+// Runs m over every image of d with `threads` threads (1..kParts).
+Evaluation Evaluate(const Mlp& m, const Dataset& d, int threads);
+
+}  // namespace epoch::fmnist
