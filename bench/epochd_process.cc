@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/files.h"
 #include "common/json.h"
 
 namespace epoch::bench {
@@ -30,8 +31,11 @@ void KillAgents(const std::string& dir) {
   while (auto* e = readdir(d)) {
     pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
     if (pid <= 0) continue;
-    std::ifstream in("/proc/" + std::string(e->d_name) + "/cmdline");
-    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // ReadFile, not an istreambuf_iterator: reading the cmdline of a process that exits
+    // meanwhile fails with ESRCH, which libstdc++'s filebuf throws through the iterator.
+    auto read = ReadFile("/proc/" + std::string(e->d_name) + "/cmdline", 1 << 20);
+    if (!read.ok()) continue;
+    const std::string& cmd = *read;
     if (cmd.find("epoch-agent") != std::string::npos && cmd.find(dir) != std::string::npos) {
       kill(pid, SIGKILL);
     }

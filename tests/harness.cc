@@ -13,6 +13,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/files.h"
+
 namespace epoch::testing {
 
 std::string EpochdPath() { return EPOCHD_PATH; }
@@ -262,8 +264,11 @@ std::vector<pid_t> Epochd::AgentPids() const {
   while (auto* e = readdir(d)) {
     pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
     if (pid <= 0) continue;
-    std::ifstream in("/proc/" + std::string(e->d_name) + "/cmdline");
-    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // ReadFile, not an istreambuf_iterator: reading the cmdline of a process that exits
+    // meanwhile fails with ESRCH, which libstdc++'s filebuf throws through the iterator.
+    auto read = ReadFile("/proc/" + std::string(e->d_name) + "/cmdline", 1 << 20);
+    if (!read.ok()) continue;
+    const std::string& cmd = *read;
     if (cmd.find("epoch-agent") != std::string::npos &&
         cmd.find(data_dir_) != std::string::npos && ProcessAlive(pid)) {
       out.push_back(pid);
