@@ -532,6 +532,48 @@ void ApiServer::Impl::RunsRoutes() {
     http.Get(base + R"(/([^/]+)/versions/([^/]+))", Wrap(base + "/{name}/versions/{v}", one));
   }
 
+  // The step cache (engine/cache.h): entries, and forgetting them.
+  http.Get("/v1/cache", Wrap("/v1/cache", [this](const Request& req, Response& res) {
+             std::string workflow = req.get_param_value("workflow");
+             std::string step = req.get_param_value("step");
+             Json items = Json::array();
+             engine->Read([&](const engine::State& s) {
+               for (const auto& [key, e] : s.cache) {
+                 if (!workflow.empty() && e.workflow != workflow) continue;
+                 if (!step.empty() && e.step != step) continue;
+                 items.push_back(engine::CacheEntryToJson(key, e));
+               }
+               return 0;
+             });
+             WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
+           }));
+  http.Post("/v1/cache/invalidate",
+            Wrap("/v1/cache/invalidate", [this](const Request& req, Response& res) {
+              HttpError err;
+              auto body = ParseBody(req, &err);
+              if (!body.ok()) return WriteError(res, err);
+              engine::InvalidateCache cmd;
+              cmd.actor = Actor(req);
+              for (const auto& [k, v] : body->items()) {
+                std::string* field = k == "key"        ? &cmd.key
+                                     : k == "workflow" ? &cmd.workflow
+                                     : k == "step"     ? &cmd.step
+                                                       : nullptr;
+                if (!field) {
+                  return WriteError(res, {400, "malformed",
+                                          k + ": unknown field (expected key, workflow, step)", {}});
+                }
+                if (!v.is_string() || v.get_ref<const std::string&>().empty()) {
+                  return WriteError(res,
+                                    {400, "malformed", k + ": must be a non-empty string", {}});
+                }
+                *field = v.get<std::string>();
+              }
+              auto r = engine->Execute(cmd);
+              if (!r.ok()) return WriteError(res, FromStatus(r.status()));
+              WriteJson(res, 200, Json{{"invalidated", r->keys.size()}, {"keys", r->keys}});
+            }));
+
   http.Post("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
               HttpError err;
               auto body = ParseBody(req, &err);

@@ -42,6 +42,15 @@ struct RetryRun {
   std::string actor = "anonymous";
 };
 
+// Forgets cache entries (cache.h): the one with `key`, or those a workflow's runs
+// made (all its steps, or one `step`). At least key or workflow.
+struct InvalidateCache {
+  std::string key;
+  std::string workflow;
+  std::string step;
+  std::string actor = "anonymous";
+};
+
 struct RegisterContainer {
   std::string container;
   std::string backend, handle, host;
@@ -74,8 +83,8 @@ struct Tick {
   std::vector<std::string> expired;
 };
 
-using Command = std::variant<RegisterWorkflow, SubmitRun, CancelRun, RetryRun, RegisterContainer,
-                             PollContainer, ContainerLaunchResult, Tick>;
+using Command = std::variant<RegisterWorkflow, SubmitRun, CancelRun, RetryRun, InvalidateCache,
+                             RegisterContainer, PollContainer, ContainerLaunchResult, Tick>;
 
 // What a command's caller learns once its events are durable.
 struct CommandResult {
@@ -85,6 +94,7 @@ struct CommandResult {
   bool created = false;  // false: idempotent repeat / same digest
   uint64_t position = 0;  // head after the commit that made it durable
   std::vector<std::string> ack;  // poll: attempt ids whose reports are durable
+  std::vector<std::string> keys{};  // invalidate: the cache keys forgotten
 };
 
 }  // namespace epoch::engine

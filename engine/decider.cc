@@ -31,16 +31,30 @@ workflows::Resources MaxContainer(const EngineConfig& c) {
   return r;
 }
 
+// Where the outputs of a step's succeeded attempt are: its own outputs dir, or for a
+// cache hit the source attempt's.
+std::string SucceededOutputsDir(const EngineConfig& cfg, const Run& run, const StepRun& s) {
+  const Attempt& a = s.attempts.back();
+  std::string src_run, src_step;
+  int src_n = 0;
+  if (!a.cached_from.empty() && ParseAttemptId(a.cached_from, &src_run, &src_step, &src_n)) {
+    return OutputsDir(cfg, src_run, src_step, src_n);
+  }
+  return OutputsDir(cfg, run.id, s.name, a.number);
+}
+
 // {"<step>": {"metrics": {...}, "outputs": {"<file>": "<path>"}}} for steps that succeeded.
-Json StepsContext(const Run& run, const EngineConfig& cfg) {
+// by_digest: each output is "sha256:<digest>" instead of its path (for cache keys).
+Json StepsContext(const Run& run, const EngineConfig& cfg, bool by_digest = false) {
   Json steps = Json::object();
   for (const auto& s : run.steps) {
     if (s.phase != StepPhase::kSucceeded || s.attempts.empty()) continue;
     Json outs = Json::object();
-    std::string dir = OutputsDir(cfg, run.id, s.name, s.attempts.back().number);
+    std::string dir = SucceededOutputsDir(cfg, run, s);
     for (const auto& o : s.outputs) {
       std::string n = o.value("name", "");
-      if (!n.empty()) outs[n] = dir + "/" + n;
+      if (n.empty()) continue;
+      outs[n] = by_digest ? "sha256:" + o.value("sha256", "") : dir + "/" + n;
     }
     steps[s.name] = Json{{"metrics", s.metrics}, {"outputs", outs}};
   }
@@ -186,6 +200,43 @@ Result<Decision> DecideRetry(const State& state, const RetryRun& cmd) {
   d.result.created = true;
   d.events.push_back(
       RunEvent(*run, ev::kRunRetryRequested, Json{{"steps", steps}, {"by", cmd.actor}}, cmd.actor));
+  return d;
+}
+
+Result<Decision> DecideInvalidateCache(const State& state, const InvalidateCache& cmd) {
+  if (cmd.key.empty() && cmd.workflow.empty()) {
+    return InvalidArgument("key or workflow: give a cache key or a workflow (and optionally a step)");
+  }
+  if (!cmd.step.empty() && cmd.workflow.empty()) {
+    return InvalidArgument("step: needs workflow");
+  }
+  Json keys = Json::array();
+  Decision d;
+  if (!cmd.key.empty()) {
+    auto it = state.cache.find(cmd.key);
+    if (it == state.cache.end()) return NotFound("cache key '" + cmd.key + "' has no entry");
+    if (!cmd.workflow.empty() && it->second.workflow != cmd.workflow) {
+      return NotFound("cache key '" + cmd.key + "' is not from workflow '" + cmd.workflow + "'");
+    }
+    keys.push_back(cmd.key);
+  } else {
+    if (!state.workflows.count(cmd.workflow)) {
+      return NotFound("workflow '" + cmd.workflow + "' is not registered");
+    }
+    for (const auto& [key, e] : state.cache) {
+      if (e.workflow == cmd.workflow && (cmd.step.empty() || e.step == cmd.step)) {
+        keys.push_back(key);
+      }
+    }
+  }
+  for (const auto& k : keys) d.result.keys.push_back(k);
+  d.result.created = !keys.empty();
+  if (keys.empty()) return d;  // nothing to forget: nothing to record
+  Json data{{"keys", keys}, {"by", cmd.actor}};
+  if (!cmd.workflow.empty()) data["workflow"] = cmd.workflow;
+  if (!cmd.step.empty()) data["step"] = cmd.step;
+  d.events.push_back(Event{std::string(kCacheStream), std::string(ev::kCacheInvalidated),
+                           std::move(data), cmd.actor});
   return d;
 }
 
@@ -485,6 +536,8 @@ Result<Decision> Decide(const State& state, const Command& command, const Decide
           return DecideCancel(state, cmd);
         } else if constexpr (std::is_same_v<T, RetryRun>) {
           return DecideRetry(state, cmd);
+        } else if constexpr (std::is_same_v<T, InvalidateCache>) {
+          return DecideInvalidateCache(state, cmd);
         } else if constexpr (std::is_same_v<T, RegisterContainer>) {
           return DecideRegisterContainer(state, cmd);
         } else if constexpr (std::is_same_v<T, PollContainer>) {
@@ -502,10 +555,74 @@ Result<Decision> Decide(const State& state, const Command& command, const Decide
 
 namespace {
 
+Result<Json> RenderEnv(const Step& step, const workflows::TemplateContext& tc) {
+  Json env = Json::object();
+  for (const auto& [k, v] : step.env) {
+    ASSIGN_OR_RETURN(env[k], workflows::RenderTemplate(v, tc));
+  }
+  return env;
+}
+
+// The cache decision for a cached step about to be queued: {"key", "inputs"} plus
+// "miss": why there is nothing to reuse, or, on a hit, the entry in *hit.
+Json CacheLookup(const State& state, const Run& run, const Step& step,
+                 const workflows::TemplateContext& tc, const DecideContext& ctx,
+                 const CacheEntry** hit) {
+  *hit = nullptr;
+  const EngineConfig& cfg = *ctx.config;
+  // Run-specific paths stand for what they hold (cache.h).
+  workflows::TemplateContext key_tc = tc;
+  key_tc.workspace = "{{workspace}}";
+  key_tc.outputs_dir = "{{outputs}}";
+  key_tc.attempt = 0;
+  key_tc.steps = StepsContext(run, cfg, /*by_digest=*/true);
+  auto argv = workflows::RenderCommand(step, key_tc);
+  auto env = RenderEnv(step, key_tc);
+  if (!argv.ok() || !env.ok()) return Json{{"miss", "command does not render"}};
+  Json inputs = Json::object();
+  for (const auto& t : step.inputs) {
+    auto path = workflows::RenderTemplate(t, tc);
+    if (!path.ok()) return Json{{"miss", "input " + t + ": " + path.status().message()}};
+    if (!ctx.files) return Json{{"miss", "no file access to digest input " + *path}};
+    auto sha = ctx.files->Sha256(*path);
+    if (!sha.ok()) return Json{{"miss", "input " + sha.status().message()}};
+    inputs[*path] = *sha;
+  }
+  std::string key = CacheKeyOf(
+      CacheKeyBasis(*argv, *env, step.resources.gpus, step.workers, step.outputs, inputs));
+  Json out{{"key", key}, {"inputs", inputs}};
+  auto it = state.cache.find(key);
+  if (it == state.cache.end()) {
+    out["miss"] = "no entry";
+    return out;
+  }
+  const CacheEntry& e = it->second;
+  if (step.cache_max_age && ctx.now - e.created_at > *step.cache_max_age) {
+    out["miss"] = "entry of " + FormatTime(e.created_at) + " is older than maxAge " +
+                  FormatDuration(*step.cache_max_age);
+    return out;
+  }
+  if (ctx.files) {
+    std::string dir = OutputsDir(cfg, e.run, e.step, e.attempt);
+    for (const auto& o : e.outputs) {
+      std::string name = o.value("name", "");
+      auto size = ctx.files->Size(dir + "/" + name);
+      if (!size || *size != o.value("size", uint64_t{0})) {
+        out["miss"] = "output " + name + " of " + AttemptId(e.run, e.step, e.attempt) +
+                      (size ? " changed size" : " is gone");
+        return out;
+      }
+    }
+  }
+  *hit = &e;
+  return out;
+}
+
 // Queues the next attempt of a step: renders its command now, so the event
-// records exactly what will run.
-void QueueAttempt(const Run& run, const Step& step, int attempt, const DecideContext& ctx,
-                  std::vector<Event>* out) {
+// records exactly what will run. A cached step whose key has a usable entry
+// succeeds at once instead (JobCacheHit).
+void QueueAttempt(const State& state, const Run& run, const Step& step, int attempt,
+                  const DecideContext& ctx, std::vector<Event>* out) {
   const EngineConfig& cfg = *ctx.config;
   workflows::TemplateContext tc;
   tc.params = run.params;
@@ -516,30 +633,44 @@ void QueueAttempt(const Run& run, const Step& step, int attempt, const DecideCon
   tc.attempt = attempt;
   tc.steps = StepsContext(run, cfg);
   auto argv = workflows::RenderCommand(step, tc);
-  Json env = Json::object();
-  Status env_status;
-  for (const auto& [k, v] : step.env) {
-    auto r = workflows::RenderTemplate(v, tc);
-    if (!r.ok()) {
-      env_status = r.status();
-      break;
-    }
-    env[k] = *r;
-  }
-  if (!argv.ok() || !env_status.ok()) {
-    const Status& st = !argv.ok() ? argv.status() : env_status;
+  auto env = RenderEnv(step, tc);
+  if (!argv.ok() || !env.ok()) {
+    const Status& st = !argv.ok() ? argv.status() : env.status();
     out->push_back(RunEvent(run, ev::kRunFailed,
                             Json{{"step", step.name}, {"reason", "template: " + st.message()}}));
     return;
+  }
+  Json cache;
+  if (step.cache) {
+    const CacheEntry* hit = nullptr;
+    cache = CacheLookup(state, run, step, tc, ctx, &hit);
+    if (hit) {
+      out->push_back(RunEvent(run, ev::kJobCacheHit,
+                              Json{{"step", step.name},
+                                   {"attempt", attempt},
+                                   {"key", cache["key"]},
+                                   {"inputs", cache["inputs"]},
+                                   {"source_run", hit->run},
+                                   {"source_step", hit->step},
+                                   {"source_attempt", hit->attempt},
+                                   {"source_finished_at", FormatTime(hit->created_at)},
+                                   {"outputs", hit->outputs},
+                                   {"metrics", hit->metrics},
+                                   {"resources", ResourcesJson(step.resources)},
+                                   {"argv", *argv},
+                                   {"env", *env}}));
+      return;
+    }
   }
   Json data{{"run", run.id},
             {"step", step.name},
             {"attempt", attempt},
             {"resources", ResourcesJson(step.resources)},
             {"argv", *argv},
-            {"env", env},
+            {"env", *env},
             {"timeout_ms", step.timeout ? step.timeout->count() / 1000 : 0}};
   if (step.workers > 1) data["workers"] = step.workers;
+  if (!cache.is_null()) data["cache"] = std::move(cache);
   out->push_back(RunEvent(run, ev::kJobQueued, std::move(data)));
 }
 
@@ -729,7 +860,7 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
       continue;
     }
     out.push_back(RunEvent(run, ev::kStepReady, Json{{"step", s.name}}));
-    QueueAttempt(run, step, s.next_attempt, ctx, &out);
+    QueueAttempt(state, run, step, s.next_attempt, ctx, &out);
   }
   if (all_done && out.empty()) out.push_back(RunEvent(run, ev::kRunSucceeded, Json::object()));
   return out;
@@ -922,7 +1053,7 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
     const StepRun* s = run->FindStep(step);
     const Step* def_step = run->def->FindStep(step);
     if (!s || !def_step || !s->retry_at || s->next_attempt != n) continue;
-    QueueAttempt(*run, *def_step, n, ctx, &out);
+    QueueAttempt(state, *run, *def_step, n, ctx, &out);
   }
   // Leases.
   std::set<std::string> expired(tick.expired.begin(), tick.expired.end());

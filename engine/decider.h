@@ -21,6 +21,7 @@
 
 #include "common/clock.h"
 #include "common/status.h"
+#include "engine/cache.h"
 #include "engine/commands.h"
 #include "engine/events.h"
 #include "engine/state.h"
@@ -48,6 +49,9 @@ struct EngineConfig {
 struct DecideContext {
   TimePoint now;
   const EngineConfig* config;
+  // Reads declared cache `inputs` and checks that cached outputs still exist; null:
+  // a cached step with inputs is a miss ("no file access"), outputs are trusted.
+  FileAccess* files = nullptr;
 };
 
 struct Decision {

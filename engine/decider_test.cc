@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 
 #include "engine/decider.h"
 #include "engine/engine.h"
@@ -35,7 +36,7 @@ class DeciderTest : public ::testing::Test {
 
   // Runs a command (and optionally a tick) at the current time; returns the events.
   std::vector<RecordedEvent> Do(const Command& c, Status* status = nullptr) {
-    Processor p(&state_, DecideContext{now_, &cfg_}, 1);
+    Processor p(&state_, DecideContext{now_, &cfg_, files_}, 1);
     auto r = p.Apply(c);
     if (status) *status = r.ok() ? Status::Ok() : r.status();
     if (r.ok()) last_ = *r;
@@ -44,8 +45,8 @@ class DeciderTest : public ::testing::Test {
     return p.recorded();
   }
   std::vector<RecordedEvent> DoTick(std::vector<std::string> expired = {}) {
-    Processor p(&state_, DecideContext{now_, &cfg_}, 1);
-    p.Record(OnTick(state_, Tick{expired}, DecideContext{now_, &cfg_}));
+    Processor p(&state_, DecideContext{now_, &cfg_, files_}, 1);
+    p.Record(OnTick(state_, Tick{expired}, DecideContext{now_, &cfg_, files_}));
     p.Settle();
     all_.insert(all_.end(), p.recorded().begin(), p.recorded().end());
     return p.recorded();
@@ -96,6 +97,7 @@ class DeciderTest : public ::testing::Test {
 
   EngineConfig cfg_;
   State state_;
+  FileAccess* files_ = nullptr;
   TimePoint now_ = FromMicros(1'800'000'000'000'000);
   CommandResult last_;
   std::vector<RecordedEvent> all_;  // every event recorded so far, in order
@@ -220,6 +222,259 @@ TEST_F(DeciderTest, ADeclaredOutputThatWasNotWrittenFailsTheAttempt) {
   EXPECT_EQ(R(run).steps[0].phase, StepPhase::kSucceeded);
   EXPECT_EQ(R(run).steps[0].outputs.size(), 2u);
   EXPECT_EQ(R(run).steps[0].outputs[0]["sha256"], "cd");
+}
+
+// Files as the cache sees them, without a disk.
+class FakeFiles : public FileAccess {
+ public:
+  Result<std::string> Sha256(const std::string& path) override {
+    auto it = sha.find(path);
+    if (it == sha.end()) return NotFound(path + ": No such file or directory");
+    ++hashed;
+    return it->second;
+  }
+  std::optional<uint64_t> Size(const std::string& path) override {
+    auto it = size.find(path);
+    if (it == size.end()) return std::nullopt;
+    return it->second;
+  }
+  std::map<std::string, std::string> sha;
+  std::map<std::string, uint64_t> size;
+  int hashed = 0;
+};
+
+constexpr const char* kCached = R"({"name":"cached","params":{"lr":0.1,"raw":"/data/raw.csv"},
+  "steps":[
+    {"name":"prep","kind":"data_prep","command":["prep","{{params.raw}}","{{outputs}}"],
+     "inputs":["{{params.raw}}"],"outputs":["shard"],"cache":true,"dataset":{"name":"ds"}},
+    {"name":"train","kind":"train","after":["prep"],
+     "command":["train","{{steps.prep.outputs.shard}}","{{params.lr}}","{{run.id}}x"],
+     "outputs":["model"],"cache":{"maxAge":"1h"},"model":{"name":"m"}},
+    {"name":"validate","kind":"validate","after":["train"],
+     "command":["validate","{{steps.train.outputs.model}}"]}]})";
+
+class CacheTest : public DeciderTest {
+ protected:
+  CacheTest() {
+    files_ = &fake_;
+    fake_.sha["/data/raw.csv"] = "raw-v1";
+  }
+  // The attempt succeeds, writing `out` of `size` bytes with digest `sha`.
+  std::vector<RecordedEvent> Succeed(const std::string& attempt, const std::string& out,
+                                     uint64_t size, const std::string& sha,
+                                     Json metrics = Json::object()) {
+    PollContainer p;
+    p.container = "c1";
+    p.reports = Json::array({Json{{"attempt_id", attempt}, {"state", "succeeded"},
+                                  {"exit_code", 0}, {"metrics", metrics},
+                                  {"outputs", Json::array({Json{{"name", out}, {"size", size},
+                                                                {"sha256", sha}}})}}});
+    Status st;
+    auto evs = Do(p, &st);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    if (!out.empty()) {
+      std::string run, step;
+      int n;
+      ParseAttemptId(attempt, &run, &step, &n);
+      fake_.size[OutputsDir(cfg_, run, step, n) + "/" + out] = size;
+    }
+    return evs;
+  }
+  // run -> step: the JobQueued or JobCacheHit event recorded for it.
+  const RecordedEvent* Find(const std::string& run, const std::string& step, const char* type) {
+    for (const auto& e : all_) {
+      if (e.stream == RunStream(run) && e.type == type && e.data.value("step", "") == step) {
+        return &e;
+      }
+    }
+    return nullptr;
+  }
+  // A first run of kCached, every step executed.
+  std::string RunOnce() {
+    std::string run = Submit(kCached);
+    Succeed(run + "/prep/1", "shard", 10, "shard-v1");
+    Succeed(run + "/train/1", "model", 20, "model-v1");
+    auto evs = Succeed(run + "/validate/1", "", 0, "", Json{{"accuracy", 0.9}});
+    EXPECT_EQ(R(run).phase, RunPhase::kSucceeded);
+    return run;
+  }
+  FakeFiles fake_;
+};
+
+TEST_F(CacheTest, TheSameWorkHitsAndDownstreamReadsTheSourceOutputs) {
+  StartContainer();
+  std::string r1 = RunOnce();
+  // train's command holds {{run.id}}: run-specific, so only prep's entry can hit.
+  ASSERT_EQ(state_.cache.size(), 2u);
+  const RecordedEvent* q = Find(r1, "prep", "JobQueued");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->data["cache"]["miss"], "no entry");
+  EXPECT_EQ(q->data["cache"]["inputs"]["/data/raw.csv"], "raw-v1");
+  std::string prep_key = q->data["cache"]["key"];
+  EXPECT_EQ(prep_key.size(), 64u);
+  EXPECT_EQ(state_.cache.at(prep_key).run, r1);
+  EXPECT_EQ(state_.cache.at(prep_key).outputs[0]["sha256"], "shard-v1");
+
+  std::string r2 = Submit(kCached);
+  const RecordedEvent* hit = Find(r2, "prep", "JobCacheHit");
+  ASSERT_NE(hit, nullptr);
+  EXPECT_EQ(hit->data["key"], prep_key);
+  EXPECT_EQ(hit->data["source_run"], r1);
+  EXPECT_EQ(hit->data["source_attempt"], 1);
+  EXPECT_EQ(Find(r2, "prep", "JobQueued"), nullptr);
+  EXPECT_EQ(R(r2).steps[0].phase, StepPhase::kSucceeded);
+  EXPECT_EQ(R(r2).steps[0].attempts[0].cached_from, r1 + "/prep/1");
+  EXPECT_EQ(R(r2).steps[0].attempts[0].phase, AttemptPhase::kSucceeded);
+  // train runs (its key has the run id) and reads prep's output where r1 wrote it.
+  const RecordedEvent* tq = Find(r2, "train", "JobQueued");
+  ASSERT_NE(tq, nullptr);
+  EXPECT_EQ(tq->data["argv"][1], "/data/runs/" + r1 + "/prep/1/outputs/shard");
+  // The same data set version: the digest of the same outputs.
+  EXPECT_EQ(state_.datasets.at("ds").size(), 1u);
+  EXPECT_EQ(R(r2).datasets.at("prep"), std::make_pair(std::string("ds"), 1));
+}
+
+constexpr const char* kCachedNoRunId = R"({"name":"cached2","params":{"lr":0.1},
+  "steps":[
+    {"name":"prep","kind":"data_prep","command":["prep","/data/raw.csv","{{outputs}}"],
+     "inputs":["/data/raw.csv"],"outputs":["shard"],"cache":true},
+    {"name":"train","kind":"train","after":["prep"],
+     "command":["train","{{steps.prep.outputs.shard}}","{{params.lr}}","{{outputs}}"],
+     "outputs":["model"],"cache":{"maxAge":"1h"},"model":{"name":"m2"}},
+    {"name":"validate","kind":"validate","after":["train"],
+     "command":["validate","{{steps.train.outputs.model}}"]}]})";
+
+TEST_F(CacheTest, ChangedParamMissesTrainButHitsPrepAndChangedInputMissesBoth) {
+  StartContainer();
+  std::string r1 = Submit(kCachedNoRunId);
+  Succeed(r1 + "/prep/1", "shard", 10, "shard-v1");
+  Succeed(r1 + "/train/1", "model", 20, "model-v1");
+  Succeed(r1 + "/validate/1", "", 0, "", Json{{"accuracy", 0.9}});
+  ASSERT_EQ(R(r1).phase, RunPhase::kSucceeded);
+
+  // Same params: prep and train both hit; validate runs on r1's model.
+  std::string r2 = Submit(kCachedNoRunId);
+  ASSERT_NE(Find(r2, "prep", "JobCacheHit"), nullptr);
+  ASSERT_NE(Find(r2, "train", "JobCacheHit"), nullptr);
+  EXPECT_EQ(R(r2).steps[1].metrics, Json::object());
+  const RecordedEvent* vq = Find(r2, "validate", "JobQueued");
+  ASSERT_NE(vq, nullptr);
+  EXPECT_EQ(vq->data["argv"][1], "/data/runs/" + r1 + "/train/1/outputs/model");
+  EXPECT_EQ(state_.models.at("m2").size(), 1u);  // the same model version
+  EXPECT_EQ(R(r2).models.at("train").second, 1);
+
+  // A changed param: prep hits, train misses.
+  std::string r3 = Submit(kCachedNoRunId, Json{{"lr", 0.2}});
+  EXPECT_NE(Find(r3, "prep", "JobCacheHit"), nullptr);
+  const RecordedEvent* tq = Find(r3, "train", "JobQueued");
+  ASSERT_NE(tq, nullptr);
+  EXPECT_EQ(tq->data["cache"]["miss"], "no entry");
+  EXPECT_EQ(Find(r3, "train", "JobCacheHit"), nullptr);
+
+  // A changed input file: prep misses (and so train would see a new shard digest).
+  fake_.sha["/data/raw.csv"] = "raw-v2";
+  std::string r4 = Submit(kCachedNoRunId);
+  EXPECT_EQ(Find(r4, "prep", "JobCacheHit"), nullptr);
+  const RecordedEvent* pq = Find(r4, "prep", "JobQueued");
+  ASSERT_NE(pq, nullptr);
+  EXPECT_EQ(pq->data["cache"]["inputs"]["/data/raw.csv"], "raw-v2");
+  EXPECT_NE(pq->data["cache"]["key"], Find(r1, "prep", "JobQueued")->data["cache"]["key"]);
+  // Same input again but a new shard digest: train's key differs, so it misses.
+  Succeed(r4 + "/prep/1", "shard", 10, "shard-v2");
+  const RecordedEvent* tq4 = Find(r4, "train", "JobQueued");
+  ASSERT_NE(tq4, nullptr);
+  EXPECT_EQ(tq4->data["cache"]["miss"], "no entry");
+
+  // An unreadable input: a miss that says why, and no key to store a result under.
+  fake_.sha.erase("/data/raw.csv");
+  std::string r5 = Submit(kCachedNoRunId);
+  const RecordedEvent* bad = Find(r5, "prep", "JobQueued");
+  ASSERT_NE(bad, nullptr);
+  EXPECT_NE(bad->data["cache"]["miss"].get<std::string>().find("No such file"), std::string::npos);
+  EXPECT_FALSE(bad->data["cache"].contains("key"));
+}
+
+TEST_F(CacheTest, OldEntriesAndVanishedOutputsMissAndTheSnapshotKeepsTheCache) {
+  StartContainer();
+  std::string r1 = Submit(kCachedNoRunId);
+  Succeed(r1 + "/prep/1", "shard", 10, "shard-v1");
+  Succeed(r1 + "/train/1", "model", 20, "model-v1");
+  Succeed(r1 + "/validate/1", "", 0, "");
+
+  // Two hours later: train's entry is past its maxAge of 1h; prep has none.
+  now_ += std::chrono::hours(2);
+  std::string r2 = Submit(kCachedNoRunId);
+  EXPECT_NE(Find(r2, "prep", "JobCacheHit"), nullptr);
+  const RecordedEvent* tq = Find(r2, "train", "JobQueued");
+  ASSERT_NE(tq, nullptr);
+  EXPECT_NE(tq->data["cache"]["miss"].get<std::string>().find("older than maxAge 1h"),
+            std::string::npos)
+      << tq->data.dump();
+
+  // prep's output file is deleted: the entry cannot be used.
+  fake_.size.erase(OutputsDir(cfg_, r1, "prep", 1) + "/shard");
+  std::string r3 = Submit(kCachedNoRunId);
+  const RecordedEvent* pq = Find(r3, "prep", "JobQueued");
+  ASSERT_NE(pq, nullptr);
+  EXPECT_EQ(pq->data["cache"]["miss"], "output shard of " + r1 + "/prep/1 is gone");
+
+  // The cache and the hit's source survive a snapshot.
+  auto decoded = DecodeSnapshot(EncodeSnapshot(state_));
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(decoded->cache.size(), state_.cache.size());
+  for (const auto& [k, e] : state_.cache) {
+    ASSERT_EQ(decoded->cache.count(k), 1u);
+    EXPECT_EQ(CacheEntryToJson(k, decoded->cache.at(k)), CacheEntryToJson(k, e));
+  }
+  EXPECT_EQ(decoded->FindRun(r2)->steps[0].attempts[0].cached_from, r1 + "/prep/1");
+  EXPECT_EQ(decoded->FindRun(r2)->steps[0].attempts[0].cache_key,
+            state_.FindRun(r2)->steps[0].attempts[0].cache_key);
+  // And a replay of the events gives the same cache.
+  State replay;
+  for (const auto& e : all_) Evolve(replay, e);
+  EXPECT_EQ(StateDigestJson(replay)["cache"], StateDigestJson(state_)["cache"]);
+}
+
+TEST_F(CacheTest, InvalidateByKeyOrWorkflowAndRejectsWhatItCannotFind) {
+  StartContainer();
+  std::string r1 = Submit(kCachedNoRunId);
+  Succeed(r1 + "/prep/1", "shard", 10, "shard-v1");
+  Succeed(r1 + "/train/1", "model", 20, "model-v1");
+  ASSERT_EQ(state_.cache.size(), 2u);
+  std::string prep_key = Find(r1, "prep", "JobQueued")->data["cache"]["key"];
+
+  Status st;
+  auto evs = Do(InvalidateCache{"0000", "", "", "alice"}, &st);
+  EXPECT_EQ(st.code(), StatusCode::kNotFound);
+  EXPECT_TRUE(evs.empty());
+  Do(InvalidateCache{"", "", "", "alice"}, &st);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  Do(InvalidateCache{"", "nope", "", "alice"}, &st);
+  EXPECT_EQ(st.code(), StatusCode::kNotFound);
+  EXPECT_EQ(state_.cache.size(), 2u);
+
+  evs = Do(InvalidateCache{prep_key, "", "", "alice"}, &st);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_EQ(Types(evs), std::vector<std::string>{"CacheInvalidated"});
+  EXPECT_EQ(evs[0].stream, "cache");
+  EXPECT_EQ(evs[0].actor, "alice");
+  EXPECT_EQ(last_.keys, std::vector<std::string>{prep_key});
+  EXPECT_EQ(state_.cache.count(prep_key), 0u);
+
+  evs = Do(InvalidateCache{"", "cached2", "train", "bob"}, &st);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(last_.keys.size(), 1u);
+  EXPECT_TRUE(state_.cache.empty());
+  // Nothing left to forget: no event.
+  evs = Do(InvalidateCache{"", "cached2", "", "bob"}, &st);
+  ASSERT_TRUE(st.ok());
+  EXPECT_TRUE(evs.empty());
+  EXPECT_TRUE(last_.keys.empty());
+
+  // The next run executes prep again.
+  std::string r2 = Submit(kCachedNoRunId);
+  EXPECT_EQ(Find(r2, "prep", "JobCacheHit"), nullptr);
+  EXPECT_EQ(Find(r2, "prep", "JobQueued")->data["cache"]["miss"], "no entry");
 }
 
 TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation) {

@@ -388,7 +388,7 @@ void Engine::WriterLoop() {
       }
     }
     TimePoint now = clock_->Now();
-    Processor proc(&working_, DecideContext{now, &cfg}, epoch_);
+    Processor proc(&working_, DecideContext{now, &cfg, &files_}, epoch_);
     std::vector<std::optional<Result<CommandResult>>> results(group.size());
     for (size_t i = 0; i < group.size(); ++i) {
       stats_.commands++;
@@ -398,7 +398,7 @@ void Engine::WriterLoop() {
     if (now >= next_tick) {
       Tick tick;
       if (options_.start_pool) tick.expired = ExpiredLeases(now);
-      std::vector<Event> tick_events = OnTick(working_, tick, DecideContext{now, &cfg});
+      std::vector<Event> tick_events = OnTick(working_, tick, DecideContext{now, &cfg, &files_});
       if (!options_.start_pool) {
         std::erase_if(tick_events, [](const Event& e) { return e.type == ev::kContainerRequested; });
       }

@@ -192,6 +192,7 @@ class Engine {
   std::string applied_hash_;    // hash of the event at published_.head (standby thread)
 
   State working_;  // writer thread only
+  DiskFiles files_;  // what decide may read of the data dir; writer thread only
   mutable std::shared_mutex published_mu_;
   State published_;
 
@@ -231,6 +232,7 @@ Json RunToJson(const Run& run, const EngineConfig& config);
 Json ContainerToJson(const Container& c);
 // A data set or model version with its lineage (kind "dataset" or "model").
 Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool model);
+Json CacheEntryToJson(const std::string& key, const CacheEntry& e);
 Json StateDigestJson(const State& s);
 
 }  // namespace epoch::engine

@@ -25,7 +25,7 @@ inline constexpr std::string_view kRunCancelRequested = "RunCancelRequested";  /
 inline constexpr std::string_view kRunCancelled = "RunCancelled";              // {}
 inline constexpr std::string_view kRunRetryRequested = "RunRetryRequested";    // {steps, by}
 // Jobs: one attempt of one step (stream run-<id>)
-inline constexpr std::string_view kJobQueued = "JobQueued";  // {run, step, attempt, resources, argv, env, timeout_ms}
+inline constexpr std::string_view kJobQueued = "JobQueued";  // {run, step, attempt, resources, argv, env, timeout_ms, cache?: {key, inputs, miss}}
 inline constexpr std::string_view kJobAssigned = "JobAssigned";  // {step, attempt, container, gpus}
 inline constexpr std::string_view kJobStarted = "JobStarted";    // {step, attempt, container}
 inline constexpr std::string_view kJobSucceeded = "JobSucceeded";  // {step, attempt, exit_code, metrics, outputs, usage}
@@ -33,6 +33,9 @@ inline constexpr std::string_view kJobFailed = "JobFailed";  // {step, attempt, 
 inline constexpr std::string_view kJobTimedOut = "JobTimedOut";  // {step, attempt, usage}
 inline constexpr std::string_view kJobCancelled = "JobCancelled";  // {step, attempt, reason, usage}
 inline constexpr std::string_view kJobWorkerFinished = "JobWorkerFinished";  // {step, attempt, rank, state, exit_code, signal, reason, usage}
+// A cached step whose key has a usable entry: succeeded without running, with the
+// source attempt's outputs and metrics (cache.h).
+inline constexpr std::string_view kJobCacheHit = "JobCacheHit";  // {step, attempt, key, source_run, source_step, source_attempt, outputs, metrics, argv, env, resources}
 inline constexpr std::string_view kJobRetryScheduled = "JobRetryScheduled";  // {step, attempt, not_before}
 // Lineage (stream run-<id>): a succeeded step's outputs as a version of a data set
 // or model; the version is the existing one with the same digest, else the next.
@@ -45,6 +48,8 @@ inline constexpr std::string_view kContainerLaunched = "ContainerLaunched";    /
 inline constexpr std::string_view kContainerRegistered = "ContainerRegistered";  // {container, backend, handle, host, pid, cpu_millis, memory_bytes, gpus}
 inline constexpr std::string_view kContainerLost = "ContainerLost";        // {container, reason}
 inline constexpr std::string_view kContainerReleased = "ContainerReleased";  // {container, reason}
+// Cache (stream cache)
+inline constexpr std::string_view kCacheInvalidated = "CacheInvalidated";  // {keys, workflow, step, by}
 // Master (stream master)
 inline constexpr std::string_view kLeaderElected = "LeaderElected";  // {epoch, node, address}
 }  // namespace ev
@@ -53,6 +58,7 @@ inline std::string RunStream(std::string_view run) { return "run-" + std::string
 inline std::string WorkflowStream(std::string_view name) { return "workflow-" + std::string(name); }
 inline std::string ContainerStream(std::string_view id) { return "container-" + std::string(id); }
 inline constexpr std::string_view kMasterStream = "master";
+inline constexpr std::string_view kCacheStream = "cache";
 
 // An event as decided: stream, type and payload. It becomes a RecordedEvent once
 // the writer has placed it in the log.

@@ -262,6 +262,8 @@ void WriteAttempt(Writer& w, const Attempt& a) {
   w.Time(a.assigned_at);
   w.Time(a.started_at);
   w.Time(a.finished_at);
+  w.Str(a.cache_key);
+  w.Str(a.cached_from);
 }
 
 void WriteRun(Writer& w, DefTable& defs, const Run& r) {
@@ -386,6 +388,22 @@ void WriteLineage(Writer& w, const State& s) {
   }
 }
 
+// cache := varint n | (str key | str run | str step | svarint attempt | str workflow |
+//                      json outputs | json metrics | time created_at)[n]
+void WriteCache(Writer& w, const State& s) {
+  w.Varint(s.cache.size());
+  for (const auto& [key, e] : s.cache) {
+    w.Str(key);
+    w.Str(e.run);
+    w.Sym(e.step);
+    w.Svarint(e.attempt);
+    w.Sym(e.workflow);
+    w.Json(e.outputs);
+    w.Json(e.metrics);
+    w.Time(e.created_at);
+  }
+}
+
 std::string Encode(const State& s) {
   DefTable defs;
   for (const auto& [name, versions] : s.workflows) {
@@ -481,6 +499,7 @@ std::string Encode(const State& s) {
   w.Time(s.last_scale_up);
   w.Varint(s.gangs_placed);
   WriteLineage(w, s);
+  WriteCache(w, s);
 
   std::string& out = w.out();
   std::string_view body = std::string_view(out).substr(kSnapshotHeaderSize);
@@ -885,6 +904,8 @@ class RunReader {
     a.assigned_at = r_.Time();
     a.started_at = r_.Time();
     a.finished_at = r_.Time();
+    r_.Str(a.cache_key);
+    r_.Str(a.cached_from);
   }
 
   Reader& r_;
@@ -959,6 +980,7 @@ class StateReader {
     s.last_scale_up = r_.Time();
     s.gangs_placed = r_.Varint();
     ReadLineage(s);
+    ReadCache(s);
     if (r_.ok() && r_.remaining() != 0) {
       r_.set_where("");
       r_.Fail(std::to_string(r_.remaining()) + " bytes after the end of the state");
@@ -973,6 +995,25 @@ class StateReader {
     std::map<std::string, Run> decoded;
     Status status;
   };
+
+  void ReadCache(State& s) {
+    r_.set_where("cache");
+    size_t n = r_.Count("cache entries");
+    for (size_t i = 0; i < n && r_.ok(); ++i) {
+      std::string key(r_.Str());
+      CacheEntry e;
+      r_.Str(e.run);
+      r_.Str(e.step);
+      e.attempt = r_.Int("attempt");
+      r_.Str(e.workflow);
+      r_.Json(e.outputs);
+      r_.Json(e.metrics);
+      e.created_at = r_.Time();
+      if (r_.ok() && !s.cache.emplace(std::move(key), std::move(e)).second) {
+        r_.Fail("duplicate cache key");
+      }
+    }
+  }
 
   void ReadLineage(State& s) {
     r_.set_where("lineage");

@@ -362,6 +362,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     a.env = d.value("env", Json::object());
     a.timeout_ms = d.value("timeout_ms", int64_t{0});
     a.workers = d.value("workers", 1);
+    if (auto c = d.find("cache"); c != d.end() && c->is_object()) a.cache_key = c->value("key", "");
     a.queue_seq = s.next_queue_seq++;
     a.queued_at = e.time;
     t.step->attempts.push_back(a);
@@ -426,6 +427,39 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     t.step->metrics = d.value("metrics", Json::object());
     t.step->outputs = d.value("outputs", Json::array());
     t.step->reason.clear();
+    if (!t.attempt->cache_key.empty()) {
+      s.cache[t.attempt->cache_key] =
+          CacheEntry{run.id, t.step->name, t.attempt->number, run.workflow, t.step->outputs,
+                     t.step->metrics, e.time};
+    }
+  } else if (type == ev::kJobCacheHit) {
+    if (!t.step) return;
+    Attempt a;
+    a.number = d.value("attempt", 1);
+    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return;
+    const Json& r = d.value("resources", Json::object());
+    a.resources.cpu_millis = r.value("cpu_millis", int64_t{100});
+    a.resources.memory_bytes = r.value("memory_bytes", int64_t{128} << 20);
+    a.resources.gpus = r.value("gpus", 0);
+    a.argv = d.value("argv", Json::array());
+    a.env = d.value("env", Json::object());
+    a.phase = AttemptPhase::kSucceeded;
+    a.cache_key = d.value("key", "");
+    a.cached_from =
+        AttemptId(d.value("source_run", ""), d.value("source_step", ""), d.value("source_attempt", 0));
+    a.queued_at = a.finished_at = e.time;
+    t.step->attempts.push_back(std::move(a));
+    if (t.step->retry_at) {
+      s.retry_timers.erase({*t.step->retry_at, AttemptId(run.id, t.step->name, t.step->next_attempt)});
+      t.step->retry_at.reset();
+    }
+    t.step->next_attempt = static_cast<int>(t.step->attempts.size()) + 1;
+    t.step->phase = StepPhase::kSucceeded;
+    t.step->metrics = d.value("metrics", Json::object());
+    t.step->outputs = d.value("outputs", Json::array());
+    t.step->reason.clear();
+    if (!run.started_at) run.started_at = e.time;
+    if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
   } else if (type == ev::kJobFailed || type == ev::kJobTimedOut || type == ev::kJobCancelled) {
     if (!t.attempt || IsTerminal(t.attempt->phase)) return;
     AttemptPhase phase = AttemptPhase::kFailed;
@@ -587,6 +621,10 @@ void Evolve(State& s, const RecordedEvent& e) {
     std::string key = d.value("idempotency_key", "");
     if (!key.empty()) s.workflow_keys[{d.value("tenant", "default"), key}] = {name, v.version};
     versions.push_back(std::move(v));
+  } else if (e.type == ev::kCacheInvalidated) {
+    for (const auto& k : e.data.value("keys", Json::array())) {
+      if (k.is_string()) s.cache.erase(k.get<std::string>());
+    }
   } else if (e.type == ev::kLeaderElected) {
     uint64_t ep = e.data.value("epoch", uint64_t{0});
     if (ep > s.epoch) s.epoch = ep;

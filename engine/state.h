@@ -19,6 +19,7 @@
 
 #include "common/clock.h"
 #include "common/json.h"
+#include "engine/cache.h"
 #include "engine/events.h"
 #include "workflows/definition.h"
 
@@ -83,6 +84,8 @@ struct Attempt {
   std::string master_addr;  // rank 0's host, for torch.distributed
   int master_port = 0;
   TimePoint queued_at{}, assigned_at{}, started_at{}, finished_at{};
+  std::string cache_key{};    // the step's cache key when it is cached (cache.h)
+  std::string cached_from{};  // a cache hit: the attempt id whose outputs it reuses
 };
 
 struct StepRun {
@@ -187,6 +190,7 @@ struct State {
   std::string leader_node, leader_address;  // from the last LeaderElected
   // Lineage: name -> versions (1..n).
   std::map<std::string, std::vector<ArtifactVersion>> datasets, models;
+  std::map<std::string, CacheEntry> cache;  // cache key -> the result it reuses
   uint64_t next_run_seq = 1;
   uint64_t next_queue_seq = 1;
   uint64_t container_counter = 0;  // containers ever requested

@@ -13,7 +13,7 @@ Json RunToJson(const Run& run, const EngineConfig& config) {
   Json steps = Json::array();
   for (size_t i = 0; i < run.steps.size(); ++i) {
     const StepRun& s = run.steps[i];
-    const workflows::Step* def = run.def ? &run.def->steps[i] : nullptr;
+    const workflows::Step* def = run.def && i < run.def->steps.size() ? &run.def->steps[i] : nullptr;
     Json attempts = Json::array();
     for (const auto& a : s.attempts) {
       attempts.push_back(Json{
@@ -30,6 +30,8 @@ Json RunToJson(const Run& run, const EngineConfig& config) {
           {"finished_at", TimeOrNull(a.finished_at)},
           {"usage", a.usage},
           {"argv", a.argv}});
+      if (!a.cache_key.empty()) attempts.back()["cache_key"] = a.cache_key;
+      if (!a.cached_from.empty()) attempts.back()["cached_from"] = a.cached_from;
       if (a.workers > 1) {
         Json workers = Json::array();
         for (const auto& w : a.ranks) {
@@ -125,9 +127,27 @@ Json StateDigestJson(const State& s) {
   for (const auto& [k, id] : s.queue) queue.push_back(id);
   Json timers = Json::array();
   for (const auto& [t, id] : s.retry_timers) timers.push_back(FormatTime(t) + " " + id);
-  return Json{{"head", s.head},         {"epoch", s.epoch},       {"runs", runs},
-              {"containers", containers}, {"workflows", workflows}, {"queue", queue},
-              {"retry_timers", timers}};
+  Json j{{"head", s.head},         {"epoch", s.epoch},       {"runs", runs},
+         {"containers", containers}, {"workflows", workflows}, {"queue", queue},
+         {"retry_timers", timers}};
+  // Only when there is one, so that histories without caching keep their digest.
+  if (!s.cache.empty()) {
+    Json cache = Json::object();
+    for (const auto& [key, e] : s.cache) cache[key] = CacheEntryToJson(key, e);
+    j["cache"] = std::move(cache);
+  }
+  return j;
+}
+
+Json CacheEntryToJson(const std::string& key, const CacheEntry& e) {
+  return Json{{"key", key},
+              {"workflow", e.workflow},
+              {"run", e.run},
+              {"step", e.step},
+              {"attempt", e.attempt},
+              {"created_at", FormatTime(e.created_at)},
+              {"outputs", e.outputs},
+              {"metrics", e.metrics}};
 }
 
 Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool model) {

@@ -256,7 +256,7 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
   }
   CheckKnownFields(j,
                    {"name", "kind", "command", "env", "after", "resources", "retry", "timeout",
-                    "cache", "when", "outputs", "workers", "dataset", "model"},
+                    "cache", "inputs", "when", "outputs", "workers", "dataset", "model"},
                    path, p);
 
   auto name = j.find("name");
@@ -394,10 +394,36 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
   }
 
   if (auto it = j.find("cache"); it != j.end()) {
+    std::string cpath = JoinPath(path, "cache");
     if (it->is_boolean()) {
       step->cache = it->get<bool>();
+    } else if (it->is_object()) {
+      CheckKnownFields(*it, {"maxAge"}, cpath, p);
+      step->cache = true;
+      if (auto age = it->find("maxAge"); age != it->end()) {
+        step->cache_max_age = ParseDurationField(*age, JoinPath(cpath, "maxAge"), p);
+        if (step->cache_max_age && step->cache_max_age->count() <= 0) {
+          p->Add(JoinPath(cpath, "maxAge"), "must be positive");
+        }
+      }
     } else {
-      p->Add(JoinPath(path, "cache"), "must be a boolean");
+      p->Add(cpath, "must be a boolean or an object like {\"maxAge\": \"7d\"}");
+    }
+  }
+
+  if (auto it = j.find("inputs"); it != j.end()) {
+    std::string ipath = JoinPath(path, "inputs");
+    if (!it->is_array()) {
+      p->Add(ipath, "must be an array of file paths");
+    } else {
+      for (size_t k = 0; k < it->size(); ++k) {
+        const Json& in = (*it)[k];
+        if (!in.is_string() || in.get_ref<const std::string&>().empty()) {
+          p->Add(IndexPath(ipath, k), "must be a non-empty string (a file path)");
+        } else {
+          step->inputs.push_back(in.get<std::string>());
+        }
+      }
     }
   }
 
@@ -730,6 +756,9 @@ Result<std::shared_ptr<const Definition>> Parse(const Json& j,
     }
     for (const auto& [k, v] : s.env) {
       refs.CheckTemplate(i, v, JoinPath(JoinPath(spath, "env"), k), &p);
+    }
+    for (size_t k = 0; k < s.inputs.size(); ++k) {
+      refs.CheckTemplate(i, s.inputs[k], IndexPath(JoinPath(spath, "inputs"), k), &p);
     }
     if (s.when_expr) refs.CheckWhen(i, *s.when_expr, JoinPath(spath, "when"), &p);
   }

@@ -59,7 +59,14 @@ struct Step {
   Resources resources;
   RetryPolicy retry;
   std::optional<Micros> timeout;
+  // Memoization (opt-in): a succeeded attempt of a step with the same cache key
+  // (engine/cache.h) is reused instead of running again. `cache_max_age` (from
+  // "cache": {"maxAge": "7d"}) bounds how old a reused result may be.
   bool cache = false;
+  std::optional<Micros> cache_max_age{};
+  // Files (templates allowed, e.g. "{{params.data}}/train.csv") the step reads that
+  // no upstream step produced: their SHA-256 is part of the cache key.
+  std::vector<std::string> inputs{};
   // Distributed step: `workers` processes run at once (gang-scheduled: all placed or
   // none), each with `resources`, RANK 0..workers-1 and WORLD_SIZE = workers.
   int workers = 1;

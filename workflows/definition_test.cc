@@ -183,7 +183,9 @@ TEST(ParseDefinition, OneProblemSingular) {
   auto r = ParseDefinition(j);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(), "invalid workflow definition: 1 problem");
-  EXPECT_EQ(r.status().details(), std::vector<std::string>{"steps[0].cache: must be a boolean"});
+  EXPECT_EQ(r.status().details(),
+            std::vector<std::string>{
+                "steps[0].cache: must be a boolean or an object like {\"maxAge\": \"7d\"}"});
 }
 
 TEST(ParseDefinition, NotAnObject) {
@@ -275,12 +277,49 @@ TEST(ParseDefinition, KindCacheWhenTypes) {
   Json j = WithSteps({s});
   EXPECT_TRUE(Rejects(
       j, "steps[0].kind: unknown kind 'training' (use data_prep, train, validate, infer or task)"));
-  EXPECT_TRUE(Rejects(j, "steps[0].cache: must be a boolean"));
+  EXPECT_TRUE(Rejects(j, "steps[0].cache: must be a boolean or an object like {\"maxAge\": \"7d\"}"));
   EXPECT_TRUE(Rejects(j, "steps[0].when: must be a string"));
   s["kind"] = 1;
   EXPECT_TRUE(Rejects(WithSteps({s}),
                       "steps[0].kind: must be a string (use data_prep, train, "
                       "validate, infer or task)"));
+}
+
+TEST(ParseDefinition, CacheMaxAgeAndInputs) {
+  Json s = SimpleStep("a");
+  s["cache"] = Json{{"maxAge", "7d"}};
+  s["inputs"] = Json::array({"/data/raw.csv", "{{params.extra}}"});
+  Json j = WithSteps({s});
+  j["params"] = Json{{"extra", "/data/extra.csv"}};
+  auto def = ParseDefinition(j);
+  ASSERT_TRUE(def.ok()) << def.status().ToString() << Join(def.status().details());
+  const Step& a = (*def)->steps[0];
+  EXPECT_TRUE(a.cache);
+  ASSERT_TRUE(a.cache_max_age.has_value());
+  EXPECT_EQ(*a.cache_max_age, std::chrono::hours(24 * 7));
+  EXPECT_EQ(a.inputs, (std::vector<std::string>{"/data/raw.csv", "{{params.extra}}"}));
+  // Plain true: no age limit.
+  s["cache"] = true;
+  def = ParseDefinition(WithSteps({s}));
+  EXPECT_FALSE(def.ok());  // {{params.extra}} is not declared here
+  EXPECT_TRUE(Rejects(WithSteps({s}), "steps[0].inputs[1]: unknown template variable 'params.extra'"))
+      << Join(Problems(WithSteps({s})));
+
+  Json bad = SimpleStep("b");
+  bad["cache"] = Json{{"maxAge", "soon"}, {"ttl", 1}};
+  bad["inputs"] = Json::array({"", 3});
+  Json jb = WithSteps({bad});
+  auto problems = Problems(jb);
+  EXPECT_TRUE(Rejects(jb, "steps[0].cache.ttl: unknown field")) << Join(problems);
+  EXPECT_TRUE(Rejects(jb, "steps[0].inputs[0]: must be a non-empty string (a file path)"));
+  EXPECT_TRUE(Rejects(jb, "steps[0].inputs[1]: must be a non-empty string (a file path)"));
+  bool age_named = false;
+  for (const auto& p : problems) age_named |= p.rfind("steps[0].cache.maxAge: ", 0) == 0;
+  EXPECT_TRUE(age_named) << Join(problems);
+  bad["cache"] = Json{{"maxAge", 0}};
+  bad["inputs"] = "raw.csv";
+  EXPECT_TRUE(Rejects(WithSteps({bad}), "steps[0].cache.maxAge: must be positive"));
+  EXPECT_TRUE(Rejects(WithSteps({bad}), "steps[0].inputs: must be an array of file paths"));
 }
 
 TEST(ParseDefinition, After) {

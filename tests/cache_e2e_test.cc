@@ -1,0 +1,142 @@
+// Step caching end to end: real epochd and agents, real files, RocksDB in a temp dir.
+// Each step counts its executions in a file outside the data dir, so a cache hit
+// is seen as a step that did not run.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+
+#include "tests/harness.h"
+
+namespace epoch::testing {
+namespace {
+
+int Count(const std::string& path) {
+  std::ifstream in(path);
+  int n = 0;
+  std::string line;
+  while (std::getline(in, line)) ++n;
+  return n;
+}
+
+void Write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+const Json& StepOf(const Json& run, const std::string& name) {
+  for (const auto& s : run["steps"]) {
+    if (s["name"] == name) return s;
+  }
+  static const Json kNull;
+  ADD_FAILURE() << "no step " << name;
+  return kNull;
+}
+
+TEST(CacheE2ETest, HitsMissesInvalidationAndRestart) {
+  TempDir dir;
+  std::string work = dir.path() + "/work";
+  std::filesystem::create_directories(work);
+  std::string input = work + "/raw.txt";
+  Write(input, "3\n4\n");
+  Epochd d(dir.path() + "/data");
+  d.Start();
+  // prep sums its input file; train multiplies the sum by lr; validate checks the
+  // model and reports it as a metric. prep and train are cached; validate is not.
+  auto parsed = ParseJson(R"J({"name": "cached", "params": {"lr": 2, "input": ")J" + input +
+                          R"J(", "work": ")J" + work + R"J("}, "steps": [
+      {"name": "prep", "kind": "data_prep", "cache": true, "inputs": ["{{params.input}}"],
+       "outputs": ["sum.txt"], "dataset": {"name": "sums"},
+       "command": ["sh", "-c", "echo x >> {{params.work}}/prep.count; awk '{s+=$1} END {print s}' {{params.input}} > {{outputs}}/sum.txt"]},
+      {"name": "train", "kind": "train", "after": ["prep"], "cache": {"maxAge": "7d"},
+       "outputs": ["model.txt"], "model": {"name": "scaled"},
+       "command": ["sh", "-c", "echo x >> {{params.work}}/train.count; echo $(( $(cat {{steps.prep.outputs.sum.txt}}) * {{params.lr}} )) > {{outputs}}/model.txt"]},
+      {"name": "validate", "kind": "validate", "after": ["train"],
+       "command": ["sh", "-c", "echo \"{\\\"model\\\": $(cat {{steps.train.outputs.model.txt}})}\" > $EPOCH_OUTPUTS/metrics.json"]}]})J");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  const Json& def = *parsed;
+  auto run_with = [&](Json params) {
+    std::string id = d.RegisterAndSubmit(def, params);
+    Json r = d.WaitForRun(id);
+    EXPECT_EQ(r["state"], "succeeded") << r.dump(2);
+    return r;
+  };
+  std::string prep_count = work + "/prep.count", train_count = work + "/train.count";
+
+  Json r1 = run_with(Json::object());
+  EXPECT_EQ(Count(prep_count), 1);
+  EXPECT_EQ(Count(train_count), 1);
+  EXPECT_EQ(StepOf(r1, "validate")["metrics"]["model"], 14);
+  EXPECT_EQ(StepOf(r1, "prep")["attempts"][0]["cache_key"].get<std::string>().size(), 64u);
+
+  // The same params: prep and train are reused, validate reads r1's model.
+  Json r2 = run_with(Json::object());
+  EXPECT_EQ(Count(prep_count), 1);
+  EXPECT_EQ(Count(train_count), 1);
+  EXPECT_EQ(StepOf(r2, "prep")["attempts"][0]["cached_from"], r1["id"].get<std::string>() + "/prep/1");
+  EXPECT_EQ(StepOf(r2, "train")["attempts"][0]["cached_from"],
+            r1["id"].get<std::string>() + "/train/1");
+  EXPECT_EQ(StepOf(r2, "validate")["metrics"]["model"], 14);
+  auto events = d.Get("/v1/runs/" + r2["id"].get<std::string>() + "/events").json()["items"];
+  int hits = 0;
+  for (const auto& e : events) hits += e["type"] == "JobCacheHit";
+  EXPECT_EQ(hits, 2);
+  // The reused model is the same model version.
+  EXPECT_EQ(d.Get("/v1/models/scaled").json()["versions"].size(), 1u);
+
+  // A changed param: prep is reused, train runs.
+  Json r3 = run_with(Json{{"lr", 3}});
+  EXPECT_EQ(Count(prep_count), 1);
+  EXPECT_EQ(Count(train_count), 2);
+  EXPECT_EQ(StepOf(r3, "validate")["metrics"]["model"], 21);
+
+  // A changed input file: prep runs, and its new output makes train run too.
+  Write(input, "3\n4\n5\n");
+  Json r4 = run_with(Json::object());
+  EXPECT_EQ(Count(prep_count), 2);
+  EXPECT_EQ(Count(train_count), 3);
+  EXPECT_EQ(StepOf(r4, "validate")["metrics"]["model"], 24);
+  EXPECT_EQ(d.Get("/v1/datasets/sums").json()["versions"].size(), 2u);
+
+  // The cache listing, filtered.
+  Json entries = d.Get("/v1/cache?workflow=cached&step=prep").json()["items"];
+  ASSERT_EQ(entries.size(), 2u) << entries.dump(2);  // one per input version
+  for (const auto& e : entries) EXPECT_EQ(e["step"], "prep");
+
+  // Bad invalidations change nothing.
+  EXPECT_EQ(d.Post("/v1/cache/invalidate", R"({"key": 5})").status, 400);
+  EXPECT_EQ(d.Post("/v1/cache/invalidate", R"({"keys": "x"})").status, 400);
+  EXPECT_EQ(d.Post("/v1/cache/invalidate", "{").status, 400);
+  EXPECT_EQ(d.Post("/v1/cache/invalidate", "{}").status, 422);
+  HttpResult nf = d.Post("/v1/cache/invalidate", R"({"key": "abc"})");
+  EXPECT_EQ(nf.status, 404);
+  EXPECT_NE(nf.body.find("cache key 'abc' has no entry"), std::string::npos) << nf.body;
+  // prep: 2 input versions; train: (sum 7, lr 2), (sum 7, lr 3), (sum 12, lr 2).
+  EXPECT_EQ(d.Get("/v1/cache").json()["items"].size(), 5u);
+
+  // Invalidating prep's entries by workflow and step: prep runs again, train is
+  // reused (prep wrote the same sum, so train's key is unchanged).
+  HttpResult inv = d.Post("/v1/cache/invalidate", R"({"workflow": "cached", "step": "prep"})");
+  ASSERT_EQ(inv.status, 200) << inv.body;
+  EXPECT_EQ(inv.json()["invalidated"], 2);
+  Json r5 = run_with(Json::object());
+  EXPECT_EQ(Count(prep_count), 3);
+  EXPECT_EQ(Count(train_count), 3);
+  EXPECT_EQ(StepOf(r5, "validate")["metrics"]["model"], 24);
+
+  // Entries are events: they survive a restart.
+  d.Terminate();
+  d.Start();
+  Json r6 = run_with(Json::object());
+  EXPECT_EQ(Count(prep_count), 3);
+  EXPECT_EQ(Count(train_count), 3);
+  EXPECT_EQ(StepOf(r6, "prep")["attempts"][0]["cached_from"], r5["id"].get<std::string>() + "/prep/1");
+
+  // Invalidating one key by the key itself.
+  std::string key = StepOf(r6, "train")["attempts"][0]["cache_key"];
+  inv = d.Post("/v1/cache/invalidate", Json{{"key", key}}.dump());
+  ASSERT_EQ(inv.status, 200) << inv.body;
+  EXPECT_EQ(inv.json()["keys"][0], key);
+  run_with(Json::object());
+  EXPECT_EQ(Count(train_count), 4);
+}
+
+}  // namespace
+}  // namespace epoch::testing
