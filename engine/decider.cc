@@ -34,7 +34,7 @@ workflows::Resources MaxContainer(const EngineConfig& c) {
 // Where the outputs of a step's succeeded attempt are: its own outputs dir, or for a
 // cache hit the source attempt's.
 std::string SucceededOutputsDir(const EngineConfig& cfg, const Run& run, const StepRun& s) {
-  const Attempt& a = s.attempts.back();
+  const Attempt& a = *s.Result();
   std::string src_run, src_step;
   int src_n = 0;
   if (!a.cached_from.empty() && ParseAttemptId(a.cached_from, &src_run, &src_step, &src_n)) {
@@ -57,6 +57,7 @@ Json StepsContext(const Run& run, const EngineConfig& cfg, bool by_digest = fals
       outs[n] = by_digest ? "sha256:" + o.value("sha256", "") : dir + "/" + n;
     }
     steps[s.name] = Json{{"metrics", s.metrics}, {"outputs", outs}};
+    if (s.best.is_object()) steps[s.name]["best_params"] = s.best.value("params", Json::object());
   }
   return steps;
 }
@@ -190,7 +191,7 @@ Result<Decision> DecideRetry(const State& state, const RetryRun& cmd) {
   for (const auto& s : run->steps) {
     if (s.phase == StepPhase::kSucceeded) continue;
     if (s.phase == StepPhase::kSkipped) continue;  // decided by `when`; re-evaluated if upstream re-runs
-    if (s.Last() && !IsTerminal(s.Last()->phase)) {
+    if (s.HasActive()) {
       return Conflict("step '" + s.name + "' of run '" + run->id + "' is still running");
     }
     steps.push_back(s.name);
@@ -622,10 +623,15 @@ Json CacheLookup(const State& state, const Run& run, const Step& step,
 // records exactly what will run. A cached step whose key has a usable entry
 // succeeds at once instead (JobCacheHit).
 void QueueAttempt(const State& state, const Run& run, const Step& step, int attempt,
-                  const DecideContext& ctx, std::vector<Event>* out) {
+                  const DecideContext& ctx, std::vector<Event>* out, int trial = -1) {
   const EngineConfig& cfg = *ctx.config;
   workflows::TemplateContext tc;
   tc.params = run.params;
+  Json trial_params;
+  if (trial >= 0 && step.sweep) {
+    trial_params = workflows::TrialParams(*step.sweep, trial);
+    for (const auto& [k, v] : trial_params.items()) tc.params[k] = v;
+  }
   tc.run_id = run.id;
   tc.workspace = WorkspaceDir(cfg, run.id);
   tc.outputs_dir = OutputsDir(cfg, run.id, step.name, attempt);
@@ -659,6 +665,10 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
                                    {"resources", ResourcesJson(step.resources)},
                                    {"argv", *argv},
                                    {"env", *env}}));
+      if (trial >= 0) {
+        out->back().data["trial"] = trial;
+        out->back().data["params"] = trial_params;
+      }
       return;
     }
   }
@@ -671,10 +681,63 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
             {"timeout_ms", step.timeout ? step.timeout->count() / 1000 : 0}};
   if (step.workers > 1) data["workers"] = step.workers;
   if (!cache.is_null()) data["cache"] = std::move(cache);
+  if (trial >= 0) {
+    data["trial"] = trial;
+    data["params"] = trial_params;
+    data["env"]["EPOCH_TRIAL"] = std::to_string(trial);
+  }
   out->push_back(RunEvent(run, ev::kJobQueued, std::move(data)));
 }
 
-bool HasActiveAttempt(const StepRun& s) { return s.Last() && !IsTerminal(s.Last()->phase); }
+bool HasActiveAttempt(const StepRun& s) { return s.HasActive(); }
+
+// A swept step that is running: queue trials while fewer than `parallel` are active,
+// and once every trial has ended choose the best (StepSweepCompleted).
+void SweepProgress(const State& state, const Run& run, const Step& step, const StepRun& s,
+                   const DecideContext& ctx, std::vector<Event>* out) {
+  const workflows::Sweep& sweep = *step.sweep;
+  int total = workflows::TrialCount(sweep);
+  int queued = 0, active = 0, succeeded = 0;
+  std::vector<std::pair<int, Json>> results;
+  std::map<int, int> attempt_of;  // trial -> attempt number
+  for (const auto& a : s.attempts) {
+    if (a.number < s.round_start || a.trial < 0) continue;
+    ++queued;
+    if (!IsTerminal(a.phase)) ++active;
+    if (a.phase == AttemptPhase::kSucceeded) ++succeeded;
+    if (IsTerminal(a.phase)) {
+      results.emplace_back(a.trial, a.phase == AttemptPhase::kSucceeded ? a.metrics : Json());
+      attempt_of[a.trial] = a.number;
+    }
+  }
+  if (queued < total) {
+    int next = static_cast<int>(s.attempts.size()) + 1;
+    for (int k = queued; k < total && active < sweep.parallel; ++k, ++active) {
+      QueueAttempt(state, run, step, next++, ctx, out, k);
+    }
+    return;
+  }
+  if (active > 0) return;
+  int best = workflows::BestTrial(sweep, results);
+  Json data{{"step", s.name},
+            {"trials", total},
+            {"succeeded", succeeded},
+            {"failed", total - succeeded},
+            {"metric", sweep.metric},
+            {"goal", sweep.maximize ? "maximize" : "minimize"}};
+  if (best < 0) {
+    data["best_trial"] = nullptr;
+    data["reason"] = succeeded == 0 ? "all " + std::to_string(total) + " trials failed"
+                                    : "no trial reported metric '" + sweep.metric + "'";
+  } else {
+    const Attempt& a = s.attempts[static_cast<size_t>(attempt_of[best]) - 1];
+    data["best_trial"] = best;
+    data["best_attempt"] = a.number;
+    data["best_params"] = a.trial_params;
+    data["best_value"] = a.metrics.value(sweep.metric, Json());
+  }
+  out->push_back(RunEvent(run, ev::kStepSweepCompleted, std::move(data)));
+}
 
 }  // namespace
 
@@ -721,7 +784,7 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
                                  {"version", ArtifactVersionFor(state.datasets, step.dataset, digest)},
                                  {"digest", digest},
                                  {"step", step.name},
-                                 {"attempt", s.attempts.back().number},
+                                 {"attempt", s.Result()->number},
                                  {"outputs", s.outputs}}));
     datasets_pending = true;
   }
@@ -737,16 +800,21 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
       datasets.push_back(Json{{"name", nv.first}, {"version", nv.second}, {"step", st}});
     }
     std::string digest = OutputsDigest(s.outputs);
+    Json params = run.params;  // a sweep's model: with its best trial's values
+    if (s.best.is_object()) {
+      Json best = s.best.value("params", Json::object());
+      for (const auto& [k, v] : best.items()) params[k] = v;
+    }
     out->push_back(RunEvent(run, ev::kModelVersionRegistered,
                             Json{{"name", step.model},
                                  {"version", ArtifactVersionFor(state.models, step.model, digest)},
                                  {"digest", digest},
                                  {"step", step.name},
-                                 {"attempt", s.attempts.back().number},
+                                 {"attempt", s.Result()->number},
                                  {"outputs", s.outputs},
                                  {"workflow", run.workflow},
                                  {"workflow_version", run.version},
-                                 {"params", run.params},
+                                 {"params", params},
                                  {"datasets", datasets}}));
     models_pending = true;
   }
@@ -780,15 +848,16 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
   if (run.cancel_requested) {
     bool active = false;
     for (const auto& s : run.steps) {
-      const Attempt* a = s.Last();
-      // Queued and assigned attempts end here; an agent that already started an
-      // assigned one is told to cancel it when it next reports it running.
-      if (a && (a->phase == AttemptPhase::kQueued || a->phase == AttemptPhase::kAssigned)) {
-        out.push_back(RunEvent(run, ev::kJobCancelled,
-                               Json{{"step", s.name}, {"attempt", a->number},
-                                    {"reason", "run cancelled"}}));
-      } else if (HasActiveAttempt(s)) {
-        active = true;
+      for (const auto& a : s.attempts) {
+        // Queued and assigned attempts end here; an agent that already started an
+        // assigned one is told to cancel it when it next reports it running.
+        if (a.phase == AttemptPhase::kQueued || a.phase == AttemptPhase::kAssigned) {
+          out.push_back(RunEvent(run, ev::kJobCancelled,
+                                 Json{{"step", s.name}, {"attempt", a.number},
+                                      {"reason", "run cancelled"}}));
+        } else if (!IsTerminal(a.phase)) {
+          active = true;
+        }
       }
     }
     if (!active) out.push_back(RunEvent(run, ev::kRunCancelled, Json::object()));
@@ -807,7 +876,7 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
         !HasActiveAttempt(s)) {
       // Attempts used since the run was (re)started; a retry request starts a new round.
       int used = static_cast<int>(s.attempts.size()) - s.round_start + 1;
-      if (used <= step.retry.limit) {
+      if (used <= step.retry.limit && !step.sweep) {  // a sweep's trials are its tries
         int next = static_cast<int>(s.attempts.size()) + 1;
         TimePoint nb = ctx.now + step.retry.DelayBefore(used + 1);
         out.push_back(RunEvent(run, ev::kJobRetryScheduled,
@@ -818,11 +887,12 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
         // Out of retries: the run fails; queued work is cancelled, running work
         // is told to stop by the dispatcher (the run is terminal).
         for (const auto& other : run.steps) {
-          const Attempt* a = other.Last();
-          if (a && (a->phase == AttemptPhase::kQueued || a->phase == AttemptPhase::kAssigned)) {
-            out.push_back(RunEvent(run, ev::kJobCancelled,
-                                   Json{{"step", other.name}, {"attempt", a->number},
-                                        {"reason", "run failed"}}));
+          for (const auto& a : other.attempts) {
+            if (a.phase == AttemptPhase::kQueued || a.phase == AttemptPhase::kAssigned) {
+              out.push_back(RunEvent(run, ev::kJobCancelled,
+                                     Json{{"step", other.name}, {"attempt", a.number},
+                                          {"reason", "run failed"}}));
+            }
           }
         }
         std::string reason = s.reason.empty() ? "failed" : s.reason;
@@ -833,6 +903,10 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
                                                    reason}}));
         return out;
       }
+      continue;
+    }
+    if (step.sweep && (s.phase == StepPhase::kQueued || s.phase == StepPhase::kRunning)) {
+      SweepProgress(state, run, step, s, ctx, &out);
       continue;
     }
     if (s.phase != StepPhase::kPending) continue;
@@ -860,6 +934,14 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
       continue;
     }
     out.push_back(RunEvent(run, ev::kStepReady, Json{{"step", s.name}}));
+    if (step.sweep) {
+      // The first `parallel` trials; SweepProgress queues the rest as these end.
+      int first = std::min(step.sweep->parallel, workflows::TrialCount(*step.sweep));
+      for (int k = 0; k < first; ++k) {
+        QueueAttempt(state, run, step, s.next_attempt + k, ctx, &out, k);
+      }
+      continue;
+    }
     QueueAttempt(state, run, step, s.next_attempt, ctx, &out);
   }
   if (all_done && out.empty()) out.push_back(RunEvent(run, ev::kRunSucceeded, Json::object()));

@@ -25,7 +25,7 @@ inline constexpr std::string_view kRunCancelRequested = "RunCancelRequested";  /
 inline constexpr std::string_view kRunCancelled = "RunCancelled";              // {}
 inline constexpr std::string_view kRunRetryRequested = "RunRetryRequested";    // {steps, by}
 // Jobs: one attempt of one step (stream run-<id>)
-inline constexpr std::string_view kJobQueued = "JobQueued";  // {run, step, attempt, resources, argv, env, timeout_ms, cache?: {key, inputs, miss}}
+inline constexpr std::string_view kJobQueued = "JobQueued";  // {run, step, attempt, resources, argv, env, timeout_ms, cache?: {key, inputs, miss}, trial?, params?}
 inline constexpr std::string_view kJobAssigned = "JobAssigned";  // {step, attempt, container, gpus}
 inline constexpr std::string_view kJobStarted = "JobStarted";    // {step, attempt, container}
 inline constexpr std::string_view kJobSucceeded = "JobSucceeded";  // {step, attempt, exit_code, metrics, outputs, usage}
@@ -36,6 +36,9 @@ inline constexpr std::string_view kJobWorkerFinished = "JobWorkerFinished";  // 
 // A cached step whose key has a usable entry: succeeded without running, with the
 // source attempt's outputs and metrics (cache.h).
 inline constexpr std::string_view kJobCacheHit = "JobCacheHit";  // {step, attempt, key, source_run, source_step, source_attempt, outputs, metrics, argv, env, resources}
+// A swept step's trials are all done: the best by the objective becomes the step's
+// result (best_trial null and a reason when no trial produced the metric).
+inline constexpr std::string_view kStepSweepCompleted = "StepSweepCompleted";  // {step, trials, succeeded, failed, metric, goal, best_trial, best_attempt, best_params, best_value, reason?}
 inline constexpr std::string_view kJobRetryScheduled = "JobRetryScheduled";  // {step, attempt, not_before}
 // Lineage (stream run-<id>): a succeeded step's outputs as a version of a data set
 // or model; the version is the existing one with the same digest, else the next.

@@ -264,6 +264,10 @@ void WriteAttempt(Writer& w, const Attempt& a) {
   w.Time(a.finished_at);
   w.Str(a.cache_key);
   w.Str(a.cached_from);
+  w.Svarint(a.trial);
+  w.Json(a.trial_params);
+  w.Json(a.metrics);
+  w.Json(a.outputs);
 }
 
 void WriteRun(Writer& w, DefTable& defs, const Run& r) {
@@ -297,6 +301,7 @@ void WriteRun(Writer& w, DefTable& defs, const Run& r) {
     w.OptTime(st.retry_at);
     w.Svarint(st.next_attempt);
     w.Svarint(st.round_start);
+    w.Json(st.best);
   }
 }
 
@@ -860,6 +865,7 @@ class RunReader {
       st.retry_at = r_.OptTime();
       st.next_attempt = r_.Int("next_attempt");
       st.round_start = r_.Int("round_start");
+      r_.Json(st.best);
     }
   }
 
@@ -906,6 +912,10 @@ class RunReader {
     a.finished_at = r_.Time();
     r_.Str(a.cache_key);
     r_.Str(a.cached_from);
+    a.trial = r_.Int("trial");
+    r_.Json(a.trial_params);
+    r_.Json(a.metrics);
+    r_.Json(a.outputs);
   }
 
   Reader& r_;

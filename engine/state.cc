@@ -123,6 +123,21 @@ StepRun* Run::FindStep(std::string_view name) {
   }
   return nullptr;
 }
+bool StepRun::HasActive() const {
+  for (const auto& a : attempts) {
+    if (!IsTerminal(a.phase)) return true;
+  }
+  return false;
+}
+
+const Attempt* StepRun::Result() const {
+  if (best.is_object()) {
+    int n = best.value("attempt", 0);
+    if (n >= 1 && n <= static_cast<int>(attempts.size())) return &attempts[static_cast<size_t>(n) - 1];
+  }
+  return Last();
+}
+
 const StepRun* Run::FindStep(std::string_view name) const {
   return const_cast<Run*>(this)->FindStep(name);
 }
@@ -363,10 +378,14 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     a.timeout_ms = d.value("timeout_ms", int64_t{0});
     a.workers = d.value("workers", 1);
     if (auto c = d.find("cache"); c != d.end() && c->is_object()) a.cache_key = c->value("key", "");
+    if (d.contains("trial")) {
+      a.trial = d.value("trial", 0);
+      a.trial_params = d.value("params", Json::object());
+    }
     a.queue_seq = s.next_queue_seq++;
     a.queued_at = e.time;
     t.step->attempts.push_back(a);
-    t.step->phase = StepPhase::kQueued;
+    if (t.step->phase != StepPhase::kRunning) t.step->phase = StepPhase::kQueued;
     if (t.step->retry_at) {
       s.retry_timers.erase({*t.step->retry_at, AttemptId(run.id, t.step->name, a.number)});
       t.step->retry_at.reset();
@@ -423,15 +442,21 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
   } else if (type == ev::kJobSucceeded) {
     if (!t.attempt || IsTerminal(t.attempt->phase)) return;
     FinishAttempt(s, t, AttemptPhase::kSucceeded, e);
-    t.step->phase = StepPhase::kSucceeded;
-    t.step->metrics = d.value("metrics", Json::object());
-    t.step->outputs = d.value("outputs", Json::array());
-    t.step->reason.clear();
+    Json metrics = d.value("metrics", Json::object());
+    Json outputs = d.value("outputs", Json::array());
     if (!t.attempt->cache_key.empty()) {
-      s.cache[t.attempt->cache_key] =
-          CacheEntry{run.id, t.step->name, t.attempt->number, run.workflow, t.step->outputs,
-                     t.step->metrics, e.time};
+      s.cache[t.attempt->cache_key] = CacheEntry{run.id,  t.step->name, t.attempt->number,
+                                                 run.workflow, outputs, metrics, e.time};
     }
+    if (t.attempt->trial >= 0) {  // a trial: the sweep decides the step
+      t.attempt->metrics = std::move(metrics);
+      t.attempt->outputs = std::move(outputs);
+      return;
+    }
+    t.step->phase = StepPhase::kSucceeded;
+    t.step->metrics = std::move(metrics);
+    t.step->outputs = std::move(outputs);
+    t.step->reason.clear();
   } else if (type == ev::kJobCacheHit) {
     if (!t.step) return;
     Attempt a;
@@ -448,6 +473,18 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     a.cached_from =
         AttemptId(d.value("source_run", ""), d.value("source_step", ""), d.value("source_attempt", 0));
     a.queued_at = a.finished_at = e.time;
+    if (d.contains("trial")) {  // a trial's result, kept for the sweep to choose from
+      a.trial = d.value("trial", 0);
+      a.trial_params = d.value("params", Json::object());
+      a.metrics = d.value("metrics", Json::object());
+      a.outputs = d.value("outputs", Json::array());
+      t.step->attempts.push_back(std::move(a));
+      t.step->next_attempt = static_cast<int>(t.step->attempts.size()) + 1;
+      if (t.step->phase != StepPhase::kRunning) t.step->phase = StepPhase::kQueued;
+      if (!run.started_at) run.started_at = e.time;
+      if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
+      return;
+    }
     t.step->attempts.push_back(std::move(a));
     if (t.step->retry_at) {
       s.retry_timers.erase({*t.step->retry_at, AttemptId(run.id, t.step->name, t.step->next_attempt)});
@@ -470,6 +507,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     }
     FinishAttempt(s, t, phase, e);
     if (type == ev::kJobTimedOut && t.attempt->reason.empty()) t.attempt->reason = "timeout";
+    if (t.attempt->trial >= 0) return;  // a failed trial does not fail the sweep
     // The step stays where it is until decide says retry (JobRetryScheduled) or
     // gives up (RunFailed / RunCancelled settle the step).
     t.step->phase = type == ev::kJobCancelled ? StepPhase::kCancelled : StepPhase::kFailed;
@@ -493,6 +531,26 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     if (d.contains("usage") && d["usage"].is_object()) w.usage = d["usage"];
     Release(s, w.container, t.attempt_id + "/" + std::to_string(rank), t.attempt->resources, w.gpus,
             e.time);
+  } else if (type == ev::kStepSweepCompleted) {
+    if (!t.step) return;
+    int n = d.contains("best_attempt") && d["best_attempt"].is_number_integer()
+                ? d["best_attempt"].get<int>()
+                : 0;
+    if (n >= 1 && n <= static_cast<int>(t.step->attempts.size())) {
+      const Attempt& best = t.step->attempts[static_cast<size_t>(n) - 1];
+      t.step->phase = StepPhase::kSucceeded;
+      t.step->metrics = best.metrics.is_object() ? best.metrics : Json::object();
+      t.step->outputs = best.outputs.is_array() ? best.outputs : Json::array();
+      t.step->reason.clear();
+      t.step->best = Json{{"trial", best.trial},
+                          {"attempt", n},
+                          {"params", best.trial_params},
+                          {"value", d.value("best_value", Json())},
+                          {"metric", d.value("metric", "")}};
+    } else {
+      t.step->phase = StepPhase::kFailed;
+      t.step->reason = d.value("reason", "no trial succeeded");
+    }
   } else if (type == ev::kJobRetryScheduled) {
     if (!t.step) return;
     auto nb = TimeField(d, "not_before", e.time);
@@ -515,8 +573,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
         st.retry_at.reset();
       }
       if (st.phase == StepPhase::kPending || st.phase == StepPhase::kQueued) {
-        bool active = st.Last() && !IsTerminal(st.Last()->phase);
-        if (!active) {
+        if (!st.HasActive()) {
           st.phase = StepPhase::kCancelled;
           st.reason = type == ev::kRunFailed ? "run failed" : "run cancelled";
         }
@@ -538,6 +595,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
       st->reason.clear();
       st->metrics = Json::object();
       st->outputs = Json::array();
+      st->best = Json();
       st->next_attempt = static_cast<int>(st->attempts.size()) + 1;
       st->round_start = st->next_attempt;
     }

@@ -86,6 +86,12 @@ struct Attempt {
   TimePoint queued_at{}, assigned_at{}, started_at{}, finished_at{};
   std::string cache_key{};    // the step's cache key when it is cached (cache.h)
   std::string cached_from{};  // a cache hit: the attempt id whose outputs it reuses
+  // A trial of a swept step (0-based; -1: not a trial), its parameter values, and
+  // what it reported (a trial's result is its own until the sweep picks the best).
+  int trial = -1;
+  Json trial_params{};
+  Json metrics{};
+  Json outputs{};
 };
 
 struct StepRun {
@@ -99,8 +105,17 @@ struct StepRun {
   int next_attempt = 1;          // number of the attempt a retry will create
   int round_start = 1;           // first attempt number since the last retry request
 
+  // A swept step's outcome once StepSweepCompleted chose it: {trial, attempt, params,
+  // value, metric}; null otherwise.
+  Json best{};
+
   Attempt* Last() { return attempts.empty() ? nullptr : &attempts.back(); }
   const Attempt* Last() const { return attempts.empty() ? nullptr : &attempts.back(); }
+  // Whether an attempt is not terminal yet (a sweep runs several at once).
+  bool HasActive() const;
+  // The attempt whose outputs and metrics are the step's: the best trial of a sweep,
+  // else the last attempt; null if there is none.
+  const Attempt* Result() const;
 };
 
 // A data set or model version: the outputs of one succeeded step of one run.

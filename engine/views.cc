@@ -32,6 +32,12 @@ Json RunToJson(const Run& run, const EngineConfig& config) {
           {"argv", a.argv}});
       if (!a.cache_key.empty()) attempts.back()["cache_key"] = a.cache_key;
       if (!a.cached_from.empty()) attempts.back()["cached_from"] = a.cached_from;
+      if (a.trial >= 0) {
+        attempts.back()["trial"] = a.trial;
+        attempts.back()["params"] = a.trial_params;
+        attempts.back()["metrics"] = a.metrics.is_null() ? Json::object() : a.metrics;
+        attempts.back()["outputs"] = a.outputs.is_null() ? Json::array() : a.outputs;
+      }
       if (a.workers > 1) {
         Json workers = Json::array();
         for (const auto& w : a.ranks) {
@@ -61,6 +67,7 @@ Json RunToJson(const Run& run, const EngineConfig& config) {
               {"metrics", s.metrics},
               {"outputs", s.outputs}};
     if (!s.reason.empty()) step["reason"] = s.reason;
+    if (!s.best.is_null()) step["best"] = s.best;
     if (s.retry_at) step["retry_at"] = FormatTime(*s.retry_at);
     steps.push_back(std::move(step));
   }

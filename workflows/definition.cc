@@ -68,6 +68,8 @@ class Problems {
   }
   // A Status from a common/ parser: its message is the reason.
   void Add(std::string_view path, const Status& st) { Add(path, st.message()); }
+  // A "<path>: <reason>" string made elsewhere (sweep.h).
+  void AddRaw(std::string problem) { list_.push_back(std::move(problem)); }
   bool empty() const { return list_.empty(); }
   size_t size() const { return list_.size(); }
   std::vector<std::string> Take() { return std::move(list_); }
@@ -256,7 +258,7 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
   }
   CheckKnownFields(j,
                    {"name", "kind", "command", "env", "after", "resources", "retry", "timeout",
-                    "cache", "inputs", "when", "outputs", "workers", "dataset", "model"},
+                    "cache", "inputs", "when", "outputs", "workers", "dataset", "model", "sweep"},
                    path, p);
 
   auto name = j.find("name");
@@ -409,6 +411,12 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
     } else {
       p->Add(cpath, "must be a boolean or an object like {\"maxAge\": \"7d\"}");
     }
+  }
+
+  if (auto it = j.find("sweep"); it != j.end()) {
+    std::vector<std::string> problems;
+    step->sweep = ParseSweep(*it, std::string(JoinPath(path, "sweep")), &problems);
+    for (const auto& problem : problems) p->AddRaw(problem);
   }
 
   if (auto it = j.find("inputs"); it != j.end()) {
@@ -585,6 +593,15 @@ std::vector<std::set<size_t>> Upstream(const std::vector<StepInfo>& info) {
   return up;
 }
 
+// Whether `step` sweeps a parameter called `name`.
+bool SweepHas(const Step& step, const std::string& name) {
+  if (!step.sweep) return false;
+  for (const auto& sp : step.sweep->params) {
+    if (sp.name == name) return true;
+  }
+  return false;
+}
+
 struct RefChecker {
   const Definition& def;
   const std::map<std::string, size_t>& index;
@@ -606,9 +623,11 @@ struct RefChecker {
         continue;
       }
       using Kind = TemplateVar::Kind;
-      if (var->kind == Kind::kParam && !def.params.contains(var->key)) {
+      if (var->kind == Kind::kParam && !def.params.contains(var->key) &&
+          !SweepHas(def.steps[step], var->key)) {
         p->Add(path, "unknown template variable " + Quote(var->text));
-      } else if (var->kind == Kind::kStepMetric || var->kind == Kind::kStepOutput) {
+      } else if (var->kind == Kind::kStepMetric || var->kind == Kind::kStepOutput ||
+                 var->kind == Kind::kStepBestParam) {
         auto it = index.find(var->step);
         if (it == index.end()) {
           p->Add(path, "unknown template variable " + Quote(var->text) + " (no step " +
@@ -617,6 +636,12 @@ struct RefChecker {
           p->Add(path, "template variable " + Quote(var->text) + " refers to step " +
                            Quote(var->step) + ", which is not upstream of " +
                            Quote(def.steps[step].name));
+        } else if (var->kind == Kind::kStepBestParam) {
+          if (!SweepHas(def.steps[it->second], var->key)) {
+            p->Add(path, "unknown template variable " + Quote(var->text) + " (step " +
+                             Quote(var->step) + " has no sweep parameter " + Quote(var->key) +
+                             ")");
+          }
         } else if (var->kind == Kind::kStepOutput) {
           const auto& outs = def.steps[it->second].outputs;
           if (!outs.empty() && std::find(outs.begin(), outs.end(), var->key) == outs.end()) {

@@ -23,6 +23,7 @@
 #include "common/clock.h"
 #include "common/json.h"
 #include "common/status.h"
+#include "workflows/sweep.h"
 
 namespace epoch::workflows {
 
@@ -79,6 +80,9 @@ struct Step {
   // train step's are a version of model `model` (empty = none).
   std::string dataset;
   std::string model;
+  // Hyperparameter sweep (sweep.h): the step runs as trials, each an attempt whose
+  // {{params.X}} are the trial's values; the best by the objective is the step's result.
+  std::optional<Sweep> sweep{};
 };
 
 struct Definition {

@@ -72,6 +72,9 @@ Result<TemplateVar> ClassifyTemplateVar(std::string_view name) {
     } else if (rest.starts_with("outputs.")) {
       v.kind = Kind::kStepOutput;
       v.key = std::string(rest.substr(8));
+    } else if (rest.starts_with("best.params.")) {
+      v.kind = Kind::kStepBestParam;
+      v.key = std::string(rest.substr(12));
     } else {
       return Unknown(name);
     }
@@ -117,10 +120,15 @@ Result<std::string> RenderVar(const TemplateVar& v, const TemplateContext& ctx) 
       return TemplateValueString(*it);
     }
     case Kind::kStepMetric:
-    case Kind::kStepOutput: {
+    case Kind::kStepOutput:
+    case Kind::kStepBestParam: {
       bool metric = v.kind == Kind::kStepMetric;
-      const char* section = metric ? "metrics" : "outputs";
-      std::string what = std::string(metric ? "metric '" : "output '") + v.key + "'";
+      bool best = v.kind == Kind::kStepBestParam;
+      const char* section = best ? "best_params" : metric ? "metrics" : "outputs";
+      std::string what = std::string(best     ? "best trial parameter '"
+                                     : metric ? "metric '"
+                                              : "output '") +
+                         v.key + "'";
       if (!ctx.steps.is_object()) return missing("step '" + v.step + "' has no " + what);
       auto s = ctx.steps.find(v.step);
       if (s == ctx.steps.end() || !s->is_object()) {

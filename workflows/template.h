@@ -43,11 +43,12 @@ struct TemplateVar {
     kAttempt,
     kOutputs,
     kStepMetric,
-    kStepOutput
+    kStepOutput,
+    kStepBestParam  // steps.<name>.best.params.<X>: the best trial's value of a swept step
   };
   Kind kind = Kind::kParam;
   std::string text;  // as written (trimmed): "params.epochs"
-  std::string step;  // kStepMetric, kStepOutput
+  std::string step;  // kStepMetric, kStepOutput, kStepBestParam
   std::string key;   // param name, metric key or output file name
 };
 

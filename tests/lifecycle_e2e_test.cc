@@ -1,8 +1,10 @@
-// Step caching end to end: real epochd and agents, real files, RocksDB in a temp dir.
-// Each step counts its executions in a file outside the data dir, so a cache hit
-// is seen as a step that did not run.
+// The lifecycle features end to end (step caching, hyperparameter sweeps): real epochd
+// and agents, real files, RocksDB in a temp dir. Steps count their executions in files
+// outside the data dir, so a cache hit is seen as a step that did not run.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -136,6 +138,61 @@ TEST(CacheE2ETest, HitsMissesInvalidationAndRestart) {
   EXPECT_EQ(inv.json()["keys"][0], key);
   run_with(Json::object());
   EXPECT_EQ(Count(train_count), 4);
+}
+
+// A grid of 4 trials, 2 at a time; one trial fails; the best by accuracy wins and
+// the next step reads its params and outputs.
+TEST(SweepE2ETest, GridOfFourTwoAtATimeToleratesAFailedTrialAndPassesOnTheBest) {
+  TempDir dir;
+  std::string work = dir.path() + "/work";
+  std::filesystem::create_directories(work);
+  Epochd d(dir.path() + "/data");
+  d.Start();
+  // accuracy = hidden/100 + lr; the (16, 0.2) trial, which would win, fails instead.
+  auto parsed = ParseJson(R"J({"name": "swept", "params": {"work": ")J" + work + R"J("}, "steps": [
+      {"name": "train", "kind": "train", "outputs": ["model.txt"], "model": {"name": "toy"},
+       "sweep": {"method": "grid", "parameters": {"lr": [0.1, 0.2], "hidden": [8, 16]},
+                 "parallel": 2, "objective": {"metric": "accuracy", "goal": "maximize"}},
+       "command": ["sh", "-c", "echo start $(date +%s%N) >> {{params.work}}/t$EPOCH_TRIAL.log; sleep 0.5; if [ {{params.hidden}} = 16 ] && [ {{params.lr}} = 0.2 ]; then exit 3; fi; echo {{params.hidden}}-{{params.lr}} > {{outputs}}/model.txt; awk 'BEGIN { printf \"{\\\"accuracy\\\": %.2f}\", {{params.hidden}} / 100 + {{params.lr}} }' > {{outputs}}/metrics.json; echo end $(date +%s%N) >> {{params.work}}/t$EPOCH_TRIAL.log"]},
+      {"name": "infer", "kind": "infer", "after": ["train"],
+       "command": ["sh", "-c", "test $(cat {{steps.train.outputs.model.txt}}) = 8-0.2 && test {{steps.train.best.params.lr}} = 0.2 && test {{steps.train.best.params.hidden}} = 8"]}]})J");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  std::string id = d.RegisterAndSubmit(*parsed);
+  Json r = d.WaitForRun(id);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
+  const Json& train = StepOf(r, "train");
+  ASSERT_EQ(train["attempts"].size(), 4u);
+  int failed = 0;
+  for (const auto& a : train["attempts"]) failed += a["state"] == "failed";
+  EXPECT_EQ(failed, 1);
+  // Trials (hidden, lr): 0 (8, 0.1) 0.18; 1 (8, 0.2) 0.28; 2 (16, 0.1) 0.26; 3 failed.
+  EXPECT_EQ(train["best"]["trial"], 1);
+  EXPECT_EQ(train["best"]["params"], (Json{{"hidden", 8}, {"lr", 0.2}}));
+  EXPECT_EQ(train["metrics"]["accuracy"], 0.28);
+  EXPECT_EQ(StepOf(r, "infer")["state"], "succeeded");
+  auto events = d.Get("/v1/runs/" + id + "/events").json()["items"];
+  int completed = 0;
+  for (const auto& e : events) {
+    if (e["type"] != "StepSweepCompleted") continue;
+    ++completed;
+    EXPECT_EQ(e["data"]["best_value"], 0.28);
+    EXPECT_EQ(e["data"]["failed"], 1);
+  }
+  EXPECT_EQ(completed, 1);
+  EXPECT_EQ(d.Get("/v1/models/toy/versions/1").json()["params"]["hidden"], 8);
+
+  // Never more than 2 trials at once, and 2 did overlap.
+  std::vector<std::pair<int64_t, int>> edges;  // (time, +1 start / -1 end)
+  for (int t = 0; t < 4; ++t) {
+    std::ifstream in(work + "/t" + std::to_string(t) + ".log");
+    std::string what;
+    int64_t ns;
+    while (in >> what >> ns) edges.emplace_back(ns, what == "start" ? 1 : -1);
+  }
+  std::sort(edges.begin(), edges.end());
+  int running = 0, most = 0;
+  for (const auto& [t, delta] : edges) most = std::max(most, running += delta);
+  EXPECT_EQ(most, 2);
 }
 
 }  // namespace
