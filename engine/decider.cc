@@ -274,8 +274,11 @@ Result<Decision> DecideRegisterContainer(const State& state, const RegisterConta
 // reported together are judged together.
 struct GangProgress {
   std::map<std::string, std::set<int>> succeeded;  // attempt id -> ranks succeeded now
+  std::map<std::string, Json> rank0;               // attempt id -> rank 0's report now
   std::set<std::string> ended;                     // attempts ended by this poll
 };
+
+std::string MissingOutputs(const Run& run, const std::string& step, const Json& reported);
 
 // A gang worker's report: the worker's own record, then the attempt's outcome
 // when this report decides it (all succeeded, or the first failure).
@@ -299,6 +302,11 @@ void WorkerReportEvents(const State& state, const Container& c, const Json& repo
   for (const char* k : {"exit_code", "signal", "reason"}) {
     if (report.contains(k) && !report[k].is_null()) rec[k] = report[k];
   }
+  if (rank == 0 && st == "succeeded") {  // rank 0 speaks for the attempt
+    rec["metrics"] = report.value("metrics", Json::object());
+    rec["outputs"] = report.value("outputs", Json::array());
+    progress->rank0[attempt_id] = rec;
+  }
   out->push_back(RunEvent(*run, ev::kJobWorkerFinished, rec, c.id));
   if (IsTerminal(a->phase) || progress->ended.count(attempt_id)) return;
   if (st == "succeeded") {
@@ -308,12 +316,24 @@ void WorkerReportEvents(const State& state, const Container& c, const Json& repo
       if (other.phase != AttemptPhase::kSucceeded && !done.count(other.rank)) return;
     }
     progress->ended.insert(attempt_id);
-    Json data{{"step", step}, {"attempt", n}, {"exit_code", 0}, {"usage", usage},
-              {"metrics", Json::object()}, {"outputs", Json::array()}, {"workers", a->workers}};
-    if (rank == 0) {
-      data["metrics"] = report.value("metrics", Json::object());
-      data["outputs"] = report.value("outputs", Json::array());
+    // Rank 0's results: from this poll, or from the event that recorded its success.
+    Json metrics = a->ranks[0].metrics, outputs = a->ranks[0].outputs;
+    if (auto r0 = progress->rank0.find(attempt_id); r0 != progress->rank0.end()) {
+      metrics = r0->second["metrics"];
+      outputs = r0->second["outputs"];
     }
+    if (!metrics.is_object()) metrics = Json::object();
+    if (!outputs.is_array()) outputs = Json::array();
+    std::string missing = MissingOutputs(*run, step, outputs);
+    if (!missing.empty()) {
+      out->push_back(RunEvent(*run, ev::kJobFailed,
+                              Json{{"step", step}, {"attempt", n}, {"usage", usage},
+                                   {"reason", "missing_output: " + missing}},
+                              c.id));
+      return;
+    }
+    Json data{{"step", step}, {"attempt", n}, {"exit_code", 0}, {"usage", usage},
+              {"metrics", metrics}, {"outputs", outputs}, {"workers", a->workers}};
     out->push_back(RunEvent(*run, ev::kJobSucceeded, std::move(data), c.id));
     return;
   }

@@ -1135,6 +1135,53 @@ TEST_F(GangTest, AllWorkersSucceedingSucceedsTheAttemptOnce) {
   for (const auto& id : {"c1", "c2", "c3"}) EXPECT_TRUE(s_.containers[id].busy_gpus.empty());
 }
 
+// Rank 0's metrics and outputs are the attempt's even when another rank ends last,
+// and its declared outputs are checked like a single worker's.
+TEST_F(GangTest, RankZerosResultsAreTheAttemptsWhicheverRankEndsLast) {
+  Tick();
+  Register("c3", 1);
+  std::map<int, std::string> where;
+  for (const auto& w : A().ranks) where[w.rank] = w.container;
+  Json r0 = R(0, "succeeded");
+  r0["metrics"] = Json{{"loss", 0.25}};
+  r0["outputs"] = Json::array({Json{{"name", "model.pt"}, {"size", 7}, {"sha256", "ab"}}});
+  Report(where[0], Json::array({r0}));
+  Report(where[2], Json::array({R(2, "succeeded")}));
+  auto evs = Report(where[1], Json::array({R(1, "succeeded")}));
+  ASSERT_EQ(Count(evs, ev::kJobSucceeded), 1);
+  const StepRun& t = s_.runs["ddp0"].steps[0];
+  EXPECT_EQ(t.metrics, (Json{{"loss", 0.25}}));
+  ASSERT_EQ(t.outputs.size(), 1u);
+  EXPECT_EQ(t.outputs[0]["name"], "model.pt");
+  // Rank 0's results survive a snapshot.
+  auto decoded = DecodeSnapshot(EncodeSnapshot(s_));
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(decoded->runs["ddp0"].steps[0].attempts[0].ranks[0].metrics, (Json{{"loss", 0.25}}));
+}
+
+TEST_F(GangTest, AGangWithoutItsDeclaredOutputFailsWithMissingOutput) {
+  Tick();
+  Register("c3", 1);
+  for (const auto& w : std::vector<Worker>(A().ranks)) {
+    Report(w.container, Json::array({R(w.rank, "succeeded")}));
+  }
+  ASSERT_EQ(s_.runs["ddp0"].phase, RunPhase::kSucceeded);
+  Submit(R"({"name":"ddp2","steps":[{"name":"t","command":["train"],"workers":2,
+      "outputs":["model.pt"],"resources":{"gpus":1,"cpu":"100m"}}]})", 1);
+  const Attempt* a = s_.runs["ddp20"].steps[0].Last();
+  ASSERT_NE(a, nullptr);
+  ASSERT_EQ(a->ranks.size(), 2u);
+  auto rep = [](int rank) {
+    return Json{{"attempt_id", "ddp20/t/1/" + std::to_string(rank)}, {"state", "succeeded"},
+                {"exit_code", 0}};
+  };
+  Report(a->ranks[1].container, Json::array({rep(1)}));
+  auto evs = Report(a->ranks[0].container, Json::array({rep(0)}));
+  EXPECT_EQ(Count(evs, ev::kJobSucceeded), 0);
+  ASSERT_EQ(Count(evs, ev::kJobFailed), 1);
+  EXPECT_EQ(s_.runs["ddp20"].steps[0].attempts[0].reason, "missing_output: model.pt");
+}
+
 TEST_F(GangTest, OneWorkerFailingFailsTheAttemptAndTheStepRetriesAsAWhole) {
   Tick();
   Register("c3", 1);

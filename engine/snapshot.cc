@@ -234,6 +234,8 @@ void WriteWorker(Writer& w, const Worker& k) {
   w.Json(k.usage);
   w.Time(k.started_at);
   w.Time(k.finished_at);
+  w.Json(k.metrics);
+  w.Json(k.outputs);
 }
 
 void WriteAttempt(Writer& w, const Attempt& a) {
@@ -903,6 +905,8 @@ class RunReader {
       r_.Json(k.usage);
       k.started_at = r_.Time();
       k.finished_at = r_.Time();
+      r_.Json(k.metrics);
+      r_.Json(k.outputs);
     }
     r_.Str(a.master_addr);
     a.master_port = r_.Int("master_port");

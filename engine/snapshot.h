@@ -87,7 +87,7 @@
 namespace epoch::engine {
 
 inline constexpr std::string_view kSnapshotMagic = "EPOCHSNP";
-inline constexpr uint32_t kSnapshotFormatVersion = 4;  // 2: lineage; 3: cache; 4: sweeps
+inline constexpr uint32_t kSnapshotFormatVersion = 4;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.

@@ -783,7 +783,7 @@ TEST(SnapshotTest, StateLayoutIsTheOneTheCodecKnows) {
   EXPECT_EQ(sizeof(ArtifactVersion), 240u) << "ArtifactVersion changed: update the snapshot codec";
   EXPECT_EQ(sizeof(StepRun), 168u) << "StepRun changed: update the snapshot codec";
   EXPECT_EQ(sizeof(Attempt), 432u) << "Attempt changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(Worker), 160u) << "Worker changed: update the snapshot codec";
+  EXPECT_EQ(sizeof(Worker), 192u) << "Worker changed: update the snapshot codec";
   EXPECT_EQ(sizeof(Container), 424u) << "Container changed: update the snapshot codec";
   EXPECT_EQ(sizeof(WorkflowVersion), 96u) << "WorkflowVersion changed: update the snapshot codec";
 #else

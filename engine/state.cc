@@ -529,6 +529,8 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     w.signal = OptInt(d, "signal");
     if (d.contains("reason") && d["reason"].is_string()) w.reason = d["reason"].get<std::string>();
     if (d.contains("usage") && d["usage"].is_object()) w.usage = d["usage"];
+    if (d.contains("metrics")) w.metrics = d["metrics"];
+    if (d.contains("outputs")) w.outputs = d["outputs"];
     Release(s, w.container, t.attempt_id + "/" + std::to_string(rank), t.attempt->resources, w.gpus,
             e.time);
   } else if (type == ev::kStepSweepCompleted) {

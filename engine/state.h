@@ -62,6 +62,9 @@ struct Worker {
   std::string reason;
   Json usage = Json::object();
   TimePoint started_at{}, finished_at{};
+  // Rank 0's report is the attempt's: its metrics and outputs once it succeeded.
+  Json metrics{};
+  Json outputs{};
 };
 
 struct Attempt {
