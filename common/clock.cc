@@ -11,15 +11,24 @@ TimePoint SystemClock::Now() const {
 
 std::string FormatTime(TimePoint t) {
   int64_t us = ToMicros(t);
-  int64_t secs = us >= 0 ? us / 1000000 : (us - 999999) / 1000000;
-  int64_t frac = us - secs * 1000000;
+  // Floor division without overflow, even at INT64_MIN.
+  int64_t secs = us / 1000000;
+  int64_t frac = us % 1000000;
+  if (frac < 0) {
+    frac += 1000000;
+    --secs;
+  }
   time_t tt = static_cast<time_t>(secs);
-  struct tm tm_utc;
-  gmtime_r(&tt, &tm_utc);
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm_utc.tm_year + 1900,
-                tm_utc.tm_mon + 1, tm_utc.tm_mday, tm_utc.tm_hour, tm_utc.tm_min, tm_utc.tm_sec,
-                static_cast<long long>(frac));
+  struct tm tm_utc {};
+  char buf[96];
+  if (gmtime_r(&tt, &tm_utc) == nullptr) {  // a year that does not fit an int
+    std::snprintf(buf, sizeof(buf), "@%lld.%06lldZ", static_cast<long long>(secs),
+                  static_cast<long long>(frac));
+    return buf;
+  }
+  std::snprintf(buf, sizeof(buf), "%04lld-%02d-%02dT%02d:%02d:%02d.%06lldZ",
+                static_cast<long long>(tm_utc.tm_year) + 1900, tm_utc.tm_mon + 1, tm_utc.tm_mday,
+                tm_utc.tm_hour, tm_utc.tm_min, tm_utc.tm_sec, static_cast<long long>(frac));
   return buf;
 }
 

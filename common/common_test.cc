@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <algorithm>
 #include <cstdlib>
 
@@ -42,6 +44,16 @@ TEST(ClockTest, FormatAndParseRoundTrip) {
   EXPECT_EQ(FormatTime(*ParseTime("1970-01-01T00:00:01Z")), "1970-01-01T00:00:01.000000Z");
   EXPECT_FALSE(ParseTime("yesterday").ok());
   EXPECT_FALSE(ParseTime("2026-13-01T00:00:00Z").ok());
+}
+
+TEST(ClockTest, FormatsEveryTimePointWithoutOverflow) {
+  EXPECT_EQ(FormatTime(FromMicros(-1)), "1969-12-31T23:59:59.999999Z");
+  EXPECT_EQ(FormatTime(FromMicros(-1000000)), "1969-12-31T23:59:59.000000Z");
+  // The extremes: INT64_MIN microseconds is about 292,000 years before 1970.
+  std::string lo = FormatTime(FromMicros(std::numeric_limits<int64_t>::min()));
+  EXPECT_EQ(lo, "-290308-12-21T19:59:05.224192Z");
+  std::string hi = FormatTime(FromMicros(std::numeric_limits<int64_t>::max()));
+  EXPECT_EQ(hi, "294247-01-10T04:00:54.775807Z");
 }
 
 TEST(UnitsTest, Durations) {
