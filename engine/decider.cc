@@ -7,6 +7,7 @@
 
 #include "common/sha256.h"
 #include "common/units.h"
+#include "workflows/template.h"
 
 namespace epoch::engine {
 
@@ -530,6 +531,37 @@ void LoseContainer(const State& state, const Container& c, const std::string& re
 }
 
 }  // namespace
+
+Json UpstreamInputs(const Run& run, const Step& step, const EngineConfig& config) {
+  std::set<std::pair<std::string, std::string>> refs;  // (step, file)
+  auto scan = [&](const std::string& text) {
+    auto pieces = workflows::SplitTemplate(text);
+    if (!pieces.ok()) return;
+    for (const auto& p : *pieces) {
+      if (!p.is_var) continue;
+      auto v = workflows::ClassifyTemplateVar(p.text);
+      if (v.ok() && v->kind == workflows::TemplateVar::Kind::kStepOutput) {
+        refs.insert({v->step, v->key});
+      }
+    }
+  };
+  for (const auto& arg : step.command) scan(arg);
+  for (const auto& [k, v] : step.env) scan(v);
+  Json out = Json::array();
+  for (const auto& [name, file] : refs) {
+    const StepRun* s = run.FindStep(name);
+    if (!s || s->phase != StepPhase::kSucceeded || !s->Result()) continue;
+    for (const auto& o : s->outputs) {
+      if (o.value("name", "") != file || !o.contains("sha256")) continue;
+      out.push_back(Json{{"path", SucceededOutputsDir(config, run, *s) + "/" + file},
+                         {"sha256", o["sha256"]},
+                         {"size", o.value("size", uint64_t{0})},
+                         {"step", name},
+                         {"name", file}});
+    }
+  }
+  return out;
+}
 
 std::string WorkspaceDir(const EngineConfig& c, std::string_view run) {
   return c.data_dir + "/runs/" + std::string(run);

@@ -68,6 +68,12 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
 std::vector<Event> Schedule(const State& state, const DecideContext& ctx);
 std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideContext& ctx);
 
+// The upstream outputs a step's command and environment refer to
+// ({{steps.<s>.outputs.<f>}}), as [{"path", "sha256", "size", "step", "name"}]: the
+// agent checks each file against its recorded digest before it starts the attempt,
+// so a step never runs on an output that changed after its producer finished.
+Json UpstreamInputs(const Run& run, const workflows::Step& step, const EngineConfig& config);
+
 // Paths of the data dir layout (DESIGN.md).
 std::string WorkspaceDir(const EngineConfig& c, std::string_view run);
 std::string OutputsDir(const EngineConfig& c, std::string_view run, std::string_view step,

@@ -360,6 +360,14 @@ TEST_F(CacheTest, ChangedParamMissesTrainButHitsPrepAndChangedInputMissesBoth) {
   const RecordedEvent* vq = Find(r2, "validate", "JobQueued");
   ASSERT_NE(vq, nullptr);
   EXPECT_EQ(vq->data["argv"][1], "/data/runs/" + r1 + "/train/1/outputs/model");
+  // What validate's agent verifies before it runs: r1's model, by its digest.
+  EXPECT_EQ(UpstreamInputs(R(r2), *R(r2).def->FindStep("validate"), cfg_),
+            Json::array({Json{{"path", "/data/runs/" + r1 + "/train/1/outputs/model"},
+                              {"sha256", "model-v1"},
+                              {"size", 20},
+                              {"step", "train"},
+                              {"name", "model"}}}));
+  EXPECT_EQ(UpstreamInputs(R(r2), *R(r2).def->FindStep("prep"), cfg_), Json::array());
   EXPECT_EQ(state_.models.at("m2").size(), 1u);  // the same model version
   EXPECT_EQ(R(r2).models.at("train").second, 1);
 

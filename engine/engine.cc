@@ -603,7 +603,14 @@ DispatchView Engine::DispatchFor(const std::string& container,
         outputs += "-" + std::to_string(rank);
         log = log.substr(0, log.size() - 4) + "." + std::to_string(rank) + ".log";
       }
+      Json inputs = Json::array();
+      if (run->def) {
+        if (const workflows::Step* def = run->def->FindStep(step)) {
+          inputs = UpstreamInputs(*run, *def, cfg);
+        }
+      }
       view.assignments.push_back(Json{{"attempt_id", id},
+                                      {"inputs", std::move(inputs)},
                                       {"run", run_id},
                                       {"step", step},
                                       {"attempt", n},
@@ -621,7 +628,14 @@ DispatchView Engine::DispatchFor(const std::string& container,
     std::string run_id, step;
     int n;
     ParseAttemptId(id, &run_id, &step, &n);
+    Json inputs = Json::array();
+    if (const Run* run = s.FindRun(run_id); run && run->def) {
+      if (const workflows::Step* def = run->def->FindStep(step)) {
+        inputs = UpstreamInputs(*run, *def, cfg);
+      }
+    }
     view.assignments.push_back(Json{{"attempt_id", id},
+                                    {"inputs", std::move(inputs)},
                                     {"run", run_id},
                                     {"step", step},
                                     {"attempt", n},

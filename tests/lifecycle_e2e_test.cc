@@ -195,5 +195,44 @@ TEST(SweepE2ETest, GridOfFourTwoAtATimeToleratesAFailedTrialAndPassesOnTheBest) 
   EXPECT_EQ(most, 2);
 }
 
+// Outputs pass between steps by digest: an output changed after its step finished is
+// refused by the agent of the step that reads it, which does not run.
+TEST(OutputsE2ETest, AStepDoesNotRunOnAnUpstreamOutputThatChanged) {
+  TempDir dir;
+  std::string work = dir.path() + "/work";
+  std::filesystem::create_directories(work);
+  Epochd d(dir.path() + "/data");
+  d.Start();
+  // make writes data.txt, and 0.3 s after it ends (outside its process group)
+  // appends to it; wait gives that time; use reads data.txt and must not run.
+  auto parsed = ParseJson(R"J({"name": "tamper", "params": {"work": ")J" + work + R"J("}, "steps": [
+      {"name": "make", "outputs": ["data.txt"],
+       "command": ["sh", "-c", "echo 42 > {{outputs}}/data.txt; setsid sh -c 'sleep 0.3; echo 43 >> {{outputs}}/data.txt' > /dev/null 2>&1 < /dev/null &"]},
+      {"name": "wait", "after": ["make"], "command": ["sleep", "1.5"]},
+      {"name": "use", "after": ["wait"],
+       "command": ["sh", "-c", "echo ran >> {{params.work}}/use.count; cat {{steps.make.outputs.data.txt}}"]}]})J");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  std::string id = d.RegisterAndSubmit(*parsed);
+  Json r = d.WaitForRun(id);
+  EXPECT_EQ(r["state"], "failed") << r.dump(2);
+  const Json& use = StepOf(r, "use");
+  ASSERT_EQ(use["attempts"].size(), 1u) << r.dump(2);
+  std::string reason = use["attempts"][0]["reason"];
+  EXPECT_EQ(reason.rfind("input_mismatch: ", 0), 0u) << reason;
+  EXPECT_NE(reason.find("/runs/" + id + "/make/1/outputs/data.txt has sha256 "), std::string::npos)
+      << reason;
+  EXPECT_EQ(Count(work + "/use.count"), 0);  // it never ran
+
+  // Untouched outputs pass: the same workflow without the tampering succeeds.
+  auto clean = ParseJson(R"J({"name": "clean", "params": {"work": ")J" + work + R"J("}, "steps": [
+      {"name": "make", "outputs": ["data.txt"], "command": ["sh", "-c", "echo 42 > {{outputs}}/data.txt"]},
+      {"name": "use", "after": ["make"],
+       "command": ["sh", "-c", "echo ran >> {{params.work}}/use.count; test $(cat {{steps.make.outputs.data.txt}}) = 42"]}]})J");
+  ASSERT_TRUE(clean.ok());
+  Json r2 = d.WaitForRun(d.RegisterAndSubmit(*clean));
+  EXPECT_EQ(r2["state"], "succeeded") << r2.dump(2);
+  EXPECT_EQ(Count(work + "/use.count"), 1);
+}
+
 }  // namespace
 }  // namespace epoch::testing

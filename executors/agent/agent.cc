@@ -161,7 +161,25 @@ struct Assignment {
   int64_t timeout_ms = 0;
   std::vector<std::string> gpus;  // as sent: indices (or UUIDs) of this container's GPUs
   std::string cuda_visible_devices, gpu_uuids;  // resolved: comma-joined visible_ids, UUIDs
+  // Upstream outputs the command reads, with the digests their producers recorded.
+  std::vector<std::pair<std::string, std::string>> inputs;  // (path, sha256)
 };
+
+// Checks each input against its recorded digest; the first that differs or cannot be
+// read, as the attempt's failure reason.
+Status VerifyInputs(const Assignment& a) {
+  for (const auto& [path, want] : a.inputs) {
+    auto got = Sha256FileHex(path);
+    if (!got.ok()) {
+      return FailedPrecondition("input_missing: " + path + ": " + got.status().message());
+    }
+    if (*got != want) {
+      return FailedPrecondition("input_mismatch: " + path + " has sha256 " + *got +
+                                ", its producer recorded " + want);
+    }
+  }
+  return Status::Ok();
+}
 
 // Maps the assignment's GPU indices to the child's CUDA_VISIBLE_DEVICES (visible_ids)
 // and EPOCH_GPU_UUIDS. kInvalidArgument "unknown GPU index N" for one this container
@@ -228,6 +246,17 @@ Result<Assignment> ParseAssignment(const Json& j, const std::string& data_dir,
   a.log_path = UnderDataDir(
       data_dir,
       GetString(j, "log_path", "logs/" + a.run + "/" + a.step + "/" + a.attempt + ".log"));
+  if (auto in = j.find("inputs"); in != j.end() && !in->is_null()) {
+    if (!in->is_array()) return InvalidArgument("inputs must be an array");
+    for (const auto& x : *in) {
+      if (!x.is_object() || !x.contains("path") || !x["path"].is_string() ||
+          !x.contains("sha256") || !x["sha256"].is_string()) {
+        return InvalidArgument("inputs: each must be {\"path\", \"sha256\"}");
+      }
+      a.inputs.emplace_back(UnderDataDir(data_dir, x["path"].get<std::string>()),
+                            x["sha256"].get<std::string>());
+    }
+  }
   if (auto t = j.find("timeout_ms"); t != j.end() && !t->is_null()) {
     if (!t->is_number()) return InvalidArgument("timeout_ms must be a number");
     a.timeout_ms = std::max<int64_t>(0, t->get<int64_t>());
@@ -951,6 +980,11 @@ struct Agent::Impl {
         !st.ok()) {
       EndWithoutRunning(std::move(a), Why::kNone, "cannot record the attempt: " + st.ToString(),
                         true);
+      return;
+    }
+    if (Status st = VerifyInputs(a); !st.ok()) {
+      spdlog::warn("attempt {} not started: {}", a.attempt_id, st.message());
+      EndWithoutRunning(std::move(a), Why::kNone, st.message(), true);
       return;
     }
     ProcessSpec spec;
