@@ -10,7 +10,7 @@ DEPS := cmake g++ make pkg-config ccache curl procps \
         libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev zlib1g-dev libcli11-dev \
         dataset-fashion-mnist
 
-.PHONY: deps configure build test demo demo-ha demo-fmnist bench clean
+.PHONY: deps configure build test demo demo-hello demo-ha demo-fmnist bench clean
 
 deps:
 	@missing=""; for p in $(DEPS); do \
@@ -31,14 +31,17 @@ build: configure
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 600
 
+# Fashion-MNIST: train, validate and serve a real model; print its accuracy and lineage.
 demo: build
+	examples/fashion-mnist/demo.sh $(BUILD)
+
+demo-fmnist: demo
+
+demo-hello: build
 	examples/hello-lifecycle/demo.sh $(BUILD)
 
 demo-ha: build
 	examples/ha/demo.sh $(BUILD)
-
-demo-fmnist: build
-	examples/fashion-mnist/demo.sh $(BUILD)
 
 bench: build
 	$(BUILD)/bin/epoch-bench append

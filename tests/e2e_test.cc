@@ -473,6 +473,36 @@ TEST_F(E2ETest, DeclaredOutputsAndLineageOfDatasetsAndModels) {
   EXPECT_EQ(d.Get("/v1/models/nothing").status, 404);
   EXPECT_EQ(d.Get("/v1/datasets/numbers/versions/0").status, 400);
 
+  // epochctl shows the same lineage.
+  std::string ctl = EpochctlPath() + " --server " + d.url() + " ";
+  std::string out;
+  auto has = [&out](const std::string& text) { return out.find(text) != std::string::npos; };
+  std::string ds_digest = ds["versions"][0]["digest"].get<std::string>().substr(0, 12);
+  ASSERT_EQ(RunCommand(ctl + "dataset list", &out), 0) << out;
+  EXPECT_TRUE(has("\nnumbers  1       1         " + ds_digest + "  ")) << out;
+  ASSERT_EQ(RunCommand(ctl + "dataset get numbers", &out), 0) << out;
+  EXPECT_TRUE(has(run + "/prep  data.txt (292)\n")) << out;
+  ASSERT_EQ(RunCommand(ctl + "model list", &out), 0) << out;
+  EXPECT_TRUE(has("\nsummer  1       1         ")) << out;
+  ASSERT_EQ(RunCommand(ctl + "model get summer", &out), 0) << out;
+  EXPECT_TRUE(has("Versions: 1\n")) << out;
+  for (const std::string& cell :
+       {run + "/train", std::string("lineage@1"), std::string("numbers@1"),
+        std::string("accuracy=0.91"), run + "/validate", std::string("{\"lr\":0.5}")}) {
+    EXPECT_TRUE(has(cell)) << cell << " not in:\n" << out;
+  }
+  ASSERT_EQ(RunCommand(ctl + "model get summer 1", &out), 0) << out;
+  EXPECT_TRUE(has("Run:          " + run + "\n")) << out;
+  EXPECT_TRUE(has("Workflow:     lineage@1\n")) << out;
+  EXPECT_TRUE(has("Data sets:    numbers@1\n")) << out;
+  EXPECT_TRUE(has("Validated by: " + run + "/validate\n")) << out;
+  EXPECT_TRUE(has("\naccuracy  0.91\n")) << out;
+  EXPECT_TRUE(has("\nmodel.txt  5     ")) << out;  // "5050\n": 5 bytes
+  EXPECT_EQ(RunCommand(ctl + "model get nothing", &out), 1) << out;
+  EXPECT_TRUE(has("error: model 'nothing' not found")) << out;
+  EXPECT_EQ(RunCommand(ctl + "model get summer 2", &out), 1) << out;
+  EXPECT_TRUE(has("error: model 'summer' version 2 not found")) << out;
+
   // A declared output that is not written fails the attempt, naming it.
   Json missing = Def(R"J({"name": "forgetful", "steps": [
       {"name": "s", "outputs": ["model.bin"], "command": ["true"]}]})J");

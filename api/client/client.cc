@@ -637,4 +637,22 @@ Status ApiClient::GetLogs(const std::string& run, const std::string& step,
 Result<Json> ApiClient::ListContainers() { return GetJson("/v1/containers"); }
 Result<Json> ApiClient::GetCluster() { return GetJson("/v1/cluster"); }
 
+namespace {
+std::string ArtifactPath(std::string_view base, const std::string& name,
+                         std::optional<int64_t> version) {
+  std::string path = std::string(base) + "/" + UrlEncode(name);
+  if (version) path += "/versions/" + std::to_string(*version);
+  return path;
+}
+}  // namespace
+
+Result<Json> ApiClient::ListDatasets() { return GetJson("/v1/datasets"); }
+Result<Json> ApiClient::GetDataset(const std::string& name, std::optional<int64_t> version) {
+  return GetJson(ArtifactPath("/v1/datasets", name, version));
+}
+Result<Json> ApiClient::ListModels() { return GetJson("/v1/models"); }
+Result<Json> ApiClient::GetModel(const std::string& name, std::optional<int64_t> version) {
+  return GetJson(ArtifactPath("/v1/models", name, version));
+}
+
 }  // namespace epoch::client

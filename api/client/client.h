@@ -191,6 +191,14 @@ class ApiClient {
                  bool follow, const std::function<bool(std::string_view)>& on_text);
   Result<Json> ListContainers();
   Result<Json> GetCluster();
+  // Lineage (GET /v1/datasets, /v1/models): the list holds each name's latest version
+  // with a "versions" count; a name without a version answers {"name", "versions": [...]}
+  // (every version), with a version that one version. kNotFound for an unknown name or
+  // version.
+  Result<Json> ListDatasets();
+  Result<Json> GetDataset(const std::string& name, std::optional<int64_t> version);
+  Result<Json> ListModels();
+  Result<Json> GetModel(const std::string& name, std::optional<int64_t> version);
 
   // The server that answered last (after redirects), for messages.
   const std::string& current_server() const;

@@ -231,6 +231,114 @@ TEST(Output, ContainersEventsAndChanges) {
             "[13:02:02] run r-1 succeeded in 2m\n");
 }
 
+Json SampleModelVersion() {
+  return Json::parse(R"({
+    "name": "fmnist-mlp", "version": 2,
+    "digest": "3f2a9c0d1e4b5a6978c1d2e3f4a5b6c7d8e9f00112233445566778899aabbccd",
+    "run": "r-2", "step": "train", "attempt": 1,
+    "outputs": [{"name": "model.bin", "size": 940616, "sha256": "ab12"}],
+    "registered_at": "2026-11-28T13:05:00.123456Z",
+    "workflow": "fashion-mnist", "workflow_version": 3,
+    "params": {"epochs": 10, "lr": 0.001},
+    "datasets": [{"name": "fashion-mnist", "version": 1, "step": "prep"}],
+    "metrics": {"accuracy": 0.89410001, "samples": 10000, "passed": true, "layout": "rows",
+                "per_class_accuracy": {"Bag": 0.97}, "confusion_matrix": [[1, 0], [0, 1]]},
+    "validated_by": [{"run": "r-2", "step": "validate"}]})");
+}
+
+TEST(Output, ArtifactListAndVersions) {
+  Json list = Json::parse(R"({"items": [
+      {"name": "fashion-mnist", "version": 1, "versions": 1,
+       "digest": "0123456789abcdef0123", "registered_at": "2026-11-28T13:00:01.5Z"},
+      {"name": "fmnist-mlp", "version": 2, "versions": 2}], "next_cursor": null})");
+  EXPECT_EQ(RenderArtifactList(list),
+            "NAME           LATEST  VERSIONS  DIGEST        REGISTERED\n"
+            "fashion-mnist  1       1         0123456789ab  2026-11-28 13:00:01\n"
+            "fmnist-mlp     2       2         -             -\n");
+
+  Json v1 = SampleModelVersion();
+  v1["version"] = 1;
+  v1["run"] = "r-1";
+  v1["metrics"] = Json::object();
+  v1["validated_by"] = Json::array();
+  v1["params"] = Json::object();
+  Json model = {{"name", "fmnist-mlp"}, {"versions", {v1, SampleModelVersion()}}};
+  EXPECT_EQ(
+      RenderModelVersions(model),
+      "Model:    fmnist-mlp\n"
+      "Versions: 2\n"
+      "\n"
+      "VERSION  DIGEST        REGISTERED           RUN        WORKFLOW         DATASETS"
+      "         METRICS                                    VALIDATED_BY  PARAMS\n"
+      "1        3f2a9c0d1e4b  2026-11-28 13:05:00  r-1/train  fashion-mnist@3  fashion-mnist@1"
+      "  -                                          -             -\n"
+      "2        3f2a9c0d1e4b  2026-11-28 13:05:00  r-2/train  fashion-mnist@3  fashion-mnist@1"
+      "  accuracy=0.8941 passed=true samples=10000  r-2/validate  "
+      "{\"epochs\":10,\"lr\":0.001}\n");
+
+  Json dataset = {{"name", "fashion-mnist"},
+                  {"versions",
+                   {{{"name", "fashion-mnist"},
+                     {"version", 1},
+                     {"digest", "0123456789abcdef0123"},
+                     {"run", "r-1"},
+                     {"step", "prep"},
+                     {"attempt", 2},
+                     {"outputs", {{{"name", "manifest.json"}, {"size", 3072}, {"sha256", "cd"}}}},
+                     {"registered_at", "2026-11-28T13:00:01Z"}}}}};
+  EXPECT_EQ(RenderDatasetVersions(dataset),
+            "Data set: fashion-mnist\n"
+            "Versions: 1\n"
+            "\n"
+            "VERSION  DIGEST        REGISTERED           RUN       OUTPUTS\n"
+            "1        0123456789ab  2026-11-28 13:00:01  r-1/prep  manifest.json (3Ki)\n");
+  Json more = dataset;
+  Json& outputs = more["versions"][0]["outputs"];
+  outputs.push_back({{"name", "a.shard"}, {"size", 1024}});
+  EXPECT_THAT(RenderDatasetVersions(more), HasSubstr("  manifest.json (3Ki), a.shard (1Ki)\n"));
+  outputs.push_back({{"name", "b.shard"}, {"size", 1024}});
+  outputs.push_back({{"name", "c.shard"}, {"size", 1024}});
+  EXPECT_THAT(RenderDatasetVersions(more), HasSubstr("  4 files (6Ki)\n"));
+  EXPECT_EQ(RenderDatasetVersion(dataset["versions"][0]),
+            "Data set:   fashion-mnist\n"
+            "Version:    1\n"
+            "Digest:     0123456789abcdef0123\n"
+            "Registered: 2026-11-28T13:00:01Z\n"
+            "Run:        r-1\n"
+            "Step:       prep (attempt 2)\n"
+            "\n"
+            "OUTPUT         SIZE  SHA256\n"
+            "manifest.json  3Ki   cd\n");
+  // Missing fields render as "-", never throw.
+  EXPECT_THAT(RenderModelVersions(Json::object()), HasSubstr("Versions: 0\n"));
+  EXPECT_THAT(RenderArtifactList(Json::array()), HasSubstr("NAME"));
+}
+
+TEST(Output, ModelVersionLineage) {
+  EXPECT_EQ(RenderModelVersion(SampleModelVersion()),
+            "Model:        fmnist-mlp\n"
+            "Version:      2\n"
+            "Digest:       3f2a9c0d1e4b5a6978c1d2e3f4a5b6c7d8e9f00112233445566778899aabbccd\n"
+            "Registered:   2026-11-28T13:05:00.123456Z\n"
+            "Run:          r-2\n"
+            "Step:         train (attempt 1)\n"
+            "Workflow:     fashion-mnist@3\n"
+            "Params:       {\"epochs\":10,\"lr\":0.001}\n"
+            "Data sets:    fashion-mnist@1\n"
+            "Validated by: r-2/validate\n"
+            "\n"
+            "METRIC              VALUE\n"
+            "accuracy            0.89410001\n"
+            "confusion_matrix    [[1,0],[0,1]]\n"
+            "layout              rows\n"
+            "passed              true\n"
+            "per_class_accuracy  {\"Bag\":0.97}\n"
+            "samples             10000\n"
+            "\n"
+            "OUTPUT     SIZE     SHA256\n"
+            "model.bin  918.6Ki  ab12\n");
+}
+
 // ---- live HTTP ------------------------------------------------------------------------
 
 // An httplib::Server on 127.0.0.1, port 0, serving on its own thread.
@@ -567,6 +675,74 @@ TEST(Epochctl, SubmitAndFailingGet) {
   Outcome bad_param = RunEpochctl({"--server", m.url(), "run", "submit", "w", "-p", "oops"});
   EXPECT_NE(bad_param.exit_code, 0);
   EXPECT_THAT(bad_param.err, HasSubstr("'oops' is not of the form key=value"));
+}
+
+TEST(Epochctl, ModelAndDatasetCommands) {
+  MockServer m;
+  std::mutex mu;
+  std::vector<std::string> paths;
+  auto record = [&](const httplib::Request& req) {
+    std::lock_guard<std::mutex> lock(mu);
+    paths.push_back(req.path);
+  };
+  m.server.Get("/v1/models", [&](const httplib::Request& req, httplib::Response& res) {
+    record(req);
+    Json latest = SampleModelVersion();
+    latest["versions"] = 2;
+    res.set_content(Json{{"items", {latest}}, {"next_cursor", nullptr}}.dump(), "application/json");
+  });
+  m.server.Get("/v1/models/fmnist-mlp", [&](const httplib::Request& req, httplib::Response& res) {
+    record(req);
+    res.set_content(Json{{"name", "fmnist-mlp"}, {"versions", {SampleModelVersion()}}}.dump(),
+                    "application/json");
+  });
+  m.server.Get("/v1/models/fmnist-mlp/versions/2",
+               [&](const httplib::Request& req, httplib::Response& res) {
+                 record(req);
+                 res.set_content(SampleModelVersion().dump(), "application/json");
+               });
+  m.server.Get("/v1/models/nothing", [&](const httplib::Request& req, httplib::Response& res) {
+    record(req);
+    ReplyError(res, 404, "not_found", "model 'nothing' not found");
+  });
+  m.server.Get("/v1/datasets", [&](const httplib::Request& req, httplib::Response& res) {
+    record(req);
+    res.set_content(R"({"items": [], "next_cursor": null})", "application/json");
+  });
+  m.server.Get("/v1/datasets/x/versions/0",
+               [&](const httplib::Request& req, httplib::Response& res) {
+                 record(req);
+                 ReplyError(res, 400, "bad_parameter", "version must be an integer >= 1");
+               });
+
+  Outcome list = RunEpochctl({"--server", m.url(), "model", "list"});
+  EXPECT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_THAT(list.out, HasSubstr("fmnist-mlp  2       2         3f2a9c0d1e4b"));
+  Outcome all = RunEpochctl({"--server", m.url(), "model", "get", "fmnist-mlp"});
+  EXPECT_EQ(all.exit_code, 0) << all.err;
+  EXPECT_THAT(all.out, HasSubstr("accuracy=0.8941"));
+  Outcome one = RunEpochctl({"--server", m.url(), "model", "get", "fmnist-mlp", "2"});
+  EXPECT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_THAT(one.out, HasSubstr("Data sets:    fashion-mnist@1\n"));
+  Outcome json =
+      RunEpochctl({"--server", m.url(), "-o", "json", "model", "get", "fmnist-mlp", "2"});
+  EXPECT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(Json::parse(json.out), SampleModelVersion());
+  Outcome missing = RunEpochctl({"--server", m.url(), "model", "get", "nothing"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_EQ(missing.out, "");
+  EXPECT_EQ(missing.err, "error: model 'nothing' not found\n");
+  Outcome datasets = RunEpochctl({"--server", m.url(), "dataset", "list"});
+  EXPECT_EQ(datasets.exit_code, 0) << datasets.err;
+  EXPECT_EQ(datasets.out, "NAME  LATEST  VERSIONS  DIGEST  REGISTERED\n");
+  Outcome zero = RunEpochctl({"--server", m.url(), "dataset", "get", "x", "0"});
+  EXPECT_EQ(zero.exit_code, 1);
+  EXPECT_EQ(zero.err, "error: version must be an integer >= 1\n");
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(paths, (std::vector<std::string>{
+                       "/v1/models", "/v1/models/fmnist-mlp", "/v1/models/fmnist-mlp/versions/2",
+                       "/v1/models/fmnist-mlp/versions/2", "/v1/models/nothing", "/v1/datasets",
+                       "/v1/datasets/x/versions/0"}));
 }
 
 // --wait: the event stream triggers fresh GETs of the run; the exit code follows the

@@ -303,6 +303,28 @@ int Cluster(Context& c) {
   return 0;
 }
 
+// ---- dataset, model ---------------------------------------------------------------------
+
+int ArtifactList(Context& c, bool model) {
+  auto res = model ? c.api->ListModels() : c.api->ListDatasets();
+  if (!res.ok()) return Fail(res.status());
+  Print(c.json() ? RenderJson(*res) : RenderArtifactList(*res));
+  return 0;
+}
+
+int ArtifactGet(Context& c, bool model, const std::string& name, std::optional<int64_t> version) {
+  auto res = model ? c.api->GetModel(name, version) : c.api->GetDataset(name, version);
+  if (!res.ok()) return Fail(res.status());
+  if (c.json()) {
+    Print(RenderJson(*res));
+  } else if (model) {
+    Print(version ? RenderModelVersion(*res) : RenderModelVersions(*res));
+  } else {
+    Print(version ? RenderDatasetVersion(*res) : RenderDatasetVersions(*res));
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"epochctl: the command-line client for Epoch"};
   app.require_subcommand(1);
@@ -412,6 +434,33 @@ int Main(int argc, char** argv) {
   events->add_option("--limit", ev.limit, "at most this many events");
   events->add_flag("-f,--follow", ev.follow, "keep streaming new events");
   events->callback([&] { action = [&](Context& c) { return Events(c, ev); }; });
+
+  // dataset, model: the same two commands on the two lineage endpoints.
+  std::string artifact_name;
+  int64_t artifact_version = 0;
+  for (bool model : {false, true}) {
+    auto* cmd = app.add_subcommand(model ? "model" : "dataset",
+                                   model ? "model versions and their lineage"
+                                         : "data set versions and the runs that made them");
+    cmd->require_subcommand(1);
+    cmd->add_subcommand("list", model ? "list models" : "list data sets")->callback([&, model] {
+      action = [&, model](Context& c) { return ArtifactList(c, model); };
+    });
+    auto* get =
+        cmd->add_subcommand("get", model ? "every version of a model, or one version's full lineage"
+                                         : "every version of a data set, or one version in full");
+    get->add_option("name", artifact_name)->required();
+    // Not checked here: the server answers a version < 1 with its own message.
+    auto* version_opt =
+        get->add_option("version", artifact_version, "a version (default: all of them)");
+    get->callback([&, model, version_opt] {
+      action = [&, model, version_opt](Context& c) {
+        return ArtifactGet(
+            c, model, artifact_name,
+            version_opt->count() ? std::optional<int64_t>(artifact_version) : std::nullopt);
+      };
+    });
+  }
 
   app.add_subcommand("containers", "the container pool")->callback([&] {
     action = [&](Context& c) { return Containers(c); };

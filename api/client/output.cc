@@ -1,6 +1,7 @@
 #include "api/client/output.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 
@@ -398,6 +399,189 @@ std::string RenderWorkflow(const Json& workflow) {
     t.AddRow({Cell(s, "name"), kind == "-" ? "task" : kind, after, Cell(s, "when"), command});
   }
   return out + "\n" + t.Render();
+}
+
+namespace {
+
+std::string ShortDigest(const Json& obj) {
+  std::string d = Cell(obj, "digest");
+  return d.size() > 12 ? d.substr(0, 12) : d;
+}
+
+// "name@version,..." for [{name, version}, ...].
+std::string NameVersions(const Json& list) {
+  if (!list.is_array() || list.empty()) return "-";
+  std::string out;
+  for (const Json& nv : list) {
+    if (!out.empty()) out += ',';
+    out += Cell(nv, "name") + "@" + Cell(nv, "version");
+  }
+  return out;
+}
+
+// "run/step,..." for [{run, step}, ...].
+std::string RunSteps(const Json& list) {
+  if (!list.is_array() || list.empty()) return "-";
+  std::string out;
+  for (const Json& rs : list) {
+    if (!out.empty()) out += ',';
+    out += Cell(rs, "run") + "/" + Cell(rs, "step");
+  }
+  return out;
+}
+
+std::string RunStep(const Json& v) {
+  if (Str(v, "run").empty()) return "-";
+  std::string step = Str(v, "step");
+  return Str(v, "run") + (step.empty() ? "" : "/" + step);
+}
+
+std::string ModelWorkflowAt(const Json& v) {
+  std::string wf = Cell(v, "workflow");
+  const Json& ver = Field(v, "workflow_version");
+  if (wf != "-" && ver.is_number() && ver.get<int64_t>() > 0) wf += "@" + ver.dump();
+  return wf;
+}
+
+// A number for a summary: integers as they are, others to 4 significant digits.
+std::string ShortNumber(const Json& v) {
+  if (!v.is_number_float()) return v.dump();
+  double d = v.get<double>();
+  char buf[32];
+  std::snprintf(buf, sizeof buf, std::fabs(d) >= 1e4 ? "%.0f" : "%.4g", d);
+  return buf;
+}
+
+// "accuracy=0.8941 loss=0.3177": the numeric and boolean metrics; strings, arrays and
+// objects (labels, confusion matrices) are left out of a summary.
+std::string ScalarMetrics(const Json& metrics) {
+  if (!metrics.is_object()) return "-";
+  std::string out;
+  for (const auto& [k, v] : metrics.items()) {
+    if (!v.is_number() && !v.is_boolean()) continue;
+    if (!out.empty()) out += ' ';
+    out += k + "=" + ShortNumber(v);
+  }
+  return out.empty() ? "-" : out;
+}
+
+// For [{name, size, sha256}, ...]: "model.bin (918.6Ki)" for up to 3 files, each with
+// its size; "9 files (240.5Mi)" for more.
+std::string OutputFiles(const Json& outputs) {
+  constexpr size_t kListed = 3;
+  if (!outputs.is_array() || outputs.empty()) return "-";
+  int64_t total = 0;
+  for (const Json& o : outputs) {
+    const Json& size = Field(o, "size");
+    if (size.is_number_integer()) total += size.get<int64_t>();
+  }
+  if (outputs.size() > kListed) {
+    return std::to_string(outputs.size()) + " files (" + HumanBytes(total) + ")";
+  }
+  std::string out;
+  for (const Json& o : outputs) {
+    if (!out.empty()) out += ", ";
+    out += Cell(o, "name");
+    const Json& size = Field(o, "size");
+    if (size.is_number_integer()) out += " (" + HumanBytes(size.get<int64_t>()) + ")";
+  }
+  return out;
+}
+
+std::string OutputsTable(const Json& outputs) {
+  if (!outputs.is_array() || outputs.empty()) return "";
+  Table t({"OUTPUT", "SIZE", "SHA256"});
+  for (const Json& o : outputs) {
+    const Json& size = Field(o, "size");
+    t.AddRow({Cell(o, "name"), size.is_number_integer() ? HumanBytes(size.get<int64_t>()) : "-",
+              Cell(o, "sha256")});
+  }
+  return "\n" + t.Render();
+}
+
+std::string StepAttempt(const Json& v) {
+  std::string step = Cell(v, "step");
+  const Json& attempt = Field(v, "attempt");
+  if (attempt.is_number() && attempt.get<int64_t>() > 0) {
+    step += " (attempt " + attempt.dump() + ")";
+  }
+  return step;
+}
+
+const Json& Versions(const Json& artifact) {
+  static const Json kEmpty = Json::array();
+  const Json& v = Field(artifact, "versions");
+  return v.is_array() ? v : kEmpty;
+}
+
+}  // namespace
+
+std::string RenderArtifactList(const Json& list) {
+  Table t({"NAME", "LATEST", "VERSIONS", "DIGEST", "REGISTERED"});
+  for (const Json& a : Items(list)) {
+    t.AddRow({Cell(a, "name"), Cell(a, "version"), Cell(a, "versions"), ShortDigest(a),
+              ShortTime(a, "registered_at")});
+  }
+  return t.Render();
+}
+
+std::string RenderDatasetVersions(const Json& dataset) {
+  const Json& versions = Versions(dataset);
+  std::string out = KeyValueBlock(
+      {{"Data set", Cell(dataset, "name")}, {"Versions", std::to_string(versions.size())}});
+  if (versions.empty()) return out;
+  Table t({"VERSION", "DIGEST", "REGISTERED", "RUN", "OUTPUTS"});
+  for (const Json& v : versions) {
+    t.AddRow({Cell(v, "version"), ShortDigest(v), ShortTime(v, "registered_at"), RunStep(v),
+              OutputFiles(Field(v, "outputs"))});
+  }
+  return out + "\n" + t.Render();
+}
+
+std::string RenderDatasetVersion(const Json& v) {
+  return KeyValueBlock({{"Data set", Cell(v, "name")},
+                        {"Version", Cell(v, "version")},
+                        {"Digest", Cell(v, "digest")},
+                        {"Registered", Cell(v, "registered_at")},
+                        {"Run", Cell(v, "run")},
+                        {"Step", StepAttempt(v)}}) +
+         OutputsTable(Field(v, "outputs"));
+}
+
+std::string RenderModelVersions(const Json& model) {
+  const Json& versions = Versions(model);
+  std::string out = KeyValueBlock(
+      {{"Model", Cell(model, "name")}, {"Versions", std::to_string(versions.size())}});
+  if (versions.empty()) return out;
+  Table t({"VERSION", "DIGEST", "REGISTERED", "RUN", "WORKFLOW", "DATASETS", "METRICS",
+           "VALIDATED_BY", "PARAMS"});
+  for (const Json& v : versions) {
+    t.AddRow({Cell(v, "version"), ShortDigest(v), ShortTime(v, "registered_at"), RunStep(v),
+              ModelWorkflowAt(v), NameVersions(Field(v, "datasets")),
+              ScalarMetrics(Field(v, "metrics")), RunSteps(Field(v, "validated_by")),
+              CompactJson(Field(v, "params"))});
+  }
+  return out + "\n" + t.Render();
+}
+
+std::string RenderModelVersion(const Json& v) {
+  std::string out = KeyValueBlock({{"Model", Cell(v, "name")},
+                                   {"Version", Cell(v, "version")},
+                                   {"Digest", Cell(v, "digest")},
+                                   {"Registered", Cell(v, "registered_at")},
+                                   {"Run", Cell(v, "run")},
+                                   {"Step", StepAttempt(v)},
+                                   {"Workflow", ModelWorkflowAt(v)},
+                                   {"Params", CompactJson(Field(v, "params"))},
+                                   {"Data sets", NameVersions(Field(v, "datasets"))},
+                                   {"Validated by", RunSteps(Field(v, "validated_by"))}});
+  const Json& metrics = Field(v, "metrics");
+  if (metrics.is_object() && !metrics.empty()) {
+    Table t({"METRIC", "VALUE"});
+    for (const auto& [k, val] : metrics.items()) t.AddRow({k, Cell(metrics, k)});
+    out += "\n" + t.Render();
+  }
+  return out + OutputsTable(Field(v, "outputs"));
 }
 
 std::string RenderRunChanges(const Json& before, const Json& after, TimePoint now) {

@@ -68,6 +68,26 @@ std::string RenderCluster(const Json& cluster);
 std::string RenderWorkflows(const Json& workflows);  // an array
 std::string RenderWorkflow(const Json& workflow);
 
+// Lineage: data sets and models (GET /v1/datasets, /v1/models).
+// A list of either ({"items": [latest version + "versions" count]}): name, latest version,
+// number of versions, the latest digest's first 12 hex digits, when it was registered.
+std::string RenderArtifactList(const Json& list);
+// Every version of a data set ({"name", "versions": [...]}): a table of version, digest,
+// registered, run/step and its output files (up to 3 named with their sizes, else the
+// count and total size).
+std::string RenderDatasetVersions(const Json& dataset);
+// One data set version in full: digest, run, step, attempt, and a table of its outputs
+// (name, size, SHA-256).
+std::string RenderDatasetVersion(const Json& version);
+// Every version of a model: a table of version, digest, registered, run/step,
+// workflow@version, data sets (name@version), the numeric and boolean metrics
+// (name=value, non-integers to 4 significant digits), validated_by (run/step), params.
+std::string RenderModelVersions(const Json& model);
+// One model version in full (its lineage): digest, run, step, attempt, workflow@version,
+// params, data sets, validated_by, then a table of every metric (arrays and objects as
+// compact JSON) and a table of its outputs.
+std::string RenderModelVersion(const Json& version);
+
 // --wait: the lines describing what changed between two snapshots of a run (run state,
 // each step whose state or attempt count changed), each ending in '\n'. `before` may be
 // null (first snapshot: every step not pending is reported).

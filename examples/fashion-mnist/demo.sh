@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The fashion-mnist workflow end to end: starts epochd on a temporary data dir with
-# containers of 2 CPUs (the steps ask for 2), registers workflow.json, submits a run
-# with the absolute path of fmnist, follows its events, shows the run, validate's
-# report and infer's predictions, then stops everything it started.
+# make demo: the fashion-mnist workflow end to end. Starts epochd on a temporary data
+# dir with containers of 2 CPUs (the steps ask for 2), registers workflow.json, submits
+# a run with the absolute path of fmnist, follows its events, shows the run, train's
+# log, validate's report and the first predictions, then the model's lineage
+# (`epochctl model get fmnist-mlp`, `epochctl dataset get fashion-mnist`) and the test
+# accuracy, and stops everything it started. Exits 0 only when the run succeeded.
 #
 # Usage: examples/fashion-mnist/demo.sh [BUILD_DIR] [-p key=value]...
 #   BUILD_DIR (default build) holds bin/epochd, bin/epochctl, bin/epoch-agent and
@@ -65,9 +67,19 @@ echo
 echo "== validate: accuracy on the 10,000 test images"
 "$CTL" run logs "$RUN" validate
 echo
-echo "== infer: predictions (only when validate's accuracy >= 0.85)"
-"$CTL" run logs "$RUN" infer || true
+echo "== infer: the first predictions of predictions.csv (only when validate's accuracy >= 0.85)"
+"$CTL" run logs "$RUN" infer | sed -n '1,11p' || true
+echo
+echo "== lineage: epochctl model get fmnist-mlp"
+"$CTL" model get fmnist-mlp || true
+echo
+echo "== lineage: epochctl dataset get fashion-mnist"
+"$CTL" dataset get fashion-mnist || true
+# The data dir is new, so this run's model is version 1; its metrics are validate's.
+ACCURACY=$("$CTL" -o json model get fmnist-mlp 1 2>/dev/null |
+           sed -n 's/^    "accuracy": \([0-9.eE+-]*\),\{0,1\}$/\1/p' || true)
 STATE=$(curl -s "$SERVER/v1/runs/$RUN" | sed -n 's/.*"state":"\([a-z]*\)","steps".*/\1/p')
 echo
 echo "== run $RUN finished: $STATE"
-[ "$STATE" = succeeded ]
+echo "== test accuracy of fmnist-mlp version 1: ${ACCURACY:-unknown} (10,000 test images)"
+[ "$STATE" = succeeded ] && [ -n "$ACCURACY" ]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: starts epochd on a temporary data dir with its embedded defaults,
+# make demo-hello: starts epochd on a temporary data dir with its embedded defaults,
 # registers and runs the hello-lifecycle workflow, shows the run, its steps and
 # its event history, then stops everything it started.
 set -euo pipefail
