@@ -224,7 +224,10 @@ void ApiServer::Impl::Routes() {
   // httplib closes a keep-alive connection after 5 requests by default; clients
   // that reuse connections (epochctl, agents, load) would see spurious errors.
   http.set_keep_alive_max_count(1000000);
-  http.set_keep_alive_timeout(30);
+  // An idle keep-alive connection holds a pool thread, and a stopping server waits for
+  // it to time out: short, so that SIGTERM stops epochd within a few seconds (agents
+  // poll continuously; clients reconnect transparently).
+  http.set_keep_alive_timeout(2);
   http.set_payload_max_length(config.max_body_bytes);
   http.set_read_timeout(std::chrono::seconds(30));
   http.set_write_timeout(std::chrono::seconds(30));
