@@ -231,6 +231,23 @@ TEST(Output, ContainersEventsAndChanges) {
             "[13:02:02] run r-1 succeeded in 2m\n");
 }
 
+TEST(OutputTest, RunChangesShowSweepsAndCacheHits) {
+  Json before = Json::parse(R"({"id":"r-2","state":"running","steps":[
+      {"name":"prep","state":"pending","attempts":[]},
+      {"name":"train","state":"running","attempts":[{"attempt":1,"trial":0,"state":"running"}]}]})");
+  Json after = Json::parse(R"({"id":"r-2","state":"running","steps":[
+      {"name":"prep","state":"succeeded","attempts":[{"attempt":1,"state":"succeeded",
+       "cached_from":"r-1/prep/1"}]},
+      {"name":"train","state":"succeeded","best":{"trial":1,"attempt":2,"metric":"accuracy",
+       "value":0.91,"params":{"hidden":"256,128","lr":0.001}},
+       "attempts":[{"attempt":1,"trial":0,"state":"succeeded"},
+                   {"attempt":2,"trial":1,"state":"succeeded"}]}]})");
+  EXPECT_EQ(RenderRunChanges(before, after, At("2026-11-28T13:02:02Z")),
+            "[13:02:02] step prep succeeded (attempt 1, cached: reused r-1/prep/1)\n"
+            "[13:02:02] step train succeeded (2 trials, best trial 1 hidden=256,128 lr=0.001: "
+            "accuracy=0.91)\n");
+}
+
 Json SampleModelVersion() {
   return Json::parse(R"({
     "name": "fmnist-mlp", "version": 2,

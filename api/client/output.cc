@@ -612,9 +612,26 @@ std::string RenderRunChanges(const Json& before, const Json& after, TimePoint no
       }
       std::string line = prefix + "step " + name + " " + (state.empty() ? "-" : state);
       std::vector<std::string> extra;
-      if (attempts > 0) extra.push_back("attempt " + std::to_string(attempts));
       const Json& last = LastAttempt(s);
-      if (state == "succeeded" || state == "failed" || state == "cancelled") {
+      const Json& best = Field(s, "best");
+      if (last.is_object() && last.contains("trial")) {  // a sweep: count trials
+        extra.push_back(std::to_string(attempts) + (attempts == 1 ? " trial" : " trials"));
+      } else if (attempts > 0) {
+        extra.push_back("attempt " + std::to_string(attempts));
+      }
+      if (best.is_object()) {
+        std::string b = "best trial " + best.value("trial", Json()).dump();
+        const Json& params = Field(best, "params");
+        if (params.is_object()) {
+          for (const auto& [k, v] : params.items()) {
+            b += " " + k + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
+          }
+        }
+        b += ": " + Str(best, "metric") + "=" + best.value("value", Json()).dump();
+        extra.push_back(b);
+      } else if (last.is_object() && last.contains("cached_from") && state == "succeeded") {
+        extra.push_back("cached: reused " + Str(last, "cached_from"));
+      } else if (state == "succeeded" || state == "failed" || state == "cancelled") {
         std::string outcome = Outcome(last);
         if (outcome != "-") extra.push_back(outcome);
         std::string d = StepDuration(s, now);
