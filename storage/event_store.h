@@ -94,6 +94,17 @@ struct HeadInfo {
   std::string hash;       // hash of the head event (64 zeros when empty)
 };
 
+// What VerifyChain found.
+struct ChainReport {
+  bool ok = false;
+  uint64_t from = 0;           // first position checked
+  uint64_t checked = 0;        // events whose encoding, hash and link were checked
+  uint64_t head_position = 0;  // the head the walk went to
+  std::string head_hash;       // its hash (when ok)
+  uint64_t bad_position = 0;   // when !ok: the first position that is wrong
+  std::string problem;         // when !ok: what, e.g. "event 42: hash mismatch"
+};
+
 // Counters since open, for /metrics and tests.
 struct StoreStats {
   uint64_t appends = 0;           // Append calls that committed
@@ -124,6 +135,14 @@ class EventStore {
   virtual Result<std::vector<Envelope>> ReadAll(uint64_t after, size_t limit,
                                                 const ReadFilter& filter = {}) = 0;
   virtual Result<Envelope> ReadAt(uint64_t position) = 0;
+
+  // Audit: walks the hash chain from position `from` to the head, checking that every
+  // event is present, decodes, has the hash of its bytes, and names its predecessor's
+  // hash. from = 1 checks everything; a later `from` trusts a checkpoint: the event
+  // there must have hash `from_hash` (64 hex digits). A broken chain is a report with
+  // ok = false naming the first bad position, not an error; errors are for I/O and
+  // bad arguments (kInvalidArgument, kNotFound for a `from` past the head).
+  virtual Result<ChainReport> VerifyChain(uint64_t from = 1, const std::string& from_hash = "") = 0;
 
   virtual HeadInfo Head() = 0;
   virtual uint64_t StreamVersion(const std::string& stream) = 0;

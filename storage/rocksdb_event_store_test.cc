@@ -524,6 +524,76 @@ TEST_F(StoreTest, BrokenLinkIsCorruptionNamingThePosition) {
   EXPECT_EQ(page.status().message(), "event 4: prev_hash does not match the hash of event 3");
 }
 
+TEST_F(StoreTest, VerifyChainWalksEverythingOrFromACheckpoint) {
+  auto empty = store_->VerifyChain();
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->ok);
+  EXPECT_EQ(empty->checked, 0u);
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(store_->Append(One("run-" + std::to_string(i % 3), kAnyVersion, {"A", "B"})).ok());
+  }
+  auto full = store_->VerifyChain();
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  EXPECT_TRUE(full->ok) << full->problem;
+  EXPECT_EQ(full->checked, 80u);
+  EXPECT_EQ(full->head_position, 80u);
+  EXPECT_EQ(full->head_hash, store_->Head().hash);
+  // From a trusted checkpoint: only the rest is walked.
+  std::string h50 = store_->ReadAt(50)->hash;
+  auto from = store_->VerifyChain(50, h50);
+  ASSERT_TRUE(from.ok());
+  EXPECT_TRUE(from->ok);
+  EXPECT_EQ(from->checked, 31u);
+  EXPECT_EQ(from->head_hash, store_->Head().hash);
+  auto wrong = store_->VerifyChain(50, std::string(64, 'a'));
+  ASSERT_TRUE(wrong.ok());
+  EXPECT_FALSE(wrong->ok);
+  EXPECT_EQ(wrong->bad_position, 50u);
+  EXPECT_EQ(wrong->problem, "event 50: hash " + h50 + " is not the checkpoint's " +
+                                std::string(64, 'a'));
+  EXPECT_EQ(store_->VerifyChain(0).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->VerifyChain(50).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->VerifyChain(81, h50).status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(StoreTest, VerifyChainNamesAFlippedByteAndARewrittenEvent) {
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(store_->Append(One("run-1", kAnyVersion, {"A"})).ok());
+  WithRawEvents([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* events) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, codec::EventKey(7), &value).ok());
+    value[value.size() - 40] = static_cast<char>(value[value.size() - 40] ^ 0x01);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, codec::EventKey(7), value).ok());
+  });
+  ASSERT_TRUE(Reopen().ok());
+  auto flipped = store_->VerifyChain();
+  ASSERT_TRUE(flipped.ok());
+  EXPECT_FALSE(flipped->ok);
+  EXPECT_EQ(flipped->bad_position, 7u);
+  EXPECT_EQ(flipped->problem.rfind("event 7: ", 0), 0u) << flipped->problem;
+  EXPECT_EQ(flipped->checked, 6u);
+
+  // Rewritten consistently (its own hash valid) but chained to a forged predecessor:
+  // the link names it.
+  WithRawEvents([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* events) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, codec::EventKey(4), &value).ok());
+    Envelope env;
+    ASSERT_TRUE(codec::DecodeEvent(4, value, &env).ok());
+    env.data = "{\"forged\":true}";
+    Digest hash{};
+    ASSERT_TRUE(codec::EncodeEvent(env, &value, &hash).ok());
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, codec::EventKey(4), value).ok());
+  });
+  ASSERT_TRUE(Reopen().ok());
+  auto rewritten = store_->VerifyChain();
+  ASSERT_TRUE(rewritten.ok());
+  EXPECT_FALSE(rewritten->ok);
+  // Event 4 keeps its prev_hash and a valid hash of its new bytes, which event 5 does
+  // not name: the walk stops at 5, before the flipped 7.
+  EXPECT_EQ(rewritten->bad_position, 5u);
+  EXPECT_EQ(rewritten->problem, "event 5: prev_hash does not match the hash of event 4");
+}
+
 TEST_F(StoreTest, MissingTailFailsOpen) {
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(store_->Append(One("run-1", kAnyVersion, {"A"})).ok());
   WithRawEvents([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* events) {

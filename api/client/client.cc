@@ -636,6 +636,9 @@ Status ApiClient::GetLogs(const std::string& run, const std::string& step,
 
 Result<Json> ApiClient::ListContainers() { return GetJson("/v1/containers"); }
 Result<Json> ApiClient::GetCluster() { return GetJson("/v1/cluster"); }
+Result<Json> ApiClient::VerifyAudit(const std::string& query) {
+  return GetJson("/v1/audit/verify" + (query.empty() ? "" : "?" + query));
+}
 
 namespace {
 std::string ArtifactPath(std::string_view base, const std::string& name,

@@ -191,6 +191,8 @@ class ApiClient {
                  bool follow, const std::function<bool(std::string_view)>& on_text);
   Result<Json> ListContainers();
   Result<Json> GetCluster();
+  // GET /v1/audit/verify; query as the server takes it ("from=..&hash=..", "against=P:H").
+  Result<Json> VerifyAudit(const std::string& query);
   // Lineage (GET /v1/datasets, /v1/models): the list holds each name's latest version
   // with a "versions" count; a name without a version answers {"name", "versions": [...]}
   // (every version), with a version that one version. kNotFound for an unknown name or

@@ -303,6 +303,72 @@ int Cluster(Context& c) {
   return 0;
 }
 
+// ---- audit ------------------------------------------------------------------------------
+
+// "P:H" -> the query parameter, or an error naming the flag.
+Result<std::string> CheckpointArg(const std::string& flag, const std::string& v) {
+  size_t colon = v.find(':');
+  if (colon == std::string::npos || colon == 0 || v.size() - colon - 1 != 64 ||
+      v.find_first_not_of("0123456789") < colon) {
+    return InvalidArgument(flag + ": must be POSITION:HASH as `epochctl audit checkpoint` prints");
+  }
+  return v;
+}
+
+int AuditVerify(Context& c, const std::string& against, const std::string& from) {
+  std::string query;
+  if (!against.empty()) {
+    auto a = CheckpointArg("--against", against);
+    if (!a.ok()) return Fail(a.status());
+    query = "against=" + *a;
+  }
+  if (!from.empty()) {
+    auto f = CheckpointArg("--from", from);
+    if (!f.ok()) return Fail(f.status());
+    size_t colon = f->find(':');
+    query += std::string(query.empty() ? "" : "&") + "from=" + f->substr(0, colon) +
+             "&hash=" + f->substr(colon + 1);
+  }
+  auto res = c.api->VerifyAudit(query);
+  if (!res.ok()) return Fail(res.status());
+  const Json& r = *res;
+  if (c.json()) {
+    Print(RenderJson(r));
+  } else if (r.value("ok", false)) {
+    std::string text = "ok: " + std::to_string(r.value("checked", uint64_t{0})) +
+                       " events verified from position " + std::to_string(r.value("from", 1)) +
+                       " in " + Json(r.value("elapsed_ms", 0.0)).dump() + " ms\nhead " +
+                       std::to_string(r["head"].value("position", uint64_t{0})) + ":" +
+                       r["head"].value("hash", "") + "\n";
+    if (r.contains("against")) {
+      text += "matches checkpoint " + std::to_string(r["against"].value("position", uint64_t{0})) +
+              ":" + r["against"].value("hash", "") + "\n";
+    }
+    Print(text);
+  } else {
+    std::string text = "FAILED";
+    if (r.contains("bad_position")) {
+      text += " at position " + std::to_string(r.value("bad_position", uint64_t{0})) + ": " +
+              r.value("problem", "");
+    }
+    if (r.contains("against") && !r["against"].value("ok", false)) {
+      text += "\ncheckpoint " + std::to_string(r["against"].value("position", uint64_t{0})) +
+              ": " + r["against"].value("problem", "");
+    }
+    Print(text + "\n");
+  }
+  return r.value("ok", false) ? 0 : 1;
+}
+
+int AuditCheckpoint(Context& c) {
+  auto res = c.api->GetCluster();
+  if (!res.ok()) return Fail(res.status());
+  const Json& head = (*res)["head"];
+  std::string cp = std::to_string(head.value("position", uint64_t{0})) + ":" + head.value("hash", "");
+  Print(c.json() ? RenderJson(Json{{"checkpoint", cp}}) : cp + "\n");
+  return 0;
+}
+
 // ---- dataset, model ---------------------------------------------------------------------
 
 int ArtifactList(Context& c, bool model) {
@@ -465,6 +531,18 @@ int Main(int argc, char** argv) {
   app.add_subcommand("containers", "the container pool")->callback([&] {
     action = [&](Context& c) { return Containers(c); };
   });
+  auto* audit = app.add_subcommand("audit", "prove the event history was not altered");
+  audit->require_subcommand(1);
+  std::string against, from_cp;
+  auto* verify = audit->add_subcommand(
+      "verify", "walk the hash chain; exit 1 naming the first bad position if it is broken");
+  verify->add_option("--against", against,
+                     "POSITION:HASH from `audit checkpoint`: prove the history up to it unchanged");
+  verify->add_option("--from", from_cp, "POSITION:HASH: trust a checkpoint, verify what follows");
+  verify->callback([&] { action = [&](Context& c) { return AuditVerify(c, against, from_cp); }; });
+  audit->add_subcommand("checkpoint", "print the head as POSITION:HASH, to keep elsewhere")
+      ->callback([&] { action = [&](Context& c) { return AuditCheckpoint(c); }; });
+
   app.add_subcommand("cluster", "role, epoch, leader and store of the server")->callback([&] {
     action = [&](Context& c) { return Cluster(c); };
   });
