@@ -18,6 +18,8 @@ int RunScheduleBench(int argc, char** argv);
 int RunHistoryBench(int argc, char** argv);
 // epoch-bench replay DIR: cold start on DIR's log, with and without a snapshot.
 int RunReplayBench(int argc, char** argv);
+// DIR [K]: audit verification of DIR's whole hash chain, K times (events/s).
+int RunVerifyBench(int argc, char** argv);
 // epoch-bench failover K [--history DIR]: kill -9 the leader K times; p50/p99/max
 // until the standby acknowledges a write.
 int RunFailoverBench(int argc, char** argv);

@@ -249,6 +249,29 @@ int RunHistoryBench(int argc, char** argv) {
   return 0;
 }
 
+int RunVerifyBench(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: epoch-bench verify DIR [K]   (DIR from epoch-bench history)\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 3;
+  auto s = storage::OpenRocksDbEventStore({dir + "/store", false, ""});
+  if (!s.ok()) Die(s.status().ToString());
+  std::printf("round  events     seconds  events/s   (VerifyChain from position 1)\n");
+  bool all_ok = true;
+  for (int i = 1; i <= rounds; ++i) {
+    auto t0 = SteadyClock::now();
+    auto r = (*s)->VerifyChain();
+    double secs = Seconds(t0);
+    if (!r.ok()) Die(r.status().ToString());
+    all_ok = all_ok && r->ok;
+    std::printf("%-6d %-10llu %-8.2f %-10.0f %s\n", i, static_cast<unsigned long long>(r->checked),
+                secs, static_cast<double>(r->checked) / secs, r->ok ? "ok" : r->problem.c_str());
+  }
+  return all_ok ? 0 : 1;
+}
+
 int RunReplayBench(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: epoch-bench replay DIR   (DIR from epoch-bench history)\n");

@@ -24,6 +24,8 @@ constexpr Subcommand kSubcommands[] = {
      "N DIR: build a data dir with >= N events of real runs (input of replay/failover)"},
     {"replay", epoch::bench::RunReplayBench,
      "DIR: cold master start on DIR's log, full replay vs snapshot + tail"},
+    {"verify", epoch::bench::RunVerifyBench,
+     "DIR [K]: audit: walk DIR's whole hash chain K times; events/s"},
     {"failover", epoch::bench::RunFailoverBench,
      "K [--history DIR]: kill -9 the leader K times; ms until the standby takes a write"},
 };
