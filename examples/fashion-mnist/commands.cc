@@ -74,14 +74,19 @@ Result<Mlp> LoadFmnistModel(const std::string& path) {
 
 }  // namespace
 
-Result<std::string> ResolveDevice(const std::string& device) {
-  if (device == "auto" || device == "cpu") return std::string("cpu");
-  if (device == "cuda") {
-    return FailedPrecondition(
-        "--device cuda: this build has no CUDA path (fmnist trains on the CPU only); use "
-        "--device cpu or --device auto");
+Result<DeviceChoice> ResolveDevice(const std::string& device, const CudaProbe& probe) {
+  if (device == "cpu") return DeviceChoice{"cpu", ""};
+  if (device != "auto" && device != "cuda") {
+    return InvalidArgument("--device must be auto, cpu or cuda, not '" + device + "'");
   }
-  return InvalidArgument("--device must be auto, cpu or cuda, not '" + device + "'");
+  Result<std::string> gpu = probe();
+  if (gpu.ok()) return DeviceChoice{"cuda", *gpu};
+  // Not compiled in is said as it is; anything else means there is no usable GPU.
+  const std::string why = gpu.status().code() == StatusCode::kFailedPrecondition
+                              ? gpu.status().message()
+                              : "no usable GPU: " + gpu.status().message();
+  if (device == "cuda") return FailedPrecondition("--device cuda: " + why);
+  return DeviceChoice{"cpu", why};
 }
 
 Status Prep(const PrepOptions& o, std::ostream& log) {
@@ -146,7 +151,13 @@ Status Prep(const PrepOptions& o, std::ostream& log) {
 
 Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
   if (o.data.empty() || o.out.empty()) return InvalidArgument("--data and --out are required");
-  ASSIGN_OR_RETURN(std::string device, ResolveDevice(o.device));
+  ASSIGN_OR_RETURN(DeviceChoice choice, ResolveDevice(o.device));
+  const std::string& device = choice.device;
+  if (o.device == "auto") {
+    log << "device auto -> " << device << ": " << choice.why << std::endl;
+  } else if (device == "cuda") {
+    log << "device cuda: " << choice.why << std::endl;
+  }
   ASSIGN_OR_RETURN(std::string dir, FindPrepDir(o.data));
   ASSIGN_OR_RETURN(Dataset train, ReadSplit(dir, "train"));
   ASSIGN_OR_RETURN(Dataset validation, ReadSplit(dir, "validation"));
@@ -165,7 +176,7 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
   const TrainOptions& t = o.train;
   log << "training MLP " << shape << " (" << model.params.size() << " parameters) on "
       << train.size() << " images, validating on " << validation.size() << "; device " << device
-      << (o.device == "auto" ? " (auto)" : "") << ", " << t.threads << " threads, "
+      << (device == "cpu" ? ", " + std::to_string(t.threads) + " threads" : "") << ", "
       << (t.optimizer == Optimizer::kAdam ? "adam" : "sgd") << " lr " << t.lr
       << (t.cosine ? " (cosine decay)" : "") << ", batch " << t.batch << ", " << t.epochs
       << " epochs, seed " << t.seed << std::endl;
@@ -177,7 +188,9 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
     log << "  lr " << Fixed(e.lr, 6) << "  " << Fixed(e.seconds, 1) << " s  "
         << static_cast<int64_t>(train.size() / std::max(e.seconds, 1e-9)) << " img/s" << std::endl;
   };
-  ASSIGN_OR_RETURN(TrainReport r, Train(model, train, validation, t, on_epoch));
+  ASSIGN_OR_RETURN(TrainReport r, device == "cuda"
+                                      ? TrainOnCuda(model, train, validation, t, on_epoch)
+                                      : Train(model, train, validation, t, on_epoch));
   RETURN_IF_ERROR(SaveModel(model, o.out + "/model.bin"));
 
   Json epochs = Json::array();
@@ -193,6 +206,8 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
   const EpochReport& last = r.epochs.back();
   Json metrics = {{"train_loss", Round(last.train_loss, 5)},
                   {"train_accuracy", Round(last.train_accuracy, 5)},
+                  {"device", device},
+                  {"device_detail", choice.why.empty() ? "--device cpu" : choice.why},
                   {"images_per_second", Round(r.images_per_second, 1)},
                   {"seconds", Round(r.seconds, 3)},
                   {"train_seconds", Round(r.train_seconds, 3)},
@@ -218,8 +233,8 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
   }
   RETURN_IF_ERROR(WriteJson(o.out + "/metrics.json", metrics));
   log << "trained in " << Fixed(r.seconds, 1) << " s (" << Fixed(r.train_seconds, 1)
-      << " s of training steps, " << static_cast<int64_t>(r.images_per_second)
-      << " images/s); validation accuracy "
+      << " s of training steps, " << static_cast<int64_t>(r.images_per_second) << " images/s on "
+      << device << "); validation accuracy "
       << (last.validation_accuracy >= 0 ? Fixed(last.validation_accuracy, 4) : "n/a") << "; wrote "
       << o.out << "/model.bin" << std::endl;
   return Status::Ok();

@@ -4,7 +4,7 @@
 // `out`, which it creates; progress and results go to the `log` stream (stdout).
 //
 //   prep      IDX files of `data` -> train/validation/test shards + manifest.json
-//   train     prep dir -> model.bin (+ per-epoch metrics)
+//   train     prep dir -> model.bin (+ per-epoch metrics), on the CPU or a GPU
 //   validate  prep dir or data set dir (its t10k split) + model -> accuracy,
 //             per-class accuracy, confusion matrix
 //   infer     data set dir or prep dir (test images) + model -> predictions.csv
@@ -17,11 +17,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "common/status.h"
+#include "examples/fashion-mnist/cuda_train.h"
 #include "examples/fashion-mnist/idx.h"
 #include "examples/fashion-mnist/train.h"
 
@@ -39,7 +41,7 @@ struct TrainCommandOptions {
   std::string data;  // prep dir, or a file in it
   std::string out;
   std::vector<int> hidden = {256, 128};
-  std::string device = "auto";  // auto | cpu | cuda
+  std::string device = "auto";  // auto | cpu | cuda (see ResolveDevice)
   size_t limit = 0;             // use only the first `limit` training images (0: all)
   TrainOptions train;           // train.seed also seeds the initial weights
 };
@@ -66,8 +68,26 @@ Status Infer(const InferOptions& o, std::ostream& log);
 // the test split of the prep directory `path` names (see FindPrepDir).
 Result<Dataset> LoadTestSet(const std::string& path);
 
-// Which path `--device` selects. kFailedPrecondition for cuda (this program has no
-// CUDA path), kInvalidArgument for anything but auto, cpu or cuda.
-Result<std::string> ResolveDevice(const std::string& device);
+// The device train runs on, and why.
+struct DeviceChoice {
+  std::string device;  // "cpu" or "cuda"
+  std::string why;     // the GPU used, or why not the GPU; empty for --device cpu
+};
+
+// Whether the CUDA path can run: the GPU's description, or why not (ProbeCuda's
+// contract, cuda_train.h). Tests pass their own.
+using CudaProbe = std::function<Result<std::string>()>;
+
+// Which path `--device` selects:
+//   cpu   the CPU; the probe is not called.
+//   cuda  the GPU when the probe finds one, else kFailedPrecondition:
+//         "--device cuda: no usable GPU: <the probe's reason>", e.g. "--device cuda: no
+//         usable GPU: cudaGetDeviceCount: CUDA driver version is insufficient for CUDA
+//         runtime version (35)", or, when CUDA is not compiled in (the probe answers
+//         kFailedPrecondition), "--device cuda: this build has no CUDA path (...)".
+//   auto  the GPU when the probe finds one, else the CPU; `why` says which GPU, or
+//         why not ("no usable GPU: <reason>" / "this build has no CUDA path (...)").
+// kInvalidArgument for anything but auto, cpu or cuda.
+Result<DeviceChoice> ResolveDevice(const std::string& device, const CudaProbe& probe = ProbeCuda);
 
 }  // namespace epoch::fmnist

@@ -31,7 +31,8 @@ commands:
             [--hidden 256,128] [--seed 1] [--device auto|cpu|cuda] [--limit N]
             [--optimizer adam|sgd] [--momentum 0.9] [--schedule cosine|constant]
             [--threads 2]
-            train the MLP 784-<hidden>-10, write model.bin and metrics.json
+            train the MLP 784-<hidden>-10, write model.bin and metrics.json;
+            --device auto uses a GPU when this build has CUDA and one is usable
   validate  --data PREP_DIR|DATA_DIR --model DIR --out DIR [--threads 2]
             accuracy, per-class accuracy and confusion matrix on the 10,000 test images
   infer     --model DIR --data DATA_DIR|PREP_DIR --out DIR [--count 20] [--offset 0]

@@ -1,8 +1,14 @@
 // Tests for fmnist: IDX decoding and its error messages on fixtures written here,
 // shards and model.bin round trips and corruption, the matrix product against a plain
 // loop, a finite-difference gradient check of the MLP, reproducibility across thread
-// counts, the CLI's exit codes, and a short training run on the real data set
-// (skipped only when /usr/share/datasets/fashion-mnist is absent).
+// counts, --device resolution (with injected probes, and the real one), the CLI's exit
+// codes and metrics, and a short training run on the real data set (skipped only when
+// /usr/share/datasets/fashion-mnist is absent).
+//
+// FmnistCuda.* compare the CUDA path with the CPU path (gradients, training runs, a
+// CUDA-trained model validated on the CPU). They need a usable GPU and skip without
+// one, saying why; FMNIST_TEST_REQUIRE_GPU=1 makes "no GPU" a failure instead (as
+// gpu/check_on_device.sh runs them).
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -15,11 +21,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <numbers>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "examples/fashion-mnist/commands.h"
+#include "examples/fashion-mnist/cuda_train.h"
 #include "examples/fashion-mnist/gemm.h"
 #include "examples/fashion-mnist/idx.h"
 #include "examples/fashion-mnist/mlp.h"
@@ -466,14 +475,130 @@ TEST(FmnistTrain, LearnsAndIsReproducibleAcrossThreadCounts) {
   EXPECT_GT(r->epochs.back().validation_accuracy, 0.9);
 }
 
-TEST(FmnistCommands, DeviceSelection) {
-  EXPECT_EQ(*ResolveDevice("auto"), "cpu");
-  EXPECT_EQ(*ResolveDevice("cpu"), "cpu");
+TEST(FmnistTrain, MinibatchOrderAndScheduleAreShared) {
+  MinibatchOrder a(1000, 7), b(1000, 7), c(1000, 8);
+  const std::vector<uint32_t> a1 = a.NextEpoch(), a2 = a.NextEpoch();
+  EXPECT_EQ(b.NextEpoch(), a1);  // same seed, same minibatches
+  EXPECT_EQ(b.NextEpoch(), a2);
+  EXPECT_NE(c.NextEpoch(), a1);
+  EXPECT_NE(a1, a2);  // reshuffled each epoch
+  std::vector<uint32_t> sorted = a2;
+  std::sort(sorted.begin(), sorted.end());
+  for (uint32_t i = 0; i < sorted.size(); ++i) ASSERT_EQ(sorted[i], i);
+
+  TrainOptions o;
+  o.lr = 0.01;
+  EXPECT_DOUBLE_EQ(LearningRate(o, 0, 100), 0.01);
+  EXPECT_NEAR(LearningRate(o, 50, 100), 0.005, 1e-15);
+  EXPECT_NEAR(LearningRate(o, 99, 100), 0.01 * 0.5 * (1 + std::cos(std::numbers::pi * 0.99)),
+              1e-15);
+  o.cosine = false;
+  EXPECT_DOUBLE_EQ(LearningRate(o, 99, 100), 0.01);
+  // The betas are floats: 1 - double(0.999f) is 0.000999987..., not 0.001.
+  EXPECT_EQ(AdamStepSize(0.01, 0), static_cast<float>(0.01 * std::sqrt(1.0 - double{kAdamBeta2}) /
+                                                      (1.0 - double{kAdamBeta1})));
+  EXPECT_EQ(AdamStepSize(0.01, 1),
+            static_cast<float>(0.01 * std::sqrt(1.0 - std::pow(double{kAdamBeta2}, 2)) /
+                               (1.0 - std::pow(double{kAdamBeta1}, 2))));
+
+  o.batch = 64;
+  o.epochs = 3;
+  BatchPlan plan = PlanBatches(130, o);
+  EXPECT_EQ(plan.batch, 64);
+  EXPECT_EQ(plan.steps, 3);
+  EXPECT_EQ(plan.total_steps, 9);
+  EXPECT_EQ(PlanBatches(10, o).batch, 10);
+}
+
+// ---- --device ----
+
+const char* kNoDriver =
+    "cudaGetDeviceCount: CUDA driver version is insufficient for CUDA runtime version (35)";
+
+TEST(FmnistDevice, ResolvesWithInjectedProbes) {
+  int probes = 0;
+  auto no_driver = [&]() -> Result<std::string> {
+    ++probes;
+    return Unavailable(kNoDriver);
+  };
+  auto cuda = ResolveDevice("cuda", no_driver);
+  ASSERT_FALSE(cuda.ok());
+  EXPECT_EQ(cuda.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(cuda.status().message(), std::string("--device cuda: no usable GPU: ") + kNoDriver);
+  auto fallback = ResolveDevice("auto", no_driver);
+  ASSERT_TRUE(fallback.ok()) << fallback.status().ToString();
+  EXPECT_EQ(fallback->device, "cpu");
+  EXPECT_EQ(fallback->why, std::string("no usable GPU: ") + kNoDriver);
+  EXPECT_EQ(probes, 2);
+
+  auto cpu = ResolveDevice("cpu", no_driver);
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_EQ(cpu->device, "cpu");
+  EXPECT_EQ(probes, 2);  // --device cpu never touches CUDA
+
+  auto not_built = []() -> Result<std::string> {
+    return FailedPrecondition("this build has no CUDA path (built with EPOCH_CUDA=OFF)");
+  };
+  cuda = ResolveDevice("cuda", not_built);
+  ASSERT_FALSE(cuda.ok());
+  EXPECT_EQ(cuda.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(cuda.status().message(),
+            "--device cuda: this build has no CUDA path (built with EPOCH_CUDA=OFF)");
+  fallback = ResolveDevice("auto", not_built);
+  ASSERT_TRUE(fallback.ok());
+  EXPECT_EQ(fallback->device, "cpu");
+  EXPECT_EQ(fallback->why, "this build has no CUDA path (built with EPOCH_CUDA=OFF)");
+
+  auto gpu = []() -> Result<std::string> { return std::string("Fake GPU (compute 9.0)"); };
+  for (const char* d : {"cuda", "auto"}) {
+    auto r = ResolveDevice(d, gpu);
+    ASSERT_TRUE(r.ok()) << d << ": " << r.status().ToString();
+    EXPECT_EQ(r->device, "cuda") << d;
+    EXPECT_EQ(r->why, "Fake GPU (compute 9.0)") << d;
+  }
+  auto tpu = ResolveDevice("tpu", gpu);
+  ASSERT_FALSE(tpu.ok());
+  EXPECT_EQ(tpu.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(tpu.status().message(), "--device must be auto, cpu or cuda, not 'tpu'");
+}
+
+// What this machine's real probe says; the rest of the test only applies without a GPU.
+TEST(FmnistDevice, WithoutAGpuCudaFailsPreciselyAndAutoFallsBack) {
+  Result<std::string> gpu = ProbeCuda();
+  if (gpu.ok()) GTEST_SKIP() << "a GPU is usable here: " << *gpu;
+  const std::string& reason = gpu.status().message();
+  std::string expected;
+  if (CudaCompiled()) {
+    // Any CUDA error, with the call, the runtime's text and the code.
+    EXPECT_EQ(gpu.status().code(), StatusCode::kUnavailable) << reason;
+    EXPECT_TRUE(reason.starts_with("cuda")) << reason;
+    EXPECT_TRUE(reason.ends_with(")")) << reason;
+    EXPECT_NE(reason.find(" ("), std::string::npos) << reason;
+    expected = "no usable GPU: " + reason;
+  } else {
+    EXPECT_EQ(gpu.status().code(), StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(reason.starts_with("this build has no CUDA path (")) << reason;
+    expected = reason;
+  }
   auto cuda = ResolveDevice("cuda");
   ASSERT_FALSE(cuda.ok());
   EXPECT_EQ(cuda.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(cuda.status().message().find("this build has no CUDA path"), std::string::npos);
-  EXPECT_EQ(ResolveDevice("tpu").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cuda.status().message(), "--device cuda: " + expected);
+  auto fallback = ResolveDevice("auto");
+  ASSERT_TRUE(fallback.ok()) << fallback.status().ToString();
+  EXPECT_EQ(fallback->device, "cpu");
+  EXPECT_EQ(fallback->why, expected);
+
+  // Asked to train anyway, the CUDA path fails with a Status, not a crash.
+  auto m = MakeMlp({784, 8, 10}, 1);
+  ASSERT_TRUE(m.ok());
+  const std::vector<float> before = m->params;
+  auto r = TrainOnCuda(*m, BandsDataset(40, 3), Dataset{}, TrainOptions{}, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().code(), StatusCode::kOk);
+  EXPECT_NE(r.status().message().find(CudaCompiled() ? "cuda" : "no CUDA path"), std::string::npos)
+      << r.status().message();
+  EXPECT_EQ(m->params, before);  // untouched on failure
 }
 
 // ---- the CLI, end to end on fixtures ----
@@ -517,6 +642,17 @@ TEST(FmnistCli, PrepTrainValidateInferOnFixtures) {
   EXPECT_TRUE(metrics->contains("accuracy"));
   EXPECT_EQ((*metrics)["epochs"].size(), 2u);
   EXPECT_EQ((*metrics)["hyperparameters"]["hidden"], Json::array({16}));
+  // --device auto: the device the real probe allows here, said in one line and recorded.
+  auto choice = ResolveDevice("auto");
+  ASSERT_TRUE(choice.ok());
+  EXPECT_NE(out.find("device auto -> " + choice->device + ": " + choice->why + "\n"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ((*metrics)["device"], choice->device);
+  EXPECT_EQ((*metrics)["device_detail"], choice->why);
+  EXPECT_EQ((*metrics)["hyperparameters"]["device"], choice->device);
+  ASSERT_TRUE((*metrics)["images_per_second"].is_number());
+  EXPECT_GT((*metrics)["images_per_second"].get<double>(), 0);
 
   out.clear();
   ASSERT_EQ(RunFmnist("validate --data " + data_holder.path() + " --model " + d / "train" +
@@ -554,14 +690,241 @@ TEST(FmnistCli, BadInputExitsTwoWithTheReason) {
   out.clear();
   EXPECT_EQ(RunFmnist("train --data " + data.path() + " --out " + data / "t", &out), 2);
   EXPECT_NE(out.find("manifest.json"), std::string::npos) << out;
+  if (auto cuda = ResolveDevice("cuda"); !cuda.ok()) {  // no usable GPU here
+    out.clear();
+    EXPECT_EQ(RunFmnist("train --data x --out y --device cuda", &out), 2);
+    EXPECT_EQ(out, "fmnist train: error: " + cuda.status().message() + "\n");
+  }
   out.clear();
-  EXPECT_EQ(RunFmnist("train --data x --out y --device cuda", &out), 2);
-  EXPECT_NE(out.find("this build has no CUDA path"), std::string::npos) << out;
+  EXPECT_EQ(RunFmnist("train --data x --out y --device tpu", &out), 2);
+  EXPECT_NE(out.find("--device must be auto, cpu or cuda, not 'tpu'"), std::string::npos) << out;
   out.clear();
   EXPECT_EQ(RunFmnist("train --epochs zero", &out), 2);
   EXPECT_NE(out.find("--epochs must be an integer"), std::string::npos) << out;
   out.clear();
   EXPECT_EQ(RunFmnist("frobnicate", &out), 2);
+}
+
+// A data set directory (gzip IDX) of BandsDataset's problem as bytes: the label is
+// which of 10 pixel bands is brighter; `count` training and `count` test images.
+void WriteBandsIdxDir(const TempDir& dir, uint32_t count, uint64_t seed) {
+  for (const char* prefix : {"train", "t10k"}) {
+    Rng rng(seed++);
+    std::string images = ImagesBytes(2051, count, 28, 28, 0);
+    std::vector<uint8_t> labels;
+    for (uint32_t i = 0; i < count; ++i) {
+      const uint8_t label = static_cast<uint8_t>(rng.Below(10));
+      labels.push_back(label);
+      for (int p = 0; p < kPixels; ++p) {
+        images.push_back(static_cast<char>(rng.Below(128) + (p / 78 == label ? 127 : 0)));
+      }
+    }
+    WriteGz(dir / (std::string(prefix) + "-images-idx3-ubyte.gz"), images);
+    WriteGz(dir / (std::string(prefix) + "-labels-idx1-ubyte.gz"),
+            LabelsBytes(2049, labels, count));
+  }
+}
+
+TEST(FmnistCli, DeviceCpuRecordsTheDeviceAndThroughput) {
+  TempDir d, data;
+  WriteBandsIdxDir(data, 100, 1);
+  std::string out;
+  ASSERT_EQ(RunFmnist("prep --data " + data.path() + " --out " + d / "prep", &out), 0) << out;
+  out.clear();
+  ASSERT_EQ(RunFmnist("train --data " + d / "prep" + " --out " + d / "train" +
+                          " --epochs 1 --batch 16 --hidden 8 --device cpu",
+                      &out),
+            0)
+      << out;
+  EXPECT_EQ(out.find("device auto"), std::string::npos) << out;  // no probe, no line
+  EXPECT_NE(out.find("; device cpu, 2 threads,"), std::string::npos) << out;
+  EXPECT_NE(out.find(" images/s on cpu)"), std::string::npos) << out;
+  auto metrics = ParseJson(ReadAll(d / "train/metrics.json"));
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_EQ((*metrics)["device"], "cpu");
+  EXPECT_EQ((*metrics)["device_detail"], "--device cpu");
+  ASSERT_TRUE((*metrics)["images_per_second"].is_number());
+  EXPECT_GT((*metrics)["images_per_second"].get<double>(), 0);
+  ASSERT_TRUE((*metrics)["train_seconds"].is_number());
+}
+
+// ---- the CUDA path against the CPU path (needs a GPU) ----
+
+bool GpuRequired() {
+  const char* v = std::getenv("FMNIST_TEST_REQUIRE_GPU");
+  return v != nullptr && std::string(v) == "1";
+}
+
+// Skips the test without a usable GPU, saying why; fails it instead under
+// FMNIST_TEST_REQUIRE_GPU=1.
+#define SKIP_WITHOUT_GPU()                                                                    \
+  do {                                                                                        \
+    Result<std::string> gpu_ = ProbeCuda();                                                   \
+    if (!gpu_.ok()) {                                                                         \
+      if (GpuRequired()) {                                                                    \
+        FAIL() << "FMNIST_TEST_REQUIRE_GPU=1 but no usable GPU: " << gpu_.status().message(); \
+      }                                                                                       \
+      GTEST_SKIP() << "no usable GPU: " << gpu_.status().message();                           \
+    }                                                                                         \
+    std::printf("GPU: %s\n", gpu_->c_str());                                                  \
+  } while (0)
+
+TEST(FmnistCuda, GradientMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    std::vector<int> sizes;
+    int rows;
+  };
+  // Odd widths and row counts: partial tiles in every dimension of every product.
+  for (const Case& c : {Case{{784, 100, 30, 10}, 37}, Case{{784, 256, 128, 10}, 64},
+                        Case{{784, 70, 10}, 130}, Case{{6, 5, 4, 3}, 5}, Case{{784, 10}, 1}}) {
+    SCOPED_TRACE("network " + std::to_string(c.sizes.size() - 1) + " layers, " +
+                 std::to_string(c.sizes[1]) + " wide, rows " + std::to_string(c.rows));
+    auto made = MakeMlp(c.sizes, 21);
+    ASSERT_TRUE(made.ok());
+    Mlp m = *made;
+    Rng rng(22);
+    for (int l = 0; l < m.layers(); ++l) {
+      for (int j = 0; j < m.sizes[l + 1]; ++j) {
+        m.params[m.BiasOffset(l) + j] = static_cast<float>(0.1 * rng.Normal());
+      }
+    }
+    std::vector<float> x(static_cast<size_t>(c.rows) * m.inputs());
+    for (auto& v : x) v = static_cast<float>(rng.Open01());
+    std::vector<uint8_t> y(c.rows);
+    for (auto& v : y) v = static_cast<uint8_t>(rng.Below(m.outputs()));
+    const float scale = 1.0f / static_cast<float>(c.rows);
+    Workspace ws(m.sizes, c.rows);
+    std::vector<float> want(m.params.size()), got(m.params.size(), -1.0f);
+    BatchStats cpu = LossAndGradient(m, x.data(), y.data(), c.rows, scale, ws, want.data());
+    auto gpu = CudaLossAndGradient(m, x.data(), y.data(), c.rows, scale, got.data());
+    ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+    EXPECT_NEAR(gpu->loss_sum, cpu.loss_sum, 1e-5 * (1 + std::abs(cpu.loss_sum)));
+    EXPECT_EQ(gpu->correct, cpu.correct);
+    double largest = 0;
+    for (float g : want) largest = std::max(largest, static_cast<double>(std::abs(g)));
+    ASSERT_GT(largest, 0);
+    int bad = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (std::abs(got[i] - want[i]) > 1e-4 * largest + 1e-3 * std::abs(want[i])) {
+        if (++bad <= 5) {
+          ADD_FAILURE() << "parameter " << i << ": gpu " << got[i] << ", cpu " << want[i];
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0) << "of " << want.size() << " gradient entries";
+  }
+}
+
+TEST(FmnistCuda, TrainingMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  Dataset train = BandsDataset(256, 1), val = BandsDataset(128, 2);
+  for (Optimizer opt : {Optimizer::kAdam, Optimizer::kSgd}) {
+    SCOPED_TRACE(opt == Optimizer::kAdam ? "adam" : "sgd");
+    TrainOptions o;
+    o.epochs = 2;
+    o.batch = 37;  // a short last batch
+    o.seed = 9;
+    o.optimizer = opt;
+    if (opt == Optimizer::kSgd) o.lr = 0.05;
+    auto cpu_m = MakeMlp({784, 100, 30, 10}, 5), gpu_m = MakeMlp({784, 100, 30, 10}, 5);
+    ASSERT_TRUE(cpu_m.ok() && gpu_m.ok());
+    const std::vector<float> initial = gpu_m->params;
+    auto cpu = Train(*cpu_m, train, val, o, nullptr);
+    int epochs_seen = 0;
+    auto gpu = TrainOnCuda(*gpu_m, train, val, o, [&](const EpochReport&) { ++epochs_seen; });
+    ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
+    ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+    EXPECT_EQ(epochs_seen, 2);
+    ASSERT_EQ(gpu->epochs.size(), 2u);
+    for (size_t e = 0; e < 2; ++e) {
+      const EpochReport &c = cpu->epochs[e], &g = gpu->epochs[e];
+      std::printf(
+          "%s epoch %zu: loss cpu %.6f gpu %.6f, train acc %.4f / %.4f, val acc %.4f / %.4f\n",
+          opt == Optimizer::kAdam ? "adam" : "sgd", e + 1, c.train_loss, g.train_loss,
+          c.train_accuracy, g.train_accuracy, c.validation_accuracy, g.validation_accuracy);
+      EXPECT_EQ(g.epoch, c.epoch);
+      EXPECT_NEAR(g.train_loss, c.train_loss, 1e-3) << "epoch " << e + 1;
+      EXPECT_NEAR(g.train_accuracy, c.train_accuracy, 3.0 / 256) << "epoch " << e + 1;
+      EXPECT_NEAR(g.validation_accuracy, c.validation_accuracy, 2.0 / 128) << "epoch " << e + 1;
+      EXPECT_DOUBLE_EQ(g.lr, c.lr);
+      EXPECT_GT(g.seconds, 0);
+    }
+    EXPECT_GT(gpu->images_per_second, 0);
+    EXPECT_GT(gpu->epochs.back().validation_accuracy, 0.5);  // it learned
+
+    // The parameters came back: the CPU's evaluation of them agrees with the GPU's own,
+    // and they are close to the CPU-trained ones.
+    ASSERT_EQ(gpu_m->params.size(), initial.size());
+    EXPECT_NE(gpu_m->params, initial);
+    Evaluation ev = Evaluate(*gpu_m, val, 1);
+    EXPECT_NEAR(ev.accuracy, gpu->epochs.back().validation_accuracy, 1.5 / 128);
+    double max_diff = 0, sum_diff = 0;
+    for (size_t i = 0; i < initial.size(); ++i) {
+      const double diff = std::abs(static_cast<double>(gpu_m->params[i]) - cpu_m->params[i]);
+      max_diff = std::max(max_diff, diff);
+      sum_diff += diff;
+    }
+    std::printf("parameters: max |gpu - cpu| %.3g, mean %.3g\n", max_diff,
+                sum_diff / static_cast<double>(initial.size()));
+    EXPECT_LT(max_diff, 0.03);
+    EXPECT_LT(sum_diff / static_cast<double>(initial.size()), 1e-4);
+  }
+}
+
+TEST(FmnistCuda, CliModelTrainedOnGpuValidatesOnCpu) {
+  SKIP_WITHOUT_GPU();
+  TempDir d, data;
+  WriteBandsIdxDir(data, 320, 4);
+  std::string out;
+  ASSERT_EQ(RunFmnist("prep --data " + data.path() + " --out " + d / "prep" +
+                          " --validation 0.2 --seed 3",
+                      &out),
+            0)
+      << out;
+  std::map<std::string, Json> trained, validated;
+  for (const std::string device : {"cpu", "cuda"}) {
+    out.clear();
+    ASSERT_EQ(RunFmnist("train --data " + d / "prep" + " --out " + d / ("train-" + device) +
+                            " --epochs 3 --batch 32 --hidden 64 --seed 3 --device " + device,
+                        &out),
+              0)
+        << out;
+    std::printf("%s", out.c_str());
+    auto metrics = ParseJson(ReadAll(d / ("train-" + device + "/metrics.json")));
+    ASSERT_TRUE(metrics.ok());
+    EXPECT_EQ((*metrics)["device"], device);
+    EXPECT_GT((*metrics)["images_per_second"].get<double>(), 0);
+    trained[device] = *metrics;
+    // The model, whoever trained it, is validated on the CPU.
+    out.clear();
+    ASSERT_EQ(RunFmnist("validate --data " + data.path() + " --model " + d / ("train-" + device) +
+                            " --out " + d / ("validate-" + device),
+                        &out),
+              0)
+        << out;
+    metrics = ParseJson(ReadAll(d / ("validate-" + device + "/metrics.json")));
+    ASSERT_TRUE(metrics.ok());
+    validated[device] = *metrics;
+  }
+  EXPECT_NEAR(trained["cuda"]["train_loss"].get<double>(),
+              trained["cpu"]["train_loss"].get<double>(), 1e-3);
+  EXPECT_NEAR(trained["cuda"]["validation_accuracy"].get<double>(),
+              trained["cpu"]["validation_accuracy"].get<double>(), 2.0 / 64);
+  const double cuda_acc = validated["cuda"]["accuracy"].get<double>();
+  const double cpu_acc = validated["cpu"]["accuracy"].get<double>();
+  std::printf("test accuracy of the model trained on cuda %.4f, on cpu %.4f\n", cuda_acc, cpu_acc);
+  EXPECT_NEAR(cuda_acc, cpu_acc, 0.02);
+  EXPECT_GT(cuda_acc, 0.8);
+
+  // Where a GPU is usable, auto picks it and says which.
+  out.clear();
+  ASSERT_EQ(RunFmnist("train --data " + d / "prep" + " --out " + d / "train-auto" +
+                          " --epochs 1 --hidden 8",
+                      &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("device auto -> cuda: "), std::string::npos) << out;
 }
 
 // ---- the real data set ----

@@ -14,7 +14,6 @@ namespace epoch::fmnist {
 
 namespace {
 
-constexpr float kBeta1 = 0.9f, kBeta2 = 0.999f, kAdamEps = 1e-8f;
 constexpr int kEvalRows = 256;  // rows per forward pass when evaluating
 
 double Since(std::chrono::steady_clock::time_point t0) {
@@ -32,9 +31,7 @@ void RunThreads(int threads, Fn fn) {
 
 }  // namespace
 
-Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
-                          const TrainOptions& o,
-                          const std::function<void(const EpochReport&)>& on_epoch) {
+Status CheckTrainInput(const Mlp& m, const Dataset& train, const TrainOptions& o) {
   if (o.epochs < 1) return InvalidArgument("epochs must be at least 1");
   if (o.batch < 1) return InvalidArgument("batch must be at least 1");
   if (!(o.lr > 0) || !std::isfinite(o.lr)) return InvalidArgument("lr must be positive");
@@ -45,11 +42,52 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
   if (m.inputs() != kPixels || m.outputs() != kClasses) {
     return InvalidArgument("the network must map 784 inputs to 10 classes");
   }
+  return Status::Ok();
+}
+
+BatchPlan PlanBatches(size_t n, const TrainOptions& o) {
+  BatchPlan p;
+  p.batch = static_cast<int>(std::min<size_t>(o.batch, n));
+  p.steps = static_cast<int>((n + p.batch - 1) / p.batch);
+  p.total_steps = int64_t{p.steps} * o.epochs;
+  return p;
+}
+
+double LearningRate(const TrainOptions& o, int64_t step, int64_t total_steps) {
+  if (!o.cosine) return o.lr;
+  return o.lr * 0.5 *
+         (1.0 + std::cos(std::numbers::pi * static_cast<double>(step) /
+                         static_cast<double>(total_steps)));
+}
+
+float AdamStepSize(double lr, int64_t step) {
+  const double k = static_cast<double>(step + 1);
+  return static_cast<float>(lr * std::sqrt(1.0 - std::pow(kAdamBeta2, k)) /
+                            (1.0 - std::pow(kAdamBeta1, k)));
+}
+
+MinibatchOrder::MinibatchOrder(size_t n, uint64_t seed)
+    : order_(n), rng_(std::make_unique<Rng>(seed ^ 0x5eed0f0a11ba7c4eULL)) {
+  std::iota(order_.begin(), order_.end(), 0u);
+}
+
+MinibatchOrder::~MinibatchOrder() = default;
+
+const std::vector<uint32_t>& MinibatchOrder::NextEpoch() {
+  rng_->Shuffle(order_);
+  return order_;
+}
+
+Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
+                          const TrainOptions& o,
+                          const std::function<void(const EpochReport&)>& on_epoch) {
+  RETURN_IF_ERROR(CheckTrainInput(m, train, o));
 
   const size_t n = train.size();
-  const int batch = static_cast<int>(std::min<size_t>(o.batch, n));
-  const int steps = static_cast<int>((n + batch - 1) / batch);
-  const int64_t total_steps = int64_t{steps} * o.epochs;
+  const BatchPlan plan = PlanBatches(n, o);
+  const int batch = plan.batch;
+  const int steps = plan.steps;
+  const int64_t total_steps = plan.total_steps;
   const size_t np = m.params.size();
   const int threads = o.threads;
 
@@ -65,15 +103,13 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
   }
   std::vector<float> m1(np, 0.0f), m2(np, 0.0f);  // Adam moments, or SGD velocity (m1)
 
-  std::vector<uint32_t> order(n);
-  std::iota(order.begin(), order.end(), 0u);
-  Rng rng(o.seed ^ 0x5eed0f0a11ba7c4eULL);
+  MinibatchOrder minibatches(n, o.seed);
 
   TrainReport report;
   const auto t_all = std::chrono::steady_clock::now();
   int64_t step_base = 0;
   for (int epoch = 1; epoch <= o.epochs; ++epoch) {
-    rng.Shuffle(order);
+    const std::vector<uint32_t>& order = minibatches.NextEpoch();
     std::vector<BatchStats> stats(kParts);
     double last_lr = o.lr;
     std::barrier sync(threads);
@@ -104,23 +140,16 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
         sync.arrive_and_wait();  // every part's gradient is ready
 
         const int64_t step = step_base + s;  // 0-based over the whole run
-        double lr = o.lr;
-        if (o.cosine) {
-          lr = o.lr * 0.5 *
-               (1.0 + std::cos(std::numbers::pi * static_cast<double>(step) /
-                               static_cast<double>(total_steps)));
-        }
+        const double lr = LearningRate(o, step, total_steps);
         if (t == 0 && s == steps - 1) last_lr = lr;
         float* w = m.params.data();
         if (o.optimizer == Optimizer::kAdam) {
-          const double k = static_cast<double>(step + 1);
-          const float step_size = static_cast<float>(lr * std::sqrt(1.0 - std::pow(kBeta2, k)) /
-                                                     (1.0 - std::pow(kBeta1, k)));
+          const float step_size = AdamStepSize(lr, step);
           for (size_t i = p_begin; i < p_end; ++i) {
             float g = grads[0][i];
             for (int q = 1; q < kParts; ++q) g += grads[q][i];
-            m1[i] = kBeta1 * m1[i] + (1.0f - kBeta1) * g;
-            m2[i] = kBeta2 * m2[i] + (1.0f - kBeta2) * g * g;
+            m1[i] = kAdamBeta1 * m1[i] + (1.0f - kAdamBeta1) * g;
+            m2[i] = kAdamBeta2 * m2[i] + (1.0f - kAdamBeta2) * g * g;
             w[i] -= step_size * m1[i] / (std::sqrt(m2[i]) + kAdamEps);
           }
         } else {

@@ -1,17 +1,22 @@
-// Training and evaluation of an Mlp on the CPU.
+// Training and evaluation of an Mlp on the CPU, and the parts of training every device
+// shares (cuda_train.h is the GPU's Train).
 //
 // Minibatch training with Adam (default) or SGD with momentum, optionally a cosine
 // learning-rate decay to zero over the run. Each minibatch is cut into kParts fixed
 // parts whose gradients are computed independently (in parallel when threads > 1) and
 // summed in part order, then the update is applied by parameter ranges in parallel;
 // so the result for a seed is the same whatever the thread count, run after run.
+// The minibatch order (MinibatchOrder), the batch plan (PlanBatches), the learning rate
+// (LearningRate, AdamStepSize) and the optimizer constants are the same on every device.
 //
 // Thread-safety: Train and Evaluate start and join their own threads; the model must
-// not be touched by anyone else during the call.
+// not be touched by anyone else during the call. A MinibatchOrder is a plain value.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,6 +27,9 @@
 namespace epoch::fmnist {
 
 inline constexpr int kParts = 2;  // parts of each minibatch (the most threads used)
+
+// Adam's constants (Kingma & Ba's defaults).
+inline constexpr float kAdamBeta1 = 0.9f, kAdamBeta2 = 0.999f, kAdamEps = 1e-8f;
 
 enum class Optimizer { kAdam, kSgd };
 
@@ -58,6 +66,47 @@ struct TrainReport {
 Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
                           const TrainOptions& options,
                           const std::function<void(const EpochReport&)>& on_epoch);
+
+// What Train checks before it starts: kInvalidArgument naming the bad option, an empty
+// training set, or a network that does not map 784 inputs to 10 classes.
+Status CheckTrainInput(const Mlp& m, const Dataset& train, const TrainOptions& options);
+
+// How a run over n training images is cut into minibatches: `steps` batches per epoch,
+// each of `batch` images but the last, which holds the rest.
+struct BatchPlan {
+  int batch = 0;            // min(options.batch, n)
+  int steps = 0;            // ceil(n / batch)
+  int64_t total_steps = 0;  // steps * options.epochs
+};
+BatchPlan PlanBatches(size_t n, const TrainOptions& options);
+
+// The learning rate of 0-based step `step` of a run of `total_steps`: options.lr, or
+// with options.cosine its half-cosine decay towards 0.
+double LearningRate(const TrainOptions& options, int64_t step, int64_t total_steps);
+
+// Adam's bias-corrected step size at 0-based step `step`:
+// lr * sqrt(1 - beta2^(step+1)) / (1 - beta1^(step+1)).
+float AdamStepSize(double lr, int64_t step);
+
+class Rng;
+
+// The order in which each epoch visits the n training images: a permutation of
+// 0..n-1, reshuffled at every epoch by an Rng seeded from `seed` (TrainOptions::seed),
+// so every device sees the same minibatches.
+class MinibatchOrder {
+ public:
+  MinibatchOrder(size_t n, uint64_t seed);
+  ~MinibatchOrder();
+  MinibatchOrder(const MinibatchOrder&) = delete;
+  MinibatchOrder& operator=(const MinibatchOrder&) = delete;
+
+  // Reshuffles and returns the next epoch's order.
+  const std::vector<uint32_t>& NextEpoch();
+
+ private:
+  std::vector<uint32_t> order_;
+  std::unique_ptr<Rng> rng_;
+};
 
 struct Evaluation {
   double accuracy = 0;
