@@ -10,9 +10,12 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "api/client/client.h"
 #include "api/client/output.h"
+#include "api/client/verify_file.h"
+#include "common/clock.h"
 #include "common/units.h"
 
 namespace epoch::client {
@@ -289,6 +292,43 @@ int Events(Context& c, EventArgs a) {
   }
 }
 
+// events export: every event (of one run, within a time range) as one JSON line with
+// its hashes, for `audit verify --file` or any other tool.
+struct ExportArgs {
+  std::string run, from, to;
+};
+
+int ExportEvents(Context& c, const ExportArgs& a) {
+  std::string from, to;  // as the server writes times: fixed-width UTC, so text compares
+  for (auto [flag, in, out] : {std::tuple{"--from", &a.from, &from}, {"--to", &a.to, &to}}) {
+    if (in->empty()) continue;
+    auto t = ParseTime(*in);
+    if (!t.ok()) return Fail(InvalidArgument(std::string(flag) + ": " + t.status().message()));
+    *out = FormatTime(*t);
+  }
+  EventQuery q;
+  q.run = a.run;
+  q.limit = 1000;
+  uint64_t written = 0;
+  while (true) {
+    auto page = c.api->ListEvents(q);
+    if (!page.ok()) return Fail(page.status());
+    const Json& items = (*page)["items"];
+    if (!items.is_array() || items.empty()) break;
+    for (const Json& e : items) {
+      std::string t = e.value("time", "");
+      if ((!from.empty() && t < from) || (!to.empty() && t >= to)) continue;
+      std::cout << e.dump(-1, ' ', false, Json::error_handler_t::strict) << '\n';
+      ++written;
+    }
+    q.after = items.back().value("position", uint64_t{0});
+    if (!a.run.empty() || (*page)["next_cursor"].is_null()) break;  // a run's page is whole
+  }
+  std::cout.flush();
+  std::cerr << written << " events exported\n";
+  return std::cout ? 0 : 1;
+}
+
 int Containers(Context& c) {
   auto res = c.api->ListContainers();
   if (!res.ok()) return Fail(res.status());
@@ -313,6 +353,39 @@ Result<std::string> CheckpointArg(const std::string& flag, const std::string& v)
     return InvalidArgument(flag + ": must be POSITION:HASH as `epochctl audit checkpoint` prints");
   }
   return v;
+}
+
+int AuditVerifyFile(Context& c, const std::string& file, const std::string& against) {
+  std::ifstream in(file);
+  if (!in) return Fail(NotFound("--file: cannot open " + file));
+  auto res = VerifyEventsFile(in, against);
+  if (!res.ok()) return Fail(res.status());
+  const Json& r = *res;
+  if (c.json()) {
+    Print(RenderJson(r));
+  } else if (r.value("ok", false)) {
+    std::string text = "ok: " + std::to_string(r.value("events", uint64_t{0})) +
+                       " events, every hash recomputed, " +
+                       std::to_string(r.value("links_checked", uint64_t{0})) + " links checked";
+    if (r.contains("last_position")) {
+      text += "\nlast " + std::to_string(r.value("last_position", uint64_t{0})) + ":" +
+              r.value("last_hash", "");
+    }
+    if (r.contains("against")) {
+      text += "\nmatches checkpoint " + std::to_string(r["against"].value("position", uint64_t{0})) +
+              ":" + r["against"].value("hash", "");
+    }
+    Print(text + "\n");
+  } else {
+    std::string text = "FAILED";
+    if (r.contains("problem")) text += ": " + r.value("problem", "");
+    if (r.contains("against") && !r["against"].value("ok", false)) {
+      text += "\ncheckpoint " + std::to_string(r["against"].value("position", uint64_t{0})) + ": " +
+              r["against"].value("problem", "");
+    }
+    Print(text + "\n");
+  }
+  return r.value("ok", false) ? 0 : 1;
 }
 
 int AuditVerify(Context& c, const std::string& against, const std::string& from) {
@@ -499,7 +572,16 @@ int Main(int argc, char** argv) {
   events->add_option("--stream", ev.query.stream, "only this stream");
   events->add_option("--limit", ev.limit, "at most this many events");
   events->add_flag("-f,--follow", ev.follow, "keep streaming new events");
-  events->callback([&] { action = [&](Context& c) { return Events(c, ev); }; });
+  events->callback([&] {
+    if (!action) action = [&](Context& c) { return Events(c, ev); };
+  });
+  ExportArgs ex;
+  auto* exp = events->add_subcommand(
+      "export", "every event as one JSON line with its hashes (verify with audit verify --file)");
+  exp->add_option("--run", ex.run, "only this run's events");
+  exp->add_option("--from", ex.from, "only events at or after this time (RFC 3339)");
+  exp->add_option("--to", ex.to, "only events before this time (RFC 3339)");
+  exp->callback([&] { action = [&](Context& c) { return ExportEvents(c, ex); }; });
 
   // dataset, model: the same two commands on the two lineage endpoints.
   std::string artifact_name;
@@ -539,7 +621,15 @@ int Main(int argc, char** argv) {
   verify->add_option("--against", against,
                      "POSITION:HASH from `audit checkpoint`: prove the history up to it unchanged");
   verify->add_option("--from", from_cp, "POSITION:HASH: trust a checkpoint, verify what follows");
-  verify->callback([&] { action = [&](Context& c) { return AuditVerify(c, against, from_cp); }; });
+  std::string verify_file;
+  verify->add_option("--file", verify_file,
+                     "verify an `events export` file offline instead of asking the server");
+  verify->callback([&] {
+    action = [&](Context& c) {
+      return verify_file.empty() ? AuditVerify(c, against, from_cp)
+                                 : AuditVerifyFile(c, verify_file, against);
+    };
+  });
   audit->add_subcommand("checkpoint", "print the head as POSITION:HASH, to keep elsewhere")
       ->callback([&] { action = [&](Context& c) { return AuditCheckpoint(c); }; });
 
