@@ -981,6 +981,66 @@ void ApiServer::Impl::EventRoutes() {
                                              : Json(nullptr);
              WriteJson(res, 200, Json{{"items", items}, {"next_cursor", next}});
            }));
+  // A run's readable history: every event of its stream as a line of text (who did
+  // what, where, with which GPUs and exit codes), and each step's attempts in brief.
+  http.Get(R"(/v1/runs/([^/]+)/history)",
+           Wrap("/v1/runs/{id}/history", [this](const Request& req, Response& res) {
+             std::string id = req.matches[1];
+             Json run;
+             bool exists = engine->Read([&](const engine::State& s) {
+               const engine::Run* r = s.FindRun(id);
+               if (r) run = engine::RunToJson(*r, engine->options().config);
+               return r != nullptr;
+             });
+             if (!exists) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+             Json timeline = Json::array();
+             std::string stream = engine::RunStream(id);
+             for (uint64_t version = 1;;) {
+               auto page = store->ReadStream(stream, version, 1000);
+               if (!page.ok()) return WriteError(res, FromStatus(page.status()));
+               for (const auto& e : *page) {
+                 auto data = ParseJson(e.data, 256);
+                 Json d = data.ok() ? *data : Json::object();
+                 Json item{{"position", e.position}, {"time", e.time}, {"type", e.type},
+                           {"actor", e.actor},
+                           {"text", engine::DescribeRunEvent(e.type, d, e.actor)}};
+                 if (d.contains("step")) item["step"] = d["step"];
+                 if (d.contains("attempt")) item["attempt"] = d["attempt"];
+                 timeline.push_back(std::move(item));
+               }
+               if (page->size() < 1000) break;
+               version = page->back().version + 1;
+             }
+             Json steps = Json::array();
+             for (const auto& st : run["steps"]) {
+               Json attempts = Json::array();
+               for (const auto& a : st["attempts"]) {
+                 Json brief{{"attempt", a["attempt"]},     {"state", a["state"]},
+                            {"container", a["container"]}, {"gpus", a["gpu_uuids"].empty() ? a["gpus"] : a["gpu_uuids"]},
+                            {"exit_code", a["exit_code"]}, {"reason", a["reason"]},
+                            {"started_at", a["started_at"]}, {"finished_at", a["finished_at"]}};
+                 if (a.contains("usage") && a["usage"].contains("wall_s")) {
+                   brief["duration_s"] = a["usage"]["wall_s"];
+                 }
+                 for (const char* k : {"trial", "params", "cached_from"}) {
+                   if (a.contains(k)) brief[k] = a[k];
+                 }
+                 attempts.push_back(std::move(brief));
+               }
+               steps.push_back(Json{{"name", st["name"]}, {"kind", st["kind"]}, {"state", st["state"]},
+                                    {"attempts", attempts}});
+             }
+             WriteJson(res, 200, Json{{"run", id},
+                                      {"workflow", run["workflow"]},
+                                      {"version", run["version"]},
+                                      {"state", run["state"]},
+                                      {"tenant", run["tenant"]},
+                                      {"submitter", run["submitter"]},
+                                      {"submitted_at", run["submitted_at"]},
+                                      {"finished_at", run["finished_at"]},
+                                      {"steps", steps},
+                                      {"timeline", timeline}});
+           }));
   http.Get(R"(/v1/runs/([^/]+)/events)",
            Wrap("/v1/runs/{id}/events", [this](const Request& req, Response& res) {
              std::string id = req.matches[1];

@@ -233,6 +233,9 @@ Json ContainerToJson(const Container& c);
 // A data set or model version with its lineage (kind "dataset" or "model").
 Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool model);
 Json CacheEntryToJson(const std::string& key, const CacheEntry& e);
+// One line of a run's readable history for an event of its stream, e.g.
+// "step train attempt 2 started on c1 (GPUs 0,1)"; empty for types it does not know.
+std::string DescribeRunEvent(const std::string& type, const Json& data, const std::string& actor);
 Json StateDigestJson(const State& s);
 
 }  // namespace epoch::engine

@@ -1,6 +1,8 @@
 // Readable projections of State, shared by the API and by replay tests.
 #include "engine/engine.h"
 
+#include <cstdio>
+
 namespace epoch::engine {
 
 namespace {
@@ -175,6 +177,124 @@ Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool mode
     j["validated_by"] = v.validated_by;
   }
   return j;
+}
+
+namespace {
+
+std::string JoinJson(const Json& list) {
+  std::string out;
+  if (!list.is_array()) return out;
+  for (const auto& x : list) {
+    if (!out.empty()) out += ",";
+    out += x.is_string() ? x.get<std::string>() : x.dump();
+  }
+  return out;
+}
+
+std::string StepAttempt(const Json& d) {
+  std::string s = "step " + d.value("step", "?");
+  if (d.contains("attempt")) s += " attempt " + d["attempt"].dump();
+  if (d.contains("rank")) s += " rank " + d["rank"].dump();
+  return s;
+}
+
+std::string Usage(const Json& d) {
+  const Json& u = d.contains("usage") && d["usage"].is_object() ? d["usage"] : Json::object();
+  if (!u.contains("wall_s") || !u["wall_s"].is_number()) return "";
+  char buf[48];
+  std::snprintf(buf, sizeof(buf), " after %.2fs", u["wall_s"].get<double>());
+  return buf;
+}
+
+}  // namespace
+
+std::string DescribeRunEvent(const std::string& type, const Json& d, const std::string& actor) {
+  if (type == ev::kRunSubmitted) {
+    return "run submitted by " + actor + ": " + d.value("workflow", "?") + "@" +
+           std::to_string(d.value("version", 0)) + " params " + d.value("params", Json::object()).dump() +
+           (d.value("idempotency_key", "").empty() ? "" : " (idempotency key " + d.value("idempotency_key", "") + ")");
+  }
+  if (type == ev::kStepReady) return "step " + d.value("step", "?") + " ready";
+  if (type == ev::kStepSkipped) return "step " + d.value("step", "?") + " skipped: " + d.value("reason", "");
+  if (type == ev::kJobQueued) {
+    std::string s = StepAttempt(d) + " queued";
+    if (d.contains("trial")) s += " (trial " + d["trial"].dump() + " " + d.value("params", Json::object()).dump() + ")";
+    if (d.contains("cache") && d["cache"].contains("miss")) s += " (cache miss: " + d["cache"].value("miss", "") + ")";
+    return s;
+  }
+  if (type == ev::kJobCacheHit) {
+    return StepAttempt(d) + " reused " + d.value("source_run", "?") + "/" + d.value("source_step", "?") + "/" +
+           std::to_string(d.value("source_attempt", 0)) + " from the cache";
+  }
+  if (type == ev::kJobAssigned) {
+    if (d.contains("placements")) {
+      std::string s = StepAttempt(d) + " placed as a gang:";
+      for (const auto& p : d["placements"]) {
+        s += " rank " + p.value("rank", Json(0)).dump() + " on " + p.value("container", "?");
+        std::string g = JoinJson(p.value("gpus", Json::array()));
+        if (!g.empty()) s += " (GPUs " + g + ")";
+      }
+      return s;
+    }
+    std::string g = JoinJson(d.value("gpus", Json::array()));
+    return StepAttempt(d) + " assigned to " + d.value("container", "?") + (g.empty() ? "" : " (GPUs " + g + ")");
+  }
+  if (type == ev::kJobStarted) return StepAttempt(d) + " started on " + d.value("container", "?");
+  if (type == ev::kJobSucceeded) {
+    std::string s = StepAttempt(d) + " succeeded" + Usage(d);
+    Json metrics = d.value("metrics", Json::object());
+    if (metrics.is_object() && !metrics.empty()) {
+      std::string m;
+      for (const auto& [k, v] : metrics.items()) {
+        if (!v.is_number()) continue;
+        m += (m.empty() ? "" : " ") + k + "=" + v.dump();
+      }
+      if (!m.empty()) s += ": " + m;
+    }
+    return s;
+  }
+  if (type == ev::kJobFailed) {
+    std::string s = StepAttempt(d) + " failed" + Usage(d);
+    if (d.contains("exit_code") && !d["exit_code"].is_null()) s += " (exit " + d["exit_code"].dump() + ")";
+    return s + ": " + d.value("reason", "failed");
+  }
+  if (type == ev::kJobTimedOut) return StepAttempt(d) + " timed out" + Usage(d);
+  if (type == ev::kJobCancelled) return StepAttempt(d) + " cancelled: " + d.value("reason", "");
+  if (type == ev::kJobWorkerFinished) {
+    std::string s = StepAttempt(d) + " worker " + d.value("state", "?");
+    if (d.contains("exit_code") && !d["exit_code"].is_null()) s += " (exit " + d["exit_code"].dump() + ")";
+    return s;
+  }
+  if (type == ev::kJobRetryScheduled) {
+    return "step " + d.value("step", "?") + " attempt " + d.value("attempt", Json(0)).dump() + " scheduled for " +
+           d.value("not_before", "?") + " after: " + d.value("after_reason", "");
+  }
+  if (type == ev::kStepSweepCompleted) {
+    if (d.contains("best_trial") && !d["best_trial"].is_null()) {
+      return "step " + d.value("step", "?") + " sweep done: best trial " + d["best_trial"].dump() + " " +
+             d.value("best_params", Json::object()).dump() + " " + d.value("metric", "") + "=" +
+             d.value("best_value", Json()).dump() + " (" + d.value("failed", Json(0)).dump() + " of " +
+             d.value("trials", Json(0)).dump() + " failed)";
+    }
+    return "step " + d.value("step", "?") + " sweep failed: " + d.value("reason", "");
+  }
+  if (type == ev::kDatasetVersionRegistered || type == ev::kModelVersionRegistered) {
+    bool model = type == ev::kModelVersionRegistered;
+    return std::string(model ? "model " : "data set ") + d.value("name", "?") + " version " +
+           d.value("version", Json(0)).dump() + " registered from step " + d.value("step", "?");
+  }
+  if (type == ev::kModelVersionValidated) {
+    return "model " + d.value("name", "?") + " version " + d.value("version", Json(0)).dump() +
+           " validated by step " + d.value("step", "?");
+  }
+  if (type == ev::kRunCancelRequested) return "cancel requested by " + d.value("by", actor);
+  if (type == ev::kRunRetryRequested) {
+    return "retry requested by " + d.value("by", actor) + " for steps " + JoinJson(d.value("steps", Json::array()));
+  }
+  if (type == ev::kRunSucceeded) return "run succeeded";
+  if (type == ev::kRunFailed) return "run failed: " + d.value("reason", "");
+  if (type == ev::kRunCancelled) return "run cancelled";
+  return "";
 }
 
 }  // namespace epoch::engine

@@ -568,6 +568,9 @@ Result<WriteResult> ApiClient::SubmitRun(const SubmitRunRequest& r) {
 Result<Json> ApiClient::GetRun(const std::string& id) {
   return GetJson("/v1/runs/" + UrlEncode(id));
 }
+Result<Json> ApiClient::GetRunHistory(const std::string& id) {
+  return GetJson("/v1/runs/" + UrlEncode(id) + "/history");
+}
 
 Result<Json> ApiClient::ListRuns(const RunListQuery& q) {
   Query query = {{"state", q.state}, {"workflow", q.workflow}};

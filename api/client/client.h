@@ -178,6 +178,7 @@ class ApiClient {
   Result<Json> GetWorkflow(const std::string& name, std::optional<int64_t> version);
   Result<WriteResult> SubmitRun(const SubmitRunRequest& request);
   Result<Json> GetRun(const std::string& id);
+  Result<Json> GetRunHistory(const std::string& id);
   Result<Json> ListRuns(const RunListQuery& query);
   Result<WriteResult> CancelRun(const std::string& id);
   Result<WriteResult> RetryRun(const std::string& id);

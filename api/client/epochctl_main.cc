@@ -329,6 +329,31 @@ int ExportEvents(Context& c, const ExportArgs& a) {
   return std::cout ? 0 : 1;
 }
 
+int RunHistory(Context& c, const std::string& id) {
+  auto res = c.api->GetRunHistory(id);
+  if (!res.ok()) return Fail(res.status());
+  if (c.json()) {
+    Print(RenderJson(*res));
+    return 0;
+  }
+  const Json& h = *res;
+  std::string out = "Run " + h.value("run", "") + ": " + h.value("workflow", "") + "@" +
+                    h["version"].dump() + ", " + h.value("state", "") + ", submitted by " +
+                    h.value("submitter", "") + " (tenant " + h.value("tenant", "") + ")\n\n";
+  for (const auto& e : h["timeline"]) {
+    std::string t = e.value("time", "");
+    if (t.size() >= 23) t = t.substr(0, 10) + " " + t.substr(11, 12);
+    std::string text = e.value("text", "");
+    if (text.empty()) text = e.value("type", "");
+    out += t + "  #" + e["position"].dump() + "  " + text;
+    std::string actor = e.value("actor", "");
+    if (!actor.empty() && actor != "system") out += "  [" + actor + "]";
+    out += "\n";
+  }
+  Print(out);
+  return 0;
+}
+
 int Containers(Context& c) {
   auto res = c.api->ListContainers();
   if (!res.ok()) return Fail(res.status());
@@ -539,6 +564,10 @@ int Main(int argc, char** argv) {
   ls->add_flag("--all", list.all, "fetch every page");
   ls->callback([&] { action = [&](Context& c) { return RunList(c, list); }; });
 
+  run->add_subcommand("history", "a run's timeline: every step and attempt, who did what")
+      ->callback([&] { action = [&](Context& c) { return RunHistory(c, run_id); }; })
+      ->add_option("id", run_id)
+      ->required();
   run->add_subcommand("cancel", "cancel a run")
       ->callback([&] { action = [&](Context& c) { return RunWrite(c, run_id, true); }; })
       ->add_option("id", run_id)
