@@ -945,7 +945,23 @@ void ApiServer::Impl::EventRoutes() {
              if (!limit.ok()) return WriteError(res, err);
              storage::ReadFilter filter;
              filter.types = SplitComma(req.get_param_value("type"));
+             filter.actor = req.get_param_value("actor");
+             for (auto [name, field] : {std::pair{"since", &filter.since}, {"until", &filter.until}}) {
+               if (!req.has_param(name)) continue;
+               auto t = ParseTime(req.get_param_value(name));
+               if (!t.ok()) {
+                 return WriteError(res, {400, "bad_parameter",
+                                         std::string(name) + ": " + t.status().message(), {}});
+               }
+               *field = FormatTime(*t);
+             }
              std::string stream = req.get_param_value("stream");
+             if (req.has_param("run")) {
+               if (!stream.empty()) {
+                 return WriteError(res, {400, "bad_parameter", "run and stream: give one", {}});
+               }
+               stream = engine::RunStream(req.get_param_value("run"));
+             }
              bool exact = !stream.empty() && stream.back() != '*';
              filter.stream_prefix = exact ? stream : stream.substr(0, stream.empty() ? 0 : stream.size() - 1);
              uint64_t from = static_cast<uint64_t>(*after);

@@ -87,6 +87,10 @@ struct AppendResult {
 struct ReadFilter {
   std::string stream_prefix;       // empty = every stream
   std::vector<std::string> types;  // empty = every type
+  std::string actor{};             // empty = every actor
+  // Time range [since, until) as RFC 3339 UTC with microseconds (the envelopes' own
+  // fixed-width form, so they compare as text); empty = unbounded.
+  std::string since{}, until{};
 };
 
 struct HeadInfo {

@@ -80,6 +80,9 @@ bool Matches(const Envelope& env, const ReadFilter& filter) {
       std::find(filter.types.begin(), filter.types.end(), env.type) == filter.types.end()) {
     return false;
   }
+  if (!filter.actor.empty() && env.actor != filter.actor) return false;
+  if (!filter.since.empty() && env.time < filter.since) return false;
+  if (!filter.until.empty() && env.time >= filter.until) return false;
   return true;
 }
 

@@ -524,6 +524,39 @@ TEST_F(StoreTest, BrokenLinkIsCorruptionNamingThePosition) {
   EXPECT_EQ(page.status().message(), "event 4: prev_hash does not match the hash of event 3");
 }
 
+TEST_F(StoreTest, ReadAllFiltersByActorAndTimeRange) {
+  auto batch = [](const char* time, const char* actor) {
+    AppendBatch b;
+    b.time = time;
+    b.epoch = 1;
+    StreamAppend sa{"run-1", kAnyVersion, {}};
+    sa.events.push_back(NewEvent{"A", 1, actor, "{}"});
+    b.appends.push_back(std::move(sa));
+    return b;
+  };
+  ASSERT_TRUE(store_->Append(batch("2026-11-28T10:00:00.000000Z", "alice")).ok());
+  ASSERT_TRUE(store_->Append(batch("2026-11-28T11:00:00.000000Z", "bob")).ok());
+  ASSERT_TRUE(store_->Append(batch("2026-11-28T12:00:00.000000Z", "alice")).ok());
+  ReadFilter alice;
+  alice.actor = "alice";
+  auto a = store_->ReadAll(0, 100, alice);
+  ASSERT_TRUE(a.ok());
+  ASSERT_EQ(a->size(), 2u);
+  EXPECT_EQ((*a)[0].position, 1u);
+  EXPECT_EQ((*a)[1].position, 3u);
+  ReadFilter range;
+  range.since = "2026-11-28T11:00:00.000000Z";  // inclusive
+  range.until = "2026-11-28T12:00:00.000000Z";  // exclusive
+  auto r = store_->ReadAll(0, 100, range);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->size(), 1u);
+  EXPECT_EQ((*r)[0].actor, "bob");
+  range.actor = "alice";
+  auto none = store_->ReadAll(0, 100, range);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+}
+
 TEST_F(StoreTest, VerifyChainWalksEverythingOrFromACheckpoint) {
   auto empty = store_->VerifyChain();
   ASSERT_TRUE(empty.ok());

@@ -150,6 +150,25 @@ TEST(AuditE2ETest, RunHistoryTellsWhoDidWhatAndWhere) {
   EXPECT_NE(out.find("step s attempt 1 cancelled"), std::string::npos) << out;
   EXPECT_NE(out.find("run cancelled"), std::string::npos) << out;
   EXPECT_EQ(d.Get("/v1/runs/nope/history").status, 404);
+
+  // The event log filtered by actor, run and time.
+  Json by_alice = d.Get("/v1/events?actor=alice").json()["items"];
+  ASSERT_EQ(by_alice.size(), 1u) << by_alice.dump(2);
+  EXPECT_EQ(by_alice[0]["type"], "RunCancelRequested");
+  Json of_run = d.Get("/v1/events?run=" + sid).json()["items"];
+  ASSERT_GE(of_run.size(), 4u);
+  for (const auto& e : of_run) EXPECT_EQ(e["stream"], "run-" + sid);
+  std::string t = of_run[1]["time"];
+  Json later = d.Get("/v1/events?run=" + sid + "&since=" + t).json()["items"];
+  ASSERT_FALSE(later.empty());
+  for (const auto& e : later) EXPECT_GE(e["time"].get<std::string>(), t);
+  EXPECT_TRUE(d.Get("/v1/events?run=" + sid + "&until=" + of_run[0]["time"].get<std::string>())
+                  .json()["items"]
+                  .empty());
+  HttpResult bad = d.Get("/v1/events?since=yesterday");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(bad.body.find("since: "), std::string::npos) << bad.body;
+  EXPECT_EQ(d.Get("/v1/events?run=x&stream=y").status, 400);
 }
 
 }  // namespace
