@@ -614,6 +614,8 @@ TEST_F(SweepTest, CancelStopsEveryTrialAndQueuesNoMore) {
   Do(done, &st);
   EXPECT_EQ(R(run).phase, RunPhase::kCancelled);
   EXPECT_EQ(R(run).steps[0].attempts.size(), 2u);
+  EXPECT_EQ(R(run).steps[0].phase, StepPhase::kCancelled);
+  EXPECT_EQ(R(run).steps[0].reason, "run cancelled");
 }
 
 TEST_F(SweepTest, SweepParamsAndBestParamsAreCheckedAtRegistration) {

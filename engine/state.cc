@@ -574,7 +574,9 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
         s.retry_timers.erase({*st.retry_at, AttemptId(run.id, st.name, st.next_attempt)});
         st.retry_at.reset();
       }
-      if (st.phase == StepPhase::kPending || st.phase == StepPhase::kQueued) {
+      // (A sweep's step stays running between trials: settle it too.)
+      if (st.phase == StepPhase::kPending || st.phase == StepPhase::kQueued ||
+          st.phase == StepPhase::kRunning) {
         if (!st.HasActive()) {
           st.phase = StepPhase::kCancelled;
           st.reason = type == ev::kRunFailed ? "run failed" : "run cancelled";
