@@ -8,10 +8,17 @@
 #include "common/ids.h"
 #include "common/sha256.h"
 #include "common/units.h"
+#include "workflows/problems.h"
 #include "workflows/template.h"
 #include "workflows/when.h"
 
 namespace epoch::workflows {
+
+using internal::CheckKnownFields;
+using internal::IntegerIn;
+using internal::IsParamName;
+using internal::Problems;
+using internal::Quote;
 
 std::string_view StepKindName(StepKind k) {
   switch (k) {
@@ -60,46 +67,6 @@ namespace {
 constexpr int kMaxRetryLimit = 100;
 constexpr int64_t kMaxGpus = 1024;
 
-// Every problem found, as "<path>: <reason>".
-class Problems {
- public:
-  void Add(std::string_view path, std::string_view reason) {
-    list_.push_back(std::string(path) + ": " + std::string(reason));
-  }
-  // A Status from a common/ parser: its message is the reason.
-  void Add(std::string_view path, const Status& st) { Add(path, st.message()); }
-  // A "<path>: <reason>" string made elsewhere (sweep.h).
-  void AddRaw(std::string problem) { list_.push_back(std::move(problem)); }
-  bool empty() const { return list_.empty(); }
-  size_t size() const { return list_.size(); }
-  std::vector<std::string> Take() { return std::move(list_); }
-
- private:
-  std::vector<std::string> list_;
-};
-
-std::string Quote(std::string_view s) { return "'" + std::string(s) + "'"; }
-
-// Reports every key of obj not in `known` as an unknown field.
-void CheckKnownFields(const Json& obj, std::initializer_list<std::string_view> known,
-                      std::string_view path, Problems* p) {
-  for (auto it = obj.begin(); it != obj.end(); ++it) {
-    if (std::find(known.begin(), known.end(), it.key()) == known.end()) {
-      p->Add(JoinPath(path, it.key()), "unknown field");
-    }
-  }
-}
-
-bool IsParamName(std::string_view s) {
-  if (s.empty() || s.size() > 63) return false;
-  auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; };
-  if (!alpha(s.front())) return false;
-  for (char c : s) {
-    if (!alpha(c) && !(c >= '0' && c <= '9') && c != '-') return false;
-  }
-  return true;
-}
-
 bool IsEnvName(std::string_view s) {
   if (s.empty()) return false;
   auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; };
@@ -131,15 +98,6 @@ std::optional<Micros> ParseDurationField(const Json& v, std::string_view path, P
     return std::nullopt;
   }
   return *d;
-}
-
-// v as an integer in [lo, hi], or nullopt (not an integer, or out of range).
-std::optional<int64_t> IntegerIn(const Json& v, int64_t lo, int64_t hi) {
-  if (!v.is_number_integer()) return std::nullopt;
-  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi)) return std::nullopt;
-  int64_t n = v.get<int64_t>();
-  if (n < lo || n > hi) return std::nullopt;
-  return n;
 }
 
 std::string FormatBytes(int64_t b) {
@@ -414,9 +372,7 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
   }
 
   if (auto it = j.find("sweep"); it != j.end()) {
-    std::vector<std::string> problems;
-    step->sweep = ParseSweep(*it, std::string(JoinPath(path, "sweep")), &problems);
-    for (const auto& problem : problems) p->AddRaw(problem);
+    step->sweep = ParseSweep(*it, std::string(JoinPath(path, "sweep")), p->list());
   }
 
   if (auto it = j.find("inputs"); it != j.end()) {

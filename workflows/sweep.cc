@@ -6,56 +6,20 @@
 #include <initializer_list>
 #include <string_view>
 
+#include "workflows/problems.h"
+
 namespace epoch::workflows {
+
+using internal::CheckKnownFields;
+using internal::IntegerIn;
+using internal::IsParamName;
+using internal::Problems;
+using internal::Quote;
+
 namespace {
 
 // Integers a double holds exactly: integer range bounds must stay within this.
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
-
-class Problems {
- public:
-  explicit Problems(std::vector<std::string>* out) : out_(out) {}
-  void Add(std::string_view path, std::string_view reason) {
-    out_->push_back(std::string(path) + ": " + std::string(reason));
-    ++count_;
-  }
-  bool empty() const { return count_ == 0; }
-
- private:
-  std::vector<std::string>* out_;
-  size_t count_ = 0;
-};
-
-std::string Quote(std::string_view s) { return "'" + std::string(s) + "'"; }
-
-void CheckKnownFields(const Json& obj, std::initializer_list<std::string_view> known,
-                      std::string_view path, Problems* p) {
-  for (auto it = obj.begin(); it != obj.end(); ++it) {
-    if (std::find(known.begin(), known.end(), it.key()) == known.end()) {
-      p->Add(JoinPath(path, it.key()), "unknown field");
-    }
-  }
-}
-
-// The workflow param name rule (definition.cc), since trial values become params.
-bool IsParamName(std::string_view s) {
-  if (s.empty() || s.size() > 63) return false;
-  auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; };
-  if (!alpha(s.front())) return false;
-  for (char c : s) {
-    if (!alpha(c) && !(c >= '0' && c <= '9') && c != '-') return false;
-  }
-  return true;
-}
-
-// v as an integer in [lo, hi], or nullopt (not an integer, or out of range).
-std::optional<int64_t> IntegerIn(const Json& v, int64_t lo, int64_t hi) {
-  if (!v.is_number_integer()) return std::nullopt;
-  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi)) return std::nullopt;
-  int64_t n = v.get<int64_t>();
-  if (n < lo || n > hi) return std::nullopt;
-  return n;
-}
 
 // Parses a "trials" or "parallel" count into *out; reports it at `path` otherwise.
 void ParseCount(const Json& v, std::string_view path, int* out, Problems* p) {
