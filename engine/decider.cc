@@ -741,8 +741,6 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
   out->push_back(RunEvent(run, ev::kJobQueued, std::move(data)));
 }
 
-bool HasActiveAttempt(const StepRun& s) { return s.HasActive(); }
-
 // A swept step that is running: queue trials while fewer than `parallel` are active,
 // and once every trial has ended choose the best (StepSweepCompleted).
 void SweepProgress(const State& state, const Run& run, const Step& step, const StepRun& s,
@@ -925,7 +923,7 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
       all_done = false;
     }
     if ((s.phase == StepPhase::kFailed || s.phase == StepPhase::kCancelled) && !s.retry_at &&
-        !HasActiveAttempt(s)) {
+        !s.HasActive()) {
       // Attempts used since the run was (re)started; a retry request starts a new round.
       int used = static_cast<int>(s.attempts.size()) - s.round_start + 1;
       if (used <= step.retry.limit && !step.sweep) {  // a sweep's trials are its tries

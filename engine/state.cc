@@ -274,6 +274,23 @@ void FinishAttempt(State& s, Target& t, AttemptPhase phase, const RecordedEvent&
   if (d.contains("reason") && d["reason"].is_string()) a.reason = d["reason"].get<std::string>();
 }
 
+// The attempt a JobQueued or JobCacheHit creates: number, resources, command, trial.
+Attempt AttemptFromEvent(const Json& d) {
+  Attempt a;
+  a.number = d.value("attempt", 1);
+  const Json& r = d.value("resources", Json::object());
+  a.resources.cpu_millis = r.value("cpu_millis", int64_t{100});
+  a.resources.memory_bytes = r.value("memory_bytes", int64_t{128} << 20);
+  a.resources.gpus = r.value("gpus", 0);
+  a.argv = d.value("argv", Json::array());
+  a.env = d.value("env", Json::object());
+  if (d.contains("trial")) {
+    a.trial = d.value("trial", 0);
+    a.trial_params = d.value("params", Json::object());
+  }
+  return a;
+}
+
 void EvolveRunEvent(State& s, const RecordedEvent& e) {
   const Json& d = e.data;
   const std::string& type = e.type;
@@ -366,22 +383,11 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     }
   } else if (type == ev::kJobQueued) {
     if (!t.step) return;
-    Attempt a;
-    a.number = d.value("attempt", 1);
+    Attempt a = AttemptFromEvent(d);
     if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return;
-    const Json& r = d.value("resources", Json::object());
-    a.resources.cpu_millis = r.value("cpu_millis", int64_t{100});
-    a.resources.memory_bytes = r.value("memory_bytes", int64_t{128} << 20);
-    a.resources.gpus = r.value("gpus", 0);
-    a.argv = d.value("argv", Json::array());
-    a.env = d.value("env", Json::object());
     a.timeout_ms = d.value("timeout_ms", int64_t{0});
     a.workers = d.value("workers", 1);
     if (auto c = d.find("cache"); c != d.end() && c->is_object()) a.cache_key = c->value("key", "");
-    if (d.contains("trial")) {
-      a.trial = d.value("trial", 0);
-      a.trial_params = d.value("params", Json::object());
-    }
     a.queue_seq = s.next_queue_seq++;
     a.queued_at = e.time;
     t.step->attempts.push_back(a);
@@ -459,23 +465,14 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     t.step->reason.clear();
   } else if (type == ev::kJobCacheHit) {
     if (!t.step) return;
-    Attempt a;
-    a.number = d.value("attempt", 1);
+    Attempt a = AttemptFromEvent(d);
     if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return;
-    const Json& r = d.value("resources", Json::object());
-    a.resources.cpu_millis = r.value("cpu_millis", int64_t{100});
-    a.resources.memory_bytes = r.value("memory_bytes", int64_t{128} << 20);
-    a.resources.gpus = r.value("gpus", 0);
-    a.argv = d.value("argv", Json::array());
-    a.env = d.value("env", Json::object());
     a.phase = AttemptPhase::kSucceeded;
     a.cache_key = d.value("key", "");
     a.cached_from =
         AttemptId(d.value("source_run", ""), d.value("source_step", ""), d.value("source_attempt", 0));
     a.queued_at = a.finished_at = e.time;
-    if (d.contains("trial")) {  // a trial's result, kept for the sweep to choose from
-      a.trial = d.value("trial", 0);
-      a.trial_params = d.value("params", Json::object());
+    if (a.trial >= 0) {  // a trial's result, kept for the sweep to choose from
       a.metrics = d.value("metrics", Json::object());
       a.outputs = d.value("outputs", Json::array());
       t.step->attempts.push_back(std::move(a));
