@@ -203,12 +203,15 @@ TEST(OutputsE2ETest, AStepDoesNotRunOnAnUpstreamOutputThatChanged) {
   std::filesystem::create_directories(work);
   Epochd d(dir.path() + "/data");
   d.Start();
-  // make writes data.txt, and 0.3 s after it ends (outside its process group)
-  // appends to it; wait gives that time; use reads data.txt and must not run.
+  // make writes data.txt, and after it ends a process outside its process group
+  // appends to it; make waits until that process has left its session (the agent kills
+  // the attempt's group when it ends), wait until it has appended; use reads data.txt
+  // and must not run.
   auto parsed = ParseJson(R"J({"name": "tamper", "params": {"work": ")J" + work + R"J("}, "steps": [
       {"name": "make", "outputs": ["data.txt"],
-       "command": ["sh", "-c", "echo 42 > {{outputs}}/data.txt; setsid sh -c 'sleep 0.3; echo 43 >> {{outputs}}/data.txt' > /dev/null 2>&1 < /dev/null &"]},
-      {"name": "wait", "after": ["make"], "command": ["sleep", "1.5"]},
+       "command": ["sh", "-c", "echo 42 > {{outputs}}/data.txt; setsid sh -c 'touch {{params.work}}/detached; sleep 0.3; echo 43 >> {{outputs}}/data.txt; touch {{params.work}}/tampered' > /dev/null 2>&1 < /dev/null & while [ ! -e {{params.work}}/detached ]; do sleep 0.01; done"]},
+      {"name": "wait", "after": ["make"],
+       "command": ["sh", "-c", "while [ ! -e {{params.work}}/tampered ]; do sleep 0.05; done"]},
       {"name": "use", "after": ["wait"],
        "command": ["sh", "-c", "echo ran >> {{params.work}}/use.count; cat {{steps.make.outputs.data.txt}}"]}]})J");
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
