@@ -2,6 +2,7 @@
 
 #include <functional>
 
+#include "api/auth.h"
 #include "common/units.h"
 
 namespace epoch::api {
@@ -113,6 +114,22 @@ const std::map<std::string, KeyDef>& Keys() {
          c->tls_certificate_secret_name = AsString(v);
          return Status::Ok();
        }}},
+      {"cluster.tlsCertificate",
+       {"<storage.dataDir>/tls/cert.pem (generated, self-signed)",
+        [](Config* c, const std::string&, const Json& v) {
+          c->tls_certificate = AsString(v);
+          return Status::Ok();
+        }}},
+      {"cluster.tlsKey", {"<storage.dataDir>/tls/key.pem (generated)",
+                          [](Config* c, const std::string&, const Json& v) {
+                            c->tls_key = AsString(v);
+                            return Status::Ok();
+                          }}},
+      {"api.tokensFile", {"<storage.dataDir>/tokens.json",
+                          [](Config* c, const std::string&, const Json& v) {
+                            c->tokens_file = AsString(v);
+                            return Status::Ok();
+                          }}},
       {"storage.dataDir", {"", [](Config* c, const std::string&, const Json& v) {
          c->data_dir = AsString(v);
          return Status::Ok();
@@ -191,6 +208,31 @@ const std::map<std::string, KeyDef>& Keys() {
   return *keys;
 }
 
+constexpr const char* kTenantNamePattern = "[a-z0-9][a-z0-9._-]{0,62}";
+
+// tenants.<name>.<setting>: the name may itself hold dots, so the setting is what
+// follows the last one.
+Status SetTenantKey(Config* c, const std::string& key, const Json& v) {
+  const std::string rest = key.size() > 8 ? key.substr(8) : "";  // after "tenants."
+  auto dot = rest.rfind('.');
+  if (key == "tenants" || dot == std::string::npos) {
+    return InvalidArgument(key + ": expected tenants.<name>.maxGpus (values file: " +
+                           R"({"tenants": {"<name>": {"maxGpus": 4}}}))");
+  }
+  std::string name = rest.substr(0, dot), setting = rest.substr(dot + 1);
+  if (!IsValidName(name)) {
+    return InvalidArgument(key + ": invalid tenant name '" + name + "' (expected " +
+                           kTenantNamePattern + ")");
+  }
+  if (setting != "maxGpus") {
+    return InvalidArgument(key + ": unknown tenant setting '" + setting +
+                           "' (a tenant has: maxGpus)");
+  }
+  ASSIGN_OR_RETURN(auto n, AsInt(key, v, 0, 1000000));
+  c->tenant_max_gpus[name] = static_cast<int>(n);
+  return Status::Ok();
+}
+
 void Flatten(const Json& j, const std::string& prefix, std::vector<std::pair<std::string, Json>>* out) {
   for (auto& [k, v] : j.items()) {
     std::string key = prefix.empty() ? k : prefix + "." + k;
@@ -205,6 +247,7 @@ void Flatten(const Json& j, const std::string& prefix, std::vector<std::pair<std
 }  // namespace
 
 Status SetKey(Config* config, const std::string& key, const Json& value) {
+  if (key == "tenants" || key.rfind("tenants.", 0) == 0) return SetTenantKey(config, key, value);
   auto it = Keys().find(key);
   if (it == Keys().end()) return InvalidArgument("unknown configuration key '" + key + "'");
   return it->second.set(config, key, value);
@@ -232,11 +275,12 @@ Status ApplySetArg(Config* config, const std::string& arg) {
 std::vector<std::pair<std::string, std::string>> DescribeKeys() {
   std::vector<std::pair<std::string, std::string>> out;
   for (const auto& [k, d] : Keys()) out.push_back({k, d.def});
+  out.push_back({"tenants.<name>.maxGpus", "(unlimited)"});
   return out;
 }
 
 Json Config::ToJson() const {
-  return Json{{"master.name", master_name},
+  Json j{{"master.name", master_name},
               {"sig.maxReplicas", max_replicas},
               {"sig.minReplicas", min_replicas},
               {"sig.cpu", std::to_string(container_cpu_millis) + "m"},
@@ -257,8 +301,13 @@ Json Config::ToJson() const {
               {"api.threads", threads},
               {"api.maxStreams", max_streams},
               {"api.advertiseUrl", advertise_url},
+              {"api.tokensFile", tokens_file},
+              {"cluster.tlsCertificate", tls_certificate},
+              {"cluster.tlsKey", tls_key},
               {"ha.tailInterval", FormatDuration(tail_interval)},
               {"ha.secondaryDir", secondary_dir}};
+  for (const auto& [name, n] : tenant_max_gpus) j["tenants." + name + ".maxGpus"] = n;
+  return j;
 }
 
 }  // namespace epoch::api

@@ -35,6 +35,8 @@ struct Config {
   int base_port = 30745;
   std::string host = "127.0.0.1";  // api.host
   std::string tls_certificate_secret_name;
+  std::string tls_certificate;  // cluster.tlsCertificate: PEM path; empty = <data-dir>/tls/cert.pem
+  std::string tls_key;          // cluster.tlsKey: PEM path; empty = <data-dir>/tls/key.pem
   // storage.*
   std::string data_dir;
   uint64_t snapshot_every = 100000;  // events between the leader's snapshots (0 = never)
@@ -49,17 +51,22 @@ struct Config {
   size_t max_body_bytes = 1 << 20;
   int threads = 64;
   int max_streams = 32;  // concurrent SSE streams
-  std::string advertise_url;  // default http://<host>:<port>
+  std::string advertise_url;  // default https://<host>:<port>
+  std::string tokens_file;    // api.tokensFile; empty = <data-dir>/tokens.json
+  bool plain_http = false;    // epochd --insecure-http (not a key): no TLS
   // ha.* (hot standby)
   Micros tail_interval = std::chrono::milliseconds(100);  // tail + election attempt period
   std::string secondary_dir;  // the standby's RocksDB secondary files
+  // tenants.<name>.maxGpus: GPUs a tenant's attempts may hold at once (absent: unlimited).
+  std::map<std::string, int> tenant_max_gpus;
 
   // The effective configuration as JSON (dotted keys), for /v1/cluster and logs.
   Json ToJson() const;
 };
 
 // Applies one key. kInvalidArgument "sig.cpu: invalid cpu quantity ..." or
-// "unknown configuration key 'sig.foo'".
+// "unknown configuration key 'sig.foo'". `tenants.<name>.maxGpus` is the one key
+// pattern: <name> is [a-z0-9][a-z0-9._-]{0,62} and the value an integer >= 0.
 Status SetKey(Config* config, const std::string& key, const Json& value);
 // Applies a values document: nested objects flatten to dotted keys.
 Status ApplyValues(Config* config, const Json& values);

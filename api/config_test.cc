@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <map>
+#include <string>
+
 #include "api/config.h"
 
 namespace epoch::api {
@@ -45,6 +48,50 @@ TEST(ConfigTest, ErrorsNameTheKey) {
   st = ApplySetArg(&c, "executor.backend=kubernetes");
   EXPECT_NE(st.message().find("unknown backend"), std::string::npos);
   EXPECT_EQ(c.max_replicas, 10);  // nothing changed by the failures
+}
+
+TEST(ConfigTest, TenantGpuQuotasFromValuesAndSet) {
+  Config c;
+  EXPECT_TRUE(c.tenant_max_gpus.empty());  // no quota: unlimited
+  ASSERT_TRUE(ApplyValues(&c, *ParseJson(R"({"tenants": {"ml": {"maxGpus": 4},
+      "team.v2_x-y": {"maxGpus": 0}}, "tenants.cv.maxGpus": "2"})")).ok());
+  EXPECT_EQ(c.tenant_max_gpus, (std::map<std::string, int>{{"ml", 4}, {"team.v2_x-y", 0},
+                                                           {"cv", 2}}));
+  ASSERT_TRUE(ApplySetArg(&c, "tenants.ml.maxGpus=8").ok());
+  ASSERT_TRUE(ApplySetArg(&c, "tenants.default.maxGpus=1").ok());
+  EXPECT_EQ(c.tenant_max_gpus["ml"], 8);
+  EXPECT_EQ(c.tenant_max_gpus["default"], 1);
+  EXPECT_EQ(c.ToJson()["tenants.ml.maxGpus"], 8);
+  bool described = false;
+  for (const auto& [k, d] : DescribeKeys()) described |= k == "tenants.<name>.maxGpus";
+  EXPECT_TRUE(described);
+}
+
+TEST(ConfigTest, TenantQuotaErrorsNameTheKeyAndWhatIsWrong) {
+  Config c;
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ML.maxGpus=4").message(),
+            "tenants.ML.maxGpus: invalid tenant name 'ML' (expected [a-z0-9][a-z0-9._-]{0,62})");
+  EXPECT_EQ(ApplySetArg(&c, "tenants.-ml.maxGpus=4").message(),
+            "tenants.-ml.maxGpus: invalid tenant name '-ml' (expected [a-z0-9][a-z0-9._-]{0,62})");
+  EXPECT_EQ(ApplySetArg(&c, "tenants." + std::string(64, 'a') + ".maxGpus=4").code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplySetArg(&c, "tenants..maxGpus=4").message(),
+            "tenants..maxGpus: invalid tenant name '' (expected [a-z0-9][a-z0-9._-]{0,62})");
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxCpus=4").message(),
+            "tenants.ml.maxCpus: unknown tenant setting 'maxCpus' (a tenant has: maxGpus)");
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxGpus=-1").message(),
+            "tenants.ml.maxGpus: -1 is out of range [0, 1000000]");
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxGpus=four").message(),
+            "tenants.ml.maxGpus: expected an integer, got 'four'");
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxGpus=1.5").message(),
+            "tenants.ml.maxGpus: expected an integer, got 1.5");
+  Status st = ApplyValues(&c, *ParseJson(R"({"tenants": {"ml": 4}})"));
+  EXPECT_EQ(st.message().rfind("tenants.ml: expected tenants.<name>.maxGpus", 0), 0u)
+      << st.message();
+  st = ApplySetArg(&c, "tenants=4");
+  EXPECT_EQ(st.message().rfind("tenants: expected tenants.<name>.maxGpus", 0), 0u)
+      << st.message();
+  EXPECT_TRUE(c.tenant_max_gpus.empty());  // nothing changed by the failures
 }
 
 }  // namespace

@@ -2,10 +2,14 @@
 // every concrete type (RocksDB store, local container backend, HTTP server).
 //
 //   epochd --data-dir DIR [--advertise URL] [--values FILE.json] [--set key=value]...
-//          [--log-format text|json] [--log-level info]
+//          [--log-format text|json] [--log-level info] [--allow-corrupt-history]
 //
 // Every epochd on the same data dir competes for leader.lock: the holder leads,
 // the others are hot standbys that tail the store and take over when it is free.
+//
+// A history whose hash chain is broken stops the start (exit 1, naming the first
+// bad event); --allow-corrupt-history serves it read-only instead (engine.h,
+// "Corrupt history"), logging it critically at start and every minute after.
 #include <signal.h>
 #include <unistd.h>
 
@@ -21,6 +25,7 @@
 #include "api/config.h"
 #include "api/leader_lock.h"
 #include "api/server.h"
+#include "api/tls.h"
 #include "common/files.h"
 #include "common/ids.h"
 #include "common/logging.h"
@@ -42,6 +47,19 @@ int Fail(const epoch::Status& st) {
   return 1;
 }
 
+// A start refused on a corrupt history: the error, then what can be done about it.
+int FailOnCorruptHistory(const epoch::Status& st, uint64_t first_bad) {
+  int rc = Fail(st);
+  std::string n = std::to_string(first_bad);
+  std::string hint = "the event history fails verification at event " + n +
+                     "; epochd does not extend a corrupt history. Restore the store from a "
+                     "trusted copy, or start with --allow-corrupt-history to serve it read-only "
+                     "(the state before event " + n + "; every write refused) for an audit";
+  spdlog::critical("{}", hint);
+  std::fprintf(stderr, "epochd: %s\n", hint.c_str());
+  return rc;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -56,11 +74,21 @@ int main(int argc, char** argv) {
   app.add_option("--advertise", advertise,
                  "URL clients and agents reach this master at (api.advertiseUrl)");
   app.add_option("--values", values_file, "values file (JSON, the chart's keys)");
+  std::string tokens_file;
+  app.add_option("--tokens", tokens_file, "tokens file (api.tokensFile; default <data-dir>/tokens.json)");
   app.add_option("--set", sets, "key=value, overrides the values file (repeatable)");
   app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+  bool insecure_http = false, force = false;
+  app.add_flag("--insecure-http", insecure_http,
+               "serve plain HTTP instead of HTTPS (only on a loopback api.host unless --force)");
+  app.add_flag("--force", force, "with --insecure-http: allow it on a non-loopback address");
   bool print_keys = false;
   app.add_flag("--print-keys", print_keys, "print every configuration key with its default");
+  bool allow_corrupt_history = false;
+  app.add_flag("--allow-corrupt-history", allow_corrupt_history,
+               "start even when the event history fails verification: serve reads of the "
+               "history before the first bad event, refuse every write (for an audit)");
   CLI11_PARSE(app, argc, argv);
 
   if (print_keys) {
@@ -84,13 +112,49 @@ int main(int argc, char** argv) {
   }
   if (!data_dir.empty()) config.data_dir = data_dir;
   if (!advertise.empty()) config.advertise_url = advertise;
+  if (!tokens_file.empty()) config.tokens_file = tokens_file;
   if (config.data_dir.empty()) {
     return Fail(InvalidArgument("--data-dir (or storage.dataDir) is required"));
   }
   config.data_dir = std::filesystem::absolute(config.data_dir).lexically_normal().string();
   if (config.agent_path.empty()) config.agent_path = SelfDir() + "/epoch-agent";
+  if (Status st = MakeDirs(config.data_dir); !st.ok()) return Fail(st);
+  // HTTPS unless told otherwise; plain HTTP only where nothing else can listen in.
+  config.plain_http = insecure_http;
+  if (insecure_http && !api::IsLoopbackHost(config.host) && !force) {
+    return Fail(InvalidArgument("--insecure-http on " + config.host +
+                                ", which is not a loopback address: tokens would cross the "
+                                "network in clear text (add --force if you must)"));
+  }
+  if (!insecure_http) {
+    if (config.tls_certificate.empty() != config.tls_key.empty()) {
+      return Fail(InvalidArgument("cluster.tlsCertificate and cluster.tlsKey: give both or neither"));
+    }
+    if (config.tls_certificate.empty()) {
+      std::vector<std::string> hosts{config.host};
+      if (!config.advertise_url.empty()) {
+        std::string h = config.advertise_url.substr(config.advertise_url.find("://") + 3);
+        h = h.substr(0, h.find_first_of(":/"));
+        hosts.push_back(h);
+      }
+      auto files = api::EnsureSelfSignedCertificate(config.data_dir + "/tls", hosts);
+      if (!files.ok()) return Fail(files.status().WithContext("TLS certificate"));
+      config.tls_certificate = files->certificate;
+      config.tls_key = files->key;
+      if (files->generated) spdlog::info("generated a self-signed certificate: {}", files->certificate);
+    }
+    if (Status st = api::CheckKeyPair(config.tls_certificate, config.tls_key); !st.ok()) {
+      return Fail(st.WithContext("TLS"));
+    }
+    auto fp = api::CertificateFingerprint(config.tls_certificate);
+    if (!fp.ok()) return Fail(fp.status());
+    spdlog::info("HTTPS with {} ({})", config.tls_certificate, *fp);
+    std::fprintf(stderr, "epochd: TLS certificate %s\nepochd: fingerprint %s\n",
+                 config.tls_certificate.c_str(), fp->c_str());
+  }
+  const std::string scheme = insecure_http ? "http://" : "https://";
   if (config.advertise_url.empty()) {
-    config.advertise_url = "http://" + config.host + ":" + std::to_string(config.base_port);
+    config.advertise_url = scheme + config.host + ":" + std::to_string(config.base_port);
   } else {
     advertise = config.advertise_url;  // given: keep it even with cluster.basePort 0
   }
@@ -111,11 +175,32 @@ int main(int argc, char** argv) {
   };
   auto leading = try_lock();
   if (!leading.ok()) return Fail(leading.status());
+  // As primary. A corrupt last event stops the open, unless --allow-corrupt-history
+  // (the store then opens refusing every write, and the engine serves it read-only).
+  uint64_t corrupt_head = 0;  // set when only the flag would open the store
+  auto open_primary = [&]() -> Result<std::unique_ptr<storage::EventStore>> {
+    storage::StoreOptions o{store_path};
+    o.open_corrupt_head = allow_corrupt_history;
+    auto s = storage::OpenRocksDbEventStore(o);
+    if (s.ok() || s.status().code() != StatusCode::kCorruption || allow_corrupt_history) {
+      return s;
+    }
+    // Would the flag open it? Then say so, naming the event.
+    o.open_corrupt_head = true;
+    auto tolerant = storage::OpenRocksDbEventStore(o);
+    if (!tolerant.ok()) return s;
+    corrupt_head = (*tolerant)->Head().position;
+    return s;
+  };
+  auto fail_open = [&](const Status& st) {
+    Status what = st.WithContext("opening the event store");
+    return corrupt_head > 0 ? FailOnCorruptHistory(what, corrupt_head) : Fail(what);
+  };
   std::unique_ptr<storage::EventStore> store;
   std::string secondary_dir;
   if (*leading) {
-    auto s = storage::OpenRocksDbEventStore({store_path, true, ""});
-    if (!s.ok()) return Fail(s.status().WithContext("opening the event store"));
+    auto s = open_primary();
+    if (!s.ok()) return fail_open(s.status());
     store = std::move(*s);
   } else {
     secondary_dir = !config.secondary_dir.empty()
@@ -135,8 +220,8 @@ int main(int argc, char** argv) {
       if (!got.ok()) return Fail(got.status());
       if (*got) {
         *leading = true;
-        auto p = storage::OpenRocksDbEventStore({store_path, true, ""});
-        if (!p.ok()) return Fail(p.status().WithContext("opening the event store"));
+        auto p = open_primary();
+        if (!p.ok()) return fail_open(p.status());
         store = std::move(*p);
         break;
       }
@@ -162,6 +247,7 @@ int main(int argc, char** argv) {
   eopts.node = config.master_name;
   eopts.advertise_url = config.advertise_url;
   eopts.snapshot_every = config.snapshot_every;
+  eopts.allow_corrupt_history = allow_corrupt_history;
   engine::EngineConfig& ec = eopts.config;
   ec.data_dir = config.data_dir;
   ec.backend = config.backend;
@@ -177,6 +263,7 @@ int main(int argc, char** argv) {
   ec.register_timeout = config.register_timeout;
   ec.poll_timeout = config.poll_timeout;
   ec.grace_ms = config.grace.count() / 1000;
+  ec.tenant_max_gpus = config.tenant_max_gpus;
   for (const char* name : {"EPOCH_FAKE_GPUS"}) {
     if (const char* v = std::getenv(name)) eopts.agent_env[name] = v;
   }
@@ -190,7 +277,7 @@ int main(int argc, char** argv) {
   auto port = server.Bind(config.host, config.base_port);
   if (!port.ok()) return Fail(port.status());
   if (config.base_port == 0 && advertise.empty()) {
-    config.advertise_url = "http://" + config.host + ":" + std::to_string(*port);
+    config.advertise_url = scheme + config.host + ":" + std::to_string(*port);
   }
   engine.SetAdvertiseUrl(config.advertise_url);
   if (!address_file.empty()) {
@@ -207,12 +294,32 @@ int main(int argc, char** argv) {
       spdlog::warn("writing leader.json: {}", st.ToString());
     }
   };
+  // Corrupt-history mode: said at start (by the engine) and again every minute.
+  auto corrupt_reminder = [&] {
+    engine::HistoryCheck h = engine.history();
+    spdlog::critical("CORRUPT HISTORY: event {} fails verification ({}); serving reads only, "
+                     "every write is refused (503 corrupt_history)",
+                     h.first_bad, h.problem);
+  };
   if (*leading) {
-    if (Status st = engine.Start(); !st.ok()) return Fail(st.WithContext("starting the engine"));
+    if (Status st = engine.Start(); !st.ok()) {
+      engine::HistoryCheck h = engine.history();
+      if (h.state == engine::HistoryCheck::State::kCorrupt) {
+        return FailOnCorruptHistory(st.WithContext("starting the engine"), h.first_bad);
+      }
+      return Fail(st.WithContext("starting the engine"));
+    }
     write_leader_json();
     server.Serve();
-    spdlog::info("epochd leading {} with epoch {}, listening on {}", config.data_dir,
-                 engine.epoch(), config.advertise_url);
+    if (engine.corrupt_history()) {
+      spdlog::critical("epochd serving the CORRUPT history of {} read-only (state at {}), "
+                       "listening on {}",
+                       config.data_dir, engine.Read([](const engine::State& s) { return s.head; }),
+                       config.advertise_url);
+    } else {
+      spdlog::info("epochd leading {} with epoch {}, listening on {}", config.data_dir,
+                   engine.epoch(), config.advertise_url);
+    }
   } else {
     if (Status st = engine.StartStandby(); !st.ok()) {
       return Fail(st.WithContext("starting the standby"));
@@ -230,9 +337,22 @@ int main(int argc, char** argv) {
   };
   bool restart = false;
   int sig = 0;
+  constexpr auto kCorruptReminder = std::chrono::minutes(1);
+  auto next_reminder = std::chrono::steady_clock::now() + kCorruptReminder;
+  bool was_corrupt = engine.corrupt_history();
   while (true) {
     sig = sigtimedwait(&stop_signals, nullptr, &wait_ts);
     if (sig > 0) break;
+    if (engine.corrupt_history()) {
+      auto now = std::chrono::steady_clock::now();
+      if (!was_corrupt) {  // found while serving: the engine has just said so
+        was_corrupt = true;
+        next_reminder = now + kCorruptReminder;
+      } else if (now >= next_reminder) {
+        corrupt_reminder();
+        next_reminder = now + kCorruptReminder;
+      }
+    }
     engine::Role role = engine.role();
     if (role == engine::Role::kStandby) {
       auto got = try_lock();

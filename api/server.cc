@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "api/auth.h"
 #include "common/files.h"
 
 namespace epoch::api {
@@ -50,7 +51,10 @@ HttpError FromStatus(const Status& st) {
     case StatusCode::kConflict: return {409, "conflict", st.message(), st.details()};
     case StatusCode::kFailedPrecondition:
       return {409, "failed_precondition", st.message(), st.details()};
-    case StatusCode::kUnavailable: return {503, "unavailable", st.message(), st.details()};
+    case StatusCode::kUnavailable:
+      return {503, engine::IsCorruptHistory(st) ? std::string(engine::kCorruptHistoryCode)
+                                                : "unavailable",
+              st.message(), st.details()};
     case StatusCode::kResourceExhausted:
       return {429, "resource_exhausted", st.message(), st.details()};
     case StatusCode::kUnauthenticated: return {401, "unauthenticated", st.message(), {}};
@@ -161,22 +165,36 @@ std::string EscapeLabel(const std::string& s) {
 
 }  // namespace
 
+// The caller of the request this pool thread is handling: set by the pre-routing
+// handler (which authenticates every request), read by the handlers after it.
+thread_local Principal t_caller;
+
 struct ApiServer::Impl {
   Config config;
   Engine* engine;
   storage::EventStore* store;
   IdGenerator* ids;
   const Clock* clock;
-  httplib::Server http;
+  std::unique_ptr<httplib::Server> server;  // an SSLServer unless config.plain_http
+  httplib::Server& http;
   std::thread thread;
   std::atomic<bool> stopping{false};
   std::atomic<int> streams{0};
+  std::unique_ptr<TokenStore> tokens;  // set by Bind
 
   std::mutex metrics_mu;
   std::map<std::pair<std::string, int>, uint64_t> requests;  // (route, status) -> count
 
   Impl(Config c, Engine* e, storage::EventStore* s, IdGenerator* i, const Clock* k)
-      : config(std::move(c)), engine(e), store(s), ids(i), clock(k) {}
+      : config(std::move(c)),
+        engine(e),
+        store(s),
+        ids(i),
+        clock(k),
+        server(config.plain_http ? std::make_unique<httplib::Server>()
+                                 : std::make_unique<httplib::SSLServer>(
+                                       config.tls_certificate.c_str(), config.tls_key.c_str())),
+        http(*server) {}
 
   using Handler = std::function<void(const Request&, Response&)>;
 
@@ -210,15 +228,43 @@ struct ApiServer::Impl {
   void EventRoutes();
   void OpsRoutes();
 
-  std::string Actor(const Request& req) {
-    std::string a = req.get_header_value("X-Epoch-User");
-    return a.empty() ? "anonymous" : a;
+  // Who made this request (authenticated before routing).
+  static const Principal& Caller() { return t_caller; }
+  std::string Actor(const Request&) { return Caller().Actor(); }
+  // Authenticates and authorises a request; false (with the 401/403 written) to stop it.
+  bool Admit(const Request& req, Response& res);
+  // Tenants: the owner of a workflow name (empty if unknown) and of a run.
+  static std::string WorkflowTenant(const engine::State& s, const std::string& name) {
+    auto it = s.workflows.find(name);
+    return it == s.workflows.end() || it->second.empty() ? "" : it->second.front().tenant;
+  }
+  // A data set or model version belongs to the tenant of the run that made it.
+  static bool SeesArtifact(const engine::State& s, const engine::ArtifactVersion& v) {
+    return SeesRun(s, v.run);
+  }
+  static bool SeesRun(const engine::State& s, const std::string& run_id,
+                      const Principal& p = Caller()) {
+    const engine::Run* r = s.FindRun(run_id);
+    return r && p.Sees(r->tenant);
+  }
+  // An event `p` may read: admins and auditors all; others only their tenant's
+  // runs and workflows.
+  static bool SeesEvent(const engine::State& s, const storage::Envelope& e, const Principal& p) {
+    if (p.SeesAllTenants()) return true;
+    if (e.stream.rfind("run-", 0) == 0) return SeesRun(s, e.stream.substr(4), p);
+    if (e.stream.rfind("workflow-", 0) == 0) {
+      std::string owner = WorkflowTenant(s, e.stream.substr(9));
+      return !owner.empty() && p.Sees(owner);
+    }
+    return false;
   }
 
-  // Streams SSE with the events from `fetch(after)` until `done()` or disconnect.
+  // Streams SSE with the events from `fetch(after)` that `keep` (all when null)
+  // until `done()` or disconnect; the cursor moves past the ones not kept too.
+  using Keep = std::function<bool(const storage::Envelope&)>;
   void StreamEvents(Response& res, uint64_t after,
                     std::function<Result<std::vector<storage::Envelope>>(uint64_t)> fetch,
-                    std::function<bool()> done);
+                    std::function<bool()> done, Keep keep = nullptr);
 };
 
 void ApiServer::Impl::Routes() {
@@ -242,6 +288,11 @@ void ApiServer::Impl::Routes() {
       WriteError(res, {413, "too_large", "the request body is larger than api.maxBodyBytes", {}});
     } else if (res.status == 404) {
       WriteError(res, {404, "not_found", "no route for " + req.method + " " + req.path, {}});
+    } else if (res.status == 400) {
+      WriteError(res, {400, "malformed",
+                       "malformed HTTP request (bad request line or headers, or headers over "
+                       "8 KiB)",
+                       {}});
     } else if (res.status == 405) {
       WriteError(res, {405, "method_not_allowed", req.method + " is not allowed here", {}});
     } else if (res.body.empty()) {
@@ -275,8 +326,28 @@ std::string ApiServer::Impl::LeaderAddress() {
 // Only the leader writes. Anything else answers writes with 307 to the leader
 // (clients and agents follow it) or 503 naming what it knows; every answer says
 // who answered (Epoch-Role) and how far its state is (Epoch-Position).
+bool ApiServer::Impl::Admit(const Request& req, Response& res) {
+  t_caller = Principal{};
+  Access access = Classify(req.method, req.path);
+  if (access == Access::kPublic) return true;
+  auto who = tokens->Authenticate(req.get_header_value("Authorization"));
+  Status st = who.ok() ? Authorize(*who, access) : who.status();
+  if (!st.ok()) {
+    if (st.code() == StatusCode::kUnauthenticated) {
+      res.set_header("WWW-Authenticate", "Bearer realm=\"epoch\"");
+    }
+    WriteError(res, FromStatus(st));
+    std::lock_guard<std::mutex> lock(metrics_mu);
+    requests[{"auth", res.status}]++;
+    return false;
+  }
+  t_caller = std::move(*who);
+  return true;
+}
+
 void ApiServer::Impl::HaRouting() {
   http.set_pre_routing_handler([this](const Request& req, Response& res) {
+    if (!Admit(req, res)) return httplib::Server::HandlerResponse::Handled;
     if (req.method == "GET" || req.method == "HEAD") return httplib::Server::HandlerResponse::Unhandled;
     engine::Role role = engine->role();
     if (role == engine::Role::kLeader) return httplib::Server::HandlerResponse::Unhandled;
@@ -313,6 +384,7 @@ void ApiServer::Impl::OpsRoutes() {
              bool ready = engine->ready() && engine->healthy();
              std::string role(engine::Name(engine->role()));
              if (!engine->healthy()) role = "failed";
+             if (engine->corrupt_history()) role = engine::kCorruptHistoryCode;
              WriteJson(res, ready ? 200 : 503,
                        Json{{"ready", ready}, {"role", role}, {"epoch", engine->epoch()}});
            }));
@@ -339,6 +411,8 @@ void ApiServer::Impl::OpsRoutes() {
                     {"leader", leader},
                     {"applied_position", applied},
                     {"deposed_reason", engine->deposed_reason()},
+                    {"mode", engine->corrupt_history() ? "corrupt_history" : "normal"},
+                    {"history", engine::HistoryCheckToJson(engine->history())},
                     {"head", Json{{"position", head.position}, {"hash", head.hash}}},
                     {"store_bytes", store->ApproximateSizeBytes()},
                     {"data_dir", config.data_dir},
@@ -372,6 +446,9 @@ void ApiServer::Impl::OpsRoutes() {
                              "cancelled", "lost"}) {
                o << "epoch_jobs{state=\"" << st << "\"} " << attempts[st] << "\n";
              }
+             o << "# HELP epoch_api_streams Open SSE streams (api.maxStreams allowed).\n"
+                  "# TYPE epoch_api_streams gauge\nepoch_api_streams "
+               << streams.load() << "\n";
              o << "# HELP epoch_queue_length Attempts waiting for a container.\n"
                   "# TYPE epoch_queue_length gauge\nepoch_queue_length "
                << queue << "\n";
@@ -416,7 +493,8 @@ void ApiServer::Impl::RunsRoutes() {
               HttpError err;
               auto body = ParseBody(req, &err);
               if (!body.ok()) return WriteError(res, err);
-              engine::RegisterWorkflow cmd{*body, Actor(req), "default", ""};
+              engine::RegisterWorkflow cmd{*body, Actor(req), Caller().tenant, ""};
+              cmd.any_tenant = Caller().role == Role::kAdmin;
               cmd.idempotency_key = req.get_header_value("Idempotency-Key");
               if (cmd.idempotency_key.size() > 256) {
                 return WriteError(res, {400, "malformed", "Idempotency-Key: at most 256 bytes", {}});
@@ -430,12 +508,14 @@ void ApiServer::Impl::RunsRoutes() {
              Json items = Json::array();
              engine->Read([&](const engine::State& s) {
                for (const auto& [name, versions] : s.workflows) {
+                 if (!Caller().Sees(versions.front().tenant)) continue;
                  const auto& v = versions.back();
                  items.push_back(Json{{"name", name},
                                       {"version", v.version},
                                       {"digest", v.digest},
                                       {"versions", versions.size()},
                                       {"steps", v.def->steps.size()},
+                                      {"tenant", versions.front().tenant},
                                       {"registered_at", FormatTime(v.registered_at)}});
                }
                return 0;
@@ -456,13 +536,14 @@ void ApiServer::Impl::RunsRoutes() {
     Json out;
     bool found = engine->Read([&](const engine::State& s) {
       const engine::WorkflowVersion* v = s.FindWorkflow(name, version);
-      if (!v) return false;
+      if (!v || !Caller().Sees(WorkflowTenant(s, name))) return false;
       out = Json{{"name", name},
                  {"version", v->version},
                  {"digest", v->digest},
                  {"definition", v->def->source},
                  {"registered_at", FormatTime(v->registered_at)},
                  {"registered_by", v->actor},
+                 {"tenant", WorkflowTenant(s, name)},
                  {"versions", s.workflows.at(name).size()}};
       return true;
     });
@@ -489,8 +570,16 @@ void ApiServer::Impl::RunsRoutes() {
                Json items = Json::array();
                engine->Read([&](const engine::State& s) {
                  for (const auto& [name, versions] : all(s)) {
-                   Json latest = engine::ArtifactToJson(name, versions.back(), model);
-                   latest["versions"] = versions.size();
+                   const engine::ArtifactVersion* last = nullptr;
+                   size_t visible = 0;
+                   for (const auto& v : versions) {
+                     if (!SeesArtifact(s, v)) continue;
+                     last = &v;
+                     ++visible;
+                   }
+                   if (!last) continue;
+                   Json latest = engine::ArtifactToJson(name, *last, model);
+                   latest["versions"] = visible;
                    items.push_back(std::move(latest));
                  }
                  return 0;
@@ -516,11 +605,16 @@ void ApiServer::Impl::RunsRoutes() {
         if (it == all(s).end()) return false;
         if (version > static_cast<int>(it->second.size())) return false;
         if (version > 0) {
-          out = engine::ArtifactToJson(name, it->second[static_cast<size_t>(version - 1)], model);
+          const auto& v = it->second[static_cast<size_t>(version - 1)];
+          if (!SeesArtifact(s, v)) return false;
+          out = engine::ArtifactToJson(name, v, model);
           return true;
         }
         Json versions = Json::array();
-        for (const auto& v : it->second) versions.push_back(engine::ArtifactToJson(name, v, model));
+        for (const auto& v : it->second) {
+          if (SeesArtifact(s, v)) versions.push_back(engine::ArtifactToJson(name, v, model));
+        }
+        if (versions.empty()) return false;
         out = Json{{"name", name}, {"versions", versions}};
         return true;
       });
@@ -613,6 +707,7 @@ void ApiServer::Impl::RunsRoutes() {
              Json items = Json::array();
              engine->Read([&](const engine::State& s) {
                for (const auto& [key, e] : s.cache) {
+                 if (!Caller().Sees(WorkflowTenant(s, e.workflow))) continue;
                  if (!workflow.empty() && e.workflow != workflow) continue;
                  if (!step.empty() && e.step != step) continue;
                  items.push_back(engine::CacheEntryToJson(key, e));
@@ -643,6 +738,22 @@ void ApiServer::Impl::RunsRoutes() {
                 }
                 *field = v.get<std::string>();
               }
+              // Only the caller's tenant's entries (the same 404s as for ones that do
+              // not exist: another tenant's names are not disclosed).
+              std::string hidden = engine->Read([&](const engine::State& s) -> std::string {
+                if (!cmd.key.empty()) {
+                  auto it = s.cache.find(cmd.key);
+                  if (it != s.cache.end() && !Caller().Sees(WorkflowTenant(s, it->second.workflow))) {
+                    return "cache key '" + cmd.key + "' has no entry";
+                  }
+                }
+                if (!cmd.workflow.empty() && s.workflows.count(cmd.workflow) &&
+                    !Caller().Sees(WorkflowTenant(s, cmd.workflow))) {
+                  return "workflow '" + cmd.workflow + "' is not registered";
+                }
+                return "";
+              });
+              if (!hidden.empty()) return WriteError(res, {404, "not_found", hidden, {}});
               auto r = engine->Execute(cmd);
               if (!r.ok()) return WriteError(res, FromStatus(r.status()));
               WriteJson(res, 200, Json{{"invalidated", r->keys.size()}, {"keys", r->keys}});
@@ -709,13 +820,15 @@ void ApiServer::Impl::RunsRoutes() {
                 return WriteError(res, {400, "malformed", "Idempotency-Key: at most 256 bytes", {}});
               }
               cmd.submitter = Actor(req);
+              cmd.tenant = Caller().tenant;
+              cmd.any_tenant = Caller().role == Role::kAdmin;
               cmd.run_id = ids->NewId("r", clock->Now());
               auto r = engine->Execute(cmd);
               if (!r.ok()) return WriteError(res, FromStatus(r.status()));
               Json run;
               engine->Read([&](const engine::State& s) {
                 const engine::Run* found = s.FindRun(r->id);
-                if (found) run = engine::RunToJson(*found, engine->options().config);
+                if (found) run = engine::RunToJson(*found, engine->options().config, &s);
                 return 0;
               });
               res.set_header("Location", "/v1/runs/" + r->id);
@@ -755,6 +868,7 @@ void ApiServer::Impl::RunsRoutes() {
                while (it != s.runs_by_seq.begin()) {
                  --it;
                  const engine::Run& r = s.runs.at(it->second);
+                 if (!Caller().Sees(r.tenant)) continue;
                  if (!state.empty() && engine::Name(r.phase) != state) continue;
                  if (!workflow.empty() && r.workflow != workflow) continue;
                  bool match = true;
@@ -769,7 +883,7 @@ void ApiServer::Impl::RunsRoutes() {
                    next = std::to_string(it->first + 1);
                    break;
                  }
-                 Json j = engine::RunToJson(r, engine->options().config);
+                 Json j = engine::RunToJson(r, engine->options().config, &s);
                  items.push_back(std::move(j));
                }
                return 0;
@@ -781,8 +895,9 @@ void ApiServer::Impl::RunsRoutes() {
              Json run;
              bool found = engine->Read([&](const engine::State& s) {
                const engine::Run* r = s.FindRun(id);
-               if (r) run = engine::RunToJson(*r, engine->options().config);
-               return r != nullptr;
+               if (!r || !Caller().Sees(r->tenant)) return false;
+               run = engine::RunToJson(*r, engine->options().config, &s);
+               return true;
              });
              if (!found) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
              WriteJson(res, 200, run);
@@ -793,6 +908,9 @@ void ApiServer::Impl::RunsRoutes() {
       auto body = ParseBody(req, &err, /*allow_empty=*/true);
       if (!body.ok()) return WriteError(res, err);
       std::string id = req.matches[1];
+      if (!engine->Read([&](const engine::State& s) { return SeesRun(s, id); })) {
+        return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+      }
       Result<engine::CommandResult> r =
           cancel ? engine->Execute(engine::CancelRun{id, Actor(req)})
                  : engine->Execute(engine::RetryRun{id, Actor(req)});
@@ -800,7 +918,7 @@ void ApiServer::Impl::RunsRoutes() {
       Json run;
       engine->Read([&](const engine::State& s) {
         const engine::Run* found = s.FindRun(id);
-        if (found) run = engine::RunToJson(*found, engine->options().config);
+        if (found) run = engine::RunToJson(*found, engine->options().config, &s);
         return 0;
       });
       WriteJson(res, 202, run);
@@ -819,7 +937,7 @@ void ApiServer::Impl::RunsRoutes() {
              std::string problem;
              engine->Read([&](const engine::State& s) {
                const engine::Run* r = s.FindRun(id);
-               if (!r) return problem = "run '" + id + "' not found", 0;
+               if (!r || !Caller().Sees(r->tenant)) return problem = "run '" + id + "' not found", 0;
                const engine::StepRun* st = r->FindStep(step);
                if (!st) return problem = "run '" + id + "' has no step '" + step + "'", 0;
                if (st->attempts.empty()) return problem = "step '" + step + "' has not run yet", 0;
@@ -893,12 +1011,12 @@ void ApiServer::Impl::RunsRoutes() {
 void ApiServer::Impl::StreamEvents(
     Response& res, uint64_t after,
     std::function<Result<std::vector<storage::Envelope>>(uint64_t)> fetch,
-    std::function<bool()> done) {
+    std::function<bool()> done, Keep keep) {
   auto cursor = std::make_shared<uint64_t>(after);
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, cursor, fetch, done](size_t, httplib::DataSink& sink) {
+      [this, cursor, fetch, done, keep](size_t, httplib::DataSink& sink) {
         auto last_write = std::chrono::steady_clock::now();
         while (!stopping) {
           auto page = fetch(*cursor);
@@ -910,10 +1028,12 @@ void ApiServer::Impl::StreamEvents(
             return true;
           }
           std::string out;
+          bool moved = !page->empty();
           for (const auto& e : *page) {
-            out += SseEvent(e);
+            if (!keep || keep(e)) out += SseEvent(e);
             *cursor = e.position;
           }
+          if (moved && out.empty()) continue;  // a page of events this caller may not see
           if (!out.empty()) {
             if (!sink.write(out.data(), out.size())) return false;
             last_write = std::chrono::steady_clock::now();
@@ -974,25 +1094,26 @@ void ApiServer::Impl::EventRoutes() {
                }
              }
              size_t lim = static_cast<size_t>(*limit);
-             auto fetch = [this, filter, exact, stream, lim](uint64_t a)
-                 -> Result<std::vector<storage::Envelope>> {
-               ASSIGN_OR_RETURN(auto page, store->ReadAll(a, lim, filter));
-               if (exact) {
-                 std::erase_if(page, [&](const storage::Envelope& e) { return e.stream != stream; });
-               }
-               return page;
+             auto fetch = [this, filter, lim](uint64_t a) { return store->ReadAll(a, lim, filter); };
+             // The exact stream (not only its prefix), and only what the caller may read.
+             Keep keep = [this, exact, stream, who = Caller()](const storage::Envelope& e) {
+               if (exact && e.stream != stream) return false;
+               return engine->Read([&](const engine::State& s) { return SeesEvent(s, e, who); });
              };
              if (QueryBool(req, "follow")) {
                if (streams.fetch_add(1) >= config.max_streams) {
                  streams--;
                  return WriteError(res, {429, "too_many_streams", "too many open streams", {}});
                }
-               return StreamEvents(res, from, fetch, [] { return false; });
+               return StreamEvents(res, from, fetch, [] { return false; }, keep);
              }
              auto page = fetch(from);
              if (!page.ok()) return WriteError(res, FromStatus(page.status()));
              Json items = Json::array();
-             for (const auto& e : *page) items.push_back(EnvelopeToJson(e));
+             for (const auto& e : *page) {
+               if (keep(e)) items.push_back(EnvelopeToJson(e));
+             }
+             // The cursor is the last event read, kept or not: the next page starts after it.
              Json next = page->size() == lim ? Json(std::to_string(page->back().position))
                                              : Json(nullptr);
              WriteJson(res, 200, Json{{"items", items}, {"next_cursor", next}});
@@ -1005,8 +1126,9 @@ void ApiServer::Impl::EventRoutes() {
              Json run;
              bool exists = engine->Read([&](const engine::State& s) {
                const engine::Run* r = s.FindRun(id);
-               if (r) run = engine::RunToJson(*r, engine->options().config);
-               return r != nullptr;
+               if (!r || !Caller().Sees(r->tenant)) return false;
+               run = engine::RunToJson(*r, engine->options().config, &s);
+               return true;
              });
              if (!exists) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
              Json timeline = Json::array();
@@ -1060,7 +1182,7 @@ void ApiServer::Impl::EventRoutes() {
   http.Get(R"(/v1/runs/([^/]+)/events)",
            Wrap("/v1/runs/{id}/events", [this](const Request& req, Response& res) {
              std::string id = req.matches[1];
-             bool exists = engine->Read([&](const engine::State& s) { return s.FindRun(id) != nullptr; });
+             bool exists = engine->Read([&](const engine::State& s) { return SeesRun(s, id); });
              if (!exists) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
              HttpError err;
              auto after = QueryInt(req, "after", 0, 0, INT64_MAX, &err);
@@ -1120,7 +1242,21 @@ void ApiServer::Impl::ContainerRoutes() {
                               c.phase == engine::ContainerPhase::kReleased)) {
                    continue;
                  }
-                 items.push_back(engine::ContainerToJson(c));
+                 Json j = engine::ContainerToJson(c);
+                 if (!Caller().SeesAllTenants()) {
+                   // What runs where, only for the caller's tenant's attempts.
+                   Json mine = Json::array();
+                   for (const auto& a : j["attempts"]) {
+                     std::string run, step;
+                     int n;
+                     if (engine::ParseAttemptId(a.get<std::string>(), &run, &step, &n) &&
+                         SeesRun(s, run)) {
+                       mine.push_back(a);
+                     }
+                   }
+                   j["attempts"] = std::move(mine);
+                 }
+                 items.push_back(std::move(j));
                }
                return 0;
              });
@@ -1270,6 +1406,21 @@ void ApiServer::Serve() {
 }
 
 Result<int> ApiServer::Bind(const std::string& host, int port) {
+  const Config& c = impl_->config;
+  if (!impl_->http.is_valid()) {
+    return FailedPrecondition("cannot serve HTTPS with " + c.tls_certificate + " and " +
+                              c.tls_key + " (unreadable, or not a certificate and its key)");
+  }
+  ASSIGN_OR_RETURN(std::string agent_token, EnsureAgentToken(c.data_dir));
+  std::string tokens_path = c.tokens_file.empty() ? c.data_dir + "/tokens.json" : c.tokens_file;
+  // A broken tokens file stops the start here, not the first request.
+  ASSIGN_OR_RETURN(auto loaded, LoadTokens(tokens_path));
+  if (loaded.empty()) {
+    spdlog::warn("no tokens in {}: nobody can use the API until `epochctl admin token create "
+                 "--tokens {} --user U --tenant T --role admin` makes one",
+                 tokens_path, tokens_path);
+  }
+  impl_->tokens = std::make_unique<TokenStore>(tokens_path, agent_token);
   int bound;
   if (port == 0) {
     bound = impl_->http.bind_to_any_port(host);

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "api/auth.h"
 #include "common/files.h"
 #include "common/json.h"
 
@@ -47,6 +48,12 @@ void KillAgents(const std::string& dir) {
 EpochdProcess::EpochdProcess(const std::vector<std::string>& sets) {
   char tmpl[] = "/tmp/epoch-bench.XXXXXX";
   dir_ = mkdtemp(tmpl);
+  auto made = api::CreateToken(dir_ + "/tokens.json", "bench", "default", api::Role::kAdmin, "");
+  if (!made.ok()) {
+    std::fprintf(stderr, "epoch-bench: %s\n", made.status().ToString().c_str());
+    std::exit(1);
+  }
+  token_ = made->token;
   std::vector<std::string> args{SelfDir() + "/epochd", "--data-dir", dir_, "--set",
                                 "cluster.basePort=0", "--log-level", "warn"};
   for (const auto& s : sets) {

@@ -15,9 +15,11 @@ class EpochdProcess {
   explicit EpochdProcess(const std::vector<std::string>& sets);
   ~EpochdProcess();
   const std::string& url() const { return url_; }
+  // An admin token for this epochd (added to its data dir's tokens.json).
+  const std::string& token() const { return token_; }
 
  private:
-  std::string dir_, url_;
+  std::string dir_, url_, token_;
   pid_t pid_ = -1;
 };
 

@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "api/auth.h"
 #include "bench/bench.h"
 #include "common/json.h"
 #include "engine/engine.h"
@@ -338,6 +339,9 @@ int RunFailoverBench(int argc, char** argv) {
     if (!mkdtemp(tmpl)) Die("mkdtemp failed");
     dir = tmpl;
   }
+  auto made = api::CreateToken(dir + "/tokens.json", "bench", "default", api::Role::kAdmin, "");
+  if (!made.ok()) Die(made.status().ToString());
+  const std::string token = made->token;
   Master a(dir, "a"), b(dir, "b");
   auto t0 = SteadyClock::now();
   a.Launch();
@@ -350,6 +354,7 @@ int RunFailoverBench(int argc, char** argv) {
   uint64_t events = 0;
   {
     httplib::Client c(a.url());
+    c.set_bearer_token_auth(token);
     auto r = c.Get("/v1/cluster");
     if (r && r->status == 200) events = ParseJson(r->body)->at("head").value("position", 0ULL);
     auto reg = c.Post("/v1/workflows", kWorkflow, "application/json");
@@ -364,6 +369,7 @@ int RunFailoverBench(int argc, char** argv) {
     // Load: 50 runs through the leader, so the standby has something to tail.
     {
       httplib::Client c(leader->url());
+      c.set_bearer_token_auth(token);
       for (int i = 0; i < 50; ++i) {
         auto r = c.Post("/v1/runs", R"({"workflow":"bench"})", "application/json");
         if (!r || r->status != 201) Die("load submit failed");
@@ -374,6 +380,7 @@ int RunFailoverBench(int argc, char** argv) {
     // Time until the standby acknowledges a durable write.
     while (true) {
       httplib::Client c(standby->url());
+      c.set_bearer_token_auth(token);
       c.set_connection_timeout(std::chrono::milliseconds(100));
       auto r = c.Post("/v1/runs", R"({"workflow":"bench"})", "application/json");
       if (r && r->status == 201) break;

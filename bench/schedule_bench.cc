@@ -1,10 +1,14 @@
-// epoch-bench schedule [--attempts N] [--containers C] [--gpus G]: placement
-// decisions/s of the scheduler (engine::Schedule, pure) with N queued attempts over
-// C registered containers of G GPUs each, as the issue sizes it (1,000 / 100 / 8).
+// epoch-bench schedule [--attempts N] [--containers C] [--gpus G] [--tenants T]
+// [--max-gpus Q]: placement decisions/s of the scheduler (engine::Schedule, pure)
+// with N queued attempts over C registered containers of G GPUs each, as the issue
+// sizes it (1,000 / 100 / 8). The attempts belong to T tenants in turn (default 1),
+// each with a GPU quota of Q (tenants.<name>.maxGpus; default none).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "bench/bench.h"
 #include "engine/decider.h"
@@ -13,11 +17,13 @@
 namespace epoch::bench {
 
 int RunScheduleBench(int argc, char** argv) {
-  int attempts = 1000, containers = 100, gpus = 8;
+  int attempts = 1000, containers = 100, gpus = 8, tenants = 1, max_gpus = -1;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--attempts") == 0) attempts = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--containers") == 0) containers = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--gpus") == 0) gpus = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--tenants") == 0) tenants = std::max(1, std::atoi(argv[i + 1]));
+    if (std::strcmp(argv[i], "--max-gpus") == 0) max_gpus = std::atoi(argv[i + 1]);
   }
   using namespace engine;
   EngineConfig cfg;
@@ -39,12 +45,22 @@ int RunScheduleBench(int argc, char** argv) {
     }
     p.Settle();
   };
-  apply(RegisterWorkflow{*ParseJson(R"({"name":"w","steps":[{"name":"a","command":["x"],
-      "resources":{"gpus":1,"cpu":"500m","memory":"1Gi"}}]})"), "bench"});
+  // One workflow per tenant (a workflow name belongs to one tenant).
+  auto tenant = [&](int t) {
+    return tenants == 1 ? std::string("default") : "t" + std::to_string(t);
+  };
+  for (int t = 0; t < tenants; ++t) {
+    Json def = *ParseJson(R"({"name":"w","steps":[{"name":"a","command":["x"],
+        "resources":{"gpus":1,"cpu":"500m","memory":"1Gi"}}]})");
+    def["name"] = "w" + std::to_string(t);
+    apply(RegisterWorkflow{def, "bench", tenant(t)});
+    if (max_gpus >= 0) cfg.tenant_max_gpus[tenant(t)] = max_gpus;
+  }
   for (int i = 0; i < attempts; ++i) {
     SubmitRun s;
     s.run_id = "r" + std::to_string(i);
-    s.workflow = "w";
+    s.workflow = "w" + std::to_string(i % tenants);
+    s.tenant = tenant(i % tenants);
     s.priority = i % 3;
     apply(s);
   }
@@ -75,9 +91,10 @@ int RunScheduleBench(int argc, char** argv) {
   for (int i = 0; i < rounds; ++i) placed = Schedule(state, ctx).size();
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   double decisions = static_cast<double>(state.queue.size()) * rounds;
-  std::printf("queued  containers  gpus/container  placed/round  us/decision  decisions/s\n");
-  std::printf("%-7zu %-11d %-15d %-13zu %-12.2f %.0f\n", state.queue.size(), containers, gpus,
-              placed, secs / decisions * 1e6, decisions / secs);
+  std::printf(
+      "queued  containers  gpus/container  tenants  placed/round  us/decision  decisions/s\n");
+  std::printf("%-7zu %-11d %-15d %-8d %-13zu %-12.2f %.0f\n", state.queue.size(), containers,
+              gpus, tenants, placed, secs / decisions * 1e6, decisions / secs);
   return 0;
 }
 

@@ -31,6 +31,7 @@ int RunStepsBench(int argc, char** argv) {
   EpochdProcess epochd({"sig.maxReplicas=" + std::to_string(containers), "sig.cpu=64",
                         "sig.memory=64Gi"});
   httplib::Client cli(epochd.url());
+  cli.set_bearer_token_auth(epochd.token());
   cli.set_tcp_nodelay(true);
   cli.set_read_timeout(std::chrono::minutes(10));  // the event stream lasts the whole run
   Json def{{"name", "fanout"}, {"steps", Json::array()}};

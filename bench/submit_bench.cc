@@ -40,6 +40,7 @@ int RunSubmitBench(int argc, char** argv) {
   EpochdProcess epochd({"sig.maxReplicas=0"});
   {
     httplib::Client cli(epochd.url());
+    cli.set_bearer_token_auth(epochd.token());
     auto reg = cli.Post("/v1/workflows",
                         R"({"name":"bench","steps":[{"name":"a","command":["true"]}]})",
                         "application/json");
@@ -59,6 +60,7 @@ int RunSubmitBench(int argc, char** argv) {
     for (int c = 0; c < k; ++c) {
       threads.emplace_back([&] {
         httplib::Client cli(epochd.url());
+        cli.set_bearer_token_auth(epochd.token());
         cli.set_tcp_nodelay(true);
         cli.set_keep_alive(true);
         std::vector<double> mine;

@@ -74,6 +74,12 @@ inline Status ResourceExhausted(std::string m) {
 }
 inline Status Corruption(std::string m) { return Status(StatusCode::kCorruption, std::move(m)); }
 inline Status Internal(std::string m) { return Status(StatusCode::kInternal, std::move(m)); }
+inline Status Unauthenticated(std::string m) {
+  return Status(StatusCode::kUnauthenticated, std::move(m));
+}
+inline Status PermissionDenied(std::string m) {
+  return Status(StatusCode::kPermissionDenied, std::move(m));
+}
 
 // Result<T>: a T or a non-OK Status.
 template <typename T>

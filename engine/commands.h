@@ -17,6 +17,7 @@ struct RegisterWorkflow {
   std::string actor = "anonymous";
   std::string tenant = "default";
   std::string idempotency_key{};  // the same (tenant, key) always answers the first result
+  bool any_tenant = false;  // an admin: may add versions to another tenant's workflow
 };
 
 struct SubmitRun {
@@ -30,6 +31,7 @@ struct SubmitRun {
   std::string tenant = "default";
   std::string submitter = "anonymous";
   std::string idempotency_key;
+  bool any_tenant = false;  // an admin: may run another tenant's workflow
 };
 
 struct CancelRun {

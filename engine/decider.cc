@@ -85,6 +85,11 @@ Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkfl
   auto it = state.workflows.find(def->name);
   int next = 1;
   if (it != state.workflows.end()) {
+    // Workflow names are global; each belongs to the tenant that registered it first.
+    const std::string& owner = it->second.front().tenant;
+    if (owner != cmd.tenant && !cmd.any_tenant) {
+      return Conflict("workflow name '" + def->name + "' belongs to another tenant");
+    }
     for (const auto& v : it->second) {
       if (v.digest == def->digest) {
         d.result.version = v.version;
@@ -97,11 +102,8 @@ Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkfl
   d.result.version = next;
   d.result.created = true;
   Json data{{"name", def->name}, {"version", next}, {"definition", def->source},
-            {"digest", def->digest}};
-  if (!cmd.idempotency_key.empty()) {
-    data["idempotency_key"] = cmd.idempotency_key;
-    data["tenant"] = cmd.tenant;
-  }
+            {"digest", def->digest}, {"tenant", cmd.tenant}};
+  if (!cmd.idempotency_key.empty()) data["idempotency_key"] = cmd.idempotency_key;
   d.events.push_back(Event{WorkflowStream(def->name), std::string(ev::kWorkflowRegistered),
                            std::move(data), cmd.actor});
   return d;
@@ -129,7 +131,7 @@ Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
   std::string digest;
   if (cmd.definition) {
     ASSIGN_OR_RETURN(Decision reg,
-                     DecideRegisterWorkflow(state, RegisterWorkflow{*cmd.definition, cmd.submitter, cmd.tenant, ""},
+                     DecideRegisterWorkflow(state, RegisterWorkflow{*cmd.definition, cmd.submitter, cmd.tenant, "", cmd.any_tenant},
                                             ctx));
     workflow = reg.result.id;
     version = reg.result.version;
@@ -142,6 +144,11 @@ Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
     for (auto& e : reg.events) d.events.push_back(std::move(e));
   } else {
     const WorkflowVersion* wf = state.FindWorkflow(workflow, version);
+    auto named = state.workflows.find(workflow);
+    if (named != state.workflows.end() && named->second.front().tenant != cmd.tenant &&
+        !cmd.any_tenant) {
+      return NotFound("workflow '" + workflow + "' is not registered");  // not: "not yours"
+    }
     if (!wf) {
       if (state.workflows.count(workflow)) {
         return NotFound("workflow '" + workflow + "' has no version " + std::to_string(version));
@@ -1087,10 +1094,24 @@ void Take(Slot& s, const workflows::Resources& r, Json* gpus, Json* uuids) {
 // and placements holds {rank, local_rank, container, gpus, gpu_uuids} per worker;
 // on failure the slots are untouched (nothing is held while a gang waits).
 bool PlaceAll(std::vector<Slot>& slots, const Attempt& a, Json* placements) {
+  if (a.workers <= 1) {
+    // One worker: BestFit changes nothing when it fails, so no trial copy is needed.
+    int i = BestFit(slots, a.resources);
+    if (i < 0) return false;
+    Slot& s = slots[static_cast<size_t>(i)];
+    Json gpus = Json::array(), uuids = Json::array();
+    Take(s, a.resources, &gpus, &uuids);
+    *placements = Json::array({Json{{"rank", 0},
+                                    {"local_rank", 0},
+                                    {"container", s.c->id},
+                                    {"gpus", std::move(gpus)},
+                                    {"gpu_uuids", std::move(uuids)}}});
+    return true;
+  }
   std::vector<Slot> trial = slots;
   Json out = Json::array();
   std::map<std::string, int> per_container;
-  for (int rank = 0; rank < std::max(1, a.workers); ++rank) {
+  for (int rank = 0; rank < a.workers; ++rank) {
     int i = BestFit(trial, a.resources);
     if (i < 0) return false;
     Slot& s = trial[static_cast<size_t>(i)];
@@ -1107,16 +1128,118 @@ bool PlaceAll(std::vector<Slot>& slots, const Attempt& a, Json* placements) {
   return true;
 }
 
+// GPUs an attempt holds once placed: every worker's.
+int GpusNeeded(const Attempt& a) { return a.resources.gpus * std::max(1, a.workers); }
+
+// Healthy GPUs of the registered containers.
+int PoolGpus(const State& state) {
+  int n = 0;
+  for (const auto& [id, c] : state.containers) {
+    if (c.phase != ContainerPhase::kRegistered) continue;
+    for (const auto& g : c.gpus) n += !GpuIndex(g).empty() && g.value("healthy", true);
+  }
+  return n;
+}
+
+enum class Verdict { kPlaced, kNoRoom, kOverQuota };
+
+// One queued attempt as the planner sees it.
+struct Candidate {
+  const std::pair<const std::pair<int, uint64_t>, std::string>* entry;  // in state.queue
+  const Run* run;
+  const Attempt* attempt;
+  std::string step;
+  int number;
+};
+
+// A tenant with queued attempts: what it holds against what it is entitled to.
+struct TenantLine {
+  int held = 0;                // GPUs held now, plus those placed in this pass
+  int entitled = 1;            // min(maxGpus, pool GPUs), or the pool's GPUs; >= 1
+  const int* quota = nullptr;  // tenants.<name>.maxGpus, null: unlimited
+  std::vector<Candidate> queue;  // in state.queue's order (priority, then submission)
+  size_t next = 0;
+};
+
+// Walks the queued attempts in fair-share order and decides each against `slots`
+// (taking what it places from them) and the tenants' GPU quotas; visit(candidate,
+// verdict, placements) sees every attempt of a live run once.
+//
+// Fair share: the tenant holding the smallest fraction of the GPUs it is entitled to
+// (its maxGpus capped at the pool's GPUs; the pool's GPUs for a tenant without a
+// quota) goes next; equal fractions go by the queue order of each tenant's next
+// attempt. Within a tenant the queue order holds (priority, then submission). What
+// a tenant holds grows with each placement in the pass. Exact integer comparisons
+// (held_a * entitled_b < held_b * entitled_a) keep it deterministic for replay.
+// O(queue * (log tenants + containers)).
+template <typename Visit>
+void PlanQueue(const State& state, const EngineConfig& cfg, std::vector<Slot>& slots,
+               Visit&& visit) {
+  std::map<std::string, TenantLine> tenants;
+  for (const auto& entry : state.queue) {
+    Candidate cand{&entry, nullptr, nullptr, {}, 0};
+    std::string run_id;
+    if (!ParseAttemptId(entry.second, &run_id, &cand.step, &cand.number)) continue;
+    cand.run = state.FindRun(run_id);
+    if (!cand.run || cand.run->cancel_requested || IsTerminal(cand.run->phase)) continue;
+    const StepRun* s = cand.run->FindStep(cand.step);
+    if (!s || cand.number < 1 || cand.number > static_cast<int>(s->attempts.size())) continue;
+    cand.attempt = &s->attempts[static_cast<size_t>(cand.number) - 1];
+    tenants[cand.run->tenant].queue.push_back(std::move(cand));
+  }
+  if (tenants.empty()) return;
+  if (tenants.size() > 1 || !cfg.tenant_max_gpus.empty()) {
+    std::map<std::string, int> held = TenantGpusHeld(state);
+    int pool = std::max(1, PoolGpus(state));
+    for (auto& [name, t] : tenants) {
+      auto h = held.find(name);
+      t.held = h == held.end() ? 0 : h->second;
+      auto q = cfg.tenant_max_gpus.find(name);
+      if (q != cfg.tenant_max_gpus.end()) t.quota = &q->second;
+      t.entitled = t.quota ? std::clamp(*t.quota, 1, pool) : pool;
+    }
+  }
+  // A min-heap of tenants by (share, next attempt's queue key). Only the tenant just
+  // taken changes, and it is out of the heap while it does.
+  auto after = [](const TenantLine* a, const TenantLine* b) {
+    int64_t sa = int64_t{a->held} * b->entitled, sb = int64_t{b->held} * a->entitled;
+    if (sa != sb) return sa > sb;
+    return a->queue[a->next].entry->first > b->queue[b->next].entry->first;
+  };
+  std::vector<TenantLine*> heap;
+  for (auto& [name, t] : tenants) heap.push_back(&t);
+  std::make_heap(heap.begin(), heap.end(), after);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), after);
+    TenantLine* t = heap.back();
+    heap.pop_back();
+    const Candidate& cand = t->queue[t->next++];
+    int need = GpusNeeded(*cand.attempt);
+    Json placements;
+    if (t->quota && need > 0 && t->held + need > *t->quota) {
+      visit(cand, Verdict::kOverQuota, placements);  // later, smaller ones may fit its quota
+    } else if (PlaceAll(slots, *cand.attempt, &placements)) {
+      t->held += need;
+      visit(cand, Verdict::kPlaced, placements);
+    } else {
+      visit(cand, Verdict::kNoRoom, placements);  // later, smaller ones may fit (backfill)
+    }
+    if (t->next < t->queue.size()) {
+      heap.push_back(t);
+      std::push_heap(heap.begin(), heap.end(), after);
+    }
+  }
+}
+
 // Queued attempts that cannot be placed even on the containers already asked for.
-int UnplacedDemand(const State& state) {
+// Attempts held back by their tenant's GPU quota are not demand: more containers
+// would not let them run.
+int UnplacedDemand(const State& state, const EngineConfig& cfg) {
   std::vector<Slot> slots = FreeSlots(state, /*include_pending=*/true);
   int unplaced = 0;
-  for (const auto& [key, attempt_id] : state.queue) {
-    const Attempt* a = state.FindAttempt(attempt_id);
-    if (!a) continue;
-    Json placements;
-    if (!PlaceAll(slots, *a, &placements)) ++unplaced;
-  }
+  PlanQueue(state, cfg, slots, [&](const Candidate&, Verdict v, const Json&) {
+    unplaced += v == Verdict::kNoRoom;
+  });
   return unplaced;
 }
 
@@ -1135,40 +1258,76 @@ Event ContainerRequest(const State& state, const EngineConfig& cfg, int nth,
 }  // namespace
 
 std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
-  (void)ctx;
   std::vector<Event> out;
   if (state.queue.empty()) return out;
   std::vector<Slot> free = FreeSlots(state, /*include_pending=*/false);
   if (free.empty()) return out;
   uint64_t gangs = 0;
-  for (const auto& [key, attempt_id] : state.queue) {
-    std::string run_id, step;
-    int n;
-    if (!ParseAttemptId(attempt_id, &run_id, &step, &n)) continue;
-    const Run* run = state.FindRun(run_id);
-    const Attempt* a = state.FindAttempt(attempt_id);
-    if (!run || !a || run->cancel_requested || IsTerminal(run->phase)) continue;
-    Json placements;
-    if (!PlaceAll(free, *a, &placements)) continue;  // later, smaller ones may fit (backfill)
+  PlanQueue(state, *ctx.config, free, [&](const Candidate& c, Verdict v, const Json& placements) {
+    if (v != Verdict::kPlaced) return;
+    const Run& run = *c.run;
     const Json& p0 = placements[0];
-    if (a->workers <= 1) {
-      out.push_back(RunEvent(*run, ev::kJobAssigned,
-                             Json{{"step", step}, {"attempt", n}, {"container", p0["container"]},
-                                  {"gpus", p0["gpus"]}, {"gpu_uuids", p0["gpu_uuids"]}}));
-      continue;
+    if (c.attempt->workers <= 1) {
+      out.push_back(RunEvent(run, ev::kJobAssigned,
+                             Json{{"step", c.step}, {"attempt", c.number},
+                                  {"container", p0["container"]}, {"gpus", p0["gpus"]},
+                                  {"gpu_uuids", p0["gpu_uuids"]}}));
+      return;
     }
     // A gang: torch.distributed's rendezvous is rank 0's host and a port chosen
     // here (deterministically, so replay agrees).
     const Container& c0 = state.containers.at(p0["container"].get<std::string>());
     int port = 29500 + static_cast<int>((state.gangs_placed + gangs) % 2000);
     ++gangs;
-    out.push_back(RunEvent(*run, ev::kJobAssigned,
-                           Json{{"step", step}, {"attempt", n}, {"container", p0["container"]},
-                                {"placements", placements},
+    out.push_back(RunEvent(run, ev::kJobAssigned,
+                           Json{{"step", c.step}, {"attempt", c.number},
+                                {"container", p0["container"]}, {"placements", placements},
                                 {"master_addr", c0.host.empty() ? "127.0.0.1" : c0.host},
                                 {"master_port", port}}));
-  }
+  });
   return out;
+}
+
+std::map<std::string, int> TenantGpusHeld(const State& state) {
+  std::map<std::string, int> held;
+  for (const auto& [cid, c] : state.containers) {
+    // A container with no busy GPU holds none for anybody: CPU-only pools cost nothing.
+    if (c.phase != ContainerPhase::kRegistered || c.busy_gpus.empty()) continue;
+    for (const auto& id : c.attempts) {
+      std::string run_id, step;
+      int n, rank;
+      if (!ParseTaskId(id, &run_id, &step, &n, &rank)) continue;
+      const Run* run = state.FindRun(run_id);
+      const StepRun* s = run ? run->FindStep(step) : nullptr;
+      if (!s || n < 1 || n > static_cast<int>(s->attempts.size())) continue;
+      const Attempt& a = s->attempts[static_cast<size_t>(n) - 1];
+      const Json* gpus = rank < 0 ? &a.gpus : nullptr;
+      for (const auto& w : a.ranks) {
+        if (rank >= 0 && w.rank == rank) gpus = &w.gpus;
+      }
+      if (gpus && !gpus->empty()) held[run->tenant] += static_cast<int>(gpus->size());
+    }
+  }
+  return held;
+}
+
+std::string QuotaWaitReason(const EngineConfig& config, const std::string& tenant, int held,
+                            const Attempt& attempt) {
+  auto q = config.tenant_max_gpus.find(tenant);
+  int need = GpusNeeded(attempt);
+  if (q == config.tenant_max_gpus.end() || need <= 0 || held + need <= q->second) return "";
+  const std::string max = std::to_string(q->second);
+  if (need > q->second) {
+    return "needs " + std::to_string(need) + (need == 1 ? " GPU" : " GPUs") +
+           ", more than tenant " + tenant + "'s GPU quota of " + max + " (tenants." + tenant +
+           ".maxGpus): it waits until the quota is raised";
+  }
+  if (held >= q->second) {
+    return "tenant " + tenant + " is at its GPU quota (" + std::to_string(held) + " of " + max +
+           " GPUs)";
+  }
+  return "tenant " + tenant + " holds " + std::to_string(held) + " of its " + max +
+         " GPUs (its quota) and this attempt needs " + std::to_string(need);
 }
 
 std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideContext& ctx) {
@@ -1215,7 +1374,8 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
   // Scale up on demand: queued attempts that fit nowhere, even counting the
   // containers already asked for, get sig.ssAllocationUnit more containers, at
   // most one round per sig.ssAllocationInterval, never past sig.maxReplicas.
-  int unplaced = UnplacedDemand(state);
+  // Attempts held back by their tenant's GPU quota are no demand.
+  int unplaced = UnplacedDemand(state, cfg);
   bool interval_passed = state.last_scale_up == TimePoint{} ||
                          ctx.now - state.last_scale_up >= cfg.allocation_interval;
   if (unplaced > 0 && live < cfg.max_replicas && interval_passed) {

@@ -4,8 +4,9 @@
 //   AdvanceRun  the run's own logic after something changed: steps whose
 //               dependencies are met become ready (or are skipped by `when`),
 //               failed attempts are retried or fail the run, a cancel settles.
-//   Schedule    places queued attempts on containers with room (first fit, FIFO
-//               by priority then submission).
+//   Schedule    places queued attempts on containers with room (best fit; fair
+//               share between tenants, then FIFO by priority and submission within
+//               a tenant; a tenant's GPUs are capped by tenants.<name>.maxGpus).
 //   OnTick      due retries, expired container leases, the pool's size.
 //
 // None of them reads a clock, the environment or the store: time, configuration
@@ -16,6 +17,7 @@
 // Thread-safety: pure functions.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -44,6 +46,9 @@ struct EngineConfig {
   Micros poll_timeout = std::chrono::milliseconds(1000);  // executor.pollTimeout
   Micros tick = std::chrono::milliseconds(100);
   int64_t grace_ms = 5000;  // SIGTERM -> SIGKILL grace given to agents
+  // tenants.<name>.maxGpus: the GPUs one tenant's attempts may hold at once (a gang
+  // counts every worker's). Absent: unlimited.
+  std::map<std::string, int> tenant_max_gpus;
 };
 
 struct DecideContext {
@@ -65,8 +70,25 @@ struct Decision {
 Result<Decision> Decide(const State& state, const Command& command, const DecideContext& ctx);
 
 std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideContext& ctx);
+// Places what fits now. Tenants take turns by fair share: the tenant holding the
+// smallest fraction of the GPUs it is entitled to goes next (entitled: its maxGpus
+// capped at the pool's healthy GPUs, or the pool's GPUs without a quota; equal
+// fractions go by queue order), re-ranked after every placement. An attempt whose
+// GPUs would take its tenant past maxGpus stays queued (QuotaWaitReason) and is
+// not demand for the pool; later, smaller attempts may still be placed (backfill).
 std::vector<Event> Schedule(const State& state, const DecideContext& ctx);
 std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideContext& ctx);
+
+// GPUs each tenant's attempts and gang workers hold now (assigned or running on a
+// registered container). Tenants that hold none are absent.
+std::map<std::string, int> TenantGpusHeld(const State& state);
+
+// Why a queued attempt of `tenant`, which holds `held` GPUs, waits for its GPU quota:
+// e.g. "tenant ml is at its GPU quota (4 of 4 GPUs)"; "" when the quota (or the
+// lack of one) lets it be placed. Derived from state, so views show it without an
+// event per scheduling pass.
+std::string QuotaWaitReason(const EngineConfig& config, const std::string& tenant, int held,
+                            const Attempt& attempt);
 
 // The upstream outputs a step's command and environment refer to
 // ({{steps.<s>.outputs.<f>}}), as [{"path", "sha256", "size", "step", "name"}]: the

@@ -33,6 +33,45 @@ Engine::Engine(EngineOptions options, storage::EventStore* store, ContainerBacke
 
 Engine::~Engine() { Stop(); }
 
+std::string_view Name(HistoryCheck::State s) {
+  switch (s) {
+    case HistoryCheck::State::kUnverified: return "unverified";
+    case HistoryCheck::State::kVerifying: return "verifying";
+    case HistoryCheck::State::kVerified: return "verified";
+    case HistoryCheck::State::kCorrupt: return "corrupt";
+    case HistoryCheck::State::kError: return "error";
+  }
+  return "?";
+}
+
+Json HistoryCheckToJson(const HistoryCheck& h) {
+  bool verified = h.state == HistoryCheck::State::kVerified;
+  bool corrupt = h.state == HistoryCheck::State::kCorrupt;
+  return Json{{"state", std::string(Name(h.state))},
+              {"verified", verified},
+              {"method", h.method},
+              {"head", verified ? Json{{"position", h.head_position}, {"hash", h.head_hash}}
+                                : Json(nullptr)},
+              {"checked", h.checked},
+              {"first_bad", corrupt ? Json(h.first_bad) : Json(nullptr)},
+              {"problem", h.problem.empty() ? Json(nullptr) : Json(h.problem)},
+              {"read_only", corrupt}};
+}
+
+Status CorruptHistoryError(uint64_t first_bad, const std::string& problem) {
+  return Status(StatusCode::kUnavailable,
+                "the event history is corrupt at event " + std::to_string(first_bad) + " (" +
+                    problem +
+                    "): this master serves reads only and refuses every write until the store "
+                    "is repaired",
+                {std::string(kCorruptHistoryCode), problem});
+}
+
+bool IsCorruptHistory(const Status& st) {
+  return st.code() == StatusCode::kUnavailable && !st.details().empty() &&
+         st.details()[0] == kCorruptHistoryCode;
+}
+
 std::string_view Name(Role r) {
   switch (r) {
     case Role::kStarting: return "starting";
@@ -49,9 +88,11 @@ std::string_view Name(Role r) {
 // with `mirror`, published_ too (under its lock, a page at a time): a standby
 // keeps both in step so that promotion copies nothing. Keeps applied_hash_ at
 // the last event applied.
-Status Engine::ApplyFromStore(bool mirror, uint64_t* count) {
+Status Engine::ApplyFromStore(bool mirror, uint64_t* count, uint64_t upto) {
   while (true) {
-    ASSIGN_OR_RETURN(auto page, store_->ReadAll(working_.head, kReplayPage));
+    if (working_.head >= upto) return Status::Ok();
+    size_t limit = static_cast<size_t>(std::min<uint64_t>(kReplayPage, upto - working_.head));
+    ASSIGN_OR_RETURN(auto page, store_->ReadAll(working_.head, limit));
     if (page.empty()) return Status::Ok();
     std::vector<RecordedEvent> recorded;
     recorded.reserve(page.size());
@@ -76,7 +117,7 @@ Status Engine::ApplyFromStore(bool mirror, uint64_t* count) {
   }
 }
 
-Status Engine::Load() {
+Status Engine::Load(uint64_t upto) {
   working_ = State{};
   applied_hash_.clear();
   loaded_from_ = 0;
@@ -87,6 +128,9 @@ Status Engine::Load() {
     if (!latest.ok()) {
       spdlog::warn("reading the latest snapshot: {}; replaying the whole log",
                    latest.status().ToString());
+    } else if (latest->has_value() && (*latest)->first > upto) {
+      spdlog::warn("snapshot at {} is past event {}: replaying from the start",
+                   (*latest)->first, upto);
     } else if (latest->has_value()) {
       uint64_t position = (*latest)->first;
       auto at = store_->ReadAt(position);
@@ -103,21 +147,110 @@ Status Engine::Load() {
     }
   }
   uint64_t count = 0;
-  RETURN_IF_ERROR(ApplyFromStore(/*mirror=*/false, &count));
+  RETURN_IF_ERROR(ApplyFromStore(/*mirror=*/false, &count, upto));
   replayed_ = count;
   last_snapshot_ = loaded_from_;
   storage::HeadInfo head = store_->Head();
-  if (head.position != working_.head) {
+  if (upto == kWholeLog && head.position != working_.head) {
     return Corruption("replay ended at " + std::to_string(working_.head) + " but the head is " +
                       std::to_string(head.position));
   }
   spdlog::info("loaded state at {}: snapshot at {} + {} events replayed", working_.head,
                loaded_from_.load(), count);
+  if (upto != kWholeLog) return Status::Ok();
+  // A full replay read (and so verified: ReadAll checks every hash and link) the
+  // whole chain; a start from a snapshot did not walk what the snapshot covers.
+  HistoryCheck h;
+  if (loaded_from_ == 0) {
+    h.state = HistoryCheck::State::kVerified;
+    h.method = "replay";
+    h.head_position = working_.head;
+    h.head_hash = working_.head == 0 ? head.hash : applied_hash_;
+    h.checked = count;
+  }
+  SetHistory(std::move(h));
   return Status::Ok();
+}
+
+void Engine::SetHistory(HistoryCheck h) {
+  std::lock_guard<std::mutex> lock(history_mu_);
+  history_ = std::move(h);
+}
+
+HistoryCheck Engine::history() const {
+  std::lock_guard<std::mutex> lock(history_mu_);
+  return history_;
+}
+
+Status Engine::CorruptHistoryStatus() const {
+  HistoryCheck h = history();
+  return CorruptHistoryError(h.first_bad, h.problem);
+}
+
+void Engine::EnterCorruptHistory(uint64_t first_bad, const std::string& problem, bool serving) {
+  {
+    std::lock_guard<std::mutex> lock(history_mu_);
+    history_.state = HistoryCheck::State::kCorrupt;
+    history_.first_bad = first_bad;
+    history_.problem = problem;
+  }
+  corrupt_ = true;  // before the writer stops: Execute answers CorruptHistoryStatus
+  ready_ = false;
+  uint64_t at = Read([](const State& s) { return s.head; });
+  spdlog::critical(
+      "CORRUPT HISTORY: event {} fails verification ({}). This master serves reads only "
+      "and refuses every write (503 corrupt_history); its state is {} (at {}). Restore the "
+      "store from a trusted copy; `epochctl audit verify` names the event.",
+      first_bad, problem,
+      serving ? "what it loaded (snapshot + tail)" : "the history before that event", at);
+  if (serving) {
+    // Nothing more may extend the tampered log: the writer (commands, ticks, and
+    // with them the pool and its reactors) stops. A group it already decided
+    // finishes; everything queued after is answered CorruptHistoryStatus.
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      stopping_ = true;
+    }
+    queue_cv_.notify_all();
+  }
+}
+
+void Engine::VerifyInBackground() {
+  auto t0 = std::chrono::steady_clock::now();
+  auto report = store_->VerifyChain(1);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::steady_clock::now() - t0)
+                .count();
+  if (!report.ok()) {
+    spdlog::error("verifying the history: {}", report.status().ToString());
+    HistoryCheck h = history();
+    h.state = HistoryCheck::State::kError;
+    h.problem = report.status().ToString();
+    SetHistory(std::move(h));
+    return;
+  }
+  if (!report->ok) {
+    {
+      std::lock_guard<std::mutex> lock(history_mu_);
+      history_.checked = report->checked;
+    }
+    EnterCorruptHistory(report->bad_position, report->problem, /*serving=*/true);
+    return;
+  }
+  HistoryCheck h;
+  h.state = HistoryCheck::State::kVerified;
+  h.method = "background";
+  h.head_position = report->head_position;
+  h.head_hash = report->head_hash;
+  h.checked = report->checked;
+  SetHistory(std::move(h));
+  spdlog::info("history verified: {} events, head {}:{} ({} ms)", report->checked,
+               report->head_position, report->head_hash, ms);
 }
 
 Result<SnapshotInfo> Engine::WriteSnapshot() {
   if (store_->read_only()) return FailedPrecondition("a standby cannot write snapshots");
+  if (corrupt_) return FailedPrecondition("the history is corrupt: no snapshot is written");
   State copy;
   {
     std::shared_lock lock(published_mu_);
@@ -143,12 +276,41 @@ void Engine::SnapshotLoop() {
 }
 
 Status Engine::Start() {
-  RETURN_IF_ERROR(Load());
+  Status loaded = Load();
+  if (!loaded.ok()) return StartOnCorruptHistory(loaded);
   {
     std::unique_lock lock(published_mu_);
     published_ = working_;
   }
   return Lead();
+}
+
+Status Engine::StartOnCorruptHistory(const Status& load_error) {
+  if (load_error.code() != StatusCode::kCorruption) return load_error;
+  // Is it the chain (bytes, hashes, links), and where does it first break?
+  auto report = store_->VerifyChain(1);
+  if (!report.ok() || report->ok) return load_error;  // I/O, or sound: not tampering
+  HistoryCheck h;
+  h.state = HistoryCheck::State::kCorrupt;
+  h.method = "start";
+  h.checked = report->checked;
+  h.first_bad = report->bad_position;
+  h.problem = report->problem;
+  SetHistory(h);
+  if (!options_.allow_corrupt_history) return Corruption(report->problem);
+  // Serve what can be proven: the state of the events before the first bad one.
+  RETURN_IF_ERROR(Load(report->bad_position - 1).WithContext("loading the sound prefix"));
+  {
+    std::unique_lock lock(published_mu_);
+    published_ = working_;
+  }
+  epoch_ = working_.epoch;
+  EnterCorruptHistory(h.first_bad, h.problem, /*serving=*/false);
+  // The lock holder answers writes itself (503 corrupt_history, not a redirect),
+  // but nothing runs: no LeaderElected, no epoch claimed, no writer, no reactors.
+  started_ = true;  // readers' long waits block as usual; Stop() cleans up
+  role_ = Role::kLeader;
+  return Status::Ok();
 }
 
 Status Engine::StartStandby() {
@@ -268,10 +430,20 @@ Status Engine::Lead() {
   if (options_.snapshot_every > 0) snapshotter_ = std::thread([this] { SnapshotLoop(); });
   role_ = Role::kLeader;
   ready_ = true;
+  if (loaded_from_ > 0) {
+    // The state came from a snapshot: what it covers was never read back. Walk the
+    // whole chain now, without holding up the start.
+    HistoryCheck h;
+    h.state = HistoryCheck::State::kVerifying;
+    h.method = "background";
+    SetHistory(std::move(h));
+    verifier_ = std::thread([this] { VerifyInBackground(); });
+  }
   return Status::Ok();
 }
 
 Status Engine::ObserveEpoch(uint64_t seen) {
+  if (corrupt_) return CorruptHistoryStatus();
   if (role_ != Role::kLeader || seen <= epoch_) return Status::Ok();
   StepDown("a container reports epoch " + std::to_string(seen) + ", above this leader's " +
            std::to_string(epoch_.load()));
@@ -321,10 +493,12 @@ void Engine::Stop() {
   }
   snapshot_cv_.notify_all();
   if (snapshotter_.joinable()) snapshotter_.join();
+  if (verifier_.joinable()) verifier_.join();
   change_cv_.notify_all();
 }
 
 Result<CommandResult> Engine::Execute(Command command) {
+  if (corrupt_) return CorruptHistoryStatus();
   if (failed_) return Unavailable("the engine stopped after a storage failure; restart epochd");
   Role role = role_.load();
   if (role == Role::kDeposed) {
@@ -342,7 +516,10 @@ Result<CommandResult> Engine::Execute(Command command) {
   auto fut = p->promise.get_future();
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    if (stopping_ || !started_) return Unavailable("the engine is not running");
+    if (stopping_ || !started_) {
+      if (corrupt_) return CorruptHistoryStatus();
+      return Unavailable("the engine is not running");
+    }
     queue_.push_back(std::move(p));
   }
   queue_cv_.notify_one();
@@ -537,7 +714,10 @@ void Engine::WriterLoop() {
   }
   // Drain: anything still queued learns that the engine stopped.
   std::lock_guard<std::mutex> lock(queue_mu_);
-  for (auto& p : queue_) p->promise.set_value(Unavailable("the engine is stopping"));
+  for (auto& p : queue_) {
+    p->promise.set_value(corrupt_ ? Result<CommandResult>(CorruptHistoryStatus())
+                                  : Result<CommandResult>(Unavailable("the engine is stopping")));
+  }
   queue_.clear();
 }
 
@@ -572,6 +752,7 @@ DispatchView Engine::DispatchFor(const std::string& container,
                                  const std::vector<std::string>& running,
                                  const std::vector<std::string>& reported) const {
   DispatchView view;
+  if (corrupt_) return view;  // nothing starts or stops on a corrupt history
   std::set<std::string> run_set(running.begin(), running.end());
   std::set<std::string> rep_set(reported.begin(), reported.end());
   const EngineConfig& cfg = options_.config;

@@ -26,6 +26,22 @@
 // steps down at once (role kDeposed, on_deposed called, every command refused)
 // when its append is fenced by a higher epoch or an agent reports one.
 //
+// Corrupt history (README "Audit"): a log whose hash chain fails verification is
+// never extended. Start() finds it when the replay fails (no snapshot covers the
+// bad event): it fails with kCorruption naming the first bad position, or, with
+// EngineOptions::allow_corrupt_history, serves the state of the sound prefix
+// (the events before the first bad one, from a snapshot at or before it when
+// there is one) in corrupt-history mode. A leader whose start loaded a snapshot
+// did not replay the prefix under it, so it verifies the whole chain on a
+// background thread and, if that fails, switches to the same mode while serving
+// (its state stays what it loaded: snapshot + tail). In that mode every command
+// and every container poll is refused with CorruptHistoryError (kUnavailable,
+// IsCorruptHistory), nothing is appended (the writer stops: no ticks, no pool, no
+// reactors, no snapshots), polls hand out nothing, ready() is false, and reads
+// go on (agents, whose polls are refused, keep their reports and give up after
+// their --orphan-timeout as if the master were unreachable). history() says what
+// was verified and what was found.
+//
 // Thread-safety: every public method is safe from any thread.
 #pragma once
 
@@ -66,7 +82,38 @@ struct EngineOptions {
   // the background, from a copy of the published state.
   bool load_snapshot = true;
   uint64_t snapshot_every = 100000;
+  // A history that fails verification at Start(): false fails the start (kCorruption
+  // naming the first bad event); true serves it read-only (header comment).
+  bool allow_corrupt_history = false;
 };
+
+// What this master knows of its log's integrity (/v1/cluster "history").
+struct HistoryCheck {
+  enum class State {
+    kUnverified,  // loaded from a snapshot and not (yet) walked: a standby
+    kVerifying,   // the leader's background VerifyChain is walking it
+    kVerified,    // the chain 1..head_position is sound
+    kCorrupt,     // first_bad fails verification: corrupt-history mode
+    kError,       // the verification itself failed (I/O): problem says why
+  };
+  State state = State::kUnverified;
+  std::string method;          // "replay" (a full replay read it all), "background"
+                               // (VerifyChain after a start from a snapshot), "start"
+  uint64_t head_position = 0;  // kVerified: where the sound chain ends
+  std::string head_hash;       // kVerified: its hash
+  uint64_t checked = 0;        // events verified
+  uint64_t first_bad = 0;      // kCorrupt: the first position whose bytes, hash or link is wrong
+  std::string problem;         // kCorrupt: e.g. "event 5: hash mismatch"; kError: the error
+};
+std::string_view Name(HistoryCheck::State s);
+Json HistoryCheckToJson(const HistoryCheck& h);
+
+// The error code the API answers a refused write with in corrupt-history mode.
+inline constexpr std::string_view kCorruptHistoryCode = "corrupt_history";
+// kUnavailable whose first detail is kCorruptHistoryCode, naming the first bad
+// position in its message; the second detail is the problem found.
+Status CorruptHistoryError(uint64_t first_bad, const std::string& problem);
+bool IsCorruptHistory(const Status& st);
 
 struct SnapshotInfo {
   uint64_t position = 0;
@@ -123,6 +170,8 @@ class Engine {
   void Stop();
 
   // Decides and commits one command; returns once its events are durable.
+  // kUnavailable when this master does not lead or cannot write; in corrupt-history
+  // mode CorruptHistoryError.
   Result<CommandResult> Execute(Command command);
 
   // Encodes the published state and stores it as the latest snapshot (the store
@@ -156,12 +205,17 @@ class Engine {
   // Leader: stop leading now (role kDeposed, every command refused, on_deposed).
   void StepDown(const std::string& reason);
   // An epoch seen elsewhere (an agent's epoch_seen): above ours means a newer
-  // leader exists, so this one steps down (kUnavailable).
+  // leader exists, so this one steps down (kUnavailable). The API calls it first
+  // on every container poll: in corrupt-history mode it refuses the poll (a poll
+  // is a write of the container protocol) with CorruptHistoryError.
   Status ObserveEpoch(uint64_t seen);
   // Why this master was deposed (empty otherwise).
   std::string deposed_reason() const;
   bool healthy() const { return !failed_.load(); }
   bool ready() const { return ready_.load(); }
+  // Corrupt-history mode (header comment): every write refused.
+  bool corrupt_history() const { return corrupt_.load(); }
+  HistoryCheck history() const;
   const EngineStats& stats() const { return stats_; }
   const EngineOptions& options() const { return options_; }
   storage::EventStore* store() const { return store_; }
@@ -172,9 +226,21 @@ class Engine {
     std::promise<Result<CommandResult>> promise;
   };
 
-  Status Load();  // replays (from the latest snapshot) into working_
+  // Replays (from the latest snapshot) into working_; with `upto`, only the events
+  // up to that position (from a snapshot at or before it).
+  Status Load(uint64_t upto = kWholeLog);
   Status Lead();  // LeaderElected, reconcile, start the writer
-  Status ApplyFromStore(bool mirror, uint64_t* count);
+  Status ApplyFromStore(bool mirror, uint64_t* count, uint64_t upto = kWholeLog);
+  // Start() after Load() failed: a broken chain is refused, or served read-only.
+  Status StartOnCorruptHistory(const Status& load_error);
+  void VerifyInBackground();  // the verifier thread
+  // Switches to corrupt-history mode; `serving`: a leader that was writing (stops
+  // its writer) rather than a start.
+  void EnterCorruptHistory(uint64_t first_bad, const std::string& problem, bool serving);
+  void SetHistory(HistoryCheck h);
+  Status CorruptHistoryStatus() const;
+
+  static constexpr uint64_t kWholeLog = ~uint64_t{0};
   void WriterLoop();
   std::vector<std::string> ExpiredLeases(TimePoint now);
   void ReactorLoop();
@@ -213,7 +279,10 @@ class Engine {
   std::deque<std::function<void()>> reactor_tasks_;
   bool reactor_stopping_ = false;
 
-  std::thread writer_, reactor_, snapshotter_;
+  std::thread writer_, reactor_, snapshotter_, verifier_;
+  mutable std::mutex history_mu_;
+  HistoryCheck history_;  // guarded by history_mu_
+  std::atomic<bool> corrupt_{false};
   std::mutex snapshot_mu_;
   std::condition_variable snapshot_cv_;
   bool snapshot_due_ = false;           // guarded by snapshot_mu_
@@ -227,8 +296,9 @@ class Engine {
 };
 
 // Converts a State to readable JSON (used by the API and by replay tests that
-// compare a replayed state with the live one).
-Json RunToJson(const Run& run, const EngineConfig& config);
+// compare a replayed state with the live one). With `state`, a queued attempt held
+// back by its tenant's GPU quota shows why in its "reason" (QuotaWaitReason).
+Json RunToJson(const Run& run, const EngineConfig& config, const State* state = nullptr);
 Json ContainerToJson(const Container& c);
 // A data set or model version with its lineage (kind "dataset" or "model").
 Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool model);

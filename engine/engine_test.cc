@@ -70,10 +70,11 @@ class EngineTest : public ::testing::Test {
     }
     return f();
   }
-  Json RunsJson() {
-    return engine_->Read([&](const State& s) {
+  Json RunsJson() { return RunsJson(*engine_); }
+  static Json RunsJson(const Engine& e) {
+    return e.Read([&](const State& s) {
       Json j = Json::object();
-      for (const auto& [id, r] : s.runs) j[id] = RunToJson(r, engine_->options().config);
+      for (const auto& [id, r] : s.runs) j[id] = RunToJson(r, e.options().config);
       return j;
     });
   }
@@ -381,6 +382,217 @@ TEST_F(HaEngineTest, RestartLoadsTheLatestSnapshotAndReplaysOnlyTheTail) {
   ASSERT_TRUE(fallback.StartStandby().ok());
   EXPECT_EQ(fallback.LoadedFrom().first, 0u);
   EXPECT_EQ(Digest(fallback), live);
+}
+
+// --- Corrupt history ---
+
+// A store whose event `bad` fails verification, as if one of its bytes had been
+// flipped on disk: every read that reaches it is kCorruption naming it, and
+// VerifyChain reports it. Everything else is the real store underneath.
+class TamperedStore : public storage::EventStore {
+ public:
+  TamperedStore(storage::EventStore* inner, uint64_t bad) : inner_(inner), bad_(bad) {}
+  Status Broken() const { return Corruption("event " + std::to_string(bad_) + ": hash mismatch"); }
+
+  Result<storage::AppendResult> Append(storage::AppendBatch b) override {
+    return inner_->Append(std::move(b));
+  }
+  Result<std::vector<storage::Envelope>> ReadStream(const std::string& stream, uint64_t from,
+                                                    size_t limit) override {
+    ASSIGN_OR_RETURN(auto events, inner_->ReadStream(stream, from, limit));
+    for (const auto& e : events) {
+      if (e.position == bad_) return Broken();
+    }
+    return events;
+  }
+  Result<std::vector<storage::Envelope>> ReadAll(uint64_t after, size_t limit,
+                                                 const storage::ReadFilter& f) override {
+    if (after == bad_) return Broken();  // the page's link is checked against it
+    ASSIGN_OR_RETURN(auto events, inner_->ReadAll(after, limit, f));
+    if (!events.empty() && after < bad_ && events.back().position >= bad_) return Broken();
+    return events;
+  }
+  Result<storage::Envelope> ReadAt(uint64_t position) override {
+    if (position == bad_) return Broken();
+    return inner_->ReadAt(position);
+  }
+  Result<storage::ChainReport> VerifyChain(uint64_t from, const std::string& hash) override {
+    ASSIGN_OR_RETURN(auto report, inner_->VerifyChain(from, hash));
+    verified_++;
+    if (report.ok && from <= bad_ && bad_ <= report.head_position) {
+      report.ok = false;
+      report.checked = bad_ - from;
+      report.bad_position = bad_;
+      report.problem = Broken().message();
+      report.head_hash.clear();
+    }
+    return report;
+  }
+  storage::HeadInfo Head() override { return inner_->Head(); }
+  uint64_t StreamVersion(const std::string& s) override { return inner_->StreamVersion(s); }
+  uint64_t WaitForHead(uint64_t after, std::chrono::milliseconds t) override {
+    return inner_->WaitForHead(after, t);
+  }
+  uint64_t Subscribe(std::function<void(uint64_t)> fn) override {
+    return inner_->Subscribe(std::move(fn));
+  }
+  void Unsubscribe(uint64_t id) override { inner_->Unsubscribe(id); }
+  Result<std::optional<std::string>> GetIdempotency(const std::string& t,
+                                                    const std::string& k) override {
+    return inner_->GetIdempotency(t, k);
+  }
+  Result<std::optional<std::string>> GetMeta(const std::string& k) override {
+    return inner_->GetMeta(k);
+  }
+  Status PutMeta(const std::string& k, const std::string& v) override {
+    return inner_->PutMeta(k, v);
+  }
+  Status PutSnapshot(uint64_t position, const std::string& bytes) override {
+    return inner_->PutSnapshot(position, bytes);
+  }
+  Result<std::optional<std::pair<uint64_t, std::string>>> LatestSnapshot() override {
+    return inner_->LatestSnapshot();
+  }
+  uint64_t ApproximateSizeBytes() override { return inner_->ApproximateSizeBytes(); }
+  Status ClaimEpoch(uint64_t e) override { return inner_->ClaimEpoch(e); }
+  uint64_t ClaimedEpoch() override { return inner_->ClaimedEpoch(); }
+
+  std::atomic<int> verified_{0};
+
+ private:
+  storage::EventStore* inner_;
+  uint64_t bad_;
+};
+
+class CorruptHistoryTest : public HaEngineTest {
+ protected:
+  // A history of a workflow and runs r0..r3 (an engine that leads and stops);
+  // returns the position of r2's RunSubmitted.
+  uint64_t WriteHistory(uint64_t snapshot_every = 0) {
+    EngineOptions o = Options("writer");
+    o.snapshot_every = snapshot_every;
+    Engine e(o, store_.get(), &backend_, &clock_);
+    EXPECT_TRUE(e.Start().ok());
+    EXPECT_TRUE(e.Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
+    for (int i = 0; i < 4; ++i) Submit(e, "r" + std::to_string(i));
+    if (snapshot_every > 0) {
+      auto snap = e.WriteSnapshot();
+      EXPECT_TRUE(snap.ok()) << snap.status().ToString();
+    }
+    e.Stop();
+    auto r2 = store_->ReadStream("run-r2", 1, 1);
+    EXPECT_TRUE(r2.ok() && r2->size() == 1);
+    return r2.ok() && !r2->empty() ? (*r2)[0].position : 0;
+  }
+  // Every way in is refused with CorruptHistoryError naming `bad`.
+  void ExpectRefused(Engine& e, uint64_t bad) {
+    const std::string named = "corrupt at event " + std::to_string(bad) + " (event " +
+                              std::to_string(bad) + ": hash mismatch)";
+    for (Command c : std::vector<Command>{
+             SubmitRun{.run_id = "new", .workflow = "w"}, RegisterWorkflow{*ParseJson(kDef), "a"},
+             CancelRun{"r0"}, RetryRun{"r0"}, InvalidateCache{.workflow = "w"},
+             RegisterContainer{.container = "c9", .cpu_millis = 1000, .memory_bytes = 1 << 30},
+             PollContainer{.container = "c1"}, Tick{}}) {
+      auto r = e.Execute(c);
+      ASSERT_FALSE(r.ok()) << c.index();
+      EXPECT_TRUE(IsCorruptHistory(r.status())) << r.status().ToString();
+      EXPECT_NE(r.status().message().find(named), std::string::npos) << r.status().message();
+    }
+    Status poll = e.ObserveEpoch(0);
+    EXPECT_TRUE(IsCorruptHistory(poll)) << poll.ToString();
+    EXPECT_FALSE(e.WriteSnapshot().ok());
+    DispatchView v = e.DispatchFor("c1", {"r0/a/1"}, {});
+    EXPECT_TRUE(v.assignments.empty());
+    EXPECT_TRUE(v.cancels.empty());
+    EXPECT_FALSE(e.ready());
+    EXPECT_TRUE(e.corrupt_history());
+  }
+};
+
+TEST_F(CorruptHistoryTest, AStartRefusesABrokenChainOrServesItsSoundPrefixReadOnly) {
+  uint64_t bad = WriteHistory();
+  ASSERT_GT(bad, 0u);
+  const uint64_t head = store_->Head().position;
+  const size_t launched = backend_.Launched();
+  TamperedStore tampered(store_.get(), bad);
+
+  Engine refused(Options("a"), &tampered, &backend_, &clock_);
+  Status st = refused.Start();
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_EQ(st.message(), "event " + std::to_string(bad) + ": hash mismatch");
+  HistoryCheck h = refused.history();
+  EXPECT_EQ(h.state, HistoryCheck::State::kCorrupt);
+  EXPECT_EQ(h.first_bad, bad);
+  EXPECT_FALSE(refused.corrupt_history());  // it never served
+  EXPECT_NE(refused.role(), Role::kLeader);
+
+  EngineOptions o = Options("b");
+  o.allow_corrupt_history = true;
+  Engine e(o, &tampered, &backend_, &clock_);
+  ASSERT_TRUE(e.Start().ok());
+  EXPECT_EQ(e.role(), Role::kLeader);
+  h = e.history();
+  EXPECT_EQ(h.state, HistoryCheck::State::kCorrupt);
+  EXPECT_EQ(h.method, "start");
+  EXPECT_EQ(h.first_bad, bad);
+  EXPECT_EQ(h.checked, bad - 1);
+  Json hj = HistoryCheckToJson(h);
+  EXPECT_EQ(hj["first_bad"], bad);
+  EXPECT_EQ(hj["verified"], false);
+  EXPECT_EQ(hj["read_only"], true);
+  // The state is that of the events before the bad one: r0 and r1, not r2.
+  EXPECT_EQ(HeadOf(e), bad - 1);
+  Json runs = RunsJson(e);
+  EXPECT_TRUE(runs.contains("r0"));
+  EXPECT_TRUE(runs.contains("r1"));
+  EXPECT_FALSE(runs.contains("r2"));
+  EXPECT_EQ(e.epoch(), 1u) << "no epoch is claimed";
+  ExpectRefused(e, bad);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // several ticks
+  EXPECT_EQ(store_->Head().position, head) << "nothing was appended";
+  EXPECT_EQ(backend_.Launched(), launched) << "no container was launched";
+  e.Stop();
+}
+
+TEST_F(CorruptHistoryTest, ASnapshotStartVerifiesTheWholeChainInTheBackground) {
+  uint64_t bad = WriteHistory(/*snapshot_every=*/1000);
+  auto snap = store_->LatestSnapshot();
+  ASSERT_TRUE(snap.ok() && snap->has_value());
+  ASSERT_GT((*snap)->first, bad);
+
+  {  // A sound chain: verified, and the leader keeps writing.
+    Engine e(Options("a"), store_.get(), &backend_, &clock_);
+    ASSERT_TRUE(e.Start().ok());
+    EXPECT_EQ(e.LoadedFrom().first, (*snap)->first);
+    ASSERT_TRUE(WaitFor([&] { return e.history().state != HistoryCheck::State::kVerifying; }));
+    HistoryCheck h = e.history();
+    EXPECT_EQ(h.state, HistoryCheck::State::kVerified);
+    EXPECT_EQ(h.method, "background");
+    EXPECT_GT(h.head_position, (*snap)->first);
+    EXPECT_EQ(h.checked, h.head_position);
+    EXPECT_FALSE(e.corrupt_history());
+    Submit(e, "r4");
+  }
+
+  TamperedStore tampered(store_.get(), bad);
+  Engine e(Options("b"), &tampered, &backend_, &clock_);
+  ASSERT_TRUE(e.Start().ok()) << "the snapshot covers it: the start does not read it";
+  ASSERT_TRUE(WaitFor([&] { return e.corrupt_history(); }));
+  HistoryCheck h = e.history();
+  EXPECT_EQ(h.state, HistoryCheck::State::kCorrupt);
+  EXPECT_EQ(h.method, "background");
+  EXPECT_EQ(h.first_bad, bad);
+  EXPECT_EQ(tampered.verified_.load(), 1);
+  EXPECT_EQ(e.role(), Role::kLeader);
+  // The state stays what it loaded (snapshot + tail), r2 and r4 included.
+  Json runs = RunsJson(e);
+  EXPECT_TRUE(runs.contains("r2"));
+  EXPECT_TRUE(runs.contains("r4"));
+  const uint64_t head = store_->Head().position;
+  ExpectRefused(e, bad);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // several ticks
+  EXPECT_EQ(store_->Head().position, head) << "nothing more was appended";
+  e.Stop();
 }
 
 }  // namespace

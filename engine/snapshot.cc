@@ -438,6 +438,7 @@ std::string Encode(const State& s) {
       w.Varint(defs.Ref(v.def));
       w.Time(v.registered_at);
       w.Sym(v.actor);
+      w.Sym(v.tenant);
     }
   }
 
@@ -1116,6 +1117,7 @@ class StateReader {
         v.def = defs.DefRef();
         v.registered_at = r_.Time();
         r_.Str(v.actor);
+        r_.Str(v.tenant);
         if (!r_.ok()) return;
       }
     }

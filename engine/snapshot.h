@@ -21,7 +21,8 @@
 //                with workflows::ParseDefinition and shared by whoever refers to it
 //   def_ref   := varint: 0 = no definition, i = defs[i-1]
 //   workflows := varint n | (str name | varint m | version[m])[n]
-//   version   := svarint version | str digest | def_ref | time registered_at | str actor
+//   version   := svarint version | str digest | def_ref | time registered_at | str actor |
+//                str tenant
 //   runs      := varint n | chunk[n]           runs in id order, 4096 to a chunk
 //   chunk     := varint runs | varint size | run[runs]   (size bytes) A chunk starts from
 //                the string table as it stood before `runs` (what it adds is its own)
@@ -87,7 +88,7 @@
 namespace epoch::engine {
 
 inline constexpr std::string_view kSnapshotMagic = "EPOCHSNP";
-inline constexpr uint32_t kSnapshotFormatVersion = 4;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results
+inline constexpr uint32_t kSnapshotFormatVersion = 5;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.

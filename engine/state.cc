@@ -674,6 +674,7 @@ void Evolve(State& s, const RecordedEvent& e) {
     v.def = *def;
     v.registered_at = e.time;
     v.actor = e.actor;
+    v.tenant = d.value("tenant", "default");
     std::string name = d.value("name", (*def)->name);
     auto& versions = s.workflows[name];
     if (v.version != static_cast<int>(versions.size()) + 1) return;

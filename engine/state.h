@@ -170,6 +170,7 @@ struct WorkflowVersion {
   std::shared_ptr<const workflows::Definition> def;
   TimePoint registered_at{};
   std::string actor;
+  std::string tenant = "default";  // the name belongs to version 1's tenant
 };
 
 struct Container {

@@ -2,6 +2,7 @@
 #include "engine/engine.h"
 
 #include <cstdio>
+#include <optional>
 
 namespace epoch::engine {
 
@@ -10,8 +11,20 @@ Json OptTime(const std::optional<TimePoint>& t) { return t ? Json(FormatTime(*t)
 Json TimeOrNull(TimePoint t) { return t == TimePoint{} ? Json() : Json(FormatTime(t)); }
 }  // namespace
 
-Json RunToJson(const Run& run, const EngineConfig& config) {
-  (void)config;
+Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
+  // GPUs the run's tenant holds, computed once and only when a quota applies.
+  std::optional<int> tenant_held;
+  bool quota = state && config.tenant_max_gpus.count(run.tenant) && !IsTerminal(run.phase) &&
+               !run.cancel_requested;
+  auto wait_reason = [&](const Attempt& a) -> std::string {
+    if (!quota || a.phase != AttemptPhase::kQueued || !a.reason.empty()) return a.reason;
+    if (!tenant_held) {
+      auto held = TenantGpusHeld(*state);
+      auto it = held.find(run.tenant);
+      tenant_held = it == held.end() ? 0 : it->second;
+    }
+    return QuotaWaitReason(config, run.tenant, *tenant_held, a);
+  };
   Json steps = Json::array();
   for (size_t i = 0; i < run.steps.size(); ++i) {
     const StepRun& s = run.steps[i];
@@ -26,7 +39,10 @@ Json RunToJson(const Run& run, const EngineConfig& config) {
           {"gpu_uuids", a.gpu_uuids},
           {"exit_code", a.exit_code ? Json(*a.exit_code) : Json()},
           {"signal", a.signal ? Json(*a.signal) : Json()},
-          {"reason", a.reason.empty() ? Json() : Json(a.reason)},
+          {"reason", [&] {
+             std::string why = wait_reason(a);
+             return why.empty() ? Json() : Json(why);
+           }()},
           {"queued_at", TimeOrNull(a.queued_at)},
           {"started_at", TimeOrNull(a.started_at)},
           {"finished_at", TimeOrNull(a.finished_at)},

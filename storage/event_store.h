@@ -198,6 +198,14 @@ struct StoreOptions {
   // Non-empty: open as a RocksDB secondary (read-only, follows the primary with
   // CatchUp) keeping its own info files here.
   std::string secondary_path{};
+  // Open even when the last event fails verification (its bytes were changed), so
+  // that a corrupt history can still be read (epochd --allow-corrupt-history): the
+  // head is then that event's position with the hash the head record kept, reads
+  // that reach it are kCorruption naming it, and every write (Append, ClaimEpoch,
+  // PutMeta, PutSnapshot) is refused with kCorruption. Without it such a store
+  // does not open (kCorruption naming the event). A log that ends before its head
+  // record (a missing tail) never opens.
+  bool open_corrupt_head = false;
   // Tests only: called by the group leader before each synced write; returning true
   // makes that write fail as if RocksDB had returned an I/O error (nothing is
   // written). Exercises the kInternal-then-refuse policy of Append.

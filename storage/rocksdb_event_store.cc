@@ -200,6 +200,14 @@ class RocksDbEventStore final : public EventStore {
 
   Status Recover(const std::shared_ptr<Db>& d) {
     auto [position, hash] = LoadHead(*d);
+    if (!hash.ok() && options_.open_corrupt_head && !d->secondary) {
+      Status error = hash.status();
+      ASSIGN_OR_RETURN(auto head, CorruptHead(*d, error));
+      position = head.first;
+      hash = head.second;
+      std::lock_guard lock(queue_mu_);
+      failed_ = Corruption(error.message() + " (the head event): the store refuses every write");
+    }
     RETURN_IF_ERROR(hash.status());
     ASSIGN_OR_RETURN(uint64_t fence, LoadFence(*d));
     std::lock_guard lock(state_mu_);
@@ -313,6 +321,27 @@ class RocksDbEventStore final : public EventStore {
       return {0, FromRocks(s, "reading the head record")};
     }
     return {position, hash};
+  }
+
+  // open_corrupt_head: LoadHead failed with `error`. When that is the last event
+  // failing verification (not a missing one), its position and the hash the head
+  // record kept for it; else `error`.
+  Result<std::pair<uint64_t, Digest>> CorruptHead(const Db& d, const Status& error) {
+    if (error.code() != StatusCode::kCorruption) return error;
+    std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(rocksdb::ReadOptions(), d.events));
+    it->SeekToLast();
+    if (!it->Valid()) return error;
+    auto position = codec::DecodePositionKey(it->key().ToStringView());
+    if (!position.ok()) return error;
+    std::string meta;
+    if (!d.db->Get(rocksdb::ReadOptions(), d.meta, codec::kHeadMetaKey, &meta).ok()) return error;
+    uint64_t meta_pos = 0;
+    Digest meta_hash{};
+    if (!codec::DecodeHeadValue(meta, &meta_pos, &meta_hash).ok() || meta_pos != *position ||
+        error.message().rfind("event " + std::to_string(*position) + ": ", 0) != 0) {
+      return error;
+    }
+    return std::make_pair(*position, meta_hash);
   }
 
   Result<uint64_t> LoadFence(const Db& d) {
@@ -608,6 +637,7 @@ class RocksDbEventStore final : public EventStore {
     }
     std::shared_ptr<Db> d = db();
     if (d->secondary) return FailedPrecondition("the event store is a read-only secondary");
+    if (Status f = AppendFailure(); !f.ok()) return f;
     rocksdb::WriteOptions wo;
     wo.sync = true;
     // Only the latest snapshot is kept: older ones go in the same batch.

@@ -650,6 +650,54 @@ TEST_F(StoreTest, CorruptTailFailsOpen) {
   EXPECT_NE(st.message().find("event 3: hash mismatch"), std::string::npos) << st.message();
 }
 
+TEST_F(StoreTest, CorruptTailOpensRefusingWritesWhenAsked) {
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(store_->Append(One("run-1", kAnyVersion, {"A"})).ok());
+  HeadInfo before = store_->Head();
+  WithRawEvents([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* events) {
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), events, codec::EventKey(3), &value).ok());
+    value[value.size() / 2] = static_cast<char>(value[value.size() / 2] ^ 0x01);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), events, codec::EventKey(3), value).ok());
+  });
+  ASSERT_EQ(Reopen().code(), StatusCode::kCorruption);
+  StoreOptions options{dir_ + "/store"};
+  options.open_corrupt_head = true;
+  auto opened = OpenRocksDbEventStore(options);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  store_ = std::move(opened).value();
+  // The head is the corrupt event, with the hash the head record kept.
+  EXPECT_EQ(store_->Head().position, 3u);
+  EXPECT_EQ(store_->Head().hash, before.hash);
+  // Reads reach it as kCorruption naming it; what precedes it reads.
+  EXPECT_EQ(store_->ReadAt(3).status().code(), StatusCode::kCorruption);
+  auto all = store_->ReadAll(0, 10);
+  ASSERT_EQ(all.status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(all.status().message().rfind("event 3: ", 0), 0u) << all.status().message();
+  auto prefix = store_->ReadAll(0, 2);
+  ASSERT_TRUE(prefix.ok());
+  EXPECT_EQ(prefix->size(), 2u);
+  auto report = store_->VerifyChain();
+  ASSERT_TRUE(report.ok());
+  EXPECT_FALSE(report->ok);
+  EXPECT_EQ(report->bad_position, 3u);
+  // Nothing is written on top of it.
+  auto append = store_->Append(One("run-1", kAnyVersion, {"B"}));
+  ASSERT_EQ(append.status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(append.status().message().rfind("event 3: ", 0), 0u) << append.status().message();
+  EXPECT_EQ(store_->ClaimEpoch(9).code(), StatusCode::kCorruption);
+  EXPECT_EQ(store_->PutMeta("leader", "x").code(), StatusCode::kCorruption);
+  EXPECT_EQ(store_->PutSnapshot(2, "s").code(), StatusCode::kCorruption);
+  EXPECT_EQ(store_->Head().position, 3u);
+
+  // A missing tail does not open, even when asked.
+  WithRawEvents([](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* events) {
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), events, codec::EventKey(3)).ok());
+  });
+  auto missing = OpenRocksDbEventStore(options);
+  ASSERT_EQ(missing.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(missing.status().message().find("event 3"), std::string::npos);
+}
+
 TEST_F(StoreTest, FailedWriteFailsTheBatchAndRefusesLaterAppends) {
   store_.reset();
   auto fail = std::make_shared<std::atomic<bool>>(false);

@@ -169,8 +169,8 @@ TEST_F(E2ETest, CancelKillsTheWholeProcessGroup) {
   ASSERT_TRUE(WaitFor([&] { return !ReadAll(pidfile).empty(); }, 20000ms));
   pid_t child = std::stoi(ReadAll(pidfile));
   ASSERT_TRUE(ProcessAlive(child));
-  auto c = d.Post("/v1/runs/" + run + "/cancel", "", "application/json",
-                  {{"X-Epoch-User", "alice"}});
+  std::string alice = AddToken(d.data_dir(), "alice", "default", "operator");
+  auto c = HttpCall(d.url(), "POST", "/v1/runs/" + run + "/cancel", "", alice);
   EXPECT_EQ(c.status, 202) << c.body;
   Json r = d.WaitForRun(run, 20s);
   EXPECT_EQ(r["state"], "cancelled") << r.dump(2);
@@ -180,7 +180,7 @@ TEST_F(E2ETest, CancelKillsTheWholeProcessGroup) {
   auto evs = RunEvents(d, run);
   auto req = OfType(evs, "RunCancelRequested");
   ASSERT_EQ(req.size(), 1u);
-  EXPECT_EQ(req[0]["actor"], "alice");
+  EXPECT_EQ(req[0]["actor"], "alice@default");
   EXPECT_EQ(OfType(evs, "RunCancelled").size(), 1u);
   // Cancelling a finished run is a conflict and writes nothing.
   uint64_t head = d.Head();
@@ -308,8 +308,8 @@ TEST_F(E2ETest, BadInputGetsPreciseErrorsAndWritesNothing) {
       {"undeclared param", "/v1/runs", R"({"workflow":"ok","params":{"need":1,"x":2}})",
        "application/json", 422, "params.x"},
       {"unknown run cancel", "/v1/runs/nope/cancel", "", "application/json", 404, "nope"},
-      {"unknown container", "/v1/containers/zz/poll", "{}", "application/json", 404,
-       "must register"},
+      {"not an agent", "/v1/containers/zz/poll", "{}", "application/json", 403,
+       "container protocol"},
   };
   for (const auto& c : cases) {
     auto r = d.Post(c.path, c.body, c.content_type);
@@ -320,6 +320,12 @@ TEST_F(E2ETest, BadInputGetsPreciseErrorsAndWritesNothing) {
     EXPECT_NE(text.find(c.needle), std::string::npos) << c.name << ": " << r.body;
     EXPECT_EQ(d.Head(), head) << c.name << " wrote an event";
   }
+  std::ifstream agent_token_file(dir_.path() + "/agent.token");
+  std::string agent_token;
+  agent_token_file >> agent_token;
+  auto unknown = HttpCall(d.url(), "POST", "/v1/containers/zz/poll", "{}", agent_token);
+  EXPECT_EQ(unknown.status, 404) << unknown.body;
+  EXPECT_NE(unknown.body.find("must register"), std::string::npos) << unknown.body;
   EXPECT_EQ(d.Get("/v1/runs/nope").status, 404);
   EXPECT_EQ(d.Get("/v1/runs/nope/steps/a/logs").status, 404);
   EXPECT_EQ(d.Get("/v1/workflows/nope").status, 404);

@@ -13,7 +13,9 @@
 
 #include <gtest/gtest.h>
 
+#include "api/auth.h"
 #include "common/files.h"
+#include "common/sha256.h"
 
 namespace epoch::testing {
 
@@ -69,6 +71,17 @@ bool ProcessAlive(pid_t pid) {
   return state != 'Z' && state != 'X';
 }
 
+namespace {
+// The certificate to verify an Epochd with: its data dir's generated one (none for
+// plain HTTP, or for a certificate of the test's own).
+std::string CaFor(bool tls, const std::string& data_dir) {
+  std::string cert = data_dir + "/tls/cert.pem";
+  return tls && std::filesystem::exists(cert) ? cert : "";
+}
+void EnsureToken(const std::string& data_dir, const std::string& token, const std::string& user,
+                 const std::string& tenant, api::Role role);
+}  // namespace
+
 Epochd::Epochd(std::string data_dir, std::vector<std::string> extra, std::string name)
     : data_dir_(std::move(data_dir)), extra_(std::move(extra)), name_(std::move(name)) {}
 
@@ -88,6 +101,7 @@ std::string Epochd::Log() const {
 void Epochd::Launch() {
   std::string address_file = data_dir_ + "/" + name_ + ".address";
   std::filesystem::remove(address_file);
+  EnsureToken(data_dir_, AdminToken(), "test", "default", api::Role::kAdmin);
   {
     std::lock_guard<std::mutex> lock(url_mu_);
     url_.clear();
@@ -106,6 +120,7 @@ void Epochd::Launch() {
     args.push_back("--set");
     args.push_back(e);
   }
+  if (!tls_) args.push_back("--insecure-http");
   for (const auto& a : args_) args.push_back(a);
   std::string log = data_dir_ + "/" + name_ + ".log";
   pid_ = fork();
@@ -176,9 +191,56 @@ void Epochd::Terminate() {
   pid_ = -1;
 }
 
+const std::string& AdminToken() {
+  static const std::string token = [] {
+    std::string t = api::GenerateToken().token;
+    setenv("EPOCH_TOKEN", t.c_str(), 1);
+    return t;
+  }();
+  return token;
+}
+
 namespace {
-HttpResult Do(const std::string& url, const std::function<httplib::Result(httplib::Client&)>& f) {
+// Puts (token, user, tenant, role) into data_dir's tokens.json if it is not there.
+void EnsureToken(const std::string& data_dir, const std::string& token, const std::string& user,
+                 const std::string& tenant, api::Role role) {
+  std::filesystem::create_directories(data_dir);
+  std::string path = data_dir + "/tokens.json";
+  auto tokens = api::LoadTokens(path);
+  ASSERT_TRUE(tokens.ok()) << tokens.status().ToString();
+  std::string hash = Sha256Hex(token);
+  for (const auto& t : *tokens) {
+    if (t.sha256 == hash) return;
+  }
+  tokens->push_back(api::TokenEntry{token.substr(6, 8), hash, user, tenant, role, ""});
+  ASSERT_TRUE(api::SaveTokens(path, *tokens).ok());
+}
+}  // namespace
+
+std::string AddToken(const std::string& data_dir, const std::string& user,
+                     const std::string& tenant, const std::string& role) {
+  std::string t = api::GenerateToken().token;
+  auto r = api::ParseRole(role);
+  EXPECT_TRUE(r.has_value()) << role;
+  EnsureToken(data_dir, t, user, tenant, r.value_or(api::Role::kViewer));
+  return t;
+}
+
+namespace {
+// ca: the certificate to verify an https server with; none: not verified (the TLS
+// tests verify explicitly).
+HttpResult Do(const std::string& url, const std::function<httplib::Result(httplib::Client&)>& f,
+              const std::string& token = AdminToken(), const std::string& ca = "") {
   httplib::Client cli(url);
+  if (!token.empty()) cli.set_bearer_token_auth(token);
+  if (url.rfind("https://", 0) == 0) {
+    if (ca.empty()) {
+      cli.enable_server_certificate_verification(false);
+    } else {
+      cli.set_ca_cert_path(ca.c_str());
+      cli.enable_server_certificate_verification(true);
+    }
+  }
   cli.set_connection_timeout(std::chrono::seconds(2));
   cli.set_read_timeout(std::chrono::seconds(30));
   auto r = f(cli);
@@ -195,6 +257,23 @@ HttpResult Do(const std::string& url, const std::function<httplib::Result(httpli
 }
 }  // namespace
 
+HttpResult HttpCall(const std::string& url, const std::string& method, const std::string& path,
+                    const std::string& body, const std::string& token) {
+  return Do(
+      url,
+      [&](httplib::Client& c) {
+        httplib::Request req;
+        req.method = method;
+        req.path = path;
+        if (method != "GET" && method != "HEAD") {
+          req.body = body;
+          req.set_header("Content-Type", "application/json");
+        }
+        return c.send(req);
+      },
+      token);
+}
+
 HttpResult HttpGet(const std::string& url, const std::string& path) {
   return Do(url, [&](httplib::Client& c) { return c.Get(path); });
 }
@@ -209,7 +288,8 @@ HttpResult HttpPost(const std::string& url, const std::string& path, const std::
 HttpResult Epochd::Get(const std::string& path) {
   std::string url = this->url();
   if (url.empty()) return {};
-  return Do(url, [&](httplib::Client& c) { return c.Get(path); });
+  return Do(url, [&](httplib::Client& c) { return c.Get(path); }, AdminToken(),
+            CaFor(tls_, data_dir_));
 }
 
 HttpResult Epochd::Post(const std::string& path, const std::string& body,
@@ -217,7 +297,9 @@ HttpResult Epochd::Post(const std::string& path, const std::string& body,
                         const std::vector<std::pair<std::string, std::string>>& headers) {
   httplib::Headers h;
   for (const auto& [k, v] : headers) h.emplace(k, v);
-  return Do(url(), [&](httplib::Client& c) { return c.Post(path, h, body, content_type); });
+  return Do(
+      url(), [&](httplib::Client& c) { return c.Post(path, h, body, content_type); },
+      AdminToken(), CaFor(tls_, data_dir_));
 }
 
 std::string Epochd::RegisterAndSubmit(const Json& definition, const Json& params) {

@@ -51,11 +51,18 @@ class Epochd {
 
   // Extra command-line arguments (e.g. {"--log-format", "json"}) for the next Start().
   void AddArgs(std::vector<std::string> args) { args_ = std::move(args); }
+  // Serve HTTPS with the data dir's generated certificate (epochd's default), which
+  // Get/Post then verify. Without it, tests run epochd with --insecure-http.
+  void UseTls() { tls_ = true; }
   // Starts epochd and waits until /readyz is 200 (or fails the test).
   void Start();
   // Starts epochd on a data dir that has a leader: waits until it serves as a
   // standby (or fails the test).
   void StartStandby();
+  // Starts epochd and waits only until it has bound its port (its address file),
+  // not until it is ready: for a master that is never ready (e.g. one serving a
+  // corrupt history read-only) or whose readiness the test follows itself.
+  void Launch();
   // Waits until this epochd answers /readyz 200 (it leads); false at the deadline.
   bool WaitUntilLeader(std::chrono::milliseconds deadline);
   pid_t pid() const { return pid_; }
@@ -91,21 +98,32 @@ class Epochd {
   std::vector<pid_t> AgentPids() const;
 
  private:
-  void Launch();
   std::string data_dir_;
   std::vector<std::string> extra_;
   std::string name_;
   std::vector<std::string> args_;
+  bool tls_ = false;
   pid_t pid_ = -1;
   int exit_status_ = -1;
   mutable std::mutex url_mu_;
   std::string url_;  // guarded by url_mu_
 };
 
-// One HTTP request to any URL (no redirect following).
+// The admin token every Epochd of this test process accepts (user "test", tenant
+// "default"): Launch() adds its hash to the data dir's tokens.json. Also exported as
+// EPOCH_TOKEN, so epochctl children of the test use it.
+const std::string& AdminToken();
+// Adds a token for (user, tenant, role) to data_dir's tokens.json; returns it.
+std::string AddToken(const std::string& data_dir, const std::string& user,
+                     const std::string& tenant, const std::string& role);
+
+// One HTTP request to any URL (no redirect following), with the admin token.
 HttpResult HttpGet(const std::string& url, const std::string& path);
 HttpResult HttpPost(const std::string& url, const std::string& path, const std::string& body,
                     const std::vector<std::pair<std::string, std::string>>& headers = {});
+// Any method, with `token` as the bearer token (none when empty).
+HttpResult HttpCall(const std::string& url, const std::string& method, const std::string& path,
+                    const std::string& body, const std::string& token);
 
 // Polls cond every 20 ms until it holds or the deadline passes.
 bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds deadline);

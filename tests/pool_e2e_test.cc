@@ -197,5 +197,65 @@ TEST(PoolE2ETest, GangWaitsForRoomRunsEveryRankAndRetriesAsAWhole) {
   EXPECT_EQ(requested[2]["data"]["reason"], "demand");
 }
 
+// tenants.<name>.maxGpus end to end, with two tenants (operators' tokens): ml may
+// hold one GPU. On a container of three, ml's two one-GPU steps run one after the
+// other although a GPU stays free, cv's step runs beside them, and ml's waiting
+// step does not make the pool grow.
+TEST(PoolE2ETest, ATenantAtItsGpuQuotaWaitsWhileAnotherTenantRuns) {
+  TempDir dir;
+  setenv("EPOCH_FAKE_GPUS", "3", 1);
+  Epochd d(dir.path(), {"sig.minReplicas=1", "sig.maxReplicas=3", "sig.gpu=3", "sig.cpu=2",
+                        "sig.ssAllocationUnit=1", "sig.ssAllocationInterval=0s",
+                        "tenants.ml.maxGpus=1"});
+  d.Start();
+  unsetenv("EPOCH_FAKE_GPUS");
+  std::map<std::string, std::string> token{
+      {"ml", AddToken(d.data_dir(), "alice", "ml", "operator")},
+      {"cv", AddToken(d.data_dir(), "bob", "cv", "operator")}};
+  ASSERT_TRUE(WaitFor([&] {
+    Json cs = Items(d, "/v1/containers");
+    return cs.size() == 1 && cs[0]["state"] == "registered" && cs[0]["gpus"].size() == 3;
+  }, 15000ms));
+  // Each step writes when it starts and ends (ns since the epoch) into its workspace.
+  Json def = Json::parse(R"J({"name": "", "steps": [
+      {"name": "a", "resources": {"gpus": 1, "cpu": "100m"},
+       "command": ["sh", "-c", "date +%s%N > {{workspace}}/start; sleep 2; date +%s%N > {{workspace}}/end"]}]})J");
+  auto submit = [&](const std::string& tenant) {
+    auto r = HttpCall(d.url(), "POST", "/v1/runs",
+                      Json{{"workflow", tenant + "-train"}}.dump(), token[tenant]);
+    EXPECT_EQ(r.status, 201) << r.body;
+    return r.json().value("id", "");
+  };
+  for (const std::string tenant : {"ml", "cv"}) {
+    def["name"] = tenant + "-train";
+    auto r = HttpCall(d.url(), "POST", "/v1/workflows", def.dump(), token[tenant]);
+    ASSERT_EQ(r.status, 201) << r.body;
+  }
+  std::string ml0 = submit("ml"), ml1 = submit("ml"), cv0 = submit("cv");
+  std::map<std::string, std::pair<int64_t, int64_t>> span;
+  for (const auto& id : {ml0, ml1, cv0}) {
+    Json r = d.WaitForRun(id, 60s);
+    ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
+    EXPECT_EQ(r["tenant"], id == cv0 ? "cv" : "ml");
+    EXPECT_EQ(r["steps"][0]["attempts"][0]["gpus"].size(), 1u);
+    std::string ws = dir.path() + "/runs/" + id;
+    span[id] = {std::stoll(Slurp(ws + "/start")), std::stoll(Slurp(ws + "/end"))};
+  }
+  auto overlap = [&](const std::string& a, const std::string& b) {
+    return span[a].first < span[b].second && span[b].first < span[a].second;
+  };
+  auto show = [&](const std::string& id) {
+    return "[" + std::to_string(span[id].first) + ", " + std::to_string(span[id].second) + "]";
+  };
+  // ml never held two GPUs, though the third was free all along.
+  EXPECT_FALSE(overlap(ml0, ml1)) << "ml's steps overlapped: " << show(ml0) << " " << show(ml1);
+  // cv, under no quota, ran beside ml.
+  EXPECT_TRUE(overlap(cv0, ml0)) << "cv " << show(cv0) << " ml " << show(ml0);
+  // ml's waiting step was no demand: only the minReplicas container was asked for.
+  Json requested = Items(d, "/v1/events?type=ContainerRequested");
+  ASSERT_EQ(requested.size(), 1u) << requested.dump(2);
+  EXPECT_EQ(requested[0]["data"]["reason"], "minReplicas");
+}
+
 }  // namespace
 }  // namespace epoch::testing

@@ -36,7 +36,7 @@
 
 namespace epoch::client {
 
-inline constexpr std::string_view kDefaultServer = "http://127.0.0.1:30745";
+inline constexpr std::string_view kDefaultServer = "https://127.0.0.1:30745";
 
 using Headers = std::vector<std::pair<std::string, std::string>>;
 using Query = std::vector<std::pair<std::string, std::string>>;

@@ -12,6 +12,7 @@
 #include <thread>
 #include <tuple>
 
+#include "api/auth.h"
 #include "api/client/client.h"
 #include "api/client/output.h"
 #include "api/client/verify_file.h"
@@ -38,6 +39,7 @@ struct Globals {
   std::string output = "table";
   std::string token;
   std::string ca_cert;
+  std::string data_dir;  // its tls/cert.pem is trusted when readable (and no --cacert)
   bool insecure = false;
 };
 
@@ -55,6 +57,10 @@ Result<std::unique_ptr<Context>> MakeContext(const Globals& g) {
   ASSIGN_OR_RETURN(options.servers, SplitServers(g.server));
   options.token = g.token;
   options.ca_cert_path = g.ca_cert;
+  if (options.ca_cert_path.empty() && !g.data_dir.empty()) {
+    std::string generated = g.data_dir + "/tls/cert.pem";
+    if (std::ifstream(generated).good()) options.ca_cert_path = generated;
+  }
   options.insecure = g.insecure;
   ASSIGN_OR_RETURN(ctx->api, ApiClient::Create(std::move(options)));
   return ctx;
@@ -503,7 +509,11 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"table", "json"}))
       ->capture_default_str();
   app.add_option("--token", g.token, "bearer token")->envname("EPOCH_TOKEN");
-  app.add_option("--ca-cert", g.ca_cert, "https: CA certificate file to trust");
+  app.add_option("--cacert,--ca-cert", g.ca_cert, "https: CA certificate file to trust");
+  app.add_option("--data-dir", g.data_dir,
+                 "the master's data dir: trust its generated certificate (tls/cert.pem); "
+                 "admin token commands use its tokens.json")
+      ->envname("EPOCH_DATA_DIR");
   app.add_flag("--insecure", g.insecure, "https: do not verify the server's certificate");
 
   std::function<int(Context&)> action;
@@ -666,11 +676,94 @@ int Main(int argc, char** argv) {
     action = [&](Context& c) { return Cluster(c); };
   });
 
+  // admin: works on the tokens file directly (on the master's host, or wherever the
+  // shared data dir is mounted), not through the API.
+  auto* admin = app.add_subcommand("admin", "tokens (works on the tokens file, not the API)");
+  admin->require_subcommand(1);
+  auto* token = admin->add_subcommand("token", "create, list and revoke API tokens");
+  token->require_subcommand(1);
+  std::string tokens_path, t_user, t_tenant, t_role, t_id;
+  auto add_file = [&](CLI::App* cmd) {
+    cmd->add_option("--tokens", tokens_path,
+                    "the tokens file (api.tokensFile; default <--data-dir>/tokens.json)");
+  };
+  std::function<int()> admin_action;
+  auto tokens_file = [&]() -> Result<std::string> {
+    if (!tokens_path.empty()) return tokens_path;
+    if (!g.data_dir.empty()) return g.data_dir + "/tokens.json";
+    return InvalidArgument("give --tokens FILE or --data-dir DIR (or EPOCH_DATA_DIR)");
+  };
+  auto* create = token->add_subcommand(
+      "create", "make a token; prints it once (only its SHA-256 is kept)");
+  add_file(create);
+  create->add_option("--user", t_user, "who uses it ([a-z0-9][a-z0-9._-]*)")->required();
+  create->add_option("--tenant", t_tenant, "the tenant it acts in")->required();
+  create->add_option("--role", t_role, "admin, operator, viewer or auditor")
+      ->required()
+      ->check(CLI::IsMember({"admin", "operator", "viewer", "auditor"}));
+  create->callback([&] {
+    admin_action = [&]() -> int {
+      auto path = tokens_file();
+      if (!path.ok()) return Fail(path.status());
+      auto made = api::CreateToken(*path, t_user, t_tenant, *api::ParseRole(t_role),
+                                   FormatTime(SystemClock().Now()));
+      if (!made.ok()) return Fail(made.status());
+      Print(made->token + "\n");
+      std::cerr << "token " << made->id << " for " << t_user << "@" << t_tenant << " (" << t_role
+                << ") added to " << *path << "; it is shown only this once\n";
+      return 0;
+    };
+  });
+  auto* tlist = token->add_subcommand("list", "the tokens (ids, users, tenants, roles; no secrets)");
+  add_file(tlist);
+  tlist->callback([&] {
+    admin_action = [&]() -> int {
+      auto path = tokens_file();
+      if (!path.ok()) return Fail(path.status());
+      auto tokens = api::LoadTokens(*path);
+      if (!tokens.ok()) return Fail(tokens.status());
+      if (g.output == "json") {
+        Json items = Json::array();
+        for (const auto& t : *tokens) {
+          items.push_back(Json{{"id", t.id}, {"user", t.user}, {"tenant", t.tenant},
+                               {"role", std::string(api::Name(t.role))},
+                               {"created_at", t.created_at}});
+        }
+        Print(Json{{"items", items}}.dump(2) + "\n");
+        return 0;
+      }
+      std::ostringstream o;
+      o << "ID        USER                 TENANT               ROLE      CREATED\n";
+      for (const auto& t : *tokens) {
+        char line[256];
+        std::snprintf(line, sizeof(line), "%-9s %-20s %-20s %-9s %s\n", t.id.c_str(),
+                      t.user.c_str(), t.tenant.c_str(), std::string(api::Name(t.role)).c_str(),
+                      t.created_at.c_str());
+        o << line;
+      }
+      Print(o.str());
+      return 0;
+    };
+  });
+  auto* revoke = token->add_subcommand("revoke", "remove a token by id (effective at once)");
+  add_file(revoke);
+  revoke->add_option("id", t_id)->required();
+  revoke->callback([&] {
+    admin_action = [&]() -> int {
+      auto path = tokens_file();
+      if (!path.ok()) return Fail(path.status());
+      if (Status st = api::RevokeToken(*path, t_id); !st.ok()) return Fail(st);
+      std::cerr << "token " << t_id << " revoked\n";
+      return 0;
+    };
+  });
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (admin_action) return admin_action();
   if (!action) return Fail(InvalidArgument("no command given (see --help)"));
   auto ctx = MakeContext(g);
   if (!ctx.ok()) return Fail(ctx.status());

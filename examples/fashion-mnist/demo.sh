@@ -37,6 +37,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The API needs a token (the demo makes its own admin one) and speaks HTTPS with the
+# certificate epochd generates into the data dir, which epochctl (EPOCH_DATA_DIR) and
+# curl (--cacert) trust.
+export EPOCH_DATA_DIR="$DATA"
+EPOCH_TOKEN=$("$BIN/epochctl" admin token create --user demo --tenant default --role admin 2>/dev/null)
+export EPOCH_TOKEN
+api() { curl -s --cacert "$DATA/tls/cert.pem" -H "Authorization: Bearer $EPOCH_TOKEN" "$@"; }
+
 echo "== starting epochd (data dir $DATA; containers of 2 CPUs and 2144Mi)"
 "$BIN/epochd" --data-dir "$DATA" --set cluster.basePort=0 --set sig.cpu=2000m \
   --set sig.maxReplicas=1 --address-file "$DATA/address" >"$DATA/epochd.log" 2>&1 &
@@ -46,7 +54,7 @@ for _ in $(seq 1 100); do [ -s "$DATA/address" ] && break; sleep 0.1; done
 SERVER=$(sed -n 's/.*"address":"\([^"]*\)".*/\1/p' "$DATA/address")
 export EPOCH_SERVER=$SERVER
 CTL="$BIN/epochctl"
-for _ in $(seq 1 100); do curl -sf "$SERVER/readyz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 100); do api -f "$SERVER/readyz" >/dev/null && break; sleep 0.1; done
 echo "epochd is leader at $SERVER"
 
 echo "== registering the workflow"
@@ -78,7 +86,7 @@ echo "== lineage: epochctl dataset get fashion-mnist"
 # The data dir is new, so this run's model is version 1; its metrics are validate's.
 ACCURACY=$("$CTL" -o json model get fmnist-mlp 1 2>/dev/null |
            sed -n 's/^    "accuracy": \([0-9.eE+-]*\),\{0,1\}$/\1/p' || true)
-STATE=$(curl -s "$SERVER/v1/runs/$RUN" | sed -n 's/.*"state":"\([a-z]*\)","steps".*/\1/p')
+STATE=$(api "$SERVER/v1/runs/$RUN" | sed -n 's/.*"state":"\([a-z]*\)","steps".*/\1/p')
 echo
 echo "== run $RUN finished: $STATE"
 echo "== test accuracy of fmnist-mlp version 1: ${ACCURACY:-unknown} (10,000 test images)"

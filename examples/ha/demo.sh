@@ -20,6 +20,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The API needs a token (the demo makes its own admin one) and speaks HTTPS with the
+# certificate epochd generates into the data dir, which epochctl (EPOCH_DATA_DIR) and
+# curl (--cacert) trust.
+export EPOCH_DATA_DIR="$DATA"
+EPOCH_TOKEN=$("$BIN/epochctl" admin token create --user demo --tenant default --role admin 2>/dev/null)
+export EPOCH_TOKEN
+api() { curl -s --cacert "$DATA/tls/cert.pem" -H "Authorization: Bearer $EPOCH_TOKEN" "$@"; }
+
 # start NAME: an epochd on the shared data dir (its pid in PID_NAME, its
 # address in the file DATA/NAME.address; `addr NAME` prints it).
 start() {
@@ -37,12 +45,12 @@ now_ms() { date +%s%3N; }
 echo "== starting the leader (a) and a hot standby (b) on $DATA"
 start a
 A=$(addr a)
-for _ in $(seq 1 100); do curl -sf "$A/readyz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 100); do api -f "$A/readyz" >/dev/null && break; sleep 0.1; done
 start b
 B=$(addr b)
 sleep 0.3
-echo "a: $(curl -s "$A/readyz")"
-echo "b: $(curl -s "$B/readyz")"
+echo "a: $(api "$A/readyz")"
+echo "b: $(api "$B/readyz")"
 export EPOCH_SERVER="$A,$B"  # epochctl tries each and follows redirects
 CTL="$BIN/epochctl"
 
@@ -58,14 +66,14 @@ for _ in $(seq 1 200); do
 done
 echo "train's log so far: $(tr '\n' ' ' < "$DATA/logs/$RUN/train/1.log")"
 echo "the standby serves the run too:"
-curl -s "$B/v1/runs/$RUN" -D - -o /dev/null | grep -i '^epoch-' || true
+api "$B/v1/runs/$RUN" -D - -o /dev/null | grep -i '^epoch-' || true
 
 echo "== kill -9 the leader (a, pid $PID_a) while train runs"
 T0=$(now_ms)
 { kill -KILL "$PID_a"; wait "$PID_a"; } 2>/dev/null || true
-for _ in $(seq 1 500); do curl -sf "$B/readyz" >/dev/null && break; sleep 0.01; done
+for _ in $(seq 1 500); do api -f "$B/readyz" >/dev/null && break; sleep 0.01; done
 T1=$(now_ms)
-echo "b is leader after $((T1 - T0)) ms: $(curl -s "$B/readyz")"
+echo "b is leader after $((T1 - T0)) ms: $(api "$B/readyz")"
 grep -h "promoted" "$DATA/b.log" | tail -n 1 || true
 
 echo "== the same submission retried against the list: the same run"
@@ -73,7 +81,7 @@ echo "== the same submission retried against the list: the same run"
 
 echo "== the run finishes under the new leader"
 for _ in $(seq 1 300); do
-  STATE=$(curl -s "$B/v1/runs/$RUN" | sed -n 's/.*"state":"\([a-z]*\)","steps".*/\1/p')
+  STATE=$(api "$B/v1/runs/$RUN" | sed -n 's/.*"state":"\([a-z]*\)","steps".*/\1/p')
   case "$STATE" in succeeded|failed|cancelled) break;; esac
   sleep 0.1
 done

@@ -24,6 +24,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The API needs a token (the demo makes its own admin one) and speaks HTTPS with the
+# certificate epochd generates into the data dir, which epochctl (EPOCH_DATA_DIR) and
+# curl (--cacert) trust.
+export EPOCH_DATA_DIR="$DATA"
+EPOCH_TOKEN=$("$BIN/bin/epochctl" admin token create --user demo --tenant default --role admin 2>/dev/null)
+export EPOCH_TOKEN
+api() { curl -s --cacert "$DATA/tls/cert.pem" -H "Authorization: Bearer $EPOCH_TOKEN" "$@"; }
+
 echo "== starting epochd (data dir $DATA)"
 "$BIN/bin/epochd" --data-dir "$DATA" --set cluster.basePort=$PORT --set sig.maxReplicas=2 \
   >"$DATA/epochd.log" 2>&1 &
@@ -36,9 +44,9 @@ done
 SERVER=$(sed -n 's/.*"address":"\([^"]*\)".*/\1/p' "$DATA/leader.json")
 export EPOCH_SERVER=$SERVER
 CTL="$BIN/bin/epochctl"
-for _ in $(seq 1 100); do curl -sf "$SERVER/readyz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 100); do api -f "$SERVER/readyz" >/dev/null && break; sleep 0.1; done
 echo "== epochd is leader at $SERVER"
-curl -s "$SERVER/readyz"; echo
+api "$SERVER/readyz"; echo
 
 echo "== registering the workflow"
 "$CTL" workflow register "$HERE/workflow.json"
@@ -57,7 +65,7 @@ echo "== predictions (infer's log)"
 echo
 echo "== compute containers"
 "$CTL" containers
-STATE=$(curl -s "$SERVER/v1/runs/$RUN" | sed -n 's/.*"state":"\([a-z]*\)","steps".*/\1/p')
+STATE=$(api "$SERVER/v1/runs/$RUN" | sed -n 's/.*"state":"\([a-z]*\)","steps".*/\1/p')
 echo
 echo "== run $RUN finished: $STATE"
 [ "$STATE" = succeeded ]

@@ -288,7 +288,8 @@ std::string AgentUsage() {
          "--memory-bytes N\n"
          "                   [--gpus N] [--backend local] [--handle H] [--grace 5s]\n"
          "                   [--orphan-timeout 300s] [--log-format text|json] "
-         "[--log-level info]\n";
+         "[--log-level info]\n"
+         "                   [--ca-cert PEM]\n";
 }
 
 Result<AgentOptions> ParseAgentFlags(const std::vector<std::string>& args) {
@@ -296,7 +297,8 @@ Result<AgentOptions> ParseAgentFlags(const std::vector<std::string>& args) {
   std::map<std::string, std::string> kv;
   static const std::set<std::string> kKnown = {
       "id",      "master", "data-dir", "cpu-millis",     "memory-bytes", "gpus",
-      "backend", "handle", "grace",    "orphan-timeout", "log-format",   "log-level"};
+      "backend", "handle", "grace",    "orphan-timeout", "log-format",   "log-level",
+      "ca-cert"};
   for (size_t i = 0; i < args.size(); ++i) {
     std::string a = args[i];
     if (a == "--help" || a == "-h") return InvalidArgument(AgentUsage());
@@ -357,6 +359,7 @@ Result<AgentOptions> ParseAgentFlags(const std::vector<std::string>& args) {
     return InvalidArgument("--log-format must be text or json");
   }
   if (kv.count("log-level")) o.log_level = kv["log-level"];
+  if (kv.count("ca-cert")) o.ca_cert = kv["ca-cert"];
   return o;
 }
 
@@ -535,6 +538,18 @@ struct Agent::Impl {
     }
     if (!c.http || c.generation != gen) {
       c.http = std::make_unique<httplib::Client>(url);
+      // The master's API needs the agents' token (the shared data dir's agent.token)
+      // and, over HTTPS, trusts the data dir's certificate (or --ca-cert's).
+      if (auto token = ReadFile(opt.data_dir + "/agent.token", 4096); token.ok()) {
+        std::string t = *token;
+        while (!t.empty() && (t.back() == '\n' || t.back() == '\r')) t.pop_back();
+        c.http->set_bearer_token_auth(t);
+      }
+      if (url.rfind("https://", 0) == 0) {
+        std::string ca = !opt.ca_cert.empty() ? opt.ca_cert : opt.data_dir + "/tls/cert.pem";
+        if (PathExists(ca)) c.http->set_ca_cert_path(ca.c_str());
+        c.http->enable_server_certificate_verification(true);
+      }
       c.http->set_tcp_nodelay(true);
       c.http->set_connection_timeout(1, 0);
       c.http->set_write_timeout(5, 0);

@@ -63,6 +63,8 @@ struct AgentOptions {
   Micros orphan_timeout = std::chrono::seconds(300);  // --orphan-timeout
   std::string log_format = "text";                    // --log-format text|json
   std::string log_level = "info";                     // --log-level
+  std::string ca_cert;  // --ca-cert: PEM the master's certificate chains to; default
+                        // <data-dir>/tls/cert.pem (epochd's generated one), if present
   // The GPUs this container owns: main() fills it with gpu::DiscoverFromEnv (real and
   // probed, or EPOCH_FAKE_GPUS's simulated ones); none by default. Registered as
   // "gpus": [gpu::ToJson...] and "cuda": {"compiled", "reason"}. An assignment's "gpus"

@@ -1,0 +1,339 @@
+#include "api/auth.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <spdlog/spdlog.h>
+
+#include "common/files.h"
+#include "common/json.h"
+#include "common/sha256.h"
+
+namespace epoch::api {
+
+namespace {
+
+constexpr std::string_view kPrefix = "epoch_";
+
+std::string RandomHex(size_t bytes) {
+  std::string raw(bytes, '\0');
+  size_t got = 0;
+  while (got < bytes) {
+    ssize_t n = getrandom(raw.data() + got, bytes - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      // getrandom cannot fail on Linux >= 3.17 once the pool is ready; never fall
+      // back to a weak source for a credential.
+      spdlog::critical("getrandom: {}", std::strerror(errno));
+      std::abort();
+    }
+    got += static_cast<size_t>(n);
+  }
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes * 2);
+  for (unsigned char c : raw) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+  return out;
+}
+
+bool StartsWith(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+
+// Holds an exclusive flock on <path>.lock while alive.
+class FileLock {
+ public:
+  explicit FileLock(const std::string& path) {
+    fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd_ < 0) {
+      status_ = Internal("opening " + path + ": " + std::strerror(errno));
+      return;
+    }
+    while (flock(fd_, LOCK_EX) != 0) {
+      if (errno == EINTR) continue;
+      status_ = Internal("locking " + path + ": " + std::strerror(errno));
+      return;
+    }
+  }
+  ~FileLock() {
+    if (fd_ >= 0) close(fd_);
+  }
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+  const Status& status() const { return status_; }
+
+ private:
+  int fd_ = -1;
+  Status status_;
+};
+
+Status WritePrivate(const std::string& path, const std::string& content) {
+  // WriteFileDurably keeps the mode of nothing: write, then tighten before rename
+  // is not possible through it, so the temp file is made here.
+  std::string tmp = path + ".tmp." + std::to_string(getpid());
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Internal("creating " + tmp + ": " + std::strerror(errno));
+  bool ok = WriteFully(fd, content.data(), content.size()) && fsync(fd) == 0;
+  int err = errno;
+  close(fd);
+  if (!ok) {
+    unlink(tmp.c_str());
+    return Internal("writing " + tmp + ": " + std::strerror(err));
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    err = errno;
+    unlink(tmp.c_str());
+    return Internal("renaming " + tmp + ": " + std::strerror(err));
+  }
+  std::string dir = path.substr(0, path.find_last_of('/') == std::string::npos
+                                       ? 0
+                                       : path.find_last_of('/'));
+  int dfd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string_view Name(Role r) {
+  switch (r) {
+    case Role::kAdmin: return "admin";
+    case Role::kOperator: return "operator";
+    case Role::kViewer: return "viewer";
+    case Role::kAuditor: return "auditor";
+    case Role::kAgent: return "agent";
+  }
+  return "?";
+}
+
+std::optional<Role> ParseRole(std::string_view s) {
+  for (Role r : {Role::kAdmin, Role::kOperator, Role::kViewer, Role::kAuditor, Role::kAgent}) {
+    if (Name(r) == s) return r;
+  }
+  return std::nullopt;
+}
+
+Access Classify(std::string_view method, std::string_view path) {
+  bool read = method == "GET" || method == "HEAD";
+  if (read && (path == "/healthz" || path == "/readyz")) return Access::kPublic;
+  if (method == "POST" && StartsWith(path, "/v1/containers/")) {
+    std::string_view rest = path.substr(std::string_view("/v1/containers/").size());
+    size_t slash = rest.find('/');
+    if (slash != std::string_view::npos && slash > 0) {
+      std::string_view verb = rest.substr(slash + 1);
+      if (verb == "register" || verb == "poll") return Access::kAgent;
+    }
+  }
+  if (read && (path == "/v1/audit/verify" || path == "/metrics")) return Access::kGlobal;
+  return read ? Access::kRead : Access::kWrite;
+}
+
+Status Authorize(const Principal& p, Access access) {
+  auto deny = [&](std::string_view what) {
+    return PermissionDenied("role " + std::string(Name(p.role)) + " may not " + std::string(what));
+  };
+  switch (access) {
+    case Access::kPublic: return Status::Ok();
+    case Access::kAgent:
+      return p.role == Role::kAgent ? Status::Ok() : deny("use the container protocol");
+    case Access::kRead:
+      return p.role == Role::kAgent ? deny("read the API (only the container protocol)")
+                                    : Status::Ok();
+    case Access::kGlobal:
+      return p.role == Role::kAdmin || p.role == Role::kAuditor
+                 ? Status::Ok()
+                 : deny("read every tenant's history or metrics");
+    case Access::kWrite:
+      return p.role == Role::kAdmin || p.role == Role::kOperator ? Status::Ok() : deny("write");
+  }
+  return deny("do this");
+}
+
+bool IsValidName(std::string_view s) {
+  if (s.empty() || s.size() > 63) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-'))) return false;
+  }
+  return true;
+}
+
+NewToken GenerateToken() {
+  NewToken t;
+  t.id = RandomHex(4);
+  t.token = std::string(kPrefix) + t.id + "_" + RandomHex(32);
+  return t;
+}
+
+Result<std::vector<TokenEntry>> LoadTokens(const std::string& path) {
+  std::vector<TokenEntry> out;
+  if (!PathExists(path)) return out;
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path, 16u << 20));
+  auto j = ParseJson(text);
+  if (!j.ok()) return j.status().WithContext(path);
+  if (!j->is_object() || !(*j)["tokens"].is_array()) {
+    return InvalidArgument(path + ": expected {\"tokens\": [...]}");
+  }
+  const Json& tokens = (*j)["tokens"];
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const Json& t = tokens[i];
+    std::string where = path + ": tokens[" + std::to_string(i) + "]";
+    if (!t.is_object()) return InvalidArgument(where + ": must be an object");
+    TokenEntry e;
+    for (auto [key, field] : {std::pair{"id", &e.id}, {"sha256", &e.sha256}, {"user", &e.user},
+                              {"tenant", &e.tenant}, {"created_at", &e.created_at}}) {
+      auto it = t.find(key);
+      if (it == t.end() || !it->is_string()) {
+        if (std::string_view(key) == "created_at") continue;
+        return InvalidArgument(where + "." + key + ": required string");
+      }
+      *field = it->get<std::string>();
+    }
+    if (e.sha256.size() != 64 || !DigestFromHex(e.sha256).ok()) {
+      return InvalidArgument(where + ".sha256: must be 64 hex digits");
+    }
+    auto role = t.find("role");
+    std::optional<Role> r;
+    if (role != t.end() && role->is_string()) r = ParseRole(role->get<std::string>());
+    if (!r) {
+      return InvalidArgument(where +
+                             ".role: must be one of admin, operator, viewer, auditor, agent");
+    }
+    e.role = *r;
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+Status SaveTokens(const std::string& path, const std::vector<TokenEntry>& tokens) {
+  Json arr = Json::array();
+  for (const auto& t : tokens) {
+    arr.push_back(Json{{"id", t.id},
+                       {"sha256", t.sha256},
+                       {"user", t.user},
+                       {"tenant", t.tenant},
+                       {"role", std::string(Name(t.role))},
+                       {"created_at", t.created_at}});
+  }
+  return WritePrivate(path, Json{{"tokens", arr}}.dump(2) + "\n");
+}
+
+Result<NewToken> CreateToken(const std::string& path, const std::string& user,
+                             const std::string& tenant, Role role, const std::string& now) {
+  if (!IsValidName(user)) {
+    return InvalidArgument("user: '" + user + "' is not a valid name ([a-z0-9][a-z0-9._-]{0,62})");
+  }
+  if (!IsValidName(tenant)) {
+    return InvalidArgument("tenant: '" + tenant +
+                           "' is not a valid name ([a-z0-9][a-z0-9._-]{0,62})");
+  }
+  FileLock lock(path + ".lock");
+  RETURN_IF_ERROR(lock.status());
+  ASSIGN_OR_RETURN(auto tokens, LoadTokens(path));
+  NewToken t = GenerateToken();
+  tokens.push_back(TokenEntry{t.id, Sha256Hex(t.token), user, tenant, role, now});
+  RETURN_IF_ERROR(SaveTokens(path, tokens));
+  return t;
+}
+
+Status RevokeToken(const std::string& path, const std::string& id) {
+  FileLock lock(path + ".lock");
+  RETURN_IF_ERROR(lock.status());
+  ASSIGN_OR_RETURN(auto tokens, LoadTokens(path));
+  auto n = std::erase_if(tokens, [&](const TokenEntry& e) { return e.id == id; });
+  if (n == 0) return NotFound("no token with id '" + id + "' in " + path);
+  return SaveTokens(path, tokens);
+}
+
+Result<std::string> EnsureAgentToken(const std::string& data_dir) {
+  std::string path = data_dir + "/agent.token";
+  if (!PathExists(path)) {
+    std::string tmp = path + ".tmp." + std::to_string(getpid());
+    Status st = WritePrivate(tmp, GenerateToken().token + "\n");
+    if (!st.ok()) return st;
+    // link fails with EEXIST if another master got there first: theirs wins.
+    if (link(tmp.c_str(), path.c_str()) != 0 && errno != EEXIST) {
+      int err = errno;
+      unlink(tmp.c_str());
+      return Internal("creating " + path + ": " + std::strerror(err));
+    }
+    unlink(tmp.c_str());
+  }
+  ASSIGN_OR_RETURN(std::string token, ReadFile(path, 4096));
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r')) token.pop_back();
+  if (!StartsWith(token, kPrefix)) return InvalidArgument(path + ": not an Epoch token");
+  return token;
+}
+
+TokenStore::TokenStore(std::string tokens_path, std::string agent_token)
+    : path_(std::move(tokens_path)),
+      agent_hash_(agent_token.empty() ? "" : Sha256Hex(agent_token)) {}
+
+void TokenStore::ReloadIfChanged() {
+  struct stat st {};
+  FileId now;
+  if (stat(path_.c_str(), &st) == 0) {
+    now = FileId{st.st_dev, st.st_ino, st.st_size,
+                 static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  }
+  if (now == seen_) return;
+  auto tokens = LoadTokens(path_);
+  if (!tokens.ok()) {
+    // Keep serving with the tokens we had: a half-edited file must not lock
+    // everyone out (nor let anyone in).
+    spdlog::error("tokens file {}: {} (keeping the {} tokens loaded before)", path_,
+                  tokens.status().ToString(), by_hash_.size());
+    seen_ = now;
+    return;
+  }
+  std::map<std::string, Principal> by_hash;
+  for (const auto& t : *tokens) by_hash[t.sha256] = Principal{t.user, t.tenant, t.role, t.id};
+  if (by_hash.size() != by_hash_.size()) {
+    spdlog::info("tokens file {}: {} token(s)", path_, by_hash.size());
+  }
+  by_hash_ = std::move(by_hash);
+  seen_ = now;
+}
+
+Result<Principal> TokenStore::Authenticate(std::string_view header) {
+  constexpr std::string_view kBearer = "Bearer ";
+  if (header.empty()) {
+    return Unauthenticated("this API needs a token: send 'Authorization: Bearer <token>' "
+                           "(epochctl --token or EPOCH_TOKEN; `epochctl admin token create` "
+                           "makes one)");
+  }
+  if (!StartsWith(header, kBearer)) {
+    return Unauthenticated("the Authorization header must be 'Bearer <token>'");
+  }
+  std::string_view token = header.substr(kBearer.size());
+  if (!StartsWith(token, kPrefix) || token.size() > 256) {
+    return Unauthenticated("the bearer token is not an Epoch token");
+  }
+  std::string hash = Sha256Hex(token);
+  if (!agent_hash_.empty() && hash == agent_hash_) {
+    return Principal{"agent", "*", Role::kAgent, "agent"};
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  ReloadIfChanged();
+  auto it = by_hash_.find(hash);
+  if (it == by_hash_.end()) return Unauthenticated("unknown or revoked token");
+  return it->second;
+}
+
+size_t TokenStore::size() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ReloadIfChanged();
+  return by_hash_.size();
+}
+
+}  // namespace epoch::api
