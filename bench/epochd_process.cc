@@ -54,8 +54,11 @@ EpochdProcess::EpochdProcess(const std::vector<std::string>& sets) {
     std::exit(1);
   }
   token_ = made->token;
+  // Plain HTTP on loopback unless EPOCH_BENCH_TLS=1: most benches measure the engine.
+  bool tls = std::getenv("EPOCH_BENCH_TLS") && std::string(std::getenv("EPOCH_BENCH_TLS")) == "1";
   std::vector<std::string> args{SelfDir() + "/epochd", "--data-dir", dir_, "--set",
                                 "cluster.basePort=0", "--log-level", "warn"};
+  if (!tls) args.push_back("--insecure-http");
   for (const auto& s : sets) {
     args.push_back("--set");
     args.push_back(s);

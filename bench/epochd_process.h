@@ -17,6 +17,8 @@ class EpochdProcess {
   const std::string& url() const { return url_; }
   // An admin token for this epochd (added to its data dir's tokens.json).
   const std::string& token() const { return token_; }
+  // With EPOCH_BENCH_TLS=1 (HTTPS): the generated certificate to trust; else empty.
+  std::string ca() const { return url_.rfind("https://", 0) == 0 ? dir_ + "/tls/cert.pem" : ""; }
 
  private:
   std::string dir_, url_, token_;

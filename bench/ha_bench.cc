@@ -95,7 +95,7 @@ class Master {
                                     "--set",     "cluster.basePort=0", "--set",
                                     "master.name=" + name_, "--address-file", addr_file,
                                     "--set",     "sig.maxReplicas=2",  "--set",
-                                    "sig.minReplicas=2"};
+                                    "sig.minReplicas=2", "--insecure-http"};
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);

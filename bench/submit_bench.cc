@@ -41,6 +41,7 @@ int RunSubmitBench(int argc, char** argv) {
   {
     httplib::Client cli(epochd.url());
     cli.set_bearer_token_auth(epochd.token());
+    if (!epochd.ca().empty()) cli.set_ca_cert_path(epochd.ca().c_str());
     auto reg = cli.Post("/v1/workflows",
                         R"({"name":"bench","steps":[{"name":"a","command":["true"]}]})",
                         "application/json");
@@ -61,6 +62,7 @@ int RunSubmitBench(int argc, char** argv) {
       threads.emplace_back([&] {
         httplib::Client cli(epochd.url());
         cli.set_bearer_token_auth(epochd.token());
+        if (!epochd.ca().empty()) cli.set_ca_cert_path(epochd.ca().c_str());
         cli.set_tcp_nodelay(true);
         cli.set_keep_alive(true);
         std::vector<double> mine;
