@@ -1095,10 +1095,19 @@ void ApiServer::Impl::EventRoutes() {
              }
              size_t lim = static_cast<size_t>(*limit);
              auto fetch = [this, filter, lim](uint64_t a) { return store->ReadAll(a, lim, filter); };
+             // tenant=T: the events of T's runs and workflows.
+             std::string tenant = req.get_param_value("tenant");
+             if (req.has_param("tenant") && !IsValidName(tenant)) {
+               return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
+             }
              // The exact stream (not only its prefix), and only what the caller may read.
-             Keep keep = [this, exact, stream, who = Caller()](const storage::Envelope& e) {
+             Keep keep = [this, exact, stream, tenant, who = Caller()](const storage::Envelope& e) {
                if (exact && e.stream != stream) return false;
-               return engine->Read([&](const engine::State& s) { return SeesEvent(s, e, who); });
+               return engine->Read([&](const engine::State& s) {
+                 if (!SeesEvent(s, e, who)) return false;
+                 if (tenant.empty()) return true;
+                 return SeesEvent(s, e, Principal{"", tenant, Role::kViewer, ""});
+               });
              };
              if (QueryBool(req, "follow")) {
                if (streams.fetch_add(1) >= config.max_streams) {
