@@ -125,6 +125,11 @@ const std::map<std::string, KeyDef>& Keys() {
                             c->tls_key = AsString(v);
                             return Status::Ok();
                           }}},
+      {"cluster.tlsCaCertificate",
+       {"(cluster.tlsCertificate itself)", [](Config* c, const std::string&, const Json& v) {
+          c->tls_ca = AsString(v);
+          return Status::Ok();
+        }}},
       {"api.tokensFile", {"<storage.dataDir>/tokens.json",
                           [](Config* c, const std::string&, const Json& v) {
                             c->tokens_file = AsString(v);
@@ -304,6 +309,7 @@ Json Config::ToJson() const {
               {"api.tokensFile", tokens_file},
               {"cluster.tlsCertificate", tls_certificate},
               {"cluster.tlsKey", tls_key},
+              {"cluster.tlsCaCertificate", tls_ca},
               {"ha.tailInterval", FormatDuration(tail_interval)},
               {"ha.secondaryDir", secondary_dir}};
   for (const auto& [name, n] : tenant_max_gpus) j["tenants." + name + ".maxGpus"] = n;

@@ -37,6 +37,7 @@ struct Config {
   std::string tls_certificate_secret_name;
   std::string tls_certificate;  // cluster.tlsCertificate: PEM path; empty = <data-dir>/tls/cert.pem
   std::string tls_key;          // cluster.tlsKey: PEM path; empty = <data-dir>/tls/key.pem
+  std::string tls_ca;           // cluster.tlsCaCertificate: what agents trust; empty = the certificate
   // storage.*
   std::string data_dir;
   uint64_t snapshot_every = 100000;  // events between the leader's snapshots (0 = never)

@@ -233,6 +233,9 @@ int main(int argc, char** argv) {
   executors::LocalBackendOptions lopts;
   lopts.log_format = log_format;
   lopts.grace = config.grace;
+  // Agents verify the master's certificate: against the CA given, else the certificate
+  // itself (right for a self-signed one, generated or your own).
+  if (!config.plain_http) lopts.ca_cert = config.tls_ca.empty() ? config.tls_certificate : config.tls_ca;
   executors::LocalBackend backend(config.agent_path, lopts);
 
   // Block the stop signals before any thread starts, so only sigtimedwait sees them.

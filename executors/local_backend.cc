@@ -112,6 +112,10 @@ Result<std::string> LocalBackend::Launch(const engine::ContainerSpec& spec) {
                                    options_.log_format,
                                    "--log-level",
                                    options_.log_level};
+  if (!options_.ca_cert.empty()) {
+    args.push_back("--ca-cert");
+    args.push_back(options_.ca_cert);
+  }
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

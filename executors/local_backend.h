@@ -34,6 +34,7 @@ struct LocalBackendOptions {
   Micros terminate_wait = std::chrono::seconds(10);   // SIGTERM -> SIGKILL of the agent
   std::string log_format = "text";
   std::string log_level = "info";
+  std::string ca_cert;  // agent's --ca-cert: what the master's HTTPS certificate chains to
 };
 
 class LocalBackend final : public engine::ContainerBackend {

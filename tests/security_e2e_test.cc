@@ -355,6 +355,9 @@ TEST_F(SecurityE2ETest, TlsByDefault) {
   EXPECT_FALSE(std::filesystem::exists(data2 + "/tls")) << "generated one anyway";
   ASSERT_EQ(RunCommand("curl -sS --cacert " + own + "/c.pem " + mine.url() + "/healthz", &out), 0)
       << out;
+  // Agents trust it too (epochd hands them the certificate as their CA).
+  std::string run2 = mine.RegisterAndSubmit(*def);
+  EXPECT_EQ(mine.WaitForRun(run2, std::chrono::seconds(30))["state"], "succeeded");
   mine.Terminate();
   // A key that is not the certificate's is refused at start.
   ASSERT_EQ(RunCommand("openssl ecparam -name prime256v1 -genkey -noout -out " + own +
