@@ -37,9 +37,10 @@ void WriteError(Response& res, const HttpError& e) {
   Json details = Json::array();
   for (const auto& d : e.details) details.push_back(d);
   res.status = e.status;
-  res.set_content(
-      Json{{"error", Json{{"code", e.code}, {"message", e.message}, {"details", details}}}}.dump(),
-      "application/json");
+  // CanonicalDump, not dump(): messages quote the request (query values, path segments,
+  // headers, bodies), which need not be UTF-8, and dump() would throw (a 500) on them.
+  Json body{{"error", Json{{"code", e.code}, {"message", e.message}, {"details", details}}}};
+  res.set_content(CanonicalDump(body), "application/json");
 }
 
 // Maps an engine/store Status to HTTP. kInvalidArgument from the engine means
@@ -75,7 +76,7 @@ HttpError ContainerError(const Status& st) {
 
 void WriteJson(Response& res, int status, const Json& j) {
   res.status = status;
-  res.set_content(j.dump(), "application/json");
+  res.set_content(CanonicalDump(j), "application/json");
 }
 
 // Parses a JSON request body: 415 for another content type, 400 for bad JSON.
@@ -147,7 +148,7 @@ Json EnvelopeToJson(const storage::Envelope& e) {
 
 std::string SseEvent(const storage::Envelope& e) {
   return "id: " + std::to_string(e.position) + "\nevent: " + e.type +
-         "\ndata: " + EnvelopeToJson(e).dump() + "\n\n";
+         "\ndata: " + CanonicalDump(EnvelopeToJson(e)) + "\n\n";
 }
 
 std::string EscapeLabel(const std::string& s) {
@@ -1022,7 +1023,7 @@ void ApiServer::Impl::StreamEvents(
           auto page = fetch(*cursor);
           if (!page.ok()) {
             std::string msg = "event: error\ndata: " +
-                              Json{{"message", page.status().message()}}.dump() + "\n\n";
+                              CanonicalDump(Json{{"message", page.status().message()}}) + "\n\n";
             sink.write(msg.data(), msg.size());
             sink.done();
             return true;

@@ -97,6 +97,33 @@ TEST(JsonTest, ParseErrorsAndDepth) {
   EXPECT_EQ(CanonicalDump(*ParseJson(R"({"b":1,"a":2})")), R"({"a":2,"b":1})");
 }
 
+// The message quotes the bytes the parser stopped at; the API sends it as JSON, so it
+// must be valid UTF-8 even when the body was not (found by tests/fuzz: a 500).
+TEST(JsonTest, ParseErrorsAreValidUtf8) {
+  for (std::string text : {"{\"a\"\x9f}", "\xc3", "[\"x\", \xed\xa0\x80]", "{\"\xff\xfe\":1}"}) {
+    auto bad = ParseJson(text);
+    ASSERT_FALSE(bad.ok()) << text;
+    EXPECT_NO_THROW((void)Json(bad.status().message()).dump()) << bad.status().message();
+  }
+}
+
+TEST(JsonTest, ValidUtf8) {
+  const std::string kFffd = "\xEF\xBF\xBD";
+  EXPECT_EQ(ValidUtf8("plain ascii\n"), "plain ascii\n");
+  EXPECT_EQ(ValidUtf8("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80"),
+            "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80");
+  // A lone continuation byte; a sequence cut short; an overlong '/'; a surrogate.
+  EXPECT_EQ(ValidUtf8(std::string("a\x9F") + "b"), "a" + kFffd + "b");
+  EXPECT_EQ(ValidUtf8("\xC3"), kFffd);
+  EXPECT_EQ(ValidUtf8("\xC0\xAF"), kFffd + kFffd);
+  EXPECT_EQ(ValidUtf8("\xED\xA0\x80"), kFffd + kFffd + kFffd);
+  EXPECT_EQ(ValidUtf8("\xF4\x90\x80\x80"), kFffd + kFffd + kFffd + kFffd);  // > U+10FFFF
+  EXPECT_EQ(ValidUtf8(std::string("\0x", 2)), std::string("\0x", 2));
+  EXPECT_EQ(Utf8SequenceLength("\xE2\x82\xAC", 0), 3u);
+  EXPECT_EQ(Utf8SequenceLength("\xE2\x82\xAC", 1), 0u);
+  EXPECT_EQ(Utf8SequenceLength("ab", 2), 0u);
+}
+
 TEST(Sha256Test, KnownVector) {
   EXPECT_EQ(Sha256Hex("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");

@@ -457,6 +457,10 @@ TEST_F(SecurityE2ETest, LimitsAnswer4xxAndTheServerStaysUp) {
              &out);
   EXPECT_NE(out.find("headers over 8 KiB"), std::string::npos) << out;
   EXPECT_EQ(out.substr(out.size() - 4), " 400") << out;
+  // Bytes that are not UTF-8 in a query value or a path segment: a 400/404, not a 500.
+  r = d.Get("/v1/runs?limit=%ff");
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_EQ(d.Get("/v1/runs/r-%e9t%c3").status, 404);
   // Events per page.
   r = d.Get("/v1/events?limit=100000");
   EXPECT_EQ(r.status, 400) << r.body;

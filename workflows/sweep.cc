@@ -205,9 +205,14 @@ Json Sample(const SweepParam& param, uint64_t x) {
     auto k = static_cast<int64_t>(std::floor(std::exp(l0 + u * (l1 - l0))));
     return std::clamp(k, lo, hi);
   }
+  // max - min overflows to inf for a range wider than a double holds (e.g. -1e308..1e308),
+  // which would put every sample at max (and 0 * inf = NaN at u = 0): weigh the ends
+  // instead there, and only there, so that every other range keeps its values.
+  const double span = param.max - param.min;
   double v = param.log
                  ? std::exp(std::log(param.min) + u * (std::log(param.max) - std::log(param.min)))
-                 : param.min + u * (param.max - param.min);
+             : std::isfinite(span) ? param.min + u * span
+                                   : param.min * (1 - u) + param.max * u;
   return std::clamp(v, param.min, param.max);  // exp/log rounding may step just outside
 }
 

@@ -307,6 +307,21 @@ TEST(Random, LinearRangeIsSpreadEvenly) {
   EXPECT_LT(low, 600);
 }
 
+// max - min overflows: the samples still spread over the range (they were all max).
+TEST(Random, RangeWiderThanADoubleIsSpreadToo) {
+  Sweep s = RandomOver({{"x", {{"min", -1.5e308}, {"max", 1.5e308}}}}, 1000, 3);
+  int low = 0;
+  for (int i = 0; i < 1000; ++i) {
+    double v = TrialParams(s, i)["x"].get<double>();
+    ASSERT_TRUE(std::isfinite(v));
+    ASSERT_GE(v, -1.5e308);
+    ASSERT_LE(v, 1.5e308);
+    low += v < 0 ? 1 : 0;
+  }
+  EXPECT_GT(low, 400);
+  EXPECT_LT(low, 600);
+}
+
 TEST(Random, LogRangeSpreadsOverDecades) {
   Sweep s = RandomOver({{"lr", {{"min", 1e-5}, {"max", 1e-1}, {"log", true}}}}, 200);
   int per_decade[4] = {0, 0, 0, 0};

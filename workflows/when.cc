@@ -3,7 +3,9 @@
 #include <cctype>
 #include <cstdlib>
 #include <optional>
+#include <string>
 #include <utility>
+#include <vector>
 
 namespace epoch::workflows {
 
@@ -34,6 +36,18 @@ bool IsWordChar(char c) {
   return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
 }
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+// The character at s[i] for a message: the whole UTF-8 sequence when it is a printable
+// one (messages must stay valid UTF-8: the API sends them as JSON), else the byte in hex.
+std::string CharAt(std::string_view s, size_t i) {
+  const auto b = static_cast<unsigned char>(s[i]);
+  size_t len = Utf8SequenceLength(s, i);
+  if (len == 0 || b < 0x20 || b == 0x7F) {
+    static const char kHex[] = "0123456789abcdef";
+    return std::string("byte 0x") + kHex[b >> 4] + kHex[b & 15];
+  }
+  return "'" + std::string(s.substr(i, len)) + "'";
+}
 
 Result<std::vector<Token>> Tokenize(std::string_view s) {
   std::vector<Token> out;
@@ -128,7 +142,7 @@ Result<std::vector<Token>> Tokenize(std::string_view s) {
       t.text = std::string(s.substr(i, j - i));
       i = j;
     } else {
-      return Unparsable(std::string("unexpected character '") + c + "'", i);
+      return Unparsable("unexpected character " + CharAt(s, i), i);
     }
     out.push_back(std::move(t));
   }
@@ -136,6 +150,10 @@ Result<std::vector<Token>> Tokenize(std::string_view s) {
 
 }  // namespace
 
+// A chain "a && b && c" is one kAnd node with three args, not a left-deep tree: an
+// expression may be as long as a request body, and only its parentheses and '!'s
+// (at most kMaxDepth) make the tree deeper, so evaluating and destroying it never
+// recurse deeper than that.
 struct WhenExpr::Node {
   enum class Kind { kConst, kNot, kAnd, kOr, kCompare };
   struct Operand {
@@ -143,10 +161,10 @@ struct WhenExpr::Node {
     Json literal;
   };
   Kind kind = Kind::kConst;
-  bool value = false;              // kConst
-  std::unique_ptr<Node> lhs, rhs;  // kNot uses lhs only
-  Op op = Op::kEq;                 // kCompare
-  Operand a, b;                    // kCompare
+  bool value = false;                       // kConst
+  std::vector<std::unique_ptr<Node>> args;  // kNot: one; kAnd, kOr: two or more
+  Op op = Op::kEq;                          // kCompare
+  Operand a, b;                             // kCompare
 };
 
 // Recursive descent over the token list; fills expr->refs_ as it goes.
@@ -201,32 +219,28 @@ class WhenParser {
     return "token";
   }
 
-  static NodePtr Binary(Node::Kind kind, NodePtr lhs, NodePtr rhs) {
+  // operand ( sep operand )*: the operand alone, or one `kind` node over all of them.
+  template <typename ParseOperandFn>
+  Result<NodePtr> Chain(Node::Kind kind, TokKind sep, ParseOperandFn parse) {
+    ASSIGN_OR_RETURN(NodePtr first, parse());
+    if (Peek().kind != sep) return first;
     auto n = std::make_unique<Node>();
     n->kind = kind;
-    n->lhs = std::move(lhs);
-    n->rhs = std::move(rhs);
+    n->args.push_back(std::move(first));
+    while (Peek().kind == sep) {
+      Next();
+      ASSIGN_OR_RETURN(NodePtr next, parse());
+      n->args.push_back(std::move(next));
+    }
     return n;
   }
 
   Result<NodePtr> ParseOr(int depth) {
-    ASSIGN_OR_RETURN(NodePtr lhs, ParseAnd(depth));
-    while (Peek().kind == TokKind::kOr) {
-      Next();
-      ASSIGN_OR_RETURN(NodePtr rhs, ParseAnd(depth));
-      lhs = Binary(Node::Kind::kOr, std::move(lhs), std::move(rhs));
-    }
-    return lhs;
+    return Chain(Node::Kind::kOr, TokKind::kOr, [&] { return ParseAnd(depth); });
   }
 
   Result<NodePtr> ParseAnd(int depth) {
-    ASSIGN_OR_RETURN(NodePtr lhs, ParseUnary(depth));
-    while (Peek().kind == TokKind::kAnd) {
-      Next();
-      ASSIGN_OR_RETURN(NodePtr rhs, ParseUnary(depth));
-      lhs = Binary(Node::Kind::kAnd, std::move(lhs), std::move(rhs));
-    }
-    return lhs;
+    return Chain(Node::Kind::kAnd, TokKind::kAnd, [&] { return ParseUnary(depth); });
   }
 
   Result<NodePtr> ParseUnary(int depth) {
@@ -236,7 +250,7 @@ class WhenParser {
       ASSIGN_OR_RETURN(NodePtr inner, ParseUnary(depth + 1));
       auto n = std::make_unique<Node>();
       n->kind = Node::Kind::kNot;
-      n->lhs = std::move(inner);
+      n->args.push_back(std::move(inner));
       return n;
     }
     return ParsePrimary(depth);
@@ -417,11 +431,17 @@ bool Eval(const WhenExpr::Node& n, const std::vector<WhenExpr::Ref>& refs, const
     case Kind::kConst:
       return n.value;
     case Kind::kNot:
-      return !Eval(*n.lhs, refs, params, steps);
+      return !Eval(*n.args.front(), refs, params, steps);
     case Kind::kAnd:
-      return Eval(*n.lhs, refs, params, steps) && Eval(*n.rhs, refs, params, steps);
+      for (const auto& arg : n.args) {
+        if (!Eval(*arg, refs, params, steps)) return false;
+      }
+      return true;
     case Kind::kOr:
-      return Eval(*n.lhs, refs, params, steps) || Eval(*n.rhs, refs, params, steps);
+      for (const auto& arg : n.args) {
+        if (Eval(*arg, refs, params, steps)) return true;
+      }
+      return false;
     case Kind::kCompare: {
       auto value = [&](const WhenExpr::Node::Operand& o) -> std::optional<Json> {
         if (o.ref < 0) return o.literal;

@@ -160,6 +160,50 @@ TEST(WhenParse, Errors) {
   EXPECT_EQ(ParseError(nots + "true"), "unparsable expression: nested too deeply at column 34");
 }
 
+// Messages quote the character they stop at; the API sends them as JSON, so they must
+// stay valid UTF-8 whatever the expression holds (found by tests/fuzz).
+TEST(WhenParse, ErrorsQuoteWholeCharactersOrBytes) {
+  EXPECT_EQ(ParseError("params.x == \u00e9"),
+            "unparsable expression: unexpected character '\u00e9' at column 13");
+  EXPECT_EQ(ParseError("\u20ac > 1"),
+            "unparsable expression: unexpected character '\u20ac' at column 1");
+  EXPECT_EQ(ParseError("params.x == \xc3"),
+            "unparsable expression: unexpected character byte 0xc3 at column 13");
+  EXPECT_EQ(ParseError("\xed\xa0\x80"),  // a UTF-16 surrogate: not UTF-8
+            "unparsable expression: unexpected character byte 0xed at column 1");
+  EXPECT_EQ(ParseError(std::string("params.x == \x01")),
+            "unparsable expression: unexpected character byte 0x01 at column 13");
+  for (const char* text : {"\xc3", "\xf0\x9f\x98", "\xff", "\x7f", "params.x \xe2\x82"}) {
+    std::string message = ParseError(text);
+    EXPECT_NO_THROW((void)Json(message).dump()) << message;
+  }
+}
+
+// "a && b && c ..." is as long as the text allows, not limited like nesting: a chain of
+// 200,000 operands parses, evaluates and is destroyed without deep recursion (a left-deep
+// tree overflowed the stack; found by tests/fuzz).
+TEST(WhenParse, LongChainsDoNotRecurse) {
+  std::string ands = "true", ors = "false";
+  for (int i = 0; i < 200000; ++i) {
+    ands += " && params.n == 1";
+    ors += " || params.n == 2";
+  }
+  EXPECT_TRUE(Eval(ands, Json{{"n", 1}}, Json::object()));
+  EXPECT_FALSE(Eval(ands, Json{{"n", 2}}, Json::object()));
+  EXPECT_TRUE(Eval(ors + " || true", Json{{"n", 1}}, Json::object()));
+  EXPECT_FALSE(Eval(ors, Json{{"n", 1}}, Json::object()));
+  EXPECT_TRUE(Eval(ors, Json{{"n", 2}}, Json::object()));
+  auto e = WhenExpr::Parse(ands);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ((*e)->refs().size(), 200000u);
+  // Precedence is unchanged: && binds tighter than ||, chains mix.
+  EXPECT_TRUE(Eval("false && true || true", Json::object(), Json::object()));
+  EXPECT_TRUE(Eval("true || false && false", Json::object(), Json::object()));
+  EXPECT_FALSE(Eval("(true || false) && false", Json::object(), Json::object()));
+  EXPECT_FALSE(Eval("!true && true || false && true", Json::object(), Json::object()));
+  EXPECT_TRUE(Eval("false || false || !(false && true && true)", Json::object(), Json::object()));
+}
+
 TEST(EvaluateWhen, StepWithoutWhenIsTrue) {
   Step s;
   auto r = EvaluateWhen(s, Json::object(), Json::object());
