@@ -73,35 +73,6 @@ class FileLock {
   Status status_;
 };
 
-Status WritePrivate(const std::string& path, const std::string& content) {
-  // WriteFileDurably keeps the mode of nothing: write, then tighten before rename
-  // is not possible through it, so the temp file is made here.
-  std::string tmp = path + ".tmp." + std::to_string(getpid());
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Internal("creating " + tmp + ": " + std::strerror(errno));
-  bool ok = WriteFully(fd, content.data(), content.size()) && fsync(fd) == 0;
-  int err = errno;
-  close(fd);
-  if (!ok) {
-    unlink(tmp.c_str());
-    return Internal("writing " + tmp + ": " + std::strerror(err));
-  }
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    err = errno;
-    unlink(tmp.c_str());
-    return Internal("renaming " + tmp + ": " + std::strerror(err));
-  }
-  std::string dir = path.substr(0, path.find_last_of('/') == std::string::npos
-                                       ? 0
-                                       : path.find_last_of('/'));
-  int dfd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    fsync(dfd);
-    close(dfd);
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 std::string_view Name(Role r) {
@@ -225,7 +196,7 @@ Status SaveTokens(const std::string& path, const std::vector<TokenEntry>& tokens
                        {"role", std::string(Name(t.role))},
                        {"created_at", t.created_at}});
   }
-  return WritePrivate(path, Json{{"tokens", arr}}.dump(2) + "\n");
+  return WriteFileDurably(path, Json{{"tokens", arr}}.dump(2) + "\n", 0600);
 }
 
 Result<NewToken> CreateToken(const std::string& path, const std::string& user,
@@ -259,7 +230,7 @@ Result<std::string> EnsureAgentToken(const std::string& data_dir) {
   std::string path = data_dir + "/agent.token";
   if (!PathExists(path)) {
     std::string tmp = path + ".tmp." + std::to_string(getpid());
-    Status st = WritePrivate(tmp, GenerateToken().token + "\n");
+    Status st = WriteFileDurably(tmp, GenerateToken().token + "\n", 0600);
     if (!st.ok()) return st;
     // link fails with EEXIST if another master got there first: theirs wins.
     if (link(tmp.c_str(), path.c_str()) != 0 && errno != EEXIST) {

@@ -53,10 +53,15 @@ Status MakeDirs(const std::string& path) {
   return Status::Ok();
 }
 
-Status WriteFileDurably(const std::string& path, const std::string& content) {
+Status WriteFileDurably(const std::string& path, const std::string& content, mode_t mode) {
   std::string tmp = path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return Errno("open " + tmp);
+  if (fchmod(fd, mode) != 0) {  // a stale temp file keeps its old mode through O_TRUNC
+    Status st = Errno("chmod " + tmp);
+    close(fd);
+    return st;
+  }
   if (!WriteFully(fd, content.data(), content.size())) {
     Status st = Errno("write " + tmp);
     close(fd);

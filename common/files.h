@@ -3,6 +3,8 @@
 // converted to Status here, once.
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 #include <vector>
 
@@ -15,8 +17,10 @@ namespace epoch {
 bool WriteFully(int fd, const void* data, size_t n);
 // mkdir -p.
 Status MakeDirs(const std::string& path);
-// Atomically replaces path with content and fsyncs file and directory.
-Status WriteFileDurably(const std::string& path, const std::string& content);
+// Atomically replaces path with content and fsyncs file and directory; the file gets
+// `mode` (0600 for secrets and credentials' hashes).
+Status WriteFileDurably(const std::string& path, const std::string& content,
+                        mode_t mode = 0644);
 // Writes many files durably with two flushes in all instead of two per file: the
 // contents are written to temporaries, one syncfs() makes them durable, then each
 // is renamed into place and each distinct directory is fsynced. Used where many
