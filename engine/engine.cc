@@ -654,6 +654,13 @@ void Engine::WriterLoop() {
       }
       stats_.commits++;
       stats_.events_appended += recorded.size();
+      {
+        std::unique_lock lock(published_mu_);
+        for (const auto& r : recorded) Evolve(published_, r);
+      }
+      // After publishing: the snapshot thread copies the published state, which must
+      // hold the group that made the snapshot due (before, it could copy the state of
+      // the previous group and the next trigger came only snapshotEvery events later).
       if (options_.snapshot_every > 0 &&
           recorded.back().position - last_snapshot_ >= options_.snapshot_every) {
         last_snapshot_ = recorded.back().position;
@@ -662,10 +669,6 @@ void Engine::WriterLoop() {
           snapshot_due_ = true;
         }
         snapshot_cv_.notify_one();
-      }
-      {
-        std::unique_lock lock(published_mu_);
-        for (const auto& r : recorded) Evolve(published_, r);
       }
       {
         std::lock_guard<std::mutex> lock(change_mu_);
