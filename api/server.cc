@@ -1246,6 +1246,7 @@ void ApiServer::Impl::ContainerRoutes() {
   http.Get("/v1/containers", Wrap("/v1/containers", [this](const Request& req, Response& res) {
              bool all = QueryBool(req, "all");
              Json items = Json::array();
+             auto watched = engine->BackendStates();
              engine->Read([&](const engine::State& s) {
                for (const auto& [id, c] : s.containers) {
                  if (!all && (c.phase == engine::ContainerPhase::kLost ||
@@ -1253,6 +1254,11 @@ void ApiServer::Impl::ContainerRoutes() {
                    continue;
                  }
                  Json j = engine::ContainerToJson(c);
+                 // The backend's own view (a Slurm job's state), when it is watched.
+                 if (auto w = watched.find(id); w != watched.end()) {
+                   j["backend_state"] = w->second.backend_state;
+                   j["backend_detail"] = w->second.detail;
+                 }
                  if (!Caller().SeesAllTenants()) {
                    // What runs where, only for the caller's tenant's attempts.
                    Json mine = Json::array();

@@ -61,7 +61,7 @@ class InlineBackend : public engine::ContainerBackend {
   }
   Status Terminate(const std::string&, const std::string&) override { return Status::Ok(); }
   Result<engine::ContainerDescription> Describe(const std::string&, const std::string&) override {
-    return engine::ContainerDescription{engine::ContainerDescription::State::kRunning, "inline"};
+    return engine::ContainerDescription{engine::ContainerDescription::State::kRunning, "inline", ""};
   }
   std::vector<std::string> Launched() {
     std::lock_guard<std::mutex> lock(mu);

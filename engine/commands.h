@@ -2,6 +2,7 @@
 // was issued (from the injected Clock), so decide never reads a clock.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <variant>
@@ -77,16 +78,33 @@ struct ContainerLaunchResult {
   bool ok = false;
   std::string handle;  // when ok
   std::string error;   // when not
+  // The backend refused the request itself (kResourceExhausted): the queued demand
+  // that no registered container could ever hold fails as unschedulable.
+  bool unschedulable = false;
+};
+
+// From the pool's watch: the backend says a launched container is gone (its Slurm
+// job ended, its process exited). Lost with `detail` as the reason, unless the
+// container already ended or has since been given another handle.
+struct ContainerExited {
+  std::string container;
+  std::string handle;
+  std::string detail;
 };
 
 // Periodic: timers, leases, the pool's size. `expired` lists registered
 // containers whose lease ran out (the writer tracks heartbeats, which are not events).
 struct Tick {
   std::vector<std::string> expired;
+  // Containers a watched backend has said are waiting for resources (a Slurm job
+  // PENDING), with the last time it said so: executor.registerTimeout counts from
+  // then, not from the request, so a job queued behind others is not lost.
+  std::map<std::string, TimePoint> queued;
 };
 
 using Command = std::variant<RegisterWorkflow, SubmitRun, CancelRun, RetryRun, InvalidateCache,
-                             RegisterContainer, PollContainer, ContainerLaunchResult, Tick>;
+                             RegisterContainer, PollContainer, ContainerLaunchResult, ContainerExited,
+                             Tick>;
 
 // What a command's caller learns once its events are durable.
 struct CommandResult {

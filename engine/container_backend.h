@@ -29,17 +29,29 @@ struct ContainerSpec {
 struct ContainerDescription {
   enum class State { kPending, kRunning, kGone };
   State state = State::kGone;
-  std::string detail;  // backend's words ("pid 1234 running", "exited", ...)
+  std::string detail;  // backend's words ("pid 1234 running", "slurm job 7 CANCELLED ...")
+  std::string backend_state;  // the backend's own state word ("RUNNING", "TIMEOUT"), if any
 };
 
 class ContainerBackend {
  public:
   virtual ~ContainerBackend() = default;
   virtual std::string Name() const = 0;  // "local", "slurm"
+  // Whether the engine should watch this backend's containers with Describe. A backend
+  // answers for the whole cluster (Slurm) when true; the local backend sees only its
+  // own host, and after a failover to another host its agents are still alive there,
+  // so it is not watched (the lease covers it).
+  virtual bool Watched() const { return false; }
   // Starts a container; returns the backend's handle for it (a pid, a job id).
+  // kResourceExhausted means the backend refused the request itself and asking again
+  // cannot help (e.g. more GPUs than any node has): the pool then reports the demand
+  // as unschedulable instead of retrying. Any other error is retried with backoff.
   virtual Result<std::string> Launch(const ContainerSpec& spec) = 0;
   // Stops it (idempotent: an already gone container is OK).
   virtual Status Terminate(const std::string& container_id, const std::string& handle) = 0;
+  // What became of a launched container. When Watched(), the engine asks every
+  // executor.watchInterval for each live container; kGone makes it lost with `detail` as the reason. An error
+  // (the backend could not tell) changes nothing.
   virtual Result<ContainerDescription> Describe(const std::string& container_id,
                                                 const std::string& handle) = 0;
 };

@@ -489,6 +489,12 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
   return d;
 }
 
+// Queued attempts that no registered container could hold even when empty fail with
+// reason "unschedulable: <why>" (defined with the scheduler below).
+void FailUnschedulable(const State& state, const std::string& why, std::vector<Event>* out);
+void LoseContainer(const State& state, const Container& c, const std::string& reason,
+                   std::vector<Event>* out);
+
 Result<Decision> DecideLaunchResult(const State& state, const ContainerLaunchResult& cmd) {
   auto it = state.containers.find(cmd.container);
   if (it == state.containers.end()) return NotFound("container '" + cmd.container + "'");
@@ -500,11 +506,29 @@ Result<Decision> DecideLaunchResult(const State& state, const ContainerLaunchRes
   if (cmd.ok) {
     d.events.push_back(Event{ContainerStream(cmd.container), std::string(ev::kContainerLaunched),
                              Json{{"container", cmd.container}, {"handle", cmd.handle}}});
+  } else if (cmd.unschedulable) {
+    d.events.push_back(Event{ContainerStream(cmd.container), std::string(ev::kContainerLost),
+                             Json{{"container", cmd.container},
+                                  {"reason", "launch failed: unschedulable: " + cmd.error},
+                                  {"unschedulable", true}}});
+    FailUnschedulable(state, cmd.error, &d.events);
   } else {
     d.events.push_back(Event{ContainerStream(cmd.container), std::string(ev::kContainerLost),
                              Json{{"container", cmd.container},
                                   {"reason", "launch failed: " + cmd.error}}});
   }
+  return d;
+}
+
+Result<Decision> DecideContainerExited(const State& state, const ContainerExited& cmd) {
+  Decision d;
+  d.result.id = cmd.container;
+  auto it = state.containers.find(cmd.container);
+  if (it == state.containers.end()) return d;
+  const Container& c = it->second;
+  if (c.phase != ContainerPhase::kRequested && c.phase != ContainerPhase::kRegistered) return d;
+  if (c.handle != cmd.handle) return d;  // an answer about an older handle
+  LoseContainer(state, c, cmd.detail, &d.events);
   return d;
 }
 
@@ -604,6 +628,8 @@ Result<Decision> Decide(const State& state, const Command& command, const Decide
           return DecidePoll(state, cmd);
         } else if constexpr (std::is_same_v<T, ContainerLaunchResult>) {
           return DecideLaunchResult(state, cmd);
+        } else if constexpr (std::is_same_v<T, ContainerExited>) {
+          return DecideContainerExited(state, cmd);
         } else {
           Decision d;
           d.events = OnTick(state, cmd, ctx);
@@ -933,7 +959,9 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
         !s.HasActive()) {
       // Attempts used since the run was (re)started; a retry request starts a new round.
       int used = static_cast<int>(s.attempts.size()) - s.round_start + 1;
-      if (used <= step.retry.limit && !step.sweep) {  // a sweep's trials are its tries
+      // A retry of an unschedulable attempt would be refused the same way.
+      bool hopeless = s.reason.rfind("unschedulable", 0) == 0;
+      if (used <= step.retry.limit && !step.sweep && !hopeless) {  // a sweep's trials are its tries
         int next = static_cast<int>(s.attempts.size()) + 1;
         TimePoint nb = ctx.now + step.retry.DelayBefore(used + 1);
         out.push_back(RunEvent(run, ev::kJobRetryScheduled,
@@ -1231,6 +1259,41 @@ void PlanQueue(const State& state, const EngineConfig& cfg, std::vector<Slot>& s
   }
 }
 
+void FailUnschedulable(const State& state, const std::string& why, std::vector<Event>* out) {
+  // Every registered container as if it were empty: an attempt that fits one of them
+  // waits for room; one that fits none could only run on a new container.
+  std::vector<Slot> empty;
+  for (const auto& [id, c] : state.containers) {
+    if (c.phase != ContainerPhase::kRegistered) continue;
+    Slot f;
+    f.c = &c;
+    f.cpu = c.cpu_millis;
+    f.mem = c.memory_bytes;
+    for (const auto& g : c.gpus) {
+      std::string idx = GpuIndex(g);
+      if (idx.empty() || !g.value("healthy", true)) continue;
+      f.gpus.push_back(idx);
+      f.uuids.push_back(g.value("uuid", ""));
+    }
+    empty.push_back(std::move(f));
+  }
+  for (const auto& [key, attempt_id] : state.queue) {
+    std::string run_id, step;
+    int n;
+    if (!ParseAttemptId(attempt_id, &run_id, &step, &n)) continue;
+    const Run* run = state.FindRun(run_id);
+    if (!run || run->cancel_requested || IsTerminal(run->phase)) continue;
+    const Attempt* a = state.FindAttempt(attempt_id);
+    if (!a || a->phase != AttemptPhase::kQueued) continue;
+    std::vector<Slot> slots = empty;
+    Json placements;
+    if (PlaceAll(slots, *a, &placements)) continue;
+    out->push_back(RunEvent(*run, ev::kJobFailed,
+                            Json{{"step", step}, {"attempt", n},
+                                 {"reason", "unschedulable: " + why}}));
+  }
+}
+
 // Queued attempts that cannot be placed even on the containers already asked for.
 // Attempts held back by their tenant's GPU quota are not demand: more containers
 // would not let them run.
@@ -1355,7 +1418,11 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
                     &out);
       continue;
     }
-    if (c.phase == ContainerPhase::kRequested && ctx.now - c.requested_at > cfg.register_timeout) {
+    TimePoint waiting_since = c.requested_at;
+    if (auto q = tick.queued.find(id); q != tick.queued.end()) {
+      waiting_since = std::max(waiting_since, q->second);
+    }
+    if (c.phase == ContainerPhase::kRequested && ctx.now - waiting_since > cfg.register_timeout) {
       LoseContainer(state, c,
                     "never registered (within " + FormatDuration(cfg.register_timeout) + ")", &out);
       continue;

@@ -958,6 +958,92 @@ class ScalingTest : public ::testing::Test {
   TimePoint now_ = FromMicros(1'800'000'000'000'000);
 };
 
+TEST_F(ScalingTest, ARefusedLaunchFailsOnlyTheDemandNoContainerCouldEverHold) {
+  // One registered container of 4 GPUs exists; a 1-GPU job fits it (when it is free),
+  // a 4-GPU job waiting behind busy GPUs fits it too; nothing fits a 5-GPU ask
+  // until the pool grows, and the backend refuses to grow it.
+  cfg_.container_gpus = 8;
+  cfg_.min_replicas = 1;
+  ASSERT_EQ(Count(Tick(), ev::kContainerRequested), 1);
+  Register("c1", 4);  // registered with 4 of the 8 GPUs a new container would have
+  Submit(R"({"name":"small","steps":[{"name":"a","command":["x"],"resources":{"gpus":4},
+      "retry":{"limit":3}}]})", 2);
+  Submit(R"({"name":"big","steps":[{"name":"a","command":["x"],"resources":{"gpus":6},
+      "retry":{"limit":3}}]})", 1);
+  auto evs = Tick();
+  ASSERT_EQ(Count(evs, ev::kContainerRequested), 2) << "demand: small1 and big0 wait";
+  std::string id = evs[0].data["container"];
+  ContainerLaunchResult lr{id, false, "", "slurm refused the job: Requested node configuration is not available"};
+  lr.unschedulable = true;
+  evs = Run(lr);
+  ASSERT_EQ(Count(evs, ev::kContainerLost), 1);
+  EXPECT_EQ(evs[0].data["unschedulable"], true);
+  EXPECT_EQ(evs[0].data["reason"],
+            "launch failed: unschedulable: slurm refused the job: Requested node configuration is not available");
+  // Only big0 fails: small1 fits c1 once small0 is done there.
+  ASSERT_EQ(Count(evs, ev::kJobFailed), 1);
+  for (const auto& e : evs) {
+    if (e.type == ev::kJobFailed) {
+      EXPECT_EQ(e.stream, "run-big0");
+      EXPECT_EQ(e.data["reason"],
+                "unschedulable: slurm refused the job: Requested node configuration is not available");
+    }
+  }
+  // Not retried although its policy allows 3 retries: the run fails.
+  EXPECT_EQ(s_.runs["big0"].phase, RunPhase::kFailed);
+  EXPECT_NE(s_.runs["big0"].reason.find("unschedulable"), std::string::npos) << s_.runs["big0"].reason;
+  EXPECT_EQ(s_.runs["small1"].phase, RunPhase::kQueued);
+  // A second refusal (the other container of the round) fails nothing more.
+  ContainerLaunchResult lr2{"c" + std::to_string(s_.container_counter), false, "", "refused"};
+  lr2.unschedulable = true;
+  EXPECT_EQ(Count(Run(lr2), ev::kJobFailed), 0);
+}
+
+TEST_F(ScalingTest, AContainerTheBackendReportsGoneIsLostAndItsAttemptsFail) {
+  cfg_.container_gpus = 0;
+  cfg_.min_replicas = 1;
+  ASSERT_EQ(Count(Tick(), ev::kContainerRequested), 1);
+  Register("c1", 0);
+  Run(ContainerLaunchResult{"c1", true, "77", ""});
+  ASSERT_EQ(s_.containers["c1"].handle, "77");
+  Submit(R"({"name":"w","steps":[{"name":"a","command":["x"],"retry":{"limit":1}}]})", 1);
+  ASSERT_EQ(s_.runs["w0"].steps[0].Last()->phase, AttemptPhase::kAssigned);
+  // An answer about another handle (an older launch) changes nothing.
+  EXPECT_TRUE(Run(ContainerExited{"c1", "76", "slurm job 76 CANCELLED"}).empty());
+  auto evs = Run(ContainerExited{"c1", "77", "slurm job 77 CANCELLED (exit code 0:15) on n1"});
+  ASSERT_EQ(Count(evs, ev::kContainerLost), 1);
+  EXPECT_EQ(evs[0].data["reason"], "slurm job 77 CANCELLED (exit code 0:15) on n1");
+  EXPECT_EQ(s_.containers["c1"].phase, ContainerPhase::kLost);
+  EXPECT_EQ(s_.runs["w0"].steps[0].attempts[0].phase, AttemptPhase::kLost);
+  EXPECT_EQ(Count(evs, ev::kJobRetryScheduled), 1);
+  // Told again: it is already lost.
+  EXPECT_TRUE(Run(ContainerExited{"c1", "77", "again"}).empty());
+}
+
+TEST_F(ScalingTest, AContainerStillQueuedByTheBackendOutlivesTheRegisterTimeout) {
+  cfg_.min_replicas = 1;
+  cfg_.register_timeout = std::chrono::seconds(30);
+  ASSERT_EQ(Count(Tick(), ev::kContainerRequested), 1);
+  now_ += std::chrono::seconds(31);
+  auto tick = [&](std::map<std::string, TimePoint> queued) {
+    Processor p(&s_, DecideContext{now_, &cfg_}, 1);
+    engine::Tick t;
+    t.queued = std::move(queued);
+    p.Record(OnTick(s_, t, DecideContext{now_, &cfg_}));
+    p.Settle();
+    return p.recorded();
+  };
+  // Its Slurm job was PENDING 1 s ago: the 30 s count from then.
+  EXPECT_EQ(Count(tick({{"c1", now_ - std::chrono::seconds(1)}}), ev::kContainerLost), 0);
+  EXPECT_EQ(s_.containers["c1"].phase, ContainerPhase::kRequested);
+  now_ += std::chrono::seconds(28);
+  EXPECT_EQ(Count(tick({{"c1", now_ - std::chrono::seconds(29)}}), ev::kContainerLost), 0);
+  now_ += std::chrono::seconds(2);
+  auto evs = tick({{"c1", now_ - std::chrono::seconds(31)}});
+  ASSERT_EQ(Count(evs, ev::kContainerLost), 1);
+  EXPECT_EQ(evs[0].data["reason"], "never registered (within 30s)");
+}
+
 TEST_F(ScalingTest, BurstGrowsThePoolInUnitsNoFasterThanTheInterval) {
   EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);  // no demand, min 0: nothing
   // 20 jobs of 1 CPU each: each container holds one.

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <set>
 
 #include "engine/processor.h"
@@ -575,12 +576,17 @@ void Engine::WriterLoop() {
     if (now >= next_tick) {
       Tick tick;
       if (options_.start_pool) tick.expired = ExpiredLeases(now);
+      {
+        std::lock_guard<std::mutex> lock(watch_mu_);
+        tick.queued = queued_seen_;
+      }
       std::vector<Event> tick_events = OnTick(working_, tick, DecideContext{now, &cfg, &files_});
       if (!options_.start_pool) {
         std::erase_if(tick_events, [](const Event& e) { return e.type == ev::kContainerRequested; });
       }
       proc.Record(std::move(tick_events));
       next_tick = now + cfg.tick;
+      if (options_.start_pool) MaybeWatch(now);
     }
     proc.Settle();
     std::vector<RecordedEvent>& recorded = proc.recorded();
@@ -694,6 +700,7 @@ void Engine::WriterLoop() {
             lr.ok = h.ok();
             if (h.ok()) lr.handle = *h;
             else lr.error = h.status().message();
+            lr.unschedulable = !h.ok() && h.status().code() == StatusCode::kResourceExhausted;
             if (!h.ok()) spdlog::error("launching container {} failed: {}", spec.id, lr.error);
             (void)Execute(lr);
           });
@@ -722,6 +729,49 @@ void Engine::WriterLoop() {
                                   : Result<CommandResult>(Unavailable("the engine is stopping")));
   }
   queue_.clear();
+}
+
+void Engine::MaybeWatch(TimePoint now) {
+  if (!backend_ || !backend_->Watched() || options_.watch_interval <= Micros::zero()) return;
+  if (now < next_watch_ || watch_in_flight_) return;
+  next_watch_ = now + options_.watch_interval;
+  std::vector<std::pair<std::string, std::string>> live;  // (container, handle)
+  for (const auto& [id, c] : working_.containers) {
+    if ((c.phase == ContainerPhase::kRequested || c.phase == ContainerPhase::kRegistered) &&
+        !c.handle.empty()) {
+      live.emplace_back(id, c.handle);
+    }
+  }
+  {
+    // Forget containers that are no longer live.
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    auto gone = [&](const auto& kv) {
+      return std::none_of(live.begin(), live.end(), [&](const auto& l) { return l.first == kv.first; });
+    };
+    std::erase_if(watched_, gone);
+    std::erase_if(queued_seen_, gone);
+  }
+  if (live.empty()) return;
+  watch_in_flight_ = true;
+  PostReactor([this, live = std::move(live)] {
+    for (const auto& [id, handle] : live) {
+      auto d = backend_->Describe(id, handle);
+      if (!d.ok()) {
+        spdlog::warn("watching container {} ({}): {}", id, handle, d.status().ToString());
+        continue;
+      }
+      {
+        std::lock_guard<std::mutex> lock(watch_mu_);
+        watched_[id] = *d;
+        if (d->state == ContainerDescription::State::kPending) queued_seen_[id] = clock_->Now();
+      }
+      if (d->state == ContainerDescription::State::kGone) {
+        spdlog::warn("container {} is gone: {}", id, d->detail);
+        (void)Execute(ContainerExited{id, handle, d->detail});
+      }
+    }
+    watch_in_flight_ = false;
+  });
 }
 
 void Engine::PostReactor(std::function<void()> task) {

@@ -75,6 +75,9 @@ struct EngineOptions {
   size_t max_group = 1024;          // commands decided per commit at most
   std::map<std::string, std::string> agent_env;  // handed to every container
   bool start_pool = true;           // false: no ContainerRequested (tests of the core)
+  // The leader asks a Watched() backend what became of its live containers this
+  // often (executor.watchInterval); 0: never.
+  Micros watch_interval = std::chrono::seconds(2);
   // Called once, from the thread that noticed, when this leader is deposed.
   std::function<void(const std::string& reason)> on_deposed;
   // Snapshots (snapshot.h): start from the latest one and replay only the events
@@ -188,6 +191,12 @@ class Engine {
     return fn(published_);
   }
 
+  // The backend's last word on each watched container (empty for an unwatched backend).
+  std::map<std::string, ContainerDescription> BackendStates() const {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    return watched_;
+  }
+
   // Assignments and cancels for a container's poll, from the published state.
   DispatchView DispatchFor(const std::string& container, const std::vector<std::string>& running,
                            const std::vector<std::string>& reported) const;
@@ -243,6 +252,9 @@ class Engine {
   static constexpr uint64_t kWholeLog = ~uint64_t{0};
   void WriterLoop();
   std::vector<std::string> ExpiredLeases(TimePoint now);
+  // Writer thread: every watch_interval, hands the live containers' handles to the
+  // reactor, which asks the backend and reports the gone ones (ContainerExited).
+  void MaybeWatch(TimePoint now);
   void ReactorLoop();
   void SnapshotLoop();
   void PostReactor(std::function<void()> task);
@@ -278,6 +290,14 @@ class Engine {
   std::condition_variable reactor_cv_;
   std::deque<std::function<void()>> reactor_tasks_;
   bool reactor_stopping_ = false;
+
+  // The watch of a Watched() backend: the last answer per container (shown by
+  // /v1/containers), and whether a round of Describe calls is still running.
+  mutable std::mutex watch_mu_;
+  std::map<std::string, ContainerDescription> watched_;  // guarded by watch_mu_
+  std::map<std::string, TimePoint> queued_seen_;  // last "pending" answer; watch_mu_
+  std::atomic<bool> watch_in_flight_{false};
+  TimePoint next_watch_{};  // writer thread
 
   std::thread writer_, reactor_, snapshotter_, verifier_;
   mutable std::mutex history_mu_;

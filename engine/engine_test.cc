@@ -25,7 +25,7 @@ class RecordingBackend : public ContainerBackend {
     return Status::Ok();
   }
   Result<ContainerDescription> Describe(const std::string&, const std::string&) override {
-    return ContainerDescription{ContainerDescription::State::kRunning, "ok"};
+    return ContainerDescription{ContainerDescription::State::kRunning, "ok", ""};
   }
   size_t Launched() {
     std::lock_guard<std::mutex> lock(mu);
