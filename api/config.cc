@@ -1,6 +1,8 @@
 #include "api/config.h"
 
+#include <cctype>
 #include <functional>
+#include <sstream>
 
 #include "api/auth.h"
 #include "common/units.h"
@@ -40,6 +42,21 @@ Result<Micros> AsDuration(const std::string& key, const Json& v) {
   auto d = ParseDuration(AsString(v));
   if (!d.ok()) return InvalidArgument(key + ": " + d.status().message());
   return *d;
+}
+
+// A Slurm name or time limit: one word of letters, digits and -_.:,+ (no shell or
+// option syntax can get into sbatch's arguments through it).
+Status SlurmWord(const std::string& key, const Json& v, std::string* out) {
+  std::string w = AsString(v);
+  for (char ch : w) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && std::string_view("-_.:,+").find(ch) == std::string_view::npos) {
+      return InvalidArgument(key + ": '" + w + "' has a character Slurm names do not use ('" +
+                             std::string(1, ch) + "')");
+    }
+  }
+  if (!w.empty() && w[0] == '-') return InvalidArgument(key + ": '" + w + "' may not start with '-'");
+  *out = w;
+  return Status::Ok();
 }
 
 struct KeyDef {
@@ -146,10 +163,51 @@ const std::map<std::string, KeyDef>& Keys() {
        }}},
       {"executor.backend", {"local", [](Config* c, const std::string& k, const Json& v) {
          std::string b = AsString(v);
-         if (b != "local") {
-           return InvalidArgument(k + ": unknown backend '" + b + "' (this build has: local)");
+         if (b != "local" && b != "slurm") {
+           return InvalidArgument(k + ": unknown backend '" + b + "' (this build has: local, slurm)");
          }
          c->backend = b;
+         return Status::Ok();
+       }}},
+      {"executor.watchInterval", {"2s", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->watch_interval, AsDuration(k, v));
+         if (c->watch_interval < std::chrono::milliseconds(100)) {
+           return InvalidArgument(k + ": must be at least 100ms");
+         }
+         return Status::Ok();
+       }}},
+      {"slurm.partition", {"(the cluster's default)", [](Config* c, const std::string& k, const Json& v) {
+         return SlurmWord(k, v, &c->slurm_partition);
+       }}},
+      {"slurm.account", {"(the user's default)", [](Config* c, const std::string& k, const Json& v) {
+         return SlurmWord(k, v, &c->slurm_account);
+       }}},
+      {"slurm.qos", {"(the account's default)", [](Config* c, const std::string& k, const Json& v) {
+         return SlurmWord(k, v, &c->slurm_qos);
+       }}},
+      {"slurm.timeLimit", {"(the partition's default)", [](Config* c, const std::string& k, const Json& v) {
+         return SlurmWord(k, v, &c->slurm_time_limit);
+       }}},
+      {"slurm.extraArgs", {"[]", [](Config* c, const std::string& k, const Json& v) {
+         std::vector<std::string> args;
+         if (v.is_array()) {
+           for (const auto& a : v) {
+             if (!a.is_string()) return InvalidArgument(k + ": expected an array of strings, got " + v.dump());
+             args.push_back(a.get<std::string>());
+           }
+         } else if (v.is_string()) {
+           std::istringstream in(v.get<std::string>());
+           std::string w;
+           while (in >> w) args.push_back(w);
+         } else {
+           return InvalidArgument(k + ": expected an array of strings, got " + v.dump());
+         }
+         for (const auto& a : args) {
+           if (a.empty() || a[0] != '-') {
+             return InvalidArgument(k + ": '" + a + "' is not an sbatch option (options start with -)");
+           }
+         }
+         c->slurm_extra_args = std::move(args);
          return Status::Ok();
        }}},
       {"executor.leaseTime", {"10s", [](Config* c, const std::string& k, const Json& v) {
@@ -298,7 +356,7 @@ Json Config::ToJson() const {
               {"storage.dataDir", data_dir},
               {"storage.snapshotEvery", snapshot_every},
               {"executor.backend", backend},
-              {"executor.leaseTime", FormatDuration(lease)},
+                      {"executor.leaseTime", FormatDuration(lease)},
               {"executor.registerTimeout", FormatDuration(register_timeout)},
               {"executor.pollTimeout", FormatDuration(poll_timeout)},
               {"api.host", host},
@@ -312,6 +370,12 @@ Json Config::ToJson() const {
               {"cluster.tlsCaCertificate", tls_ca},
               {"ha.tailInterval", FormatDuration(tail_interval)},
               {"ha.secondaryDir", secondary_dir}};
+  j["executor.watchInterval"] = FormatDuration(watch_interval);
+  j["slurm.partition"] = slurm_partition;
+  j["slurm.account"] = slurm_account;
+  j["slurm.qos"] = slurm_qos;
+  j["slurm.timeLimit"] = slurm_time_limit;
+  j["slurm.extraArgs"] = slurm_extra_args;
   for (const auto& [name, n] : tenant_max_gpus) j["tenants." + name + ".maxGpus"] = n;
   return j;
 }

@@ -48,6 +48,13 @@ struct Config {
   Micros poll_timeout = std::chrono::milliseconds(1000);
   Micros grace = std::chrono::seconds(5);
   std::string agent_path;  // default: epoch-agent next to epochd
+  Micros watch_interval = std::chrono::seconds(2);  // executor.watchInterval (slurm)
+  // slurm.* (executor.backend=slurm)
+  std::string slurm_partition;
+  std::string slurm_account;
+  std::string slurm_qos;
+  std::string slurm_time_limit;
+  std::vector<std::string> slurm_extra_args;
   // api.*
   size_t max_body_bytes = 1 << 20;
   int threads = 64;

@@ -50,6 +50,38 @@ TEST(ConfigTest, ErrorsNameTheKey) {
   EXPECT_EQ(c.max_replicas, 10);  // nothing changed by the failures
 }
 
+TEST(ConfigTest, SlurmBackendKeys) {
+  Config c;
+  ASSERT_TRUE(ApplySetArg(&c, "executor.backend=slurm").ok());
+  EXPECT_EQ(c.backend, "slurm");
+  ASSERT_TRUE(ApplyValues(&c, Json::parse(R"({"slurm": {"partition": "gpu", "account": "ml-team",
+      "qos": "high", "timeLimit": "2-00:00:00", "extraArgs": ["--nice=10", "--exclusive"]},
+      "executor": {"watchInterval": "5s"}})")).ok());
+  EXPECT_EQ(c.slurm_partition, "gpu");
+  EXPECT_EQ(c.slurm_account, "ml-team");
+  EXPECT_EQ(c.slurm_qos, "high");
+  EXPECT_EQ(c.slurm_time_limit, "2-00:00:00");
+  EXPECT_EQ(c.slurm_extra_args, (std::vector<std::string>{"--nice=10", "--exclusive"}));
+  EXPECT_EQ(c.watch_interval, std::chrono::seconds(5));
+  // --set takes the arguments as one whitespace-separated string.
+  ASSERT_TRUE(ApplySetArg(&c, "slurm.extraArgs=--nice=5 --comment=epoch").ok());
+  EXPECT_EQ(c.slurm_extra_args, (std::vector<std::string>{"--nice=5", "--comment=epoch"}));
+  Json j = c.ToJson();
+  EXPECT_EQ(j["slurm.partition"], "gpu");
+  EXPECT_EQ(j["slurm.extraArgs"][1], "--comment=epoch");
+  // Nothing that could smuggle shell or option syntax in.
+  Status st = ApplySetArg(&c, "slurm.partition=gpu;rm");
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("slurm.partition"), std::string::npos) << st.message();
+  EXPECT_FALSE(ApplySetArg(&c, "slurm.account=--uid=0").ok());
+  st = ApplySetArg(&c, "slurm.extraArgs=nice");
+  EXPECT_NE(st.message().find("not an sbatch option"), std::string::npos) << st.message();
+  EXPECT_FALSE(ApplyValues(&c, Json::parse(R"({"slurm": {"extraArgs": [1]}})")).ok());
+  EXPECT_FALSE(ApplySetArg(&c, "executor.watchInterval=1ms").ok());
+  EXPECT_EQ(c.slurm_partition, "gpu");  // nothing changed by the failures
+  EXPECT_EQ(c.slurm_extra_args.size(), 2u);
+}
+
 TEST(ConfigTest, TenantGpuQuotasFromValuesAndSet) {
   Config c;
   EXPECT_TRUE(c.tenant_max_gpus.empty());  // no quota: unlimited

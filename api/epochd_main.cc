@@ -31,6 +31,7 @@
 #include "common/logging.h"
 #include "engine/engine.h"
 #include "executors/local_backend.h"
+#include "executors/slurm_backend.h"
 #include "storage/event_store.h"
 
 namespace {
@@ -236,7 +237,24 @@ int main(int argc, char** argv) {
   // Agents verify the master's certificate: against the CA given, else the certificate
   // itself (right for a self-signed one, generated or your own).
   if (!config.plain_http) lopts.ca_cert = config.tls_ca.empty() ? config.tls_certificate : config.tls_ca;
-  executors::LocalBackend backend(config.agent_path, lopts);
+  // One pool, two backends: the engine's scaling rules are the same for both.
+  std::unique_ptr<engine::ContainerBackend> backend;
+  if (config.backend == "slurm") {
+    executors::SlurmOptions so;
+    so.partition = config.slurm_partition;
+    so.account = config.slurm_account;
+    so.qos = config.slurm_qos;
+    so.time_limit = config.slurm_time_limit;
+    so.extra_args = config.slurm_extra_args;
+    so.grace = lopts.grace;
+    so.orphan_timeout = lopts.orphan_timeout;
+    so.log_format = lopts.log_format;
+    so.log_level = lopts.log_level;
+    so.ca_cert = lopts.ca_cert;
+    backend = std::make_unique<executors::SlurmBackend>(config.agent_path, so);
+  } else {
+    backend = std::make_unique<executors::LocalBackend>(config.agent_path, lopts);
+  }
 
   // Block the stop signals before any thread starts, so only sigtimedwait sees them.
   sigset_t stop_signals;
@@ -250,6 +268,7 @@ int main(int argc, char** argv) {
   eopts.node = config.master_name;
   eopts.advertise_url = config.advertise_url;
   eopts.snapshot_every = config.snapshot_every;
+  eopts.watch_interval = config.watch_interval;
   eopts.allow_corrupt_history = allow_corrupt_history;
   engine::EngineConfig& ec = eopts.config;
   ec.data_dir = config.data_dir;
@@ -273,7 +292,7 @@ int main(int argc, char** argv) {
 
   SystemClock clock;
   RandomIdGenerator ids;
-  engine::Engine engine(eopts, store.get(), &backend, &clock);
+  engine::Engine engine(eopts, store.get(), backend.get(), &clock);
   // Bind first (cluster.basePort may be 0 = any free port): agents launched by
   // the engine and clients redirected by standbys must be told the real address.
   api::ApiServer server(config, &engine, store.get(), &ids, &clock);

@@ -80,6 +80,35 @@ Inventory FakeInventory(int n, const std::string& container_id) {
   return inv;
 }
 
+Inventory FakeInventoryFromVisible(const std::string& cuda_visible_devices,
+                                   const std::string& host) {
+  std::vector<std::string> ordinals;
+  std::string cur;
+  for (char c : cuda_visible_devices + ",") {
+    if (c != ',') {
+      cur += c;
+      continue;
+    }
+    if (cur.empty() || cur.size() > 4 || cur.find_first_not_of("0123456789") != std::string::npos) {
+      Inventory inv;
+      inv.cuda_compiled = internal::Compiled();
+      inv.reason = "CUDA_VISIBLE_DEVICES='" + cuda_visible_devices +
+                   "' is not a list of GPU ordinals; reporting no simulated GPUs";
+      return inv;
+    }
+    ordinals.push_back(cur);
+    cur.clear();
+  }
+  Inventory inv = FakeInventory(static_cast<int>(ordinals.size()), host);
+  inv.reason = "EPOCH_FAKE_GPUS with CUDA_VISIBLE_DEVICES=" + cuda_visible_devices + ": " +
+               std::to_string(ordinals.size()) + " simulated GPU(s) granted by the scheduler";
+  for (size_t i = 0; i < ordinals.size(); ++i) {
+    inv.gpus[i].visible_id = ordinals[i];
+    inv.gpus[i].uuid = "GPU-sim-" + host + "-" + ordinals[i];
+  }
+  return inv;
+}
+
 Inventory DiscoverFromEnv(const std::string& container_id) {
   if (const char* fake = std::getenv("EPOCH_FAKE_GPUS"); fake != nullptr && *fake != '\0') {
     int n = ParseCount(fake);

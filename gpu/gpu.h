@@ -66,6 +66,14 @@ Inventory Discover();
 // "Simulated GPU", 80 GiB, compute capability 9.0, healthy, simulated, visible_id "<i>".
 Inventory FakeInventory(int n, const std::string& container_id);
 
+// Simulated GPUs granted by a scheduler that sets CUDA_VISIBLE_DEVICES (Slurm's
+// --gres=gpu:N with fake device files): one per listed ordinal, in that order, with
+// visible_id the ordinal and uuid "GPU-sim-<host>-<ordinal>" (the same device gets the
+// same uuid in every container of the host). Empty with a reason when the list holds
+// anything but non-negative integers.
+Inventory FakeInventoryFromVisible(const std::string& cuda_visible_devices,
+                                   const std::string& host);
+
 // EPOCH_FAKE_GPUS set and non-empty: FakeInventory(N) when it is an integer N >= 0,
 // else zero GPUs with a reason naming the bad value (real discovery is not tried).
 // Otherwise Discover() and then Probe() on each GPU found.

@@ -102,6 +102,23 @@ TEST(GpuTest, FakeInventoryShape) {
   EXPECT_TRUE(FakeInventory(-2, "c7").gpus.empty());
 }
 
+TEST(GpuTest, FakeInventoryFromVisibleFollowsTheSchedulersGrant) {
+  Inventory inv = FakeInventoryFromVisible("2,3", "node1");
+  ASSERT_EQ(inv.gpus.size(), 2u);
+  EXPECT_EQ(inv.gpus[0].index, 0);
+  EXPECT_EQ(inv.gpus[0].visible_id, "2");
+  EXPECT_EQ(inv.gpus[0].uuid, "GPU-sim-node1-2");
+  EXPECT_EQ(inv.gpus[1].index, 1);
+  EXPECT_EQ(inv.gpus[1].visible_id, "3");
+  EXPECT_TRUE(inv.gpus[1].simulated);
+  EXPECT_NE(inv.reason.find("CUDA_VISIBLE_DEVICES=2,3"), std::string::npos) << inv.reason;
+  for (const char* bad : {"", "1,,2", "GPU-abc", "1,x", "-1"}) {
+    Inventory b = FakeInventoryFromVisible(bad, "n");
+    EXPECT_TRUE(b.gpus.empty()) << bad;
+    EXPECT_NE(b.reason.find("not a list of GPU ordinals"), std::string::npos) << bad;
+  }
+}
+
 TEST(GpuTest, DiscoverFromEnvUsesFakeGpus) {
   ScopedEnv env("EPOCH_FAKE_GPUS", "3");
   Inventory inv = DiscoverFromEnv("c-1");

@@ -3,9 +3,11 @@
 // Exit codes: 0 released or stopped (SIGTERM/SIGINT), 2 orphaned (master unreachable
 // past --orphan-timeout), 64 bad flags, 1 start-up failure.
 #include <signal.h>
+#include <unistd.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,15 @@ int main(int argc, char** argv) {
   // The GPUs this container owns: EPOCH_FAKE_GPUS's simulated ones, or the CUDA
   // runtime's, each probed (a few hundred ms per GPU; contexts are released after).
   options->gpu_inventory = epoch::gpu::DiscoverFromEnv(options->id);
+  // Under Slurm the job owns the GPUs Slurm granted (CUDA_VISIBLE_DEVICES): real
+  // discovery sees only those already; simulated GPUs follow the same grant.
+  if (const char* cvd = std::getenv("CUDA_VISIBLE_DEVICES");
+      options->backend == "slurm" && cvd != nullptr && *cvd != '\0' &&
+      !options->gpu_inventory.gpus.empty() && options->gpu_inventory.gpus.front().simulated) {
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    options->gpu_inventory = epoch::gpu::FakeInventoryFromVisible(cvd, host);
+  }
   const epoch::gpu::Inventory& inv = options->gpu_inventory;
   if (!inv.gpus.empty() && inv.gpus.front().simulated) {
     spdlog::warn("EPOCH_FAKE_GPUS: reporting {} simulated GPU(s)", inv.gpus.size());

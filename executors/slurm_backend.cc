@@ -1,0 +1,398 @@
+#include "executors/slurm_backend.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <sstream>
+
+#include "common/files.h"
+#include "common/units.h"
+
+extern char** environ;
+
+namespace epoch::executors {
+
+namespace {
+
+struct ToolResult {
+  int exit_code = -1;  // -1: killed (timeout or signal)
+  bool timed_out = false;
+  std::string output;  // stdout and stderr together
+};
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\n')) ++i;
+  return s.substr(i);
+}
+
+// Runs argv (argv[0] looked up on PATH) with env, stdin /dev/null, stdout and stderr
+// captured (at most 1 MiB kept). Kills it at the deadline. posix_spawn: safe in a
+// multi-threaded master.
+Result<ToolResult> RunTool(const std::vector<std::string>& argv,
+                           const std::map<std::string, std::string>& extra_env, Micros timeout) {
+  std::vector<std::string> env_strings;
+  {
+    std::map<std::string, std::string> env_map;
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+      std::string kv = *e;
+      auto eq = kv.find('=');
+      if (eq != std::string::npos) env_map[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    for (const auto& [k, v] : extra_env) env_map[k] = v;
+    for (const auto& [k, v] : env_map) env_strings.push_back(k + "=" + v);
+  }
+  std::vector<char*> envp;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = argv;
+  std::vector<char*> cargv;
+  for (auto& a : args) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return Internal(std::string("pipe2: ") + std::strerror(errno));
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty;
+  sigemptyset(&empty);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  sigset_t def;
+  sigemptyset(&def);
+  sigaddset(&def, SIGPIPE);
+  sigaddset(&def, SIGTERM);
+  sigaddset(&def, SIGINT);
+  posix_spawnattr_setsigdefault(&attr, &def);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, cargv[0], &fa, &attr, cargv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  close(fds[1]);
+  if (rc != 0) {
+    close(fds[0]);
+    return Unavailable("cannot run " + argv[0] + ": " + std::strerror(rc));
+  }
+  ToolResult out;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  char buf[4096];
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      out.timed_out = true;
+      kill(pid, SIGKILL);
+      break;
+    }
+    pollfd p{fds[0], POLLIN, 0};
+    int n = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) continue;
+    ssize_t got = read(fds[0], buf, sizeof(buf));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    if (out.output.size() < (1 << 20)) out.output.append(buf, static_cast<size_t>(got));
+  }
+  close(fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!out.timed_out && WIFEXITED(status)) out.exit_code = WEXITSTATUS(status);
+  if (out.exit_code == 127 && out.output.empty()) {
+    out.output = argv[0] + ": command not found";
+  }
+  return out;
+}
+
+std::string DurationFlag(Micros d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
+}
+
+std::string Words(const std::vector<std::string>& argv) {
+  std::string s;
+  for (const auto& a : argv) s += (s.empty() ? "" : " ") + a;
+  return s;
+}
+
+// Slurm's message without the "sbatch: error: " noise, on one line.
+std::string OneLine(const std::string& output) {
+  std::string s;
+  std::istringstream in(output);
+  std::string line;
+  while (std::getline(in, line)) {
+    line = Trim(line);
+    if (line.empty()) continue;
+    s += (s.empty() ? "" : "; ") + line;
+  }
+  return s.size() > 1000 ? s.substr(0, 1000) + "..." : s;
+}
+
+bool ValidJobId(const std::string& h) {
+  if (h.empty() || h.size() > 20) return false;
+  for (char c : h) {
+    if (!(c >= '0' && c <= '9') && c != '_') return false;
+  }
+  return h[0] != '_';
+}
+
+}  // namespace
+
+std::string ShellQuote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    if (c == '\'') q += "'\\''";
+    else q += c;
+  }
+  return q + "'";
+}
+
+Result<std::string> ParseSbatchJobId(const std::string& output) {
+  // The last non-empty line: sbatch may print warnings before it.
+  std::istringstream in(output);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    line = Trim(line);
+    if (!line.empty()) last = line;
+  }
+  std::string id = last.substr(0, last.find(';'));
+  if (!ValidJobId(id)) return Internal("sbatch printed no job id: '" + OneLine(output) + "'");
+  return id;
+}
+
+Result<SlurmJobInfo> ParseScontrolJob(const std::string& output) {
+  SlurmJobInfo info;
+  std::istringstream in(output);
+  std::string tok;
+  while (in >> tok) {
+    auto eq = tok.find('=');
+    if (eq == std::string::npos) continue;
+    std::string k = tok.substr(0, eq), v = tok.substr(eq + 1);
+    if (k == "JobState") info.state = v;
+    else if (k == "Reason") info.reason = v;
+    else if (k == "ExitCode") info.exit_code = v;
+    else if (k == "NodeList") info.nodes = v;
+  }
+  if (info.state.empty()) return NotFound("no JobState in: '" + OneLine(output) + "'");
+  return info;
+}
+
+Result<SlurmJobInfo> ParseSacctJob(const std::string& output) {
+  std::istringstream in(output);
+  std::string line;
+  while (std::getline(in, line)) {
+    line = Trim(line);
+    if (line.empty()) continue;
+    SlurmJobInfo info;
+    auto bar = line.find('|');
+    info.state = line.substr(0, bar);
+    if (bar != std::string::npos) info.exit_code = line.substr(bar + 1);
+    info.state = info.state.substr(0, info.state.find(' '));  // "CANCELLED by 0"
+    if (info.state.empty()) break;
+    return info;
+  }
+  return NotFound("sacct knows no such job");
+}
+
+bool IsPermanentSbatchRefusal(const std::string& output) {
+  static const char* kPermanent[] = {
+      "Requested node configuration is not available",
+      "More processors requested than permitted",
+      "Memory specification can not be satisfied",
+      "Invalid generic resource (gres) specification",
+      "Invalid partition name specified",
+      "Invalid account or account/partition combination specified",
+      "Invalid qos specification",
+      "Job violates accounting/QOS policy",
+      "Requested partition configuration not available now",
+      "Requested time limit is invalid",
+      "Node count specification invalid",
+      "Invalid Trackable RESource (TRES) specification",
+      "unrecognized option",
+      "invalid option",
+      "Invalid --",
+  };
+  for (const char* p : kPermanent) {
+    if (output.find(p) != std::string::npos) return true;
+  }
+  return false;
+}
+
+bool IsPendingState(const std::string& state) {
+  return state == "PENDING" || state == "CONFIGURING" || state == "REQUEUED" ||
+         state == "REQUEUE_HOLD" || state == "REQUEUE_FED" || state == "RESV_DEL_HOLD";
+}
+
+bool IsActiveState(const std::string& state) {
+  return IsPendingState(state) || state == "RUNNING" || state == "COMPLETING" ||
+         state == "SUSPENDED" || state == "STOPPED" || state == "SIGNALING" ||
+         state == "STAGE_OUT" || state == "RESIZING" || state == "RESV_DEL_HOLD";
+}
+
+SlurmBackend::SlurmBackend(std::string agent_path, SlurmOptions options)
+    : agent_path_(std::move(agent_path)), options_(std::move(options)) {}
+
+std::vector<std::string> SlurmBackend::SbatchArgs(const engine::ContainerSpec& spec,
+                                                  const std::string& script) const {
+  std::string dir = spec.data_dir + "/containers/" + spec.id;
+  int64_t cpus = std::max<int64_t>(1, (spec.cpu_millis + 999) / 1000);
+  int64_t mem_mb = std::max<int64_t>(1, (spec.memory_bytes + (1 << 20) - 1) >> 20);
+  std::vector<std::string> a = {options_.sbatch,
+                                "--parsable",
+                                "--job-name=" + options_.job_name_prefix + "-" + spec.id,
+                                "--nodes=1",
+                                "--ntasks=1",
+                                "--cpus-per-task=" + std::to_string(cpus),
+                                "--mem=" + std::to_string(mem_mb) + "M"};
+  if (spec.gpus > 0) a.push_back("--gres=gpu:" + std::to_string(spec.gpus));
+  if (!options_.partition.empty()) a.push_back("--partition=" + options_.partition);
+  if (!options_.account.empty()) a.push_back("--account=" + options_.account);
+  if (!options_.qos.empty()) a.push_back("--qos=" + options_.qos);
+  if (!options_.time_limit.empty()) a.push_back("--time=" + options_.time_limit);
+  for (const auto& x : options_.extra_args) a.push_back(x);
+  a.push_back("--export=ALL");
+  a.push_back("--chdir=" + dir);
+  a.push_back("--output=" + dir + "/slurm-%j.out");
+  a.push_back(script);
+  return a;
+}
+
+Result<std::string> SlurmBackend::Launch(const engine::ContainerSpec& spec) {
+  if (spec.id.empty() || spec.id.find('/') != std::string::npos || spec.id[0] == '.') {
+    return InvalidArgument("container id '" + spec.id + "' is not usable as a folder name");
+  }
+  if (spec.master_url.empty() || spec.data_dir.empty()) {
+    return InvalidArgument("container spec needs a master_url and a data_dir");
+  }
+  std::string dir = spec.data_dir + "/containers/" + spec.id;
+  RETURN_IF_ERROR(MakeDirs(dir));
+  std::vector<std::string> agent = {agent_path_,
+                                    "--id",
+                                    spec.id,
+                                    "--master",
+                                    spec.master_url,
+                                    "--data-dir",
+                                    spec.data_dir,
+                                    "--cpu-millis",
+                                    std::to_string(spec.cpu_millis),
+                                    "--memory-bytes",
+                                    std::to_string(spec.memory_bytes),
+                                    "--gpus",
+                                    std::to_string(spec.gpus),
+                                    "--backend",
+                                    "slurm",
+                                    "--grace",
+                                    DurationFlag(options_.grace),
+                                    "--orphan-timeout",
+                                    DurationFlag(options_.orphan_timeout),
+                                    "--log-format",
+                                    options_.log_format,
+                                    "--log-level",
+                                    options_.log_level};
+  if (!options_.ca_cert.empty()) {
+    agent.push_back("--ca-cert");
+    agent.push_back(options_.ca_cert);
+  }
+  std::string script = "#!/bin/sh\n# Epoch container " + spec.id +
+                       " (written by the master's slurm backend)\nexec";
+  for (const auto& a : agent) script += " " + ShellQuote(a);
+  script += " --handle \"$SLURM_JOB_ID\" >>" + ShellQuote(dir + "/agent.log") + " 2>&1\n";
+  std::string script_path = dir + "/job.sh";
+  RETURN_IF_ERROR(WriteFileDurably(script_path, script, 0755));
+
+  std::vector<std::string> argv = SbatchArgs(spec, script_path);
+  ASSIGN_OR_RETURN(ToolResult r, RunTool(argv, spec.env, options_.command_timeout));
+  if (r.timed_out) {
+    return Unavailable("sbatch did not answer within " +
+                       FormatDuration(options_.command_timeout) + " (" + Words(argv) + ")");
+  }
+  if (r.exit_code != 0) {
+    std::string msg = OneLine(r.output);
+    if (msg.empty()) msg = "sbatch exited " + std::to_string(r.exit_code);
+    if (IsPermanentSbatchRefusal(r.output)) return ResourceExhausted("slurm refused the job: " + msg);
+    return Unavailable("sbatch failed: " + msg);
+  }
+  return ParseSbatchJobId(r.output);
+}
+
+Status SlurmBackend::Terminate(const std::string& container_id, const std::string& handle) {
+  if (!ValidJobId(handle)) {
+    return InvalidArgument("slurm handle '" + handle + "' of " + container_id + " is not a job id");
+  }
+  ASSIGN_OR_RETURN(ToolResult r,
+                   RunTool({options_.scancel, handle}, {}, options_.command_timeout));
+  if (r.timed_out) return Unavailable("scancel " + handle + " did not answer");
+  if (r.exit_code != 0) {
+    // A job that has already ended (and aged out) is what we wanted.
+    if (r.output.find("Invalid job id") != std::string::npos ||
+        r.output.find("already completing or completed") != std::string::npos) {
+      return Status::Ok();
+    }
+    return Unavailable("scancel " + handle + ": " + OneLine(r.output));
+  }
+  return Status::Ok();
+}
+
+Result<engine::ContainerDescription> SlurmBackend::Describe(const std::string& container_id,
+                                                            const std::string& handle) {
+  using State = engine::ContainerDescription::State;
+  if (!ValidJobId(handle)) {
+    return InvalidArgument("slurm handle '" + handle + "' of " + container_id + " is not a job id");
+  }
+  engine::ContainerDescription d;
+  auto describe = [&](const SlurmJobInfo& info, const std::string& source) {
+    d.backend_state = info.state;
+    d.state = IsPendingState(info.state) ? State::kPending
+              : IsActiveState(info.state) ? State::kRunning
+                                          : State::kGone;
+    d.detail = "slurm job " + handle + " " + info.state;
+    if (!info.exit_code.empty() && d.state == State::kGone) d.detail += " (exit code " + info.exit_code + ")";
+    if (!info.reason.empty() && info.reason != "None") d.detail += " reason " + info.reason;
+    if (!info.nodes.empty() && info.nodes != "(null)") d.detail += " on " + info.nodes;
+    if (!source.empty()) d.detail += " (" + source + ")";
+  };
+  ASSIGN_OR_RETURN(ToolResult r, RunTool({options_.scontrol, "show", "job", "-o", handle}, {},
+                                         options_.command_timeout));
+  if (r.timed_out) return Unavailable("scontrol show job " + handle + " did not answer");
+  if (r.exit_code == 0) {
+    auto info = ParseScontrolJob(r.output);
+    if (info.ok()) {
+      describe(*info, "");
+      return d;
+    }
+  }
+  if (r.output.find("Invalid job id") == std::string::npos) {
+    // The controller did not answer: say nothing rather than call the job gone.
+    return Unavailable("scontrol show job " + handle + ": " + OneLine(r.output));
+  }
+  // Aged out of the controller: ask the accounting database.
+  auto acct = RunTool({options_.sacct, "-X", "-n", "-P", "-j", handle, "-o", "State,ExitCode"}, {},
+                      options_.command_timeout);
+  if (acct.ok() && !acct->timed_out && acct->exit_code == 0) {
+    auto info = ParseSacctJob(acct->output);
+    if (info.ok()) {
+      describe(*info, "sacct");
+      return d;
+    }
+  }
+  d.state = State::kGone;
+  d.backend_state = "UNKNOWN";
+  d.detail = "slurm job " + handle + " is no longer known to slurmctld" +
+             (acct.ok() && !acct->output.empty() ? " (sacct: " + OneLine(acct->output) + ")"
+                                                 : std::string(" (no accounting)"));
+  return d;
+}
+
+}  // namespace epoch::executors

@@ -1,0 +1,241 @@
+// The slurm backend's parsing and error mapping. Against real Slurm daemons it is
+// tested end to end in tests/slurm_e2e_test.cc; here the Slurm commands are small
+// scripts (real child processes) that answer as Slurm 22.05 does.
+#include "executors/slurm_backend.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "common/files.h"
+#include "executors/test_util.h"
+
+namespace epoch::executors {
+namespace {
+
+using State = engine::ContainerDescription::State;
+
+TEST(SlurmParseTest, SbatchJobId) {
+  EXPECT_EQ(*ParseSbatchJobId("42\n"), "42");
+  EXPECT_EQ(*ParseSbatchJobId("42;cluster\n"), "42");
+  EXPECT_EQ(*ParseSbatchJobId("sbatch: warning: something\n17\n"), "17");
+  EXPECT_FALSE(ParseSbatchJobId("").ok());
+  EXPECT_FALSE(ParseSbatchJobId("Submitted batch job 42\n").ok());
+}
+
+TEST(SlurmParseTest, ScontrolOneLine) {
+  auto info = ParseScontrolJob(
+      "JobId=7 JobName=epoch-c3 UserId=root(0) GroupId=root(0) Priority=1 "
+      "JobState=CANCELLED Reason=None Dependency=(null) ExitCode=0:15 NodeList=localhost "
+      "Command=/d/containers/c3/job.sh\n");
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->state, "CANCELLED");
+  EXPECT_EQ(info->reason, "None");
+  EXPECT_EQ(info->exit_code, "0:15");
+  EXPECT_EQ(info->nodes, "localhost");
+  EXPECT_FALSE(ParseScontrolJob("slurm_load_jobs error: Invalid job id specified\n").ok());
+}
+
+TEST(SlurmParseTest, SacctLine) {
+  auto info = ParseSacctJob("CANCELLED by 0|0:15\n");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state, "CANCELLED");
+  EXPECT_EQ(info->exit_code, "0:15");
+  EXPECT_EQ(ParseSacctJob("\nTIMEOUT|0:0\n")->state, "TIMEOUT");
+  EXPECT_FALSE(ParseSacctJob("").ok());
+}
+
+TEST(SlurmParseTest, StatesAndRefusals) {
+  EXPECT_TRUE(IsPendingState("PENDING"));
+  EXPECT_FALSE(IsPendingState("RUNNING"));
+  EXPECT_TRUE(IsActiveState("RUNNING"));
+  EXPECT_TRUE(IsActiveState("COMPLETING"));
+  for (const char* s : {"COMPLETED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "CANCELLED",
+                        "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}) {
+    EXPECT_FALSE(IsActiveState(s)) << s;
+  }
+  EXPECT_TRUE(IsPermanentSbatchRefusal(
+      "sbatch: error: Batch job submission failed: Requested node configuration is not available"));
+  EXPECT_TRUE(IsPermanentSbatchRefusal(
+      "sbatch: error: Batch job submission failed: Invalid partition name specified"));
+  EXPECT_FALSE(IsPermanentSbatchRefusal(
+      "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"));
+  EXPECT_EQ(ShellQuote("it's"), "'it'\\''s'");
+}
+
+TEST(SlurmBackendTest, SbatchLineCarriesTheContainerShapeAndTheSettings) {
+  SlurmOptions o;
+  o.partition = "gpu";
+  o.account = "ml";
+  o.qos = "high";
+  o.time_limit = "1-00:00:00";
+  o.extra_args = {"--nice=10"};
+  SlurmBackend b("/opt/epoch/epoch-agent", o);
+  engine::ContainerSpec spec;
+  spec.id = "c9";
+  spec.cpu_millis = 1500;
+  spec.memory_bytes = (int64_t{3} << 30) + 1;
+  spec.gpus = 2;
+  spec.data_dir = "/shared/epoch";
+  auto args = b.SbatchArgs(spec, "/shared/epoch/containers/c9/job.sh");
+  std::vector<std::string> want = {"sbatch",
+                                   "--parsable",
+                                   "--job-name=epoch-c9",
+                                   "--nodes=1",
+                                   "--ntasks=1",
+                                   "--cpus-per-task=2",
+                                   "--mem=3073M",
+                                   "--gres=gpu:2",
+                                   "--partition=gpu",
+                                   "--account=ml",
+                                   "--qos=high",
+                                   "--time=1-00:00:00",
+                                   "--nice=10",
+                                   "--export=ALL",
+                                   "--chdir=/shared/epoch/containers/c9",
+                                   "--output=/shared/epoch/containers/c9/slurm-%j.out",
+                                   "/shared/epoch/containers/c9/job.sh"};
+  EXPECT_EQ(args, want);
+  spec.gpus = 0;
+  args = SlurmBackend("/a", {}).SbatchArgs(spec, "s");
+  for (const auto& a : args) {
+    EXPECT_EQ(a.find("--gres"), std::string::npos);
+    EXPECT_EQ(a.find("--partition"), std::string::npos);
+  }
+}
+
+// Fake Slurm commands in a temp dir: each prints what a file says and exits with
+// the code another file holds, and records its arguments.
+class FakeSlurmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* cmd : {"sbatch", "scancel", "scontrol", "sacct"}) {
+      std::string path = dir_.path() + "/" + cmd;
+      std::ofstream(path) << "#!/bin/sh\necho \"$@\" >> " << dir_.path() << "/" << cmd
+                          << ".args\ncat " << dir_.path() << "/" << cmd << ".out 2>/dev/null\n"
+                          << "exit $(cat " << dir_.path() << "/" << cmd
+                          << ".rc 2>/dev/null || echo 0)\n";
+      chmod(path.c_str(), 0755);
+    }
+    opts_.sbatch = dir_.path() + "/sbatch";
+    opts_.scancel = dir_.path() + "/scancel";
+    opts_.scontrol = dir_.path() + "/scontrol";
+    opts_.sacct = dir_.path() + "/sacct";
+    opts_.command_timeout = std::chrono::seconds(5);
+  }
+  void Answer(const std::string& cmd, const std::string& out, int rc) {
+    std::ofstream(dir_.path() + "/" + cmd + ".out") << out;
+    std::ofstream(dir_.path() + "/" + cmd + ".rc") << rc;
+  }
+  std::string Args(const std::string& cmd) {
+    auto r = ReadFile(dir_.path() + "/" + cmd + ".args", 1 << 20);
+    return r.ok() ? *r : "";
+  }
+  engine::ContainerSpec Spec() {
+    engine::ContainerSpec s;
+    s.id = "c1";
+    s.master_url = "http://127.0.0.1:1";
+    s.data_dir = dir_.path() + "/data";
+    s.gpus = 1;
+    return s;
+  }
+  testing::TempDir dir_;
+  SlurmOptions opts_;
+};
+
+TEST_F(FakeSlurmTest, LaunchWritesTheJobScriptAndReturnsTheJobId) {
+  Answer("sbatch", "123\n", 0);
+  SlurmBackend b("/opt/epoch agent", opts_);
+  auto h = b.Launch(Spec());
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  EXPECT_EQ(*h, "123");
+  auto script = ReadFile(dir_.path() + "/data/containers/c1/job.sh", 1 << 20);
+  ASSERT_TRUE(script.ok());
+  EXPECT_NE(script->find("exec '/opt/epoch agent' '--id' 'c1'"), std::string::npos) << *script;
+  EXPECT_NE(script->find("--handle \"$SLURM_JOB_ID\""), std::string::npos) << *script;
+  EXPECT_NE(Args("sbatch").find("--gres=gpu:1"), std::string::npos) << Args("sbatch");
+}
+
+TEST_F(FakeSlurmTest, ARefusalIsUnschedulableAndAnOutageIsNot) {
+  SlurmBackend b("/a", opts_);
+  Answer("sbatch",
+         "sbatch: error: Batch job submission failed: Requested node configuration is not "
+         "available\n",
+         1);
+  auto h = b.Launch(Spec());
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(h.status().message().find("Requested node configuration is not available"),
+            std::string::npos);
+  Answer("sbatch",
+         "sbatch: error: Batch job submission failed: Unable to contact slurm controller\n", 1);
+  h = b.Launch(Spec());
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), StatusCode::kUnavailable) << h.status().ToString();
+  opts_.sbatch = dir_.path() + "/no-such-sbatch";
+  h = SlurmBackend("/a", opts_).Launch(Spec());
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), StatusCode::kUnavailable) << h.status().ToString();
+}
+
+TEST_F(FakeSlurmTest, DescribeReadsScontrolThenSacct) {
+  SlurmBackend b("/a", opts_);
+  Answer("scontrol", "JobId=5 JobState=RUNNING Reason=None ExitCode=0:0 NodeList=n1\n", 0);
+  auto d = b.Describe("c1", "5");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->state, State::kRunning);
+  EXPECT_EQ(d->backend_state, "RUNNING");
+  EXPECT_EQ(Args("scontrol"), "show job -o 5\n");
+
+  Answer("scontrol", "JobId=5 JobState=PENDING Reason=Resources ExitCode=0:0 NodeList=(null)\n", 0);
+  EXPECT_EQ(b.Describe("c1", "5")->state, State::kPending);
+
+  Answer("scontrol", "JobId=5 JobState=TIMEOUT Reason=TimeLimit ExitCode=0:0 NodeList=n1\n", 0);
+  d = b.Describe("c1", "5");
+  EXPECT_EQ(d->state, State::kGone);
+  EXPECT_EQ(d->detail, "slurm job 5 TIMEOUT (exit code 0:0) reason TimeLimit on n1");
+
+  // Aged out of the controller: sacct answers.
+  Answer("scontrol", "slurm_load_jobs error: Invalid job id specified\n", 1);
+  Answer("sacct", "NODE_FAIL|0:0\n", 0);
+  d = b.Describe("c1", "5");
+  EXPECT_EQ(d->state, State::kGone);
+  EXPECT_EQ(d->backend_state, "NODE_FAIL");
+  EXPECT_NE(d->detail.find("(sacct)"), std::string::npos) << d->detail;
+
+  // Neither knows it (no slurmdbd): gone.
+  Answer("sacct", "sacct: error: Problem talking to the database\n", 1);
+  d = b.Describe("c1", "5");
+  EXPECT_EQ(d->state, State::kGone);
+  EXPECT_NE(d->detail.find("no longer known"), std::string::npos) << d->detail;
+
+  // The controller does not answer: no verdict (an error), never "gone".
+  Answer("scontrol", "slurm_load_jobs error: Unable to contact slurm controller\n", 1);
+  EXPECT_EQ(b.Describe("c1", "5").status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(b.Describe("c1", "5; rm -rf /").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(FakeSlurmTest, TerminateIsScancelAndAGoneJobIsFine) {
+  SlurmBackend b("/a", opts_);
+  Answer("scancel", "", 0);
+  EXPECT_TRUE(b.Terminate("c1", "77").ok());
+  EXPECT_EQ(Args("scancel"), "77\n");
+  Answer("scancel", "scancel: error: Kill job error on job id 77: Invalid job id specified\n", 1);
+  EXPECT_TRUE(b.Terminate("c1", "77").ok());
+  Answer("scancel", "scancel: error: Unable to contact slurm controller\n", 1);
+  EXPECT_FALSE(b.Terminate("c1", "77").ok());
+}
+
+TEST_F(FakeSlurmTest, AHungCommandIsKilledAtTheTimeout) {
+  std::ofstream(dir_.path() + "/scontrol") << "#!/bin/sh\nexec sleep 30\n";
+  opts_.command_timeout = std::chrono::milliseconds(300);
+  SlurmBackend b("/a", opts_);
+  auto t0 = std::chrono::steady_clock::now();
+  auto d = b.Describe("c1", "5");
+  EXPECT_EQ(d.status().code(), StatusCode::kUnavailable);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+}
+
+}  // namespace
+}  // namespace epoch::executors
