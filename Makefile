@@ -9,7 +9,8 @@ DEPS := cmake g++ make pkg-config ccache curl procps openssl \
         librocksdb-dev libboost-dev nlohmann-json3-dev libcpp-httplib-dev libbrotli-dev \
         libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev zlib1g-dev libcli11-dev \
         clang libclang-rt-14-dev \
-        dataset-fashion-mnist
+        dataset-fashion-mnist \
+        slurm-wlm munge
 
 .PHONY: deps configure build test demo demo-hello demo-ha demo-fmnist bench clean
 
