@@ -246,11 +246,7 @@ int main(int argc, char** argv) {
     so.qos = config.slurm_qos;
     so.time_limit = config.slurm_time_limit;
     so.extra_args = config.slurm_extra_args;
-    so.grace = lopts.grace;
-    so.orphan_timeout = lopts.orphan_timeout;
-    so.log_format = lopts.log_format;
-    so.log_level = lopts.log_level;
-    so.ca_cert = lopts.ca_cert;
+    static_cast<executors::AgentFlags&>(so) = lopts;  // the agent's flags, as for local
     backend = std::make_unique<executors::SlurmBackend>(config.agent_path, so);
   } else {
     backend = std::make_unique<executors::LocalBackend>(config.agent_path, lopts);

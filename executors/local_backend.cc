@@ -14,8 +14,6 @@
 #include "common/files.h"
 #include "common/units.h"
 
-extern char** environ;
-
 namespace epoch::executors {
 
 namespace {
@@ -47,11 +45,6 @@ char ProcState(pid_t pid) {
   return (*stat)[close + 2];
 }
 
-
-std::string DurationFlag(Micros d) {
-  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
-}
-
 }  // namespace
 
 bool IsAgentProcess(pid_t pid, const std::string& container_id) {
@@ -79,55 +72,16 @@ LocalBackend::LocalBackend(std::string agent_path, LocalBackendOptions options)
     : agent_path_(std::move(agent_path)), options_(std::move(options)) {}
 
 Result<std::string> LocalBackend::Launch(const engine::ContainerSpec& spec) {
-  if (spec.id.empty() || spec.id.find('/') != std::string::npos || spec.id[0] == '.') {
-    return InvalidArgument("container id '" + spec.id + "' is not usable as a folder name");
-  }
-  if (spec.master_url.empty() || spec.data_dir.empty()) {
-    return InvalidArgument("container spec needs a master_url and a data_dir");
-  }
+  RETURN_IF_ERROR(CheckContainerSpec(spec));
   std::string dir = spec.data_dir + "/containers/" + spec.id;
   RETURN_IF_ERROR(MakeDirs(dir));
 
   // Everything is prepared before fork: the master is multi-threaded.
-  std::vector<std::string> args = {agent_path_,
-                                   "--id",
-                                   spec.id,
-                                   "--master",
-                                   spec.master_url,
-                                   "--data-dir",
-                                   spec.data_dir,
-                                   "--cpu-millis",
-                                   std::to_string(spec.cpu_millis),
-                                   "--memory-bytes",
-                                   std::to_string(spec.memory_bytes),
-                                   "--gpus",
-                                   std::to_string(spec.gpus),
-                                   "--backend",
-                                   "local",
-                                   "--grace",
-                                   DurationFlag(options_.grace),
-                                   "--orphan-timeout",
-                                   DurationFlag(options_.orphan_timeout),
-                                   "--log-format",
-                                   options_.log_format,
-                                   "--log-level",
-                                   options_.log_level};
-  if (!options_.ca_cert.empty()) {
-    args.push_back("--ca-cert");
-    args.push_back(options_.ca_cert);
-  }
+  std::vector<std::string> args = AgentCommandLine(agent_path_, spec, "local", options_);
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  std::map<std::string, std::string> env_map;
-  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-    std::string kv = *e;
-    auto eq = kv.find('=');
-    if (eq != std::string::npos) env_map[kv.substr(0, eq)] = kv.substr(eq + 1);
-  }
-  for (const auto& [k, v] : spec.env) env_map[k] = v;
-  std::vector<std::string> env_strings;
-  for (const auto& [k, v] : env_map) env_strings.push_back(k + "=" + v);
+  std::vector<std::string> env_strings = EnvironmentWith(spec.env);
   std::vector<char*> envp;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);

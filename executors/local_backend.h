@@ -25,16 +25,12 @@
 
 #include "common/clock.h"
 #include "engine/container_backend.h"
+#include "executors/agent_command.h"
 
 namespace epoch::executors {
 
-struct LocalBackendOptions {
-  Micros grace = std::chrono::seconds(5);             // agent's --grace for its attempts
-  Micros orphan_timeout = std::chrono::seconds(300);  // agent's --orphan-timeout
-  Micros terminate_wait = std::chrono::seconds(10);   // SIGTERM -> SIGKILL of the agent
-  std::string log_format = "text";
-  std::string log_level = "info";
-  std::string ca_cert;  // agent's --ca-cert: what the master's HTTPS certificate chains to
+struct LocalBackendOptions : AgentFlags {
+  Micros terminate_wait = std::chrono::seconds(10);  // SIGTERM -> SIGKILL of the agent
 };
 
 class LocalBackend final : public engine::ContainerBackend {

@@ -15,8 +15,6 @@
 #include "common/files.h"
 #include "common/units.h"
 
-extern char** environ;
-
 namespace epoch::executors {
 
 namespace {
@@ -39,17 +37,7 @@ std::string Trim(std::string s) {
 // multi-threaded master.
 Result<ToolResult> RunTool(const std::vector<std::string>& argv,
                            const std::map<std::string, std::string>& extra_env, Micros timeout) {
-  std::vector<std::string> env_strings;
-  {
-    std::map<std::string, std::string> env_map;
-    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-      std::string kv = *e;
-      auto eq = kv.find('=');
-      if (eq != std::string::npos) env_map[kv.substr(0, eq)] = kv.substr(eq + 1);
-    }
-    for (const auto& [k, v] : extra_env) env_map[k] = v;
-    for (const auto& [k, v] : env_map) env_strings.push_back(k + "=" + v);
-  }
+  std::vector<std::string> env_strings = EnvironmentWith(extra_env);
   std::vector<char*> envp;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -116,11 +104,6 @@ Result<ToolResult> RunTool(const std::vector<std::string>& argv,
   }
   return out;
 }
-
-std::string DurationFlag(Micros d) {
-  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
-}
-
 std::string Words(const std::vector<std::string>& argv) {
   std::string s;
   for (const auto& a : argv) s += (s.empty() ? "" : " ") + a;
@@ -270,41 +253,10 @@ std::vector<std::string> SlurmBackend::SbatchArgs(const engine::ContainerSpec& s
 }
 
 Result<std::string> SlurmBackend::Launch(const engine::ContainerSpec& spec) {
-  if (spec.id.empty() || spec.id.find('/') != std::string::npos || spec.id[0] == '.') {
-    return InvalidArgument("container id '" + spec.id + "' is not usable as a folder name");
-  }
-  if (spec.master_url.empty() || spec.data_dir.empty()) {
-    return InvalidArgument("container spec needs a master_url and a data_dir");
-  }
+  RETURN_IF_ERROR(CheckContainerSpec(spec));
   std::string dir = spec.data_dir + "/containers/" + spec.id;
   RETURN_IF_ERROR(MakeDirs(dir));
-  std::vector<std::string> agent = {agent_path_,
-                                    "--id",
-                                    spec.id,
-                                    "--master",
-                                    spec.master_url,
-                                    "--data-dir",
-                                    spec.data_dir,
-                                    "--cpu-millis",
-                                    std::to_string(spec.cpu_millis),
-                                    "--memory-bytes",
-                                    std::to_string(spec.memory_bytes),
-                                    "--gpus",
-                                    std::to_string(spec.gpus),
-                                    "--backend",
-                                    "slurm",
-                                    "--grace",
-                                    DurationFlag(options_.grace),
-                                    "--orphan-timeout",
-                                    DurationFlag(options_.orphan_timeout),
-                                    "--log-format",
-                                    options_.log_format,
-                                    "--log-level",
-                                    options_.log_level};
-  if (!options_.ca_cert.empty()) {
-    agent.push_back("--ca-cert");
-    agent.push_back(options_.ca_cert);
-  }
+  std::vector<std::string> agent = AgentCommandLine(agent_path_, spec, "slurm", options_);
   std::string script = "#!/bin/sh\n# Epoch container " + spec.id +
                        " (written by the master's slurm backend)\nexec";
   for (const auto& a : agent) script += " " + ShellQuote(a);

@@ -33,10 +33,11 @@
 
 #include "common/clock.h"
 #include "engine/container_backend.h"
+#include "executors/agent_command.h"
 
 namespace epoch::executors {
 
-struct SlurmOptions {
+struct SlurmOptions : AgentFlags {  // the agent's flags, as for the local backend
   std::string partition;                // slurm.partition (empty: the cluster's default)
   std::string account;                  // slurm.account
   std::string qos;                      // slurm.qos
@@ -46,12 +47,6 @@ struct SlurmOptions {
   // The Slurm client commands (looked up on PATH unless absolute).
   std::string sbatch = "sbatch", scancel = "scancel", scontrol = "scontrol", sacct = "sacct";
   Micros command_timeout = std::chrono::seconds(30);
-  // The agent's own flags, as for the local backend.
-  Micros grace = std::chrono::seconds(5);
-  Micros orphan_timeout = std::chrono::seconds(300);
-  std::string log_format = "text";
-  std::string log_level = "info";
-  std::string ca_cert;
 };
 
 // What one Slurm job looks like to the backend (parsed from scontrol or sacct).

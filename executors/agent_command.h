@@ -1,0 +1,39 @@
+// How every backend starts epoch-agent: the same command line and environment, so a
+// container behaves the same whether it is a local process or a Slurm job.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "engine/container_backend.h"
+
+namespace epoch::executors {
+
+// The agent's own flags, set by the master's configuration.
+struct AgentFlags {
+  Micros grace = std::chrono::seconds(5);             // agent's --grace for its attempts
+  Micros orphan_timeout = std::chrono::seconds(300);  // agent's --orphan-timeout
+  std::string log_format = "text";
+  std::string log_level = "info";
+  std::string ca_cert;  // agent's --ca-cert: what the master's HTTPS certificate chains to
+};
+
+// kInvalidArgument unless spec has an id usable as a folder name, a master URL and a
+// data dir.
+Status CheckContainerSpec(const engine::ContainerSpec& spec);
+
+// <agent_path> --id ID --master URL --data-dir DIR --cpu-millis N --memory-bytes N
+// --gpus N --backend B --grace G --orphan-timeout T --log-format F --log-level L
+// [--ca-cert C]
+std::vector<std::string> AgentCommandLine(const std::string& agent_path,
+                                          const engine::ContainerSpec& spec,
+                                          const std::string& backend, const AgentFlags& flags);
+
+// This process's environment with `extra` set over it, as "K=V" strings.
+std::vector<std::string> EnvironmentWith(const std::map<std::string, std::string>& extra);
+
+}  // namespace epoch::executors
