@@ -12,7 +12,7 @@ DEPS := cmake g++ make pkg-config ccache curl procps openssl \
         dataset-fashion-mnist \
         slurm-wlm munge
 
-.PHONY: deps configure build test demo demo-hello demo-ha demo-fmnist bench clean
+.PHONY: deps configure build test demo demo-hello demo-ha demo-slurm demo-fmnist bench clean
 
 deps:
 	@missing=""; for p in $(DEPS); do \
@@ -44,6 +44,10 @@ demo-hello: build
 
 demo-ha: build
 	examples/ha/demo.sh $(BUILD)
+
+# The same workflow with every container a Slurm job, on a throwaway local Slurm cluster.
+demo-slurm: build
+	examples/slurm/demo.sh $(BUILD)
 
 bench: build
 	$(BUILD)/bin/epoch-bench append
