@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -49,11 +50,23 @@ class ContainerBackend {
   virtual Result<std::string> Launch(const ContainerSpec& spec) = 0;
   // Stops it (idempotent: an already gone container is OK).
   virtual Status Terminate(const std::string& container_id, const std::string& handle) = 0;
-  // What became of a launched container. When Watched(), the engine asks every
-  // executor.watchInterval for each live container; kGone makes it lost with `detail` as the reason. An error
+  // What became of a launched container. When Watched(), the engine asks (through
+  // DescribeAll) every executor.watchInterval for each live container; kGone makes it lost with `detail` as the reason. An error
   // (the backend could not tell) changes nothing.
   virtual Result<ContainerDescription> Describe(const std::string& container_id,
                                                 const std::string& handle) = 0;
+  // Describe for many containers, one answer per ref in the same order (what the
+  // watch calls each round). The default asks Describe for each; a backend that can
+  // answer for all in one call (Slurm: one squeue) overrides it.
+  struct Ref {
+    std::string container_id, handle;
+  };
+  virtual std::vector<Result<ContainerDescription>> DescribeAll(const std::vector<Ref>& refs) {
+    std::vector<Result<ContainerDescription>> out;
+    out.reserve(refs.size());
+    for (const auto& r : refs) out.push_back(Describe(r.container_id, r.handle));
+    return out;
+  }
 };
 
 }  // namespace epoch::engine

@@ -735,27 +735,30 @@ void Engine::MaybeWatch(TimePoint now) {
   if (!backend_ || !backend_->Watched() || options_.watch_interval <= Micros::zero()) return;
   if (now < next_watch_ || watch_in_flight_) return;
   next_watch_ = now + options_.watch_interval;
-  std::vector<std::pair<std::string, std::string>> live;  // (container, handle)
+  std::vector<ContainerBackend::Ref> live;
   for (const auto& [id, c] : working_.containers) {
     if ((c.phase == ContainerPhase::kRequested || c.phase == ContainerPhase::kRegistered) &&
         !c.handle.empty()) {
-      live.emplace_back(id, c.handle);
+      live.push_back({id, c.handle});
     }
   }
   {
     // Forget containers that are no longer live.
     std::lock_guard<std::mutex> lock(watch_mu_);
     auto gone = [&](const auto& kv) {
-      return std::none_of(live.begin(), live.end(), [&](const auto& l) { return l.first == kv.first; });
+      return std::none_of(live.begin(), live.end(), [&](const auto& l) { return l.container_id == kv.first; });
     };
     std::erase_if(watched_, gone);
     std::erase_if(queued_seen_, gone);
   }
   if (live.empty()) return;
   watch_in_flight_ = true;
-  PostReactor([this, live = std::move(live)] {
-    for (const auto& [id, handle] : live) {
-      auto d = backend_->Describe(id, handle);
+  PostReactor([this, refs = std::move(live)] {
+    auto answers = backend_->DescribeAll(refs);
+    for (size_t i = 0; i < refs.size() && i < answers.size(); ++i) {
+      const std::string& id = refs[i].container_id;
+      const std::string& handle = refs[i].handle;
+      const auto& d = answers[i];
       if (!d.ok()) {
         spdlog::warn("watching container {} ({}): {}", id, handle, d.status().ToString());
         continue;

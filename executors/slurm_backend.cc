@@ -172,6 +172,30 @@ Result<SlurmJobInfo> ParseScontrolJob(const std::string& output) {
   return info;
 }
 
+std::map<std::string, SlurmJobInfo> ParseSqueue(const std::string& output) {
+  std::map<std::string, SlurmJobInfo> jobs;
+  std::istringstream in(output);
+  std::string line;
+  while (std::getline(in, line)) {
+    line = Trim(line);
+    std::vector<std::string> f;
+    size_t start = 0;
+    while (true) {
+      size_t bar = line.find('|', start);
+      f.push_back(line.substr(start, bar == std::string::npos ? std::string::npos : bar - start));
+      if (bar == std::string::npos) break;
+      start = bar + 1;
+    }
+    if (f.size() < 2 || !ValidJobId(f[0]) || f[1].empty()) continue;
+    SlurmJobInfo info;
+    info.state = f[1];
+    if (f.size() > 2) info.reason = f[2];
+    if (f.size() > 3) info.nodes = f[3];
+    jobs[f[0]] = std::move(info);
+  }
+  return jobs;
+}
+
 Result<SlurmJobInfo> ParseSacctJob(const std::string& output) {
   std::istringstream in(output);
   std::string line;
@@ -345,6 +369,58 @@ Result<engine::ContainerDescription> SlurmBackend::Describe(const std::string& c
              (acct.ok() && !acct->output.empty() ? " (sacct: " + OneLine(acct->output) + ")"
                                                  : std::string(" (no accounting)"));
   return d;
+}
+
+std::vector<Result<engine::ContainerDescription>> SlurmBackend::DescribeAll(
+    const std::vector<Ref>& refs) {
+  using State = engine::ContainerDescription::State;
+  std::vector<Result<engine::ContainerDescription>> out;
+  if (refs.empty()) return out;
+  std::string ids;
+  for (const auto& r : refs) {
+    if (!ValidJobId(r.handle)) continue;
+    ids += (ids.empty() ? "" : ",") + r.handle;
+  }
+  std::map<std::string, SlurmJobInfo> jobs;
+  bool listed = false;  // squeue answered; a job it leaves out is not active
+  if (!ids.empty()) {
+    auto r = RunTool({options_.squeue, "-h", "-t", "all", "-j", ids, "-o", "%i|%T|%r|%N"}, {},
+                     options_.command_timeout);
+    Status failed;
+    if (!r.ok()) {
+      failed = r.status();
+    } else if (r->timed_out) {
+      failed = Unavailable("squeue did not answer within " + FormatDuration(options_.command_timeout));
+    } else if (r->exit_code == 0) {
+      jobs = ParseSqueue(r->output);
+      listed = true;
+    } else if (r->output.find("Invalid job id") != std::string::npos) {
+      listed = true;  // none of them is known any more
+    } else {
+      failed = Unavailable("squeue: " + OneLine(r->output));
+    }
+    if (!failed.ok()) {
+      // The controller cannot answer: no verdict for any of them (and no per-job
+      // commands that would each wait for the same timeout).
+      for (size_t i = 0; i < refs.size(); ++i) out.push_back(failed);
+      return out;
+    }
+  }
+  for (const auto& r : refs) {
+    auto it = jobs.find(r.handle);
+    if (listed && it != jobs.end() && IsActiveState(it->second.state)) {
+      engine::ContainerDescription d;
+      d.backend_state = it->second.state;
+      d.state = IsPendingState(it->second.state) ? State::kPending : State::kRunning;
+      d.detail = "slurm job " + r.handle + " " + it->second.state;
+      if (!it->second.reason.empty() && it->second.reason != "None") d.detail += " reason " + it->second.reason;
+      if (!it->second.nodes.empty()) d.detail += " on " + it->second.nodes;
+      out.push_back(std::move(d));
+    } else {
+      out.push_back(Describe(r.container_id, r.handle));  // ended, missing, or a bad handle
+    }
+  }
+  return out;
 }
 
 }  // namespace epoch::executors

@@ -13,7 +13,9 @@
 //   Terminate: scancel <job id>; a job Slurm no longer knows is OK.
 //   Describe:  scontrol show job -o <job id>; when the job has aged out of the
 //              controller, sacct -X -n -P -j <job id> -o State,ExitCode; when that has
-//              no answer either (no slurmdbd), the job is gone.
+//              no answer either (no slurmdbd), the job is gone. The watch's
+//              DescribeAll asks squeue about every live job in one call and falls
+//              back to Describe only for the jobs that ended or are missing.
 //
 // Errors from Launch: kResourceExhausted when Slurm refuses the request itself (more
 // GPUs, CPUs or memory than any node of the partition has, an unknown partition,
@@ -45,7 +47,8 @@ struct SlurmOptions : AgentFlags {  // the agent's flags, as for the local backe
   std::vector<std::string> extra_args;  // slurm.extraArgs, passed to sbatch as they are
   std::string job_name_prefix = "epoch";
   // The Slurm client commands (looked up on PATH unless absolute).
-  std::string sbatch = "sbatch", scancel = "scancel", scontrol = "scontrol", sacct = "sacct";
+  std::string sbatch = "sbatch", scancel = "scancel", scontrol = "scontrol", sacct = "sacct",
+              squeue = "squeue";
   Micros command_timeout = std::chrono::seconds(30);
 };
 
@@ -69,6 +72,11 @@ class SlurmBackend final : public engine::ContainerBackend {
   Status Terminate(const std::string& container_id, const std::string& handle) override;
   Result<engine::ContainerDescription> Describe(const std::string& container_id,
                                                 const std::string& handle) override;
+  // One `squeue -h -t all -j <ids> -o %i|%T|%r|%N` for all of them; Describe (scontrol,
+  // then sacct) only for jobs squeue does not list as active, which also gets their
+  // exit code. When squeue cannot answer, every entry is that error (no verdict).
+  std::vector<Result<engine::ContainerDescription>> DescribeAll(
+      const std::vector<Ref>& refs) override;
 
   // The sbatch command line for spec (without the script path's contents); exposed
   // for tests.
@@ -85,6 +93,8 @@ class SlurmBackend final : public engine::ContainerBackend {
 Result<std::string> ParseSbatchJobId(const std::string& output);
 // One line of `scontrol show job -o`: JobState, Reason, ExitCode, NodeList.
 Result<SlurmJobInfo> ParseScontrolJob(const std::string& output);
+// `squeue -h -o %i|%T|%r|%N` output: job id -> state, reason, nodes.
+std::map<std::string, SlurmJobInfo> ParseSqueue(const std::string& output);
 // `sacct -X -n -P -o State,ExitCode` output: the first non-empty line.
 Result<SlurmJobInfo> ParseSacctJob(const std::string& output);
 // Does sbatch's error say the request can never be satisfied as asked?

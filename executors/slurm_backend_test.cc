@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <fstream>
 
 #include "common/files.h"
@@ -110,7 +111,7 @@ TEST(SlurmBackendTest, SbatchLineCarriesTheContainerShapeAndTheSettings) {
 class FakeSlurmTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* cmd : {"sbatch", "scancel", "scontrol", "sacct"}) {
+    for (const char* cmd : {"sbatch", "scancel", "scontrol", "sacct", "squeue"}) {
       std::string path = dir_.path() + "/" + cmd;
       std::ofstream(path) << "#!/bin/sh\necho \"$@\" >> " << dir_.path() << "/" << cmd
                           << ".args\ncat " << dir_.path() << "/" << cmd << ".out 2>/dev/null\n"
@@ -122,6 +123,7 @@ class FakeSlurmTest : public ::testing::Test {
     opts_.scancel = dir_.path() + "/scancel";
     opts_.scontrol = dir_.path() + "/scontrol";
     opts_.sacct = dir_.path() + "/sacct";
+    opts_.squeue = dir_.path() + "/squeue";
     opts_.command_timeout = std::chrono::seconds(5);
   }
   void Answer(const std::string& cmd, const std::string& out, int rc) {
@@ -214,6 +216,51 @@ TEST_F(FakeSlurmTest, DescribeReadsScontrolThenSacct) {
   Answer("scontrol", "slurm_load_jobs error: Unable to contact slurm controller\n", 1);
   EXPECT_EQ(b.Describe("c1", "5").status().code(), StatusCode::kUnavailable);
   EXPECT_EQ(b.Describe("c1", "5; rm -rf /").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(FakeSlurmTest, DescribeAllAsksSqueueOnceAndScontrolOnlyForEndedJobs) {
+  SlurmBackend b("/a", opts_);
+  std::vector<engine::ContainerBackend::Ref> refs = {{"c1", "11"}, {"c2", "12"}, {"c3", "13"}, {"c4", "14"}};
+  // 11 runs, 12 waits, 13 ended (squeue still lists it), 14 is not listed at all.
+  Answer("squeue", "11|RUNNING|None|n1\n12|PENDING|Resources|\n13|CANCELLED|None|n1\n", 0);
+  Answer("scontrol", "JobId=13 JobState=CANCELLED Reason=None ExitCode=0:15 NodeList=n1\n", 0);
+  auto all = b.DescribeAll(refs);
+  ASSERT_EQ(all.size(), 4u);
+  EXPECT_EQ(Args("squeue"), "-h -t all -j 11,12,13,14 -o %i|%T|%r|%N\n");
+  EXPECT_EQ(all[0]->state, State::kRunning);
+  EXPECT_EQ(all[0]->detail, "slurm job 11 RUNNING on n1");
+  EXPECT_EQ(all[1]->state, State::kPending);
+  EXPECT_EQ(all[1]->detail, "slurm job 12 PENDING reason Resources");
+  // Only the ended and the missing job cost a scontrol each (for the exit code).
+  EXPECT_EQ(Args("scontrol"), "show job -o 13\nshow job -o 14\n");
+  EXPECT_EQ(all[2]->state, State::kGone);
+  EXPECT_EQ(all[2]->detail, "slurm job 13 CANCELLED (exit code 0:15) on n1");
+
+  // None of them known any more: each is asked about on its own.
+  std::remove((dir_.path() + "/scontrol.args").c_str());
+  Answer("squeue", "slurm_load_jobs error: Invalid job id specified\n", 1);
+  Answer("scontrol", "slurm_load_jobs error: Invalid job id specified\n", 1);
+  Answer("sacct", "", 0);
+  all = b.DescribeAll({{"c1", "11"}});
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0]->state, State::kGone);
+
+  // The controller is down: no verdict for anyone, and no per-job commands.
+  std::remove((dir_.path() + "/scontrol.args").c_str());
+  Answer("squeue", "squeue: error: Unable to contact slurm controller (connect failure)\n", 1);
+  all = b.DescribeAll(refs);
+  ASSERT_EQ(all.size(), 4u);
+  for (const auto& a : all) EXPECT_EQ(a.status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(Args("scontrol"), "");
+  EXPECT_TRUE(b.DescribeAll({}).empty());
+}
+
+TEST(SlurmParseTest, SqueueLines) {
+  auto jobs = ParseSqueue("5|RUNNING|None|n[1-2]\n6|PENDING|Priority|\nbad line\n|X|y|z\n");
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs["5"].state, "RUNNING");
+  EXPECT_EQ(jobs["5"].nodes, "n[1-2]");
+  EXPECT_EQ(jobs["6"].reason, "Priority");
 }
 
 TEST_F(FakeSlurmTest, TerminateIsScancelAndAGoneJobIsFine) {
