@@ -489,6 +489,9 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
   return d;
 }
 
+// The reason prefix of an attempt the backend can never host; such a step is not retried.
+constexpr std::string_view kUnschedulable = "unschedulable";
+
 // Queued attempts that no registered container could hold even when empty fail with
 // reason "unschedulable: <why>" (defined with the scheduler below).
 void FailUnschedulable(const State& state, const std::string& why, std::vector<Event>* out);
@@ -509,7 +512,7 @@ Result<Decision> DecideLaunchResult(const State& state, const ContainerLaunchRes
   } else if (cmd.unschedulable) {
     d.events.push_back(Event{ContainerStream(cmd.container), std::string(ev::kContainerLost),
                              Json{{"container", cmd.container},
-                                  {"reason", "launch failed: unschedulable: " + cmd.error},
+                                  {"reason", "launch failed: " + std::string(kUnschedulable) + ": " + cmd.error},
                                   {"unschedulable", true}}});
     FailUnschedulable(state, cmd.error, &d.events);
   } else {
@@ -960,7 +963,7 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
       // Attempts used since the run was (re)started; a retry request starts a new round.
       int used = static_cast<int>(s.attempts.size()) - s.round_start + 1;
       // A retry of an unschedulable attempt would be refused the same way.
-      bool hopeless = s.reason.rfind("unschedulable", 0) == 0;
+      bool hopeless = s.reason.starts_with(kUnschedulable);
       if (used <= step.retry.limit && !step.sweep && !hopeless) {  // a sweep's trials are its tries
         int next = static_cast<int>(s.attempts.size()) + 1;
         TimePoint nb = ctx.now + step.retry.DelayBefore(used + 1);
@@ -1049,6 +1052,26 @@ std::string GpuIndex(const Json& g) {
   return g["index"].is_string() ? g["index"].get<std::string>() : g["index"].dump();
 }
 
+// A registered container's free capacity (healthy GPUs not busy), or with as_if_empty
+// its whole capacity (healthy GPUs), as if nothing ran on it.
+Slot RegisteredSlot(const Container& c, bool as_if_empty) {
+  Slot f;
+  f.c = &c;
+  f.cpu = c.cpu_millis - (as_if_empty ? 0 : c.used_cpu);
+  f.mem = c.memory_bytes - (as_if_empty ? 0 : c.used_memory);
+  for (const auto& g : c.gpus) {
+    std::string idx = GpuIndex(g);
+    if (idx.empty() || !g.value("healthy", true)) continue;
+    if (!as_if_empty && c.busy_gpus.count(idx)) continue;
+    f.gpus.push_back(idx);
+    f.uuids.push_back(g.value("uuid", ""));
+  }
+  // Lowest index first when taken from the back.
+  std::reverse(f.gpus.begin(), f.gpus.end());
+  std::reverse(f.uuids.begin(), f.uuids.end());
+  return f;
+}
+
 // Registered containers with their free capacity; with include_pending, also the
 // full capacity of containers requested but not registered yet.
 std::vector<Slot> FreeSlots(const State& state, bool include_pending) {
@@ -1057,17 +1080,7 @@ std::vector<Slot> FreeSlots(const State& state, bool include_pending) {
     Slot f;
     f.c = &c;
     if (c.phase == ContainerPhase::kRegistered) {
-      f.cpu = c.cpu_millis - c.used_cpu;
-      f.mem = c.memory_bytes - c.used_memory;
-      for (const auto& g : c.gpus) {
-        std::string idx = GpuIndex(g);
-        if (idx.empty() || !g.value("healthy", true) || c.busy_gpus.count(idx)) continue;
-        f.gpus.push_back(idx);
-        f.uuids.push_back(g.value("uuid", ""));
-      }
-      // Lowest index first when taken from the back.
-      std::reverse(f.gpus.begin(), f.gpus.end());
-      std::reverse(f.uuids.begin(), f.uuids.end());
+      f = RegisteredSlot(c, /*as_if_empty=*/false);
     } else if (c.phase == ContainerPhase::kRequested && include_pending) {
       f.pending = true;
       f.cpu = c.cpu_millis;
@@ -1264,18 +1277,7 @@ void FailUnschedulable(const State& state, const std::string& why, std::vector<E
   // waits for room; one that fits none could only run on a new container.
   std::vector<Slot> empty;
   for (const auto& [id, c] : state.containers) {
-    if (c.phase != ContainerPhase::kRegistered) continue;
-    Slot f;
-    f.c = &c;
-    f.cpu = c.cpu_millis;
-    f.mem = c.memory_bytes;
-    for (const auto& g : c.gpus) {
-      std::string idx = GpuIndex(g);
-      if (idx.empty() || !g.value("healthy", true)) continue;
-      f.gpus.push_back(idx);
-      f.uuids.push_back(g.value("uuid", ""));
-    }
-    empty.push_back(std::move(f));
+    if (c.phase == ContainerPhase::kRegistered) empty.push_back(RegisteredSlot(c, /*as_if_empty=*/true));
   }
   for (const auto& [key, attempt_id] : state.queue) {
     std::string run_id, step;
@@ -1290,7 +1292,7 @@ void FailUnschedulable(const State& state, const std::string& why, std::vector<E
     if (PlaceAll(slots, *a, &placements)) continue;
     out->push_back(RunEvent(*run, ev::kJobFailed,
                             Json{{"step", step}, {"attempt", n},
-                                 {"reason", "unschedulable: " + why}}));
+                                 {"reason", std::string(kUnschedulable) + ": " + why}}));
   }
 }
 

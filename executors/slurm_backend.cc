@@ -133,6 +133,23 @@ bool ValidJobId(const std::string& h) {
 
 }  // namespace
 
+// The engine's view of a job: pending, running, or gone with Slurm's words.
+engine::ContainerDescription DescriptionOf(const std::string& handle, const SlurmJobInfo& info,
+                                           const std::string& source) {
+  using State = engine::ContainerDescription::State;
+  engine::ContainerDescription d;
+  d.backend_state = info.state;
+  d.state = IsPendingState(info.state)  ? State::kPending
+            : IsActiveState(info.state) ? State::kRunning
+                                        : State::kGone;
+  d.detail = "slurm job " + handle + " " + info.state;
+  if (!info.exit_code.empty() && d.state == State::kGone) d.detail += " (exit code " + info.exit_code + ")";
+  if (!info.reason.empty() && info.reason != "None") d.detail += " reason " + info.reason;
+  if (!info.nodes.empty() && info.nodes != "(null)") d.detail += " on " + info.nodes;
+  if (!source.empty()) d.detail += " (" + source + ")";
+  return d;
+}
+
 std::string ShellQuote(const std::string& s) {
   std::string q = "'";
   for (char c : s) {
@@ -327,27 +344,12 @@ Result<engine::ContainerDescription> SlurmBackend::Describe(const std::string& c
   if (!ValidJobId(handle)) {
     return InvalidArgument("slurm handle '" + handle + "' of " + container_id + " is not a job id");
   }
-  engine::ContainerDescription d;
-  auto describe = [&](const SlurmJobInfo& info, const std::string& source) {
-    d.backend_state = info.state;
-    d.state = IsPendingState(info.state) ? State::kPending
-              : IsActiveState(info.state) ? State::kRunning
-                                          : State::kGone;
-    d.detail = "slurm job " + handle + " " + info.state;
-    if (!info.exit_code.empty() && d.state == State::kGone) d.detail += " (exit code " + info.exit_code + ")";
-    if (!info.reason.empty() && info.reason != "None") d.detail += " reason " + info.reason;
-    if (!info.nodes.empty() && info.nodes != "(null)") d.detail += " on " + info.nodes;
-    if (!source.empty()) d.detail += " (" + source + ")";
-  };
   ASSIGN_OR_RETURN(ToolResult r, RunTool({options_.scontrol, "show", "job", "-o", handle}, {},
                                          options_.command_timeout));
   if (r.timed_out) return Unavailable("scontrol show job " + handle + " did not answer");
   if (r.exit_code == 0) {
     auto info = ParseScontrolJob(r.output);
-    if (info.ok()) {
-      describe(*info, "");
-      return d;
-    }
+    if (info.ok()) return DescriptionOf(handle, *info, "");
   }
   if (r.output.find("Invalid job id") == std::string::npos) {
     // The controller did not answer: say nothing rather than call the job gone.
@@ -358,11 +360,9 @@ Result<engine::ContainerDescription> SlurmBackend::Describe(const std::string& c
                       options_.command_timeout);
   if (acct.ok() && !acct->timed_out && acct->exit_code == 0) {
     auto info = ParseSacctJob(acct->output);
-    if (info.ok()) {
-      describe(*info, "sacct");
-      return d;
-    }
+    if (info.ok()) return DescriptionOf(handle, *info, "sacct");
   }
+  engine::ContainerDescription d;
   d.state = State::kGone;
   d.backend_state = "UNKNOWN";
   d.detail = "slurm job " + handle + " is no longer known to slurmctld" +
@@ -373,7 +373,6 @@ Result<engine::ContainerDescription> SlurmBackend::Describe(const std::string& c
 
 std::vector<Result<engine::ContainerDescription>> SlurmBackend::DescribeAll(
     const std::vector<Ref>& refs) {
-  using State = engine::ContainerDescription::State;
   std::vector<Result<engine::ContainerDescription>> out;
   if (refs.empty()) return out;
   std::string ids;
@@ -409,13 +408,7 @@ std::vector<Result<engine::ContainerDescription>> SlurmBackend::DescribeAll(
   for (const auto& r : refs) {
     auto it = jobs.find(r.handle);
     if (listed && it != jobs.end() && IsActiveState(it->second.state)) {
-      engine::ContainerDescription d;
-      d.backend_state = it->second.state;
-      d.state = IsPendingState(it->second.state) ? State::kPending : State::kRunning;
-      d.detail = "slurm job " + r.handle + " " + it->second.state;
-      if (!it->second.reason.empty() && it->second.reason != "None") d.detail += " reason " + it->second.reason;
-      if (!it->second.nodes.empty()) d.detail += " on " + it->second.nodes;
-      out.push_back(std::move(d));
+      out.push_back(DescriptionOf(r.handle, it->second, ""));
     } else {
       out.push_back(Describe(r.container_id, r.handle));  // ended, missing, or a bad handle
     }

@@ -99,6 +99,9 @@ std::map<std::string, SlurmJobInfo> ParseSqueue(const std::string& output);
 Result<SlurmJobInfo> ParseSacctJob(const std::string& output);
 // Does sbatch's error say the request can never be satisfied as asked?
 bool IsPermanentSbatchRefusal(const std::string& output);
+// The engine's view of a job from what Slurm said of it (source: "" or "sacct").
+engine::ContainerDescription DescriptionOf(const std::string& handle, const SlurmJobInfo& info,
+                                           const std::string& source);
 // Slurm states in which the job is still waiting or running.
 bool IsPendingState(const std::string& state);
 bool IsActiveState(const std::string& state);
