@@ -21,40 +21,17 @@ DATA=$(mktemp -d /tmp/epoch-fmnist-demo.XXXXXX)
 [ -d /usr/share/datasets/fashion-mnist ] ||
   { echo "no /usr/share/datasets/fashion-mnist: apt-get install dataset-fashion-mnist"; exit 1; }
 
-cleanup() {
-  if [ -n "${EPOCHD_PID:-}" ] && kill -0 "$EPOCHD_PID" 2>/dev/null; then
-    kill -TERM "$EPOCHD_PID"; wait "$EPOCHD_PID" 2>/dev/null || true
-  fi
-  # Compute containers outlive the master by design; stop the ones on this data dir.
-  for pid in $(pgrep -f "epoch-agent .*--data-dir $DATA" || true); do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  sleep 0.3
-  for pid in $(pgrep -f "epoch-agent .*--data-dir $DATA" || true); do
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
-
-# The API needs a token (the demo makes its own admin one) and speaks HTTPS with the
-# certificate epochd generates into the data dir, which epochctl (EPOCH_DATA_DIR) and
-# curl (--cacert) trust.
-export EPOCH_DATA_DIR="$DATA"
-EPOCH_TOKEN=$("$BIN/epochctl" admin token create --user demo --tenant default --role admin 2>/dev/null)
-export EPOCH_TOKEN
-api() { curl -s --cacert "$DATA/tls/cert.pem" -H "Authorization: Bearer $EPOCH_TOKEN" "$@"; }
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
+trap stop_demo EXIT
+demo_auth
 
 echo "== starting epochd (data dir $DATA; containers of 2 CPUs and 2144Mi)"
-"$BIN/epochd" --data-dir "$DATA" --set cluster.basePort=0 --set sig.cpu=2000m \
-  --set sig.maxReplicas=1 --address-file "$DATA/address" >"$DATA/epochd.log" 2>&1 &
-EPOCHD_PID=$!
-for _ in $(seq 1 100); do [ -s "$DATA/address" ] && break; sleep 0.1; done
-[ -s "$DATA/address" ] || { echo "epochd did not start:"; cat "$DATA/epochd.log"; exit 1; }
-SERVER=$(sed -n 's/.*"address":"\([^"]*\)".*/\1/p' "$DATA/address")
+start_epochd epochd --set cluster.basePort=0 --set sig.cpu=2000m --set sig.maxReplicas=1
+SERVER=$(addr epochd)
 export EPOCH_SERVER=$SERVER
 CTL="$BIN/epochctl"
-for _ in $(seq 1 100); do api -f "$SERVER/readyz" >/dev/null && break; sleep 0.1; done
+wait_ready "$SERVER"
 echo "epochd is leader at $SERVER"
 
 echo "== registering the workflow"

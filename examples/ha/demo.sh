@@ -7,45 +7,24 @@ BUILD=${1:-build}
 BIN=$(cd "$BUILD" && pwd)/bin
 HERE=$(cd "$(dirname "$0")" && pwd)
 DATA=$(mktemp -d /tmp/epoch-ha-demo.XXXXXX)
-PIDS=()
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
+trap stop_demo EXIT
+demo_auth
 
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  # Compute containers outlive the masters by design; the demo stops its own.
-  pkill -TERM -f "epoch-agent .*--data-dir $DATA" 2>/dev/null || true
-  sleep 0.3
-  pkill -KILL -f "epoch-agent .*--data-dir $DATA" 2>/dev/null || true
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
-
-# The API needs a token (the demo makes its own admin one) and speaks HTTPS with the
-# certificate epochd generates into the data dir, which epochctl (EPOCH_DATA_DIR) and
-# curl (--cacert) trust.
-export EPOCH_DATA_DIR="$DATA"
-EPOCH_TOKEN=$("$BIN/epochctl" admin token create --user demo --tenant default --role admin 2>/dev/null)
-export EPOCH_TOKEN
-api() { curl -s --cacert "$DATA/tls/cert.pem" -H "Authorization: Bearer $EPOCH_TOKEN" "$@"; }
-
-# start NAME: an epochd on the shared data dir (its pid in PID_NAME, its
-# address in the file DATA/NAME.address; `addr NAME` prints it).
+# start NAME: an epochd on the shared data dir (its pid in PID_NAME; `addr NAME`
+# prints its address).
 start() {
-  "$BIN/epochd" --data-dir "$DATA" --set master.name="$1" --set cluster.basePort=0 \
-    --set sig.maxReplicas=2 --address-file "$DATA/$1.address" >"$DATA/$1.log" 2>&1 &
-  PIDS+=($!)
-  eval "PID_$1=$!"
-  for _ in $(seq 1 100); do [ -s "$DATA/$1.address" ] && break; sleep 0.1; done
-  [ -s "$DATA/$1.address" ] || { echo "epochd $1 did not start:"; cat "$DATA/$1.log"; exit 1; }
+  start_epochd "$1" --set cluster.basePort=0 --set sig.maxReplicas=2
+  eval "PID_$1=$EPOCHD_PID"
 }
-addr() { sed -n 's/.*"address":"\([^"]*\)".*/\1/p' "$DATA/$1.address"; }
 run_id() { sed -n 's/^ *"id": *"\([^"]*\)".*/\1/p' | head -n 1; }
 now_ms() { date +%s%3N; }
 
 echo "== starting the leader (a) and a hot standby (b) on $DATA"
 start a
 A=$(addr a)
-for _ in $(seq 1 100); do api -f "$A/readyz" >/dev/null && break; sleep 0.1; done
+wait_ready "$A"
 start b
 B=$(addr b)
 sleep 0.3

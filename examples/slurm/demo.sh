@@ -6,7 +6,7 @@
 # then stops everything it started.
 set -euo pipefail
 BUILD=${1:-build}
-BIN=$(cd "$BUILD" && pwd)
+BIN=$(cd "$BUILD" && pwd)/bin
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 DATA=$(mktemp -d /tmp/epoch-slurm-demo.XXXXXX)
@@ -14,20 +14,19 @@ CLUSTER="$ROOT/tests/slurm/cluster.sh"
 SLURM_DIR=${EPOCH_SLURM_DIR:-/tmp/epoch-slurm-$(id -u)}
 
 STARTED_CLUSTER=0
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 cleanup() {
-  if [ -n "${EPOCHD_PID:-}" ] && kill -0 "$EPOCHD_PID" 2>/dev/null; then
-    kill -TERM "$EPOCHD_PID"; wait "$EPOCHD_PID" 2>/dev/null || true
-  fi
   # The containers are Slurm jobs that outlive the master by design: cancel ours.
   # Their ids are in the names of their output files (slurm-<job id>.out).
   local jobs
   jobs=$(find "$DATA/containers" -name 'slurm-*.out' 2>/dev/null | sed 's/.*slurm-\([0-9]*\)\.out/\1/')
+  stop_demo
   if [ -n "$jobs" ] && command -v scancel >/dev/null; then
     # shellcheck disable=SC2086
     scancel $jobs 2>/dev/null || true
   fi
   if [ "$STARTED_CLUSTER" = 1 ]; then "$CLUSTER" stop >/dev/null 2>&1 || true; fi
-  rm -rf "$DATA"
 }
 trap cleanup EXIT
 
@@ -42,26 +41,16 @@ fi
 source "$SLURM_DIR/env.sh"
 sinfo
 
-export EPOCH_DATA_DIR="$DATA"
-EPOCH_TOKEN=$("$BIN/bin/epochctl" admin token create --user demo --tenant default --role admin 2>/dev/null)
-export EPOCH_TOKEN
-api() { curl -s --cacert "$DATA/tls/cert.pem" -H "Authorization: Bearer $EPOCH_TOKEN" "$@"; }
+demo_auth
 
 echo "== starting epochd with executor.backend=slurm (data dir $DATA)"
-"$BIN/bin/epochd" --data-dir "$DATA" --set cluster.basePort=0 \
+start_epochd epochd --set cluster.basePort=0 \
   --set executor.backend=slurm --set slurm.partition="$EPOCH_SLURM_PARTITION" \
-  --set sig.maxReplicas=2 --set sig.minReplicas=0 --set sig.cpu=1 --set sig.memory=1Gi \
-  >"$DATA/epochd.log" 2>&1 &
-EPOCHD_PID=$!
-for _ in $(seq 1 100); do
-  [ -s "$DATA/leader.json" ] && break
-  sleep 0.1
-done
-[ -s "$DATA/leader.json" ] || { echo "epochd did not start:"; cat "$DATA/epochd.log"; exit 1; }
-SERVER=$(sed -n 's/.*"address":"\([^"]*\)".*/\1/p' "$DATA/leader.json")
+  --set sig.maxReplicas=2 --set sig.minReplicas=0 --set sig.cpu=1 --set sig.memory=1Gi
+SERVER=$(addr epochd)
 export EPOCH_SERVER=$SERVER
-CTL="$BIN/bin/epochctl"
-for _ in $(seq 1 100); do api -f "$SERVER/readyz" >/dev/null && break; sleep 0.1; done
+CTL="$BIN/epochctl"
+wait_ready "$SERVER"
 
 echo "== registering and submitting hello-lifecycle"
 "$CTL" workflow register "$ROOT/examples/hello-lifecycle/workflow.json"
