@@ -12,6 +12,7 @@
 
 #include "common/files.h"
 #include "common/json.h"
+#include "common/ids.h"
 #include "common/sha256.h"
 
 namespace epoch::api {
@@ -20,29 +21,7 @@ namespace {
 
 constexpr std::string_view kPrefix = "epoch_";
 
-std::string RandomHex(size_t bytes) {
-  std::string raw(bytes, '\0');
-  size_t got = 0;
-  while (got < bytes) {
-    ssize_t n = getrandom(raw.data() + got, bytes - got, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      // getrandom cannot fail on Linux >= 3.17 once the pool is ready; never fall
-      // back to a weak source for a credential.
-      spdlog::critical("getrandom: {}", std::strerror(errno));
-      std::abort();
-    }
-    got += static_cast<size_t>(n);
-  }
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes * 2);
-  for (unsigned char c : raw) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
-}
+std::string RandomHex(size_t bytes) { return SecureRandomHex(bytes); }
 
 bool StartsWith(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 

@@ -2,9 +2,11 @@
 
 #include <cctype>
 #include <functional>
+#include <limits>
 #include <sstream>
 
 #include "api/auth.h"
+#include "common/files.h"
 #include "common/units.h"
 
 namespace epoch::api {
@@ -56,6 +58,48 @@ Status SlurmWord(const std::string& key, const Json& v, std::string* out) {
   }
   if (!w.empty() && w[0] == '-') return InvalidArgument(key + ": '" + w + "' may not start with '-'");
   *out = w;
+  return Status::Ok();
+}
+
+// Bytes as an integer or a quantity ("1Gi"), >= 0.
+Result<int64_t> AsBytes(const std::string& key, const Json& v) {
+  if (v.is_number_integer()) return AsInt(key, v, 0, std::numeric_limits<int64_t>::max());
+  auto r = ParseBytes(AsString(v));
+  if (!r.ok()) return InvalidArgument(key + ": " + r.status().message());
+  return *r;
+}
+
+// An OS user for steps: `user` or `user:group`, names of [A-Za-z0-9._-] not starting
+// with '-', and never root (a step as root would defeat every other boundary).
+Status CheckRunAs(const std::string& key, const std::string& spec) {
+  auto colon = spec.find(':');
+  std::string user = spec.substr(0, colon);
+  std::string group = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  for (const std::string* part : {&user, &group}) {
+    if (part == &group && colon == std::string::npos) continue;
+    bool ok = !part->empty() && (*part)[0] != '-' && part->size() <= 32;
+    for (char ch : *part) {
+      ok = ok && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' ||
+                  ch == '-');
+    }
+    if (!ok) {
+      return InvalidArgument(key + ": '" + spec + "' is not `user` or `user:group` (names of " +
+                             "letters, digits, '.', '_', '-')");
+    }
+  }
+  if (user == "root" || user == "0" || group == "root" || group == "0") {
+    return InvalidArgument(key + ": steps may not run as root");
+  }
+  return Status::Ok();
+}
+
+// An HTTP deadline (api.*Timeout): between 10ms and 1h.
+Status HttpTimeout(const std::string& key, const Json& v, Micros* out) {
+  ASSIGN_OR_RETURN(Micros d, AsDuration(key, v));
+  if (d < std::chrono::milliseconds(10) || d > std::chrono::hours(1)) {
+    return InvalidArgument(key + ": must be between 10ms and 1h");
+  }
+  *out = d;
   return Status::Ok();
 }
 
@@ -230,6 +274,28 @@ const std::map<std::string, KeyDef>& Keys() {
          c->agent_path = AsString(v);
          return Status::Ok();
        }}},
+      {"executor.runAs", {"epoch-step", [](Config* c, const std::string& k, const Json& v) {
+         std::string u = AsString(v);
+         if (!u.empty()) RETURN_IF_ERROR(CheckRunAs(k, u));
+         c->default_run_as = u;
+         return Status::Ok();
+       }}},
+      {"executor.maxLogBytes", {"1Gi", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsBytes(k, v));
+         c->max_log_bytes = n;
+         return Status::Ok();
+       }}},
+      {"executor.maxInputBytes", {"16Gi", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsBytes(k, v));
+         if (n == 0) return InvalidArgument(k + ": must be positive");
+         c->max_input_bytes = static_cast<uint64_t>(n);
+         return Status::Ok();
+       }}},
+      {"api.maxSteps", {"10000", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 1000000));
+         c->max_steps = static_cast<size_t>(n);
+         return Status::Ok();
+       }}},
       {"api.host", {"127.0.0.1", [](Config* c, const std::string&, const Json& v) {
          c->host = AsString(v);
          return Status::Ok();
@@ -239,15 +305,55 @@ const std::map<std::string, KeyDef>& Keys() {
          c->max_body_bytes = static_cast<size_t>(n);
          return Status::Ok();
        }}},
-      {"api.threads", {"64", [](Config* c, const std::string& k, const Json& v) {
-         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 4, 4096));
+      {"api.threads", {"32", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 1024));
          c->threads = static_cast<int>(n);
          return Status::Ok();
        }}},
-      {"api.maxStreams", {"32", [](Config* c, const std::string& k, const Json& v) {
-         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 4096));
+      {"api.ioThreads", {"2", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 64));
+         c->io_threads = static_cast<int>(n);
+         return Status::Ok();
+       }}},
+      {"api.maxStreams", {"1024", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 1000000));
          c->max_streams = static_cast<int>(n);
          return Status::Ok();
+       }}},
+      {"api.maxStreamsPerPrincipal", {"16", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 1000000));
+         c->max_streams_per_principal = static_cast<int>(n);
+         return Status::Ok();
+       }}},
+      {"api.maxConnections", {"10000", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 16, 10000000));
+         c->max_connections = static_cast<int>(n);
+         return Status::Ok();
+       }}},
+      {"api.maxConnectionsPerClient", {"256", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 10000000));
+         c->max_connections_per_client = static_cast<int>(n);
+         return Status::Ok();
+       }}},
+      {"api.maxLogResponseBytes", {"8388608", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 4096, 1LL << 30));
+         c->max_log_response_bytes = static_cast<uint64_t>(n);
+         return Status::Ok();
+       }}},
+      {"api.tlsHandshakeTimeout", {"10s", [](Config* c, const std::string& k, const Json& v) {
+         return HttpTimeout(k, v, &c->tls_handshake_timeout);
+       }}},
+      {"api.headerTimeout", {"10s", [](Config* c, const std::string& k, const Json& v) {
+         return HttpTimeout(k, v, &c->header_timeout);
+       }}},
+      {"api.bodyTimeout", {"30s", [](Config* c, const std::string& k, const Json& v) {
+         return HttpTimeout(k, v, &c->body_timeout);
+       }}},
+      {"api.keepAliveTimeout", {"30s", [](Config* c, const std::string& k, const Json& v) {
+         return HttpTimeout(k, v, &c->keep_alive_timeout);
+       }}},
+      {"api.writeTimeout", {"30s", [](Config* c, const std::string& k, const Json& v) {
+         return HttpTimeout(k, v, &c->write_timeout);
        }}},
       {"ha.tailInterval", {"100ms", [](Config* c, const std::string& k, const Json& v) {
          ASSIGN_OR_RETURN(c->tail_interval, AsDuration(k, v));
@@ -279,17 +385,49 @@ Status SetTenantKey(Config* c, const std::string& key, const Json& v) {
   const std::string rest = key.size() > 8 ? key.substr(8) : "";  // after "tenants."
   auto dot = rest.rfind('.');
   if (key == "tenants" || dot == std::string::npos) {
-    return InvalidArgument(key + ": expected tenants.<name>.maxGpus (values file: " +
-                           R"({"tenants": {"<name>": {"maxGpus": 4}}}))");
+    return InvalidArgument(key + ": expected tenants.<name>.maxGpus|runAs|inputRoots (values "
+                           "file: " + R"({"tenants": {"<name>": {"maxGpus": 4}}}))");
   }
   std::string name = rest.substr(0, dot), setting = rest.substr(dot + 1);
   if (!IsValidName(name)) {
     return InvalidArgument(key + ": invalid tenant name '" + name + "' (expected " +
                            kTenantNamePattern + ")");
   }
+  if (setting == "runAs") {
+    std::string u = AsString(v);
+    RETURN_IF_ERROR(CheckRunAs(key, u));
+    c->tenant_run_as[name] = u;
+    return Status::Ok();
+  }
+  if (setting == "inputRoots") {
+    std::vector<std::string> given;
+    if (v.is_array()) {
+      for (const auto& r : v) {
+        if (!r.is_string()) return InvalidArgument(key + ": expected absolute paths, got " + v.dump());
+        given.push_back(r.get<std::string>());
+      }
+    } else if (v.is_string()) {
+      std::stringstream in(v.get<std::string>());
+      std::string item;
+      while (std::getline(in, item, ',')) {
+        if (!item.empty()) given.push_back(item);
+      }
+    } else {
+      return InvalidArgument(key + ": expected absolute paths, got " + v.dump());
+    }
+    std::vector<std::string> roots;
+    for (const auto& r : given) {
+      auto norm = NormalizePath(r);
+      if (!norm.ok()) return InvalidArgument(key + ": " + norm.status().message());
+      if (*norm == "/") return InvalidArgument(key + ": '/' would let steps declare any file");
+      roots.push_back(*norm);
+    }
+    c->tenant_input_roots[name] = std::move(roots);
+    return Status::Ok();
+  }
   if (setting != "maxGpus") {
     return InvalidArgument(key + ": unknown tenant setting '" + setting +
-                           "' (a tenant has: maxGpus)");
+                           "' (a tenant has: maxGpus, runAs, inputRoots)");
   }
   ASSIGN_OR_RETURN(auto n, AsInt(key, v, 0, 1000000));
   c->tenant_max_gpus[name] = static_cast<int>(n);
@@ -339,7 +477,24 @@ std::vector<std::pair<std::string, std::string>> DescribeKeys() {
   std::vector<std::pair<std::string, std::string>> out;
   for (const auto& [k, d] : Keys()) out.push_back({k, d.def});
   out.push_back({"tenants.<name>.maxGpus", "(unlimited)"});
+  out.push_back({"tenants.<name>.runAs", "(executor.runAs)"});
+  out.push_back({"tenants.<name>.inputRoots", "[] (only the tenant's own runs' outputs)"});
   return out;
+}
+
+Status ValidateConfig(const Config& config) {
+  auto data = NormalizePath(config.data_dir.empty() ? "/" : config.data_dir);
+  if (!data.ok()) return Status::Ok();  // a relative data dir is made absolute before use
+  for (const auto& [tenant, roots] : config.tenant_input_roots) {
+    for (const auto& root : roots) {
+      if (IsBeneath(*data, root) || IsBeneath(root, *data)) {
+        return InvalidArgument("tenants." + tenant + ".inputRoots: '" + root +
+                               "' overlaps the data dir " + *data +
+                               " (its control files would become readable inputs)");
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 Json Config::ToJson() const {
@@ -362,7 +517,17 @@ Json Config::ToJson() const {
               {"api.host", host},
               {"api.maxBodyBytes", max_body_bytes},
               {"api.threads", threads},
+              {"api.ioThreads", io_threads},
               {"api.maxStreams", max_streams},
+              {"api.maxStreamsPerPrincipal", max_streams_per_principal},
+              {"api.maxConnections", max_connections},
+              {"api.maxConnectionsPerClient", max_connections_per_client},
+              {"api.maxLogResponseBytes", max_log_response_bytes},
+              {"api.tlsHandshakeTimeout", FormatDuration(tls_handshake_timeout)},
+              {"api.headerTimeout", FormatDuration(header_timeout)},
+              {"api.bodyTimeout", FormatDuration(body_timeout)},
+              {"api.keepAliveTimeout", FormatDuration(keep_alive_timeout)},
+              {"api.writeTimeout", FormatDuration(write_timeout)},
               {"api.advertiseUrl", advertise_url},
               {"api.tokensFile", tokens_file},
               {"cluster.tlsCertificate", tls_certificate},
@@ -377,6 +542,12 @@ Json Config::ToJson() const {
   j["slurm.timeLimit"] = slurm_time_limit;
   j["slurm.extraArgs"] = slurm_extra_args;
   for (const auto& [name, n] : tenant_max_gpus) j["tenants." + name + ".maxGpus"] = n;
+  for (const auto& [name, u] : tenant_run_as) j["tenants." + name + ".runAs"] = u;
+  for (const auto& [name, r] : tenant_input_roots) j["tenants." + name + ".inputRoots"] = r;
+  j["executor.runAs"] = default_run_as;
+  j["executor.maxLogBytes"] = max_log_bytes;
+  j["executor.maxInputBytes"] = max_input_bytes;
+  j["api.maxSteps"] = max_steps;
   return j;
 }
 

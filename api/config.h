@@ -57,8 +57,18 @@ struct Config {
   std::vector<std::string> slurm_extra_args;
   // api.*
   size_t max_body_bytes = 1 << 20;
-  int threads = 64;
-  int max_streams = 32;  // concurrent SSE streams
+  int threads = 32;      // api.threads: HTTP worker threads (handlers; waits hold none)
+  int io_threads = 2;    // api.ioThreads: threads that run every socket
+  int max_streams = 1024;               // concurrent SSE streams in all
+  int max_streams_per_principal = 16;   // ... per token (api.maxStreamsPerPrincipal)
+  int max_connections = 10000;          // api.maxConnections (and at most RLIMIT_NOFILE / 2)
+  int max_connections_per_client = 256; // api.maxConnectionsPerClient: per remote IP
+  uint64_t max_log_response_bytes = 8 << 20;  // api.maxLogResponseBytes: one log answer
+  Micros tls_handshake_timeout = std::chrono::seconds(10);  // api.tlsHandshakeTimeout
+  Micros header_timeout = std::chrono::seconds(10);  // api.headerTimeout: a whole request head
+  Micros body_timeout = std::chrono::seconds(30);    // api.bodyTimeout
+  Micros keep_alive_timeout = std::chrono::seconds(30);  // api.keepAliveTimeout: idle
+  Micros write_timeout = std::chrono::seconds(30);   // api.writeTimeout: each write
   std::string advertise_url;  // default https://<host>:<port>
   std::string tokens_file;    // api.tokensFile; empty = <data-dir>/tokens.json
   bool plain_http = false;    // epochd --insecure-http (not a key): no TLS
@@ -67,19 +77,34 @@ struct Config {
   std::string secondary_dir;  // the standby's RocksDB secondary files
   // tenants.<name>.maxGpus: GPUs a tenant's attempts may hold at once (absent: unlimited).
   std::map<std::string, int> tenant_max_gpus;
+  // tenants.<name>.runAs: the OS user (`user` or `user:group`) the tenant's steps run
+  // as; tenants without one use executor.runAs.
+  std::map<std::string, std::string> tenant_run_as;
+  // tenants.<name>.inputRoots: absolute folders outside the data dir from which the
+  // tenant's steps may declare `inputs` (besides its own runs' outputs).
+  std::map<std::string, std::vector<std::string>> tenant_input_roots;
+  std::string default_run_as = "epoch-step";  // executor.runAs
+  int64_t max_log_bytes = 1LL << 30;           // executor.maxLogBytes (0: no cap)
+  uint64_t max_input_bytes = 16ULL << 30;      // executor.maxInputBytes
+  size_t max_steps = 10000;                    // api.maxSteps
 
   // The effective configuration as JSON (dotted keys), for /v1/cluster and logs.
   Json ToJson() const;
 };
 
 // Applies one key. kInvalidArgument "sig.cpu: invalid cpu quantity ..." or
-// "unknown configuration key 'sig.foo'". `tenants.<name>.maxGpus` is the one key
-// pattern: <name> is [a-z0-9][a-z0-9._-]{0,62} and the value an integer >= 0.
+// "unknown configuration key 'sig.foo'". `tenants.<name>.<setting>` is the one key
+// pattern: <name> is [a-z0-9][a-z0-9._-]{0,62}; the settings are maxGpus (an integer
+// >= 0), runAs (`user` or `user:group`, never root) and inputRoots (absolute paths:
+// a JSON array, or one comma-separated string).
 Status SetKey(Config* config, const std::string& key, const Json& value);
 // Applies a values document: nested objects flatten to dotted keys.
 Status ApplyValues(Config* config, const Json& values);
 // "key=value": the value parses as JSON when it can, else it is a string.
 Status ApplySetArg(Config* config, const std::string& arg);
+// Checks what one key cannot check alone: no tenants.<name>.inputRoots entry may hold
+// the data dir or lie within it (its control files would become readable inputs).
+Status ValidateConfig(const Config& config);
 // Every key SetKey accepts, with its default, for --help and the README.
 std::vector<std::pair<std::string, std::string>> DescribeKeys();
 

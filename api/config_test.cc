@@ -110,7 +110,8 @@ TEST(ConfigTest, TenantQuotaErrorsNameTheKeyAndWhatIsWrong) {
   EXPECT_EQ(ApplySetArg(&c, "tenants..maxGpus=4").message(),
             "tenants..maxGpus: invalid tenant name '' (expected [a-z0-9][a-z0-9._-]{0,62})");
   EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxCpus=4").message(),
-            "tenants.ml.maxCpus: unknown tenant setting 'maxCpus' (a tenant has: maxGpus)");
+            "tenants.ml.maxCpus: unknown tenant setting 'maxCpus' (a tenant has: maxGpus, runAs, "
+            "inputRoots)");
   EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxGpus=-1").message(),
             "tenants.ml.maxGpus: -1 is out of range [0, 1000000]");
   EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxGpus=four").message(),
@@ -124,6 +125,58 @@ TEST(ConfigTest, TenantQuotaErrorsNameTheKeyAndWhatIsWrong) {
   EXPECT_EQ(st.message().rfind("tenants: expected tenants.<name>.maxGpus", 0), 0u)
       << st.message();
   EXPECT_TRUE(c.tenant_max_gpus.empty());  // nothing changed by the failures
+}
+
+TEST(ConfigTest, TenantRunAsInputRootsAndStepLimits) {
+  Config c;
+  EXPECT_EQ(c.default_run_as, "epoch-step");
+  EXPECT_EQ(c.max_steps, 10000u);
+  EXPECT_EQ(c.max_log_bytes, 1LL << 30);
+  EXPECT_EQ(c.max_input_bytes, 16ULL << 30);
+  ASSERT_TRUE(ApplyValues(&c, *ParseJson(R"({"tenants": {"ml": {"runAs": "ml-steps:ml",
+      "inputRoots": ["/datasets/./shared/", "/mnt/x"]}}, "executor": {"runAs": "nobody",
+      "maxLogBytes": "64Mi", "maxInputBytes": 1000}, "api.maxSteps": 50})")).ok());
+  EXPECT_EQ(c.tenant_run_as.at("ml"), "ml-steps:ml");
+  EXPECT_EQ(c.tenant_input_roots.at("ml"),
+            (std::vector<std::string>{"/datasets/shared", "/mnt/x"}));
+  EXPECT_EQ(c.default_run_as, "nobody");
+  EXPECT_EQ(c.max_log_bytes, 64LL << 20);
+  EXPECT_EQ(c.max_input_bytes, 1000u);
+  EXPECT_EQ(c.max_steps, 50u);
+  ASSERT_TRUE(ApplySetArg(&c, "tenants.cv.inputRoots=/a,/b/c").ok());
+  EXPECT_EQ(c.tenant_input_roots.at("cv"), (std::vector<std::string>{"/a", "/b/c"}));
+  Json j = c.ToJson();
+  EXPECT_EQ(j["tenants.ml.runAs"], "ml-steps:ml");
+  EXPECT_EQ(j["tenants.cv.inputRoots"], Json::array({"/a", "/b/c"}));
+  EXPECT_EQ(j["api.maxSteps"], 50);
+}
+
+TEST(ConfigTest, RunAsAndInputRootErrorsNameTheKey) {
+  Config c;
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ml.runAs=root").message(),
+            "tenants.ml.runAs: steps may not run as root");
+  EXPECT_EQ(ApplySetArg(&c, "executor.runAs=u:0").message(),
+            "executor.runAs: steps may not run as root");
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ml.runAs=a b").code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ml.runAs=-x").code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ml.inputRoots=relative/dir").message(),
+            "tenants.ml.inputRoots: 'relative/dir' is not an absolute path");
+  EXPECT_EQ(ApplySetArg(&c, "tenants.ml.inputRoots=/").message(),
+            "tenants.ml.inputRoots: '/' would let steps declare any file");
+  EXPECT_EQ(ApplySetArg(&c, "api.maxSteps=0").message(),
+            "api.maxSteps: 0 is out of range [1, 1000000]");
+  EXPECT_TRUE(c.tenant_run_as.empty());
+  EXPECT_TRUE(c.tenant_input_roots.empty());
+  // A root that holds the data dir, or lies in it, would expose its control files.
+  c.data_dir = "/srv/epoch";
+  ASSERT_TRUE(ApplySetArg(&c, "tenants.ml.inputRoots=/srv").ok());
+  EXPECT_EQ(ValidateConfig(c).message(),
+            "tenants.ml.inputRoots: '/srv' overlaps the data dir /srv/epoch (its control files "
+            "would become readable inputs)");
+  ASSERT_TRUE(ApplySetArg(&c, "tenants.ml.inputRoots=/srv/epoch/runs").ok());
+  EXPECT_EQ(ValidateConfig(c).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(ApplySetArg(&c, "tenants.ml.inputRoots=/srv/epoch-data").ok());
+  EXPECT_TRUE(ValidateConfig(c).ok());
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 // bad event); --allow-corrupt-history serves it read-only instead (engine.h,
 // "Corrupt history"), logging it critically at start and every minute after.
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -117,7 +118,13 @@ int main(int argc, char** argv) {
   if (config.data_dir.empty()) {
     return Fail(InvalidArgument("--data-dir (or storage.dataDir) is required"));
   }
-  config.data_dir = std::filesystem::absolute(config.data_dir).lexically_normal().string();
+  {
+    // Without a trailing slash or dots: paths are compared with it (inputs, mounts).
+    auto normal = NormalizePath(std::filesystem::absolute(config.data_dir).string());
+    if (!normal.ok()) return Fail(normal.status().WithContext("--data-dir"));
+    config.data_dir = *normal;
+  }
+  if (Status st = api::ValidateConfig(config); !st.ok()) return Fail(st);
   if (config.agent_path.empty()) config.agent_path = SelfDir() + "/epoch-agent";
   if (Status st = MakeDirs(config.data_dir); !st.ok()) return Fail(st);
   // HTTPS unless told otherwise; plain HTTP only where nothing else can listen in.
@@ -159,8 +166,17 @@ int main(int argc, char** argv) {
   } else {
     advertise = config.advertise_url;  // given: keep it even with cluster.basePort 0
   }
-  for (const char* sub : {"store", "runs", "logs", "containers"}) {
-    if (Status st = MakeDirs(config.data_dir + "/" + sub); !st.ok()) return Fail(st);
+  // The data dir's layout keeps the control plane to epochd's user: the store and
+  // the containers' state (credentials) 0700; runs/ and logs/ only traversable (each
+  // run's folder belongs to its tenant's execution user, made by the agent), and the
+  // data dir itself too, so nobody lists what is in it.
+  for (auto [sub, mode] : {std::pair{"store", 0700}, {"containers", 0700}, {"standby", 0700},
+                           {"runs", 0711}, {"logs", 0711}, {"", 0711}}) {
+    std::string path = config.data_dir + (*sub ? "/" + std::string(sub) : "");
+    if (Status st = MakeDirs(path); !st.ok()) return Fail(st);
+    if (chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
+      return Fail(Internal("chmod " + path + ": " + std::strerror(errno)));
+    }
   }
 
   // Election: our own lock first, then the store as primary. Without the lock
@@ -282,6 +298,12 @@ int main(int argc, char** argv) {
   ec.poll_timeout = config.poll_timeout;
   ec.grace_ms = config.grace.count() / 1000;
   ec.tenant_max_gpus = config.tenant_max_gpus;
+  ec.tenant_run_as = config.tenant_run_as;
+  ec.default_run_as = config.default_run_as;
+  ec.tenant_input_roots = config.tenant_input_roots;
+  ec.max_input_bytes = config.max_input_bytes;
+  ec.max_log_bytes = config.max_log_bytes;
+  ec.max_steps = config.max_steps;
   for (const char* name : {"EPOCH_FAKE_GPUS"}) {
     if (const char* v = std::getenv(name)) eopts.agent_env[name] = v;
   }
@@ -308,7 +330,8 @@ int main(int argc, char** argv) {
                 {"epoch", engine.epoch()},
                 {"node", config.master_name},
                 {"pid", getpid()}};
-    if (Status st = WriteFileDurably(config.data_dir + "/leader.json", leader.dump()); !st.ok()) {
+    if (Status st = WriteFileDurably(config.data_dir + "/leader.json", leader.dump(), 0600);
+        !st.ok()) {
       spdlog::warn("writing leader.json: {}", st.ToString());
     }
   };

@@ -13,7 +13,7 @@ LeaderLock::~LeaderLock() { Release(); }
 
 Status LeaderLock::TryAcquire(const std::string& path) {
   if (fd_ >= 0) return Status::Ok();
-  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return Internal("open " + path + ": " + std::strerror(errno));
   struct flock fl = {};
   fl.l_type = F_WRLCK;

@@ -153,7 +153,7 @@ Result<TlsFiles> EnsureSelfSignedCertificate(const std::string& dir,
   std::string tmp = dir + ".tmp." + std::to_string(getpid());
   std::error_code ec;
   std::filesystem::remove_all(tmp, ec);
-  if (mkdir(tmp.c_str(), 0755) != 0) {
+  if (mkdir(tmp.c_str(), 0711) != 0) {  // cert.pem readable by path, key.pem 0600
     return Internal("creating " + tmp + ": " + std::strerror(errno));
   }
   Status st = Generate(tmp, hosts);

@@ -2,6 +2,8 @@
 
 #include <limits>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 
@@ -164,6 +166,64 @@ TEST(FilesTest, DurableWritesReplaceAtomically) {
   EXPECT_FALSE(WriteFilesDurably({{dir + "/missing/x", "1"}, {dir + "/a/y", "2"}}).ok());
   std::string cmd = "rm -rf " + dir;
   ASSERT_EQ(std::system(cmd.c_str()), 0);
+}
+
+TEST(FilesTest, NormalizePathResolvesDotsLexically) {
+  EXPECT_EQ(*NormalizePath("/a/./b//c/../d/"), "/a/b/d");
+  EXPECT_EQ(*NormalizePath("/"), "/");
+  EXPECT_EQ(NormalizePath("/..").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(FilesTest, NormalizePathRefusesRelativeAndEscapingPaths) {
+  EXPECT_EQ(NormalizePath("a/b").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(NormalizePath("").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(NormalizePath("/a/../../etc").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(NormalizePath(std::string("/a\0b", 4)).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(IsBeneath("/a/b", "/a"));
+  EXPECT_TRUE(IsBeneath("/a", "/a"));
+  EXPECT_FALSE(IsBeneath("/ab", "/a"));
+  EXPECT_FALSE(IsBeneath("/a", "/a/b"));
+  EXPECT_TRUE(IsBeneath("/x", "/"));
+}
+
+TEST(FilesTest, OpenBeneathKeepsSymlinksAndDotsInsideTheRoot) {
+  char tmpl[] = "/tmp/epoch-beneath-test.XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  ASSERT_TRUE(MakeDirs(dir + "/root/sub").ok());
+  ASSERT_TRUE(WriteFileDurably(dir + "/root/sub/in", "inside").ok());
+  ASSERT_TRUE(WriteFileDurably(dir + "/secret", "outside").ok());
+  ASSERT_EQ(symlink((dir + "/secret").c_str(), (dir + "/root/escape").c_str()), 0);
+  ASSERT_EQ(symlink("../secret", (dir + "/root/relative").c_str()), 0);
+  ASSERT_EQ(symlink("sub/in", (dir + "/root/inner").c_str()), 0);
+  std::string root = dir + "/root";
+  auto read_all = [](int fd) {
+    char buf[64];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    close(fd);
+    return std::string(buf, n > 0 ? static_cast<size_t>(n) : 0);
+  };
+  auto in = OpenBeneath(root, root + "/sub/in");
+  ASSERT_TRUE(in.ok()) << in.status().ToString();
+  EXPECT_EQ(read_all(*in), "inside");
+  auto inner = OpenBeneath(root, root + "/inner");  // a symlink that stays inside
+  ASSERT_TRUE(inner.ok()) << inner.status().ToString();
+  EXPECT_EQ(read_all(*inner), "inside");
+  for (const char* name : {"/escape", "/relative"}) {
+    auto out = OpenBeneath(root, root + name);
+    EXPECT_FALSE(out.ok()) << name << " was opened";
+    if (out.ok()) close(*out);
+  }
+  EXPECT_EQ(OpenBeneath(root, dir + "/secret").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(OpenBeneath(root, root + "/nope").status().code(), StatusCode::kNotFound);
+  std::string cmd = "rm -rf " + dir;
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+}
+
+TEST(IdsTest, SecureRandomHexIsHexOfTheAskedLengthAndDiffers) {
+  std::string a = SecureRandomHex(32), b = SecureRandomHex(32);
+  EXPECT_EQ(a.size(), 64u);
+  EXPECT_EQ(a.find_first_not_of("0123456789abcdef"), std::string::npos);
+  EXPECT_NE(a, b);
 }
 
 }  // namespace

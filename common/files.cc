@@ -1,5 +1,8 @@
 #include "common/files.h"
 
+#include <linux/openat2.h>
+#include <sys/syscall.h>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -174,6 +177,66 @@ Status RemoveFile(const std::string& path) {
 bool PathExists(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0;
+}
+
+Result<std::string> NormalizePath(std::string_view path) {
+  if (path.empty() || path.front() != '/') {
+    return InvalidArgument("'" + std::string(path) + "' is not an absolute path");
+  }
+  if (path.find('\0') != std::string_view::npos) {
+    return InvalidArgument("a path must not contain a NUL byte");
+  }
+  std::vector<std::string_view> parts;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    std::string_view part = path.substr(i, j - i);
+    if (part == "..") {
+      if (parts.empty()) {
+        return InvalidArgument("'" + std::string(path) + "' climbs above /");
+      }
+      parts.pop_back();
+    } else if (!part.empty() && part != ".") {
+      parts.push_back(part);
+    }
+    i = j + 1;
+  }
+  std::string out;
+  for (auto p : parts) {
+    out += '/';
+    out += p;
+  }
+  return out.empty() ? std::string("/") : out;
+}
+
+bool IsBeneath(std::string_view path, std::string_view root) {
+  if (root == "/") return !path.empty() && path.front() == '/';
+  if (path.size() < root.size() || path.substr(0, root.size()) != root) return false;
+  return path.size() == root.size() || path[root.size()] == '/';
+}
+
+Result<int> OpenBeneath(const std::string& root, const std::string& path) {
+  if (!IsBeneath(path, root)) {
+    return InvalidArgument(path + " is not beneath " + root);
+  }
+  int dir = open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return Internal("open " + root + ": " + std::strerror(errno));
+  std::string rel = path.size() == root.size() ? "." : path.substr(root == "/" ? 1 : root.size() + 1);
+  struct open_how how {};
+  how.flags = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  long fd = syscall(SYS_openat2, dir, rel.c_str(), &how, sizeof(how));
+  int err = errno;
+  close(dir);
+  if (fd < 0) {
+    std::string why = path + ": " + std::strerror(err);
+    if (err == ENOENT || err == ENOTDIR) return NotFound(why);
+    if (err == EACCES || err == EPERM) return PermissionDenied(why);
+    if (err == EXDEV) return InvalidArgument(path + " resolves outside " + root);
+    return Internal(why);
+  }
+  return static_cast<int>(fd);
 }
 
 }  // namespace epoch

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -31,5 +32,20 @@ Result<std::string> ReadFile(const std::string& path, size_t max_bytes = 64u << 
 std::vector<std::string> ListFiles(const std::string& dir);
 Status RemoveFile(const std::string& path);
 bool PathExists(const std::string& path);
+
+// An absolute path with "." and ".." resolved lexically and repeated or trailing
+// slashes dropped ("/a/./b//c/../d/" -> "/a/b/d"). Symlinks are not followed (a
+// caller that opens the result must still keep the resolution beneath a root:
+// OpenBeneath). kInvalidArgument for a relative or empty path, a NUL byte, or ".."
+// above "/".
+Result<std::string> NormalizePath(std::string_view path);
+// Whether normalised `path` is `root` or lies beneath it ("/a/bc" is not beneath "/a/b").
+bool IsBeneath(std::string_view path, std::string_view root);
+// Opens `path` (normalised, beneath the directory `root`) read-only with
+// openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS): no symlink or ".." can take the
+// resolution out of `root`. O_NONBLOCK, so a FIFO does not hang the caller. Returns
+// the fd (the caller closes it). kNotFound, kPermissionDenied, kInvalidArgument
+// (outside root) or kInternal with the OS's words.
+Result<int> OpenBeneath(const std::string& root, const std::string& path);
 
 }  // namespace epoch

@@ -42,6 +42,11 @@ class SequentialIdGenerator final : public IdGenerator {
   std::atomic<uint64_t> next_{1};
 };
 
+// `bytes` random bytes from the kernel (getrandom), as lower-case hex: for secrets
+// (tokens, container credentials). Aborts rather than fall back to a weak source
+// (getrandom cannot fail on Linux >= 3.17 once the pool is ready).
+std::string SecureRandomHex(size_t bytes);
+
 // True for names made of [a-z0-9] and inner '-' or '_' , 1..63 chars, starting
 // with a letter or digit. Used for step names, workflow names, ids in paths.
 bool IsValidName(std::string_view s);

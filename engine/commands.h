@@ -19,6 +19,9 @@ struct RegisterWorkflow {
   std::string tenant = "default";
   std::string idempotency_key{};  // the same (tenant, key) always answers the first result
   bool any_tenant = false;  // an admin: may add versions to another tenant's workflow
+  // SHA-256 of the request (its canonical JSON): with an idempotency key, a repeat
+  // must be the same request.
+  std::string request_digest{};
 };
 
 struct SubmitRun {
@@ -33,6 +36,7 @@ struct SubmitRun {
   std::string submitter = "anonymous";
   std::string idempotency_key;
   bool any_tenant = false;  // an admin: may run another tenant's workflow
+  std::string request_digest;  // as RegisterWorkflow::request_digest
 };
 
 struct CancelRun {
@@ -52,6 +56,8 @@ struct InvalidateCache {
   std::string workflow;
   std::string step;
   std::string actor = "anonymous";
+  std::string tenant = "default";  // only this tenant's entries are forgotten...
+  bool any_tenant = false;         // ...unless an admin asks
 };
 
 struct RegisterContainer {
@@ -61,6 +67,8 @@ struct RegisterContainer {
   int64_t cpu_millis = 0, memory_bytes = 0;
   Json gpus = Json::array();
   Json cuda = Json::object();
+  // What the agent enforces for its steps (run-as user, sandbox), as it says.
+  Json isolation = Json::object();
   uint64_t epoch_seen = 0;
   std::vector<std::string> running;
 };

@@ -25,6 +25,10 @@ struct ContainerSpec {
   std::string master_url;  // where the agent registers ("http://127.0.0.1:30745")
   std::string data_dir;    // shared data dir (runs/, logs/, containers/)
   std::map<std::string, std::string> env;  // extra environment for the agent
+  // This container's own secret for the container protocol, minted by the leader at
+  // launch (only its SHA-256 is in the log). The backend hands it to the agent alone:
+  // <data_dir>/containers/<id>/credential, mode 0600, written before the agent starts.
+  std::string credential;
 };
 
 struct ContainerDescription {

@@ -5,6 +5,7 @@
 #include <set>
 #include <tuple>
 
+#include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
 #include "workflows/template.h"
@@ -63,6 +64,53 @@ Json StepsContext(const Run& run, const EngineConfig& cfg, bool by_digest = fals
   return steps;
 }
 
+Result<std::string> InputRoot(const State& state, const EngineConfig& cfg,
+                              const std::string& tenant, const std::string& path);
+bool NamesUpstream(const std::string& text);
+
+// Every declared input that can be rendered before anything ran (not naming an
+// upstream step) must be one the tenant may read: kInvalidArgument listing each
+// that is not (a 422 at submission; the rest are checked when the step is queued).
+Status CheckInputs(const State& state, const EngineConfig& cfg, const Definition& def,
+                   const Json& params, const std::string& tenant, const std::string& run_id) {
+  std::vector<std::string> problems;
+  for (const auto& step : def.steps) {
+    workflows::TemplateContext tc;
+    tc.params = params;
+    tc.run_id = run_id;
+    tc.workspace = WorkspaceDir(cfg, run_id);
+    tc.outputs_dir = OutputsDir(cfg, run_id, step.name, 1);
+    tc.step = step.name;
+    tc.attempt = 1;
+    for (size_t i = 0; i < step.inputs.size(); ++i) {
+      if (NamesUpstream(step.inputs[i])) continue;
+      auto path = workflows::RenderTemplate(step.inputs[i], tc);
+      if (!path.ok()) continue;  // e.g. a sweep's parameter: checked when queued
+      auto norm = NormalizePath(*path);
+      if (norm.ok() && IsBeneath(*norm, tc.workspace)) continue;  // this run's own files
+      auto root = InputRoot(state, cfg, tenant, *path);
+      if (!root.ok()) {
+        problems.push_back("steps." + step.name + ".inputs[" + std::to_string(i) +
+                           "]: " + root.status().message());
+      }
+    }
+  }
+  if (problems.empty()) return Status::Ok();
+  std::string first = problems.front();
+  return Status(StatusCode::kInvalidArgument, "inputs: " + first, std::move(problems));
+}
+
+// A request repeated with its Idempotency-Key must be the one the key first came
+// with (unknown when the first was recorded before digests were).
+Status SameRequest(const std::string& first, const std::string& now, const std::string& key,
+                   const std::string& what) {
+  if (first.empty() || now.empty() || first == now) return Status::Ok();
+  return Status(StatusCode::kInvalidArgument,
+                "Idempotency-Key '" + key + "' was first used for a different request (" + what +
+                    "); use a new key for a new request",
+                {std::string(kIdempotencyKeyReused)});
+}
+
 Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkflow& cmd,
                                         const DecideContext& ctx) {
   Decision d;
@@ -71,6 +119,9 @@ Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkfl
     if (k != state.workflow_keys.end()) {
       const WorkflowVersion* v = state.FindWorkflow(k->second.first, k->second.second);
       if (v) {
+        RETURN_IF_ERROR(SameRequest(v->request_digest, cmd.request_digest, cmd.idempotency_key,
+                                    "workflow " + v->def->name + " version " +
+                                        std::to_string(v->version)));
         d.result.id = k->second.first;
         d.result.version = v->version;
         d.result.digest = v->digest;
@@ -79,7 +130,8 @@ Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkfl
       }
     }
   }
-  ASSIGN_OR_RETURN(auto def, workflows::ParseDefinition(cmd.definition, MaxContainer(*ctx.config)));
+  ASSIGN_OR_RETURN(auto def, workflows::ParseDefinition(cmd.definition, MaxContainer(*ctx.config),
+                                                        ctx.config->max_steps));
   d.result.id = def->name;
   d.result.digest = def->digest;
   auto it = state.workflows.find(def->name);
@@ -103,7 +155,10 @@ Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkfl
   d.result.created = true;
   Json data{{"name", def->name}, {"version", next}, {"definition", def->source},
             {"digest", def->digest}, {"tenant", cmd.tenant}};
-  if (!cmd.idempotency_key.empty()) data["idempotency_key"] = cmd.idempotency_key;
+  if (!cmd.idempotency_key.empty()) {
+    data["idempotency_key"] = cmd.idempotency_key;
+    if (!cmd.request_digest.empty()) data["request_digest"] = cmd.request_digest;
+  }
   d.events.push_back(Event{WorkflowStream(def->name), std::string(ev::kWorkflowRegistered),
                            std::move(data), cmd.actor});
   return d;
@@ -115,6 +170,9 @@ Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
   if (!cmd.idempotency_key.empty()) {
     auto it = state.idempotency.find({cmd.tenant, cmd.idempotency_key});
     if (it != state.idempotency.end()) {
+      const Run* first = state.FindRun(it->second);
+      RETURN_IF_ERROR(SameRequest(first ? first->request_digest : "", cmd.request_digest,
+                                  cmd.idempotency_key, "run " + it->second));
       d.result.id = it->second;
       d.result.created = false;
       return d;
@@ -160,11 +218,15 @@ Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
     def = wf->def;
   }
   ASSIGN_OR_RETURN(Json params, workflows::ResolveParams(*def, cmd.params));
+  RETURN_IF_ERROR(CheckInputs(state, *ctx.config, *def, params, cmd.tenant, cmd.run_id));
   Json data{{"run", cmd.run_id},       {"workflow", workflow},  {"version", version},
             {"digest", digest},        {"params", params},      {"labels", cmd.labels},
             {"tenant", cmd.tenant},    {"submitter", cmd.submitter},
             {"priority", cmd.priority}};
-  if (!cmd.idempotency_key.empty()) data["idempotency_key"] = cmd.idempotency_key;
+  if (!cmd.idempotency_key.empty()) {
+    data["idempotency_key"] = cmd.idempotency_key;
+    if (!cmd.request_digest.empty()) data["request_digest"] = cmd.request_digest;
+  }
   d.events.push_back(Event{RunStream(cmd.run_id), std::string(ev::kRunSubmitted), std::move(data),
                            cmd.submitter});
   d.result.id = cmd.run_id;
@@ -221,9 +283,14 @@ Result<Decision> DecideInvalidateCache(const State& state, const InvalidateCache
   }
   Json keys = Json::array();
   Decision d;
+  // Only the caller's tenant's entries (unless an admin says any): another tenant's
+  // key answers exactly like one that has no entry.
+  auto mine = [&](const CacheEntry& e) { return cmd.any_tenant || e.tenant == cmd.tenant; };
   if (!cmd.key.empty()) {
     auto it = state.cache.find(cmd.key);
-    if (it == state.cache.end()) return NotFound("cache key '" + cmd.key + "' has no entry");
+    if (it == state.cache.end() || !mine(it->second)) {
+      return NotFound("cache key '" + cmd.key + "' has no entry");
+    }
     if (!cmd.workflow.empty() && it->second.workflow != cmd.workflow) {
       return NotFound("cache key '" + cmd.key + "' is not from workflow '" + cmd.workflow + "'");
     }
@@ -233,7 +300,7 @@ Result<Decision> DecideInvalidateCache(const State& state, const InvalidateCache
       return NotFound("workflow '" + cmd.workflow + "' is not registered");
     }
     for (const auto& [key, e] : state.cache) {
-      if (e.workflow == cmd.workflow && (cmd.step.empty() || e.step == cmd.step)) {
+      if (mine(e) && e.workflow == cmd.workflow && (cmd.step.empty() || e.step == cmd.step)) {
         keys.push_back(key);
       }
     }
@@ -241,7 +308,7 @@ Result<Decision> DecideInvalidateCache(const State& state, const InvalidateCache
   for (const auto& k : keys) d.result.keys.push_back(k);
   d.result.created = !keys.empty();
   if (keys.empty()) return d;  // nothing to forget: nothing to record
-  Json data{{"keys", keys}, {"by", cmd.actor}};
+  Json data{{"keys", keys}, {"by", cmd.actor}, {"tenant", cmd.tenant}};
   if (!cmd.workflow.empty()) data["workflow"] = cmd.workflow;
   if (!cmd.step.empty()) data["step"] = cmd.step;
   d.events.push_back(Event{std::string(kCacheStream), std::string(ev::kCacheInvalidated),
@@ -273,6 +340,9 @@ Result<Decision> DecideRegisterContainer(const State& state, const RegisterConta
                                 {"gpus", cmd.gpus},
                                 {"cuda", cmd.cuda}},
                            c.id});
+  if (cmd.isolation.is_object() && !cmd.isolation.empty()) {
+    d.events.back().data["isolation"] = cmd.isolation;
+  }
   return d;
 }
 
@@ -287,6 +357,15 @@ struct GangProgress {
 };
 
 std::string MissingOutputs(const Run& run, const std::string& step, const Json& reported);
+
+// The report's log figures as {"bytes", "truncated"}, or null when it has none (or
+// they are not a count and a flag: an agent's word goes into the log only when typed).
+Json ReportedLog(const Json& report) {
+  if (!report.contains("log_bytes") || !report["log_bytes"].is_number_unsigned()) return Json();
+  bool truncated = report.contains("log_truncated") && report["log_truncated"].is_boolean() &&
+                   report["log_truncated"].get<bool>();
+  return Json{{"bytes", report["log_bytes"]}, {"truncated", truncated}};
+}
 
 // A gang worker's report: the worker's own record, then the attempt's outcome
 // when this report decides it (all succeeded, or the first failure).
@@ -307,6 +386,7 @@ void WorkerReportEvents(const State& state, const Container& c, const Json& repo
                                  {"container", c.id}}, c.id));
   }
   Json rec{{"step", step}, {"attempt", n}, {"rank", rank}, {"state", st}, {"usage", usage}};
+  if (Json log = ReportedLog(report); !log.is_null()) rec["log"] = std::move(log);
   for (const char* k : {"exit_code", "signal", "reason"}) {
     if (report.contains(k) && !report[k].is_null()) rec[k] = report[k];
   }
@@ -406,6 +486,7 @@ void ReportEvents(const State& state, const Container& c, const Json& report,
   }
   std::string st = report.value("state", "failed");
   Json base{{"step", step}, {"attempt", n}, {"usage", usage}};
+  if (Json log = ReportedLog(report); !log.is_null()) base["log"] = std::move(log);
   auto copy_opt = [&](const char* k) {
     if (report.contains(k) && !report[k].is_null()) base[k] = report[k];
   };
@@ -447,6 +528,26 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
   }
   if (c.phase != ContainerPhase::kRegistered) {
     return NotFound("container '" + c.id + "' has not registered");
+  }
+  // A container reports only on what was placed on it: a report naming any other
+  // attempt (another container's, or one that does not exist) refuses the whole poll,
+  // so a forged report changes nothing.
+  if (cmd.reports.is_array()) {
+    for (const auto& r : cmd.reports) {
+      if (!r.is_object()) continue;
+      const Json& id_json = r.contains("attempt_id") ? r["attempt_id"] : Json();
+      std::string id = id_json.is_string() ? id_json.get<std::string>() : "";
+      const Attempt* ga = nullptr;
+      const Worker* w = state.FindWorker(id, &ga);
+      const Attempt* a = w ? nullptr : state.FindAttempt(id);
+      std::string holder = w ? w->container : a ? a->container : "";
+      if (holder != c.id) {
+        return PermissionDenied("container '" + c.id + "' reported on " +
+                                (id.empty() ? std::string("an attempt without an id")
+                                            : "attempt '" + id + "'") +
+                                ", which is not assigned to it");
+      }
+    }
   }
   Decision d;
   d.result.id = c.id;
@@ -597,6 +698,11 @@ Json UpstreamInputs(const Run& run, const Step& step, const EngineConfig& config
   return out;
 }
 
+std::string RunAsFor(const EngineConfig& config, const std::string& tenant) {
+  auto it = config.tenant_run_as.find(tenant);
+  return it != config.tenant_run_as.end() ? it->second : config.default_run_as;
+}
+
 std::string WorkspaceDir(const EngineConfig& c, std::string_view run) {
   return c.data_dir + "/runs/" + std::string(run);
 }
@@ -652,12 +758,61 @@ Result<Json> RenderEnv(const Step& step, const workflows::TemplateContext& tc) {
   return env;
 }
 
+// A declared input as queued: the path as rendered and the root beneath which the
+// tenant may read it (InputRoot).
+struct Input {
+  std::string path, root;
+};
+
+// The root beneath which `tenant` may read the input `path`: the folder of one of its
+// own runs under <data-dir>/runs (its outputs, and so its data sets), or one of
+// tenants.<tenant>.inputRoots. kPermissionDenied for anything else; the master never
+// opens a path a tenant chose outside these, and opens those only beneath their root.
+Result<std::string> InputRoot(const State& state, const EngineConfig& cfg,
+                              const std::string& tenant, const std::string& path) {
+  ASSIGN_OR_RETURN(std::string p, NormalizePath(path));
+  std::string runs = cfg.data_dir + "/runs";
+  if (IsBeneath(p, runs)) {
+    if (p.size() > runs.size()) {
+      std::string rest = p.substr(runs.size() + 1);
+      std::string run_id = rest.substr(0, rest.find('/'));
+      const Run* r = state.FindRun(run_id);
+      if (r && r->tenant == tenant) return WorkspaceDir(cfg, run_id);
+    }
+  } else if (auto it = cfg.tenant_input_roots.find(tenant); it != cfg.tenant_input_roots.end()) {
+    for (const auto& root : it->second) {
+      if (IsBeneath(p, root)) return root;
+    }
+  }
+  return PermissionDenied("input " + p + " is outside what tenant '" + tenant +
+                          "' may read (the outputs of its own runs, or tenants." + tenant +
+                          ".inputRoots)");
+}
+
+// Whether a template can only be rendered once upstream steps have run.
+bool NamesUpstream(const std::string& text) {
+  auto pieces = workflows::SplitTemplate(text);
+  if (!pieces.ok()) return false;
+  for (const auto& p : *pieces) {
+    if (!p.is_var) continue;
+    auto v = workflows::ClassifyTemplateVar(p.text);
+    if (v.ok() && (v->kind == workflows::TemplateVar::Kind::kStepOutput ||
+                   v->kind == workflows::TemplateVar::Kind::kStepMetric ||
+                   v->kind == workflows::TemplateVar::Kind::kStepBestParam)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 // The cache decision for a cached step about to be queued: {"key", "inputs"} plus
-// "miss": why there is nothing to reuse, or, on a hit, the entry in *hit.
+// "miss": why there is nothing to reuse, or, on a hit, the entry in *hit. *pending
+// when an input's digest is still being computed (nothing is decided yet).
 Json CacheLookup(const State& state, const Run& run, const Step& step,
-                 const workflows::TemplateContext& tc, const DecideContext& ctx,
-                 const CacheEntry** hit) {
+                 const workflows::TemplateContext& tc, const std::vector<Input>& declared,
+                 const DecideContext& ctx, const CacheEntry** hit, bool* pending) {
   *hit = nullptr;
+  *pending = false;
   const EngineConfig& cfg = *ctx.config;
   // Run-specific paths stand for what they hold (cache.h).
   workflows::TemplateContext key_tc = tc;
@@ -669,19 +824,21 @@ Json CacheLookup(const State& state, const Run& run, const Step& step,
   auto env = RenderEnv(step, key_tc);
   if (!argv.ok() || !env.ok()) return Json{{"miss", "command does not render"}};
   Json inputs = Json::object();
-  for (const auto& t : step.inputs) {
-    auto path = workflows::RenderTemplate(t, tc);
-    if (!path.ok()) return Json{{"miss", "input " + t + ": " + path.status().message()}};
-    if (!ctx.files) return Json{{"miss", "no file access to digest input " + *path}};
-    auto sha = ctx.files->Sha256(*path);
+  for (const auto& in : declared) {
+    if (!ctx.files) return Json{{"miss", "no file access to digest input " + in.path}};
+    auto sha = ctx.files->Sha256(in.root, in.path);
+    if (!sha.ok() && IsHashPending(sha.status())) {
+      *pending = true;
+      return Json();
+    }
     if (!sha.ok()) return Json{{"miss", "input " + sha.status().message()}};
-    inputs[*path] = *sha;
+    inputs[in.path] = *sha;
   }
-  std::string key = CacheKeyOf(
-      CacheKeyBasis(*argv, *env, step.resources.gpus, step.workers, step.outputs, inputs));
+  std::string key = CacheKeyOf(CacheKeyBasis(run.tenant, *argv, *env, step.resources.gpus,
+                                             step.workers, step.outputs, inputs));
   Json out{{"key", key}, {"inputs", inputs}};
   auto it = state.cache.find(key);
-  if (it == state.cache.end()) {
+  if (it == state.cache.end() || it->second.tenant != run.tenant) {
     out["miss"] = "no entry";
     return out;
   }
@@ -707,9 +864,16 @@ Json CacheLookup(const State& state, const Run& run, const Step& step,
   return out;
 }
 
+std::string DirOf(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos || slash == 0 ? "/" : path.substr(0, slash);
+}
+
 // Queues the next attempt of a step: renders its command now, so the event
 // records exactly what will run. A cached step whose key has a usable entry
-// succeeds at once instead (JobCacheHit).
+// succeeds at once instead (JobCacheHit). Emits nothing while a declared input is
+// still being hashed: the engine advances the run again once it is (the step stays
+// ready, a retry stays due).
 void QueueAttempt(const State& state, const Run& run, const Step& step, int attempt,
                   const DecideContext& ctx, std::vector<Event>* out, int trial = -1) {
   const EngineConfig& cfg = *ctx.config;
@@ -734,10 +898,37 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
                             Json{{"step", step.name}, {"reason", "template: " + st.message()}}));
     return;
   }
+  // Declared inputs, each confined to what the run's tenant may read.
+  std::vector<Input> declared;
+  for (const auto& t : step.inputs) {
+    auto path = workflows::RenderTemplate(t, tc);
+    Result<std::string> root =
+        path.ok() ? InputRoot(state, cfg, run.tenant, *path) : Result<std::string>(path.status());
+    if (!root.ok()) {
+      out->push_back(RunEvent(run, ev::kRunFailed,
+                              Json{{"step", step.name},
+                                   {"reason", "input_not_allowed: " + root.status().message()}}));
+      return;
+    }
+    declared.push_back(Input{*path, *root});
+  }
+  // What the step sees of the data dir beyond its run's workspace, read-only: the
+  // upstream outputs it names (their folders) and its declared inputs.
+  Json mounts = Json::array();
+  std::set<std::string> mounted;
+  auto mount = [&](const std::string& path) {
+    auto p = NormalizePath(path);
+    if (!p.ok() || !IsBeneath(*p, cfg.data_dir) || !mounted.insert(*p).second) return;
+    mounts.push_back(Json{{"path", *p}, {"read_only", true}});
+  };
+  for (const auto& u : UpstreamInputs(run, step, cfg)) mount(DirOf(u.value("path", "")));
+  for (const auto& in : declared) mount(in.path);
   Json cache;
   if (step.cache) {
     const CacheEntry* hit = nullptr;
-    cache = CacheLookup(state, run, step, tc, ctx, &hit);
+    bool pending = false;
+    cache = CacheLookup(state, run, step, tc, declared, ctx, &hit, &pending);
+    if (pending) return;
     if (hit) {
       out->push_back(RunEvent(run, ev::kJobCacheHit,
                               Json{{"step", step.name},
@@ -768,6 +959,7 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
             {"env", *env},
             {"timeout_ms", step.timeout ? step.timeout->count() / 1000 : 0}};
   if (step.workers > 1) data["workers"] = step.workers;
+  if (!mounts.empty()) data["mounts"] = std::move(mounts);
   if (!cache.is_null()) data["cache"] = std::move(cache);
   if (trial >= 0) {
     data["trial"] = trial;
@@ -844,9 +1036,10 @@ std::string OutputsDigest(const Json& outputs) {
 }
 
 // The version a step's outputs get: the existing one with the same digest, else the next.
+// `key` is ArtifactKey(tenant, name).
 int ArtifactVersionFor(const std::map<std::string, std::vector<ArtifactVersion>>& all,
-                       const std::string& name, const std::string& digest) {
-  auto it = all.find(name);
+                       const std::string& key, const std::string& digest) {
+  auto it = all.find(key);
   if (it == all.end()) return 1;
   for (const auto& v : it->second) {
     if (v.digest == digest) return v.version;
@@ -867,7 +1060,9 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
     std::string digest = OutputsDigest(s.outputs);
     out->push_back(RunEvent(run, ev::kDatasetVersionRegistered,
                             Json{{"name", step.dataset},
-                                 {"version", ArtifactVersionFor(state.datasets, step.dataset, digest)},
+                                 {"version", ArtifactVersionFor(state.datasets,
+                                                                ArtifactKey(run.tenant, step.dataset),
+                                                                digest)},
                                  {"digest", digest},
                                  {"step", step.name},
                                  {"attempt", s.Result()->number},
@@ -893,7 +1088,9 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
     }
     out->push_back(RunEvent(run, ev::kModelVersionRegistered,
                             Json{{"name", step.model},
-                                 {"version", ArtifactVersionFor(state.models, step.model, digest)},
+                                 {"version", ArtifactVersionFor(state.models,
+                                                                ArtifactKey(run.tenant, step.model),
+                                                                digest)},
                                  {"digest", digest},
                                  {"step", step.name},
                                  {"attempt", s.Result()->number},
@@ -995,6 +1192,11 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
     }
     if (step.sweep && (s.phase == StepPhase::kQueued || s.phase == StepPhase::kRunning)) {
       SweepProgress(state, run, step, s, ctx, &out);
+      continue;
+    }
+    if (s.phase == StepPhase::kQueued && s.attempts.empty() && !s.retry_at) {
+      // Ready, but its first attempt waited for an input's digest (QueueAttempt).
+      QueueAttempt(state, run, step, s.next_attempt, ctx, &out);
       continue;
     }
     if (s.phase != StepPhase::kPending) continue;
@@ -1308,16 +1510,20 @@ int UnplacedDemand(const State& state, const EngineConfig& cfg) {
   return unplaced;
 }
 
-Event ContainerRequest(const State& state, const EngineConfig& cfg, int nth,
+// A new container, with its credential minted now (only the hash is recorded; see
+// engine/credentials.h).
+Event ContainerRequest(const State& state, const DecideContext& ctx, int nth,
                        const std::string& reason) {
+  const EngineConfig& cfg = *ctx.config;
   std::string id = "c" + std::to_string(state.container_counter + 1 + static_cast<uint64_t>(nth));
-  return Event{ContainerStream(id), std::string(ev::kContainerRequested),
-               Json{{"container", id},
-                    {"backend", cfg.backend},
-                    {"spec", Json{{"cpu_millis", cfg.container_cpu_millis},
-                                  {"memory_bytes", cfg.container_memory_bytes},
-                                  {"gpus", cfg.container_gpus}}},
-                    {"reason", reason}}};
+  Json data{{"container", id},
+            {"backend", cfg.backend},
+            {"spec", Json{{"cpu_millis", cfg.container_cpu_millis},
+                          {"memory_bytes", cfg.container_memory_bytes},
+                          {"gpus", cfg.container_gpus}}},
+            {"reason", reason}};
+  if (ctx.credentials) data["credential_sha256"] = ctx.credentials->Mint(id);
+  return Event{ContainerStream(id), std::string(ev::kContainerRequested), std::move(data)};
 }
 
 }  // namespace
@@ -1449,12 +1655,12 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
                          ctx.now - state.last_scale_up >= cfg.allocation_interval;
   if (unplaced > 0 && live < cfg.max_replicas && interval_passed) {
     int n = std::min(cfg.allocation_unit, cfg.max_replicas - live);
-    for (int i = 0; i < n; ++i) out.push_back(ContainerRequest(state, cfg, requested++, "demand"));
+    for (int i = 0; i < n; ++i) out.push_back(ContainerRequest(state, ctx, requested++, "demand"));
     live += n;
   }
   // Keep sig.minReplicas (this also replaces lost containers below the minimum).
   for (; live < std::min(cfg.min_replicas, cfg.max_replicas); ++live) {
-    out.push_back(ContainerRequest(state, cfg, requested++, "minReplicas"));
+    out.push_back(ContainerRequest(state, ctx, requested++, "minReplicas"));
   }
   // Release containers idle longer than sig.idleTimeout, down to the minimum,
   // only when nothing is waiting.

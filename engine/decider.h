@@ -25,6 +25,7 @@
 #include "common/status.h"
 #include "engine/cache.h"
 #include "engine/commands.h"
+#include "engine/credentials.h"
 #include "engine/events.h"
 #include "engine/state.h"
 
@@ -49,7 +50,26 @@ struct EngineConfig {
   // tenants.<name>.maxGpus: the GPUs one tenant's attempts may hold at once (a gang
   // counts every worker's). Absent: unlimited.
   std::map<std::string, int> tenant_max_gpus;
+  // The OS user (`user` or `user:group`) a tenant's steps run as on the containers
+  // (tenants.<name>.runAs), else default_run_as (executor.runAs). Empty: the agent's
+  // own user.
+  std::map<std::string, std::string> tenant_run_as;
+  std::string default_run_as = "epoch-step";
+  // Roots outside the tenant's own runs from which its steps may declare `inputs`
+  // (tenants.<name>.inputRoots; absolute, normalised).
+  std::map<std::string, std::vector<std::string>> tenant_input_roots;
+  // A declared input larger than this is not hashed: the step's cache misses
+  // (executor.maxInputBytes).
+  uint64_t max_input_bytes = 16ULL << 30;
+  // Each attempt's log is cut at this many bytes, and says so (executor.maxLogBytes;
+  // 0: no cap).
+  int64_t max_log_bytes = 1LL << 30;
+  // A workflow of more steps is refused at registration (api.maxSteps; 0: no limit).
+  size_t max_steps = 10000;
 };
+
+// The OS user `tenant`'s steps run as (see EngineConfig::tenant_run_as).
+std::string RunAsFor(const EngineConfig& config, const std::string& tenant);
 
 struct DecideContext {
   TimePoint now;
@@ -57,12 +77,19 @@ struct DecideContext {
   // Reads declared cache `inputs` and checks that cached outputs still exist; null:
   // a cached step with inputs is a miss ("no file access"), outputs are trusted.
   FileAccess* files = nullptr;
+  // Mints each requested container's credential (credentials.h); null: containers
+  // are requested without one (tests of the core), and no agent can authenticate.
+  CredentialMint* credentials = nullptr;
 };
 
 struct Decision {
   std::vector<Event> events;
   CommandResult result;
 };
+
+// The same Idempotency-Key with a different request: kInvalidArgument whose first
+// detail is this code (the API answers 422 idempotency_key_reused).
+inline constexpr std::string_view kIdempotencyKeyReused = "idempotency_key_reused";
 
 // Errors: kInvalidArgument (bad definition/params; details list each problem),
 // kNotFound (unknown run/workflow/container), kConflict (wrong state),

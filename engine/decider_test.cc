@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "engine/decider.h"
 #include "engine/engine.h"
@@ -227,7 +228,9 @@ TEST_F(DeciderTest, ADeclaredOutputThatWasNotWrittenFailsTheAttempt) {
 // Files as the cache sees them, without a disk.
 class FakeFiles : public FileAccess {
  public:
-  Result<std::string> Sha256(const std::string& path) override {
+  Result<std::string> Sha256(const std::string& root, const std::string& path) override {
+    roots[path] = root;
+    if (pending.count(path)) return Unavailable(std::string(kHashPending));
     auto it = sha.find(path);
     if (it == sha.end()) return NotFound(path + ": No such file or directory");
     ++hashed;
@@ -240,6 +243,8 @@ class FakeFiles : public FileAccess {
   }
   std::map<std::string, std::string> sha;
   std::map<std::string, uint64_t> size;
+  std::set<std::string> pending;              // being hashed: Sha256 says so
+  std::map<std::string, std::string> roots;  // path -> the root it was opened beneath
   int hashed = 0;
 };
 
@@ -258,6 +263,8 @@ class CacheTest : public DeciderTest {
   CacheTest() {
     files_ = &fake_;
     fake_.sha["/data/raw.csv"] = "raw-v1";
+    // An admin lets the default tenant's steps declare inputs under /data.
+    cfg_.tenant_input_roots["default"] = {"/data"};
   }
   // The attempt succeeds, writing `out` of `size` bytes with digest `sha`.
   std::vector<RecordedEvent> Succeed(const std::string& attempt, const std::string& out,
@@ -330,7 +337,7 @@ TEST_F(CacheTest, TheSameWorkHitsAndDownstreamReadsTheSourceOutputs) {
   ASSERT_NE(tq, nullptr);
   EXPECT_EQ(tq->data["argv"][1], "/data/runs/" + r1 + "/prep/1/outputs/shard");
   // The same data set version: the digest of the same outputs.
-  EXPECT_EQ(state_.datasets.at("ds").size(), 1u);
+  EXPECT_EQ(state_.datasets.at("default/ds").size(), 1u);
   EXPECT_EQ(R(r2).datasets.at("prep"), std::make_pair(std::string("ds"), 1));
 }
 
@@ -368,7 +375,7 @@ TEST_F(CacheTest, ChangedParamMissesTrainButHitsPrepAndChangedInputMissesBoth) {
                               {"step", "train"},
                               {"name", "model"}}}));
   EXPECT_EQ(UpstreamInputs(R(r2), *R(r2).def->FindStep("prep"), cfg_), Json::array());
-  EXPECT_EQ(state_.models.at("m2").size(), 1u);  // the same model version
+  EXPECT_EQ(state_.models.at("default/m2").size(), 1u);  // the same model version
   EXPECT_EQ(R(r2).models.at("train").second, 1);
 
   // A changed param: prep hits, train misses.
@@ -565,9 +572,9 @@ TEST_F(SweepTest, GridOfFourTrialsTwoAtATimeBestWinsAndAFailedTrialIsTolerated) 
   EXPECT_EQ(R(run).steps[1].attempts[0].argv,
             Json::array({"infer", "0.1", "/data/runs/" + run + "/train/3/outputs/model", "0.91"}));
   // The model version is the best trial's, with its params.
-  ASSERT_EQ(state_.models.at("swept").size(), 1u);
-  EXPECT_EQ(state_.models.at("swept")[0].attempt, 3);
-  EXPECT_EQ(state_.models.at("swept")[0].params,
+  ASSERT_EQ(state_.models.at("default/swept").size(), 1u);
+  EXPECT_EQ(state_.models.at("default/swept")[0].attempt, 3);
+  EXPECT_EQ(state_.models.at("default/swept")[0].params,
             (Json{{"epochs", 3}, {"hidden", 16}, {"lr", 0.1}}));
 
   // Mid-sweep and finished states survive a snapshot and a replay.
@@ -661,9 +668,9 @@ TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation
   t = succeed(r1 + "/validate/1", Json::array(), Json{{"accuracy", 0.9}});
   EXPECT_EQ(std::count(t.begin(), t.end(), "ModelVersionValidated"), 1);
   EXPECT_EQ(t.back(), "RunSucceeded");
-  ASSERT_EQ(state_.datasets["fmnist"].size(), 1u);
-  ASSERT_EQ(state_.models["mlp"].size(), 1u);
-  const ArtifactVersion& m1 = state_.models["mlp"][0];
+  ASSERT_EQ(state_.datasets["default/fmnist"].size(), 1u);
+  ASSERT_EQ(state_.models["default/mlp"].size(), 1u);
+  const ArtifactVersion& m1 = state_.models["default/mlp"][0];
   EXPECT_EQ(m1.run, r1);
   EXPECT_EQ(m1.step, "train");
   EXPECT_EQ(m1.params["lr"], 0.1);
@@ -680,10 +687,10 @@ TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation
   succeed(r2 + "/train/1",
           Json::array({Json{{"name", "model.bin"}, {"size", 20}, {"sha256", "cc"}}}));
   succeed(r2 + "/validate/1", Json::array(), Json{{"accuracy", 0.8}});
-  EXPECT_EQ(state_.datasets["fmnist"].size(), 1u);
-  ASSERT_EQ(state_.models["mlp"].size(), 2u);
-  EXPECT_EQ(state_.models["mlp"][1].params["lr"], 0.01);
-  EXPECT_EQ(state_.models["mlp"][1].metrics["accuracy"], 0.8);
+  EXPECT_EQ(state_.datasets["default/fmnist"].size(), 1u);
+  ASSERT_EQ(state_.models["default/mlp"].size(), 2u);
+  EXPECT_EQ(state_.models["default/mlp"][1].params["lr"], 0.01);
+  EXPECT_EQ(state_.models["default/mlp"][1].metrics["accuracy"], 0.8);
   EXPECT_EQ(R(r2).datasets.at("prep"), std::make_pair(std::string("fmnist"), 1));
   EXPECT_EQ(R(r2).models.at("train"), std::make_pair(std::string("mlp"), 2));
 
@@ -693,7 +700,7 @@ TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation
   EXPECT_EQ(EncodeSnapshot(replayed), EncodeSnapshot(state_));
   auto decoded = DecodeSnapshot(EncodeSnapshot(state_));
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
-  EXPECT_EQ(decoded->models["mlp"][1].metrics["accuracy"], 0.8);
+  EXPECT_EQ(decoded->models["default/mlp"][1].metrics["accuracy"], 0.8);
   EXPECT_EQ(decoded->FindRun(r2)->models.at("train").second, 2);
   EXPECT_EQ(decoded->FindRun(r1)->validated.count("validate"), 1u);
 }
@@ -1563,6 +1570,320 @@ TEST_F(QuotaTest, UnlimitedTenantsAndQuotasAboveThePoolShareAlike) {
   EXPECT_EQ(Held("ml"), 2);
   EXPECT_EQ(Held("default"), 2);
   for (const auto& r : ml) EXPECT_TRUE(Reason(r).is_null()) << r;
+}
+
+// ---- Tenant isolation (issue 12) -------------------------------------------------
+
+// A fixture whose runs can belong to different tenants, with two containers.
+class TenantTest : public CacheTest {
+ protected:
+  std::string SubmitAs(const std::string& tenant, const std::string& def_text,
+                       Json params = Json::object(), Status* status = nullptr) {
+    Json def = *ParseJson(def_text);
+    Status st;
+    Do(RegisterWorkflow{def, "u@" + tenant, tenant}, &st);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    SubmitRun s;
+    s.run_id = "r" + std::to_string(++runs_);
+    s.workflow = def["name"];
+    s.params = params;
+    s.tenant = tenant;
+    s.submitter = "u@" + tenant;
+    Do(s, &st);
+    if (status) *status = st;
+    return s.run_id;
+  }
+};
+
+TEST_F(TenantTest, AReportForAnotherContainersAttemptIsRefusedAndWritesNothing) {
+  cfg_.max_replicas = 2;
+  cfg_.min_replicas = 2;
+  DoTick();  // c1, c2
+  for (const char* id : {"c1", "c2"}) {
+    RegisterContainer reg;
+    reg.container = id;
+    reg.cpu_millis = 4000;
+    reg.memory_bytes = 8LL << 30;
+    Do(reg);
+  }
+  std::string run = Submit();
+  const Attempt& prep = R(run).steps[0].attempts[0];
+  ASSERT_FALSE(prep.container.empty());
+  std::string other = prep.container == "c1" ? "c2" : "c1";
+  uint64_t head = state_.head;
+  // The other container forges a success for it: refused, nothing recorded.
+  PollContainer forged;
+  forged.container = other;
+  forged.reports = Json::array({Json{{"attempt_id", run + "/prep/1"}, {"state", "succeeded"},
+                                     {"exit_code", 0}, {"metrics", Json{{"accuracy", 0.999}}}}});
+  Status st;
+  auto evs = Do(forged, &st);
+  EXPECT_EQ(st.code(), StatusCode::kPermissionDenied) << st.ToString();
+  EXPECT_NE(st.message().find("not assigned to it"), std::string::npos) << st.message();
+  EXPECT_EQ(state_.head, head);
+  EXPECT_TRUE(evs.empty());
+  EXPECT_EQ(R(run).steps[0].attempts[0].phase, AttemptPhase::kAssigned);
+  // An attempt that does not exist is not the container's either.
+  forged.reports[0]["attempt_id"] = run + "/prep/7";
+  Do(forged, &st);
+  EXPECT_EQ(st.code(), StatusCode::kPermissionDenied);
+  // Its own container's report goes through.
+  forged.container = prep.container;
+  forged.reports[0]["attempt_id"] = run + "/prep/1";
+  Do(forged, &st);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(R(run).steps[0].phase, StepPhase::kSucceeded);
+}
+
+TEST_F(TenantTest, ContainerRequestsCarryOnlyTheHashOfAMintedCredential) {
+  ContainerCredentials mint;
+  Processor p(&state_, DecideContext{now_, &cfg_, files_, &mint}, 1);
+  p.Record(OnTick(state_, Tick{}, DecideContext{now_, &cfg_, files_, &mint}));
+  ASSERT_EQ(p.recorded().size(), 1u);
+  const RecordedEvent& req = p.recorded()[0];
+  ASSERT_EQ(req.type, "ContainerRequested");
+  std::string hash = req.data.value("credential_sha256", "");
+  ASSERT_EQ(hash.size(), 64u);
+  EXPECT_EQ(state_.containers.at("c1").credential_sha256, hash);
+  auto secret = mint.Take("c1");
+  ASSERT_TRUE(secret.has_value());
+  EXPECT_TRUE(secret->starts_with(kContainerCredentialPrefix));
+  EXPECT_EQ(req.data.dump().find(*secret), std::string::npos) << "the secret is in the event";
+  EXPECT_TRUE(CredentialMatches(*secret, hash));
+  EXPECT_FALSE(CredentialMatches(*secret + "x", hash));
+  EXPECT_FALSE(CredentialMatches("", hash));
+  EXPECT_FALSE(CredentialMatches(*secret, ""));
+  EXPECT_FALSE(mint.Take("c1").has_value()) << "taken once";
+}
+
+TEST_F(TenantTest, CacheEntriesAreNeverSharedBetweenTenants) {
+  StartContainer();
+  cfg_.tenant_input_roots["a"] = {"/data"};
+  cfg_.tenant_input_roots["b"] = {"/data"};
+  // Tenant a's run fills the cache.
+  std::string a1 = SubmitAs("a", kCachedNoRunId);
+  Succeed(a1 + "/prep/1", "shard", 10, "shard-v1");
+  ASSERT_EQ(state_.cache.size(), 1u);
+  EXPECT_EQ(state_.cache.begin()->second.tenant, "a");
+  std::string a_key = state_.cache.begin()->first;
+  // Tenant b runs the very same work (its own workflow of the same steps): a miss.
+  std::string def_b = kCachedNoRunId;
+  def_b.replace(def_b.find("cached2"), 7, "cached3");
+  std::string b1 = SubmitAs("b", def_b);
+  const RecordedEvent* q = Find(b1, "prep", "JobQueued");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->data["cache"]["miss"], "no entry");
+  EXPECT_NE(q->data["cache"]["key"], a_key);
+  EXPECT_EQ(Find(b1, "prep", "JobCacheHit"), nullptr);
+  // Tenant a's second run hits its own entry.
+  std::string a2 = SubmitAs("a", kCachedNoRunId);
+  ASSERT_NE(Find(a2, "prep", "JobCacheHit"), nullptr);
+  // b cannot forget a's entry (it does not exist for b); a admin can.
+  InvalidateCache inv{a_key, "", "", "u@b"};
+  inv.tenant = "b";
+  Status st;
+  Do(inv, &st);
+  EXPECT_EQ(st.code(), StatusCode::kNotFound);
+  EXPECT_EQ(state_.cache.count(a_key), 1u);
+  inv.any_tenant = true;
+  Do(inv, &st);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(state_.cache.count(a_key), 0u);
+}
+
+TEST_F(TenantTest, TheSameModelNameInTwoTenantsIsTwoModels) {
+  StartContainer();
+  const char* def = R"({"name":"NAME","steps":[
+      {"name":"train","kind":"train","command":["t"],"model":{"name":"mlp"}},
+      {"name":"validate","kind":"validate","after":["train"],"command":["v"]}]})";
+  auto run_as = [&](const std::string& tenant, const std::string& sha, double accuracy) {
+    std::string text = def;
+    text.replace(text.find("NAME"), 4, "wf-" + tenant);
+    std::string run = SubmitAs(tenant, text);
+    PollContainer p;
+    p.container = "c1";
+    p.reports = Json::array({Json{{"attempt_id", run + "/train/1"}, {"state", "succeeded"},
+                                  {"exit_code", 0},
+                                  {"outputs", Json::array({Json{{"name", "model.bin"},
+                                                                {"size", 5}, {"sha256", sha}}})}}});
+    Do(p);
+    p.reports = Json::array({Json{{"attempt_id", run + "/validate/1"}, {"state", "succeeded"},
+                                  {"exit_code", 0}, {"metrics", Json{{"accuracy", accuracy}}}}});
+    Do(p);
+    EXPECT_EQ(R(run).phase, RunPhase::kSucceeded);
+    return run;
+  };
+  // The same bytes in both tenants: still two models, each at version 1.
+  std::string ra = run_as("a", "same", 0.7);
+  std::string rb = run_as("b", "same", 0.999);
+  ASSERT_EQ(state_.models.at("a/mlp").size(), 1u);
+  ASSERT_EQ(state_.models.at("b/mlp").size(), 1u);
+  EXPECT_EQ(state_.models.at("a/mlp")[0].run, ra);
+  EXPECT_EQ(state_.models.at("b/mlp")[0].run, rb);
+  // b's validation attached only to b's model.
+  EXPECT_EQ(state_.models.at("a/mlp")[0].metrics["accuracy"], 0.7);
+  EXPECT_EQ(state_.models.at("b/mlp")[0].metrics["accuracy"], 0.999);
+  EXPECT_EQ(state_.models.at("a/mlp")[0].validated_by.size(), 1u);
+  EXPECT_EQ(SplitArtifactKey("b/mlp"), std::make_pair(std::string("b"), std::string("mlp")));
+}
+
+TEST_F(TenantTest, ModelVersionsNumberedWhenNamesWereGlobalReplayPerTenant) {
+  // A history written before names were per tenant: tenant b's first version of
+  // "mlp" was numbered 2, after a's. Replayed, it is b's version 1, and its
+  // validation attaches to it.
+  auto ev = [&](const std::string& stream, const std::string& type, Json data) {
+    RecordedEvent e;
+    e.position = state_.head + 1;
+    e.stream = stream;
+    e.type = type;
+    e.data = std::move(data);
+    e.time = now_;
+    Evolve(state_, e);
+  };
+  Json def = *ParseJson(R"({"name":"w","steps":[{"name":"train","kind":"train","command":["t"]}]})");
+  ev("workflow-w", "WorkflowRegistered", Json{{"name", "w"}, {"version", 1}, {"definition", def}});
+  for (const char* t : {"a", "b"}) {
+    std::string run = std::string("old-") + t;
+    ev("run-" + run, "RunSubmitted",
+       Json{{"run", run}, {"workflow", "w"}, {"version", 1}, {"tenant", t}});
+  }
+  ev("run-old-a", "ModelVersionRegistered",
+     Json{{"name", "mlp"}, {"version", 1}, {"digest", "d1"}, {"step", "train"}, {"attempt", 1}});
+  ev("run-old-b", "ModelVersionRegistered",
+     Json{{"name", "mlp"}, {"version", 2}, {"digest", "d2"}, {"step", "train"}, {"attempt", 1}});
+  ev("run-old-b", "ModelVersionValidated",
+     Json{{"name", "mlp"}, {"version", 2}, {"step", "v"}, {"metrics", Json{{"acc", 0.5}}}});
+  ASSERT_EQ(state_.models.at("b/mlp").size(), 1u);
+  EXPECT_EQ(state_.models.at("b/mlp")[0].digest, "d2");
+  EXPECT_EQ(state_.models.at("b/mlp")[0].metrics["acc"], 0.5);
+  EXPECT_EQ(state_.FindRun("old-b")->models.at("train").second, 1);
+  EXPECT_TRUE(state_.models.at("a/mlp")[0].metrics.empty());
+}
+
+constexpr const char* kInputs = R"({"name":"ins","params":{"path":"/data/raw.csv"},"steps":[
+    {"name":"prep","command":["p","{{params.path}}"],"inputs":["{{params.path}}"],
+     "outputs":["out"],"cache":true},
+    {"name":"use","after":["prep"],"command":["u","{{steps.prep.outputs.out}}"],
+     "inputs":["{{steps.prep.outputs.out}}"],"cache":true}]})";
+
+TEST_F(TenantTest, InputsOutsideWhatTheTenantMayReadAreRefusedAtSubmission) {
+  StartContainer();
+  Status st;
+  // Outside the data dir's runs and every allowed root.
+  SubmitAs("a", kInputs, Json{{"path", "/etc/shadow"}}, &st);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+  ASSERT_FALSE(st.details().empty());
+  EXPECT_NE(st.details()[0].find("steps.prep.inputs[0]"), std::string::npos) << st.details()[0];
+  EXPECT_NE(st.details()[0].find("/etc/shadow"), std::string::npos);
+  // Climbing out of an allowed root by "..".
+  cfg_.tenant_input_roots["a"] = {"/data"};
+  SubmitAs("a", kInputs, Json{{"path", "/data/../etc/shadow"}}, &st);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  // Another tenant's run.
+  fake_.sha["/data/raw.csv"] = "raw";
+  std::string b1 = SubmitAs("b", R"({"name":"bw","steps":[{"name":"s","command":["s"],
+      "outputs":["secret"]}]})");
+  Succeed(b1 + "/s/1", "secret", 3, "s3");
+  std::string secret = OutputsDir(cfg_, b1, "s", 1) + "/secret";
+  fake_.sha[secret] = "s3";
+  SubmitAs("a", kInputs, Json{{"path", secret}}, &st);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("outside what tenant 'a' may read"), std::string::npos)
+      << st.message();
+  EXPECT_EQ(state_.runs.size(), 1u);  // b's only
+  // Its own run's outputs, and an allowed root: accepted, and each opened beneath its root.
+  std::string a1 = SubmitAs("a", kInputs, Json{{"path", "/data/raw.csv"}}, &st);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(fake_.roots["/data/raw.csv"], "/data");
+  Succeed(a1 + "/prep/1", "out", 1, "o1");
+  std::string out = OutputsDir(cfg_, a1, "prep", 1) + "/out";
+  EXPECT_EQ(fake_.roots[out], WorkspaceDir(cfg_, a1));
+  // The step reads them through read-only mounts.
+  const RecordedEvent* q = Find(a1, "use", "JobQueued");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->data["mounts"],
+            Json::array({Json{{"path", OutputsDir(cfg_, a1, "prep", 1)}, {"read_only", true}},
+                         Json{{"path", out}, {"read_only", true}}}));
+}
+
+TEST_F(TenantTest, AStepWaitsForItsInputsDigestInsteadOfBlocking) {
+  StartContainer();
+  cfg_.tenant_input_roots["default"] = {"/data"};
+  fake_.pending.insert("/data/raw.csv");
+  std::string run = Submit(kCachedNoRunId);
+  // Ready, but nothing queued while the digest is being computed.
+  EXPECT_EQ(R(run).steps[0].phase, StepPhase::kQueued);
+  EXPECT_TRUE(R(run).steps[0].attempts.empty());
+  EXPECT_EQ(Find(run, "prep", "JobQueued"), nullptr);
+  // Nothing changes until the engine says a digest is known.
+  DoTick();
+  EXPECT_TRUE(R(run).steps[0].attempts.empty());
+  fake_.pending.clear();
+  Processor p(&state_, DecideContext{now_, &cfg_, files_}, 1);
+  p.Touch(run);
+  p.Settle();
+  all_.insert(all_.end(), p.recorded().begin(), p.recorded().end());
+  const RecordedEvent* q = Find(run, "prep", "JobQueued");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->data["cache"]["inputs"]["/data/raw.csv"], "raw-v1");
+  ASSERT_EQ(R(run).steps[0].attempts.size(), 1u);
+}
+
+TEST_F(TenantTest, TheSameIdempotencyKeyWithAnotherRequestIsRefused) {
+  Status st;
+  Do(RegisterWorkflow{*ParseJson(kLifecycle)}, &st);
+  SubmitRun s;
+  s.run_id = "k1";
+  s.workflow = "life";
+  s.idempotency_key = "key";
+  s.request_digest = "digest-1";
+  Do(s, &st);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  // The same request again: the first result.
+  s.run_id = "k2";
+  Do(s, &st);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(last_.id, "k1");
+  EXPECT_FALSE(last_.created);
+  // Another request with the key: refused, nothing written.
+  uint64_t head = state_.head;
+  s.request_digest = "digest-2";
+  Do(s, &st);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  ASSERT_FALSE(st.details().empty());
+  EXPECT_EQ(st.details()[0], kIdempotencyKeyReused);
+  EXPECT_EQ(state_.head, head);
+  // Workflows too.
+  Json def = *ParseJson(kLifecycle);
+  def["name"] = "keyed";
+  RegisterWorkflow w{def, "me", "default", "wkey"};
+  w.request_digest = "w1";
+  Do(w, &st);
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ(state_.workflows.at("keyed").size(), 1u);
+  def["params"]["threshold"] = 0.9;
+  RegisterWorkflow w2{def, "me", "default", "wkey"};
+  w2.request_digest = "w2";
+  Do(w2, &st);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.details().at(0), kIdempotencyKeyReused);
+  EXPECT_EQ(state_.workflows.at("keyed").size(), 1u);
+}
+
+TEST_F(TenantTest, AWorkflowOfMoreStepsThanApiMaxStepsIsRefusedUnparsed) {
+  cfg_.max_steps = 3;
+  Json def{{"name", "wide"}, {"steps", Json::array()}};
+  for (int i = 0; i < 4; ++i) {
+    def["steps"].push_back(Json{{"name", "s" + std::to_string(i)}, {"command", {"x"}}});
+  }
+  Status st;
+  Do(RegisterWorkflow{def}, &st);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  ASSERT_EQ(st.details().size(), 1u);
+  EXPECT_EQ(st.details()[0], "steps: has 4 steps, more than api.maxSteps (3)");
+  def["steps"].erase(3);
+  Do(RegisterWorkflow{def}, &st);
+  EXPECT_TRUE(st.ok()) << st.ToString();
 }
 
 }  // namespace

@@ -30,7 +30,11 @@ RecordedEvent FromEnvelope(const storage::Envelope& env) {
 
 Engine::Engine(EngineOptions options, storage::EventStore* store, ContainerBackend* backend,
                const Clock* clock)
-    : options_(std::move(options)), store_(store), backend_(backend), clock_(clock) {}
+    : options_(std::move(options)),
+      store_(store),
+      backend_(backend),
+      clock_(clock),
+      files_(options_.config.max_input_bytes, [this] { inputs_hashed_ = true; }) {}
 
 Engine::~Engine() { Stop(); }
 
@@ -566,7 +570,7 @@ void Engine::WriterLoop() {
       }
     }
     TimePoint now = clock_->Now();
-    Processor proc(&working_, DecideContext{now, &cfg, &files_}, epoch_);
+    Processor proc(&working_, DecideContext{now, &cfg, &files_, &credentials_}, epoch_);
     std::vector<std::optional<Result<CommandResult>>> results(group.size());
     for (size_t i = 0; i < group.size(); ++i) {
       stats_.commands++;
@@ -574,13 +578,20 @@ void Engine::WriterLoop() {
       if (!results[i]->ok()) stats_.rejected++;
     }
     if (now >= next_tick) {
+      // An input's digest became known: the runs waiting for one may go on.
+      if (inputs_hashed_.exchange(false)) {
+        for (const auto& [id, r] : working_.runs) {
+          if (!IsTerminal(r.phase)) proc.Touch(id);
+        }
+      }
       Tick tick;
       if (options_.start_pool) tick.expired = ExpiredLeases(now);
       {
         std::lock_guard<std::mutex> lock(watch_mu_);
         tick.queued = queued_seen_;
       }
-      std::vector<Event> tick_events = OnTick(working_, tick, DecideContext{now, &cfg, &files_});
+      std::vector<Event> tick_events =
+          OnTick(working_, tick, DecideContext{now, &cfg, &files_, &credentials_});
       if (!options_.start_pool) {
         std::erase_if(tick_events, [](const Event& e) { return e.type == ev::kContainerRequested; });
       }
@@ -693,6 +704,15 @@ void Engine::WriterLoop() {
           spec.master_url = options_.advertise_url;
           spec.data_dir = cfg.data_dir;
           spec.env = options_.agent_env;
+          std::optional<std::string> secret = credentials_.Take(spec.id);
+          if (!secret) {
+            // Decided with no mint (a test of the core): the agent could never
+            // authenticate, so it is not started.
+            spdlog::error("container {} has no credential minted by this master; not launched",
+                          spec.id);
+            continue;
+          }
+          spec.credential = std::move(*secret);
           PostReactor([this, spec] {
             auto h = backend_->Launch(spec);
             ContainerLaunchResult lr;
@@ -804,6 +824,58 @@ void Engine::WaitForChange(uint64_t seen, Micros timeout) const {
   change_cv_.wait_for(lock, timeout, [&] { return generation_.load() != seen || !started_; });
 }
 
+namespace {
+
+// One assignment of the container protocol (DESIGN.md; executors/agent/agent.h): what
+// to run, where, as whom, with which GPUs, and what of the data dir it may read.
+Json AssignmentJson(const EngineConfig& cfg, const Run& run, const Attempt& a,
+                    const std::string& id, const std::string& step, int n, const Json& env,
+                    const std::string& outputs_dir, const std::string& log_path,
+                    const Json& gpus) {
+  Json inputs = Json::array();
+  if (run.def) {
+    if (const workflows::Step* def = run.def->FindStep(step)) {
+      inputs = UpstreamInputs(run, *def, cfg);
+    }
+  }
+  return Json{{"attempt_id", id},
+              {"inputs", std::move(inputs)},
+              {"run", run.id},
+              {"step", step},
+              {"attempt", n},
+              {"tenant", run.tenant},
+              {"run_as", RunAsFor(cfg, run.tenant)},
+              {"mounts", a.mounts},
+              {"max_log_bytes", cfg.max_log_bytes},
+              {"argv", a.argv},
+              {"env", env},
+              {"workspace", WorkspaceDir(cfg, run.id)},
+              {"outputs_dir", outputs_dir},
+              {"log_path", log_path},
+              {"timeout_ms", a.timeout_ms},
+              {"gpus", gpus}};
+}
+
+}  // namespace
+
+Status Engine::AuthenticateContainer(const std::string& container,
+                                     std::string_view credential) const {
+  bool ok = Read([&](const State& s) {
+    auto it = s.containers.find(container);
+    if (it == s.containers.end()) return false;
+    const Container& c = it->second;
+    if (c.phase != ContainerPhase::kRequested && c.phase != ContainerPhase::kRegistered) {
+      return false;
+    }
+    return CredentialMatches(credential, c.credential_sha256);
+  });
+  if (!ok) {
+    return Unauthenticated("container '" + container +
+                           "': no valid credential for a live container of this name");
+  }
+  return Status::Ok();
+}
+
 DispatchView Engine::DispatchFor(const std::string& container,
                                  const std::vector<std::string>& running,
                                  const std::vector<std::string>& reported) const {
@@ -840,24 +912,8 @@ DispatchView Engine::DispatchFor(const std::string& container,
         outputs += "-" + std::to_string(rank);
         log = log.substr(0, log.size() - 4) + "." + std::to_string(rank) + ".log";
       }
-      Json inputs = Json::array();
-      if (run->def) {
-        if (const workflows::Step* def = run->def->FindStep(step)) {
-          inputs = UpstreamInputs(*run, *def, cfg);
-        }
-      }
-      view.assignments.push_back(Json{{"attempt_id", id},
-                                      {"inputs", std::move(inputs)},
-                                      {"run", run_id},
-                                      {"step", step},
-                                      {"attempt", n},
-                                      {"argv", ga->argv},
-                                      {"env", env},
-                                      {"workspace", WorkspaceDir(cfg, run_id)},
-                                      {"outputs_dir", outputs},
-                                      {"log_path", log},
-                                      {"timeout_ms", ga->timeout_ms},
-                                      {"gpus", w->gpus}});
+      view.assignments.push_back(
+          AssignmentJson(cfg, *run, *ga, id, step, n, env, outputs, log, w->gpus));
       continue;
     }
     const Attempt* a = s.FindAttempt(id);
@@ -865,24 +921,11 @@ DispatchView Engine::DispatchFor(const std::string& container,
     std::string run_id, step;
     int n;
     ParseAttemptId(id, &run_id, &step, &n);
-    Json inputs = Json::array();
-    if (const Run* run = s.FindRun(run_id); run && run->def) {
-      if (const workflows::Step* def = run->def->FindStep(step)) {
-        inputs = UpstreamInputs(*run, *def, cfg);
-      }
-    }
-    view.assignments.push_back(Json{{"attempt_id", id},
-                                    {"inputs", std::move(inputs)},
-                                    {"run", run_id},
-                                    {"step", step},
-                                    {"attempt", n},
-                                    {"argv", a->argv},
-                                    {"env", a->env},
-                                    {"workspace", WorkspaceDir(cfg, run_id)},
-                                    {"outputs_dir", OutputsDir(cfg, run_id, step, n)},
-                                    {"log_path", LogPath(cfg, run_id, step, n)},
-                                    {"timeout_ms", a->timeout_ms},
-                                    {"gpus", a->gpus}});
+    const Run* run = s.FindRun(run_id);
+    if (!run) continue;
+    view.assignments.push_back(AssignmentJson(cfg, *run, *a, id, step, n, a->env,
+                                              OutputsDir(cfg, run_id, step, n),
+                                              LogPath(cfg, run_id, step, n), a->gpus));
   }
   for (const auto& id : running) {
     if (rep_set.count(id)) continue;

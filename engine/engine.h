@@ -205,6 +205,12 @@ class Engine {
   // Waits until Generation() != seen or the timeout passes.
   void WaitForChange(uint64_t seen, Micros timeout) const;
 
+  // The container protocol's authentication: OK when `credential` is the secret
+  // minted for `container` (credentials.h) and the container is requested or
+  // registered; kUnauthenticated otherwise (unknown, lost, released, or a wrong or
+  // missing credential: one answer for all, so it tells nothing about which).
+  Status AuthenticateContainer(const std::string& container, std::string_view credential) const;
+
   // Records that a container was heard from (polls and registrations are not
   // events; leases are tracked here and expire through Tick commands).
   void Heartbeat(const std::string& container);
@@ -270,7 +276,11 @@ class Engine {
   std::string applied_hash_;    // hash of the event at published_.head (standby thread)
 
   State working_;  // writer thread only
-  DiskFiles files_;  // what decide may read of the data dir; writer thread only
+  std::atomic<bool> inputs_hashed_{false};  // set by files_' hashing thread (declared first)
+  // What decide may read of files (declared inputs, cached outputs); hashes on a
+  // thread of its own.
+  DiskFiles files_;
+  ContainerCredentials credentials_;  // minted by decide, taken by the pool reactor
   mutable std::shared_mutex published_mu_;
   State published_;
 

@@ -29,6 +29,9 @@ class Processor {
   void Settle();
   // Evolves already-decided events (e.g. from OnTick).
   void Record(std::vector<Event> events);
+  // Makes Settle() advance this run even if nothing was recorded for it (a declared
+  // input's digest became known: FileAccess).
+  void Touch(const std::string& run_id) { touched_.insert(run_id); }
 
   const std::vector<RecordedEvent>& recorded() const { return recorded_; }
   std::vector<RecordedEvent>& recorded() { return recorded_; }

@@ -270,6 +270,8 @@ void WriteAttempt(Writer& w, const Attempt& a) {
   w.Json(a.trial_params);
   w.Json(a.metrics);
   w.Json(a.outputs);
+  w.Json(a.log);
+  w.Json(a.mounts);
 }
 
 void WriteRun(Writer& w, DefTable& defs, const Run& r) {
@@ -280,6 +282,7 @@ void WriteRun(Writer& w, DefTable& defs, const Run& r) {
   w.Varint(defs.Ref(r.def));
   w.Sym(r.tenant);
   w.Sym(r.submitter);
+  w.Str(r.request_digest);
   w.Json(r.params);
   w.Json(r.labels);
   w.Svarint(r.priority);
@@ -331,6 +334,8 @@ void WriteContainer(Writer& w, const Container& c) {
   for (const auto& g : c.busy_gpus) w.Sym(g);
   w.Varint(c.attempts.size());
   for (const auto& a : c.attempts) w.Str(a);
+  w.Str(c.credential_sha256);
+  w.Json(c.isolation);
 }
 
 // True when runs_by_seq is exactly what the runs imply, so it need not be written.
@@ -395,12 +400,13 @@ void WriteLineage(Writer& w, const State& s) {
   }
 }
 
-// cache := varint n | (str key | str run | str step | svarint attempt | str workflow |
+// cache := varint n | (str key | str tenant | str run | str step | svarint attempt | str workflow |
 //                      json outputs | json metrics | time created_at)[n]
 void WriteCache(Writer& w, const State& s) {
   w.Varint(s.cache.size());
   for (const auto& [key, e] : s.cache) {
     w.Str(key);
+    w.Sym(e.tenant);
     w.Str(e.run);
     w.Sym(e.step);
     w.Svarint(e.attempt);
@@ -439,6 +445,7 @@ std::string Encode(const State& s) {
       w.Time(v.registered_at);
       w.Sym(v.actor);
       w.Sym(v.tenant);
+      w.Str(v.request_digest);
     }
   }
 
@@ -839,6 +846,7 @@ class RunReader {
     run.def = DefRef();
     r_.Str(run.tenant);
     r_.Str(run.submitter);
+    r_.Str(run.request_digest);
     r_.Json(run.params);
     r_.Json(run.labels);
     run.priority = r_.Int("priority");
@@ -921,6 +929,8 @@ class RunReader {
     r_.Json(a.trial_params);
     r_.Json(a.metrics);
     r_.Json(a.outputs);
+    r_.Json(a.log);
+    r_.Json(a.mounts);
   }
 
   Reader& r_;
@@ -1017,6 +1027,7 @@ class StateReader {
     for (size_t i = 0; i < n && r_.ok(); ++i) {
       std::string key(r_.Str());
       CacheEntry e;
+      r_.Str(e.tenant);
       r_.Str(e.run);
       r_.Str(e.step);
       e.attempt = r_.Int("attempt");
@@ -1118,6 +1129,7 @@ class StateReader {
         v.registered_at = r_.Time();
         r_.Str(v.actor);
         r_.Str(v.tenant);
+        r_.Str(v.request_digest);
         if (!r_.ok()) return;
       }
     }
@@ -1226,6 +1238,8 @@ class StateReader {
     for (size_t i = 0; i < n && r_.ok(); ++i) {
       AppendSorted(r_, c.attempts, std::string(r_.Str()), "container attempts");
     }
+    r_.Str(c.credential_sha256);
+    r_.Json(c.isolation);
   }
 
   std::string_view body_;

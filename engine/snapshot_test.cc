@@ -248,9 +248,10 @@ class DecidedStateTest : public ::testing::Test {
     p.Settle();
     return p.recorded();
   }
-  static std::vector<RecordedEvent> Tick(State& s, TimePoint now, const EngineConfig& cfg) {
-    Processor p(&s, DecideContext{now, &cfg}, 1);
-    p.Record(OnTick(s, engine::Tick{}, DecideContext{now, &cfg}));
+  static std::vector<RecordedEvent> Tick(State& s, TimePoint now, const EngineConfig& cfg,
+                                         CredentialMint* mint = nullptr) {
+    Processor p(&s, DecideContext{now, &cfg, nullptr, mint}, 1);
+    p.Record(OnTick(s, engine::Tick{}, DecideContext{now, &cfg, nullptr, mint}));
     p.Settle();
     return p.recorded();
   }
@@ -267,6 +268,7 @@ class DecidedStateTest : public ::testing::Test {
                             {"healthy", true}, {"simulated", true}});
     }
     r.cuda = Json{{"compiled", false}, {"reason", "simulated"}};
+    r.isolation = Json{{"mode", "auto"}, {"run_as", true}, {"sandbox", "namespaces"}};
     Do(r);
   }
   void Submit(const std::string& workflow, const std::string& id, int priority = 0,
@@ -276,6 +278,7 @@ class DecidedStateTest : public ::testing::Test {
     sr.workflow = workflow;
     sr.priority = priority;
     sr.idempotency_key = key;
+    if (!key.empty()) sr.request_digest = "digest-" + key;
     sr.labels = Json{{"team", "vision"}};
     Do(sr);
   }
@@ -287,7 +290,9 @@ class DecidedStateTest : public ::testing::Test {
                                   {"state", state},
                                   {"exit_code", exit_code},
                                   {"metrics", Json{{"loss", 0.25}}},
-                                  {"usage", Json{{"wall_s", 1.5}}}}});
+                                  {"usage", Json{{"wall_s", 1.5}}},
+                                  {"log_bytes", 1234},
+                                  {"log_truncated", true}}});
     return p;
   }
 
@@ -300,7 +305,7 @@ class DecidedStateTest : public ::testing::Test {
     leader.time = now_;
     leader.epoch = 3;
     Evolve(s_, leader);
-    Tick(s_, now_, cfg_);
+    Tick(s_, now_, cfg_, &mint_);
     Register("c1");
     Register("c2");
     Do(RegisterWorkflow{*ParseJson(kRetrying)});
@@ -336,6 +341,7 @@ class DecidedStateTest : public ::testing::Test {
   EngineConfig cfg_;
   State s_;
   TimePoint now_ = FromMicros(1'800'000'000'000'000);
+  ContainerCredentials mint_;
 };
 
 TEST_F(DecidedStateTest, RoundTripKeepsPlacementsQueueTimersAndKeys) {
@@ -373,6 +379,10 @@ TEST_F(DecidedStateTest, RoundTripKeepsPlacementsQueueTimersAndKeys) {
   EXPECT_EQ(train.attempts[0].exit_code, 3);
   EXPECT_EQ(train.attempts[0].argv, Json::array({"train", "0.5"}));
   EXPECT_EQ(d.FindRun("r1")->steps[0].metrics["loss"], 0.25);
+  EXPECT_EQ(d.FindRun("r1")->steps[0].attempts[0].log,
+            (Json{{"bytes", 1234}, {"truncated", true}}));
+  EXPECT_EQ(d.FindRun("r1")->request_digest, "digest-key-r1");
+  EXPECT_EQ(d.FindRun("r2")->request_digest, "");
 
   // GPUs: every one of the four is busy, and the sets match the attempts.
   for (const auto& [id, c] : s_.containers) {
@@ -386,6 +396,9 @@ TEST_F(DecidedStateTest, RoundTripKeepsPlacementsQueueTimersAndKeys) {
     EXPECT_EQ(dc.gpus[1]["uuid"], id + "-gpu1");
     EXPECT_EQ(dc.cuda["reason"], "simulated");
     EXPECT_EQ(dc.host, "host-" + id);
+    EXPECT_EQ(dc.credential_sha256.size(), 64u) << id;
+    EXPECT_EQ(dc.credential_sha256, c.credential_sha256) << id;
+    EXPECT_EQ(dc.isolation["sandbox"], "namespaces") << id;
   }
   EXPECT_EQ(d.containers.at("c1").attempts.count("d1/t/1/0") +
                 d.containers.at("c2").attempts.count("d1/t/1/0"),
@@ -779,13 +792,13 @@ TEST(SnapshotTest, MalformedBodiesNameTheProblem) {
 TEST(SnapshotTest, StateLayoutIsTheOneTheCodecKnows) {
 #if defined(__GLIBCXX__) && defined(__x86_64__) && !defined(_GLIBCXX_DEBUG)
   EXPECT_EQ(sizeof(State), 664u) << "State changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(engine::Run), 512u) << "Run changed: update the snapshot codec";
+  EXPECT_EQ(sizeof(engine::Run), 544u) << "Run changed: update the snapshot codec";
   EXPECT_EQ(sizeof(ArtifactVersion), 240u) << "ArtifactVersion changed: update the snapshot codec";
   EXPECT_EQ(sizeof(StepRun), 168u) << "StepRun changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(Attempt), 432u) << "Attempt changed: update the snapshot codec";
+  EXPECT_EQ(sizeof(Attempt), 464u) << "Attempt changed: update the snapshot codec";
   EXPECT_EQ(sizeof(Worker), 192u) << "Worker changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(Container), 424u) << "Container changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(WorkflowVersion), 128u) << "WorkflowVersion changed: update the snapshot codec";
+  EXPECT_EQ(sizeof(Container), 472u) << "Container changed: update the snapshot codec";
+  EXPECT_EQ(sizeof(WorkflowVersion), 160u) << "WorkflowVersion changed: update the snapshot codec";
 #else
   GTEST_SKIP() << "sizes are recorded for libstdc++ on x86-64";
 #endif

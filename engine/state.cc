@@ -269,6 +269,7 @@ void FinishAttempt(State& s, Target& t, AttemptPhase phase, const RecordedEvent&
   a.finished_at = e.time;
   const Json& d = e.data;
   if (d.contains("usage") && d["usage"].is_object()) a.usage = d["usage"];
+  if (d.contains("log") && d["log"].is_object()) a.log = d["log"];
   a.exit_code = OptInt(d, "exit_code");
   a.signal = OptInt(d, "signal");
   if (d.contains("reason") && d["reason"].is_string()) a.reason = d["reason"].get<std::string>();
@@ -321,6 +322,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     }
     std::string key = d.value("idempotency_key", "");
     if (!key.empty()) s.idempotency[{run.tenant, key}] = run.id;
+    run.request_digest = d.value("request_digest", "");
     s.runs_by_seq[run.seq] = run.id;
     s.runs[run.id] = std::move(run);
     return;
@@ -329,13 +331,24 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     Run* r = s.FindRun(e.stream.substr(4));
     if (!r) return;
     bool model = type == ev::kModelVersionRegistered;
-    auto& versions = (model ? s.models : s.datasets)[d.value("name", "")];
+    auto& versions = (model ? s.models : s.datasets)[ArtifactKey(r->tenant, d.value("name", ""))];
     int version = d.value("version", 0);
     std::string step = d.value("step", "");
+    std::string digest = d.value("digest", "");
+    bool existing = version >= 1 && version <= static_cast<int>(versions.size()) &&
+                    versions[static_cast<size_t>(version - 1)].digest == digest;
+    if (version != static_cast<int>(versions.size()) + 1 && !existing) {
+      // Written when names were global, so numbered among every tenant's versions:
+      // within the run's tenant it is the version with its digest, else the next.
+      version = static_cast<int>(versions.size()) + 1;
+      for (const auto& v : versions) {
+        if (v.digest == digest) version = v.version;
+      }
+    }
     if (version == static_cast<int>(versions.size()) + 1) {
       ArtifactVersion v;
       v.version = version;
-      v.digest = d.value("digest", "");
+      v.digest = digest;
       v.run = r->id;
       v.step = step;
       v.attempt = d.value("attempt", 0);
@@ -348,16 +361,21 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
         v.datasets = d.value("datasets", Json::array());
       }
       versions.push_back(std::move(v));
-    } else if (version < 1 || version > static_cast<int>(versions.size())) {
-      return;  // not the next version nor an existing one
     }
     (model ? r->models : r->datasets)[step] = {d.value("name", ""), version};
     return;
   }
   if (type == ev::kModelVersionValidated) {
     Run* r = s.FindRun(e.stream.substr(4));
-    auto it = s.models.find(d.value("name", ""));
+    if (!r) return;
+    std::string name = d.value("name", "");
+    auto it = s.models.find(ArtifactKey(r->tenant, name));
     int version = d.value("version", 0);
+    // The version this run registered under the name (it differs from the event's
+    // only in histories written when names were global).
+    for (const auto& [step, nv] : r->models) {
+      if (nv.first == name) version = nv.second;
+    }
     if (!r || it == s.models.end() || version < 1 ||
         version > static_cast<int>(it->second.size())) {
       return;
@@ -387,6 +405,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return;
     a.timeout_ms = d.value("timeout_ms", int64_t{0});
     a.workers = d.value("workers", 1);
+    if (auto m = d.find("mounts"); m != d.end() && m->is_array()) a.mounts = *m;
     if (auto c = d.find("cache"); c != d.end() && c->is_object()) a.cache_key = c->value("key", "");
     a.queue_seq = s.next_queue_seq++;
     a.queued_at = e.time;
@@ -451,8 +470,9 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     Json metrics = d.value("metrics", Json::object());
     Json outputs = d.value("outputs", Json::array());
     if (!t.attempt->cache_key.empty()) {
-      s.cache[t.attempt->cache_key] = CacheEntry{run.id,  t.step->name, t.attempt->number,
-                                                 run.workflow, outputs, metrics, e.time};
+      s.cache[t.attempt->cache_key] = CacheEntry{run.tenant, run.id, t.step->name,
+                                                 t.attempt->number, run.workflow, outputs,
+                                                 metrics, e.time};
     }
     if (t.attempt->trial >= 0) {  // a trial: the sweep decides the step
       t.attempt->metrics = std::move(metrics);
@@ -616,6 +636,7 @@ void EvolveContainerEvent(State& s, const RecordedEvent& e) {
     c.memory_bytes = spec.value("memory_bytes", int64_t{0});
     c.requested_gpus = spec.value("gpus", 0);
     c.request_reason = d.value("reason", "");
+    c.credential_sha256 = d.value("credential_sha256", "");
     c.requested_at = e.time;
     if (c.request_reason == "demand") s.last_scale_up = e.time;
     s.containers[id] = std::move(c);
@@ -637,6 +658,8 @@ void EvolveContainerEvent(State& s, const RecordedEvent& e) {
     c.memory_bytes = d.value("memory_bytes", c.memory_bytes);
     c.gpus = d.value("gpus", Json::array());
     c.cuda = d.value("cuda", Json::object());
+    c.isolation = d.value("isolation", Json::object());
+    if (!c.isolation.is_object()) c.isolation = Json::object();
     if (!c.registered_at) c.registered_at = e.time;
     if (c.attempts.empty()) c.idle_since = e.time;
     s.launch_failures_in_row = 0;
@@ -652,6 +675,16 @@ void EvolveContainerEvent(State& s, const RecordedEvent& e) {
 }
 
 }  // namespace
+
+std::string ArtifactKey(std::string_view tenant, std::string_view name) {
+  return std::string(tenant) + "/" + std::string(name);
+}
+
+std::pair<std::string, std::string> SplitArtifactKey(std::string_view key) {
+  size_t slash = key.find('/');
+  if (slash == std::string_view::npos) return {"", std::string(key)};
+  return {std::string(key.substr(0, slash)), std::string(key.substr(slash + 1))};
+}
 
 void Evolve(State& s, const RecordedEvent& e) {
   s.head = e.position;
@@ -675,6 +708,7 @@ void Evolve(State& s, const RecordedEvent& e) {
     v.registered_at = e.time;
     v.actor = e.actor;
     v.tenant = d.value("tenant", "default");
+    v.request_digest = d.value("request_digest", "");
     std::string name = d.value("name", (*def)->name);
     auto& versions = s.workflows[name];
     if (v.version != static_cast<int>(versions.size()) + 1) return;

@@ -81,6 +81,12 @@ struct Attempt {
   std::optional<int> signal;
   std::string reason;
   Json usage = Json::object();
+  // The attempt's log as the agent wrote it: {"bytes", "truncated"} (a log past
+  // executor.maxLogBytes is cut there, and says so); empty when not reported.
+  Json log = Json::object();
+  // Paths of the data dir beyond its run's workspace the attempt may read, as
+  // [{"path", "read_only"}] (upstream outputs it names, declared inputs).
+  Json mounts = Json::array();
   uint64_t queue_seq = 0;  // FIFO order among queued attempts
   int workers = 1;         // > 1: a gang; `ranks` holds each worker once placed
   std::vector<Worker> ranks;
@@ -146,6 +152,10 @@ struct Run {
   std::shared_ptr<const workflows::Definition> def;
   std::string tenant;
   std::string submitter;
+  // SHA-256 of the request that submitted it with an Idempotency-Key: the same key
+  // with another request is refused (kIdempotencyKeyReused). Empty without a key, or
+  // when written before it was recorded.
+  std::string request_digest;
   Json params = Json::object();
   Json labels = Json::object();
   int priority = 0;
@@ -171,6 +181,7 @@ struct WorkflowVersion {
   TimePoint registered_at{};
   std::string actor;
   std::string tenant = "default";  // the name belongs to version 1's tenant
+  std::string request_digest;      // as Run::request_digest, for POST /v1/workflows
 };
 
 struct Container {
@@ -190,6 +201,12 @@ struct Container {
   int64_t used_cpu = 0, used_memory = 0;
   std::set<std::string> busy_gpus;     // gpu index strings in use
   std::set<std::string> attempts;      // attempt ids placed here, not yet terminal
+  // SHA-256 of the container's credential (credentials.h); empty for containers
+  // requested before credentials existed, which can no longer authenticate.
+  std::string credential_sha256;
+  // What the agent enforces for its steps, as it registered it ({"mode", "run_as",
+  // "sandbox", "reason", ...}); empty until it registers.
+  Json isolation = Json::object();
 };
 
 struct State {
@@ -207,7 +224,8 @@ struct State {
   // Idempotency-Key of POST /v1/workflows: (tenant, key) -> (name, version).
   std::map<std::pair<std::string, std::string>, std::pair<std::string, int>> workflow_keys;
   std::string leader_node, leader_address;  // from the last LeaderElected
-  // Lineage: name -> versions (1..n).
+  // Lineage: ArtifactKey(tenant, name) -> versions (1..n). Names are per tenant: two
+  // tenants may each have a model "mlp", with versions of their own.
   std::map<std::string, std::vector<ArtifactVersion>> datasets, models;
   std::map<std::string, CacheEntry> cache;  // cache key -> the result it reuses
   uint64_t next_run_seq = 1;
@@ -227,6 +245,12 @@ struct State {
   // The worker with this task id (and its attempt), or null.
   const Worker* FindWorker(std::string_view task_id, const Attempt** attempt = nullptr) const;
 };
+
+// The key of a tenant's data set or model in State::datasets / State::models:
+// "<tenant>/<name>" (tenant names hold no '/').
+std::string ArtifactKey(std::string_view tenant, std::string_view name);
+// Splits an ArtifactKey into (tenant, name).
+std::pair<std::string, std::string> SplitArtifactKey(std::string_view key);
 
 // Applies one durable event. Unknown types are ignored (forward compatibility);
 // events that reference unknown entities are ignored too (they cannot be

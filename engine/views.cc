@@ -48,6 +48,7 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
           {"finished_at", TimeOrNull(a.finished_at)},
           {"usage", a.usage},
           {"argv", a.argv}});
+      if (!a.log.empty()) attempts.back()["log"] = a.log;
       if (!a.cache_key.empty()) attempts.back()["cache_key"] = a.cache_key;
       if (!a.cached_from.empty()) attempts.back()["cached_from"] = a.cached_from;
       if (a.trial >= 0) {
@@ -112,7 +113,7 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
 Json ContainerToJson(const Container& c) {
   Json attempts = Json::array();
   for (const auto& a : c.attempts) attempts.push_back(a);
-  return Json{{"id", c.id},
+  Json j{{"id", c.id},
               {"state", Name(c.phase)},
               {"backend", c.backend},
               {"handle", c.handle},
@@ -134,6 +135,9 @@ Json ContainerToJson(const Container& c) {
               {"requested_at", FormatTime(c.requested_at)},
               {"registered_at", OptTime(c.registered_at)},
               {"ended_at", OptTime(c.ended_at)}};
+  // Only once the agent has said (golden histories predate it).
+  if (!c.isolation.empty()) j["isolation"] = c.isolation;
+  return j;
 }
 
 Json StateDigestJson(const State& s) {

@@ -632,7 +632,8 @@ struct RefChecker {
 };
 
 Result<std::shared_ptr<const Definition>> Parse(const Json& j,
-                                                const std::optional<Resources>& max) {
+                                                const std::optional<Resources>& max,
+                                                size_t max_steps) {
   Problems p;
   if (!j.is_object()) {
     p.Add("definition", "must be a JSON object");
@@ -686,6 +687,14 @@ Result<std::shared_ptr<const Definition>> Parse(const Json& j,
     p.Add("steps", "must be an array of steps");
   } else if (it->empty()) {
     p.Add("steps", "must have at least one step");
+  } else if (max_steps > 0 && it->size() > max_steps) {
+    // Refused before any step is parsed: the cost of a definition follows its steps.
+    p.Add("steps", "has " + std::to_string(it->size()) + " steps, more than api.maxSteps (" +
+                       std::to_string(max_steps) + ")");
+    size_t n = p.size();
+    return InvalidArgument("invalid workflow definition: " + std::to_string(n) +
+                               (n == 1 ? " problem" : " problems"),
+                           p.Take());
   } else {
     def->steps.resize(it->size());
     info.resize(it->size());
@@ -757,9 +766,10 @@ Result<std::shared_ptr<const Definition>> Parse(const Json& j,
 }  // namespace
 
 Result<std::shared_ptr<const Definition>> ParseDefinition(const Json& j,
-                                                          const std::optional<Resources>& max) {
+                                                          const std::optional<Resources>& max,
+                                                          size_t max_steps) {
   try {
-    return Parse(j, max);
+    return Parse(j, max, max_steps);
   } catch (const Json::exception& e) {
     // Every access above is type-checked first; this is a bug, not bad input.
     return Internal(std::string("parsing workflow definition: ") + e.what());

@@ -105,9 +105,12 @@ struct Definition {
 // ({{params.X}} must be declared; {{run.id}}, {{workspace}}, {{step.name}},
 // {{attempt}}, {{outputs}} and {{steps.<upstream>.metrics.<k>}} /
 // {{steps.<upstream>.outputs.<f>}} are known), and `when` syntax and references.
-// `max_resources` (if given) rejects steps that ask for more than any container holds.
+// `max_resources` (if given) rejects steps that ask for more than any container holds;
+// `max_steps` (if not 0) rejects a definition of more steps without parsing them.
+// Both are registration rules: a stored definition is replayed without them.
 Result<std::shared_ptr<const Definition>> ParseDefinition(
-    const Json& j, const std::optional<Resources>& max_resources = std::nullopt);
+    const Json& j, const std::optional<Resources>& max_resources = std::nullopt,
+    size_t max_steps = 0);
 
 // Merges submitted params over the defaults. kInvalidArgument naming the param
 // for: an undeclared param, a required (null default) param not given.
