@@ -361,10 +361,17 @@ std::string MissingOutputs(const Run& run, const std::string& step, const Json& 
 // The report's log figures as {"bytes", "truncated"}, or null when it has none (or
 // they are not a count and a flag: an agent's word goes into the log only when typed).
 Json ReportedLog(const Json& report) {
-  if (!report.contains("log_bytes") || !report["log_bytes"].is_number_unsigned()) return Json();
+  auto count = [&](const char* k) {
+    return report.contains(k) && report[k].is_number_integer() && report[k].get<int64_t>() >= 0;
+  };
+  if (!count("log_bytes")) return Json();
   bool truncated = report.contains("log_truncated") && report["log_truncated"].is_boolean() &&
                    report["log_truncated"].get<bool>();
-  return Json{{"bytes", report["log_bytes"]}, {"truncated", truncated}};
+  Json log{{"bytes", report["log_bytes"]}, {"truncated", truncated}};
+  if (count("log_dropped_bytes")) {
+    log["dropped_bytes"] = report["log_dropped_bytes"];
+  }
+  return log;
 }
 
 // A gang worker's report: the worker's own record, then the attempt's outcome
@@ -493,6 +500,13 @@ void ReportEvents(const State& state, const Container& c, const Json& report,
   copy_opt("exit_code");
   copy_opt("signal");
   if (st != "succeeded") copy_opt("reason");
+  if (st == "succeeded" && report.contains("outputs_error") && report["outputs_error"].is_string()) {
+    // The agent could not read the outputs where they belong (the step replaced its
+    // outputs folder): nothing it claims to have produced is taken.
+    base["reason"] = "outputs_error: " + report["outputs_error"].get<std::string>();
+    out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
+    return;
+  }
   if (st == "succeeded") {
     // A declared output the attempt did not write fails it (retry policy applies).
     std::string missing = MissingOutputs(*run, step, report.value("outputs", Json::array()));

@@ -1886,5 +1886,33 @@ TEST_F(TenantTest, AWorkflowOfMoreStepsThanApiMaxStepsIsRefusedUnparsed) {
   EXPECT_TRUE(st.ok()) << st.ToString();
 }
 
+TEST_F(TenantTest, TheAgentsLogFiguresAreRecordedAndUnreadableOutputsFailTheAttempt) {
+  StartContainer();
+  std::string run = Submit();
+  // Figures of the wrong type are not recorded.
+  PollContainer p;
+  p.container = "c1";
+  p.reports = Json::array({Json{{"attempt_id", run + "/prep/1"}, {"state", "succeeded"},
+                                {"exit_code", 0}, {"log_bytes", "lots"}}});
+  Status st;
+  Do(p, &st);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_TRUE(R(run).steps[0].attempts[0].log.empty());
+  EXPECT_EQ(R(run).steps[0].phase, StepPhase::kSucceeded);
+  p.reports = Json::array({Json{{"attempt_id", run + "/train/1"}, {"state", "succeeded"},
+                                {"exit_code", 0}, {"log_bytes", 1024},
+                                {"log_dropped_bytes", 5000}, {"log_truncated", true},
+                                {"outputs_error", "the outputs folder is not a folder of its own"},
+                                {"metrics", Json{{"accuracy", 1.0}}}}});
+  Do(p, &st);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  const Attempt& a = R(run).steps[1].attempts[0];
+  EXPECT_EQ(a.phase, AttemptPhase::kFailed);
+  EXPECT_EQ(a.reason, "outputs_error: the outputs folder is not a folder of its own");
+  EXPECT_EQ(a.log, (Json{{"bytes", 1024}, {"dropped_bytes", 5000}, {"truncated", true}}));
+  EXPECT_TRUE(R(run).steps[1].metrics.empty());
+  EXPECT_EQ(RunToJson(R(run), cfg_)["steps"][1]["attempts"][0]["log"]["truncated"], true);
+}
+
 }  // namespace
 }  // namespace epoch::engine
