@@ -23,6 +23,10 @@ deps:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "make deps: all packages present"; fi
+	@# Steps run as an unprivileged user (executor.runAs, default epoch-step): a system
+	@# user without a home or a login shell. Tests that need more users make their own.
+	@id -u epoch-step >/dev/null 2>&1 || { echo "make deps: creating the step user epoch-step"; \
+	  $(SUDO) useradd --system --no-create-home --shell /usr/sbin/nologin epoch-step; }
 
 configure: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo

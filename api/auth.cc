@@ -60,13 +60,12 @@ std::string_view Name(Role r) {
     case Role::kOperator: return "operator";
     case Role::kViewer: return "viewer";
     case Role::kAuditor: return "auditor";
-    case Role::kAgent: return "agent";
   }
   return "?";
 }
 
 std::optional<Role> ParseRole(std::string_view s) {
-  for (Role r : {Role::kAdmin, Role::kOperator, Role::kViewer, Role::kAuditor, Role::kAgent}) {
+  for (Role r : {Role::kAdmin, Role::kOperator, Role::kViewer, Role::kAuditor}) {
     if (Name(r) == s) return r;
   }
   return std::nullopt;
@@ -94,10 +93,11 @@ Status Authorize(const Principal& p, Access access) {
   switch (access) {
     case Access::kPublic: return Status::Ok();
     case Access::kAgent:
-      return p.role == Role::kAgent ? Status::Ok() : deny("use the container protocol");
+      // Containers authenticate with their own credential, never with a token.
+      return Unauthenticated("the container protocol takes a container's own credential, "
+                             "not a token");
     case Access::kRead:
-      return p.role == Role::kAgent ? deny("read the API (only the container protocol)")
-                                    : Status::Ok();
+      return Status::Ok();
     case Access::kGlobal:
       return p.role == Role::kAdmin || p.role == Role::kAuditor
                  ? Status::Ok()
@@ -157,7 +157,7 @@ Result<std::vector<TokenEntry>> LoadTokens(const std::string& path) {
     if (role != t.end() && role->is_string()) r = ParseRole(role->get<std::string>());
     if (!r) {
       return InvalidArgument(where +
-                             ".role: must be one of admin, operator, viewer, auditor, agent");
+                             ".role: must be one of admin, operator, viewer, auditor");
     }
     e.role = *r;
     out.push_back(std::move(e));
@@ -205,29 +205,7 @@ Status RevokeToken(const std::string& path, const std::string& id) {
   return SaveTokens(path, tokens);
 }
 
-Result<std::string> EnsureAgentToken(const std::string& data_dir) {
-  std::string path = data_dir + "/agent.token";
-  if (!PathExists(path)) {
-    std::string tmp = path + ".tmp." + std::to_string(getpid());
-    Status st = WriteFileDurably(tmp, GenerateToken().token + "\n", 0600);
-    if (!st.ok()) return st;
-    // link fails with EEXIST if another master got there first: theirs wins.
-    if (link(tmp.c_str(), path.c_str()) != 0 && errno != EEXIST) {
-      int err = errno;
-      unlink(tmp.c_str());
-      return Internal("creating " + path + ": " + std::strerror(err));
-    }
-    unlink(tmp.c_str());
-  }
-  ASSIGN_OR_RETURN(std::string token, ReadFile(path, 4096));
-  while (!token.empty() && (token.back() == '\n' || token.back() == '\r')) token.pop_back();
-  if (!StartsWith(token, kPrefix)) return InvalidArgument(path + ": not an Epoch token");
-  return token;
-}
-
-TokenStore::TokenStore(std::string tokens_path, std::string agent_token)
-    : path_(std::move(tokens_path)),
-      agent_hash_(agent_token.empty() ? "" : Sha256Hex(agent_token)) {}
+TokenStore::TokenStore(std::string tokens_path) : path_(std::move(tokens_path)) {}
 
 void TokenStore::ReloadIfChanged() {
   struct stat st {};
@@ -270,9 +248,6 @@ Result<Principal> TokenStore::Authenticate(std::string_view header) {
     return Unauthenticated("the bearer token is not an Epoch token");
   }
   std::string hash = Sha256Hex(token);
-  if (!agent_hash_.empty() && hash == agent_hash_) {
-    return Principal{"agent", "*", Role::kAgent, "agent"};
-  }
   std::lock_guard<std::mutex> lock(mu_);
   ReloadIfChanged();
   auto it = by_hash_.find(hash);

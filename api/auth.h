@@ -9,12 +9,13 @@
 //
 // `epochctl admin token create` appends to it and prints the token once; epochd
 // re-reads the file when it changes, so tokens take effect (and revocations too)
-// without a restart. Agents use <data-dir>/agent.token (mode 0600, created by the
-// first epochd; the data dir is the trusted shared volume every node mounts).
+// without a restart. Compute containers do not use tokens: each authenticates the
+// container protocol with a credential of its own (engine/credentials.h), which the
+// server checks against the engine's state, not this file.
 //
 // Roles: admin (everything), operator (submit, cancel, retry, invalidate in its
 // tenant; read it), viewer (read its tenant), auditor (read every tenant and the
-// whole history, verify; no writes), agent (only the container protocol).
+// whole history, verify; no writes).
 //
 // Thread-safety: TokenStore is internally synchronised; the rest are pure.
 #pragma once
@@ -32,7 +33,7 @@
 
 namespace epoch::api {
 
-enum class Role { kAdmin, kOperator, kViewer, kAuditor, kAgent };
+enum class Role { kAdmin, kOperator, kViewer, kAuditor };
 std::string_view Name(Role r);
 std::optional<Role> ParseRole(std::string_view s);
 
@@ -60,7 +61,7 @@ enum class Access {
   kRead,        // GETs of tenant-scoped resources (handlers filter by tenant)
   kGlobal,      // whole-system reads: /v1/audit/verify (the chain), /metrics (all tenants' counts)
   kWrite,       // POSTs that change runs, workflows, the cache
-  kAgent,       // the container protocol
+  kAgent,       // the container protocol: a container's own credential, no token
 };
 Access Classify(std::string_view method, std::string_view path);
 // kPermissionDenied naming the role and what it may not do.
@@ -88,24 +89,19 @@ Result<NewToken> CreateToken(const std::string& path, const std::string& user,
 // Removes the token with this id; kNotFound if there is none.
 Status RevokeToken(const std::string& path, const std::string& id);
 
-// The agents' token: read <data_dir>/agent.token, creating it (0600) if missing.
-// Two masters starting at once agree on one (link(2) of a complete temp file).
-Result<std::string> EnsureAgentToken(const std::string& data_dir);
-
-// The server's view of the tokens file (and the agent token), re-read whenever
+// The server's view of the tokens file, re-read whenever
 // the file's identity, size or mtime changes.
 class TokenStore {
  public:
-  TokenStore(std::string tokens_path, std::string agent_token);
+  explicit TokenStore(std::string tokens_path);
   // kUnauthenticated for a missing, malformed or unknown token (never echoing it).
   Result<Principal> Authenticate(std::string_view authorization_header);
-  // How many user tokens are configured (0: nobody but agents can get in).
+  // How many tokens are configured (0: nobody can get in).
   size_t size();
 
  private:
   void ReloadIfChanged();  // mu_ held
   std::string path_;
-  std::string agent_hash_;
   std::mutex mu_;
   std::map<std::string, Principal> by_hash_;
   struct FileId {

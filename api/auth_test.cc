@@ -54,7 +54,6 @@ TEST(AuthTest, RolesAgainstAccess) {
       {Role::kOperator, {true, true, false, true, false}},
       {Role::kViewer, {true, true, false, false, false}},
       {Role::kAuditor, {true, true, true, false, false}},
-      {Role::kAgent, {true, false, false, false, true}},
   };
   Access order[] = {Access::kPublic, Access::kRead, Access::kGlobal, Access::kWrite, Access::kAgent};
   for (const auto& row : rows) {
@@ -99,7 +98,7 @@ TEST(AuthTest, TokensFileKeepsHashesAndReloadsWhenItChanges) {
   ASSERT_EQ(stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 
-  TokenStore store(path, "");
+  TokenStore store(path);
   auto who = store.Authenticate("Bearer " + a->token);
   ASSERT_TRUE(who.ok()) << who.status().ToString();
   EXPECT_EQ(who->user, "ann");
@@ -146,20 +145,26 @@ TEST(AuthTest, ConcurrentCreatorsLoseNoToken) {
   EXPECT_EQ(tokens->size(), 40u);
 }
 
-TEST(AuthTest, AgentTokenIsMadeOnceAndAuthenticatesAsAgent) {
+// No token opens the container protocol: containers present their own credential,
+// which the server checks against the engine (tests/isolation_e2e_test.cc).
+TEST(AuthTest, NoRoleMayUseTheContainerProtocolAndThereIsNoAgentRole) {
+  for (Role r : {Role::kAdmin, Role::kOperator, Role::kViewer, Role::kAuditor}) {
+    Status st = Authorize(Principal{"u", "t", r, "i"}, Access::kAgent);
+    EXPECT_EQ(st.code(), StatusCode::kUnauthenticated) << Name(r);
+  }
+  EXPECT_FALSE(ParseRole("agent").has_value());
   TempDir dir;
-  auto t1 = EnsureAgentToken(dir.path());
-  ASSERT_TRUE(t1.ok()) << t1.status().ToString();
-  auto t2 = EnsureAgentToken(dir.path());
-  ASSERT_TRUE(t2.ok());
-  EXPECT_EQ(*t1, *t2);
-  struct stat st {};
-  ASSERT_EQ(stat((dir.path() + "/agent.token").c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 0777, 0600u);
-  TokenStore store(dir.path() + "/tokens.json", *t1);
-  auto who = store.Authenticate("Bearer " + *t1);
-  ASSERT_TRUE(who.ok());
-  EXPECT_EQ(who->role, Role::kAgent);
+  std::string path = dir.path() + "/tokens.json";
+  ASSERT_TRUE(WriteFileDurably(path, R"({"tokens": [{"id": "00000001", "sha256": ")" +
+                                         std::string(64, 'a') +
+                                         R"(", "user": "x", "tenant": "t", "role": "agent"}]})",
+                               0600)
+                  .ok());
+  auto loaded = LoadTokens(path);
+  EXPECT_EQ(loaded.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(loaded.status().message().find("must be one of admin, operator, viewer, auditor"),
+            std::string::npos)
+      << loaded.status().message();
 }
 
 }  // namespace

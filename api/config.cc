@@ -205,6 +205,19 @@ const std::map<std::string, KeyDef>& Keys() {
          c->snapshot_every = static_cast<uint64_t>(n);
          return Status::Ok();
        }}},
+      {"storage.minFreeBytes",
+       {"268435456 (256Mi)", [](Config* c, const std::string& k, const Json& v) {
+         // A number of bytes, or a quantity as for sig.memory ("256Mi", "1G"); 0: off.
+         if (v.is_number_integer() || AsString(v) == "0") {
+           ASSIGN_OR_RETURN(auto n, AsInt(k, v, 0, 1LL << 60));
+           c->min_free_bytes = static_cast<uint64_t>(n);
+           return Status::Ok();
+         }
+         auto r = ParseBytes(AsString(v));
+         if (!r.ok()) return InvalidArgument(k + ": " + r.status().message());
+         c->min_free_bytes = static_cast<uint64_t>(*r);
+         return Status::Ok();
+       }}},
       {"executor.backend", {"local", [](Config* c, const std::string& k, const Json& v) {
          std::string b = AsString(v);
          if (b != "local" && b != "slurm") {
@@ -272,6 +285,14 @@ const std::map<std::string, KeyDef>& Keys() {
        }}},
       {"executor.agentPath", {"(next to epochd)", [](Config* c, const std::string&, const Json& v) {
          c->agent_path = AsString(v);
+         return Status::Ok();
+       }}},
+      {"executor.isolation", {"auto", [](Config* c, const std::string& k, const Json& v) {
+         std::string m = AsString(v);
+         if (m != "auto" && m != "required" && m != "off") {
+           return InvalidArgument(k + ": '" + m + "' is not one of auto, required, off");
+         }
+         c->isolation = m;
          return Status::Ok();
        }}},
       {"executor.runAs", {"epoch-step", [](Config* c, const std::string& k, const Json& v) {
@@ -510,6 +531,7 @@ Json Config::ToJson() const {
               {"cluster.basePort", base_port},
               {"storage.dataDir", data_dir},
               {"storage.snapshotEvery", snapshot_every},
+              {"storage.minFreeBytes", min_free_bytes},
               {"executor.backend", backend},
                       {"executor.leaseTime", FormatDuration(lease)},
               {"executor.registerTimeout", FormatDuration(register_timeout)},
@@ -545,6 +567,7 @@ Json Config::ToJson() const {
   for (const auto& [name, u] : tenant_run_as) j["tenants." + name + ".runAs"] = u;
   for (const auto& [name, r] : tenant_input_roots) j["tenants." + name + ".inputRoots"] = r;
   j["executor.runAs"] = default_run_as;
+  j["executor.isolation"] = isolation;
   j["executor.maxLogBytes"] = max_log_bytes;
   j["executor.maxInputBytes"] = max_input_bytes;
   j["api.maxSteps"] = max_steps;

@@ -41,6 +41,9 @@ struct Config {
   // storage.*
   std::string data_dir;
   uint64_t snapshot_every = 100000;  // events between the leader's snapshots (0 = never)
+  // storage.minFreeBytes: below this many free bytes on the store's filesystem the
+  // leader refuses new work (507) and keeps accepting reports and cancels (0 = never).
+  uint64_t min_free_bytes = 256ull << 20;
   // executor.*
   std::string backend = "local";
   Micros lease = std::chrono::seconds(10);
@@ -48,6 +51,7 @@ struct Config {
   Micros poll_timeout = std::chrono::milliseconds(1000);
   Micros grace = std::chrono::seconds(5);
   std::string agent_path;  // default: epoch-agent next to epochd
+  std::string isolation = "auto";  // executor.isolation: the agents' --isolation auto|required|off
   Micros watch_interval = std::chrono::seconds(2);  // executor.watchInterval (slurm)
   // slurm.* (executor.backend=slurm)
   std::string slurm_partition;

@@ -151,6 +151,20 @@ TEST(ConfigTest, TenantRunAsInputRootsAndStepLimits) {
   EXPECT_EQ(j["api.maxSteps"], 50);
 }
 
+// executor.isolation becomes every agent's --isolation.
+TEST(ConfigTest, IsolationKey) {
+  Config c;
+  EXPECT_EQ(c.isolation, "auto");
+  EXPECT_EQ(c.ToJson()["executor.isolation"], "auto");
+  ASSERT_TRUE(ApplySetArg(&c, "executor.isolation=required").ok());
+  EXPECT_EQ(c.isolation, "required");
+  ASSERT_TRUE(ApplySetArg(&c, "executor.isolation=off").ok());
+  EXPECT_EQ(c.ToJson()["executor.isolation"], "off");
+  EXPECT_EQ(ApplySetArg(&c, "executor.isolation=sometimes").message(),
+            "executor.isolation: 'sometimes' is not one of auto, required, off");
+  EXPECT_EQ(c.isolation, "off");
+}
+
 TEST(ConfigTest, RunAsAndInputRootErrorsNameTheKey) {
   Config c;
   EXPECT_EQ(ApplySetArg(&c, "tenants.ml.runAs=root").message(),
@@ -177,6 +191,67 @@ TEST(ConfigTest, RunAsAndInputRootErrorsNameTheKey) {
   EXPECT_EQ(ValidateConfig(c).code(), StatusCode::kInvalidArgument);
   ASSERT_TRUE(ApplySetArg(&c, "tenants.ml.inputRoots=/srv/epoch-data").ok());
   EXPECT_TRUE(ValidateConfig(c).ok());
+}
+
+TEST(ConfigTest, MinFreeBytes) {
+  Config c;
+  EXPECT_EQ(c.min_free_bytes, 256ull << 20);  // the default
+  ASSERT_TRUE(ApplySetArg(&c, "storage.minFreeBytes=1048576").ok());
+  EXPECT_EQ(c.min_free_bytes, 1048576u);
+  ASSERT_TRUE(ApplySetArg(&c, "storage.minFreeBytes=2Gi").ok());
+  EXPECT_EQ(c.min_free_bytes, 2ull << 30);
+  ASSERT_TRUE(ApplyValues(&c, *ParseJson(R"({"storage": {"minFreeBytes": "512M"}})")).ok());
+  EXPECT_EQ(c.min_free_bytes, 512000000u);
+  ASSERT_TRUE(ApplySetArg(&c, "storage.minFreeBytes=0").ok());  // off
+  EXPECT_EQ(c.min_free_bytes, 0u);
+  EXPECT_EQ(c.ToJson()["storage.minFreeBytes"], 0);
+
+  Status st = ApplySetArg(&c, "storage.minFreeBytes=-1");
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("out of range"), std::string::npos) << st.message();
+  st = ApplySetArg(&c, "storage.minFreeBytes=lots");
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message().rfind("storage.minFreeBytes: ", 0), 0u) << st.message();
+  EXPECT_EQ(c.min_free_bytes, 0u);  // unchanged by the failures
+  bool described = false;
+  for (const auto& [k, d] : DescribeKeys()) described |= k == "storage.minFreeBytes";
+  EXPECT_TRUE(described);
+}
+
+TEST(ConfigTest, HttpLimitsAndTimeouts) {
+  Config c;
+  EXPECT_EQ(c.threads, 32);
+  EXPECT_EQ(c.max_streams, 1024);
+  EXPECT_EQ(c.max_streams_per_principal, 16);
+  EXPECT_EQ(c.max_connections_per_client, 256);
+  EXPECT_EQ(c.max_log_response_bytes, 8u << 20);
+  EXPECT_EQ(c.header_timeout, std::chrono::seconds(10));
+  ASSERT_TRUE(ApplyValues(&c, *ParseJson(R"({"api": {"maxStreamsPerPrincipal": 2,
+      "maxConnections": 500, "maxConnectionsPerClient": 20, "ioThreads": 4,
+      "maxLogResponseBytes": 65536, "headerTimeout": "250ms", "tlsHandshakeTimeout": "2s",
+      "bodyTimeout": "1m", "keepAliveTimeout": "5s", "writeTimeout": "45s"}})")).ok());
+  EXPECT_EQ(c.max_streams_per_principal, 2);
+  EXPECT_EQ(c.max_connections, 500);
+  EXPECT_EQ(c.max_connections_per_client, 20);
+  EXPECT_EQ(c.io_threads, 4);
+  EXPECT_EQ(c.max_log_response_bytes, 65536u);
+  EXPECT_EQ(c.header_timeout, std::chrono::milliseconds(250));
+  EXPECT_EQ(c.tls_handshake_timeout, std::chrono::seconds(2));
+  EXPECT_EQ(c.body_timeout, std::chrono::minutes(1));
+  EXPECT_EQ(c.keep_alive_timeout, std::chrono::seconds(5));
+  EXPECT_EQ(c.write_timeout, std::chrono::seconds(45));
+  Json j = c.ToJson();
+  EXPECT_EQ(j["api.maxStreamsPerPrincipal"], 2);
+  EXPECT_EQ(j["api.headerTimeout"], "250ms");
+
+  Status st = ApplySetArg(&c, "api.headerTimeout=1ms");
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message(), "api.headerTimeout: must be between 10ms and 1h");
+  st = ApplySetArg(&c, "api.maxStreamsPerPrincipal=0");
+  EXPECT_NE(st.message().find("out of range"), std::string::npos) << st.message();
+  st = ApplySetArg(&c, "api.maxLogResponseBytes=100");
+  EXPECT_NE(st.message().find("out of range"), std::string::npos) << st.message();
+  EXPECT_EQ(c.header_timeout, std::chrono::milliseconds(250));  // unchanged by the failures
 }
 
 }  // namespace

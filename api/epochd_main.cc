@@ -10,6 +10,12 @@
 // A history whose hash chain is broken stops the start (exit 1, naming the first
 // bad event); --allow-corrupt-history serves it read-only instead (engine.h,
 // "Corrupt history"), logging it critically at start and every minute after.
+//
+// A storage fault (the store's disk is full, or RocksDB fails a write or sync:
+// engine.h, "Storage faults") makes the leader step down: the engine refuses every
+// write at once (507 insufficient_storage, or 503), and epochd stops serving,
+// closes the store, releases leader.lock and exits 74 (kExitStorageFault), so a
+// standby takes over or a supervisor restarts it once the store can write.
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -47,6 +53,29 @@ int Fail(const epoch::Status& st) {
   spdlog::critical("{}", st.ToString());
   std::fprintf(stderr, "epochd: %s\n", st.ToString().c_str());
   return 1;
+}
+
+// Exit status of an epochd that gave up after a storage fault (sysexits'
+// EX_IOERR): not 0, so a supervisor restarts it, and not a signal, so it is told
+// apart from a crash.
+constexpr int kExitStorageFault = 74;
+// The shutdown after a storage fault must end even if something hangs on the
+// broken store (closing RocksDB, a thread stuck in a write): past this, epochd
+// exits without finishing it (the kernel drops its locks).
+constexpr auto kStorageFaultShutdownLimit = std::chrono::seconds(10);
+
+// Says why epochd gives up after a storage fault and what to do; returns the exit status.
+int FailOnStorageFault(const epoch::Status& fault, const std::string& store_path) {
+  std::string what = "STORAGE FAULT: " + fault.ToString() + ". This epochd does not write, " +
+                     "releases the election lock and exits " + std::to_string(kExitStorageFault) +
+                     " so that a standby leads (or a supervisor restarts it); what it " +
+                     "acknowledged is durable. " +
+                     (epoch::storage::IsNoSpace(fault)
+                          ? "Free space on the filesystem of " + store_path + "."
+                          : "Check the device and filesystem of " + store_path + ".");
+  spdlog::critical("{}", what);
+  std::fprintf(stderr, "epochd: %s\n", what.c_str());
+  return kExitStorageFault;
 }
 
 // A start refused on a corrupt history: the error, then what can be done about it.
@@ -211,6 +240,7 @@ int main(int argc, char** argv) {
   };
   auto fail_open = [&](const Status& st) {
     Status what = st.WithContext("opening the event store");
+    if (corrupt_head == 0 && storage::IsNoSpace(what)) return FailOnStorageFault(what, store_path);
     return corrupt_head > 0 ? FailOnCorruptHistory(what, corrupt_head) : Fail(what);
   };
   std::unique_ptr<storage::EventStore> store;
@@ -250,6 +280,7 @@ int main(int argc, char** argv) {
   executors::LocalBackendOptions lopts;
   lopts.log_format = log_format;
   lopts.grace = config.grace;
+  lopts.isolation = config.isolation;  // the agents' --isolation
   // Agents verify the master's certificate: against the CA given, else the certificate
   // itself (right for a self-signed one, generated or your own).
   if (!config.plain_http) lopts.ca_cert = config.tls_ca.empty() ? config.tls_certificate : config.tls_ca;
@@ -280,6 +311,7 @@ int main(int argc, char** argv) {
   eopts.node = config.master_name;
   eopts.advertise_url = config.advertise_url;
   eopts.snapshot_every = config.snapshot_every;
+  eopts.min_free_bytes = config.min_free_bytes;
   eopts.watch_interval = config.watch_interval;
   eopts.allow_corrupt_history = allow_corrupt_history;
   engine::EngineConfig& ec = eopts.config;
@@ -348,6 +380,10 @@ int main(int argc, char** argv) {
       if (h.state == engine::HistoryCheck::State::kCorrupt) {
         return FailOnCorruptHistory(st.WithContext("starting the engine"), h.first_bad);
       }
+      // The store could not write (claiming the epoch, LeaderElected): a storage fault.
+      if (Status fault = store->WriteFailure(); !fault.ok()) {
+        return FailOnStorageFault(fault.WithContext("starting the engine"), store_path);
+      }
       return Fail(st.WithContext("starting the engine"));
     }
     write_leader_json();
@@ -377,6 +413,7 @@ int main(int argc, char** argv) {
     static_cast<time_t>(period.count() / 1000000000), static_cast<long>(period.count() % 1000000000)
   };
   bool restart = false;
+  Status storage_fault;  // non-OK: step down and exit kExitStorageFault
   int sig = 0;
   constexpr auto kCorruptReminder = std::chrono::minutes(1);
   auto next_reminder = std::chrono::steady_clock::now() + kCorruptReminder;
@@ -407,7 +444,12 @@ int main(int argc, char** argv) {
         }
         bool rebuilt = false;
         st = engine.Promote(&rebuilt);
-        if (!st.ok()) return Fail(st.WithContext("promotion"));
+        if (!st.ok()) {
+          // The store, now primary, could not write: give the lock up as a leader would.
+          storage_fault = store->WriteFailure();
+          if (!storage_fault.ok()) break;
+          return Fail(st.WithContext("promotion"));
+        }
         write_leader_json();
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::steady_clock::now() - t0)
@@ -424,6 +466,10 @@ int main(int argc, char** argv) {
       auto applied = engine.Follow();
       if (!applied.ok()) spdlog::error("standby: applying: {}", applied.status().ToString());
     } else if (role == engine::Role::kLeader) {
+      if (!engine.healthy()) {  // a storage fault stopped the engine: step down
+        storage_fault = engine.storage_fault();
+        break;
+      }
       if (!lock.StillHeld()) {
         engine.StepDown("the election lock file " + lock_path + " was removed or replaced");
       }
@@ -433,6 +479,17 @@ int main(int argc, char** argv) {
     }
   }
   if (sig > 0) spdlog::info("received signal {}, shutting down (containers keep running)", sig);
+  if (!storage_fault.ok()) {
+    (void)FailOnStorageFault(storage_fault, store_path);
+    std::thread([] {
+      std::this_thread::sleep_for(kStorageFaultShutdownLimit);
+      spdlog::critical("the shutdown after the storage fault did not end within {} s; exiting {} "
+                       "without it",
+                       kStorageFaultShutdownLimit.count(), kExitStorageFault);
+      spdlog::default_logger()->flush();
+      _exit(kExitStorageFault);
+    }).detach();
+  }
   server.Stop();
   engine.Stop();
   store.reset();
@@ -440,6 +497,12 @@ int main(int argc, char** argv) {
   if (!secondary_dir.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(secondary_dir, ec);
+  }
+  if (!storage_fault.ok()) {
+    spdlog::critical("stepped down after the storage fault: the store is closed and the election "
+                     "lock {} released; exiting {}",
+                     lock_path, kExitStorageFault);
+    return kExitStorageFault;
   }
   if (restart) {
     // Deposed: come back as a standby of the new leader, with the same flags.

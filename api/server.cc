@@ -1,11 +1,14 @@
 #include "api/server.h"
 
-#include <httplib.h>
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
-#include <fstream>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -13,17 +16,25 @@
 #include <thread>
 
 #include "api/auth.h"
+#include "api/http_server.h"
 #include "common/files.h"
+#include "common/sha256.h"
 
 namespace epoch::api {
 
 using engine::Engine;
-using httplib::Request;
-using httplib::Response;
+using Request = HttpRequest;
+using Response = HttpResponse;
 
 namespace {
 
 constexpr int kMaxPageSize = 1000;
+// SSE: a comment line after this long without an event (proxies and clients see a
+// live stream); event streams re-check (and send it) at least every kSseTick.
+constexpr auto kSseKeepAlive = std::chrono::seconds(15);
+constexpr auto kSseTick = std::chrono::milliseconds(5000);
+// A log follower looks for new bytes this often (a file growing is not an event).
+constexpr auto kLogFollowTick = std::chrono::milliseconds(200);
 
 // An error that ends a request: HTTP status, machine code, message, details.
 struct HttpError {
@@ -40,14 +51,18 @@ void WriteError(Response& res, const HttpError& e) {
   // CanonicalDump, not dump(): messages quote the request (query values, path segments,
   // headers, bodies), which need not be UTF-8, and dump() would throw (a 500) on them.
   Json body{{"error", Json{{"code", e.code}, {"message", e.message}, {"details", details}}}};
-  res.set_content(CanonicalDump(body), "application/json");
+  res.SetContent(CanonicalDump(body), "application/json");
 }
 
 // Maps an engine/store Status to HTTP. kInvalidArgument from the engine means
 // the request was well-formed but its content is invalid: 422.
 HttpError FromStatus(const Status& st) {
   switch (st.code()) {
-    case StatusCode::kInvalidArgument: return {422, "invalid", st.message(), st.details()};
+    case StatusCode::kInvalidArgument:
+      if (!st.details().empty() && st.details()[0] == engine::kIdempotencyKeyReused) {
+        return {422, std::string(engine::kIdempotencyKeyReused), st.message(), {}};
+      }
+      return {422, "invalid", st.message(), st.details()};
     case StatusCode::kNotFound: return {404, "not_found", st.message(), st.details()};
     case StatusCode::kConflict: return {409, "conflict", st.message(), st.details()};
     case StatusCode::kFailedPrecondition:
@@ -57,6 +72,9 @@ HttpError FromStatus(const Status& st) {
                                                 : "unavailable",
               st.message(), st.details()};
     case StatusCode::kResourceExhausted:
+      if (engine::IsInsufficientStorage(st)) {
+        return {507, std::string(engine::kInsufficientStorageCode), st.message(), st.details()};
+      }
       return {429, "resource_exhausted", st.message(), st.details()};
     case StatusCode::kUnauthenticated: return {401, "unauthenticated", st.message(), {}};
     case StatusCode::kPermissionDenied: return {403, "permission_denied", st.message(), {}};
@@ -76,13 +94,13 @@ HttpError ContainerError(const Status& st) {
 
 void WriteJson(Response& res, int status, const Json& j) {
   res.status = status;
-  res.set_content(CanonicalDump(j), "application/json");
+  res.SetContent(CanonicalDump(j), "application/json");
 }
 
 // Parses a JSON request body: 415 for another content type, 400 for bad JSON.
 Result<Json> ParseBody(const Request& req, HttpError* err, bool allow_empty = false) {
   if (req.body.empty() && allow_empty) return Json::object();
-  std::string ct = req.get_header_value("Content-Type");
+  std::string ct = req.Header("Content-Type");
   std::string lower = ct;
   std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
   if (lower.rfind("application/json", 0) != 0) {
@@ -106,8 +124,8 @@ Result<Json> ParseBody(const Request& req, HttpError* err, bool allow_empty = fa
 // Query parameter helpers; bad values are 400s naming the parameter.
 Result<int64_t> QueryInt(const Request& req, const char* name, int64_t def, int64_t min,
                          int64_t max, HttpError* err) {
-  if (!req.has_param(name)) return def;
-  std::string v = req.get_param_value(name);
+  if (!req.HasParam(name)) return def;
+  std::string v = req.Param(name);
   try {
     size_t used = 0;
     int64_t n = std::stoll(v, &used);
@@ -122,8 +140,8 @@ Result<int64_t> QueryInt(const Request& req, const char* name, int64_t def, int6
 }
 
 bool QueryBool(const Request& req, const char* name) {
-  if (!req.has_param(name)) return false;
-  std::string v = req.get_param_value(name);
+  if (!req.HasParam(name)) return false;
+  std::string v = req.Param(name);
   return v == "true" || v == "1" || v == "yes";
 }
 
@@ -164,6 +182,180 @@ std::string EscapeLabel(const std::string& s) {
   return out;
 }
 
+// Open SSE streams, at most `max_total` in all and `max_per_key` per principal (its
+// token id), so that one viewer cannot take every stream. A slot is held by the
+// stream's producer and freed when the stream ends or its client goes away.
+class StreamSlots {
+ public:
+  class Slot {
+   public:
+    Slot(StreamSlots* owner, std::string key) : owner_(owner), key_(std::move(key)) {}
+    ~Slot() { owner_->Release(key_); }
+    Slot(const Slot&) = delete;
+    Slot& operator=(const Slot&) = delete;
+
+   private:
+    StreamSlots* owner_;
+    std::string key_;
+  };
+
+  StreamSlots(int max_total, int max_per_key) : max_total_(max_total), max_per_key_(max_per_key) {}
+
+  // A slot for `key`, or null with *refused saying which cap is full.
+  std::shared_ptr<Slot> Acquire(const std::string& key, const std::string& who,
+                                std::string* refused) {
+    std::lock_guard<std::mutex> lock(mu_);
+    int& mine = per_key_[key];
+    if (mine >= max_per_key_) {
+      *refused = "too many open streams: " + who + " has " + std::to_string(mine) +
+                 " (api.maxStreamsPerPrincipal is " + std::to_string(max_per_key_) + ")";
+      return nullptr;
+    }
+    if (total_ >= max_total_) {
+      if (mine == 0) per_key_.erase(key);
+      *refused = "too many open streams: " + std::to_string(total_) +
+                 " in all (api.maxStreams is " + std::to_string(max_total_) + ")";
+      return nullptr;
+    }
+    ++mine;
+    ++total_;
+    return std::make_shared<Slot>(this, key);
+  }
+
+  int open() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return total_;
+  }
+
+ private:
+  void Release(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = per_key_.find(key);
+    if (it != per_key_.end() && --it->second <= 0) per_key_.erase(it);
+    --total_;
+  }
+
+  const int max_total_;
+  const int max_per_key_;
+  mutable std::mutex mu_;
+  std::map<std::string, int> per_key_;  // guarded by mu_
+  int total_ = 0;                       // guarded by mu_
+};
+
+// ---- step logs: read by range, never whole ----------------------------------------
+
+// What one read of a log file covers.
+constexpr size_t kLogBlock = 64 << 10;
+
+// A log file open for reading; a missing file reads as empty (the step has not
+// written yet).
+class LogFile {
+ public:
+  explicit LogFile(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
+  ~LogFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  LogFile(const LogFile&) = delete;
+  LogFile& operator=(const LogFile&) = delete;
+
+  bool exists() const { return fd_ >= 0; }
+  uint64_t Size() const {
+    struct stat st {};
+    if (fd_ < 0 || ::fstat(fd_, &st) != 0) return 0;
+    return static_cast<uint64_t>(st.st_size);
+  }
+  // Up to n bytes at offset (fewer at the end of the file).
+  Result<std::string> Read(uint64_t offset, size_t n) const {
+    std::string out(n, '\0');
+    size_t got = 0;
+    while (fd_ >= 0 && got < n) {
+      ssize_t r = ::pread(fd_, out.data() + got, n - got, static_cast<off_t>(offset + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return Internal(std::string("reading a step log: ") + std::strerror(errno));
+      if (r == 0) break;
+      got += static_cast<size_t>(r);
+    }
+    out.resize(got);
+    return out;
+  }
+  // The first line start at or after `from`: from itself if a line ends just before
+  // it, else just after the next '\n' (from itself if there is none before `size`).
+  Result<uint64_t> LineStartFrom(uint64_t from, uint64_t size) const {
+    if (from == 0) return uint64_t{0};
+    for (uint64_t pos = from - 1; pos < size;) {
+      // Within [0, size) only: the file may grow meanwhile.
+      ASSIGN_OR_RETURN(std::string block,
+                       Read(pos, static_cast<size_t>(std::min<uint64_t>(kLogBlock, size - pos))));
+      if (block.empty()) break;
+      if (size_t nl = block.find('\n'); nl != std::string::npos) return pos + nl + 1;
+      pos += block.size();
+    }
+    return from;
+  }
+  // Where the last `lines` lines of [0, size) start, reading backwards from the end a
+  // block at a time; never before size - cap (then at a line start after it).
+  Result<uint64_t> TailStart(uint64_t size, uint64_t lines, uint64_t cap) const {
+    if (size == 0 || lines == 0) return size;
+    const uint64_t floor = size > cap ? size - cap : 0;
+    uint64_t found = 0;
+    for (uint64_t end = size; end > floor;) {
+      uint64_t start = end - std::min<uint64_t>(kLogBlock, end - floor);
+      ASSIGN_OR_RETURN(std::string block, Read(start, static_cast<size_t>(end - start)));
+      if (block.size() != end - start) return size;  // truncated meanwhile: nothing to show
+      for (size_t i = block.size(); i-- > 0;) {
+        // The newline that ends the last line does not start one.
+        if (block[i] != '\n' || start + i == size - 1) continue;
+        if (++found == lines) return start + i + 1;
+      }
+      end = start;
+    }
+    return floor == 0 ? uint64_t{0} : LineStartFrom(floor, size);
+  }
+
+ private:
+  int fd_;
+};
+
+// Range: bytes=a-b | a- | -n (one range). Sets [*first, *last] within size; false
+// when unsatisfiable, an error when it does not parse.
+Result<bool> ParseByteRange(const std::string& header, uint64_t size, uint64_t* first,
+                            uint64_t* last) {
+  auto bad = [&] {
+    return InvalidArgument("Range: expected bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX "
+                           "(one range), got '" + header + "'");
+  };
+  if (header.rfind("bytes=", 0) != 0) return bad();
+  std::string spec = header.substr(6);
+  if (spec.find(',') != std::string::npos) return bad();
+  size_t dash = spec.find('-');
+  if (dash == std::string::npos) return bad();
+  auto number = [](const std::string& t, uint64_t* out) {
+    if (t.empty() || t.size() > 19 || t.find_first_not_of("0123456789") != std::string::npos) {
+      return false;
+    }
+    *out = std::stoull(t);
+    return true;
+  };
+  std::string a = spec.substr(0, dash), b = spec.substr(dash + 1);
+  if (a.empty()) {  // the last n bytes
+    uint64_t n;
+    if (!number(b, &n)) return bad();
+    if (n == 0 || size == 0) return false;
+    *first = size - std::min(n, size);
+    *last = size - 1;
+    return true;
+  }
+  if (!number(a, first)) return bad();
+  if (b.empty()) {
+    *last = size == 0 ? 0 : size - 1;
+  } else if (!number(b, last) || *last < *first) {
+    return bad();
+  }
+  if (*first >= size) return false;
+  *last = std::min(*last, size - 1);
+  return true;
+}
+
 }  // namespace
 
 // The caller of the request this pool thread is handling: set by the pre-routing
@@ -176,11 +368,9 @@ struct ApiServer::Impl {
   storage::EventStore* store;
   IdGenerator* ids;
   const Clock* clock;
-  std::unique_ptr<httplib::Server> server;  // an SSLServer unless config.plain_http
-  httplib::Server& http;
-  std::thread thread;
+  HttpServer http;
   std::atomic<bool> stopping{false};
-  std::atomic<int> streams{0};
+  StreamSlots streams;
   std::unique_ptr<TokenStore> tokens;  // set by Bind
 
   std::mutex metrics_mu;
@@ -192,12 +382,36 @@ struct ApiServer::Impl {
         store(s),
         ids(i),
         clock(k),
-        server(config.plain_http ? std::make_unique<httplib::Server>()
-                                 : std::make_unique<httplib::SSLServer>(
-                                       config.tls_certificate.c_str(), config.tls_key.c_str())),
-        http(*server) {}
+        http(TransportOptions(config, e)),
+        streams(config.max_streams, config.max_streams_per_principal) {}
+
+  static HttpServerOptions TransportOptions(const Config& c, Engine* e) {
+    HttpServerOptions o;
+    o.io_threads = c.io_threads;
+    o.worker_threads = c.threads;
+    o.max_body_bytes = c.max_body_bytes;
+    o.max_connections = c.max_connections;
+    o.max_connections_per_client = c.max_connections_per_client;
+    o.tls_handshake_timeout = c.tls_handshake_timeout;
+    o.header_timeout = c.header_timeout;
+    o.body_timeout = c.body_timeout;
+    o.idle_timeout = c.keep_alive_timeout;
+    o.write_timeout = c.write_timeout;
+    if (!c.plain_http) {
+      o.tls_certificate = c.tls_certificate;
+      o.tls_key = c.tls_key;
+    }
+    // Long polls and streams wake when the engine commits (or, on a standby, applies).
+    o.change_counter = [e] { return e->Generation(); };
+    o.wait_for_change = [e](uint64_t seen, std::chrono::milliseconds timeout) {
+      e->WaitForChange(seen, std::chrono::duration_cast<Micros>(timeout));
+    };
+    return o;
+  }
 
   using Handler = std::function<void(const Request&, Response&)>;
+  void Get(const std::string& pattern, Handler h) { http.Route("GET", pattern, std::move(h)); }
+  void Post(const std::string& pattern, Handler h) { http.Route("POST", pattern, std::move(h)); }
 
   // Wraps a handler: exceptions become 500s, requests are counted and logged.
   Handler Wrap(std::string route, Handler h) {
@@ -207,6 +421,7 @@ struct ApiServer::Impl {
         h(req, res);
       } catch (const std::exception& e) {
         spdlog::error("{} {}: unhandled exception: {}", req.method, req.path, e.what());
+        res = Response{};
         WriteError(res, {500, "internal", std::string("internal error: ") + e.what(), {}});
       }
       auto us = std::chrono::duration_cast<std::chrono::microseconds>(
@@ -216,8 +431,9 @@ struct ApiServer::Impl {
         std::lock_guard<std::mutex> lock(metrics_mu);
         requests[{route, res.status}]++;
       }
-      spdlog::debug("http {} {} route={} status={} duration_us={}", req.method, req.path, route,
-                    res.status, us);
+      spdlog::debug("http {} {} route={} status={} duration_us={}{}", req.method, req.path, route,
+                    res.status, us,
+                    res.streaming() ? " (stream)" : res.deferred() ? " (long poll)" : "");
     };
   }
 
@@ -239,10 +455,6 @@ struct ApiServer::Impl {
     auto it = s.workflows.find(name);
     return it == s.workflows.end() || it->second.empty() ? "" : it->second.front().tenant;
   }
-  // A data set or model version belongs to the tenant of the run that made it.
-  static bool SeesArtifact(const engine::State& s, const engine::ArtifactVersion& v) {
-    return SeesRun(s, v.run);
-  }
   static bool SeesRun(const engine::State& s, const std::string& run_id,
                       const Principal& p = Caller()) {
     const engine::Run* r = s.FindRun(run_id);
@@ -260,46 +472,36 @@ struct ApiServer::Impl {
     return false;
   }
 
-  // Streams SSE with the events from `fetch(after)` that `keep` (all when null)
-  // until `done()` or disconnect; the cursor moves past the ones not kept too.
+  // A stream slot for the caller, or null with a 429 written naming the cap.
+  std::shared_ptr<StreamSlots::Slot> AcquireStream(Response& res) {
+    const Principal& p = Caller();
+    std::string refused;
+    auto slot = streams.Acquire(p.token_id.empty() ? p.Actor() : p.token_id, p.Actor(), &refused);
+    if (!slot) WriteError(res, {429, "too_many_streams", refused, {}});
+    return slot;
+  }
+
+  // One read of an event stream: what was read past the cursor, and whether more is
+  // there already (a full page).
+  struct EventPage {
+    std::vector<storage::Envelope> events;
+    bool more = false;
+  };
+  // Reads on from where its last call stopped (it owns its cursor).
+  using Fetch = std::function<Result<EventPage>()>;
   using Keep = std::function<bool(const storage::Envelope&)>;
-  void StreamEvents(Response& res, uint64_t after,
-                    std::function<Result<std::vector<storage::Envelope>>(uint64_t)> fetch,
+  // Streams SSE with the events `fetch` reads that `keep` (all when null) until
+  // `done()` (checked before each read, so the last events are sent) or the client
+  // leaves. A page per call: the next is read only once the last one is written.
+  void StreamEvents(Response& res, std::shared_ptr<StreamSlots::Slot> slot, Fetch fetch,
                     std::function<bool()> done, Keep keep = nullptr);
+  // Streams a step's log as SSE (one "log" event a line) from byte `from`, until its
+  // attempt has finished and everything was sent ("end").
+  void FollowLog(Response& res, const std::string& path, const std::string& attempt_id,
+                 uint64_t from);
 };
 
 void ApiServer::Impl::Routes() {
-  http.set_tcp_nodelay(true);
-  // httplib closes a keep-alive connection after 5 requests by default; clients
-  // that reuse connections (epochctl, agents, load) would see spurious errors.
-  http.set_keep_alive_max_count(1000000);
-  // An idle keep-alive connection holds a pool thread, and a stopping server waits for
-  // it to time out: short, so that SIGTERM stops epochd within a few seconds (agents
-  // poll continuously; clients reconnect transparently).
-  http.set_keep_alive_timeout(2);
-  http.set_payload_max_length(config.max_body_bytes);
-  http.set_read_timeout(std::chrono::seconds(30));
-  http.set_write_timeout(std::chrono::seconds(30));
-  int threads = config.threads + config.max_streams + config.max_replicas * 2;
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
-  // httplib calls this for every status >= 400; only fill in bodies it left empty.
-  http.set_error_handler([](const Request& req, Response& res) {
-    if (!res.body.empty()) return;
-    if (res.status == 413) {
-      WriteError(res, {413, "too_large", "the request body is larger than api.maxBodyBytes", {}});
-    } else if (res.status == 404) {
-      WriteError(res, {404, "not_found", "no route for " + req.method + " " + req.path, {}});
-    } else if (res.status == 400) {
-      WriteError(res, {400, "malformed",
-                       "malformed HTTP request (bad request line or headers, or headers over "
-                       "8 KiB)",
-                       {}});
-    } else if (res.status == 405) {
-      WriteError(res, {405, "method_not_allowed", req.method + " is not allowed here", {}});
-    } else if (res.body.empty()) {
-      WriteError(res, {res.status, "error", "HTTP " + std::to_string(res.status), {}});
-    }
-  });
   HaRouting();
   OpsRoutes();
   RunsRoutes();
@@ -331,11 +533,30 @@ bool ApiServer::Impl::Admit(const Request& req, Response& res) {
   t_caller = Principal{};
   Access access = Classify(req.method, req.path);
   if (access == Access::kPublic) return true;
-  auto who = tokens->Authenticate(req.get_header_value("Authorization"));
-  Status st = who.ok() ? Authorize(*who, access) : who.status();
+  Result<Principal> who = Principal{};
+  if (access == Access::kAgent) {
+    // /v1/containers/{id}/...: that container's own credential, nothing else.
+    std::string id = req.path.substr(std::string_view("/v1/containers/").size());
+    id = id.substr(0, id.find('/'));
+    std::string header = req.Header("Authorization");
+    constexpr std::string_view kBearer = "Bearer ";
+    Status ok = header.starts_with(kBearer)
+                    ? engine->AuthenticateContainer(id, header.substr(kBearer.size()))
+                    : Unauthenticated("the container protocol needs 'Authorization: Bearer "
+                                      "<the container's credential>'");
+    if (ok.ok()) {
+      who = Principal{id, "", Role::kViewer, ""};
+    } else {
+      who = ok;
+    }
+  } else {
+    who = tokens->Authenticate(req.Header("Authorization"));
+  }
+  Status st = !who.ok() ? who.status() : access == Access::kAgent ? Status::Ok()
+                                                                  : Authorize(*who, access);
   if (!st.ok()) {
     if (st.code() == StatusCode::kUnauthenticated) {
-      res.set_header("WWW-Authenticate", "Bearer realm=\"epoch\"");
+      res.SetHeader("WWW-Authenticate", "Bearer realm=\"epoch\"");
     }
     WriteError(res, FromStatus(st));
     std::lock_guard<std::mutex> lock(metrics_mu);
@@ -347,19 +568,19 @@ bool ApiServer::Impl::Admit(const Request& req, Response& res) {
 }
 
 void ApiServer::Impl::HaRouting() {
-  http.set_pre_routing_handler([this](const Request& req, Response& res) {
-    if (!Admit(req, res)) return httplib::Server::HandlerResponse::Handled;
-    if (req.method == "GET" || req.method == "HEAD") return httplib::Server::HandlerResponse::Unhandled;
+  auto pre = [this](const Request& req, Response& res) {
+    if (!Admit(req, res)) return true;
+    if (req.method == "GET" || req.method == "HEAD") return false;
     engine::Role role = engine->role();
-    if (role == engine::Role::kLeader) return httplib::Server::HandlerResponse::Unhandled;
+    if (role == engine::Role::kLeader) return false;
     std::string leader = LeaderAddress();
     std::string what = "this master is " + std::string(engine::Name(role)) + ", not the leader";
     if (!leader.empty() && role != engine::Role::kPromoting) {
-      res.set_header("Location", leader + req.target);
+      res.SetHeader("Location", leader + req.target);
       WriteError(res, {307, "not_leader", what + "; the leader is " + leader, {leader}});
       res.status = 307;
     } else {
-      res.set_header("Retry-After", "1");
+      res.SetHeader("Retry-After", "1");
       WriteError(res, {503, "not_leader",
                        what + (role == engine::Role::kPromoting
                                    ? "; it is taking over, retry in a moment"
@@ -368,20 +589,26 @@ void ApiServer::Impl::HaRouting() {
     }
     std::lock_guard<std::mutex> lock(metrics_mu);
     requests[{"not_leader", res.status}]++;
-    return httplib::Server::HandlerResponse::Handled;
-  });
-  http.set_post_routing_handler([this](const Request&, Response& res) {
-    res.set_header("Epoch-Role", std::string(engine::Name(engine->role())));
-    res.set_header("Epoch-Position",
-                   std::to_string(engine->Read([](const engine::State& s) { return s.head; })));
-  });
+    return true;
+  };
+  auto post = [this](const Request&, Response& res) {
+    res.SetHeader("Epoch-Role", std::string(engine::Name(engine->role())));
+    res.SetHeader("Epoch-Position",
+                  std::to_string(engine->Read([](const engine::State& s) { return s.head; })));
+  };
+  // The answers the transport makes itself (400 malformed, 404 no route, 413 too large).
+  auto error_body = [](Response& res, int status, const std::string& code,
+                       const std::string& message) {
+    WriteError(res, {status, code, message, {}});
+  };
+  http.SetHooks(pre, post, error_body);
 }
 
 void ApiServer::Impl::OpsRoutes() {
-  http.Get("/healthz", Wrap("/healthz", [](const Request&, Response& res) {
+  Get("/healthz", Wrap("/healthz", [](const Request&, Response& res) {
              WriteJson(res, 200, Json{{"status", "ok"}});
            }));
-  http.Get("/readyz", Wrap("/readyz", [this](const Request&, Response& res) {
+  Get("/readyz", Wrap("/readyz", [this](const Request&, Response& res) {
              bool ready = engine->ready() && engine->healthy();
              std::string role(engine::Name(engine->role()));
              if (!engine->healthy()) role = "failed";
@@ -389,7 +616,7 @@ void ApiServer::Impl::OpsRoutes() {
              WriteJson(res, ready ? 200 : 503,
                        Json{{"ready", ready}, {"role", role}, {"epoch", engine->epoch()}});
            }));
-  http.Get("/v1/cluster", Wrap("/v1/cluster", [this](const Request&, Response& res) {
+  Get("/v1/cluster", Wrap("/v1/cluster", [this](const Request&, Response& res) {
              storage::HeadInfo head = store->Head();
              engine::Role role = engine->role();
              Json leader;
@@ -416,12 +643,16 @@ void ApiServer::Impl::OpsRoutes() {
                     {"history", engine::HistoryCheckToJson(engine->history())},
                     {"head", Json{{"position", head.position}, {"hash", head.hash}}},
                     {"store_bytes", store->ApproximateSizeBytes()},
-                    {"data_dir", config.data_dir},
-                    {"ready", engine->ready()},
-                    {"config", config.ToJson()}};
+                    {"ready", engine->ready()}};
+             // Where the data lives and the whole configuration (tenant names, key and
+             // token paths) are for admins only.
+             if (Caller().role == Role::kAdmin) {
+               j["data_dir"] = config.data_dir;
+               j["config"] = config.ToJson();
+             }
              WriteJson(res, 200, j);
            }));
-  http.Get("/metrics", Wrap("/metrics", [this](const Request&, Response& res) {
+  Get("/metrics", Wrap("/metrics", [this](const Request&, Response& res) {
              std::ostringstream o;
              std::map<std::string, int> runs, attempts, containers;
              size_t queue = 0;
@@ -449,7 +680,23 @@ void ApiServer::Impl::OpsRoutes() {
              }
              o << "# HELP epoch_api_streams Open SSE streams (api.maxStreams allowed).\n"
                   "# TYPE epoch_api_streams gauge\nepoch_api_streams "
-               << streams.load() << "\n";
+               << streams.open() << "\n";
+             HttpServerStats hs = http.stats();
+             o << "# HELP epoch_http_connections Open HTTP connections.\n"
+                  "# TYPE epoch_http_connections gauge\nepoch_http_connections "
+               << hs.open_connections << "\n";
+             o << "# HELP epoch_http_parked Long polls and streams waiting for a change.\n"
+                  "# TYPE epoch_http_parked gauge\nepoch_http_parked "
+               << hs.parked << "\n";
+             o << "# HELP epoch_http_connections_refused_total Connections closed at accept "
+                  "(api.maxConnections, api.maxConnectionsPerClient).\n"
+                  "# TYPE epoch_http_connections_refused_total counter\n"
+                  "epoch_http_connections_refused_total "
+               << hs.refused << "\n";
+             o << "# HELP epoch_http_timeouts_total Connections closed at a deadline (TLS "
+                  "handshake, request head, body, keep-alive idle, write).\n"
+                  "# TYPE epoch_http_timeouts_total counter\nepoch_http_timeouts_total "
+               << hs.timed_out << "\n";
              o << "# HELP epoch_queue_length Attempts waiting for a container.\n"
                   "# TYPE epoch_queue_length gauge\nepoch_queue_length "
                << queue << "\n";
@@ -485,27 +732,30 @@ void ApiServer::Impl::OpsRoutes() {
                    << "\",code=\"" << k.second << "\"} " << n << "\n";
                }
              }
-             res.set_content(o.str(), "text/plain; version=0.0.4");
+             res.SetContent(o.str(), "text/plain; version=0.0.4");
            }));
 }
 
 void ApiServer::Impl::RunsRoutes() {
-  http.Post("/v1/workflows", Wrap("/v1/workflows", [this](const Request& req, Response& res) {
+  Post("/v1/workflows", Wrap("/v1/workflows", [this](const Request& req, Response& res) {
               HttpError err;
               auto body = ParseBody(req, &err);
               if (!body.ok()) return WriteError(res, err);
               engine::RegisterWorkflow cmd{*body, Actor(req), Caller().tenant, ""};
               cmd.any_tenant = Caller().role == Role::kAdmin;
-              cmd.idempotency_key = req.get_header_value("Idempotency-Key");
+              cmd.idempotency_key = req.Header("Idempotency-Key");
               if (cmd.idempotency_key.size() > 256) {
                 return WriteError(res, {400, "malformed", "Idempotency-Key: at most 256 bytes", {}});
+              }
+              if (!cmd.idempotency_key.empty()) {
+                cmd.request_digest = Sha256Hex(CanonicalDump(cmd.definition));
               }
               auto r = engine->Execute(std::move(cmd));
               if (!r.ok()) return WriteError(res, FromStatus(r.status()));
               WriteJson(res, r->created ? 201 : 200,
                         Json{{"name", r->id}, {"version", r->version}, {"digest", r->digest}});
             }));
-  http.Get("/v1/workflows", Wrap("/v1/workflows", [this](const Request&, Response& res) {
+  Get("/v1/workflows", Wrap("/v1/workflows", [this](const Request&, Response& res) {
              Json items = Json::array();
              engine->Read([&](const engine::State& s) {
                for (const auto& [name, versions] : s.workflows) {
@@ -526,7 +776,7 @@ void ApiServer::Impl::RunsRoutes() {
   auto get_workflow = [this](const Request& req, Response& res) {
     std::string name = req.matches[1];
     int version = 0;
-    if (req.matches.size() > 2 && req.matches[2].matched) {
+    if (req.matches.size() > 2) {
       try {
         version = std::stoi(req.matches[2]);
       } catch (const std::exception&) {
@@ -557,8 +807,8 @@ void ApiServer::Impl::RunsRoutes() {
     }
     WriteJson(res, 200, out);
   };
-  http.Get(R"(/v1/workflows/([^/]+))", Wrap("/v1/workflows/{name}", get_workflow));
-  http.Get(R"(/v1/workflows/([^/]+)/versions/([^/]+))",
+  Get(R"(/v1/workflows/([^/]+))", Wrap("/v1/workflows/{name}", get_workflow));
+  Get(R"(/v1/workflows/([^/]+)/versions/([^/]+))",
            Wrap("/v1/workflows/{name}/versions/{v}", get_workflow));
 
   // Lineage: data sets and models, each version with what produced it.
@@ -567,20 +817,21 @@ void ApiServer::Impl::RunsRoutes() {
     auto all = [model](const engine::State& s) -> const auto& {
       return model ? s.models : s.datasets;
     };
-    http.Get(base, Wrap(base, [this, all, model](const Request&, Response& res) {
+    // Names are per tenant (engine::ArtifactKey): each item says whose it is.
+    Get(base, Wrap(base, [this, all, model](const Request& req, Response& res) {
+               std::string only = req.Param("tenant");
+               if (req.HasParam("tenant") && !IsValidName(only)) {
+                 return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
+               }
                Json items = Json::array();
                engine->Read([&](const engine::State& s) {
-                 for (const auto& [name, versions] : all(s)) {
-                   const engine::ArtifactVersion* last = nullptr;
-                   size_t visible = 0;
-                   for (const auto& v : versions) {
-                     if (!SeesArtifact(s, v)) continue;
-                     last = &v;
-                     ++visible;
-                   }
-                   if (!last) continue;
-                   Json latest = engine::ArtifactToJson(name, *last, model);
-                   latest["versions"] = visible;
+                 for (const auto& [key, versions] : all(s)) {
+                   auto [tenant, name] = engine::SplitArtifactKey(key);
+                   if (!Caller().Sees(tenant) || versions.empty()) continue;
+                   if (!only.empty() && tenant != only) continue;
+                   Json latest = engine::ArtifactToJson(name, versions.back(), model);
+                   latest["tenant"] = tenant;
+                   latest["versions"] = versions.size();
                    items.push_back(std::move(latest));
                  }
                  return 0;
@@ -590,7 +841,7 @@ void ApiServer::Impl::RunsRoutes() {
     auto one = [this, all, model](const Request& req, Response& res) {
       std::string name = req.matches[1];
       int version = 0;
-      if (req.matches.size() > 2 && req.matches[2].matched) {
+      if (req.matches.size() > 2) {
         try {
           version = std::stoi(req.matches[2]);
         } catch (const std::exception&) {
@@ -600,25 +851,50 @@ void ApiServer::Impl::RunsRoutes() {
           return WriteError(res, {400, "bad_parameter", "version must be an integer >= 1", {}});
         }
       }
+      std::string tenant = req.Param("tenant");
+      if (req.HasParam("tenant") && !IsValidName(tenant)) {
+        return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
+      }
       Json out;
+      std::vector<std::string> owners;  // tenants with the name, when it is ambiguous
       bool found = engine->Read([&](const engine::State& s) {
-        auto it = all(s).find(name);
-        if (it == all(s).end()) return false;
+        const auto& named = all(s);
+        // Whose: the tenant asked for; else the caller's own; else, for those who see
+        // every tenant, the one tenant that has the name.
+        if (tenant.empty() && named.count(engine::ArtifactKey(Caller().tenant, name))) {
+          tenant = Caller().tenant;
+        }
+        if (tenant.empty() && Caller().SeesAllTenants()) {
+          for (const auto& [key, versions] : named) {
+            auto [t, n] = engine::SplitArtifactKey(key);
+            if (n == name) owners.push_back(t);
+          }
+          if (owners.size() != 1) return false;
+          tenant = owners.front();
+          owners.clear();
+        }
+        if (tenant.empty() || !Caller().Sees(tenant)) return false;
+        auto it = named.find(engine::ArtifactKey(tenant, name));
+        if (it == named.end() || it->second.empty()) return false;
         if (version > static_cast<int>(it->second.size())) return false;
         if (version > 0) {
-          const auto& v = it->second[static_cast<size_t>(version - 1)];
-          if (!SeesArtifact(s, v)) return false;
-          out = engine::ArtifactToJson(name, v, model);
+          out = engine::ArtifactToJson(name, it->second[static_cast<size_t>(version - 1)], model);
+          out["tenant"] = tenant;
           return true;
         }
         Json versions = Json::array();
-        for (const auto& v : it->second) {
-          if (SeesArtifact(s, v)) versions.push_back(engine::ArtifactToJson(name, v, model));
-        }
-        if (versions.empty()) return false;
-        out = Json{{"name", name}, {"versions", versions}};
+        for (const auto& v : it->second) versions.push_back(engine::ArtifactToJson(name, v, model));
+        out = Json{{"name", name}, {"tenant", tenant}, {"versions", versions}};
         return true;
       });
+      if (owners.size() > 1) {
+        std::string list;
+        for (const auto& t : owners) list += (list.empty() ? "" : ", ") + t;
+        return WriteError(res, {409, "ambiguous",
+                                std::string(model ? "model '" : "data set '") + name +
+                                    "' exists in tenants " + list + ": add ?tenant=",
+                                owners});
+      }
       if (!found) {
         return WriteError(res, {404, "not_found",
                                 std::string(model ? "model '" : "data set '") + name + "'" +
@@ -628,22 +904,22 @@ void ApiServer::Impl::RunsRoutes() {
       }
       WriteJson(res, 200, out);
     };
-    http.Get(base + R"(/([^/]+))", Wrap(base + "/{name}", one));
-    http.Get(base + R"(/([^/]+)/versions/([^/]+))", Wrap(base + "/{name}/versions/{v}", one));
+    Get(base + R"(/([^/]+))", Wrap(base + "/{name}", one));
+    Get(base + R"(/([^/]+)/versions/([^/]+))", Wrap(base + "/{name}/versions/{v}", one));
   }
 
   // Audit: the hash chain, walked from the first event (or a trusted checkpoint
   // `from=P&hash=H`); `against=P:H` also proves the history up to P is the one whose
   // hash at P was recorded. The answer is 200 either way: "ok" says.
-  http.Get("/v1/audit/verify", Wrap("/v1/audit/verify", [this](const Request& req, Response& res) {
+  Get("/v1/audit/verify", Wrap("/v1/audit/verify", [this](const Request& req, Response& res) {
              HttpError err;
              auto from = QueryInt(req, "from", 1, 1, std::numeric_limits<int64_t>::max(), &err);
              if (!from.ok()) return WriteError(res, err);
-             std::string from_hash = req.get_param_value("hash");
+             std::string from_hash = req.Param("hash");
              uint64_t against_pos = 0;
              std::string against_hash;
-             if (req.has_param("against")) {
-               std::string a = req.get_param_value("against");
+             if (req.HasParam("against")) {
+               std::string a = req.Param("against");
                size_t colon = a.find(':');
                try {
                  size_t used = 0;
@@ -702,13 +978,13 @@ void ApiServer::Impl::RunsRoutes() {
            }));
 
   // The step cache (engine/cache.h): entries, and forgetting them.
-  http.Get("/v1/cache", Wrap("/v1/cache", [this](const Request& req, Response& res) {
-             std::string workflow = req.get_param_value("workflow");
-             std::string step = req.get_param_value("step");
+  Get("/v1/cache", Wrap("/v1/cache", [this](const Request& req, Response& res) {
+             std::string workflow = req.Param("workflow");
+             std::string step = req.Param("step");
              Json items = Json::array();
              engine->Read([&](const engine::State& s) {
                for (const auto& [key, e] : s.cache) {
-                 if (!Caller().Sees(WorkflowTenant(s, e.workflow))) continue;
+                 if (!Caller().Sees(e.tenant)) continue;
                  if (!workflow.empty() && e.workflow != workflow) continue;
                  if (!step.empty() && e.step != step) continue;
                  items.push_back(engine::CacheEntryToJson(key, e));
@@ -717,7 +993,7 @@ void ApiServer::Impl::RunsRoutes() {
              });
              WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
            }));
-  http.Post("/v1/cache/invalidate",
+  Post("/v1/cache/invalidate",
             Wrap("/v1/cache/invalidate", [this](const Request& req, Response& res) {
               HttpError err;
               auto body = ParseBody(req, &err);
@@ -744,7 +1020,7 @@ void ApiServer::Impl::RunsRoutes() {
               std::string hidden = engine->Read([&](const engine::State& s) -> std::string {
                 if (!cmd.key.empty()) {
                   auto it = s.cache.find(cmd.key);
-                  if (it != s.cache.end() && !Caller().Sees(WorkflowTenant(s, it->second.workflow))) {
+                  if (it != s.cache.end() && !Caller().Sees(it->second.tenant)) {
                     return "cache key '" + cmd.key + "' has no entry";
                   }
                 }
@@ -755,12 +1031,14 @@ void ApiServer::Impl::RunsRoutes() {
                 return "";
               });
               if (!hidden.empty()) return WriteError(res, {404, "not_found", hidden, {}});
+              cmd.tenant = Caller().tenant;
+              cmd.any_tenant = Caller().role == Role::kAdmin;
               auto r = engine->Execute(cmd);
               if (!r.ok()) return WriteError(res, FromStatus(r.status()));
               WriteJson(res, 200, Json{{"invalidated", r->keys.size()}, {"keys", r->keys}});
             }));
 
-  http.Post("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
+  Post("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
               HttpError err;
               auto body = ParseBody(req, &err);
               if (!body.ok()) return WriteError(res, err);
@@ -816,10 +1094,12 @@ void ApiServer::Impl::RunsRoutes() {
                 }
                 cmd.priority = b["priority"];
               }
-              cmd.idempotency_key = req.get_header_value("Idempotency-Key");
+              cmd.idempotency_key = req.Header("Idempotency-Key");
               if (cmd.idempotency_key.size() > 256) {
                 return WriteError(res, {400, "malformed", "Idempotency-Key: at most 256 bytes", {}});
               }
+              // The request the key stands for (key order and spacing do not matter).
+              if (!cmd.idempotency_key.empty()) cmd.request_digest = Sha256Hex(CanonicalDump(b));
               cmd.submitter = Actor(req);
               cmd.tenant = Caller().tenant;
               cmd.any_tenant = Caller().role == Role::kAdmin;
@@ -832,28 +1112,27 @@ void ApiServer::Impl::RunsRoutes() {
                 if (found) run = engine::RunToJson(*found, engine->options().config, &s);
                 return 0;
               });
-              res.set_header("Location", "/v1/runs/" + r->id);
+              res.SetHeader("Location", "/v1/runs/" + r->id);
               WriteJson(res, r->created ? 201 : 200, run);
             }));
 
-  http.Get("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
+  Get("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
              HttpError err;
              auto limit = QueryInt(req, "limit", 100, 1, kMaxPageSize, &err);
              if (!limit.ok()) return WriteError(res, err);
              auto cursor = QueryInt(req, "cursor", 0, 0, INT64_MAX, &err);
              if (!cursor.ok()) return WriteError(res, err);
-             std::string state = req.get_param_value("state");
-             std::string workflow = req.get_param_value("workflow");
+             std::string state = req.Param("state");
+             std::string workflow = req.Param("workflow");
              // label=k=v, repeatable: a run must carry every one.
              std::vector<std::pair<std::string, std::string>> labels;
-             auto range = req.params.equal_range("label");
-             for (auto it = range.first; it != range.second; ++it) {
-               auto eq = it->second.find('=');
+             for (const std::string& label : req.Params("label")) {
+               auto eq = label.find('=');
                if (eq == std::string::npos || eq == 0) {
                  return WriteError(res, {400, "bad_parameter",
-                                         "label must be key=value, got '" + it->second + "'", {}});
+                                         "label must be key=value, got '" + label + "'", {}});
                }
-               labels.push_back({it->second.substr(0, eq), it->second.substr(eq + 1)});
+               labels.push_back({label.substr(0, eq), label.substr(eq + 1)});
              }
              static const std::set<std::string> kStates{"queued", "running", "succeeded", "failed",
                                                         "cancelled"};
@@ -891,7 +1170,7 @@ void ApiServer::Impl::RunsRoutes() {
              });
              WriteJson(res, 200, Json{{"items", items}, {"next_cursor", next}});
            }));
-  http.Get(R"(/v1/runs/([^/]+))", Wrap("/v1/runs/{id}", [this](const Request& req, Response& res) {
+  Get(R"(/v1/runs/([^/]+))", Wrap("/v1/runs/{id}", [this](const Request& req, Response& res) {
              std::string id = req.matches[1];
              Json run;
              bool found = engine->Read([&](const engine::State& s) {
@@ -925,10 +1204,10 @@ void ApiServer::Impl::RunsRoutes() {
       WriteJson(res, 202, run);
     };
   };
-  http.Post(R"(/v1/runs/([^/]+)/cancel)", Wrap("/v1/runs/{id}/cancel", run_command(true)));
-  http.Post(R"(/v1/runs/([^/]+)/retry)", Wrap("/v1/runs/{id}/retry", run_command(false)));
+  Post(R"(/v1/runs/([^/]+)/cancel)", Wrap("/v1/runs/{id}/cancel", run_command(true)));
+  Post(R"(/v1/runs/([^/]+)/retry)", Wrap("/v1/runs/{id}/retry", run_command(false)));
 
-  http.Get(R"(/v1/runs/([^/]+)/steps/([^/]+)/logs)",
+  Get(R"(/v1/runs/([^/]+)/steps/([^/]+)/logs)",
            Wrap("/v1/runs/{id}/steps/{step}/logs", [this](const Request& req, Response& res) {
              std::string id = req.matches[1], step = req.matches[2];
              HttpError err;
@@ -950,143 +1229,193 @@ void ApiServer::Impl::RunsRoutes() {
              });
              if (!problem.empty()) return WriteError(res, {404, "not_found", problem, {}});
              std::string path = engine::LogPath(engine->options().config, id, step, attempt);
-             if (!QueryBool(req, "follow")) {
-               std::ifstream in(path, std::ios::binary);
-               std::stringstream ss;
-               if (in) ss << in.rdbuf();
-               res.set_content(ss.str(), "text/plain; charset=utf-8");
-               return;
+             const bool follow = QueryBool(req, "follow");
+             const bool tail = req.HasParam("tail");
+             auto lines = QueryInt(req, "tail", 0, 0, 100000000, &err);
+             if (!lines.ok()) return WriteError(res, err);
+             const std::string range = req.Header("Range");
+             if (!range.empty() && (follow || tail)) {
+               return WriteError(res, {400, "bad_parameter",
+                                       "Range: not with tail or follow (give one of them)", {}});
              }
-             if (streams.fetch_add(1) >= config.max_streams) {
-               streams--;
-               return WriteError(res, {429, "too_many_streams", "too many open streams", {}});
+             const uint64_t cap = config.max_log_response_bytes;
+             if (follow) {
+               uint64_t from = 0;
+               if (tail) {
+                 LogFile f(path);
+                 auto start = f.TailStart(f.Size(), static_cast<uint64_t>(*lines), cap);
+                 if (!start.ok()) return WriteError(res, FromStatus(start.status()));
+                 from = *start;
+               }
+               return FollowLog(res, path, engine::AttemptId(id, step, attempt), from);
              }
-             std::string attempt_id = engine::AttemptId(id, step, attempt);
-             auto offset = std::make_shared<std::streamoff>(0);
-             auto partial = std::make_shared<std::string>();
-             res.set_header("Cache-Control", "no-cache");
-             res.set_chunked_content_provider(
-                 "text/event-stream",
-                 [this, path, attempt_id, offset, partial](size_t, httplib::DataSink& sink) {
-                   while (!stopping) {
-                     bool finished = engine->Read([&](const engine::State& s) {
-                       const engine::Attempt* a = s.FindAttempt(attempt_id);
-                       return !a || engine::IsTerminal(a->phase);
-                     });
-                     std::ifstream in(path, std::ios::binary);
-                     std::string chunk;
-                     if (in) {
-                       in.seekg(*offset);
-                       std::stringstream ss;
-                       ss << in.rdbuf();
-                       chunk = ss.str();
-                       *offset += static_cast<std::streamoff>(chunk.size());
-                     }
-                     *partial += chunk;
-                     std::string out;
-                     size_t nl;
-                     while ((nl = partial->find('\n')) != std::string::npos) {
-                       out += "event: log\ndata: " + partial->substr(0, nl) + "\n\n";
-                       partial->erase(0, nl + 1);
-                     }
-                     if (finished && chunk.empty()) {
-                       if (!partial->empty()) out += "event: log\ndata: " + *partial + "\n\n";
-                       out += "event: end\ndata: {}\n\n";
-                       sink.write(out.data(), out.size());
-                       sink.done();
-                       return true;
-                     }
-                     if (!out.empty() && !sink.write(out.data(), out.size())) return false;
-                     if (out.empty()) {
-                       uint64_t gen = engine->Generation();
-                       engine->WaitForChange(gen, std::chrono::milliseconds(200));
-                     }
-                     if (!sink.is_writable()) return false;
-                   }
-                   return false;
-                 },
-                 [this](bool) { streams--; });
+             // One answer holds at most api.maxLogResponseBytes, read with pread: never the
+             // whole file. Epoch-Log-Size and Epoch-Log-Offset say which part it is.
+             LogFile f(path);
+             const uint64_t size = f.Size();
+             res.SetHeader("Accept-Ranges", "bytes");
+             res.SetHeader("Epoch-Log-Size", std::to_string(size));
+             uint64_t first = 0, end = size;
+             int status = 200;
+             if (!range.empty()) {
+               uint64_t last = 0;
+               auto ok = ParseByteRange(range, size, &first, &last);
+               if (!ok.ok()) return WriteError(res, {400, "bad_parameter", ok.status().message(), {}});
+               if (!*ok) {
+                 res.SetHeader("Content-Range", "bytes */" + std::to_string(size));
+                 return WriteError(res, {416, "range_not_satisfiable",
+                                         "Range '" + range + "' is outside the log (" +
+                                             std::to_string(size) + " bytes)",
+                                         {}});
+               }
+               end = std::min(last + 1, first + cap);  // a larger range is answered in part
+               status = 206;
+               res.SetHeader("Content-Range", "bytes " + std::to_string(first) + "-" +
+                                                  std::to_string(end - 1) + "/" +
+                                                  std::to_string(size));
+             } else {
+               // The last lines (tail=N), or the whole log; either way at most the last
+               // `cap` bytes, from a line start.
+               auto start = tail ? f.TailStart(size, static_cast<uint64_t>(*lines), cap)
+                                 : f.LineStartFrom(size > cap ? size - cap : 0, size);
+               if (!start.ok()) return WriteError(res, FromStatus(start.status()));
+               first = *start;
+             }
+             auto data = f.Read(first, static_cast<size_t>(end - first));
+             if (!data.ok()) return WriteError(res, FromStatus(data.status()));
+             res.SetHeader("Epoch-Log-Offset", std::to_string(first));
+             res.status = status;
+             res.SetContent(std::move(*data), "text/plain; charset=utf-8");
            }));
 }
 
-void ApiServer::Impl::StreamEvents(
-    Response& res, uint64_t after,
-    std::function<Result<std::vector<storage::Envelope>>(uint64_t)> fetch,
-    std::function<bool()> done, Keep keep) {
-  auto cursor = std::make_shared<uint64_t>(after);
-  res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider(
+void ApiServer::Impl::FollowLog(Response& res, const std::string& path,
+                                const std::string& attempt_id, uint64_t from) {
+  auto slot = AcquireStream(res);
+  if (!slot) return;
+  // One log event per line, read from `offset` a block per call; "end" once the
+  // attempt has finished and everything it wrote was sent.
+  struct State {
+    std::string path, attempt_id;
+    std::unique_ptr<LogFile> file;
+    uint64_t offset = 0;
+    std::string partial;  // an unfinished last line
+    std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
+  };
+  auto st = std::make_shared<State>();
+  st->path = path;
+  st->attempt_id = attempt_id;
+  st->offset = from;
+  auto line = [](std::string* out, std::string_view text) {
+    *out += "event: log\ndata: ";
+    *out += text;
+    *out += "\n\n";
+  };
+  res.Stream(
       "text/event-stream",
-      [this, cursor, fetch, done, keep](size_t, httplib::DataSink& sink) {
-        auto last_write = std::chrono::steady_clock::now();
-        while (!stopping) {
-          auto page = fetch(*cursor);
-          if (!page.ok()) {
-            std::string msg = "event: error\ndata: " +
-                              CanonicalDump(Json{{"message", page.status().message()}}) + "\n\n";
-            sink.write(msg.data(), msg.size());
-            sink.done();
-            return true;
-          }
-          std::string out;
-          bool moved = !page->empty();
-          for (const auto& e : *page) {
-            if (!keep || keep(e)) out += SseEvent(e);
-            *cursor = e.position;
-          }
-          if (moved && out.empty()) continue;  // a page of events this caller may not see
-          if (!out.empty()) {
-            if (!sink.write(out.data(), out.size())) return false;
-            last_write = std::chrono::steady_clock::now();
-            continue;  // there may be more pages
-          }
-          if (done()) {
-            sink.done();
-            return true;
-          }
-          if (std::chrono::steady_clock::now() - last_write > std::chrono::seconds(15)) {
-            static const std::string kKeepAlive = ": keep-alive\n\n";
-            if (!sink.write(kKeepAlive.data(), kKeepAlive.size())) return false;
-            last_write = std::chrono::steady_clock::now();
-          }
-          store->WaitForHead(store->Head().position, std::chrono::milliseconds(500));
-          if (!sink.is_writable()) return false;
+      [this, st, slot, line](std::string* out, bool) {
+        bool finished = engine->Read([&](const engine::State& s) {
+          const engine::Attempt* a = s.FindAttempt(st->attempt_id);
+          return !a || engine::IsTerminal(a->phase);
+        });
+        if (!st->file || !st->file->exists()) st->file = std::make_unique<LogFile>(st->path);
+        auto chunk = st->file->Read(st->offset, kLogBlock);
+        if (!chunk.ok()) {
+          *out = "event: error\ndata: " +
+                 CanonicalDump(Json{{"message", chunk.status().message()}}) + "\n\n";
+          return StreamNext::kEnd;
         }
-        return false;
+        st->offset += chunk->size();
+        st->partial += *chunk;
+        size_t start = 0;
+        for (size_t nl; (nl = st->partial.find('\n', start)) != std::string::npos; start = nl + 1) {
+          line(out, std::string_view(st->partial).substr(start, nl - start));
+        }
+        st->partial.erase(0, start);
+        if (st->partial.size() >= kLogBlock) {  // a line longer than a block goes in parts
+          line(out, st->partial);
+          st->partial.clear();
+        }
+        auto now = std::chrono::steady_clock::now();
+        if (!out->empty()) st->last_write = now;
+        if (chunk->size() == kLogBlock) return StreamNext::kMore;
+        if (finished && chunk->empty()) {
+          if (!st->partial.empty()) line(out, st->partial);
+          *out += "event: end\ndata: {}\n\n";
+          return StreamNext::kEnd;
+        }
+        if (finished) return StreamNext::kMore;  // read on to the end
+        if (out->empty() && now - st->last_write >= kSseKeepAlive) {
+          *out = ": keep-alive\n\n";
+          st->last_write = now;
+        }
+        return StreamNext::kWait;
       },
-      [this](bool) { streams--; });
+      kLogFollowTick);
+}
+
+void ApiServer::Impl::StreamEvents(Response& res, std::shared_ptr<StreamSlots::Slot> slot,
+                                   Fetch fetch, std::function<bool()> done, Keep keep) {
+  auto last_write = std::make_shared<std::chrono::steady_clock::time_point>(
+      std::chrono::steady_clock::now());
+  res.Stream(
+      "text/event-stream",
+      [slot, fetch = std::move(fetch), done = std::move(done), keep = std::move(keep),
+       last_write](std::string* out, bool) {
+        // Before the read: a run found finished here has all its events in the store.
+        bool finished = done && done();
+        auto page = fetch();
+        if (!page.ok()) {
+          *out = "event: error\ndata: " +
+                 CanonicalDump(Json{{"message", page.status().message()}}) + "\n\n";
+          return StreamNext::kEnd;
+        }
+        for (const auto& e : page->events) {
+          if (!keep || keep(e)) *out += SseEvent(e);
+        }
+        auto now = std::chrono::steady_clock::now();
+        if (!out->empty()) *last_write = now;
+        if (page->more) return StreamNext::kMore;
+        if (finished) return StreamNext::kEnd;
+        if (out->empty() && now - *last_write >= kSseKeepAlive) {
+          *out = ": keep-alive\n\n";
+          *last_write = now;
+        }
+        return StreamNext::kWait;
+      },
+      kSseTick);
 }
 
 void ApiServer::Impl::EventRoutes() {
-  http.Get("/v1/events", Wrap("/v1/events", [this](const Request& req, Response& res) {
+  Get("/v1/events", Wrap("/v1/events", [this](const Request& req, Response& res) {
              HttpError err;
              auto after = QueryInt(req, "after", 0, 0, INT64_MAX, &err);
              if (!after.ok()) return WriteError(res, err);
              auto limit = QueryInt(req, "limit", 100, 1, kMaxPageSize, &err);
              if (!limit.ok()) return WriteError(res, err);
              storage::ReadFilter filter;
-             filter.types = SplitComma(req.get_param_value("type"));
-             filter.actor = req.get_param_value("actor");
+             filter.types = SplitComma(req.Param("type"));
+             filter.actor = req.Param("actor");
              for (auto [name, field] : {std::pair{"since", &filter.since}, {"until", &filter.until}}) {
-               if (!req.has_param(name)) continue;
-               auto t = ParseTime(req.get_param_value(name));
+               if (!req.HasParam(name)) continue;
+               auto t = ParseTime(req.Param(name));
                if (!t.ok()) {
                  return WriteError(res, {400, "bad_parameter",
                                          std::string(name) + ": " + t.status().message(), {}});
                }
                *field = FormatTime(*t);
              }
-             std::string stream = req.get_param_value("stream");
-             if (req.has_param("run")) {
+             std::string stream = req.Param("stream");
+             if (req.HasParam("run")) {
                if (!stream.empty()) {
                  return WriteError(res, {400, "bad_parameter", "run and stream: give one", {}});
                }
-               stream = engine::RunStream(req.get_param_value("run"));
+               stream = engine::RunStream(req.Param("run"));
              }
              bool exact = !stream.empty() && stream.back() != '*';
              filter.stream_prefix = exact ? stream : stream.substr(0, stream.empty() ? 0 : stream.size() - 1);
              uint64_t from = static_cast<uint64_t>(*after);
-             std::string last_id = req.get_header_value("Last-Event-ID");
+             std::string last_id = req.Header("Last-Event-ID");
              if (!last_id.empty()) {
                try {
                  from = std::stoull(last_id);
@@ -1097,8 +1426,8 @@ void ApiServer::Impl::EventRoutes() {
              size_t lim = static_cast<size_t>(*limit);
              auto fetch = [this, filter, lim](uint64_t a) { return store->ReadAll(a, lim, filter); };
              // tenant=T: the events of T's runs and workflows.
-             std::string tenant = req.get_param_value("tenant");
-             if (req.has_param("tenant") && !IsValidName(tenant)) {
+             std::string tenant = req.Param("tenant");
+             if (req.HasParam("tenant") && !IsValidName(tenant)) {
                return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
              }
              // The exact stream (not only its prefix), and only what the caller may read.
@@ -1111,11 +1440,23 @@ void ApiServer::Impl::EventRoutes() {
                });
              };
              if (QueryBool(req, "follow")) {
-               if (streams.fetch_add(1) >= config.max_streams) {
-                 streams--;
-                 return WriteError(res, {429, "too_many_streams", "too many open streams", {}});
-               }
-               return StreamEvents(res, from, fetch, [] { return false; }, keep);
+               auto slot = AcquireStream(res);
+               if (!slot) return;
+               // A position cursor: each read starts after the last position read, or
+               // after the head seen before a read that came back short (so a filter
+               // that matches little does not make every read rescan the log).
+               auto cursor = std::make_shared<uint64_t>(from);
+               Fetch follow = [this, filter, lim, cursor]() -> Result<EventPage> {
+                 uint64_t head = store->Head().position;
+                 ASSIGN_OR_RETURN(auto page, store->ReadAll(*cursor, lim, filter));
+                 EventPage out;
+                 out.more = page.size() == lim;
+                 if (!page.empty()) *cursor = page.back().position;
+                 if (!out.more) *cursor = std::max(*cursor, head);
+                 out.events = std::move(page);
+                 return out;
+               };
+               return StreamEvents(res, std::move(slot), std::move(follow), nullptr, keep);
              }
              auto page = fetch(from);
              if (!page.ok()) return WriteError(res, FromStatus(page.status()));
@@ -1130,7 +1471,7 @@ void ApiServer::Impl::EventRoutes() {
            }));
   // A run's readable history: every event of its stream as a line of text (who did
   // what, where, with which GPUs and exit codes), and each step's attempts in brief.
-  http.Get(R"(/v1/runs/([^/]+)/history)",
+  Get(R"(/v1/runs/([^/]+)/history)",
            Wrap("/v1/runs/{id}/history", [this](const Request& req, Response& res) {
              std::string id = req.matches[1];
              Json run;
@@ -1189,7 +1530,7 @@ void ApiServer::Impl::EventRoutes() {
                                       {"steps", steps},
                                       {"timeline", timeline}});
            }));
-  http.Get(R"(/v1/runs/([^/]+)/events)",
+  Get(R"(/v1/runs/([^/]+)/events)",
            Wrap("/v1/runs/{id}/events", [this](const Request& req, Response& res) {
              std::string id = req.matches[1];
              bool exists = engine->Read([&](const engine::State& s) { return SeesRun(s, id); });
@@ -1198,7 +1539,7 @@ void ApiServer::Impl::EventRoutes() {
              auto after = QueryInt(req, "after", 0, 0, INT64_MAX, &err);
              if (!after.ok()) return WriteError(res, err);
              uint64_t from = static_cast<uint64_t>(*after);
-             std::string last_id = req.get_header_value("Last-Event-ID");
+             std::string last_id = req.Header("Last-Event-ID");
              if (!last_id.empty()) {
                try {
                  from = std::stoull(last_id);
@@ -1222,12 +1563,23 @@ void ApiServer::Impl::EventRoutes() {
                return out;
              };
              if (QueryBool(req, "follow")) {
-               if (streams.fetch_add(1) >= config.max_streams) {
-                 streams--;
-                 return WriteError(res, {429, "too_many_streams", "too many open streams", {}});
-               }
+               auto slot = AcquireStream(res);
+               if (!slot) return;
+               // A stream-version cursor: each read starts after the last version read
+               // (only the first reads the run's stream from its start).
+               auto version = std::make_shared<uint64_t>(1);
+               Fetch follow = [this, stream, version, from]() -> Result<EventPage> {
+                 ASSIGN_OR_RETURN(auto page, store->ReadStream(stream, *version, 1000));
+                 EventPage out;
+                 out.more = page.size() == 1000;
+                 if (!page.empty()) *version = page.back().version + 1;
+                 for (auto& e : page) {
+                   if (e.position > from) out.events.push_back(std::move(e));
+                 }
+                 return out;
+               };
                // The stream ends once the run is finished and everything was sent.
-               return StreamEvents(res, from, fetch, [this, id] {
+               return StreamEvents(res, std::move(slot), std::move(follow), [this, id] {
                  return engine->Read([&](const engine::State& s) {
                    const engine::Run* r = s.FindRun(id);
                    return !r || engine::IsTerminal(r->phase);
@@ -1243,7 +1595,7 @@ void ApiServer::Impl::EventRoutes() {
 }
 
 void ApiServer::Impl::ContainerRoutes() {
-  http.Get("/v1/containers", Wrap("/v1/containers", [this](const Request& req, Response& res) {
+  Get("/v1/containers", Wrap("/v1/containers", [this](const Request& req, Response& res) {
              bool all = QueryBool(req, "all");
              Json items = Json::array();
              auto watched = engine->BackendStates();
@@ -1287,7 +1639,7 @@ void ApiServer::Impl::ContainerRoutes() {
     }
     return true;
   };
-  http.Post(R"(/v1/containers/([^/]+)/register)",
+  Post(R"(/v1/containers/([^/]+)/register)",
             Wrap("/v1/containers/{id}/register", [this, strings](const Request& req, Response& res) {
               HttpError err;
               auto body = ParseBody(req, &err);
@@ -1303,6 +1655,13 @@ void ApiServer::Impl::ContainerRoutes() {
               cmd.memory_bytes = b.value("memory_bytes", int64_t{0});
               cmd.gpus = b.value("gpus", Json::array());
               cmd.cuda = b.value("cuda", Json::object());
+              if (b.contains("isolation")) {
+                if (!b["isolation"].is_object() || b["isolation"].dump().size() > 4096) {
+                  return WriteError(res, {400, "malformed",
+                                          "isolation: must be an object (at most 4 KiB)", {}});
+                }
+                cmd.isolation = b["isolation"];
+              }
               cmd.epoch_seen = b.value("epoch_seen", uint64_t{0});
               if (!strings(b, "running", &cmd.running)) {
                 return WriteError(res, {400, "malformed", "running: must be an array of strings", {}});
@@ -1320,7 +1679,7 @@ void ApiServer::Impl::ContainerRoutes() {
                              {"poll_timeout_ms",
                               engine->options().config.poll_timeout.count() / 1000}});
             }));
-  http.Post(R"(/v1/containers/([^/]+)/poll)",
+  Post(R"(/v1/containers/([^/]+)/poll)",
             Wrap("/v1/containers/{id}/poll", [this, strings](const Request& req, Response& res) {
               HttpError err;
               auto body = ParseBody(req, &err);
@@ -1378,28 +1737,25 @@ void ApiServer::Impl::ContainerRoutes() {
                 if (!r.ok()) return WriteError(res, ContainerError(r.status()));
                 ack = r->ack;
               }
+              // The long poll parks (no thread waits): re-checked whenever the engine
+              // commits, answered at the latest at executor.pollTimeout.
               auto deadline = std::chrono::steady_clock::now() +
                               std::chrono::microseconds(engine->options().config.poll_timeout);
-              engine::DispatchView view;
-              while (true) {
-                uint64_t gen = engine->Generation();
-                view = engine->DispatchFor(cmd.container, cmd.running, ack);
-                if (!ack.empty() || !view.assignments.empty() || !view.cancels.empty() ||
-                    stopping) {
-                  break;
+              res.Defer(deadline, [this, container = cmd.container, running = cmd.running,
+                                   ack = std::move(ack)](Response& res, bool expired) {
+                engine::DispatchView view = engine->DispatchFor(container, running, ack);
+                if (ack.empty() && view.assignments.empty() && view.cancels.empty() && !expired) {
+                  return false;
                 }
-                auto left = deadline - std::chrono::steady_clock::now();
-                if (left <= std::chrono::steady_clock::duration::zero()) break;
-                engine->WaitForChange(gen, std::min<Micros>(
-                    std::chrono::duration_cast<Micros>(left), std::chrono::milliseconds(250)));
-              }
-              Json ack_json = Json::array();
-              for (const auto& a : ack) ack_json.push_back(a);
-              WriteJson(res, 200, Json{{"epoch", engine->epoch()},
-                                       {"ack", ack_json},
-                                       {"assignments", view.assignments},
-                                       {"cancels", view.cancels},
-                                       {"grace_ms", engine->options().config.grace_ms}});
+                Json ack_json = Json::array();
+                for (const auto& a : ack) ack_json.push_back(a);
+                WriteJson(res, 200, Json{{"epoch", engine->epoch()},
+                                         {"ack", ack_json},
+                                         {"assignments", view.assignments},
+                                         {"cancels", view.cancels},
+                                         {"grace_ms", engine->options().config.grace_ms}});
+                return true;
+              });
             }));
 }
 
@@ -1417,17 +1773,10 @@ Result<int> ApiServer::Start(const std::string& host, int port) {
   return bound;
 }
 
-void ApiServer::Serve() {
-  impl_->thread = std::thread([this] { impl_->http.listen_after_bind(); });
-}
+void ApiServer::Serve() { impl_->http.Serve(); }
 
 Result<int> ApiServer::Bind(const std::string& host, int port) {
   const Config& c = impl_->config;
-  if (!impl_->http.is_valid()) {
-    return FailedPrecondition("cannot serve HTTPS with " + c.tls_certificate + " and " +
-                              c.tls_key + " (unreadable, or not a certificate and its key)");
-  }
-  ASSIGN_OR_RETURN(std::string agent_token, EnsureAgentToken(c.data_dir));
   std::string tokens_path = c.tokens_file.empty() ? c.data_dir + "/tokens.json" : c.tokens_file;
   // A broken tokens file stops the start here, not the first request.
   ASSIGN_OR_RETURN(auto loaded, LoadTokens(tokens_path));
@@ -1436,24 +1785,13 @@ Result<int> ApiServer::Bind(const std::string& host, int port) {
                  "--tokens {} --user U --tenant T --role admin` makes one",
                  tokens_path, tokens_path);
   }
-  impl_->tokens = std::make_unique<TokenStore>(tokens_path, agent_token);
-  int bound;
-  if (port == 0) {
-    bound = impl_->http.bind_to_any_port(host);
-  } else {
-    bound = impl_->http.bind_to_port(host, port) ? port : -1;
-  }
-  if (bound <= 0) {
-    return Unavailable("cannot listen on " + host + ":" + std::to_string(port) +
-                       " (is another epochd running?)");
-  }
-  return bound;
+  impl_->tokens = std::make_unique<TokenStore>(tokens_path);
+  return impl_->http.Bind(host, port);
 }
 
 void ApiServer::Stop() {
   if (!impl_ || impl_->stopping.exchange(true)) return;
-  impl_->http.stop();
-  if (impl_->thread.joinable()) impl_->thread.join();
+  impl_->http.Stop();
 }
 
 }  // namespace epoch::api

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <limits>
 #include <set>
 
 #include "engine/processor.h"
@@ -75,6 +76,15 @@ Status CorruptHistoryError(uint64_t first_bad, const std::string& problem) {
 bool IsCorruptHistory(const Status& st) {
   return st.code() == StatusCode::kUnavailable && !st.details().empty() &&
          st.details()[0] == kCorruptHistoryCode;
+}
+
+Status InsufficientStorageError(const std::string& message) {
+  return Status(StatusCode::kResourceExhausted, message, {std::string(kInsufficientStorageCode)});
+}
+
+bool IsInsufficientStorage(const Status& st) {
+  return st.code() == StatusCode::kResourceExhausted && !st.details().empty() &&
+         st.details()[0] == kInsufficientStorageCode;
 }
 
 std::string_view Name(Role r) {
@@ -504,7 +514,7 @@ void Engine::Stop() {
 
 Result<CommandResult> Engine::Execute(Command command) {
   if (corrupt_) return CorruptHistoryStatus();
-  if (failed_) return Unavailable("the engine stopped after a storage failure; restart epochd");
+  if (failed_) return StorageFaultStatus();
   Role role = role_.load();
   if (role == Role::kDeposed) {
     return Unavailable("this master was deposed (" + deposed_reason() + "); use the new leader");
@@ -516,6 +526,12 @@ Result<CommandResult> Engine::Execute(Command command) {
   // An agent that has seen a newer epoch has met a newer leader: this one is stale.
   if (auto* r = std::get_if<RegisterContainer>(&command)) RETURN_IF_ERROR(ObserveEpoch(r->epoch_seen));
   if (auto* p = std::get_if<PollContainer>(&command)) RETURN_IF_ERROR(ObserveEpoch(p->epoch_seen));
+  // New work waits for free space; the container protocol and cancels do not, so
+  // what runs can finish and be recorded.
+  if (std::holds_alternative<RegisterWorkflow>(command) ||
+      std::holds_alternative<SubmitRun>(command) || std::holds_alternative<RetryRun>(command)) {
+    RETURN_IF_ERROR(CheckFreeSpace());
+  }
   auto p = std::make_unique<Pending>();
   p->command = std::move(command);
   auto fut = p->promise.get_future();
@@ -523,12 +539,87 @@ Result<CommandResult> Engine::Execute(Command command) {
     std::lock_guard<std::mutex> lock(queue_mu_);
     if (stopping_ || !started_) {
       if (corrupt_) return CorruptHistoryStatus();
+      if (failed_) return StorageFaultStatus();
       return Unavailable("the engine is not running");
     }
     queue_.push_back(std::move(p));
   }
   queue_cv_.notify_one();
   return fut.get();
+}
+
+Status Engine::storage_fault() const {
+  std::lock_guard<std::mutex> lock(fault_mu_);
+  return storage_fault_;
+}
+
+Status Engine::StorageFaultStatus() const {
+  Status fault = storage_fault();
+  if (fault.ok()) return Status::Ok();
+  if (storage::IsNoSpace(fault)) {
+    return InsufficientStorageError(
+        "the event store's disk is full: this master acknowledges nothing more and steps "
+        "down; retry on the next leader (once space is freed): " +
+        fault.message());
+  }
+  return Unavailable(
+      "the event store failed: this master acknowledges nothing more and steps down; retry on "
+      "the next leader: " +
+      fault.message());
+}
+
+void Engine::FailOnStorage(const Status& fault) {
+  {
+    std::lock_guard<std::mutex> lock(fault_mu_);
+    if (!storage_fault_.ok()) return;
+    storage_fault_ = fault.ok() ? Internal("storage fault") : fault;
+  }
+  failed_ = true;  // after storage_fault_: Execute answers StorageFaultStatus()
+  ready_ = false;
+  spdlog::critical(
+      "STORAGE FAULT: {}. This leader stops: every command and poll is refused ({}), nothing "
+      "more is appended, and it must give up leadership and restart to replay what is durable.",
+      fault.ToString(),
+      storage::IsNoSpace(fault) ? "507 insufficient_storage" : "503 unavailable");
+}
+
+void Engine::RefuseAfterStorageFault(std::vector<std::unique_ptr<Pending>>& group) {
+  Status refusal = StorageFaultStatus();
+  for (auto& p : group) p->promise.set_value(refusal);
+  group.clear();
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  stopping_ = true;
+  for (auto& p : queue_) p->promise.set_value(refusal);
+  queue_.clear();
+}
+
+Status Engine::CheckFreeSpace() {
+  if (options_.min_free_bytes == 0) return Status::Ok();
+  TimePoint now = clock_->Now();
+  uint64_t free = 0;
+  {
+    std::lock_guard<std::mutex> lock(space_mu_);
+    if (!space_checked_ || now - space_checked_at_ >= options_.free_space_interval) {
+      space_checked_ = true;
+      space_checked_at_ = now;
+      auto avail = store_->AvailableBytes();
+      if (avail.ok()) {
+        free_bytes_ = *avail;
+      } else {
+        // Unknown: admit (the store still fails a write that meets a full disk).
+        spdlog::warn("storage.minFreeBytes: cannot tell the store's free space: {}",
+                     avail.status().ToString());
+        free_bytes_ = std::numeric_limits<uint64_t>::max();
+      }
+    }
+    free = free_bytes_;
+  }
+  if (free >= options_.min_free_bytes) return Status::Ok();
+  return InsufficientStorageError(
+      "the event store's filesystem has " + std::to_string(free) +
+      " bytes free, below storage.minFreeBytes (" + std::to_string(options_.min_free_bytes) +
+      " bytes): new work (workflows, runs, retries) is refused until space is freed; running "
+      "steps still report and cancels are accepted");
 }
 
 void Engine::Heartbeat(const std::string& container) {
@@ -568,6 +659,13 @@ void Engine::WriterLoop() {
         group.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
+    }
+    // A write of the store's own failed (a snapshot, a RocksDB flush that met a full
+    // disk): stop before deciding anything, without waiting for an append to fail.
+    if (Status fault = store_->WriteFailure(); !fault.ok()) {
+      FailOnStorage(fault);
+      RefuseAfterStorageFault(group);
+      break;
     }
     TimePoint now = clock_->Now();
     Processor proc(&working_, DecideContext{now, &cfg, &files_, &credentials_}, epoch_);
@@ -654,19 +752,12 @@ void Engine::WriterLoop() {
         break;
       }
       if (!res.ok() || res->first_position != recorded.front().position) {
+        // Nothing of the group is acknowledged: its events may or may not be durable
+        // (a restart replays what is), and the working state that holds them is dropped.
         Status st = res.ok() ? Internal("append landed at an unexpected position")
                              : res.status();
-        spdlog::critical("event append failed, the engine stops: {}", st.ToString());
-        failed_ = true;
-        for (auto& p : group) {
-          p->promise.set_value(Unavailable("storage failure: " + st.message()));
-        }
-        {
-          std::lock_guard<std::mutex> lock(queue_mu_);
-          stopping_ = true;
-          for (auto& p : queue_) p->promise.set_value(Unavailable("storage failure"));
-          queue_.clear();
-        }
+        FailOnStorage(st);
+        RefuseAfterStorageFault(group);
         break;
       }
       stats_.commits++;

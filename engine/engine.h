@@ -14,8 +14,19 @@
 // fresh lease to re-register, assignments not yet acknowledged are re-sent on the
 // next poll. Replay never triggers a reactor.
 //
-// If the store fails an append the engine stops accepting commands (every later
-// Execute returns kUnavailable); the process must restart and replay.
+// Storage faults: if the store fails an append, or reports a write failure of its
+// own (storage::EventStore::WriteFailure: a snapshot that met a full disk, a
+// RocksDB flush that did), the engine stops at once: the failed group's callers
+// and everything queued are answered with StorageFaultStatus() (nothing of it is
+// acknowledged), every later command and poll too, ready() and healthy() turn
+// false, and storage_fault() says why. The process must then give up leadership
+// (epochd releases the election lock and exits 74) and restart to replay what is
+// durable. A full disk is InsufficientStorageError (the API's 507
+// insufficient_storage), any other storage error kUnavailable (503). Before the
+// disk is full, EngineOptions::min_free_bytes refuses new work (registering a
+// workflow, submitting a run, retrying one) with InsufficientStorageError while
+// the store's filesystem has less free space than that; the container protocol
+// and cancels go on, so running work finishes and its reports are recorded.
 //
 // HA (DESIGN.md, "HA"): a standby runs StartStandby() over a secondary store and
 // calls Follow() after each store CatchUp(): the published state follows the
@@ -88,6 +99,12 @@ struct EngineOptions {
   // A history that fails verification at Start(): false fails the start (kCorruption
   // naming the first bad event); true serves it read-only (header comment).
   bool allow_corrupt_history = false;
+  // storage.minFreeBytes (header comment, "Storage faults"): new work is refused
+  // while the store's filesystem has fewer free bytes than this (0: never). The
+  // free space is asked of the store (AvailableBytes, statvfs) at most once every
+  // free_space_interval of the engine's clock.
+  uint64_t min_free_bytes = 0;
+  Micros free_space_interval = std::chrono::seconds(1);
 };
 
 // What this master knows of its log's integrity (/v1/cluster "history").
@@ -117,6 +134,14 @@ inline constexpr std::string_view kCorruptHistoryCode = "corrupt_history";
 // position in its message; the second detail is the problem found.
 Status CorruptHistoryError(uint64_t first_bad, const std::string& problem);
 bool IsCorruptHistory(const Status& st);
+
+// The error code the API answers 507 Insufficient Storage with: the event store's
+// filesystem is full (an append failed with ENOSPC; the leader steps down), or has
+// less free space than storage.minFreeBytes (new work is refused).
+inline constexpr std::string_view kInsufficientStorageCode = "insufficient_storage";
+// kResourceExhausted whose first detail is kInsufficientStorageCode.
+Status InsufficientStorageError(const std::string& message);
+bool IsInsufficientStorage(const Status& st);
 
 struct SnapshotInfo {
   uint64_t position = 0;
@@ -226,7 +251,13 @@ class Engine {
   Status ObserveEpoch(uint64_t seen);
   // Why this master was deposed (empty otherwise).
   std::string deposed_reason() const;
+  // False once a storage fault stopped this engine (header comment).
   bool healthy() const { return !failed_.load(); }
+  // The store's error that stopped this engine (OK while healthy).
+  Status storage_fault() const;
+  // What commands are answered with once a storage fault stopped this engine:
+  // InsufficientStorageError for a full disk, else kUnavailable.
+  Status StorageFaultStatus() const;
   bool ready() const { return ready_.load(); }
   // Corrupt-history mode (header comment): every write refused.
   bool corrupt_history() const { return corrupt_.load(); }
@@ -254,6 +285,14 @@ class Engine {
   void EnterCorruptHistory(uint64_t first_bad, const std::string& problem, bool serving);
   void SetHistory(HistoryCheck h);
   Status CorruptHistoryStatus() const;
+  // Storage faults: records the first fault, turns failed_ on, says so critically.
+  void FailOnStorage(const Status& fault);
+  // Writer thread: answers the group and everything queued with the storage fault
+  // and stops the writer.
+  void RefuseAfterStorageFault(std::vector<std::unique_ptr<Pending>>& group);
+  // storage.minFreeBytes: OK, or InsufficientStorageError naming the free bytes and
+  // the threshold. Asks the store at most once every free_space_interval.
+  Status CheckFreeSpace();
 
   static constexpr uint64_t kWholeLog = ~uint64_t{0};
   void WriterLoop();
@@ -320,6 +359,12 @@ class Engine {
   uint64_t last_snapshot_ = 0;          // writer thread
   std::atomic<uint64_t> loaded_from_{0}, replayed_{0};
   std::atomic<bool> failed_{false};
+  mutable std::mutex fault_mu_;
+  Status storage_fault_;  // guarded by fault_mu_; set once, with failed_
+  std::mutex space_mu_;
+  bool space_checked_ = false;           // guarded by space_mu_
+  TimePoint space_checked_at_{};         // guarded by space_mu_
+  uint64_t free_bytes_ = 0;              // guarded by space_mu_; the last answer
   std::atomic<bool> ready_{false};
   std::atomic<bool> started_{false};
   EngineStats stats_;

@@ -170,6 +170,7 @@ Json StateDigestJson(const State& s) {
 
 Json CacheEntryToJson(const std::string& key, const CacheEntry& e) {
   return Json{{"key", key},
+              {"tenant", e.tenant},
               {"workflow", e.workflow},
               {"run", e.run},
               {"step", e.step},

@@ -20,15 +20,24 @@ struct AgentFlags {
   std::string log_format = "text";
   std::string log_level = "info";
   std::string ca_cert;  // agent's --ca-cert: what the master's HTTPS certificate chains to
+  std::string isolation = "auto";  // agent's --isolation auto|required|off (executor.isolation)
 };
 
 // kInvalidArgument unless spec has an id usable as a folder name, a master URL and a
 // data dir.
 Status CheckContainerSpec(const engine::ContainerSpec& spec);
 
+// Makes <data_dir>/containers/<id>/ (mode 0700, this user's) and, when the spec has a
+// credential, writes it to credential_path (0600, durably) before the agent starts.
+// Errors as MakeDirs / WriteFileDurably, never with the credential in them.
+Status PrepareContainerDir(const engine::ContainerSpec& spec);
+// <data_dir>/containers/<id>/credential
+std::string CredentialPath(const engine::ContainerSpec& spec);
+
 // <agent_path> --id ID --master URL --data-dir DIR --cpu-millis N --memory-bytes N
 // --gpus N --backend B --grace G --orphan-timeout T --log-format F --log-level L
-// [--ca-cert C]
+// --isolation I [--ca-cert C] [--credential-file <data_dir>/containers/<id>/credential]
+// (the credential itself is never on a command line).
 std::vector<std::string> AgentCommandLine(const std::string& agent_path,
                                           const engine::ContainerSpec& spec,
                                           const std::string& backend, const AgentFlags& flags);

@@ -74,7 +74,7 @@ LocalBackend::LocalBackend(std::string agent_path, LocalBackendOptions options)
 Result<std::string> LocalBackend::Launch(const engine::ContainerSpec& spec) {
   RETURN_IF_ERROR(CheckContainerSpec(spec));
   std::string dir = spec.data_dir + "/containers/" + spec.id;
-  RETURN_IF_ERROR(MakeDirs(dir));
+  RETURN_IF_ERROR(PrepareContainerDir(spec));
 
   // Everything is prepared before fork: the master is multi-threaded.
   std::vector<std::string> args = AgentCommandLine(agent_path_, spec, "local", options_);

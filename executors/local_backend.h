@@ -7,9 +7,12 @@
 // /proc/<pid>/cmdline: it must still be an epoch-agent started with "--id <container
 // id>". A zombie (it is not our child, so someone else reaps it) counts as gone.
 //
-//   Launch:    <agent> --id ID --master URL --data-dir DIR --cpu-millis N
+//   Launch:    <data_dir>/containers/<id>/ (0700) and its credential file (0600) first
+//              (PrepareContainerDir), then
+//              <agent> --id ID --master URL --data-dir DIR --cpu-millis N
 //                      --memory-bytes N --gpus N --backend local --grace G
-//                      --orphan-timeout T --log-format F --log-level L
+//                      --orphan-timeout T --log-format F --log-level L --isolation I
+//                      [--ca-cert C] [--credential-file <data_dir>/containers/<id>/credential]
 //              environment: the master's own plus spec.env; stdin /dev/null;
 //              stdout+stderr appended to <data_dir>/containers/<id>/agent.log.
 //   Terminate: SIGTERM, wait up to terminate_wait, SIGKILL. Blocks up to that long.

@@ -1,6 +1,7 @@
 #include "executors/local_backend.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "executors/agent/fake_master.h"
@@ -48,6 +49,7 @@ TEST(LocalBackendTest, LaunchDescribeTerminateRealAgent) {
   spec.master_url = m.url();
   spec.data_dir = tmp.path();
   spec.env = {{"EPOCH_FAKE_GPUS", "2"}};
+  spec.credential = "local-cred-" + std::to_string(getpid()) + "-x7";
   auto handle = backend.Launch(spec);
   ASSERT_TRUE(handle.ok()) << handle.status().ToString();
   pid_t pid = static_cast<pid_t>(std::stol(*handle));
@@ -78,15 +80,45 @@ TEST(LocalBackendTest, LaunchDescribeTerminateRealAgent) {
   // Same pid, other container id: not ours.
   EXPECT_EQ(backend.Describe("c-other", *handle)->state, ContainerDescription::State::kGone);
 
-  // It runs work end to end.
+  // Its credential: a 0600 file in its 0700 folder, named on its command line, sent
+  // on every request.
+  std::string dir = tmp / "containers/c-lb1";
+  EXPECT_EQ(Slurp(dir + "/credential"), spec.credential + "\n");
+  struct stat st {};
+  ASSERT_EQ(stat((dir + "/credential").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  ASSERT_EQ(stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  std::string cmdline = Slurp("/proc/" + *handle + "/cmdline");
+  EXPECT_NE(cmdline.find(std::string("--credential-file") + '\0' + dir + "/credential"),
+            std::string::npos);
+  EXPECT_EQ(cmdline.find(spec.credential), std::string::npos);
+  for (const auto& h :
+       m.Get<std::vector<std::string>>([](const FakeMaster& f) { return f.authorizations; })) {
+    EXPECT_EQ(h, "Bearer " + spec.credential);
+  }
+  // What the agent enforces is registered (as root: sandboxed, users switched).
+  EXPECT_EQ(reg["isolation"]["mode"], "auto");
+  EXPECT_EQ(reg["isolation"]["sandbox"], geteuid() == 0 ? "namespaces" : "none") << reg.dump();
+
+  // It runs work end to end; the step sees nothing of the credential.
   m.Assign(Json{{"attempt_id", "rb/s/1"},
-                {"argv", {"sh", "-c", "echo $EPOCH_CONTAINER_ID > $EPOCH_OUTPUTS/who"}},
+                {"argv",
+                 {"sh", "-c",
+                  "echo $EPOCH_CONTAINER_ID > $EPOCH_OUTPUTS/who; env; "
+                  "cat " +
+                      dir + "/credential"}},
                 {"timeout_ms", 0},
                 {"gpus", Json::array()}});
   ASSERT_TRUE(WaitFor([&] { return !m.ReportsFor("rb/s/1").empty(); }));
   Json r = m.ReportsFor("rb/s/1").front();
-  EXPECT_EQ(r["state"], "succeeded") << r.dump();
+  EXPECT_EQ(r["state"], geteuid() == 0 ? "failed" : "succeeded") << r.dump();  // cat fails
   EXPECT_EQ(Slurp(tmp / "runs/rb/s/1/outputs/who"), "c-lb1\n");
+  std::string step_log = Slurp(tmp / "logs/rb/s/1.log");
+  EXPECT_NE(step_log.find("EPOCH_CONTAINER_ID=c-lb1"), std::string::npos) << step_log;
+  if (geteuid() == 0) {
+    EXPECT_EQ(step_log.find(spec.credential), std::string::npos) << step_log;
+  }
 
   ASSERT_TRUE(backend.Terminate(spec.id, *handle).ok());
   EXPECT_TRUE(ProcessGone(pid));
@@ -94,7 +126,9 @@ TEST(LocalBackendTest, LaunchDescribeTerminateRealAgent) {
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(d->state, ContainerDescription::State::kGone);
   EXPECT_TRUE(backend.Terminate(spec.id, *handle).ok());  // idempotent
-  EXPECT_NE(Slurp(tmp / "containers/c-lb1/agent.log").find("exits with code 0"), std::string::npos);
+  std::string agent_log = Slurp(tmp / "containers/c-lb1/agent.log");
+  EXPECT_NE(agent_log.find("exits with code 0"), std::string::npos);
+  EXPECT_EQ(agent_log.find(spec.credential), std::string::npos);
 }
 
 TEST(LocalBackendTest, RejectsBadInput) {

@@ -39,7 +39,8 @@ Status Errno(const std::string& what) { return Internal(what + ": " + std::strer
 
 // Runs in the child between fork and exec: async-signal-safe calls only.
 [[noreturn]] void ChildMain(char* const* argv, char** envp, const char* working_dir, int devnull_fd,
-                            int log_fd, int err_fd, pid_t parent) {
+                            int log_fd, int err_fd, pid_t parent, const int* pass_fds,
+                            size_t n_pass) {
   auto fail = [err_fd](Stage stage) {
     PreExecError e{static_cast<int>(stage), errno};
     (void)WriteFully(err_fd, &e, sizeof(e));
@@ -62,9 +63,13 @@ Status Errno(const std::string& what) { return Internal(what + ": " + std::strer
   dup2(devnull_fd, 0);
   dup2(log_fd, 1);
   dup2(log_fd, 2);
+  // The parent placed every fd used here above 3 + n_pass, so these cannot clobber one
+  // another (dup2 also clears CLOEXEC on the copies).
+  for (size_t i = 0; i < n_pass; ++i) dup2(pass_fds[i], static_cast<int>(3 + i));
   // Everything else (sockets of the spawner, other children's pipes) stays behind.
-  // err_fd is >= 3 and CLOEXEC, so close around it.
-  if (err_fd > 3) close_range(3, static_cast<unsigned>(err_fd - 1), 0);
+  // err_fd is >= 3 + n_pass and CLOEXEC, so close around it.
+  unsigned first = static_cast<unsigned>(3 + n_pass);
+  if (err_fd > static_cast<int>(first)) close_range(first, static_cast<unsigned>(err_fd - 1), 0);
   close_range(static_cast<unsigned>(err_fd + 1), ~0U, 0);
   environ = envp;  // execvp searches the child's own PATH
   execvp(argv[0], argv);
@@ -92,6 +97,19 @@ const std::vector<std::string>& InheritedEnvNames() {
   return kNames;
 }
 
+std::vector<std::string> ChildEnvironment(const std::map<std::string, std::string>& extra) {
+  std::map<std::string, std::string> env;
+  for (const auto& name : InheritedEnvNames()) {
+    if (const char* v = std::getenv(name.c_str())) env[name] = v;
+  }
+  if (!env.count("PATH")) env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
+  for (const auto& [k, v] : extra) env[k] = v;
+  std::vector<std::string> out;
+  out.reserve(env.size());
+  for (const auto& [k, v] : env) out.push_back(k + "=" + v);
+  return out;
+}
+
 std::string DescribeExit(const ExitInfo& e) {
   if (e.signal) return "killed by signal " + std::to_string(*e.signal);
   if (e.exit_code) return "exit code " + std::to_string(*e.exit_code);
@@ -102,16 +120,7 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   if (spec.argv.empty() || spec.argv[0].empty()) return InvalidArgument("empty argv");
 
   // Everything the child needs is prepared before fork: no allocation after it.
-  std::vector<std::string> env_strings;
-  {
-    std::map<std::string, std::string> env;
-    for (const auto& name : InheritedEnvNames()) {
-      if (const char* v = std::getenv(name.c_str())) env[name] = v;
-    }
-    if (!env.count("PATH")) env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
-    for (const auto& [k, v] : spec.env) env[k] = v;
-    for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
-  }
+  std::vector<std::string> env_strings = ChildEnvironment(spec.env);
   std::vector<char*> envp;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -120,50 +129,64 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   for (auto& s : argv_copy) argv.push_back(s.data());
   argv.push_back(nullptr);
 
+  // Every fd the child uses sits at or above `floor`, so its dup2s onto 0..2 and onto
+  // 3.. (pass_fds) cannot clobber one another. Each is a CLOEXEC copy owned here.
+  const int floor = 3 + static_cast<int>(spec.pass_fds.size());
+  std::vector<int> owned;
+  struct CloseOnReturn {
+    std::vector<int>& fds;
+    ~CloseOnReturn() {
+      for (int fd : fds) close(fd);
+    }
+  } close_on_return{owned};
+  auto own = [&](int fd) -> int {  // takes fd, returns its copy at or above floor
+    if (fd < 0) return -1;
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, floor);
+    int err = errno;
+    close(fd);
+    errno = err;
+    if (copy >= 0) owned.push_back(copy);
+    return copy;
+  };
   int log_fd = -1;
   if (spec.log_path.empty()) {
-    log_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    log_fd = own(open("/dev/null", O_WRONLY | O_CLOEXEC));
   } else {
     std::string dir = DirOf(spec.log_path);
     if (!dir.empty()) RETURN_IF_ERROR(MakeDirs(dir));
-    log_fd = open(spec.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    log_fd = own(
+        open(spec.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0644));
   }
   if (log_fd < 0) return Errno("open log " + spec.log_path);
-  int devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (devnull_fd < 0) {
-    Status st = Errno("open /dev/null");
-    close(log_fd);
-    return st;
+  int devnull_fd = own(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (devnull_fd < 0) return Errno("open /dev/null");
+  std::vector<int> pass;
+  for (int fd : spec.pass_fds) {
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, floor);
+    if (copy < 0) return Errno("fcntl F_DUPFD of fd " + std::to_string(fd));
+    owned.push_back(copy);
+    pass.push_back(copy);
   }
   int pipe_fds[2];
-  if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
-    Status st = Errno("pipe2");
-    close(log_fd);
-    close(devnull_fd);
-    return st;
-  }
-  // Keep the write end off 0..2, which the child overwrites with dup2.
-  int err_fd = fcntl(pipe_fds[1], F_DUPFD_CLOEXEC, 3);
-  close(pipe_fds[1]);
-  if (err_fd < 0) {
-    Status st = Errno("fcntl");
-    close(pipe_fds[0]);
-    close(log_fd);
-    close(devnull_fd);
-    return st;
-  }
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return Errno("pipe2");
+  int err_read = pipe_fds[0];
+  owned.push_back(err_read);
+  int err_fd = own(pipe_fds[1]);
+  if (err_fd < 0) return Errno("fcntl");
 
   const char* wd = spec.working_dir.empty() ? nullptr : spec.working_dir.c_str();
   pid_t parent = getpid();
   auto started = std::chrono::steady_clock::now();
   pid_t pid = fork();
-  if (pid == 0) ChildMain(argv.data(), envp.data(), wd, devnull_fd, log_fd, err_fd, parent);
+  if (pid == 0) {
+    ChildMain(argv.data(), envp.data(), wd, devnull_fd, log_fd, err_fd, parent, pass.data(),
+              pass.size());
+  }
   int fork_errno = errno;
+  // The write end must close here, or the read below never sees EOF.
   close(err_fd);
-  close(devnull_fd);
+  std::erase(owned, err_fd);
   if (pid < 0) {
-    close(pipe_fds[0]);
-    close(log_fd);
     errno = fork_errno;
     return Errno("fork");
   }
@@ -179,18 +202,16 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   PreExecError e{};
   size_t got = 0;
   while (got < sizeof(e)) {
-    ssize_t n = read(pipe_fds[0], reinterpret_cast<char*>(&e) + got, sizeof(e) - got);
+    ssize_t n = read(err_read, reinterpret_cast<char*>(&e) + got, sizeof(e) - got);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     got += static_cast<size_t>(n);
   }
-  close(pipe_fds[0]);
   if (got == sizeof(e)) {
     child->pre_exec_error_ = PreExecMessage(e, spec);
     std::string line = "epoch: " + spec.argv[0] + ": " + child->pre_exec_error_ + "\n";
     (void)WriteFully(log_fd, line.data(), line.size());
   }
-  close(log_fd);
   return child;
 }
 

@@ -43,12 +43,19 @@ namespace epoch::executors {
 // before ProcessSpec::env is applied on top.
 const std::vector<std::string>& InheritedEnvNames();  // PATH, HOME, LANG, ...
 
+// The environment Spawn gives a child: the inherited names, a default PATH, then `env`
+// over them; sorted "K=V" strings.
+std::vector<std::string> ChildEnvironment(const std::map<std::string, std::string>& env);
+
 struct ProcessSpec {
   std::vector<std::string> argv;           // argv[0] is looked up on the child's PATH
   std::map<std::string, std::string> env;  // added to (and overriding) the inherited env
   std::string working_dir;                 // empty: the caller's working dir
   std::string log_path;                    // stdout+stderr, appended; parent dirs created;
                                            // empty: /dev/null
+  // Open fds the child gets as 3, 4, ... in this order (the caller keeps and closes its
+  // own copies); every other fd of the spawner is closed in the child.
+  std::vector<int> pass_fds;
 };
 
 struct ExitInfo {
@@ -58,6 +65,12 @@ struct ExitInfo {
   double wall_s = 0;             // spawn to reap
   double cpu_s = 0;              // user + system, the child and its reaped descendants
   int64_t max_rss_kb = 0;
+  // Set when the command ran through epoch-sandbox (executors/sandbox_client.h), which
+  // pumps its output into the log with a cap, and reported.
+  bool log_reported = false;
+  int64_t log_bytes = 0;          // output written to the log
+  int64_t log_dropped_bytes = 0;  // output discarded past the cap
+  bool log_truncated = false;
 };
 
 class ChildProcess {

@@ -1,7 +1,9 @@
 #include "executors/process.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -88,6 +90,32 @@ TEST(ProcessTest, InheritsOnlyTheMinimalEnvironment) {
   unsetenv("EPOCH_TEST_SECRET");
   EXPECT_EQ(e.exit_code, 0);
   EXPECT_EQ(Slurp(tmp / "log"), "[] [path]\n");
+}
+
+// pass_fds become the child's 3, 4, ... (how the agent hands epoch-sandbox its spec
+// and status fds); the parent's copies stay the parent's.
+TEST(ProcessTest, PassedFdsAreTheChildsThreeAndFour) {
+  TempDir tmp;
+  int a[2], b[2];
+  ASSERT_EQ(pipe2(a, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(b, O_CLOEXEC), 0);
+  ProcessSpec spec;
+  spec.argv = {"sh", "-c", "echo three >&3; echo four >&4; echo five >&5 || echo no-five"};
+  spec.log_path = tmp / "log";
+  spec.pass_fds = {b[1], a[1]};  // crossed on purpose
+  ExitInfo e = RunToEnd(spec);
+  close(a[1]);
+  close(b[1]);
+  EXPECT_EQ(e.exit_code, 0);
+  char buf[64] = {0};
+  EXPECT_EQ(read(b[0], buf, sizeof(buf)), 6);
+  EXPECT_STREQ(buf, "three\n");
+  char buf2[64] = {0};
+  EXPECT_EQ(read(a[0], buf2, sizeof(buf2)), 5);
+  EXPECT_STREQ(buf2, "four\n");
+  EXPECT_NE(Slurp(tmp / "log").find("no-five"), std::string::npos) << Slurp(tmp / "log");
+  close(a[0]);
+  close(b[0]);
 }
 
 TEST(ProcessTest, ExecFailureIs127) {

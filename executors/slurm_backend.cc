@@ -296,7 +296,8 @@ std::vector<std::string> SlurmBackend::SbatchArgs(const engine::ContainerSpec& s
 Result<std::string> SlurmBackend::Launch(const engine::ContainerSpec& spec) {
   RETURN_IF_ERROR(CheckContainerSpec(spec));
   std::string dir = spec.data_dir + "/containers/" + spec.id;
-  RETURN_IF_ERROR(MakeDirs(dir));
+  // The credential is on the shared volume before the job can start the agent.
+  RETURN_IF_ERROR(PrepareContainerDir(spec));
   std::vector<std::string> agent = AgentCommandLine(agent_path_, spec, "slurm", options_);
   std::string script = "#!/bin/sh\n# Epoch container " + spec.id +
                        " (written by the master's slurm backend)\nexec";

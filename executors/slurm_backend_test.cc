@@ -159,6 +159,33 @@ TEST_F(FakeSlurmTest, LaunchWritesTheJobScriptAndReturnsTheJobId) {
   EXPECT_NE(Args("sbatch").find("--gres=gpu:1"), std::string::npos) << Args("sbatch");
 }
 
+// The container's credential is on the shared volume (0600, in a 0700 folder) before
+// sbatch runs, and the job names its file, never the secret.
+TEST_F(FakeSlurmTest, LaunchWritesTheCredentialBesideTheJobNotIntoIt) {
+  Answer("sbatch", "124\n", 0);
+  SlurmBackend b("/opt/epoch-agent", opts_);
+  engine::ContainerSpec spec = Spec();
+  spec.credential = "slurm-cred-9f8e7d";
+  ASSERT_TRUE(b.Launch(spec).ok());
+  std::string dir = dir_.path() + "/data/containers/c1";
+  auto credential = ReadFile(dir + "/credential");
+  ASSERT_TRUE(credential.ok());
+  EXPECT_EQ(*credential, "slurm-cred-9f8e7d\n");
+  struct stat st {};
+  ASSERT_EQ(stat((dir + "/credential").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  ASSERT_EQ(stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  auto job = ReadFile(dir + "/job.sh", 1 << 20);
+  ASSERT_TRUE(job.ok());
+  const std::string& script = *job;
+  EXPECT_NE(script.find("'--credential-file' '" + dir + "/credential'"), std::string::npos)
+      << script;
+  EXPECT_NE(script.find("'--isolation' 'auto'"), std::string::npos) << script;
+  EXPECT_EQ(script.find("slurm-cred-9f8e7d"), std::string::npos) << script;
+  EXPECT_EQ(Args("sbatch").find("slurm-cred-9f8e7d"), std::string::npos);
+}
+
 TEST_F(FakeSlurmTest, ARefusalIsUnschedulableAndAnOutageIsNot) {
   SlurmBackend b("/a", opts_);
   Answer("sbatch",

@@ -13,6 +13,11 @@
 // caller learns its own positions or its own error (a version conflict fails only
 // that caller's append).
 //
+// Storage faults: a write that fails (a full disk, an I/O error) makes the store
+// refuse every later write with that error (WriteFailure()); it never writes to
+// RocksDB again, which is what a RocksDB built with assertions needs (it aborts
+// on a write to a file that already failed). A full disk is IsNoSpace.
+//
 // Thread-safety: all methods are safe to call from any thread.
 #pragma once
 
@@ -23,6 +28,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/clock.h"
@@ -51,6 +57,13 @@ struct NewEvent {
   std::string actor;
   std::string data;
 };
+
+// The detail that marks a store error caused by a full filesystem (ENOSPC, RocksDB's
+// NoSpace): details()[0] of the error a write (or an open) returns then.
+inline constexpr std::string_view kNoSpaceDetail = "no_space";
+inline bool IsNoSpace(const Status& st) {
+  return !st.ok() && !st.details().empty() && st.details()[0] == kNoSpaceDetail;
+}
 
 inline constexpr uint64_t kAnyVersion = std::numeric_limits<uint64_t>::max();
 inline constexpr uint64_t kNoStream = 0;  // expected_version: the stream must not exist yet
@@ -127,8 +140,8 @@ class EventStore {
   //                       idempotency key exists (nothing of the batch is written)
   //   kInvalidArgument    empty batch, empty stream name or type
   //   kFailedPrecondition the store is read-only (secondary) or closed
-  //   kInternal           RocksDB failed to write or sync; the store then refuses
-  //                       further appends (the process must restart and replay)
+  //   kInternal           RocksDB failed to write or sync (IsNoSpace: the disk is
+  //                       full), now or before: see WriteFailure()
   virtual Result<AppendResult> Append(AppendBatch batch) = 0;
 
   // Events of one stream with version >= from_version, at most limit.
@@ -175,6 +188,22 @@ class EventStore {
   // Counters since open. Optional: the default reports zeros (e.g. in-memory fakes).
   virtual StoreStats Stats() { return {}; }
 
+  // --- Storage faults ---
+  // OK while the store can write. After the first write or sync that failed
+  // (Append, ClaimEpoch, PutMeta, PutSnapshot), or a RocksDB background error that
+  // stops writes (a flush or WAL write that found the disk full), that error
+  // (kInternal; IsNoSpace when the filesystem is full): the outcome of the failed
+  // batch is unknown (it may be durable), so the store issues no further write and
+  // refuses every one with this error until it is reopened (the process restarts
+  // and replays what is durable). Reads keep working. Sticky: the first one stays.
+  virtual Status WriteFailure() { return Status::Ok(); }
+  // Bytes this process may still write on the store's filesystem (statvfs
+  // f_bavail * f_frsize). kInternal when statvfs fails; kFailedPrecondition for a
+  // store that has no filesystem (the default, e.g. in-memory fakes).
+  virtual Result<uint64_t> AvailableBytes() {
+    return FailedPrecondition("this event store has no filesystem");
+  }
+
   // --- HA (DESIGN.md, "HA") ---
   // Fencing: records `epoch` as the highest leader epoch (synced). kConflict when it
   // is not above the one claimed. From then on Append refuses batches stamped with
@@ -210,6 +239,9 @@ struct StoreOptions {
   // makes that write fail as if RocksDB had returned an I/O error (nothing is
   // written). Exercises the kInternal-then-refuse policy of Append.
   std::function<bool()> fail_write_for_testing = nullptr;
+  // Tests only: with fail_write_for_testing, the injected error is RocksDB's
+  // NoSpace (a full disk) instead of a plain I/O error.
+  bool fail_write_no_space_for_testing = false;
 };
 
 // Opens (creating if asked) the RocksDB store at options.path as primary.

@@ -15,8 +15,22 @@
 // Failure policy: if the synced write fails, the outcome of that batch is unknown
 // (the WAL may hold it). Its callers get kInternal ("possibly written"), the
 // in-memory head/versions are not advanced, and the store refuses every later
-// Append with kInternal; the process must reopen the store (and replay) to learn
-// what is durable. Reads keep working.
+// write (Append, ClaimEpoch, PutMeta, PutSnapshot) with that error without
+// calling RocksDB; the process must reopen the store (and replay) to learn what
+// is durable. Reads keep working. The same happens when RocksDB reports a
+// background error that stops writes (FaultListener: a flush that found the disk
+// full), and RocksDB's own recovery from it is turned off: one place (here)
+// decides, and the answer is always "reopen". A full disk (ENOSPC, NoSpace) is
+// marked with kNoSpaceDetail.
+//
+// Why nothing may write after a failure: RocksDB 7.8 (Debian's build keeps its
+// assertions) aborts the process on any write to a file whose writer has failed
+// before (WritableFileWriter::AssertFalseAndGetStatusForPrevError,
+// "sync_without_flush_called_"). Its own info log (the LOG file) is such a file,
+// and RocksDB writes it from every thread, including the error handler that
+// reports the first failure: on a full disk the second LOG line aborted epochd.
+// So the info log is ours (InfoLog): plain write(2) calls that drop a line the
+// disk cannot take.
 //
 // Reads: take the published head (never return events beyond it), read through a
 // RocksDB snapshot, decode and re-hash every event, and check the chain links.
@@ -32,13 +46,24 @@
 // (ClaimEpoch). Append refuses a batch stamped with a lower epoch, so a deposed
 // leader's engine that shares this store cannot append behind its successor.
 
+#include <fcntl.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
 #include <rocksdb/write_batch.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <condition_variable>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -60,8 +85,17 @@ constexpr size_t kMaxCachedStreams = 1u << 20;
 // `meta` record of the highest claimed leader epoch (the fence).
 constexpr char kEpochMetaKey[] = "epoch";
 
+// RocksDB says the filesystem is full (ENOSPC surfaces as IOError/NoSpace).
+bool RocksNoSpace(const rocksdb::Status& s) {
+  return s.IsNoSpace() ||
+         (s.IsIOError() && s.ToString().find("No space left on device") != std::string::npos);
+}
+
 Status FromRocks(const rocksdb::Status& s, std::string_view context) {
   std::string msg = std::string(context) + ": " + s.ToString();
+  if (RocksNoSpace(s)) {
+    return Status(StatusCode::kInternal, std::move(msg), {std::string(kNoSpaceDetail)});
+  }
   if (s.IsCorruption()) return Corruption(std::move(msg));
   if (s.IsNotFound()) return NotFound(std::move(msg));
   if (s.IsBusy() || s.IsTimedOut() || s.IsTryAgain()) return Unavailable(std::move(msg));
@@ -114,6 +148,140 @@ Status ValidateBatch(const AppendBatch& batch, size_t* bytes) {
   return Status::Ok();
 }
 
+// RocksDB's info log, written by us (see the header comment): each line is one
+// write(2) to <dir>/LOG, opened O_APPEND; a line the filesystem cannot take is
+// dropped, and the next line is tried again (nothing is buffered, so nothing is
+// left half-written behind a failure). A LOG past kMaxInfoLogBytes at
+// open is renamed LOG.old (replacing the one before). Thread-safe: a line is one
+// write(2) call.
+class InfoLog final : public rocksdb::Logger {
+ public:
+  static constexpr off_t kMaxInfoLogBytes = 64 << 20;
+
+  explicit InfoLog(const std::string& dir) : rocksdb::Logger(rocksdb::InfoLogLevel::INFO_LEVEL) {
+    std::string path = dir + "/LOG";
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && st.st_size > kMaxInfoLogBytes) {
+      // Best effort: a LOG that cannot be renamed keeps growing.
+      (void)::rename(path.c_str(), (dir + "/LOG.old").c_str());
+    }
+    // Unopenable (a full disk with no room for the file): every line is dropped.
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      std::fprintf(stderr, "the RocksDB info log %s cannot be opened (%s): its lines are dropped\n",
+                   path.c_str(), std::strerror(errno));
+    }
+  }
+  ~InfoLog() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    if (fd_ < 0) return;
+    char buf[4096];
+    struct timeval now {};
+    ::gettimeofday(&now, nullptr);
+    struct tm t {};
+    ::localtime_r(&now.tv_sec, &t);
+    int n = std::snprintf(buf, sizeof(buf), "%04d/%02d/%02d-%02d:%02d:%02d.%06ld %lx ",
+                          t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                          static_cast<long>(now.tv_usec), static_cast<unsigned long>(::gettid()));
+    if (n < 0) n = 0;
+    size_t len = static_cast<size_t>(n);
+    va_list copy;
+    va_copy(copy, ap);
+    int m = std::vsnprintf(buf + len, sizeof(buf) - len - 1, format, copy);
+    va_end(copy);
+    if (m > 0) len = std::min(sizeof(buf) - 2, len + static_cast<size_t>(m));
+    if (len == 0 || buf[len - 1] != '\n') buf[len++] = '\n';
+    ssize_t written = ::write(fd_, buf, len);
+    (void)written;  // a short or failed write (ENOSPC) drops the line: never fatal
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// The store's sticky write failure (see the header comment), shared by the store
+// and the RocksDB listeners of its instances (a listener may outlive the store
+// while a reader holds the instance). The first failure stays.
+class WriteFault {
+ public:
+  Status Get() const {
+    std::lock_guard lock(mu_);
+    return status_;
+  }
+  // Records st unless a failure is recorded already.
+  void Set(Status st) {
+    std::lock_guard lock(mu_);
+    if (status_.ok()) status_ = std::move(st);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  Status status_;  // guarded by mu_
+};
+
+// A RocksDB error that stops writes, as the store reports it.
+Status WriteFailed(const rocksdb::Status& s, std::string_view what) {
+  std::string msg = std::string(what) + ": " + s.ToString() +
+                    " (the store refuses every write until it is reopened)";
+  if (RocksNoSpace(s)) {
+    return Status(StatusCode::kInternal, "the filesystem is full: " + msg,
+                  {std::string(kNoSpaceDetail)});
+  }
+  return Internal(std::move(msg));
+}
+
+// RocksDB's background errors (a flush, a compaction, a WAL or MANIFEST write
+// that failed) for the store: one that stops writes (severity hard or worse)
+// becomes the store's write failure, and RocksDB's automatic recovery is turned
+// off, because the store never writes again until it is reopened. A soft error (a
+// compaction that found the disk full) changes nothing: writes still work.
+class FaultListener final : public rocksdb::EventListener {
+ public:
+  explicit FaultListener(std::shared_ptr<WriteFault> fault) : fault_(std::move(fault)) {}
+
+  void OnBackgroundError(rocksdb::BackgroundErrorReason reason, rocksdb::Status* error) override {
+    if (error == nullptr || error->severity() < rocksdb::Status::Severity::kHardError) return;
+    // A foreground write's own failure: the store's call records it with its
+    // context as soon as RocksDB returns it.
+    if (reason == rocksdb::BackgroundErrorReason::kWriteCallback ||
+        reason == rocksdb::BackgroundErrorReason::kMemTable) {
+      return;
+    }
+    fault_->Set(WriteFailed(*error, "RocksDB stopped writes after a background error (" +
+                                        std::string(ReasonName(reason)) + ")"));
+  }
+  // Called right after OnBackgroundError when RocksDB would recover by itself (a
+  // full disk: once space returns). After an error that stops writes the store
+  // never writes again, so RocksDB need not flush and switch files behind it. A
+  // soft error keeps its recovery: without it RocksDB would stop flushing, and
+  // writes would stall for good.
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason, rocksdb::Status error,
+                            bool* auto_recovery) override {
+    if (error.severity() >= rocksdb::Status::Severity::kHardError) *auto_recovery = false;
+    error.PermitUncheckedError();
+  }
+
+ private:
+  static std::string_view ReasonName(rocksdb::BackgroundErrorReason r) {
+    switch (r) {
+      case rocksdb::BackgroundErrorReason::kFlush: return "flush";
+      case rocksdb::BackgroundErrorReason::kCompaction: return "compaction";
+      case rocksdb::BackgroundErrorReason::kWriteCallback: return "write";
+      case rocksdb::BackgroundErrorReason::kMemTable: return "memtable";
+      case rocksdb::BackgroundErrorReason::kManifestWrite: return "manifest write";
+      case rocksdb::BackgroundErrorReason::kFlushNoWAL: return "flush";
+      case rocksdb::BackgroundErrorReason::kManifestWriteNoWAL: return "manifest write";
+    }
+    return "background";
+  }
+
+  std::shared_ptr<WriteFault> fault_;
+};
+
 // One open RocksDB instance (primary or secondary) with its column families.
 struct Db {
   rocksdb::DB* db = nullptr;
@@ -140,11 +308,23 @@ struct Db {
 };
 
 // Opens path as primary, or as a secondary when secondary_path is not empty.
+// Background errors that stop writes go to `fault`.
 Result<std::shared_ptr<Db>> OpenDb(const std::string& path, const std::string& secondary_path,
-                                   bool create_if_missing) {
+                                   bool create_if_missing, std::shared_ptr<WriteFault> fault) {
   rocksdb::Options db_options;
+  db_options.listeners.push_back(std::make_shared<FaultListener>(std::move(fault)));
   db_options.create_if_missing = create_if_missing && secondary_path.empty();
   db_options.create_missing_column_families = secondary_path.empty();
+  // The info log opens before RocksDB would create its directory (as RocksDB's own
+  // logger does, it creates it); an error here is DB::Open's to report.
+  if (!secondary_path.empty()) {
+    (void)::mkdir(secondary_path.c_str(), 0755);
+  } else if (create_if_missing) {
+    (void)::mkdir(path.c_str(), 0755);
+  }
+  // The info log in the directory RocksDB would use (a secondary's own), written
+  // so that a full disk drops lines instead of aborting (header comment).
+  db_options.info_log = std::make_shared<InfoLog>(secondary_path.empty() ? path : secondary_path);
   // Failover opens the primary while clients wait: keep the WAL to replay small
   // (small memtables, a WAL bound) and replay it without flushing to SSTs.
   db_options.max_total_wal_size = 32u << 20;
@@ -182,8 +362,8 @@ Result<std::shared_ptr<Db>> OpenDb(const std::string& path, const std::string& s
 
 class RocksDbEventStore final : public EventStore {
  public:
-  RocksDbEventStore(std::shared_ptr<Db> db, StoreOptions options)
-      : db_(std::move(db)), options_(std::move(options)) {}
+  RocksDbEventStore(std::shared_ptr<Db> db, StoreOptions options, std::shared_ptr<WriteFault> fault)
+      : db_(std::move(db)), options_(std::move(options)), fault_(std::move(fault)) {}
 
   ~RocksDbEventStore() override {
     {
@@ -206,7 +386,7 @@ class RocksDbEventStore final : public EventStore {
       position = head.first;
       hash = head.second;
       std::lock_guard lock(queue_mu_);
-      failed_ = Corruption(error.message() + " (the head event): the store refuses every write");
+      refused_ = Corruption(error.message() + " (the head event): the store refuses every write");
     }
     RETURN_IF_ERROR(hash.status());
     ASSIGN_OR_RETURN(uint64_t fence, LoadFence(*d));
@@ -249,7 +429,7 @@ class RocksDbEventStore final : public EventStore {
   Status Promote() override {
     std::shared_ptr<Db> old = db();
     if (!old->secondary) return Status::Ok();
-    ASSIGN_OR_RETURN(auto primary, OpenDb(options_.path, "", false));
+    ASSIGN_OR_RETURN(auto primary, OpenDb(options_.path, "", false, fault_));
     RETURN_IF_ERROR(Recover(primary).WithContext("promoting the event store"));
     {
       std::lock_guard lock(state_mu_);
@@ -268,7 +448,7 @@ class RocksDbEventStore final : public EventStore {
   Status ClaimEpoch(uint64_t epoch) override {
     std::shared_ptr<Db> d = db();
     if (d->secondary) return FailedPrecondition("the event store is a read-only secondary");
-    if (Status f = AppendFailure(); !f.ok()) return f;
+    if (Status f = WriteRefusal(); !f.ok()) return f;
     std::lock_guard claim(claim_mu_);
     ASSIGN_OR_RETURN(uint64_t current, LoadFence(*d));
     if (epoch <= current) {
@@ -278,7 +458,7 @@ class RocksDbEventStore final : public EventStore {
     rocksdb::WriteOptions wo;
     wo.sync = true;
     rocksdb::Status s = d->db->Put(wo, d->meta, kEpochMetaKey, std::to_string(epoch));
-    if (!s.ok()) return FromRocks(s, "claiming epoch " + std::to_string(epoch));
+    if (!s.ok()) return Failed(WriteFailed(s, "claiming epoch " + std::to_string(epoch)));
     std::lock_guard lock(state_mu_);
     fence_epoch_ = std::max(fence_epoch_, epoch);
     return Status::Ok();
@@ -375,7 +555,7 @@ class RocksDbEventStore final : public EventStore {
       group.push_back(x);
       group_bytes += x->bytes;
     }
-    Status failed = failed_;
+    Status failed = refused_.ok() ? fault_->Get() : refused_;
     lock.unlock();
 
     uint64_t new_head = 0;
@@ -623,11 +803,11 @@ class RocksDbEventStore final : public EventStore {
     }
     std::shared_ptr<Db> d = db();
     if (d->secondary) return FailedPrecondition("the event store is a read-only secondary");
-    if (Status f = AppendFailure(); !f.ok()) return f;
+    if (Status f = WriteRefusal(); !f.ok()) return f;
     rocksdb::WriteOptions wo;
     wo.sync = true;
     rocksdb::Status s = d->db->Put(wo, d->meta, key, value);
-    if (!s.ok()) return FromRocks(s, "writing meta " + key);
+    if (!s.ok()) return Failed(WriteFailed(s, "writing meta " + key));
     return Status::Ok();
   }
 
@@ -637,7 +817,7 @@ class RocksDbEventStore final : public EventStore {
     }
     std::shared_ptr<Db> d = db();
     if (d->secondary) return FailedPrecondition("the event store is a read-only secondary");
-    if (Status f = AppendFailure(); !f.ok()) return f;
+    if (Status f = WriteRefusal(); !f.ok()) return f;
     rocksdb::WriteOptions wo;
     wo.sync = true;
     // Only the latest snapshot is kept: older ones go in the same batch.
@@ -645,7 +825,9 @@ class RocksDbEventStore final : public EventStore {
     wb.DeleteRange(d->snapshots, codec::EventKey(0), codec::EventKey(position));
     wb.Put(d->snapshots, codec::EventKey(position), bytes);
     rocksdb::Status s = d->db->Write(wo, &wb);
-    if (!s.ok()) return FromRocks(s, "writing snapshot " + std::to_string(position));
+    if (!s.ok()) {
+      return Failed(WriteFailed(s, "writing snapshot " + std::to_string(position)));
+    }
     return Status::Ok();
   }
 
@@ -674,6 +856,16 @@ class RocksDbEventStore final : public EventStore {
   StoreStats Stats() override {
     std::lock_guard lock(state_mu_);
     return stats_;
+  }
+
+  Status WriteFailure() override { return fault_->Get(); }
+
+  Result<uint64_t> AvailableBytes() override {
+    struct statvfs fs {};
+    if (::statvfs(options_.path.c_str(), &fs) != 0) {
+      return Internal("statvfs " + options_.path + ": " + std::strerror(errno));
+    }
+    return static_cast<uint64_t>(fs.f_bavail) * static_cast<uint64_t>(fs.f_frsize);
   }
 
  private:
@@ -706,9 +898,21 @@ class RocksDbEventStore final : public EventStore {
     rocksdb::ReadOptions options;
   };
 
-  Status AppendFailure() {
-    std::lock_guard lock(queue_mu_);
-    return failed_;
+  // A write failed with err: from now on the store refuses every write (the
+  // first failure recorded is what later writes get). Returns err.
+  Status Failed(Status err) {
+    fault_->Set(err);
+    return err;
+  }
+
+  // Why every write is refused: the corrupt head it opened on, or the write
+  // failure (OK: writes go on).
+  Status WriteRefusal() {
+    {
+      std::lock_guard lock(queue_mu_);
+      if (!refused_.ok()) return refused_;
+    }
+    return fault_->Get();
   }
 
   std::shared_ptr<Db> db() {
@@ -883,19 +1087,19 @@ class RocksDbEventStore final : public EventStore {
     wb.Put(d->meta, codec::kHeadMetaKey, codec::HeadValue(next, prev));
     rocksdb::WriteOptions wo;
     wo.sync = true;
-    rocksdb::Status s =
-        options_.fail_write_for_testing && options_.fail_write_for_testing()
-            ? rocksdb::Status::IOError("injected write failure")
-            : d->db->Write(wo, &wb);
+    rocksdb::Status s;
+    if (options_.fail_write_for_testing && options_.fail_write_for_testing()) {
+      s = options_.fail_write_no_space_for_testing
+              ? rocksdb::Status::NoSpace("injected write failure")
+              : rocksdb::Status::IOError("injected write failure");
+    } else {
+      s = d->db->Write(wo, &wb);
+    }
     if (!s.ok()) {
-      Status err = Internal(
-          "event store write failed (the batch may or may not be durable; the store refuses "
-          "further appends until reopened): " +
-          s.ToString());
-      {
-        std::lock_guard lock(queue_mu_);
-        failed_ = err;
-      }
+      // A caller that raced a background error gets the write's own error; later
+      // writes get the first one recorded.
+      Status err =
+          Failed(WriteFailed(s, "event store write failed (the batch may or may not be durable)"));
       for (Writer* w : group) {
         if (w->pending.ok()) w->pending = err;
       }
@@ -933,7 +1137,8 @@ class RocksDbEventStore final : public EventStore {
 
   std::mutex queue_mu_;
   std::deque<Writer*> writers_;  // guarded by queue_mu_
-  Status failed_;                // guarded by queue_mu_; non-OK after a failed write
+  Status refused_;  // guarded by queue_mu_; non-OK: opened on a corrupt head (open_corrupt_head)
+  const std::shared_ptr<WriteFault> fault_;  // the sticky write failure (also the listeners')
 
   std::mutex state_mu_;
   std::condition_variable head_cv_;
@@ -953,8 +1158,10 @@ class RocksDbEventStore final : public EventStore {
 
 Result<std::unique_ptr<EventStore>> OpenRocksDbEventStore(const StoreOptions& options) {
   if (options.path.empty()) return InvalidArgument("store path is empty");
-  ASSIGN_OR_RETURN(auto db, OpenDb(options.path, options.secondary_path, options.create_if_missing));
-  auto store = std::make_unique<RocksDbEventStore>(std::move(db), options);
+  auto fault = std::make_shared<WriteFault>();
+  ASSIGN_OR_RETURN(auto db,
+                   OpenDb(options.path, options.secondary_path, options.create_if_missing, fault));
+  auto store = std::make_unique<RocksDbEventStore>(std::move(db), options, std::move(fault));
   RETURN_IF_ERROR(store->Recover().WithContext("opening event store at " + options.path));
   return std::unique_ptr<EventStore>(std::move(store));
 }

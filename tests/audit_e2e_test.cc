@@ -58,15 +58,15 @@ void ExpectWritesRefused(Epochd& d, const std::string& run, const Json& def, uin
   refused("cancel", d.PostJson("/v1/runs/" + run + "/cancel", Json::object()));
   refused("retry", d.PostJson("/v1/runs/" + run + "/retry", Json::object()));
   refused("cache invalidate", d.PostJson("/v1/cache/invalidate", Json{{"workflow", def["name"]}}));
-  // The container protocol, with the agents' token.
-  std::string agent_token;
-  std::ifstream(d.data_dir() + "/agent.token") >> agent_token;
-  ASSERT_FALSE(agent_token.empty());
+  // The container protocol, with container c1's own credential.
+  std::string credential;
+  std::ifstream(d.data_dir() + "/containers/c1/credential") >> credential;
+  ASSERT_FALSE(credential.empty());
   refused("register",
-          HttpCall(d.url(), "POST", "/v1/containers/c9/register",
-                   Json{{"cpu_millis", 1000}, {"memory_bytes", 1 << 30}}.dump(), agent_token));
+          HttpCall(d.url(), "POST", "/v1/containers/c1/register",
+                   Json{{"cpu_millis", 1000}, {"memory_bytes", 1 << 30}}.dump(), credential));
   refused("poll", HttpCall(d.url(), "POST", "/v1/containers/c1/poll",
-                           Json{{"epoch_seen", 0}}.dump(), agent_token));
+                           Json{{"epoch_seen", 0}}.dump(), credential));
 }
 
 TEST(AuditE2ETest, VerifyCheckpointAndAFlippedByte) {
@@ -408,10 +408,11 @@ TEST(AuditE2ETest, RunHistoryTellsWhoDidWhatAndWhere) {
   TempDir dir;
   Epochd d(dir.path() + "/data");
   d.Start();
-  std::string marker = dir.path() + "/marker";
+  // The first attempt leaves a marker in the run's workspace (which outlives it) and
+  // fails; the retry finds it and succeeds.
   auto def = ParseJson(R"J({"name": "flaky", "steps": [
       {"name": "a", "retry": {"limit": 1, "backoff": "fixed", "initial": "100ms"},
-       "command": ["sh", "-c", "test -f )J" + marker + R"J( || { touch )J" + marker + R"J(; exit 3; }"]},
+       "command": ["sh", "-c", "test -f {{workspace}}/marker || { touch {{workspace}}/marker; exit 3; }"]},
       {"name": "b", "after": ["a"], "command": ["true"]}]})J");
   ASSERT_TRUE(def.ok());
   std::string id = d.RegisterAndSubmit(*def);

@@ -1,5 +1,6 @@
 // End-to-end: real epochd, real epoch-agent containers, real child processes,
 // HTTP over 127.0.0.1 on a kernel-chosen port, RocksDB in a temp dir.
+#include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -39,6 +40,30 @@ std::vector<Json> OfType(const std::vector<Json>& evs, const std::string& type,
       out.push_back(e);
     }
   }
+  return out;
+}
+
+// Host pids of the live processes one of whose arguments is exactly `arg`: a step in
+// its sandbox knows only its own PID namespace's pids, so the test finds its processes
+// by a unique argument.
+std::vector<pid_t> PidsWithArg(const std::string& arg) {
+  std::vector<pid_t> out;
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return out;
+  while (struct dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in("/proc/" + name + "/cmdline", std::ios::binary);
+    std::string part;
+    while (std::getline(in, part, '\0')) {
+      if (part == arg) {
+        pid_t pid = static_cast<pid_t>(std::stol(name));
+        if (ProcessAlive(pid)) out.push_back(pid);
+        break;
+      }
+    }
+  }
+  closedir(d);
   return out;
 }
 
@@ -162,13 +187,17 @@ TEST_F(E2ETest, TimeoutKillsTheAttemptAndCountsAsFailure) {
 TEST_F(E2ETest, CancelKillsTheWholeProcessGroup) {
   Epochd d(dir_.path());
   d.Start();
-  std::string run = d.RegisterAndSubmit(Def(R"J({"name": "long", "steps": [
-      {"name": "a", "command": ["sh", "-c", "sleep 300 & echo $! > {{workspace}}/child.pid; wait"]},
-      {"name": "b", "after": ["a"], "command": ["true"]}]})J"));
-  std::string pidfile = dir_.path() + "/runs/" + run + "/child.pid";
-  ASSERT_TRUE(WaitFor([&] { return !ReadAll(pidfile).empty(); }, 20000ms));
-  pid_t child = std::stoi(ReadAll(pidfile));
-  ASSERT_TRUE(ProcessAlive(child));
+  // The step's background sleep is found by its unique argument.
+  const std::string arg = "300." + std::to_string(getpid());
+  std::string def = R"J({"name": "long", "steps": [
+      {"name": "a", "command": ["sh", "-c", "sleep )J" + arg + R"J( & touch {{workspace}}/started; wait"]},
+      {"name": "b", "after": ["a"], "command": ["true"]}]})J";
+  std::string run = d.RegisterAndSubmit(Def(def.c_str()));
+  std::string started = dir_.path() + "/runs/" + run + "/started";
+  ASSERT_TRUE(WaitFor([&] { return std::ifstream(started).good(); }, 20000ms));
+  std::vector<pid_t> children;
+  ASSERT_TRUE(WaitFor([&] { return (children = PidsWithArg(arg)).size() == 1; }, 5000ms));
+  pid_t child = children[0];
   std::string alice = AddToken(d.data_dir(), "alice", "default", "operator");
   auto c = HttpCall(d.url(), "POST", "/v1/runs/" + run + "/cancel", "", alice);
   EXPECT_EQ(c.status, 202) << c.body;
@@ -191,14 +220,15 @@ TEST_F(E2ETest, CancelKillsTheWholeProcessGroup) {
 TEST_F(E2ETest, RetryRerunsOnlyTheStepsThatDidNotSucceed) {
   Epochd d(dir_.path());
   d.Start();
-  std::string fix = dir_.path() + "/fixed";
+  // b passes once the file it names exists in the run's workspace (all a step sees of
+  // the data dir).
   Json def = Def(R"J({"name": "fixme", "params": {"fix": ""}, "steps": [
       {"name": "a", "command": ["sh", "-c", "echo a >> {{workspace}}/a.count; echo '{\"v\": 1}' > {{outputs}}/metrics.json"]},
-      {"name": "b", "after": ["a"], "command": ["test", "-e", "{{params.fix}}"]}]})J");
-  std::string run = d.RegisterAndSubmit(def, Json{{"fix", fix}});
+      {"name": "b", "after": ["a"], "command": ["test", "-e", "{{workspace}}/{{params.fix}}"]}]})J");
+  std::string run = d.RegisterAndSubmit(def, Json{{"fix", "fixed"}});
   Json r = d.WaitForRun(run);
   ASSERT_EQ(r["state"], "failed");
-  std::ofstream(fix) << "ok";
+  std::ofstream(dir_.path() + "/runs/" + run + "/fixed") << "ok";
   auto rr = d.Post("/v1/runs/" + run + "/retry", "");
   EXPECT_EQ(rr.status, 202) << rr.body;
   r = d.WaitForRun(run);
@@ -212,15 +242,14 @@ TEST_F(E2ETest, RetryRerunsOnlyTheStepsThatDidNotSucceed) {
 }
 
 TEST_F(E2ETest, Kill9OfEpochdDuringARunningStepLosesNothingAndRunsNothingTwice) {
-  std::string counter = dir_.path() + "/count";
-  Json def = Def(R"J({"name": "survive", "params": {"out": ""}, "steps": [
-      {"name": "long", "command": ["sh", "-c", "sleep 2; echo ran >> {{params.out}}"]},
+  Json def = Def(R"J({"name": "survive", "steps": [
+      {"name": "long", "command": ["sh", "-c", "sleep 2; echo ran >> {{workspace}}/count"]},
       {"name": "after", "after": ["long"], "command": ["true"]}]})J");
   std::string run;
   {
     Epochd d(dir_.path());
     d.Start();
-    run = d.RegisterAndSubmit(def, Json{{"out", counter}});
+    run = d.RegisterAndSubmit(def);
     Json r = d.WaitForRunState(run, [](const Json& j) {
       return j["steps"][0]["state"] == "running";
     });
@@ -233,7 +262,7 @@ TEST_F(E2ETest, Kill9OfEpochdDuringARunningStepLosesNothingAndRunsNothingTwice) 
     r = restarted.WaitForRun(run, 30s);
     ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
     EXPECT_EQ(r["steps"][0]["attempts"].size(), 1u);
-    EXPECT_EQ(ReadAll(counter), "ran\n");
+    EXPECT_EQ(ReadAll(dir_.path() + "/runs/" + run + "/count"), "ran\n");
     auto evs = RunEvents(restarted, run);
     EXPECT_EQ(OfType(evs, "JobSucceeded", "long").size(), 1u);
     EXPECT_EQ(OfType(evs, "JobStarted", "long").size(), 1u);
@@ -308,8 +337,8 @@ TEST_F(E2ETest, BadInputGetsPreciseErrorsAndWritesNothing) {
       {"undeclared param", "/v1/runs", R"({"workflow":"ok","params":{"need":1,"x":2}})",
        "application/json", 422, "params.x"},
       {"unknown run cancel", "/v1/runs/nope/cancel", "", "application/json", 404, "nope"},
-      {"not an agent", "/v1/containers/zz/poll", "{}", "application/json", 403,
-       "container protocol"},
+      {"not a container", "/v1/containers/zz/poll", "{}", "application/json", 401,
+       "no valid credential"},
   };
   for (const auto& c : cases) {
     auto r = d.Post(c.path, c.body, c.content_type);
@@ -320,12 +349,13 @@ TEST_F(E2ETest, BadInputGetsPreciseErrorsAndWritesNothing) {
     EXPECT_NE(text.find(c.needle), std::string::npos) << c.name << ": " << r.body;
     EXPECT_EQ(d.Head(), head) << c.name << " wrote an event";
   }
-  std::ifstream agent_token_file(dir_.path() + "/agent.token");
-  std::string agent_token;
-  agent_token_file >> agent_token;
-  auto unknown = HttpCall(d.url(), "POST", "/v1/containers/zz/poll", "{}", agent_token);
-  EXPECT_EQ(unknown.status, 404) << unknown.body;
-  EXPECT_NE(unknown.body.find("must register"), std::string::npos) << unknown.body;
+  // A container's credential opens its own endpoints only.
+  std::string credential;
+  std::ifstream(dir_.path() + "/containers/c1/credential") >> credential;
+  ASSERT_FALSE(credential.empty());
+  auto other = HttpCall(d.url(), "POST", "/v1/containers/zz/poll", "{}", credential);
+  EXPECT_EQ(other.status, 401) << other.body;
+  EXPECT_NE(other.body.find("no valid credential"), std::string::npos) << other.body;
   EXPECT_EQ(d.Get("/v1/runs/nope").status, 404);
   EXPECT_EQ(d.Get("/v1/runs/nope/steps/a/logs").status, 404);
   EXPECT_EQ(d.Get("/v1/workflows/nope").status, 404);

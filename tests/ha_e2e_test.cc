@@ -104,15 +104,14 @@ class HaTest : public ::testing::Test {
 };
 
 TEST_F(HaTest, FailoverMidRunKeepsTheRunningStepAndTheChain) {
-  std::string starts = dir_.path() + "/starts";
   Epochd a(dir_.path(), {}, "a");
   a.Start();
   Epochd b(dir_.path(), {}, "b");
   b.StartStandby();
-  Json def = Def(R"J({"name": "failover", "params": {"out": ""}, "steps": [
-      {"name": "long", "command": ["sh", "-c", "echo start >> {{params.out}}; sleep 3"]},
+  Json def = Def(R"J({"name": "failover", "steps": [
+      {"name": "long", "command": ["sh", "-c", "echo start >> {{workspace}}/starts; sleep 3"]},
       {"name": "after", "after": ["long"], "command": ["true"]}]})J");
-  std::string run = a.RegisterAndSubmit(def, Json{{"out", starts}});
+  std::string run = a.RegisterAndSubmit(def);
   Json r = a.WaitForRunState(run, [](const Json& j) { return j["steps"][0]["state"] == "running"; });
   ASSERT_EQ(r["steps"][0]["state"], "running") << r.dump(2);
   // The standby follows the leader's log.
@@ -135,7 +134,7 @@ TEST_F(HaTest, FailoverMidRunKeepsTheRunningStepAndTheChain) {
   r = b.WaitForRun(run, 30s);
   ASSERT_EQ(r["state"], "succeeded") << r.dump(2);
   EXPECT_EQ(r["steps"][0]["attempts"].size(), 1u) << r.dump(2);
-  EXPECT_EQ(ReadAll(starts), "start\n");
+  EXPECT_EQ(ReadAll(dir_.path() + "/runs/" + run + "/starts"), "start\n");
 
   std::vector<Json> events = AllEvents(b);
   ExpectUnbrokenChain(events);
@@ -300,26 +299,33 @@ TEST_F(HaTest, IdempotencyKeysAnswerTheFirstResultAcrossRestarts) {
   HttpResult w1 = post("/v1/workflows", v1, "wf-1");
   ASSERT_EQ(w1.status, 201) << w1.body;
   EXPECT_EQ(w1.json()["version"], 1);
-  // The same key with another body answers the first result: no version 2.
-  HttpResult w1b = post("/v1/workflows", v2, "wf-1");
+  // The same key with the same body answers the first result; with another body it is
+  // refused (422 idempotency_key_reused): no version 2 either way.
+  HttpResult w1b = post("/v1/workflows", v1, "wf-1");
   EXPECT_EQ(w1b.status, 200) << w1b.body;
   EXPECT_EQ(w1b.json()["version"], 1);
   EXPECT_EQ(w1b.json()["digest"], w1.json()["digest"]);
+  HttpResult w1x = post("/v1/workflows", v2, "wf-1");
+  EXPECT_EQ(w1x.status, 422) << w1x.body;
+  EXPECT_EQ(w1x.json()["error"]["code"], "idempotency_key_reused");
   EXPECT_EQ(a.Get("/v1/workflows/idem").json()["versions"], 1);
 
   HttpResult r1 = post("/v1/runs", R"({"workflow": "idem"})", "run-1");
   ASSERT_EQ(r1.status, 201) << r1.body;
-  HttpResult r1b = post("/v1/runs", R"({"workflow": "idem", "labels": {"x": "y"}})", "run-1");
+  HttpResult r1b = post("/v1/runs", R"({"workflow": "idem"})", "run-1");
   EXPECT_EQ(r1b.status, 200);
   EXPECT_EQ(r1b.json()["id"], r1.json()["id"]);
+  HttpResult r1x = post("/v1/runs", R"({"workflow": "idem", "labels": {"x": "y"}})", "run-1");
+  EXPECT_EQ(r1x.status, 422) << r1x.body;
   // The same key from another tenant is another key.
   // (Tenants arrive with auth; until then every request is tenant "default".)
 
   a.Kill9();
   a.Start();
-  HttpResult w1c = post("/v1/workflows", v2, "wf-1");
+  HttpResult w1c = post("/v1/workflows", v1, "wf-1");
   EXPECT_EQ(w1c.status, 200);
   EXPECT_EQ(w1c.json()["version"], 1);
+  EXPECT_EQ(post("/v1/workflows", v2, "wf-1").status, 422) << "the digest survives a restart";
   HttpResult r1c = post("/v1/runs", R"({"workflow": "idem"})", "run-1");
   EXPECT_EQ(r1c.status, 200);
   EXPECT_EQ(r1c.json()["id"], r1.json()["id"]);

@@ -191,6 +191,17 @@ void Epochd::Terminate() {
   pid_ = -1;
 }
 
+bool Epochd::WaitForExit(std::chrono::milliseconds deadline) {
+  if (pid_ <= 0) return true;
+  int st = 0;
+  bool exited = WaitFor([&] { return waitpid(pid_, &st, WNOHANG) == pid_; }, deadline);
+  if (!exited) return false;
+  exit_status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  dumped_core_ = WIFSIGNALED(st) && WCOREDUMP(st);
+  pid_ = -1;
+  return true;
+}
+
 const std::string& AdminToken() {
   static const std::string token = [] {
     std::string t = api::GenerateToken().token;

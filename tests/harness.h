@@ -69,6 +69,11 @@ class Epochd {
   std::string Log() const;
   void Kill9();       // kill -9, reaped
   void Terminate();   // SIGTERM, waits for a clean exit; returns its exit status
+  // Waits until epochd exits by itself (reaped); false at the deadline. Then
+  // exit_status() is its exit code, or 128 + the signal that ended it, and
+  // dumped_core() whether that signal dumped core.
+  bool WaitForExit(std::chrono::milliseconds deadline);
+  bool dumped_core() const { return dumped_core_; }
   int exit_status() const { return exit_status_; }
   bool running() const { return pid_ > 0; }
   std::string url() const {  // safe from any thread (a restart changes it)
@@ -105,6 +110,7 @@ class Epochd {
   bool tls_ = false;
   pid_t pid_ = -1;
   int exit_status_ = -1;
+  bool dumped_core_ = false;
   mutable std::mutex url_mu_;
   std::string url_;  // guarded by url_mu_
 };

@@ -1,6 +1,7 @@
 // The lifecycle features end to end (step caching, hyperparameter sweeps): real epochd
 // and agents, real files, RocksDB in a temp dir. Steps count their executions in files
-// outside the data dir, so a cache hit is seen as a step that did not run.
+// (outside the data dir for caching, across runs), so a cache hit is seen as a step
+// that did not run.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -38,7 +39,10 @@ TEST(CacheE2ETest, HitsMissesInvalidationAndRestart) {
   std::filesystem::create_directories(work);
   std::string input = work + "/raw.txt";
   Write(input, "3\n4\n");
-  Epochd d(dir.path() + "/data");
+  // Its steps count their runs in one file across runs, outside every run: a sandboxed
+  // step could not write it (executors/README.md), so this test runs them unsandboxed.
+  // The declared input lies in `work`, which the tenant may read (inputRoots).
+  Epochd d(dir.path() + "/data", {"executor.isolation=off", "tenants.default.inputRoots=" + work});
   d.Start();
   // prep sums its input file; train multiplies the sum by lr; validate checks the
   // model and reports it as a metric. prep and train are cached; validate is not.
@@ -144,16 +148,15 @@ TEST(CacheE2ETest, HitsMissesInvalidationAndRestart) {
 // the next step reads its params and outputs.
 TEST(SweepE2ETest, GridOfFourTwoAtATimeToleratesAFailedTrialAndPassesOnTheBest) {
   TempDir dir;
-  std::string work = dir.path() + "/work";
-  std::filesystem::create_directories(work);
   Epochd d(dir.path() + "/data");
   d.Start();
   // accuracy = hidden/100 + lr; the (16, 0.2) trial, which would win, fails instead.
-  auto parsed = ParseJson(R"J({"name": "swept", "params": {"work": ")J" + work + R"J("}, "steps": [
+  // Each trial logs its start and end in the run's workspace, which all trials share.
+  auto parsed = ParseJson(R"J({"name": "swept", "steps": [
       {"name": "train", "kind": "train", "outputs": ["model.txt"], "model": {"name": "toy"},
        "sweep": {"method": "grid", "parameters": {"lr": [0.1, 0.2], "hidden": [8, 16]},
                  "parallel": 2, "objective": {"metric": "accuracy", "goal": "maximize"}},
-       "command": ["sh", "-c", "echo start $(date +%s%N) >> {{params.work}}/t$EPOCH_TRIAL.log; sleep 0.5; if [ {{params.hidden}} = 16 ] && [ {{params.lr}} = 0.2 ]; then exit 3; fi; echo {{params.hidden}}-{{params.lr}} > {{outputs}}/model.txt; awk 'BEGIN { printf \"{\\\"accuracy\\\": %.2f}\", {{params.hidden}} / 100 + {{params.lr}} }' > {{outputs}}/metrics.json; echo end $(date +%s%N) >> {{params.work}}/t$EPOCH_TRIAL.log"]},
+       "command": ["sh", "-c", "echo start $(date +%s%N) >> {{workspace}}/t$EPOCH_TRIAL.log; sleep 0.5; if [ {{params.hidden}} = 16 ] && [ {{params.lr}} = 0.2 ]; then exit 3; fi; echo {{params.hidden}}-{{params.lr}} > {{outputs}}/model.txt; awk 'BEGIN { printf \"{\\\"accuracy\\\": %.2f}\", {{params.hidden}} / 100 + {{params.lr}} }' > {{outputs}}/metrics.json; echo end $(date +%s%N) >> {{workspace}}/t$EPOCH_TRIAL.log"]},
       {"name": "infer", "kind": "infer", "after": ["train"],
        "command": ["sh", "-c", "test $(cat {{steps.train.outputs.model.txt}}) = 8-0.2 && test {{steps.train.best.params.lr}} = 0.2 && test {{steps.train.best.params.hidden}} = 8"]}]})J");
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
@@ -184,7 +187,7 @@ TEST(SweepE2ETest, GridOfFourTwoAtATimeToleratesAFailedTrialAndPassesOnTheBest) 
   // Never more than 2 trials at once, and 2 did overlap.
   std::vector<std::pair<int64_t, int>> edges;  // (time, +1 start / -1 end)
   for (int t = 0; t < 4; ++t) {
-    std::ifstream in(work + "/t" + std::to_string(t) + ".log");
+    std::ifstream in(d.data_dir() + "/runs/" + id + "/t" + std::to_string(t) + ".log");
     std::string what;
     int64_t ns;
     while (in >> what >> ns) edges.emplace_back(ns, what == "start" ? 1 : -1);
@@ -199,23 +202,25 @@ TEST(SweepE2ETest, GridOfFourTwoAtATimeToleratesAFailedTrialAndPassesOnTheBest) 
 // refused by the agent of the step that reads it, which does not run.
 TEST(OutputsE2ETest, AStepDoesNotRunOnAnUpstreamOutputThatChanged) {
   TempDir dir;
-  std::string work = dir.path() + "/work";
-  std::filesystem::create_directories(work);
   Epochd d(dir.path() + "/data");
   d.Start();
-  // make writes data.txt, and after it ends a process outside its process group
-  // appends to it; make waits until that process has left its session (the agent kills
-  // the attempt's group when it ends), wait until it has appended; use reads data.txt
-  // and must not run.
-  auto parsed = ParseJson(R"J({"name": "tamper", "params": {"work": ")J" + work + R"J("}, "steps": [
-      {"name": "make", "outputs": ["data.txt"],
-       "command": ["sh", "-c", "echo 42 > {{outputs}}/data.txt; setsid sh -c 'touch {{params.work}}/detached; sleep 0.3; echo 43 >> {{outputs}}/data.txt; touch {{params.work}}/tampered' > /dev/null 2>&1 < /dev/null & while [ ! -e {{params.work}}/detached ]; do sleep 0.01; done"]},
+  // make writes data.txt; while wait runs (make has ended), this test appends to it and
+  // then lets wait end; use reads data.txt and must not run. (Nothing a step starts
+  // outlives it, in its sandbox, so the tampering is the test's own.)
+  auto parsed = ParseJson(R"J({"name": "tamper", "steps": [
+      {"name": "make", "outputs": ["data.txt"], "command": ["sh", "-c", "echo 42 > {{outputs}}/data.txt"]},
       {"name": "wait", "after": ["make"],
-       "command": ["sh", "-c", "while [ ! -e {{params.work}}/tampered ]; do sleep 0.05; done"]},
+       "command": ["sh", "-c", "while [ ! -e {{workspace}}/tampered ]; do sleep 0.05; done"]},
       {"name": "use", "after": ["wait"],
-       "command": ["sh", "-c", "echo ran >> {{params.work}}/use.count; cat {{steps.make.outputs.data.txt}}"]}]})J");
+       "command": ["sh", "-c", "echo ran >> {{workspace}}/use.count; cat {{steps.make.outputs.data.txt}}"]}]})J");
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
   std::string id = d.RegisterAndSubmit(*parsed);
+  Json running =
+      d.WaitForRunState(id, [](const Json& r) { return StepOf(r, "wait")["state"] == "running"; });
+  ASSERT_EQ(StepOf(running, "make")["state"], "succeeded") << running.dump(2);
+  std::string run_dir = d.data_dir() + "/runs/" + id;
+  std::ofstream(run_dir + "/make/1/outputs/data.txt", std::ios::app) << "43\n";
+  Write(run_dir + "/tampered", "");
   Json r = d.WaitForRun(id);
   EXPECT_EQ(r["state"], "failed") << r.dump(2);
   const Json& use = StepOf(r, "use");
@@ -224,17 +229,18 @@ TEST(OutputsE2ETest, AStepDoesNotRunOnAnUpstreamOutputThatChanged) {
   EXPECT_EQ(reason.rfind("input_mismatch: ", 0), 0u) << reason;
   EXPECT_NE(reason.find("/runs/" + id + "/make/1/outputs/data.txt has sha256 "), std::string::npos)
       << reason;
-  EXPECT_EQ(Count(work + "/use.count"), 0);  // it never ran
+  EXPECT_EQ(Count(run_dir + "/use.count"), 0);  // it never ran
 
   // Untouched outputs pass: the same workflow without the tampering succeeds.
-  auto clean = ParseJson(R"J({"name": "clean", "params": {"work": ")J" + work + R"J("}, "steps": [
+  auto clean = ParseJson(R"J({"name": "clean", "steps": [
       {"name": "make", "outputs": ["data.txt"], "command": ["sh", "-c", "echo 42 > {{outputs}}/data.txt"]},
       {"name": "use", "after": ["make"],
-       "command": ["sh", "-c", "echo ran >> {{params.work}}/use.count; test $(cat {{steps.make.outputs.data.txt}}) = 42"]}]})J");
+       "command": ["sh", "-c", "echo ran >> {{workspace}}/use.count; test $(cat {{steps.make.outputs.data.txt}}) = 42"]}]})J");
   ASSERT_TRUE(clean.ok());
-  Json r2 = d.WaitForRun(d.RegisterAndSubmit(*clean));
+  std::string id2 = d.RegisterAndSubmit(*clean);
+  Json r2 = d.WaitForRun(id2);
   EXPECT_EQ(r2["state"], "succeeded") << r2.dump(2);
-  EXPECT_EQ(Count(work + "/use.count"), 1);
+  EXPECT_EQ(Count(d.data_dir() + "/runs/" + id2 + "/use.count"), 1);
 }
 
 }  // namespace

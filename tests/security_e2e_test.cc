@@ -49,9 +49,10 @@ TEST_F(SecurityE2ETest, AuthMatrix) {
   std::string vi = AddToken(data, "victor", "ml", "viewer");
   std::string op2 = AddToken(data, "carl", "cv", "operator");
   std::string au = AddToken(data, "audrey", "audit", "auditor");
-  std::string agent = ReadAll(data + "/agent.token");
+  // A container's own credential: it opens nothing but that container's endpoints.
+  std::string agent = ReadAll(data + "/containers/c1/credential");
   while (!agent.empty() && agent.back() == '\n') agent.pop_back();
-  ASSERT_EQ(agent.rfind("epoch_", 0), 0u);
+  ASSERT_EQ(agent.rfind("epochc_", 0), 0u);
 
   auto call = [&](const std::string& method, const std::string& path, const std::string& body,
                   const std::string& token) { return HttpCall(d.url(), method, path, body, token); };
@@ -89,39 +90,42 @@ TEST_F(SecurityE2ETest, AuthMatrix) {
   std::vector<Row> rows = {
       {"GET", "/healthz", "", {200, 200, 200, 200, 200, 200, 200, 200}},
       {"GET", "/readyz", "", {200, 200, 200, 200, 200, 200, 200, 200}},
-      {"GET", "/metrics", "", {401, 401, 403, 200, 200, 403, 403, 403}},
-      {"GET", "/v1/cluster", "", {401, 401, 403, 200, 200, 200, 200, 200}},
-      {"GET", "/v1/containers", "", {401, 401, 403, 200, 200, 200, 200, 200}},
-      {"GET", "/v1/runs", "", {401, 401, 403, 200, 200, 200, 200, 200}},
-      {"GET", ml, "", {401, 401, 403, 200, 200, 200, 200, 404}},
-      {"GET", cv, "", {401, 401, 403, 200, 200, 404, 404, 200}},
-      {"GET", "/v1/runs/r-does-not-exist", "", {401, 401, 403, 404, 404, 404, 404, 404}},
-      {"GET", ml + "/history", "", {401, 401, 403, 200, 200, 200, 200, 404}},
-      {"GET", ml + "/events", "", {401, 401, 403, 200, 200, 200, 200, 404}},
-      {"GET", ml + "/steps/a/logs", "", {401, 401, 403, 200, 200, 200, 200, 404}},
-      {"GET", "/v1/workflows", "", {401, 401, 403, 200, 200, 200, 200, 200}},
-      {"GET", "/v1/workflows/mlwf", "", {401, 401, 403, 200, 200, 200, 200, 404}},
-      {"GET", "/v1/workflows/mlwf/versions/1", "", {401, 401, 403, 200, 200, 200, 200, 404}},
-      {"GET", "/v1/datasets", "", {401, 401, 403, 200, 200, 200, 200, 200}},
-      {"GET", "/v1/datasets/mldata", "", {401, 401, 403, 200, 200, 200, 200, 404}},
-      {"GET", "/v1/datasets/mldata/versions/1", "", {401, 401, 403, 200, 200, 200, 200, 404}},
-      {"GET", "/v1/models", "", {401, 401, 403, 200, 200, 200, 200, 200}},
-      {"GET", "/v1/cache", "", {401, 401, 403, 200, 200, 200, 200, 200}},
-      {"GET", "/v1/events", "", {401, 401, 403, 200, 200, 200, 200, 200}},
-      {"GET", "/v1/audit/verify", "", {401, 401, 403, 200, 200, 403, 403, 403}},
+      {"GET", "/metrics", "", {401, 401, 401, 200, 200, 403, 403, 403}},
+      {"GET", "/v1/cluster", "", {401, 401, 401, 200, 200, 200, 200, 200}},
+      {"GET", "/v1/containers", "", {401, 401, 401, 200, 200, 200, 200, 200}},
+      {"GET", "/v1/runs", "", {401, 401, 401, 200, 200, 200, 200, 200}},
+      {"GET", ml, "", {401, 401, 401, 200, 200, 200, 200, 404}},
+      {"GET", cv, "", {401, 401, 401, 200, 200, 404, 404, 200}},
+      {"GET", "/v1/runs/r-does-not-exist", "", {401, 401, 401, 404, 404, 404, 404, 404}},
+      {"GET", ml + "/history", "", {401, 401, 401, 200, 200, 200, 200, 404}},
+      {"GET", ml + "/events", "", {401, 401, 401, 200, 200, 200, 200, 404}},
+      {"GET", ml + "/steps/a/logs", "", {401, 401, 401, 200, 200, 200, 200, 404}},
+      {"GET", "/v1/workflows", "", {401, 401, 401, 200, 200, 200, 200, 200}},
+      {"GET", "/v1/workflows/mlwf", "", {401, 401, 401, 200, 200, 200, 200, 404}},
+      {"GET", "/v1/workflows/mlwf/versions/1", "", {401, 401, 401, 200, 200, 200, 200, 404}},
+      {"GET", "/v1/datasets", "", {401, 401, 401, 200, 200, 200, 200, 200}},
+      {"GET", "/v1/datasets/mldata", "", {401, 401, 401, 200, 200, 200, 200, 404}},
+      {"GET", "/v1/datasets/mldata/versions/1", "", {401, 401, 401, 200, 200, 200, 200, 404}},
+      {"GET", "/v1/models", "", {401, 401, 401, 200, 200, 200, 200, 200}},
+      {"GET", "/v1/cache", "", {401, 401, 401, 200, 200, 200, 200, 200}},
+      {"GET", "/v1/events", "", {401, 401, 401, 200, 200, 200, 200, 200}},
+      {"GET", "/v1/audit/verify", "", {401, 401, 401, 200, 200, 403, 403, 403}},
       // Writes. A finished run cannot be cancelled or retried (409) by those who may
       // write to it; another tenant's is 404, like one that does not exist.
-      {"POST", ml + "/cancel", "", {401, 401, 403, 409, 403, 409, 403, 404}},
-      {"POST", ml + "/retry", "", {401, 401, 403, 409, 403, 409, 403, 404}},
-      {"POST", "/v1/runs/r-does-not-exist/cancel", "", {401, 401, 403, 404, 403, 404, 403, 404}},
+      {"POST", ml + "/cancel", "", {401, 401, 401, 409, 403, 409, 403, 404}},
+      {"POST", ml + "/retry", "", {401, 401, 401, 409, 403, 409, 403, 404}},
+      {"POST", "/v1/runs/r-does-not-exist/cancel", "", {401, 401, 401, 404, 403, 404, 403, 404}},
       {"POST", "/v1/cache/invalidate", R"({"workflow": "mlwf"})",
-       {401, 401, 403, 200, 403, 200, 403, 404}},
+       {401, 401, 401, 200, 403, 200, 403, 404}},
       {"POST", "/v1/workflows",
        R"({"name": "mlwf", "steps": [{"name": "b", "command": ["false"]}]})",
-       {401, 401, 403, 201, 403, 200, 403, 409}},
-      {"POST", "/v1/runs", R"({"workflow": "cvwf"})", {401, 401, 403, 201, 403, 404, 403, 201}},
-      {"POST", "/v1/containers/c99/register", "{}", {401, 401, 400, 403, 403, 403, 403, 403}},
-      {"POST", "/v1/containers/c99/poll", "{}", {401, 401, 404, 403, 403, 403, 403, 403}},
+       {401, 401, 401, 201, 403, 200, 403, 409}},
+      {"POST", "/v1/runs", R"({"workflow": "cvwf"})", {401, 401, 401, 201, 403, 404, 403, 201}},
+      {"POST", "/v1/containers/c99/register", "{}", {401, 401, 401, 401, 401, 401, 401, 401}},
+      {"POST", "/v1/containers/c99/poll", "{}", {401, 401, 401, 401, 401, 401, 401, 401}},
+      // Only c1's own credential opens c1's endpoint; no user token does.
+      {"POST", "/v1/containers/c1/poll", R"({"epoch_seen": 0})",
+       {401, 401, 200, 401, 401, 401, 401, 401}},
   };
   for (const auto& row : rows) {
     ASSERT_EQ(row.want.size(), who.size()) << row.path;
@@ -268,15 +272,19 @@ TEST_F(SecurityE2ETest, TokensComeAndGoWhileServingAndNeverLeak) {
             0);
   EXPECT_NE(out.find("user: 'Bad Name' is not a valid name"), std::string::npos) << out;
 
-  // No secret anywhere in the data dir but agent.token itself: logs, agent state,
-  // RocksDB's files (events), the tokens file.
+  // No secret anywhere in the data dir but each container's credential file itself:
+  // logs, agent state, RocksDB's files (events), the tokens file.
   d.Terminate();
-  std::string agent = ReadAll(data + "/agent.token");
-  std::vector<std::string> secrets = {token.substr(15), AdminToken().substr(15),
-                                      agent.substr(15, 64)};
+  std::vector<std::string> secrets = {token.substr(15), AdminToken().substr(15)};
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(data)) {
+    if (entry.path().filename() == "credential") {
+      secrets.push_back(ReadAll(entry.path().string()).substr(7, 64));
+    }
+  }
+  EXPECT_GE(secrets.size(), 4u) << "no container credentials found";
   int files = 0;
   for (const auto& entry : std::filesystem::recursive_directory_iterator(data)) {
-    if (!entry.is_regular_file() || entry.path().filename() == "agent.token") continue;
+    if (!entry.is_regular_file() || entry.path().filename() == "credential") continue;
     ++files;
     std::string bytes = ReadAll(entry.path().string());
     for (const auto& s : secrets) {

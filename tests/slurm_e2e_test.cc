@@ -110,8 +110,7 @@ class SlurmTest : public ::testing::Test {
 TEST_F(SlurmTest, TheCoreWorkflowRunsInContainersThatAreSlurmJobs) {
   Epochd d(dir_.path(), Config({"sig.cpu=1", "sig.maxReplicas=2", "sig.ssAllocationUnit=2"}));
   d.Start();
-  std::string out = dir_.path() + "/out";
-  Json def = Json::parse(R"J({"name": "lifecycle", "params": {"out": ""}, "steps": [
+  Json def = Json::parse(R"J({"name": "lifecycle", "steps": [
       {"name": "prep", "kind": "data_prep", "dataset": {"name": "numbers"},
        "outputs": ["data.txt"], "command": ["sh", "-c", "seq 1 100 > $EPOCH_OUTPUTS/data.txt"]},
       {"name": "train", "kind": "train", "after": ["prep"], "model": {"name": "summer"},
@@ -120,8 +119,9 @@ TEST_F(SlurmTest, TheCoreWorkflowRunsInContainersThatAreSlurmJobs) {
       {"name": "validate", "kind": "validate", "after": ["train"],
        "command": ["sh", "-c", "test $(cat {{steps.train.outputs.model.txt}}) = 5050 && echo '{\"accuracy\": 0.91}' > $EPOCH_OUTPUTS/metrics.json"]},
       {"name": "infer", "kind": "infer", "after": ["validate"],
-       "command": ["sh", "-c", "echo inferred > {{params.out}}"]}]})J");
-  std::string run = d.RegisterAndSubmit(def, Json{{"out", out}});
+       "command": ["sh", "-c", "echo inferred > {{workspace}}/out"]}]})J");
+  std::string run = d.RegisterAndSubmit(def);
+  std::string out = dir_.path() + "/runs/" + run + "/out";
   // While train runs, squeue lists the containers as Slurm jobs named after them.
   Json r = d.WaitForRunState(run, [](const Json& j) { return j["steps"][1]["state"] == "running"; });
   ASSERT_EQ(r["steps"][1]["state"], "running") << r.dump(2);
@@ -342,16 +342,16 @@ TEST_F(SlurmTest, MoreGpusThanTheNodeHasIsUnschedulableNotRetriedForever) {
 }
 
 TEST_F(SlurmTest, TheNewLeaderAdoptsTheSlurmJobsOfTheOldOne) {
-  std::string starts = dir_.path() + "/starts";
   std::vector<std::string> cfg = Config({"sig.cpu=1", "sig.maxReplicas=2"});
   Epochd a(dir_.path(), cfg, "a");
   a.Start();
   Epochd b(dir_.path(), cfg, "b");
   b.StartStandby();
-  Json def = Json::parse(R"J({"name": "failover", "params": {"out": ""}, "steps": [
-      {"name": "long", "command": ["sh", "-c", "echo start >> {{params.out}}; sleep 4"]},
+  Json def = Json::parse(R"J({"name": "failover", "steps": [
+      {"name": "long", "command": ["sh", "-c", "echo start >> {{workspace}}/starts; sleep 4"]},
       {"name": "after", "after": ["long"], "command": ["true"]}]})J");
-  std::string run = a.RegisterAndSubmit(def, Json{{"out", starts}});
+  std::string run = a.RegisterAndSubmit(def);
+  std::string starts = dir_.path() + "/runs/" + run + "/starts";
   Json r = a.WaitForRunState(run, [](const Json& j) { return j["steps"][0]["state"] == "running"; });
   ASSERT_EQ(r["steps"][0]["state"], "running") << r.dump(2);
   std::map<std::string, std::string> before = Squeue();

@@ -115,6 +115,30 @@ std::pair<std::string, std::string> SplitUrl(std::string_view url) {
   return {std::string(url.substr(0, slash)), std::string(url.substr(slash))};
 }
 
+// The origin of an absolute http(s) URL, normalised: "HTTPS://Host/x" ->
+// "https://host:443" (scheme and host lower-cased, the default port made explicit,
+// userinfo dropped). "" when it is not an absolute http(s) URL.
+std::string OriginOf(std::string_view url) {
+  size_t sep = url.find("://");
+  if (sep == std::string_view::npos) return "";
+  std::string scheme = Lower(url.substr(0, sep));
+  if (scheme != "http" && scheme != "https") return "";
+  std::string_view authority = url.substr(sep + 3);
+  authority = authority.substr(0, authority.find_first_of("/?#"));
+  if (size_t at = authority.rfind('@'); at != std::string_view::npos) {
+    authority.remove_prefix(at + 1);
+  }
+  std::string_view host = authority, port;
+  size_t colon = authority.rfind(':');
+  if (colon != std::string_view::npos && authority.find(']', colon) == std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+  }
+  if (host.empty()) return "";
+  std::string p = port.empty() ? (scheme == "https" ? "443" : "80") : std::string(port);
+  return scheme + "://" + Lower(host) + ":" + p;
+}
+
 // Transport errors after which the request surely never reached the server.
 bool NotSent(httplib::Error e) {
   return e == httplib::Error::Connection || e == httplib::Error::ConnectionTimeout ||
@@ -354,6 +378,8 @@ struct ApiClient::Impl {
       ex.response.status = r.status;
       ex.response.content_type = r.get_header_value("Content-Type");
       ex.location = r.get_header_value("Location");
+      ex.response.headers.clear();
+      for (const auto& [k, v] : r.headers) ex.response.headers.emplace_back(k, v);
     };
 
     if (req.method == Method::kPost) {
@@ -372,6 +398,9 @@ struct ApiClient::Impl {
         req.path, headers,
         [&](const httplib::Response& r) {
           capture(r);
+          if (req.stream && IsSuccess(r.status) && req.stream->on_headers) {
+            req.stream->on_headers(r.status, ex.response.headers);
+          }
           if (req.stream && IsSuccess(r.status) && req.stream->on_event &&
               IsSse(ex.response.content_type)) {
             sse.emplace(req.stream->on_event);
@@ -399,6 +428,30 @@ struct ApiClient::Impl {
     ex.error = res.error();
     if (res && ex.response.status == 0) capture(*res);
     return ex;
+  }
+
+  // Where a redirect from `from` to `to` may go (both base URLs): the same origin, or
+  // another of the configured servers with the same scheme (never https to http). The
+  // token goes with every request, so it must never follow a redirect anywhere else.
+  // Returns the base URL to use (the configured spelling); kFailedPrecondition if not.
+  Result<std::string> RedirectTarget(const std::string& from, const std::string& to) const {
+    const std::string from_origin = OriginOf(from), to_origin = OriginOf(to);
+    if (to_origin.empty()) {
+      return FailedPrecondition(from + " redirected to '" + to + "', which is not an http(s) URL");
+    }
+    if (to_origin == from_origin) return from;
+    const std::string from_scheme = from_origin.substr(0, from_origin.find(':'));
+    const std::string to_scheme = to_origin.substr(0, to_origin.find(':'));
+    if (from_scheme == "https" && to_scheme != "https") {
+      return FailedPrecondition(from + " redirected to " + to +
+                                ": not following a redirect from https to http");
+    }
+    for (const auto& s : options.servers) {
+      if (OriginOf(s) == to_origin && to_scheme == from_scheme) return s;
+    }
+    return FailedPrecondition(from + " redirected to " + to +
+                              ", which is not one of the servers given (--server); not "
+                              "following it (add it to --server if it is yours)");
   }
 
   Result<Response> Send(Request req) {
@@ -452,13 +505,14 @@ struct ApiClient::Impl {
                                " redirects, last to " + ex.location);
           }
           if (ex.location.front() == '/') {
-            req.path = ex.location;
-          } else {
-            auto [new_base, new_path] = SplitUrl(ex.location);
-            base = new_base;
-            req.path = new_path;
-            preferred = new_base;
+            req.path = ex.location;  // the same server
+            continue;
           }
+          auto [new_base, new_path] = SplitUrl(ex.location);
+          ASSIGN_OR_RETURN(std::string target, RedirectTarget(base, new_base));
+          base = target;
+          req.path = new_path;
+          preferred = target;
           continue;
         }
         if (status == 503 && i + 1 < order.size()) {
@@ -617,15 +671,45 @@ Status ApiClient::FollowEvents(const EventQuery& query,
   return st;
 }
 
-Status ApiClient::GetLogs(const std::string& run, const std::string& step,
-                          std::optional<int64_t> attempt, bool follow,
+namespace {
+// The first header of that name (case-insensitive), "" if none.
+std::string HeaderValue(const Headers& headers, std::string_view name) {
+  for (const auto& [k, v] : headers) {
+    if (Lower(k) == Lower(name)) return v;
+  }
+  return "";
+}
+uint64_t HeaderNumber(const Headers& headers, std::string_view name) {
+  std::string v = HeaderValue(headers, name);
+  if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 19) {
+    return 0;
+  }
+  return std::stoull(v);
+}
+}  // namespace
+
+Status ApiClient::GetLogs(const std::string& run, const std::string& step, const LogQuery& q,
                           const std::function<bool(std::string_view)>& on_text) {
   std::string path = "/v1/runs/" + UrlEncode(run) + "/steps/" + UrlEncode(step) + "/logs";
   Query query;
-  if (attempt) query.emplace_back("attempt", std::to_string(*attempt));
-  if (follow) query.emplace_back("follow", "true");
+  if (q.attempt) query.emplace_back("attempt", std::to_string(*q.attempt));
+  if (q.tail) query.emplace_back("tail", std::to_string(*q.tail));
+  if (q.follow) query.emplace_back("follow", "true");
+  path = WithQuery(std::move(path), query);
+  const std::optional<Micros> timeout =
+      q.follow ? std::nullopt : std::optional<Micros>(impl_->options.read_timeout);
+  // A plain GET of a log larger than the server's api.maxLogResponseBytes answers only
+  // its end (Epoch-Log-Offset > 0): then the whole log is read from the start, a range
+  // at a time.
+  uint64_t size = 0, offset = 0;
   StreamHandlers handlers;
-  handlers.on_chunk = on_text;
+  bool capped = false;
+  handlers.on_headers = [&](int, const Headers& h) {
+    size = HeaderNumber(h, "Epoch-Log-Size");
+    offset = HeaderNumber(h, "Epoch-Log-Offset");
+    capped = !q.tail && !q.follow && offset > 0;
+  };
+  handlers.on_chunk = [&](std::string_view text) { return !capped && on_text(text); };
   handlers.on_event = [&](const SseEvent& e) {
     if (e.event == "ping" || e.event == "heartbeat" || e.event == "keepalive") return true;
     // An end event and a closed stream both mean the log is complete.
@@ -633,8 +717,32 @@ Status ApiClient::GetLogs(const std::string& run, const std::string& step,
     // One event per log line (SSE cannot end a payload in a newline).
     return on_text(e.data) && on_text("\n");
   };
-  return Stream(WithQuery(std::move(path), query), {}, handlers,
-                follow ? std::nullopt : std::optional<Micros>(impl_->options.read_timeout));
+  Status st = Stream(path, {}, handlers, timeout);
+  if (!st.ok() || !capped) return st;
+  uint64_t total = size;
+  for (uint64_t from = 0; from < total;) {
+    uint64_t next = from;
+    StreamHandlers part;
+    part.on_headers = [&](int status, const Headers& h) {
+      // "bytes FIRST-LAST/SIZE"; a server that ignores Range sends everything (200).
+      std::string range = HeaderValue(h, "Content-Range");
+      size_t dash = range.find('-'), slash = range.find('/');
+      if (status == 206 && dash != std::string::npos && slash != std::string::npos) {
+        next = std::stoull(range.substr(dash + 1, slash - dash - 1)) + 1;
+      } else {
+        next = total;
+      }
+    };
+    part.on_chunk = on_text;
+    Status got = Stream(path, {{"Range", "bytes=" + std::to_string(from) + "-" +
+                                             std::to_string(total - 1)}},
+                        part, timeout);
+    if (!got.ok()) return got;
+    if (next <= from) return Internal("reading the log by range made no progress at " +
+                                      std::to_string(from));
+    from = next;
+  }
+  return Status::Ok();
 }
 
 Result<Json> ApiClient::ListContainers() { return GetJson("/v1/containers"); }

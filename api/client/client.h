@@ -7,7 +7,10 @@
 //  - Takes a list of servers. A request goes to the server that answered last (or the
 //    first); when a server refuses the connection or answers 503 (standby, leader
 //    unknown) it tries the next one. A 307/308 is followed (method and body kept) up to
-//    `max_redirects` hops, and the server redirected to is remembered as the leader.
+//    `max_redirects` hops, and the server redirected to is remembered as the leader,
+//    but only to the same origin (scheme, host, port) or to another of `servers` with
+//    the same scheme (never https to http): the token goes with every request, so a
+//    redirect elsewhere is an error (kFailedPrecondition), not followed.
 //    A POST whose outcome is unknown (sent, then the connection broke) is never retried
 //    silently: it fails with kUnavailable "... may have succeeded", unless it carries an
 //    Idempotency-Key.
@@ -90,6 +93,7 @@ struct Response {
   std::string content_type;
   std::string body;
   std::string server;  // base URL that answered
+  Headers headers;     // every header of the answer
 };
 
 // Callbacks for a streamed GET. Either may be empty (that kind of body is dropped).
@@ -97,6 +101,8 @@ struct Response {
 struct StreamHandlers {
   std::function<bool(const SseEvent&)> on_event;   // Content-Type text/event-stream
   std::function<bool(std::string_view)> on_chunk;  // any other Content-Type
+  // Called once with a 2xx answer's status and headers, before its body.
+  std::function<void(int status, const Headers& headers)> on_headers;
 };
 
 // Maps an HTTP error answer to a Status: the code from the body's "error.code" when it
@@ -144,6 +150,12 @@ struct EventQuery {
   std::optional<int64_t> limit;
 };
 
+struct LogQuery {
+  std::optional<int64_t> attempt;  // default: the last
+  std::optional<int64_t> tail;     // only the last N lines (and, following, what comes next)
+  bool follow = false;
+};
+
 // The answer to a write: the HTTP status (201 created / 200 unchanged) and the body.
 struct WriteResult {
   int status = 0;
@@ -188,8 +200,10 @@ class ApiClient {
   // not JSON is kCorruption.
   Status FollowEvents(const EventQuery& query, const std::function<bool(const Json&)>& on_event,
                       std::optional<Micros> idle_timeout = {});
-  Status GetLogs(const std::string& run, const std::string& step, std::optional<int64_t> attempt,
-                 bool follow, const std::function<bool(std::string_view)>& on_text);
+  // A step's log: as it is (the whole log, read in ranges when it is larger than one
+  // answer), its last `tail` lines, or followed (-f) until the attempt ends.
+  Status GetLogs(const std::string& run, const std::string& step, const LogQuery& query,
+                 const std::function<bool(std::string_view)>& on_text);
   Result<Json> ListContainers();
   Result<Json> GetCluster();
   // GET /v1/audit/verify; query as the server takes it ("from=..&hash=..", "against=P:H").

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "api/client/output.h"
+#include "api/http_server.h"
 
 namespace epoch::client {
 namespace {
@@ -456,7 +457,8 @@ TEST(ApiClient, Follows307FromStandbyToLeader) {
     res.status = 201;
     res.set_content(R"({"id":"r-1","state":"queued"})", "application/json");
   });
-  auto c = MakeClient({standby.url()});
+  // The leader is one of the configured servers (a redirect goes nowhere else).
+  auto c = MakeClient({standby.url(), leader.url()});
   SubmitRunRequest r;
   r.workflow = "w";
   r.params = {{"epochs", 3}};
@@ -608,11 +610,158 @@ TEST(ApiClient, LogsAsChunkedTextOrSse) {
     text += s;
     return true;
   };
-  ASSERT_TRUE(c->GetLogs("r-1", "train", 2, false, collect).ok());
+  ASSERT_TRUE(c->GetLogs("r-1", "train", LogQuery{.attempt = 2}, collect).ok());
   EXPECT_EQ(text, "attempt 2\nline 2\n");
   text.clear();
-  ASSERT_TRUE(c->GetLogs("r-1", "train", std::nullopt, true, collect).ok());
+  ASSERT_TRUE(c->GetLogs("r-1", "train", LogQuery{.follow = true}, collect).ok());
   EXPECT_EQ(text, "epoch 1 loss 0.5\nepoch 2\nloss 0.3\n");
+}
+
+// A log larger than one answer: the plain GET answers its end (Epoch-Log-Offset > 0);
+// the client then reads it all from the start, a range at a time. (Served by epochd's
+// own transport: httplib's server re-slices ranges itself.)
+TEST(ApiClient, ReadsACappedLogInRanges) {
+  const std::string log = "line one\nline two\nline three\nline four\n";  // 39 bytes
+  constexpr size_t kCap = 10;
+  std::mutex mu;
+  std::vector<std::string> ranges;
+  api::HttpServer server({});
+  server.Route("GET", "/v1/runs/r-1/steps/train/logs",
+               [&](api::HttpRequest& req, api::HttpResponse& res) {
+                 res.SetHeader("Epoch-Log-Size", std::to_string(log.size()));
+                 std::string range = req.Header("Range");
+                 if (range.empty()) {
+                   res.SetHeader("Epoch-Log-Offset", std::to_string(log.size() - kCap));
+                   res.SetContent(log.substr(log.size() - kCap), "text/plain");
+                   return;
+                 }
+                 {
+                   std::lock_guard<std::mutex> lock(mu);
+                   ranges.push_back(range);
+                 }
+                 // At most kCap bytes an answer, as epochd's api.maxLogResponseBytes.
+                 size_t first = std::stoul(range.substr(6));
+                 size_t last = std::min(first + kCap, log.size()) - 1;
+                 res.status = 206;
+                 res.SetHeader("Content-Range", "bytes " + std::to_string(first) + "-" +
+                                                    std::to_string(last) + "/" +
+                                                    std::to_string(log.size()));
+                 res.SetContent(log.substr(first, last - first + 1), "text/plain");
+               });
+  auto port = server.Bind("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok());
+  server.Serve();
+  auto c = MakeClient({"http://127.0.0.1:" + std::to_string(*port)});
+  std::string text;
+  Status st = c->GetLogs("r-1", "train", LogQuery{}, [&](std::string_view s) {
+    text += s;
+    return true;
+  });
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(text, log);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(ranges, (std::vector<std::string>{"bytes=0-38", "bytes=10-38", "bytes=20-38",
+                                              "bytes=30-38"}));
+}
+
+// Redirects go only to the same origin or to another configured server of the same
+// scheme: the bearer token must never reach anyone else.
+TEST(ApiClient, RedirectsOnlyToTheSameOriginOrAConfiguredServer) {
+  MockServer standby, leader, stranger;
+  std::atomic<int> stranger_hits{0};
+  std::mutex mu;
+  std::string leader_auth;
+  std::string stranger_url = stranger.url(), leader_url = leader.url(),
+              self_url = standby.url();
+  standby.server.Post("/v1/runs/r-1/cancel", [&](const httplib::Request&, httplib::Response& res) {
+    res.status = 307;
+    res.set_header("Location", stranger_url + "/v1/runs/r-1/cancel");
+  });
+  standby.server.Post("/v1/runs/r-2/cancel", [&](const httplib::Request&, httplib::Response& res) {
+    res.status = 307;
+    res.set_header("Location", leader_url + "/v1/runs/r-2/cancel");
+  });
+  // The same origin spelled in full (host in capitals, the path changed): followed.
+  standby.server.Get("/v1/runs/r-3", [&](const httplib::Request&, httplib::Response& res) {
+    res.status = 307;
+    std::string upper = self_url;
+    upper.replace(0, 4, "HTTP");
+    res.set_header("Location", upper + "/v1/runs/r-3b");
+  });
+  standby.server.Get("/v1/runs/r-3b", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(R"({"id":"r-3"})", "application/json");
+  });
+  stranger.server.Post(".*", [&](const httplib::Request&, httplib::Response& res) {
+    ++stranger_hits;
+    res.status = 202;
+    res.set_content("{}", "application/json");
+  });
+  leader.server.Post("/v1/runs/r-2/cancel", [&](const httplib::Request& req, httplib::Response& res) {
+    std::lock_guard<std::mutex> lock(mu);
+    leader_auth = req.get_header_value("Authorization");
+    res.status = 202;
+    res.set_content("{}", "application/json");
+  });
+  ClientOptions options;
+  options.servers = {standby.url(), leader.url()};
+  options.token = "epoch_00000000_secret";
+  auto c = ApiClient::Create(options);
+  ASSERT_TRUE(c.ok());
+  auto refused = (*c)->CancelRun("r-1");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("not one of the servers given"));
+  EXPECT_EQ(stranger_hits.load(), 0) << "nothing, and no token, went to the stranger";
+  auto followed = (*c)->CancelRun("r-2");
+  ASSERT_TRUE(followed.ok()) << followed.status().ToString();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(leader_auth, "Bearer epoch_00000000_secret");
+  }
+  auto same = MakeClient({standby.url()});
+  auto run = same->GetRun("r-3");
+  ASSERT_TRUE(run.ok()) << run.status().ToString();
+  EXPECT_EQ(run->value("id", ""), "r-3");
+}
+
+TEST(ApiClient, NeverFollowsARedirectFromHttpsToHttp) {
+  char tmpl[] = "/tmp/client-test.XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  std::string dir = tmpl;
+  std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                    "-keyout " + dir + "/key.pem -out " + dir + "/cert.pem -days 1 "
+                    "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  httplib::SSLServer tls((dir + "/cert.pem").c_str(), (dir + "/key.pem").c_str());
+  ASSERT_TRUE(tls.is_valid());
+  int port = tls.bind_to_any_port("127.0.0.1");
+  std::thread serving([&] { tls.listen_after_bind(); });
+  MockServer plain;  // configured too, but plain HTTP
+  std::atomic<int> plain_hits{0};
+  std::string plain_url = plain.url();
+  tls.Get("/v1/cluster", [&](const httplib::Request&, httplib::Response& res) {
+    res.status = 307;
+    res.set_header("Location", plain_url + "/v1/cluster");
+  });
+  plain.server.Get(".*", [&](const httplib::Request&, httplib::Response& res) {
+    ++plain_hits;
+    res.set_content("{}", "application/json");
+  });
+  ClientOptions options;
+  options.servers = {"https://127.0.0.1:" + std::to_string(port), plain.url()};
+  options.ca_cert_path = dir + "/cert.pem";
+  options.token = "epoch_00000000_secret";
+  auto c = ApiClient::Create(options);
+  ASSERT_TRUE(c.ok());
+  auto res = (*c)->GetCluster();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(res.status().message(), HasSubstr("from https to http"));
+  EXPECT_EQ(plain_hits.load(), 0);
+  tls.stop();
+  serving.join();
+  std::string rm = "rm -rf " + dir;
+  ASSERT_EQ(std::system(rm.c_str()), 0);
 }
 
 // ---- the binary, end to end -------------------------------------------------------------
@@ -825,6 +974,27 @@ TEST(Epochctl, WaitFallsBackToPollingWhenStreamIsMissing) {
   EXPECT_EQ(o.exit_code, 1) << o.err;
   EXPECT_THAT(o.out, HasSubstr("run r-5 cancelled\n"));
   EXPECT_EQ(gets.load(), 3);
+}
+
+TEST(Epochctl, LogsTail) {
+  MockServer m;
+  std::mutex mu;
+  std::string query;
+  m.server.Get("/v1/runs/r-1/steps/train/logs",
+               [&](const httplib::Request& req, httplib::Response& res) {
+                 std::lock_guard<std::mutex> lock(mu);
+                 query = "tail=" + req.get_param_value("tail") +
+                         " attempt=" + req.get_param_value("attempt");
+                 res.set_header("Epoch-Log-Size", "1000");
+                 res.set_header("Epoch-Log-Offset", "990");
+                 res.set_content("l9\nl10\n", "text/plain");
+               });
+  Outcome o = RunEpochctl({"--server", m.url(), "run", "logs", "r-1", "train", "--tail", "2",
+                           "--attempt", "3"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, "l9\nl10\n");
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(query, "tail=2 attempt=3");
 }
 
 }  // namespace

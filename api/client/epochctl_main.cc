@@ -246,9 +246,8 @@ int RunWrite(Context& c, const std::string& id, bool cancel) {
   return 0;
 }
 
-int RunLogs(Context& c, const std::string& id, const std::string& step,
-            std::optional<int64_t> attempt, bool follow) {
-  Status st = c.api->GetLogs(id, step, attempt, follow, [](std::string_view text) {
+int RunLogs(Context& c, const std::string& id, const std::string& step, const LogQuery& query) {
+  Status st = c.api->GetLogs(id, step, query, [](std::string_view text) {
     std::cout.write(text.data(), static_cast<std::streamsize>(text.size()));
     std::cout.flush();
     return static_cast<bool>(std::cout);
@@ -587,18 +586,22 @@ int Main(int argc, char** argv) {
       ->add_option("id", run_id)
       ->required();
 
-  int64_t attempt = 0;
+  int64_t attempt = 0, tail = 0;
   bool follow_logs = false;
   auto* logs = run->add_subcommand("logs", "print a step's log");
   logs->add_option("id", run_id)->required();
   logs->add_option("step", step)->required();
   auto* attempt_opt = logs->add_option("--attempt", attempt, "attempt number (default: last)");
+  auto* tail_opt = logs->add_option("--tail", tail, "only the last N lines (with -f: then follow)")
+                       ->check(CLI::NonNegativeNumber);
   logs->add_flag("-f,--follow", follow_logs, "keep streaming as the step writes");
   logs->callback([&] {
     action = [&](Context& c) {
-      return RunLogs(c, run_id, step,
-                     attempt_opt->count() ? std::optional<int64_t>(attempt) : std::nullopt,
-                     follow_logs);
+      LogQuery q;
+      if (attempt_opt->count()) q.attempt = attempt;
+      if (tail_opt->count()) q.tail = tail;
+      q.follow = follow_logs;
+      return RunLogs(c, run_id, step, q);
     };
   });
 

@@ -1,7 +1,9 @@
 #include "executors/agent/agent.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <httplib.h>
+#include <limits.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -9,8 +11,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -21,6 +26,7 @@
 #include "common/sha256.h"
 #include "common/units.h"
 #include "executors/process.h"
+#include "executors/sandbox_client.h"
 
 namespace epoch::executors {
 
@@ -55,15 +61,97 @@ std::string TrimUrl(std::string url) {
   return url;
 }
 
+// The origin (scheme://host:port, port explicit) of an http(s) URL; nullopt for
+// anything else (another scheme, user info, no host, a bad port).
+struct Origin {
+  std::string scheme, host;
+  int port = 0;
+  bool operator==(const Origin&) const = default;
+  std::string ToString() const { return scheme + "://" + host + ":" + std::to_string(port); }
+};
+
+std::optional<Origin> OriginOf(const std::string& url) {
+  auto lower = [](std::string x) {
+    for (auto& c : x) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return x;
+  };
+  auto sep = url.find("://");
+  if (sep == std::string::npos) return std::nullopt;
+  Origin o;
+  o.scheme = lower(url.substr(0, sep));
+  if (o.scheme != "http" && o.scheme != "https") return std::nullopt;
+  size_t start = sep + 3;
+  size_t end = url.find_first_of("/?#", start);
+  std::string auth = url.substr(start, end == std::string::npos ? end : end - start);
+  if (auth.empty() || auth.find('@') != std::string::npos) return std::nullopt;
+  std::string port;
+  if (auth[0] == '[') {
+    auto close = auth.find(']');
+    if (close == std::string::npos) return std::nullopt;
+    o.host = auth.substr(0, close + 1);
+    std::string rest = auth.substr(close + 1);
+    if (!rest.empty() && rest[0] != ':') return std::nullopt;
+    if (!rest.empty()) port = rest.substr(1);
+  } else if (auto colon = auth.rfind(':'); colon != std::string::npos) {
+    o.host = auth.substr(0, colon);
+    port = auth.substr(colon + 1);
+  } else {
+    o.host = auth;
+  }
+  o.host = lower(o.host);
+  if (o.host.empty()) return std::nullopt;
+  if (port.empty()) {
+    o.port = o.scheme == "https" ? 443 : 80;
+  } else {
+    if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) {
+      return std::nullopt;
+    }
+    o.port = std::stoi(port);
+    if (o.port < 1 || o.port > 65535) return std::nullopt;
+  }
+  return o;
+}
+
+// The folder this program's binary is in ("" if unknown).
+std::string SelfDir() {
+  char buf[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "";
+  std::string p(buf, static_cast<size_t>(n));
+  return p.substr(0, p.find_last_of('/'));
+}
+
 Json NullableInt(const std::optional<int>& v) { return v ? Json(*v) : Json(nullptr); }
 
 std::string NowString() { return FormatTime(SystemClock().Now()); }
 
-// Files (recursively, not following links) under dir as "a/b.bin" names, except
-// metrics.json at the top; regular files only.
-void WalkOutputs(const std::string& dir, const std::string& prefix, Json& out, bool& truncated) {
-  DIR* d = opendir(dir.c_str());
-  if (!d) return;
+// SHA-256 (hex) of what fd reads, and how many bytes.
+Result<std::string> HashFd(int fd, uint64_t* size) {
+  Sha256 h;
+  char buf[1 << 16];
+  *size = 0;
+  while (true) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Internal(std::string("read: ") + std::strerror(errno));
+    if (n == 0) break;
+    h.Update(std::string_view(buf, static_cast<size_t>(n)));
+    *size += static_cast<uint64_t>(n);
+  }
+  return ToHex(h.Finish());
+}
+
+// Files (recursively) under the folder dir_fd as "a/b.bin" names, except metrics.json
+// at the top; regular files only. Walked by fd, never following a symlink: the step's
+// user owns this folder, and another step of its run may still be running.
+void WalkOutputs(int dir_fd, const std::string& prefix, Json& out, bool& truncated) {
+  int dup_fd = dup(dir_fd);
+  if (dup_fd < 0) return;
+  DIR* d = fdopendir(dup_fd);
+  if (!d) {
+    close(dup_fd);
+    return;
+  }
   std::vector<std::string> names;
   while (struct dirent* e = readdir(d)) {
     std::string n = e->d_name;
@@ -72,21 +160,26 @@ void WalkOutputs(const std::string& dir, const std::string& prefix, Json& out, b
   closedir(d);
   std::sort(names.begin(), names.end());
   for (const auto& n : names) {
-    std::string path = dir + "/" + n;
     std::string rel = prefix.empty() ? n : prefix + "/" + n;
     struct stat st;
-    if (lstat(path.c_str(), &st) != 0) continue;
+    if (fstatat(dir_fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
     if (S_ISDIR(st.st_mode)) {
-      WalkOutputs(path, rel, out, truncated);
+      int sub = openat(dir_fd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (sub < 0) continue;
+      WalkOutputs(sub, rel, out, truncated);
+      close(sub);
     } else if (S_ISREG(st.st_mode)) {
       if (rel == "metrics.json") continue;
       if (out.size() >= kMaxOutputs) {
         truncated = true;
         return;
       }
-      uint64_t size = 0;
-      auto hex = Sha256FileHex(path, &size);
       Json entry{{"name", rel}, {"size", static_cast<uint64_t>(st.st_size)}};
+      int fd = openat(dir_fd, n.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+      uint64_t size = 0;
+      auto hex = fd >= 0 ? HashFd(fd, &size)
+                         : Result<std::string>(Internal(rel + ": " + std::strerror(errno)));
+      if (fd >= 0) close(fd);
       if (hex.ok()) {
         entry["size"] = size;
         entry["sha256"] = *hex;
@@ -100,11 +193,11 @@ void WalkOutputs(const std::string& dir, const std::string& prefix, Json& out, b
   }
 }
 
-// Reads <outputs>/metrics.json: missing -> {}, else at most 64 KiB and an object.
-Json ReadMetrics(const std::string& outputs_dir, std::string* error) {
-  std::string path = outputs_dir + "/metrics.json";
+// Reads metrics.json in the outputs folder dir_fd: missing -> {}, else at most 64 KiB
+// and an object.
+Json ReadMetrics(int dir_fd, std::string* error) {
   struct stat st;
-  if (lstat(path.c_str(), &st) != 0) return Json::object();
+  if (fstatat(dir_fd, "metrics.json", &st, AT_SYMLINK_NOFOLLOW) != 0) return Json::object();
   if (!S_ISREG(st.st_mode)) {
     *error = "metrics.json is not a regular file";
     return Json::object();
@@ -113,12 +206,25 @@ Json ReadMetrics(const std::string& outputs_dir, std::string* error) {
     *error = "metrics.json is larger than " + std::to_string(kMaxMetricsBytes) + " bytes";
     return Json::object();
   }
-  auto text = ReadFile(path, kMaxMetricsBytes);
-  if (!text.ok()) {
-    *error = "metrics.json: " + text.status().message();
+  int fd = openat(dir_fd, "metrics.json", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    *error = std::string("metrics.json: ") + std::strerror(errno);
     return Json::object();
   }
-  auto j = ParseJson(*text);
+  std::string text;
+  char buf[4096];
+  while (text.size() <= kMaxMetricsBytes) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  if (text.size() > kMaxMetricsBytes) {
+    *error = "metrics.json is larger than " + std::to_string(kMaxMetricsBytes) + " bytes";
+    return Json::object();
+  }
+  auto j = ParseJson(text);
   if (!j.ok()) {
     *error = "metrics.json: " + j.status().message();
     return Json::object();
@@ -153,23 +259,38 @@ std::string GetString(const Json& j, const char* key, const std::string& dflt = 
 
 // ---------------------------------------------------------------- assignment
 
+struct Mount {
+  std::string path;
+  bool read_only = true;
+};
+
 struct Assignment {
   std::string attempt_id, run, step, attempt;
   std::vector<std::string> argv;
   std::map<std::string, std::string> env;
   std::string workspace, outputs_dir, log_path;
   int64_t timeout_ms = 0;
+  std::string tenant;
+  std::string run_as;             // "user[:group]"; empty: the agent's own user
+  std::vector<Mount> mounts;      // extra paths the step sees, beyond its workspace
+  int64_t max_log_bytes = 0;      // 0: no cap
   std::vector<std::string> gpus;  // as sent: indices (or UUIDs) of this container's GPUs
   std::string cuda_visible_devices, gpu_uuids;  // resolved: comma-joined visible_ids, UUIDs
   // Upstream outputs the command reads, with the digests their producers recorded.
   std::vector<std::pair<std::string, std::string>> inputs;  // (path, sha256)
 };
 
+// The canonical path `path` must have: inside the data dir, the data dir's own
+// canonical path plus the rest, so no symlink a step planted can redirect it;
+// elsewhere (the host, which steps see read-only), wherever it resolves.
+using CanonicalOf = std::function<std::string(const std::string&)>;
+
 // Checks each input against its recorded digest; the first that differs or cannot be
-// read, as the attempt's failure reason.
-Status VerifyInputs(const Assignment& a) {
+// read, as the attempt's failure reason. Read as the agent, without following a
+// symlink (a step could otherwise swap an output for a link to a secret).
+Status VerifyInputs(const Assignment& a, const CanonicalOf& canonical) {
   for (const auto& [path, want] : a.inputs) {
-    auto got = Sha256FileHex(path);
+    auto got = Sha256OfExactFile(path, canonical(path));
     if (!got.ok()) {
       return FailedPrecondition("input_missing: " + path + ": " + got.status().message());
     }
@@ -205,6 +326,51 @@ Status ResolveGpus(const gpu::Inventory& inventory, Assignment* a) {
     const char* sep = a->cuda_visible_devices.empty() ? "" : ",";
     a->cuda_visible_devices += sep + found->visible_id;
     a->gpu_uuids += sep + found->uuid;
+  }
+  return Status::Ok();
+}
+
+// kInvalidArgument unless p is absolute, normalised and free of control characters.
+Status CheckPath(const std::string& what, const std::string& p) {
+  for (unsigned char c : p) {
+    if (c < 0x20 || c == 0x7f) return InvalidArgument(what + " has a control character");
+  }
+  auto n = NormalizePath(p);
+  if (!n.ok() || *n != p) {
+    return InvalidArgument(what + " '" + p + "' is not an absolute, normalised path");
+  }
+  return Status::Ok();
+}
+
+// Where the assignment's paths may be: the workspace in <data-dir>/runs/, the outputs
+// in the workspace, the log in <data-dir>/logs/, mounts anywhere but the control
+// plane (inside the data dir only under runs/; never the data dir or a folder above it).
+Status CheckPlaces(const Assignment& a, const std::string& data_dir) {
+  const std::string runs = data_dir + "/runs", logs = data_dir + "/logs";
+  RETURN_IF_ERROR(CheckPath("workspace", a.workspace));
+  RETURN_IF_ERROR(CheckPath("outputs_dir", a.outputs_dir));
+  RETURN_IF_ERROR(CheckPath("log_path", a.log_path));
+  if (!IsBeneath(a.workspace, runs) || a.workspace == runs) {
+    return InvalidArgument("workspace " + a.workspace + " is not inside " + runs);
+  }
+  if (!IsBeneath(a.outputs_dir, a.workspace) || a.outputs_dir == a.workspace) {
+    return InvalidArgument("outputs_dir " + a.outputs_dir + " is not inside the workspace");
+  }
+  if (!IsBeneath(a.log_path, logs) || a.log_path == logs) {
+    return InvalidArgument("log_path " + a.log_path + " is not inside " + logs);
+  }
+  for (const auto& m : a.mounts) {
+    RETURN_IF_ERROR(CheckPath("mount", m.path));
+    if (IsBeneath(data_dir, m.path)) {
+      return InvalidArgument("mount " + m.path + " holds the data dir");
+    }
+    // The sandbox builds these itself; the host's would show its processes and devices.
+    for (const char* own : {"/proc", "/sys", "/dev"}) {
+      if (IsBeneath(m.path, own)) return InvalidArgument("mount " + m.path + " is under " + own);
+    }
+    if (IsBeneath(m.path, data_dir) && (!IsBeneath(m.path, runs) || m.path == runs)) {
+      return InvalidArgument("mount " + m.path + " is in the data dir but not inside " + runs);
+    }
   }
   return Status::Ok();
 }
@@ -261,6 +427,32 @@ Result<Assignment> ParseAssignment(const Json& j, const std::string& data_dir,
     if (!t->is_number()) return InvalidArgument("timeout_ms must be a number");
     a.timeout_ms = std::max<int64_t>(0, t->get<int64_t>());
   }
+  a.tenant = GetString(j, "tenant");
+  if (auto r = j.find("run_as"); r != j.end() && !r->is_null()) {
+    if (!r->is_string()) return InvalidArgument("run_as must be a string");
+    a.run_as = r->get<std::string>();
+  }
+  if (auto ms = j.find("mounts"); ms != j.end() && !ms->is_null()) {
+    if (!ms->is_array()) return InvalidArgument("mounts must be an array");
+    for (const auto& m : *ms) {
+      if (!m.is_object() || !m.contains("path") || !m["path"].is_string()) {
+        return InvalidArgument("mounts: each must be {\"path\", \"read_only\"}");
+      }
+      Mount mount{m["path"].get<std::string>(), true};
+      if (auto ro = m.find("read_only"); ro != m.end() && !ro->is_null()) {
+        if (!ro->is_boolean()) return InvalidArgument("mounts: read_only must be a boolean");
+        mount.read_only = ro->get<bool>();
+      }
+      a.mounts.push_back(std::move(mount));
+    }
+  }
+  if (auto cap = j.find("max_log_bytes"); cap != j.end() && !cap->is_null()) {
+    if (!cap->is_number_integer() || cap->get<int64_t>() < 0) {
+      return InvalidArgument("max_log_bytes must be a non-negative integer");
+    }
+    a.max_log_bytes = cap->get<int64_t>();
+  }
+  RETURN_IF_ERROR(CheckPlaces(a, data_dir));
   if (auto g = j.find("gpus"); g != j.end() && !g->is_null()) {
     if (!g->is_array()) return InvalidArgument("gpus must be an array");
     for (const auto& x : *g) {
@@ -289,16 +481,17 @@ std::string AgentUsage() {
          "                   [--gpus N] [--backend local] [--handle H] [--grace 5s]\n"
          "                   [--orphan-timeout 300s] [--log-format text|json] "
          "[--log-level info]\n"
-         "                   [--ca-cert PEM]\n";
+         "                   [--ca-cert PEM] [--credential-file FILE]\n"
+         "                   [--isolation auto|required|off] [--sandbox-path PATH]\n";
 }
 
 Result<AgentOptions> ParseAgentFlags(const std::vector<std::string>& args) {
   AgentOptions o;
   std::map<std::string, std::string> kv;
   static const std::set<std::string> kKnown = {
-      "id",      "master", "data-dir", "cpu-millis",     "memory-bytes", "gpus",
-      "backend", "handle", "grace",    "orphan-timeout", "log-format",   "log-level",
-      "ca-cert"};
+      "id",      "master",    "data-dir",     "cpu-millis",     "memory-bytes", "gpus",
+      "backend", "handle",    "grace",        "orphan-timeout", "log-format",   "log-level",
+      "ca-cert", "isolation", "sandbox-path", "credential-file"};
   for (size_t i = 0; i < args.size(); ++i) {
     std::string a = args[i];
     if (a == "--help" || a == "-h") return InvalidArgument(AgentUsage());
@@ -360,6 +553,12 @@ Result<AgentOptions> ParseAgentFlags(const std::vector<std::string>& args) {
   }
   if (kv.count("log-level")) o.log_level = kv["log-level"];
   if (kv.count("ca-cert")) o.ca_cert = kv["ca-cert"];
+  if (kv.count("isolation")) o.isolation = kv["isolation"];
+  if (o.isolation != "auto" && o.isolation != "required" && o.isolation != "off") {
+    return InvalidArgument("--isolation must be auto, required or off");
+  }
+  if (kv.count("sandbox-path")) o.sandbox_path = kv["sandbox-path"];
+  if (kv.count("credential-file")) o.credential_file = kv["credential-file"];
   return o;
 }
 
@@ -386,7 +585,7 @@ struct Agent::Impl {
   // An attempt whose process runs; owned by the main loop thread.
   struct Running {
     Assignment a;
-    std::unique_ptr<ChildProcess> child;
+    std::unique_ptr<StepProcess> child;
     std::string started_at;
     std::optional<SteadyTime> deadline;       // timeout_ms
     std::optional<SteadyTime> kill_deadline;  // SIGKILL after SIGTERM + grace
@@ -405,6 +604,12 @@ struct Agent::Impl {
   };
 
   Impl(AgentOptions o, std::atomic<bool>* stop) : opt(std::move(o)), stop_flag(stop) {
+    // One spelling of the data dir, absolute and normalised, for every check below.
+    if (!opt.data_dir.empty() && opt.data_dir[0] != '/') {
+      char cwd[PATH_MAX];
+      if (getcwd(cwd, sizeof(cwd)) != nullptr) opt.data_dir = std::string(cwd) + "/" + opt.data_dir;
+    }
+    if (auto n = NormalizePath(opt.data_dir); n.ok()) opt.data_dir = *n;
     dir = JoinPathParts(opt.data_dir, "containers/" + opt.id);
     reports_dir = dir + "/reports";
     attempts_dir = dir + "/attempts";
@@ -415,6 +620,12 @@ struct Agent::Impl {
   AgentOptions opt;
   std::atomic<bool>* stop_flag;
   std::string dir, reports_dir, attempts_dir;
+  // Set by Run() before any thread starts, read-only after.
+  IsolationState isolation;
+  std::string sandbox_path;
+  std::string data_dir_real;   // the data dir's canonical path
+  std::string credential;      // never logged, never in an error, never in a step's env
+  std::string initial_master;  // --master: trusted like leader.json's leader
 
   // ---- shared state, guarded by mu
   std::mutex mu;
@@ -461,9 +672,45 @@ struct Agent::Impl {
 
   // ---------------------------------------------------------- start-up recovery
 
+  // Before any thread starts: the data dir's canonical path, the credential, and what
+  // isolation this host gives steps.
+  Status Prepare() {
+    initial_master = master_url;
+    auto real = CanonicalPath(opt.data_dir);
+    if (!real.ok()) return real.status().WithContext("data dir");
+    data_dir_real = *real;
+    if (!opt.credential_file.empty()) {
+      // The error says where and why, never what the file holds.
+      auto text = ReadFile(opt.credential_file, 4096);
+      if (!text.ok()) {
+        return FailedPrecondition("cannot read the credential file: " + text.status().message());
+      }
+      credential = *text;
+      while (!credential.empty() && std::isspace(static_cast<unsigned char>(credential.back()))) {
+        credential.pop_back();
+      }
+      if (credential.empty() || credential.find_first_of("\r\n") != std::string::npos) {
+        return FailedPrecondition("the credential file " + opt.credential_file +
+                                  " does not hold one credential");
+      }
+    }
+    sandbox_path = !opt.sandbox_path.empty() ? opt.sandbox_path : SelfDir() + "/epoch-sandbox";
+    // The shim starts in "/": a relative --sandbox-path must not depend on our cwd.
+    if (auto abs = CanonicalPath(sandbox_path); abs.ok()) sandbox_path = *abs;
+    ProbeResult probe = ProbeSandbox(sandbox_path);
+    ASSIGN_OR_RETURN(isolation, DecideIsolation(opt.isolation, geteuid() == 0, probe));
+    spdlog::info("isolation {}: sandbox {}, run_as {}{}{}", isolation.mode, isolation.sandbox,
+                 isolation.run_as ? "yes" : "no", isolation.reason.empty() ? "" : ": ",
+                 isolation.reason);
+    return Status::Ok();
+  }
+
   Status Recover() {
     RETURN_IF_ERROR(MakeDirs(reports_dir));
     RETURN_IF_ERROR(MakeDirs(attempts_dir));
+    if (chmod(dir.c_str(), 0700) != 0) {
+      return Internal("chmod 0700 " + dir + ": " + std::strerror(errno));
+    }
     if (auto prev = ReadFile(dir + "/agent.json", 1 << 20); prev.ok()) {
       auto j = ParseJson(*prev);
       if (j.ok() && j->is_object()) {
@@ -538,13 +785,10 @@ struct Agent::Impl {
     }
     if (!c.http || c.generation != gen) {
       c.http = std::make_unique<httplib::Client>(url);
-      // The master's API needs the agents' token (the shared data dir's agent.token)
-      // and, over HTTPS, trusts the data dir's certificate (or --ca-cert's).
-      if (auto token = ReadFile(opt.data_dir + "/agent.token", 4096); token.ok()) {
-        std::string t = *token;
-        while (!t.empty() && (t.back() == '\n' || t.back() == '\r')) t.pop_back();
-        c.http->set_bearer_token_auth(t);
-      }
+      // The master's container protocol needs this container's credential (SwitchMaster
+      // let only a master of this data dir become `url`) and, over HTTPS, trusts the
+      // data dir's certificate (or --ca-cert's).
+      if (!credential.empty()) c.http->set_bearer_token_auth(credential);
       if (url.rfind("https://", 0) == 0) {
         std::string ca = !opt.ca_cert.empty() ? opt.ca_cert : opt.data_dir + "/tls/cert.pem";
         if (PathExists(ca)) c.http->set_ca_cert_path(ca.c_str());
@@ -597,10 +841,22 @@ struct Agent::Impl {
     return reps;
   }
 
-  // Moves to another master (a 307 or a newer leader.json) and registers there.
+  // Moves to another master (a 307 or a newer leader.json) and registers there; never
+  // from https to http (the credential would travel in clear).
   void SwitchMaster(const std::string& url, const char* why) {  // holds mu
     std::string u = TrimUrl(url);
     if (u == master_url) return;
+    auto to = OriginOf(u);
+    auto from = OriginOf(master_url);
+    if (to && from && *to == *from) return;
+    if (!to) {
+      spdlog::warn("ignoring {} to '{}': not an http(s) origin", why, u);
+      return;
+    }
+    if (from && from->scheme == "https" && to->scheme != "https") {
+      spdlog::warn("ignoring {} from {} to {}: never from https to http", why, master_url, u);
+      return;
+    }
     spdlog::info("switching master {} -> {} ({})", master_url, u, why);
     master_url = u;
     ++url_generation;
@@ -608,29 +864,50 @@ struct Agent::Impl {
     if (Status st = WriteAgentJson(); !st.ok()) spdlog::warn("agent.json: {}", st.ToString());
   }
 
-  // A redirect's Location "http://h:p/v1/..." gives the new master "http://h:p".
+  // What the data dir's leader.json says: the leader's address and epoch.
+  struct LeaderFile {
+    std::string address;
+    int64_t epoch = 0;
+  };
+  std::optional<LeaderFile> ReadLeaderFile() {
+    auto text = ReadFile(JoinPathParts(opt.data_dir, "leader.json"), 1 << 20);
+    if (!text.ok()) return std::nullopt;
+    auto j = ParseJson(*text);
+    if (!j.ok() || !j->is_object()) return std::nullopt;
+    LeaderFile f;
+    f.address = GetString(*j, "address");
+    if (f.address.empty()) f.address = GetString(*j, "url");
+    if (auto e = j->find("epoch"); e != j->end() && e->is_number_integer()) {
+      f.epoch = e->get<int64_t>();
+    }
+    if (f.address.empty()) return std::nullopt;
+    return f;
+  }
+
+  // A redirect's Location "http://h:p/v1/..." gives the new master "http://h:p": only
+  // one of this data dir's masters (--master's origin, or the leader leader.json names)
+  // is trusted with the credential.
   void FollowRedirect(const std::string& location) {
-    auto scheme = location.find("://");
-    if (scheme == std::string::npos) return;
-    auto slash = location.find('/', scheme + 3);
+    auto to = OriginOf(location);
+    if (!to) return;
+    auto leader = ReadLeaderFile();
+    auto leader_origin = leader ? OriginOf(leader->address) : std::nullopt;
+    auto first = OriginOf(initial_master);
+    if (!(first && *to == *first) && !(leader_origin && *to == *leader_origin)) {
+      spdlog::warn("ignoring a redirect to {}: not a master of this data dir (leader.json: {})",
+                   to->ToString(), leader ? leader->address : "none");
+      return;
+    }
     std::lock_guard<std::mutex> lock(mu);
-    SwitchMaster(location.substr(0, slash), "redirect");
+    SwitchMaster(to->ToString(), "redirect");
   }
 
   // When the master does not answer: leader.json may name the new leader.
   void CheckLeaderFile() {
-    auto text = ReadFile(JoinPathParts(opt.data_dir, "leader.json"), 1 << 20);
-    if (!text.ok()) return;
-    auto j = ParseJson(*text);
-    if (!j.ok() || !j->is_object()) return;
-    std::string addr = GetString(*j, "address");
-    if (addr.empty()) addr = GetString(*j, "url");
-    int64_t epoch = 0;
-    if (auto e = j->find("epoch"); e != j->end() && e->is_number_integer()) {
-      epoch = e->get<int64_t>();
-    }
+    auto leader = ReadLeaderFile();
+    if (!leader) return;
     std::lock_guard<std::mutex> lock(mu);
-    if (!addr.empty() && epoch >= epoch_seen) SwitchMaster(addr, "leader.json");
+    if (leader->epoch >= epoch_seen) SwitchMaster(leader->address, "leader.json");
   }
 
   // Applies a register or poll answer. False if it was fenced off or malformed.
@@ -748,11 +1025,21 @@ struct Agent::Impl {
     Json inventory = gpu::ToJson(opt.gpu_inventory);
     char host[256] = {0};
     gethostname(host, sizeof(host) - 1);
-    return Json{{"backend", opt.backend},       {"handle", opt.handle},
-                {"host", std::string(host)},    {"pid", static_cast<int64_t>(getpid())},
-                {"cpu_millis", opt.cpu_millis}, {"memory_bytes", opt.memory_bytes},
-                {"epoch_seen", epoch_seen},     {"running", RunningIds()},
-                {"gpus", inventory["gpus"]},    {"cuda", inventory["cuda"]}};
+    return Json{{"backend", opt.backend},
+                {"handle", opt.handle},
+                {"host", std::string(host)},
+                {"pid", static_cast<int64_t>(getpid())},
+                {"cpu_millis", opt.cpu_millis},
+                {"memory_bytes", opt.memory_bytes},
+                {"epoch_seen", epoch_seen},
+                {"running", RunningIds()},
+                {"gpus", inventory["gpus"]},
+                {"cuda", inventory["cuda"]},
+                {"isolation",
+                 {{"mode", isolation.mode},
+                  {"run_as", isolation.run_as},
+                  {"sandbox", isolation.sandbox},
+                  {"reason", isolation.reason}}}};
   }
 
   void PollThread() {
@@ -873,14 +1160,37 @@ struct Agent::Impl {
                   {"max_rss_kb", e.exit ? e.exit->max_rss_kb : 0}}},
                 {"finished_at", e.finished_at}};
     if (!e.started_at.empty()) report["started_at"] = e.started_at;
+    if (e.exit && e.exit->log_reported) {
+      report["log_bytes"] = static_cast<uint64_t>(e.exit->log_bytes);
+      report["log_dropped_bytes"] = static_cast<uint64_t>(e.exit->log_dropped_bytes);
+      report["log_truncated"] = e.exit->log_truncated;
+    }
     std::string metrics_error;
-    report["metrics"] = e.a.outputs_dir.empty() || !e.exit
-                            ? Json::object()
-                            : ReadMetrics(e.a.outputs_dir, &metrics_error);
-    if (!metrics_error.empty()) report["metrics_error"] = metrics_error;
+    Json metrics = Json::object();
     Json outputs = Json::array();
     bool truncated = false;
-    if (e.exit && !e.a.outputs_dir.empty()) WalkOutputs(e.a.outputs_dir, "", outputs, truncated);
+    if (e.exit && !e.a.outputs_dir.empty()) {
+      // The outputs folder must be where it should be: a step that replaced it with a
+      // symlink (to another run's outputs, to the agent's state) reports nothing.
+      int dir_fd = open(e.a.outputs_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      std::string where;
+      if (dir_fd >= 0) {
+        char buf[PATH_MAX];
+        std::string self = "/proc/self/fd/" + std::to_string(dir_fd);
+        ssize_t n = readlink(self.c_str(), buf, sizeof(buf) - 1);
+        if (n > 0) where.assign(buf, static_cast<size_t>(n));
+      }
+      struct stat st;
+      if (dir_fd >= 0 && where == CanonicalFor(e.a.outputs_dir)) {
+        metrics = ReadMetrics(dir_fd, &metrics_error);
+        WalkOutputs(dir_fd, "", outputs, truncated);
+      } else if (lstat(e.a.outputs_dir.c_str(), &st) == 0) {
+        report["outputs_error"] = "the outputs folder is not a folder of its own (a symlink?)";
+      }
+      if (dir_fd >= 0) close(dir_fd);
+    }
+    report["metrics"] = std::move(metrics);
+    if (!metrics_error.empty()) report["metrics_error"] = metrics_error;
     report["outputs"] = std::move(outputs);
     if (truncated) report["outputs_truncated"] = true;
     return report;
@@ -979,6 +1289,56 @@ struct Agent::Impl {
     report_cv.notify_all();
   }
 
+  // The canonical path `path` must have (see CanonicalOf).
+  std::string CanonicalFor(const std::string& path) const {
+    if (IsBeneath(path, opt.data_dir)) return data_dir_real + path.substr(opt.data_dir.size());
+    auto real = CanonicalPath(path);
+    return real.ok() ? *real : path;
+  }
+
+  // The attempt's folders and log file, owned by the user its step runs as (who must
+  // write them), never world-readable, created without following symlinks a step of
+  // this run may have left in the workspace.
+  Status PrepareFiles(const Assignment& a, const DirOwner& owner, bool set_owner) {
+    auto depth = [](const std::string& rel) {
+      return static_cast<int>(std::count(rel.begin(), rel.end(), '/'));
+    };
+    // runs/ and logs/ are the master's (only traversable, as epochd makes them: 0711);
+    // runs/<run> and below, logs/<run> and below, the step user's.
+    RETURN_IF_ERROR(EnsureDirs(opt.data_dir, a.workspace,
+                               depth(a.workspace.substr(opt.data_dir.size())) - 1, 0711, owner,
+                               0700, set_owner));
+    RETURN_IF_ERROR(EnsureDirs(a.workspace, a.outputs_dir, 0, 0700, owner, 0700, set_owner));
+    std::string log_dir = a.log_path.substr(0, a.log_path.find_last_of('/'));
+    RETURN_IF_ERROR(EnsureDirs(opt.data_dir, log_dir, 1, 0711, owner, 0750, set_owner));
+    return EnsureFile(a.log_path, owner, 0640, set_owner);
+  }
+
+  // What the step sees besides the host: its workspace (read-write), the assignment's
+  // mounts, and the upstream outputs it reads that are outside its workspace (a cache
+  // hit's source run), read-only.
+  std::vector<sandbox::Bind> BindsFor(const Assignment& a) const {
+    std::vector<sandbox::Bind> binds;
+    auto covered = [&](const std::string& p) {
+      for (const auto& b : binds) {
+        if (IsBeneath(p, b.path)) return true;
+      }
+      return false;
+    };
+    auto expect = [&](const std::string& p) {
+      return IsBeneath(p, opt.data_dir) ? CanonicalFor(p) : std::string();
+    };
+    binds.push_back({a.workspace, false, expect(a.workspace)});
+    for (const auto& m : a.mounts) binds.push_back({m.path, m.read_only, expect(m.path)});
+    for (const auto& [path, digest] : a.inputs) {
+      if (!covered(path) && IsBeneath(path, opt.data_dir + "/runs") &&
+          CheckPath("input", path).ok()) {
+        binds.push_back({path, true, expect(path)});
+      }
+    }
+    return binds;
+  }
+
   // marker_written: the caller already recorded this attempt as started, durably.
   void Start(const Json& j, bool marker_written) {
     auto parsed = ParseAssignment(j, opt.data_dir, opt.gpu_inventory);
@@ -997,33 +1357,83 @@ struct Agent::Impl {
                         true);
       return;
     }
-    if (Status st = VerifyInputs(a); !st.ok()) {
+    if (Status st = VerifyInputs(a, [this](const std::string& p) { return CanonicalFor(p); });
+        !st.ok()) {
       spdlog::warn("attempt {} not started: {}", a.attempt_id, st.message());
       EndWithoutRunning(std::move(a), Why::kNone, st.message(), true);
       return;
     }
-    ProcessSpec spec;
-    spec.argv = a.argv;
-    spec.env = a.env;
-    // Always set, empty when no GPU is assigned: a child must never see the agent's GPUs.
-    spec.env["CUDA_VISIBLE_DEVICES"] = a.cuda_visible_devices;
-    spec.env["EPOCH_GPU_UUIDS"] = a.gpu_uuids;
-    spec.env["EPOCH_RUN_ID"] = a.run;
-    spec.env["EPOCH_STEP"] = a.step;
-    spec.env["EPOCH_ATTEMPT"] = a.attempt;
-    spec.env["EPOCH_ATTEMPT_ID"] = a.attempt_id;
-    spec.env["EPOCH_WORKSPACE"] = a.workspace;
-    spec.env["EPOCH_OUTPUTS"] = a.outputs_dir;
-    spec.env["EPOCH_CONTAINER_ID"] = opt.id;
-    spec.working_dir = a.workspace;
-    spec.log_path = a.log_path;
-    Status st = MakeDirs(a.workspace);
-    if (st.ok()) st = MakeDirs(a.outputs_dir);
-    if (!st.ok()) {
+    for (const auto& m : a.mounts) {
+      struct stat st;
+      if (lstat(m.path.c_str(), &st) != 0) {
+        EndWithoutRunning(std::move(a), Why::kNone,
+                          "invalid assignment: mount " + m.path + ": " + std::strerror(errno),
+                          true);
+        return;
+      }
+    }
+    // The step's user: its run_as where this agent can switch users; else the agent's.
+    StepUser user;
+    bool switch_user = isolation.run_as && !a.run_as.empty();
+    if (switch_user) {
+      auto u = ResolveStepUser(a.run_as);
+      if (!u.ok()) {
+        EndWithoutRunning(std::move(a), Why::kNone, "invalid assignment: " + u.status().message(),
+                          true);
+        return;
+      }
+      user = std::move(*u);
+    } else if (!a.run_as.empty()) {
+      spdlog::debug("attempt {}: run_as {} not applied ({})", a.attempt_id, a.run_as,
+                    isolation.reason);
+    }
+    DirOwner owner{switch_user ? user.uid : geteuid(), switch_user ? user.gid : getegid()};
+    if (Status st = PrepareFiles(a, owner, switch_user); !st.ok()) {
       EndWithoutRunning(std::move(a), Why::kNone, "spawn failed: " + st.ToString(), true);
       return;
     }
-    auto child = Spawn(spec);
+    std::map<std::string, std::string> env = a.env;
+    // Always set, empty when no GPU is assigned: a child must never see the agent's GPUs.
+    env["CUDA_VISIBLE_DEVICES"] = a.cuda_visible_devices;
+    env["EPOCH_GPU_UUIDS"] = a.gpu_uuids;
+    env["EPOCH_RUN_ID"] = a.run;
+    env["EPOCH_STEP"] = a.step;
+    env["EPOCH_ATTEMPT"] = a.attempt;
+    env["EPOCH_ATTEMPT_ID"] = a.attempt_id;
+    env["EPOCH_WORKSPACE"] = a.workspace;
+    env["EPOCH_OUTPUTS"] = a.outputs_dir;
+    env["EPOCH_CONTAINER_ID"] = opt.id;
+    if (switch_user) {
+      env["HOME"] = user.home;
+      env["USER"] = user.name;
+      env["LOGNAME"] = user.name;
+    }
+    bool sandboxed = isolation.sandbox == "namespaces";
+    if (sandboxed) env["TMPDIR"] = "/tmp";  // the private one
+    Result<std::unique_ptr<StepProcess>> child = Internal("not started");
+    if (isolation.shim) {
+      sandbox::SandboxSpec spec;
+      spec.isolate = sandboxed;
+      spec.argv = a.argv;
+      spec.env = ChildEnvironment(env);
+      spec.cwd = a.workspace;
+      spec.data_dir = data_dir_real;
+      if (sandboxed) spec.binds = BindsFor(a);
+      spec.switch_user = switch_user;
+      spec.uid = static_cast<uint32_t>(user.uid);
+      spec.gid = static_cast<uint32_t>(user.gid);
+      for (gid_t g : user.groups) spec.groups.push_back(static_cast<uint32_t>(g));
+      spec.max_log_bytes = a.max_log_bytes;
+      spec.tmp_bytes = opt.memory_bytes;  // no step needs more /tmp than its container has RAM
+      child = SpawnSandboxed(sandbox_path, spec, a.log_path);
+    } else {
+      ProcessSpec spec;
+      spec.argv = a.argv;
+      spec.env = env;
+      spec.working_dir = a.workspace;
+      spec.log_path = a.log_path;
+      child = SpawnDirect(spec);
+    }
     if (!child.ok()) {
       EndWithoutRunning(std::move(a), Why::kNone, "spawn failed: " + child.status().ToString(),
                         true);
@@ -1210,6 +1620,7 @@ Result<int> Agent::Run() {
   }
   // httplib writes to sockets that the peer may have closed.
   signal(SIGPIPE, SIG_IGN);
+  RETURN_IF_ERROR(impl_->Prepare());
   RETURN_IF_ERROR(impl_->Recover().WithContext("agent state in " + impl_->dir));
   spdlog::info("agent {} (pid {}) starting: master {}, {} mCPU, {} bytes, {} GPU(s) asked for, "
                "{} found",

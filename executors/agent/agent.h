@@ -5,7 +5,8 @@
 //
 //   POST {master}/v1/containers/{id}/register
 //     {"backend","handle","host","pid","cpu_millis","memory_bytes","gpus":[...],
-//      "cuda":{"compiled","reason"},"epoch_seen","running":[attempt ids]}
+//      "cuda":{"compiled","reason"},"epoch_seen","running":[attempt ids],
+//      "isolation":{"mode","run_as","sandbox","reason"}}
 //     -> {"epoch","lease_ms","poll_timeout_ms"}            (optional "release": true)
 //   POST {master}/v1/containers/{id}/poll
 //     {"epoch_seen","reports":[report...],"running":[attempt ids]}
@@ -14,6 +15,27 @@
 //   makes the agent register again. 307 (Location) or a newer leader.json in the data
 //   dir moves it to another master. Any answer whose "epoch" is lower than the highest
 //   the agent has seen is ignored entirely (fencing).
+//   Every request carries "Authorization: Bearer <credential>", the container's own
+//   secret read from --credential-file at start (never logged, never in a step's
+//   environment). It goes only to --master's origin or to the leader that the data
+//   dir's leader.json names: a redirect elsewhere is ignored, and https never moves
+//   to http.
+//
+// An assignment: {"attempt_id","run","step","attempt","argv","env","workspace",
+//   "outputs_dir","log_path","timeout_ms","gpus","inputs":[{"path","sha256"}],
+//   "tenant","run_as":"user[:group]","mounts":[{"path","read_only"}],"max_log_bytes"}.
+//   The workspace must be <data-dir>/runs/<...>, outputs inside it, the log under
+//   <data-dir>/logs/; a mount is absolute, normalised, existing, and inside runs/ when
+//   it is inside the data dir at all. Anything else fails the attempt without running
+//   it ("invalid assignment: ...").
+// A report: {"attempt_id","state","exit_code","signal","reason","usage","metrics",
+//   "outputs","started_at","finished_at"} and, when the step ran through epoch-sandbox,
+//   "log_bytes", "log_dropped_bytes", "log_truncated".
+//
+// Steps run through epoch-sandbox (executors/sandbox/; the agent's --isolation): with
+// "namespaces" in force each sees the host read-only, its run's workspace and listed
+// mounts, and nothing else of the data dir, as its run_as user. See
+// executors/README.md.
 //
 // On-disk state, under <data-dir>/containers/<id>/ (all written with WriteFileDurably):
 //   agent.json                 {"id","pid","master_url","epoch_seen","started_at"}
@@ -65,6 +87,10 @@ struct AgentOptions {
   std::string log_level = "info";                     // --log-level
   std::string ca_cert;  // --ca-cert: PEM the master's certificate chains to; default
                         // <data-dir>/tls/cert.pem (epochd's generated one), if present
+  std::string isolation = "auto";  // --isolation auto|required|off (executors/sandbox_client.h)
+  std::string sandbox_path;        // --sandbox-path; empty: epoch-sandbox next to this program
+  std::string credential_file;     // --credential-file: the container's secret for the
+                                   // container protocol (the backend wrote it, 0600)
   // The GPUs this container owns: main() fills it with gpu::DiscoverFromEnv (real and
   // probed, or EPOCH_FAKE_GPUS's simulated ones); none by default. Registered as
   // "gpus": [gpu::ToJson...] and "cuda": {"compiled", "reason"}. An assignment's "gpus"
@@ -98,7 +124,9 @@ class Agent {
   // (SIGTERM, grace, SIGKILL) before it returns. Returns the process exit code.
   // Sets SIGPIPE to SIG_IGN for the whole process (cpp-httplib 0.11 writes to
   // sockets the peer may have closed).
-  // kInvalidArgument for bad options, kInternal when the data dir is unusable.
+  // kInvalidArgument for bad options, kInternal when the data dir is unusable,
+  // kFailedPrecondition when --isolation required cannot be met or the credential
+  // file cannot be read.
   Result<int> Run();
   // Asks Run() to stop (async-signal-safe).
   void Stop() { stop_.store(true); }

@@ -2,14 +2,14 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <unistd.h>
-
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <thread>
 
 #include "common/files.h"
+#include "executors/agent/agent_test_util.h"
 #include "executors/agent/fake_master.h"
 #include "executors/test_util.h"
 #include "gpu/gpu.h"
@@ -18,40 +18,14 @@ namespace epoch::executors {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::AgentRun;
 using testing::CountLines;
 using testing::FakeMaster;
 using testing::ProcessGone;
 using testing::Slurp;
 using testing::TempDir;
 using testing::WaitFor;
-
-// Runs an Agent on its own thread; stops and joins it on destruction.
-class AgentRun {
- public:
-  explicit AgentRun(AgentOptions o) : agent_(std::move(o)) {
-    thread_ = std::thread([this] {
-      auto r = agent_.Run();
-      status_ = r.status();
-      code_ = r.ok() ? *r : -1;
-      done_ = true;
-    });
-  }
-  ~AgentRun() { Join(); }
-  void Stop() { agent_.Stop(); }
-  void Join() {
-    agent_.Stop();
-    if (thread_.joinable()) thread_.join();
-  }
-  bool done() const { return done_; }
-  int code() const { return code_; }
-
- private:
-  Agent agent_;
-  std::thread thread_;
-  std::atomic<bool> done_{false};
-  std::atomic<int> code_{-100};
-  Status status_;
-};
+using testing::WaitReport;
 
 AgentOptions Options(const TempDir& tmp, const FakeMaster& m, const std::string& id = "c-1") {
   AgentOptions o;
@@ -65,6 +39,11 @@ AgentOptions Options(const TempDir& tmp, const FakeMaster& m, const std::string&
   o.grace = 200ms;
   o.orphan_timeout = 30s;
   o.log_level = "warn";
+  // These tests watch the agent's protocol and process handling from outside (pids,
+  // marker files beside the data dir): steps run through the shim, unsandboxed.
+  // sandbox_test.cc runs them sandboxed.
+  o.isolation = "off";
+  o.sandbox_path = EPOCH_SANDBOX_PATH;
   return o;
 }
 
@@ -86,19 +65,6 @@ Json MakeAssignment(const TempDir& tmp, const std::string& run, const std::strin
               {"log_path", tmp / ("logs/" + run + "/" + step + "/" + a + ".log")},
               {"timeout_ms", timeout_ms},
               {"gpus", Json::array({0, 1})}};
-}
-
-Json WaitReport(FakeMaster& m, const std::string& id, std::chrono::milliseconds t = 10s) {
-  Json out;
-  WaitFor(
-      [&] {
-        auto r = m.ReportsFor(id);
-        if (r.empty()) return false;
-        out = r.front();
-        return true;
-      },
-      t);
-  return out;
 }
 
 std::string ReportFile(const TempDir& tmp, const std::string& id, const std::string& c = "c-1") {
@@ -597,6 +563,60 @@ TEST(AgentTest, StopKillsRunningAttempts) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
   EXPECT_EQ(agent->code(), kAgentExitOk);
   EXPECT_TRUE(ProcessGone(pid));
+}
+
+// The credential (--credential-file) rides on every request, to --master and to the
+// leader that the data dir's leader.json names; a redirect anywhere else is ignored, and
+// no step sees it.
+TEST(AgentTest, SendsItsCredentialOnlyToMastersOfItsDataDir) {
+  TempDir tmp;
+  FakeMaster a, b, stranger;
+  const std::string secret = "cred-" + std::to_string(getpid()) + "-s3cr3t";
+  ASSERT_TRUE(WriteFileDurably(tmp / "credential", secret + "\n", 0600).ok());
+  AgentOptions o = Options(tmp, a);
+  o.credential_file = tmp / "credential";
+  a.Set([&](FakeMaster& f) { f.redirect_to = stranger.url(); });
+  AgentRun agent(o);
+  ASSERT_TRUE(
+      WaitFor([&] { return a.Get<size_t>([](const FakeMaster& f) { return f.requests; }) >= 3; }));
+  // leader.json names b: now a's redirect to b is followed.
+  ASSERT_TRUE(
+      WriteFileDurably(tmp / "leader.json", Json{{"address", b.url()}, {"epoch", 1}}.dump()).ok());
+  a.Set([&](FakeMaster& f) { f.redirect_to = b.url(); });
+  ASSERT_TRUE(WaitFor([&] { return b.RegisterCount() >= 1; }));
+  b.Assign(MakeAssignment(tmp, "r30", "s", 1, {"sh", "-c", "env; cat /proc/$PPID/cmdline"}));
+  EXPECT_EQ(WaitReport(b, AttemptId("r30", "s", 1))["state"], "succeeded");
+  EXPECT_EQ(stranger.Get<size_t>([](const FakeMaster& f) { return f.requests; }), 0u);
+  for (FakeMaster* m : {&a, &b}) {
+    auto auths =
+        m->Get<std::vector<std::string>>([](const FakeMaster& f) { return f.authorizations; });
+    ASSERT_FALSE(auths.empty());
+    for (const auto& h : auths) EXPECT_EQ(h, "Bearer " + secret);
+  }
+  std::string log = Slurp(tmp / "logs/r30/s/1.log");
+  EXPECT_NE(log.find("EPOCH_ATTEMPT_ID=r30/s/1"), std::string::npos) << log;
+  EXPECT_EQ(log.find(secret), std::string::npos) << log;
+}
+
+// An agent on https never follows leader.json (or a redirect) to plain http; one on
+// http does (the control: both read their leader.json as often).
+TEST(AgentTest, NeverMovesFromHttpsToHttp) {
+  TempDir tls_dir, plain_dir;
+  FakeMaster over_http_a, over_http_b;
+  ASSERT_TRUE(WriteFileDurably(tls_dir / "leader.json",
+                               Json{{"address", over_http_a.url()}, {"epoch", 1}}.dump())
+                  .ok());
+  ASSERT_TRUE(WriteFileDurably(plain_dir / "leader.json",
+                               Json{{"address", over_http_b.url()}, {"epoch", 1}}.dump())
+                  .ok());
+  AgentOptions tls = Options(tls_dir, over_http_a, "c-tls");
+  tls.master_url = "https://127.0.0.1:1";  // nothing listens: it looks for the leader
+  AgentOptions plain = Options(plain_dir, over_http_b, "c-plain");
+  plain.master_url = "http://127.0.0.1:1";
+  AgentRun tls_agent(tls);
+  AgentRun plain_agent(plain);
+  ASSERT_TRUE(WaitFor([&] { return over_http_b.PollCount() >= 2; }));
+  EXPECT_EQ(over_http_a.Get<size_t>([](const FakeMaster& f) { return f.requests; }), 0u);
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // FakeMaster: a tiny stand-in for epochd's container protocol, for tests only. It
 // serves POST /v1/containers/{id}/register and /poll on 127.0.0.1 (port 0), records
-// what agents send, and answers with whatever the test queued. A poll that carries
-// reports is answered at once; otherwise it waits up to poll_timeout_ms for work.
+// what agents send (bodies and Authorization headers), and answers with whatever the
+// test queued. A poll that carries reports is answered at once; otherwise it waits up
+// to poll_timeout_ms for work. With redirect_to set it answers every request 307 to
+// that URL instead, as a standby does.
 //
 // Thread-safety: every public member is guarded by mu; handlers run on httplib's pool.
 #pragma once
@@ -97,6 +99,7 @@ class FakeMaster {
   int fail_polls = 0;  // answer the next N polls with fail_status
   int fail_status = 404;
   std::string fail_code = "unknown_container";
+  std::string redirect_to;  // non-empty: answer 307, Location redirect_to + the path
   std::deque<Json> assignments;
   std::deque<std::string> cancels;
   // ---- observations
@@ -105,11 +108,24 @@ class FakeMaster {
   int in_flight = 0;  // polls being answered (a dead agent's long poll lingers here)
   std::map<std::string, std::vector<Json>> reports;
   std::vector<Json> running_lists;
+  std::vector<std::string> authorizations;  // every request's Authorization header
+  size_t requests = 0;                      // register and poll requests, redirected too
   bool stopping = false;
 
  private:
+  // Records the request; true when it was answered with a redirect.
+  bool Redirected(const httplib::Request& req, httplib::Response& res) {
+    ++requests;
+    authorizations.push_back(req.get_header_value("Authorization"));
+    if (redirect_to.empty()) return false;
+    res.status = 307;
+    res.set_header("Location", redirect_to + req.path);
+    return true;
+  }
+
   void Register(const httplib::Request& req, httplib::Response& res) {
     std::lock_guard<std::mutex> lock(mu);
+    if (Redirected(req, res)) return;
     registers.push_back(Json::parse(req.body, nullptr, false));
     Json out{{"epoch", epoch}, {"lease_ms", 10000}, {"poll_timeout_ms", poll_timeout_ms}};
     res.set_content(out.dump(), "application/json");
@@ -117,6 +133,7 @@ class FakeMaster {
 
   void Poll(const httplib::Request& req, httplib::Response& res) {
     std::unique_lock<std::mutex> lock(mu);
+    if (Redirected(req, res)) return;
     ++polls;
     ++in_flight;
     struct Done {

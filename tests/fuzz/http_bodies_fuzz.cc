@@ -1,11 +1,12 @@
 // libFuzzer target: request bodies and query strings against a real, in-process epochd.
 //
 // Once (LLVMFuzzerInitialize): a RocksDB event store in a temp dir ($TMPDIR or /tmp),
-// the engine (no container pool: sig.maxReplicas 0, so nothing is ever launched) and
-// api::ApiServer on 127.0.0.1, port 0 (plain HTTP: the bodies are the subject, not TLS),
-// with an admin token in its tokens file, a workflow "fuzz" registered and one run of it
-// submitted. Then every input is one request, with that token, over one keep-alive
-// httplib::Client:
+// the engine (a pool of one container, c1, whose backend launches nothing: the fuzzer
+// registers it itself with the credential the leader minted for it) and
+// api::ApiServer (on its asynchronous Beast/Asio transport) on 127.0.0.1, port 0 (plain
+// HTTP: the bodies are the subject, not TLS), with an admin token in its tokens file, a
+// workflow "fuzz" registered and one run of it submitted. Then every input is one
+// request, with that token, over one keep-alive httplib::Client:
 //
 //   byte 0, low 3 bits: the request, the rest of the input being its body or query
 //     0  POST /v1/workflows            4  POST /v1/runs/{id}/retry
@@ -14,6 +15,9 @@
 //     3  POST /v1/runs/{id}/cancel     7  GET  /v1/runs/<rest, as one path segment>
 //   byte 0, bit 0x40: send Idempotency-Key "k<byte 0 >> 7>" (so '0'..'7' are the eight
 //     requests as is and 'p'..'w' the same with a key); {id} is the last run created.
+//   byte 0, bits 0x38 == 0x08 or 0x10 (e.g. 'H' and 'P'): instead, the container
+//     protocol, POST /v1/containers/c1/register (0x08) or /poll (0x10) with c1's own
+//     credential and the rest as the body (reports, running lists, inventories).
 //   Bodies go as Content-Type: application/json. Query bytes other than
 //   [A-Za-z0-9-._~!$'()*,;:@/?&=+%] are %-escaped ('%' itself is sent raw, so malformed
 //   escapes reach the server); a query that would decode to "follow" is skipped (a
@@ -32,7 +36,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <string_view>
 
@@ -44,7 +51,7 @@
 #include "common/ids.h"
 #include "common/json.h"
 #include "engine/engine.h"
-#include "executors/local_backend.h"
+#include "engine/container_backend.h"
 #include "storage/event_store.h"
 
 namespace {
@@ -66,7 +73,7 @@ using epoch::Json;
 struct Master {
   std::string dir;
   std::unique_ptr<epoch::storage::EventStore> store;
-  std::unique_ptr<epoch::executors::LocalBackend> backend;
+  std::unique_ptr<CredentialKeeper> backend;
   epoch::SystemClock clock;
   epoch::RandomIdGenerator ids;
   std::unique_ptr<epoch::engine::Engine> engine;
@@ -75,6 +82,8 @@ struct Master {
   std::unique_ptr<httplib::Client> client;
   std::string last_run = "r-none";
   std::string token;  // an admin's
+  std::unique_ptr<httplib::Client> agent;  // as container c1, with its credential
+  std::string credential;
 
   void Connect() {
     client = std::make_unique<httplib::Client>("127.0.0.1", port);
@@ -85,7 +94,42 @@ struct Master {
     client->set_connection_timeout(std::chrono::seconds(5));
     client->set_read_timeout(std::chrono::seconds(8));  // under run.sh's -timeout=10
     client->set_write_timeout(std::chrono::seconds(8));
+    agent = std::make_unique<httplib::Client>("127.0.0.1", port);
+    agent->set_bearer_token_auth(credential.c_str());
+    agent->set_keep_alive(true);
+    agent->set_tcp_nodelay(true);
+    agent->set_connection_timeout(std::chrono::seconds(5));
+    agent->set_read_timeout(std::chrono::seconds(8));
+    agent->set_write_timeout(std::chrono::seconds(8));
   }
+};
+
+// The pool's backend: launches nothing, keeps the credential the leader minted for
+// each container, so the fuzzer can speak the container protocol as that container.
+class CredentialKeeper : public epoch::engine::ContainerBackend {
+ public:
+  std::string Name() const override { return "local"; }
+  epoch::Result<std::string> Launch(const epoch::engine::ContainerSpec& spec) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    credentials_[spec.id] = spec.credential;
+    return std::string("fuzz-" + spec.id);
+  }
+  epoch::Status Terminate(const std::string&, const std::string&) override {
+    return epoch::Status::Ok();
+  }
+  epoch::Result<epoch::engine::ContainerDescription> Describe(const std::string&,
+                                                               const std::string&) override {
+    return epoch::engine::ContainerDescription{};
+  }
+  std::string CredentialOf(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = credentials_.find(id);
+    return it == credentials_.end() ? "" : it->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::string> credentials_;
 };
 
 Master* g = nullptr;
@@ -94,6 +138,7 @@ bool verbose = false;  // EPOCH_FUZZ_VERBOSE=1: print every request and its answ
 void Shutdown() {
   if (!g) return;
   g->client.reset();
+  g->agent.reset();
   g->server->Stop();
   g->engine->Stop();
   g->server.reset();
@@ -155,7 +200,8 @@ int Hex(char c) {
   return -1;
 }
 
-// A superset of what httplib's query decoding (%XX, %uXXXX, '+') can make of s.
+// A superset of what the server's query decoding (api/http_server.h: %XX and '+') can
+// make of s (%uXXXX too, as httplib's server once decoded it).
 bool MayMeanFollow(std::string_view s) {
   std::string d;
   for (size_t i = 0; i < s.size(); ++i) {
@@ -218,13 +264,12 @@ void Setup() {
   auto store = epoch::storage::OpenRocksDbEventStore({g->dir + "/store", true, ""});
   if (!store.ok()) SetupFailed(store.status().ToString());
   g->store = std::move(*store);
-  // Never asked to launch anything (no pool), but the real backend all the same.
-  g->backend = std::make_unique<epoch::executors::LocalBackend>(g->dir + "/no-epoch-agent");
+  g->backend = std::make_unique<CredentialKeeper>();
 
   epoch::api::Config config;
   config.data_dir = g->dir;
   config.base_port = 0;
-  config.max_replicas = 0;
+  config.max_replicas = 1;
   config.threads = 4;
   config.max_streams = 2;
   config.snapshot_every = 2000;  // so that snapshots are written while fuzzing, too
@@ -236,11 +281,13 @@ void Setup() {
 
   epoch::engine::EngineOptions eopts;
   eopts.node = "fuzz";
-  eopts.start_pool = false;
   eopts.snapshot_every = config.snapshot_every;
   eopts.config.data_dir = g->dir;
-  eopts.config.max_replicas = 0;
-  eopts.config.min_replicas = 0;
+  eopts.config.max_replicas = 1;  // c1, kept: its lease outlives the fuzzing
+  eopts.config.min_replicas = 1;
+  eopts.config.lease = std::chrono::hours(24);
+  eopts.config.register_timeout = std::chrono::hours(24);
+  eopts.config.poll_timeout = std::chrono::milliseconds(20);
   // Large containers (never launched): definitions are refused for their content, not size.
   eopts.config.container_cpu_millis = 64000;
   eopts.config.container_memory_bytes = 256LL << 30;
@@ -255,8 +302,23 @@ void Setup() {
   g->engine->SetAdvertiseUrl("http://127.0.0.1:" + std::to_string(g->port));
   if (auto st = g->engine->Start(); !st.ok()) SetupFailed(st.ToString());
   g->server->Serve();
+  // The pool asks for c1 at its first tick; its credential is then the backend's.
+  for (int i = 0; i < 500 && g->backend->CredentialOf("c1").empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  g->credential = g->backend->CredentialOf("c1");
+  if (g->credential.empty()) SetupFailed("the pool never asked for container c1");
   g->Connect();
   std::atexit(Shutdown);
+  auto registered = g->agent->Post(
+      "/v1/containers/c1/register",
+      R"({"backend": "local", "host": "fuzz", "cpu_millis": 64000, "memory_bytes": 274877906944})",
+      "application/json");
+  if (!registered || registered->status != 200) {
+    SetupFailed("registering c1: " +
+                (registered ? std::to_string(registered->status) + " " + registered->body
+                            : httplib::to_string(registered.error())));
+  }
 
   // Something to refer to: the workflow "fuzz" and one run of it.
   auto answer = [](const httplib::Result& r) {
@@ -287,7 +349,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (op & 0x40) headers.emplace("Idempotency-Key", "k" + std::to_string(op >> 7));
 
   std::string method = "POST", path;
-  switch (op & 7) {
+  const bool container = (op & 0x38) == 0x08 || (op & 0x38) == 0x10;
+  switch (container ? 8 : op & 7) {
+    case 8:
+      path = (op & 0x38) == 0x08 ? "/v1/containers/c1/register" : "/v1/containers/c1/poll";
+      break;
     case 0:
       path = "/v1/workflows";
       break;
@@ -322,7 +388,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                  ? Ask([&](httplib::Client& c) { return c.Get(path.c_str(), headers); }, what)
                  : Ask(
                        [&](httplib::Client& c) {
-                         return c.Post(path.c_str(), headers, rest, "application/json");
+                         return (container ? *g->agent : c)
+                             .Post(path.c_str(), headers, rest, "application/json");
                        },
                        what);
   if (verbose) {
