@@ -69,6 +69,34 @@ using epoch::Json;
   std::exit(2);
 }
 
+// The pool's backend: launches nothing, keeps the credential the leader minted for
+// each container, so the fuzzer can speak the container protocol as that container.
+class CredentialKeeper : public epoch::engine::ContainerBackend {
+ public:
+  std::string Name() const override { return "local"; }
+  epoch::Result<std::string> Launch(const epoch::engine::ContainerSpec& spec) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    credentials_[spec.id] = spec.credential;
+    return std::string("fuzz-" + spec.id);
+  }
+  epoch::Status Terminate(const std::string&, const std::string&) override {
+    return epoch::Status::Ok();
+  }
+  epoch::Result<epoch::engine::ContainerDescription> Describe(const std::string&,
+                                                               const std::string&) override {
+    return epoch::engine::ContainerDescription{};
+  }
+  std::string CredentialOf(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = credentials_.find(id);
+    return it == credentials_.end() ? "" : it->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::string> credentials_;
+};
+
 // The whole in-process master; reachable from a global so LeakSanitizer sees it live.
 struct Master {
   std::string dir;
@@ -102,34 +130,6 @@ struct Master {
     agent->set_read_timeout(std::chrono::seconds(8));
     agent->set_write_timeout(std::chrono::seconds(8));
   }
-};
-
-// The pool's backend: launches nothing, keeps the credential the leader minted for
-// each container, so the fuzzer can speak the container protocol as that container.
-class CredentialKeeper : public epoch::engine::ContainerBackend {
- public:
-  std::string Name() const override { return "local"; }
-  epoch::Result<std::string> Launch(const epoch::engine::ContainerSpec& spec) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    credentials_[spec.id] = spec.credential;
-    return std::string("fuzz-" + spec.id);
-  }
-  epoch::Status Terminate(const std::string&, const std::string&) override {
-    return epoch::Status::Ok();
-  }
-  epoch::Result<epoch::engine::ContainerDescription> Describe(const std::string&,
-                                                               const std::string&) override {
-    return epoch::engine::ContainerDescription{};
-  }
-  std::string CredentialOf(const std::string& id) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = credentials_.find(id);
-    return it == credentials_.end() ? "" : it->second;
-  }
-
- private:
-  std::mutex mu_;
-  std::map<std::string, std::string> credentials_;
 };
 
 Master* g = nullptr;
