@@ -21,10 +21,11 @@ namespace epoch::executors {
 namespace {
 
 // What the child writes to the error pipe when it fails before exec.
-enum class Stage : int { kChdir = 1, kExec = 2, kDeathSignal = 3 };
+enum class Stage : int { kChdir = 1, kExec = 2, kDeathSignal = 3, kCgroup = 4, kOomScore = 5 };
 struct PreExecError {
   int stage;
   int err;
+  int index;  // kCgroup: which of spec.cgroup_procs
 };
 
 std::string DirOf(const std::string& path) {
@@ -40,9 +41,10 @@ Status Errno(const std::string& what) { return Internal(what + ": " + std::strer
 // Runs in the child between fork and exec: async-signal-safe calls only.
 [[noreturn]] void ChildMain(char* const* argv, char** envp, const char* working_dir, int devnull_fd,
                             int log_fd, int err_fd, pid_t parent, const int* pass_fds,
-                            size_t n_pass) {
-  auto fail = [err_fd](Stage stage) {
-    PreExecError e{static_cast<int>(stage), errno};
+                            size_t n_pass, const int* cgroup_fds, size_t n_cgroup,
+                            const char* oom_score_adj) {
+  auto fail = [err_fd](Stage stage, int index = 0) {
+    PreExecError e{static_cast<int>(stage), errno, index};
     (void)WriteFully(err_fd, &e, sizeof(e));
     _exit(127);
   };
@@ -55,6 +57,16 @@ Status Errno(const std::string& what) { return Internal(what + ": " + std::strer
   for (int sig = 1; sig < NSIG; ++sig) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
     sigaction(sig, &dfl, nullptr);
+  }
+  // Into the attempt's cgroups first: everything from here on is charged there.
+  for (size_t i = 0; i < n_cgroup; ++i) {
+    if (write(cgroup_fds[i], "0", 1) != 1) fail(Stage::kCgroup, static_cast<int>(i));
+  }
+  if (oom_score_adj != nullptr) {
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    size_t len = strlen(oom_score_adj);
+    if (fd < 0 || write(fd, oom_score_adj, len) != static_cast<ssize_t>(len)) fail(Stage::kOomScore);
+    close(fd);
   }
   setpgid(0, 0);
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail(Stage::kDeathSignal);
@@ -83,6 +95,13 @@ std::string PreExecMessage(const PreExecError& e, const ProcessSpec& spec) {
       return "chdir " + spec.working_dir + " failed: " + std::strerror(e.err);
     case Stage::kDeathSignal:
       return std::string("prctl(PR_SET_PDEATHSIG) failed: ") + std::strerror(e.err);
+    case Stage::kCgroup: {
+      size_t i = static_cast<size_t>(e.index);
+      return "joining cgroup " + (i < spec.cgroup_procs.size() ? spec.cgroup_procs[i] : "?") +
+             " failed: " + std::strerror(e.err);
+    }
+    case Stage::kOomScore:
+      return std::string("setting oom_score_adj failed: ") + std::strerror(e.err);
     case Stage::kExec:
       break;
   }
@@ -167,6 +186,12 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
     owned.push_back(copy);
     pass.push_back(copy);
   }
+  std::vector<int> cgroup_fds;
+  for (const auto& path : spec.cgroup_procs) {
+    int fd = own(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (fd < 0) return Errno("open " + path);
+    cgroup_fds.push_back(fd);
+  }
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) return Errno("pipe2");
   int err_read = pipe_fds[0];
@@ -175,12 +200,14 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   if (err_fd < 0) return Errno("fcntl");
 
   const char* wd = spec.working_dir.empty() ? nullptr : spec.working_dir.c_str();
+  std::string oom_score = spec.oom_score_adj ? std::to_string(*spec.oom_score_adj) : "";
   pid_t parent = getpid();
   auto started = std::chrono::steady_clock::now();
   pid_t pid = fork();
   if (pid == 0) {
     ChildMain(argv.data(), envp.data(), wd, devnull_fd, log_fd, err_fd, parent, pass.data(),
-              pass.size());
+              pass.size(), cgroup_fds.data(), cgroup_fds.size(),
+              spec.oom_score_adj ? oom_score.c_str() : nullptr);
   }
   int fork_errno = errno;
   // The write end must close here, or the read below never sees EOF.

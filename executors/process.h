@@ -56,6 +56,13 @@ struct ProcessSpec {
   // Open fds the child gets as 3, 4, ... in this order (the caller keeps and closes its
   // own copies); every other fd of the spawner is closed in the child.
   std::vector<int> pass_fds;
+  // cgroup.procs files (executors/cgroup.h) the child joins, by writing "0" to each,
+  // after fork and before exec: the command starts already inside its limits. A
+  // failed write fails the spawn like a failed exec ("joining cgroup ...").
+  std::vector<std::string> cgroup_procs;
+  // Written to the child's /proc/self/oom_score_adj before exec (the agent shields
+  // itself from the OOM killer; its steps must not inherit that).
+  std::optional<int> oom_score_adj;
 };
 
 struct ExitInfo {

@@ -377,7 +377,9 @@ Result<ExitInfo> StepProcess::Terminate(Micros grace) {
 
 Result<std::unique_ptr<StepProcess>> SpawnSandboxed(const std::string& shim_path,
                                                     const sandbox::SandboxSpec& spec,
-                                                    const std::string& log_path) {
+                                                    const std::string& log_path,
+                                                    const std::vector<std::string>& cgroup_procs,
+                                                    std::optional<int> oom_score_adj) {
   // The spec travels in a memfd: no size limit, never blocks, seen by nobody else.
   Fd spec_fd(memfd_create("epoch-sandbox-spec", MFD_CLOEXEC));
   if (spec_fd.get() < 0) return Errno("memfd_create");
@@ -392,6 +394,8 @@ Result<std::unique_ptr<StepProcess>> SpawnSandboxed(const std::string& shim_path
   ps.working_dir = "/";
   ps.log_path = log_path;
   ps.pass_fds = {spec_fd.get(), status_write.get()};  // fds 3 and 4 of the shim
+  ps.cgroup_procs = cgroup_procs;
+  ps.oom_score_adj = oom_score_adj;
   ASSIGN_OR_RETURN(auto child, Spawn(ps));
   auto p = std::unique_ptr<StepProcess>(new StepProcess());
   p->child_ = std::move(child);

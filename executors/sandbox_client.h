@@ -103,7 +103,9 @@ class StepProcess {
  private:
   friend Result<std::unique_ptr<StepProcess>> SpawnSandboxed(const std::string&,
                                                              const sandbox::SandboxSpec&,
-                                                             const std::string&);
+                                                             const std::string&,
+                                                             const std::vector<std::string>&,
+                                                             std::optional<int>);
   friend Result<std::unique_ptr<StepProcess>> SpawnDirect(const ProcessSpec&);
   StepProcess() = default;
   ExitInfo Complete(ExitInfo info);
@@ -113,11 +115,14 @@ class StepProcess {
   std::optional<ExitInfo> done_;
 };
 
-// Starts `shim_path` with spec on its fd 3, its stdout+stderr appended to log_path.
-// Errors as Spawn's.
+// Starts `shim_path` with spec on its fd 3, its stdout+stderr appended to log_path,
+// inside the cgroups whose cgroup.procs files are given, with that oom_score_adj
+// (ProcessSpec's fields). Errors as Spawn's.
 Result<std::unique_ptr<StepProcess>> SpawnSandboxed(const std::string& shim_path,
                                                     const sandbox::SandboxSpec& spec,
-                                                    const std::string& log_path);
+                                                    const std::string& log_path,
+                                                    const std::vector<std::string>& cgroup_procs = {},
+                                                    std::optional<int> oom_score_adj = {});
 // Starts the command itself (no shim on this host): Spawn.
 Result<std::unique_ptr<StepProcess>> SpawnDirect(const ProcessSpec& spec);
 
