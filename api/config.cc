@@ -295,6 +295,24 @@ const std::map<std::string, KeyDef>& Keys() {
          c->isolation = m;
          return Status::Ok();
        }}},
+      {"executor.enforce", {"auto", [](Config* c, const std::string& k, const Json& v) {
+         std::string m = AsString(v);
+         if (m != "auto" && m != "required" && m != "off") {
+           return InvalidArgument(k + ": '" + m + "' is not one of auto, required, off");
+         }
+         c->enforce = m;
+         return Status::Ok();
+       }}},
+      {"executor.maxPids", {"4096", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->max_pids, AsInt(k, v, 0, 4194304));
+         return Status::Ok();
+       }}},
+      {"executor.cgroupRoot", {"(where the agent runs)", [](Config* c, const std::string& k, const Json& v) {
+         std::string r = AsString(v);
+         if (!r.empty() && r[0] != '/') return InvalidArgument(k + ": '" + r + "' is not an absolute path");
+         c->cgroup_root = r;
+         return Status::Ok();
+       }}},
       {"executor.runAs", {"epoch-step", [](Config* c, const std::string& k, const Json& v) {
          std::string u = AsString(v);
          if (!u.empty()) RETURN_IF_ERROR(CheckRunAs(k, u));
@@ -568,6 +586,9 @@ Json Config::ToJson() const {
   for (const auto& [name, r] : tenant_input_roots) j["tenants." + name + ".inputRoots"] = r;
   j["executor.runAs"] = default_run_as;
   j["executor.isolation"] = isolation;
+  j["executor.enforce"] = enforce;
+  j["executor.maxPids"] = max_pids;
+  j["executor.cgroupRoot"] = cgroup_root;
   j["executor.maxLogBytes"] = max_log_bytes;
   j["executor.maxInputBytes"] = max_input_bytes;
   j["api.maxSteps"] = max_steps;

@@ -52,6 +52,12 @@ struct Config {
   Micros grace = std::chrono::seconds(5);
   std::string agent_path;  // default: epoch-agent next to epochd
   std::string isolation = "auto";  // executor.isolation: the agents' --isolation auto|required|off
+  // executor.enforce: CPU, memory and process limits in cgroups (the agents' --enforce
+  // auto|required|off); executor.maxPids: processes and threads per attempt (0: no
+  // limit); executor.cgroupRoot: where agents make their cgroups (empty: where they run).
+  std::string enforce = "auto";
+  int64_t max_pids = 4096;
+  std::string cgroup_root;
   Micros watch_interval = std::chrono::seconds(2);  // executor.watchInterval (slurm)
   // slurm.* (executor.backend=slurm)
   std::string slurm_partition;

@@ -281,6 +281,9 @@ int main(int argc, char** argv) {
   lopts.log_format = log_format;
   lopts.grace = config.grace;
   lopts.isolation = config.isolation;  // the agents' --isolation
+  lopts.enforce = config.enforce;      // --enforce, --max-pids, --cgroup-root
+  lopts.max_pids = config.max_pids;
+  lopts.cgroup_root = config.cgroup_root;
   // Agents verify the master's certificate: against the CA given, else the certificate
   // itself (right for a self-signed one, generated or your own).
   if (!config.plain_http) lopts.ca_cert = config.tls_ca.empty() ? config.tls_certificate : config.tls_ca;

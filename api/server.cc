@@ -1662,6 +1662,13 @@ void ApiServer::Impl::ContainerRoutes() {
                 }
                 cmd.isolation = b["isolation"];
               }
+              if (b.contains("enforcement")) {
+                if (!b["enforcement"].is_object() || b["enforcement"].dump().size() > 4096) {
+                  return WriteError(res, {400, "malformed",
+                                          "enforcement: must be an object (at most 4 KiB)", {}});
+                }
+                cmd.enforcement = b["enforcement"];
+              }
               cmd.epoch_seen = b.value("epoch_seen", uint64_t{0});
               if (!strings(b, "running", &cmd.running)) {
                 return WriteError(res, {400, "malformed", "running: must be an array of strings", {}});

@@ -1,13 +1,18 @@
-// epoch-bench steps N [--containers C]: a fan-out of N no-op steps (`true`) through
-// local compute containers; prints steps/s from submission to RunSucceeded.
+// epoch-bench steps N [--containers C] [--set key=value]... [--compare-enforce]: a
+// fan-out of N no-op steps (`true`) through local compute containers; prints steps/s
+// from submission to RunSucceeded. --compare-enforce runs it four times in one
+// process, alternating executor.enforce=off and auto (cgroup limits on every attempt),
+// and prints each figure and the ratio of the best of each.
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "bench/bench.h"
 #include "bench/epochd_process.h"
@@ -15,21 +20,18 @@
 
 namespace epoch::bench {
 
-int RunStepsBench(int argc, char** argv) {
-  int n = 200, containers = 2;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--containers") == 0 && i + 1 < argc) {
-      containers = std::atoi(argv[++i]);
-    } else {
-      n = std::atoi(argv[i]);
-    }
-  }
-  if (n < 1 || containers < 1) {
-    std::fprintf(stderr, "usage: epoch-bench steps N [--containers C]\n");
-    return 2;
-  }
-  EpochdProcess epochd({"sig.maxReplicas=" + std::to_string(containers), "sig.cpu=64",
-                        "sig.memory=64Gi"});
+namespace {
+
+struct StepsResult {
+  std::string state;
+  double secs = 0;
+};
+
+StepsResult RunOnce(int n, int containers, const std::vector<std::string>& extra) {
+  std::vector<std::string> sets = {"sig.maxReplicas=" + std::to_string(containers), "sig.cpu=64",
+                                   "sig.memory=64Gi"};
+  sets.insert(sets.end(), extra.begin(), extra.end());
+  EpochdProcess epochd(sets);
   httplib::Client cli(epochd.url());
   cli.set_bearer_token_auth(epochd.token());
   cli.set_tcp_nodelay(true);
@@ -38,7 +40,7 @@ int RunStepsBench(int argc, char** argv) {
   for (int i = 0; i < n; ++i) {
     def["steps"].push_back(Json{{"name", "s" + std::to_string(i)},
                                 {"command", Json::array({"true"})},
-                                {"resources", Json{{"cpu", "10m"}, {"memory", "1Mi"}}}});
+                                {"resources", Json{{"cpu", "1"}, {"memory", "64Mi"}}}});
   }
   // Wait for the containers to register, so the figure is the engine's, not start-up's.
   for (int i = 0; i < 500; ++i) {
@@ -56,13 +58,13 @@ int RunStepsBench(int argc, char** argv) {
   auto reg = cli.Post("/v1/workflows", def.dump(), "application/json");
   if (!reg || reg->status >= 300) {
     std::fprintf(stderr, "register failed: %s\n", reg ? reg->body.c_str() : "no connection");
-    return 1;
+    return {};
   }
   auto t0 = std::chrono::steady_clock::now();
   auto sub = cli.Post("/v1/runs", R"({"workflow":"fanout"})", "application/json");
   if (!sub || sub->status != 201) {
     std::fprintf(stderr, "submit failed: %s\n", sub ? sub->body.c_str() : "no connection");
-    return 1;
+    return {};
   }
   std::string id = (*ParseJson(sub->body))["id"];
   std::string state;
@@ -71,10 +73,53 @@ int RunStepsBench(int argc, char** argv) {
   auto t1 = std::chrono::steady_clock::now();
   auto run = cli.Get("/v1/runs/" + id);
   if (run && run->status == 200) state = (*ParseJson(run->body))["state"];
-  double secs = std::chrono::duration<double>(t1 - t0).count();
-  std::printf("steps  containers  state      seconds  steps/s\n");
-  std::printf("%-6d %-11d %-10s %-8.3f %.0f\n", n, containers, state.c_str(), secs, n / secs);
-  return state == "succeeded" ? 0 : 1;
+  return {state, std::chrono::duration<double>(t1 - t0).count()};
+}
+
+}  // namespace
+
+int RunStepsBench(int argc, char** argv) {
+  int n = 200, containers = 2;
+  bool compare = false;
+  std::vector<std::string> sets;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--containers") == 0 && i + 1 < argc) {
+      containers = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
+      sets.push_back(argv[++i]);
+    } else if (std::strcmp(argv[i], "--compare-enforce") == 0) {
+      compare = true;
+    } else {
+      n = std::atoi(argv[i]);
+    }
+  }
+  if (n < 1 || containers < 1) {
+    std::fprintf(stderr,
+                 "usage: epoch-bench steps N [--containers C] [--set key=value]... "
+                 "[--compare-enforce]\n");
+    return 2;
+  }
+  std::printf("steps  containers  enforce  state      seconds  steps/s\n");
+  std::vector<std::string> modes = compare ? std::vector<std::string>{"off", "auto", "off", "auto"}
+                                           : std::vector<std::string>{""};
+  double best[2] = {0, 0};
+  bool ok = true;
+  for (const auto& mode : modes) {
+    std::vector<std::string> run_sets = sets;
+    if (!mode.empty()) run_sets.push_back("executor.enforce=" + mode);
+    StepsResult r = RunOnce(n, containers, run_sets);
+    double rate = r.secs > 0 ? n / r.secs : 0;
+    std::printf("%-6d %-11d %-8s %-10s %-8.3f %.0f\n", n, containers,
+                mode.empty() ? "(config)" : mode.c_str(), r.state.c_str(), r.secs, rate);
+    std::fflush(stdout);
+    ok &= r.state == "succeeded";
+    if (!mode.empty()) best[mode == "auto"] = std::max(best[mode == "auto"], rate);
+  }
+  if (compare && best[0] > 0) {
+    std::printf("enforcement on / off (best of two each): %.0f / %.0f steps/s = %.0f%%\n", best[1],
+                best[0], 100 * best[1] / best[0]);
+  }
+  return ok ? 0 : 1;
 }
 
 }  // namespace epoch::bench

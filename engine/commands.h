@@ -69,6 +69,8 @@ struct RegisterContainer {
   Json cuda = Json::object();
   // What the agent enforces for its steps (run-as user, sandbox), as it says.
   Json isolation = Json::object();
+  // What enforces its limits ({"mode", "mechanism", "reason", ...}), as it says.
+  Json enforcement = Json::object();
   uint64_t epoch_seen = 0;
   std::vector<std::string> running;
 };

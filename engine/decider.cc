@@ -343,6 +343,9 @@ Result<Decision> DecideRegisterContainer(const State& state, const RegisterConta
   if (cmd.isolation.is_object() && !cmd.isolation.empty()) {
     d.events.back().data["isolation"] = cmd.isolation;
   }
+  if (cmd.enforcement.is_object() && !cmd.enforcement.empty()) {
+    d.events.back().data["enforcement"] = cmd.enforcement;
+  }
   return d;
 }
 

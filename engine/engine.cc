@@ -924,12 +924,20 @@ Json AssignmentJson(const EngineConfig& cfg, const Run& run, const Attempt& a,
                     const std::string& outputs_dir, const std::string& log_path,
                     const Json& gpus) {
   Json inputs = Json::array();
+  // What the scheduler reserved, and what the kernel is to enforce: only what the
+  // definition declared (null: the container's sig.cpu / sig.memory bound it).
+  Json resources{{"cpu_millis", a.resources.cpu_millis}, {"memory_bytes", a.resources.memory_bytes}};
+  Json limits{{"cpu_millis", nullptr}, {"memory_bytes", nullptr}};
   if (run.def) {
     if (const workflows::Step* def = run.def->FindStep(step)) {
       inputs = UpstreamInputs(run, *def, cfg);
+      if (def->resources.cpu_declared) limits["cpu_millis"] = a.resources.cpu_millis;
+      if (def->resources.memory_declared) limits["memory_bytes"] = a.resources.memory_bytes;
     }
   }
   return Json{{"attempt_id", id},
+              {"resources", std::move(resources)},
+              {"limits", std::move(limits)},
               {"inputs", std::move(inputs)},
               {"run", run.id},
               {"step", step},

@@ -336,6 +336,7 @@ void WriteContainer(Writer& w, const Container& c) {
   for (const auto& a : c.attempts) w.Str(a);
   w.Str(c.credential_sha256);
   w.Json(c.isolation);
+  w.Json(c.enforcement);
 }
 
 // True when runs_by_seq is exactly what the runs imply, so it need not be written.
@@ -1240,6 +1241,7 @@ class StateReader {
     }
     r_.Str(c.credential_sha256);
     r_.Json(c.isolation);
+    r_.Json(c.enforcement);
   }
 
   std::string_view body_;

@@ -269,6 +269,7 @@ class DecidedStateTest : public ::testing::Test {
     }
     r.cuda = Json{{"compiled", false}, {"reason", "simulated"}};
     r.isolation = Json{{"mode", "auto"}, {"run_as", true}, {"sandbox", "namespaces"}};
+    r.enforcement = Json{{"mode", "auto"}, {"mechanism", "cgroup1"}, {"reason", ""}};
     Do(r);
   }
   void Submit(const std::string& workflow, const std::string& id, int priority = 0,
@@ -399,6 +400,7 @@ TEST_F(DecidedStateTest, RoundTripKeepsPlacementsQueueTimersAndKeys) {
     EXPECT_EQ(dc.credential_sha256.size(), 64u) << id;
     EXPECT_EQ(dc.credential_sha256, c.credential_sha256) << id;
     EXPECT_EQ(dc.isolation["sandbox"], "namespaces") << id;
+    EXPECT_EQ(dc.enforcement["mechanism"], "cgroup1") << id;
   }
   EXPECT_EQ(d.containers.at("c1").attempts.count("d1/t/1/0") +
                 d.containers.at("c2").attempts.count("d1/t/1/0"),
@@ -797,7 +799,7 @@ TEST(SnapshotTest, StateLayoutIsTheOneTheCodecKnows) {
   EXPECT_EQ(sizeof(StepRun), 168u) << "StepRun changed: update the snapshot codec";
   EXPECT_EQ(sizeof(Attempt), 464u) << "Attempt changed: update the snapshot codec";
   EXPECT_EQ(sizeof(Worker), 192u) << "Worker changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(Container), 472u) << "Container changed: update the snapshot codec";
+  EXPECT_EQ(sizeof(Container), 488u) << "Container changed: update the snapshot codec";
   EXPECT_EQ(sizeof(WorkflowVersion), 160u) << "WorkflowVersion changed: update the snapshot codec";
 #else
   GTEST_SKIP() << "sizes are recorded for libstdc++ on x86-64";

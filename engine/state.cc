@@ -660,6 +660,8 @@ void EvolveContainerEvent(State& s, const RecordedEvent& e) {
     c.cuda = d.value("cuda", Json::object());
     c.isolation = d.value("isolation", Json::object());
     if (!c.isolation.is_object()) c.isolation = Json::object();
+    c.enforcement = d.value("enforcement", Json::object());
+    if (!c.enforcement.is_object()) c.enforcement = Json::object();
     if (!c.registered_at) c.registered_at = e.time;
     if (c.attempts.empty()) c.idle_since = e.time;
     s.launch_failures_in_row = 0;

@@ -207,6 +207,9 @@ struct Container {
   // What the agent enforces for its steps, as it registered it ({"mode", "run_as",
   // "sandbox", "reason", ...}); empty until it registers.
   Json isolation = Json::object();
+  // What enforces its CPU, memory and process limits, as it registered it
+  // ({"mode", "mechanism": "cgroup2|cgroup1|slurm|none", "reason", ...}).
+  Json enforcement = Json::object();
 };
 
 struct State {

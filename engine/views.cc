@@ -47,6 +47,15 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
           {"started_at", TimeOrNull(a.started_at)},
           {"finished_at", TimeOrNull(a.finished_at)},
           {"usage", a.usage},
+          // What was reserved; `limits`: what the kernel enforced (declared only).
+          {"resources",
+           {{"cpu_millis", a.resources.cpu_millis},
+            {"memory_bytes", a.resources.memory_bytes},
+            {"gpus", a.resources.gpus},
+            {"limits",
+             {{"cpu_millis", def && def->resources.cpu_declared ? Json(a.resources.cpu_millis) : Json()},
+              {"memory_bytes",
+               def && def->resources.memory_declared ? Json(a.resources.memory_bytes) : Json()}}}}},
           {"argv", a.argv}});
       if (!a.log.empty()) attempts.back()["log"] = a.log;
       if (!a.cache_key.empty()) attempts.back()["cache_key"] = a.cache_key;
@@ -137,6 +146,7 @@ Json ContainerToJson(const Container& c) {
               {"ended_at", OptTime(c.ended_at)}};
   // Only once the agent has said (golden histories predate it).
   if (!c.isolation.empty()) j["isolation"] = c.isolation;
+  if (!c.enforcement.empty()) j["enforcement"] = c.enforcement;
   return j;
 }
 

@@ -73,7 +73,15 @@ std::vector<std::string> AgentCommandLine(const std::string& agent_path,
                                    "--log-level",
                                    flags.log_level,
                                    "--isolation",
-                                   flags.isolation};
+                                   flags.isolation,
+                                   "--enforce",
+                                   flags.enforce,
+                                   "--max-pids",
+                                   std::to_string(flags.max_pids)};
+  if (!flags.cgroup_root.empty()) {
+    args.push_back("--cgroup-root");
+    args.push_back(flags.cgroup_root);
+  }
   if (!flags.ca_cert.empty()) {
     args.push_back("--ca-cert");
     args.push_back(flags.ca_cert);

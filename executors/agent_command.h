@@ -21,6 +21,9 @@ struct AgentFlags {
   std::string log_level = "info";
   std::string ca_cert;  // agent's --ca-cert: what the master's HTTPS certificate chains to
   std::string isolation = "auto";  // agent's --isolation auto|required|off (executor.isolation)
+  std::string enforce = "auto";    // agent's --enforce auto|required|off (executor.enforce)
+  int64_t max_pids = 4096;         // agent's --max-pids (executor.maxPids)
+  std::string cgroup_root;         // agent's --cgroup-root (executor.cgroupRoot); empty: none
 };
 
 // kInvalidArgument unless spec has an id usable as a folder name, a master URL and a
@@ -36,7 +39,8 @@ std::string CredentialPath(const engine::ContainerSpec& spec);
 
 // <agent_path> --id ID --master URL --data-dir DIR --cpu-millis N --memory-bytes N
 // --gpus N --backend B --grace G --orphan-timeout T --log-format F --log-level L
-// --isolation I [--ca-cert C] [--credential-file <data_dir>/containers/<id>/credential]
+// --isolation I --enforce E --max-pids P [--cgroup-root R] [--ca-cert C]
+// [--credential-file <data_dir>/containers/<id>/credential]
 // (the credential itself is never on a command line).
 std::vector<std::string> AgentCommandLine(const std::string& agent_path,
                                           const engine::ContainerSpec& spec,

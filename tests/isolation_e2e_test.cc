@@ -424,6 +424,8 @@ TEST_F(IsolationE2ETest, OversizedDefinitionsAndReusedKeysAreRefused) {
   HttpResult again = post("/v1/runs", R"({"labels": {"n": "1"}, "workflow": "keyed"})", "rk");
   EXPECT_EQ(again.status, 200) << "the same request (fields in another order)";
   EXPECT_EQ(again.json()["id"], r1.json()["id"]);
+  // Once the run has ended, nothing else writes: a refused request must write nothing.
+  EXPECT_EQ(d->WaitForRun(r1.json()["id"])["state"], "succeeded");
   uint64_t before = d->Head();
   HttpResult other = post("/v1/runs", R"({"workflow": "keyed", "labels": {"n": "2"}})", "rk");
   EXPECT_EQ(other.status, 422) << other.body;

@@ -123,6 +123,7 @@ void ParseResources(const Json& j, std::string_view path, Resources* r, Problems
       auto v = ParseCpuMillis(it->is_string() ? it->get<std::string>() : CanonicalDump(*it));
       if (v.ok()) {
         r->cpu_millis = *v;
+        r->cpu_declared = true;
       } else {
         p->Add(cpath, v.status());
       }
@@ -136,6 +137,7 @@ void ParseResources(const Json& j, std::string_view path, Resources* r, Problems
       auto v = ParseBytes(it->is_string() ? it->get<std::string>() : CanonicalDump(*it));
       if (v.ok()) {
         r->memory_bytes = *v;
+        r->memory_declared = true;
       } else {
         p->Add(mpath, v.status());
       }

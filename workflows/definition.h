@@ -36,6 +36,11 @@ struct Resources {
   int64_t cpu_millis = 100;            // "100m"
   int64_t memory_bytes = 128LL << 20;  // "128Mi"
   int gpus = 0;
+  // Whether the definition named them. The scheduler reserves the figures either way;
+  // the kernel enforces only declared ones as the attempt's limits (an undeclared
+  // default is bounded by its container's sig.cpu / sig.memory alone).
+  bool cpu_declared = false;
+  bool memory_declared = false;
 };
 
 struct RetryPolicy {

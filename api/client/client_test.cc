@@ -158,12 +158,17 @@ Json SampleRun() {
       {"name": "prep", "kind": "data_prep", "state": "succeeded", "metrics": {},
        "attempts": [{"attempt": 1, "state": "succeeded", "exit_code": 0,
                      "started_at": "2026-11-28T13:00:01Z",
-                     "finished_at": "2026-11-28T13:00:13.500Z"}]},
+                     "finished_at": "2026-11-28T13:00:13.500Z",
+                     "resources": {"cpu_millis": 500, "memory_bytes": 268435456,
+                                   "limits": {"cpu_millis": 500, "memory_bytes": null}},
+                     "usage": {"wall_s": 12.5, "cpu_s": 6.1, "peak_memory_bytes": 44040192}}]},
       {"name": "train", "kind": "train", "state": "running",
        "metrics": {"accuracy": 0.91, "loss": 0.25},
        "attempts": [{"attempt": 1, "state": "failed", "exit_code": 137, "reason": "oom_killed",
                      "started_at": "2026-11-28T13:00:14Z", "finished_at": "2026-11-28T13:01:00Z"},
-                    {"attempt": 2, "state": "running", "started_at": "2026-11-28T13:01:30Z"}]},
+                    {"attempt": 2, "state": "running", "started_at": "2026-11-28T13:01:30Z",
+                     "resources": {"cpu_millis": 1000, "memory_bytes": 2147483648,
+                                   "limits": {"cpu_millis": null, "memory_bytes": 2147483648}}}]},
       {"name": "infer", "state": "pending", "attempts": []}
     ]})");
 }
@@ -183,11 +188,14 @@ TEST(Output, RunTable) {
             "Params:    {\"epochs\":10}\n"
             "Labels:    team=vision\n"
             "\n"
-            "STEP   KIND       STATE      ATTEMPTS  EXIT/REASON  DURATION  METRICS\n"
-            "prep   data_prep  succeeded  1         exit 0       12.5s     -\n"
-            "train  train      running    2         -            1m31s     "
-            "{\"accuracy\":0.91,\"loss\":0.25}\n"
-            "infer  -          pending    0         -            -         -\n");
+            "STEP   KIND       STATE      ATTEMPTS  EXIT/REASON  DURATION  CPU REQ/USED  "
+            "MEM REQ/PEAK  METRICS\n"
+            "prep   data_prep  succeeded  1         exit 0       12.5s     500m!/0.49    "
+            "256Mi/42Mi    -\n"
+            "train  train      running    2         -            1m31s     1000m         "
+            "2Gi!          {\"accuracy\":0.91,\"loss\":0.25}\n"
+            "infer  -          pending    0         -            -         -             "
+            "-             -\n");
 }
 
 TEST(Output, FailedAttemptOutcomeAndRunList) {

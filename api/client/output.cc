@@ -112,6 +112,44 @@ std::string StepDuration(const Json& step, TimePoint now) {
   return "-";
 }
 
+// "500m/0.49": the CPU reserved (millicores; "!" when the kernel enforced it as a
+// limit) and the cores used on average over the attempt's wall time.
+std::string CpuCell(const Json& attempt) {
+  const Json& res = Field(attempt, "resources");
+  const Json& req = Field(res, "cpu_millis");
+  if (!req.is_number()) return "-";
+  std::string out = req.dump() + "m";
+  if (Field(Field(res, "limits"), "cpu_millis").is_number()) out += "!";
+  const Json& usage = Field(attempt, "usage");
+  const Json& cpu = Field(usage, "cpu_s");
+  const Json& wall = Field(usage, "wall_s");
+  if (cpu.is_number() && wall.is_number() && wall.get<double>() > 0) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "/%.2f", cpu.get<double>() / wall.get<double>());
+    out += buf;
+  }
+  return out;
+}
+
+// "128Mi/41.3Mi": the memory reserved ("!" when enforced as a limit) and the peak the
+// cgroup measured (else the largest process's RSS from wait4).
+std::string MemoryCell(const Json& attempt) {
+  const Json& res = Field(attempt, "resources");
+  const Json& req = Field(res, "memory_bytes");
+  if (!req.is_number()) return "-";
+  std::string out = HumanBytes(req.get<int64_t>());
+  if (Field(Field(res, "limits"), "memory_bytes").is_number()) out += "!";
+  const Json& usage = Field(attempt, "usage");
+  const Json& peak = Field(usage, "peak_memory_bytes");
+  const Json& rss = Field(usage, "max_rss_kb");
+  if (peak.is_number() && peak.get<int64_t>() > 0) {
+    out += "/" + HumanBytes(peak.get<int64_t>());
+  } else if (rss.is_number() && rss.get<int64_t>() > 0) {
+    out += "/" + HumanBytes(rss.get<int64_t>() * 1024);
+  }
+  return out;
+}
+
 std::string KeyValueBlock(const std::vector<std::pair<std::string, std::string>>& rows) {
   size_t width = 0;
   for (const auto& [k, v] : rows) width = std::max(width, k.size() + 1);
@@ -251,11 +289,13 @@ std::string RenderRun(const Json& run, TimePoint now) {
   });
   const Json& steps = Field(run, "steps");
   if (!steps.is_array() || steps.empty()) return out;
-  Table t({"STEP", "KIND", "STATE", "ATTEMPTS", "EXIT/REASON", "DURATION", "METRICS"});
+  Table t({"STEP", "KIND", "STATE", "ATTEMPTS", "EXIT/REASON", "DURATION", "CPU REQ/USED",
+           "MEM REQ/PEAK", "METRICS"});
   for (const Json& step : steps) {
+    const Json& last = LastAttempt(step);
     t.AddRow({Cell(step, "name"), Cell(step, "kind"), Cell(step, "state"),
-              std::to_string(AttemptCount(step)), Outcome(LastAttempt(step)),
-              StepDuration(step, now), CompactJson(Field(step, "metrics"))});
+              std::to_string(AttemptCount(step)), Outcome(last), StepDuration(step, now),
+              CpuCell(last), MemoryCell(last), CompactJson(Field(step, "metrics"))});
   }
   return out + "\n" + t.Render();
 }

@@ -25,6 +25,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
+#include "executors/cgroup.h"
 #include "executors/process.h"
 #include "executors/sandbox_client.h"
 
@@ -257,6 +258,25 @@ std::string GetString(const Json& j, const char* key, const std::string& dflt = 
   return it->dump();
 }
 
+// "256 MiB", "2144 MiB", "2 GiB", "1000 bytes".
+std::string MemoryText(int64_t b) {
+  constexpr int64_t kMi = 1 << 20, kGi = int64_t{1} << 30;
+  if (b >= kGi && b % kGi == 0) return std::to_string(b / kGi) + " GiB";
+  if (b >= kMi && b % kMi == 0) return std::to_string(b / kMi) + " MiB";
+  return std::to_string(b) + " bytes";
+}
+
+// One write(2) of `value` to a kernel control file; false (errno set) when refused.
+bool WriteControlFile(const std::string& path, const std::string& value) {
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ssize_t n = write(fd, value.data(), value.size());
+  int err = errno;
+  close(fd);
+  errno = err;
+  return n == static_cast<ssize_t>(value.size());
+}
+
 // ---------------------------------------------------------------- assignment
 
 struct Mount {
@@ -278,6 +298,10 @@ struct Assignment {
   std::string cuda_visible_devices, gpu_uuids;  // resolved: comma-joined visible_ids, UUIDs
   // Upstream outputs the command reads, with the digests their producers recorded.
   std::vector<std::pair<std::string, std::string>> inputs;  // (path, sha256)
+  // What the scheduler reserved (the CPU weight) and what the kernel enforces (0: only
+  // the container's limit).
+  int64_t cpu_request_millis = 0, memory_request_bytes = 0;
+  int64_t cpu_limit_millis = 0, memory_limit_bytes = 0;
 };
 
 // The canonical path `path` must have: inside the data dir, the data dir's own
@@ -423,6 +447,23 @@ Result<Assignment> ParseAssignment(const Json& j, const std::string& data_dir,
                             x["sha256"].get<std::string>());
     }
   }
+  for (const char* key : {"resources", "limits"}) {
+    auto r = j.find(key);
+    if (r == j.end() || r->is_null()) continue;
+    if (!r->is_object()) return InvalidArgument(std::string(key) + " must be an object");
+    bool limits = std::string(key) == "limits";
+    for (const char* field : {"cpu_millis", "memory_bytes"}) {
+      auto f = r->find(field);
+      if (f == r->end() || f->is_null()) continue;
+      if (!f->is_number_integer() || f->get<int64_t>() < 0) {
+        return InvalidArgument(std::string(key) + "." + field + " must be a non-negative integer");
+      }
+      int64_t v = f->get<int64_t>();
+      bool cpu = std::string(field) == "cpu_millis";
+      (cpu ? (limits ? a.cpu_limit_millis : a.cpu_request_millis)
+           : (limits ? a.memory_limit_bytes : a.memory_request_bytes)) = v;
+    }
+  }
   if (auto t = j.find("timeout_ms"); t != j.end() && !t->is_null()) {
     if (!t->is_number()) return InvalidArgument("timeout_ms must be a number");
     a.timeout_ms = std::max<int64_t>(0, t->get<int64_t>());
@@ -482,16 +523,19 @@ std::string AgentUsage() {
          "                   [--orphan-timeout 300s] [--log-format text|json] "
          "[--log-level info]\n"
          "                   [--ca-cert PEM] [--credential-file FILE]\n"
-         "                   [--isolation auto|required|off] [--sandbox-path PATH]\n";
+         "                   [--isolation auto|required|off] [--sandbox-path PATH]\n"
+         "                   [--enforce auto|required|off] [--cgroup-root DIR] [--max-pids N]\n";
 }
 
 Result<AgentOptions> ParseAgentFlags(const std::vector<std::string>& args) {
   AgentOptions o;
+  o.enforce = "auto";
   std::map<std::string, std::string> kv;
   static const std::set<std::string> kKnown = {
       "id",      "master",    "data-dir",     "cpu-millis",     "memory-bytes", "gpus",
       "backend", "handle",    "grace",        "orphan-timeout", "log-format",   "log-level",
-      "ca-cert", "isolation", "sandbox-path", "credential-file"};
+      "ca-cert", "isolation", "sandbox-path", "credential-file", "enforce", "cgroup-root",
+      "max-pids"};
   for (size_t i = 0; i < args.size(); ++i) {
     std::string a = args[i];
     if (a == "--help" || a == "-h") return InvalidArgument(AgentUsage());
@@ -526,15 +570,22 @@ Result<AgentOptions> ParseAgentFlags(const std::vector<std::string>& args) {
   auto mem = ParseBytes(kv["memory-bytes"]);
   if (!mem.ok()) return mem.status().WithContext("--memory-bytes");
   o.memory_bytes = *mem;
-  if (kv.count("gpus")) {
+  // A non-negative integer flag, if given.
+  auto count = [&](const std::string& name, int64_t* out, const std::string& note) -> Status {
+    if (!kv.count(name)) return Status::Ok();
     try {
       size_t used = 0;
-      o.gpus = std::stoi(kv["gpus"], &used);
-      if (used != kv["gpus"].size() || o.gpus < 0) throw std::invalid_argument("gpus");
+      int64_t v = std::stoll(kv[name], &used);
+      if (used != kv[name].size() || v < 0 || v > INT32_MAX) throw std::invalid_argument(name);
+      *out = v;
+      return Status::Ok();
     } catch (const std::exception&) {
-      return InvalidArgument("--gpus must be a non-negative integer");
+      return InvalidArgument("--" + name + " must be a non-negative integer" + note);
     }
-  }
+  };
+  int64_t gpus = 0;
+  RETURN_IF_ERROR(count("gpus", &gpus, ""));
+  o.gpus = static_cast<int>(gpus);
   if (kv.count("backend")) o.backend = kv["backend"];
   if (kv.count("handle")) o.handle = kv["handle"];
   if (kv.count("grace")) {
@@ -559,6 +610,12 @@ Result<AgentOptions> ParseAgentFlags(const std::vector<std::string>& args) {
   }
   if (kv.count("sandbox-path")) o.sandbox_path = kv["sandbox-path"];
   if (kv.count("credential-file")) o.credential_file = kv["credential-file"];
+  if (kv.count("enforce")) o.enforce = kv["enforce"];
+  if (o.enforce != "auto" && o.enforce != "required" && o.enforce != "off") {
+    return InvalidArgument("--enforce must be auto, required or off");
+  }
+  if (kv.count("cgroup-root")) o.cgroup_root = kv["cgroup-root"];
+  RETURN_IF_ERROR(count("max-pids", &o.max_pids, " (0: no limit)"));
   return o;
 }
 
@@ -591,6 +648,8 @@ struct Agent::Impl {
     std::optional<SteadyTime> kill_deadline;  // SIGKILL after SIGTERM + grace
     bool killed = false;
     Why why = Why::kNone;
+    std::unique_ptr<Cgroup> group;  // its cgroup, when limits are enforced
+    CgroupLimits limits;
   };
 
   // An attempt that ended (or never started), waiting for its report to be built.
@@ -601,6 +660,9 @@ struct Agent::Impl {
     std::string reason;  // overrides, for attempts that never started
     std::string started_at, finished_at;
     bool failed_to_start = false;
+    // The kernel's account, when the attempt ran in a cgroup, and its limits.
+    std::optional<CgroupUsage> usage;
+    CgroupLimits limits;
   };
 
   Impl(AgentOptions o, std::atomic<bool>* stop) : opt(std::move(o)), stop_flag(stop) {
@@ -622,6 +684,15 @@ struct Agent::Impl {
   std::string dir, reports_dir, attempts_dir;
   // Set by Run() before any thread starts, read-only after.
   IsolationState isolation;
+  // Limits (executors/cgroup.h): what enforces them, and the container's groups. The
+  // groups are touched by the main loop only (and by Prepare/RunAll around it).
+  CgroupHost cgroups;
+  std::string enforce_mechanism = "none";  // cgroup2 | cgroup1 | slurm | none
+  std::string enforce_reason;
+  std::string devices_note;
+  std::unique_ptr<Cgroup> container_group, agent_group;
+  std::vector<std::unique_ptr<Cgroup>> leftover_groups;  // Remove failed; retried
+  bool shielded = false;                                 // our oom_score_adj is -1000
   std::string sandbox_path;
   std::string data_dir_real;   // the data dir's canonical path
   std::string credential;      // never logged, never in an error, never in a step's env
@@ -702,7 +773,102 @@ struct Agent::Impl {
     spdlog::info("isolation {}: sandbox {}, run_as {}{}{}", isolation.mode, isolation.sandbox,
                  isolation.run_as ? "yes" : "no", isolation.reason.empty() ? "" : ": ",
                  isolation.reason);
+    RETURN_IF_ERROR(PrepareLimits());
+    spdlog::info("limits {}: {}{}{}", opt.enforce, enforce_mechanism,
+                 enforce_reason.empty() ? "" : ": ", enforce_reason);
     return Status::Ok();
+  }
+
+  // Decides what enforces the limits, makes the container's cgroup with sig.cpu and
+  // sig.memory, and moves the agent into its leaf. auto: anything that fails leaves
+  // "none" with the reason; required: it is an error.
+  Status PrepareLimits() {
+    if (opt.enforce == "off") {
+      enforce_reason = "executor.enforce is off";
+      return Status::Ok();
+    }
+    auto unavailable = [&](const std::string& why) -> Status {
+      enforce_mechanism = "none";
+      enforce_reason = why;
+      auto own_text = ReadFile("/proc/self/cgroup", 1 << 16);
+      std::string own = own_text.ok() ? *own_text : "";
+      if (opt.backend == "slurm" && own.find("/slurm") != std::string::npos) {
+        enforce_mechanism = "slurm";
+        enforce_reason = "Slurm's cgroup plugin confines the job to what it asked for, not "
+                         "each attempt (" + why + ")";
+      }
+      if (container_group) {
+        if (agent_group) {
+          (void)MoveOut();
+          (void)agent_group->Remove();
+        }
+        (void)container_group->Remove();
+        container_group.reset();
+        agent_group.reset();
+      }
+      if (opt.enforce == "required") {
+        return FailedPrecondition("--enforce required, but limits cannot be enforced per "
+                                  "attempt: " + why);
+      }
+      return Status::Ok();
+    };
+    cgroups = DetectCgroups(opt.cgroup_root);
+    if (cgroups.version == CgroupVersion::kNone) return unavailable(cgroups.reason);
+    int swept = SweepStaleCgroups(cgroups);
+    if (swept > 0) spdlog::info("removed {} cgroup(s) that dead agents left", swept);
+    auto group = Cgroup::Create(cgroups, nullptr, opt.id + "-" + std::to_string(getpid()));
+    if (!group.ok()) return unavailable(group.status().message());
+    container_group = std::move(*group);
+    CgroupLimits l;
+    l.cpu_millis = opt.cpu_millis;
+    l.cpu_weight_millis = opt.cpu_millis;
+    l.memory_bytes = opt.memory_bytes;
+    if (Status st = container_group->SetLimits(l); !st.ok()) return unavailable(st.message());
+    auto leaf = Cgroup::Create(cgroups, container_group.get(), "agent");
+    if (!leaf.ok()) return unavailable(leaf.status().message());
+    agent_group = std::move(*leaf);
+    if (Status st = agent_group->AddProcess(getpid()); !st.ok()) return unavailable(st.message());
+    enforce_mechanism = cgroups.Name();
+    enforce_reason = cgroups.reason;
+    // The container's limit must kill a step, never the agent that reports it.
+    shielded = WriteControlFile("/proc/self/oom_score_adj", "-1000");
+    bool any_pci = false;
+    for (const auto& g : opt.gpu_inventory.gpus) any_pci |= !g.pci_bus_id.empty();
+    if (opt.gpu_inventory.gpus.empty()) {
+      devices_note = "no GPUs";
+    } else if (!cgroups.has("devices")) {
+      devices_note = "not enforced: no cgroup v1 devices controller (steps see only their "
+                     "GPUs through CUDA_VISIBLE_DEVICES)";
+    } else if (!any_pci) {
+      devices_note = "not enforced: simulated GPUs have no device nodes";
+    } else {
+      devices_note = "cgroup1 devices: an attempt's cgroup denies the GPUs it was not given";
+    }
+    return Status::Ok();
+  }
+
+  // Moves the agent back to the cgroups it started in, so its own can be removed.
+  Status MoveOut() {
+    std::set<std::string> done;
+    for (const auto& [c, base] : cgroups.bases) {
+      if (!done.insert(base).second) continue;
+      if (!WriteControlFile(base + "/cgroup.procs", std::to_string(getpid()))) {
+        return Internal("cannot move the agent back to " + base + ": " + std::strerror(errno));
+      }
+    }
+    return Status::Ok();
+  }
+
+  Json EnforcementJson() const {
+    Json j{{"mode", opt.enforce}, {"mechanism", enforce_mechanism}, {"reason", enforce_reason}};
+    if (container_group) {
+      j["cpu_millis"] = opt.cpu_millis;
+      j["memory_bytes"] = opt.memory_bytes;
+      j["max_pids"] = opt.max_pids;
+      j["swap"] = false;
+      j["devices"] = devices_note;
+    }
+    return j;
   }
 
   Status Recover() {
@@ -1039,7 +1205,8 @@ struct Agent::Impl {
                  {{"mode", isolation.mode},
                   {"run_as", isolation.run_as},
                   {"sandbox", isolation.sandbox},
-                  {"reason", isolation.reason}}}};
+                  {"reason", isolation.reason}}},
+                {"enforcement", EnforcementJson()}};
   }
 
   void PollThread() {
@@ -1123,6 +1290,58 @@ struct Agent::Impl {
 
   // ---------------------------------------------------------- reports
 
+  // The kernel's figures replace wait4's (which miss what a step left running and what
+  // the sandbox's PID 1 did not reap); wait4's CPU stays as a cross-check.
+  void ApplyCgroupUsage(const Ended& e, Json* usage) const {
+    const CgroupUsage& u = *e.usage;
+    (*usage)["wait4_cpu_s"] = (*usage)["cpu_s"];
+    (*usage)["cpu_s"] = u.cpu_s;
+    if (u.memory_peak_bytes > 0) (*usage)["peak_memory_bytes"] = u.memory_peak_bytes;
+    (*usage)["oom_kills"] = u.oom_kills;
+    (*usage)["pids_refused"] = u.pids_refused;
+    (*usage)["source"] = enforce_mechanism;
+    Json limits = Json::object();
+    limits["cpu_millis"] = e.limits.cpu_millis > 0 ? Json(e.limits.cpu_millis) : Json(nullptr);
+    limits["memory_bytes"] = e.limits.memory_bytes > 0 ? Json(e.limits.memory_bytes) : Json(nullptr);
+    limits["pids"] = e.limits.pids > 0 ? Json(e.limits.pids) : Json(nullptr);
+    (*usage)["limits"] = std::move(limits);
+  }
+
+  // Whether a group's memory reached `limit`: v2 counts it (memory.events "oom"); v1
+  // kernels may not keep memory.failcnt, but a group's high-water mark cannot pass its
+  // limit, so one within 1 MiB of it reached it.
+  bool AtLimit(const CgroupUsage& u, int64_t limit, bool own_events) const {
+    if (limit <= 0) return false;
+    if (own_events && (u.oom_events > 0 || u.memory_limit_hits > 0)) return true;
+    return u.memory_peak_bytes > 0 && u.memory_peak_bytes + (1 << 20) >= limit;
+  }
+
+  // A failed attempt's reason from the cgroup's counters, not from its exit signal:
+  // "oom_killed: ..." when the OOM killer killed any of its processes, "pids_limit: ..."
+  // when it hit its process limit; else `reason` unchanged.
+  std::string LimitReason(const Ended& e, const std::string& state, const std::string& reason) const {
+    const CgroupUsage& u = *e.usage;
+    if (u.oom_kills > 0 && state == "failed") {
+      std::string whose;
+      if (AtLimit(u, e.limits.memory_bytes, true)) {
+        whose = "its memory limit (" + MemoryText(e.limits.memory_bytes) + ") was reached";
+      } else if (container_group && AtLimit(container_group->Usage(), opt.memory_bytes, false)) {
+        whose = "the container's memory limit (sig.memory " + MemoryText(opt.memory_bytes) +
+                ") was reached";
+      } else {
+        whose = "the host ran out of memory";
+      }
+      return "oom_killed: " + whose + "; the kernel killed " + std::to_string(u.oom_kills) +
+             " process(es) (" + reason + ")";
+    }
+    if (u.pids_refused > 0) {
+      return "pids_limit: the step reached its limit of " + std::to_string(e.limits.pids) +
+             " processes and threads (" + std::to_string(u.pids_refused) + " forks refused); " +
+             reason;
+    }
+    return reason;
+  }
+
   Json BuildReport(const Ended& e) {
     std::string state, reason;
     if (!e.exit) {
@@ -1149,15 +1368,19 @@ struct Agent::Impl {
           break;
       }
     }
+    Json usage{{"wall_s", e.exit ? e.exit->wall_s : 0.0},
+               {"cpu_s", e.exit ? e.exit->cpu_s : 0.0},
+               {"max_rss_kb", e.exit ? e.exit->max_rss_kb : 0}};
+    if (e.exit && e.usage) {
+      ApplyCgroupUsage(e, &usage);
+      if (state == "failed" || state == "timed_out") reason = LimitReason(e, state, reason);
+    }
     Json report{{"attempt_id", e.a.attempt_id},
                 {"state", state},
                 {"exit_code", e.exit ? NullableInt(e.exit->exit_code) : Json(nullptr)},
                 {"signal", e.exit ? NullableInt(e.exit->signal) : Json(nullptr)},
                 {"reason", reason},
-                {"usage",
-                 {{"wall_s", e.exit ? e.exit->wall_s : 0.0},
-                  {"cpu_s", e.exit ? e.exit->cpu_s : 0.0},
-                  {"max_rss_kb", e.exit ? e.exit->max_rss_kb : 0}}},
+                {"usage", std::move(usage)},
                 {"finished_at", e.finished_at}};
     if (!e.started_at.empty()) report["started_at"] = e.started_at;
     if (e.exit && e.exit->log_reported) {
@@ -1410,6 +1633,18 @@ struct Agent::Impl {
     }
     bool sandboxed = isolation.sandbox == "namespaces";
     if (sandboxed) env["TMPDIR"] = "/tmp";  // the private one
+    std::unique_ptr<Cgroup> group;
+    CgroupLimits limits;
+    if (container_group) {
+      auto made = MakeAttemptGroup(a, &limits);
+      if (!made.ok()) {
+        EndWithoutRunning(std::move(a), Why::kNone, "limits: " + made.status().message(), true);
+        return;
+      }
+      group = std::move(*made);
+    }
+    std::vector<std::string> procs = group ? group->ProcsFiles() : std::vector<std::string>{};
+    std::optional<int> oom_score = shielded ? std::optional<int>(0) : std::nullopt;
     Result<std::unique_ptr<StepProcess>> child = Internal("not started");
     if (isolation.shim) {
       sandbox::SandboxSpec spec;
@@ -1425,21 +1660,26 @@ struct Agent::Impl {
       for (gid_t g : user.groups) spec.groups.push_back(static_cast<uint32_t>(g));
       spec.max_log_bytes = a.max_log_bytes;
       spec.tmp_bytes = opt.memory_bytes;  // no step needs more /tmp than its container has RAM
-      child = SpawnSandboxed(sandbox_path, spec, a.log_path);
+      child = SpawnSandboxed(sandbox_path, spec, a.log_path, procs, oom_score);
     } else {
       ProcessSpec spec;
       spec.argv = a.argv;
       spec.env = env;
       spec.working_dir = a.workspace;
       spec.log_path = a.log_path;
+      spec.cgroup_procs = procs;
+      spec.oom_score_adj = oom_score;
       child = SpawnDirect(spec);
     }
     if (!child.ok()) {
+      if (group) RemoveGroup(std::move(group));
       EndWithoutRunning(std::move(a), Why::kNone, "spawn failed: " + child.status().ToString(),
                         true);
       return;
     }
     Running r;
+    r.group = std::move(group);
+    r.limits = limits;
     r.child = std::move(*child);
     r.started_at = NowString();
     if (a.timeout_ms > 0) r.deadline = r.child->started() + milliseconds(a.timeout_ms);
@@ -1447,6 +1687,55 @@ struct Agent::Impl {
     r.a = std::move(a);
     std::string id = r.a.attempt_id;
     running.emplace(id, std::move(r));
+  }
+
+  // The attempt's cgroup under the container's, with its limits: CPU quota and memory
+  // as declared (never above the container's), the CPU weight of what was reserved,
+  // --max-pids, and, where the devices controller exists, the GPUs it was not given
+  // denied.
+  Result<std::unique_ptr<Cgroup>> MakeAttemptGroup(const Assignment& a, CgroupLimits* limits) {
+    ASSIGN_OR_RETURN(auto g, Cgroup::Create(cgroups, container_group.get(),
+                                            "a-" + EscapeAttemptId(a.attempt_id)));
+    CgroupLimits l;
+    if (a.cpu_limit_millis > 0) l.cpu_millis = std::min(a.cpu_limit_millis, opt.cpu_millis);
+    l.cpu_weight_millis = a.cpu_request_millis > 0 ? a.cpu_request_millis : 100;
+    if (a.memory_limit_bytes > 0) l.memory_bytes = std::min(a.memory_limit_bytes, opt.memory_bytes);
+    l.pids = opt.max_pids;
+    Status st = g->SetLimits(l);
+    if (st.ok() && cgroups.has("devices")) {
+      std::set<std::string> given(a.gpus.begin(), a.gpus.end());
+      std::vector<std::pair<int, int>> deny;
+      for (const auto& gpu : opt.gpu_inventory.gpus) {
+        if (given.count(std::to_string(gpu.index)) || given.count(gpu.uuid)) continue;
+        if (auto dev = NvidiaDeviceOf(gpu.pci_bus_id); dev.ok()) deny.push_back(*dev);
+      }
+      if (!deny.empty()) st = g->DenyDevices(deny);
+    }
+    if (!st.ok()) {
+      (void)g->Remove();
+      return st;
+    }
+    *limits = l;
+    return g;
+  }
+
+  // Kills what is left in an attempt's group and removes it; one that cannot be
+  // removed yet is retried on later ticks.
+  void RemoveGroup(std::unique_ptr<Cgroup> g) {
+    if (Status st = g->Remove(milliseconds(200)); !st.ok()) {
+      spdlog::warn("cgroup not removed yet: {}", st.message());
+      leftover_groups.push_back(std::move(g));
+    }
+  }
+
+  void RetryLeftoverGroups() {
+    for (auto it = leftover_groups.begin(); it != leftover_groups.end();) {
+      if ((*it)->Remove(milliseconds(0)).ok()) {
+        it = leftover_groups.erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
 
   void BeginKill(Running& r, Why why) {
@@ -1492,6 +1781,7 @@ struct Agent::Impl {
   // Reaps exited children and enforces timeouts and kill deadlines.
   void Tend() {
     auto now = SteadyClock::now();
+    if (!leftover_groups.empty()) RetryLeftoverGroups();
     for (auto it = running.begin(); it != running.end();) {
       Running& r = it->second;
       auto done = r.child->TryWait();
@@ -1507,6 +1797,12 @@ struct Agent::Impl {
       if (*done) {
         Ended e;
         e.exit = **done;
+        if (r.group) {
+          // The kernel's account first, then nothing of the attempt may outlive it.
+          e.usage = r.group->Usage();
+          e.limits = r.limits;
+          RemoveGroup(std::move(r.group));
+        }
         e.why = r.why;
         e.reason = r.why == Why::kShutdown ? shutdown_reason : "";
         e.started_at = r.started_at;
@@ -1587,6 +1883,17 @@ struct Agent::Impl {
     return code;
   }
 
+  // At exit: the attempts' groups, then the agent's and the container's (after moving
+  // out of them). Where that cannot be done (cgroup v2 gives no way back into a parent
+  // that has controllers enabled), the next agent's SweepStaleCgroups removes them.
+  void RemoveContainerGroups() {
+    if (!container_group) return;
+    RetryLeftoverGroups();
+    if (!MoveOut().ok()) return;
+    if (agent_group && agent_group->Remove(milliseconds(500)).ok()) agent_group.reset();
+    if (!agent_group && container_group->Remove(milliseconds(500)).ok()) container_group.reset();
+  }
+
   int RunAll() {
     std::thread poller([this] { PollThread(); });
     std::thread reporter([this] { ReportThread(); });
@@ -1605,6 +1912,7 @@ struct Agent::Impl {
       poll_cv.notify_all();
     }
     poller.join();
+    RemoveContainerGroups();
     spdlog::info("agent {} exits with code {}", opt.id, code);
     return code;
   }

@@ -6,7 +6,9 @@
 //   POST {master}/v1/containers/{id}/register
 //     {"backend","handle","host","pid","cpu_millis","memory_bytes","gpus":[...],
 //      "cuda":{"compiled","reason"},"epoch_seen","running":[attempt ids],
-//      "isolation":{"mode","run_as","sandbox","reason"}}
+//      "isolation":{"mode","run_as","sandbox","reason"},
+//      "enforcement":{"mode","mechanism","reason","cpu_millis","memory_bytes","max_pids",
+//                     "devices"}}
 //     -> {"epoch","lease_ms","poll_timeout_ms"}            (optional "release": true)
 //   POST {master}/v1/containers/{id}/poll
 //     {"epoch_seen","reports":[report...],"running":[attempt ids]}
@@ -23,14 +25,21 @@
 //
 // An assignment: {"attempt_id","run","step","attempt","argv","env","workspace",
 //   "outputs_dir","log_path","timeout_ms","gpus","inputs":[{"path","sha256"}],
-//   "tenant","run_as":"user[:group]","mounts":[{"path","read_only"}],"max_log_bytes"}.
+//   "tenant","run_as":"user[:group]","mounts":[{"path","read_only"}],"max_log_bytes",
+//   "resources":{"cpu_millis","memory_bytes"} (what the scheduler reserved: the CPU
+//   weight), "limits":{"cpu_millis","memory_bytes"} (what the kernel enforces; null:
+//   only the container's limit)}.
 //   The workspace must be <data-dir>/runs/<...>, outputs inside it, the log under
 //   <data-dir>/logs/; a mount is absolute, normalised, existing, and inside runs/ when
 //   it is inside the data dir at all. Anything else fails the attempt without running
 //   it ("invalid assignment: ...").
 // A report: {"attempt_id","state","exit_code","signal","reason","usage","metrics",
 //   "outputs","started_at","finished_at"} and, when the step ran through epoch-sandbox,
-//   "log_bytes", "log_dropped_bytes", "log_truncated".
+//   "log_bytes", "log_dropped_bytes", "log_truncated". With cgroups in force, "usage"
+//   has the kernel's figures ({"cpu_s","peak_memory_bytes","source":"cgroup1|cgroup2",
+//   "limits":{...},"oom_kills","pids_refused"}, wait4's CPU as "wait4_cpu_s"), and a
+//   failed attempt the OOM killer hit has reason "oom_killed: ..." (one that reached its
+//   pids limit, "pids_limit: ...").
 //
 // Steps run through epoch-sandbox (executors/sandbox/; the agent's --isolation): with
 // "namespaces" in force each sees the host read-only, its run's workspace and listed
@@ -91,6 +100,13 @@ struct AgentOptions {
   std::string sandbox_path;        // --sandbox-path; empty: epoch-sandbox next to this program
   std::string credential_file;     // --credential-file: the container's secret for the
                                    // container protocol (the backend wrote it, 0600)
+  // Limits in cgroups (executors/cgroup.h; README "Limits"): --enforce auto|required|off,
+  // --cgroup-root (empty: where the agent's own cgroups are), --max-pids per attempt.
+  // An Agent run in-process (tests) defaults to "off": "auto" would move the host
+  // process into the container's cgroup. ParseAgentFlags (epoch-agent) defaults to "auto".
+  std::string enforce = "off";
+  std::string cgroup_root;
+  int64_t max_pids = 4096;
   // The GPUs this container owns: main() fills it with gpu::DiscoverFromEnv (real and
   // probed, or EPOCH_FAKE_GPUS's simulated ones); none by default. Registered as
   // "gpus": [gpu::ToJson...] and "cuda": {"compiled", "reason"}. An assignment's "gpus"
@@ -125,8 +141,8 @@ class Agent {
   // Sets SIGPIPE to SIG_IGN for the whole process (cpp-httplib 0.11 writes to
   // sockets the peer may have closed).
   // kInvalidArgument for bad options, kInternal when the data dir is unusable,
-  // kFailedPrecondition when --isolation required cannot be met or the credential
-  // file cannot be read.
+  // kFailedPrecondition when --isolation required or --enforce required cannot be met,
+  // or the credential file cannot be read.
   Result<int> Run();
   // Asks Run() to stop (async-signal-safe).
   void Stop() { stop_.store(true); }

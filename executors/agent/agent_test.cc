@@ -107,6 +107,16 @@ TEST(AgentFlagsTest, ParsesAllFlags) {
   EXPECT_EQ(o->orphan_timeout, 60s);
   EXPECT_EQ(o->log_format, "json");
   EXPECT_EQ(o->log_level, "debug");
+  // Limits: epoch-agent enforces by default; the flags set each part.
+  EXPECT_EQ(o->enforce, "auto");
+  EXPECT_EQ(o->max_pids, 4096);
+  auto l = ParseAgentFlags({"--id", "c", "--master", "u", "--data-dir", "/d", "--cpu-millis", "1",
+                            "--memory-bytes", "1", "--enforce", "required", "--max-pids", "64",
+                            "--cgroup-root", "/sys/fs/cgroup"});
+  ASSERT_TRUE(l.ok()) << l.status().ToString();
+  EXPECT_EQ(l->enforce, "required");
+  EXPECT_EQ(l->max_pids, 64);
+  EXPECT_EQ(l->cgroup_root, "/sys/fs/cgroup");
 }
 
 TEST(AgentFlagsTest, RejectsBadFlags) {
@@ -124,6 +134,9 @@ TEST(AgentFlagsTest, RejectsBadFlags) {
   EXPECT_EQ(with({"--grace", "-1s"}), StatusCode::kInvalidArgument);
   EXPECT_EQ(with({"--log-format", "xml"}), StatusCode::kInvalidArgument);
   EXPECT_EQ(with({"--gpus"}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(with({"--enforce", "sometimes"}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(with({"--max-pids", "-1"}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(with({"--max-pids", "12x"}), StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseAgentFlags({"--id", "c"}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseAgentFlags({"--id", "a/b", "--master", "u", "--data-dir", "/d", "--cpu-millis",
                              "1", "--memory-bytes", "1"})
@@ -135,6 +148,49 @@ TEST(AgentFlagsTest, RejectsBadFlags) {
 TEST(AgentFlagsTest, EscapesAttemptIds) {
   EXPECT_EQ(EscapeAttemptId("r1/train/1"), "r1%2Ftrain%2F1");
   EXPECT_EQ(EscapeAttemptId("a-b_c.d"), "a-b_c%2Ed");
+}
+
+// What the agent registers about its limits when they cannot be enforced: "none" and
+// the reason with auto; with required it refuses to start, saying why. (Enforcement
+// itself moves the agent's process into cgroups: tests/containment_e2e_test.cc runs
+// real agents for that.)
+TEST(AgentTest, RegistersNoneWithTheReasonOrRefusesWhenLimitsCannotBeEnforced) {
+  TempDir tmp;
+  FakeMaster m;
+  std::string root = tmp.path() + "/not-cgroups";
+  ASSERT_TRUE(MakeDirs(root).ok());
+  {
+    AgentOptions o = Options(tmp, m);
+    o.enforce = "auto";
+    o.cgroup_root = root;
+    AgentRun agent(o);
+    ASSERT_TRUE(WaitFor([&] { return m.RegisterCount() >= 1; }));
+    Json reg = m.Get<Json>([](const FakeMaster& f) { return f.registers.front(); });
+    EXPECT_EQ(reg["enforcement"],
+              Json({{"mode", "auto"},
+                    {"mechanism", "none"},
+                    {"reason", root + " is neither a cgroup2 directory nor holds cgroup v1 "
+                                      "hierarchies"}}));
+  }
+  {
+    AgentOptions o = Options(tmp, m, "c-2");
+    ASSERT_EQ(o.enforce, "off");  // in-process agents never move their host process
+    AgentRun agent(o);
+    ASSERT_TRUE(WaitFor([&] { return m.RegisterCount() >= 2; }));
+    Json reg = m.Get<Json>([](const FakeMaster& f) { return f.registers.back(); });
+    EXPECT_EQ(reg["enforcement"],
+              Json({{"mode", "off"}, {"mechanism", "none"}, {"reason", "executor.enforce is off"}}));
+  }
+  AgentOptions o = Options(tmp, m, "c-3");
+  o.enforce = "required";
+  o.cgroup_root = root;
+  AgentRun agent(o);
+  ASSERT_TRUE(WaitFor([&] { return agent.done(); }));
+  EXPECT_EQ(agent.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(agent.status().message(),
+            "--enforce required, but limits cannot be enforced per attempt: " + root +
+                " is neither a cgroup2 directory nor holds cgroup v1 hierarchies");
+  EXPECT_EQ(m.RegisterCount(), 2u);  // c-3 never registered
 }
 
 TEST(AgentTest, RunsAttemptAndReportsUntilAcked) {
