@@ -150,6 +150,34 @@ TEST_F(ContainmentE2ETest, AnAttemptOverItsMemoryIsOomKilledAndItsNeighbourIsUnh
   EXPECT_NE(out.find("64Mi!/"), std::string::npos) << out;
 }
 
+// A step that declares no memory is bounded by its container's sig.memory: the kernel
+// kills the step (never the agent, which shields itself), the attempt says whose limit
+// it was, and the container lives on to run the next attempt.
+TEST_F(ContainmentE2ETest, TheContainersOwnLimitKillsAStepNotTheAgentAndSaysSo) {
+  auto d = Start({"sig.memory=256Mi"});
+  std::string run = d->RegisterAndSubmit(Json::parse(R"({"name": "big", "steps": [
+      {"name": "hog", "command": ["sh", "-c", "head -c 536870912 /dev/zero | tail > /dev/null"]}
+  ]})"));
+  Json r = d->WaitForRun(run, 120s);
+  EXPECT_EQ(r["state"], "failed") << r.dump(2);
+  const Json& a = Step(r, "hog")["attempts"][0];
+  std::string reason = a["reason"];
+  EXPECT_EQ(reason.rfind("oom_killed: the container's memory limit (sig.memory 256 MiB) was reached",
+                         0),
+            0u)
+      << reason;
+  EXPECT_TRUE(a["usage"]["limits"]["memory_bytes"].is_null()) << a.dump();
+  std::printf("hog without a declared limit: %s\n", reason.c_str());
+  // The agent survived: the same container runs the next attempt.
+  Json containers = Items(*d, "/v1/containers");
+  ASSERT_EQ(containers.size(), 1u);
+  EXPECT_EQ(containers[0]["state"], "registered");
+  std::string next = d->RegisterAndSubmit(
+      Json::parse(R"({"name": "small", "steps": [{"name": "a", "command": ["true"]}]})"));
+  EXPECT_EQ(d->WaitForRun(next, 60s)["state"], "succeeded");
+  EXPECT_EQ(Items(*d, "/v1/events?type=ContainerLost").size(), 0u);
+}
+
 TEST_F(ContainmentE2ETest, ACpuQuotaHoldsHalfACoreWhileACpu2NeighbourGetsItsShare) {
   auto d = Start();
   const char* busy =
