@@ -230,6 +230,14 @@ TEST_F(IsolationE2ETest, ContainersReportOnlyOnTheirOwnAttempts) {
     return Trimmed(ReadAll(data_ + "/containers/" + c + "/credential"));
   };
   ASSERT_FALSE(cred(other).empty());
+  // The other container must have registered (its agent may still be starting).
+  ASSERT_TRUE(WaitFor([&] {
+    Json items = d->Get("/v1/containers").json()["items"];  // (no range-for on a temporary)
+    for (const auto& c : items) {
+      if (c["id"] == other && c["state"] == "registered") return true;
+    }
+    return false;
+  }, std::chrono::milliseconds(30000))) << d->Get("/v1/containers").body;
   auto run_events = [&] { return d->Get("/v1/runs/" + run + "/events").json()["items"].size(); };
   size_t events = run_events();
   std::string forged = Json{{"epoch_seen", 0},

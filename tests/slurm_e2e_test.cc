@@ -155,6 +155,13 @@ TEST_F(SlurmTest, TheCoreWorkflowRunsInContainersThatAreSlurmJobs) {
     Json cs = Items(d, "/v1/containers");
     return !cs.empty() && cs[0].value("backend_state", "") == "RUNNING";
   }, 5000ms)) << Items(d, "/v1/containers").dump(2);
+  // The agent nests its cgroups inside the job's (this cluster's slurmd runs jobs
+  // without a cgroup plugin, so the job's cgroup is slurmd's, which root may write).
+  for (const auto& c : Items(d, "/v1/containers")) {
+    std::string mechanism = c["enforcement"].value("mechanism", "");
+    EXPECT_TRUE(mechanism == "cgroup1" || mechanism == "cgroup2") << c.dump();
+    EXPECT_EQ(c["enforcement"]["mode"], "auto") << c.dump();
+  }
 }
 
 TEST_F(SlurmTest, GpusGrantedBySlurmAreIsolatedPerAttempt) {
