@@ -927,14 +927,9 @@ Json AssignmentJson(const EngineConfig& cfg, const Run& run, const Attempt& a,
   // What the scheduler reserved, and what the kernel is to enforce: only what the
   // definition declared (null: the container's sig.cpu / sig.memory bound it).
   Json resources{{"cpu_millis", a.resources.cpu_millis}, {"memory_bytes", a.resources.memory_bytes}};
-  Json limits{{"cpu_millis", nullptr}, {"memory_bytes", nullptr}};
-  if (run.def) {
-    if (const workflows::Step* def = run.def->FindStep(step)) {
-      inputs = UpstreamInputs(run, *def, cfg);
-      if (def->resources.cpu_declared) limits["cpu_millis"] = a.resources.cpu_millis;
-      if (def->resources.memory_declared) limits["memory_bytes"] = a.resources.memory_bytes;
-    }
-  }
+  const workflows::Step* def = run.def ? run.def->FindStep(step) : nullptr;
+  if (def) inputs = UpstreamInputs(run, *def, cfg);
+  Json limits = AttemptLimitsJson(a, def);
   return Json{{"attempt_id", id},
               {"resources", std::move(resources)},
               {"limits", std::move(limits)},

@@ -374,6 +374,10 @@ class Engine {
 // compare a replayed state with the live one). With `state`, a queued attempt held
 // back by its tenant's GPU quota shows why in its "reason" (QuotaWaitReason).
 Json RunToJson(const Run& run, const EngineConfig& config, const State* state = nullptr);
+// What the kernel is to enforce for an attempt of step `def`: {"cpu_millis",
+// "memory_bytes"}, each the reserved figure where the definition declared it, else null
+// (the container's sig.cpu / sig.memory bound it). Sent in assignments, shown in runs.
+Json AttemptLimitsJson(const Attempt& a, const workflows::Step* def);
 Json ContainerToJson(const Container& c);
 // A data set or model version with its lineage (kind "dataset" or "model").
 Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool model);

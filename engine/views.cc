@@ -11,6 +11,12 @@ Json OptTime(const std::optional<TimePoint>& t) { return t ? Json(FormatTime(*t)
 Json TimeOrNull(TimePoint t) { return t == TimePoint{} ? Json() : Json(FormatTime(t)); }
 }  // namespace
 
+Json AttemptLimitsJson(const Attempt& a, const workflows::Step* def) {
+  return Json{{"cpu_millis", def && def->resources.cpu_declared ? Json(a.resources.cpu_millis) : Json()},
+              {"memory_bytes",
+               def && def->resources.memory_declared ? Json(a.resources.memory_bytes) : Json()}};
+}
+
 Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
   // GPUs the run's tenant holds, computed once and only when a quota applies.
   std::optional<int> tenant_held;
@@ -52,10 +58,7 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
            {{"cpu_millis", a.resources.cpu_millis},
             {"memory_bytes", a.resources.memory_bytes},
             {"gpus", a.resources.gpus},
-            {"limits",
-             {{"cpu_millis", def && def->resources.cpu_declared ? Json(a.resources.cpu_millis) : Json()},
-              {"memory_bytes",
-               def && def->resources.memory_declared ? Json(a.resources.memory_bytes) : Json()}}}}},
+            {"limits", AttemptLimitsJson(a, def)}}},
           {"argv", a.argv}});
       if (!a.log.empty()) attempts.back()["log"] = a.log;
       if (!a.cache_key.empty()) attempts.back()["cache_key"] = a.cache_key;

@@ -29,20 +29,6 @@ const std::vector<std::string> kV1Controllers = {"memory", "cpu", "cpuacct", "pi
 
 std::string Errno() { return std::strerror(errno); }
 
-// Writes `value` to a control file (one write(2), as the kernel wants it).
-Status WriteControl(const std::string& path, const std::string& value) {
-  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return Internal("open " + path + ": " + Errno());
-  ssize_t n;
-  do {
-    n = write(fd, value.data(), value.size());
-  } while (n < 0 && errno == EINTR);
-  int err = errno;
-  close(fd);
-  if (n < 0) return Internal("write '" + value + "' to " + path + ": " + std::strerror(err));
-  return Status::Ok();
-}
-
 std::string ReadControl(const std::string& path) {
   auto r = ReadFile(path, 1 << 20);
   return r.ok() ? *r : std::string();
@@ -298,6 +284,27 @@ CgroupHost TryV1(std::map<std::string, std::string> bases) {
 }
 
 }  // namespace
+
+Status WriteControl(const std::string& path, const std::string& value) {
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return Internal("open " + path + ": " + Errno());
+  ssize_t n;
+  do {
+    n = write(fd, value.data(), value.size());
+  } while (n < 0 && errno == EINTR);
+  int err = errno;
+  close(fd);
+  if (n < 0) return Internal("write '" + value + "' to " + path + ": " + std::strerror(err));
+  return Status::Ok();
+}
+
+Status MoveToBases(const CgroupHost& host, pid_t pid) {
+  std::set<std::string> done;
+  for (const auto& [c, base] : host.bases) {
+    if (done.insert(base).second) RETURN_IF_ERROR(WriteControl(base + "/cgroup.procs", std::to_string(pid)));
+  }
+  return Status::Ok();
+}
 
 std::string CgroupHost::Name() const {
   switch (version) {

