@@ -317,6 +317,10 @@ int main(int argc, char** argv) {
   eopts.min_free_bytes = config.min_free_bytes;
   eopts.watch_interval = config.watch_interval;
   eopts.allow_corrupt_history = allow_corrupt_history;
+  eopts.epoch_witness = [dir = config.data_dir]() -> uint64_t {
+    auto published = api::ReadPublishedLeader(dir);
+    return published.ok() ? published->epoch : 0;
+  };
   engine::EngineConfig& ec = eopts.config;
   ec.data_dir = config.data_dir;
   ec.backend = config.backend;
@@ -361,11 +365,8 @@ int main(int argc, char** argv) {
   }
 
   auto write_leader_json = [&] {
-    Json leader{{"address", config.advertise_url},
-                {"epoch", engine.epoch()},
-                {"node", config.master_name},
-                {"pid", getpid()}};
-    if (Status st = WriteFileDurably(config.data_dir + "/leader.json", leader.dump(), 0600);
+    if (Status st = api::PublishLeader(
+            config.data_dir, {config.advertise_url, engine.epoch(), config.master_name});
         !st.ok()) {
       spdlog::warn("writing leader.json: {}", st.ToString());
     }

@@ -7,6 +7,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/files.h"
+#include "common/json.h"
+
 namespace epoch::api {
 
 LeaderLock::~LeaderLock() { Release(); }
@@ -45,6 +48,23 @@ void LeaderLock::Release() {
     close(fd_);  // closing the descriptor drops the fcntl lock
     fd_ = -1;
   }
+}
+
+Result<PublishedLeader> ReadPublishedLeader(const std::string& data_dir) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(data_dir + "/leader.json", 1 << 16));
+  ASSIGN_OR_RETURN(Json j, ParseJson(text));
+  if (!j.is_object()) return InvalidArgument(data_dir + "/leader.json: not a JSON object");
+  PublishedLeader p;
+  if (auto a = j.find("address"); a != j.end() && a->is_string()) p.address = *a;
+  if (auto e = j.find("epoch"); e != j.end() && e->is_number_unsigned()) p.epoch = *e;
+  if (auto n = j.find("node"); n != j.end() && n->is_string()) p.node = *n;
+  return p;
+}
+
+Status PublishLeader(const std::string& data_dir, const PublishedLeader& leader) {
+  Json j{{"address", leader.address}, {"epoch", leader.epoch}, {"node", leader.node},
+         {"pid", getpid()}};
+  return WriteFileDurably(data_dir + "/leader.json", j.dump(), 0600);
 }
 
 }  // namespace epoch::api

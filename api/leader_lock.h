@@ -5,9 +5,15 @@
 // kernel drops it when the process dies, even by kill -9. Epoch never polls
 // RocksDB's own DB::Open lock: a failed open renames the live leader's LOG.
 //
+// leader.json, next to it, is where each new leader publishes itself (address,
+// epoch, node, pid), written durably after it took the epoch: agents find the
+// leader there, standbys redirect to it, and a leader checks a container's claim
+// of a newer epoch against it (EngineOptions::epoch_witness).
+//
 // Thread-safety: one owner.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "common/status.h"
@@ -34,5 +40,18 @@ class LeaderLock {
   int fd_ = -1;
   std::string path_;
 };
+
+struct PublishedLeader {
+  std::string address;
+  uint64_t epoch = 0;
+  std::string node;
+};
+
+// <data_dir>/leader.json as the last leader wrote it. Fields missing or of the
+// wrong type read as empty / 0; kNotFound when there is no file, kInvalidArgument
+// when it is not a JSON object.
+Result<PublishedLeader> ReadPublishedLeader(const std::string& data_dir);
+// Writes it durably (mode 0600), with this process's pid.
+Status PublishLeader(const std::string& data_dir, const PublishedLeader& leader);
 
 }  // namespace epoch::api

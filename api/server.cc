@@ -17,6 +17,7 @@
 
 #include "api/auth.h"
 #include "api/http_server.h"
+#include "api/leader_lock.h"
 #include "common/files.h"
 #include "common/sha256.h"
 
@@ -514,13 +515,9 @@ void ApiServer::Impl::Routes() {
 // Empty when that is this master itself (it is not leading) or unknown.
 std::string ApiServer::Impl::LeaderAddress() {
   const std::string& self = engine->options().advertise_url;
-  auto text = ReadFile(config.data_dir + "/leader.json", 1 << 16);
-  if (text.ok()) {
-    auto j = ParseJson(*text);
-    if (j.ok() && j->is_object() && (*j)["address"].is_string()) {
-      std::string a = (*j)["address"];
-      if (!a.empty() && a != self) return a;
-    }
+  if (auto published = ReadPublishedLeader(config.data_dir);
+      published.ok() && !published->address.empty() && published->address != self) {
+    return published->address;
   }
   std::string a = engine->Read([](const engine::State& s) { return s.leader_address; });
   return a != self ? a : "";

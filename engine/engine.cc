@@ -460,9 +460,18 @@ Status Engine::Lead() {
 Status Engine::ObserveEpoch(uint64_t seen) {
   if (corrupt_) return CorruptHistoryStatus();
   if (role_ != Role::kLeader || seen <= epoch_) return Status::Ok();
+  const uint64_t published = options_.epoch_witness ? options_.epoch_witness() : 0;
+  if (published <= epoch_) {
+    spdlog::warn("a container claims epoch {}, above this leader's {}, but no newer leader has "
+                 "published one (highest published: {}); claim refused",
+                 seen, epoch_.load(), published);
+    return Conflict("epoch_seen: " + std::to_string(seen) + " is above this leader's epoch " +
+                    std::to_string(epoch_.load()) + ", and no leader has published a higher one");
+  }
   StepDown("a container reports epoch " + std::to_string(seen) + ", above this leader's " +
-           std::to_string(epoch_.load()));
-  return Unavailable("this master was deposed by epoch " + std::to_string(seen));
+           std::to_string(epoch_.load()) + ", and a leader published epoch " +
+           std::to_string(published));
+  return Unavailable("this master was deposed by epoch " + std::to_string(published));
 }
 
 std::string Engine::deposed_reason() const {

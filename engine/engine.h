@@ -91,6 +91,13 @@ struct EngineOptions {
   Micros watch_interval = std::chrono::seconds(2);
   // Called once, from the thread that noticed, when this leader is deposed.
   std::function<void(const std::string& reason)> on_deposed;
+  // The highest epoch a leader has published where every master can read it
+  // (epochd: leader.json on the shared data dir). A container that claims to have
+  // seen an epoch above this leader's deposes it only when the witness confirms a
+  // newer leader; an unconfirmed claim is refused (kConflict), so a lying
+  // or confused container cannot take the control plane down. Unset: no claim is
+  // ever confirmed.
+  std::function<uint64_t()> epoch_witness;
   // Snapshots (snapshot.h): start from the latest one and replay only the events
   // after it; the leader writes one every `snapshot_every` events (0 = never), in
   // the background, from a copy of the published state.
@@ -244,8 +251,10 @@ class Engine {
   Role role() const { return role_.load(); }
   // Leader: stop leading now (role kDeposed, every command refused, on_deposed).
   void StepDown(const std::string& reason);
-  // An epoch seen elsewhere (an agent's epoch_seen): above ours means a newer
-  // leader exists, so this one steps down (kUnavailable). The API calls it first
+  // An epoch seen elsewhere (an agent's epoch_seen): above ours, and confirmed by
+  // options().epoch_witness, means a newer leader exists, so this one steps down
+  // (kUnavailable); unconfirmed, the claim is refused (kConflict naming
+  // epoch_seen) and nothing changes. The API calls it first
   // on every container poll: in corrupt-history mode it refuses the poll (a poll
   // is a write of the container protocol) with CorruptHistoryError.
   Status ObserveEpoch(uint64_t seen);

@@ -331,8 +331,40 @@ TEST_F(HaEngineTest, ADeposedLeaderCannotAppend) {
   old.Stop();
 }
 
+TEST_F(HaEngineTest, AContainersClaimOfAHigherEpochIsRefusedUntilALeaderPublishedOne) {
+  std::atomic<uint64_t> published{0};
+  EngineOptions o = Options("a");
+  o.epoch_witness = [&] { return published.load(); };
+  Engine leader(o, store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader.Start().ok());
+  ASSERT_TRUE(leader.Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
+  const uint64_t head = leader.Read([](const State& s) { return s.head; });
+  PollContainer p;
+  p.container = "c1";
+  p.epoch_seen = leader.epoch() + 3;
+  // Nobody published a newer epoch (or only this leader's own): the claim is refused.
+  for (uint64_t witnessed : {uint64_t{0}, leader.epoch()}) {
+    published = witnessed;
+    Status st = leader.ObserveEpoch(p.epoch_seen);
+    EXPECT_EQ(st.code(), StatusCode::kConflict) << st.ToString();
+    EXPECT_NE(st.message().find("epoch_seen"), std::string::npos) << st.message();
+    EXPECT_EQ(leader.Execute(p).status().code(), StatusCode::kConflict);
+    EXPECT_EQ(leader.role(), Role::kLeader);
+  }
+  EXPECT_EQ(leader.Read([](const State& s) { return s.head; }), head);  // nothing written
+  EXPECT_TRUE(leader.Execute(RegisterWorkflow{*ParseJson(kDef), "b"}).ok());
+  // A newer leader published itself: the same claim deposes this one.
+  published = leader.epoch() + 1;
+  EXPECT_EQ(leader.ObserveEpoch(p.epoch_seen).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(leader.role(), Role::kDeposed);
+  leader.Stop();
+}
+
 TEST_F(HaEngineTest, AContainerThatSawAHigherEpochDeposesTheLeader) {
-  StartEngine();
+  EngineOptions o = Options("a");
+  o.epoch_witness = [this] { return engine_->epoch() + 3; };  // a newer leader published
+  engine_ = std::make_unique<Engine>(o, store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(engine_->Start().ok());
   PollContainer p;
   p.container = "c1";
   p.epoch_seen = engine_->epoch() + 3;

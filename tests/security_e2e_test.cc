@@ -123,7 +123,11 @@ TEST_F(SecurityE2ETest, AuthMatrix) {
       {"POST", "/v1/runs", R"({"workflow": "cvwf"})", {401, 401, 401, 201, 403, 404, 403, 201}},
       {"POST", "/v1/containers/c99/register", "{}", {401, 401, 401, 401, 401, 401, 401, 401}},
       {"POST", "/v1/containers/c99/poll", "{}", {401, 401, 401, 401, 401, 401, 401, 401}},
-      // Only c1's own credential opens c1's endpoint; no user token does.
+      // Only c1's own credential opens c1's endpoint; no user token does. A claim of
+      // an epoch no leader published is refused (409) and deposes nobody: the next
+      // row is still answered by this leader.
+      {"POST", "/v1/containers/c1/poll", R"({"epoch_seen": 99})",
+       {401, 401, 409, 401, 401, 401, 401, 401}},
       {"POST", "/v1/containers/c1/poll", R"({"epoch_seen": 0})",
        {401, 401, 200, 401, 401, 401, 401, 401}},
   };
