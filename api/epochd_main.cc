@@ -365,8 +365,8 @@ int main(int argc, char** argv) {
   }
 
   auto write_leader_json = [&] {
-    if (Status st = api::PublishLeader(
-            config.data_dir, {config.advertise_url, engine.epoch(), config.master_name});
+    if (Status st = api::PublishLeader(config.data_dir,
+                                       {config.advertise_url, engine.epoch(), config.master_name});
         !st.ok()) {
       spdlog::warn("writing leader.json: {}", st.ToString());
     }

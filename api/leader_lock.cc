@@ -62,7 +62,9 @@ Result<PublishedLeader> ReadPublishedLeader(const std::string& data_dir) {
 }
 
 Status PublishLeader(const std::string& data_dir, const PublishedLeader& leader) {
-  Json j{{"address", leader.address}, {"epoch", leader.epoch}, {"node", leader.node},
+  Json j{{"address", leader.address},
+         {"epoch", leader.epoch},
+         {"node", leader.node},
          {"pid", getpid()}};
   return WriteFileDurably(data_dir + "/leader.json", j.dump(), 0600);
 }

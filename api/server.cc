@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "api/auth.h"
+#include "api/dto.h"
 #include "api/http_server.h"
 #include "api/leader_lock.h"
 #include "common/files.h"
@@ -1592,7 +1593,9 @@ void ApiServer::Impl::EventRoutes() {
 }
 
 void ApiServer::Impl::ContainerRoutes() {
-  Get("/v1/containers", Wrap("/v1/containers", [this](const Request& req, Response& res) {
+  Get("/v1/containers",
+      Wrap("/v1/containers",
+           [this](const Request& req, Response& res) {
              bool all = QueryBool(req, "all");
              Json items = Json::array();
              auto watched = engine->BackendStates();
@@ -1627,53 +1630,17 @@ void ApiServer::Impl::ContainerRoutes() {
              });
              WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
            }));
-  auto strings = [](const Json& j, const char* key, std::vector<std::string>* out) -> bool {
-    if (!j.contains(key)) return true;
-    if (!j[key].is_array()) return false;
-    for (const auto& v : j[key]) {
-      if (!v.is_string()) return false;
-      out->push_back(v);
-    }
-    return true;
-  };
   Post(R"(/v1/containers/([^/]+)/register)",
-            Wrap("/v1/containers/{id}/register", [this, strings](const Request& req, Response& res) {
+       Wrap("/v1/containers/{id}/register",
+            [this](const Request& req, Response& res) {
               HttpError err;
               auto body = ParseBody(req, &err);
               if (!body.ok()) return WriteError(res, err);
-              const Json& b = *body;
-              engine::RegisterContainer cmd;
-              cmd.container = req.matches[1];
-              cmd.backend = b.value("backend", "");
-              cmd.handle = b.value("handle", "");
-              cmd.host = b.value("host", "");
-              cmd.pid = b.value("pid", int64_t{0});
-              cmd.cpu_millis = b.value("cpu_millis", int64_t{0});
-              cmd.memory_bytes = b.value("memory_bytes", int64_t{0});
-              cmd.gpus = b.value("gpus", Json::array());
-              cmd.cuda = b.value("cuda", Json::object());
-              if (b.contains("isolation")) {
-                if (!b["isolation"].is_object() || b["isolation"].dump().size() > 4096) {
-                  return WriteError(res, {400, "malformed",
-                                          "isolation: must be an object (at most 4 KiB)", {}});
-                }
-                cmd.isolation = b["isolation"];
+              auto parsed = ParseRegisterBody(req.matches[1], *body);
+              if (!parsed.ok()) {
+                return WriteError(res, {400, "malformed", parsed.status().message(), {}});
               }
-              if (b.contains("enforcement")) {
-                if (!b["enforcement"].is_object() || b["enforcement"].dump().size() > 4096) {
-                  return WriteError(res, {400, "malformed",
-                                          "enforcement: must be an object (at most 4 KiB)", {}});
-                }
-                cmd.enforcement = b["enforcement"];
-              }
-              cmd.epoch_seen = b.value("epoch_seen", uint64_t{0});
-              if (!strings(b, "running", &cmd.running)) {
-                return WriteError(res, {400, "malformed", "running: must be an array of strings", {}});
-              }
-              if (cmd.cpu_millis <= 0 || cmd.memory_bytes <= 0) {
-                return WriteError(res, {400, "malformed",
-                                        "cpu_millis and memory_bytes must be positive", {}});
-              }
+              const engine::RegisterContainer& cmd = *parsed;
               auto r = engine->Execute(cmd);
               if (!r.ok()) return WriteError(res, ContainerError(r.status()));
               engine->Heartbeat(cmd.container);
@@ -1684,21 +1651,16 @@ void ApiServer::Impl::ContainerRoutes() {
                               engine->options().config.poll_timeout.count() / 1000}});
             }));
   Post(R"(/v1/containers/([^/]+)/poll)",
-            Wrap("/v1/containers/{id}/poll", [this, strings](const Request& req, Response& res) {
+       Wrap("/v1/containers/{id}/poll",
+            [this](const Request& req, Response& res) {
               HttpError err;
               auto body = ParseBody(req, &err);
               if (!body.ok()) return WriteError(res, err);
-              const Json& b = *body;
-              engine::PollContainer cmd;
-              cmd.container = req.matches[1];
-              cmd.epoch_seen = b.value("epoch_seen", uint64_t{0});
-              cmd.reports = b.value("reports", Json::array());
-              if (!cmd.reports.is_array()) {
-                return WriteError(res, {400, "malformed", "reports: must be an array", {}});
+              auto parsed = ParsePollBody(req.matches[1], *body);
+              if (!parsed.ok()) {
+                return WriteError(res, {400, "malformed", parsed.status().message(), {}});
               }
-              if (!strings(b, "running", &cmd.running)) {
-                return WriteError(res, {400, "malformed", "running: must be an array of strings", {}});
-              }
+              const engine::PollContainer& cmd = *parsed;
               if (Status st = engine->ObserveEpoch(cmd.epoch_seen); !st.ok()) {
                 return WriteError(res, FromStatus(st));
               }

@@ -214,10 +214,12 @@ int RunHistoryBench(int argc, char** argv) {
         p.container = c;
         p.epoch_seen = e.epoch();
         for (const auto& a : v.assignments) {
-          p.reports.push_back(Json{{"attempt_id", a["attempt_id"]},
-                                   {"state", "succeeded"},
-                                   {"exit_code", 0},
-                                   {"usage", Json{{"wall_ms", 1}}}});
+          engine::AttemptReport r;
+          r.attempt_id = a["attempt_id"];
+          r.state = engine::ReportedState::kSucceeded;
+          r.exit_code = 0;
+          r.usage = Json{{"wall_ms", 1}};
+          p.reports.push_back(std::move(r));
         }
         if (p.reports.empty()) {
           std::this_thread::sleep_for(std::chrono::milliseconds(1));

@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "common/json.h"
+#include "engine/report.h"
 
 namespace epoch::engine {
 
@@ -78,7 +79,7 @@ struct RegisterContainer {
 struct PollContainer {
   std::string container;
   uint64_t epoch_seen = 0;
-  Json reports = Json::array();
+  std::vector<AttemptReport> reports;  // parsed at the edge (report.h)
   std::vector<std::string> running;
 };
 

@@ -361,25 +361,25 @@ struct GangProgress {
 
 std::string MissingOutputs(const Run& run, const std::string& step, const Json& reported);
 
-// The report's log figures as {"bytes", "truncated"}, or null when it has none (or
-// they are not a count and a flag: an agent's word goes into the log only when typed).
-Json ReportedLog(const Json& report) {
-  auto count = [&](const char* k) {
-    return report.contains(k) && report[k].is_number_integer() && report[k].get<int64_t>() >= 0;
-  };
-  if (!count("log_bytes")) return Json();
-  bool truncated = report.contains("log_truncated") && report["log_truncated"].is_boolean() &&
-                   report["log_truncated"].get<bool>();
-  Json log{{"bytes", report["log_bytes"]}, {"truncated", truncated}};
-  if (count("log_dropped_bytes")) {
-    log["dropped_bytes"] = report["log_dropped_bytes"];
-  }
+// The report's log figures as the log records them ({"bytes", "truncated",
+// "dropped_bytes"?}), or null when it has none.
+Json LogJson(const AttemptReport& report) {
+  if (!report.log) return Json();
+  Json log{{"bytes", report.log->bytes}, {"truncated", report.log->truncated}};
+  if (report.log->dropped_bytes) log["dropped_bytes"] = *report.log->dropped_bytes;
   return log;
+}
+
+// exit_code, signal and (unless `skip_reason`) reason, where the report has them.
+void CopyExit(const AttemptReport& report, bool skip_reason, Json* out) {
+  if (report.exit_code) (*out)["exit_code"] = *report.exit_code;
+  if (report.signal) (*out)["signal"] = *report.signal;
+  if (report.reason && !skip_reason) (*out)["reason"] = *report.reason;
 }
 
 // A gang worker's report: the worker's own record, then the attempt's outcome
 // when this report decides it (all succeeded, or the first failure).
-void WorkerReportEvents(const State& state, const Container& c, const Json& report,
+void WorkerReportEvents(const State& state, const Container& c, const AttemptReport& report,
                         const std::string& run_id, const std::string& step, int n, int rank,
                         GangProgress* progress, std::vector<Event>* out) {
   const Run* run = state.FindRun(run_id);
@@ -388,21 +388,19 @@ void WorkerReportEvents(const State& state, const Container& c, const Json& repo
   if (!run || !a || rank >= static_cast<int>(a->ranks.size())) return;
   const Worker& w = a->ranks[static_cast<size_t>(rank)];
   if (w.container != c.id || (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled)) return;
-  std::string st = report.value("state", "failed");
-  Json usage = report.value("usage", Json::object());
+  const std::string st(Name(report.state));
+  const Json& usage = report.usage;
   if (w.phase == AttemptPhase::kAssigned && !IsTerminal(a->phase)) {
     out->push_back(RunEvent(*run, ev::kJobStarted,
                             Json{{"step", step}, {"attempt", n}, {"rank", rank},
                                  {"container", c.id}}, c.id));
   }
   Json rec{{"step", step}, {"attempt", n}, {"rank", rank}, {"state", st}, {"usage", usage}};
-  if (Json log = ReportedLog(report); !log.is_null()) rec["log"] = std::move(log);
-  for (const char* k : {"exit_code", "signal", "reason"}) {
-    if (report.contains(k) && !report[k].is_null()) rec[k] = report[k];
-  }
+  if (Json log = LogJson(report); !log.is_null()) rec["log"] = std::move(log);
+  CopyExit(report, false, &rec);
   if (rank == 0 && st == "succeeded") {  // rank 0 speaks for the attempt
-    rec["metrics"] = report.value("metrics", Json::object());
-    rec["outputs"] = report.value("outputs", Json::array());
+    rec["metrics"] = report.metrics;
+    rec["outputs"] = report.outputs;
     progress->rank0[attempt_id] = rec;
   }
   out->push_back(RunEvent(*run, ev::kJobWorkerFinished, rec, c.id));
@@ -437,10 +435,7 @@ void WorkerReportEvents(const State& state, const Container& c, const Json& repo
   }
   // One worker's failure fails the attempt; the dispatcher stops the others.
   progress->ended.insert(attempt_id);
-  std::string reason = "worker " + std::to_string(rank) + ": " +
-                       (report.contains("reason") && report["reason"].is_string()
-                            ? report["reason"].get<std::string>()
-                            : st);
+  std::string reason = "worker " + std::to_string(rank) + ": " + report.reason.value_or(st);
   Json data{{"step", step}, {"attempt", n}, {"reason", reason}, {"usage", usage}};
   if (st == "cancelled" && run->cancel_requested) {
     data["reason"] = "run cancelled";
@@ -476,9 +471,9 @@ std::string MissingOutputs(const Run& run, const std::string& step, const Json& 
   return missing;
 }
 
-void ReportEvents(const State& state, const Container& c, const Json& report,
+void ReportEvents(const State& state, const Container& c, const AttemptReport& report,
                   GangProgress* progress, std::vector<Event>* out) {
-  std::string id = report.value("attempt_id", "");
+  const std::string& id = report.attempt_id;
   std::string run_id, step;
   int n, rank;
   if (!ParseTaskId(id, &run_id, &step, &n, &rank)) return;
@@ -489,43 +484,37 @@ void ReportEvents(const State& state, const Container& c, const Json& report,
   const Run* run = state.FindRun(run_id);
   const Attempt* a = state.FindAttempt(id);
   if (!run || !a || IsTerminal(a->phase) || a->container != c.id) return;  // stale: ack, no-op
-  Json usage = report.value("usage", Json::object());
   if (a->phase == AttemptPhase::kAssigned) {
     out->push_back(RunEvent(*run, ev::kJobStarted,
                             Json{{"step", step}, {"attempt", n}, {"container", c.id}}, c.id));
   }
-  std::string st = report.value("state", "failed");
-  Json base{{"step", step}, {"attempt", n}, {"usage", usage}};
-  if (Json log = ReportedLog(report); !log.is_null()) base["log"] = std::move(log);
-  auto copy_opt = [&](const char* k) {
-    if (report.contains(k) && !report[k].is_null()) base[k] = report[k];
-  };
-  copy_opt("exit_code");
-  copy_opt("signal");
-  if (st != "succeeded") copy_opt("reason");
-  if (st == "succeeded" && report.contains("outputs_error") && report["outputs_error"].is_string()) {
+  const ReportedState st = report.state;
+  Json base{{"step", step}, {"attempt", n}, {"usage", report.usage}};
+  if (Json log = LogJson(report); !log.is_null()) base["log"] = std::move(log);
+  CopyExit(report, st == ReportedState::kSucceeded, &base);
+  if (st == ReportedState::kSucceeded && report.outputs_error) {
     // The agent could not read the outputs where they belong (the step replaced its
     // outputs folder): nothing it claims to have produced is taken.
-    base["reason"] = "outputs_error: " + report["outputs_error"].get<std::string>();
+    base["reason"] = "outputs_error: " + *report.outputs_error;
     out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
     return;
   }
-  if (st == "succeeded") {
+  if (st == ReportedState::kSucceeded) {
     // A declared output the attempt did not write fails it (retry policy applies).
-    std::string missing = MissingOutputs(*run, step, report.value("outputs", Json::array()));
+    std::string missing = MissingOutputs(*run, step, report.outputs);
     if (!missing.empty()) {
       base["reason"] = "missing_output: " + missing;
       out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
       return;
     }
-    base["metrics"] = report.value("metrics", Json::object());
-    base["outputs"] = report.value("outputs", Json::array());
-    if (report.contains("metrics_error")) base["metrics_error"] = report["metrics_error"];
+    base["metrics"] = report.metrics;
+    base["outputs"] = report.outputs;
+    if (report.metrics_error) base["metrics_error"] = *report.metrics_error;
     out->push_back(RunEvent(*run, ev::kJobSucceeded, std::move(base), c.id));
-  } else if (st == "timed_out") {
+  } else if (st == ReportedState::kTimedOut) {
     if (!base.contains("reason")) base["reason"] = "timeout";
     out->push_back(RunEvent(*run, ev::kJobTimedOut, std::move(base), c.id));
-  } else if (st == "cancelled") {
+  } else if (st == ReportedState::kCancelled) {
     if (!base.contains("reason")) base["reason"] = run->cancel_requested ? "run cancelled" : "cancelled";
     out->push_back(RunEvent(*run, ev::kJobCancelled, std::move(base), c.id));
   } else {
@@ -549,37 +538,27 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
   // A container reports only on what was placed on it: a report naming any other
   // attempt (another container's, or one that does not exist) refuses the whole poll,
   // so a forged report changes nothing.
-  if (cmd.reports.is_array()) {
-    for (const auto& r : cmd.reports) {
-      if (!r.is_object()) continue;
-      const Json& id_json = r.contains("attempt_id") ? r["attempt_id"] : Json();
-      std::string id = id_json.is_string() ? id_json.get<std::string>() : "";
-      const Attempt* ga = nullptr;
-      const Worker* w = state.FindWorker(id, &ga);
-      const Attempt* a = w ? nullptr : state.FindAttempt(id);
-      std::string holder = w ? w->container : a ? a->container : "";
-      if (holder != c.id) {
-        return PermissionDenied("container '" + c.id + "' reported on " +
-                                (id.empty() ? std::string("an attempt without an id")
-                                            : "attempt '" + id + "'") +
-                                ", which is not assigned to it");
-      }
+  for (const auto& r : cmd.reports) {
+    const std::string& id = r.attempt_id;
+    const Attempt* ga = nullptr;
+    const Worker* w = state.FindWorker(id, &ga);
+    const Attempt* a = w ? nullptr : state.FindAttempt(id);
+    std::string holder = w ? w->container : a ? a->container : "";
+    if (holder != c.id) {
+      return PermissionDenied(
+          "container '" + c.id + "' reported on " +
+          (id.empty() ? std::string("an attempt without an id") : "attempt '" + id + "'") +
+          ", which is not assigned to it");
     }
   }
   Decision d;
   d.result.id = c.id;
   std::set<std::string> reported;
   GangProgress progress;
-  if (cmd.reports.is_array()) {
-    for (const auto& r : cmd.reports) {
-      if (!r.is_object()) continue;
-      ReportEvents(state, c, r, &progress, &d.events);
-      std::string id = r.value("attempt_id", "");
-      if (!id.empty()) {
-        reported.insert(id);
-        d.result.ack.push_back(id);
-      }
-    }
+  for (const auto& r : cmd.reports) {
+    ReportEvents(state, c, r, &progress, &d.events);
+    reported.insert(r.attempt_id);
+    d.result.ack.push_back(r.attempt_id);
   }
   for (const auto& id : cmd.running) {
     if (reported.count(id)) continue;

@@ -13,6 +13,13 @@
 namespace epoch::engine {
 namespace {
 
+// Reports as the API edge parses them (engine/report.h).
+std::vector<AttemptReport> Reports(const Json& j) {
+  auto r = ParseAttemptReports(j);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? *r : std::vector<AttemptReport>{};
+}
+
 constexpr const char* kLifecycle = R"({
   "name": "life",
   "params": {"threshold": 0.5},
@@ -84,11 +91,11 @@ class DeciderTest : public ::testing::Test {
                                     Json metrics = Json::object(), int exit_code = 0) {
     PollContainer p;
     p.container = "c1";
-    p.reports = Json::array({Json{{"attempt_id", attempt},
-                                  {"state", st},
-                                  {"exit_code", exit_code},
-                                  {"metrics", metrics},
-                                  {"usage", Json{{"wall_s", 1.0}}}}});
+    p.reports = Reports(Json::array({Json{{"attempt_id", attempt},
+                                          {"state", st},
+                                          {"exit_code", exit_code},
+                                          {"metrics", metrics},
+                                          {"usage", Json{{"wall_s", 1.0}}}}}));
     Status s;
     auto evs = Do(p, &s);
     EXPECT_TRUE(s.ok()) << s.ToString();
@@ -191,10 +198,11 @@ TEST_F(DeciderTest, ADeclaredOutputThatWasNotWrittenFailsTheAttempt) {
   // Only metrics.json written: the attempt fails with missing_output, naming the file.
   PollContainer p;
   p.container = "c1";
-  p.reports = Json::array({Json{{"attempt_id", run + "/train/1"}, {"state", "succeeded"},
-                                {"exit_code", 0},
-                                {"outputs", Json::array({Json{{"name", "metrics.json"},
-                                                              {"size", 2}, {"sha256", "ab"}}})}}});
+  p.reports = Reports(Json::array({Json{
+      {"attempt_id", run + "/train/1"},
+      {"state", "succeeded"},
+      {"exit_code", 0},
+      {"outputs", Json::array({Json{{"name", "metrics.json"}, {"size", 2}, {"sha256", "ab"}}})}}}));
   Status st;
   auto evs = Do(p, &st);
   ASSERT_TRUE(st.ok()) << st.ToString();
@@ -212,12 +220,12 @@ TEST_F(DeciderTest, ADeclaredOutputThatWasNotWrittenFailsTheAttempt) {
   now_ += std::chrono::seconds(2);
   DoTick();
   ASSERT_EQ(R(run).steps[0].attempts.size(), 2u);
-  p.reports = Json::array({Json{{"attempt_id", run + "/train/2"}, {"state", "succeeded"},
-                                {"exit_code", 0},
-                                {"outputs", Json::array({Json{{"name", "model.bin"}, {"size", 9},
-                                                              {"sha256", "cd"}},
-                                                         Json{{"name", "metrics.json"},
-                                                              {"size", 2}, {"sha256", "ab"}}})}}});
+  p.reports = Reports(Json::array({Json{
+      {"attempt_id", run + "/train/2"},
+      {"state", "succeeded"},
+      {"exit_code", 0},
+      {"outputs", Json::array({Json{{"name", "model.bin"}, {"size", 9}, {"sha256", "cd"}},
+                               Json{{"name", "metrics.json"}, {"size", 2}, {"sha256", "ab"}}})}}}));
   evs = Do(p, &st);
   ASSERT_TRUE(st.ok()) << st.ToString();
   EXPECT_EQ(R(run).steps[0].phase, StepPhase::kSucceeded);
@@ -272,10 +280,12 @@ class CacheTest : public DeciderTest {
                                      Json metrics = Json::object()) {
     PollContainer p;
     p.container = "c1";
-    p.reports = Json::array({Json{{"attempt_id", attempt}, {"state", "succeeded"},
-                                  {"exit_code", 0}, {"metrics", metrics},
-                                  {"outputs", Json::array({Json{{"name", out}, {"size", size},
-                                                                {"sha256", sha}}})}}});
+    p.reports = Reports(Json::array(
+        {Json{{"attempt_id", attempt},
+              {"state", "succeeded"},
+              {"exit_code", 0},
+              {"metrics", metrics},
+              {"outputs", Json::array({Json{{"name", out}, {"size", size}, {"sha256", sha}}})}}}));
     Status st;
     auto evs = Do(p, &st);
     EXPECT_TRUE(st.ok()) << st.ToString();
@@ -446,7 +456,7 @@ TEST_F(CacheTest, OldEntriesAndVanishedOutputsMissAndTheSnapshotKeepsTheCache) {
             state_.FindRun(r2)->steps[0].attempts[0].cache_key);
   // And a replay of the events gives the same cache.
   State replay;
-  for (const auto& e : all_) Evolve(replay, e);
+  for (const auto& e : all_) ASSERT_TRUE(Evolve(replay, e).ok()) << e.type << " at " << e.position;
   EXPECT_EQ(StateDigestJson(replay)["cache"], StateDigestJson(state_)["cache"]);
 }
 
@@ -512,7 +522,7 @@ class SweepTest : public DeciderTest {
       r["metrics"] = Json{{"accuracy", accuracy}};
       r["outputs"] = Json::array({Json{{"name", "model"}, {"size", 4}, {"sha256", attempt}}});
     }
-    p.reports = Json::array({r});
+    p.reports = Reports(Json::array({r}));
     Status st;
     auto evs = Do(p, &st);
     EXPECT_TRUE(st.ok()) << st.ToString();
@@ -583,7 +593,7 @@ TEST_F(SweepTest, GridOfFourTrialsTwoAtATimeBestWinsAndAFailedTrialIsTolerated) 
   EXPECT_EQ(StateDigestJson(*decoded), StateDigestJson(state_));
   EXPECT_EQ(decoded->FindRun(run)->steps[0].attempts[2].metrics["accuracy"], 0.91);
   State replay;
-  for (const auto& e : all_) Evolve(replay, e);
+  for (const auto& e : all_) ASSERT_TRUE(Evolve(replay, e).ok()) << e.type << " at " << e.position;
   EXPECT_EQ(StateDigestJson(replay), StateDigestJson(state_));
 
   Finish(run + "/infer/1", true, 0);
@@ -616,8 +626,9 @@ TEST_F(SweepTest, CancelStopsEveryTrialAndQueuesNoMore) {
   EXPECT_EQ(R(run).phase, RunPhase::kRunning);  // waits for the running trials
   PollContainer done;
   done.container = "c1";
-  done.reports = Json::array({Json{{"attempt_id", run + "/train/1"}, {"state", "cancelled"}},
-                              Json{{"attempt_id", run + "/train/2"}, {"state", "cancelled"}}});
+  done.reports =
+      Reports(Json::array({Json{{"attempt_id", run + "/train/1"}, {"state", "cancelled"}},
+                           Json{{"attempt_id", run + "/train/2"}, {"state", "cancelled"}}}));
   Do(done, &st);
   EXPECT_EQ(R(run).phase, RunPhase::kCancelled);
   EXPECT_EQ(R(run).steps[0].attempts.size(), 2u);
@@ -652,8 +663,11 @@ TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation
   auto succeed = [&](const std::string& attempt, Json outputs, Json metrics = Json::object()) {
     PollContainer p;
     p.container = "c1";
-    p.reports = Json::array({Json{{"attempt_id", attempt}, {"state", "succeeded"},
-                                  {"exit_code", 0}, {"outputs", outputs}, {"metrics", metrics}}});
+    p.reports = Reports(Json::array({Json{{"attempt_id", attempt},
+                                          {"state", "succeeded"},
+                                          {"exit_code", 0},
+                                          {"outputs", outputs},
+                                          {"metrics", metrics}}}));
     Status st;
     auto evs = Do(p, &st);
     EXPECT_TRUE(st.ok()) << st.ToString();
@@ -696,7 +710,8 @@ TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation
 
   // Replay and a snapshot both keep the lineage.
   State replayed;
-  for (const auto& e : all_) Evolve(replayed, e);
+  for (const auto& e : all_)
+    ASSERT_TRUE(Evolve(replayed, e).ok()) << e.type << " at " << e.position;
   EXPECT_EQ(EncodeSnapshot(replayed), EncodeSnapshot(state_));
   auto decoded = DecodeSnapshot(EncodeSnapshot(state_));
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
@@ -847,7 +862,7 @@ TEST_F(DeciderTest, ReplayOfRecordedEventsGivesTheSameState) {
   now_ += std::chrono::seconds(3);
   DoTick();
   State replay;
-  for (const auto& e : all_) Evolve(replay, e);
+  for (const auto& e : all_) ASSERT_TRUE(Evolve(replay, e).ok()) << e.type << " at " << e.position;
   EXPECT_EQ(replay.head, all_.size());
   EXPECT_EQ(StateDigestJson(replay), StateDigestJson(state_));
   EXPECT_EQ(R(run).steps[1].attempts.size(), 2u);
@@ -1079,7 +1094,8 @@ TEST_F(ScalingTest, BurstGrowsThePoolInUnitsNoFasterThanTheInterval) {
       if (a && a->phase == AttemptPhase::kAssigned) {
         PollContainer p;
         p.container = a->container;
-        p.reports = Json::array({Json{{"attempt_id", id + "/a/1"}, {"state", "succeeded"}}});
+        p.reports =
+            Reports(Json::array({Json{{"attempt_id", id + "/a/1"}, {"state", "succeeded"}}}));
         Run(p);
         ++done;
       }
@@ -1153,7 +1169,7 @@ TEST_F(ScalingTest, PriorityMovesARunAhead) {
   // p0 holds the only GPU; when it finishes, the urgent run goes next, not p1.
   PollContainer p;
   p.container = "c1";
-  p.reports = Json::array({Json{{"attempt_id", "p0/a/1"}, {"state", "succeeded"}}});
+  p.reports = Reports(Json::array({Json{{"attempt_id", "p0/a/1"}, {"state", "succeeded"}}}));
   Run(p);
   EXPECT_EQ(s_.runs["urgent"].steps[0].Last()->phase, AttemptPhase::kAssigned);
   EXPECT_EQ(s_.runs["p1"].steps[0].Last()->phase, AttemptPhase::kQueued);
@@ -1182,7 +1198,7 @@ class GangTest : public ScalingTest {
   std::vector<RecordedEvent> Report(const std::string& container, Json reports) {
     PollContainer p;
     p.container = container;
-    p.reports = std::move(reports);
+    p.reports = Reports(std::move(reports));
     Status st;
     auto evs = Run(p, &st);
     EXPECT_TRUE(st.ok()) << st.ToString();
@@ -1381,8 +1397,9 @@ class QuotaTest : public ScalingTest {
     ASSERT_TRUE(a->phase == AttemptPhase::kAssigned) << run << " is " << Name(a->phase);
     PollContainer p;
     p.container = a->container;
-    p.reports = Json::array({Json{{"attempt_id", AttemptId(run, "a", a->number)},
-                                  {"state", "succeeded"}, {"exit_code", 0}}});
+    p.reports = Reports(Json::array({Json{{"attempt_id", AttemptId(run, "a", a->number)},
+                                          {"state", "succeeded"},
+                                          {"exit_code", 0}}}));
     Status st;
     Run(p, &st);
     ASSERT_TRUE(st.ok()) << st.ToString();
@@ -1614,8 +1631,10 @@ TEST_F(TenantTest, AReportForAnotherContainersAttemptIsRefusedAndWritesNothing) 
   // The other container forges a success for it: refused, nothing recorded.
   PollContainer forged;
   forged.container = other;
-  forged.reports = Json::array({Json{{"attempt_id", run + "/prep/1"}, {"state", "succeeded"},
-                                     {"exit_code", 0}, {"metrics", Json{{"accuracy", 0.999}}}}});
+  forged.reports = Reports(Json::array({Json{{"attempt_id", run + "/prep/1"},
+                                             {"state", "succeeded"},
+                                             {"exit_code", 0},
+                                             {"metrics", Json{{"accuracy", 0.999}}}}}));
   Status st;
   auto evs = Do(forged, &st);
   EXPECT_EQ(st.code(), StatusCode::kPermissionDenied) << st.ToString();
@@ -1624,12 +1643,12 @@ TEST_F(TenantTest, AReportForAnotherContainersAttemptIsRefusedAndWritesNothing) 
   EXPECT_TRUE(evs.empty());
   EXPECT_EQ(R(run).steps[0].attempts[0].phase, AttemptPhase::kAssigned);
   // An attempt that does not exist is not the container's either.
-  forged.reports[0]["attempt_id"] = run + "/prep/7";
+  forged.reports[0].attempt_id = run + "/prep/7";
   Do(forged, &st);
   EXPECT_EQ(st.code(), StatusCode::kPermissionDenied);
   // Its own container's report goes through.
   forged.container = prep.container;
-  forged.reports[0]["attempt_id"] = run + "/prep/1";
+  forged.reports[0].attempt_id = run + "/prep/1";
   Do(forged, &st);
   EXPECT_TRUE(st.ok()) << st.ToString();
   EXPECT_EQ(R(run).steps[0].phase, StepPhase::kSucceeded);
@@ -1702,13 +1721,16 @@ TEST_F(TenantTest, TheSameModelNameInTwoTenantsIsTwoModels) {
     std::string run = SubmitAs(tenant, text);
     PollContainer p;
     p.container = "c1";
-    p.reports = Json::array({Json{{"attempt_id", run + "/train/1"}, {"state", "succeeded"},
-                                  {"exit_code", 0},
-                                  {"outputs", Json::array({Json{{"name", "model.bin"},
-                                                                {"size", 5}, {"sha256", sha}}})}}});
+    p.reports = Reports(Json::array({Json{
+        {"attempt_id", run + "/train/1"},
+        {"state", "succeeded"},
+        {"exit_code", 0},
+        {"outputs", Json::array({Json{{"name", "model.bin"}, {"size", 5}, {"sha256", sha}}})}}}));
     Do(p);
-    p.reports = Json::array({Json{{"attempt_id", run + "/validate/1"}, {"state", "succeeded"},
-                                  {"exit_code", 0}, {"metrics", Json{{"accuracy", accuracy}}}}});
+    p.reports = Reports(Json::array({Json{{"attempt_id", run + "/validate/1"},
+                                          {"state", "succeeded"},
+                                          {"exit_code", 0},
+                                          {"metrics", Json{{"accuracy", accuracy}}}}}));
     Do(p);
     EXPECT_EQ(R(run).phase, RunPhase::kSucceeded);
     return run;
@@ -1738,7 +1760,8 @@ TEST_F(TenantTest, ModelVersionsNumberedWhenNamesWereGlobalReplayPerTenant) {
     e.type = type;
     e.data = std::move(data);
     e.time = now_;
-    Evolve(state_, e);
+    Status st = Evolve(state_, e);
+    ASSERT_TRUE(st.ok()) << st.ToString();
   };
   Json def = *ParseJson(R"({"name":"w","steps":[{"name":"train","kind":"train","command":["t"]}]})");
   ev("workflow-w", "WorkflowRegistered", Json{{"name", "w"}, {"version", 1}, {"definition", def}});
@@ -1889,21 +1912,31 @@ TEST_F(TenantTest, AWorkflowOfMoreStepsThanApiMaxStepsIsRefusedUnparsed) {
 TEST_F(TenantTest, TheAgentsLogFiguresAreRecordedAndUnreadableOutputsFailTheAttempt) {
   StartContainer();
   std::string run = Submit();
-  // Figures of the wrong type are not recorded.
+  // Figures of the wrong type are never recorded: the report is refused at the edge
+  // (the API answers 400 naming the field), so the decider never sees it.
+  auto refused = ParseAttemptReports(Json::array({Json{{"attempt_id", run + "/prep/1"},
+                                                       {"state", "succeeded"},
+                                                       {"exit_code", 0},
+                                                       {"log_bytes", "lots"}}}));
+  EXPECT_EQ(refused.status().message(), "reports[0].log_bytes: must be a non-negative integer");
   PollContainer p;
   p.container = "c1";
-  p.reports = Json::array({Json{{"attempt_id", run + "/prep/1"}, {"state", "succeeded"},
-                                {"exit_code", 0}, {"log_bytes", "lots"}}});
+  p.reports = Reports(Json::array(
+      {Json{{"attempt_id", run + "/prep/1"}, {"state", "succeeded"}, {"exit_code", 0}}}));
   Status st;
   Do(p, &st);
   ASSERT_TRUE(st.ok()) << st.ToString();
   EXPECT_TRUE(R(run).steps[0].attempts[0].log.empty());
   EXPECT_EQ(R(run).steps[0].phase, StepPhase::kSucceeded);
-  p.reports = Json::array({Json{{"attempt_id", run + "/train/1"}, {"state", "succeeded"},
-                                {"exit_code", 0}, {"log_bytes", 1024},
-                                {"log_dropped_bytes", 5000}, {"log_truncated", true},
+  p.reports =
+      Reports(Json::array({Json{{"attempt_id", run + "/train/1"},
+                                {"state", "succeeded"},
+                                {"exit_code", 0},
+                                {"log_bytes", 1024},
+                                {"log_dropped_bytes", 5000},
+                                {"log_truncated", true},
                                 {"outputs_error", "the outputs folder is not a folder of its own"},
-                                {"metrics", Json{{"accuracy", 1.0}}}}});
+                                {"metrics", Json{{"accuracy", 1.0}}}}}));
   Do(p, &st);
   ASSERT_TRUE(st.ok()) << st.ToString();
   const Attempt& a = R(run).steps[1].attempts[0];

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
+
 #include <algorithm>
 #include <limits>
 #include <set>
@@ -14,7 +16,9 @@ namespace epoch::engine {
 namespace {
 constexpr size_t kReplayPage = 4096;
 
-RecordedEvent FromEnvelope(const storage::Envelope& env) {
+// A stored event as evolve reads it. Nothing is guessed: a time or data that
+// does not parse is kCorruption naming the position and the field.
+Result<RecordedEvent> FromEnvelope(const storage::Envelope& env) {
   RecordedEvent r;
   r.position = env.position;
   r.stream = env.stream;
@@ -22,10 +26,27 @@ RecordedEvent FromEnvelope(const storage::Envelope& env) {
   r.actor = env.actor;
   r.epoch = env.epoch;
   auto t = ParseTime(env.time);
-  r.time = t.ok() ? *t : TimePoint{};
+  if (!t.ok()) {
+    return Corruption("event " + std::to_string(env.position) + " (" + env.type +
+                      "): field time: " + t.status().message());
+  }
+  r.time = *t;
   auto j = ParseJson(env.data, 256);
-  r.data = j.ok() ? std::move(*j) : Json::object();
+  if (!j.ok()) {
+    return Corruption("event " + std::to_string(env.position) + " (" + env.type +
+                      "): field data: " + j.status().message());
+  }
+  r.data = std::move(*j);
   return r;
+}
+// Evolves with an event that already evolved another copy of the same state
+// without error (published_ follows working_): failing here is a bug.
+void EvolveKnownGood(State& s, const RecordedEvent& r) {
+  if (Status st = Evolve(s, r); !st.ok()) {
+    spdlog::critical("event {} evolved one copy of the state but not another: {}", r.position,
+                     st.ToString());
+    std::abort();
+  }
 }
 }  // namespace
 
@@ -112,9 +133,10 @@ Status Engine::ApplyFromStore(bool mirror, uint64_t* count, uint64_t upto) {
     std::vector<RecordedEvent> recorded;
     recorded.reserve(page.size());
     for (const auto& env : page) {
-      recorded.push_back(FromEnvelope(env));
+      ASSIGN_OR_RETURN(RecordedEvent r, FromEnvelope(env));
+      recorded.push_back(std::move(r));
       try {
-        Evolve(working_, recorded.back());
+        RETURN_IF_ERROR(Evolve(working_, recorded.back()));
       } catch (const Json::exception& e) {
         return Corruption("applying event " + std::to_string(env.position) + " (" + env.type +
                           "): " + e.what());
@@ -127,7 +149,7 @@ Status Engine::ApplyFromStore(bool mirror, uint64_t* count, uint64_t upto) {
     }
     if (mirror) {
       std::unique_lock lock(published_mu_);
-      for (const auto& r : recorded) Evolve(published_, r);
+      for (const auto& r : recorded) EvolveKnownGood(published_, r);
     }
   }
 }
@@ -418,10 +440,10 @@ Status Engine::Lead() {
   ASSIGN_OR_RETURN(auto res, store_->Append(std::move(batch)));
   RecordedEvent le{res.first_position, std::string(kMasterStream),
                    std::string(ev::kLeaderElected), data, "system", now, epoch_};
-  Evolve(working_, le);
+  EvolveKnownGood(working_, le);
   {
     std::unique_lock lock(published_mu_);  // in step with working_ (see callers)
-    Evolve(published_, le);
+    EvolveKnownGood(published_, le);
   }
   {
     std::lock_guard<std::mutex> lock(change_mu_);
@@ -462,9 +484,10 @@ Status Engine::ObserveEpoch(uint64_t seen) {
   if (role_ != Role::kLeader || seen <= epoch_) return Status::Ok();
   const uint64_t published = options_.epoch_witness ? options_.epoch_witness() : 0;
   if (published <= epoch_) {
-    spdlog::warn("a container claims epoch {}, above this leader's {}, but no newer leader has "
-                 "published one (highest published: {}); claim refused",
-                 seen, epoch_.load(), published);
+    spdlog::warn(
+        "a container claims epoch {}, above this leader's {}, but no newer leader has "
+        "published one (highest published: {}); claim refused",
+        seen, epoch_.load(), published);
     return Conflict("epoch_seen: " + std::to_string(seen) + " is above this leader's epoch " +
                     std::to_string(epoch_.load()) + ", and no leader has published a higher one");
   }
@@ -773,7 +796,7 @@ void Engine::WriterLoop() {
       stats_.events_appended += recorded.size();
       {
         std::unique_lock lock(published_mu_);
-        for (const auto& r : recorded) Evolve(published_, r);
+        for (const auto& r : recorded) EvolveKnownGood(published_, r);
       }
       // After publishing: the snapshot thread copies the published state, which must
       // hold the group that made the snapshot due (before, it could copy the state of

@@ -11,6 +11,13 @@
 namespace epoch::engine {
 namespace {
 
+// Reports as the API edge parses them (engine/report.h).
+std::vector<AttemptReport> Reports(const Json& j) {
+  auto r = ParseAttemptReports(j);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? *r : std::vector<AttemptReport>{};
+}
+
 class RecordingBackend : public ContainerBackend {
  public:
   std::string Name() const override { return "recording"; }
@@ -157,7 +164,8 @@ TEST_F(EngineTest, RestartReplaysToTheSameState) {
   }
   PollContainer p;
   p.container = "c1";
-  p.reports = Json::array({Json{{"attempt_id", "r0/a/1"}, {"state", "succeeded"}, {"exit_code", 0}}});
+  p.reports = Reports(
+      Json::array({Json{{"attempt_id", "r0/a/1"}, {"state", "succeeded"}, {"exit_code", 0}}}));
   auto pr = engine_->Execute(p);
   ASSERT_TRUE(pr.ok()) << pr.status().ToString();
   EXPECT_EQ(pr->ack, std::vector<std::string>{"r0/a/1"});
@@ -374,6 +382,87 @@ TEST_F(HaEngineTest, AContainerThatSawAHigherEpochDeposesTheLeader) {
   EXPECT_NE(engine_->deposed_reason().find("epoch"), std::string::npos);
   EXPECT_EQ(engine_->Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).status().code(),
             StatusCode::kUnavailable);
+}
+
+// Replay takes the log as facts: a definition registered under earlier rules is
+// rebuilt as stored, and what cannot be applied stops the start, named.
+class ReplayFactsTest : public EngineTest {
+ protected:
+  void AppendRaw(const std::string& stream, const std::string& type, const Json& data,
+                 const std::string& time = "2026-01-02T03:04:05.000000Z") {
+    storage::AppendBatch b;
+    b.time = time;
+    b.epoch = 1;
+    b.appends.push_back({stream, storage::kAnyVersion, {{type, 1, "test", data.dump()}}});
+    auto r = store_->Append(std::move(b));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+  Status StartOnStore() {
+    EngineOptions o;
+    o.config.data_dir = dir_;
+    o.start_pool = false;
+    engine_ = std::make_unique<Engine>(o, store_.get(), &backend_, &clock_);
+    return engine_->Start();
+  }
+};
+
+TEST_F(ReplayFactsTest, ADefinitionTodaysRulesRejectStillReplaysWithItsRuns) {
+  // Written by a version that allowed a top-level "owner" field and EPOCH_* variables.
+  Json def = *ParseJson(R"({"name": "old", "owner": "team-a",
+      "steps": [{"name": "a", "command": ["true"], "env": {"EPOCH_LEGACY": "1"}},
+                {"name": "b", "command": ["true"], "after": ["a"]}]})");
+  ASSERT_FALSE(workflows::ParseDefinition(def).ok());  // registration refuses it today
+  AppendRaw("workflow-old", "WorkflowRegistered",
+            Json{{"name", "old"}, {"version", 1}, {"definition", def}, {"tenant", "default"}});
+  AppendRaw("run-r1", "RunSubmitted",
+            Json{{"run", "r1"}, {"workflow", "old"}, {"version", 1}, {"tenant", "default"}});
+  Status st = StartOnStore();
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  engine_->Read([](const State& s) {
+    const engine::Run* r = s.FindRun("r1");
+    EXPECT_NE(r, nullptr);
+    if (!r) return 0;
+    EXPECT_EQ(r->workflow, "old");
+    EXPECT_EQ(r->steps.size(), 2u);
+    EXPECT_EQ(s.workflows.at("old").size(), 1u);
+    return 0;
+  });
+}
+
+TEST_F(ReplayFactsTest, ARunOfAWorkflowNeverRegisteredStopsReplayNamingTheField) {
+  AppendRaw("run-r1", "RunSubmitted", Json{{"run", "r1"}, {"workflow", "ghost"}, {"version", 1}});
+  Status st = StartOnStore();
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_NE(st.message().find("event 1 (RunSubmitted): field workflow"), std::string::npos)
+      << st.message();
+}
+
+TEST_F(ReplayFactsTest, ADefinitionThatCannotRunStopsReplayNamingTheField) {
+  Json cyclic = *ParseJson(R"({"name": "loop", "steps": [
+      {"name": "a", "command": ["true"], "after": ["b"]},
+      {"name": "b", "command": ["true"], "after": ["a"]}]})");
+  AppendRaw("workflow-loop", "WorkflowRegistered",
+            Json{{"name", "loop"}, {"version", 1}, {"definition", cyclic}});
+  Status st = StartOnStore();
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_NE(st.message().find("event 1 (WorkflowRegistered): field definition"), std::string::npos)
+      << st.message();
+}
+
+TEST_F(ReplayFactsTest, ABadTimeOrDataIsNeverGuessed) {
+  AppendRaw("master", "LeaderElected", Json{{"epoch", 1}, {"node", "a"}}, "yesterday-ish");
+  Status st = StartOnStore();
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_NE(st.message().find("event 1 (LeaderElected): field time"), std::string::npos)
+      << st.message();
+}
+
+TEST_F(ReplayFactsTest, DataThatIsNotAnObjectIsNeverGuessed) {
+  AppendRaw("master", "LeaderElected", Json::array({1, 2}));
+  Status st = StartOnStore();
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_NE(st.message().find("event 1 (LeaderElected): field data"), std::string::npos)
+      << st.message();
 }
 
 TEST_F(HaEngineTest, RestartLoadsTheLatestSnapshotAndReplaysOnlyTheTail) {

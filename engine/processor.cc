@@ -1,5 +1,9 @@
 #include "engine/processor.h"
 
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
+
 namespace epoch::engine {
 
 void Processor::Record(std::vector<Event> events) {
@@ -12,7 +16,13 @@ void Processor::Record(std::vector<Event> events) {
     r.actor = std::move(e.actor);
     r.time = ctx_.now;
     r.epoch = epoch_;
-    Evolve(*state_, r);
+    // Decided events evolve exactly as replay will evolve them. One that cannot be
+    // applied is a decider bug; it is not durable yet, and writing it would make
+    // every later replay stop at it, so nothing may go on from here.
+    if (Status st = Evolve(*state_, r); !st.ok()) {
+      spdlog::critical("a decided {} event cannot be applied: {}", r.type, st.ToString());
+      std::abort();
+    }
     if (r.stream.rfind("run-", 0) == 0) touched_.insert(r.stream.substr(4));
     recorded_.push_back(std::move(r));
   }

@@ -41,7 +41,10 @@ std::vector<RecordedEvent> ReadHistory(const std::string& name) {
 }
 
 State Replay(const std::vector<RecordedEvent>& events, size_t from, size_t to, State s = {}) {
-  for (size_t i = from; i < to; ++i) Evolve(s, events[i]);
+  for (size_t i = from; i < to; ++i) {
+    Status st = Evolve(s, events[i]);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+  }
   return s;
 }
 
@@ -287,13 +290,15 @@ class DecidedStateTest : public ::testing::Test {
                               const std::string& state, int exit_code) {
     PollContainer p;
     p.container = container;
-    p.reports = Json::array({Json{{"attempt_id", attempt},
-                                  {"state", state},
-                                  {"exit_code", exit_code},
-                                  {"metrics", Json{{"loss", 0.25}}},
-                                  {"usage", Json{{"wall_s", 1.5}}},
-                                  {"log_bytes", 1234},
-                                  {"log_truncated", true}}});
+    auto reports = ParseAttemptReports(Json::array({Json{{"attempt_id", attempt},
+                                                         {"state", state},
+                                                         {"exit_code", exit_code},
+                                                         {"metrics", Json{{"loss", 0.25}}},
+                                                         {"usage", Json{{"wall_s", 1.5}}},
+                                                         {"log_bytes", 1234},
+                                                         {"log_truncated", true}}}));
+    EXPECT_TRUE(reports.ok()) << reports.status().ToString();
+    if (reports.ok()) p.reports = std::move(*reports);
     return p;
   }
 
@@ -305,7 +310,7 @@ class DecidedStateTest : public ::testing::Test {
     leader.data = Json{{"epoch", 3}, {"node", "m2"}, {"address", "http://10.0.0.2:30745"}};
     leader.time = now_;
     leader.epoch = 3;
-    Evolve(s_, leader);
+    ASSERT_TRUE(Evolve(s_, leader).ok());
     Tick(s_, now_, cfg_, &mint_);
     Register("c1");
     Register("c2");
@@ -324,7 +329,7 @@ class DecidedStateTest : public ::testing::Test {
                    {"tenant", "acme"}};
     wf.time = now_;
     wf.epoch = 3;
-    Evolve(s_, wf);
+    ASSERT_TRUE(Evolve(s_, wf).ok());
 
     Submit("life", "r1", 0, "key-r1");
     Submit("life", "r2");

@@ -172,6 +172,13 @@ const Attempt* State::FindAttempt(std::string_view attempt_id) const {
 
 namespace {
 
+// A fact in the log that cannot be applied: replay stops there (kCorruption)
+// rather than guess or drop it.
+Status Corrupt(const RecordedEvent& e, std::string_view field, const std::string& problem) {
+  return Corruption("event " + std::to_string(e.position) + " (" + e.type + "): field " +
+                    std::string(field) + ": " + problem);
+}
+
 TimePoint TimeField(const Json& d, const char* key, TimePoint fallback) {
   if (d.contains(key) && d[key].is_string()) {
     auto t = ParseTime(d[key].get<std::string>());
@@ -292,7 +299,7 @@ Attempt AttemptFromEvent(const Json& d) {
   return a;
 }
 
-void EvolveRunEvent(State& s, const RecordedEvent& e) {
+Status EvolveRunEvent(State& s, const RecordedEvent& e) {
   const Json& d = e.data;
   const std::string& type = e.type;
   if (type == ev::kRunSubmitted) {
@@ -301,10 +308,11 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     run.workflow = d.value("workflow", "");
     run.version = d.value("version", 0);
     const WorkflowVersion* wf = s.FindWorkflow(run.workflow, run.version);
-    if (run.id.empty() || !wf) {
-      spdlog::warn("replay: RunSubmitted at {} names unknown workflow {}@{}", e.position,
-                   run.workflow, run.version);
-      return;
+    if (run.id.empty()) return Corrupt(e, "run", "missing or empty");
+    if (!wf) {
+      return Corrupt(e, "workflow",
+                     "names " + run.workflow + " version " + std::to_string(run.version) +
+                         ", which no WorkflowRegistered before it registers");
     }
     run.def = wf->def;
     run.digest = d.value("digest", wf->digest);
@@ -325,11 +333,11 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     run.request_digest = d.value("request_digest", "");
     s.runs_by_seq[run.seq] = run.id;
     s.runs[run.id] = std::move(run);
-    return;
+    return Status::Ok();
   }
   if (type == ev::kDatasetVersionRegistered || type == ev::kModelVersionRegistered) {
     Run* r = s.FindRun(e.stream.substr(4));
-    if (!r) return;
+    if (!r) return Status::Ok();
     bool model = type == ev::kModelVersionRegistered;
     auto& versions = (model ? s.models : s.datasets)[ArtifactKey(r->tenant, d.value("name", ""))];
     int version = d.value("version", 0);
@@ -363,11 +371,11 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
       versions.push_back(std::move(v));
     }
     (model ? r->models : r->datasets)[step] = {d.value("name", ""), version};
-    return;
+    return Status::Ok();
   }
   if (type == ev::kModelVersionValidated) {
     Run* r = s.FindRun(e.stream.substr(4));
-    if (!r) return;
+    if (!r) return Status::Ok();
     std::string name = d.value("name", "");
     auto it = s.models.find(ArtifactKey(r->tenant, name));
     int version = d.value("version", 0);
@@ -378,7 +386,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     }
     if (!r || it == s.models.end() || version < 1 ||
         version > static_cast<int>(it->second.size())) {
-      return;
+      return Status::Ok();
     }
     ArtifactVersion& v = it->second[static_cast<size_t>(version - 1)];
     Json metrics = d.value("metrics", Json::object());
@@ -387,10 +395,10 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     }
     v.validated_by.push_back(Json{{"run", r->id}, {"step", d.value("step", "")}});
     r->validated.insert(d.value("step", ""));
-    return;
+    return Status::Ok();
   }
   Target t = Resolve(s, e);
-  if (!t.run) return;
+  if (!t.run) return Status::Ok();
   Run& run = *t.run;
   if (type == ev::kStepReady) {
     if (t.step) t.step->phase = StepPhase::kQueued;
@@ -400,9 +408,9 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
       t.step->reason = d.value("reason", "");
     }
   } else if (type == ev::kJobQueued) {
-    if (!t.step) return;
+    if (!t.step) return Status::Ok();
     Attempt a = AttemptFromEvent(d);
-    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return;
+    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return Status::Ok();
     a.timeout_ms = d.value("timeout_ms", int64_t{0});
     a.workers = d.value("workers", 1);
     if (auto m = d.find("mounts"); m != d.end() && m->is_array()) a.mounts = *m;
@@ -418,7 +426,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     t.step->next_attempt = a.number + 1;
     s.queue[{-run.priority, a.queue_seq}] = AttemptId(run.id, t.step->name, a.number);
   } else if (type == ev::kJobAssigned) {
-    if (!t.attempt || t.attempt->phase != AttemptPhase::kQueued) return;
+    if (!t.attempt || t.attempt->phase != AttemptPhase::kQueued) return Status::Ok();
     Attempt& a = *t.attempt;
     RemoveFromQueue(s, t.attempt_id, run, a);
     a.phase = AttemptPhase::kAssigned;
@@ -449,23 +457,23 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
       Reserve(s, a.container, t.attempt_id, a.resources, a.gpus);
     }
   } else if (type == ev::kJobStarted) {
-    if (!t.attempt) return;
+    if (!t.attempt) return Status::Ok();
     if (d.contains("rank")) {
       int rank = d.value("rank", -1);
-      if (rank < 0 || rank >= static_cast<int>(t.attempt->ranks.size())) return;
+      if (rank < 0 || rank >= static_cast<int>(t.attempt->ranks.size())) return Status::Ok();
       Worker& w = t.attempt->ranks[static_cast<size_t>(rank)];
-      if (w.phase != AttemptPhase::kAssigned) return;
+      if (w.phase != AttemptPhase::kAssigned) return Status::Ok();
       w.phase = AttemptPhase::kRunning;
       w.started_at = e.time;
     }
-    if (t.attempt->phase != AttemptPhase::kAssigned) return;
+    if (t.attempt->phase != AttemptPhase::kAssigned) return Status::Ok();
     t.attempt->phase = AttemptPhase::kRunning;
     t.attempt->started_at = e.time;
     t.step->phase = StepPhase::kRunning;
     if (!run.started_at) run.started_at = e.time;
     if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
   } else if (type == ev::kJobSucceeded) {
-    if (!t.attempt || IsTerminal(t.attempt->phase)) return;
+    if (!t.attempt || IsTerminal(t.attempt->phase)) return Status::Ok();
     FinishAttempt(s, t, AttemptPhase::kSucceeded, e);
     Json metrics = d.value("metrics", Json::object());
     Json outputs = d.value("outputs", Json::array());
@@ -477,16 +485,16 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     if (t.attempt->trial >= 0) {  // a trial: the sweep decides the step
       t.attempt->metrics = std::move(metrics);
       t.attempt->outputs = std::move(outputs);
-      return;
+      return Status::Ok();
     }
     t.step->phase = StepPhase::kSucceeded;
     t.step->metrics = std::move(metrics);
     t.step->outputs = std::move(outputs);
     t.step->reason.clear();
   } else if (type == ev::kJobCacheHit) {
-    if (!t.step) return;
+    if (!t.step) return Status::Ok();
     Attempt a = AttemptFromEvent(d);
-    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return;
+    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return Status::Ok();
     a.phase = AttemptPhase::kSucceeded;
     a.cache_key = d.value("key", "");
     a.cached_from =
@@ -500,7 +508,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
       if (t.step->phase != StepPhase::kRunning) t.step->phase = StepPhase::kQueued;
       if (!run.started_at) run.started_at = e.time;
       if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
-      return;
+      return Status::Ok();
     }
     t.step->attempts.push_back(std::move(a));
     if (t.step->retry_at) {
@@ -515,7 +523,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     if (!run.started_at) run.started_at = e.time;
     if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
   } else if (type == ev::kJobFailed || type == ev::kJobTimedOut || type == ev::kJobCancelled) {
-    if (!t.attempt || IsTerminal(t.attempt->phase)) return;
+    if (!t.attempt || IsTerminal(t.attempt->phase)) return Status::Ok();
     AttemptPhase phase = AttemptPhase::kFailed;
     if (type == ev::kJobTimedOut) phase = AttemptPhase::kTimedOut;
     if (type == ev::kJobCancelled) phase = AttemptPhase::kCancelled;
@@ -524,17 +532,17 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     }
     FinishAttempt(s, t, phase, e);
     if (type == ev::kJobTimedOut && t.attempt->reason.empty()) t.attempt->reason = "timeout";
-    if (t.attempt->trial >= 0) return;  // a failed trial does not fail the sweep
+    if (t.attempt->trial >= 0) return Status::Ok();  // a failed trial does not fail the sweep
     // The step stays where it is until decide says retry (JobRetryScheduled) or
     // gives up (RunFailed / RunCancelled settle the step).
     t.step->phase = type == ev::kJobCancelled ? StepPhase::kCancelled : StepPhase::kFailed;
     t.step->reason = t.attempt->reason;
   } else if (type == ev::kJobWorkerFinished) {
-    if (!t.attempt) return;
+    if (!t.attempt) return Status::Ok();
     int rank = d.value("rank", -1);
-    if (rank < 0 || rank >= static_cast<int>(t.attempt->ranks.size())) return;
+    if (rank < 0 || rank >= static_cast<int>(t.attempt->ranks.size())) return Status::Ok();
     Worker& w = t.attempt->ranks[static_cast<size_t>(rank)];
-    if (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled) return;
+    if (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled) return Status::Ok();
     std::string st = d.value("state", "failed");
     w.phase = st == "succeeded"   ? AttemptPhase::kSucceeded
               : st == "timed_out" ? AttemptPhase::kTimedOut
@@ -551,7 +559,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
     Release(s, w.container, t.attempt_id + "/" + std::to_string(rank), t.attempt->resources, w.gpus,
             e.time);
   } else if (type == ev::kStepSweepCompleted) {
-    if (!t.step) return;
+    if (!t.step) return Status::Ok();
     int n = d.contains("best_attempt") && d["best_attempt"].is_number_integer()
                 ? d["best_attempt"].get<int>()
                 : 0;
@@ -571,7 +579,7 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
       t.step->reason = d.value("reason", "no trial succeeded");
     }
   } else if (type == ev::kJobRetryScheduled) {
-    if (!t.step) return;
+    if (!t.step) return Status::Ok();
     auto nb = TimeField(d, "not_before", e.time);
     t.step->retry_at = nb;
     t.step->phase = StepPhase::kQueued;
@@ -621,12 +629,13 @@ void EvolveRunEvent(State& s, const RecordedEvent& e) {
       st->round_start = st->next_attempt;
     }
   }
+  return Status::Ok();
 }
 
-void EvolveContainerEvent(State& s, const RecordedEvent& e) {
+Status EvolveContainerEvent(State& s, const RecordedEvent& e) {
   const Json& d = e.data;
   std::string id = d.value("container", "");
-  if (id.empty()) return;
+  if (id.empty()) return Status::Ok();
   if (e.type == ev::kContainerRequested) {
     Container c;
     c.id = id;
@@ -641,15 +650,16 @@ void EvolveContainerEvent(State& s, const RecordedEvent& e) {
     if (c.request_reason == "demand") s.last_scale_up = e.time;
     s.containers[id] = std::move(c);
     s.container_counter++;
-    return;
+    return Status::Ok();
   }
   auto it = s.containers.find(id);
-  if (it == s.containers.end()) return;
+  if (it == s.containers.end()) return Status::Ok();
   Container& c = it->second;
   if (e.type == ev::kContainerLaunched) {
     c.handle = d.value("handle", "");
   } else if (e.type == ev::kContainerRegistered) {
-    if (c.phase == ContainerPhase::kLost || c.phase == ContainerPhase::kReleased) return;
+    if (c.phase == ContainerPhase::kLost || c.phase == ContainerPhase::kReleased)
+      return Status::Ok();
     c.phase = ContainerPhase::kRegistered;
     c.handle = d.value("handle", c.handle);
     c.host = d.value("host", "");
@@ -674,6 +684,44 @@ void EvolveContainerEvent(State& s, const RecordedEvent& e) {
       s.last_launch_failure = e.time;
     }
   }
+  return Status::Ok();
+}
+
+Status EvolveWorkflowRegistered(State& s, const RecordedEvent& e) {
+  const Json& d = e.data;
+  auto def_json = d.find("definition");
+  if (def_json == d.end()) return Corrupt(e, "definition", "missing");
+  std::vector<std::string> problems;
+  auto def = workflows::ParseStoredDefinition(*def_json, &problems);
+  if (!def.ok()) return Corrupt(e, "definition", def.status().ToString());
+  if (!problems.empty()) {
+    // Registered under earlier rules: replayed as stored (stored definitions are facts).
+    std::string list;
+    for (const auto& p : problems) list += (list.empty() ? "" : "; ") + p;
+    spdlog::warn(
+        "replay: workflow {} registered at {} breaks today's rules ({}); replayed as "
+        "stored",
+        (*def)->name, e.position, list);
+  }
+  WorkflowVersion v;
+  v.version = d.value("version", 0);
+  v.digest = d.value("digest", (*def)->digest);
+  v.def = *def;
+  v.registered_at = e.time;
+  v.actor = e.actor;
+  v.tenant = d.value("tenant", "default");
+  v.request_digest = d.value("request_digest", "");
+  std::string name = d.value("name", (*def)->name);
+  auto& versions = s.workflows[name];
+  if (v.version != static_cast<int>(versions.size()) + 1) {
+    return Corrupt(e, "version",
+                   std::to_string(v.version) + " does not follow version " +
+                       std::to_string(versions.size()) + " of workflow " + name);
+  }
+  std::string key = d.value("idempotency_key", "");
+  if (!key.empty()) s.workflow_keys[{d.value("tenant", "default"), key}] = {name, v.version};
+  versions.push_back(std::move(v));
+  return Status::Ok();
 }
 
 }  // namespace
@@ -688,36 +736,14 @@ std::pair<std::string, std::string> SplitArtifactKey(std::string_view key) {
   return {std::string(key.substr(0, slash)), std::string(key.substr(slash + 1))};
 }
 
-void Evolve(State& s, const RecordedEvent& e) {
+Status Evolve(State& s, const RecordedEvent& e) {
   s.head = e.position;
   if (e.epoch > s.epoch) s.epoch = e.epoch;
-  if (e.stream.rfind("run-", 0) == 0) {
-    EvolveRunEvent(s, e);
-  } else if (e.stream.rfind("container-", 0) == 0) {
-    EvolveContainerEvent(s, e);
-  } else if (e.type == ev::kWorkflowRegistered) {
-    const Json& d = e.data;
-    auto def = workflows::ParseDefinition(d.value("definition", Json::object()));
-    if (!def.ok()) {
-      spdlog::error("replay: WorkflowRegistered at {} does not parse: {}", e.position,
-                    def.status().ToString());
-      return;
-    }
-    WorkflowVersion v;
-    v.version = d.value("version", 0);
-    v.digest = d.value("digest", (*def)->digest);
-    v.def = *def;
-    v.registered_at = e.time;
-    v.actor = e.actor;
-    v.tenant = d.value("tenant", "default");
-    v.request_digest = d.value("request_digest", "");
-    std::string name = d.value("name", (*def)->name);
-    auto& versions = s.workflows[name];
-    if (v.version != static_cast<int>(versions.size()) + 1) return;
-    std::string key = d.value("idempotency_key", "");
-    if (!key.empty()) s.workflow_keys[{d.value("tenant", "default"), key}] = {name, v.version};
-    versions.push_back(std::move(v));
-  } else if (e.type == ev::kCacheInvalidated) {
+  if (!e.data.is_object()) return Corrupt(e, "data", "not a JSON object");
+  if (e.stream.rfind("run-", 0) == 0) return EvolveRunEvent(s, e);
+  if (e.stream.rfind("container-", 0) == 0) return EvolveContainerEvent(s, e);
+  if (e.type == ev::kWorkflowRegistered) return EvolveWorkflowRegistered(s, e);
+  if (e.type == ev::kCacheInvalidated) {
     for (const auto& k : e.data.value("keys", Json::array())) {
       if (k.is_string()) s.cache.erase(k.get<std::string>());
     }
@@ -727,6 +753,7 @@ void Evolve(State& s, const RecordedEvent& e) {
     s.leader_node = e.data.value("node", "");
     s.leader_address = e.data.value("address", "");
   }
+  return Status::Ok();
 }
 
 }  // namespace epoch::engine

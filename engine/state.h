@@ -256,8 +256,14 @@ std::string ArtifactKey(std::string_view tenant, std::string_view name);
 std::pair<std::string, std::string> SplitArtifactKey(std::string_view key);
 
 // Applies one durable event. Unknown types are ignored (forward compatibility);
-// events that reference unknown entities are ignored too (they cannot be
-// produced by decide, but a hand-edited log must not crash replay).
-void Evolve(State& state, const RecordedEvent& event);
+// events about attempts, steps or containers that no longer match the state are
+// ignored (decide cannot produce them, but a hand-edited log must not crash
+// replay). A fact that cannot be applied is kCorruption naming the position and
+// the field, and replay stops there instead of dropping it: data that is not an
+// object, a WorkflowRegistered whose definition cannot run or whose version does
+// not follow the last, a RunSubmitted without a run id or naming a workflow
+// version never registered. Stored definitions are rebuilt as stored
+// (ParseStoredDefinition), not re-validated against today's rules.
+[[nodiscard]] Status Evolve(State& state, const RecordedEvent& event);
 
 }  // namespace epoch::engine

@@ -33,7 +33,8 @@ State Replay(const std::string& name) {
     e.actor = (*j)["actor"];
     e.epoch = (*j)["epoch"];
     e.time = *ParseTime((*j)["time"].get<std::string>());
-    Evolve(s, e);
+    Status st = Evolve(s, e);
+    EXPECT_TRUE(st.ok()) << st.ToString();
   }
   return s;
 }

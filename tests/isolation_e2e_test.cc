@@ -255,6 +255,16 @@ TEST_F(IsolationE2ETest, ContainersReportOnlyOnTheirOwnAttempts) {
   EXPECT_EQ(Call(*d, "POST", "/v1/containers/" + holder + "/poll", forged, cred(other)).status, 401);
   EXPECT_EQ(Call(*d, "POST", "/v1/containers/" + holder + "/poll", forged, "").status, 401);
   EXPECT_EQ(Call(*d, "POST", "/v1/containers/" + holder + "/poll", forged, AdminToken()).status, 401);
+  // Even the holder's own report is refused whole when a field has the wrong type:
+  // 400 naming the field, nothing written, the attempt still running.
+  std::string mistyped =
+      Json{{"reports",
+            Json::array({Json{{"attempt_id", attempt}, {"state", "failed"}, {"exit_code", "3"}}})}}
+          .dump();
+  HttpResult m = Call(*d, "POST", "/v1/containers/" + holder + "/poll", mistyped, cred(holder));
+  EXPECT_EQ(m.status, 400) << m.body;
+  EXPECT_EQ(m.json()["error"]["message"], "reports[0].exit_code: must be an integer or null")
+      << m.body;
   EXPECT_EQ(run_events(), events);
   Json now = d->Get("/v1/runs/" + run).json();
   EXPECT_EQ(now["steps"][0]["attempts"][0]["state"], "running");

@@ -115,9 +115,12 @@ TEST_F(SecurityE2ETest, AuthMatrix) {
       {"POST", ml + "/cancel", "", {401, 401, 401, 409, 403, 409, 403, 404}},
       {"POST", ml + "/retry", "", {401, 401, 401, 409, 403, 409, 403, 404}},
       {"POST", "/v1/runs/r-does-not-exist/cancel", "", {401, 401, 401, 404, 403, 404, 403, 404}},
-      {"POST", "/v1/cache/invalidate", R"({"workflow": "mlwf"})",
+      {"POST",
+       "/v1/cache/invalidate",
+       R"({"workflow": "mlwf"})",
        {401, 401, 401, 200, 403, 200, 403, 404}},
-      {"POST", "/v1/workflows",
+      {"POST",
+       "/v1/workflows",
        R"({"name": "mlwf", "steps": [{"name": "b", "command": ["false"]}]})",
        {401, 401, 401, 201, 403, 200, 403, 409}},
       {"POST", "/v1/runs", R"({"workflow": "cvwf"})", {401, 401, 401, 201, 403, 404, 403, 201}},
@@ -126,9 +129,13 @@ TEST_F(SecurityE2ETest, AuthMatrix) {
       // Only c1's own credential opens c1's endpoint; no user token does. A claim of
       // an epoch no leader published is refused (409) and deposes nobody: the next
       // row is still answered by this leader.
-      {"POST", "/v1/containers/c1/poll", R"({"epoch_seen": 99})",
+      {"POST",
+       "/v1/containers/c1/poll",
+       R"({"epoch_seen": 99})",
        {401, 401, 409, 401, 401, 401, 401, 401}},
-      {"POST", "/v1/containers/c1/poll", R"({"epoch_seen": 0})",
+      {"POST",
+       "/v1/containers/c1/poll",
+       R"({"epoch_seen": 0})",
        {401, 401, 200, 401, 401, 401, 401, 401}},
   };
   for (const auto& row : rows) {

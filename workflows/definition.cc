@@ -633,9 +633,28 @@ struct RefChecker {
   }
 };
 
-Result<std::shared_ptr<const Definition>> Parse(const Json& j,
-                                                const std::optional<Resources>& max,
-                                                size_t max_steps) {
+// A definition whose steps all have distinct names and a dependency order.
+bool Runnable(const Definition& def) {
+  if (def.name.empty() || def.steps.empty() || def.topo_order.size() != def.steps.size()) {
+    return false;
+  }
+  std::set<std::string> names;
+  for (const auto& st : def.steps) {
+    if (st.name.empty() || st.command.empty() || !names.insert(st.name).second) return false;
+  }
+  for (const auto& st : def.steps) {
+    for (const auto& dep : st.after) {
+      if (!names.count(dep)) return false;
+    }
+  }
+  return true;
+}
+
+// stored_problems: null for a definition being registered (any problem refuses
+// it); else a stored one (ParseStoredDefinition), whose problems land there.
+Result<std::shared_ptr<const Definition>> Parse(const Json& j, const std::optional<Resources>& max,
+                                                size_t max_steps,
+                                                std::vector<std::string>* stored_problems) {
   Problems p;
   if (!j.is_object()) {
     p.Add("definition", "must be a JSON object");
@@ -757,9 +776,16 @@ Result<std::shared_ptr<const Definition>> Parse(const Json& j,
 
   if (!p.empty()) {
     size_t n = p.size();
-    return InvalidArgument(
-        "invalid workflow definition: " + std::to_string(n) + (n == 1 ? " problem" : " problems"),
-        p.Take());
+    std::vector<std::string> problems = p.Take();
+    // A stored definition is a fact: what today's rules reject is reported, not
+    // refused, as long as the graph can still be run (every step named, no cycle).
+    if (stored_problems && Runnable(*def)) {
+      *stored_problems = std::move(problems);
+    } else {
+      return InvalidArgument(
+          "invalid workflow definition: " + std::to_string(n) + (n == 1 ? " problem" : " problems"),
+          std::move(problems));
+    }
   }
   def->digest = Sha256Hex(CanonicalDump(def->source));
   return std::shared_ptr<const Definition>(std::move(def));
@@ -771,10 +797,22 @@ Result<std::shared_ptr<const Definition>> ParseDefinition(const Json& j,
                                                           const std::optional<Resources>& max,
                                                           size_t max_steps) {
   try {
-    return Parse(j, max, max_steps);
+    return Parse(j, max, max_steps, nullptr);
   } catch (const Json::exception& e) {
     // Every access above is type-checked first; this is a bug, not bad input.
     return Internal(std::string("parsing workflow definition: ") + e.what());
+  }
+}
+
+Result<std::shared_ptr<const Definition>> ParseStoredDefinition(
+    const Json& j, std::vector<std::string>* problems) {
+  std::vector<std::string> found;
+  try {
+    auto def = Parse(j, std::nullopt, 0, &found);
+    if (def.ok() && problems) *problems = std::move(found);
+    return def;
+  } catch (const Json::exception& e) {
+    return Internal(std::string("parsing stored workflow definition: ") + e.what());
   }
 }
 

@@ -117,6 +117,15 @@ Result<std::shared_ptr<const Definition>> ParseDefinition(
     const Json& j, const std::optional<Resources>& max_resources = std::nullopt,
     size_t max_steps = 0);
 
+// Rebuilds a definition from the log (WorkflowRegistered): stored definitions are
+// facts, so today's rules do not refuse one. Problems that today's registration
+// would report land in `problems`; a value that a rule rejects is left out of
+// the definition (its default applies), as registration's parser leaves it. It
+// fails only when what is stored cannot be run at all: not an object, a step
+// without a name or command, duplicate names, an unknown `after`, a cycle.
+Result<std::shared_ptr<const Definition>> ParseStoredDefinition(
+    const Json& j, std::vector<std::string>* problems = nullptr);
+
 // Merges submitted params over the defaults. kInvalidArgument naming the param
 // for: an undeclared param, a required (null default) param not given.
 Result<Json> ResolveParams(const Definition& def, const Json& given);

@@ -661,3 +661,44 @@ TEST(WorkersTest, ParsedAndValidated) {
 
 }  // namespace
 }  // namespace epoch::workflows
+
+namespace epoch::workflows {
+namespace {
+
+TEST(ParseStoredDefinition, TodaysRulesAreReportedNotRefused) {
+  Json j = *ParseJson(R"({"name": "old", "owner": "team-a",
+      "steps": [{"name": "a", "command": ["true"], "env": {"EPOCH_LEGACY": "1", "OK": "y"}},
+                {"name": "b", "command": ["true"], "after": ["a"]}]})");
+  ASSERT_FALSE(ParseDefinition(j).ok());
+  std::vector<std::string> problems;
+  auto def = ParseStoredDefinition(j, &problems);
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  EXPECT_EQ((*def)->name, "old");
+  ASSERT_EQ((*def)->steps.size(), 2u);
+  EXPECT_EQ((*def)->topo_order, (std::vector<size_t>{0, 1}));
+  EXPECT_EQ((*def)->steps[0].env.count("OK"), 1u);
+  // The digest is of what was stored, as registration computed it.
+  EXPECT_EQ((*def)->digest, Sha256Hex(CanonicalDump(j)));
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_NE(problems[0].find("owner"), std::string::npos) << problems[0];
+  EXPECT_NE(problems[1].find("steps[0].env.EPOCH_LEGACY"), std::string::npos) << problems[1];
+}
+
+TEST(ParseStoredDefinition, WhatCannotRunIsStillRefused) {
+  for (const char* text : {
+           R"([1, 2])",
+           R"({"name": "w", "steps": []})",
+           R"({"name": "w", "steps": [{"name": "a"}]})",
+           R"({"name": "w", "steps": [{"name": "a", "command": ["x"]},
+                                      {"name": "a", "command": ["y"]}]})",
+           R"({"name": "w", "steps": [{"name": "a", "command": ["x"], "after": ["zz"]}]})",
+           R"({"name": "w", "steps": [{"name": "a", "command": ["x"], "after": ["b"]},
+                                      {"name": "b", "command": ["y"], "after": ["a"]}]})",
+       }) {
+    auto def = ParseStoredDefinition(*ParseJson(text));
+    EXPECT_EQ(def.status().code(), StatusCode::kInvalidArgument) << text;
+  }
+}
+
+}  // namespace
+}  // namespace epoch::workflows

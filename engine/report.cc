@@ -1,0 +1,172 @@
+#include "engine/report.h"
+
+#include <limits>
+
+namespace epoch::engine {
+
+std::string_view Name(ReportedState s) {
+  switch (s) {
+    case ReportedState::kSucceeded: return "succeeded";
+    case ReportedState::kFailed: return "failed";
+    case ReportedState::kTimedOut: return "timed_out";
+    case ReportedState::kCancelled: return "cancelled";
+  }
+  return "?";
+}
+
+namespace {
+
+// Field readers: absent (and, where allowed, null) leaves `out` as it is.
+class Reader {
+ public:
+  Reader(const Json& j, const std::string& path) : j_(j), path_(path) {}
+
+  Status Fail(std::string_view field, std::string_view must) const {
+    return InvalidArgument(path_ + "." + std::string(field) + ": " + std::string(must));
+  }
+  const Json* Find(std::string_view field, bool null_is_absent = true) const {
+    auto it = j_.find(std::string(field));
+    if (it == j_.end() || (null_is_absent && it->is_null())) return nullptr;
+    return &*it;
+  }
+  Status String(std::string_view field, std::optional<std::string>* out) const {
+    const Json* v = Find(field);
+    if (!v) return Status::Ok();
+    if (!v->is_string()) return Fail(field, "must be a string or null");
+    *out = v->get<std::string>();
+    return Status::Ok();
+  }
+  Status Int(std::string_view field, std::optional<int>* out) const {
+    const Json* v = Find(field);
+    if (!v) return Status::Ok();
+    if (!v->is_number_integer()) return Fail(field, "must be an integer or null");
+    int64_t n = v->get<int64_t>();
+    if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t{std::numeric_limits<int>::max()}) {
+      return Fail(field, "must fit in 32 bits");
+    }
+    if (n < std::numeric_limits<int>::min() || n > std::numeric_limits<int>::max()) {
+      return Fail(field, "must fit in 32 bits");
+    }
+    *out = static_cast<int>(n);
+    return Status::Ok();
+  }
+  Status Count(std::string_view field, std::optional<int64_t>* out) const {
+    const Json* v = Find(field);
+    if (!v) return Status::Ok();
+    bool ok = v->is_number_unsigned()
+                  ? v->get<uint64_t>() <= uint64_t{std::numeric_limits<int64_t>::max()}
+                  : v->is_number_integer() && v->get<int64_t>() >= 0;
+    if (!ok) return Fail(field, "must be a non-negative integer");
+    *out = v->get<int64_t>();
+    return Status::Ok();
+  }
+  Status Bool(std::string_view field, std::optional<bool>* out) const {
+    const Json* v = Find(field);
+    if (!v) return Status::Ok();
+    if (!v->is_boolean()) return Fail(field, "must be a boolean");
+    *out = v->get<bool>();
+    return Status::Ok();
+  }
+  Status Object(std::string_view field, Json* out) const {
+    const Json* v = Find(field);
+    if (!v) return Status::Ok();
+    if (!v->is_object()) return Fail(field, "must be an object");
+    *out = *v;
+    return Status::Ok();
+  }
+  Status ArrayOfObjects(std::string_view field, Json* out) const {
+    const Json* v = Find(field);
+    if (!v) return Status::Ok();
+    if (!v->is_array()) return Fail(field, "must be an array of objects");
+    for (size_t i = 0; i < v->size(); ++i) {
+      if (!(*v)[i].is_object()) {
+        return Fail(std::string(field) + "[" + std::to_string(i) + "]", "must be an object");
+      }
+    }
+    *out = *v;
+    return Status::Ok();
+  }
+
+ private:
+  const Json& j_;
+  const std::string& path_;
+};
+
+}  // namespace
+
+Result<AttemptReport> ParseAttemptReport(const Json& j, const std::string& path) {
+  if (!j.is_object()) return InvalidArgument(path + ": must be an object");
+  Reader r(j, path);
+  AttemptReport out;
+  std::optional<std::string> id, state;
+  RETURN_IF_ERROR(r.String("attempt_id", &id));
+  if (!id || id->empty()) return r.Fail("attempt_id", "required (a non-empty string)");
+  out.attempt_id = std::move(*id);
+  RETURN_IF_ERROR(r.String("state", &state));
+  if (!state) return r.Fail("state", "required: succeeded, failed, timed_out or cancelled");
+  if (*state == "succeeded") {
+    out.state = ReportedState::kSucceeded;
+  } else if (*state == "failed") {
+    out.state = ReportedState::kFailed;
+  } else if (*state == "timed_out") {
+    out.state = ReportedState::kTimedOut;
+  } else if (*state == "cancelled") {
+    out.state = ReportedState::kCancelled;
+  } else {
+    return r.Fail("state", "must be succeeded, failed, timed_out or cancelled, not '" +
+                               state->substr(0, 64) + "'");
+  }
+  RETURN_IF_ERROR(r.Int("exit_code", &out.exit_code));
+  RETURN_IF_ERROR(r.Int("signal", &out.signal));
+  RETURN_IF_ERROR(r.String("reason", &out.reason));
+  RETURN_IF_ERROR(r.Object("usage", &out.usage));
+  RETURN_IF_ERROR(r.Object("metrics", &out.metrics));
+  RETURN_IF_ERROR(r.ArrayOfObjects("outputs", &out.outputs));
+  std::optional<int64_t> log_bytes, dropped;
+  std::optional<bool> truncated, outputs_truncated;
+  RETURN_IF_ERROR(r.Count("log_bytes", &log_bytes));
+  RETURN_IF_ERROR(r.Count("log_dropped_bytes", &dropped));
+  RETURN_IF_ERROR(r.Bool("log_truncated", &truncated));
+  if (log_bytes) out.log = ReportedLog{*log_bytes, truncated.value_or(false), dropped};
+  RETURN_IF_ERROR(r.String("outputs_error", &out.outputs_error));
+  RETURN_IF_ERROR(r.String("metrics_error", &out.metrics_error));
+  RETURN_IF_ERROR(r.Bool("outputs_truncated", &outputs_truncated));
+  std::optional<std::string> when;
+  RETURN_IF_ERROR(r.String("started_at", &when));
+  RETURN_IF_ERROR(r.String("finished_at", &when));
+  return out;
+}
+
+Result<std::vector<AttemptReport>> ParseAttemptReports(const Json& reports) {
+  std::vector<AttemptReport> out;
+  if (reports.is_null()) return out;
+  if (!reports.is_array()) return InvalidArgument("reports: must be an array");
+  out.reserve(reports.size());
+  for (size_t i = 0; i < reports.size(); ++i) {
+    ASSIGN_OR_RETURN(AttemptReport r,
+                     ParseAttemptReport(reports[i], "reports[" + std::to_string(i) + "]"));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Json AttemptReportToJson(const AttemptReport& r) {
+  Json j{{"attempt_id", r.attempt_id},
+         {"state", std::string(Name(r.state))},
+         {"exit_code", r.exit_code ? Json(*r.exit_code) : Json(nullptr)},
+         {"signal", r.signal ? Json(*r.signal) : Json(nullptr)},
+         {"usage", r.usage},
+         {"metrics", r.metrics},
+         {"outputs", r.outputs}};
+  if (r.reason) j["reason"] = *r.reason;
+  if (r.log) {
+    j["log_bytes"] = r.log->bytes;
+    j["log_truncated"] = r.log->truncated;
+    if (r.log->dropped_bytes) j["log_dropped_bytes"] = *r.log->dropped_bytes;
+  }
+  if (r.outputs_error) j["outputs_error"] = *r.outputs_error;
+  if (r.metrics_error) j["metrics_error"] = *r.metrics_error;
+  return j;
+}
+
+}  // namespace epoch::engine
