@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := cmake g++ make pkg-config ccache curl procps openssl \
         librocksdb-dev libboost-dev nlohmann-json3-dev libcpp-httplib-dev libbrotli-dev \
         libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev zlib1g-dev libcli11-dev \
-        clang libclang-rt-14-dev \
+        clang clang-format libclang-rt-14-dev git \
         dataset-fashion-mnist \
         slurm-wlm munge
 
