@@ -248,7 +248,7 @@ Result<Principal> TokenStore::Authenticate(std::string_view header) {
     return Unauthenticated("the bearer token is not an Epoch token");
   }
   std::string hash = Sha256Hex(token);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   ReloadIfChanged();
   auto it = by_hash_.find(hash);
   if (it == by_hash_.end()) return Unauthenticated("unknown or revoked token");
@@ -256,7 +256,7 @@ Result<Principal> TokenStore::Authenticate(std::string_view header) {
 }
 
 size_t TokenStore::size() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   ReloadIfChanged();
   return by_hash_.size();
 }

@@ -23,12 +23,12 @@
 #include <sys/types.h>
 
 #include <map>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/mutex.h"
 #include "common/status.h"
 
 namespace epoch::api {
@@ -100,17 +100,17 @@ class TokenStore {
   size_t size();
 
  private:
-  void ReloadIfChanged();  // mu_ held
-  std::string path_;
-  std::mutex mu_;
-  std::map<std::string, Principal> by_hash_;
+  void ReloadIfChanged() REQUIRES(mu_);
+  std::string path_;  // set in the constructor only
+  Mutex mu_;
+  std::map<std::string, Principal> by_hash_ GUARDED_BY(mu_);
   struct FileId {
     dev_t dev = 0;
     ino_t ino = 0;
     off_t size = -1;
     int64_t mtime_ns = -1;
     bool operator==(const FileId&) const = default;
-  } seen_;
+  } seen_ GUARDED_BY(mu_);
 };
 
 }  // namespace epoch::api

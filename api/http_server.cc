@@ -16,14 +16,14 @@
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <thread>
 #include <unordered_map>
+
+#include "common/mutex.h"
 
 namespace epoch::api {
 
@@ -76,25 +76,25 @@ class WorkerPool {
 
   void Post(std::function<void()> task) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       if (stopping_) return;
       queue_.push_back(std::move(task));
     }
-    cv_.notify_one();
+    cv_.Signal();
   }
 
   void Stop() {
     std::deque<std::function<void()>> dropped;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       if (stopping_ && threads_.empty()) return;
       stopping_ = true;
     }
-    cv_.notify_all();
+    cv_.SignalAll();
     for (auto& t : threads_) t.join();
     threads_.clear();
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       dropped.swap(queue_);
     }
     // Destroyed here, outside the lock: a task may own the last reference to a session.
@@ -105,8 +105,8 @@ class WorkerPool {
     while (true) {
       std::function<void()> task;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        MutexLock lock(&mu_);
+        while (!stopping_ && queue_.empty()) cv_.Wait(&mu_);
         if (stopping_) return;
         task = std::move(queue_.front());
         queue_.pop_front();
@@ -115,11 +115,11 @@ class WorkerPool {
     }
   }
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;  // guarded by mu_
-  bool stopping_ = false;                    // guarded by mu_
-  std::vector<std::thread> threads_;
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<std::function<void()>> queue_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;  // the constructor and Stop only (the owner's thread)
 };
 
 }  // namespace
@@ -288,28 +288,30 @@ class ServerCore {
     }
     return true;
   }
+  // Routes, hooks and connection_cap: set before Serve (Route, SetHooks, Bind), read-only
+  // once the threads run.
   std::vector<RouteEntry> routes;
   PreRouting pre;
   PostRouting post;
   ErrorBody error_body;
   int connection_cap = 0;
   std::atomic<bool> stopping{false};
-  bool serving = false;
+  bool serving = false;  // Serve and Stop only (one thread)
 
   // Declared before the io_context: sessions (destroyed with its pending handlers) use
   // them in their destructors.
-  mutable std::mutex mu;
-  std::condition_variable released_cv;  // a connection was released (Stop waits on it)
-  std::unordered_map<uint64_t, std::weak_ptr<SessionBase>> sessions;  // guarded by mu
-  std::unordered_map<uint64_t, std::weak_ptr<SessionBase>> parked;    // guarded by mu
-  std::map<std::string, int> per_client;                              // guarded by mu
-  uint64_t next_id = 0;                                               // guarded by mu
-  uint64_t open = 0;                                                  // guarded by mu
+  mutable Mutex mu;
+  CondVar released_cv;  // a connection was released (Stop waits on it)
+  std::unordered_map<uint64_t, std::weak_ptr<SessionBase>> sessions GUARDED_BY(mu);
+  std::unordered_map<uint64_t, std::weak_ptr<SessionBase>> parked GUARDED_BY(mu);
+  std::map<std::string, int> per_client GUARDED_BY(mu);
+  uint64_t next_id GUARDED_BY(mu) = 0;
+  uint64_t open GUARDED_BY(mu) = 0;
   std::atomic<uint64_t> accepted{0}, refused{0}, timed_out{0};
 
-  std::mutex notifier_mu;
-  std::condition_variable notifier_cv;
-  bool notifier_stop = false;  // guarded by notifier_mu
+  Mutex notifier_mu;
+  CondVar notifier_cv;
+  bool notifier_stop GUARDED_BY(notifier_mu) = false;
 
   std::optional<ssl::context> tls;  // outlives every TLS stream
   asio::io_context ioc;
@@ -354,23 +356,23 @@ class ServerCore {
   }
 
   void Park(uint64_t id, std::weak_ptr<SessionBase> s) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     parked[id] = std::move(s);
   }
   void Unpark(uint64_t id) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     parked.erase(id);
   }
   void Release(uint64_t id, const std::string& ip) {
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       sessions.erase(id);
       parked.erase(id);
       auto it = per_client.find(ip);
       if (it != per_client.end() && --it->second <= 0) per_client.erase(it);
       --open;
     }
-    released_cv.notify_all();
+    released_cv.SignalAll();
   }
 
   void Accept();
@@ -899,7 +901,7 @@ void ServerCore::OnAccepted(tcp::socket socket) {
   std::string ip = remote.address().to_string();
   uint64_t id;
   {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     auto& mine = per_client[ip];
     if (static_cast<int>(open) >= connection_cap || mine >= options.max_connections_per_client) {
       if (mine == 0) per_client.erase(ip);
@@ -922,7 +924,7 @@ void ServerCore::OnAccepted(tcp::socket socket) {
     s = std::make_shared<Session<false>>(this, id, ip, std::move(socket));
   }
   {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     sessions[id] = s;
   }
   s->Start();
@@ -937,21 +939,23 @@ void ServerCore::NotifierLoop() {
     uint64_t now = Counter();
     if (now == seen) {
       // Also where a wait_for_change that returns early (e.g. a stopped engine) is paced.
-      std::unique_lock<std::mutex> lock(notifier_mu);
-      notifier_cv.wait_until(lock, t0 + kNotifierPeriod, [&] { return notifier_stop; });
+      MutexLock lock(&notifier_mu);
+      while (!notifier_stop) {
+        if (!notifier_cv.WaitUntil(&notifier_mu, t0 + kNotifierPeriod)) break;
+      }
       if (notifier_stop) return;
       continue;
     }
     seen = now;
     std::unordered_map<uint64_t, std::weak_ptr<SessionBase>> woken;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       woken.swap(parked);
     }
     for (auto& [id, w] : woken) {
       if (auto s = w.lock()) s->WakeSoon();
     }
-    std::lock_guard<std::mutex> lock(notifier_mu);
+    MutexLock lock(&notifier_mu);
     if (notifier_stop) return;
   }
 }
@@ -1066,7 +1070,7 @@ void HttpServer::Stop() {
   });
   std::vector<std::shared_ptr<SessionBase>> open;
   {
-    std::lock_guard<std::mutex> lock(s.mu);
+    MutexLock lock(&s.mu);
     for (auto& [id, w] : s.sessions) {
       if (auto p = w.lock()) open.push_back(std::move(p));
     }
@@ -1074,17 +1078,20 @@ void HttpServer::Stop() {
   for (auto& p : open) p->CloseSoon();
   open.clear();
   {
-    std::lock_guard<std::mutex> lock(s.notifier_mu);
+    MutexLock lock(&s.notifier_mu);
     s.notifier_stop = true;
   }
-  s.notifier_cv.notify_all();
+  s.notifier_cv.SignalAll();
   if (s.notifier.joinable()) s.notifier.join();
   // Running handlers finish (a commit waits for its fsync); queued ones are dropped.
   s.workers->Stop();
   {
     // The closes run on the IO threads; give them a moment, then stop regardless.
-    std::unique_lock<std::mutex> lock(s.mu);
-    s.released_cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return s.open == 0; });
+    MutexLock lock(&s.mu);
+    auto deadline = SteadyClock::now() + std::chrono::milliseconds(500);
+    while (s.open != 0) {
+      if (!s.released_cv.WaitUntil(&s.mu, deadline)) break;
+    }
   }
   s.work.reset();
   s.ioc.stop();
@@ -1094,7 +1101,7 @@ void HttpServer::Stop() {
 
 HttpServerStats HttpServer::stats() const {
   HttpServerStats st;
-  std::lock_guard<std::mutex> lock(impl_->mu);
+  MutexLock lock(&impl_->mu);
   st.open_connections = impl_->open;
   st.parked = impl_->parked.size();
   st.accepted = impl_->accepted.load();

@@ -11,7 +11,6 @@
 #include <cstring>
 #include <limits>
 #include <map>
-#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -20,6 +19,7 @@
 #include "api/http_server.h"
 #include "api/leader_lock.h"
 #include "common/files.h"
+#include "common/mutex.h"
 #include "common/sha256.h"
 
 namespace epoch::api {
@@ -206,7 +206,7 @@ class StreamSlots {
   // A slot for `key`, or null with *refused saying which cap is full.
   std::shared_ptr<Slot> Acquire(const std::string& key, const std::string& who,
                                 std::string* refused) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     int& mine = per_key_[key];
     if (mine >= max_per_key_) {
       *refused = "too many open streams: " + who + " has " + std::to_string(mine) +
@@ -225,13 +225,13 @@ class StreamSlots {
   }
 
   int open() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return total_;
   }
 
  private:
   void Release(const std::string& key) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = per_key_.find(key);
     if (it != per_key_.end() && --it->second <= 0) per_key_.erase(it);
     --total_;
@@ -239,9 +239,9 @@ class StreamSlots {
 
   const int max_total_;
   const int max_per_key_;
-  mutable std::mutex mu_;
-  std::map<std::string, int> per_key_;  // guarded by mu_
-  int total_ = 0;                       // guarded by mu_
+  mutable Mutex mu_;
+  std::map<std::string, int> per_key_ GUARDED_BY(mu_);
+  int total_ GUARDED_BY(mu_) = 0;
 };
 
 // ---- step logs: read by range, never whole ----------------------------------------
@@ -375,8 +375,9 @@ struct ApiServer::Impl {
   StreamSlots streams;
   std::unique_ptr<TokenStore> tokens;  // set by Bind
 
-  std::mutex metrics_mu;
-  std::map<std::pair<std::string, int>, uint64_t> requests;  // (route, status) -> count
+  Mutex metrics_mu;
+  // (route, status) -> count
+  std::map<std::pair<std::string, int>, uint64_t> requests GUARDED_BY(metrics_mu);
 
   Impl(Config c, Engine* e, storage::EventStore* s, IdGenerator* i, const Clock* k)
       : config(std::move(c)),
@@ -430,7 +431,7 @@ struct ApiServer::Impl {
                     std::chrono::steady_clock::now() - t0)
                     .count();
       {
-        std::lock_guard<std::mutex> lock(metrics_mu);
+        MutexLock lock(&metrics_mu);
         requests[{route, res.status}]++;
       }
       spdlog::debug("http {} {} route={} status={} duration_us={}{}", req.method, req.path, route,
@@ -557,7 +558,7 @@ bool ApiServer::Impl::Admit(const Request& req, Response& res) {
       res.SetHeader("WWW-Authenticate", "Bearer realm=\"epoch\"");
     }
     WriteError(res, FromStatus(st));
-    std::lock_guard<std::mutex> lock(metrics_mu);
+    MutexLock lock(&metrics_mu);
     requests[{"auth", res.status}]++;
     return false;
   }
@@ -585,7 +586,7 @@ void ApiServer::Impl::HaRouting() {
                                    : "; no leader is known (an election is in progress)"),
                        {}});
     }
-    std::lock_guard<std::mutex> lock(metrics_mu);
+    MutexLock lock(&metrics_mu);
     requests[{"not_leader", res.status}]++;
     return true;
   };
@@ -724,7 +725,7 @@ void ApiServer::Impl::OpsRoutes() {
              o << "# HELP epoch_http_requests_total HTTP requests by route and status.\n"
                   "# TYPE epoch_http_requests_total counter\n";
              {
-               std::lock_guard<std::mutex> lock(metrics_mu);
+               MutexLock lock(&metrics_mu);
                for (const auto& [k, n] : requests) {
                  o << "epoch_http_requests_total{route=\"" << EscapeLabel(k.first)
                    << "\",code=\"" << k.second << "\"} " << n << "\n";

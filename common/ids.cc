@@ -43,7 +43,7 @@ std::string RandomIdGenerator::NewId(std::string_view prefix, TimePoint now) {
   strftime(ts, sizeof(ts), "%Y%m%dt%H%M%S", &tm_utc);
   uint64_t r;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     r = rng_();
   }
   std::string suffix;

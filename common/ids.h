@@ -7,12 +7,12 @@
 #pragma once
 
 #include <atomic>
-#include <mutex>
 #include <random>
 #include <string>
 #include <string_view>
 
 #include "common/clock.h"
+#include "common/mutex.h"
 
 namespace epoch {
 
@@ -29,8 +29,8 @@ class RandomIdGenerator final : public IdGenerator {
   std::string NewId(std::string_view prefix, TimePoint now) override;
 
  private:
-  std::mutex mu_;
-  std::mt19937_64 rng_;
+  Mutex mu_;
+  std::mt19937_64 rng_ GUARDED_BY(mu_);
 };
 
 // prefix + "-" + counter: "r-1", "r-2", ... for tests.

@@ -20,10 +20,10 @@ DiskFiles::DiskFiles(uint64_t max_bytes, std::function<void()> on_hashed)
 
 DiskFiles::~DiskFiles() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -55,7 +55,7 @@ Result<std::string> DiskFiles::Sha256(const std::string& root, const std::string
     return ResourceExhausted(path + " is " + std::to_string(id.size) +
                              " bytes, over executor.maxInputBytes (" + Bytes(max_bytes_) + ")");
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = memo_.find(path);
   if (it != memo_.end() && it->second.id == id) {
     if (!it->second.status.ok()) return it->second.status;
@@ -64,7 +64,7 @@ Result<std::string> DiskFiles::Sha256(const std::string& root, const std::string
   if (pending_.insert(path).second) {
     jobs_.push_back(Job{root, path, id});
     if (!thread_.joinable()) thread_ = std::thread([this] { HashLoop(); });
-    cv_.notify_one();
+    cv_.Signal();
   }
   return Unavailable(std::string(kHashPending));
 }
@@ -73,8 +73,8 @@ void DiskFiles::HashLoop() {
   while (true) {
     Job job;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+      MutexLock lock(&mu_);
+      while (!stopping_ && jobs_.empty()) cv_.Wait(&mu_);
       if (stopping_) return;
       job = std::move(jobs_.front());
       jobs_.pop_front();
@@ -115,7 +115,7 @@ void DiskFiles::HashLoop() {
       if (seen.status.ok()) seen.sha256 = ToHex(h.Finish());
     }
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       pending_.erase(job.path);
       memo_[job.path] = std::move(seen);
       ++hashed_;
@@ -125,7 +125,7 @@ void DiskFiles::HashLoop() {
 }
 
 uint64_t DiskFiles::hashed() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return hashed_;
 }
 

@@ -22,12 +22,10 @@
 // Thread-safety: the functions are pure; DiskFiles: see below.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -37,6 +35,7 @@
 
 #include "common/clock.h"
 #include "common/json.h"
+#include "common/mutex.h"
 #include "common/status.h"
 
 namespace epoch::engine {
@@ -102,14 +101,16 @@ class DiskFiles : public FileAccess {
 
   const uint64_t max_bytes_;
   const std::function<void()> on_hashed_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::string, Seen> memo_;      // guarded by mu_
-  std::set<std::string> pending_;         // paths queued or being hashed; mu_
-  std::deque<Job> jobs_;                  // mu_
-  bool stopping_ = false;                 // mu_
-  uint64_t hashed_ = 0;                   // mu_
-  std::thread thread_;                    // started on the first job
+  mutable Mutex mu_;
+  CondVar cv_;
+  std::map<std::string, Seen> memo_ GUARDED_BY(mu_);
+  std::set<std::string> pending_ GUARDED_BY(mu_);  // paths queued or being hashed
+  std::deque<Job> jobs_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
+  uint64_t hashed_ GUARDED_BY(mu_) = 0;
+  // Started on the first job; touched only by the owner's thread (Sha256, the
+  // destructor), never by the hashing thread, so it needs no lock.
+  std::thread thread_;
 };
 
 // One reusable result: the attempt that ran with the key and what it produced.

@@ -8,13 +8,13 @@ namespace epoch::engine {
 std::string ContainerCredentials::Mint(const std::string& container) {
   std::string secret = std::string(kContainerCredentialPrefix) + SecureRandomHex(32);
   std::string hash = Sha256Hex(secret);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   secrets_[container] = std::move(secret);
   return hash;
 }
 
 std::optional<std::string> ContainerCredentials::Take(const std::string& container) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = secrets_.find(container);
   if (it == secrets_.end()) return std::nullopt;
   std::string secret = std::move(it->second);

@@ -16,10 +16,11 @@
 #pragma once
 
 #include <map>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+
+#include "common/mutex.h"
 
 namespace epoch::engine {
 
@@ -42,8 +43,9 @@ class ContainerCredentials final : public CredentialMint {
   std::optional<std::string> Take(const std::string& container);
 
  private:
-  std::mutex mu_;
-  std::map<std::string, std::string> secrets_;  // container -> secret, until launched
+  Mutex mu_;
+  // container -> secret, until launched
+  std::map<std::string, std::string> secrets_ GUARDED_BY(mu_);
 };
 
 // Whether `presented` is the secret whose SHA-256 is `sha256_hex` (constant time in

@@ -148,7 +148,7 @@ Status Engine::ApplyFromStore(bool mirror, uint64_t* count, uint64_t upto) {
       ++*count;
     }
     if (mirror) {
-      std::unique_lock lock(published_mu_);
+      WriterLock lock(&published_mu_);
       for (const auto& r : recorded) EvolveKnownGood(published_, r);
     }
   }
@@ -210,12 +210,12 @@ Status Engine::Load(uint64_t upto) {
 }
 
 void Engine::SetHistory(HistoryCheck h) {
-  std::lock_guard<std::mutex> lock(history_mu_);
+  MutexLock lock(&history_mu_);
   history_ = std::move(h);
 }
 
 HistoryCheck Engine::history() const {
-  std::lock_guard<std::mutex> lock(history_mu_);
+  MutexLock lock(&history_mu_);
   return history_;
 }
 
@@ -226,7 +226,7 @@ Status Engine::CorruptHistoryStatus() const {
 
 void Engine::EnterCorruptHistory(uint64_t first_bad, const std::string& problem, bool serving) {
   {
-    std::lock_guard<std::mutex> lock(history_mu_);
+    MutexLock lock(&history_mu_);
     history_.state = HistoryCheck::State::kCorrupt;
     history_.first_bad = first_bad;
     history_.problem = problem;
@@ -245,10 +245,10 @@ void Engine::EnterCorruptHistory(uint64_t first_bad, const std::string& problem,
     // with them the pool and its reactors) stops. A group it already decided
     // finishes; everything queued after is answered CorruptHistoryStatus.
     {
-      std::lock_guard<std::mutex> lock(queue_mu_);
+      MutexLock lock(&queue_mu_);
       stopping_ = true;
     }
-    queue_cv_.notify_all();
+    queue_cv_.SignalAll();
   }
 }
 
@@ -268,7 +268,7 @@ void Engine::VerifyInBackground() {
   }
   if (!report->ok) {
     {
-      std::lock_guard<std::mutex> lock(history_mu_);
+      MutexLock lock(&history_mu_);
       history_.checked = report->checked;
     }
     EnterCorruptHistory(report->bad_position, report->problem, /*serving=*/true);
@@ -290,7 +290,7 @@ Result<SnapshotInfo> Engine::WriteSnapshot() {
   if (corrupt_) return FailedPrecondition("the history is corrupt: no snapshot is written");
   State copy;
   {
-    std::shared_lock lock(published_mu_);
+    ReaderLock lock(&published_mu_);
     copy = published_;
   }
   std::string bytes = EncodeSnapshot(copy);
@@ -302,8 +302,8 @@ Result<SnapshotInfo> Engine::WriteSnapshot() {
 void Engine::SnapshotLoop() {
   while (true) {
     {
-      std::unique_lock<std::mutex> lock(snapshot_mu_);
-      snapshot_cv_.wait(lock, [&] { return snapshot_due_ || snapshot_stopping_; });
+      MutexLock lock(&snapshot_mu_);
+      while (!(snapshot_due_ || snapshot_stopping_)) snapshot_cv_.Wait(&snapshot_mu_);
       if (snapshot_stopping_) return;
       snapshot_due_ = false;
     }
@@ -316,7 +316,7 @@ Status Engine::Start() {
   Status loaded = Load();
   if (!loaded.ok()) return StartOnCorruptHistory(loaded);
   {
-    std::unique_lock lock(published_mu_);
+    WriterLock lock(&published_mu_);
     published_ = working_;
   }
   return Lead();
@@ -338,7 +338,7 @@ Status Engine::StartOnCorruptHistory(const Status& load_error) {
   // Serve what can be proven: the state of the events before the first bad one.
   RETURN_IF_ERROR(Load(report->bad_position - 1).WithContext("loading the sound prefix"));
   {
-    std::unique_lock lock(published_mu_);
+    WriterLock lock(&published_mu_);
     published_ = working_;
   }
   epoch_ = working_.epoch;
@@ -353,7 +353,7 @@ Status Engine::StartOnCorruptHistory(const Status& load_error) {
 Status Engine::StartStandby() {
   RETURN_IF_ERROR(Load());
   {
-    std::unique_lock lock(published_mu_);
+    WriterLock lock(&published_mu_);
     published_ = working_;
   }
   epoch_ = working_.epoch;
@@ -368,10 +368,10 @@ Result<size_t> Engine::Follow() {
   if (count > 0) {
     epoch_ = working_.epoch;
     {
-      std::lock_guard<std::mutex> lock(change_mu_);
+      MutexLock lock(&change_mu_);
       generation_++;
     }
-    change_cv_.notify_all();
+    change_cv_.SignalAll();
   }
   RETURN_IF_ERROR(st);
   return static_cast<size_t>(count);
@@ -399,7 +399,7 @@ Status Engine::Promote(bool* rebuilt) {
       role_ = Role::kStandby;
       return st;
     }
-    std::unique_lock lock(published_mu_);
+    WriterLock lock(&published_mu_);
     published_ = working_;
   } else {
     // published_ is in step with working_ (Follow keeps both): apply what the
@@ -442,21 +442,21 @@ Status Engine::Lead() {
                    std::string(ev::kLeaderElected), data, "system", now, epoch_};
   EvolveKnownGood(working_, le);
   {
-    std::unique_lock lock(published_mu_);  // in step with working_ (see callers)
+    WriterLock lock(&published_mu_);  // in step with working_ (see callers)
     EvolveKnownGood(published_, le);
   }
   {
-    std::lock_guard<std::mutex> lock(change_mu_);
+    MutexLock lock(&change_mu_);
     generation_++;
   }
-  change_cv_.notify_all();
+  change_cv_.SignalAll();
   // Reconcile: every live container gets a fresh lease from now (its agent finds
   // this leader through leader.json or a redirect and registers again);
   // assignments not yet acknowledged are re-sent on its next poll (DispatchFor
   // hands out every assigned attempt the agent does not report running); retry
   // timers and timeouts are in the state and fire from the writer's ticks.
   {
-    std::lock_guard<std::mutex> lock(lease_mu_);
+    MutexLock lock(&lease_mu_);
     for (const auto& [id, c] : working_.containers) {
       if (c.phase == ContainerPhase::kRegistered) last_seen_[id] = now;
     }
@@ -498,7 +498,7 @@ Status Engine::ObserveEpoch(uint64_t seen) {
 }
 
 std::string Engine::deposed_reason() const {
-  std::lock_guard<std::mutex> lock(deposed_mu_);
+  MutexLock lock(&deposed_mu_);
   return deposed_reason_;
 }
 
@@ -507,7 +507,7 @@ void Engine::StepDown(const std::string& reason) {
   if (!role_.compare_exchange_strong(expected, Role::kDeposed)) return;
   ready_ = false;
   {
-    std::lock_guard<std::mutex> lock(deposed_mu_);
+    MutexLock lock(&deposed_mu_);
     deposed_reason_ = reason;
   }
   spdlog::critical("stepping down: {}", reason);
@@ -523,25 +523,28 @@ void Engine::Stop() {
   if (role_ == Role::kLeader) role_ = Role::kStopped;
   ready_ = false;
   {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     stopping_ = true;
   }
-  queue_cv_.notify_all();
+  queue_cv_.SignalAll();
   if (writer_.joinable()) writer_.join();
   {
-    std::lock_guard<std::mutex> lock(reactor_mu_);
+    MutexLock lock(&reactor_mu_);
     reactor_stopping_ = true;
   }
-  reactor_cv_.notify_all();
+  reactor_cv_.SignalAll();
   if (reactor_.joinable()) reactor_.join();
   {
-    std::lock_guard<std::mutex> lock(snapshot_mu_);
+    MutexLock lock(&snapshot_mu_);
     snapshot_stopping_ = true;
   }
-  snapshot_cv_.notify_all();
+  snapshot_cv_.SignalAll();
   if (snapshotter_.joinable()) snapshotter_.join();
   if (verifier_.joinable()) verifier_.join();
-  change_cv_.notify_all();
+  // Through the mutex: a waiter that has just seen started_ true is then waiting
+  // (WaitForChange checks and waits under change_mu_), so it cannot miss this.
+  { MutexLock lock(&change_mu_); }
+  change_cv_.SignalAll();
 }
 
 Result<CommandResult> Engine::Execute(Command command) {
@@ -568,7 +571,7 @@ Result<CommandResult> Engine::Execute(Command command) {
   p->command = std::move(command);
   auto fut = p->promise.get_future();
   {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     if (stopping_ || !started_) {
       if (corrupt_) return CorruptHistoryStatus();
       if (failed_) return StorageFaultStatus();
@@ -576,12 +579,12 @@ Result<CommandResult> Engine::Execute(Command command) {
     }
     queue_.push_back(std::move(p));
   }
-  queue_cv_.notify_one();
+  queue_cv_.Signal();
   return fut.get();
 }
 
 Status Engine::storage_fault() const {
-  std::lock_guard<std::mutex> lock(fault_mu_);
+  MutexLock lock(&fault_mu_);
   return storage_fault_;
 }
 
@@ -602,7 +605,7 @@ Status Engine::StorageFaultStatus() const {
 
 void Engine::FailOnStorage(const Status& fault) {
   {
-    std::lock_guard<std::mutex> lock(fault_mu_);
+    MutexLock lock(&fault_mu_);
     if (!storage_fault_.ok()) return;
     storage_fault_ = fault.ok() ? Internal("storage fault") : fault;
   }
@@ -619,7 +622,7 @@ void Engine::RefuseAfterStorageFault(std::vector<std::unique_ptr<Pending>>& grou
   Status refusal = StorageFaultStatus();
   for (auto& p : group) p->promise.set_value(refusal);
   group.clear();
-  std::lock_guard<std::mutex> lock(queue_mu_);
+  MutexLock lock(&queue_mu_);
   stopping_ = true;
   for (auto& p : queue_) p->promise.set_value(refusal);
   queue_.clear();
@@ -630,7 +633,7 @@ Status Engine::CheckFreeSpace() {
   TimePoint now = clock_->Now();
   uint64_t free = 0;
   {
-    std::lock_guard<std::mutex> lock(space_mu_);
+    MutexLock lock(&space_mu_);
     if (!space_checked_ || now - space_checked_at_ >= options_.free_space_interval) {
       space_checked_ = true;
       space_checked_at_ = now;
@@ -655,13 +658,13 @@ Status Engine::CheckFreeSpace() {
 }
 
 void Engine::Heartbeat(const std::string& container) {
-  std::lock_guard<std::mutex> lock(lease_mu_);
+  MutexLock lock(&lease_mu_);
   last_seen_[container] = clock_->Now();
 }
 
 std::vector<std::string> Engine::ExpiredLeases(TimePoint now) {
   std::vector<std::string> out;
-  std::lock_guard<std::mutex> lock(lease_mu_);
+  MutexLock lock(&lease_mu_);
   for (const auto& [id, c] : working_.containers) {
     if (c.phase != ContainerPhase::kRegistered) continue;
     auto it = last_seen_.find(id);
@@ -680,11 +683,14 @@ void Engine::WriterLoop() {
   while (true) {
     std::vector<std::unique_ptr<Pending>> group;
     {
-      std::unique_lock<std::mutex> lock(queue_mu_);
+      MutexLock lock(&queue_mu_);
       auto wait_for = std::chrono::duration_cast<std::chrono::microseconds>(next_tick -
                                                                             clock_->Now());
       if (queue_.empty() && !stopping_ && wait_for.count() > 0) {
-        queue_cv_.wait_for(lock, wait_for, [&] { return !queue_.empty() || stopping_; });
+        auto deadline = std::chrono::steady_clock::now() + wait_for;
+        while (!(!queue_.empty() || stopping_)) {
+          if (!queue_cv_.WaitUntil(&queue_mu_, deadline)) break;
+        }
       }
       if (stopping_) break;
       while (!queue_.empty() && group.size() < options_.max_group) {
@@ -717,7 +723,7 @@ void Engine::WriterLoop() {
       Tick tick;
       if (options_.start_pool) tick.expired = ExpiredLeases(now);
       {
-        std::lock_guard<std::mutex> lock(watch_mu_);
+        MutexLock lock(&watch_mu_);
         tick.queued = queued_seen_;
       }
       std::vector<Event> tick_events =
@@ -776,7 +782,7 @@ void Engine::WriterLoop() {
           p->promise.set_value(Unavailable("this master was deposed: " + res.status().message()));
         }
         {
-          std::lock_guard<std::mutex> lock(queue_mu_);
+          MutexLock lock(&queue_mu_);
           stopping_ = true;
           for (auto& p : queue_) p->promise.set_value(Unavailable("this master was deposed"));
           queue_.clear();
@@ -795,7 +801,7 @@ void Engine::WriterLoop() {
       stats_.commits++;
       stats_.events_appended += recorded.size();
       {
-        std::unique_lock lock(published_mu_);
+        WriterLock lock(&published_mu_);
         for (const auto& r : recorded) EvolveKnownGood(published_, r);
       }
       // After publishing: the snapshot thread copies the published state, which must
@@ -805,16 +811,16 @@ void Engine::WriterLoop() {
           recorded.back().position - last_snapshot_ >= options_.snapshot_every) {
         last_snapshot_ = recorded.back().position;
         {
-          std::lock_guard<std::mutex> lock(snapshot_mu_);
+          MutexLock lock(&snapshot_mu_);
           snapshot_due_ = true;
         }
-        snapshot_cv_.notify_one();
+        snapshot_cv_.Signal();
       }
       {
-        std::lock_guard<std::mutex> lock(change_mu_);
+        MutexLock lock(&change_mu_);
         generation_++;
       }
-      change_cv_.notify_all();
+      change_cv_.SignalAll();
       // Reactors: side effects of durable events.
       for (const auto& r : recorded) {
         if (r.type == ev::kContainerRequested && backend_) {
@@ -866,7 +872,7 @@ void Engine::WriterLoop() {
     }
   }
   // Drain: anything still queued learns that the engine stopped.
-  std::lock_guard<std::mutex> lock(queue_mu_);
+  MutexLock lock(&queue_mu_);
   for (auto& p : queue_) {
     p->promise.set_value(corrupt_ ? Result<CommandResult>(CorruptHistoryStatus())
                                   : Result<CommandResult>(Unavailable("the engine is stopping")));
@@ -887,7 +893,7 @@ void Engine::MaybeWatch(TimePoint now) {
   }
   {
     // Forget containers that are no longer live.
-    std::lock_guard<std::mutex> lock(watch_mu_);
+    MutexLock lock(&watch_mu_);
     auto gone = [&](const auto& kv) {
       return std::none_of(live.begin(), live.end(), [&](const auto& l) { return l.container_id == kv.first; });
     };
@@ -907,7 +913,7 @@ void Engine::MaybeWatch(TimePoint now) {
         continue;
       }
       {
-        std::lock_guard<std::mutex> lock(watch_mu_);
+        MutexLock lock(&watch_mu_);
         watched_[id] = *d;
         if (d->state == ContainerDescription::State::kPending) queued_seen_[id] = clock_->Now();
       }
@@ -922,18 +928,18 @@ void Engine::MaybeWatch(TimePoint now) {
 
 void Engine::PostReactor(std::function<void()> task) {
   {
-    std::lock_guard<std::mutex> lock(reactor_mu_);
+    MutexLock lock(&reactor_mu_);
     reactor_tasks_.push_back(std::move(task));
   }
-  reactor_cv_.notify_one();
+  reactor_cv_.Signal();
 }
 
 void Engine::ReactorLoop() {
   while (true) {
     std::function<void()> task;
     {
-      std::unique_lock<std::mutex> lock(reactor_mu_);
-      reactor_cv_.wait(lock, [&] { return reactor_stopping_ || !reactor_tasks_.empty(); });
+      MutexLock lock(&reactor_mu_);
+      while (!(reactor_stopping_ || !reactor_tasks_.empty())) reactor_cv_.Wait(&reactor_mu_);
       if (reactor_stopping_) return;
       task = std::move(reactor_tasks_.front());
       reactor_tasks_.pop_front();
@@ -943,8 +949,11 @@ void Engine::ReactorLoop() {
 }
 
 void Engine::WaitForChange(uint64_t seen, Micros timeout) const {
-  std::unique_lock<std::mutex> lock(change_mu_);
-  change_cv_.wait_for(lock, timeout, [&] { return generation_.load() != seen || !started_; });
+  MutexLock lock(&change_mu_);
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!(generation_.load() != seen || !started_)) {
+    if (!change_cv_.WaitUntil(&change_mu_, deadline)) break;
+  }
 }
 
 namespace {
@@ -1010,7 +1019,7 @@ DispatchView Engine::DispatchFor(const std::string& container,
   std::set<std::string> run_set(running.begin(), running.end());
   std::set<std::string> rep_set(reported.begin(), reported.end());
   const EngineConfig& cfg = options_.config;
-  std::shared_lock lock(published_mu_);
+  ReaderLock lock(&published_mu_);
   const State& s = published_;
   auto it = s.containers.find(container);
   if (it == s.containers.end()) return view;

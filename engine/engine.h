@@ -9,7 +9,8 @@
 // Readers take a shared lock on the published state and never see an event that
 // is not durable.
 //
-// Start() replays the whole log into both states, appends LeaderElected with the
+// Start() loads the latest usable snapshot and replays the log after it (the whole
+// log when there is none) into both states, appends LeaderElected with the
 // next epoch, and reconciles: timers are re-armed from state, containers get a
 // fresh lease to re-register, assignments not yet acknowledged are re-sent on the
 // next poll. Replay never triggers a reactor.
@@ -57,19 +58,17 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <future>
 #include <map>
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "common/clock.h"
+#include "common/mutex.h"
 #include "common/status.h"
 #include "engine/commands.h"
 #include "engine/container_backend.h"
@@ -219,13 +218,13 @@ class Engine {
   // Runs fn(const State&) under the published state's shared lock.
   template <typename F>
   auto Read(F&& fn) const {
-    std::shared_lock lock(published_mu_);
+    ReaderLock lock(&published_mu_);
     return fn(published_);
   }
 
   // The backend's last word on each watched container (empty for an unwatched backend).
   std::map<std::string, ContainerDescription> BackendStates() const {
-    std::lock_guard<std::mutex> lock(watch_mu_);
+    MutexLock lock(&watch_mu_);
     return watched_;
   }
 
@@ -313,67 +312,69 @@ class Engine {
   void SnapshotLoop();
   void PostReactor(std::function<void()> task);
 
-  EngineOptions options_;
+  EngineOptions options_;  // set before Start() (SetAdvertiseUrl too), read-only after
   storage::EventStore* store_;
   ContainerBackend* backend_;
   const Clock* clock_;
   std::atomic<uint64_t> epoch_{0};
   std::atomic<Role> role_{Role::kStarting};
-  mutable std::mutex deposed_mu_;
-  std::string deposed_reason_;  // guarded by deposed_mu_
+  mutable Mutex deposed_mu_;
+  std::string deposed_reason_ GUARDED_BY(deposed_mu_);
   std::string applied_hash_;    // hash of the event at published_.head (standby thread)
 
-  State working_;  // writer thread only
+  State working_;  // writer thread only (before it starts: the Start/Follow/Promote caller's)
   std::atomic<bool> inputs_hashed_{false};  // set by files_' hashing thread (declared first)
   // What decide may read of files (declared inputs, cached outputs); hashes on a
   // thread of its own.
   DiskFiles files_;
   ContainerCredentials credentials_;  // minted by decide, taken by the pool reactor
-  mutable std::shared_mutex published_mu_;
-  State published_;
+  mutable SharedMutex published_mu_;
+  State published_ GUARDED_BY(published_mu_);
 
-  std::mutex queue_mu_;
-  std::condition_variable queue_cv_;
-  std::deque<std::unique_ptr<Pending>> queue_;
-  bool stopping_ = false;
+  Mutex queue_mu_;
+  CondVar queue_cv_;
+  std::deque<std::unique_ptr<Pending>> queue_ GUARDED_BY(queue_mu_);
+  bool stopping_ GUARDED_BY(queue_mu_) = false;
 
-  mutable std::mutex change_mu_;
-  mutable std::condition_variable change_cv_;
+  // Guards nothing itself (generation_ and started_ are atomic): waiters check them
+  // under it, and writers change generation_ under it, so that no wakeup is lost.
+  mutable Mutex change_mu_;
+  mutable CondVar change_cv_;
   std::atomic<uint64_t> generation_{0};
 
-  std::mutex lease_mu_;
-  std::map<std::string, TimePoint> last_seen_;
+  Mutex lease_mu_;
+  std::map<std::string, TimePoint> last_seen_ GUARDED_BY(lease_mu_);
 
-  std::mutex reactor_mu_;
-  std::condition_variable reactor_cv_;
-  std::deque<std::function<void()>> reactor_tasks_;
-  bool reactor_stopping_ = false;
+  Mutex reactor_mu_;
+  CondVar reactor_cv_;
+  std::deque<std::function<void()>> reactor_tasks_ GUARDED_BY(reactor_mu_);
+  bool reactor_stopping_ GUARDED_BY(reactor_mu_) = false;
 
   // The watch of a Watched() backend: the last answer per container (shown by
   // /v1/containers), and whether a round of Describe calls is still running.
-  mutable std::mutex watch_mu_;
-  std::map<std::string, ContainerDescription> watched_;  // guarded by watch_mu_
-  std::map<std::string, TimePoint> queued_seen_;  // last "pending" answer; watch_mu_
+  mutable Mutex watch_mu_;
+  std::map<std::string, ContainerDescription> watched_ GUARDED_BY(watch_mu_);
+  std::map<std::string, TimePoint> queued_seen_ GUARDED_BY(watch_mu_);  // last "pending" answer
   std::atomic<bool> watch_in_flight_{false};
   TimePoint next_watch_{};  // writer thread
 
   std::thread writer_, reactor_, snapshotter_, verifier_;
-  mutable std::mutex history_mu_;
-  HistoryCheck history_;  // guarded by history_mu_
+  mutable Mutex history_mu_;
+  HistoryCheck history_ GUARDED_BY(history_mu_);
   std::atomic<bool> corrupt_{false};
-  std::mutex snapshot_mu_;
-  std::condition_variable snapshot_cv_;
-  bool snapshot_due_ = false;           // guarded by snapshot_mu_
-  bool snapshot_stopping_ = false;  // guarded by snapshot_mu_
+  Mutex snapshot_mu_;
+  CondVar snapshot_cv_;
+  bool snapshot_due_ GUARDED_BY(snapshot_mu_) = false;
+  bool snapshot_stopping_ GUARDED_BY(snapshot_mu_) = false;
   uint64_t last_snapshot_ = 0;          // writer thread
   std::atomic<uint64_t> loaded_from_{0}, replayed_{0};
   std::atomic<bool> failed_{false};
-  mutable std::mutex fault_mu_;
-  Status storage_fault_;  // guarded by fault_mu_; set once, with failed_
-  std::mutex space_mu_;
-  bool space_checked_ = false;           // guarded by space_mu_
-  TimePoint space_checked_at_{};         // guarded by space_mu_
-  uint64_t free_bytes_ = 0;              // guarded by space_mu_; the last answer
+  mutable Mutex fault_mu_;
+  Status storage_fault_ GUARDED_BY(fault_mu_);  // set once, with failed_
+  Mutex space_mu_;
+  bool space_checked_ GUARDED_BY(space_mu_) = false;
+  TimePoint space_checked_at_ GUARDED_BY(space_mu_) = {};
+  uint64_t free_bytes_ GUARDED_BY(space_mu_) = 0;  // the last answer
   std::atomic<bool> ready_{false};
   std::atomic<bool> started_{false};
   EngineStats stats_;

@@ -60,16 +60,15 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <condition_variable>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <map>
-#include <mutex>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/mutex.h"
 #include "storage/codec.h"
 #include "storage/event_store.h"
 
@@ -209,18 +208,18 @@ class InfoLog final : public rocksdb::Logger {
 class WriteFault {
  public:
   Status Get() const {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     return status_;
   }
   // Records st unless a failure is recorded already.
   void Set(Status st) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (status_.ok()) status_ = std::move(st);
   }
 
  private:
-  mutable std::mutex mu_;
-  Status status_;  // guarded by mu_
+  mutable Mutex mu_;
+  Status status_ GUARDED_BY(mu_);
 };
 
 // A RocksDB error that stops writes, as the store reports it.
@@ -367,10 +366,10 @@ class RocksDbEventStore final : public EventStore {
 
   ~RocksDbEventStore() override {
     {
-      std::lock_guard lock(state_mu_);
+      MutexLock lock(&state_mu_);
       closing_ = true;
     }
-    head_cv_.notify_all();
+    head_cv_.SignalAll();
   }
 
   // Reads the head from the last event (verifying it) and cross-checks the `meta`
@@ -385,12 +384,12 @@ class RocksDbEventStore final : public EventStore {
       ASSIGN_OR_RETURN(auto head, CorruptHead(*d, error));
       position = head.first;
       hash = head.second;
-      std::lock_guard lock(queue_mu_);
+      MutexLock lock(&queue_mu_);
       refused_ = Corruption(error.message() + " (the head event): the store refuses every write");
     }
     RETURN_IF_ERROR(hash.status());
     ASSIGN_OR_RETURN(uint64_t fence, LoadFence(*d));
-    std::lock_guard lock(state_mu_);
+    MutexLock lock(&state_mu_);
     head_position_ = position;
     head_hash_ = *hash;
     fence_epoch_ = fence;
@@ -409,7 +408,7 @@ class RocksDbEventStore final : public EventStore {
     ASSIGN_OR_RETURN(uint64_t fence, LoadFence(*d));
     bool advanced = false;
     {
-      std::lock_guard lock(state_mu_);
+      MutexLock lock(&state_mu_);
       if (position < head_position_) {
         return Corruption("the primary's log ends at " + std::to_string(position) +
                           " but this secondary had read up to " + std::to_string(head_position_));
@@ -420,7 +419,7 @@ class RocksDbEventStore final : public EventStore {
       fence_epoch_ = std::max(fence_epoch_, fence);
     }
     if (advanced) {
-      head_cv_.notify_all();
+      head_cv_.SignalAll();
       NotifySubscribers(position);
     }
     return HeadInfo{position, ToHex(*hash)};
@@ -432,15 +431,15 @@ class RocksDbEventStore final : public EventStore {
     ASSIGN_OR_RETURN(auto primary, OpenDb(options_.path, "", false, fault_));
     RETURN_IF_ERROR(Recover(primary).WithContext("promoting the event store"));
     {
-      std::lock_guard lock(state_mu_);
+      MutexLock lock(&state_mu_);
       versions_.clear();  // the leader's cache: filled lazily from the primary
     }
     {
-      std::lock_guard lock(db_mu_);
+      MutexLock lock(&db_mu_);
       db_ = std::move(primary);
     }
     // Readers that took the secondary finish on it; it closes with the last one.
-    head_cv_.notify_all();
+    head_cv_.SignalAll();
     NotifySubscribers(Head().position);
     return Status::Ok();
   }
@@ -449,7 +448,7 @@ class RocksDbEventStore final : public EventStore {
     std::shared_ptr<Db> d = db();
     if (d->secondary) return FailedPrecondition("the event store is a read-only secondary");
     if (Status f = WriteRefusal(); !f.ok()) return f;
-    std::lock_guard claim(claim_mu_);
+    MutexLock claim(&claim_mu_);
     ASSIGN_OR_RETURN(uint64_t current, LoadFence(*d));
     if (epoch <= current) {
       return Conflict("epoch " + std::to_string(epoch) + " is not above the claimed epoch " +
@@ -459,13 +458,13 @@ class RocksDbEventStore final : public EventStore {
     wo.sync = true;
     rocksdb::Status s = d->db->Put(wo, d->meta, kEpochMetaKey, std::to_string(epoch));
     if (!s.ok()) return Failed(WriteFailed(s, "claiming epoch " + std::to_string(epoch)));
-    std::lock_guard lock(state_mu_);
+    MutexLock lock(&state_mu_);
     fence_epoch_ = std::max(fence_epoch_, epoch);
     return Status::Ok();
   }
 
   uint64_t ClaimedEpoch() override {
-    std::lock_guard lock(state_mu_);
+    MutexLock lock(&state_mu_);
     return fence_epoch_;
   }
 
@@ -542,21 +541,23 @@ class RocksDbEventStore final : public EventStore {
     w.batch = std::move(batch);
     w.bytes = bytes;
 
-    std::unique_lock lock(queue_mu_);
-    writers_.push_back(&w);
-    while (!w.done && &w != writers_.front()) w.cv.wait(lock);
-    if (w.done) return std::move(w.result);
-
-    // Leader: take a group from the front of the queue.
     std::vector<Writer*> group;
-    size_t group_bytes = 0;
-    for (Writer* x : writers_) {
-      if (!group.empty() && group_bytes + x->bytes > kMaxGroupBytes) break;
-      group.push_back(x);
-      group_bytes += x->bytes;
+    Status failed;
+    {
+      MutexLock lock(&queue_mu_);
+      writers_.push_back(&w);
+      while (!w.done && &w != writers_.front()) w.cv.Wait(&queue_mu_);
+      if (w.done) return std::move(w.result);
+
+      // Leader: take a group from the front of the queue.
+      size_t group_bytes = 0;
+      for (Writer* x : writers_) {
+        if (!group.empty() && group_bytes + x->bytes > kMaxGroupBytes) break;
+        group.push_back(x);
+        group_bytes += x->bytes;
+      }
+      failed = refused_.ok() ? fault_->Get() : refused_;
     }
-    Status failed = refused_.ok() ? fault_->Get() : refused_;
-    lock.unlock();
 
     uint64_t new_head = 0;
     if (failed.ok()) {
@@ -566,19 +567,20 @@ class RocksDbEventStore final : public EventStore {
     }
     if (new_head != 0) NotifySubscribers(new_head);
 
-    lock.lock();
-    for (Writer* x : group) {
-      writers_.pop_front();  // the group is exactly the queue's prefix
-      if (x->pending.ok()) {
-        x->result = std::move(x->staged);
-      } else {
-        x->result = std::move(x->pending);
+    {
+      MutexLock lock(&queue_mu_);
+      for (Writer* x : group) {
+        writers_.pop_front();  // the group is exactly the queue's prefix
+        if (x->pending.ok()) {
+          x->result = std::move(x->staged);
+        } else {
+          x->result = std::move(x->pending);
+        }
+        x->done = true;
+        if (x != &w) x->cv.Signal();
       }
-      x->done = true;
-      if (x != &w) x->cv.notify_one();
+      if (!writers_.empty()) writers_.front()->cv.Signal();
     }
-    if (!writers_.empty()) writers_.front()->cv.notify_one();
-    lock.unlock();
     return std::move(w.result);
   }
 
@@ -750,13 +752,13 @@ class RocksDbEventStore final : public EventStore {
   }
 
   HeadInfo Head() override {
-    std::lock_guard lock(state_mu_);
+    MutexLock lock(&state_mu_);
     return HeadInfo{head_position_, ToHex(head_hash_)};
   }
 
   uint64_t StreamVersion(const std::string& stream) override {
     {
-      std::lock_guard lock(state_mu_);
+      MutexLock lock(&state_mu_);
       auto it = versions_.find(stream);
       if (it != versions_.end()) return it->second;
     }
@@ -767,20 +769,23 @@ class RocksDbEventStore final : public EventStore {
   }
 
   uint64_t WaitForHead(uint64_t after, std::chrono::milliseconds timeout) override {
-    std::unique_lock lock(state_mu_);
-    head_cv_.wait_for(lock, timeout, [&] { return head_position_ > after || closing_; });
+    MutexLock lock(&state_mu_);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!(head_position_ > after || closing_)) {
+      if (!head_cv_.WaitUntil(&state_mu_, deadline)) break;  // timed out
+    }
     return head_position_;
   }
 
   uint64_t Subscribe(std::function<void(uint64_t head)> fn) override {
-    std::lock_guard lock(sub_mu_);
+    MutexLock lock(&sub_mu_);
     uint64_t id = ++next_subscriber_;
     subscribers_.emplace(id, std::make_shared<std::function<void(uint64_t)>>(std::move(fn)));
     return id;
   }
 
   void Unsubscribe(uint64_t id) override {
-    std::lock_guard lock(sub_mu_);
+    MutexLock lock(&sub_mu_);
     subscribers_.erase(id);
   }
 
@@ -854,7 +859,7 @@ class RocksDbEventStore final : public EventStore {
   }
 
   StoreStats Stats() override {
-    std::lock_guard lock(state_mu_);
+    MutexLock lock(&state_mu_);
     return stats_;
   }
 
@@ -870,15 +875,17 @@ class RocksDbEventStore final : public EventStore {
 
  private:
   // One Append call waiting in the queue. Fields other than batch/bytes are
-  // written by the leader that takes it; result/done under queue_mu_.
+  // written by the leader that takes it; result/done under queue_mu_. (They are not
+  // GUARDED_BY: the analysis cannot name the store's queue_mu_ from a Writer, which
+  // lives on its Append call's stack.)
   struct Writer {
     AppendBatch batch;
     size_t bytes = 0;
     Status pending;                                     // leader: this writer's error
     Result<AppendResult> staged = AppendResult{};       // leader: its result if committed
     Result<AppendResult> result = Internal("not run");  // handed over under queue_mu_
-    bool done = false;
-    std::condition_variable cv;
+    bool done = false;                                  // queue_mu_
+    CondVar cv;                                         // with queue_mu_
   };
 
   // A consistent view across column families for one read call. A secondary has
@@ -909,14 +916,14 @@ class RocksDbEventStore final : public EventStore {
   // failure (OK: writes go on).
   Status WriteRefusal() {
     {
-      std::lock_guard lock(queue_mu_);
+      MutexLock lock(&queue_mu_);
       if (!refused_.ok()) return refused_;
     }
     return fault_->Get();
   }
 
   std::shared_ptr<Db> db() {
-    std::lock_guard lock(db_mu_);
+    MutexLock lock(&db_mu_);
     return db_;
   }
 
@@ -956,12 +963,12 @@ class RocksDbEventStore final : public EventStore {
   // Leader only: the committed version of a stream, from the cache or the index.
   Result<uint64_t> CommittedVersion(const std::string& stream) {
     {
-      std::lock_guard lock(state_mu_);
+      MutexLock lock(&state_mu_);
       auto it = versions_.find(stream);
       if (it != versions_.end()) return it->second;
     }
     ASSIGN_OR_RETURN(uint64_t v, LoadStreamVersion(stream));
-    std::lock_guard lock(state_mu_);
+    MutexLock lock(&state_mu_);
     versions_.emplace(stream, v);
     return v;
   }
@@ -1024,7 +1031,7 @@ class RocksDbEventStore final : public EventStore {
     uint64_t next, fence;
     Digest prev;
     {
-      std::lock_guard lock(state_mu_);
+      MutexLock lock(&state_mu_);
       if (versions_.size() > kMaxCachedStreams) versions_.clear();
       next = head_position_;
       prev = head_hash_;
@@ -1080,7 +1087,7 @@ class RocksDbEventStore final : public EventStore {
     }
 
     if (committed == 0) {
-      std::lock_guard lock(state_mu_);
+      MutexLock lock(&state_mu_);
       stats_.append_conflicts += conflicts;
       return 0;
     }
@@ -1106,7 +1113,7 @@ class RocksDbEventStore final : public EventStore {
       return 0;
     }
     {
-      std::lock_guard lock(state_mu_);
+      MutexLock lock(&state_mu_);
       head_position_ = next;
       head_hash_ = prev;
       for (auto& [stream, v] : group_versions) versions_[stream] = v;
@@ -1115,7 +1122,7 @@ class RocksDbEventStore final : public EventStore {
       stats_.events += events;
       stats_.commit_groups += 1;
     }
-    head_cv_.notify_all();
+    head_cv_.SignalAll();
     return next;
   }
 
@@ -1123,35 +1130,37 @@ class RocksDbEventStore final : public EventStore {
   void NotifySubscribers(uint64_t head) {
     std::vector<std::shared_ptr<std::function<void(uint64_t)>>> fns;
     {
-      std::lock_guard lock(sub_mu_);
+      MutexLock lock(&sub_mu_);
       fns.reserve(subscribers_.size());
       for (auto& [id, fn] : subscribers_) fns.push_back(fn);
     }
     for (auto& fn : fns) (*fn)(head);
   }
 
-  std::mutex db_mu_;
-  std::shared_ptr<Db> db_;  // guarded by db_mu_; replaced once, by Promote()
+  Mutex db_mu_;
+  std::shared_ptr<Db> db_ GUARDED_BY(db_mu_);  // replaced once, by Promote()
   const StoreOptions options_;
-  std::mutex claim_mu_;  // serializes ClaimEpoch
+  Mutex claim_mu_;  // serializes ClaimEpoch (the meta "epoch" record's read-modify-write)
 
-  std::mutex queue_mu_;
-  std::deque<Writer*> writers_;  // guarded by queue_mu_
-  Status refused_;  // guarded by queue_mu_; non-OK: opened on a corrupt head (open_corrupt_head)
+  Mutex queue_mu_;
+  std::deque<Writer*> writers_ GUARDED_BY(queue_mu_);
+  // Non-OK: opened on a corrupt head (open_corrupt_head).
+  Status refused_ GUARDED_BY(queue_mu_);
   const std::shared_ptr<WriteFault> fault_;  // the sticky write failure (also the listeners')
 
-  std::mutex state_mu_;
-  std::condition_variable head_cv_;
-  uint64_t head_position_ = 0;  // guarded by state_mu_; written only by the leader
-  Digest head_hash_{};          // guarded by state_mu_
-  std::unordered_map<std::string, uint64_t> versions_;  // guarded by state_mu_; committed
-  StoreStats stats_;                                    // guarded by state_mu_
-  bool closing_ = false;                                // guarded by state_mu_
-  uint64_t fence_epoch_ = 0;                            // guarded by state_mu_
+  Mutex state_mu_;
+  CondVar head_cv_;
+  uint64_t head_position_ GUARDED_BY(state_mu_) = 0;  // written only by the leader
+  Digest head_hash_ GUARDED_BY(state_mu_) = {};
+  std::unordered_map<std::string, uint64_t> versions_ GUARDED_BY(state_mu_);  // committed
+  StoreStats stats_ GUARDED_BY(state_mu_);
+  bool closing_ GUARDED_BY(state_mu_) = false;
+  uint64_t fence_epoch_ GUARDED_BY(state_mu_) = 0;
 
-  std::mutex sub_mu_;
-  uint64_t next_subscriber_ = 0;  // guarded by sub_mu_
-  std::map<uint64_t, std::shared_ptr<std::function<void(uint64_t)>>> subscribers_;  // sub_mu_
+  Mutex sub_mu_;
+  uint64_t next_subscriber_ GUARDED_BY(sub_mu_) = 0;
+  std::map<uint64_t, std::shared_ptr<std::function<void(uint64_t)>>> subscribers_
+      GUARDED_BY(sub_mu_);
 };
 
 }  // namespace

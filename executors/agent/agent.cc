@@ -12,17 +12,16 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <thread>
 
 #include "common/files.h"
+#include "common/mutex.h"
 #include "common/sha256.h"
 #include "common/units.h"
 #include "executors/cgroup.h"
@@ -673,7 +672,9 @@ struct Agent::Impl {
   // Set by Run() before any thread starts, read-only after.
   IsolationState isolation;
   // Limits (executors/cgroup.h): what enforces them, and the container's groups. The
-  // groups are touched by the main loop only (and by Prepare/RunAll around it).
+  // groups are touched by the main loop only (and by Prepare/RunAll around it); the
+  // report thread only reads container_group's usage. The rest is set by Prepare()
+  // before any thread starts, read-only after.
   CgroupHost cgroups;
   std::string enforce_mechanism = "none";  // cgroup2 | cgroup1 | slurm | none
   std::string enforce_reason;
@@ -682,32 +683,33 @@ struct Agent::Impl {
   std::vector<std::unique_ptr<Cgroup>> leftover_groups;  // Remove failed; retried
   bool shielded = false;                                 // our oom_score_adj is -1000
   uint64_t attempt_groups_made = 0;                      // names them: a-1, a-2, ...
+  // Set by Prepare() before any thread starts, read-only after.
   std::string sandbox_path;
   std::string data_dir_real;   // the data dir's canonical path
   std::string credential;      // never logged, never in an error, never in a step's env
   std::string initial_master;  // --master: trusted like leader.json's leader
 
   // ---- shared state, guarded by mu
-  std::mutex mu;
-  std::condition_variable main_cv, report_cv, poll_cv;
-  std::string master_url;
-  uint64_t url_generation = 0;
-  int64_t epoch_seen = 0;
-  int64_t poll_timeout_ms = 1000;
-  bool registered = false;
-  bool release = false;
-  bool orphaned = false;
-  bool threads_stop = false;  // poll and report threads end
-  bool draining = false;      // report thread: finish, send once, end
-  bool reports_dirty = false;
-  SteadyTime last_contact = SteadyClock::now();
-  std::set<std::string> known;           // every attempt ever accepted
-  std::set<std::string> active;          // accepted and not yet reported
-  std::deque<Json> inbox;                // assignments for the main loop
-  std::deque<std::string> cancel_inbox;  // cancels for the main loop
-  std::deque<Ended> ended;               // for the report thread
-  std::map<std::string, Json> pending;   // unacknowledged reports
-  httplib::Client* poll_http = nullptr;  // the poll thread's client, for stop()
+  Mutex mu;
+  CondVar main_cv, report_cv, poll_cv;
+  std::string master_url GUARDED_BY(mu);
+  uint64_t url_generation GUARDED_BY(mu) = 0;
+  int64_t epoch_seen GUARDED_BY(mu) = 0;
+  int64_t poll_timeout_ms GUARDED_BY(mu) = 1000;
+  bool registered GUARDED_BY(mu) = false;
+  bool release GUARDED_BY(mu) = false;
+  bool orphaned GUARDED_BY(mu) = false;
+  bool threads_stop GUARDED_BY(mu) = false;  // poll and report threads end
+  bool draining GUARDED_BY(mu) = false;      // report thread: finish, send once, end
+  bool reports_dirty GUARDED_BY(mu) = false;
+  SteadyTime last_contact GUARDED_BY(mu) = SteadyClock::now();
+  std::set<std::string> known GUARDED_BY(mu);           // every attempt ever accepted
+  std::set<std::string> active GUARDED_BY(mu);          // accepted and not yet reported
+  std::deque<Json> inbox GUARDED_BY(mu);                // assignments for the main loop
+  std::deque<std::string> cancel_inbox GUARDED_BY(mu);  // cancels for the main loop
+  std::deque<Ended> ended GUARDED_BY(mu);               // for the report thread
+  std::map<std::string, Json> pending GUARDED_BY(mu);   // unacknowledged reports
+  httplib::Client* poll_http GUARDED_BY(mu) = nullptr;  // the poll thread's client, for stop()
 
   // ---- main loop only
   std::map<std::string, Running> running;
@@ -721,7 +723,7 @@ struct Agent::Impl {
                             CanonicalDump(Json{{"attempt_id", id}, {"state", state}}));
   }
 
-  Status WriteAgentJson() {  // callers hold mu or run before the threads start
+  Status WriteAgentJson() REQUIRES(mu) {
     Json j{{"id", opt.id},
            {"pid", static_cast<int64_t>(getpid())},
            {"master_url", master_url},
@@ -735,7 +737,10 @@ struct Agent::Impl {
   // Before any thread starts: the data dir's canonical path, the credential, and what
   // isolation this host gives steps.
   Status Prepare() {
-    initial_master = master_url;
+    {
+      MutexLock lock(&mu);
+      initial_master = master_url;
+    }
     auto real = CanonicalPath(opt.data_dir);
     if (!real.ok()) return real.status().WithContext("data dir");
     data_dir_real = *real;
@@ -848,7 +853,9 @@ struct Agent::Impl {
     return j;
   }
 
+  // Before any thread starts; it holds mu all the same (uncontended).
   Status Recover() {
+    MutexLock lock(&mu);
     RETURN_IF_ERROR(MakeDirs(reports_dir));
     RETURN_IF_ERROR(MakeDirs(attempts_dir));
     if (chmod(dir.c_str(), 0700) != 0) {
@@ -922,7 +929,7 @@ struct Agent::Impl {
     std::string url;
     uint64_t gen;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       url = master_url;
       gen = url_generation;
     }
@@ -973,12 +980,12 @@ struct Agent::Impl {
     return r;
   }
 
-  Json RunningIds() {  // holds mu
+  Json RunningIds() REQUIRES(mu) {
     Json ids = Json::array();
     for (const auto& id : active) ids.push_back(id);
     return ids;
   }
-  Json PendingReports() {  // holds mu
+  Json PendingReports() REQUIRES(mu) {
     Json reps = Json::array();
     for (const auto& [id, rep] : pending) reps.push_back(rep);
     return reps;
@@ -986,7 +993,7 @@ struct Agent::Impl {
 
   // Moves to another master (a 307 or a newer leader.json) and registers there; never
   // from https to http (the credential would travel in clear).
-  void SwitchMaster(const std::string& url, const char* why) {  // holds mu
+  void SwitchMaster(const std::string& url, const char* why) REQUIRES(mu) {
     std::string u = TrimUrl(url);
     if (u == master_url) return;
     auto to = OriginOf(u);
@@ -1041,7 +1048,7 @@ struct Agent::Impl {
                    to->ToString(), leader ? leader->address : "none");
       return;
     }
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     SwitchMaster(to->ToString(), "redirect");
   }
 
@@ -1049,7 +1056,7 @@ struct Agent::Impl {
   void CheckLeaderFile() {
     auto leader = ReadLeaderFile();
     if (!leader) return;
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     if (leader->epoch >= epoch_seen) SwitchMaster(leader->address, "leader.json");
   }
 
@@ -1068,7 +1075,7 @@ struct Agent::Impl {
         return false;
       }
       int64_t epoch = e->get<int64_t>();
-      std::unique_lock<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       if (epoch < epoch_seen) {
         spdlog::warn("ignoring answer from epoch {} (highest seen {})", epoch, epoch_seen);
         return false;
@@ -1086,7 +1093,7 @@ struct Agent::Impl {
           poll_timeout_ms = std::clamp<int64_t>(p->get<int64_t>(), 0, 600000);
         }
         registered = true;
-        report_cv.notify_all();
+        report_cv.SignalAll();
       }
       if (auto ack = j.find("ack"); ack != j.end() && ack->is_array()) {
         for (const auto& a : *ack) {
@@ -1130,7 +1137,7 @@ struct Agent::Impl {
         release = true;
         wake_main = true;
       }
-      if (wake_main) main_cv.notify_all();
+      if (wake_main) main_cv.SignalAll();
       return true;
     } catch (const Json::exception& ex) {
       spdlog::warn("unexpected answer from master: {}", ex.what());
@@ -1148,23 +1155,26 @@ struct Agent::Impl {
   }
 
   // Sleeps (interruptibly) for the backoff; returns false when the thread should end.
-  bool Backoff(std::condition_variable& cv, milliseconds& backoff) {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait_for(lock, backoff, [&] { return threads_stop; });
+  bool Backoff(CondVar& cv, milliseconds& backoff) {
+    MutexLock lock(&mu);
+    const auto deadline = SteadyClock::now() + backoff;
+    while (!threads_stop) {
+      if (!cv.WaitUntil(&mu, deadline)) break;
+    }
     backoff = std::min(backoff * 2, kMaxBackoff);
     return !threads_stop;
   }
 
   void CheckOrphaned() {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     if (orphaned || SteadyClock::now() - last_contact <= opt.orphan_timeout) return;
     spdlog::error("master unreachable for more than {}; giving up",
                   FormatDuration(std::chrono::duration_cast<Micros>(opt.orphan_timeout)));
     orphaned = true;
-    main_cv.notify_all();
+    main_cv.SignalAll();
   }
 
-  Json RegisterBody() {  // holds mu
+  Json RegisterBody() REQUIRES(mu) {
     Json inventory = gpu::ToJson(opt.gpu_inventory);
     char host[256] = {0};
     gethostname(host, sizeof(host) - 1);
@@ -1191,7 +1201,7 @@ struct Agent::Impl {
     struct ClearOnExit {  // destroyed before client: main never sees a dead pointer
       Impl* impl;
       ~ClearOnExit() {
-        std::lock_guard<std::mutex> lock(impl->mu);
+        MutexLock lock(&impl->mu);
         impl->poll_http = nullptr;
       }
     } clear_on_exit{this};
@@ -1203,7 +1213,7 @@ struct Agent::Impl {
       int64_t timeout_ms;
       size_t sent_reports = 0;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         if (threads_stop) return;
         is_register = !registered;
         timeout_ms = poll_timeout_ms;
@@ -1216,12 +1226,12 @@ struct Agent::Impl {
         }
       }
       {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         poll_http = nullptr;  // RefreshClient may replace it
       }
       RefreshClient(client, milliseconds(is_register ? 10000 : timeout_ms + 5000));
       {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         if (threads_stop) return;
         poll_http = client.http.get();
       }
@@ -1232,7 +1242,7 @@ struct Agent::Impl {
         if (ok && is_register) spdlog::info("registered with {} as {}", client.url, opt.id);
       } else if (!is_register && NeedsRegister(r)) {
         spdlog::info("master asks {} to register again ({})", opt.id, r.status);
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         registered = false;
         last_contact = SteadyClock::now();
         backoff = kMinBackoff;
@@ -1254,7 +1264,7 @@ struct Agent::Impl {
         // them, do not resend in a tight loop.
         bool unacked;
         {
-          std::lock_guard<std::mutex> lock(mu);
+          MutexLock lock(&mu);
           unacked = sent_reports > 0 && pending.size() >= sent_reports;
         }
         if (unacked && !Backoff(poll_cv, backoff)) return;
@@ -1402,7 +1412,7 @@ struct Agent::Impl {
   void FinishEnded() {
     std::deque<Ended> batch;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       batch.swap(ended);
     }
     if (batch.empty()) return;
@@ -1421,7 +1431,7 @@ struct Agent::Impl {
     if (Status st = WriteFilesDurably(files); !st.ok()) {
       spdlog::error("storing {} report(s): {}", reports.size(), st.ToString());
     }
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     for (auto& [id, report] : reports) {
       pending[id] = std::move(report);
       active.erase(id);
@@ -1436,18 +1446,18 @@ struct Agent::Impl {
     while (true) {
       bool drain;
       {
-        std::unique_lock<std::mutex> lock(mu);
-        report_cv.wait(lock, [&] {
-          return threads_stop || draining || !ended.empty() ||
-                 (reports_dirty && registered && !pending.empty());
-        });
+        MutexLock lock(&mu);
+        while (!(threads_stop || draining || !ended.empty() ||
+                 (reports_dirty && registered && !pending.empty()))) {
+          report_cv.Wait(&mu);
+        }
         if (threads_stop) return;
         drain = draining;
       }
       FinishEnded();
       Json body;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         if (pending.empty() || !registered || orphaned) {
           reports_dirty = false;
           if (drain && ended.empty()) return;
@@ -1460,15 +1470,15 @@ struct Agent::Impl {
       Reply r = Post(client, path, body);
       if (r.status >= 200 && r.status < 300 && HandleAnswer(r.body, false)) {
         backoff = kMinBackoff;
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         reports_dirty = false;  // unacknowledged ones ride on the long polls
         if (drain && ended.empty()) return;
         continue;
       }
       if (NeedsRegister(r)) {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         registered = false;
-        poll_cv.notify_all();
+        poll_cv.SignalAll();
       }
       if (drain) return;  // one try at shutdown; the reports stay on disk
       if (!Backoff(report_cv, backoff)) return;
@@ -1484,9 +1494,9 @@ struct Agent::Impl {
     e.reason = std::move(reason);
     e.failed_to_start = failed_to_start;
     e.finished_at = NowString();
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     ended.push_back(std::move(e));
-    report_cv.notify_all();
+    report_cv.SignalAll();
   }
 
   // The canonical path `path` must have (see CanonicalOf).
@@ -1735,7 +1745,7 @@ struct Agent::Impl {
     // Not running here: still in the inbox, or never received (its assignment may
     // have been lost): report it cancelled so the master learns, and never run it.
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       bool was_queued = false;
       for (auto it = inbox.begin(); it != inbox.end(); ++it) {
         if (GetString(*it, "attempt_id") == id) {
@@ -1788,9 +1798,9 @@ struct Agent::Impl {
         e.finished_at = NowString();
         e.a = std::move(r.a);
         it = running.erase(it);
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         ended.push_back(std::move(e));
-        report_cv.notify_all();
+        report_cv.SignalAll();
         continue;
       }
       if (r.why == Why::kNone && r.deadline && now >= *r.deadline) {
@@ -1807,7 +1817,7 @@ struct Agent::Impl {
     }
   }
 
-  std::string shutdown_reason;
+  std::string shutdown_reason;  // main loop only
 
   int MainLoop() {
     int code = kAgentExitOk;
@@ -1815,11 +1825,12 @@ struct Agent::Impl {
       std::deque<Json> starts;
       std::deque<std::string> cancels;
       {
-        std::unique_lock<std::mutex> lock(mu);
-        main_cv.wait_for(lock, opt.tick, [&] {
-          return !inbox.empty() || !cancel_inbox.empty() || release || orphaned ||
-                 stop_flag->load();
-        });
+        MutexLock lock(&mu);
+        const auto deadline = SteadyClock::now() + opt.tick;
+        while (!(!inbox.empty() || !cancel_inbox.empty() || release || orphaned ||
+                 stop_flag->load())) {
+          if (!main_cv.WaitUntil(&mu, deadline)) break;
+        }
         if (stop_flag->load()) {
           shutdown_reason = "container terminated";
         } else if (release) {
@@ -1855,7 +1866,7 @@ struct Agent::Impl {
     {
       // Assignments that never started are dropped: they were not reported running
       // long enough to matter, and their markers were never written.
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       for (const auto& j : inbox) active.erase(GetString(j, "attempt_id"));
       inbox.clear();
     }
@@ -1878,17 +1889,17 @@ struct Agent::Impl {
     std::thread reporter([this] { ReportThread(); });
     int code = MainLoop();
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       draining = true;
-      report_cv.notify_all();
+      report_cv.SignalAll();
     }
     reporter.join();  // builds every report, sends them once (bounded by timeouts)
     {
       // A long poll may be in flight: shut its socket so the thread ends now.
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       threads_stop = true;
       if (poll_http != nullptr) poll_http->stop();
-      poll_cv.notify_all();
+      poll_cv.SignalAll();
     }
     poller.join();
     RemoveContainerGroups();
@@ -1909,10 +1920,16 @@ Result<int> Agent::Run() {
   signal(SIGPIPE, SIG_IGN);
   RETURN_IF_ERROR(impl_->Prepare());
   RETURN_IF_ERROR(impl_->Recover().WithContext("agent state in " + impl_->dir));
-  spdlog::info("agent {} (pid {}) starting: master {}, {} mCPU, {} bytes, {} GPU(s) asked for, "
-               "{} found",
-               o.id, getpid(), impl_->master_url, o.cpu_millis, o.memory_bytes, o.gpus,
-               o.gpu_inventory.gpus.size());
+  std::string master_url;
+  {
+    MutexLock lock(&impl_->mu);  // no thread runs yet; taken for the analysis
+    master_url = impl_->master_url;
+  }
+  spdlog::info(
+      "agent {} (pid {}) starting: master {}, {} mCPU, {} bytes, {} GPU(s) asked for, "
+      "{} found",
+      o.id, getpid(), master_url, o.cpu_millis, o.memory_bytes, o.gpus,
+      o.gpu_inventory.gpus.size());
   return impl_->RunAll();
 }
 

@@ -12,16 +12,15 @@
 #include <signal.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "common/json.h"
+#include "common/mutex.h"
 
 namespace epoch::executors::testing {
 
@@ -44,9 +43,9 @@ class FakeMaster {
 
   void Stop() {
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       stopping = true;
-      cv.notify_all();
+      cv.SignalAll();
     }
     server_.stop();
     if (thread_.joinable()) thread_.join();
@@ -55,43 +54,46 @@ class FakeMaster {
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
 
   void Assign(Json a) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     assignments.push_back(std::move(a));
-    cv.notify_all();
+    cv.SignalAll();
   }
   void Cancel(const std::string& id) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     cancels.push_back(id);
-    cv.notify_all();
+    cv.SignalAll();
   }
   void Set(const std::function<void(FakeMaster&)>& f) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     f(*this);
-    cv.notify_all();
+    cv.SignalAll();
   }
   template <typename T>
   T Get(const std::function<T(const FakeMaster&)>& f) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     return f(*this);
   }
   size_t RegisterCount() {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     return registers.size();
   }
   size_t PollCount() {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     return polls;
   }
   // Every report received for id, in arrival order.
   std::vector<Json> ReportsFor(const std::string& id) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     auto it = reports.find(id);
     return it == reports.end() ? std::vector<Json>{} : it->second;
   }
 
   // ---- test-controlled answers (guarded by mu)
-  std::mutex mu;
-  std::condition_variable cv;
+  // Every field below is guarded by mu. Those that tests read and write in the callbacks
+  // of Set and Get (which run with mu held) are not annotated GUARDED_BY: the analysis
+  // cannot see the lock from inside those lambdas.
+  Mutex mu;
+  CondVar cv;
   int64_t epoch = 1;
   bool ack = true;
   int64_t poll_timeout_ms = 200;
@@ -101,20 +103,20 @@ class FakeMaster {
   std::string fail_code = "unknown_container";
   std::string redirect_to;  // non-empty: answer 307, Location redirect_to + the path
   std::deque<Json> assignments;
-  std::deque<std::string> cancels;
+  std::deque<std::string> cancels GUARDED_BY(mu);
   // ---- observations
   std::vector<Json> registers;
-  size_t polls = 0;
+  size_t polls GUARDED_BY(mu) = 0;
   int in_flight = 0;  // polls being answered (a dead agent's long poll lingers here)
-  std::map<std::string, std::vector<Json>> reports;
-  std::vector<Json> running_lists;
+  std::map<std::string, std::vector<Json>> reports GUARDED_BY(mu);
+  std::vector<Json> running_lists GUARDED_BY(mu);
   std::vector<std::string> authorizations;  // every request's Authorization header
   size_t requests = 0;                      // register and poll requests, redirected too
-  bool stopping = false;
+  bool stopping GUARDED_BY(mu) = false;
 
  private:
   // Records the request; true when it was answered with a redirect.
-  bool Redirected(const httplib::Request& req, httplib::Response& res) {
+  bool Redirected(const httplib::Request& req, httplib::Response& res) REQUIRES(mu) {
     ++requests;
     authorizations.push_back(req.get_header_value("Authorization"));
     if (redirect_to.empty()) return false;
@@ -124,7 +126,7 @@ class FakeMaster {
   }
 
   void Register(const httplib::Request& req, httplib::Response& res) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     if (Redirected(req, res)) return;
     registers.push_back(Json::parse(req.body, nullptr, false));
     Json out{{"epoch", epoch}, {"lease_ms", 10000}, {"poll_timeout_ms", poll_timeout_ms}};
@@ -132,7 +134,7 @@ class FakeMaster {
   }
 
   void Poll(const httplib::Request& req, httplib::Response& res) {
-    std::unique_lock<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     if (Redirected(req, res)) return;
     ++polls;
     ++in_flight;
@@ -160,8 +162,11 @@ class FakeMaster {
     }
     if (body.is_object() && body.contains("running")) running_lists.push_back(body["running"]);
     if (!has_reports) {
-      cv.wait_for(lock, std::chrono::milliseconds(poll_timeout_ms),
-                  [&] { return stopping || release || !assignments.empty() || !cancels.empty(); });
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::milliseconds(poll_timeout_ms);
+      while (!(stopping || release || !assignments.empty() || !cancels.empty())) {
+        if (!cv.WaitUntil(&mu, deadline)) break;
+      }
     }
     Json out{{"epoch", epoch},
              {"ack", acks},
