@@ -55,6 +55,39 @@ inline constexpr std::string_view kContainerReleased = "ContainerReleased";  // 
 inline constexpr std::string_view kCacheInvalidated = "CacheInvalidated";  // {keys, workflow, step, by}
 // Master (stream master)
 inline constexpr std::string_view kLeaderElected = "LeaderElected";  // {epoch, node, address}
+
+// Every type above. tests/golden_test fails when one of them appears in no golden
+// history (tests/golden/): add the type here, and a history that has it.
+inline constexpr std::string_view kAllTypes[] = {kWorkflowRegistered,
+                                                 kRunSubmitted,
+                                                 kStepReady,
+                                                 kStepSkipped,
+                                                 kRunSucceeded,
+                                                 kRunFailed,
+                                                 kRunCancelRequested,
+                                                 kRunCancelled,
+                                                 kRunRetryRequested,
+                                                 kJobQueued,
+                                                 kJobAssigned,
+                                                 kJobStarted,
+                                                 kJobSucceeded,
+                                                 kJobFailed,
+                                                 kJobTimedOut,
+                                                 kJobCancelled,
+                                                 kJobWorkerFinished,
+                                                 kJobCacheHit,
+                                                 kStepSweepCompleted,
+                                                 kJobRetryScheduled,
+                                                 kDatasetVersionRegistered,
+                                                 kModelVersionRegistered,
+                                                 kModelVersionValidated,
+                                                 kContainerRequested,
+                                                 kContainerLaunched,
+                                                 kContainerRegistered,
+                                                 kContainerLost,
+                                                 kContainerReleased,
+                                                 kCacheInvalidated,
+                                                 kLeaderElected};
 }  // namespace ev
 
 inline std::string RunStream(std::string_view run) { return "run-" + std::string(run); }

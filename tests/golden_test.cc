@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "common/json.h"
@@ -65,6 +67,44 @@ TEST(GoldenTest, V1HistoryReplaysToTheRecordedState) {
   EXPECT_EQ(cancelled, 1);  // long, cancelled while running
   EXPECT_EQ(failed + running, 1);  // flaky: failed, then retried
   EXPECT_EQ(s.idempotency.size(), 1u);
+}
+
+// Every history in tests/golden replays to the state recorded next to it.
+TEST(GoldenTest, EveryHistoryReplaysToItsRecordedState) {
+  int histories = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(Dir())) {
+    if (entry.path().extension() != ".ndjson") continue;
+    std::string name = entry.path().stem().string();
+    ++histories;
+    State s = Replay(name);
+    std::string expected_path = Dir() + name + ".state.json";
+    std::ifstream in(expected_path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    auto want = ParseJson(ss.str());
+    ASSERT_TRUE(want.ok()) << "missing " << expected_path;
+    EXPECT_EQ(StateDigestJson(s), *want) << "replaying " << name << " no longer gives its state";
+  }
+  EXPECT_GE(histories, 2);
+}
+
+// A new event type needs a golden history that has it (tests/golden_history_e2e_test
+// writes one with EPOCH_WRITE_GOLDEN=<dir>).
+TEST(GoldenTest, EveryEventTypeAppearsInAGoldenHistory) {
+  std::set<std::string> seen;
+  for (const auto& entry : std::filesystem::directory_iterator(Dir())) {
+    if (entry.path().extension() != ".ndjson") continue;
+    std::ifstream in(entry.path());
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = ParseJson(line);
+      ASSERT_TRUE(j.ok()) << entry.path() << ": " << line;
+      seen.insert((*j)["type"].get<std::string>());
+    }
+  }
+  for (std::string_view type : ev::kAllTypes) {
+    EXPECT_TRUE(seen.count(std::string(type))) << "no golden history has a " << type << " event";
+  }
 }
 
 }  // namespace

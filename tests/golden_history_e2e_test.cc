@@ -1,0 +1,172 @@
+// The golden history generator, run as a test: a real epochd with real agents goes
+// through every lifecycle Epoch records (a DAG with data set, model and validation;
+// a cache hit and an invalidation; a skipped step; a failure, its retry and a
+// requested rerun; a timeout; a cancellation; a sweep; a gang; a container lost to
+// kill -9; one released when idle). The test fails when the log it gets lacks any
+// event type (engine/events.h, ev::kAllTypes) or does not replay without error.
+//
+// With EPOCH_WRITE_GOLDEN=<dir> it also writes the log (<dir>/<name>.ndjson, the
+// format of `epochctl events export`) and the state it replays to
+// (<dir>/<name>.state.json) for check-in under tests/golden/, where golden_test
+// replays it from then on. A golden file, once checked in, never changes.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+
+#include "common/json.h"
+#include "engine/engine.h"
+#include "engine/events.h"
+#include "engine/state.h"
+#include "tests/harness.h"
+
+namespace epoch::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Every event of the log, in order, as GET /v1/events gives them.
+std::vector<Json> ExportAll(Epochd& d) {
+  std::vector<Json> out;
+  uint64_t after = 0;
+  while (true) {
+    HttpResult r = d.Get("/v1/events?after=" + std::to_string(after) + "&limit=1000");
+    EXPECT_EQ(r.status, 200) << r.body;
+    if (r.status != 200) return out;
+    Json items = r.json()["items"];  // (no range-for on a temporary)
+    if (items.empty()) return out;
+    for (const auto& e : items) {
+      after = e["position"].get<uint64_t>();
+      out.push_back(e);
+    }
+  }
+}
+
+std::set<std::string> TypesIn(Epochd& d) {
+  std::set<std::string> types;
+  for (const auto& e : ExportAll(d)) types.insert(e["type"].get<std::string>());
+  return types;
+}
+
+std::string Submit(Epochd& d, const std::string& workflow) {
+  HttpResult r = d.PostJson("/v1/runs", Json{{"workflow", workflow}});
+  EXPECT_EQ(r.status, 201) << r.body;
+  return r.status == 201 ? r.json()["id"].get<std::string>() : "";
+}
+
+void Register(Epochd& d, const char* text) {
+  auto def = ParseJson(text);
+  ASSERT_TRUE(def.ok()) << def.status().ToString() << "\n" << text;
+  HttpResult r = d.PostJson("/v1/workflows", *def);
+  ASSERT_TRUE(r.status == 200 || r.status == 201) << r.body;
+}
+
+TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
+  TempDir dir;
+  // Containers come on demand and go when idle for 2 s; a killed agent is lost when
+  // its 2 s lease runs out.
+  Epochd d(dir.path() + "/data",
+           {"sig.minReplicas=0", "sig.maxReplicas=3", "sig.idleTimeout=2s",
+            "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s", "executor.leaseTime=2s"});
+  d.Start();
+
+  // A DAG: a cached data set, a model, its validation, and a step `when` skips.
+  Register(d, R"J({"name": "lifecycle", "steps": [
+      {"name": "prep", "kind": "data_prep", "cache": true, "outputs": ["rows.txt"],
+       "dataset": {"name": "rows"}, "command": ["sh", "-c", "echo 1 2 3 > {{outputs}}/rows.txt"]},
+      {"name": "train", "kind": "train", "after": ["prep"], "outputs": ["model.txt"],
+       "model": {"name": "summer"},
+       "command": ["sh", "-c", "wc -w < {{steps.prep.outputs.rows.txt}} > {{outputs}}/model.txt"]},
+      {"name": "validate", "kind": "validate", "after": ["train"],
+       "command": ["sh", "-c", "echo '{\"accuracy\": 0.75}' > $EPOCH_OUTPUTS/metrics.json"]},
+      {"name": "deploy", "kind": "infer", "after": ["validate"],
+       "when": "steps.validate.metrics.accuracy > 0.9", "command": ["true"]}]})J");
+  std::string first = Submit(d, "lifecycle");
+  EXPECT_EQ(d.WaitForRun(first)["state"], "succeeded");
+  std::string second = Submit(d, "lifecycle");  // prep is a cache hit
+  EXPECT_EQ(d.WaitForRun(second)["state"], "succeeded");
+  HttpResult inv = d.PostJson("/v1/cache/invalidate", Json{{"workflow", "lifecycle"}});
+  EXPECT_EQ(inv.status / 100, 2) << inv.body;
+
+  // A step that always fails: retried once, the run fails; a rerun is asked for.
+  Register(d, R"J({"name": "flaky", "steps": [
+      {"name": "a", "retry": {"limit": 1, "backoff": "fixed", "initial": "100ms"},
+       "command": ["sh", "-c", "exit 3"]}]})J");
+  std::string flaky = Submit(d, "flaky");
+  EXPECT_EQ(d.WaitForRun(flaky)["state"], "failed");
+  HttpResult retry = d.PostJson("/v1/runs/" + flaky + "/retry", Json::object());
+  EXPECT_EQ(retry.status / 100, 2) << retry.body;
+  EXPECT_EQ(d.WaitForRun(flaky)["state"], "failed");
+
+  // A timeout, and a cancellation of a running step.
+  Register(d, R"J({"name": "slow", "steps": [
+      {"name": "a", "timeout": "300ms", "command": ["sleep", "30"]}]})J");
+  EXPECT_EQ(d.WaitForRun(Submit(d, "slow"))["state"], "failed");
+  Register(d, R"J({"name": "long", "steps": [{"name": "a", "command": ["sleep", "60"]}]})J");
+  std::string cancelled = Submit(d, "long");
+  d.WaitForRunState(cancelled, [](const Json& r) { return r["state"] == "running"; });
+  HttpResult c = d.PostJson("/v1/runs/" + cancelled + "/cancel", Json::object());
+  EXPECT_EQ(c.status / 100, 2) << c.body;
+  EXPECT_EQ(d.WaitForRun(cancelled)["state"], "cancelled");
+
+  // A sweep, and a gang of two workers.
+  Register(d, R"J({"name": "swept", "steps": [
+      {"name": "train", "kind": "train",
+       "sweep": {"method": "grid", "parameters": {"lr": [0.1, 0.2]},
+                 "objective": {"metric": "accuracy", "goal": "maximize"}},
+       "command": ["sh", "-c", "echo '{\"accuracy\": {{params.lr}}}' > $EPOCH_OUTPUTS/metrics.json"]}]})J");
+  EXPECT_EQ(d.WaitForRun(Submit(d, "swept"))["state"], "succeeded");
+  Register(d, R"J({"name": "gang", "steps": [
+      {"name": "train", "kind": "train", "workers": 2, "resources": {"cpu": "100m"},
+       "command": ["true"]}]})J");
+  EXPECT_EQ(d.WaitForRun(Submit(d, "gang"))["state"], "succeeded");
+
+  // A container lost (its agent killed), then the others released when idle.
+  std::vector<pid_t> agents = d.AgentPids();
+  ASSERT_FALSE(agents.empty());
+  kill(agents[0], SIGKILL);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        std::set<std::string> t = TypesIn(d);
+        return t.count("ContainerLost") && t.count("ContainerReleased");
+      },
+      60s));
+
+  std::vector<Json> log = ExportAll(d);
+  ASSERT_FALSE(log.empty());
+  std::set<std::string> types;
+  engine::State state;
+  for (const auto& e : log) {
+    types.insert(e["type"].get<std::string>());
+    engine::RecordedEvent r;
+    r.position = e["position"];
+    r.stream = e["stream"];
+    r.type = e["type"];
+    r.data = e["data"];
+    r.actor = e["actor"];
+    r.epoch = e["epoch"];
+    auto t = ParseTime(e["time"].get<std::string>());
+    ASSERT_TRUE(t.ok()) << e.dump();
+    r.time = *t;
+    Status st = engine::Evolve(state, r);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+  for (std::string_view type : engine::ev::kAllTypes) {
+    EXPECT_TRUE(types.count(std::string(type))) << "the lifecycle recorded no " << type;
+  }
+  EXPECT_EQ(state.head, log.back()["position"].get<uint64_t>());
+  EXPECT_EQ(state.runs.size(), 7u);
+
+  if (const char* out = std::getenv("EPOCH_WRITE_GOLDEN")) {
+    const std::string name = "v2-every-event-type";
+    std::ofstream events(std::string(out) + "/" + name + ".ndjson");
+    for (const auto& e : log) events << CanonicalDump(e) << "\n";
+    std::ofstream(std::string(out) + "/" + name + ".state.json")
+        << engine::StateDigestJson(state).dump(1) << "\n";
+  }
+}
+
+}  // namespace
+}  // namespace epoch::testing
