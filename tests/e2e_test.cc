@@ -461,13 +461,13 @@ TEST_F(E2ETest, ASecondEpochdOnTheSameDataDirStandsByAndRedirectsWrites) {
   EXPECT_EQ(cluster["epoch"], 1);
   // A write to the standby is redirected to the leader, path and query kept;
   // nothing is written by the standby itself.
-  uint64_t head = d.Head();
   HttpResult r = standby.Post("/v1/runs?x=1", R"({"workflow": "w"})");
   EXPECT_EQ(r.status, 307) << r.body;
   EXPECT_EQ(r.location, d.url() + "/v1/runs?x=1");
   EXPECT_EQ(r.json()["error"]["code"], "not_leader");
   EXPECT_EQ(r.role, "standby");
-  EXPECT_EQ(d.Head(), head);
+  // (The leader's own pool may write container events meanwhile: count runs only.)
+  EXPECT_TRUE(d.Get("/v1/events?type=RunSubmitted").json()["items"].empty());
   EXPECT_EQ(d.Get("/readyz").status, 200);
   EXPECT_EQ(d.Get("/readyz").role, "leader");
   HttpResult ready = standby.Get("/readyz");

@@ -373,6 +373,9 @@ class MockServer {
   MockServer() {
     port_ = server.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server.listen_after_bind(); });
+    // httplib's stop() does nothing before the listen loop runs, and the loop would
+    // then never end: a server stopped that early hung the test (seen under load).
+    while (!server.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   ~MockServer() {
     server.stop();
