@@ -7,7 +7,7 @@ JOBS ?= $(shell nproc)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := cmake g++ make pkg-config ccache curl procps openssl \
         librocksdb-dev libboost-dev nlohmann-json3-dev libcpp-httplib-dev libbrotli-dev \
-        libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev zlib1g-dev libcli11-dev \
+        libspdlog-dev libgtest-dev libgmock-dev libssl-dev zlib1g-dev libcli11-dev \
         clang clang-format libclang-rt-14-dev git \
         dataset-fashion-mnist \
         slurm-wlm munge

@@ -9,7 +9,8 @@
 // Format (integers little-endian; varint = LEB128, at most 10 bytes; svarint =
 // zigzag varint):
 //
-//   snapshot  := magic "EPOCHSNP" | fixed32 version (= 1) | fixed32 crc | fixed64 size | body
+//   snapshot  := magic "EPOCHSNP" | fixed32 version | fixed32 crc | fixed64 size | body
+//                version is kSnapshotFormatVersion (below)
 //                crc is CRC-32C (SnapshotCrc) of body; size is body's length in bytes
 //   body      := varint head | varint epoch | defs | workflows | runs | runs_by_seq |
 //                containers | queue | retry_timers | idempotency | workflow_keys |
