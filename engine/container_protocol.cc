@@ -1,0 +1,363 @@
+// The decider's side of the container protocol: a container registers, polls with its
+// reports on the attempts placed on it (each becomes the attempt's outcome, or a gang
+// worker's), and the backend answers a launch or says a container exited; a lost
+// container fails what it held (LoseContainer).
+#include "engine/decider.h"
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/decider_internal.h"
+
+namespace epoch::engine {
+
+Result<Decision> DecideRegisterContainer(const State& state, const RegisterContainer& cmd) {
+  auto it = state.containers.find(cmd.container);
+  if (it == state.containers.end()) {
+    return NotFound("container '" + cmd.container + "' is not known to this master");
+  }
+  const Container& c = it->second;
+  if (c.phase == ContainerPhase::kLost || c.phase == ContainerPhase::kReleased) {
+    return FailedPrecondition("container '" + c.id + "' is " + std::string(Name(c.phase)) +
+                              (c.reason.empty() ? "" : " (" + c.reason + ")"));
+  }
+  Decision d;
+  d.result.id = c.id;
+  d.result.created = c.phase != ContainerPhase::kRegistered;
+  d.events.push_back(Event{ContainerStream(c.id), std::string(ev::kContainerRegistered),
+                           Json{{"container", c.id},
+                                {"backend", cmd.backend.empty() ? c.backend : cmd.backend},
+                                {"handle", cmd.handle.empty() ? c.handle : cmd.handle},
+                                {"host", cmd.host},
+                                {"pid", cmd.pid},
+                                {"cpu_millis", cmd.cpu_millis},
+                                {"memory_bytes", cmd.memory_bytes},
+                                {"gpus", cmd.gpus},
+                                {"cuda", cmd.cuda}},
+                           c.id});
+  if (cmd.isolation.is_object() && !cmd.isolation.empty()) {
+    d.events.back().data["isolation"] = cmd.isolation;
+  }
+  if (cmd.enforcement.is_object() && !cmd.enforcement.empty()) {
+    d.events.back().data["enforcement"] = cmd.enforcement;
+  }
+  return d;
+}
+
+namespace {
+
+// Turns an agent report into the attempt's terminal event (plus JobStarted if
+// the master never saw it start).
+// What one poll has already decided about gang attempts, so that two workers
+// reported together are judged together.
+struct GangProgress {
+  std::map<std::string, std::set<int>> succeeded;  // attempt id -> ranks succeeded now
+  std::map<std::string, Json> rank0;               // attempt id -> rank 0's report now
+  std::set<std::string> ended;                     // attempts ended by this poll
+};
+
+std::string MissingOutputs(const Run& run, const std::string& step, const Json& reported);
+
+// The report's log figures as the log records them ({"bytes", "truncated",
+// "dropped_bytes"?}), or null when it has none.
+Json LogJson(const AttemptReport& report) {
+  if (!report.log) return Json();
+  Json log{{"bytes", report.log->bytes}, {"truncated", report.log->truncated}};
+  if (report.log->dropped_bytes) log["dropped_bytes"] = *report.log->dropped_bytes;
+  return log;
+}
+
+// exit_code, signal and (unless `skip_reason`) reason, where the report has them.
+void CopyExit(const AttemptReport& report, bool skip_reason, Json* out) {
+  if (report.exit_code) (*out)["exit_code"] = *report.exit_code;
+  if (report.signal) (*out)["signal"] = *report.signal;
+  if (report.reason && !skip_reason) (*out)["reason"] = *report.reason;
+}
+
+// A gang worker's report: the worker's own record, then the attempt's outcome
+// when this report decides it (all succeeded, or the first failure).
+void WorkerReportEvents(const State& state, const Container& c, const AttemptReport& report,
+                        const std::string& run_id, const std::string& step, int n, int rank,
+                        GangProgress* progress, std::vector<Event>* out) {
+  const Run* run = state.FindRun(run_id);
+  std::string attempt_id = AttemptId(run_id, step, n);
+  const Attempt* a = state.FindAttempt(attempt_id);
+  if (!run || !a || rank >= static_cast<int>(a->ranks.size())) return;
+  const Worker& w = a->ranks[static_cast<size_t>(rank)];
+  if (w.container != c.id || (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled)) return;
+  const std::string st(Name(report.state));
+  const Json& usage = report.usage;
+  if (w.phase == AttemptPhase::kAssigned && !IsTerminal(a->phase)) {
+    out->push_back(
+        RunEvent(*run, ev::kJobStarted,
+                 Json{{"step", step}, {"attempt", n}, {"rank", rank}, {"container", c.id}}, c.id));
+  }
+  Json rec{{"step", step}, {"attempt", n}, {"rank", rank}, {"state", st}, {"usage", usage}};
+  if (Json log = LogJson(report); !log.is_null()) rec["log"] = std::move(log);
+  CopyExit(report, false, &rec);
+  if (rank == 0 && st == "succeeded") {  // rank 0 speaks for the attempt
+    rec["metrics"] = report.metrics;
+    rec["outputs"] = report.outputs;
+    progress->rank0[attempt_id] = rec;
+  }
+  out->push_back(RunEvent(*run, ev::kJobWorkerFinished, rec, c.id));
+  if (IsTerminal(a->phase) || progress->ended.count(attempt_id)) return;
+  if (st == "succeeded") {
+    auto& done = progress->succeeded[attempt_id];
+    done.insert(rank);
+    for (const auto& other : a->ranks) {
+      if (other.phase != AttemptPhase::kSucceeded && !done.count(other.rank)) return;
+    }
+    progress->ended.insert(attempt_id);
+    // Rank 0's results: from this poll, or from the event that recorded its success.
+    Json metrics = a->ranks[0].metrics, outputs = a->ranks[0].outputs;
+    if (auto r0 = progress->rank0.find(attempt_id); r0 != progress->rank0.end()) {
+      metrics = r0->second["metrics"];
+      outputs = r0->second["outputs"];
+    }
+    if (!metrics.is_object()) metrics = Json::object();
+    if (!outputs.is_array()) outputs = Json::array();
+    std::string missing = MissingOutputs(*run, step, outputs);
+    if (!missing.empty()) {
+      out->push_back(RunEvent(*run, ev::kJobFailed,
+                              Json{{"step", step},
+                                   {"attempt", n},
+                                   {"usage", usage},
+                                   {"reason", "missing_output: " + missing}},
+                              c.id));
+      return;
+    }
+    Json data{{"step", step},       {"attempt", n},       {"exit_code", 0},       {"usage", usage},
+              {"metrics", metrics}, {"outputs", outputs}, {"workers", a->workers}};
+    out->push_back(RunEvent(*run, ev::kJobSucceeded, std::move(data), c.id));
+    return;
+  }
+  // One worker's failure fails the attempt; the dispatcher stops the others.
+  progress->ended.insert(attempt_id);
+  std::string reason = "worker " + std::to_string(rank) + ": " + report.reason.value_or(st);
+  Json data{{"step", step}, {"attempt", n}, {"reason", reason}, {"usage", usage}};
+  if (st == "cancelled" && run->cancel_requested) {
+    data["reason"] = "run cancelled";
+    out->push_back(RunEvent(*run, ev::kJobCancelled, std::move(data), c.id));
+  } else if (st == "timed_out") {
+    out->push_back(RunEvent(*run, ev::kJobTimedOut, std::move(data), c.id));
+  } else {
+    out->push_back(RunEvent(*run, ev::kJobFailed, std::move(data), c.id));
+  }
+}
+
+// The step's declared outputs that `reported` (the agent's [{"name", ...}]) lacks,
+// comma-separated; empty when all are there (or none are declared).
+std::string MissingOutputs(const Run& run, const std::string& step, const Json& reported) {
+  if (!run.def) return "";
+  const workflows::Step* def = nullptr;
+  for (const auto& s : run.def->steps) {
+    if (s.name == step) def = &s;
+  }
+  if (!def || def->outputs.empty()) return "";
+  std::set<std::string> have;
+  if (reported.is_array()) {
+    for (const auto& o : reported) {
+      if (o.is_object() && o.contains("name") && o["name"].is_string()) have.insert(o["name"]);
+    }
+  }
+  std::string missing;
+  for (const auto& name : def->outputs) {
+    if (have.count(name)) continue;
+    if (!missing.empty()) missing += ", ";
+    missing += name;
+  }
+  return missing;
+}
+
+void ReportEvents(const State& state, const Container& c, const AttemptReport& report,
+                  GangProgress* progress, std::vector<Event>* out) {
+  const std::string& id = report.attempt_id;
+  std::string run_id, step;
+  int n, rank;
+  if (!ParseTaskId(id, &run_id, &step, &n, &rank)) return;
+  if (rank >= 0) {
+    WorkerReportEvents(state, c, report, run_id, step, n, rank, progress, out);
+    return;
+  }
+  const Run* run = state.FindRun(run_id);
+  const Attempt* a = state.FindAttempt(id);
+  if (!run || !a || IsTerminal(a->phase) || a->container != c.id) return;  // stale: ack, no-op
+  if (a->phase == AttemptPhase::kAssigned) {
+    out->push_back(RunEvent(*run, ev::kJobStarted,
+                            Json{{"step", step}, {"attempt", n}, {"container", c.id}}, c.id));
+  }
+  const ReportedState st = report.state;
+  Json base{{"step", step}, {"attempt", n}, {"usage", report.usage}};
+  if (Json log = LogJson(report); !log.is_null()) base["log"] = std::move(log);
+  CopyExit(report, st == ReportedState::kSucceeded, &base);
+  if (st == ReportedState::kSucceeded && report.outputs_error) {
+    // The agent could not read the outputs where they belong (the step replaced its
+    // outputs folder): nothing it claims to have produced is taken.
+    base["reason"] = "outputs_error: " + *report.outputs_error;
+    out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
+    return;
+  }
+  if (st == ReportedState::kSucceeded) {
+    // A declared output the attempt did not write fails it (retry policy applies).
+    std::string missing = MissingOutputs(*run, step, report.outputs);
+    if (!missing.empty()) {
+      base["reason"] = "missing_output: " + missing;
+      out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
+      return;
+    }
+    base["metrics"] = report.metrics;
+    base["outputs"] = report.outputs;
+    if (report.metrics_error) base["metrics_error"] = *report.metrics_error;
+    out->push_back(RunEvent(*run, ev::kJobSucceeded, std::move(base), c.id));
+  } else if (st == ReportedState::kTimedOut) {
+    if (!base.contains("reason")) base["reason"] = "timeout";
+    out->push_back(RunEvent(*run, ev::kJobTimedOut, std::move(base), c.id));
+  } else if (st == ReportedState::kCancelled) {
+    if (!base.contains("reason"))
+      base["reason"] = run->cancel_requested ? "run cancelled" : "cancelled";
+    out->push_back(RunEvent(*run, ev::kJobCancelled, std::move(base), c.id));
+  } else {
+    if (!base.contains("reason")) base["reason"] = "failed";
+    out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
+  }
+}
+
+}  // namespace
+
+Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
+  auto it = state.containers.find(cmd.container);
+  if (it == state.containers.end()) {
+    return NotFound("container '" + cmd.container + "' is not known to this master");
+  }
+  const Container& c = it->second;
+  if (c.phase == ContainerPhase::kLost || c.phase == ContainerPhase::kReleased) {
+    return FailedPrecondition("container '" + c.id + "' is " + std::string(Name(c.phase)));
+  }
+  if (c.phase != ContainerPhase::kRegistered) {
+    return NotFound("container '" + c.id + "' has not registered");
+  }
+  // A container reports only on what was placed on it: a report naming any other
+  // attempt (another container's, or one that does not exist) refuses the whole poll,
+  // so a forged report changes nothing.
+  for (const auto& r : cmd.reports) {
+    const std::string& id = r.attempt_id;
+    const Attempt* ga = nullptr;
+    const Worker* w = state.FindWorker(id, &ga);
+    const Attempt* a = w ? nullptr : state.FindAttempt(id);
+    std::string holder = w ? w->container : a ? a->container : "";
+    if (holder != c.id) {
+      return PermissionDenied(
+          "container '" + c.id + "' reported on " +
+          (id.empty() ? std::string("an attempt without an id") : "attempt '" + id + "'") +
+          ", which is not assigned to it");
+    }
+  }
+  Decision d;
+  d.result.id = c.id;
+  std::set<std::string> reported;
+  GangProgress progress;
+  for (const auto& r : cmd.reports) {
+    ReportEvents(state, c, r, &progress, &d.events);
+    reported.insert(r.attempt_id);
+    d.result.ack.push_back(r.attempt_id);
+  }
+  for (const auto& id : cmd.running) {
+    if (reported.count(id)) continue;
+    const Attempt* ga = nullptr;
+    if (const Worker* w = state.FindWorker(id, &ga)) {
+      if (w->phase != AttemptPhase::kAssigned || w->container != c.id || IsTerminal(ga->phase)) {
+        continue;
+      }
+      std::string run_id, step;
+      int n, rank;
+      ParseTaskId(id, &run_id, &step, &n, &rank);
+      d.events.push_back(RunEvent(
+          *state.FindRun(run_id), ev::kJobStarted,
+          Json{{"step", step}, {"attempt", n}, {"rank", rank}, {"container", c.id}}, c.id));
+      continue;
+    }
+    const Attempt* a = state.FindAttempt(id);
+    if (!a || a->phase != AttemptPhase::kAssigned || a->container != c.id) continue;
+    std::string run_id, step;
+    int n;
+    ParseAttemptId(id, &run_id, &step, &n);
+    d.events.push_back(RunEvent(*state.FindRun(run_id), ev::kJobStarted,
+                                Json{{"step", step}, {"attempt", n}, {"container", c.id}}, c.id));
+  }
+  return d;
+}
+
+Result<Decision> DecideLaunchResult(const State& state, const ContainerLaunchResult& cmd) {
+  auto it = state.containers.find(cmd.container);
+  if (it == state.containers.end()) return NotFound("container '" + cmd.container + "'");
+  Decision d;
+  d.result.id = cmd.container;
+  if (it->second.phase == ContainerPhase::kLost || it->second.phase == ContainerPhase::kReleased) {
+    return d;
+  }
+  if (cmd.ok) {
+    d.events.push_back(Event{ContainerStream(cmd.container), std::string(ev::kContainerLaunched),
+                             Json{{"container", cmd.container}, {"handle", cmd.handle}}});
+  } else if (cmd.unschedulable) {
+    d.events.push_back(
+        Event{ContainerStream(cmd.container), std::string(ev::kContainerLost),
+              Json{{"container", cmd.container},
+                   {"reason", "launch failed: " + std::string(kUnschedulable) + ": " + cmd.error},
+                   {"unschedulable", true}}});
+    FailUnschedulable(state, cmd.error, &d.events);
+  } else {
+    d.events.push_back(
+        Event{ContainerStream(cmd.container), std::string(ev::kContainerLost),
+              Json{{"container", cmd.container}, {"reason", "launch failed: " + cmd.error}}});
+  }
+  return d;
+}
+
+Result<Decision> DecideContainerExited(const State& state, const ContainerExited& cmd) {
+  Decision d;
+  d.result.id = cmd.container;
+  auto it = state.containers.find(cmd.container);
+  if (it == state.containers.end()) return d;
+  const Container& c = it->second;
+  if (c.phase != ContainerPhase::kRequested && c.phase != ContainerPhase::kRegistered) return d;
+  if (c.handle != cmd.handle) return d;  // an answer about an older handle
+  LoseContainer(state, c, cmd.detail, &d.events);
+  return d;
+}
+
+// JobFailed{container_lost} for every attempt still placed on a lost container.
+void LoseContainer(const State& state, const Container& c, const std::string& reason,
+                   std::vector<Event>* out) {
+  out->push_back(Event{ContainerStream(c.id), std::string(ev::kContainerLost),
+                       Json{{"container", c.id}, {"reason", reason}}});
+  std::set<std::string> failed;
+  for (const auto& id : c.attempts) {
+    std::string run_id, step;
+    int n, rank;
+    if (!ParseTaskId(id, &run_id, &step, &n, &rank)) continue;
+    const Run* run = state.FindRun(run_id);
+    if (!run) continue;
+    if (rank >= 0) {
+      out->push_back(RunEvent(*run, ev::kJobWorkerFinished,
+                              Json{{"step", step},
+                                   {"attempt", n},
+                                   {"rank", rank},
+                                   {"state", "lost"},
+                                   {"reason", "container_lost"}}));
+      const Attempt* a = state.FindAttempt(AttemptId(run_id, step, n));
+      if (!a || IsTerminal(a->phase) || !failed.insert(AttemptId(run_id, step, n)).second) {
+        continue;
+      }
+    }
+    out->push_back(RunEvent(*run, ev::kJobFailed,
+                            Json{{"step", step},
+                                 {"attempt", n},
+                                 {"reason", "container_lost"},
+                                 {"detail", "container " + c.id + ": " + reason}}));
+  }
+}
+
+}  // namespace epoch::engine

@@ -1,0 +1,371 @@
+// Schedule: places queued attempts on containers with room. Best fit per worker, a
+// gang all at once or not at all; tenants take turns by fair share of the GPUs they
+// are entitled to, and a tenant's GPUs are capped by tenants.<name>.maxGpus
+// (TenantGpusHeld, QuotaWaitReason). The same planner tells the pool what cannot be
+// placed (UnplacedDemand) and fails what no container could ever hold
+// (FailUnschedulable).
+#include "engine/decider.h"
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "engine/decider_internal.h"
+
+namespace epoch::engine {
+
+namespace {
+
+// Free capacity of one container, as the scheduler and the pool see it.
+struct Slot {
+  const Container* c = nullptr;
+  int64_t cpu = 0, mem = 0;
+  std::vector<std::string> gpus;   // free GPU indices (healthy ones only)
+  std::vector<std::string> uuids;  // their UUIDs, same order
+  bool pending = false;            // requested, not registered yet
+};
+
+std::string GpuIndex(const Json& g) {
+  if (!g.contains("index")) return "";
+  return g["index"].is_string() ? g["index"].get<std::string>() : g["index"].dump();
+}
+
+// A registered container's free capacity (healthy GPUs not busy), or with as_if_empty
+// its whole capacity (healthy GPUs), as if nothing ran on it.
+Slot RegisteredSlot(const Container& c, bool as_if_empty) {
+  Slot f;
+  f.c = &c;
+  f.cpu = c.cpu_millis - (as_if_empty ? 0 : c.used_cpu);
+  f.mem = c.memory_bytes - (as_if_empty ? 0 : c.used_memory);
+  for (const auto& g : c.gpus) {
+    std::string idx = GpuIndex(g);
+    if (idx.empty() || !g.value("healthy", true)) continue;
+    if (!as_if_empty && c.busy_gpus.count(idx)) continue;
+    f.gpus.push_back(idx);
+    f.uuids.push_back(g.value("uuid", ""));
+  }
+  // Lowest index first when taken from the back.
+  std::reverse(f.gpus.begin(), f.gpus.end());
+  std::reverse(f.uuids.begin(), f.uuids.end());
+  return f;
+}
+
+// Registered containers with their free capacity; with include_pending, also the
+// full capacity of containers requested but not registered yet.
+std::vector<Slot> FreeSlots(const State& state, bool include_pending) {
+  std::vector<Slot> slots;
+  for (const auto& [id, c] : state.containers) {
+    Slot f;
+    f.c = &c;
+    if (c.phase == ContainerPhase::kRegistered) {
+      f = RegisteredSlot(c, /*as_if_empty=*/false);
+    } else if (c.phase == ContainerPhase::kRequested && include_pending) {
+      f.pending = true;
+      f.cpu = c.cpu_millis;
+      f.mem = c.memory_bytes;
+      for (int i = 0; i < c.requested_gpus; ++i) {
+        f.gpus.push_back("pending");
+        f.uuids.push_back("");
+      }
+    } else {
+      continue;
+    }
+    slots.push_back(std::move(f));
+  }
+  return slots;
+}
+
+bool Fits(const Slot& s, const workflows::Resources& r) {
+  return s.cpu >= r.cpu_millis && s.mem >= r.memory_bytes &&
+         static_cast<int>(s.gpus.size()) >= r.gpus;
+}
+
+// Best fit: the container left with the least room (GPUs, then CPU, then memory),
+// so big holes stay free for big requests. -1 when nothing fits.
+int BestFit(const std::vector<Slot>& slots, const workflows::Resources& r) {
+  int best = -1;
+  std::tuple<size_t, int64_t, int64_t> best_key{};
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const Slot& s = slots[i];
+    if (!Fits(s, r)) continue;
+    std::tuple<size_t, int64_t, int64_t> key{s.gpus.size() - static_cast<size_t>(r.gpus),
+                                             s.cpu - r.cpu_millis, s.mem - r.memory_bytes};
+    if (best < 0 || key < best_key) {
+      best = static_cast<int>(i);
+      best_key = key;
+    }
+  }
+  return best;
+}
+
+void Take(Slot& s, const workflows::Resources& r, Json* gpus, Json* uuids) {
+  s.cpu -= r.cpu_millis;
+  s.mem -= r.memory_bytes;
+  for (int i = 0; i < r.gpus; ++i) {
+    gpus->push_back(s.gpus.back());
+    uuids->push_back(s.uuids.back());
+    s.gpus.pop_back();
+    s.uuids.pop_back();
+  }
+}
+
+// Places all of an attempt's workers or none: on success the slots are updated
+// and placements holds {rank, local_rank, container, gpus, gpu_uuids} per worker;
+// on failure the slots are untouched (nothing is held while a gang waits).
+bool PlaceAll(std::vector<Slot>& slots, const Attempt& a, Json* placements) {
+  if (a.workers <= 1) {
+    // One worker: BestFit changes nothing when it fails, so no trial copy is needed.
+    int i = BestFit(slots, a.resources);
+    if (i < 0) return false;
+    Slot& s = slots[static_cast<size_t>(i)];
+    Json gpus = Json::array(), uuids = Json::array();
+    Take(s, a.resources, &gpus, &uuids);
+    *placements = Json::array({Json{{"rank", 0},
+                                    {"local_rank", 0},
+                                    {"container", s.c->id},
+                                    {"gpus", std::move(gpus)},
+                                    {"gpu_uuids", std::move(uuids)}}});
+    return true;
+  }
+  std::vector<Slot> trial = slots;
+  Json out = Json::array();
+  std::map<std::string, int> per_container;
+  for (int rank = 0; rank < a.workers; ++rank) {
+    int i = BestFit(trial, a.resources);
+    if (i < 0) return false;
+    Slot& s = trial[static_cast<size_t>(i)];
+    Json gpus = Json::array(), uuids = Json::array();
+    Take(s, a.resources, &gpus, &uuids);
+    out.push_back(Json{{"rank", rank},
+                       {"local_rank", per_container[s.c->id]++},
+                       {"container", s.c->id},
+                       {"gpus", gpus},
+                       {"gpu_uuids", uuids}});
+  }
+  slots = std::move(trial);
+  *placements = std::move(out);
+  return true;
+}
+
+// GPUs an attempt holds once placed: every worker's.
+int GpusNeeded(const Attempt& a) { return a.resources.gpus * std::max(1, a.workers); }
+
+// Healthy GPUs of the registered containers.
+int PoolGpus(const State& state) {
+  int n = 0;
+  for (const auto& [id, c] : state.containers) {
+    if (c.phase != ContainerPhase::kRegistered) continue;
+    for (const auto& g : c.gpus) n += !GpuIndex(g).empty() && g.value("healthy", true);
+  }
+  return n;
+}
+
+enum class Verdict { kPlaced, kNoRoom, kOverQuota };
+
+// One queued attempt as the planner sees it.
+struct Candidate {
+  const std::pair<const std::pair<int, uint64_t>, std::string>* entry;  // in state.queue
+  const Run* run;
+  const Attempt* attempt;
+  std::string step;
+  int number;
+};
+
+// A tenant with queued attempts: what it holds against what it is entitled to.
+struct TenantLine {
+  int held = 0;                  // GPUs held now, plus those placed in this pass
+  int entitled = 1;              // min(maxGpus, pool GPUs), or the pool's GPUs; >= 1
+  const int* quota = nullptr;    // tenants.<name>.maxGpus, null: unlimited
+  std::vector<Candidate> queue;  // in state.queue's order (priority, then submission)
+  size_t next = 0;
+};
+
+// Walks the queued attempts in fair-share order and decides each against `slots`
+// (taking what it places from them) and the tenants' GPU quotas; visit(candidate,
+// verdict, placements) sees every attempt of a live run once.
+//
+// Fair share: the tenant holding the smallest fraction of the GPUs it is entitled to
+// (its maxGpus capped at the pool's GPUs; the pool's GPUs for a tenant without a
+// quota) goes next; equal fractions go by the queue order of each tenant's next
+// attempt. Within a tenant the queue order holds (priority, then submission). What
+// a tenant holds grows with each placement in the pass. Exact integer comparisons
+// (held_a * entitled_b < held_b * entitled_a) keep it deterministic for replay.
+// O(queue * (log tenants + containers)).
+template <typename Visit>
+void PlanQueue(const State& state, const EngineConfig& cfg, std::vector<Slot>& slots,
+               Visit&& visit) {
+  std::map<std::string, TenantLine> tenants;
+  for (const auto& entry : state.queue) {
+    Candidate cand{&entry, nullptr, nullptr, {}, 0};
+    std::string run_id;
+    if (!ParseAttemptId(entry.second, &run_id, &cand.step, &cand.number)) continue;
+    cand.run = state.FindRun(run_id);
+    if (!cand.run || cand.run->cancel_requested || IsTerminal(cand.run->phase)) continue;
+    const StepRun* s = cand.run->FindStep(cand.step);
+    if (!s || cand.number < 1 || cand.number > static_cast<int>(s->attempts.size())) continue;
+    cand.attempt = &s->attempts[static_cast<size_t>(cand.number) - 1];
+    tenants[cand.run->tenant].queue.push_back(std::move(cand));
+  }
+  if (tenants.empty()) return;
+  if (tenants.size() > 1 || !cfg.tenant_max_gpus.empty()) {
+    std::map<std::string, int> held = TenantGpusHeld(state);
+    int pool = std::max(1, PoolGpus(state));
+    for (auto& [name, t] : tenants) {
+      auto h = held.find(name);
+      t.held = h == held.end() ? 0 : h->second;
+      auto q = cfg.tenant_max_gpus.find(name);
+      if (q != cfg.tenant_max_gpus.end()) t.quota = &q->second;
+      t.entitled = t.quota ? std::clamp(*t.quota, 1, pool) : pool;
+    }
+  }
+  // A min-heap of tenants by (share, next attempt's queue key). Only the tenant just
+  // taken changes, and it is out of the heap while it does.
+  auto after = [](const TenantLine* a, const TenantLine* b) {
+    int64_t sa = int64_t{a->held} * b->entitled, sb = int64_t{b->held} * a->entitled;
+    if (sa != sb) return sa > sb;
+    return a->queue[a->next].entry->first > b->queue[b->next].entry->first;
+  };
+  std::vector<TenantLine*> heap;
+  for (auto& [name, t] : tenants) heap.push_back(&t);
+  std::make_heap(heap.begin(), heap.end(), after);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), after);
+    TenantLine* t = heap.back();
+    heap.pop_back();
+    const Candidate& cand = t->queue[t->next++];
+    int need = GpusNeeded(*cand.attempt);
+    Json placements;
+    if (t->quota && need > 0 && t->held + need > *t->quota) {
+      visit(cand, Verdict::kOverQuota, placements);  // later, smaller ones may fit its quota
+    } else if (PlaceAll(slots, *cand.attempt, &placements)) {
+      t->held += need;
+      visit(cand, Verdict::kPlaced, placements);
+    } else {
+      visit(cand, Verdict::kNoRoom, placements);  // later, smaller ones may fit (backfill)
+    }
+    if (t->next < t->queue.size()) {
+      heap.push_back(t);
+      std::push_heap(heap.begin(), heap.end(), after);
+    }
+  }
+}
+
+}  // namespace
+
+void FailUnschedulable(const State& state, const std::string& why, std::vector<Event>* out) {
+  // Every registered container as if it were empty: an attempt that fits one of them
+  // waits for room; one that fits none could only run on a new container.
+  std::vector<Slot> empty;
+  for (const auto& [id, c] : state.containers) {
+    if (c.phase == ContainerPhase::kRegistered)
+      empty.push_back(RegisteredSlot(c, /*as_if_empty=*/true));
+  }
+  for (const auto& [key, attempt_id] : state.queue) {
+    std::string run_id, step;
+    int n;
+    if (!ParseAttemptId(attempt_id, &run_id, &step, &n)) continue;
+    const Run* run = state.FindRun(run_id);
+    if (!run || run->cancel_requested || IsTerminal(run->phase)) continue;
+    const Attempt* a = state.FindAttempt(attempt_id);
+    if (!a || a->phase != AttemptPhase::kQueued) continue;
+    std::vector<Slot> slots = empty;
+    Json placements;
+    if (PlaceAll(slots, *a, &placements)) continue;
+    out->push_back(RunEvent(
+        *run, ev::kJobFailed,
+        Json{
+            {"step", step}, {"attempt", n}, {"reason", std::string(kUnschedulable) + ": " + why}}));
+  }
+}
+
+// Queued attempts that cannot be placed even on the containers already asked for.
+// Attempts held back by their tenant's GPU quota are not demand: more containers
+// would not let them run.
+int UnplacedDemand(const State& state, const EngineConfig& cfg) {
+  std::vector<Slot> slots = FreeSlots(state, /*include_pending=*/true);
+  int unplaced = 0;
+  PlanQueue(state, cfg, slots,
+            [&](const Candidate&, Verdict v, const Json&) { unplaced += v == Verdict::kNoRoom; });
+  return unplaced;
+}
+
+std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
+  std::vector<Event> out;
+  if (state.queue.empty()) return out;
+  std::vector<Slot> free = FreeSlots(state, /*include_pending=*/false);
+  if (free.empty()) return out;
+  uint64_t gangs = 0;
+  PlanQueue(state, *ctx.config, free, [&](const Candidate& c, Verdict v, const Json& placements) {
+    if (v != Verdict::kPlaced) return;
+    const Run& run = *c.run;
+    const Json& p0 = placements[0];
+    if (c.attempt->workers <= 1) {
+      out.push_back(RunEvent(run, ev::kJobAssigned,
+                             Json{{"step", c.step},
+                                  {"attempt", c.number},
+                                  {"container", p0["container"]},
+                                  {"gpus", p0["gpus"]},
+                                  {"gpu_uuids", p0["gpu_uuids"]}}));
+      return;
+    }
+    // A gang: torch.distributed's rendezvous is rank 0's host and a port chosen
+    // here (deterministically, so replay agrees).
+    const Container& c0 = state.containers.at(p0["container"].get<std::string>());
+    int port = 29500 + static_cast<int>((state.gangs_placed + gangs) % 2000);
+    ++gangs;
+    out.push_back(RunEvent(run, ev::kJobAssigned,
+                           Json{{"step", c.step},
+                                {"attempt", c.number},
+                                {"container", p0["container"]},
+                                {"placements", placements},
+                                {"master_addr", c0.host.empty() ? "127.0.0.1" : c0.host},
+                                {"master_port", port}}));
+  });
+  return out;
+}
+
+std::map<std::string, int> TenantGpusHeld(const State& state) {
+  std::map<std::string, int> held;
+  for (const auto& [cid, c] : state.containers) {
+    // A container with no busy GPU holds none for anybody: CPU-only pools cost nothing.
+    if (c.phase != ContainerPhase::kRegistered || c.busy_gpus.empty()) continue;
+    for (const auto& id : c.attempts) {
+      std::string run_id, step;
+      int n, rank;
+      if (!ParseTaskId(id, &run_id, &step, &n, &rank)) continue;
+      const Run* run = state.FindRun(run_id);
+      const StepRun* s = run ? run->FindStep(step) : nullptr;
+      if (!s || n < 1 || n > static_cast<int>(s->attempts.size())) continue;
+      const Attempt& a = s->attempts[static_cast<size_t>(n) - 1];
+      const Json* gpus = rank < 0 ? &a.gpus : nullptr;
+      for (const auto& w : a.ranks) {
+        if (rank >= 0 && w.rank == rank) gpus = &w.gpus;
+      }
+      if (gpus && !gpus->empty()) held[run->tenant] += static_cast<int>(gpus->size());
+    }
+  }
+  return held;
+}
+
+std::string QuotaWaitReason(const EngineConfig& config, const std::string& tenant, int held,
+                            const Attempt& attempt) {
+  auto q = config.tenant_max_gpus.find(tenant);
+  int need = GpusNeeded(attempt);
+  if (q == config.tenant_max_gpus.end() || need <= 0 || held + need <= q->second) return "";
+  const std::string max = std::to_string(q->second);
+  if (need > q->second) {
+    return "needs " + std::to_string(need) + (need == 1 ? " GPU" : " GPUs") +
+           ", more than tenant " + tenant + "'s GPU quota of " + max + " (tenants." + tenant +
+           ".maxGpus): it waits until the quota is raised";
+  }
+  if (held >= q->second) {
+    return "tenant " + tenant + " is at its GPU quota (" + std::to_string(held) + " of " + max +
+           " GPUs)";
+  }
+  return "tenant " + tenant + " holds " + std::to_string(held) + " of its " + max +
+         " GPUs (its quota) and this attempt needs " + std::to_string(need);
+}
+
+}  // namespace epoch::engine

@@ -1,0 +1,117 @@
+// OnTick: what time alone decides. Retries whose time has come are queued, containers
+// whose lease expired or that never registered are lost, and the pool is sized:
+// scaled up on demand (with a back-off after launch failures), kept at its minimum,
+// and released when idle.
+#include "engine/decider.h"
+
+#include <algorithm>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/units.h"
+#include "engine/decider_internal.h"
+
+namespace epoch::engine {
+
+namespace {
+
+using workflows::Step;
+
+// A new container, with its credential minted now (only the hash is recorded; see
+// engine/credentials.h).
+Event ContainerRequest(const State& state, const DecideContext& ctx, int nth,
+                       const std::string& reason) {
+  const EngineConfig& cfg = *ctx.config;
+  std::string id = "c" + std::to_string(state.container_counter + 1 + static_cast<uint64_t>(nth));
+  Json data{{"container", id},
+            {"backend", cfg.backend},
+            {"spec", Json{{"cpu_millis", cfg.container_cpu_millis},
+                          {"memory_bytes", cfg.container_memory_bytes},
+                          {"gpus", cfg.container_gpus}}},
+            {"reason", reason}};
+  if (ctx.credentials) data["credential_sha256"] = ctx.credentials->Mint(id);
+  return Event{ContainerStream(id), std::string(ev::kContainerRequested), std::move(data)};
+}
+
+}  // namespace
+
+std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideContext& ctx) {
+  std::vector<Event> out;
+  const EngineConfig& cfg = *ctx.config;
+  // Retries whose time has come.
+  for (const auto& [when, attempt_id] : state.retry_timers) {
+    if (when > ctx.now) break;
+    std::string run_id, step;
+    int n;
+    if (!ParseAttemptId(attempt_id, &run_id, &step, &n)) continue;
+    const Run* run = state.FindRun(run_id);
+    if (!run || IsTerminal(run->phase) || run->cancel_requested) continue;
+    const StepRun* s = run->FindStep(step);
+    const Step* def_step = run->def->FindStep(step);
+    if (!s || !def_step || !s->retry_at || s->next_attempt != n) continue;
+    QueueAttempt(state, *run, *def_step, n, ctx, &out);
+  }
+  // Leases.
+  std::set<std::string> expired(tick.expired.begin(), tick.expired.end());
+  int live = 0;
+  for (const auto& [id, c] : state.containers) {
+    if (c.phase == ContainerPhase::kRegistered && expired.count(id)) {
+      LoseContainer(state, c, "lease expired (no poll for " + FormatDuration(cfg.lease) + ")",
+                    &out);
+      continue;
+    }
+    TimePoint waiting_since = c.requested_at;
+    if (auto q = tick.queued.find(id); q != tick.queued.end()) {
+      waiting_since = std::max(waiting_since, q->second);
+    }
+    if (c.phase == ContainerPhase::kRequested && ctx.now - waiting_since > cfg.register_timeout) {
+      LoseContainer(state, c,
+                    "never registered (within " + FormatDuration(cfg.register_timeout) + ")", &out);
+      continue;
+    }
+    if (c.phase == ContainerPhase::kRequested || c.phase == ContainerPhase::kRegistered) ++live;
+  }
+  // The pool. After launch failures it backs off (1 s, 2 s, 4 s ... up to 1 min)
+  // instead of spinning on a broken backend.
+  if (state.launch_failures_in_row > 0) {
+    int shift = std::min(state.launch_failures_in_row - 1, 6);
+    Micros backoff =
+        std::min<Micros>(std::chrono::seconds(1) * (1 << shift), std::chrono::minutes(1));
+    if (ctx.now < state.last_launch_failure + backoff) return out;
+  }
+  int requested = 0;
+  // Scale up on demand: queued attempts that fit nowhere, even counting the
+  // containers already asked for, get sig.ssAllocationUnit more containers, at
+  // most one round per sig.ssAllocationInterval, never past sig.maxReplicas.
+  // Attempts held back by their tenant's GPU quota are no demand.
+  int unplaced = UnplacedDemand(state, cfg);
+  bool interval_passed = state.last_scale_up == TimePoint{} ||
+                         ctx.now - state.last_scale_up >= cfg.allocation_interval;
+  if (unplaced > 0 && live < cfg.max_replicas && interval_passed) {
+    int n = std::min(cfg.allocation_unit, cfg.max_replicas - live);
+    for (int i = 0; i < n; ++i) out.push_back(ContainerRequest(state, ctx, requested++, "demand"));
+    live += n;
+  }
+  // Keep sig.minReplicas (this also replaces lost containers below the minimum).
+  for (; live < std::min(cfg.min_replicas, cfg.max_replicas); ++live) {
+    out.push_back(ContainerRequest(state, ctx, requested++, "minReplicas"));
+  }
+  // Release containers idle longer than sig.idleTimeout, down to the minimum,
+  // only when nothing is waiting.
+  if (unplaced == 0 && state.queue.empty()) {
+    for (const auto& [id, c] : state.containers) {
+      if (live <= cfg.min_replicas) break;
+      if (c.phase != ContainerPhase::kRegistered || !c.attempts.empty()) continue;
+      if (expired.count(id)) continue;
+      if (ctx.now - c.idle_since < cfg.idle_timeout) continue;
+      out.push_back(Event{ContainerStream(id), std::string(ev::kContainerReleased),
+                          Json{{"container", id},
+                               {"reason", "idle for " + FormatDuration(ctx.now - c.idle_since)}}});
+      --live;
+    }
+  }
+  return out;
+}
+
+}  // namespace epoch::engine
