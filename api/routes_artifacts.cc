@@ -1,0 +1,116 @@
+// ApiServer's lineage routes: data sets (/v1/datasets) and models (/v1/models), named
+// per tenant, each version with what produced it.
+#include <exception>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "api/auth.h"
+#include "api/http_util.h"
+#include "api/server_impl.h"
+#include "common/ids.h"
+#include "engine/engine.h"
+
+namespace epoch::api {
+
+void ApiServer::Impl::ArtifactRoutes() {
+  // Lineage: data sets and models, each version with what produced it.
+  for (bool model : {false, true}) {
+    std::string base = model ? "/v1/models" : "/v1/datasets";
+    auto all = [model](const engine::State& s) -> const auto& {
+      return model ? s.models : s.datasets;
+    };
+    // Names are per tenant (engine::ArtifactKey): each item says whose it is.
+    Get(base, Wrap(base, [this, all, model](const Request& req, Response& res) {
+          std::string only = req.Param("tenant");
+          if (req.HasParam("tenant") && !IsValidName(only)) {
+            return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
+          }
+          Json items = Json::array();
+          engine->Read([&](const engine::State& s) {
+            for (const auto& [key, versions] : all(s)) {
+              auto [tenant, name] = engine::SplitArtifactKey(key);
+              if (!Caller().Sees(tenant) || versions.empty()) continue;
+              if (!only.empty() && tenant != only) continue;
+              Json latest = engine::ArtifactToJson(name, versions.back(), model);
+              latest["tenant"] = tenant;
+              latest["versions"] = versions.size();
+              items.push_back(std::move(latest));
+            }
+            return 0;
+          });
+          WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
+        }));
+    auto one = [this, all, model](const Request& req, Response& res) {
+      std::string name = req.matches[1];
+      int version = 0;
+      if (req.matches.size() > 2) {
+        try {
+          version = std::stoi(req.matches[2]);
+        } catch (const std::exception&) {
+          version = -1;
+        }
+        if (version < 1) {
+          return WriteError(res, {400, "bad_parameter", "version must be an integer >= 1", {}});
+        }
+      }
+      std::string tenant = req.Param("tenant");
+      if (req.HasParam("tenant") && !IsValidName(tenant)) {
+        return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
+      }
+      Json out;
+      std::vector<std::string> owners;  // tenants with the name, when it is ambiguous
+      bool found = engine->Read([&](const engine::State& s) {
+        const auto& named = all(s);
+        // Whose: the tenant asked for; else the caller's own; else, for those who see
+        // every tenant, the one tenant that has the name.
+        if (tenant.empty() && named.count(engine::ArtifactKey(Caller().tenant, name))) {
+          tenant = Caller().tenant;
+        }
+        if (tenant.empty() && Caller().SeesAllTenants()) {
+          for (const auto& [key, versions] : named) {
+            auto [t, n] = engine::SplitArtifactKey(key);
+            if (n == name) owners.push_back(t);
+          }
+          if (owners.size() != 1) return false;
+          tenant = owners.front();
+          owners.clear();
+        }
+        if (tenant.empty() || !Caller().Sees(tenant)) return false;
+        auto it = named.find(engine::ArtifactKey(tenant, name));
+        if (it == named.end() || it->second.empty()) return false;
+        if (version > static_cast<int>(it->second.size())) return false;
+        if (version > 0) {
+          out = engine::ArtifactToJson(name, it->second[static_cast<size_t>(version - 1)], model);
+          out["tenant"] = tenant;
+          return true;
+        }
+        Json versions = Json::array();
+        for (const auto& v : it->second) versions.push_back(engine::ArtifactToJson(name, v, model));
+        out = Json{{"name", name}, {"tenant", tenant}, {"versions", versions}};
+        return true;
+      });
+      if (owners.size() > 1) {
+        std::string list;
+        for (const auto& t : owners) list += (list.empty() ? "" : ", ") + t;
+        return WriteError(res, {409, "ambiguous",
+                                std::string(model ? "model '" : "data set '") + name +
+                                    "' exists in tenants " + list + ": add ?tenant=",
+                                owners});
+      }
+      if (!found) {
+        return WriteError(
+            res, {404,
+                  "not_found",
+                  std::string(model ? "model '" : "data set '") + name + "'" +
+                      (version ? " version " + std::to_string(version) : "") + " not found",
+                  {}});
+      }
+      WriteJson(res, 200, out);
+    };
+    Get(base + R"(/([^/]+))", Wrap(base + "/{name}", one));
+    Get(base + R"(/([^/]+)/versions/([^/]+))", Wrap(base + "/{name}/versions/{v}", one));
+  }
+}
+
+}  // namespace epoch::api

@@ -1,0 +1,74 @@
+// ApiServer's step-cache routes (engine/cache.h): listing the entries the caller may
+// see (/v1/cache) and forgetting them (POST /v1/cache/invalidate).
+#include <string>
+
+#include "api/auth.h"
+#include "api/http_util.h"
+#include "api/server_impl.h"
+#include "engine/engine.h"
+
+namespace epoch::api {
+
+void ApiServer::Impl::CacheRoutes() {
+  // The step cache (engine/cache.h): entries, and forgetting them.
+  Get("/v1/cache", Wrap("/v1/cache", [this](const Request& req, Response& res) {
+        std::string workflow = req.Param("workflow");
+        std::string step = req.Param("step");
+        Json items = Json::array();
+        engine->Read([&](const engine::State& s) {
+          for (const auto& [key, e] : s.cache) {
+            if (!Caller().Sees(e.tenant)) continue;
+            if (!workflow.empty() && e.workflow != workflow) continue;
+            if (!step.empty() && e.step != step) continue;
+            items.push_back(engine::CacheEntryToJson(key, e));
+          }
+          return 0;
+        });
+        WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
+      }));
+  Post("/v1/cache/invalidate",
+       Wrap("/v1/cache/invalidate", [this](const Request& req, Response& res) {
+         HttpError err;
+         auto body = ParseBody(req, &err);
+         if (!body.ok()) return WriteError(res, err);
+         engine::InvalidateCache cmd;
+         cmd.actor = Actor(req);
+         for (const auto& [k, v] : body->items()) {
+           std::string* field = k == "key"        ? &cmd.key
+                                : k == "workflow" ? &cmd.workflow
+                                : k == "step"     ? &cmd.step
+                                                  : nullptr;
+           if (!field) {
+             return WriteError(
+                 res, {400, "malformed", k + ": unknown field (expected key, workflow, step)", {}});
+           }
+           if (!v.is_string() || v.get_ref<const std::string&>().empty()) {
+             return WriteError(res, {400, "malformed", k + ": must be a non-empty string", {}});
+           }
+           *field = v.get<std::string>();
+         }
+         // Only the caller's tenant's entries (the same 404s as for ones that do
+         // not exist: another tenant's names are not disclosed).
+         std::string hidden = engine->Read([&](const engine::State& s) -> std::string {
+           if (!cmd.key.empty()) {
+             auto it = s.cache.find(cmd.key);
+             if (it != s.cache.end() && !Caller().Sees(it->second.tenant)) {
+               return "cache key '" + cmd.key + "' has no entry";
+             }
+           }
+           if (!cmd.workflow.empty() && s.workflows.count(cmd.workflow) &&
+               !Caller().Sees(WorkflowTenant(s, cmd.workflow))) {
+             return "workflow '" + cmd.workflow + "' is not registered";
+           }
+           return "";
+         });
+         if (!hidden.empty()) return WriteError(res, {404, "not_found", hidden, {}});
+         cmd.tenant = Caller().tenant;
+         cmd.any_tenant = Caller().role == Role::kAdmin;
+         auto r = engine->Execute(cmd);
+         if (!r.ok()) return WriteError(res, FromStatus(r.status()));
+         WriteJson(res, 200, Json{{"invalidated", r->keys.size()}, {"keys", r->keys}});
+       }));
+}
+
+}  // namespace epoch::api

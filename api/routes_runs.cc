@@ -1,0 +1,190 @@
+// ApiServer's run routes: submitting a run (POST /v1/runs), listing runs (filtered and
+// paged), reading one, and cancelling or retrying it.
+#include <cstdint>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "api/auth.h"
+#include "api/http_util.h"
+#include "api/server_impl.h"
+#include "common/ids.h"
+#include "common/sha256.h"
+#include "engine/engine.h"
+
+namespace epoch::api {
+
+void ApiServer::Impl::RunsRoutes() {
+  Post("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
+         HttpError err;
+         auto body = ParseBody(req, &err);
+         if (!body.ok()) return WriteError(res, err);
+         const Json& b = *body;
+         static const std::set<std::string> kFields{"workflow", "version",    "params",
+                                                    "labels",   "definition", "priority"};
+         for (auto& [k, v] : b.items()) {
+           if (!kFields.count(k)) {
+             return WriteError(res, {400, "malformed", k + ": unknown field", {}});
+           }
+         }
+         engine::SubmitRun cmd;
+         if (b.contains("definition")) {
+           if (!b["definition"].is_object()) {
+             return WriteError(res, {400, "malformed", "definition: must be an object", {}});
+           }
+           cmd.definition = b["definition"];
+         } else if (!b.contains("workflow") || !b["workflow"].is_string()) {
+           return WriteError(
+               res, {400, "malformed", "workflow: required string (or give a definition)", {}});
+         } else {
+           cmd.workflow = b["workflow"];
+         }
+         if (b.contains("version")) {
+           if (!b["version"].is_number_integer() || b["version"].get<int64_t>() < 1) {
+             return WriteError(res, {400, "malformed", "version: must be an integer >= 1", {}});
+           }
+           cmd.version = b["version"];
+         }
+         if (b.contains("params")) {
+           if (!b["params"].is_object()) {
+             return WriteError(res, {400, "malformed", "params: must be an object", {}});
+           }
+           cmd.params = b["params"];
+         }
+         if (b.contains("labels")) {
+           if (!b["labels"].is_object()) {
+             return WriteError(res, {400, "malformed", "labels: must be an object", {}});
+           }
+           for (auto& [k, v] : b["labels"].items()) {
+             if (!v.is_string()) {
+               return WriteError(res, {400, "malformed", "labels." + k + ": must be a string", {}});
+             }
+           }
+           cmd.labels = b["labels"];
+         }
+         if (b.contains("priority")) {
+           if (!b["priority"].is_number_integer() || b["priority"].get<int64_t>() < -1000 ||
+               b["priority"].get<int64_t>() > 1000) {
+             return WriteError(
+                 res, {400, "malformed", "priority: must be an integer in [-1000, 1000]", {}});
+           }
+           cmd.priority = b["priority"];
+         }
+         cmd.idempotency_key = req.Header("Idempotency-Key");
+         if (cmd.idempotency_key.size() > 256) {
+           return WriteError(res, {400, "malformed", "Idempotency-Key: at most 256 bytes", {}});
+         }
+         // The request the key stands for (key order and spacing do not matter).
+         if (!cmd.idempotency_key.empty()) cmd.request_digest = Sha256Hex(CanonicalDump(b));
+         cmd.submitter = Actor(req);
+         cmd.tenant = Caller().tenant;
+         cmd.any_tenant = Caller().role == Role::kAdmin;
+         cmd.run_id = ids->NewId("r", clock->Now());
+         auto r = engine->Execute(cmd);
+         if (!r.ok()) return WriteError(res, FromStatus(r.status()));
+         Json run;
+         engine->Read([&](const engine::State& s) {
+           const engine::Run* found = s.FindRun(r->id);
+           if (found) run = engine::RunToJson(*found, engine->options().config, &s);
+           return 0;
+         });
+         res.SetHeader("Location", "/v1/runs/" + r->id);
+         WriteJson(res, r->created ? 201 : 200, run);
+       }));
+
+  Get("/v1/runs", Wrap("/v1/runs", [this](const Request& req, Response& res) {
+        HttpError err;
+        auto limit = QueryInt(req, "limit", 100, 1, kMaxPageSize, &err);
+        if (!limit.ok()) return WriteError(res, err);
+        auto cursor = QueryInt(req, "cursor", 0, 0, INT64_MAX, &err);
+        if (!cursor.ok()) return WriteError(res, err);
+        std::string state = req.Param("state");
+        std::string workflow = req.Param("workflow");
+        // label=k=v, repeatable: a run must carry every one.
+        std::vector<std::pair<std::string, std::string>> labels;
+        for (const std::string& label : req.Params("label")) {
+          auto eq = label.find('=');
+          if (eq == std::string::npos || eq == 0) {
+            return WriteError(
+                res, {400, "bad_parameter", "label must be key=value, got '" + label + "'", {}});
+          }
+          labels.push_back({label.substr(0, eq), label.substr(eq + 1)});
+        }
+        static const std::set<std::string> kStates{"queued", "running", "succeeded", "failed",
+                                                   "cancelled"};
+        if (!state.empty() && !kStates.count(state)) {
+          return WriteError(res, {400,
+                                  "bad_parameter",
+                                  "state must be one of queued, "
+                                  "running, succeeded, failed, cancelled",
+                                  {}});
+        }
+        Json items = Json::array();
+        Json next = nullptr;
+        engine->Read([&](const engine::State& s) {
+          auto it = *cursor > 0 ? s.runs_by_seq.lower_bound(static_cast<uint64_t>(*cursor))
+                                : s.runs_by_seq.end();
+          while (it != s.runs_by_seq.begin()) {
+            --it;
+            const engine::Run& r = s.runs.at(it->second);
+            if (!Caller().Sees(r.tenant)) continue;
+            if (!state.empty() && engine::Name(r.phase) != state) continue;
+            if (!workflow.empty() && r.workflow != workflow) continue;
+            bool match = true;
+            for (const auto& [k, v] : labels) {
+              auto l = r.labels.find(k);
+              if (l == r.labels.end() || !l->is_string() || l->get<std::string>() != v) {
+                match = false;
+              }
+            }
+            if (!match) continue;
+            if (static_cast<int64_t>(items.size()) == *limit) {
+              next = std::to_string(it->first + 1);
+              break;
+            }
+            Json j = engine::RunToJson(r, engine->options().config, &s);
+            items.push_back(std::move(j));
+          }
+          return 0;
+        });
+        WriteJson(res, 200, Json{{"items", items}, {"next_cursor", next}});
+      }));
+  Get(R"(/v1/runs/([^/]+))", Wrap("/v1/runs/{id}", [this](const Request& req, Response& res) {
+        std::string id = req.matches[1];
+        Json run;
+        bool found = engine->Read([&](const engine::State& s) {
+          const engine::Run* r = s.FindRun(id);
+          if (!r || !Caller().Sees(r->tenant)) return false;
+          run = engine::RunToJson(*r, engine->options().config, &s);
+          return true;
+        });
+        if (!found) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+        WriteJson(res, 200, run);
+      }));
+  auto run_command = [this](bool cancel) {
+    return [this, cancel](const Request& req, Response& res) {
+      HttpError err;
+      auto body = ParseBody(req, &err, /*allow_empty=*/true);
+      if (!body.ok()) return WriteError(res, err);
+      std::string id = req.matches[1];
+      if (!engine->Read([&](const engine::State& s) { return SeesRun(s, id); })) {
+        return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+      }
+      Result<engine::CommandResult> r = cancel ? engine->Execute(engine::CancelRun{id, Actor(req)})
+                                               : engine->Execute(engine::RetryRun{id, Actor(req)});
+      if (!r.ok()) return WriteError(res, FromStatus(r.status()));
+      Json run;
+      engine->Read([&](const engine::State& s) {
+        const engine::Run* found = s.FindRun(id);
+        if (found) run = engine::RunToJson(*found, engine->options().config, &s);
+        return 0;
+      });
+      WriteJson(res, 202, run);
+    };
+  };
+  Post(R"(/v1/runs/([^/]+)/cancel)", Wrap("/v1/runs/{id}/cancel", run_command(true)));
+  Post(R"(/v1/runs/([^/]+)/retry)", Wrap("/v1/runs/{id}/retry", run_command(false)));
+}
+
+}  // namespace epoch::api
