@@ -10,9 +10,10 @@
 #include <cstring>
 #include <spdlog/spdlog.h>
 
+#include "common/fd.h"
 #include "common/files.h"
-#include "common/json.h"
 #include "common/ids.h"
+#include "common/json.h"
 #include "common/sha256.h"
 
 namespace epoch::api {
@@ -29,26 +30,23 @@ bool StartsWith(std::string_view s, std::string_view p) { return s.substr(0, p.s
 class FileLock {
  public:
   explicit FileLock(const std::string& path) {
-    fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd_ < 0) {
+    fd_.reset(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!fd_) {
       status_ = Internal("opening " + path + ": " + std::strerror(errno));
       return;
     }
-    while (flock(fd_, LOCK_EX) != 0) {
+    while (flock(fd_.get(), LOCK_EX) != 0) {
       if (errno == EINTR) continue;
       status_ = Internal("locking " + path + ": " + std::strerror(errno));
       return;
     }
-  }
-  ~FileLock() {
-    if (fd_ >= 0) close(fd_);
   }
   FileLock(const FileLock&) = delete;
   FileLock& operator=(const FileLock&) = delete;
   const Status& status() const { return status_; }
 
  private:
-  int fd_ = -1;
+  UniqueFd fd_;  // closing it drops the flock
   Status status_;
 };
 

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/fd.h"
 #include "common/files.h"
 #include "common/json.h"
 
@@ -15,39 +16,36 @@ namespace epoch::api {
 LeaderLock::~LeaderLock() { Release(); }
 
 Status LeaderLock::TryAcquire(const std::string& path) {
-  if (fd_ >= 0) return Status::Ok();
-  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return Internal("open " + path + ": " + std::strerror(errno));
+  if (fd_) return Status::Ok();
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd) return Internal("open " + path + ": " + std::strerror(errno));
   struct flock fl = {};
   fl.l_type = F_WRLCK;
   fl.l_whence = SEEK_SET;
   fl.l_start = 0;
   fl.l_len = 0;
-  if (fcntl(fd, F_SETLK, &fl) != 0) {
+  if (fcntl(fd.get(), F_SETLK, &fl) != 0) {
     int err = errno;
-    close(fd);
+    fd.reset();
     if (err == EACCES || err == EAGAIN) {
       return Unavailable("another epochd holds " + path);
     }
     return Internal("lock " + path + ": " + std::strerror(err));
   }
-  fd_ = fd;
+  fd_ = std::move(fd);
   path_ = path;
   return Status::Ok();
 }
 
 bool LeaderLock::StillHeld() const {
-  if (fd_ < 0) return false;
+  if (!fd_) return false;
   struct stat held {}, at_path {};
-  if (fstat(fd_, &held) != 0 || stat(path_.c_str(), &at_path) != 0) return false;
+  if (fstat(fd_.get(), &held) != 0 || stat(path_.c_str(), &at_path) != 0) return false;
   return held.st_dev == at_path.st_dev && held.st_ino == at_path.st_ino;
 }
 
 void LeaderLock::Release() {
-  if (fd_ >= 0) {
-    close(fd_);  // closing the descriptor drops the fcntl lock
-    fd_ = -1;
-  }
+  fd_.reset();  // closing the descriptor drops the fcntl lock
 }
 
 Result<PublishedLeader> ReadPublishedLeader(const std::string& data_dir) {

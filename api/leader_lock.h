@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/fd.h"
 #include "common/status.h"
 
 namespace epoch::api {
@@ -30,14 +31,14 @@ class LeaderLock {
   // Tries once, without blocking. kUnavailable when another process holds it.
   Status TryAcquire(const std::string& path);
   void Release();
-  bool held() const { return fd_ >= 0; }
+  bool held() const { return fd_.valid(); }
   // False when the lock file we hold is no longer the one at the path (deleted
   // or replaced by hand): another process could then lock the new file, so the
   // holder must step down.
   bool StillHeld() const;
 
  private:
-  int fd_ = -1;
+  UniqueFd fd_;
   std::string path_;
 };
 

@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 
+#include "common/fd.h"
 #include "common/files.h"
 
 namespace epoch::api {
@@ -64,18 +65,15 @@ Status AddExtension(X509* cert, int nid, const std::string& value) {
 }
 
 Status WritePem(const std::string& path, mode_t mode, const std::function<int(BIO*)>& encode) {
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-  if (fd < 0) return Internal("creating " + path + ": " + std::strerror(errno));
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
+  if (!fd) return Internal("creating " + path + ": " + std::strerror(errno));
   Ptr<BIO> mem(BIO_new(BIO_s_mem()));
-  if (!mem || encode(mem.get()) != 1) {
-    close(fd);
-    return Internal(OpenSslError("encoding " + path));
-  }
+  if (!mem || encode(mem.get()) != 1) return Internal(OpenSslError("encoding " + path));
   char* data = nullptr;
   long n = BIO_get_mem_data(mem.get(), &data);
-  bool ok = WriteFully(fd, data, static_cast<size_t>(n)) && fsync(fd) == 0;
+  bool ok = WriteFully(fd.get(), data, static_cast<size_t>(n)) && fsync(fd.get()) == 0;
   int err = errno;
-  close(fd);
+  fd.reset();
   if (!ok) return Internal("writing " + path + ": " + std::strerror(err));
   return Status::Ok();
 }

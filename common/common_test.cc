@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
 
 #include <limits>
@@ -8,6 +9,7 @@
 #include <cstdlib>
 
 #include "common/clock.h"
+#include "common/fd.h"
 #include "common/files.h"
 #include "common/ids.h"
 #include "common/json.h"
@@ -196,10 +198,9 @@ TEST(FilesTest, OpenBeneathKeepsSymlinksAndDotsInsideTheRoot) {
   ASSERT_EQ(symlink("../secret", (dir + "/root/relative").c_str()), 0);
   ASSERT_EQ(symlink("sub/in", (dir + "/root/inner").c_str()), 0);
   std::string root = dir + "/root";
-  auto read_all = [](int fd) {
+  auto read_all = [](const UniqueFd& fd) {
     char buf[64];
-    ssize_t n = read(fd, buf, sizeof(buf));
-    close(fd);
+    ssize_t n = read(fd.get(), buf, sizeof(buf));
     return std::string(buf, n > 0 ? static_cast<size_t>(n) : 0);
   };
   auto in = OpenBeneath(root, root + "/sub/in");
@@ -211,7 +212,6 @@ TEST(FilesTest, OpenBeneathKeepsSymlinksAndDotsInsideTheRoot) {
   for (const char* name : {"/escape", "/relative"}) {
     auto out = OpenBeneath(root, root + name);
     EXPECT_FALSE(out.ok()) << name << " was opened";
-    if (out.ok()) close(*out);
   }
   EXPECT_EQ(OpenBeneath(root, dir + "/secret").status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(OpenBeneath(root, root + "/nope").status().code(), StatusCode::kNotFound);
@@ -224,6 +224,49 @@ TEST(IdsTest, SecureRandomHexIsHexOfTheAskedLengthAndDiffers) {
   EXPECT_EQ(a.size(), 64u);
   EXPECT_EQ(a.find_first_not_of("0123456789abcdef"), std::string::npos);
   EXPECT_NE(a, b);
+}
+
+}  // namespace
+}  // namespace epoch
+
+namespace epoch {
+namespace {
+
+// Whether fd is an open descriptor of this process.
+bool IsOpen(int fd) { return fcntl(fd, F_GETFD) != -1; }
+
+TEST(UniqueFdTest, ClosesOnceWhenItsOwnerGoes) {
+  int raw = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(raw, 0);
+  {
+    UniqueFd fd(raw);
+    EXPECT_TRUE(fd.valid());
+    EXPECT_EQ(fd.get(), raw);
+    UniqueFd moved(std::move(fd));
+    EXPECT_FALSE(fd.valid());  // NOLINT(bugprone-use-after-move): the point of the test
+    EXPECT_EQ(moved.get(), raw);
+    EXPECT_TRUE(IsOpen(raw));
+  }
+  EXPECT_FALSE(IsOpen(raw));
+}
+
+TEST(UniqueFdTest, ReleaseHandsItOverAndResetClosesTheOld) {
+  int a = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int b = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  UniqueFd fd(a);
+  fd.reset(b);
+  EXPECT_FALSE(IsOpen(a));
+  EXPECT_EQ(fd.get(), b);
+  int kept = fd.release();
+  EXPECT_EQ(kept, b);
+  EXPECT_FALSE(fd.valid());
+  EXPECT_TRUE(IsOpen(b));
+  UniqueFd again(kept);
+  EXPECT_EQ(again.Close(), 0);
+  EXPECT_FALSE(IsOpen(b));
+  EXPECT_EQ(again.Close(), 0);  // nothing left to close
 }
 
 }  // namespace

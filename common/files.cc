@@ -8,9 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <utility>
+
+#include "common/fd.h"
 
 namespace epoch {
 
@@ -58,29 +61,17 @@ Status MakeDirs(const std::string& path) {
 
 Status WriteFileDurably(const std::string& path, const std::string& content, mode_t mode) {
   std::string tmp = path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) return Errno("open " + tmp);
-  if (fchmod(fd, mode) != 0) {  // a stale temp file keeps its old mode through O_TRUNC
-    Status st = Errno("chmod " + tmp);
-    close(fd);
-    return st;
+  UniqueFd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+  if (!fd) return Errno("open " + tmp);
+  if (fchmod(fd.get(), mode) != 0) {  // a stale temp file keeps its old mode through O_TRUNC
+    return Errno("chmod " + tmp);
   }
-  if (!WriteFully(fd, content.data(), content.size())) {
-    Status st = Errno("write " + tmp);
-    close(fd);
-    return st;
-  }
-  if (fsync(fd) != 0) {
-    Status st = Errno("fsync " + tmp);
-    close(fd);
-    return st;
-  }
-  close(fd);
+  if (!WriteFully(fd.get(), content.data(), content.size())) return Errno("write " + tmp);
+  if (fsync(fd.get()) != 0) return Errno("fsync " + tmp);
+  fd.reset();
   if (rename(tmp.c_str(), path.c_str()) != 0) return Errno("rename " + tmp);
-  int dfd = open(DirOf(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    fsync(dfd);
-    close(dfd);
+  if (UniqueFd dir(open(DirOf(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)); dir) {
+    fsync(dir.get());
   }
   return Status::Ok();
 }
@@ -88,29 +79,17 @@ Status WriteFileDurably(const std::string& path, const std::string& content, mod
 Status WriteFilesDurably(const std::vector<std::pair<std::string, std::string>>& files) {
   if (files.empty()) return Status::Ok();
   if (files.size() == 1) return WriteFileDurably(files[0].first, files[0].second);
-  int sync_fd = -1;
+  UniqueFd sync_fd;
   for (const auto& [path, content] : files) {
     std::string tmp = path + ".tmp";
-    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      if (sync_fd >= 0) close(sync_fd);
-      return Errno("open " + tmp);
-    }
-    if (!WriteFully(fd, content.data(), content.size())) {
-      Status st = Errno("write " + tmp);
-      close(fd);
-      if (sync_fd >= 0) close(sync_fd);
-      return st;
-    }
-    if (sync_fd < 0) {
-      sync_fd = fd;
-    } else {
-      close(fd);
-    }
+    UniqueFd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!fd) return Errno("open " + tmp);
+    if (!WriteFully(fd.get(), content.data(), content.size())) return Errno("write " + tmp);
+    if (!sync_fd) sync_fd = std::move(fd);
   }
   // One flush of the file system makes every temporary's contents durable.
-  int rc = syncfs(sync_fd);
-  close(sync_fd);
+  int rc = syncfs(sync_fd.get());
+  sync_fd.reset();
   if (rc != 0) return Errno("syncfs");
   std::vector<std::string> dirs;
   for (const auto& [path, content] : files) {
@@ -119,39 +98,33 @@ Status WriteFilesDurably(const std::vector<std::pair<std::string, std::string>>&
     if (std::find(dirs.begin(), dirs.end(), d) == dirs.end()) dirs.push_back(d);
   }
   for (const auto& d : dirs) {
-    int dfd = open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) return Errno("open " + d);
-    int r = fsync(dfd);
-    close(dfd);
-    if (r != 0) return Errno("fsync " + d);
+    UniqueFd dir(open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!dir) return Errno("open " + d);
+    if (fsync(dir.get()) != 0) return Errno("fsync " + d);
   }
   return Status::Ok();
 }
 
 Result<std::string> ReadFile(const std::string& path, size_t max_bytes) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
     if (errno == ENOENT) return NotFound("no such file: " + path);
     return Errno("open " + path);
   }
   std::string out;
   char buf[65536];
   while (true) {
-    ssize_t n = read(fd, buf, sizeof(buf));
+    ssize_t n = read(fd.get(), buf, sizeof(buf));
     if (n < 0) {
       if (errno == EINTR) continue;
-      Status st = Errno("read " + path);
-      close(fd);
-      return st;
+      return Errno("read " + path);
     }
     if (n == 0) break;
     out.append(buf, static_cast<size_t>(n));
     if (out.size() > max_bytes) {
-      close(fd);
       return ResourceExhausted(path + " is larger than " + std::to_string(max_bytes) + " bytes");
     }
   }
-  close(fd);
   return out;
 }
 
@@ -216,19 +189,19 @@ bool IsBeneath(std::string_view path, std::string_view root) {
   return path.size() == root.size() || path[root.size()] == '/';
 }
 
-Result<int> OpenBeneath(const std::string& root, const std::string& path) {
+Result<UniqueFd> OpenBeneath(const std::string& root, const std::string& path) {
   if (!IsBeneath(path, root)) {
     return InvalidArgument(path + " is not beneath " + root);
   }
-  int dir = open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (dir < 0) return Internal("open " + root + ": " + std::strerror(errno));
+  UniqueFd dir(open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!dir) return Internal("open " + root + ": " + std::strerror(errno));
   std::string rel = path.size() == root.size() ? "." : path.substr(root == "/" ? 1 : root.size() + 1);
   struct open_how how {};
   how.flags = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-  long fd = syscall(SYS_openat2, dir, rel.c_str(), &how, sizeof(how));
+  long fd = syscall(SYS_openat2, dir.get(), rel.c_str(), &how, sizeof(how));
   int err = errno;
-  close(dir);
+  dir.reset();
   if (fd < 0) {
     std::string why = path + ": " + std::strerror(err);
     if (err == ENOENT || err == ENOTDIR) return NotFound(why);
@@ -236,7 +209,7 @@ Result<int> OpenBeneath(const std::string& root, const std::string& path) {
     if (err == EXDEV) return InvalidArgument(path + " resolves outside " + root);
     return Internal(why);
   }
-  return static_cast<int>(fd);
+  return UniqueFd(static_cast<int>(fd));
 }
 
 }  // namespace epoch

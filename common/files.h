@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/fd.h"
 #include "common/status.h"
 
 namespace epoch {
@@ -44,8 +45,8 @@ bool IsBeneath(std::string_view path, std::string_view root);
 // Opens `path` (normalised, beneath the directory `root`) read-only with
 // openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS): no symlink or ".." can take the
 // resolution out of `root`. O_NONBLOCK, so a FIFO does not hang the caller. Returns
-// the fd (the caller closes it). kNotFound, kPermissionDenied, kInvalidArgument
-// (outside root) or kInternal with the OS's words.
-Result<int> OpenBeneath(const std::string& root, const std::string& path);
+// the fd, owned. kNotFound, kPermissionDenied, kInvalidArgument (outside root) or
+// kInternal with the OS's words.
+Result<UniqueFd> OpenBeneath(const std::string& root, const std::string& path);
 
 }  // namespace epoch

@@ -42,11 +42,11 @@ std::string Bytes(uint64_t n) {
 }  // namespace
 
 Result<std::string> DiskFiles::Sha256(const std::string& root, const std::string& path) {
-  ASSIGN_OR_RETURN(int fd, OpenBeneath(root, path));
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenBeneath(root, path));
   struct stat st {};
-  int rc = fstat(fd, &st);
+  int rc = fstat(fd.get(), &st);
   int err = errno;
-  close(fd);
+  fd.reset();
   if (rc != 0) return Internal(path + ": " + std::strerror(err));
   if (!S_ISREG(st.st_mode)) return InvalidArgument(path + ": not a regular file");
   Identity id{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
@@ -89,7 +89,7 @@ void DiskFiles::HashLoop() {
       std::vector<char> buf(1 << 16);
       uint64_t total = 0;
       while (true) {
-        ssize_t n = read(*fd, buf.data(), buf.size());
+        ssize_t n = read(fd->get(), buf.data(), buf.size());
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) {
           seen.status = Internal("reading " + job.path + ": " + std::strerror(errno));
@@ -107,11 +107,11 @@ void DiskFiles::HashLoop() {
       // Keyed by what was read: a file that changed while it was hashed is read again
       // when next asked (its identity no longer matches).
       struct stat st {};
-      if (seen.status.ok() && fstat(*fd, &st) == 0) {
+      if (seen.status.ok() && fstat(fd->get(), &st) == 0) {
         seen.id = Identity{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
                            static_cast<uint64_t>(st.st_size), MtimeNs(st)};
       }
-      close(*fd);
+      fd->reset();
       if (seen.status.ok()) seen.sha256 = ToHex(h.Finish());
     }
     {

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/fd.h"
 #include "common/files.h"
 
 namespace epoch::executors {
@@ -286,14 +287,14 @@ CgroupHost TryV1(std::map<std::string, std::string> bases) {
 }  // namespace
 
 Status WriteControl(const std::string& path, const std::string& value) {
-  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return Internal("open " + path + ": " + Errno());
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return Internal("open " + path + ": " + Errno());
   ssize_t n;
   do {
-    n = write(fd, value.data(), value.size());
+    n = write(fd.get(), value.data(), value.size());
   } while (n < 0 && errno == EINTR);
   int err = errno;
-  close(fd);
+  fd.reset();
   if (n < 0) return Internal("write '" + value + "' to " + path + ": " + std::strerror(err));
   return Status::Ok();
 }

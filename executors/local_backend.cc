@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/fd.h"
 #include "common/files.h"
 #include "common/units.h"
 
@@ -87,25 +88,17 @@ Result<std::string> LocalBackend::Launch(const engine::ContainerSpec& spec) {
   envp.push_back(nullptr);
 
   std::string log_path = dir + "/agent.log";
-  int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) return Errno("open " + log_path);
-  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  UniqueFd log(open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+  if (!log) return Errno("open " + log_path);
+  UniqueFd null(open("/dev/null", O_RDONLY | O_CLOEXEC));
   int fds[2];
-  if (null_fd < 0 || pipe2(fds, O_CLOEXEC) != 0) {
-    Status st = Errno("pipe2");
-    close(log_fd);
-    if (null_fd >= 0) close(null_fd);
-    return st;
-  }
-  int wfd = fcntl(fds[1], F_DUPFD_CLOEXEC, 3);  // keep it off 0..2
+  if (!null || pipe2(fds, O_CLOEXEC) != 0) return Errno("pipe2");
+  UniqueFd read_end(fds[0]);
+  UniqueFd write_end(fcntl(fds[1], F_DUPFD_CLOEXEC, 3));  // keep it off 0..2
   close(fds[1]);
-  if (wfd < 0) {
-    Status st = Errno("fcntl");
-    close(fds[0]);
-    close(log_fd);
-    close(null_fd);
-    return st;
-  }
+  if (!write_end) return Errno("fcntl");
+  // The child uses these numbers; it execs or _exits, so no destructor runs there.
+  const int wfd = write_end.get(), null_fd = null.get(), log_fd = log.get();
 
   pid_t mid = fork();
   if (mid == 0) {
@@ -135,11 +128,10 @@ Result<std::string> LocalBackend::Launch(const engine::ContainerSpec& spec) {
     _exit(127);
   }
   int fork_errno = errno;
-  close(wfd);
-  close(log_fd);
-  close(null_fd);
+  write_end.reset();
+  log.reset();
+  null.reset();
   if (mid < 0) {
-    close(fds[0]);
     errno = fork_errno;
     return Errno("fork");
   }
@@ -150,12 +142,12 @@ Result<std::string> LocalBackend::Launch(const engine::ContainerSpec& spec) {
   int buf[2] = {0, 0};
   size_t got = 0;
   while (got < sizeof(buf)) {
-    ssize_t n = read(fds[0], reinterpret_cast<char*>(buf) + got, sizeof(buf) - got);
+    ssize_t n = read(read_end.get(), reinterpret_cast<char*>(buf) + got, sizeof(buf) - got);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     got += static_cast<size_t>(n);
   }
-  close(fds[0]);
+  read_end.reset();
   if (got < sizeof(pid_t)) {
     return Internal("starting epoch-agent for " + spec.id + " failed (fork in child)");
   }

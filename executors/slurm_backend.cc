@@ -12,6 +12,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "common/fd.h"
 #include "common/files.h"
 #include "common/units.h"
 
@@ -48,11 +49,12 @@ Result<ToolResult> RunTool(const std::vector<std::string>& argv,
 
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return Internal(std::string("pipe2: ") + std::strerror(errno));
+  UniqueFd read_end(fds[0]), write_end(fds[1]);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+  posix_spawn_file_actions_adddup2(&fa, write_end.get(), 1);
+  posix_spawn_file_actions_adddup2(&fa, write_end.get(), 2);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   sigset_t empty;
@@ -69,11 +71,8 @@ Result<ToolResult> RunTool(const std::vector<std::string>& argv,
   int rc = posix_spawnp(&pid, cargv[0], &fa, &attr, cargv.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
-  close(fds[1]);
-  if (rc != 0) {
-    close(fds[0]);
-    return Unavailable("cannot run " + argv[0] + ": " + std::strerror(rc));
-  }
+  write_end.reset();
+  if (rc != 0) return Unavailable("cannot run " + argv[0] + ": " + std::strerror(rc));
   ToolResult out;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   char buf[4096];
@@ -85,16 +84,16 @@ Result<ToolResult> RunTool(const std::vector<std::string>& argv,
       kill(pid, SIGKILL);
       break;
     }
-    pollfd p{fds[0], POLLIN, 0};
+    pollfd p{read_end.get(), POLLIN, 0};
     int n = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) continue;
-    ssize_t got = read(fds[0], buf, sizeof(buf));
+    ssize_t got = read(read_end.get(), buf, sizeof(buf));
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) break;
     if (out.output.size() < (1 << 20)) out.output.append(buf, static_cast<size_t>(got));
   }
-  close(fds[0]);
+  read_end.reset();
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }

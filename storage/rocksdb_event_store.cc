@@ -68,6 +68,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/fd.h"
 #include "common/mutex.h"
 #include "storage/codec.h"
 #include "storage/event_store.h"
@@ -165,19 +166,15 @@ class InfoLog final : public rocksdb::Logger {
       (void)::rename(path.c_str(), (dir + "/LOG.old").c_str());
     }
     // Unopenable (a full disk with no room for the file): every line is dropped.
-    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd_ < 0) {
+    fd_.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+    if (!fd_) {
       std::fprintf(stderr, "the RocksDB info log %s cannot be opened (%s): its lines are dropped\n",
                    path.c_str(), std::strerror(errno));
     }
   }
-  ~InfoLog() override {
-    if (fd_ >= 0) ::close(fd_);
-  }
-
   using rocksdb::Logger::Logv;
   void Logv(const char* format, va_list ap) override {
-    if (fd_ < 0) return;
+    if (!fd_) return;
     char buf[4096];
     struct timeval now {};
     ::gettimeofday(&now, nullptr);
@@ -194,12 +191,12 @@ class InfoLog final : public rocksdb::Logger {
     va_end(copy);
     if (m > 0) len = std::min(sizeof(buf) - 2, len + static_cast<size_t>(m));
     if (len == 0 || buf[len - 1] != '\n') buf[len++] = '\n';
-    ssize_t written = ::write(fd_, buf, len);
+    ssize_t written = ::write(fd_.get(), buf, len);
     (void)written;  // a short or failed write (ENOSPC) drops the line: never fatal
   }
 
  private:
-  int fd_ = -1;
+  UniqueFd fd_;
 };
 
 // The store's sticky write failure (see the header comment), shared by the store
