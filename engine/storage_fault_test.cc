@@ -228,6 +228,7 @@ TEST_F(StorageFaultTest, AStoreFailureWithoutAnAppendStopsTheLeader) {
   auto r = engine_->Execute(SubmitRun{.run_id = "r1", .workflow = "w"});
   EXPECT_TRUE(IsInsufficientStorage(r.status())) << r.status().ToString();
   EXPECT_NE(r.status().message().find("flush failed"), std::string::npos);
+  engine_.reset();  // its threads use the store and clock above: stop it before they go
 }
 
 // storage.minFreeBytes: below it, registering a workflow, submitting and retrying
@@ -286,6 +287,7 @@ TEST_F(StorageFaultTest, MinFreeBytesRefusesNewWorkButNotCancelsOrPolls) {
   ASSERT_TRUE(admitted.ok()) << admitted.status().ToString();
   EXPECT_TRUE(HasRun("r4"));
   EXPECT_EQ(store.asked.load(), 3);
+  engine_.reset();  // its threads use the store and clock above: stop it before they go
 }
 
 // min_free_bytes 0 never asks the store.
@@ -296,6 +298,7 @@ TEST_F(StorageFaultTest, NoThresholdNeverAsks) {
   Start(&store, Options(), &clock_);
   ASSERT_TRUE(engine_->Execute(SubmitRun{.run_id = "r1", .workflow = "w"}).ok());
   EXPECT_EQ(store.asked.load(), 0);
+  engine_.reset();  // its threads use the store and clock above: stop it before they go
 }
 
 }  // namespace

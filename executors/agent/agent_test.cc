@@ -263,15 +263,15 @@ TEST(AgentTest, RunsAttemptAndReportsUntilAcked) {
 TEST(AgentTest, ReportsPromptly) {
   TempDir tmp;
   FakeMaster m;
-  m.Set([](FakeMaster& f) { f.poll_timeout_ms = 5000; });  // a long poll is in flight
+  // A long poll with ten minutes to run is in flight: the report cannot wait for it
+  // (WaitReport gives up long before).
+  m.Set([](FakeMaster& f) { f.poll_timeout_ms = 600000; });
   AgentRun agent(Options(tmp, m));
   ASSERT_TRUE(WaitFor([&] { return m.PollCount() >= 1; }));
   m.Assign(MakeAssignment(tmp, "r1", "quick", 1, {"true"}));
-  auto start = std::chrono::steady_clock::now();
   Json r = WaitReport(m, AttemptId("r1", "quick", 1));
   ASSERT_FALSE(r.is_null());
   EXPECT_EQ(r["state"], "succeeded");
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 1500ms);
 }
 
 TEST(AgentTest, DuplicateAssignmentRunsOnce) {
@@ -608,15 +608,14 @@ TEST(AgentTest, StopKillsRunningAttempts) {
   FakeMaster m;
   auto agent = std::make_unique<AgentRun>(Options(tmp, m));
   const std::string pidfile = tmp / "pid";
-  m.Assign(MakeAssignment(
-      tmp, "r13", "s", 1,
-      {"sh", "-c",
-       "echo $$ > " + pidfile + ".tmp; mv " + pidfile + ".tmp " + pidfile + "; exec sleep 100"}));
+  m.Assign(MakeAssignment(tmp, "r13", "s", 1,
+                          {"sh", "-c",
+                           "echo $$ > " + pidfile + ".tmp; mv " + pidfile + ".tmp " + pidfile +
+                               "; exec sleep 100000"}));
   ASSERT_TRUE(WaitFor([&] { return !Slurp(pidfile).empty(); }));
   pid_t pid = static_cast<pid_t>(std::stol(Slurp(pidfile)));
-  auto start = std::chrono::steady_clock::now();
+  // A Join that waited for the step would outlast the test's CTest timeout.
   agent->Join();
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
   EXPECT_EQ(agent->code(), kAgentExitOk);
   EXPECT_TRUE(ProcessGone(pid));
 }
