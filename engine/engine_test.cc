@@ -457,6 +457,21 @@ TEST_F(ReplayFactsTest, ABadTimeOrDataIsNeverGuessed) {
       << st.message();
 }
 
+TEST_F(ReplayFactsTest, APayloadSchemaFromANewerEpochIsRefusedNotMisread) {
+  storage::AppendBatch b;
+  b.time = "2026-01-02T03:04:05.000000Z";
+  b.epoch = 1;
+  b.appends.push_back({"master",
+                       storage::kAnyVersion,
+                       {{"LeaderElected", kSchemaVersion + 1, "test",
+                         Json{{"epoch", 1}, {"node", "a"}, {"address", "x"}}.dump()}}});
+  ASSERT_TRUE(store_->Append(std::move(b)).ok());
+  Status st = StartOnStore();
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.ToString();
+  EXPECT_NE(st.message().find("event 1 (LeaderElected) has payload schema 2"), std::string::npos)
+      << st.message();
+}
+
 TEST_F(ReplayFactsTest, DataThatIsNotAnObjectIsNeverGuessed) {
   AppendRaw("master", "LeaderElected", Json::array({1, 2}));
   Status st = StartOnStore();

@@ -90,6 +90,12 @@ inline constexpr std::string_view kAllTypes[] = {kWorkflowRegistered,
                                                  kLeaderElected};
 }  // namespace ev
 
+// The payload version this Epoch writes (the envelope's `schema`) and the highest it
+// reads: every type is at version 1. Replay refuses a later one (an older epochd on a
+// newer log) instead of misreading it. A change to a payload's shape raises it, with
+// an upcaster from the older versions, and a golden history written at the old one.
+inline constexpr uint32_t kSchemaVersion = 1;
+
 inline std::string RunStream(std::string_view run) { return "run-" + std::string(run); }
 inline std::string WorkflowStream(std::string_view name) { return "workflow-" + std::string(name); }
 inline std::string ContainerStream(std::string_view id) { return "container-" + std::string(id); }
@@ -114,6 +120,7 @@ struct RecordedEvent {
   std::string actor;
   TimePoint time;
   uint64_t epoch = 0;
+  uint32_t schema = kSchemaVersion;  // the envelope's: the payload's version
 };
 
 }  // namespace epoch::engine

@@ -101,10 +101,11 @@ Status Engine::Lead() {
   batch.time = FormatTime(now);
   batch.epoch = epoch_;
   Json data{{"epoch", epoch_.load()}, {"node", options_.node}, {"address", options_.advertise_url}};
-  batch.appends.push_back(storage::StreamAppend{
-      std::string(kMasterStream),
-      storage::kAnyVersion,
-      {storage::NewEvent{std::string(ev::kLeaderElected), 1, "system", CanonicalDump(data)}}});
+  batch.appends.push_back(
+      storage::StreamAppend{std::string(kMasterStream),
+                            storage::kAnyVersion,
+                            {storage::NewEvent{std::string(ev::kLeaderElected), kSchemaVersion,
+                                               "system", CanonicalDump(data)}}});
   ASSIGN_OR_RETURN(auto res, store_->Append(std::move(batch)));
   RecordedEvent le{res.first_position,
                    std::string(kMasterStream),

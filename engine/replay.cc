@@ -20,7 +20,8 @@ namespace {
 constexpr size_t kReplayPage = 4096;
 
 // A stored event as evolve reads it. Nothing is guessed: a time or data that
-// does not parse is kCorruption naming the position and the field.
+// does not parse is kCorruption naming the position and the field; a payload
+// schema this version does not know is kFailedPrecondition.
 Result<RecordedEvent> FromEnvelope(const storage::Envelope& env) {
   RecordedEvent r;
   r.position = env.position;
@@ -28,6 +29,13 @@ Result<RecordedEvent> FromEnvelope(const storage::Envelope& env) {
   r.type = env.type;
   r.actor = env.actor;
   r.epoch = env.epoch;
+  r.schema = env.schema;
+  if (env.schema < 1 || env.schema > kSchemaVersion) {
+    return FailedPrecondition("event " + std::to_string(env.position) + " (" + env.type +
+                              ") has payload schema " + std::to_string(env.schema) +
+                              "; this epochd reads 1 to " + std::to_string(kSchemaVersion) +
+                              ": the log was written by a newer Epoch");
+  }
   auto t = ParseTime(env.time);
   if (!t.ok()) {
     return Corruption("event " + std::to_string(env.position) + " (" + env.type +

@@ -95,7 +95,7 @@ void Engine::WriterLoop() {
           ab.appends.push_back(std::move(sa));
         }
         ab.appends.back().events.push_back(
-            storage::NewEvent{e.type, 1, e.actor, CanonicalDump(e.data)});
+            storage::NewEvent{e.type, kSchemaVersion, e.actor, CanonicalDump(e.data)});
         // The idempotency family is a second, unique index of the keys: a key
         // written twice would fail the whole append instead of doubling a run.
         std::string key = e.data.value("idempotency_key", "");
