@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/fd.h"
 #include "common/files.h"
 #include "common/sha256.h"
 
@@ -27,34 +28,6 @@ namespace epoch::executors {
 namespace {
 
 Status Errno(const std::string& what) { return Internal(what + ": " + std::strerror(errno)); }
-
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      if (fd_ >= 0) close(fd_);
-      fd_ = o.fd_;
-      o.fd_ = -1;
-    }
-    return *this;
-  }
-  int get() const { return fd_; }
-  int release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
 
 bool ValidName(const std::string& s) {
   if (s.empty() || s.size() > 64 || s[0] == '-') return false;
@@ -87,11 +60,12 @@ ProbeResult ProbeSandbox(const std::string& shim_path, Micros timeout) {
     out.line = std::string("pipe2: ") + std::strerror(errno);
     return out;
   }
+  UniqueFd read_end(fds[0]), write_end(fds[1]);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+  posix_spawn_file_actions_adddup2(&fa, write_end.get(), 1);
+  posix_spawn_file_actions_adddup2(&fa, write_end.get(), 2);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   sigset_t empty;
@@ -106,9 +80,8 @@ ProbeResult ProbeSandbox(const std::string& shim_path, Micros timeout) {
   int rc = posix_spawn(&pid, path.c_str(), &fa, &attr, argv, envp);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
-  close(fds[1]);
+  write_end.reset();
   if (rc != 0) {
-    close(fds[0]);
     out.line = "cannot run " + shim_path + ": " + std::strerror(rc);
     return out;
   }
@@ -125,16 +98,16 @@ ProbeResult ProbeSandbox(const std::string& shim_path, Micros timeout) {
       kill(pid, SIGKILL);
       break;
     }
-    pollfd p{fds[0], POLLIN, 0};
+    pollfd p{read_end.get(), POLLIN, 0};
     int n = poll(&p, 1, static_cast<int>(left.count()));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) continue;
-    ssize_t got = read(fds[0], buf, sizeof(buf));
+    ssize_t got = read(read_end.get(), buf, sizeof(buf));
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) break;
     if (text.size() < 4096) text.append(buf, static_cast<size_t>(got));
   }
-  close(fds[0]);
+  read_end.reset();
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
@@ -234,7 +207,7 @@ Result<StepUser> ResolveStepUser(const std::string& run_as) {
 Status EnsureDirs(const std::string& root, const std::string& path, int top_levels, mode_t top_mode,
                   const DirOwner& owner, mode_t mode, bool set_owner) {
   if (!IsBeneath(path, root)) return InvalidArgument(path + " is not beneath " + root);
-  Fd dir(open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd dir(open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir.get() < 0) return Errno("open " + root);
   std::string at = root;
   int level = 0;
@@ -248,7 +221,7 @@ Status EnsureDirs(const std::string& root, const std::string& path, int top_leve
     } else if (errno != EEXIST) {
       return Errno("mkdir " + at);
     }
-    Fd next(openat(dir.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    UniqueFd next(openat(dir.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (next.get() < 0) {
       if (errno == ELOOP || errno == ENOTDIR) {
         return FailedPrecondition(at + " is a symbolic link or not a directory");
@@ -268,8 +241,8 @@ Status EnsureDirs(const std::string& root, const std::string& path, int top_leve
 }
 
 Status EnsureFile(const std::string& path, const DirOwner& owner, mode_t mode, bool set_owner) {
-  Fd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
-             mode));
+  UniqueFd fd(open(path.c_str(),
+                   O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode));
   if (fd.get() < 0) {
     if (errno == ELOOP) return FailedPrecondition(path + " is a symbolic link");
     return Errno("open " + path);
@@ -292,7 +265,7 @@ Result<std::string> CanonicalPath(const std::string& path) {
 }
 
 Result<std::string> Sha256OfExactFile(const std::string& path, const std::string& expect) {
-  Fd fd(open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (fd.get() < 0) {
     if (errno == ENOENT || errno == ENOTDIR) return NotFound(std::strerror(errno));
     if (errno == ELOOP) return FailedPrecondition("is a symbolic link");
@@ -321,25 +294,22 @@ Result<std::string> Sha256OfExactFile(const std::string& path, const std::string
 
 // ---------------------------------------------------------------- the step process
 
-StepProcess::~StepProcess() {
-  if (status_fd_ >= 0) close(status_fd_);
-}
+StepProcess::~StepProcess() = default;
 
 ExitInfo StepProcess::Complete(ExitInfo info) {
-  if (status_fd_ < 0) return info;
+  if (!status_fd_) return info;
   // The shim wrote its report before it exited; nothing else holds the pipe's write
   // end, so this never blocks, but do not rely on it.
-  fcntl(status_fd_, F_SETFL, O_NONBLOCK);
+  fcntl(status_fd_.get(), F_SETFL, O_NONBLOCK);
   std::string bytes;
   char buf[4096];
   while (true) {
-    ssize_t n = read(status_fd_, buf, sizeof(buf));
+    ssize_t n = read(status_fd_.get(), buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     bytes.append(buf, static_cast<size_t>(n));
   }
-  close(status_fd_);
-  status_fd_ = -1;
+  status_fd_.reset();
   sandbox::SandboxStatus st;
   if (bytes.empty() || !sandbox::DecodeStatus(bytes, &st)) {
     // Killed before it could say (SIGKILL after the grace), or it never ran.
@@ -381,14 +351,14 @@ Result<std::unique_ptr<StepProcess>> SpawnSandboxed(const std::string& shim_path
                                                     const std::vector<std::string>& cgroup_procs,
                                                     std::optional<int> oom_score_adj) {
   // The spec travels in a memfd: no size limit, never blocks, seen by nobody else.
-  Fd spec_fd(memfd_create("epoch-sandbox-spec", MFD_CLOEXEC));
+  UniqueFd spec_fd(memfd_create("epoch-sandbox-spec", MFD_CLOEXEC));
   if (spec_fd.get() < 0) return Errno("memfd_create");
   std::string bytes = sandbox::EncodeSpec(spec);
   if (!WriteFully(spec_fd.get(), bytes.data(), bytes.size())) return Errno("writing the spec");
   if (lseek(spec_fd.get(), 0, SEEK_SET) != 0) return Errno("lseek");
   int status[2];
   if (pipe2(status, O_CLOEXEC) != 0) return Errno("pipe2");
-  Fd status_read(status[0]), status_write(status[1]);
+  UniqueFd status_read(status[0]), status_write(status[1]);
   ProcessSpec ps;
   ps.argv = {shim_path};
   ps.working_dir = "/";
@@ -399,7 +369,7 @@ Result<std::unique_ptr<StepProcess>> SpawnSandboxed(const std::string& shim_path
   ASSIGN_OR_RETURN(auto child, Spawn(ps));
   auto p = std::unique_ptr<StepProcess>(new StepProcess());
   p->child_ = std::move(child);
-  p->status_fd_ = status_read.release();
+  p->status_fd_ = std::move(status_read);
   return p;
 }
 

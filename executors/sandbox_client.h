@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "common/fd.h"
 #include "common/status.h"
 #include "executors/process.h"
 #include "executors/sandbox/sandbox.h"
@@ -111,7 +112,7 @@ class StepProcess {
   ExitInfo Complete(ExitInfo info);
 
   std::unique_ptr<ChildProcess> child_;
-  int status_fd_ = -1;  // the shim's report (kStatusFd's other end); -1: no shim
+  UniqueFd status_fd_;  // the shim's report (kStatusFd's other end); none: no shim
   std::optional<ExitInfo> done_;
 };
 
