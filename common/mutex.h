@@ -7,7 +7,7 @@
 // (-DEPOCH_THREAD_SAFETY=ON, which CI builds with -Werror); under g++ the
 // annotations expand to nothing.
 //
-// Waiting: CondVar::Wait(&mu) with mu held, in a loop on the condition written
+// Waiting: CondVar::Wait(&mu) (or WaitUntil) with mu held, in a loop on the condition written
 // out in the caller (a predicate lambda would hide the guarded reads from the
 // analysis):
 //   MutexLock lock(&mu_);
@@ -30,19 +30,13 @@
 #define CAPABILITY(x) EPOCH_THREAD_ANNOTATION(capability(x))
 #define SCOPED_CAPABILITY EPOCH_THREAD_ANNOTATION(scoped_lockable)
 #define GUARDED_BY(x) EPOCH_THREAD_ANNOTATION(guarded_by(x))
-#define PT_GUARDED_BY(x) EPOCH_THREAD_ANNOTATION(pt_guarded_by(x))
-#define ACQUIRED_BEFORE(...) EPOCH_THREAD_ANNOTATION(acquired_before(__VA_ARGS__))
 #define REQUIRES(...) EPOCH_THREAD_ANNOTATION(requires_capability(__VA_ARGS__))
 #define REQUIRES_SHARED(...) EPOCH_THREAD_ANNOTATION(requires_shared_capability(__VA_ARGS__))
 #define ACQUIRE(...) EPOCH_THREAD_ANNOTATION(acquire_capability(__VA_ARGS__))
 #define ACQUIRE_SHARED(...) EPOCH_THREAD_ANNOTATION(acquire_shared_capability(__VA_ARGS__))
 #define RELEASE(...) EPOCH_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
 #define RELEASE_SHARED(...) EPOCH_THREAD_ANNOTATION(release_shared_capability(__VA_ARGS__))
-#define RELEASE_GENERIC(...) EPOCH_THREAD_ANNOTATION(release_generic_capability(__VA_ARGS__))
-#define TRY_ACQUIRE(...) EPOCH_THREAD_ANNOTATION(try_acquire_capability(__VA_ARGS__))
 #define EXCLUDES(...) EPOCH_THREAD_ANNOTATION(locks_excluded(__VA_ARGS__))
-#define ASSERT_CAPABILITY(x) EPOCH_THREAD_ANNOTATION(assert_capability(x))
-#define RETURN_CAPABILITY(x) EPOCH_THREAD_ANNOTATION(lock_returned(x))
 #define NO_THREAD_SAFETY_ANALYSIS EPOCH_THREAD_ANNOTATION(no_thread_safety_analysis)
 
 namespace epoch {
@@ -57,9 +51,6 @@ class CAPABILITY("mutex") Mutex {
 
   void Lock() ACQUIRE() { mu_.lock(); }
   void Unlock() RELEASE() { mu_.unlock(); }
-  bool TryLock() TRY_ACQUIRE(true) { return mu_.try_lock(); }
-  // For code that must name the lock as held without taking it (tells the analysis).
-  void AssertHeld() const ASSERT_CAPABILITY(this) {}
 
  private:
   friend class CondVar;
@@ -134,10 +125,6 @@ class CondVar {
     bool woke = cv_.wait_until(lock, deadline) == std::cv_status::no_timeout;
     lock.release();
     return woke;
-  }
-  template <class Rep, class Period>
-  bool WaitFor(Mutex* mu, const std::chrono::duration<Rep, Period>& timeout) REQUIRES(mu) {
-    return WaitUntil(mu, std::chrono::steady_clock::now() + timeout);
   }
   void Signal() { cv_.notify_one(); }
   void SignalAll() { cv_.notify_all(); }
