@@ -25,8 +25,9 @@ namespace {
 using workflows::Definition;
 using workflows::Step;
 
-Json ResourcesJson(const workflows::Resources& r) {
-  return Json{{"cpu_millis", r.cpu_millis}, {"memory_bytes", r.memory_bytes}, {"gpus", r.gpus}};
+ev::ResourceSpec ResourceSpecOf(const workflows::Resources& r) {
+  return ev::ResourceSpec{
+      .cpu_millis = r.cpu_millis, .memory_bytes = r.memory_bytes, .gpus = r.gpus};
 }
 
 // Where the outputs of a step's succeeded attempt are: its own outputs dir, or for a
@@ -237,8 +238,8 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
   auto env = RenderEnv(step, tc);
   if (!argv.ok() || !env.ok()) {
     const Status& st = !argv.ok() ? argv.status() : env.status();
-    out->push_back(RunEvent(run, ev::kRunFailed,
-                            Json{{"step", step.name}, {"reason", "template: " + st.message()}}));
+    out->push_back(
+        RunEvent(run, ev::RunFailed{.step = step.name, .reason = "template: " + st.message()}));
     return;
   }
   // Declared inputs, each confined to what the run's tenant may read.
@@ -248,21 +249,21 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
     Result<std::string> root =
         path.ok() ? InputRoot(state, cfg, run.tenant, *path) : Result<std::string>(path.status());
     if (!root.ok()) {
-      out->push_back(RunEvent(
-          run, ev::kRunFailed,
-          Json{{"step", step.name}, {"reason", "input_not_allowed: " + root.status().message()}}));
+      out->push_back(
+          RunEvent(run, ev::RunFailed{.step = step.name,
+                                      .reason = "input_not_allowed: " + root.status().message()}));
       return;
     }
     declared.push_back(Input{*path, *root});
   }
   // What the step sees of the data dir beyond its run's workspace, read-only: the
   // upstream outputs it names (their folders) and its declared inputs.
-  Json mounts = Json::array();
+  std::vector<ev::Mount> mounts;
   std::set<std::string> mounted;
   auto mount = [&](const std::string& path) {
     auto p = NormalizePath(path);
     if (!p.ok() || !IsBeneath(*p, cfg.data_dir) || !mounted.insert(*p).second) return;
-    mounts.push_back(Json{{"path", *p}, {"read_only", true}});
+    mounts.push_back(ev::Mount{.path = *p, .read_only = true});
   };
   for (const auto& u : UpstreamInputs(run, step, cfg)) mount(DirOf(u.value("path", "")));
   for (const auto& in : declared) mount(in.path);
@@ -273,43 +274,49 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
     cache = CacheLookup(state, run, step, tc, declared, ctx, &hit, &pending);
     if (pending) return;
     if (hit) {
-      out->push_back(RunEvent(run, ev::kJobCacheHit,
-                              Json{{"step", step.name},
-                                   {"attempt", attempt},
-                                   {"key", cache["key"]},
-                                   {"inputs", cache["inputs"]},
-                                   {"source_run", hit->run},
-                                   {"source_step", hit->step},
-                                   {"source_attempt", hit->attempt},
-                                   {"source_finished_at", FormatTime(hit->created_at)},
-                                   {"outputs", hit->outputs},
-                                   {"metrics", hit->metrics},
-                                   {"resources", ResourcesJson(step.resources)},
-                                   {"argv", *argv},
-                                   {"env", *env}}));
+      ev::JobCacheHit p{.step = step.name,
+                        .attempt = attempt,
+                        .key = cache.value("key", ""),
+                        .inputs = cache.value("inputs", Json::object()),
+                        .source_run = hit->run,
+                        .source_step = hit->step,
+                        .source_attempt = hit->attempt,
+                        .source_finished_at = FormatTime(hit->created_at),
+                        .outputs = hit->outputs,
+                        .metrics = hit->metrics,
+                        .resources = ResourceSpecOf(step.resources),
+                        .argv = *argv,
+                        .env = *env};
       if (trial >= 0) {
-        out->back().data["trial"] = trial;
-        out->back().data["params"] = trial_params;
+        p.trial = trial;
+        p.params = trial_params;
       }
+      out->push_back(RunEvent(run, p));
       return;
     }
   }
-  Json data{{"run", run.id},
-            {"step", step.name},
-            {"attempt", attempt},
-            {"resources", ResourcesJson(step.resources)},
-            {"argv", *argv},
-            {"env", *env},
-            {"timeout_ms", step.timeout ? step.timeout->count() / 1000 : 0}};
-  if (step.workers > 1) data["workers"] = step.workers;
-  if (!mounts.empty()) data["mounts"] = std::move(mounts);
-  if (!cache.is_null()) data["cache"] = std::move(cache);
-  if (trial >= 0) {
-    data["trial"] = trial;
-    data["params"] = trial_params;
-    data["env"]["EPOCH_TRIAL"] = std::to_string(trial);
+  ev::JobQueued q{.run = run.id,
+                  .step = step.name,
+                  .attempt = attempt,
+                  .resources = ResourceSpecOf(step.resources),
+                  .argv = *argv,
+                  .env = *env,
+                  .timeout_ms = step.timeout ? step.timeout->count() / 1000 : 0,
+                  .workers = step.workers};
+  if (!mounts.empty()) q.mounts = std::move(mounts);
+  if (!cache.is_null()) {
+    ev::CacheDecision c;
+    if (cache.contains("key")) c.key = cache["key"].get<std::string>();
+    if (cache.contains("inputs")) c.inputs = cache["inputs"];
+    if (cache.contains("miss")) c.miss = cache["miss"].get<std::string>();
+    q.cache = std::move(c);
   }
-  out->push_back(RunEvent(run, ev::kJobQueued, std::move(data)));
+  if (trial >= 0) {
+    q.trial = trial;
+    q.params = trial_params;
+    q.env["EPOCH_TRIAL"] = std::to_string(trial);
+  }
+  out->push_back(RunEvent(run, q));
 }
 
 namespace {
@@ -342,21 +349,23 @@ void SweepProgress(const State& state, const Run& run, const Step& step, const S
   }
   if (active > 0) return;
   int best = workflows::BestTrial(sweep, results);
-  Json data{{"step", s.name},         {"trials", total},
-            {"succeeded", succeeded}, {"failed", total - succeeded},
-            {"metric", sweep.metric}, {"goal", sweep.maximize ? "maximize" : "minimize"}};
+  ev::StepSweepCompleted p{.step = s.name,
+                           .trials = total,
+                           .succeeded = succeeded,
+                           .failed = total - succeeded,
+                           .metric = sweep.metric,
+                           .goal = sweep.maximize ? "maximize" : "minimize"};
   if (best < 0) {
-    data["best_trial"] = nullptr;
-    data["reason"] = succeeded == 0 ? "all " + std::to_string(total) + " trials failed"
-                                    : "no trial reported metric '" + sweep.metric + "'";
+    p.reason = succeeded == 0 ? "all " + std::to_string(total) + " trials failed"
+                              : "no trial reported metric '" + sweep.metric + "'";
   } else {
     const Attempt& a = s.attempts[static_cast<size_t>(attempt_of[best]) - 1];
-    data["best_trial"] = best;
-    data["best_attempt"] = a.number;
-    data["best_params"] = a.trial_params;
-    data["best_value"] = a.metrics.value(sweep.metric, Json());
+    p.best_trial = best;
+    p.best_attempt = a.number;
+    p.best_params = a.trial_params;
+    p.best_value = a.metrics.value(sweep.metric, Json());
   }
-  out->push_back(RunEvent(run, ev::kStepSweepCompleted, std::move(data)));
+  out->push_back(RunEvent(run, p));
 }
 
 }  // namespace
@@ -400,15 +409,15 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
     if (step.dataset.empty() || run.datasets.count(step.name)) continue;
     if (s.phase != StepPhase::kSucceeded || s.attempts.empty()) continue;
     std::string digest = OutputsDigest(s.outputs);
-    out->push_back(RunEvent(
-        run, ev::kDatasetVersionRegistered,
-        Json{{"name", step.dataset},
-             {"version",
-              ArtifactVersionFor(state.datasets, ArtifactKey(run.tenant, step.dataset), digest)},
-             {"digest", digest},
-             {"step", step.name},
-             {"attempt", s.Result()->number},
-             {"outputs", s.outputs}}));
+    out->push_back(
+        RunEvent(run, ev::DatasetVersionRegistered{
+                          .name = step.dataset,
+                          .version = ArtifactVersionFor(
+                              state.datasets, ArtifactKey(run.tenant, step.dataset), digest),
+                          .digest = digest,
+                          .step = step.name,
+                          .attempt = s.Result()->number,
+                          .outputs = s.outputs}));
     datasets_pending = true;
   }
   if (datasets_pending) return;  // models name them: next round
@@ -428,19 +437,18 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
       Json best = s.best.value("params", Json::object());
       for (const auto& [k, v] : best.items()) params[k] = v;
     }
-    out->push_back(RunEvent(
-        run, ev::kModelVersionRegistered,
-        Json{{"name", step.model},
-             {"version",
-              ArtifactVersionFor(state.models, ArtifactKey(run.tenant, step.model), digest)},
-             {"digest", digest},
-             {"step", step.name},
-             {"attempt", s.Result()->number},
-             {"outputs", s.outputs},
-             {"workflow", run.workflow},
-             {"workflow_version", run.version},
-             {"params", params},
-             {"datasets", datasets}}));
+    out->push_back(RunEvent(run, ev::ModelVersionRegistered{
+                                     .name = step.model,
+                                     .version = ArtifactVersionFor(
+                                         state.models, ArtifactKey(run.tenant, step.model), digest),
+                                     .digest = digest,
+                                     .step = step.name,
+                                     .attempt = s.Result()->number,
+                                     .outputs = s.outputs,
+                                     .workflow = run.workflow,
+                                     .workflow_version = run.version,
+                                     .params = params,
+                                     .datasets = datasets}));
     models_pending = true;
   }
   if (models_pending || run.models.empty()) return;
@@ -452,11 +460,10 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
       continue;
     }
     for (const auto& [st, nv] : run.models) {
-      out->push_back(RunEvent(run, ev::kModelVersionValidated,
-                              Json{{"name", nv.first},
-                                   {"version", nv.second},
-                                   {"step", step.name},
-                                   {"metrics", s.metrics}}));
+      out->push_back(RunEvent(
+          run,
+          ev::ModelVersionValidated{
+              .name = nv.first, .version = nv.second, .step = step.name, .metrics = s.metrics}));
     }
   }
 }
@@ -479,15 +486,13 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
         // Queued and assigned attempts end here; an agent that already started an
         // assigned one is told to cancel it when it next reports it running.
         if (a.phase == AttemptPhase::kQueued || a.phase == AttemptPhase::kAssigned) {
-          out.push_back(
-              RunEvent(run, ev::kJobCancelled,
-                       Json{{"step", s.name}, {"attempt", a.number}, {"reason", "run cancelled"}}));
+          out.push_back(RunEvent(run, Ended<ev::JobCancelled>(s.name, a.number, "run cancelled")));
         } else if (!IsTerminal(a.phase)) {
           active = true;
         }
       }
     }
-    if (!active) out.push_back(RunEvent(run, ev::kRunCancelled, Json::object()));
+    if (!active) out.push_back(RunEvent(run, ev::RunCancelled{}));
     return out;
   }
 
@@ -507,29 +512,26 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
       if (used <= step.retry.limit && !step.sweep && !hopeless) {  // a sweep's trials are its tries
         int next = static_cast<int>(s.attempts.size()) + 1;
         TimePoint nb = ctx.now + step.retry.DelayBefore(used + 1);
-        out.push_back(RunEvent(run, ev::kJobRetryScheduled,
-                               Json{{"step", s.name},
-                                    {"attempt", next},
-                                    {"not_before", FormatTime(nb)},
-                                    {"after_reason", s.reason}}));
+        out.push_back(RunEvent(run, ev::JobRetryScheduled{.step = s.name,
+                                                          .attempt = next,
+                                                          .not_before = FormatTime(nb),
+                                                          .after_reason = s.reason}));
       } else {
         // Out of retries: the run fails; queued work is cancelled, running work
         // is told to stop by the dispatcher (the run is terminal).
         for (const auto& other : run.steps) {
           for (const auto& a : other.attempts) {
             if (a.phase == AttemptPhase::kQueued || a.phase == AttemptPhase::kAssigned) {
-              out.push_back(RunEvent(
-                  run, ev::kJobCancelled,
-                  Json{{"step", other.name}, {"attempt", a.number}, {"reason", "run failed"}}));
+              out.push_back(
+                  RunEvent(run, Ended<ev::JobCancelled>(other.name, a.number, "run failed")));
             }
           }
         }
         std::string reason = s.reason.empty() ? "failed" : s.reason;
-        out.push_back(
-            RunEvent(run, ev::kRunFailed,
-                     Json{{"step", s.name},
-                          {"reason", "step '" + s.name + "' failed after " + std::to_string(used) +
-                                         " attempt(s): " + reason}}));
+        out.push_back(RunEvent(
+            run, ev::RunFailed{.step = s.name,
+                               .reason = "step '" + s.name + "' failed after " +
+                                         std::to_string(used) + " attempt(s): " + reason}));
         return out;
       }
       continue;
@@ -557,18 +559,17 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
     }
     if (!ready) continue;
     if (!skip_reason.empty()) {
-      out.push_back(
-          RunEvent(run, ev::kStepSkipped, Json{{"step", s.name}, {"reason", skip_reason}}));
+      out.push_back(RunEvent(run, ev::StepSkipped{.step = s.name, .reason = skip_reason}));
       continue;
     }
     auto when = workflows::EvaluateWhen(step, run.params, StepsContext(run, *ctx.config));
     if (!when.ok() || !*when) {
       std::string why = when.ok() ? "when '" + step.when + "' is false"
                                   : "when '" + step.when + "': " + when.status().message();
-      out.push_back(RunEvent(run, ev::kStepSkipped, Json{{"step", s.name}, {"reason", why}}));
+      out.push_back(RunEvent(run, ev::StepSkipped{.step = s.name, .reason = why}));
       continue;
     }
-    out.push_back(RunEvent(run, ev::kStepReady, Json{{"step", s.name}}));
+    out.push_back(RunEvent(run, ev::StepReady{.step = s.name}));
     if (step.sweep) {
       // The first `parallel` trials; SweepProgress queues the rest as these end.
       int first = std::min(step.sweep->parallel, workflows::TrialCount(*step.sweep));
@@ -579,7 +580,7 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
     }
     QueueAttempt(state, run, step, s.next_attempt, ctx, &out);
   }
-  if (all_done && out.empty()) out.push_back(RunEvent(run, ev::kRunSucceeded, Json::object()));
+  if (all_done && out.empty()) out.push_back(RunEvent(run, ev::RunSucceeded{}));
   return out;
 }
 

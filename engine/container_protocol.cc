@@ -26,23 +26,18 @@ Result<Decision> DecideRegisterContainer(const State& state, const RegisterConta
   Decision d;
   d.result.id = c.id;
   d.result.created = c.phase != ContainerPhase::kRegistered;
-  d.events.push_back(Event{ContainerStream(c.id), std::string(ev::kContainerRegistered),
-                           Json{{"container", c.id},
-                                {"backend", cmd.backend.empty() ? c.backend : cmd.backend},
-                                {"handle", cmd.handle.empty() ? c.handle : cmd.handle},
-                                {"host", cmd.host},
-                                {"pid", cmd.pid},
-                                {"cpu_millis", cmd.cpu_millis},
-                                {"memory_bytes", cmd.memory_bytes},
-                                {"gpus", cmd.gpus},
-                                {"cuda", cmd.cuda}},
-                           c.id});
-  if (cmd.isolation.is_object() && !cmd.isolation.empty()) {
-    d.events.back().data["isolation"] = cmd.isolation;
-  }
-  if (cmd.enforcement.is_object() && !cmd.enforcement.empty()) {
-    d.events.back().data["enforcement"] = cmd.enforcement;
-  }
+  ev::ContainerRegistered p{.container = c.id,
+                            .backend = cmd.backend.empty() ? c.backend : cmd.backend,
+                            .handle = cmd.handle.empty() ? c.handle : cmd.handle,
+                            .host = cmd.host,
+                            .pid = cmd.pid,
+                            .cpu_millis = cmd.cpu_millis,
+                            .memory_bytes = cmd.memory_bytes,
+                            .gpus = cmd.gpus,
+                            .cuda = cmd.cuda};
+  if (cmd.isolation.is_object() && !cmd.isolation.empty()) p.isolation = cmd.isolation;
+  if (cmd.enforcement.is_object() && !cmd.enforcement.empty()) p.enforcement = cmd.enforcement;
+  d.events.push_back(ev::MakeEvent(ContainerStream(c.id), p, c.id));
   return d;
 }
 
@@ -53,27 +48,31 @@ namespace {
 // What one poll has already decided about gang attempts, so that two workers
 // reported together are judged together.
 struct GangProgress {
-  std::map<std::string, std::set<int>> succeeded;  // attempt id -> ranks succeeded now
-  std::map<std::string, Json> rank0;               // attempt id -> rank 0's report now
-  std::set<std::string> ended;                     // attempts ended by this poll
+  std::map<std::string, std::set<int>> succeeded;      // attempt id -> ranks succeeded now
+  std::map<std::string, ev::JobWorkerFinished> rank0;  // attempt id -> rank 0's report now
+  std::set<std::string> ended;                         // attempts ended by this poll
 };
 
 std::string MissingOutputs(const Run& run, const std::string& step, const Json& reported);
 
-// The report's log figures as the log records them ({"bytes", "truncated",
-// "dropped_bytes"?}), or null when it has none.
-Json LogJson(const AttemptReport& report) {
-  if (!report.log) return Json();
-  Json log{{"bytes", report.log->bytes}, {"truncated", report.log->truncated}};
-  if (report.log->dropped_bytes) log["dropped_bytes"] = *report.log->dropped_bytes;
-  return log;
+// The report's log figures as the log records them, if it has any.
+std::optional<ev::LogInfo> LogOf(const AttemptReport& report) {
+  if (!report.log) return std::nullopt;
+  return ev::LogInfo{.bytes = report.log->bytes,
+                     .truncated = report.log->truncated,
+                     .dropped_bytes = report.log->dropped_bytes};
 }
 
-// exit_code, signal and (unless `skip_reason`) reason, where the report has them.
-void CopyExit(const AttemptReport& report, bool skip_reason, Json* out) {
-  if (report.exit_code) (*out)["exit_code"] = *report.exit_code;
-  if (report.signal) (*out)["signal"] = *report.signal;
-  if (report.reason && !skip_reason) (*out)["reason"] = *report.reason;
+// How an attempt ended without success, as the report tells it (reason: the
+// report's, else `fallback`).
+template <class T>
+T EndOf(const AttemptReport& report, const std::string& step, int n, std::string fallback) {
+  T e = Ended<T>(step, n, report.reason.value_or(std::move(fallback)));
+  e.exit_code = report.exit_code;
+  e.signal = report.signal;
+  e.usage = report.usage;
+  e.log = LogOf(report);
+  return e;
 }
 
 // A gang worker's report: the worker's own record, then the attempt's outcome
@@ -90,19 +89,24 @@ void WorkerReportEvents(const State& state, const Container& c, const AttemptRep
   const std::string st(Name(report.state));
   const Json& usage = report.usage;
   if (w.phase == AttemptPhase::kAssigned && !IsTerminal(a->phase)) {
-    out->push_back(
-        RunEvent(*run, ev::kJobStarted,
-                 Json{{"step", step}, {"attempt", n}, {"rank", rank}, {"container", c.id}}, c.id));
+    out->push_back(RunEvent(
+        *run, ev::JobStarted{.step = step, .attempt = n, .container = c.id, .rank = rank}, c.id));
   }
-  Json rec{{"step", step}, {"attempt", n}, {"rank", rank}, {"state", st}, {"usage", usage}};
-  if (Json log = LogJson(report); !log.is_null()) rec["log"] = std::move(log);
-  CopyExit(report, false, &rec);
+  ev::JobWorkerFinished rec{.step = step,
+                            .attempt = n,
+                            .rank = rank,
+                            .state = st,
+                            .reason = report.reason,
+                            .exit_code = report.exit_code,
+                            .signal = report.signal,
+                            .usage = usage,
+                            .log = LogOf(report)};
   if (rank == 0 && st == "succeeded") {  // rank 0 speaks for the attempt
-    rec["metrics"] = report.metrics;
-    rec["outputs"] = report.outputs;
+    rec.metrics = report.metrics;
+    rec.outputs = report.outputs;
     progress->rank0[attempt_id] = rec;
   }
-  out->push_back(RunEvent(*run, ev::kJobWorkerFinished, rec, c.id));
+  out->push_back(RunEvent(*run, rec, c.id));
   if (IsTerminal(a->phase) || progress->ended.count(attempt_id)) return;
   if (st == "succeeded") {
     auto& done = progress->succeeded[attempt_id];
@@ -114,37 +118,42 @@ void WorkerReportEvents(const State& state, const Container& c, const AttemptRep
     // Rank 0's results: from this poll, or from the event that recorded its success.
     Json metrics = a->ranks[0].metrics, outputs = a->ranks[0].outputs;
     if (auto r0 = progress->rank0.find(attempt_id); r0 != progress->rank0.end()) {
-      metrics = r0->second["metrics"];
-      outputs = r0->second["outputs"];
+      metrics = r0->second.metrics.value_or(Json());
+      outputs = r0->second.outputs.value_or(Json());
     }
     if (!metrics.is_object()) metrics = Json::object();
     if (!outputs.is_array()) outputs = Json::array();
     std::string missing = MissingOutputs(*run, step, outputs);
     if (!missing.empty()) {
-      out->push_back(RunEvent(*run, ev::kJobFailed,
-                              Json{{"step", step},
-                                   {"attempt", n},
-                                   {"usage", usage},
-                                   {"reason", "missing_output: " + missing}},
-                              c.id));
+      auto failed = Ended<ev::JobFailed>(step, n, "missing_output: " + missing);
+      failed.usage = usage;
+      out->push_back(RunEvent(*run, failed, c.id));
       return;
     }
-    Json data{{"step", step},       {"attempt", n},       {"exit_code", 0},       {"usage", usage},
-              {"metrics", metrics}, {"outputs", outputs}, {"workers", a->workers}};
-    out->push_back(RunEvent(*run, ev::kJobSucceeded, std::move(data), c.id));
+    out->push_back(RunEvent(*run,
+                            ev::JobSucceeded{.step = step,
+                                             .attempt = n,
+                                             .exit_code = 0,
+                                             .usage = usage,
+                                             .metrics = metrics,
+                                             .outputs = outputs,
+                                             .workers = a->workers},
+                            c.id));
     return;
   }
   // One worker's failure fails the attempt; the dispatcher stops the others.
   progress->ended.insert(attempt_id);
   std::string reason = "worker " + std::to_string(rank) + ": " + report.reason.value_or(st);
-  Json data{{"step", step}, {"attempt", n}, {"reason", reason}, {"usage", usage}};
+  auto end = [&]<class T>(T e) {
+    e.usage = usage;
+    out->push_back(RunEvent(*run, e, c.id));
+  };
   if (st == "cancelled" && run->cancel_requested) {
-    data["reason"] = "run cancelled";
-    out->push_back(RunEvent(*run, ev::kJobCancelled, std::move(data), c.id));
+    end(Ended<ev::JobCancelled>(step, n, "run cancelled"));
   } else if (st == "timed_out") {
-    out->push_back(RunEvent(*run, ev::kJobTimedOut, std::move(data), c.id));
+    end(Ended<ev::JobTimedOut>(step, n, reason));
   } else {
-    out->push_back(RunEvent(*run, ev::kJobFailed, std::move(data), c.id));
+    end(Ended<ev::JobFailed>(step, n, reason));
   }
 }
 
@@ -186,42 +195,43 @@ void ReportEvents(const State& state, const Container& c, const AttemptReport& r
   const Attempt* a = state.FindAttempt(id);
   if (!run || !a || IsTerminal(a->phase) || a->container != c.id) return;  // stale: ack, no-op
   if (a->phase == AttemptPhase::kAssigned) {
-    out->push_back(RunEvent(*run, ev::kJobStarted,
-                            Json{{"step", step}, {"attempt", n}, {"container", c.id}}, c.id));
+    out->push_back(
+        RunEvent(*run, ev::JobStarted{.step = step, .attempt = n, .container = c.id}, c.id));
   }
   const ReportedState st = report.state;
-  Json base{{"step", step}, {"attempt", n}, {"usage", report.usage}};
-  if (Json log = LogJson(report); !log.is_null()) base["log"] = std::move(log);
-  CopyExit(report, st == ReportedState::kSucceeded, &base);
-  if (st == ReportedState::kSucceeded && report.outputs_error) {
-    // The agent could not read the outputs where they belong (the step replaced its
-    // outputs folder): nothing it claims to have produced is taken.
-    base["reason"] = "outputs_error: " + *report.outputs_error;
-    out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
-    return;
-  }
   if (st == ReportedState::kSucceeded) {
-    // A declared output the attempt did not write fails it (retry policy applies).
+    // The agent could not read the outputs where they belong (the step replaced its
+    // outputs folder): nothing it claims to have produced is taken. A declared output
+    // the attempt did not write fails it too (retry policy applies).
     std::string missing = MissingOutputs(*run, step, report.outputs);
-    if (!missing.empty()) {
-      base["reason"] = "missing_output: " + missing;
-      out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
+    if (report.outputs_error || !missing.empty()) {
+      auto failed = EndOf<ev::JobFailed>(report, step, n, "");
+      failed.reason = report.outputs_error ? "outputs_error: " + *report.outputs_error
+                                           : "missing_output: " + missing;
+      out->push_back(RunEvent(*run, failed, c.id));
       return;
     }
-    base["metrics"] = report.metrics;
-    base["outputs"] = report.outputs;
-    if (report.metrics_error) base["metrics_error"] = *report.metrics_error;
-    out->push_back(RunEvent(*run, ev::kJobSucceeded, std::move(base), c.id));
+    out->push_back(RunEvent(*run,
+                            ev::JobSucceeded{.step = step,
+                                             .attempt = n,
+                                             .exit_code = report.exit_code,
+                                             .signal = report.signal,
+                                             .usage = report.usage,
+                                             .metrics = report.metrics,
+                                             .outputs = report.outputs,
+                                             .log = LogOf(report),
+                                             .metrics_error = report.metrics_error},
+                            c.id));
   } else if (st == ReportedState::kTimedOut) {
-    if (!base.contains("reason")) base["reason"] = "timeout";
-    out->push_back(RunEvent(*run, ev::kJobTimedOut, std::move(base), c.id));
+    out->push_back(RunEvent(*run, EndOf<ev::JobTimedOut>(report, step, n, "timeout"), c.id));
   } else if (st == ReportedState::kCancelled) {
-    if (!base.contains("reason"))
-      base["reason"] = run->cancel_requested ? "run cancelled" : "cancelled";
-    out->push_back(RunEvent(*run, ev::kJobCancelled, std::move(base), c.id));
+    out->push_back(
+        RunEvent(*run,
+                 EndOf<ev::JobCancelled>(report, step, n,
+                                         run->cancel_requested ? "run cancelled" : "cancelled"),
+                 c.id));
   } else {
-    if (!base.contains("reason")) base["reason"] = "failed";
-    out->push_back(RunEvent(*run, ev::kJobFailed, std::move(base), c.id));
+    out->push_back(RunEvent(*run, EndOf<ev::JobFailed>(report, step, n, "failed"), c.id));
   }
 }
 
@@ -275,8 +285,8 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
       int n, rank;
       ParseTaskId(id, &run_id, &step, &n, &rank);
       d.events.push_back(RunEvent(
-          *state.FindRun(run_id), ev::kJobStarted,
-          Json{{"step", step}, {"attempt", n}, {"rank", rank}, {"container", c.id}}, c.id));
+          *state.FindRun(run_id),
+          ev::JobStarted{.step = step, .attempt = n, .container = c.id, .rank = rank}, c.id));
       continue;
     }
     const Attempt* a = state.FindAttempt(id);
@@ -284,8 +294,9 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
     std::string run_id, step;
     int n;
     ParseAttemptId(id, &run_id, &step, &n);
-    d.events.push_back(RunEvent(*state.FindRun(run_id), ev::kJobStarted,
-                                Json{{"step", step}, {"attempt", n}, {"container", c.id}}, c.id));
+    d.events.push_back(RunEvent(*state.FindRun(run_id),
+                                ev::JobStarted{.step = step, .attempt = n, .container = c.id},
+                                c.id));
   }
   return d;
 }
@@ -299,19 +310,21 @@ Result<Decision> DecideLaunchResult(const State& state, const ContainerLaunchRes
     return d;
   }
   if (cmd.ok) {
-    d.events.push_back(Event{ContainerStream(cmd.container), std::string(ev::kContainerLaunched),
-                             Json{{"container", cmd.container}, {"handle", cmd.handle}}});
-  } else if (cmd.unschedulable) {
     d.events.push_back(
-        Event{ContainerStream(cmd.container), std::string(ev::kContainerLost),
-              Json{{"container", cmd.container},
-                   {"reason", "launch failed: " + std::string(kUnschedulable) + ": " + cmd.error},
-                   {"unschedulable", true}}});
+        ev::MakeEvent(ContainerStream(cmd.container),
+                      ev::ContainerLaunched{.container = cmd.container, .handle = cmd.handle}));
+  } else if (cmd.unschedulable) {
+    d.events.push_back(ev::MakeEvent(
+        ContainerStream(cmd.container),
+        ev::ContainerLost{
+            .container = cmd.container,
+            .reason = "launch failed: " + std::string(kUnschedulable) + ": " + cmd.error,
+            .unschedulable = true}));
     FailUnschedulable(state, cmd.error, &d.events);
   } else {
-    d.events.push_back(
-        Event{ContainerStream(cmd.container), std::string(ev::kContainerLost),
-              Json{{"container", cmd.container}, {"reason", "launch failed: " + cmd.error}}});
+    d.events.push_back(ev::MakeEvent(
+        ContainerStream(cmd.container),
+        ev::ContainerLost{.container = cmd.container, .reason = "launch failed: " + cmd.error}));
   }
   return d;
 }
@@ -331,8 +344,8 @@ Result<Decision> DecideContainerExited(const State& state, const ContainerExited
 // JobFailed{container_lost} for every attempt still placed on a lost container.
 void LoseContainer(const State& state, const Container& c, const std::string& reason,
                    std::vector<Event>* out) {
-  out->push_back(Event{ContainerStream(c.id), std::string(ev::kContainerLost),
-                       Json{{"container", c.id}, {"reason", reason}}});
+  out->push_back(
+      ev::MakeEvent(ContainerStream(c.id), ev::ContainerLost{.container = c.id, .reason = reason}));
   std::set<std::string> failed;
   for (const auto& id : c.attempts) {
     std::string run_id, step;
@@ -341,22 +354,19 @@ void LoseContainer(const State& state, const Container& c, const std::string& re
     const Run* run = state.FindRun(run_id);
     if (!run) continue;
     if (rank >= 0) {
-      out->push_back(RunEvent(*run, ev::kJobWorkerFinished,
-                              Json{{"step", step},
-                                   {"attempt", n},
-                                   {"rank", rank},
-                                   {"state", "lost"},
-                                   {"reason", "container_lost"}}));
+      out->push_back(RunEvent(*run, ev::JobWorkerFinished{.step = step,
+                                                          .attempt = n,
+                                                          .rank = rank,
+                                                          .state = "lost",
+                                                          .reason = "container_lost"}));
       const Attempt* a = state.FindAttempt(AttemptId(run_id, step, n));
       if (!a || IsTerminal(a->phase) || !failed.insert(AttemptId(run_id, step, n)).second) {
         continue;
       }
     }
-    out->push_back(RunEvent(*run, ev::kJobFailed,
-                            Json{{"step", step},
-                                 {"attempt", n},
-                                 {"reason", "container_lost"},
-                                 {"detail", "container " + c.id + ": " + reason}}));
+    auto failed = Ended<ev::JobFailed>(step, n, "container_lost");
+    failed.detail = "container " + c.id + ": " + reason;
+    out->push_back(RunEvent(*run, failed));
   }
 }
 

@@ -16,10 +16,6 @@
 
 namespace epoch::engine {
 
-Event RunEvent(const Run& run, std::string_view type, Json data, std::string actor) {
-  return Event{RunStream(run.id), std::string(type), std::move(data), std::move(actor)};
-}
-
 namespace {
 
 using workflows::Definition;
@@ -117,17 +113,16 @@ Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkfl
   }
   d.result.version = next;
   d.result.created = true;
-  Json data{{"name", def->name},
-            {"version", next},
-            {"definition", def->source},
-            {"digest", def->digest},
-            {"tenant", cmd.tenant}};
+  ev::WorkflowRegistered p{.name = def->name,
+                           .version = next,
+                           .definition = def->source,
+                           .digest = def->digest,
+                           .tenant = cmd.tenant};
   if (!cmd.idempotency_key.empty()) {
-    data["idempotency_key"] = cmd.idempotency_key;
-    if (!cmd.request_digest.empty()) data["request_digest"] = cmd.request_digest;
+    p.idempotency_key = cmd.idempotency_key;
+    if (!cmd.request_digest.empty()) p.request_digest = cmd.request_digest;
   }
-  d.events.push_back(Event{WorkflowStream(def->name), std::string(ev::kWorkflowRegistered),
-                           std::move(data), cmd.actor});
+  d.events.push_back(ev::MakeEvent(WorkflowStream(def->name), p, cmd.actor));
   return d;
 }
 
@@ -188,15 +183,20 @@ Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
   }
   ASSIGN_OR_RETURN(Json params, workflows::ResolveParams(*def, cmd.params));
   RETURN_IF_ERROR(CheckInputs(state, *ctx.config, *def, params, cmd.tenant, cmd.run_id));
-  Json data{{"run", cmd.run_id},    {"workflow", workflow},       {"version", version},
-            {"digest", digest},     {"params", params},           {"labels", cmd.labels},
-            {"tenant", cmd.tenant}, {"submitter", cmd.submitter}, {"priority", cmd.priority}};
+  ev::RunSubmitted p{.run = cmd.run_id,
+                     .workflow = workflow,
+                     .version = version,
+                     .digest = digest,
+                     .params = params,
+                     .labels = cmd.labels,
+                     .tenant = cmd.tenant,
+                     .submitter = cmd.submitter,
+                     .priority = cmd.priority};
   if (!cmd.idempotency_key.empty()) {
-    data["idempotency_key"] = cmd.idempotency_key;
-    if (!cmd.request_digest.empty()) data["request_digest"] = cmd.request_digest;
+    p.idempotency_key = cmd.idempotency_key;
+    if (!cmd.request_digest.empty()) p.request_digest = cmd.request_digest;
   }
-  d.events.push_back(
-      Event{RunStream(cmd.run_id), std::string(ev::kRunSubmitted), std::move(data), cmd.submitter});
+  d.events.push_back(ev::MakeEvent(RunStream(cmd.run_id), p, cmd.submitter));
   d.result.id = cmd.run_id;
   d.result.version = version;
   d.result.digest = digest;
@@ -214,7 +214,7 @@ Result<Decision> DecideCancel(const State& state, const CancelRun& cmd) {
   }
   if (run->cancel_requested) return d;  // cancelling already: nothing new to record
   d.result.created = true;
-  d.events.push_back(RunEvent(*run, ev::kRunCancelRequested, Json{{"by", cmd.actor}}, cmd.actor));
+  d.events.push_back(RunEvent(*run, ev::RunCancelRequested{.by = cmd.actor}, cmd.actor));
   return d;
 }
 
@@ -225,7 +225,7 @@ Result<Decision> DecideRetry(const State& state, const RetryRun& cmd) {
     return Conflict("run '" + run->id + "' is " + std::string(Name(run->phase)) +
                     "; only failed or cancelled runs can be retried");
   }
-  Json steps = Json::array();
+  std::vector<std::string> steps;
   for (const auto& s : run->steps) {
     if (s.phase == StepPhase::kSucceeded) continue;
     if (s.phase == StepPhase::kSkipped)
@@ -239,7 +239,7 @@ Result<Decision> DecideRetry(const State& state, const RetryRun& cmd) {
   d.result.id = run->id;
   d.result.created = true;
   d.events.push_back(
-      RunEvent(*run, ev::kRunRetryRequested, Json{{"steps", steps}, {"by", cmd.actor}}, cmd.actor));
+      RunEvent(*run, ev::RunRetryRequested{.steps = steps, .by = cmd.actor}, cmd.actor));
   return d;
 }
 
@@ -278,11 +278,10 @@ Result<Decision> DecideInvalidateCache(const State& state, const InvalidateCache
   for (const auto& k : keys) d.result.keys.push_back(k);
   d.result.created = !keys.empty();
   if (keys.empty()) return d;  // nothing to forget: nothing to record
-  Json data{{"keys", keys}, {"by", cmd.actor}, {"tenant", cmd.tenant}};
-  if (!cmd.workflow.empty()) data["workflow"] = cmd.workflow;
-  if (!cmd.step.empty()) data["step"] = cmd.step;
-  d.events.push_back(Event{std::string(kCacheStream), std::string(ev::kCacheInvalidated),
-                           std::move(data), cmd.actor});
+  ev::CacheInvalidated p{.keys = {keys.begin(), keys.end()}, .by = cmd.actor, .tenant = cmd.tenant};
+  if (!cmd.workflow.empty()) p.workflow = cmd.workflow;
+  if (!cmd.step.empty()) p.step = cmd.step;
+  d.events.push_back(ev::MakeEvent(std::string(kCacheStream), p, cmd.actor));
   return d;
 }
 

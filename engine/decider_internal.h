@@ -9,11 +9,25 @@
 #include <vector>
 
 #include "engine/decider.h"
+#include "engine/event_types.h"
 
 namespace epoch::engine {
 
-// Internal: an event on `run`'s stream (decide.cc).
-Event RunEvent(const Run& run, std::string_view type, Json data, std::string actor = "system");
+// Internal: an event on `run`'s stream: its payload encoded (engine/event_types.h).
+template <ev::PayloadType T>
+Event RunEvent(const Run& run, const T& payload, std::string actor = "system") {
+  return ev::MakeEvent(RunStream(run.id), payload, std::move(actor));
+}
+
+// Internal: a JobFailed, JobTimedOut or JobCancelled of `attempt` for `reason`.
+template <class T>
+T Ended(std::string step, int attempt, std::string reason) {
+  T e;
+  e.step = std::move(step);
+  e.attempt = attempt;
+  e.reason = std::move(reason);
+  return e;
+}
 
 // The reason prefix of an attempt the backend can never host; such a step is not retried.
 inline constexpr std::string_view kUnschedulable = "unschedulable";

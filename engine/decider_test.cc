@@ -7,6 +7,7 @@
 
 #include "engine/decider.h"
 #include "engine/engine.h"
+#include "engine/event_types.h"
 #include "engine/processor.h"
 #include "engine/snapshot.h"
 
@@ -1753,7 +1754,7 @@ TEST_F(TenantTest, ModelVersionsNumberedWhenNamesWereGlobalReplayPerTenant) {
   // A history written before names were per tenant: tenant b's first version of
   // "mlp" was numbered 2, after a's. Replayed, it is b's version 1, and its
   // validation attaches to it.
-  auto ev = [&](const std::string& stream, const std::string& type, Json data) {
+  auto apply = [&](const std::string& stream, const std::string& type, Json data) {
     RecordedEvent e;
     e.position = state_.head + 1;
     e.stream = stream;
@@ -1764,18 +1765,23 @@ TEST_F(TenantTest, ModelVersionsNumberedWhenNamesWereGlobalReplayPerTenant) {
     ASSERT_TRUE(st.ok()) << st.ToString();
   };
   Json def = *ParseJson(R"({"name":"w","steps":[{"name":"train","kind":"train","command":["t"]}]})");
-  ev("workflow-w", "WorkflowRegistered", Json{{"name", "w"}, {"version", 1}, {"definition", def}});
+  apply("workflow-w", "WorkflowRegistered",
+        fields::Encode(ev::WorkflowRegistered{
+            .name = "w", .version = 1, .definition = def, .tenant = "default"}));
   for (const char* t : {"a", "b"}) {
     std::string run = std::string("old-") + t;
-    ev("run-" + run, "RunSubmitted",
-       Json{{"run", run}, {"workflow", "w"}, {"version", 1}, {"tenant", t}});
+    apply("run-" + run, "RunSubmitted",
+          fields::Encode(ev::RunSubmitted{.run = run, .workflow = "w", .version = 1, .tenant = t}));
   }
-  ev("run-old-a", "ModelVersionRegistered",
-     Json{{"name", "mlp"}, {"version", 1}, {"digest", "d1"}, {"step", "train"}, {"attempt", 1}});
-  ev("run-old-b", "ModelVersionRegistered",
-     Json{{"name", "mlp"}, {"version", 2}, {"digest", "d2"}, {"step", "train"}, {"attempt", 1}});
-  ev("run-old-b", "ModelVersionValidated",
-     Json{{"name", "mlp"}, {"version", 2}, {"step", "v"}, {"metrics", Json{{"acc", 0.5}}}});
+  apply("run-old-a", "ModelVersionRegistered",
+        fields::Encode(ev::ModelVersionRegistered{
+            .name = "mlp", .version = 1, .digest = "d1", .step = "train", .attempt = 1}));
+  apply("run-old-b", "ModelVersionRegistered",
+        fields::Encode(ev::ModelVersionRegistered{
+            .name = "mlp", .version = 2, .digest = "d2", .step = "train", .attempt = 1}));
+  apply("run-old-b", "ModelVersionValidated",
+        fields::Encode(ev::ModelVersionValidated{
+            .name = "mlp", .version = 2, .step = "v", .metrics = Json{{"acc", 0.5}}}));
   ASSERT_EQ(state_.models.at("b/mlp").size(), 1u);
   EXPECT_EQ(state_.models.at("b/mlp")[0].digest, "d2");
   EXPECT_EQ(state_.models.at("b/mlp")[0].metrics["acc"], 0.5);

@@ -1,5 +1,6 @@
 // The engine with a real RocksDB store in a temp dir and a recording backend.
 #include "engine/engine.h"
+#include "engine/event_types.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -413,9 +414,11 @@ TEST_F(ReplayFactsTest, ADefinitionTodaysRulesRejectStillReplaysWithItsRuns) {
                 {"name": "b", "command": ["true"], "after": ["a"]}]})");
   ASSERT_FALSE(workflows::ParseDefinition(def).ok());  // registration refuses it today
   AppendRaw("workflow-old", "WorkflowRegistered",
-            Json{{"name", "old"}, {"version", 1}, {"definition", def}, {"tenant", "default"}});
+            fields::Encode(ev::WorkflowRegistered{
+                .name = "old", .version = 1, .definition = def, .tenant = "default"}));
   AppendRaw("run-r1", "RunSubmitted",
-            Json{{"run", "r1"}, {"workflow", "old"}, {"version", 1}, {"tenant", "default"}});
+            fields::Encode(ev::RunSubmitted{
+                .run = "r1", .workflow = "old", .version = 1, .tenant = "default"}));
   Status st = StartOnStore();
   ASSERT_TRUE(st.ok()) << st.ToString();
   engine_->Read([](const State& s) {
@@ -430,7 +433,8 @@ TEST_F(ReplayFactsTest, ADefinitionTodaysRulesRejectStillReplaysWithItsRuns) {
 }
 
 TEST_F(ReplayFactsTest, ARunOfAWorkflowNeverRegisteredStopsReplayNamingTheField) {
-  AppendRaw("run-r1", "RunSubmitted", Json{{"run", "r1"}, {"workflow", "ghost"}, {"version", 1}});
+  AppendRaw("run-r1", "RunSubmitted",
+            fields::Encode(ev::RunSubmitted{.run = "r1", .workflow = "ghost", .version = 1}));
   Status st = StartOnStore();
   EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
   EXPECT_NE(st.message().find("event 1 (RunSubmitted): field workflow"), std::string::npos)
@@ -441,12 +445,78 @@ TEST_F(ReplayFactsTest, ADefinitionThatCannotRunStopsReplayNamingTheField) {
   Json cyclic = *ParseJson(R"({"name": "loop", "steps": [
       {"name": "a", "command": ["true"], "after": ["b"]},
       {"name": "b", "command": ["true"], "after": ["a"]}]})");
-  AppendRaw("workflow-loop", "WorkflowRegistered",
-            Json{{"name", "loop"}, {"version", 1}, {"definition", cyclic}});
+  AppendRaw(
+      "workflow-loop", "WorkflowRegistered",
+      fields::Encode(ev::WorkflowRegistered{.name = "loop", .version = 1, .definition = cyclic}));
   Status st = StartOnStore();
   EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
   EXPECT_NE(st.message().find("event 1 (WorkflowRegistered): field definition"), std::string::npos)
       << st.message();
+}
+
+// A payload field that is missing or of the wrong type stops the start, naming the
+// event and the field: replay never substitutes a default.
+TEST_F(ReplayFactsTest, AMissingOrMistypedPayloadFieldStopsReplayNamingIt) {
+  AppendRaw("master", "LeaderElected", Json{{"epoch", 1}, {"node", "a"}});  // no address
+  Status st = StartOnStore();
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_NE(st.message().find("event 1 (LeaderElected): field address: missing"), std::string::npos)
+      << st.message();
+}
+
+TEST_F(ReplayFactsTest, AMistypedNestedFieldIsNamedByItsPath) {
+  Json def = *ParseJson(R"({"name": "w", "steps": [{"name": "a", "command": ["true"]}]})");
+  AppendRaw("workflow-w", "WorkflowRegistered",
+            fields::Encode(ev::WorkflowRegistered{
+                .name = "w", .version = 1, .definition = def, .tenant = "default"}));
+  AppendRaw("run-r1", "RunSubmitted",
+            fields::Encode(
+                ev::RunSubmitted{.run = "r1", .workflow = "w", .version = 1, .tenant = "default"}));
+  Json queued = fields::Encode(ev::JobQueued{.run = "r1", .step = "a", .attempt = 1});
+  queued["resources"]["cpu_millis"] = "100m";  // what a definition says, not what is stored
+  AppendRaw("run-r1", "JobQueued", queued);
+  Status st = StartOnStore();
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_NE(st.message().find("event 3 (JobQueued): field resources.cpu_millis: expected an "
+                              "integer, got string"),
+            std::string::npos)
+      << st.message();
+}
+
+// Payloads of an older version are upcast on read: a v1 WorkflowRegistered without
+// `tenant` and a v1 JobQueued without `workers` replay as the default tenant's
+// workflow and a one-worker attempt.
+TEST_F(ReplayFactsTest, OlderPayloadVersionsAreUpcastOnRead) {
+  Json def = *ParseJson(R"({"name": "w", "steps": [{"name": "a", "command": ["true"]}]})");
+  Json wf = fields::Encode(ev::WorkflowRegistered{.name = "w", .version = 1, .definition = def});
+  wf.erase("tenant");
+  AppendRaw("workflow-w", "WorkflowRegistered", wf);  // AppendRaw writes payload version 1
+  AppendRaw("run-r1", "RunSubmitted",
+            fields::Encode(
+                ev::RunSubmitted{.run = "r1", .workflow = "w", .version = 1, .tenant = "default"}));
+  Json queued = fields::Encode(ev::JobQueued{.run = "r1", .step = "a", .attempt = 1, .workers = 7});
+  queued.erase("workers");
+  AppendRaw("run-r1", "JobQueued", queued);
+  Status st = StartOnStore();
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  engine_->Read([](const State& s) {
+    EXPECT_EQ(s.workflows.at("w").at(0).tenant, "default");
+    const Attempt* a = s.FindAttempt("r1/a/1");
+    EXPECT_NE(a, nullptr);
+    if (a) {
+      EXPECT_EQ(a->workers, 1);
+    }
+    return 0;
+  });
+  // At today's version the same payload is incomplete, not upcast.
+  auto today = ev::Upcast("JobQueued", ev::JobQueued::kVersion, queued);
+  ASSERT_TRUE(today.ok());
+  EXPECT_FALSE(today->contains("workers"));
+  auto v1 = ev::Upcast("JobQueued", 1, queued);
+  ASSERT_TRUE(v1.ok());
+  EXPECT_EQ((*v1)["workers"], 1);
+  auto unknown = ev::Upcast("JobTeleported", 1, Json::object());
+  EXPECT_EQ(unknown.status().code(), StatusCode::kFailedPrecondition);
 }
 
 TEST_F(ReplayFactsTest, ABadTimeOrDataIsNeverGuessed) {
@@ -463,12 +533,14 @@ TEST_F(ReplayFactsTest, APayloadSchemaFromANewerEpochIsRefusedNotMisread) {
   b.epoch = 1;
   b.appends.push_back({"master",
                        storage::kAnyVersion,
-                       {{"LeaderElected", kSchemaVersion + 1, "test",
+                       {{"LeaderElected", ev::LeaderElected::kVersion + 1, "test",
                          Json{{"epoch", 1}, {"node", "a"}, {"address", "x"}}.dump()}}});
   ASSERT_TRUE(store_->Append(std::move(b)).ok());
   Status st = StartOnStore();
   EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.ToString();
-  EXPECT_NE(st.message().find("event 1 (LeaderElected) has payload schema 2"), std::string::npos)
+  EXPECT_NE(st.message().find("event 1 (LeaderElected): payload version 2 of LeaderElected; this "
+                              "Epoch reads 1 to 1"),
+            std::string::npos)
       << st.message();
 }
 

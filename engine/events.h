@@ -1,6 +1,6 @@
 // Event vocabulary of the engine: type names (past tense), stream names, and the
-// decided-but-not-yet-durable form of an event. The payload shapes are documented
-// next to each type; evolve (state.cc) is their only reader.
+// decided-but-not-yet-durable form of an event. Each payload is a struct in
+// engine/event_types.h (fields, version, upcasting); the comments here sketch them.
 #pragma once
 
 #include <cstdint>
@@ -90,12 +90,6 @@ inline constexpr std::string_view kAllTypes[] = {kWorkflowRegistered,
                                                  kLeaderElected};
 }  // namespace ev
 
-// The payload version this Epoch writes (the envelope's `schema`) and the highest it
-// reads: every type is at version 1. Replay refuses a later one (an older epochd on a
-// newer log) instead of misreading it. A change to a payload's shape raises it, with
-// an upcaster from the older versions, and a golden history written at the old one.
-inline constexpr uint32_t kSchemaVersion = 1;
-
 inline std::string RunStream(std::string_view run) { return "run-" + std::string(run); }
 inline std::string WorkflowStream(std::string_view name) { return "workflow-" + std::string(name); }
 inline std::string ContainerStream(std::string_view id) { return "container-" + std::string(id); }
@@ -120,7 +114,9 @@ struct RecordedEvent {
   std::string actor;
   TimePoint time;
   uint64_t epoch = 0;
-  uint32_t schema = kSchemaVersion;  // the envelope's: the payload's version
+  // The payload's version: what the envelope says, and after FromEnvelope's upcast
+  // today's version of the type. 0: written by this Epoch (today's version).
+  uint32_t schema = 0;
 };
 
 }  // namespace epoch::engine

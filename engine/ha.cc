@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "engine/engine_internal.h"
+#include "engine/event_types.h"
 
 namespace epoch::engine {
 
@@ -100,12 +101,13 @@ Status Engine::Lead() {
   storage::AppendBatch batch;
   batch.time = FormatTime(now);
   batch.epoch = epoch_;
-  Json data{{"epoch", epoch_.load()}, {"node", options_.node}, {"address", options_.advertise_url}};
-  batch.appends.push_back(
-      storage::StreamAppend{std::string(kMasterStream),
-                            storage::kAnyVersion,
-                            {storage::NewEvent{std::string(ev::kLeaderElected), kSchemaVersion,
-                                               "system", CanonicalDump(data)}}});
+  Json data =
+      fields::Encode(ev::LeaderElected{epoch_.load(), options_.node, options_.advertise_url});
+  batch.appends.push_back(storage::StreamAppend{
+      std::string(kMasterStream),
+      storage::kAnyVersion,
+      {storage::NewEvent{std::string(ev::kLeaderElected), ev::LeaderElected::kVersion, "system",
+                         CanonicalDump(data)}}});
   ASSIGN_OR_RETURN(auto res, store_->Append(std::move(batch)));
   RecordedEvent le{res.first_position,
                    std::string(kMasterStream),

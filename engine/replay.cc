@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/engine_internal.h"
+#include "engine/event_types.h"
 #include "engine/snapshot.h"
 
 namespace epoch::engine {
@@ -20,8 +21,9 @@ namespace {
 constexpr size_t kReplayPage = 4096;
 
 // A stored event as evolve reads it. Nothing is guessed: a time or data that
-// does not parse is kCorruption naming the position and the field; a payload
-// schema this version does not know is kFailedPrecondition.
+// does not parse is kCorruption naming the position and the field. The payload is
+// upcast to today's version of its type (ev::Upcast): a version above today's is
+// kFailedPrecondition (a newer Epoch wrote the log).
 Result<RecordedEvent> FromEnvelope(const storage::Envelope& env) {
   RecordedEvent r;
   r.position = env.position;
@@ -29,13 +31,6 @@ Result<RecordedEvent> FromEnvelope(const storage::Envelope& env) {
   r.type = env.type;
   r.actor = env.actor;
   r.epoch = env.epoch;
-  r.schema = env.schema;
-  if (env.schema < 1 || env.schema > kSchemaVersion) {
-    return FailedPrecondition("event " + std::to_string(env.position) + " (" + env.type +
-                              ") has payload schema " + std::to_string(env.schema) +
-                              "; this epochd reads 1 to " + std::to_string(kSchemaVersion) +
-                              ": the log was written by a newer Epoch");
-  }
   auto t = ParseTime(env.time);
   if (!t.ok()) {
     return Corruption("event " + std::to_string(env.position) + " (" + env.type +
@@ -47,7 +42,13 @@ Result<RecordedEvent> FromEnvelope(const storage::Envelope& env) {
     return Corruption("event " + std::to_string(env.position) + " (" + env.type +
                       "): field data: " + j.status().message());
   }
-  r.data = std::move(*j);
+  auto data = ev::Upcast(env.type, env.schema, std::move(*j));
+  if (!data.ok()) {
+    return Status(data.status().code(), "event " + std::to_string(env.position) + " (" + env.type +
+                                            "): " + data.status().message());
+  }
+  r.data = std::move(*data);
+  r.schema = ev::CurrentVersion(env.type);
   return r;
 }
 }  // namespace

@@ -273,10 +273,8 @@ void FailUnschedulable(const State& state, const std::string& why, std::vector<E
     std::vector<Slot> slots = empty;
     Json placements;
     if (PlaceAll(slots, *a, &placements)) continue;
-    out->push_back(RunEvent(
-        *run, ev::kJobFailed,
-        Json{
-            {"step", step}, {"attempt", n}, {"reason", std::string(kUnschedulable) + ": " + why}}));
+    out->push_back(
+        RunEvent(*run, Ended<ev::JobFailed>(step, n, std::string(kUnschedulable) + ": " + why)));
   }
 }
 
@@ -302,12 +300,11 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
     const Run& run = *c.run;
     const Json& p0 = placements[0];
     if (c.attempt->workers <= 1) {
-      out.push_back(RunEvent(run, ev::kJobAssigned,
-                             Json{{"step", c.step},
-                                  {"attempt", c.number},
-                                  {"container", p0["container"]},
-                                  {"gpus", p0["gpus"]},
-                                  {"gpu_uuids", p0["gpu_uuids"]}}));
+      out.push_back(RunEvent(run, ev::JobAssigned{.step = c.step,
+                                                  .attempt = c.number,
+                                                  .container = p0["container"],
+                                                  .gpus = p0["gpus"],
+                                                  .gpu_uuids = p0["gpu_uuids"]}));
       return;
     }
     // A gang: torch.distributed's rendezvous is rank 0's host and a port chosen
@@ -315,13 +312,21 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
     const Container& c0 = state.containers.at(p0["container"].get<std::string>());
     int port = 29500 + static_cast<int>((state.gangs_placed + gangs) % 2000);
     ++gangs;
-    out.push_back(RunEvent(run, ev::kJobAssigned,
-                           Json{{"step", c.step},
-                                {"attempt", c.number},
-                                {"container", p0["container"]},
-                                {"placements", placements},
-                                {"master_addr", c0.host.empty() ? "127.0.0.1" : c0.host},
-                                {"master_port", port}}));
+    std::vector<ev::Placement> ranks;
+    for (const auto& p : placements) {
+      ranks.push_back(ev::Placement{.rank = p["rank"],
+                                    .local_rank = p["local_rank"],
+                                    .container = p["container"],
+                                    .gpus = p["gpus"],
+                                    .gpu_uuids = p["gpu_uuids"]});
+    }
+    out.push_back(
+        RunEvent(run, ev::JobAssigned{.step = c.step,
+                                      .attempt = c.number,
+                                      .container = p0["container"],
+                                      .placements = std::move(ranks),
+                                      .master_addr = c0.host.empty() ? "127.0.0.1" : c0.host,
+                                      .master_port = port}));
   });
   return out;
 }

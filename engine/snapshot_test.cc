@@ -1,6 +1,7 @@
 // Snapshots: round trips of replayed and decided States, evolving on after a
 // decode, and refusal of damaged bytes.
 #include "engine/snapshot.h"
+#include "engine/event_types.h"
 
 #include <gtest/gtest.h>
 
@@ -35,6 +36,7 @@ std::vector<RecordedEvent> ReadHistory(const std::string& name) {
     e.actor = (*j)["actor"];
     e.epoch = (*j)["epoch"];
     e.time = *ParseTime((*j)["time"].get<std::string>());
+    e.schema = j->value("schema", 1u);  // as written: Evolve upcasts it
     events.push_back(std::move(e));
   }
   return events;
@@ -322,11 +324,12 @@ class DecidedStateTest : public ::testing::Test {
     wf.position = s_.head + 1;
     wf.stream = WorkflowStream("keyed");
     wf.type = std::string(ev::kWorkflowRegistered);
-    wf.data = Json{{"name", "keyed"},
-                   {"version", 1},
-                   {"definition", *ParseJson(R"({"name":"keyed","steps":[{"name":"k","command":["k"]}]})")},
-                   {"idempotency_key", "wf-key-1"},
-                   {"tenant", "acme"}};
+    wf.data = fields::Encode(ev::WorkflowRegistered{
+        .name = "keyed",
+        .version = 1,
+        .definition = *ParseJson(R"({"name":"keyed","steps":[{"name":"k","command":["k"]}]})"),
+        .tenant = "acme",
+        .idempotency_key = "wf-key-1"});
     wf.time = now_;
     wf.epoch = 3;
     ASSERT_TRUE(Evolve(s_, wf).ok());

@@ -3,6 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <variant>
+
+#include "engine/event_types.h"
 
 namespace epoch::engine {
 
@@ -179,20 +183,6 @@ Status Corrupt(const RecordedEvent& e, std::string_view field, const std::string
                     std::string(field) + ": " + problem);
 }
 
-TimePoint TimeField(const Json& d, const char* key, TimePoint fallback) {
-  if (d.contains(key) && d[key].is_string()) {
-    auto t = ParseTime(d[key].get<std::string>());
-    if (t.ok()) return *t;
-  }
-  return fallback;
-}
-
-std::optional<int> OptInt(const Json& d, const char* key) {
-  if (d.contains(key) && d[key].is_number_integer()) return d[key].get<int>();
-  return std::nullopt;
-}
-
-// Releases an attempt's reservation on its container.
 // Releases what `id` (an attempt or a gang worker) holds on `container`.
 void Release(State& s, const std::string& container, const std::string& id,
              const workflows::Resources& r, const Json& gpus, TimePoint now) {
@@ -236,11 +226,12 @@ void ReleaseReservation(State& s, const std::string& attempt_id, Attempt& a, Tim
   }
 }
 
-void RemoveFromQueue(State& s, const std::string& attempt_id, const Run& run, const Attempt& a) {
+void RemoveFromQueue(State& s, const Run& run, const Attempt& a) {
   s.queue.erase({-run.priority, a.queue_seq});
-  (void)attempt_id;
 }
 
+// The run, step and attempt an event of a run's stream names (any of them null when
+// the state has no such thing: the event is then a no-op).
 struct Target {
   Run* run = nullptr;
   StepRun* step = nullptr;
@@ -248,79 +239,141 @@ struct Target {
   std::string attempt_id;
 };
 
-Target Resolve(State& s, const RecordedEvent& e) {
+Target Resolve(State& s, const RecordedEvent& e, const std::string& step,
+               std::optional<int> attempt = std::nullopt) {
   Target t;
-  const Json& d = e.data;
-  std::string run_id = e.stream.rfind("run-", 0) == 0 ? e.stream.substr(4) : "";
-  t.run = s.FindRun(run_id);
+  if (e.stream.rfind("run-", 0) != 0) return t;
+  t.run = s.FindRun(std::string_view(e.stream).substr(4));
   if (!t.run) return t;
-  if (d.contains("step") && d["step"].is_string()) {
-    t.step = t.run->FindStep(d["step"].get<std::string>());
-  }
-  if (t.step && d.contains("attempt") && d["attempt"].is_number_integer()) {
-    int n = d["attempt"].get<int>();
-    if (n >= 1 && n <= static_cast<int>(t.step->attempts.size())) {
-      t.attempt = &t.step->attempts[static_cast<size_t>(n) - 1];
-      t.attempt_id = AttemptId(t.run->id, t.step->name, n);
-    }
+  t.step = t.run->FindStep(step);
+  if (t.step && attempt && *attempt >= 1 && *attempt <= static_cast<int>(t.step->attempts.size())) {
+    t.attempt = &t.step->attempts[static_cast<size_t>(*attempt) - 1];
+    t.attempt_id = AttemptId(t.run->id, t.step->name, *attempt);
   }
   return t;
 }
 
-// An attempt reached a terminal phase: bookkeeping shared by every outcome.
-void FinishAttempt(State& s, Target& t, AttemptPhase phase, const RecordedEvent& e) {
-  Attempt& a = *t.attempt;
-  if (a.phase == AttemptPhase::kQueued) RemoveFromQueue(s, t.attempt_id, *t.run, a);
-  ReleaseReservation(s, t.attempt_id, a, e.time);
-  a.phase = phase;
-  a.finished_at = e.time;
-  const Json& d = e.data;
-  if (d.contains("usage") && d["usage"].is_object()) a.usage = d["usage"];
-  if (d.contains("log") && d["log"].is_object()) a.log = d["log"];
-  a.exit_code = OptInt(d, "exit_code");
-  a.signal = OptInt(d, "signal");
-  if (d.contains("reason") && d["reason"].is_string()) a.reason = d["reason"].get<std::string>();
+workflows::Resources ResourcesOf(const ev::ResourceSpec& r) {
+  workflows::Resources out;
+  out.cpu_millis = r.cpu_millis;
+  out.memory_bytes = r.memory_bytes;
+  out.gpus = r.gpus;
+  return out;
 }
 
+Json ArgvJson(const std::vector<std::string>& argv) { return Json(argv); }
+
 // The attempt a JobQueued or JobCacheHit creates: number, resources, command, trial.
-Attempt AttemptFromEvent(const Json& d) {
+template <class P>
+Attempt AttemptFrom(const P& p) {
   Attempt a;
-  a.number = d.value("attempt", 1);
-  const Json& r = d.value("resources", Json::object());
-  a.resources.cpu_millis = r.value("cpu_millis", int64_t{100});
-  a.resources.memory_bytes = r.value("memory_bytes", int64_t{128} << 20);
-  a.resources.gpus = r.value("gpus", 0);
-  a.argv = d.value("argv", Json::array());
-  a.env = d.value("env", Json::object());
-  if (d.contains("trial")) {
-    a.trial = d.value("trial", 0);
-    a.trial_params = d.value("params", Json::object());
+  a.number = p.attempt;
+  a.resources = ResourcesOf(p.resources);
+  a.argv = ArgvJson(p.argv);
+  a.env = p.env;
+  if (p.trial) {
+    a.trial = *p.trial;
+    a.trial_params = p.params.value_or(Json::object());
   }
   return a;
 }
 
-Status EvolveRunEvent(State& s, const RecordedEvent& e) {
-  const Json& d = e.data;
-  const std::string& type = e.type;
-  if (type == ev::kRunSubmitted) {
-    Run run;
-    run.id = d.value("run", "");
-    run.workflow = d.value("workflow", "");
-    run.version = d.value("version", 0);
-    const WorkflowVersion* wf = s.FindWorkflow(run.workflow, run.version);
-    if (run.id.empty()) return Corrupt(e, "run", "missing or empty");
+// How an attempt ended, as the events that end it say.
+struct Ending {
+  std::optional<int> exit_code;
+  std::optional<int> signal;
+  const Json* usage = nullptr;
+  const std::optional<ev::LogInfo>* log = nullptr;
+  const std::string* reason = nullptr;
+};
+
+// An attempt reached a terminal phase: bookkeeping shared by every outcome.
+void FinishAttempt(State& s, Target& t, AttemptPhase phase, TimePoint time, const Ending& end) {
+  Attempt& a = *t.attempt;
+  if (a.phase == AttemptPhase::kQueued) RemoveFromQueue(s, *t.run, a);
+  ReleaseReservation(s, t.attempt_id, a, time);
+  a.phase = phase;
+  a.finished_at = time;
+  if (end.usage) a.usage = *end.usage;
+  if (end.log && *end.log) a.log = fields::Encode(**end.log);
+  a.exit_code = end.exit_code;
+  a.signal = end.signal;
+  if (end.reason) a.reason = *end.reason;
+}
+
+AttemptPhase WorkerPhase(const std::string& state) {
+  return state == "succeeded"   ? AttemptPhase::kSucceeded
+         : state == "timed_out" ? AttemptPhase::kTimedOut
+         : state == "cancelled" ? AttemptPhase::kCancelled
+         : state == "lost"      ? AttemptPhase::kLost
+                                : AttemptPhase::kFailed;
+}
+
+void MarkRunStarted(Run& run, TimePoint time) {
+  if (!run.started_at) run.started_at = time;
+  if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
+}
+
+// One overload per payload type: how the fact changes the state. Each runs
+// identically live and in replay; a fact about something the state does not hold
+// (an attempt already ended, a run or container it never had) changes nothing.
+struct Apply {
+  State& s;
+  const RecordedEvent& e;
+
+  Status operator()(const ev::WorkflowRegistered& p) {
+    std::vector<std::string> problems;
+    auto def = workflows::ParseStoredDefinition(p.definition, &problems);
+    if (!def.ok()) return Corrupt(e, "definition", def.status().ToString());
+    if (!problems.empty()) {
+      // Registered under earlier rules: replayed as stored (stored definitions are facts).
+      std::string list;
+      for (const auto& pr : problems) list += (list.empty() ? "" : "; ") + pr;
+      spdlog::warn(
+          "replay: workflow {} registered at {} breaks today's rules ({}); replayed as "
+          "stored",
+          (*def)->name, e.position, list);
+    }
+    WorkflowVersion v;
+    v.version = p.version;
+    v.digest = p.digest;
+    v.def = *def;
+    v.registered_at = e.time;
+    v.actor = e.actor;
+    v.tenant = p.tenant;
+    v.request_digest = p.request_digest.value_or("");
+    auto& versions = s.workflows[p.name];
+    if (v.version != static_cast<int>(versions.size()) + 1) {
+      return Corrupt(e, "version",
+                     std::to_string(v.version) + " does not follow version " +
+                         std::to_string(versions.size()) + " of workflow " + p.name);
+    }
+    if (p.idempotency_key && !p.idempotency_key->empty()) {
+      s.workflow_keys[{p.tenant, *p.idempotency_key}] = {p.name, v.version};
+    }
+    versions.push_back(std::move(v));
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::RunSubmitted& p) {
+    if (p.run.empty()) return Corrupt(e, "run", "empty");
+    const WorkflowVersion* wf = s.FindWorkflow(p.workflow, p.version);
     if (!wf) {
       return Corrupt(e, "workflow",
-                     "names " + run.workflow + " version " + std::to_string(run.version) +
+                     "names " + p.workflow + " version " + std::to_string(p.version) +
                          ", which no WorkflowRegistered before it registers");
     }
+    Run run;
+    run.id = p.run;
+    run.workflow = p.workflow;
+    run.version = p.version;
     run.def = wf->def;
-    run.digest = d.value("digest", wf->digest);
-    run.tenant = d.value("tenant", "default");
-    run.submitter = d.value("submitter", e.actor);
-    run.params = d.value("params", Json::object());
-    run.labels = d.value("labels", Json::object());
-    run.priority = d.value("priority", 0);
+    run.digest = p.digest;
+    run.tenant = p.tenant;
+    run.submitter = p.submitter;
+    run.params = p.params;
+    run.labels = p.labels;
+    run.priority = p.priority;
     run.seq = s.next_run_seq++;
     run.submitted_at = e.time;
     for (const auto& st : run.def->steps) {
@@ -328,272 +381,46 @@ Status EvolveRunEvent(State& s, const RecordedEvent& e) {
       sr.name = st.name;
       run.steps.push_back(std::move(sr));
     }
-    std::string key = d.value("idempotency_key", "");
-    if (!key.empty()) s.idempotency[{run.tenant, key}] = run.id;
-    run.request_digest = d.value("request_digest", "");
+    if (p.idempotency_key && !p.idempotency_key->empty()) {
+      s.idempotency[{run.tenant, *p.idempotency_key}] = run.id;
+    }
+    run.request_digest = p.request_digest.value_or("");
     s.runs_by_seq[run.seq] = run.id;
     s.runs[run.id] = std::move(run);
     return Status::Ok();
   }
-  if (type == ev::kDatasetVersionRegistered || type == ev::kModelVersionRegistered) {
-    Run* r = s.FindRun(e.stream.substr(4));
-    if (!r) return Status::Ok();
-    bool model = type == ev::kModelVersionRegistered;
-    auto& versions = (model ? s.models : s.datasets)[ArtifactKey(r->tenant, d.value("name", ""))];
-    int version = d.value("version", 0);
-    std::string step = d.value("step", "");
-    std::string digest = d.value("digest", "");
-    bool existing = version >= 1 && version <= static_cast<int>(versions.size()) &&
-                    versions[static_cast<size_t>(version - 1)].digest == digest;
-    if (version != static_cast<int>(versions.size()) + 1 && !existing) {
-      // Written when names were global, so numbered among every tenant's versions:
-      // within the run's tenant it is the version with its digest, else the next.
-      version = static_cast<int>(versions.size()) + 1;
-      for (const auto& v : versions) {
-        if (v.digest == digest) version = v.version;
-      }
-    }
-    if (version == static_cast<int>(versions.size()) + 1) {
-      ArtifactVersion v;
-      v.version = version;
-      v.digest = digest;
-      v.run = r->id;
-      v.step = step;
-      v.attempt = d.value("attempt", 0);
-      v.outputs = d.value("outputs", Json::array());
-      v.registered_at = e.time;
-      if (model) {
-        v.workflow = d.value("workflow", "");
-        v.workflow_version = d.value("workflow_version", 0);
-        v.params = d.value("params", Json::object());
-        v.datasets = d.value("datasets", Json::array());
-      }
-      versions.push_back(std::move(v));
-    }
-    (model ? r->models : r->datasets)[step] = {d.value("name", ""), version};
-    return Status::Ok();
-  }
-  if (type == ev::kModelVersionValidated) {
-    Run* r = s.FindRun(e.stream.substr(4));
-    if (!r) return Status::Ok();
-    std::string name = d.value("name", "");
-    auto it = s.models.find(ArtifactKey(r->tenant, name));
-    int version = d.value("version", 0);
-    // The version this run registered under the name (it differs from the event's
-    // only in histories written when names were global).
-    for (const auto& [step, nv] : r->models) {
-      if (nv.first == name) version = nv.second;
-    }
-    if (!r || it == s.models.end() || version < 1 ||
-        version > static_cast<int>(it->second.size())) {
-      return Status::Ok();
-    }
-    ArtifactVersion& v = it->second[static_cast<size_t>(version - 1)];
-    Json metrics = d.value("metrics", Json::object());
-    if (metrics.is_object()) {
-      for (const auto& [k, val] : metrics.items()) v.metrics[k] = val;
-    }
-    v.validated_by.push_back(Json{{"run", r->id}, {"step", d.value("step", "")}});
-    r->validated.insert(d.value("step", ""));
-    return Status::Ok();
-  }
-  Target t = Resolve(s, e);
-  if (!t.run) return Status::Ok();
-  Run& run = *t.run;
-  if (type == ev::kStepReady) {
+
+  Status operator()(const ev::StepReady& p) {
+    Target t = Resolve(s, e, p.step);
     if (t.step) t.step->phase = StepPhase::kQueued;
-  } else if (type == ev::kStepSkipped) {
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::StepSkipped& p) {
+    Target t = Resolve(s, e, p.step);
     if (t.step) {
       t.step->phase = StepPhase::kSkipped;
-      t.step->reason = d.value("reason", "");
+      t.step->reason = p.reason;
     }
-  } else if (type == ev::kJobQueued) {
-    if (!t.step) return Status::Ok();
-    Attempt a = AttemptFromEvent(d);
-    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return Status::Ok();
-    a.timeout_ms = d.value("timeout_ms", int64_t{0});
-    a.workers = d.value("workers", 1);
-    if (auto m = d.find("mounts"); m != d.end() && m->is_array()) a.mounts = *m;
-    if (auto c = d.find("cache"); c != d.end() && c->is_object()) a.cache_key = c->value("key", "");
-    a.queue_seq = s.next_queue_seq++;
-    a.queued_at = e.time;
-    t.step->attempts.push_back(a);
-    if (t.step->phase != StepPhase::kRunning) t.step->phase = StepPhase::kQueued;
-    if (t.step->retry_at) {
-      s.retry_timers.erase({*t.step->retry_at, AttemptId(run.id, t.step->name, a.number)});
-      t.step->retry_at.reset();
-    }
-    t.step->next_attempt = a.number + 1;
-    s.queue[{-run.priority, a.queue_seq}] = AttemptId(run.id, t.step->name, a.number);
-  } else if (type == ev::kJobAssigned) {
-    if (!t.attempt || t.attempt->phase != AttemptPhase::kQueued) return Status::Ok();
-    Attempt& a = *t.attempt;
-    RemoveFromQueue(s, t.attempt_id, run, a);
-    a.phase = AttemptPhase::kAssigned;
-    a.assigned_at = e.time;
-    if (d.contains("placements")) {
-      s.gangs_placed++;
-      a.master_addr = d.value("master_addr", "127.0.0.1");
-      a.master_port = d.value("master_port", 0);
-      for (const auto& p : d["placements"]) {
-        Worker w;
-        w.rank = p.value("rank", 0);
-        w.local_rank = p.value("local_rank", 0);
-        w.container = p.value("container", "");
-        w.gpus = p.value("gpus", Json::array());
-        w.gpu_uuids = p.value("gpu_uuids", Json::array());
-        Reserve(s, w.container, t.attempt_id + "/" + std::to_string(w.rank), a.resources, w.gpus);
-        a.ranks.push_back(std::move(w));
-      }
-      if (!a.ranks.empty()) {
-        a.container = a.ranks[0].container;
-        a.gpus = a.ranks[0].gpus;
-        a.gpu_uuids = a.ranks[0].gpu_uuids;
-      }
-    } else {
-      a.container = d.value("container", "");
-      a.gpus = d.value("gpus", Json::array());
-      a.gpu_uuids = d.value("gpu_uuids", Json::array());
-      Reserve(s, a.container, t.attempt_id, a.resources, a.gpus);
-    }
-  } else if (type == ev::kJobStarted) {
-    if (!t.attempt) return Status::Ok();
-    if (d.contains("rank")) {
-      int rank = d.value("rank", -1);
-      if (rank < 0 || rank >= static_cast<int>(t.attempt->ranks.size())) return Status::Ok();
-      Worker& w = t.attempt->ranks[static_cast<size_t>(rank)];
-      if (w.phase != AttemptPhase::kAssigned) return Status::Ok();
-      w.phase = AttemptPhase::kRunning;
-      w.started_at = e.time;
-    }
-    if (t.attempt->phase != AttemptPhase::kAssigned) return Status::Ok();
-    t.attempt->phase = AttemptPhase::kRunning;
-    t.attempt->started_at = e.time;
-    t.step->phase = StepPhase::kRunning;
-    if (!run.started_at) run.started_at = e.time;
-    if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
-  } else if (type == ev::kJobSucceeded) {
-    if (!t.attempt || IsTerminal(t.attempt->phase)) return Status::Ok();
-    FinishAttempt(s, t, AttemptPhase::kSucceeded, e);
-    Json metrics = d.value("metrics", Json::object());
-    Json outputs = d.value("outputs", Json::array());
-    if (!t.attempt->cache_key.empty()) {
-      s.cache[t.attempt->cache_key] = CacheEntry{run.tenant, run.id, t.step->name,
-                                                 t.attempt->number, run.workflow, outputs,
-                                                 metrics, e.time};
-    }
-    if (t.attempt->trial >= 0) {  // a trial: the sweep decides the step
-      t.attempt->metrics = std::move(metrics);
-      t.attempt->outputs = std::move(outputs);
-      return Status::Ok();
-    }
-    t.step->phase = StepPhase::kSucceeded;
-    t.step->metrics = std::move(metrics);
-    t.step->outputs = std::move(outputs);
-    t.step->reason.clear();
-  } else if (type == ev::kJobCacheHit) {
-    if (!t.step) return Status::Ok();
-    Attempt a = AttemptFromEvent(d);
-    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return Status::Ok();
-    a.phase = AttemptPhase::kSucceeded;
-    a.cache_key = d.value("key", "");
-    a.cached_from =
-        AttemptId(d.value("source_run", ""), d.value("source_step", ""), d.value("source_attempt", 0));
-    a.queued_at = a.finished_at = e.time;
-    if (a.trial >= 0) {  // a trial's result, kept for the sweep to choose from
-      a.metrics = d.value("metrics", Json::object());
-      a.outputs = d.value("outputs", Json::array());
-      t.step->attempts.push_back(std::move(a));
-      t.step->next_attempt = static_cast<int>(t.step->attempts.size()) + 1;
-      if (t.step->phase != StepPhase::kRunning) t.step->phase = StepPhase::kQueued;
-      if (!run.started_at) run.started_at = e.time;
-      if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
-      return Status::Ok();
-    }
-    t.step->attempts.push_back(std::move(a));
-    if (t.step->retry_at) {
-      s.retry_timers.erase({*t.step->retry_at, AttemptId(run.id, t.step->name, t.step->next_attempt)});
-      t.step->retry_at.reset();
-    }
-    t.step->next_attempt = static_cast<int>(t.step->attempts.size()) + 1;
-    t.step->phase = StepPhase::kSucceeded;
-    t.step->metrics = d.value("metrics", Json::object());
-    t.step->outputs = d.value("outputs", Json::array());
-    t.step->reason.clear();
-    if (!run.started_at) run.started_at = e.time;
-    if (run.phase == RunPhase::kQueued) run.phase = RunPhase::kRunning;
-  } else if (type == ev::kJobFailed || type == ev::kJobTimedOut || type == ev::kJobCancelled) {
-    if (!t.attempt || IsTerminal(t.attempt->phase)) return Status::Ok();
-    AttemptPhase phase = AttemptPhase::kFailed;
-    if (type == ev::kJobTimedOut) phase = AttemptPhase::kTimedOut;
-    if (type == ev::kJobCancelled) phase = AttemptPhase::kCancelled;
-    if (type == ev::kJobFailed && d.value("reason", "") == "container_lost") {
-      phase = AttemptPhase::kLost;
-    }
-    FinishAttempt(s, t, phase, e);
-    if (type == ev::kJobTimedOut && t.attempt->reason.empty()) t.attempt->reason = "timeout";
-    if (t.attempt->trial >= 0) return Status::Ok();  // a failed trial does not fail the sweep
-    // The step stays where it is until decide says retry (JobRetryScheduled) or
-    // gives up (RunFailed / RunCancelled settle the step).
-    t.step->phase = type == ev::kJobCancelled ? StepPhase::kCancelled : StepPhase::kFailed;
-    t.step->reason = t.attempt->reason;
-  } else if (type == ev::kJobWorkerFinished) {
-    if (!t.attempt) return Status::Ok();
-    int rank = d.value("rank", -1);
-    if (rank < 0 || rank >= static_cast<int>(t.attempt->ranks.size())) return Status::Ok();
-    Worker& w = t.attempt->ranks[static_cast<size_t>(rank)];
-    if (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled) return Status::Ok();
-    std::string st = d.value("state", "failed");
-    w.phase = st == "succeeded"   ? AttemptPhase::kSucceeded
-              : st == "timed_out" ? AttemptPhase::kTimedOut
-              : st == "cancelled" ? AttemptPhase::kCancelled
-              : st == "lost"      ? AttemptPhase::kLost
-                                  : AttemptPhase::kFailed;
-    w.finished_at = e.time;
-    w.exit_code = OptInt(d, "exit_code");
-    w.signal = OptInt(d, "signal");
-    if (d.contains("reason") && d["reason"].is_string()) w.reason = d["reason"].get<std::string>();
-    if (d.contains("usage") && d["usage"].is_object()) w.usage = d["usage"];
-    if (d.contains("metrics")) w.metrics = d["metrics"];
-    if (d.contains("outputs")) w.outputs = d["outputs"];
-    Release(s, w.container, t.attempt_id + "/" + std::to_string(rank), t.attempt->resources, w.gpus,
-            e.time);
-  } else if (type == ev::kStepSweepCompleted) {
-    if (!t.step) return Status::Ok();
-    int n = d.contains("best_attempt") && d["best_attempt"].is_number_integer()
-                ? d["best_attempt"].get<int>()
-                : 0;
-    if (n >= 1 && n <= static_cast<int>(t.step->attempts.size())) {
-      const Attempt& best = t.step->attempts[static_cast<size_t>(n) - 1];
-      t.step->phase = StepPhase::kSucceeded;
-      t.step->metrics = best.metrics.is_object() ? best.metrics : Json::object();
-      t.step->outputs = best.outputs.is_array() ? best.outputs : Json::array();
-      t.step->reason.clear();
-      t.step->best = Json{{"trial", best.trial},
-                          {"attempt", n},
-                          {"params", best.trial_params},
-                          {"value", d.value("best_value", Json())},
-                          {"metric", d.value("metric", "")}};
-    } else {
-      t.step->phase = StepPhase::kFailed;
-      t.step->reason = d.value("reason", "no trial succeeded");
-    }
-  } else if (type == ev::kJobRetryScheduled) {
-    if (!t.step) return Status::Ok();
-    auto nb = TimeField(d, "not_before", e.time);
-    t.step->retry_at = nb;
-    t.step->phase = StepPhase::kQueued;
-    int next = d.value("attempt", t.step->next_attempt);
-    t.step->next_attempt = next;
-    s.retry_timers.insert({nb, AttemptId(run.id, t.step->name, next)});
-  } else if (type == ev::kRunSucceeded) {
-    run.phase = RunPhase::kSucceeded;
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::RunSucceeded&) {
+    Target t = Resolve(s, e, "");
+    if (!t.run) return Status::Ok();
+    t.run->phase = RunPhase::kSucceeded;
+    t.run->finished_at = e.time;
+    return Status::Ok();
+  }
+
+  Status RunEnded(RunPhase phase, const std::string& step, const std::string& reason) {
+    Target t = Resolve(s, e, "");
+    if (!t.run) return Status::Ok();
+    Run& run = *t.run;
+    run.phase = phase;
     run.finished_at = e.time;
-  } else if (type == ev::kRunFailed || type == ev::kRunCancelled) {
-    run.phase = type == ev::kRunFailed ? RunPhase::kFailed : RunPhase::kCancelled;
-    run.finished_at = e.time;
-    run.failed_step = d.value("step", "");
-    run.reason = d.value("reason", "");
+    run.failed_step = step;
+    run.reason = reason;
     for (auto& st : run.steps) {
       if (st.retry_at) {
         s.retry_timers.erase({*st.retry_at, AttemptId(run.id, st.name, st.next_attempt)});
@@ -604,21 +431,34 @@ Status EvolveRunEvent(State& s, const RecordedEvent& e) {
           st.phase == StepPhase::kRunning) {
         if (!st.HasActive()) {
           st.phase = StepPhase::kCancelled;
-          st.reason = type == ev::kRunFailed ? "run failed" : "run cancelled";
+          st.reason = phase == RunPhase::kFailed ? "run failed" : "run cancelled";
         }
       }
     }
-  } else if (type == ev::kRunCancelRequested) {
-    run.cancel_requested = true;
-  } else if (type == ev::kRunRetryRequested) {
+    return Status::Ok();
+  }
+  Status operator()(const ev::RunFailed& p) {
+    return RunEnded(RunPhase::kFailed, p.step, p.reason);
+  }
+  Status operator()(const ev::RunCancelled&) { return RunEnded(RunPhase::kCancelled, "", ""); }
+
+  Status operator()(const ev::RunCancelRequested&) {
+    Target t = Resolve(s, e, "");
+    if (t.run) t.run->cancel_requested = true;
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::RunRetryRequested& p) {
+    Target t = Resolve(s, e, "");
+    if (!t.run) return Status::Ok();
+    Run& run = *t.run;
     run.phase = run.started_at ? RunPhase::kRunning : RunPhase::kQueued;
     run.cancel_requested = false;
     run.finished_at.reset();
     run.failed_step.clear();
     run.reason.clear();
-    for (const auto& name : d.value("steps", Json::array())) {
-      if (!name.is_string()) continue;
-      StepRun* st = run.FindStep(name.get<std::string>());
+    for (const auto& name : p.steps) {
+      StepRun* st = run.FindStep(name);
       if (!st) continue;
       st->phase = StepPhase::kPending;
       st->reason.clear();
@@ -628,101 +468,362 @@ Status EvolveRunEvent(State& s, const RecordedEvent& e) {
       st->next_attempt = static_cast<int>(st->attempts.size()) + 1;
       st->round_start = st->next_attempt;
     }
+    return Status::Ok();
   }
-  return Status::Ok();
-}
 
-Status EvolveContainerEvent(State& s, const RecordedEvent& e) {
-  const Json& d = e.data;
-  std::string id = d.value("container", "");
-  if (id.empty()) return Status::Ok();
-  if (e.type == ev::kContainerRequested) {
+  Status operator()(const ev::JobQueued& p) {
+    Target t = Resolve(s, e, p.step);
+    if (!t.step) return Status::Ok();
+    Run& run = *t.run;
+    Attempt a = AttemptFrom(p);
+    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return Status::Ok();
+    a.timeout_ms = p.timeout_ms;
+    a.workers = p.workers;
+    if (p.mounts) {
+      a.mounts = Json::array();
+      for (const auto& m : *p.mounts) a.mounts.push_back(fields::Encode(m));
+    }
+    if (p.cache && p.cache->key) a.cache_key = *p.cache->key;
+    a.queue_seq = s.next_queue_seq++;
+    a.queued_at = e.time;
+    t.step->attempts.push_back(a);
+    if (t.step->phase != StepPhase::kRunning) t.step->phase = StepPhase::kQueued;
+    if (t.step->retry_at) {
+      s.retry_timers.erase({*t.step->retry_at, AttemptId(run.id, t.step->name, a.number)});
+      t.step->retry_at.reset();
+    }
+    t.step->next_attempt = a.number + 1;
+    s.queue[{-run.priority, a.queue_seq}] = AttemptId(run.id, t.step->name, a.number);
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::JobAssigned& p) {
+    Target t = Resolve(s, e, p.step, p.attempt);
+    if (!t.attempt || t.attempt->phase != AttemptPhase::kQueued) return Status::Ok();
+    Attempt& a = *t.attempt;
+    RemoveFromQueue(s, *t.run, a);
+    a.phase = AttemptPhase::kAssigned;
+    a.assigned_at = e.time;
+    if (p.placements) {
+      s.gangs_placed++;
+      a.master_addr = p.master_addr.value_or("127.0.0.1");
+      a.master_port = p.master_port.value_or(0);
+      for (const auto& pl : *p.placements) {
+        Worker w;
+        w.rank = pl.rank;
+        w.local_rank = pl.local_rank;
+        w.container = pl.container;
+        w.gpus = pl.gpus;
+        w.gpu_uuids = pl.gpu_uuids;
+        Reserve(s, w.container, t.attempt_id + "/" + std::to_string(w.rank), a.resources, w.gpus);
+        a.ranks.push_back(std::move(w));
+      }
+      if (!a.ranks.empty()) {
+        a.container = a.ranks[0].container;
+        a.gpus = a.ranks[0].gpus;
+        a.gpu_uuids = a.ranks[0].gpu_uuids;
+      }
+    } else {
+      a.container = p.container;
+      a.gpus = p.gpus.value_or(Json::array());
+      a.gpu_uuids = p.gpu_uuids.value_or(Json::array());
+      Reserve(s, a.container, t.attempt_id, a.resources, a.gpus);
+    }
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::JobStarted& p) {
+    Target t = Resolve(s, e, p.step, p.attempt);
+    if (!t.attempt) return Status::Ok();
+    if (p.rank) {
+      int rank = *p.rank;
+      if (rank < 0 || rank >= static_cast<int>(t.attempt->ranks.size())) return Status::Ok();
+      Worker& w = t.attempt->ranks[static_cast<size_t>(rank)];
+      if (w.phase != AttemptPhase::kAssigned) return Status::Ok();
+      w.phase = AttemptPhase::kRunning;
+      w.started_at = e.time;
+    }
+    if (t.attempt->phase != AttemptPhase::kAssigned) return Status::Ok();
+    t.attempt->phase = AttemptPhase::kRunning;
+    t.attempt->started_at = e.time;
+    t.step->phase = StepPhase::kRunning;
+    MarkRunStarted(*t.run, e.time);
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::JobSucceeded& p) {
+    Target t = Resolve(s, e, p.step, p.attempt);
+    if (!t.attempt || IsTerminal(t.attempt->phase)) return Status::Ok();
+    Run& run = *t.run;
+    FinishAttempt(s, t, AttemptPhase::kSucceeded, e.time,
+                  Ending{p.exit_code, p.signal, &p.usage, &p.log, nullptr});
+    if (!t.attempt->cache_key.empty()) {
+      s.cache[t.attempt->cache_key] =
+          CacheEntry{run.tenant,   run.id,    t.step->name, t.attempt->number,
+                     run.workflow, p.outputs, p.metrics,    e.time};
+    }
+    if (t.attempt->trial >= 0) {  // a trial: the sweep decides the step
+      t.attempt->metrics = p.metrics;
+      t.attempt->outputs = p.outputs;
+      return Status::Ok();
+    }
+    t.step->phase = StepPhase::kSucceeded;
+    t.step->metrics = p.metrics;
+    t.step->outputs = p.outputs;
+    t.step->reason.clear();
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::JobCacheHit& p) {
+    Target t = Resolve(s, e, p.step);
+    if (!t.step) return Status::Ok();
+    Run& run = *t.run;
+    Attempt a = AttemptFrom(p);
+    if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return Status::Ok();
+    a.phase = AttemptPhase::kSucceeded;
+    a.cache_key = p.key;
+    a.cached_from = AttemptId(p.source_run, p.source_step, p.source_attempt);
+    a.queued_at = a.finished_at = e.time;
+    if (a.trial >= 0) {  // a trial's result, kept for the sweep to choose from
+      a.metrics = p.metrics;
+      a.outputs = p.outputs;
+      t.step->attempts.push_back(std::move(a));
+      t.step->next_attempt = static_cast<int>(t.step->attempts.size()) + 1;
+      if (t.step->phase != StepPhase::kRunning) t.step->phase = StepPhase::kQueued;
+      MarkRunStarted(run, e.time);
+      return Status::Ok();
+    }
+    t.step->attempts.push_back(std::move(a));
+    if (t.step->retry_at) {
+      s.retry_timers.erase({*t.step->retry_at, AttemptId(run.id, t.step->name, t.step->next_attempt)});
+      t.step->retry_at.reset();
+    }
+    t.step->next_attempt = static_cast<int>(t.step->attempts.size()) + 1;
+    t.step->phase = StepPhase::kSucceeded;
+    t.step->metrics = p.metrics;
+    t.step->outputs = p.outputs;
+    t.step->reason.clear();
+    MarkRunStarted(run, e.time);
+    return Status::Ok();
+  }
+
+  Status AttemptEnded(const ev::AttemptEnd& p, AttemptPhase phase) {
+    Target t = Resolve(s, e, p.step, p.attempt);
+    if (!t.attempt || IsTerminal(t.attempt->phase)) return Status::Ok();
+    FinishAttempt(s, t, phase, e.time,
+                  Ending{p.exit_code, p.signal, p.usage ? &*p.usage : nullptr, &p.log, &p.reason});
+    if (phase == AttemptPhase::kTimedOut && t.attempt->reason.empty()) {
+      t.attempt->reason = "timeout";
+    }
+    if (t.attempt->trial >= 0) return Status::Ok();  // a failed trial does not fail the sweep
+    // The step stays where it is until decide says retry (JobRetryScheduled) or
+    // gives up (RunFailed / RunCancelled settle the step).
+    t.step->phase = phase == AttemptPhase::kCancelled ? StepPhase::kCancelled : StepPhase::kFailed;
+    t.step->reason = t.attempt->reason;
+    return Status::Ok();
+  }
+  Status operator()(const ev::JobFailed& p) {
+    return AttemptEnded(p,
+                        p.reason == "container_lost" ? AttemptPhase::kLost : AttemptPhase::kFailed);
+  }
+  Status operator()(const ev::JobTimedOut& p) { return AttemptEnded(p, AttemptPhase::kTimedOut); }
+  Status operator()(const ev::JobCancelled& p) { return AttemptEnded(p, AttemptPhase::kCancelled); }
+
+  Status operator()(const ev::JobWorkerFinished& p) {
+    Target t = Resolve(s, e, p.step, p.attempt);
+    if (!t.attempt) return Status::Ok();
+    if (p.rank < 0 || p.rank >= static_cast<int>(t.attempt->ranks.size())) return Status::Ok();
+    Worker& w = t.attempt->ranks[static_cast<size_t>(p.rank)];
+    if (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled) return Status::Ok();
+    w.phase = WorkerPhase(p.state);
+    w.finished_at = e.time;
+    w.exit_code = p.exit_code;
+    w.signal = p.signal;
+    if (p.reason) w.reason = *p.reason;
+    if (p.usage) w.usage = *p.usage;
+    if (p.metrics) w.metrics = *p.metrics;
+    if (p.outputs) w.outputs = *p.outputs;
+    Release(s, w.container, t.attempt_id + "/" + std::to_string(p.rank), t.attempt->resources,
+            w.gpus, e.time);
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::StepSweepCompleted& p) {
+    Target t = Resolve(s, e, p.step);
+    if (!t.step) return Status::Ok();
+    int n = p.best_attempt.value_or(0);
+    if (n >= 1 && n <= static_cast<int>(t.step->attempts.size())) {
+      const Attempt& best = t.step->attempts[static_cast<size_t>(n) - 1];
+      t.step->phase = StepPhase::kSucceeded;
+      t.step->metrics = best.metrics.is_object() ? best.metrics : Json::object();
+      t.step->outputs = best.outputs.is_array() ? best.outputs : Json::array();
+      t.step->reason.clear();
+      t.step->best = Json{{"trial", best.trial},
+                          {"attempt", n},
+                          {"params", best.trial_params},
+                          {"value", p.best_value.value_or(Json())},
+                          {"metric", p.metric}};
+    } else {
+      t.step->phase = StepPhase::kFailed;
+      t.step->reason = p.reason.value_or("no trial succeeded");
+    }
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::JobRetryScheduled& p) {
+    Target t = Resolve(s, e, p.step);
+    if (!t.step) return Status::Ok();
+    auto nb = ParseTime(p.not_before);
+    if (!nb.ok()) return Corrupt(e, "not_before", nb.status().message());
+    t.step->retry_at = *nb;
+    t.step->phase = StepPhase::kQueued;
+    t.step->next_attempt = p.attempt;
+    s.retry_timers.insert({*nb, AttemptId(t.run->id, t.step->name, p.attempt)});
+    return Status::Ok();
+  }
+
+  // A data set or model version: within the run's tenant, the version with its
+  // digest, else the next.
+  template <class P>
+  Status Artifact(const P& p, bool model) {
+    Target t = Resolve(s, e, "");
+    Run* r = t.run;
+    if (!r) return Status::Ok();
+    auto& versions = (model ? s.models : s.datasets)[ArtifactKey(r->tenant, p.name)];
+    int version = p.version;
+    bool existing = version >= 1 && version <= static_cast<int>(versions.size()) &&
+                    versions[static_cast<size_t>(version - 1)].digest == p.digest;
+    if (version != static_cast<int>(versions.size()) + 1 && !existing) {
+      // Written when names were global, so numbered among every tenant's versions:
+      // within the run's tenant it is the version with its digest, else the next.
+      version = static_cast<int>(versions.size()) + 1;
+      for (const auto& v : versions) {
+        if (v.digest == p.digest) version = v.version;
+      }
+    }
+    if (version == static_cast<int>(versions.size()) + 1) {
+      ArtifactVersion v;
+      v.version = version;
+      v.digest = p.digest;
+      v.run = r->id;
+      v.step = p.step;
+      v.attempt = p.attempt;
+      v.outputs = p.outputs;
+      v.registered_at = e.time;
+      if constexpr (std::is_same_v<P, ev::ModelVersionRegistered>) {
+        v.workflow = p.workflow;
+        v.workflow_version = p.workflow_version;
+        v.params = p.params;
+        v.datasets = p.datasets;
+      }
+      versions.push_back(std::move(v));
+    }
+    (model ? r->models : r->datasets)[p.step] = {p.name, version};
+    return Status::Ok();
+  }
+  Status operator()(const ev::DatasetVersionRegistered& p) { return Artifact(p, false); }
+  Status operator()(const ev::ModelVersionRegistered& p) { return Artifact(p, true); }
+
+  Status operator()(const ev::ModelVersionValidated& p) {
+    Target t = Resolve(s, e, "");
+    Run* r = t.run;
+    if (!r) return Status::Ok();
+    auto it = s.models.find(ArtifactKey(r->tenant, p.name));
+    int version = p.version;
+    // The version this run registered under the name (it differs from the event's
+    // only in histories written when names were global).
+    for (const auto& [step, nv] : r->models) {
+      if (nv.first == p.name) version = nv.second;
+    }
+    if (it == s.models.end() || version < 1 || version > static_cast<int>(it->second.size())) {
+      return Status::Ok();
+    }
+    ArtifactVersion& v = it->second[static_cast<size_t>(version - 1)];
+    for (const auto& [k, val] : p.metrics.items()) v.metrics[k] = val;
+    v.validated_by.push_back(Json{{"run", r->id}, {"step", p.step}});
+    r->validated.insert(p.step);
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::ContainerRequested& p) {
+    if (p.container.empty()) return Corrupt(e, "container", "empty");
     Container c;
-    c.id = id;
-    c.backend = d.value("backend", "");
-    const Json& spec = d.value("spec", Json::object());
-    c.cpu_millis = spec.value("cpu_millis", int64_t{0});
-    c.memory_bytes = spec.value("memory_bytes", int64_t{0});
-    c.requested_gpus = spec.value("gpus", 0);
-    c.request_reason = d.value("reason", "");
-    c.credential_sha256 = d.value("credential_sha256", "");
+    c.id = p.container;
+    c.backend = p.backend;
+    c.cpu_millis = p.spec.cpu_millis;
+    c.memory_bytes = p.spec.memory_bytes;
+    c.requested_gpus = p.spec.gpus;
+    c.request_reason = p.reason;
+    c.credential_sha256 = p.credential_sha256.value_or("");
     c.requested_at = e.time;
     if (c.request_reason == "demand") s.last_scale_up = e.time;
-    s.containers[id] = std::move(c);
+    s.containers[p.container] = std::move(c);
     s.container_counter++;
     return Status::Ok();
   }
-  auto it = s.containers.find(id);
-  if (it == s.containers.end()) return Status::Ok();
-  Container& c = it->second;
-  if (e.type == ev::kContainerLaunched) {
-    c.handle = d.value("handle", "");
-  } else if (e.type == ev::kContainerRegistered) {
-    if (c.phase == ContainerPhase::kLost || c.phase == ContainerPhase::kReleased)
+
+  Container* FindContainer(const std::string& id) {
+    auto it = s.containers.find(id);
+    return it == s.containers.end() ? nullptr : &it->second;
+  }
+
+  Status operator()(const ev::ContainerLaunched& p) {
+    if (Container* c = FindContainer(p.container)) c->handle = p.handle;
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::ContainerRegistered& p) {
+    Container* c = FindContainer(p.container);
+    if (!c || c->phase == ContainerPhase::kLost || c->phase == ContainerPhase::kReleased) {
       return Status::Ok();
-    c.phase = ContainerPhase::kRegistered;
-    c.handle = d.value("handle", c.handle);
-    c.host = d.value("host", "");
-    c.pid = d.value("pid", int64_t{0});
-    c.cpu_millis = d.value("cpu_millis", c.cpu_millis);
-    c.memory_bytes = d.value("memory_bytes", c.memory_bytes);
-    c.gpus = d.value("gpus", Json::array());
-    c.cuda = d.value("cuda", Json::object());
-    c.isolation = d.value("isolation", Json::object());
-    if (!c.isolation.is_object()) c.isolation = Json::object();
-    c.enforcement = d.value("enforcement", Json::object());
-    if (!c.enforcement.is_object()) c.enforcement = Json::object();
-    if (!c.registered_at) c.registered_at = e.time;
-    if (c.attempts.empty()) c.idle_since = e.time;
+    }
+    c->phase = ContainerPhase::kRegistered;
+    c->handle = p.handle;
+    c->host = p.host;
+    c->pid = p.pid;
+    c->cpu_millis = p.cpu_millis;
+    c->memory_bytes = p.memory_bytes;
+    c->gpus = p.gpus;
+    c->cuda = p.cuda;
+    c->isolation = p.isolation.value_or(Json::object());
+    c->enforcement = p.enforcement.value_or(Json::object());
+    if (!c->registered_at) c->registered_at = e.time;
+    if (c->attempts.empty()) c->idle_since = e.time;
     s.launch_failures_in_row = 0;
-  } else if (e.type == ev::kContainerLost || e.type == ev::kContainerReleased) {
-    c.phase = e.type == ev::kContainerLost ? ContainerPhase::kLost : ContainerPhase::kReleased;
-    c.reason = d.value("reason", "");
-    c.ended_at = e.time;
-    if (c.reason.rfind("launch failed", 0) == 0) {
+    return Status::Ok();
+  }
+
+  Status ContainerEnded(const std::string& id, ContainerPhase phase, const std::string& reason) {
+    Container* c = FindContainer(id);
+    if (!c) return Status::Ok();
+    c->phase = phase;
+    c->reason = reason;
+    c->ended_at = e.time;
+    if (c->reason.rfind("launch failed", 0) == 0) {
       s.launch_failures_in_row++;
       s.last_launch_failure = e.time;
     }
+    return Status::Ok();
   }
-  return Status::Ok();
-}
+  Status operator()(const ev::ContainerLost& p) {
+    return ContainerEnded(p.container, ContainerPhase::kLost, p.reason);
+  }
+  Status operator()(const ev::ContainerReleased& p) {
+    return ContainerEnded(p.container, ContainerPhase::kReleased, p.reason);
+  }
 
-Status EvolveWorkflowRegistered(State& s, const RecordedEvent& e) {
-  const Json& d = e.data;
-  auto def_json = d.find("definition");
-  if (def_json == d.end()) return Corrupt(e, "definition", "missing");
-  std::vector<std::string> problems;
-  auto def = workflows::ParseStoredDefinition(*def_json, &problems);
-  if (!def.ok()) return Corrupt(e, "definition", def.status().ToString());
-  if (!problems.empty()) {
-    // Registered under earlier rules: replayed as stored (stored definitions are facts).
-    std::string list;
-    for (const auto& p : problems) list += (list.empty() ? "" : "; ") + p;
-    spdlog::warn(
-        "replay: workflow {} registered at {} breaks today's rules ({}); replayed as "
-        "stored",
-        (*def)->name, e.position, list);
+  Status operator()(const ev::CacheInvalidated& p) {
+    for (const auto& k : p.keys) s.cache.erase(k);
+    return Status::Ok();
   }
-  WorkflowVersion v;
-  v.version = d.value("version", 0);
-  v.digest = d.value("digest", (*def)->digest);
-  v.def = *def;
-  v.registered_at = e.time;
-  v.actor = e.actor;
-  v.tenant = d.value("tenant", "default");
-  v.request_digest = d.value("request_digest", "");
-  std::string name = d.value("name", (*def)->name);
-  auto& versions = s.workflows[name];
-  if (v.version != static_cast<int>(versions.size()) + 1) {
-    return Corrupt(e, "version",
-                   std::to_string(v.version) + " does not follow version " +
-                       std::to_string(versions.size()) + " of workflow " + name);
+
+  Status operator()(const ev::LeaderElected& p) {
+    if (p.epoch > s.epoch) s.epoch = p.epoch;
+    s.leader_node = p.node;
+    s.leader_address = p.address;
+    return Status::Ok();
   }
-  std::string key = d.value("idempotency_key", "");
-  if (!key.empty()) s.workflow_keys[{d.value("tenant", "default"), key}] = {name, v.version};
-  versions.push_back(std::move(v));
-  return Status::Ok();
-}
+};
 
 }  // namespace
 
@@ -740,20 +841,8 @@ Status Evolve(State& s, const RecordedEvent& e) {
   s.head = e.position;
   if (e.epoch > s.epoch) s.epoch = e.epoch;
   if (!e.data.is_object()) return Corrupt(e, "data", "not a JSON object");
-  if (e.stream.rfind("run-", 0) == 0) return EvolveRunEvent(s, e);
-  if (e.stream.rfind("container-", 0) == 0) return EvolveContainerEvent(s, e);
-  if (e.type == ev::kWorkflowRegistered) return EvolveWorkflowRegistered(s, e);
-  if (e.type == ev::kCacheInvalidated) {
-    for (const auto& k : e.data.value("keys", Json::array())) {
-      if (k.is_string()) s.cache.erase(k.get<std::string>());
-    }
-  } else if (e.type == ev::kLeaderElected) {
-    uint64_t ep = e.data.value("epoch", uint64_t{0});
-    if (ep > s.epoch) s.epoch = ep;
-    s.leader_node = e.data.value("node", "");
-    s.leader_address = e.data.value("address", "");
-  }
-  return Status::Ok();
+  ASSIGN_OR_RETURN(ev::Payload payload, ev::DecodeEvent(e));
+  return std::visit(Apply{s, e}, payload);
 }
 
 }  // namespace epoch::engine

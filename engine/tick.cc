@@ -24,14 +24,14 @@ Event ContainerRequest(const State& state, const DecideContext& ctx, int nth,
                        const std::string& reason) {
   const EngineConfig& cfg = *ctx.config;
   std::string id = "c" + std::to_string(state.container_counter + 1 + static_cast<uint64_t>(nth));
-  Json data{{"container", id},
-            {"backend", cfg.backend},
-            {"spec", Json{{"cpu_millis", cfg.container_cpu_millis},
-                          {"memory_bytes", cfg.container_memory_bytes},
-                          {"gpus", cfg.container_gpus}}},
-            {"reason", reason}};
-  if (ctx.credentials) data["credential_sha256"] = ctx.credentials->Mint(id);
-  return Event{ContainerStream(id), std::string(ev::kContainerRequested), std::move(data)};
+  ev::ContainerRequested p{.container = id,
+                           .backend = cfg.backend,
+                           .spec = {.cpu_millis = cfg.container_cpu_millis,
+                                    .memory_bytes = cfg.container_memory_bytes,
+                                    .gpus = cfg.container_gpus},
+                           .reason = reason};
+  if (ctx.credentials) p.credential_sha256 = ctx.credentials->Mint(id);
+  return ev::MakeEvent(ContainerStream(id), p);
 }
 
 }  // namespace
@@ -105,9 +105,10 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
       if (c.phase != ContainerPhase::kRegistered || !c.attempts.empty()) continue;
       if (expired.count(id)) continue;
       if (ctx.now - c.idle_since < cfg.idle_timeout) continue;
-      out.push_back(Event{ContainerStream(id), std::string(ev::kContainerReleased),
-                          Json{{"container", id},
-                               {"reason", "idle for " + FormatDuration(ctx.now - c.idle_since)}}});
+      out.push_back(ev::MakeEvent(
+          ContainerStream(id),
+          ev::ContainerReleased{.container = id,
+                                .reason = "idle for " + FormatDuration(ctx.now - c.idle_since)}));
       --live;
     }
   }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/engine_internal.h"
+#include "engine/event_types.h"
 #include "engine/processor.h"
 
 namespace epoch::engine {
@@ -95,7 +96,7 @@ void Engine::WriterLoop() {
           ab.appends.push_back(std::move(sa));
         }
         ab.appends.back().events.push_back(
-            storage::NewEvent{e.type, kSchemaVersion, e.actor, CanonicalDump(e.data)});
+            storage::NewEvent{e.type, ev::CurrentVersion(e.type), e.actor, CanonicalDump(e.data)});
         // The idempotency family is a second, unique index of the keys: a key
         // written twice would fail the whole append instead of doubling a run.
         std::string key = e.data.value("idempotency_key", "");

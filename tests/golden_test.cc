@@ -35,6 +35,9 @@ State Replay(const std::string& name) {
     e.actor = (*j)["actor"];
     e.epoch = (*j)["epoch"];
     e.time = *ParseTime((*j)["time"].get<std::string>());
+    // The payload version it was written at (v1's export predates the field: 1), so
+    // that Evolve upcasts it as replay does.
+    e.schema = j->value("schema", 1u);
     Status st = Evolve(s, e);
     EXPECT_TRUE(st.ok()) << st.ToString();
   }

@@ -1,0 +1,275 @@
+// Field lists: one list per struct drives both its JSON encoding and a decoding that
+// refuses, naming the field, instead of guessing.
+//
+//   struct Resources {
+//     int64_t cpu_millis = 0;
+//     std::optional<std::string> note;
+//     static constexpr auto Fields() {
+//       return std::tuple{fields::F("cpu_millis", &Resources::cpu_millis),
+//                         fields::F("note", &Resources::note)};
+//     }
+//   };
+//   Json j = fields::Encode(r);                       // {"cpu_millis": 100}
+//   std::string err;
+//   if (!fields::Decode(j, &r, &err)) ...             // err: "cpu_millis: expected an integer, got
+//   string"
+//
+// Member types: std::string, bool, int, int64_t, uint64_t, double, Json (with a shape:
+// F = any value, Obj = an object, Arr = an array), std::optional<T> (absent or null is
+// nullopt; nullopt is not written), std::vector<T>, and structs that have Fields().
+// A member that is not optional must be present. Keys the list does not name are
+// ignored (they are neither read nor kept).
+//
+// Thread-safety: functions over values.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "common/json.h"
+
+namespace epoch::fields {
+
+enum class Shape { kAny, kObject, kArray };
+
+template <class T, class M>
+struct Field {
+  std::string_view name;
+  M T::*member;
+  Shape shape = Shape::kAny;
+};
+
+template <class T, class M>
+constexpr Field<T, M> F(std::string_view name, M T::*member) {
+  return {name, member, Shape::kAny};
+}
+// A Json (or optional Json) member that must be an object / an array.
+template <class T, class M>
+constexpr Field<T, M> Obj(std::string_view name, M T::*member) {
+  return {name, member, Shape::kObject};
+}
+template <class T, class M>
+constexpr Field<T, M> Arr(std::string_view name, M T::*member) {
+  return {name, member, Shape::kArray};
+}
+
+template <class T>
+concept HasFields = requires {
+  T::Fields();
+};
+
+namespace detail {
+
+template <class>
+struct IsOptional : std::false_type {};
+template <class U>
+struct IsOptional<std::optional<U>> : std::true_type {};
+template <class>
+struct IsVector : std::false_type {};
+template <class U>
+struct IsVector<std::vector<U>> : std::true_type {};
+
+std::string_view KindName(const Json& j);
+
+// A decode failure: where (a path relative to the value being decoded) and what.
+struct Error {
+  std::string path;
+  std::string problem;
+};
+
+inline void Prefix(Error* e, std::string_view head) {
+  if (e->path.empty()) {
+    e->path = std::string(head);
+  } else if (e->path[0] == '[') {
+    e->path = std::string(head) + e->path;
+  } else {
+    e->path = std::string(head) + "." + e->path;
+  }
+}
+
+inline bool Fail(Error* e, std::string problem) {
+  e->path.clear();
+  e->problem = std::move(problem);
+  return false;
+}
+
+inline bool CheckShape(const Json& j, Shape shape, Error* e) {
+  if (shape == Shape::kObject && !j.is_object()) {
+    return Fail(e, "expected an object, got " + std::string(KindName(j)));
+  }
+  if (shape == Shape::kArray && !j.is_array()) {
+    return Fail(e, "expected an array, got " + std::string(KindName(j)));
+  }
+  return true;
+}
+
+template <class T>
+bool DecodeStruct(const Json& j, T* out, Error* e);
+
+template <class M>
+bool DecodeValue(const Json& j, Shape shape, M* out, Error* e) {
+  if constexpr (std::is_same_v<M, Json>) {
+    if (!CheckShape(j, shape, e)) return false;
+    *out = j;
+    return true;
+  } else if constexpr (IsOptional<M>::value) {
+    if (j.is_null()) {
+      out->reset();
+      return true;
+    }
+    typename M::value_type v{};
+    if (!DecodeValue(j, shape, &v, e)) return false;
+    *out = std::move(v);
+    return true;
+  } else if constexpr (std::is_same_v<M, std::string>) {
+    if (!j.is_string()) return Fail(e, "expected a string, got " + std::string(KindName(j)));
+    *out = j.get<std::string>();
+    return true;
+  } else if constexpr (std::is_same_v<M, bool>) {
+    if (!j.is_boolean()) return Fail(e, "expected a boolean, got " + std::string(KindName(j)));
+    *out = j.get<bool>();
+    return true;
+  } else if constexpr (std::is_integral_v<M>) {
+    if (!j.is_number_integer()) {
+      return Fail(e, "expected an integer, got " + std::string(KindName(j)));
+    }
+    if (j.is_number_unsigned()) {
+      uint64_t v = j.get<uint64_t>();
+      if (v > static_cast<uint64_t>(std::numeric_limits<M>::max())) {
+        return Fail(e, std::to_string(v) + " is out of range");
+      }
+      *out = static_cast<M>(v);
+      return true;
+    }
+    int64_t v = j.get<int64_t>();
+    if constexpr (std::is_unsigned_v<M>) {
+      if (v < 0) return Fail(e, std::to_string(v) + " is negative");
+      if (static_cast<uint64_t>(v) > static_cast<uint64_t>(std::numeric_limits<M>::max())) {
+        return Fail(e, std::to_string(v) + " is out of range");
+      }
+    } else {
+      if (v < static_cast<int64_t>(std::numeric_limits<M>::min()) ||
+          v > static_cast<int64_t>(std::numeric_limits<M>::max())) {
+        return Fail(e, std::to_string(v) + " is out of range");
+      }
+    }
+    *out = static_cast<M>(v);
+    return true;
+  } else if constexpr (std::is_floating_point_v<M>) {
+    if (!j.is_number()) return Fail(e, "expected a number, got " + std::string(KindName(j)));
+    *out = j.get<M>();
+    return true;
+  } else if constexpr (IsVector<M>::value) {
+    if (!j.is_array()) return Fail(e, "expected an array, got " + std::string(KindName(j)));
+    M v;
+    v.reserve(j.size());
+    for (size_t i = 0; i < j.size(); ++i) {
+      typename M::value_type x{};
+      if (!DecodeValue(j[i], Shape::kAny, &x, e)) {
+        Prefix(e, "[" + std::to_string(i) + "]");
+        return false;
+      }
+      v.push_back(std::move(x));
+    }
+    *out = std::move(v);
+    return true;
+  } else if constexpr (HasFields<M>) {
+    return DecodeStruct(j, out, e);
+  } else {
+    static_assert(sizeof(M) == 0, "fields: no decoding for this member type");
+  }
+}
+
+template <class M>
+Json EncodeValue(const M& v);
+
+template <class T>
+Json EncodeStruct(const T& v) {
+  Json j = Json::object();
+  std::apply(
+      [&](const auto&... f) {
+        [[maybe_unused]] auto put = [&](const auto& field) {
+          const auto& m = v.*(field.member);
+          using M = std::remove_cvref_t<decltype(m)>;
+          if constexpr (IsOptional<M>::value) {
+            if (!m) return;
+            j[std::string(field.name)] = EncodeValue(*m);
+          } else {
+            j[std::string(field.name)] = EncodeValue(m);
+          }
+        };
+        (put(f), ...);
+      },
+      T::Fields());
+  return j;
+}
+
+template <class M>
+Json EncodeValue(const M& v) {
+  if constexpr (IsVector<M>::value) {
+    Json a = Json::array();
+    for (const auto& x : v) a.push_back(EncodeValue(x));
+    return a;
+  } else if constexpr (HasFields<M>) {
+    return EncodeStruct(v);
+  } else {
+    return Json(v);
+  }
+}
+
+template <class T>
+bool DecodeStruct(const Json& j, T* out, Error* e) {
+  if (!j.is_object()) return Fail(e, "expected an object, got " + std::string(KindName(j)));
+  bool ok = true;
+  std::apply(
+      [&](const auto&... f) {
+        [[maybe_unused]] auto get = [&](const auto& field) {
+          if (!ok) return;
+          auto& m = out->*(field.member);
+          using M = std::remove_cvref_t<decltype(m)>;
+          auto it = j.find(field.name);
+          if (it == j.end()) {
+            if constexpr (IsOptional<M>::value) {
+              m.reset();
+            } else {
+              ok = Fail(e, "missing");
+              e->path = std::string(field.name);
+            }
+            return;
+          }
+          if (!DecodeValue(*it, field.shape, &m, e)) {
+            Prefix(e, field.name);
+            ok = false;
+          }
+        };
+        (get(f), ...);
+      },
+      T::Fields());
+  return ok;
+}
+
+}  // namespace detail
+
+// v as JSON: every member its list names (an empty optional is left out).
+template <HasFields T>
+Json Encode(const T& v) {
+  return detail::EncodeStruct(v);
+}
+
+// j into *out; false with *error "path: problem" (e.g. "placements[1].rank: expected an
+// integer, got string") when a member is missing or of the wrong type.
+template <HasFields T>
+bool Decode(const Json& j, T* out, std::string* error) {
+  detail::Error e;
+  if (detail::DecodeStruct(j, out, &e)) return true;
+  *error = e.path.empty() ? e.problem : e.path + ": " + e.problem;
+  return false;
+}
+
+}  // namespace epoch::fields

@@ -1,0 +1,103 @@
+#include "engine/event_types.h"
+
+#include <utility>
+
+namespace epoch::engine::ev {
+
+namespace {
+
+template <size_t I = 0>
+uint32_t VersionOf(std::string_view type) {
+  if constexpr (I == std::variant_size_v<Payload>) {
+    return 0;
+  } else {
+    using T = std::variant_alternative_t<I, Payload>;
+    return T::kType == type ? T::kVersion : VersionOf<I + 1>(type);
+  }
+}
+
+template <size_t I = 0>
+bool DecodeAs(const RecordedEvent& e, const Json& data, Payload* out, std::string* error,
+              bool* known) {
+  if constexpr (I == std::variant_size_v<Payload>) {
+    *known = false;
+    return false;
+  } else {
+    using T = std::variant_alternative_t<I, Payload>;
+    if (T::kType != e.type) return DecodeAs<I + 1>(e, data, out, error, known);
+    *known = true;
+    T p;
+    if (!fields::Decode(data, &p, error)) return false;
+    *out = std::move(p);
+    return true;
+  }
+}
+
+std::string Where(std::string_view type, uint32_t from) {
+  return std::string(type) + " v" + std::to_string(from);
+}
+
+// One step between payload versions: `data` at version `from` becomes from + 1.
+// Each is small, written once, and never changes (tests/golden/ holds histories at
+// every version it reads).
+Status UpcastStep(std::string_view type, uint32_t from, Json* data) {
+  if (type == kWorkflowRegistered && from == 1) {
+    // v1 left `tenant` out for workflows of the default tenant.
+    if (!data->contains("tenant")) (*data)["tenant"] = "default";
+    return Status::Ok();
+  }
+  if (type == kJobQueued && from == 1) {
+    // v1 wrote `workers` only for gangs (above 1).
+    if (!data->contains("workers")) (*data)["workers"] = 1;
+    return Status::Ok();
+  }
+  return Internal("no upcaster from " + Where(type, from));
+}
+
+}  // namespace
+
+uint32_t CurrentVersion(std::string_view type) { return VersionOf(type); }
+
+Result<Json> Upcast(std::string_view type, uint32_t from, Json data) {
+  uint32_t current = CurrentVersion(type);
+  if (current == 0) {
+    return FailedPrecondition("event type " + std::string(type) +
+                              " is not one this Epoch knows: the log was written by a newer "
+                              "Epoch");
+  }
+  if (from < 1 || from > current) {
+    return FailedPrecondition("payload version " + std::to_string(from) + " of " +
+                              std::string(type) + "; this Epoch reads 1 to " +
+                              std::to_string(current) + ": the log was written by a newer Epoch");
+  }
+  if (from < current && !data.is_object()) {
+    return Corruption("field data: not a JSON object, cannot upcast " + Where(type, from));
+  }
+  for (uint32_t v = from; v < current; ++v) RETURN_IF_ERROR(UpcastStep(type, v, &data));
+  return data;
+}
+
+Result<Payload> DecodeEvent(const RecordedEvent& e) {
+  auto prefix = [&] { return "event " + std::to_string(e.position) + " (" + e.type + "): "; };
+  const Json* data = &e.data;
+  Json upcast;
+  uint32_t current = CurrentVersion(e.type);
+  if (e.schema != 0 && e.schema != current) {
+    auto u = Upcast(e.type, e.schema, e.data);
+    if (!u.ok()) return Status(u.status().code(), prefix() + u.status().message());
+    upcast = std::move(*u);
+    data = &upcast;
+  }
+  Payload p;
+  std::string error;
+  bool known = false;
+  if (DecodeAs(e, *data, &p, &error, &known)) return p;
+  if (!known) {
+    return FailedPrecondition(prefix() +
+                              "not an event type this Epoch knows: the log was written by a "
+                              "newer Epoch");
+  }
+  return Corruption(prefix() + "field " + error);
+}
+
+}  // namespace epoch::engine::ev
