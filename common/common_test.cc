@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
 
 #include "common/clock.h"
 #include "common/fd.h"
+#include "common/fields.h"
 #include "common/files.h"
 #include "common/ids.h"
 #include "common/json.h"
@@ -267,6 +269,116 @@ TEST(UniqueFdTest, ReleaseHandsItOverAndResetClosesTheOld) {
   EXPECT_EQ(again.Close(), 0);
   EXPECT_FALSE(IsOpen(b));
   EXPECT_EQ(again.Close(), 0);  // nothing left to close
+}
+
+// ---- field lists (common/fields.h) ----
+
+struct Inner {
+  int rank = 0;
+  Json gpus = Json::array();
+  static constexpr auto Fields() {
+    return std::tuple{fields::F("rank", &Inner::rank), fields::Arr("gpus", &Inner::gpus)};
+  }
+};
+
+struct Outer {
+  std::string name{};
+  uint64_t epoch = 0;
+  int64_t bytes = 0;
+  bool on = false;
+  double ratio = 0;
+  Json env = Json::object();
+  std::vector<std::string> argv{};
+  std::optional<int> exit_code{};
+  std::optional<std::vector<Inner>> ranks{};
+  Inner first{};
+  static constexpr auto Fields() {
+    return std::tuple{fields::F("name", &Outer::name),   fields::F("epoch", &Outer::epoch),
+                      fields::F("bytes", &Outer::bytes), fields::F("on", &Outer::on),
+                      fields::F("ratio", &Outer::ratio), fields::Obj("env", &Outer::env),
+                      fields::F("argv", &Outer::argv),   fields::F("exit_code", &Outer::exit_code),
+                      fields::F("ranks", &Outer::ranks), fields::F("first", &Outer::first)};
+  }
+};
+
+Json GoodOuter() {
+  return Json{{"name", "n"},
+              {"epoch", 3},
+              {"bytes", -5},
+              {"on", true},
+              {"ratio", 0.5},
+              {"env", {{"A", "1"}}},
+              {"argv", {"sh", "-c"}},
+              {"ranks", Json::array({Json{{"rank", 0}, {"gpus", Json::array({"0"})}},
+                                     Json{{"rank", 1}, {"gpus", Json::array()}}})},
+              {"first", Json{{"rank", 0}, {"gpus", Json::array()}}},
+              {"unknown", "ignored"}};
+}
+
+TEST(FieldsTest, DecodesEveryMemberKindAndEncodesBackWithoutEmptyOptionals) {
+  Outer o;
+  std::string err;
+  ASSERT_TRUE(fields::Decode(GoodOuter(), &o, &err)) << err;
+  EXPECT_EQ(o.name, "n");
+  EXPECT_EQ(o.epoch, 3u);
+  EXPECT_EQ(o.bytes, -5);
+  EXPECT_TRUE(o.on);
+  EXPECT_DOUBLE_EQ(o.ratio, 0.5);
+  EXPECT_EQ(o.env["A"], "1");
+  EXPECT_EQ(o.argv, (std::vector<std::string>{"sh", "-c"}));
+  EXPECT_FALSE(o.exit_code.has_value());
+  ASSERT_TRUE(o.ranks.has_value());
+  ASSERT_EQ(o.ranks->size(), 2u);
+  EXPECT_EQ((*o.ranks)[1].rank, 1);
+  EXPECT_EQ((*o.ranks)[0].gpus, Json::array({"0"}));
+  Json back = fields::Encode(o);
+  Json want = GoodOuter();
+  want.erase("unknown");
+  EXPECT_EQ(back, want);  // exit_code (empty) is left out, not written as null
+  o.exit_code = 0;
+  EXPECT_EQ(fields::Encode(o)["exit_code"], 0);
+}
+
+TEST(FieldsTest, RefusesNamingThePathOfTheMissingOrMistypedField) {
+  struct Case {
+    std::function<void(Json&)> mutate;
+    std::string error;
+  };
+  std::vector<Case> cases = {
+      {[](Json& j) { j.erase("name"); }, "name: missing"},
+      {[](Json& j) { j["name"] = 5; }, "name: expected a string, got integer"},
+      {[](Json& j) { j["epoch"] = -1; }, "epoch: -1 is negative"},
+      {[](Json& j) { j["epoch"] = 1.5; }, "epoch: expected an integer, got number"},
+      {[](Json& j) { j["bytes"] = "12"; }, "bytes: expected an integer, got string"},
+      {[](Json& j) { j["on"] = 1; }, "on: expected a boolean, got integer"},
+      {[](Json& j) { j["ratio"] = "x"; }, "ratio: expected a number, got string"},
+      {[](Json& j) { j["env"] = Json::array(); }, "env: expected an object, got array"},
+      {[](Json& j) { j["argv"][1] = false; }, "argv[1]: expected a string, got boolean"},
+      {[](Json& j) { j["exit_code"] = "0"; }, "exit_code: expected an integer, got string"},
+      {[](Json& j) { j["exit_code"] = 4294967296LL; }, "exit_code: 4294967296 is out of range"},
+      {[](Json& j) { j["ranks"][1]["rank"] = "1"; },
+       "ranks[1].rank: expected an integer, got string"},
+      {[](Json& j) { j["ranks"][0]["gpus"] = Json::object(); },
+       "ranks[0].gpus: expected an array, got object"},
+      {[](Json& j) { j["first"].erase("rank"); }, "first.rank: missing"},
+      {[](Json& j) { j["first"] = nullptr; }, "first: expected an object, got null"},
+  };
+  for (const auto& c : cases) {
+    Json j = GoodOuter();
+    c.mutate(j);
+    Outer o;
+    std::string err;
+    EXPECT_FALSE(fields::Decode(j, &o, &err)) << c.error;
+    EXPECT_EQ(err, c.error);
+  }
+  // null is an empty optional, not an error.
+  Json j = GoodOuter();
+  j["exit_code"] = nullptr;
+  j["ranks"] = nullptr;
+  Outer o;
+  std::string err;
+  EXPECT_TRUE(fields::Decode(j, &o, &err)) << err;
+  EXPECT_FALSE(o.ranks.has_value());
 }
 
 }  // namespace

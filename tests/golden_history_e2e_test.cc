@@ -160,7 +160,9 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
   EXPECT_EQ(state.runs.size(), 7u);
 
   if (const char* out = std::getenv("EPOCH_WRITE_GOLDEN")) {
-    const std::string name = "v2-every-event-type";
+    // v2-every-event-type was written by this test before payloads had their own
+    // versions; v3-typed-payloads after (WorkflowRegistered and JobQueued at v2).
+    const std::string name = "v3-typed-payloads";
     std::ofstream events(std::string(out) + "/" + name + ".ndjson");
     for (const auto& e : log) events << CanonicalDump(e) << "\n";
     std::ofstream(std::string(out) + "/" + name + ".state.json")

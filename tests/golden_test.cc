@@ -12,6 +12,7 @@
 
 #include "common/json.h"
 #include "engine/engine.h"
+#include "engine/event_types.h"
 #include "engine/state.h"
 
 namespace epoch::engine {
@@ -108,6 +109,32 @@ TEST(GoldenTest, EveryEventTypeAppearsInAGoldenHistory) {
   for (std::string_view type : ev::kAllTypes) {
     EXPECT_TRUE(seen.count(std::string(type))) << "no golden history has a " << type << " event";
   }
+}
+
+// Every payload version a type has had is in some golden history, so each upcaster
+// (ev::Upcast) and today's decoding are both proven by replay: a type that moves to a
+// new version needs a history written at it.
+TEST(GoldenTest, EveryPayloadVersionAppearsInAGoldenHistory) {
+  std::set<std::pair<std::string, uint32_t>> seen;
+  for (const auto& entry : std::filesystem::directory_iterator(Dir())) {
+    if (entry.path().extension() != ".ndjson") continue;
+    std::ifstream in(entry.path());
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = ParseJson(line);
+      ASSERT_TRUE(j.ok()) << entry.path() << ": " << line;
+      seen.insert({(*j)["type"].get<std::string>(), j->value("schema", 1u)});
+    }
+  }
+  int upcast = 0;
+  for (std::string_view type : ev::kAllTypes) {
+    for (uint32_t v = 1; v <= ev::CurrentVersion(type); ++v) {
+      EXPECT_TRUE(seen.count({std::string(type), v}))
+          << "no golden history has a " << type << " at payload version " << v;
+    }
+    upcast += ev::CurrentVersion(type) > 1;
+  }
+  EXPECT_EQ(upcast, 2);  // WorkflowRegistered and JobQueued are at v2
 }
 
 }  // namespace
