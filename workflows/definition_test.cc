@@ -36,6 +36,13 @@ Json Example() { return Json::parse(kDesignExample); }
 Json WithSteps(Json steps) {
   return Json{{"name", "wf"}, {"params", Json::object()}, {"steps", std::move(steps)}};
 }
+// WithSteps({a, b}) and WithSteps({a}): an array of steps with every compiler. (A
+// braced Json of one Json is a copy of it with clang and a one-element array with g++.)
+Json WithSteps(std::initializer_list<Json> steps) {
+  Json a = Json::array();
+  for (const auto& s : steps) a.push_back(s);
+  return WithSteps(std::move(a));
+}
 
 Json SimpleStep(const std::string& name, std::vector<std::string> after = {}) {
   Json s{{"name", name}, {"command", {"echo", name}}};
