@@ -67,4 +67,21 @@ Result<TimePoint> ParseTime(std::string_view s) {
   return FromMicros(static_cast<int64_t>(secs) * 1000000 + frac_us);
 }
 
+uint64_t ManualClock::Subscribe(std::function<void()> on_move) const {
+  MutexLock lock(&subscribers_mu_);
+  uint64_t id = next_id_++;
+  subscribers_[id] = std::move(on_move);
+  return id;
+}
+
+void ManualClock::Unsubscribe(uint64_t id) const {
+  MutexLock lock(&subscribers_mu_);
+  subscribers_.erase(id);
+}
+
+void ManualClock::Moved() {
+  MutexLock lock(&subscribers_mu_);
+  for (const auto& [id, f] : subscribers_) f();
+}
+
 }  // namespace epoch

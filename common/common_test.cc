@@ -271,6 +271,27 @@ TEST(UniqueFdTest, ReleaseHandsItOverAndResetClosesTheOld) {
   EXPECT_EQ(again.Close(), 0);  // nothing left to close
 }
 
+TEST(ClockTest, AManualClockCallsItsSubscribersOnEveryMoveUntilUnsubscribed) {
+  ManualClock clock(FromMicros(1000));
+  int a = 0, b = 0;
+  uint64_t ia = clock.Subscribe([&] { ++a; });
+  uint64_t ib = clock.Subscribe([&] { ++b; });
+  EXPECT_NE(ia, ib);
+  EXPECT_TRUE(clock.Manual());
+  clock.Advance(Micros(5));
+  clock.Set(FromMicros(2000));
+  EXPECT_EQ(a, 2);
+  EXPECT_EQ(b, 2);
+  clock.Unsubscribe(ia);
+  clock.Advance(Micros(1));
+  EXPECT_EQ(a, 2);
+  EXPECT_EQ(b, 3);
+  EXPECT_EQ(clock.Now(), FromMicros(2001));
+  SystemClock real;  // follows the real clock: nothing to subscribe to
+  EXPECT_FALSE(real.Manual());
+  EXPECT_EQ(real.Subscribe([&] { ++a; }), 0u);
+}
+
 // ---- field lists (common/fields.h) ----
 
 struct Inner {

@@ -59,6 +59,7 @@ void Engine::Stop() {
   }
   queue_cv_.SignalAll();
   if (writer_.joinable()) writer_.join();
+  clock_->Unsubscribe(clock_subscription_);
   {
     MutexLock lock(&reactor_mu_);
     reactor_stopping_ = true;
@@ -112,6 +113,15 @@ Result<CommandResult> Engine::Execute(Command command) {
   }
   queue_cv_.Signal();
   return fut.get();
+}
+
+bool Engine::AwaitTick(TimePoint at, Micros timeout) const {
+  MutexLock lock(&change_mu_);
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (last_tick_ < at && started_) {
+    if (!change_cv_.WaitUntil(&change_mu_, deadline)) break;
+  }
+  return last_tick_ >= at;
 }
 
 void Engine::WaitForChange(uint64_t seen, Micros timeout) const {

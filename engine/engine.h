@@ -235,6 +235,12 @@ class Engine {
   uint64_t Generation() const { return generation_.load(); }
   // Waits until Generation() != seen or the timeout passes.
   void WaitForChange(uint64_t seen, Micros timeout) const;
+  // Waits until the writer has ticked (OnTick: the pool, leases, retry timers,
+  // timeouts) at `at` or later on the engine's clock, and published what the tick
+  // decided; false if `timeout` of real time passed or the engine stopped first. With
+  // a ManualClock a test moves the clock and waits for the tick it caused, instead of
+  // sleeping: the writer's wait for its next tick is a timer on the injected clock.
+  bool AwaitTick(TimePoint at, Micros timeout = std::chrono::seconds(30)) const;
 
   // The container protocol's authentication: OK when `credential` is the secret
   // minted for `container` (credentials.h) and the container is requested or
@@ -341,6 +347,10 @@ class Engine {
   mutable Mutex change_mu_;
   mutable CondVar change_cv_;
   std::atomic<uint64_t> generation_{0};
+  // When (on clock_) the writer last ticked, set once the tick's events are published.
+  TimePoint last_tick_ GUARDED_BY(change_mu_){};
+  // The writer's subscription to clock_'s moves (a ManualClock's), which wake it.
+  uint64_t clock_subscription_ = 0;
 
   Mutex lease_mu_;
   std::map<std::string, TimePoint> last_seen_ GUARDED_BY(lease_mu_);

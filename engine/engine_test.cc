@@ -132,6 +132,66 @@ TEST_F(EngineTest, CommandsAreDurableBeforeTheyAreAnswered) {
   EXPECT_EQ(engine_->DispatchFor("c1", {"r9/x/1"}, {}).cancels, Json::array({"r9/x/1"}));
 }
 
+// Time in the engine is the injected clock's. With a ManualClock a retry timer and a
+// container's lease fire when the test moves the clock past them, and not a tick
+// before; the test waits for the tick it caused (AwaitTick), never for the real clock.
+TEST_F(EngineTest, RetryTimersAndLeasesRunOnTheInjectedClock) {
+  ManualClock clock(FromMicros(1'800'000'000'000'000));
+  EngineOptions o;
+  o.config.data_dir = dir_;
+  o.config.max_replicas = 1;
+  o.config.min_replicas = 1;
+  o.config.tick = std::chrono::seconds(1);
+  o.config.lease = std::chrono::seconds(10);
+  o.advertise_url = "http://127.0.0.1:1";
+  engine_ = std::make_unique<Engine>(o, store_.get(), &backend_, &clock);
+  ASSERT_TRUE(engine_->Start().ok());
+  ASSERT_TRUE(engine_->AwaitTick(clock.Now()));  // the first tick asks for c1
+  ASSERT_TRUE(engine_
+                  ->Execute(RegisterContainer{
+                      .container = "c1", .cpu_millis = 1000, .memory_bytes = 1LL << 30})
+                  .ok());
+  engine_->Heartbeat("c1");
+  ASSERT_TRUE(engine_
+                  ->Execute(RegisterWorkflow{*ParseJson(R"({"name":"r","steps":[{"name":"a",
+      "command":["false"],"retry":{"limit":1,"backoff":"fixed","initial":"5s"}}]})"),
+                                             "a"})
+                  .ok());
+  ASSERT_TRUE(engine_->Execute(SubmitRun{.run_id = "r1", .workflow = "r"}).ok());
+  PollContainer p;
+  p.container = "c1";
+  p.reports =
+      Reports(Json::array({Json{{"attempt_id", "r1/a/1"}, {"state", "failed"}, {"exit_code", 1}}}));
+  ASSERT_TRUE(engine_->Execute(p).ok());
+  engine_->Heartbeat("c1");
+  auto attempts = [&] {
+    return engine_->Read([](const State& s) { return s.FindRun("r1")->steps[0].attempts.size(); });
+  };
+  auto container = [&] {
+    return engine_->Read([](const State& s) { return s.containers.at("c1").phase; });
+  };
+  ASSERT_EQ(attempts(), 1u);
+
+  clock.Advance(std::chrono::seconds(4));  // 1 s short of the retry
+  ASSERT_TRUE(engine_->AwaitTick(clock.Now()));
+  EXPECT_EQ(attempts(), 1u) << "retried before its timer";
+  clock.Advance(std::chrono::seconds(1));
+  ASSERT_TRUE(engine_->AwaitTick(clock.Now()));
+  EXPECT_EQ(attempts(), 2u) << "the retry timer did not fire";
+
+  // c1 was last heard from 5 s ago; its lease is 10 s.
+  clock.Advance(std::chrono::seconds(5));
+  ASSERT_TRUE(engine_->AwaitTick(clock.Now()));
+  EXPECT_EQ(container(), ContainerPhase::kRegistered) << "lost at exactly its lease";
+  clock.Advance(std::chrono::seconds(1));
+  ASSERT_TRUE(engine_->AwaitTick(clock.Now()));
+  EXPECT_EQ(container(), ContainerPhase::kLost);
+  EXPECT_EQ(
+      engine_->Read([](const State& s) { return s.FindRun("r1")->steps[0].attempts[1].phase; }),
+      AttemptPhase::kLost);
+  engine_.reset();  // its threads read the clock above: stop it first
+}
+
 TEST_F(EngineTest, ConcurrentCommandsShareCommits) {
   StartEngine(0);
   ASSERT_TRUE(engine_->Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());

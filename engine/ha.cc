@@ -138,6 +138,13 @@ Status Engine::Lead() {
     }
   }
   started_ = true;
+  // A ManualClock moved past the next tick wakes the writer (its wait is a timer on
+  // clock_); under the queue's mutex, so the move cannot fall between the writer's
+  // look at the clock and its wait.
+  clock_subscription_ = clock_->Subscribe([this] {
+    { MutexLock lock(&queue_mu_); }
+    queue_cv_.SignalAll();
+  });
   writer_ = std::thread([this] { WriterLoop(); });
   reactor_ = std::thread([this] { ReactorLoop(); });
   if (options_.snapshot_every > 0) snapshotter_ = std::thread([this] { SnapshotLoop(); });

@@ -26,13 +26,17 @@ void Engine::WriterLoop() {
   while (true) {
     std::vector<std::unique_ptr<Pending>> group;
     {
+      // Until a command comes or the next tick is due on clock_: a real-time wait for
+      // a clock that follows the real one, a wait for its next move for a ManualClock
+      // (whose moves signal queue_cv_, under queue_mu_; see Lead).
       MutexLock lock(&queue_mu_);
-      auto wait_for =
-          std::chrono::duration_cast<std::chrono::microseconds>(next_tick - clock_->Now());
-      if (queue_.empty() && !stopping_ && wait_for.count() > 0) {
-        auto deadline = std::chrono::steady_clock::now() + wait_for;
-        while (!(!queue_.empty() || stopping_)) {
-          if (!queue_cv_.WaitUntil(&queue_mu_, deadline)) break;
+      while (queue_.empty() && !stopping_) {
+        TimePoint now = clock_->Now();
+        if (now >= next_tick) break;
+        if (clock_->Manual()) {
+          queue_cv_.Wait(&queue_mu_);
+        } else {
+          queue_cv_.WaitUntil(&queue_mu_, std::chrono::steady_clock::now() + (next_tick - now));
         }
       }
       if (stopping_) break;
@@ -56,7 +60,8 @@ void Engine::WriterLoop() {
       results[i] = proc.Apply(group[i]->command);
       if (!results[i]->ok()) stats_.rejected++;
     }
-    if (now >= next_tick) {
+    const bool ticked = now >= next_tick;
+    if (ticked) {
       // An input's digest became known: the runs waiting for one may go on.
       if (inputs_hashed_.exchange(false)) {
         for (const auto& [id, r] : working_.runs) {
@@ -214,6 +219,13 @@ void Engine::WriterLoop() {
     for (size_t i = 0; i < group.size(); ++i) {
       if (results[i]->ok()) (*results[i])->position = position;
       group[i]->promise.set_value(std::move(*results[i]));
+    }
+    if (ticked) {
+      {
+        MutexLock lock(&change_mu_);
+        last_tick_ = now;
+      }
+      change_cv_.SignalAll();
     }
   }
   // Drain: anything still queued learns that the engine stopped.
