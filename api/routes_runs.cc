@@ -120,35 +120,17 @@ void ApiServer::Impl::RunsRoutes() {
                                   "running, succeeded, failed, cancelled",
                                   {}});
         }
-        Json items = Json::array();
-        Json next = nullptr;
-        engine->Read([&](const engine::State& s) {
-          auto it = *cursor > 0 ? s.runs_by_seq.lower_bound(static_cast<uint64_t>(*cursor))
-                                : s.runs_by_seq.end();
-          while (it != s.runs_by_seq.begin()) {
-            --it;
-            const engine::Run& r = s.runs.at(it->second);
-            if (!Caller().Sees(r.tenant)) continue;
-            if (!state.empty() && engine::Name(r.phase) != state) continue;
-            if (!workflow.empty() && r.workflow != workflow) continue;
-            bool match = true;
-            for (const auto& [k, v] : labels) {
-              auto l = r.labels.find(k);
-              if (l == r.labels.end() || !l->is_string() || l->get<std::string>() != v) {
-                match = false;
-              }
-            }
-            if (!match) continue;
-            if (static_cast<int64_t>(items.size()) == *limit) {
-              next = std::to_string(it->first + 1);
-              break;
-            }
-            Json j = engine::RunToJson(r, engine->options().config, &s);
-            items.push_back(std::move(j));
-          }
-          return 0;
+        engine::RunQuery q;
+        q.visible = [&](const std::string& tenant) { return Caller().Sees(tenant); };
+        q.state = state;
+        q.workflow = workflow;
+        q.labels = std::move(labels);
+        q.cursor = static_cast<uint64_t>(*cursor);
+        q.limit = static_cast<size_t>(*limit);
+        engine::RunPage page = engine->Read([&](const engine::State& s) {
+          return engine::ListRuns(s, engine->options().config, q);
         });
-        WriteJson(res, 200, Json{{"items", items}, {"next_cursor", next}});
+        WriteJson(res, 200, Json{{"items", page.items}, {"next_cursor", page.next_cursor}});
       }));
   Get(R"(/v1/runs/([^/]+))", Wrap("/v1/runs/{id}", [this](const Request& req, Response& res) {
         std::string id = req.matches[1];

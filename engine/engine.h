@@ -74,6 +74,7 @@
 #include "engine/container_backend.h"
 #include "engine/decider.h"
 #include "engine/state.h"
+#include "engine/views.h"
 #include "storage/event_store.h"
 
 namespace epoch::engine {
@@ -389,22 +390,5 @@ class Engine {
   std::atomic<bool> started_{false};
   EngineStats stats_;
 };
-
-// Converts a State to readable JSON (used by the API and by replay tests that
-// compare a replayed state with the live one). With `state`, a queued attempt held
-// back by its tenant's GPU quota shows why in its "reason" (QuotaWaitReason).
-Json RunToJson(const Run& run, const EngineConfig& config, const State* state = nullptr);
-// What the kernel is to enforce for an attempt of step `def`: {"cpu_millis",
-// "memory_bytes"}, each the reserved figure where the definition declared it, else null
-// (the container's sig.cpu / sig.memory bound it). Sent in assignments, shown in runs.
-Json AttemptLimitsJson(const Attempt& a, const workflows::Step* def);
-Json ContainerToJson(const Container& c);
-// A data set or model version with its lineage (kind "dataset" or "model").
-Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool model);
-Json CacheEntryToJson(const std::string& key, const CacheEntry& e);
-// One line of a run's readable history for an event of its stream, e.g.
-// "step train attempt 2 started on c1 (GPUs 0,1)"; empty for types it does not know.
-std::string DescribeRunEvent(const std::string& type, const Json& data, const std::string& actor);
-Json StateDigestJson(const State& s);
 
 }  // namespace epoch::engine

@@ -331,4 +331,28 @@ std::string DescribeRunEvent(const std::string& type, const Json& d, const std::
   return "";
 }
 
+RunPage ListRuns(const State& s, const EngineConfig& config, const RunQuery& q) {
+  RunPage page;
+  auto it = q.cursor > 0 ? s.runs_by_seq.lower_bound(q.cursor) : s.runs_by_seq.end();
+  while (it != s.runs_by_seq.begin()) {
+    --it;
+    const Run& r = s.runs.at(it->second);
+    if (q.visible && !q.visible(r.tenant)) continue;
+    if (!q.state.empty() && Name(r.phase) != q.state) continue;
+    if (!q.workflow.empty() && r.workflow != q.workflow) continue;
+    bool match = true;
+    for (const auto& [k, v] : q.labels) {
+      auto l = r.labels.find(k);
+      if (l == r.labels.end() || !l->is_string() || l->get<std::string>() != v) match = false;
+    }
+    if (!match) continue;
+    if (page.items.size() == q.limit) {
+      page.next_cursor = std::to_string(it->first + 1);
+      break;
+    }
+    page.items.push_back(RunToJson(r, config, &s));
+  }
+  return page;
+}
+
 }  // namespace epoch::engine
