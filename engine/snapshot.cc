@@ -8,39 +8,32 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <optional>
+#include <set>
+#include <string>
 #include <system_error>
 #include <thread>
+#include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
+#include "engine/snapshot_codec.h"
 #include "workflows/definition.h"
 
 namespace epoch::engine {
 
 namespace {
 
+using namespace snapshot_internal;  // NOLINT: the format's primitives, internal to this file
 using Definition = workflows::Definition;
 using DefPtr = std::shared_ptr<const Definition>;
 
-// JSON nested deeper than this is refused when decoding (the API accepts 64 levels).
-constexpr int kMaxJsonDepth = 512;
-// Longer strings are written inline: long ones rarely repeat, and the table
-// should hold names, not payloads.
-constexpr size_t kMaxSymbolBytes = 96;
-// JSON string values go through the table only when short (GPU indices, states).
-constexpr size_t kMaxJsonSymbolBytes = 16;
 // Runs are written in chunks that decode independently, on up to kMaxDecodeThreads.
 constexpr size_t kRunsPerChunk = 4096;
 constexpr unsigned kMaxDecodeThreads = 4;
 // Header: magic, then version, crc and size at these offsets.
 constexpr size_t kVersionOffset = 8, kCrcOffset = 12, kSizeOffset = 16;
-
-enum JsonTag : uint8_t {
-  kNull = 0, kFalse, kTrue, kInteger, kUnsigned, kFloat, kString, kArray, kObject, kBinary,
-};
-
-uint64_t ZigZag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
-int64_t UnZigZag(uint64_t u) { return static_cast<int64_t>((u >> 1) ^ (~(u & 1) + 1)); }
 
 constexpr std::array<std::array<uint32_t, 256>, 8> MakeCrcTables() {
   std::array<std::array<uint32_t, 256>, 8> t{};
@@ -55,143 +48,6 @@ constexpr std::array<std::array<uint32_t, 256>, 8> MakeCrcTables() {
   return t;
 }
 constexpr auto kCrcTables = MakeCrcTables();
-
-uint32_t Load32(const unsigned char* p) {
-  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
-}
-uint64_t Load64(const unsigned char* p) {
-  return static_cast<uint64_t>(Load32(p)) | static_cast<uint64_t>(Load32(p + 4)) << 32;
-}
-
-// ---------------------------------------------------------------------------
-// Encoding
-
-class Writer {
- public:
-  std::string& out() { return out_; }
-
-  // A writer for one chunk of runs: it starts from this one's string table (what
-  // the chunk adds stays its own) and from time 0, so chunks decode independently.
-  Writer ForChunk() const {
-    Writer w;
-    w.symbols_ = symbols_;
-    return w;
-  }
-
-  void U8(uint8_t v) { out_.push_back(static_cast<char>(v)); }
-  void Varint(uint64_t v) {
-    char buf[10];
-    size_t n = 0;
-    while (v >= 0x80) {
-      buf[n++] = static_cast<char>(v | 0x80);
-      v >>= 7;
-    }
-    buf[n++] = static_cast<char>(v);
-    out_.append(buf, n);
-  }
-  void Svarint(int64_t v) { Varint(ZigZag(v)); }
-  void Fixed32(uint32_t v) {
-    char buf[4];
-    for (int i = 0; i < 4; ++i) buf[i] = static_cast<char>(v >> (8 * i));
-    out_.append(buf, 4);
-  }
-  void Fixed64(uint64_t v) {
-    char buf[8];
-    for (int i = 0; i < 8; ++i) buf[i] = static_cast<char>(v >> (8 * i));
-    out_.append(buf, 8);
-  }
-
-  // A string written inline (ids, payloads).
-  void Str(std::string_view s) {
-    Varint(static_cast<uint64_t>(s.size()) << 2);
-    out_.append(s);
-  }
-  // A string likely to repeat: the first time inline (and into the table), later
-  // as its table index. The views stay valid: they point into the State encoded.
-  void Sym(std::string_view s) {
-    if (s.empty() || s.size() > kMaxSymbolBytes) return Str(s);
-    auto [it, inserted] = symbols_.try_emplace(s, static_cast<uint32_t>(symbols_.size()));
-    if (!inserted) return Varint(static_cast<uint64_t>(it->second) << 2 | 2);
-    Varint(static_cast<uint64_t>(s.size()) << 2 | 1);
-    out_.append(s);
-  }
-
-  void Time(TimePoint t) {
-    if (t == TimePoint{}) return Varint(1);
-    int64_t us = ToMicros(t);
-    // Wrapping difference: the decoder adds it back the same way.
-    auto d = static_cast<int64_t>(static_cast<uint64_t>(us) - static_cast<uint64_t>(time_base_));
-    constexpr int64_t kLimit = int64_t{1} << 61;
-    if (d >= -kLimit && d < kLimit) {
-      Varint(ZigZag(d) << 1);
-    } else {
-      Varint(5);
-      Svarint(us);
-    }
-    time_base_ = us;
-  }
-  void OptTime(const std::optional<TimePoint>& t) {
-    if (!t) return Varint(3);
-    Time(*t);
-  }
-  void OptInt(const std::optional<int>& v) { Varint(v ? ZigZag(*v) + 1 : 0); }
-
-  void Json(const epoch::Json& j) {
-    using V = epoch::Json::value_t;
-    switch (j.type()) {
-      case V::null:
-      case V::discarded:  // never held in a State; kept as null
-        return U8(kNull);
-      case V::boolean:
-        return U8(*j.get_ptr<const epoch::Json::boolean_t*>() ? kTrue : kFalse);
-      case V::number_integer:
-        U8(kInteger);
-        return Svarint(*j.get_ptr<const epoch::Json::number_integer_t*>());
-      case V::number_unsigned:
-        U8(kUnsigned);
-        return Varint(*j.get_ptr<const epoch::Json::number_unsigned_t*>());
-      case V::number_float:
-        U8(kFloat);
-        return Fixed64(std::bit_cast<uint64_t>(*j.get_ptr<const epoch::Json::number_float_t*>()));
-      case V::string: {
-        U8(kString);
-        const auto& s = *j.get_ptr<const epoch::Json::string_t*>();
-        return s.size() <= kMaxJsonSymbolBytes ? Sym(s) : Str(s);
-      }
-      case V::array: {
-        const auto& a = *j.get_ptr<const epoch::Json::array_t*>();
-        U8(kArray);
-        Varint(a.size());
-        for (const auto& e : a) Json(e);
-        return;
-      }
-      case V::object: {
-        const auto& o = *j.get_ptr<const epoch::Json::object_t*>();
-        U8(kObject);
-        Varint(o.size());
-        for (const auto& [k, v] : o) {
-          Sym(k);
-          Json(v);
-        }
-        return;
-      }
-      case V::binary: {
-        const auto& b = j.get_binary();
-        U8(kBinary);
-        Varint(b.size());
-        out_.append(reinterpret_cast<const char*>(b.data()), b.size());
-        U8(b.has_subtype() ? 1 : 0);
-        return Varint(b.has_subtype() ? b.subtype() : 0);
-      }
-    }
-  }
-
- private:
-  std::string out_;
-  std::unordered_map<std::string_view, uint32_t> symbols_;
-  int64_t time_base_ = 0;
-};
 
 // Every distinct definition once: by pointer, else by digest (an equal digest is an
 // equal source, and definitions are immutable, so sharing one is safe).
@@ -221,58 +77,155 @@ class DefTable {
   std::unordered_map<std::string_view, uint64_t> by_digest_;
 };
 
-void WriteWorker(Writer& w, const Worker& k) {
-  w.Svarint(k.rank);
-  w.Svarint(k.local_rank);
-  w.U8(static_cast<uint8_t>(k.phase));
-  w.Sym(k.container);
-  w.Json(k.gpus);
-  w.Json(k.gpu_uuids);
-  w.OptInt(k.exit_code);
-  w.OptInt(k.signal);
-  w.Sym(k.reason);
-  w.Json(k.usage);
-  w.Time(k.started_at);
-  w.Time(k.finished_at);
-  w.Json(k.metrics);
-  w.Json(k.outputs);
-}
+}  // namespace
 
-void WriteAttempt(Writer& w, const Attempt& a) {
-  w.Svarint(a.number);
-  w.U8(static_cast<uint8_t>(a.phase));
-  w.Svarint(a.resources.cpu_millis);
-  w.Svarint(a.resources.memory_bytes);
-  w.Svarint(a.resources.gpus);
-  w.Json(a.argv);
-  w.Json(a.env);
-  w.Svarint(a.timeout_ms);
-  w.Sym(a.container);
-  w.Json(a.gpus);
-  w.Json(a.gpu_uuids);
-  w.OptInt(a.exit_code);
-  w.OptInt(a.signal);
-  w.Sym(a.reason);
-  w.Json(a.usage);
-  w.Varint(a.queue_seq);
-  w.Svarint(a.workers);
-  w.Varint(a.ranks.size());
-  for (const auto& k : a.ranks) WriteWorker(w, k);
-  w.Sym(a.master_addr);
-  w.Svarint(a.master_port);
-  w.Time(a.queued_at);
-  w.Time(a.assigned_at);
-  w.Time(a.started_at);
-  w.Time(a.finished_at);
-  w.Str(a.cache_key);
-  w.Str(a.cached_from);
-  w.Svarint(a.trial);
-  w.Json(a.trial_params);
-  w.Json(a.metrics);
-  w.Json(a.outputs);
-  w.Json(a.log);
-  w.Json(a.mounts);
-}
+// ---------------------------------------------------------------------------
+// The field lists (snapshot_codec.h says how they are used).
+namespace snapshot_internal {
+
+template <>
+struct SnapList<workflows::Resources> {  // what the scheduler reserved (the rest is the
+                                         // definition's)
+  static constexpr auto Fields() {
+    using R = workflows::Resources;
+    return std::tuple{Plain(&R::cpu_millis, "cpu_millis"), Plain(&R::memory_bytes, "memory_bytes"),
+                      Plain(&R::gpus, "gpus")};
+  }
+};
+
+template <>
+struct SnapList<Worker> {
+  static constexpr auto Fields() {
+    return std::tuple{Plain(&Worker::rank, "rank"),
+                      Plain(&Worker::local_rank, "local_rank"),
+                      Enum(&Worker::phase, AttemptPhase::kLost, "worker phase"),
+                      Sym(&Worker::container, "container"),
+                      Plain(&Worker::gpus, "gpus"),
+                      Plain(&Worker::gpu_uuids, "gpu_uuids"),
+                      Plain(&Worker::exit_code, "exit_code"),
+                      Plain(&Worker::signal, "signal"),
+                      Sym(&Worker::reason, "reason"),
+                      Plain(&Worker::usage, "usage"),
+                      Plain(&Worker::started_at, "started_at"),
+                      Plain(&Worker::finished_at, "finished_at"),
+                      Plain(&Worker::metrics, "metrics"),
+                      Plain(&Worker::outputs, "outputs")};
+  }
+};
+
+template <>
+struct SnapList<Attempt> {
+  static constexpr auto Fields() {
+    return std::tuple{Plain(&Attempt::number, "attempt number"),
+                      Enum(&Attempt::phase, AttemptPhase::kLost, "attempt phase"),
+                      Plain(&Attempt::resources, "resources"),
+                      Plain(&Attempt::argv, "argv"),
+                      Plain(&Attempt::env, "env"),
+                      Plain(&Attempt::timeout_ms, "timeout_ms"),
+                      Sym(&Attempt::container, "container"),
+                      Plain(&Attempt::gpus, "gpus"),
+                      Plain(&Attempt::gpu_uuids, "gpu_uuids"),
+                      Plain(&Attempt::exit_code, "exit_code"),
+                      Plain(&Attempt::signal, "signal"),
+                      Sym(&Attempt::reason, "reason"),
+                      Plain(&Attempt::usage, "usage"),
+                      Plain(&Attempt::queue_seq, "queue_seq"),
+                      Plain(&Attempt::workers, "workers"),
+                      Plain(&Attempt::ranks, "workers"),
+                      Sym(&Attempt::master_addr, "master_addr"),
+                      Plain(&Attempt::master_port, "master_port"),
+                      Plain(&Attempt::queued_at, "queued_at"),
+                      Plain(&Attempt::assigned_at, "assigned_at"),
+                      Plain(&Attempt::started_at, "started_at"),
+                      Plain(&Attempt::finished_at, "finished_at"),
+                      Plain(&Attempt::cache_key, "cache_key"),
+                      Plain(&Attempt::cached_from, "cached_from"),
+                      Plain(&Attempt::trial, "trial"),
+                      Plain(&Attempt::trial_params, "trial_params"),
+                      Plain(&Attempt::metrics, "metrics"),
+                      Plain(&Attempt::outputs, "outputs"),
+                      Plain(&Attempt::log, "log"),
+                      Plain(&Attempt::mounts, "mounts")};
+  }
+};
+
+template <>
+struct SnapList<StepRun> {
+  static constexpr auto Fields() {
+    return std::tuple{Sym(&StepRun::name, "step name"),
+                      Enum(&StepRun::phase, StepPhase::kCancelled, "step phase"),
+                      Plain(&StepRun::attempts, "attempts"),
+                      Plain(&StepRun::metrics, "metrics"),
+                      Plain(&StepRun::outputs, "outputs"),
+                      Sym(&StepRun::reason, "reason"),
+                      Plain(&StepRun::retry_at, "retry_at"),
+                      Plain(&StepRun::next_attempt, "next_attempt"),
+                      Plain(&StepRun::round_start, "round_start"),
+                      Plain(&StepRun::best, "best")};
+  }
+};
+
+template <>
+struct SnapList<ArtifactVersion> {
+  static constexpr auto Fields() {
+    using A = ArtifactVersion;
+    return std::tuple{Plain(&A::version, "version"),
+                      Plain(&A::digest, "digest"),
+                      Plain(&A::run, "run"),
+                      Sym(&A::step, "step"),
+                      Plain(&A::attempt, "attempt"),
+                      Plain(&A::outputs, "outputs"),
+                      Plain(&A::registered_at, "registered_at"),
+                      Sym(&A::workflow, "workflow"),
+                      Plain(&A::workflow_version, "workflow_version"),
+                      Plain(&A::params, "params"),
+                      Plain(&A::datasets, "datasets"),
+                      Plain(&A::metrics, "metrics"),
+                      Plain(&A::validated_by, "validated_by")};
+  }
+};
+
+// The container's id is its key in State::containers, written before the rest.
+template <>
+struct SnapList<Container> {
+  static constexpr size_t kOutside = 1;  // id
+  static constexpr auto Fields() {
+    return std::tuple{Enum(&Container::phase, ContainerPhase::kReleased, "container phase"),
+                      Sym(&Container::backend, "backend"),
+                      Plain(&Container::handle, "handle"),
+                      Sym(&Container::host, "host"),
+                      Sym(&Container::reason, "reason"),
+                      Plain(&Container::pid, "pid"),
+                      Plain(&Container::cpu_millis, "cpu_millis"),
+                      Plain(&Container::memory_bytes, "memory_bytes"),
+                      Plain(&Container::gpus, "gpus"),
+                      Plain(&Container::cuda, "cuda"),
+                      Plain(&Container::requested_gpus, "requested_gpus"),
+                      Sym(&Container::request_reason, "request_reason"),
+                      Plain(&Container::requested_at, "requested_at"),
+                      Plain(&Container::idle_since, "idle_since"),
+                      Plain(&Container::registered_at, "registered_at"),
+                      Plain(&Container::ended_at, "ended_at"),
+                      Plain(&Container::used_cpu, "used_cpu"),
+                      Plain(&Container::used_memory, "used_memory"),
+                      Sym(&Container::busy_gpus, "busy_gpus"),
+                      Plain(&Container::attempts, "container attempts"),
+                      Plain(&Container::credential_sha256, "credential_sha256"),
+                      Plain(&Container::isolation, "isolation"),
+                      Plain(&Container::enforcement, "enforcement")};
+  }
+};
+
+static_assert(ListsEveryMember<Worker>(), "a Worker member is missing from SnapList<Worker>");
+static_assert(ListsEveryMember<Attempt>(), "an Attempt member is missing from SnapList<Attempt>");
+static_assert(ListsEveryMember<StepRun>(), "a StepRun member is missing from SnapList<StepRun>");
+static_assert(ListsEveryMember<ArtifactVersion>(),
+              "an ArtifactVersion member is missing from SnapList<ArtifactVersion>");
+static_assert(ListsEveryMember<Container>(),
+              "a Container member is missing from SnapList<Container>");
+}  // namespace snapshot_internal
+
+namespace {
 
 void WriteRun(Writer& w, DefTable& defs, const Run& r) {
   w.Str(r.id);
@@ -295,48 +248,12 @@ void WriteRun(Writer& w, DefTable& defs, const Run& r) {
   w.OptTime(r.started_at);
   w.OptTime(r.finished_at);
   w.Varint(r.steps.size());
-  for (const auto& st : r.steps) {
-    w.Sym(st.name);
-    w.U8(static_cast<uint8_t>(st.phase));
-    w.Varint(st.attempts.size());
-    for (const auto& a : st.attempts) WriteAttempt(w, a);
-    w.Json(st.metrics);
-    w.Json(st.outputs);
-    w.Sym(st.reason);
-    w.OptTime(st.retry_at);
-    w.Svarint(st.next_attempt);
-    w.Svarint(st.round_start);
-    w.Json(st.best);
-  }
+  for (const auto& st : r.steps) WriteFields(w, st);
 }
 
 void WriteContainer(Writer& w, const Container& c) {
   w.Sym(c.id);
-  w.U8(static_cast<uint8_t>(c.phase));
-  w.Sym(c.backend);
-  w.Str(c.handle);
-  w.Sym(c.host);
-  w.Sym(c.reason);
-  w.Svarint(c.pid);
-  w.Svarint(c.cpu_millis);
-  w.Svarint(c.memory_bytes);
-  w.Json(c.gpus);
-  w.Json(c.cuda);
-  w.Svarint(c.requested_gpus);
-  w.Sym(c.request_reason);
-  w.Time(c.requested_at);
-  w.Time(c.idle_since);
-  w.OptTime(c.registered_at);
-  w.OptTime(c.ended_at);
-  w.Svarint(c.used_cpu);
-  w.Svarint(c.used_memory);
-  w.Varint(c.busy_gpus.size());
-  for (const auto& g : c.busy_gpus) w.Sym(g);
-  w.Varint(c.attempts.size());
-  for (const auto& a : c.attempts) w.Str(a);
-  w.Str(c.credential_sha256);
-  w.Json(c.isolation);
-  w.Json(c.enforcement);
+  WriteFields(w, c);
 }
 
 // True when runs_by_seq is exactly what the runs imply, so it need not be written.
@@ -363,21 +280,7 @@ void WriteLineage(Writer& w, const State& s) {
     for (const auto& [name, versions] : *all) {
       w.Sym(name);
       w.Varint(versions.size());
-      for (const auto& v : versions) {
-        w.Svarint(v.version);
-        w.Str(v.digest);
-        w.Str(v.run);
-        w.Sym(v.step);
-        w.Svarint(v.attempt);
-        w.Json(v.outputs);
-        w.Time(v.registered_at);
-        w.Sym(v.workflow);
-        w.Svarint(v.workflow_version);
-        w.Json(v.params);
-        w.Json(v.datasets);
-        w.Json(v.metrics);
-        w.Json(v.validated_by);
-      }
+      for (const auto& v : versions) WriteFields(w, v);
     }
   }
   size_t n = 0;
@@ -526,292 +429,6 @@ std::string Encode(const State& s) {
   return std::move(out);
 }
 
-// ---------------------------------------------------------------------------
-// Decoding. After the first error every read returns a zero value and consumes
-// nothing, so loops end at once; the caller checks ok() and reports error().
-
-class Reader {
- public:
-  explicit Reader(std::string_view body)
-      : begin_(reinterpret_cast<const unsigned char*>(body.data())),
-        p_(begin_),
-        end_(begin_ + body.size()) {}
-  // Reads body[from, to) with `symbols` as the string table so far (offsets in
-  // errors stay relative to the whole body).
-  Reader(std::string_view body, size_t from, size_t to, std::vector<std::string_view> symbols)
-      : begin_(reinterpret_cast<const unsigned char*>(body.data())),
-        p_(begin_ + from),
-        end_(begin_ + to),
-        symbols_(std::move(symbols)) {}
-
-  bool ok() const { return error_.empty(); }
-  size_t offset() const { return static_cast<size_t>(p_ - begin_); }
-  const std::vector<std::string_view>& symbols() const { return symbols_; }
-  const std::string& error() const { return error_; }
-  size_t remaining() const { return static_cast<size_t>(end_ - p_); }
-  void set_where(std::string_view where) { where_ = where; }
-
-  void Fail(std::string_view what) {
-    if (!ok()) return;
-    error_ = "snapshot corrupt at body byte " + std::to_string(p_ - begin_);
-    if (!where_.empty()) error_ += " (" + std::string(where_) + ")";
-    error_ += ": ";
-    error_ += what;
-    p_ = end_;
-  }
-
-  uint8_t U8() {
-    if (p_ == end_) {
-      Fail("truncated");
-      return 0;
-    }
-    return *p_++;
-  }
-  uint64_t Varint() {
-    if (p_ != end_ && *p_ < 0x80) return *p_++;
-    uint64_t v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (p_ == end_) {
-        Fail("truncated varint");
-        return 0;
-      }
-      uint8_t b = *p_++;
-      if (shift == 63 && b > 1) {
-        Fail("varint overflows 64 bits");
-        return 0;
-      }
-      v |= static_cast<uint64_t>(b & 0x7f) << shift;
-      if (!(b & 0x80)) return v;
-    }
-    Fail("varint longer than 10 bytes");  // not reached: shift 63 ends the loop
-    return 0;
-  }
-  int64_t Svarint() { return UnZigZag(Varint()); }
-  int Int(const char* what) {
-    int64_t v = Svarint();
-    if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max()) {
-      Fail(std::string(what) + " out of range");
-      return 0;
-    }
-    return static_cast<int>(v);
-  }
-  // Skips n bytes (n <= remaining(), as Count checks).
-  void Skip(size_t n) { p_ += std::min(n, remaining()); }
-  uint64_t Fixed64() {
-    if (remaining() < 8) {
-      Fail("truncated");
-      return 0;
-    }
-    uint64_t v = Load64(p_);
-    p_ += 8;
-    return v;
-  }
-  bool Bool(const char* what) {
-    uint8_t v = U8();
-    if (v > 1) Fail(std::string(what) + " is not 0 or 1");
-    return v == 1;
-  }
-  template <typename E>
-  E Enum(E max, const char* what) {
-    uint8_t v = U8();
-    if (v > static_cast<uint8_t>(max)) {
-      Fail(std::string("unknown ") + what + " " + std::to_string(v));
-      return E{};
-    }
-    return static_cast<E>(v);
-  }
-  // An element count; each element takes at least one byte, so a count larger
-  // than what is left is corrupt (and never allocates).
-  size_t Count(const char* what) {
-    uint64_t n = Varint();
-    if (n > remaining()) {
-      Fail(std::string(what) + " count " + std::to_string(n) + " exceeds the bytes left");
-      return 0;
-    }
-    return static_cast<size_t>(n);
-  }
-
-  // A view into the input (which outlives the decode) or into the table (ditto).
-  std::string_view Str() {
-    uint64_t v = Varint();
-    uint64_t x = v >> 2;
-    switch (v & 3) {
-      case 0:
-      case 1: {
-        if (x > remaining()) {
-          Fail("string of " + std::to_string(x) + " bytes runs past the end");
-          return {};
-        }
-        std::string_view s(reinterpret_cast<const char*>(p_), static_cast<size_t>(x));
-        p_ += x;
-        if (v & 1) symbols_.push_back(s);
-        return s;
-      }
-      case 2:
-        if (x >= symbols_.size()) {
-          Fail("string table index " + std::to_string(x) + " of " +
-               std::to_string(symbols_.size()));
-          return {};
-        }
-        return symbols_[static_cast<size_t>(x)];
-      default:
-        Fail("bad string tag");
-        return {};
-    }
-  }
-  void Str(std::string& out) { out.assign(Str()); }
-
-  TimePoint Time() {
-    bool null = false;
-    TimePoint t = TimeImpl(false, &null);
-    return t;
-  }
-  std::optional<TimePoint> OptTime() {
-    bool null = false;
-    TimePoint t = TimeImpl(true, &null);
-    if (null) return std::nullopt;
-    return t;
-  }
-  std::optional<int> OptInt(const char* what) {
-    uint64_t v = Varint();
-    if (v == 0) return std::nullopt;
-    int64_t x = UnZigZag(v - 1);
-    if (x < std::numeric_limits<int>::min() || x > std::numeric_limits<int>::max()) {
-      Fail(std::string(what) + " out of range");
-      return std::nullopt;
-    }
-    return static_cast<int>(x);
-  }
-
-  // Reads into `out`, reusing its storage when it already has the right type
-  // (default-constructed State members start as empty arrays and objects).
-  void Json(epoch::Json& out, int depth = 0) {
-    uint8_t tag = U8();
-    if (!ok()) return;
-    switch (tag) {
-      case kNull:
-        out = nullptr;
-        return;
-      case kFalse:
-      case kTrue:
-        out = tag == kTrue;
-        return;
-      case kInteger:
-        out = static_cast<epoch::Json::number_integer_t>(Svarint());
-        return;
-      case kUnsigned:
-        out = static_cast<epoch::Json::number_unsigned_t>(Varint());
-        return;
-      case kFloat:
-        out = std::bit_cast<double>(Fixed64());
-        return;
-      case kString: {
-        std::string_view s = Str();
-        if (auto* str = out.get_ptr<epoch::Json::string_t*>()) {
-          str->assign(s);
-        } else {
-          out = std::string(s);
-        }
-        return;
-      }
-      case kArray: {
-        size_t n = Count("array");
-        if (depth >= kMaxJsonDepth) return Fail("JSON nested too deeply");
-        if (!out.is_array()) out = epoch::Json::array();
-        auto& a = *out.get_ptr<epoch::Json::array_t*>();
-        a.clear();
-        a.reserve(n);
-        for (size_t i = 0; i < n && ok(); ++i) Json(a.emplace_back(), depth + 1);
-        return;
-      }
-      case kObject: {
-        size_t n = Count("object");
-        if (depth >= kMaxJsonDepth) return Fail("JSON nested too deeply");
-        if (!out.is_object()) out = epoch::Json::object();
-        auto& o = *out.get_ptr<epoch::Json::object_t*>();
-        o.clear();
-        for (size_t i = 0; i < n && ok(); ++i) {
-          std::string_view key = Str();
-          if (!o.empty() && !(o.rbegin()->first < key)) return Fail("JSON keys out of order");
-          auto it = o.emplace_hint(o.end(), std::piecewise_construct, std::forward_as_tuple(key),
-                                   std::forward_as_tuple());
-          Json(it->second, depth + 1);
-        }
-        return;
-      }
-      case kBinary: {
-        size_t n = Count("binary");
-        std::vector<uint8_t> bytes(p_, p_ + n);
-        p_ += n;
-        bool has_subtype = Bool("binary subtype flag");
-        uint64_t subtype = Varint();
-        out = has_subtype ? epoch::Json::binary(std::move(bytes), subtype)
-                          : epoch::Json::binary(std::move(bytes));
-        return;
-      }
-      default:
-        Fail("unknown JSON tag " + std::to_string(tag));
-    }
-  }
-
- private:
-  TimePoint TimeImpl(bool optional, bool* null) {
-    uint64_t v = Varint();
-    if ((v & 1) == 0) {
-      time_base_ = static_cast<int64_t>(static_cast<uint64_t>(time_base_) +
-                                        static_cast<uint64_t>(UnZigZag(v >> 1)));
-      return FromMicros(time_base_);
-    }
-    switch (v >> 1) {
-      case 0:
-        return TimePoint{};
-      case 1:
-        if (!optional) Fail("missing time");
-        *null = true;
-        return TimePoint{};
-      case 2:
-        time_base_ = Svarint();
-        return FromMicros(time_base_);
-      default:
-        Fail("bad time tag");
-        return TimePoint{};
-    }
-  }
-
-  const unsigned char* begin_;
-  const unsigned char* p_;
-  const unsigned char* end_;
-  std::vector<std::string_view> symbols_;
-  int64_t time_base_ = 0;
-  std::string_view where_;
-  std::string error_;
-};
-
-// Appends to a sorted container, refusing keys that are not strictly increasing
-// (a valid snapshot writes them in order, so this also keeps duplicates out).
-template <typename C, typename K, typename... V>
-typename C::iterator AppendSorted(Reader& r, C& c, K&& key, const char* what, V&&... value) {
-  if (!c.empty()) {
-    auto last = std::prev(c.end());
-    if constexpr (requires { typename C::mapped_type; }) {
-      if (!(last->first < key)) r.Fail(std::string(what) + " out of order");
-    } else {
-      if (!(*last < key)) r.Fail(std::string(what) + " out of order");
-    }
-  }
-  if (!r.ok()) return c.end();
-  if constexpr (sizeof...(V) == 0) {
-    if constexpr (requires { typename C::mapped_type; }) {
-      return c.emplace_hint(c.end(), std::piecewise_construct,
-                            std::forward_as_tuple(std::forward<K>(key)), std::forward_as_tuple());
-    } else {
-      return c.emplace_hint(c.end(), std::forward<K>(key));
-    }
-  } else {
-    return c.emplace_hint(c.end(), std::forward<K>(key), std::forward<V>(value)...);
-  }
-}
-
 // Decodes runs (and definition references) against the definitions read before.
 class RunReader {
  public:
@@ -863,75 +480,8 @@ class RunReader {
     run.steps.resize(n);
     for (auto& st : run.steps) {
       if (!r_.ok()) return;
-      r_.Str(st.name);
-      st.phase = r_.Enum(StepPhase::kCancelled, "step phase");
-      size_t m = r_.Count("attempts");
-      st.attempts.resize(m);
-      for (auto& a : st.attempts) {
-        if (!r_.ok()) return;
-        ReadAttempt(a);
-      }
-      r_.Json(st.metrics);
-      r_.Json(st.outputs);
-      r_.Str(st.reason);
-      st.retry_at = r_.OptTime();
-      st.next_attempt = r_.Int("next_attempt");
-      st.round_start = r_.Int("round_start");
-      r_.Json(st.best);
+      ReadFields(r_, st);
     }
-  }
-
-  void ReadAttempt(Attempt& a) {
-    a.number = r_.Int("attempt number");
-    a.phase = r_.Enum(AttemptPhase::kLost, "attempt phase");
-    a.resources.cpu_millis = r_.Svarint();
-    a.resources.memory_bytes = r_.Svarint();
-    a.resources.gpus = r_.Int("gpus");
-    r_.Json(a.argv);
-    r_.Json(a.env);
-    a.timeout_ms = r_.Svarint();
-    r_.Str(a.container);
-    r_.Json(a.gpus);
-    r_.Json(a.gpu_uuids);
-    a.exit_code = r_.OptInt("exit_code");
-    a.signal = r_.OptInt("signal");
-    r_.Str(a.reason);
-    r_.Json(a.usage);
-    a.queue_seq = r_.Varint();
-    a.workers = r_.Int("workers");
-    size_t n = r_.Count("workers");
-    a.ranks.resize(n);
-    for (auto& k : a.ranks) {
-      if (!r_.ok()) return;
-      k.rank = r_.Int("rank");
-      k.local_rank = r_.Int("local_rank");
-      k.phase = r_.Enum(AttemptPhase::kLost, "worker phase");
-      r_.Str(k.container);
-      r_.Json(k.gpus);
-      r_.Json(k.gpu_uuids);
-      k.exit_code = r_.OptInt("exit_code");
-      k.signal = r_.OptInt("signal");
-      r_.Str(k.reason);
-      r_.Json(k.usage);
-      k.started_at = r_.Time();
-      k.finished_at = r_.Time();
-      r_.Json(k.metrics);
-      r_.Json(k.outputs);
-    }
-    r_.Str(a.master_addr);
-    a.master_port = r_.Int("master_port");
-    a.queued_at = r_.Time();
-    a.assigned_at = r_.Time();
-    a.started_at = r_.Time();
-    a.finished_at = r_.Time();
-    r_.Str(a.cache_key);
-    r_.Str(a.cached_from);
-    a.trial = r_.Int("trial");
-    r_.Json(a.trial_params);
-    r_.Json(a.metrics);
-    r_.Json(a.outputs);
-    r_.Json(a.log);
-    r_.Json(a.mounts);
   }
 
   Reader& r_;
@@ -960,7 +510,7 @@ class StateReader {
       auto it = AppendSorted(r_, s.containers, std::string(r_.Str()), "containers");
       if (it != s.containers.end()) {
         it->second.id = it->first;
-        ReadContainer(it->second);
+        ReadFields(r_, it->second);
       }
     }
     r_.set_where("queue");
@@ -1052,19 +602,7 @@ class StateReader {
         std::vector<ArtifactVersion> versions;
         for (size_t k = 0; k < m && r_.ok(); ++k) {
           ArtifactVersion v;
-          v.version = r_.Int("version");
-          r_.Str(v.digest);
-          r_.Str(v.run);
-          r_.Str(v.step);
-          v.attempt = r_.Int("attempt");
-          r_.Json(v.outputs);
-          v.registered_at = r_.Time();
-          r_.Str(v.workflow);
-          v.workflow_version = r_.Int("workflow_version");
-          r_.Json(v.params);
-          r_.Json(v.datasets);
-          r_.Json(v.metrics);
-          r_.Json(v.validated_by);
+          ReadFields(r_, v);
           if (v.version != static_cast<int>(versions.size()) + 1) {
             r_.Fail("artifact versions out of order");
           }
@@ -1210,38 +748,6 @@ class StateReader {
     } else {
       r_.Fail("unknown runs_by_seq mode");
     }
-  }
-
-  void ReadContainer(Container& c) {
-    c.phase = r_.Enum(ContainerPhase::kReleased, "container phase");
-    r_.Str(c.backend);
-    r_.Str(c.handle);
-    r_.Str(c.host);
-    r_.Str(c.reason);
-    c.pid = r_.Svarint();
-    c.cpu_millis = r_.Svarint();
-    c.memory_bytes = r_.Svarint();
-    r_.Json(c.gpus);
-    r_.Json(c.cuda);
-    c.requested_gpus = r_.Int("requested_gpus");
-    r_.Str(c.request_reason);
-    c.requested_at = r_.Time();
-    c.idle_since = r_.Time();
-    c.registered_at = r_.OptTime();
-    c.ended_at = r_.OptTime();
-    c.used_cpu = r_.Svarint();
-    c.used_memory = r_.Svarint();
-    size_t n = r_.Count("busy_gpus");
-    for (size_t i = 0; i < n && r_.ok(); ++i) {
-      AppendSorted(r_, c.busy_gpus, std::string(r_.Str()), "busy_gpus");
-    }
-    n = r_.Count("container attempts");
-    for (size_t i = 0; i < n && r_.ok(); ++i) {
-      AppendSorted(r_, c.attempts, std::string(r_.Str()), "container attempts");
-    }
-    r_.Str(c.credential_sha256);
-    r_.Json(c.isolation);
-    r_.Json(c.enforcement);
   }
 
   std::string_view body_;

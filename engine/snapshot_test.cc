@@ -796,18 +796,16 @@ TEST(SnapshotTest, MalformedBodiesNameTheProblem) {
   }
 }
 
-// Every field of State is encoded; this fails when one is added (or removed) so the
-// change is made here too. Update snapshot.cc (both directions) and, for anything
-// an older snapshot cannot hold, kSnapshotFormatVersion; then the sizes below.
+// Every field of State is encoded. Worker, Attempt, StepRun, Container and
+// ArtifactVersion are encoded by a field list each (snapshot.cc), and a static_assert
+// there fails the build when one of them gains a member its list lacks. State, Run and
+// WorkflowVersion are still written by hand: this fails when one of them is changed,
+// so that snapshot.cc (both directions) and, for anything an older snapshot cannot
+// hold, kSnapshotFormatVersion are updated too; then the sizes below.
 TEST(SnapshotTest, StateLayoutIsTheOneTheCodecKnows) {
 #if defined(__GLIBCXX__) && defined(__x86_64__) && !defined(_GLIBCXX_DEBUG)
   EXPECT_EQ(sizeof(State), 664u) << "State changed: update the snapshot codec";
   EXPECT_EQ(sizeof(engine::Run), 544u) << "Run changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(ArtifactVersion), 240u) << "ArtifactVersion changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(StepRun), 168u) << "StepRun changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(Attempt), 464u) << "Attempt changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(Worker), 192u) << "Worker changed: update the snapshot codec";
-  EXPECT_EQ(sizeof(Container), 488u) << "Container changed: update the snapshot codec";
   EXPECT_EQ(sizeof(WorkflowVersion), 160u) << "WorkflowVersion changed: update the snapshot codec";
 #else
   GTEST_SKIP() << "sizes are recorded for libstdc++ on x86-64";
