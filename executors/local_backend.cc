@@ -94,8 +94,9 @@ Result<std::string> LocalBackend::Launch(const engine::ContainerSpec& spec) {
   int fds[2];
   if (!null || pipe2(fds, O_CLOEXEC) != 0) return Errno("pipe2");
   UniqueFd read_end(fds[0]);
-  UniqueFd write_end(fcntl(fds[1], F_DUPFD_CLOEXEC, 3));  // keep it off 0..2
-  close(fds[1]);
+  UniqueFd pipe_write(fds[1]);
+  UniqueFd write_end(fcntl(pipe_write.get(), F_DUPFD_CLOEXEC, 3));  // keep it off 0..2
+  pipe_write.reset();
   if (!write_end) return Errno("fcntl");
   // The child uses these numbers; it execs or _exits, so no destructor runs there.
   const int wfd = write_end.get(), null_fd = null.get(), log_fd = log.get();

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 
+#include "common/fd.h"
 #include "common/files.h"
 #include "common/mutex.h"
 #include "common/sha256.h"
@@ -48,13 +49,11 @@ Result<std::string> HashFd(int fd, uint64_t* size) {
 // at the top; regular files only. Walked by fd, never following a symlink: the step's
 // user owns this folder, and another step of its run may still be running.
 void WalkOutputs(int dir_fd, const std::string& prefix, Json& out, bool& truncated) {
-  int dup_fd = dup(dir_fd);
-  if (dup_fd < 0) return;
-  DIR* d = fdopendir(dup_fd);
-  if (!d) {
-    close(dup_fd);
-    return;
-  }
+  UniqueFd dup_fd(dup(dir_fd));
+  if (!dup_fd) return;
+  DIR* d = fdopendir(dup_fd.get());
+  if (!d) return;
+  (void)dup_fd.release();  // the DIR owns it now: closedir closes it
   std::vector<std::string> names;
   while (struct dirent* e = readdir(d)) {
     std::string n = e->d_name;
@@ -67,10 +66,9 @@ void WalkOutputs(int dir_fd, const std::string& prefix, Json& out, bool& truncat
     struct stat st;
     if (fstatat(dir_fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
     if (S_ISDIR(st.st_mode)) {
-      int sub = openat(dir_fd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (sub < 0) continue;
-      WalkOutputs(sub, rel, out, truncated);
-      close(sub);
+      UniqueFd sub(openat(dir_fd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (!sub) continue;
+      WalkOutputs(sub.get(), rel, out, truncated);
     } else if (S_ISREG(st.st_mode)) {
       if (rel == "metrics.json") continue;
       if (out.size() >= kMaxOutputs) {
@@ -78,11 +76,10 @@ void WalkOutputs(int dir_fd, const std::string& prefix, Json& out, bool& truncat
         return;
       }
       Json entry{{"name", rel}, {"size", static_cast<uint64_t>(st.st_size)}};
-      int fd = openat(dir_fd, n.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+      UniqueFd fd(openat(dir_fd, n.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
       uint64_t size = 0;
-      auto hex = fd >= 0 ? HashFd(fd, &size)
-                         : Result<std::string>(Internal(rel + ": " + std::strerror(errno)));
-      if (fd >= 0) close(fd);
+      auto hex = fd ? HashFd(fd.get(), &size)
+                    : Result<std::string>(Internal(rel + ": " + std::strerror(errno)));
       if (hex.ok()) {
         entry["size"] = size;
         entry["sha256"] = *hex;
@@ -109,20 +106,20 @@ Json ReadMetrics(int dir_fd, std::string* error) {
     *error = "metrics.json is larger than " + std::to_string(kMaxMetricsBytes) + " bytes";
     return Json::object();
   }
-  int fd = openat(dir_fd, "metrics.json", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) {
+  UniqueFd fd(openat(dir_fd, "metrics.json", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (!fd) {
     *error = std::string("metrics.json: ") + std::strerror(errno);
     return Json::object();
   }
   std::string text;
   char buf[4096];
   while (text.size() <= kMaxMetricsBytes) {
-    ssize_t n = read(fd, buf, sizeof(buf));
+    ssize_t n = read(fd.get(), buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     text.append(buf, static_cast<size_t>(n));
   }
-  close(fd);
+  fd.reset();
   if (text.size() > kMaxMetricsBytes) {
     *error = "metrics.json is larger than " + std::to_string(kMaxMetricsBytes) + " bytes";
     return Json::object();
@@ -261,22 +258,21 @@ Json Agent::Impl::BuildReport(const Ended& e) {
   if (e.exit && !e.a.outputs_dir.empty()) {
     // The outputs folder must be where it should be: a step that replaced it with a
     // symlink (to another run's outputs, to the agent's state) reports nothing.
-    int dir_fd = open(e.a.outputs_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    UniqueFd dir_fd(open(e.a.outputs_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     std::string where;
-    if (dir_fd >= 0) {
+    if (dir_fd) {
       char buf[PATH_MAX];
-      std::string self = "/proc/self/fd/" + std::to_string(dir_fd);
+      std::string self = "/proc/self/fd/" + std::to_string(dir_fd.get());
       ssize_t n = readlink(self.c_str(), buf, sizeof(buf) - 1);
       if (n > 0) where.assign(buf, static_cast<size_t>(n));
     }
     struct stat st;
-    if (dir_fd >= 0 && where == CanonicalFor(e.a.outputs_dir)) {
-      metrics = ReadMetrics(dir_fd, &metrics_error);
-      WalkOutputs(dir_fd, "", outputs, truncated);
+    if (dir_fd && where == CanonicalFor(e.a.outputs_dir)) {
+      metrics = ReadMetrics(dir_fd.get(), &metrics_error);
+      WalkOutputs(dir_fd.get(), "", outputs, truncated);
     } else if (lstat(e.a.outputs_dir.c_str(), &st) == 0) {
       report["outputs_error"] = "the outputs folder is not a folder of its own (a symlink?)";
     }
-    if (dir_fd >= 0) close(dir_fd);
   }
   report["metrics"] = std::move(metrics);
   if (!metrics_error.empty()) report["metrics_error"] = metrics_error;
