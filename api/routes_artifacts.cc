@@ -21,23 +21,14 @@ void ApiServer::Impl::ArtifactRoutes() {
       return model ? s.models : s.datasets;
     };
     // Names are per tenant (engine::ArtifactKey): each item says whose it is.
-    Get(base, Wrap(base, [this, all, model](const Request& req, Response& res) {
+    Get(base, Wrap(base, [this, model](const Request& req, Response& res) {
           std::string only = req.Param("tenant");
           if (req.HasParam("tenant") && !IsValidName(only)) {
             return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
           }
-          Json items = Json::array();
-          engine->Read([&](const engine::State& s) {
-            for (const auto& [key, versions] : all(s)) {
-              auto [tenant, name] = engine::SplitArtifactKey(key);
-              if (!Caller().Sees(tenant) || versions.empty()) continue;
-              if (!only.empty() && tenant != only) continue;
-              Json latest = engine::ArtifactToJson(name, versions.back(), model);
-              latest["tenant"] = tenant;
-              latest["versions"] = versions.size();
-              items.push_back(std::move(latest));
-            }
-            return 0;
+          Json items = engine->Read([&](const engine::State& s) {
+            return engine::ListArtifacts(
+                s, model, [](const std::string& t) { return Caller().Sees(t); }, only);
           });
           WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
         }));

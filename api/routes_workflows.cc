@@ -33,20 +33,8 @@ void ApiServer::Impl::WorkflowRoutes() {
                    Json{{"name", r->id}, {"version", r->version}, {"digest", r->digest}});
        }));
   Get("/v1/workflows", Wrap("/v1/workflows", [this](const Request&, Response& res) {
-        Json items = Json::array();
-        engine->Read([&](const engine::State& s) {
-          for (const auto& [name, versions] : s.workflows) {
-            if (!Caller().Sees(versions.front().tenant)) continue;
-            const auto& v = versions.back();
-            items.push_back(Json{{"name", name},
-                                 {"version", v.version},
-                                 {"digest", v.digest},
-                                 {"versions", versions.size()},
-                                 {"steps", v.def->steps.size()},
-                                 {"tenant", versions.front().tenant},
-                                 {"registered_at", FormatTime(v.registered_at)}});
-          }
-          return 0;
+        Json items = engine->Read([&](const engine::State& s) {
+          return engine::ListWorkflows(s, [](const std::string& t) { return Caller().Sees(t); });
         });
         WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
       }));
@@ -61,20 +49,11 @@ void ApiServer::Impl::WorkflowRoutes() {
       }
       if (version < 1) return WriteError(res, {400, "bad_parameter", "version must be >= 1", {}});
     }
-    Json out;
-    bool found = engine->Read([&](const engine::State& s) {
-      const engine::WorkflowVersion* v = s.FindWorkflow(name, version);
-      if (!v || !Caller().Sees(WorkflowTenant(s, name))) return false;
-      out = Json{{"name", name},
-                 {"version", v->version},
-                 {"digest", v->digest},
-                 {"definition", v->def->source},
-                 {"registered_at", FormatTime(v->registered_at)},
-                 {"registered_by", v->actor},
-                 {"tenant", WorkflowTenant(s, name)},
-                 {"versions", s.workflows.at(name).size()}};
-      return true;
+    Json out = engine->Read([&](const engine::State& s) {
+      return engine::WorkflowVersionJson(s, name, version,
+                                         [](const std::string& t) { return Caller().Sees(t); });
     });
+    bool found = !out.is_null();
     if (!found) {
       return WriteError(
           res, {404,

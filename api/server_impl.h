@@ -132,8 +132,7 @@ struct ApiServer::Impl {
   bool Admit(const Request& req, Response& res);
   // Tenants: the owner of a workflow name (empty if unknown) and of a run.
   static std::string WorkflowTenant(const engine::State& s, const std::string& name) {
-    auto it = s.workflows.find(name);
-    return it == s.workflows.end() || it->second.empty() ? "" : it->second.front().tenant;
+    return engine::WorkflowTenant(s, name);
   }
   static bool SeesRun(const engine::State& s, const std::string& run_id,
                       const Principal& p = Caller()) {

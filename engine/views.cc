@@ -355,4 +355,55 @@ RunPage ListRuns(const State& s, const EngineConfig& config, const RunQuery& q) 
   return page;
 }
 
+std::string WorkflowTenant(const State& s, const std::string& name) {
+  auto it = s.workflows.find(name);
+  return it == s.workflows.end() || it->second.empty() ? "" : it->second.front().tenant;
+}
+
+Json ListWorkflows(const State& s, const TenantFilter& visible) {
+  Json items = Json::array();
+  for (const auto& [name, versions] : s.workflows) {
+    if (versions.empty() || (visible && !visible(versions.front().tenant))) continue;
+    const auto& v = versions.back();
+    items.push_back(Json{{"name", name},
+                         {"version", v.version},
+                         {"digest", v.digest},
+                         {"versions", versions.size()},
+                         {"steps", v.def->steps.size()},
+                         {"tenant", versions.front().tenant},
+                         {"registered_at", FormatTime(v.registered_at)}});
+  }
+  return items;
+}
+
+Json WorkflowVersionJson(const State& s, const std::string& name, int version,
+                         const TenantFilter& visible) {
+  const WorkflowVersion* v = s.FindWorkflow(name, version);
+  std::string tenant = WorkflowTenant(s, name);
+  if (!v || (visible && !visible(tenant))) return Json();
+  return Json{{"name", name},
+              {"version", v->version},
+              {"digest", v->digest},
+              {"definition", v->def->source},
+              {"registered_at", FormatTime(v->registered_at)},
+              {"registered_by", v->actor},
+              {"tenant", tenant},
+              {"versions", s.workflows.at(name).size()}};
+}
+
+Json ListArtifacts(const State& s, bool models, const TenantFilter& visible,
+                   const std::string& only_tenant) {
+  Json items = Json::array();
+  for (const auto& [key, versions] : models ? s.models : s.datasets) {
+    auto [tenant, name] = SplitArtifactKey(key);
+    if (versions.empty() || (visible && !visible(tenant))) continue;
+    if (!only_tenant.empty() && tenant != only_tenant) continue;
+    Json latest = ArtifactToJson(name, versions.back(), models);
+    latest["tenant"] = tenant;
+    latest["versions"] = versions.size();
+    items.push_back(std::move(latest));
+  }
+  return items;
+}
+
 }  // namespace epoch::engine

@@ -50,4 +50,20 @@ struct RunPage {
 };
 RunPage ListRuns(const State& s, const EngineConfig& config, const RunQuery& q);
 
+// Which tenants' things a caller may see; null: every tenant's.
+using TenantFilter = std::function<bool(const std::string& tenant)>;
+
+// The tenant a workflow name belongs to (its first version's); empty if unknown.
+std::string WorkflowTenant(const State& s, const std::string& name);
+// GET /v1/workflows: each visible workflow's latest version, by name.
+Json ListWorkflows(const State& s, const TenantFilter& visible);
+// GET /v1/workflows/{name}[/versions/{v}]: the version (0: the latest) with its
+// definition; null when there is none or the caller may not see it.
+Json WorkflowVersionJson(const State& s, const std::string& name, int version,
+                         const TenantFilter& visible);
+// GET /v1/models or /v1/datasets: each visible name's latest version, with its tenant
+// and how many versions it has; `only_tenant` (non-empty) keeps one tenant's.
+Json ListArtifacts(const State& s, bool models, const TenantFilter& visible,
+                   const std::string& only_tenant);
+
 }  // namespace epoch::engine

@@ -94,5 +94,60 @@ TEST_F(ListRunsTest, FiltersByTenantStateWorkflowAndEveryLabel) {
   EXPECT_EQ(Ids(ListRuns(s_, cfg_, q)), (std::vector<std::string>{"r4"}));
 }
 
+TEST_F(ListRunsTest, WorkflowsAreListedAndReadOnlyByTheirTenantsCallers) {
+  Json def = *ParseJson(R"({"name":"w","steps":[{"name":"a","command":["true"]},
+      {"name":"b","command":["true"]}]})");
+  Apply("workflow-w",
+        ev::WorkflowRegistered{.name = "w", .version = 2, .definition = def, .tenant = "a"});
+  Json b = *ParseJson(R"({"name":"x","steps":[{"name":"a","command":["true"]}]})");
+  Apply("workflow-x",
+        ev::WorkflowRegistered{.name = "x", .version = 1, .definition = b, .tenant = "b"});
+  TenantFilter only_a = [](const std::string& t) { return t == "a"; };
+  Json list = ListWorkflows(s_, only_a);
+  ASSERT_EQ(list.size(), 2u);  // v and w, not b's x
+  EXPECT_EQ(list[1]["name"], "w");
+  EXPECT_EQ(list[1]["version"], 2);
+  EXPECT_EQ(list[1]["versions"], 2);
+  EXPECT_EQ(list[1]["steps"], 2);
+  EXPECT_EQ(ListWorkflows(s_, nullptr).size(), 3u);
+  EXPECT_EQ(WorkflowVersionJson(s_, "w", 0, only_a)["version"], 2);
+  EXPECT_EQ(WorkflowVersionJson(s_, "w", 1, only_a)["definition"]["steps"].size(), 1u);
+  EXPECT_TRUE(WorkflowVersionJson(s_, "w", 3, only_a).is_null());
+  EXPECT_TRUE(WorkflowVersionJson(s_, "x", 0, only_a).is_null()) << "b's workflow";
+  EXPECT_EQ(WorkflowVersionJson(s_, "x", 0, nullptr)["tenant"], "b");
+  EXPECT_EQ(WorkflowTenant(s_, "x"), "b");
+  EXPECT_EQ(WorkflowTenant(s_, "nope"), "");
+}
+
+TEST_F(ListRunsTest, ArtifactsAreListedPerTenantWithTheirLatestVersion) {
+  Json def =
+      *ParseJson(R"({"name":"t","steps":[{"name":"train","kind":"train","command":["t"]}]})");
+  Apply("workflow-t",
+        ev::WorkflowRegistered{.name = "t", .version = 1, .definition = def, .tenant = "a"});
+  for (auto [run, tenant] : {std::pair{"m1", "a"}, std::pair{"m2", "a"}, std::pair{"m3", "b"}}) {
+    Apply(std::string("run-") + run,
+          ev::RunSubmitted{.run = run, .workflow = "t", .version = 1, .tenant = tenant});
+  }
+  Apply("run-m1", ev::ModelVersionRegistered{
+                      .name = "mlp", .version = 1, .digest = "d1", .step = "train", .attempt = 1});
+  Apply("run-m2", ev::ModelVersionRegistered{
+                      .name = "mlp", .version = 2, .digest = "d2", .step = "train", .attempt = 1});
+  Apply("run-m3", ev::ModelVersionRegistered{
+                      .name = "mlp", .version = 1, .digest = "d3", .step = "train", .attempt = 1});
+  Json all = ListArtifacts(s_, /*models=*/true, nullptr, "");
+  ASSERT_EQ(all.size(), 2u);  // a/mlp and b/mlp
+  EXPECT_EQ(all[0]["tenant"], "a");
+  EXPECT_EQ(all[0]["version"], 2);
+  EXPECT_EQ(all[0]["versions"], 2);
+  EXPECT_EQ(all[1]["tenant"], "b");
+  Json b_only = ListArtifacts(s_, true, nullptr, "b");
+  ASSERT_EQ(b_only.size(), 1u);
+  EXPECT_EQ(b_only[0]["digest"], "d3");
+  EXPECT_TRUE(ListArtifacts(
+                  s_, true, [](const std::string& t) { return t == "c"; }, "")
+                  .empty());
+  EXPECT_TRUE(ListArtifacts(s_, /*models=*/false, nullptr, "").empty());
+}
+
 }  // namespace
 }  // namespace epoch::engine
