@@ -314,28 +314,27 @@ struct AttemptEnd {
   std::optional<Json> usage{};
   std::optional<LogInfo> log{};
   std::optional<std::string> detail{};
-  template <class T>
-  static constexpr auto FieldsOf() {
-    return std::tuple{F("step", &T::step),     F("attempt", &T::attempt),
-                      F("reason", &T::reason), F("exit_code", &T::exit_code),
-                      F("signal", &T::signal), Obj("usage", &T::usage),
-                      F("log", &T::log),       F("detail", &T::detail)};
+  static constexpr auto EndFields() {
+    return std::tuple{F("step", &AttemptEnd::step),     F("attempt", &AttemptEnd::attempt),
+                      F("reason", &AttemptEnd::reason), F("exit_code", &AttemptEnd::exit_code),
+                      F("signal", &AttemptEnd::signal), Obj("usage", &AttemptEnd::usage),
+                      F("log", &AttemptEnd::log),       F("detail", &AttemptEnd::detail)};
   }
 };
 struct JobFailed : AttemptEnd {
   static constexpr std::string_view kType = kJobFailed;
   static constexpr uint32_t kVersion = 1;
-  static constexpr auto Fields() { return FieldsOf<AttemptEnd>(); }
+  static constexpr auto Fields() { return EndFields(); }
 };
 struct JobTimedOut : AttemptEnd {
   static constexpr std::string_view kType = kJobTimedOut;
   static constexpr uint32_t kVersion = 1;
-  static constexpr auto Fields() { return FieldsOf<AttemptEnd>(); }
+  static constexpr auto Fields() { return EndFields(); }
 };
 struct JobCancelled : AttemptEnd {
   static constexpr std::string_view kType = kJobCancelled;
   static constexpr uint32_t kVersion = 1;
-  static constexpr auto Fields() { return FieldsOf<AttemptEnd>(); }
+  static constexpr auto Fields() { return EndFields(); }
 };
 
 // One rank of a gang ended (`state`: succeeded, failed, timed_out, cancelled, lost);

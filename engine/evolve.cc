@@ -98,15 +98,13 @@ workflows::Resources ResourcesOf(const ev::ResourceSpec& r) {
   return out;
 }
 
-Json ArgvJson(const std::vector<std::string>& argv) { return Json(argv); }
-
 // The attempt a JobQueued or JobCacheHit creates: number, resources, command, trial.
 template <class P>
 Attempt AttemptFrom(const P& p) {
   Attempt a;
   a.number = p.attempt;
   a.resources = ResourcesOf(p.resources);
-  a.argv = ArgvJson(p.argv);
+  a.argv = Json(p.argv);
   a.env = p.env;
   if (p.trial) {
     a.trial = *p.trial;

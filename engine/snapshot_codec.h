@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "common/fields.h"
 #include "common/json.h"
 #include "common/status.h"
 
@@ -240,14 +241,7 @@ constexpr bool ListsEveryMember() {
   if constexpr (requires { SnapList<T>::kOutside; }) outside = SnapList<T>::kOutside;
   return MemberCount<T>() == std::tuple_size_v<decltype(SnapList<T>::Fields())> + outside;
 }
-template <class>
-struct IsOptionalT : std::false_type {};
-template <class U>
-struct IsOptionalT<std::optional<U>> : std::true_type {};
-template <class>
-struct IsVectorT : std::false_type {};
-template <class U>
-struct IsVectorT<std::vector<U>> : std::true_type {};
+using fields::detail::IsVector;
 template <class T>
 concept Listed = requires {
   SnapList<T>::Fields();
@@ -279,7 +273,7 @@ void WriteValue(Writer& w, const M& v, StrEnc enc) {
   } else if constexpr (std::is_same_v<M, std::set<std::string>>) {
     w.Varint(v.size());
     for (const auto& x : v) WriteValue(w, x, enc);
-  } else if constexpr (IsVectorT<M>::value) {
+  } else if constexpr (IsVector<M>::value) {
     w.Varint(v.size());
     for (const auto& x : v) WriteFields(w, x);
   } else if constexpr (Listed<M>) {
@@ -591,7 +585,7 @@ void ReadValue(Reader& r, M& out, const SnapField<T, M>& f) {
   } else if constexpr (std::is_same_v<M, std::set<std::string>>) {
     size_t n = r.Count(f.name);
     for (size_t i = 0; i < n && r.ok(); ++i) AppendSorted(r, out, std::string(r.Str()), f.name);
-  } else if constexpr (IsVectorT<M>::value) {
+  } else if constexpr (IsVector<M>::value) {
     size_t n = r.Count(f.name);
     out.resize(n);
     for (auto& x : out) {

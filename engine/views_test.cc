@@ -11,7 +11,7 @@
 namespace epoch::engine {
 namespace {
 
-class ListRunsTest : public ::testing::Test {
+class ViewsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     Json def = *ParseJson(R"({"name":"w","steps":[{"name":"a","command":["true"]}]})");
@@ -54,7 +54,7 @@ class ListRunsTest : public ::testing::Test {
   EngineConfig cfg_;
 };
 
-TEST_F(ListRunsTest, NewestFirstAndPagedByCursorUntilNull) {
+TEST_F(ViewsTest, NewestFirstAndPagedByCursorUntilNull) {
   RunQuery q;
   q.limit = 4;
   RunPage first = ListRuns(s_, cfg_, q);
@@ -70,7 +70,7 @@ TEST_F(ListRunsTest, NewestFirstAndPagedByCursorUntilNull) {
   EXPECT_TRUE(ListRuns(s_, cfg_, q).next_cursor.is_null());
 }
 
-TEST_F(ListRunsTest, FiltersByTenantStateWorkflowAndEveryLabel) {
+TEST_F(ViewsTest, FiltersByTenantStateWorkflowAndEveryLabel) {
   RunQuery q;
   q.visible = [](const std::string& t) { return t == "b"; };
   EXPECT_EQ(Ids(ListRuns(s_, cfg_, q)), (std::vector<std::string>{"r5", "r2"}));
@@ -94,7 +94,7 @@ TEST_F(ListRunsTest, FiltersByTenantStateWorkflowAndEveryLabel) {
   EXPECT_EQ(Ids(ListRuns(s_, cfg_, q)), (std::vector<std::string>{"r4"}));
 }
 
-TEST_F(ListRunsTest, WorkflowsAreListedAndReadOnlyByTheirTenantsCallers) {
+TEST_F(ViewsTest, WorkflowsAreListedAndReadOnlyByTheirTenantsCallers) {
   Json def = *ParseJson(R"({"name":"w","steps":[{"name":"a","command":["true"]},
       {"name":"b","command":["true"]}]})");
   Apply("workflow-w",
@@ -119,7 +119,7 @@ TEST_F(ListRunsTest, WorkflowsAreListedAndReadOnlyByTheirTenantsCallers) {
   EXPECT_EQ(WorkflowTenant(s_, "nope"), "");
 }
 
-TEST_F(ListRunsTest, ArtifactsAreListedPerTenantWithTheirLatestVersion) {
+TEST_F(ViewsTest, ArtifactsAreListedPerTenantWithTheirLatestVersion) {
   Json def =
       *ParseJson(R"({"name":"t","steps":[{"name":"train","kind":"train","command":["t"]}]})");
   Apply("workflow-t",
