@@ -49,10 +49,6 @@ TEST_F(SecurityE2ETest, AuthMatrix) {
   std::string vi = AddToken(data, "victor", "ml", "viewer");
   std::string op2 = AddToken(data, "carl", "cv", "operator");
   std::string au = AddToken(data, "audrey", "audit", "auditor");
-  // A container's own credential: it opens nothing but that container's endpoints.
-  std::string agent = ReadAll(data + "/containers/c1/credential");
-  while (!agent.empty() && agent.back() == '\n') agent.pop_back();
-  ASSERT_EQ(agent.rfind("epochc_", 0), 0u);
 
   auto call = [&](const std::string& method, const std::string& path, const std::string& body,
                   const std::string& token) { return HttpCall(d.url(), method, path, body, token); };
@@ -69,6 +65,11 @@ TEST_F(SecurityE2ETest, AuthMatrix) {
   std::string cv_run = call("POST", "/v1/runs", R"({"workflow": "cvwf"})", op2).json()["id"];
   ASSERT_EQ(d.WaitForRun(ml_run)["state"], "succeeded");
   ASSERT_EQ(d.WaitForRun(cv_run)["state"], "succeeded");
+  // A container's own credential: it opens nothing but that container's endpoints. The
+  // master mints it when it launches the container, which the runs above waited for.
+  std::string agent = ReadAll(data + "/containers/c1/credential");
+  while (!agent.empty() && agent.back() == '\n') agent.pop_back();
+  ASSERT_EQ(agent.rfind("epochc_", 0), 0u);
   EXPECT_EQ(d.Get("/v1/runs/" + ml_run).json()["tenant"], "ml");
   EXPECT_EQ(d.Get("/v1/runs/" + ml_run).json()["submitter"], "olga@ml");
 
