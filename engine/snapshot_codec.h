@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -23,6 +25,7 @@
 #include "common/fields.h"
 #include "common/json.h"
 #include "common/status.h"
+#include "workflows/definition.h"
 
 namespace epoch::engine::snapshot_internal {
 
@@ -59,17 +62,51 @@ inline uint64_t Load64(const unsigned char* p) {
   return static_cast<uint64_t>(Load32(p)) | static_cast<uint64_t>(Load32(p + 4)) << 32;
 }
 
+using DefPtr = std::shared_ptr<const workflows::Definition>;
+
 // ---------------------------------------------------------------------------
 // Encoding
 
+// Every distinct definition once, written ahead of what refers to it by its 1-based
+// index (0: none): by pointer, else by digest (an equal digest is an equal source, and
+// definitions are immutable, so sharing one is safe).
+class DefTable {
+ public:
+  void Add(const DefPtr& def) { (void)Ref(def); }
+  uint64_t Ref(const DefPtr& def) {
+    if (!def) return 0;
+    if (auto it = by_ptr_.find(def.get()); it != by_ptr_.end()) return it->second;
+    uint64_t ref = 0;
+    if (!def->digest.empty()) {
+      if (auto it = by_digest_.find(def->digest); it != by_digest_.end()) ref = it->second;
+    }
+    if (ref == 0) {
+      defs_.push_back(def.get());
+      ref = defs_.size();
+      if (!def->digest.empty()) by_digest_.emplace(def->digest, ref);
+    }
+    by_ptr_.emplace(def.get(), ref);
+    return ref;
+  }
+  const std::vector<const workflows::Definition*>& defs() const { return defs_; }
+
+ private:
+  std::vector<const workflows::Definition*> defs_;
+  std::unordered_map<const workflows::Definition*, uint64_t> by_ptr_;
+  std::unordered_map<std::string_view, uint64_t> by_digest_;
+};
+
 class Writer {
  public:
+  // Definitions are referred to through `defs`, which outlives the writer.
+  explicit Writer(DefTable& defs) : defs_(&defs) {}
   std::string& out() { return out_; }
+  DefTable& defs() { return *defs_; }
 
   // A writer for one chunk of runs: it starts from this one's string table (what
   // the chunk adds stays its own) and from time 0, so chunks decode independently.
   Writer ForChunk() const {
-    Writer w;
+    Writer w(*defs_);
     w.symbols_ = symbols_;
     return w;
   }
@@ -182,28 +219,49 @@ class Writer {
   }
 
  private:
+  DefTable* defs_;
   std::string out_;
   std::unordered_map<std::string_view, uint32_t> symbols_;
   int64_t time_base_ = 0;
 };
 
 // ---------------------------------------------------------------------------
-// Field lists. Worker, Attempt, StepRun and Container are written and read by one
-// list each (SnapList<T>): the list's order is the format's, and WriteFields and
+// Field lists. Every struct in a snapshot, State included, is written and read by
+// one list (SnapList<T>): the list's order is the format's, and WriteFields and
 // ReadFields both walk it, so there is no writer and reader to keep in step. Each
-// entry is a member and how it is stored where its type does not say: a string
+// entry is a member and how it is stored where its type does not say: strings
 // through the string table (Sym) or inline (Str, the default), an enum with its
-// largest value. A static_assert counts each struct's members against its list, so a
+// largest value. A part of State that is more than a walk of its value (the runs,
+// in chunks that decode in parallel) is an entry with a codec of its own (Custom);
+// bytes that belong to no member (the definitions table) are a Section between
+// entries. A static_assert counts each struct's members against its list, so a
 // member added to the struct and not to the list does not compile.
 
-enum class StrEnc { kStr, kSym };
+// Bit i says whether the i-th string of one element (a map entry's key, then its
+// value; a pair's first, then its second) goes through the string table.
+constexpr uint32_t kAllSym = ~0u;
+
+class Reader;
 
 template <class T, class M>
 struct SnapField {
   M T::*member;
   const char* name;
-  StrEnc enc = StrEnc::kStr;
+  uint32_t sym = 0;
   int max = 0;  // enums: the largest value
+};
+template <class T, class M>
+struct SnapCustom {  // a member with a codec of its own
+  M T::*member;
+  const char* name;
+  void (*write)(Writer&, const T&);
+  void (*read)(Reader&, T&);
+};
+template <class T>
+struct SnapSection {  // bytes of no member
+  const char* name;
+  void (*write)(Writer&, const T&);
+  void (*read)(Reader&, T&);
 };
 
 template <class T, class M>
@@ -212,13 +270,32 @@ constexpr SnapField<T, M> Plain(M T::*m, const char* name) {
 }
 template <class T, class M>
 constexpr SnapField<T, M> Sym(M T::*m, const char* name) {
-  return {m, name, StrEnc::kSym};
+  return {m, name, kAllSym};
+}
+// Strings by position in each element: e.g. 0b101 for (Sym, Str), (Sym, int).
+template <class T, class M>
+constexpr SnapField<T, M> Syms(M T::*m, uint32_t sym, const char* name) {
+  return {m, name, sym};
 }
 template <class T, class E>
 constexpr SnapField<T, E> Enum(E T::*m, E max, const char* name) {
-  return {m, name, StrEnc::kStr, static_cast<int>(max)};
+  return {m, name, 0, static_cast<int>(max)};
+}
+template <class T, class M>
+constexpr SnapCustom<T, M> Custom(M T::*m, const char* name, void (*write)(Writer&, const T&),
+                                  void (*read)(Reader&, T&)) {
+  return {m, name, write, read};
+}
+template <class T>
+constexpr SnapSection<T> Section(const char* name, void (*write)(Writer&, const T&),
+                                 void (*read)(Reader&, T&)) {
+  return {name, write, read};
 }
 
+// SnapList<T>::Fields() is the list; kKey (optional) a member that is the struct's
+// key in the map holding it, written as the key and set from it when read;
+// kOutside (optional) how many other members are written elsewhere, and where is
+// said beside it.
 template <class T>
 struct SnapList;
 
@@ -235,25 +312,48 @@ constexpr size_t MemberCount() {
     return sizeof...(A);
   }
 }
+template <class E>
+constexpr bool kIsSection = false;
+template <class T>
+constexpr bool kIsSection<SnapSection<T>> = true;
 template <class T>
 constexpr bool ListsEveryMember() {
-  size_t outside = 0;
-  if constexpr (requires { SnapList<T>::kOutside; }) outside = SnapList<T>::kOutside;
-  return MemberCount<T>() == std::tuple_size_v<decltype(SnapList<T>::Fields())> + outside;
+  size_t listed = std::apply(
+      [](const auto&... f) {
+        return (size_t{0} + ... + (kIsSection<std::decay_t<decltype(f)>> ? 0 : 1));
+      },
+      SnapList<T>::Fields());
+  if constexpr (requires { SnapList<T>::kKey; }) ++listed;
+  if constexpr (requires { SnapList<T>::kOutside; }) listed += SnapList<T>::kOutside;
+  return MemberCount<T>() == listed;
 }
 using fields::detail::IsVector;
 template <class T>
 concept Listed = requires {
   SnapList<T>::Fields();
 };
+template <class T>
+struct IsPair : std::false_type {};
+template <class A, class B>
+struct IsPair<std::pair<A, B>> : std::true_type {};
+template <class T>
+struct IsSet : std::false_type {};
+template <class K>
+struct IsSet<std::set<K>> : std::true_type {};
+template <class T>
+struct IsMap : std::false_type {};
+template <class K, class V>
+struct IsMap<std::map<K, V>> : std::true_type {};
 
 template <class T>
 void WriteFields(Writer& w, const T& v);
 
 template <class M>
-void WriteValue(Writer& w, const M& v, StrEnc enc) {
+void WriteValue(Writer& w, const M& v, uint32_t sym, uint32_t& nth) {
   if constexpr (std::is_same_v<M, std::string>) {
-    enc == StrEnc::kSym ? w.Sym(v) : w.Str(v);
+    bool table = nth < 32 && ((sym >> nth) & 1);
+    ++nth;
+    table ? w.Sym(v) : w.Str(v);
   } else if constexpr (std::is_enum_v<M>) {
     w.U8(static_cast<uint8_t>(v));
   } else if constexpr (std::is_same_v<M, bool>) {
@@ -270,12 +370,24 @@ void WriteValue(Writer& w, const M& v, StrEnc enc) {
     w.OptInt(v);
   } else if constexpr (std::is_same_v<M, epoch::Json>) {
     w.Json(v);
-  } else if constexpr (std::is_same_v<M, std::set<std::string>>) {
+  } else if constexpr (std::is_same_v<M, DefPtr>) {
+    w.Varint(w.defs().Ref(v));
+  } else if constexpr (IsPair<M>::value) {
+    WriteValue(w, v.first, sym, nth);
+    WriteValue(w, v.second, sym, nth);
+  } else if constexpr (IsSet<M>::value || IsVector<M>::value) {
     w.Varint(v.size());
-    for (const auto& x : v) WriteValue(w, x, enc);
-  } else if constexpr (IsVector<M>::value) {
+    for (const auto& x : v) {
+      uint32_t first = 0;
+      WriteValue(w, x, sym, first);
+    }
+  } else if constexpr (IsMap<M>::value) {
     w.Varint(v.size());
-    for (const auto& x : v) WriteFields(w, x);
+    for (const auto& [key, value] : v) {
+      uint32_t first = 0;
+      WriteValue(w, key, sym, first);
+      WriteValue(w, value, sym, first);
+    }
   } else if constexpr (Listed<M>) {
     WriteFields(w, v);
   } else {
@@ -283,10 +395,23 @@ void WriteValue(Writer& w, const M& v, StrEnc enc) {
   }
 }
 
+template <class T, class M>
+void WriteEntry(Writer& w, const T& v, const SnapField<T, M>& f) {
+  uint32_t first = 0;
+  WriteValue(w, v.*(f.member), f.sym, first);
+}
+template <class T, class M>
+void WriteEntry(Writer& w, const T& v, const SnapCustom<T, M>& f) {
+  f.write(w, v);
+}
+template <class T>
+void WriteEntry(Writer& w, const T& v, const SnapSection<T>& f) {
+  f.write(w, v);
+}
+
 template <class T>
 void WriteFields(Writer& w, const T& v) {
-  std::apply([&](const auto&... f) { (WriteValue(w, v.*(f.member), f.enc), ...); },
-             SnapList<T>::Fields());
+  std::apply([&](const auto&... f) { (WriteEntry(w, v, f), ...); }, SnapList<T>::Fields());
 }
 
 // ---------------------------------------------------------------------------
@@ -295,22 +420,33 @@ void WriteFields(Writer& w, const T& v) {
 
 class Reader {
  public:
-  explicit Reader(std::string_view body)
-      : begin_(reinterpret_cast<const unsigned char*>(body.data())),
+  // Definitions are resolved against `defs` (filled by the definitions section
+  // before anything refers to one), which outlives the reader.
+  Reader(std::string_view body, std::vector<DefPtr>& defs)
+      : body_(body),
+        begin_(reinterpret_cast<const unsigned char*>(body.data())),
         p_(begin_),
-        end_(begin_ + body.size()) {}
-  // Reads body[from, to) with `symbols` as the string table so far (offsets in
-  // errors stay relative to the whole body).
-  Reader(std::string_view body, size_t from, size_t to, std::vector<std::string_view> symbols)
-      : begin_(reinterpret_cast<const unsigned char*>(body.data())),
+        end_(begin_ + body.size()),
+        defs_(&defs) {}
+  // Reads body[from, to) of `parent`'s body with its string table and definitions so
+  // far (offsets in errors stay relative to the whole body).
+  Reader(const Reader& parent, size_t from, size_t to)
+      : body_(parent.body_),
+        begin_(parent.begin_),
         p_(begin_ + from),
         end_(begin_ + to),
-        symbols_(std::move(symbols)) {}
+        symbols_(parent.symbols_),
+        defs_(parent.defs_) {}
 
   bool ok() const { return error_.empty(); }
   size_t offset() const { return static_cast<size_t>(p_ - begin_); }
-  const std::vector<std::string_view>& symbols() const { return symbols_; }
   const std::string& error() const { return error_; }
+  std::vector<DefPtr>& defs() { return *defs_; }
+  // kCorruption with error(), or what FailWith was given.
+  Status status() const {
+    if (ok()) return Status::Ok();
+    return failure_ ? *failure_ : Corruption(error_);
+  }
   size_t remaining() const { return static_cast<size_t>(end_ - p_); }
   void set_where(std::string_view where) { where_ = where; }
 
@@ -321,6 +457,23 @@ class Reader {
     error_ += ": ";
     error_ += what;
     p_ = end_;
+  }
+
+  // A failure that is not damage (out of memory): decoding stops with `st`.
+  void FailWith(Status st) {
+    if (!ok()) return;
+    error_ = st.ToString();
+    failure_ = std::move(st);
+    p_ = end_;
+  }
+
+  DefPtr Def() {
+    uint64_t v = Varint();
+    if (v > defs_->size()) {
+      Fail("definition " + std::to_string(v) + " of " + std::to_string(defs_->size()));
+      return nullptr;
+    }
+    return v == 0 ? nullptr : (*defs_)[static_cast<size_t>(v - 1)];
   }
 
   uint8_t U8() {
@@ -523,13 +676,16 @@ class Reader {
     }
   }
 
+  std::string_view body_;
   const unsigned char* begin_;
   const unsigned char* p_;
   const unsigned char* end_;
   std::vector<std::string_view> symbols_;
+  std::vector<DefPtr>* defs_;
   int64_t time_base_ = 0;
   std::string_view where_;
   std::string error_;
+  std::optional<Status> failure_;
 };
 
 // Appends to a sorted container, refusing keys that are not strictly increasing
@@ -560,18 +716,19 @@ typename C::iterator AppendSorted(Reader& r, C& c, K&& key, const char* what, V&
 template <class T>
 void ReadFields(Reader& r, T& out);
 
-template <class T, class M>
-void ReadValue(Reader& r, M& out, const SnapField<T, M>& f) {
+// `name` and `max` are the entry's (for errors, and an enum's range).
+template <class M>
+void ReadValue(Reader& r, M& out, const char* name, int max) {
   if constexpr (std::is_same_v<M, std::string>) {
     r.Str(out);
   } else if constexpr (std::is_enum_v<M>) {
-    out = r.Enum(static_cast<M>(f.max), f.name);
+    out = r.Enum(static_cast<M>(max), name);
   } else if constexpr (std::is_same_v<M, bool>) {
-    out = r.Bool(f.name);
+    out = r.Bool(name);
   } else if constexpr (std::is_same_v<M, uint64_t>) {
     out = r.Varint();
   } else if constexpr (std::is_same_v<M, int>) {
-    out = r.Int(f.name);
+    out = r.Int(name);
   } else if constexpr (std::is_same_v<M, int64_t>) {
     out = r.Svarint();
   } else if constexpr (std::is_same_v<M, TimePoint>) {
@@ -579,18 +736,38 @@ void ReadValue(Reader& r, M& out, const SnapField<T, M>& f) {
   } else if constexpr (std::is_same_v<M, std::optional<TimePoint>>) {
     out = r.OptTime();
   } else if constexpr (std::is_same_v<M, std::optional<int>>) {
-    out = r.OptInt(f.name);
+    out = r.OptInt(name);
   } else if constexpr (std::is_same_v<M, epoch::Json>) {
     r.Json(out);
-  } else if constexpr (std::is_same_v<M, std::set<std::string>>) {
-    size_t n = r.Count(f.name);
-    for (size_t i = 0; i < n && r.ok(); ++i) AppendSorted(r, out, std::string(r.Str()), f.name);
+  } else if constexpr (std::is_same_v<M, DefPtr>) {
+    out = r.Def();
+  } else if constexpr (IsPair<M>::value) {
+    ReadValue(r, out.first, name, max);
+    ReadValue(r, out.second, name, max);
+  } else if constexpr (IsSet<M>::value) {
+    size_t n = r.Count(name);
+    for (size_t i = 0; i < n && r.ok(); ++i) {
+      typename M::value_type key{};
+      ReadValue(r, key, name, max);
+      AppendSorted(r, out, std::move(key), name);
+    }
+  } else if constexpr (IsMap<M>::value) {
+    size_t n = r.Count(name);
+    for (size_t i = 0; i < n && r.ok(); ++i) {
+      typename M::key_type key{};
+      ReadValue(r, key, name, max);
+      auto it = AppendSorted(r, out, std::move(key), name);
+      if (it == out.end()) return;
+      ReadValue(r, it->second, name, max);
+      using V = typename M::mapped_type;
+      if constexpr (requires { SnapList<V>::kKey; }) it->second.*(SnapList<V>::kKey) = it->first;
+    }
   } else if constexpr (IsVector<M>::value) {
-    size_t n = r.Count(f.name);
+    size_t n = r.Count(name);
     out.resize(n);
     for (auto& x : out) {
       if (!r.ok()) return;
-      ReadFields(r, x);
+      ReadValue(r, x, name, max);
     }
   } else if constexpr (Listed<M>) {
     ReadFields(r, out);
@@ -599,10 +776,30 @@ void ReadValue(Reader& r, M& out, const SnapField<T, M>& f) {
   }
 }
 
+// A list that names its sections (State's) says which one an error is in.
+template <class T>
+void ReadWhere(Reader& r, const char* name) {
+  if constexpr (requires { SnapList<T>::kNamesSections; }) r.set_where(name);
+}
+template <class T, class M>
+void ReadEntry(Reader& r, T& v, const SnapField<T, M>& f) {
+  ReadWhere<T>(r, f.name);
+  ReadValue(r, v.*(f.member), f.name, f.max);
+}
+template <class T, class M>
+void ReadEntry(Reader& r, T& v, const SnapCustom<T, M>& f) {
+  ReadWhere<T>(r, f.name);
+  f.read(r, v);
+}
+template <class T>
+void ReadEntry(Reader& r, T& v, const SnapSection<T>& f) {
+  ReadWhere<T>(r, f.name);
+  f.read(r, v);
+}
+
 template <class T>
 void ReadFields(Reader& r, T& out) {
-  std::apply([&](const auto&... f) { (ReadValue(r, out.*(f.member), f), ...); },
-             SnapList<T>::Fields());
+  std::apply([&](const auto&... f) { (ReadEntry(r, out, f), ...); }, SnapList<T>::Fields());
 }
 
 }  // namespace epoch::engine::snapshot_internal
