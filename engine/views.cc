@@ -406,4 +406,178 @@ Json ListArtifacts(const State& s, bool models, const TenantFilter& visible,
   return items;
 }
 
+ArtifactLookup FindArtifact(const State& s, bool model, const std::string& name, int version,
+                            std::string tenant, const std::string& caller_tenant,
+                            const TenantFilter& visible) {
+  ArtifactLookup out;
+  const auto& named = model ? s.models : s.datasets;
+  if (tenant.empty() && named.count(ArtifactKey(caller_tenant, name))) tenant = caller_tenant;
+  if (tenant.empty() && !visible) {
+    for (const auto& [key, versions] : named) {
+      auto [t, n] = SplitArtifactKey(key);
+      if (n == name) out.owners.push_back(t);
+    }
+    if (out.owners.size() != 1) return out;
+    tenant = out.owners.front();
+    out.owners.clear();
+  }
+  if (tenant.empty() || (visible && !visible(tenant))) return out;
+  auto it = named.find(ArtifactKey(tenant, name));
+  if (it == named.end() || it->second.empty()) return out;
+  if (version > static_cast<int>(it->second.size())) return out;
+  if (version > 0) {
+    out.item = ArtifactToJson(name, it->second[static_cast<size_t>(version - 1)], model);
+    out.item["tenant"] = tenant;
+    return out;
+  }
+  Json versions = Json::array();
+  for (const auto& v : it->second) versions.push_back(ArtifactToJson(name, v, model));
+  out.item = Json{{"name", name}, {"tenant", tenant}, {"versions", versions}};
+  return out;
+}
+
+Json RunJson(const State& s, const EngineConfig& config, const std::string& id,
+             const TenantFilter& visible) {
+  const Run* r = s.FindRun(id);
+  if (!r || (visible && !visible(r->tenant))) return Json();
+  return RunToJson(*r, config, &s);
+}
+
+bool RunVisible(const State& s, const std::string& id, const TenantFilter& visible) {
+  const Run* r = s.FindRun(id);
+  return r && (!visible || visible(r->tenant));
+}
+
+bool RunEnded(const State& s, const std::string& id) {
+  const Run* r = s.FindRun(id);
+  return !r || IsTerminal(r->phase);
+}
+
+bool AttemptEnded(const State& s, const std::string& attempt_id) {
+  const Attempt* a = s.FindAttempt(attempt_id);
+  return !a || IsTerminal(a->phase);
+}
+
+Result<int> LogAttempt(const State& s, const std::string& run, const std::string& step, int attempt,
+                       const TenantFilter& visible) {
+  const Run* r = s.FindRun(run);
+  if (!r || (visible && !visible(r->tenant))) return NotFound("run '" + run + "' not found");
+  const StepRun* st = r->FindStep(step);
+  if (!st) return NotFound("run '" + run + "' has no step '" + step + "'");
+  if (st->attempts.empty()) return NotFound("step '" + step + "' has not run yet");
+  int n = attempt ? attempt : st->attempts.back().number;
+  if (n > static_cast<int>(st->attempts.size())) {
+    return NotFound("step '" + step + "' has no attempt " + std::to_string(n));
+  }
+  return n;
+}
+
+bool EventVisible(const State& s, const std::string& stream, const TenantFilter& visible,
+                  const std::string& only_tenant) {
+  if (!visible && only_tenant.empty()) return true;
+  auto sees = [&](const std::string& t) {
+    return (!visible || visible(t)) && (only_tenant.empty() || t == only_tenant);
+  };
+  if (stream.rfind("run-", 0) == 0) {
+    const Run* r = s.FindRun(std::string_view(stream).substr(4));
+    return r && sees(r->tenant);
+  }
+  if (stream.rfind("workflow-", 0) == 0) {
+    std::string owner = WorkflowTenant(s, stream.substr(9));
+    return !owner.empty() && sees(owner);
+  }
+  return false;
+}
+
+Json ContainersJson(const State& s, bool all, const TenantFilter& visible,
+                    const std::map<std::string, ContainerDescription>& watched) {
+  Json items = Json::array();
+  for (const auto& [id, c] : s.containers) {
+    if (!all && (c.phase == ContainerPhase::kLost || c.phase == ContainerPhase::kReleased)) {
+      continue;
+    }
+    Json j = ContainerToJson(c);
+    // The backend's own view (a Slurm job's state), when it is watched.
+    if (auto w = watched.find(id); w != watched.end()) {
+      j["backend_state"] = w->second.backend_state;
+      j["backend_detail"] = w->second.detail;
+    }
+    if (visible) {
+      // What runs where, only for the caller's tenant's attempts.
+      Json mine = Json::array();
+      for (const auto& a : j["attempts"]) {
+        std::string run, step;
+        int n;
+        if (ParseAttemptId(a.get<std::string>(), &run, &step, &n) && RunVisible(s, run, visible)) {
+          mine.push_back(a);
+        }
+      }
+      j["attempts"] = std::move(mine);
+    }
+    items.push_back(std::move(j));
+  }
+  return items;
+}
+
+PollStanding ContainerPollStanding(const State& s, const std::string& container,
+                                   const std::vector<std::string>& running) {
+  PollStanding out;
+  auto it = s.containers.find(container);
+  if (it == s.containers.end() || it->second.phase == ContainerPhase::kRequested) {
+    out.problem = "unknown_container";
+    return out;
+  }
+  if (it->second.phase != ContainerPhase::kRegistered) {
+    out.problem = "released";
+    return out;
+  }
+  for (const auto& id : running) {
+    const Attempt* a = s.FindAttempt(id);
+    if (a && a->phase == AttemptPhase::kAssigned) out.assigned = true;
+    const Worker* w = s.FindWorker(id);
+    if (w && w->phase == AttemptPhase::kAssigned) out.assigned = true;
+  }
+  return out;
+}
+
+Json CacheEntries(const State& s, const TenantFilter& visible, const std::string& workflow,
+                  const std::string& step) {
+  Json items = Json::array();
+  for (const auto& [key, e] : s.cache) {
+    if (visible && !visible(e.tenant)) continue;
+    if (!workflow.empty() && e.workflow != workflow) continue;
+    if (!step.empty() && e.step != step) continue;
+    items.push_back(CacheEntryToJson(key, e));
+  }
+  return items;
+}
+
+std::string HiddenCacheTarget(const State& s, const std::string& key, const std::string& workflow,
+                              const TenantFilter& visible) {
+  if (!visible) return "";
+  if (!key.empty()) {
+    auto it = s.cache.find(key);
+    if (it != s.cache.end() && !visible(it->second.tenant)) {
+      return "cache key '" + key + "' has no entry";
+    }
+  }
+  if (!workflow.empty() && s.workflows.count(workflow) && !visible(WorkflowTenant(s, workflow))) {
+    return "workflow '" + workflow + "' is not registered";
+  }
+  return "";
+}
+
+PhaseCounts CountPhases(const State& s) {
+  PhaseCounts out;
+  for (const auto& [id, r] : s.runs) {
+    out.runs[std::string(Name(r.phase))]++;
+    for (const auto& st : r.steps) {
+      for (const auto& a : st.attempts) out.attempts[std::string(Name(a.phase))]++;
+    }
+  }
+  for (const auto& [id, c] : s.containers) out.containers[std::string(Name(c.phase))]++;
+  out.queue = s.queue.size();
+  return out;
+}
+
 }  // namespace epoch::engine

@@ -4,14 +4,18 @@
 // reads, and unit-tested without HTTP.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "common/json.h"
+#include "common/status.h"
+#include "engine/container_backend.h"
 #include "engine/decider.h"
 #include "engine/state.h"
 
@@ -65,5 +69,76 @@ Json WorkflowVersionJson(const State& s, const std::string& name, int version,
 // and how many versions it has; `only_tenant` (non-empty) keeps one tenant's.
 Json ListArtifacts(const State& s, bool models, const TenantFilter& visible,
                    const std::string& only_tenant);
+// GET /v1/models/{name}[/versions/{v}] (and data sets): the named artifact of a tenant.
+struct ArtifactLookup {
+  // Every version ({"name", "tenant", "versions"}) when `version` is 0, else that
+  // version (ArtifactToJson with "tenant"); null when not found or not visible.
+  Json item;
+  // The tenants that have the name, when more than one does and the caller (who sees
+  // every tenant) did not say whose: the request is ambiguous.
+  std::vector<std::string> owners;
+};
+// Whose: `tenant` when given; else `caller_tenant`'s, if it has the name; else, for a
+// caller who sees every tenant (`visible` null), the one tenant that has the name.
+ArtifactLookup FindArtifact(const State& s, bool model, const std::string& name, int version,
+                            std::string tenant, const std::string& caller_tenant,
+                            const TenantFilter& visible);
+
+// GET /v1/runs/{id} (and POST /v1/runs, its cancel and retry, its history): RunToJson
+// of the run; null when there is none or the caller may not see it.
+Json RunJson(const State& s, const EngineConfig& config, const std::string& id,
+             const TenantFilter& visible);
+// Whether run `id` exists and the caller may see it (the runs' commands and events).
+bool RunVisible(const State& s, const std::string& id, const TenantFilter& visible);
+// GET /v1/runs/{id}/events?follow: whether the run has finished (or is unknown), so
+// that its stream may end.
+bool RunEnded(const State& s, const std::string& id);
+// GET /v1/runs/{id}/steps/{step}/logs?follow: whether the attempt has finished (or is
+// unknown), so that its log stream may end.
+bool AttemptEnded(const State& s, const std::string& attempt_id);
+// GET /v1/runs/{id}/steps/{step}/logs: the attempt whose log to serve, `attempt` or
+// (0) the step's latest. kNotFound, with the text the API answers, when the run is
+// unknown or hidden, the step unknown or not yet run, or the attempt not there.
+Result<int> LogAttempt(const State& s, const std::string& run, const std::string& step, int attempt,
+                       const TenantFilter& visible);
+// GET /v1/events: whether the caller may read an event of `stream`: those of runs and
+// workflows it may see (and of `only_tenant`'s, when non-empty); other streams only
+// when `visible` is null and no tenant is asked for.
+bool EventVisible(const State& s, const std::string& stream, const TenantFilter& visible,
+                  const std::string& only_tenant);
+
+// GET /v1/containers: ContainerToJson of each container (lost and released ones only
+// with `all`), with the backend's state where `watched` has it; a caller who does not
+// see every tenant (`visible` non-null) sees only its tenant's runs' attempts.
+Json ContainersJson(const State& s, bool all, const TenantFilter& visible,
+                    const std::map<std::string, ContainerDescription>& watched);
+// POST /v1/containers/{id}/poll: the container's standing, read before any command.
+struct PollStanding {
+  // "" when it may poll, "unknown_container" (never registered), or "released"
+  // (released or lost).
+  std::string problem;
+  // One of the attempts or workers it says it runs is still assigned (not started):
+  // the poll needs a command to start it.
+  bool assigned = false;
+};
+PollStanding ContainerPollStanding(const State& s, const std::string& container,
+                                   const std::vector<std::string>& running);
+
+// GET /v1/cache: CacheEntryToJson of each visible entry, by key; `workflow` and
+// `step` (non-empty) keep those of one workflow or step name.
+Json CacheEntries(const State& s, const TenantFilter& visible, const std::string& workflow,
+                  const std::string& step);
+// POST /v1/cache/invalidate: the not-found text for a key or workflow the caller may
+// not see (another tenant's names are not disclosed); empty when neither is hidden.
+std::string HiddenCacheTarget(const State& s, const std::string& key, const std::string& workflow,
+                              const TenantFilter& visible);
+
+// GET /metrics: how many runs, attempts and containers are in each phase (by Name),
+// and the queue's length.
+struct PhaseCounts {
+  std::map<std::string, int> runs, attempts, containers;
+  size_t queue = 0;
+};
+PhaseCounts CountPhases(const State& s);
 
 }  // namespace epoch::engine
