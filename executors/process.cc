@@ -12,6 +12,7 @@
 #include <cstring>
 #include <thread>
 
+#include "common/fd.h"
 #include "common/files.h"
 
 extern char** environ;
@@ -151,20 +152,15 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   // Every fd the child uses sits at or above `floor`, so its dup2s onto 0..2 and onto
   // 3.. (pass_fds) cannot clobber one another. Each is a CLOEXEC copy owned here.
   const int floor = 3 + static_cast<int>(spec.pass_fds.size());
-  std::vector<int> owned;
-  struct CloseOnReturn {
-    std::vector<int>& fds;
-    ~CloseOnReturn() {
-      for (int fd : fds) close(fd);
-    }
-  } close_on_return{owned};
+  std::vector<UniqueFd> owned;     // closed on every return
   auto own = [&](int fd) -> int {  // takes fd, returns its copy at or above floor
     if (fd < 0) return -1;
+    UniqueFd taken(fd);
     int copy = fcntl(fd, F_DUPFD_CLOEXEC, floor);
     int err = errno;
-    close(fd);
+    taken.reset();
     errno = err;
-    if (copy >= 0) owned.push_back(copy);
+    if (copy >= 0) owned.emplace_back(copy);
     return copy;
   };
   int log_fd = -1;
@@ -183,7 +179,7 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   for (int fd : spec.pass_fds) {
     int copy = fcntl(fd, F_DUPFD_CLOEXEC, floor);
     if (copy < 0) return Errno("fcntl F_DUPFD of fd " + std::to_string(fd));
-    owned.push_back(copy);
+    owned.emplace_back(copy);
     pass.push_back(copy);
   }
   std::vector<int> cgroup_fds;
@@ -195,7 +191,7 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) return Errno("pipe2");
   int err_read = pipe_fds[0];
-  owned.push_back(err_read);
+  owned.emplace_back(err_read);
   int err_fd = own(pipe_fds[1]);
   if (err_fd < 0) return Errno("fcntl");
 
@@ -211,8 +207,7 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   }
   int fork_errno = errno;
   // The write end must close here, or the read below never sees EOF.
-  close(err_fd);
-  std::erase(owned, err_fd);
+  std::erase_if(owned, [&](const UniqueFd& fd) { return fd.get() == err_fd; });
   if (pid < 0) {
     errno = fork_errno;
     return Errno("fork");

@@ -46,6 +46,7 @@
 #include <string>
 #include <vector>
 
+#include "common/fd.h"
 #include "executors/sandbox/sandbox.h"
 
 extern char** environ;
@@ -108,7 +109,7 @@ bool IsBeneath(const std::string& path, const std::string& root) {
 // so binds are made from /proc/self/fd/N of these.
 struct Source {
   std::string target;  // where it appears: its canonical path
-  int fd = -1;
+  epoch::UniqueFd fd;
   bool dir = false;
   bool read_only = true;
 };
@@ -136,23 +137,19 @@ unsigned long PerMountFlags(int fd_or_minus1, const char* path) {
 // symlink may redirect a path inside the data dir), else anywhere but the data dir,
 // inside it or above it.
 std::string OpenSource(const Bind& b, const std::string& data_dir, Source* out) {
-  int fd = open(b.path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return "mount failed: " + b.path + ": " + ErrnoText(errno);
+  epoch::UniqueFd fd(open(b.path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return "mount failed: " + b.path + ": " + ErrnoText(errno);
   struct stat st {};
-  if (fstat(fd, &st) != 0 || S_ISLNK(st.st_mode)) {
-    close(fd);
+  if (fstat(fd.get(), &st) != 0 || S_ISLNK(st.st_mode)) {
     return "mount failed: " + b.path + " is a symbolic link";
   }
-  std::string real = PathOf(fd);
+  std::string real = PathOf(fd.get());
   bool ok = b.expect.empty()
                 ? !real.empty() && !IsBeneath(real, data_dir) && !IsBeneath(data_dir, real)
                 : real == b.expect;
-  if (!ok) {
-    close(fd);
-    return "mount failed: " + b.path + " resolves to " + real + ", which it may not";
-  }
+  if (!ok) return "mount failed: " + b.path + " resolves to " + real + ", which it may not";
   out->target = real;
-  out->fd = fd;
+  out->fd = std::move(fd);
   out->dir = S_ISDIR(st.st_mode);
   out->read_only = b.read_only;
   return "";
@@ -170,14 +167,11 @@ void OpenDevices(View* v) {
   }
   for (const auto& n : names) {
     std::string path = "/dev/" + n;
-    int fd = open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) continue;  // this host has no such node
+    epoch::UniqueFd fd(open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) continue;  // this host has no such node
     struct stat st {};
-    if (fstat(fd, &st) != 0 || S_ISLNK(st.st_mode)) {
-      close(fd);
-      continue;
-    }
-    v->devices.push_back(Source{path, fd, S_ISDIR(st.st_mode), false});
+    if (fstat(fd.get(), &st) != 0 || S_ISLNK(st.st_mode)) continue;
+    v->devices.push_back(Source{path, std::move(fd), S_ISDIR(st.st_mode), false});
   }
 }
 
@@ -256,10 +250,8 @@ std::string MakeMountPoint(const std::string& path, bool dir) {
     std::string prefix = path.substr(0, i);
     bool leaf = i == path.size();
     if (leaf && !dir) {
-      int fd = open(prefix.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
-      if (fd >= 0) {
-        close(fd);
-      } else if (errno != EEXIST && errno != EROFS && errno != EISDIR) {
+      epoch::UniqueFd fd(open(prefix.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
+      if (!fd && errno != EEXIST && errno != EROFS && errno != EISDIR) {
         return "mount failed: create " + prefix + ": " + ErrnoText(errno);
       }
       continue;
@@ -276,29 +268,25 @@ std::string MakeMountPoint(const std::string& path, bool dir) {
 // now, is right: a device node is written through, not changed).
 std::string BindSource(const Source& src, unsigned long extra_flags, bool keep_flags = false) {
   if (std::string e = MakeMountPoint(src.target, src.dir); !e.empty()) return e;
-  int t = open(src.target.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  if (t < 0) return "mount failed: " + src.target + ": " + ErrnoText(errno);
-  std::string where = PathOf(t);
+  epoch::UniqueFd t(open(src.target.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!t) return "mount failed: " + src.target + ": " + ErrnoText(errno);
+  std::string where = PathOf(t.get());
   if (where != src.target) {
-    close(t);
     return "mount failed: mount point " + src.target + " resolves to " + where;
   }
-  int rc = mount(ProcFd(src.fd).c_str(), ProcFd(t).c_str(), nullptr, MS_BIND | MS_REC, nullptr);
-  int err = errno;
-  close(t);
-  if (rc != 0) return "mount failed: bind " + src.target + ": " + ErrnoText(err);
+  int rc = mount(ProcFd(src.fd.get()).c_str(), ProcFd(t.get()).c_str(), nullptr, MS_BIND | MS_REC,
+                 nullptr);
+  if (rc != 0) return "mount failed: bind " + src.target + ": " + ErrnoText(errno);
   if (keep_flags) return "";
   // Reopen: the fd above names what is now underneath the bind.
-  t = open(src.target.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  if (t < 0) return "mount failed: " + src.target + ": " + ErrnoText(errno);
+  t.reset(open(src.target.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!t) return "mount failed: " + src.target + ": " + ErrnoText(errno);
   unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID | extra_flags |
-                        (PerMountFlags(src.fd, nullptr) &
+                        (PerMountFlags(src.fd.get(), nullptr) &
                          (MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME | MS_NODEV)) |
                         (src.read_only ? MS_RDONLY : 0);
-  rc = mount(nullptr, ProcFd(t).c_str(), nullptr, flags, nullptr);
-  err = errno;
-  close(t);
-  if (rc != 0) return "mount failed: set flags of " + src.target + ": " + ErrnoText(err);
+  rc = mount(nullptr, ProcFd(t.get()).c_str(), nullptr, flags, nullptr);
+  if (rc != 0) return "mount failed: set flags of " + src.target + ": " + ErrnoText(errno);
   return "";
 }
 
@@ -366,7 +354,7 @@ std::string BuildView(const SandboxSpec& spec) {
   for (const auto& b : spec.binds) {
     Source s;
     if (std::string e = OpenSource(b, spec.data_dir, &s); !e.empty()) return e;
-    v.binds.push_back(s);
+    v.binds.push_back(std::move(s));
   }
   OpenDevices(&v);
   if (std::string e = MakeHostReadOnly(); !e.empty()) return e;
@@ -386,13 +374,14 @@ std::string BuildView(const SandboxSpec& spec) {
   if (std::string e = MakeDev(v); !e.empty()) return e;
   // Parents before children: a read-only upstream output inside the workspace lands on
   // top of the workspace's bind.
-  std::vector<Source> binds = v.binds;
-  std::stable_sort(binds.begin(), binds.end(), [](const Source& a, const Source& b) {
-    return std::count(a.target.begin(), a.target.end(), '/') <
-           std::count(b.target.begin(), b.target.end(), '/');
+  std::vector<const Source*> binds;
+  for (const auto& b : v.binds) binds.push_back(&b);
+  std::stable_sort(binds.begin(), binds.end(), [](const Source* a, const Source* b) {
+    return std::count(a->target.begin(), a->target.end(), '/') <
+           std::count(b->target.begin(), b->target.end(), '/');
   });
-  for (const auto& b : binds) {
-    if (std::string e = BindSource(b, MS_NODEV); !e.empty()) return e;
+  for (const Source* b : binds) {
+    if (std::string e = BindSource(*b, MS_NODEV); !e.empty()) return e;
   }
   if (hide_data_dir) {
     if (std::string e = RemountReadOnly(spec.data_dir, MS_NOSUID | MS_NODEV | MS_NOEXEC);
@@ -400,9 +389,7 @@ std::string BuildView(const SandboxSpec& spec) {
       return e;
     }
   }
-  for (const auto& s : v.binds) close(s.fd);
-  for (const auto& s : v.devices) close(s.fd);
-  return "";
+  return "";  // the sources' descriptors close with `v`
 }
 
 std::string MountProc() {
@@ -505,18 +492,18 @@ void ForwardToNamespace(int sig) {
   errno = saved;
 }
 
-[[noreturn]] void InitMain(const SandboxSpec& spec, int out_w, int err_w, int status_w,
-                           int alive_r) {
+[[noreturn]] void InitMain(const SandboxSpec& spec, epoch::UniqueFd out_w, epoch::UniqueFd err_w,
+                           int status_w, epoch::UniqueFd alive_r) {
   // The shim's death is ours, and with PID 1 gone the kernel kills the namespace.
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) _exit(127);
   struct pollfd alive {
-    alive_r, POLLIN, 0
+    alive_r.get(), POLLIN, 0
   };
   if (poll(&alive, 1, 0) != 0) _exit(127);  // the shim died before the prctl (POLLHUP)
-  close(alive_r);
+  alive_r.reset();
   setsid();  // out of the shim's group: the agent signals the shim, the shim signals us
   if (std::string e = MountProc(); !e.empty()) {
-    (void)WriteAll(err_w, e.data(), e.size());
+    (void)WriteAll(err_w.get(), e.data(), e.size());
     _exit(127);
   }
   // The forwarded signals stay blocked (from the shim) until the step exists, so none
@@ -530,14 +517,14 @@ void ForwardToNamespace(int sig) {
   dfl.sa_handler = SIG_DFL;
   sigaction(SIGCHLD, &dfl, nullptr);
   pid_t step = fork();
-  if (step == 0) StepMain(spec, out_w, err_w, 0, false);
+  if (step == 0) StepMain(spec, out_w.get(), err_w.get(), 0, false);
   if (step < 0) {
     std::string e = "fork failed: " + ErrnoText(errno);
-    (void)WriteAll(err_w, e.data(), e.size());
+    (void)WriteAll(err_w.get(), e.data(), e.size());
     _exit(127);
   }
-  close(out_w);
-  close(err_w);
+  out_w.reset();
+  err_w.reset();
   sigset_t empty;
   sigemptyset(&empty);
   sigprocmask(SIG_SETMASK, &empty, nullptr);
@@ -707,8 +694,7 @@ int main(int argc, char** argv) {
   SandboxSpec spec;
   SandboxStatus status;
   {
-    std::string bytes = ReadAll(kSpecFd);
-    close(kSpecFd);
+    std::string bytes = ReadAll(epoch::UniqueFd(kSpecFd).get());  // closed once read
     std::string error;
     if (fcntl(kStatusFd, F_SETFD, FD_CLOEXEC) != 0 ||
         !epoch::executors::sandbox::DecodeSpec(bytes, &spec, &error)) {
@@ -720,51 +706,58 @@ int main(int argc, char** argv) {
   LogPump pump;
   pump.max = spec.max_log_bytes;
 
-  int out[2], err[2], st[2] = {-1, -1}, alive[2] = {-1, -1};
-  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+  // The step's output, its pre-exec errors, with isolation init's report of the step's
+  // status and a pipe whose hang-up tells init that this process died.
+  epoch::UniqueFd out_r, out_w, err_r, err_w, st_r, st_w, alive_r, alive_w;
+  auto make_pipe = [](epoch::UniqueFd* r, epoch::UniqueFd* w) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return false;
+    r->reset(fds[0]);
+    w->reset(fds[1]);
+    return true;
+  };
+  if (!make_pipe(&out_r, &out_w) || !make_pipe(&err_r, &err_w)) {
     Fail(spec, status, "sandbox failed: pipe: " + ErrnoText(errno));
   }
   if (spec.isolate) {
-    if (pipe2(st, O_CLOEXEC) != 0 || pipe2(alive, O_CLOEXEC) != 0) {
+    if (!make_pipe(&st_r, &st_w) || !make_pipe(&alive_r, &alive_w)) {
       Fail(spec, status, "sandbox failed: pipe: " + ErrnoText(errno));
     }
     if (std::string e = BuildView(spec); !e.empty()) Fail(spec, status, e);
   }
-  int sfd = signalfd(-1, &handled, SFD_CLOEXEC);
-  if (sfd < 0) Fail(spec, status, "sandbox failed: signalfd: " + ErrnoText(errno));
+  epoch::UniqueFd sfd(signalfd(-1, &handled, SFD_CLOEXEC));
+  if (!sfd) Fail(spec, status, "sandbox failed: signalfd: " + ErrnoText(errno));
 
   pid_t self = getpid();
   pid_t child = fork();
-  if (child == 0) {
-    close(out[0]);
-    close(err[0]);
-    close(sfd);
+  if (child == 0) {  // each side keeps its own ends
+    out_r.reset();
+    err_r.reset();
+    sfd.reset();
     if (spec.isolate) {
-      close(st[0]);
-      close(alive[1]);
-      InitMain(spec, out[1], err[1], st[1], alive[0]);
+      st_r.reset();
+      alive_w.reset();
+      InitMain(spec, std::move(out_w), std::move(err_w), st_w.get(), std::move(alive_r));
     }
-    StepMain(spec, out[1], err[1], self, true);
+    StepMain(spec, out_w.get(), err_w.get(), self, true);
   }
   if (child < 0) Fail(spec, status, "sandbox failed: fork: " + ErrnoText(errno));
-  close(out[1]);
-  close(err[1]);
-  if (spec.isolate) {
-    close(st[1]);
-    close(alive[0]);
-  }
+  out_w.reset();
+  err_w.reset();
+  st_w.reset();
+  alive_r.reset();
 
   int child_status = 0;
   bool child_done = false, out_open = true;
   char buf[65536];
   while (out_open) {
-    struct pollfd p[2] = {{sfd, POLLIN, 0}, {out[0], POLLIN, 0}};
+    struct pollfd p[2] = {{sfd.get(), POLLIN, 0}, {out_r.get(), POLLIN, 0}};
     if (poll(p, 2, -1) < 0) {
       if (errno == EINTR) continue;
       break;
     }
     if (p[1].revents != 0) {
-      ssize_t n = read(out[0], buf, sizeof(buf));
+      ssize_t n = read(out_r.get(), buf, sizeof(buf));
       if (n > 0) {
         pump.Write(buf, static_cast<size_t>(n));
       } else if (n == 0 || errno != EINTR) {
@@ -773,7 +766,7 @@ int main(int argc, char** argv) {
     }
     if (p[0].revents & POLLIN) {
       struct signalfd_siginfo si {};
-      if (read(sfd, &si, sizeof(si)) == static_cast<ssize_t>(sizeof(si))) {
+      if (read(sfd.get(), &si, sizeof(si)) == static_cast<ssize_t>(sizeof(si))) {
         int sig = static_cast<int>(si.ssi_signo);
         if (sig == SIGCHLD) {
           int ws = 0;
@@ -797,9 +790,9 @@ int main(int argc, char** argv) {
   // nothing can write any more (the namespace is gone); without it, the step's
   // leftovers die with the agent's kill of our group, so do not wait for them.
   if (out_open) {
-    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    fcntl(out_r.get(), F_SETFL, O_NONBLOCK);
     while (true) {
-      ssize_t n = read(out[0], buf, sizeof(buf));
+      ssize_t n = read(out_r.get(), buf, sizeof(buf));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) break;
       pump.Write(buf, static_cast<size_t>(n));
@@ -812,10 +805,10 @@ int main(int argc, char** argv) {
   int step_status = child_status;
   if (spec.isolate) {
     // init's own status says only that it ran; the step's is in the pipe.
-    std::string raw = ReadAll(st[0]);
+    std::string raw = ReadAll(st_r.get());
     if (raw.size() == sizeof(int)) std::memcpy(&step_status, raw.data(), sizeof(int));
   }
-  std::string pre_exec = ReadAll(err[0]);
+  std::string pre_exec = ReadAll(err_r.get());
   if (!pre_exec.empty() && WIFEXITED(step_status) && WEXITSTATUS(step_status) == 127) {
     status.error = pre_exec;
     std::string line = "epoch: " + spec.argv[0] + ": " + pre_exec + "\n";
