@@ -1,6 +1,6 @@
 // HttpServer: an asynchronous HTTP/1.1 server (Boost.Beast over Boost.Asio, TLS through
-// asio::ssl) for epochd's API. Beast and Asio stay inside http_server.cc: this header
-// is cheap to include.
+// asio::ssl) for epochd's API. Beast and Asio stay inside its .cc files (http_server.cc,
+// http_session.cc, http_message.cc): this header is cheap to include.
 //
 // What it owns and decides:
 //  - Connections: an acceptor, one session per connection (plain or TLS), keep-alive and
