@@ -15,6 +15,7 @@
 #include "common/files.h"
 #include "common/ids.h"
 #include "common/json.h"
+#include "common/json_reader.h"
 #include "common/sha256.h"
 #include "common/status.h"
 #include "common/units.h"
@@ -128,6 +129,57 @@ TEST(JsonTest, ValidUtf8) {
   EXPECT_EQ(Utf8SequenceLength("\xE2\x82\xAC", 0), 3u);
   EXPECT_EQ(Utf8SequenceLength("\xE2\x82\xAC", 1), 0u);
   EXPECT_EQ(Utf8SequenceLength("ab", 2), 0u);
+}
+
+// Absent and null leave the output alone; a wrong type is refused naming the member
+// with the reader's path; nothing is read from a refused member.
+TEST(JsonReaderTest, ReadsOrRefusesNamingTheMember) {
+  Json j = ParseJson(R"({"s": "x", "n": null, "i": -3, "big": 4294967296, "u": 7,
+      "neg": -1, "b": true, "o": {"k": 1}, "a": [1], "ao": [{}, 2], "ss": ["p", "q"],
+      "sn": ["p", 3], "f": 1.5})")
+               .value();
+  JsonReader r(j, "reports[2]");
+  std::optional<std::string> s;
+  EXPECT_TRUE(r.String("s", &s).ok());
+  EXPECT_EQ(s, "x");
+  std::string keep = "kept";
+  EXPECT_TRUE(r.String("n", &keep).ok());
+  EXPECT_TRUE(r.String("absent", &keep).ok());
+  EXPECT_EQ(keep, "kept");
+  EXPECT_EQ(r.String("i", &keep).message(), "reports[2].i: must be a string or null");
+  std::optional<int> i;
+  EXPECT_TRUE(r.Int("i", &i).ok());
+  EXPECT_EQ(i, -3);
+  EXPECT_EQ(r.Int("big", &i).message(), "reports[2].big: must fit in 32 bits");
+  EXPECT_EQ(r.Int("f", &i).message(), "reports[2].f: must be an integer or null");
+  EXPECT_EQ(i, -3);
+  int64_t big = 0;
+  EXPECT_TRUE(r.Int64("big", &big).ok());
+  EXPECT_EQ(big, 4294967296);
+  std::optional<int64_t> count;
+  EXPECT_EQ(r.Count("neg", &count).message(), "reports[2].neg: must be a non-negative integer");
+  EXPECT_FALSE(count.has_value());
+  uint64_t u = 0;
+  EXPECT_TRUE(r.Unsigned("u", &u).ok());
+  EXPECT_EQ(u, 7u);
+  EXPECT_EQ(r.Unsigned("neg", &u).code(), StatusCode::kInvalidArgument);
+  std::optional<bool> b;
+  EXPECT_TRUE(r.Bool("b", &b).ok());
+  EXPECT_EQ(b, true);
+  Json o;
+  EXPECT_TRUE(r.Object("o", &o).ok());
+  EXPECT_EQ(o["k"], 1);
+  EXPECT_EQ(r.Object("a", &o).message(), "reports[2].a: must be an object");
+  EXPECT_EQ(r.SmallObject("o", 4, &o).message(),
+            "reports[2].o: must be an object (at most 4 bytes)");
+  EXPECT_EQ(r.SmallObject("n", 4096, &o).code(), StatusCode::kInvalidArgument);  // null refused
+  EXPECT_EQ(r.ArrayOfObjects("ao", &o).message(), "reports[2].ao[1]: must be an object");
+  std::vector<std::string> ss;
+  EXPECT_TRUE(r.Strings("ss", &ss).ok());
+  EXPECT_EQ(ss, (std::vector<std::string>{"p", "q"}));
+  EXPECT_EQ(r.Strings("sn", &ss).message(), "reports[2].sn[1]: must be a string");
+  // A body's reader names members bare.
+  EXPECT_EQ(JsonReader(j).Bool("s", &b).message(), "s: must be a boolean");
 }
 
 TEST(Sha256Test, KnownVector) {

@@ -1,6 +1,6 @@
 #include "engine/report.h"
 
-#include <limits>
+#include "common/json_reader.h"
 
 namespace epoch::engine {
 
@@ -14,89 +14,9 @@ std::string_view Name(ReportedState s) {
   return "?";
 }
 
-namespace {
-
-// Field readers: absent (and, where allowed, null) leaves `out` as it is.
-class Reader {
- public:
-  Reader(const Json& j, const std::string& path) : j_(j), path_(path) {}
-
-  Status Fail(std::string_view field, std::string_view must) const {
-    return InvalidArgument(path_ + "." + std::string(field) + ": " + std::string(must));
-  }
-  const Json* Find(std::string_view field, bool null_is_absent = true) const {
-    auto it = j_.find(std::string(field));
-    if (it == j_.end() || (null_is_absent && it->is_null())) return nullptr;
-    return &*it;
-  }
-  Status String(std::string_view field, std::optional<std::string>* out) const {
-    const Json* v = Find(field);
-    if (!v) return Status::Ok();
-    if (!v->is_string()) return Fail(field, "must be a string or null");
-    *out = v->get<std::string>();
-    return Status::Ok();
-  }
-  Status Int(std::string_view field, std::optional<int>* out) const {
-    const Json* v = Find(field);
-    if (!v) return Status::Ok();
-    if (!v->is_number_integer()) return Fail(field, "must be an integer or null");
-    int64_t n = v->get<int64_t>();
-    if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t{std::numeric_limits<int>::max()}) {
-      return Fail(field, "must fit in 32 bits");
-    }
-    if (n < std::numeric_limits<int>::min() || n > std::numeric_limits<int>::max()) {
-      return Fail(field, "must fit in 32 bits");
-    }
-    *out = static_cast<int>(n);
-    return Status::Ok();
-  }
-  Status Count(std::string_view field, std::optional<int64_t>* out) const {
-    const Json* v = Find(field);
-    if (!v) return Status::Ok();
-    bool ok = v->is_number_unsigned()
-                  ? v->get<uint64_t>() <= uint64_t{std::numeric_limits<int64_t>::max()}
-                  : v->is_number_integer() && v->get<int64_t>() >= 0;
-    if (!ok) return Fail(field, "must be a non-negative integer");
-    *out = v->get<int64_t>();
-    return Status::Ok();
-  }
-  Status Bool(std::string_view field, std::optional<bool>* out) const {
-    const Json* v = Find(field);
-    if (!v) return Status::Ok();
-    if (!v->is_boolean()) return Fail(field, "must be a boolean");
-    *out = v->get<bool>();
-    return Status::Ok();
-  }
-  Status Object(std::string_view field, Json* out) const {
-    const Json* v = Find(field);
-    if (!v) return Status::Ok();
-    if (!v->is_object()) return Fail(field, "must be an object");
-    *out = *v;
-    return Status::Ok();
-  }
-  Status ArrayOfObjects(std::string_view field, Json* out) const {
-    const Json* v = Find(field);
-    if (!v) return Status::Ok();
-    if (!v->is_array()) return Fail(field, "must be an array of objects");
-    for (size_t i = 0; i < v->size(); ++i) {
-      if (!(*v)[i].is_object()) {
-        return Fail(std::string(field) + "[" + std::to_string(i) + "]", "must be an object");
-      }
-    }
-    *out = *v;
-    return Status::Ok();
-  }
-
- private:
-  const Json& j_;
-  const std::string& path_;
-};
-
-}  // namespace
-
 Result<AttemptReport> ParseAttemptReport(const Json& j, const std::string& path) {
   if (!j.is_object()) return InvalidArgument(path + ": must be an object");
-  Reader r(j, path);
+  JsonReader r(j, path);
   AttemptReport out;
   std::optional<std::string> id, state;
   RETURN_IF_ERROR(r.String("attempt_id", &id));
