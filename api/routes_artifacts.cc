@@ -17,9 +17,6 @@ void ApiServer::Impl::ArtifactRoutes() {
   // Lineage: data sets and models, each version with what produced it.
   for (bool model : {false, true}) {
     std::string base = model ? "/v1/models" : "/v1/datasets";
-    auto all = [model](const engine::State& s) -> const auto& {
-      return model ? s.models : s.datasets;
-    };
     // Names are per tenant (engine::ArtifactKey): each item says whose it is.
     Get(base, Wrap(base, [this, model](const Request& req, Response& res) {
           std::string only = req.Param("tenant");
@@ -27,12 +24,11 @@ void ApiServer::Impl::ArtifactRoutes() {
             return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
           }
           Json items = engine->Read([&](const engine::State& s) {
-            return engine::ListArtifacts(
-                s, model, [](const std::string& t) { return Caller().Sees(t); }, only);
+            return engine::ListArtifacts(s, model, Visible(), only);
           });
           WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
         }));
-    auto one = [this, all, model](const Request& req, Response& res) {
+    auto one = [this, model](const Request& req, Response& res) {
       std::string name = req.matches[1];
       int version = 0;
       if (req.matches.size() > 2) {
@@ -49,38 +45,10 @@ void ApiServer::Impl::ArtifactRoutes() {
       if (req.HasParam("tenant") && !IsValidName(tenant)) {
         return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
       }
-      Json out;
-      std::vector<std::string> owners;  // tenants with the name, when it is ambiguous
-      bool found = engine->Read([&](const engine::State& s) {
-        const auto& named = all(s);
-        // Whose: the tenant asked for; else the caller's own; else, for those who see
-        // every tenant, the one tenant that has the name.
-        if (tenant.empty() && named.count(engine::ArtifactKey(Caller().tenant, name))) {
-          tenant = Caller().tenant;
-        }
-        if (tenant.empty() && Caller().SeesAllTenants()) {
-          for (const auto& [key, versions] : named) {
-            auto [t, n] = engine::SplitArtifactKey(key);
-            if (n == name) owners.push_back(t);
-          }
-          if (owners.size() != 1) return false;
-          tenant = owners.front();
-          owners.clear();
-        }
-        if (tenant.empty() || !Caller().Sees(tenant)) return false;
-        auto it = named.find(engine::ArtifactKey(tenant, name));
-        if (it == named.end() || it->second.empty()) return false;
-        if (version > static_cast<int>(it->second.size())) return false;
-        if (version > 0) {
-          out = engine::ArtifactToJson(name, it->second[static_cast<size_t>(version - 1)], model);
-          out["tenant"] = tenant;
-          return true;
-        }
-        Json versions = Json::array();
-        for (const auto& v : it->second) versions.push_back(engine::ArtifactToJson(name, v, model));
-        out = Json{{"name", name}, {"tenant", tenant}, {"versions", versions}};
-        return true;
+      engine::ArtifactLookup found = engine->Read([&](const engine::State& s) {
+        return engine::FindArtifact(s, model, name, version, tenant, Caller().tenant, Visible());
       });
+      const std::vector<std::string>& owners = found.owners;
       if (owners.size() > 1) {
         std::string list;
         for (const auto& t : owners) list += (list.empty() ? "" : ", ") + t;
@@ -89,7 +57,7 @@ void ApiServer::Impl::ArtifactRoutes() {
                                     "' exists in tenants " + list + ": add ?tenant=",
                                 owners});
       }
-      if (!found) {
+      if (found.item.is_null()) {
         return WriteError(
             res, {404,
                   "not_found",
@@ -97,7 +65,7 @@ void ApiServer::Impl::ArtifactRoutes() {
                       (version ? " version " + std::to_string(version) : "") + " not found",
                   {}});
       }
-      WriteJson(res, 200, out);
+      WriteJson(res, 200, found.item);
     };
     Get(base + R"(/([^/]+))", Wrap(base + "/{name}", one));
     Get(base + R"(/([^/]+)/versions/([^/]+))", Wrap(base + "/{name}/versions/{v}", one));

@@ -14,15 +14,8 @@ void ApiServer::Impl::CacheRoutes() {
   Get("/v1/cache", Wrap("/v1/cache", [this](const Request& req, Response& res) {
         std::string workflow = req.Param("workflow");
         std::string step = req.Param("step");
-        Json items = Json::array();
-        engine->Read([&](const engine::State& s) {
-          for (const auto& [key, e] : s.cache) {
-            if (!Caller().Sees(e.tenant)) continue;
-            if (!workflow.empty() && e.workflow != workflow) continue;
-            if (!step.empty() && e.step != step) continue;
-            items.push_back(engine::CacheEntryToJson(key, e));
-          }
-          return 0;
+        Json items = engine->Read([&](const engine::State& s) {
+          return engine::CacheEntries(s, Visible(), workflow, step);
         });
         WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
       }));
@@ -49,18 +42,8 @@ void ApiServer::Impl::CacheRoutes() {
          }
          // Only the caller's tenant's entries (the same 404s as for ones that do
          // not exist: another tenant's names are not disclosed).
-         std::string hidden = engine->Read([&](const engine::State& s) -> std::string {
-           if (!cmd.key.empty()) {
-             auto it = s.cache.find(cmd.key);
-             if (it != s.cache.end() && !Caller().Sees(it->second.tenant)) {
-               return "cache key '" + cmd.key + "' has no entry";
-             }
-           }
-           if (!cmd.workflow.empty() && s.workflows.count(cmd.workflow) &&
-               !Caller().Sees(WorkflowTenant(s, cmd.workflow))) {
-             return "workflow '" + cmd.workflow + "' is not registered";
-           }
-           return "";
+         std::string hidden = engine->Read([&](const engine::State& s) {
+           return engine::HiddenCacheTarget(s, cmd.key, cmd.workflow, Visible());
          });
          if (!hidden.empty()) return WriteError(res, {404, "not_found", hidden, {}});
          cmd.tenant = Caller().tenant;

@@ -32,36 +32,9 @@ HttpError ContainerError(const Status& st) {
 void ApiServer::Impl::ContainerRoutes() {
   Get("/v1/containers", Wrap("/v1/containers", [this](const Request& req, Response& res) {
         bool all = QueryBool(req, "all");
-        Json items = Json::array();
         auto watched = engine->BackendStates();
-        engine->Read([&](const engine::State& s) {
-          for (const auto& [id, c] : s.containers) {
-            if (!all && (c.phase == engine::ContainerPhase::kLost ||
-                         c.phase == engine::ContainerPhase::kReleased)) {
-              continue;
-            }
-            Json j = engine::ContainerToJson(c);
-            // The backend's own view (a Slurm job's state), when it is watched.
-            if (auto w = watched.find(id); w != watched.end()) {
-              j["backend_state"] = w->second.backend_state;
-              j["backend_detail"] = w->second.detail;
-            }
-            if (!Caller().SeesAllTenants()) {
-              // What runs where, only for the caller's tenant's attempts.
-              Json mine = Json::array();
-              for (const auto& a : j["attempts"]) {
-                std::string run, step;
-                int n;
-                if (engine::ParseAttemptId(a.get<std::string>(), &run, &step, &n) &&
-                    SeesRun(s, run)) {
-                  mine.push_back(a);
-                }
-              }
-              j["attempts"] = std::move(mine);
-            }
-            items.push_back(std::move(j));
-          }
-          return 0;
+        Json items = engine->Read([&](const engine::State& s) {
+          return engine::ContainersJson(s, all, Visible(), watched);
         });
         WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
       }));
@@ -99,26 +72,10 @@ void ApiServer::Impl::ContainerRoutes() {
          engine->Heartbeat(cmd.container);
          // A poll that reports nothing new needs no command: check the
          // container's standing from the published state instead.
-         bool needs_command = !cmd.reports.empty();
-         std::string problem;
-         engine->Read([&](const engine::State& s) {
-           auto it = s.containers.find(cmd.container);
-           if (it == s.containers.end() || it->second.phase == engine::ContainerPhase::kRequested) {
-             problem = "unknown_container";
-             return 0;
-           }
-           if (it->second.phase != engine::ContainerPhase::kRegistered) {
-             problem = "released";
-             return 0;
-           }
-           for (const auto& id : cmd.running) {
-             const engine::Attempt* a = s.FindAttempt(id);
-             if (a && a->phase == engine::AttemptPhase::kAssigned) needs_command = true;
-             const engine::Worker* w = s.FindWorker(id);
-             if (w && w->phase == engine::AttemptPhase::kAssigned) needs_command = true;
-           }
-           return 0;
+         engine::PollStanding standing = engine->Read([&](const engine::State& s) {
+           return engine::ContainerPollStanding(s, cmd.container, cmd.running);
          });
+         const std::string& problem = standing.problem;
          if (problem == "unknown_container") {
            return WriteError(res,
                              {404, problem, "container '" + cmd.container + "' must register", {}});
@@ -128,7 +85,7 @@ void ApiServer::Impl::ContainerRoutes() {
                res, {409, problem, "container '" + cmd.container + "' was released or lost", {}});
          }
          std::vector<std::string> ack;
-         if (needs_command) {
+         if (!cmd.reports.empty() || standing.assigned) {
            auto r = engine->Execute(cmd);
            if (!r.ok()) return WriteError(res, ContainerError(r.status()));
            ack = r->ack;

@@ -134,12 +134,10 @@ void ApiServer::Impl::EventRoutes() {
           return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
         }
         // The exact stream (not only its prefix), and only what the caller may read.
-        Keep keep = [this, exact, stream, tenant, who = Caller()](const storage::Envelope& e) {
+        Keep keep = [this, exact, stream, tenant, visible = Visible()](const storage::Envelope& e) {
           if (exact && e.stream != stream) return false;
           return engine->Read([&](const engine::State& s) {
-            if (!SeesEvent(s, e, who)) return false;
-            if (tenant.empty()) return true;
-            return SeesEvent(s, e, Principal{"", tenant, Role::kViewer, ""});
+            return engine::EventVisible(s, e.stream, visible, tenant);
           });
         };
         if (QueryBool(req, "follow")) {
@@ -177,14 +175,12 @@ void ApiServer::Impl::EventRoutes() {
   Get(R"(/v1/runs/([^/]+)/history)",
       Wrap("/v1/runs/{id}/history", [this](const Request& req, Response& res) {
         std::string id = req.matches[1];
-        Json run;
-        bool exists = engine->Read([&](const engine::State& s) {
-          const engine::Run* r = s.FindRun(id);
-          if (!r || !Caller().Sees(r->tenant)) return false;
-          run = engine::RunToJson(*r, engine->options().config, &s);
-          return true;
+        Json run = engine->Read([&](const engine::State& s) {
+          return engine::RunJson(s, engine->options().config, id, Visible());
         });
-        if (!exists) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+        if (run.is_null()) {
+          return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+        }
         Json timeline = Json::array();
         std::string stream = engine::RunStream(id);
         for (uint64_t version = 1;;) {
@@ -245,7 +241,8 @@ void ApiServer::Impl::EventRoutes() {
   Get(R"(/v1/runs/([^/]+)/events)",
       Wrap("/v1/runs/{id}/events", [this](const Request& req, Response& res) {
         std::string id = req.matches[1];
-        bool exists = engine->Read([&](const engine::State& s) { return SeesRun(s, id); });
+        bool exists = engine->Read(
+            [&](const engine::State& s) { return engine::RunVisible(s, id, Visible()); });
         if (!exists) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
         HttpError err;
         auto after = QueryInt(req, "after", 0, 0, INT64_MAX, &err);
@@ -292,10 +289,7 @@ void ApiServer::Impl::EventRoutes() {
           };
           // The stream ends once the run is finished and everything was sent.
           return StreamEvents(res, std::move(slot), std::move(follow), [this, id] {
-            return engine->Read([&](const engine::State& s) {
-              const engine::Run* r = s.FindRun(id);
-              return !r || engine::IsTerminal(r->phase);
-            });
+            return engine->Read([&](const engine::State& s) { return engine::RunEnded(s, id); });
           });
         }
         auto page = fetch(from);

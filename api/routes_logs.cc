@@ -153,21 +153,11 @@ void ApiServer::Impl::LogRoutes() {
         HttpError err;
         auto attempt_q = QueryInt(req, "attempt", 0, 0, 1000000, &err);
         if (!attempt_q.ok()) return WriteError(res, err);
-        int attempt = 0;
-        std::string problem;
-        engine->Read([&](const engine::State& s) {
-          const engine::Run* r = s.FindRun(id);
-          if (!r || !Caller().Sees(r->tenant)) return problem = "run '" + id + "' not found", 0;
-          const engine::StepRun* st = r->FindStep(step);
-          if (!st) return problem = "run '" + id + "' has no step '" + step + "'", 0;
-          if (st->attempts.empty()) return problem = "step '" + step + "' has not run yet", 0;
-          attempt = *attempt_q ? static_cast<int>(*attempt_q) : st->attempts.back().number;
-          if (attempt > static_cast<int>(st->attempts.size())) {
-            problem = "step '" + step + "' has no attempt " + std::to_string(attempt);
-          }
-          return 0;
+        Result<int> found = engine->Read([&](const engine::State& s) {
+          return engine::LogAttempt(s, id, step, static_cast<int>(*attempt_q), Visible());
         });
-        if (!problem.empty()) return WriteError(res, {404, "not_found", problem, {}});
+        if (!found.ok()) return WriteError(res, {404, "not_found", found.status().message(), {}});
+        const int attempt = *found;
         std::string path = engine::LogPath(engine->options().config, id, step, attempt);
         const bool follow = QueryBool(req, "follow");
         const bool tail = req.HasParam("tail");
@@ -254,10 +244,8 @@ void ApiServer::Impl::FollowLog(Response& res, const std::string& path,
   res.Stream(
       "text/event-stream",
       [this, st, slot, line](std::string* out, bool) {
-        bool finished = engine->Read([&](const engine::State& s) {
-          const engine::Attempt* a = s.FindAttempt(st->attempt_id);
-          return !a || engine::IsTerminal(a->phase);
-        });
+        bool finished = engine->Read(
+            [&](const engine::State& s) { return engine::AttemptEnded(s, st->attempt_id); });
         if (!st->file || !st->file->exists()) st->file = std::make_unique<LogFile>(st->path);
         auto chunk = st->file->Read(st->offset, kLogBlock);
         if (!chunk.ok()) {

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <map>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -86,29 +85,16 @@ void ApiServer::Impl::OpsRoutes() {
       }));
   Get("/metrics", Wrap("/metrics", [this](const Request&, Response& res) {
         std::ostringstream o;
-        std::map<std::string, int> runs, attempts, containers;
-        size_t queue = 0;
-        engine->Read([&](const engine::State& s) {
-          for (const auto& [id, r] : s.runs) {
-            runs[std::string(engine::Name(r.phase))]++;
-            for (const auto& st : r.steps) {
-              for (const auto& a : st.attempts) attempts[std::string(engine::Name(a.phase))]++;
-            }
-          }
-          for (const auto& [id, c] : s.containers) {
-            containers[std::string(engine::Name(c.phase))]++;
-          }
-          queue = s.queue.size();
-          return 0;
-        });
+        engine::PhaseCounts counts =
+            engine->Read([](const engine::State& s) { return engine::CountPhases(s); });
         o << "# HELP epoch_runs Runs by state.\n# TYPE epoch_runs gauge\n";
         for (auto st : {"queued", "running", "succeeded", "failed", "cancelled"}) {
-          o << "epoch_runs{state=\"" << st << "\"} " << runs[st] << "\n";
+          o << "epoch_runs{state=\"" << st << "\"} " << counts.runs[st] << "\n";
         }
         o << "# HELP epoch_jobs Job attempts by state.\n# TYPE epoch_jobs gauge\n";
         for (auto st : {"queued", "assigned", "running", "succeeded", "failed", "timed_out",
                         "cancelled", "lost"}) {
-          o << "epoch_jobs{state=\"" << st << "\"} " << attempts[st] << "\n";
+          o << "epoch_jobs{state=\"" << st << "\"} " << counts.attempts[st] << "\n";
         }
         o << "# HELP epoch_api_streams Open SSE streams (api.maxStreams allowed).\n"
              "# TYPE epoch_api_streams gauge\nepoch_api_streams "
@@ -131,10 +117,10 @@ void ApiServer::Impl::OpsRoutes() {
           << hs.timed_out << "\n";
         o << "# HELP epoch_queue_length Attempts waiting for a container.\n"
              "# TYPE epoch_queue_length gauge\nepoch_queue_length "
-          << queue << "\n";
+          << counts.queue << "\n";
         o << "# HELP epoch_containers Containers by state.\n# TYPE epoch_containers gauge\n";
         for (auto st : {"requested", "registered", "lost", "released"}) {
-          o << "epoch_containers{state=\"" << st << "\"} " << containers[st] << "\n";
+          o << "epoch_containers{state=\"" << st << "\"} " << counts.containers[st] << "\n";
         }
         const auto& stats = engine->stats();
         o << "# HELP epoch_events_appended_total Events appended by this master.\n"

@@ -83,11 +83,8 @@ void ApiServer::Impl::RunsRoutes() {
          cmd.run_id = ids->NewId("r", clock->Now());
          auto r = engine->Execute(cmd);
          if (!r.ok()) return WriteError(res, FromStatus(r.status()));
-         Json run;
-         engine->Read([&](const engine::State& s) {
-           const engine::Run* found = s.FindRun(r->id);
-           if (found) run = engine::RunToJson(*found, engine->options().config, &s);
-           return 0;
+         Json run = engine->Read([&](const engine::State& s) {
+           return engine::RunJson(s, engine->options().config, r->id, nullptr);
          });
          res.SetHeader("Location", "/v1/runs/" + r->id);
          WriteJson(res, r->created ? 201 : 200, run);
@@ -121,7 +118,7 @@ void ApiServer::Impl::RunsRoutes() {
                                   {}});
         }
         engine::RunQuery q;
-        q.visible = [&](const std::string& tenant) { return Caller().Sees(tenant); };
+        q.visible = Visible();
         q.state = state;
         q.workflow = workflow;
         q.labels = std::move(labels);
@@ -134,14 +131,12 @@ void ApiServer::Impl::RunsRoutes() {
       }));
   Get(R"(/v1/runs/([^/]+))", Wrap("/v1/runs/{id}", [this](const Request& req, Response& res) {
         std::string id = req.matches[1];
-        Json run;
-        bool found = engine->Read([&](const engine::State& s) {
-          const engine::Run* r = s.FindRun(id);
-          if (!r || !Caller().Sees(r->tenant)) return false;
-          run = engine::RunToJson(*r, engine->options().config, &s);
-          return true;
+        Json run = engine->Read([&](const engine::State& s) {
+          return engine::RunJson(s, engine->options().config, id, Visible());
         });
-        if (!found) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+        if (run.is_null()) {
+          return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
+        }
         WriteJson(res, 200, run);
       }));
   auto run_command = [this](bool cancel) {
@@ -150,17 +145,15 @@ void ApiServer::Impl::RunsRoutes() {
       auto body = ParseBody(req, &err, /*allow_empty=*/true);
       if (!body.ok()) return WriteError(res, err);
       std::string id = req.matches[1];
-      if (!engine->Read([&](const engine::State& s) { return SeesRun(s, id); })) {
+      if (!engine->Read(
+              [&](const engine::State& s) { return engine::RunVisible(s, id, Visible()); })) {
         return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
       }
       Result<engine::CommandResult> r = cancel ? engine->Execute(engine::CancelRun{id, Actor(req)})
                                                : engine->Execute(engine::RetryRun{id, Actor(req)});
       if (!r.ok()) return WriteError(res, FromStatus(r.status()));
-      Json run;
-      engine->Read([&](const engine::State& s) {
-        const engine::Run* found = s.FindRun(id);
-        if (found) run = engine::RunToJson(*found, engine->options().config, &s);
-        return 0;
+      Json run = engine->Read([&](const engine::State& s) {
+        return engine::RunJson(s, engine->options().config, id, nullptr);
       });
       WriteJson(res, 202, run);
     };

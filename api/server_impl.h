@@ -130,25 +130,11 @@ struct ApiServer::Impl {
   std::string Actor(const Request&) { return Caller().Actor(); }
   // Authenticates and authorises a request; false (with the 401/403 written) to stop it.
   bool Admit(const Request& req, Response& res);
-  // Tenants: the owner of a workflow name (empty if unknown) and of a run.
-  static std::string WorkflowTenant(const engine::State& s, const std::string& name) {
-    return engine::WorkflowTenant(s, name);
-  }
-  static bool SeesRun(const engine::State& s, const std::string& run_id,
-                      const Principal& p = Caller()) {
-    const engine::Run* r = s.FindRun(run_id);
-    return r && p.Sees(r->tenant);
-  }
-  // An event `p` may read: admins and auditors all; others only their tenant's
-  // runs and workflows.
-  static bool SeesEvent(const engine::State& s, const storage::Envelope& e, const Principal& p) {
-    if (p.SeesAllTenants()) return true;
-    if (e.stream.rfind("run-", 0) == 0) return SeesRun(s, e.stream.substr(4), p);
-    if (e.stream.rfind("workflow-", 0) == 0) {
-      std::string owner = WorkflowTenant(s, e.stream.substr(9));
-      return !owner.empty() && p.Sees(owner);
-    }
-    return false;
+  // What `p` may see, for the engine's views (engine/views.h): null for those who see
+  // every tenant, else their own tenant's.
+  static engine::TenantFilter Visible(const Principal& p = Caller()) {
+    if (p.SeesAllTenants()) return nullptr;
+    return [p](const std::string& tenant) { return p.Sees(tenant); };
   }
 
   // A stream slot for the caller, or null with a 429 written naming the cap.
