@@ -10,10 +10,10 @@
 // write (Append, ClaimEpoch, PutMeta, PutSnapshot) with that error without
 // calling RocksDB; the process must reopen the store (and replay) to learn what
 // is durable. Reads keep working. The same happens when RocksDB reports a
-// background error that stops writes (FaultListener: a flush that found the disk
-// full), and RocksDB's own recovery from it is turned off: one place (here)
-// decides, and the answer is always "reopen". A full disk (ENOSPC, NoSpace) is
-// marked with kNoSpaceDetail. Why nothing may write after a failure (RocksDB aborts
+// background error that stops writes (FaultListener in rocksdb_db.cc: a flush that
+// found the disk full), and RocksDB's own recovery from it is turned off: one place
+// (here) decides, and the answer is always "reopen". A full disk (ENOSPC, NoSpace)
+// is marked with kNoSpaceDetail. Why nothing may write after a failure (RocksDB aborts
 // on a write to a file that failed before, its info log included):
 // storage/rocksdb_db.h.
 //
