@@ -16,12 +16,12 @@
 namespace epoch::workflows {
 
 using internal::CheckKnownFields;
-using internal::RefChecker;
-using internal::StepInfo;
 using internal::IntegerIn;
 using internal::IsParamName;
 using internal::Problems;
 using internal::Quote;
+using internal::RefChecker;
+using internal::StepInfo;
 
 std::string_view StepKindName(StepKind k) {
   switch (k) {
