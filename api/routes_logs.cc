@@ -18,6 +18,7 @@
 #include "api/http_server.h"
 #include "api/http_util.h"
 #include "api/server_impl.h"
+#include "common/fd.h"
 #include "common/status.h"
 #include "engine/engine.h"
 
@@ -38,24 +39,19 @@ constexpr size_t kLogBlock = 64 << 10;
 class LogFile {
  public:
   explicit LogFile(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
-  ~LogFile() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  LogFile(const LogFile&) = delete;
-  LogFile& operator=(const LogFile&) = delete;
 
-  bool exists() const { return fd_ >= 0; }
+  bool exists() const { return fd_.valid(); }
   uint64_t Size() const {
     struct stat st {};
-    if (fd_ < 0 || ::fstat(fd_, &st) != 0) return 0;
+    if (!fd_ || ::fstat(fd_.get(), &st) != 0) return 0;
     return static_cast<uint64_t>(st.st_size);
   }
   // Up to n bytes at offset (fewer at the end of the file).
   Result<std::string> Read(uint64_t offset, size_t n) const {
     std::string out(n, '\0');
     size_t got = 0;
-    while (fd_ >= 0 && got < n) {
-      ssize_t r = ::pread(fd_, out.data() + got, n - got, static_cast<off_t>(offset + got));
+    while (fd_ && got < n) {
+      ssize_t r = ::pread(fd_.get(), out.data() + got, n - got, static_cast<off_t>(offset + got));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) return Internal(std::string("reading a step log: ") + std::strerror(errno));
       if (r == 0) break;
@@ -99,7 +95,7 @@ class LogFile {
   }
 
  private:
-  int fd_;
+  UniqueFd fd_;
 };
 
 // Range: bytes=a-b | a- | -n (one range). Sets [*first, *last] within size; false
