@@ -324,6 +324,21 @@ const std::map<std::string, KeyDef>& Keys() {
          c->max_log_bytes = n;
          return Status::Ok();
        }}},
+      {"executor.metricsInterval", {"1s", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->metrics_interval, AsDuration(k, v));
+         if (c->metrics_interval.count() <= 0) return InvalidArgument(k + ": must be positive");
+         return Status::Ok();
+       }}},
+      {"executor.metricsMaxPoints", {"100000", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->metrics_max_points, AsInt(k, v, 1, 100000000));
+         return Status::Ok();
+       }}},
+      {"executor.metricsMaxBytes", {"16Mi", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsBytes(k, v));
+         if (n <= 0) return InvalidArgument(k + ": must be positive");
+         c->metrics_max_bytes = n;
+         return Status::Ok();
+       }}},
       {"executor.maxInputBytes", {"16Gi", [](Config* c, const std::string& k, const Json& v) {
          ASSIGN_OR_RETURN(auto n, AsBytes(k, v));
          if (n == 0) return InvalidArgument(k + ": must be positive");
@@ -591,6 +606,9 @@ Json Config::ToJson() const {
   j["executor.cgroupRoot"] = cgroup_root;
   j["executor.maxLogBytes"] = max_log_bytes;
   j["executor.maxInputBytes"] = max_input_bytes;
+  j["executor.metricsInterval"] = FormatDuration(metrics_interval);
+  j["executor.metricsMaxPoints"] = metrics_max_points;
+  j["executor.metricsMaxBytes"] = metrics_max_bytes;
   j["api.maxSteps"] = max_steps;
   return j;
 }

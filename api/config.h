@@ -96,6 +96,11 @@ struct Config {
   std::string default_run_as = "epoch-step";  // executor.runAs
   int64_t max_log_bytes = 1LL << 30;           // executor.maxLogBytes (0: no cap)
   uint64_t max_input_bytes = 16ULL << 30;      // executor.maxInputBytes
+  // Live metrics: how often agents ship a running step's new points, and each series'
+  // caps (executor.metricsInterval, executor.metricsMaxPoints, executor.metricsMaxBytes).
+  Micros metrics_interval = std::chrono::seconds(1);
+  int64_t metrics_max_points = 100000;
+  int64_t metrics_max_bytes = 16LL << 20;
   size_t max_steps = 10000;                    // api.maxSteps
 
   // The effective configuration as JSON (dotted keys), for /v1/cluster and logs.

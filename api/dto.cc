@@ -44,6 +44,9 @@ Result<engine::PollContainer> ParsePollBody(const std::string& container, const 
     ASSIGN_OR_RETURN(cmd.reports, engine::ParseAttemptReports(*it));
   }
   RETURN_IF_ERROR(r.Strings("running", &cmd.running));
+  if (auto it = b.find("metrics"); it != b.end()) {
+    ASSIGN_OR_RETURN(cmd.metrics, engine::ParseMetricsBatches(*it));
+  }
   return cmd;
 }
 

@@ -342,6 +342,9 @@ int main(int argc, char** argv) {
   ec.tenant_input_roots = config.tenant_input_roots;
   ec.max_input_bytes = config.max_input_bytes;
   ec.max_log_bytes = config.max_log_bytes;
+  ec.metrics_interval = config.metrics_interval;
+  ec.metrics_max_points = config.metrics_max_points;
+  ec.metrics_max_bytes = config.metrics_max_bytes;
   ec.max_steps = config.max_steps;
   for (const char* name : {"EPOCH_FAKE_GPUS"}) {
     if (const char* v = std::getenv(name)) eopts.agent_env[name] = v;

@@ -85,31 +85,36 @@ void ApiServer::Impl::ContainerRoutes() {
                res, {409, problem, "container '" + cmd.container + "' was released or lost", {}});
          }
          std::vector<std::string> ack;
-         if (!cmd.reports.empty() || standing.assigned) {
+         Json metrics_ack = Json::object();
+         if (!cmd.reports.empty() || !cmd.metrics.empty() || standing.assigned) {
            auto r = engine->Execute(cmd);
            if (!r.ok()) return WriteError(res, ContainerError(r.status()));
            ack = r->ack;
+           for (const auto& [id, next] : r->metrics_next) metrics_ack[id] = next;
          }
          // The long poll parks (no thread waits): re-checked whenever the engine
          // commits, answered at the latest at executor.pollTimeout.
          auto deadline = std::chrono::steady_clock::now() +
                          std::chrono::microseconds(engine->options().config.poll_timeout);
-         res.Defer(deadline, [this, container = cmd.container, running = cmd.running,
-                              ack = std::move(ack)](Response& res, bool expired) {
-           engine::DispatchView view = engine->DispatchFor(container, running, ack);
-           if (ack.empty() && view.assignments.empty() && view.cancels.empty() && !expired) {
-             return false;
-           }
-           Json ack_json = Json::array();
-           for (const auto& a : ack) ack_json.push_back(a);
-           WriteJson(res, 200,
-                     Json{{"epoch", engine->epoch()},
-                          {"ack", ack_json},
-                          {"assignments", view.assignments},
-                          {"cancels", view.cancels},
-                          {"grace_ms", engine->options().config.grace_ms}});
-           return true;
-         });
+         res.Defer(deadline,
+                   [this, container = cmd.container, running = cmd.running, ack = std::move(ack),
+                    metrics_ack = std::move(metrics_ack)](Response& res, bool expired) {
+                     engine::DispatchView view = engine->DispatchFor(container, running, ack);
+                     if (ack.empty() && metrics_ack.empty() && view.assignments.empty() &&
+                         view.cancels.empty() && !expired) {
+                       return false;
+                     }
+                     Json ack_json = Json::array();
+                     for (const auto& a : ack) ack_json.push_back(a);
+                     WriteJson(res, 200,
+                               Json{{"epoch", engine->epoch()},
+                                    {"ack", ack_json},
+                                    {"assignments", view.assignments},
+                                    {"cancels", view.cancels},
+                                    {"metrics_ack", metrics_ack},
+                                    {"grace_ms", engine->options().config.grace_ms}});
+                     return true;
+                   });
        }));
 }
 

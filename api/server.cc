@@ -35,6 +35,7 @@ void ApiServer::Impl::Routes() {
   CacheRoutes();
   RunsRoutes();
   LogRoutes();
+  MetricsRoutes();
   EventRoutes();
   ContainerRoutes();
 }

@@ -122,6 +122,7 @@ struct ApiServer::Impl {
   void CacheRoutes();      // api/routes_cache.cc
   void RunsRoutes();       // api/routes_runs.cc
   void LogRoutes();        // api/routes_logs.cc
+  void MetricsRoutes();    // api/routes_metrics.cc
   void EventRoutes();      // api/routes_events.cc
   void ContainerRoutes();  // api/routes_containers.cc
 

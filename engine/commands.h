@@ -81,6 +81,7 @@ struct PollContainer {
   uint64_t epoch_seen = 0;
   std::vector<AttemptReport> reports;  // parsed at the edge (report.h)
   std::vector<std::string> running;
+  std::vector<MetricsBatch> metrics;  // live metrics and checkpoints (report.h)
 };
 
 // From the pool reactor after the backend answered a launch.
@@ -125,6 +126,8 @@ struct CommandResult {
   bool created = false;  // false: idempotent repeat / same digest
   uint64_t position = 0;  // head after the commit that made it durable
   std::vector<std::string> ack;  // poll: attempt ids whose reports are durable
+  // poll: per attempt id of a metrics batch, how many points of its series are durable
+  std::map<std::string, int64_t> metrics_next{};
   std::vector<std::string> keys{};  // invalidate: the cache keys forgotten
 };
 

@@ -235,9 +235,100 @@ void ReportEvents(const State& state, const Container& c, const AttemptReport& r
   }
 }
 
+// One batch of live metrics: the points not yet recorded (a resend overlaps), up to
+// the series' caps (what is over them is dropped, counted and marks the series
+// truncated), as one MetricsRecorded; each checkpoint that is not already the step's
+// latest as a CheckpointSaved. `next` carries each series' count across the batches
+// of one poll; d->result.metrics_next tells the agent what is durable.
+void MetricsEvents(const State& state, const Container& c, const MetricsBatch& b,
+                   const EngineConfig& cfg, std::map<std::pair<std::string, int>, int64_t>* next,
+                   Decision* d) {
+  const Attempt* ga = nullptr;
+  std::optional<int> rank;
+  const Attempt* a = nullptr;
+  std::string run_id, step;
+  int n = 0;
+  if (state.FindWorker(b.attempt_id, &ga) != nullptr) {
+    a = ga;
+    int r = 0;
+    ParseTaskId(b.attempt_id, &run_id, &step, &n, &r);
+    rank = r;
+  } else {
+    a = state.FindAttempt(b.attempt_id);
+    ParseAttemptId(b.attempt_id, &run_id, &step, &n);
+  }
+  const Run* run = state.FindRun(run_id);
+  if (!a || !run) return;
+  std::pair<std::string, int> key{b.attempt_id, rank.value_or(0)};
+  const MetricSeries* recorded = nullptr;
+  if (auto it = a->series.find(rank.value_or(0)); it != a->series.end()) recorded = &it->second;
+  int64_t have = recorded ? recorded->next : 0;
+  if (auto it = next->find(key); it != next->end()) have = it->second;
+  int64_t bytes = recorded ? recorded->bytes : 0;
+  // Once a series is truncated it takes no more points (an agent sends none past its
+  // own cap; this holds a misbehaving one to the master's).
+  bool closed = recorded && recorded->truncated;
+  bool truncated = closed || b.truncated;
+  int64_t dropped = std::max(b.dropped, recorded ? recorded->dropped : 0);
+  int64_t skipped = std::max(b.skipped, recorded ? recorded->skipped : 0);
+  ev::MetricsRecorded m{.step = step, .attempt = n, .rank = rank, .from = have};
+  // Points below `have` are recorded already; a gap above it (points the master never
+  // saw) cannot be filled, so such a batch is answered with `have` and resent from it.
+  if (b.from <= have) {
+    int64_t end = b.from + static_cast<int64_t>(b.points.size());
+    for (int64_t i = have - b.from; i < static_cast<int64_t>(b.points.size()); ++i) {
+      const Json& p = b.points[static_cast<size_t>(i)];
+      int64_t size = static_cast<int64_t>(p.dump().size());
+      if (closed || have + 1 > cfg.metrics_max_points || bytes + size > cfg.metrics_max_bytes) {
+        truncated = true;
+        dropped += end - (b.from + i);
+        break;
+      }
+      m.points.push_back(p);
+      bytes += size;
+      ++have;
+    }
+    bool changed = !m.points.empty() || truncated != closed ||
+                   dropped != (recorded ? recorded->dropped : 0) ||
+                   skipped != (recorded ? recorded->skipped : 0);
+    if (changed) {
+      m.skipped = skipped;
+      m.dropped = dropped;
+      m.truncated = truncated;
+      d->events.push_back(RunEvent(*run, m, c.id));
+    }
+  }
+  (*next)[key] = have;
+  d->result.metrics_next[b.attempt_id] = have;
+  // Checkpoints: the latest of the step (the trial's, for a sweep) unless it is this one.
+  const StepRun* sr = run->FindStep(step);
+  int trial = a->trial;
+  Json latest;
+  if (sr) {
+    if (auto it = sr->checkpoints.find(trial); it != sr->checkpoints.end()) latest = it->second;
+  }
+  for (const auto& cp : b.checkpoints) {
+    if (latest.is_object() && latest.value("file", "") == cp.file &&
+        latest.value("sha256", "") == cp.sha256) {
+      continue;
+    }
+    ev::CheckpointSaved saved{.step = step,
+                              .attempt = n,
+                              .rank = rank,
+                              .trial = trial >= 0 ? std::optional<int>(trial) : std::nullopt,
+                              .file = cp.file,
+                              .sha256 = cp.sha256,
+                              .size = cp.size,
+                              .epoch = cp.epoch};
+    latest = fields::Encode(saved);
+    d->events.push_back(RunEvent(*run, saved, c.id));
+  }
+}
+
 }  // namespace
 
-Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
+Result<Decision> DecidePoll(const State& state, const PollContainer& cmd,
+                            const DecideContext& ctx) {
   auto it = state.containers.find(cmd.container);
   if (it == state.containers.end()) {
     return NotFound("container '" + cmd.container + "' is not known to this master");
@@ -252,8 +343,10 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
   // A container reports only on what was placed on it: a report naming any other
   // attempt (another container's, or one that does not exist) refuses the whole poll,
   // so a forged report changes nothing.
-  for (const auto& r : cmd.reports) {
-    const std::string& id = r.attempt_id;
+  std::vector<std::string> named;
+  for (const auto& r : cmd.reports) named.push_back(r.attempt_id);
+  for (const auto& b : cmd.metrics) named.push_back(b.attempt_id);
+  for (const auto& id : named) {
     const Attempt* ga = nullptr;
     const Worker* w = state.FindWorker(id, &ga);
     const Attempt* a = w ? nullptr : state.FindAttempt(id);
@@ -267,6 +360,9 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd) {
   }
   Decision d;
   d.result.id = c.id;
+  // Metrics first: they were written before the report that ends their attempt.
+  std::map<std::pair<std::string, int>, int64_t> next;  // within this poll
+  for (const auto& b : cmd.metrics) MetricsEvents(state, c, b, *ctx.config, &next, &d);
   std::set<std::string> reported;
   GangProgress progress;
   for (const auto& r : cmd.reports) {

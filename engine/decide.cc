@@ -306,6 +306,17 @@ std::string LogPath(const EngineConfig& c, std::string_view run, std::string_vie
          std::to_string(attempt) + ".log";
 }
 
+std::string MetricsPath(const EngineConfig& c, std::string_view run, std::string_view step,
+                        int attempt, int rank) {
+  return WorkspaceDir(c, run) + "/" + std::string(step) + "/" + std::to_string(attempt) +
+         (rank > 0 ? "/metrics-" + std::to_string(rank) + ".ndjson" : "/metrics.ndjson");
+}
+std::string CheckpointDir(const EngineConfig& c, std::string_view run, std::string_view step,
+                          int trial) {
+  return WorkspaceDir(c, run) + "/" + std::string(step) + "/checkpoints" +
+         (trial >= 0 ? "/trial-" + std::to_string(trial) : "");
+}
+
 Result<Decision> Decide(const State& state, const Command& command, const DecideContext& ctx) {
   return std::visit(
       [&](const auto& cmd) -> Result<Decision> {
@@ -323,7 +334,7 @@ Result<Decision> Decide(const State& state, const Command& command, const Decide
         } else if constexpr (std::is_same_v<T, RegisterContainer>) {
           return DecideRegisterContainer(state, cmd);
         } else if constexpr (std::is_same_v<T, PollContainer>) {
-          return DecidePoll(state, cmd);
+          return DecidePoll(state, cmd, ctx);
         } else if constexpr (std::is_same_v<T, ContainerLaunchResult>) {
           return DecideLaunchResult(state, cmd);
         } else if constexpr (std::is_same_v<T, ContainerExited>) {

@@ -66,6 +66,12 @@ struct EngineConfig {
   int64_t max_log_bytes = 1LL << 30;
   // A workflow of more steps is refused at registration (api.maxSteps; 0: no limit).
   size_t max_steps = 10000;
+  // Live metrics (executor.metrics*): how often an agent ships a running step's new
+  // points, and the caps of one series (an attempt's, or a gang rank's), past which
+  // points are dropped and counted and the series says it is truncated.
+  Micros metrics_interval = std::chrono::seconds(1);
+  int64_t metrics_max_points = 100000;
+  int64_t metrics_max_bytes = 16LL << 20;
 };
 
 // The OS user `tenant`'s steps run as (see EngineConfig::tenant_run_as).
@@ -129,5 +135,13 @@ std::string OutputsDir(const EngineConfig& c, std::string_view run, std::string_
                        int attempt);
 std::string LogPath(const EngineConfig& c, std::string_view run, std::string_view step,
                     int attempt);
+// The NDJSON file an attempt's live metrics go to ($EPOCH_METRICS), beside its outputs
+// (rank > 0 of a gang: metrics-<rank>.ndjson).
+std::string MetricsPath(const EngineConfig& c, std::string_view run, std::string_view step,
+                        int attempt, int rank);
+// A step's checkpoint dir ($EPOCH_CHECKPOINT_DIR): in its run's workspace, so it
+// outlives attempts and containers and a gang's ranks share it; one per sweep trial.
+std::string CheckpointDir(const EngineConfig& c, std::string_view run, std::string_view step,
+                          int trial);
 
 }  // namespace epoch::engine

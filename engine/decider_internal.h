@@ -35,7 +35,7 @@ inline constexpr std::string_view kUnschedulable = "unschedulable";
 // Internal: the container protocol's commands, dispatched by Decide
 // (container_protocol.cc).
 Result<Decision> DecideRegisterContainer(const State& state, const RegisterContainer& cmd);
-Result<Decision> DecidePoll(const State& state, const PollContainer& cmd);
+Result<Decision> DecidePoll(const State& state, const PollContainer& cmd, const DecideContext& ctx);
 Result<Decision> DecideLaunchResult(const State& state, const ContainerLaunchResult& cmd);
 Result<Decision> DecideContainerExited(const State& state, const ContainerExited& cmd);
 // ContainerLost, and JobFailed{container_lost} for every attempt still placed on the

@@ -1953,5 +1953,161 @@ TEST_F(TenantTest, TheAgentsLogFiguresAreRecordedAndUnreadableOutputsFailTheAtte
   EXPECT_EQ(RunToJson(R(run), cfg_)["steps"][1]["attempts"][0]["log"]["truncated"], true);
 }
 
+// A poll's metrics batches, parsed as the API edge parses them.
+std::vector<MetricsBatch> Batches(const Json& j) {
+  auto r = ParseMetricsBatches(j);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? *r : std::vector<MetricsBatch>{};
+}
+
+Json Points(int from, int n) {
+  Json pts = Json::array();
+  for (int i = from; i < from + n; ++i)
+    pts.push_back(Json{{"step", i * 10}, {"loss", 1.0 / (i + 1)}});
+  return pts;
+}
+
+// Each point is recorded once, in order: a resend records only what is new, a batch
+// past a gap is answered with what the master has (the agent resends from there), and
+// the series' cap drops the rest, counted, marking it truncated.
+TEST_F(DeciderTest, LiveMetricsAreRecordedOnceInOrderUpToTheSeriesCap) {
+  cfg_.metrics_max_points = 7;
+  StartContainer();
+  std::string run = Submit();
+  std::string id = run + "/prep/1";
+  auto poll = [&](int from, int n, int skipped = 0) {
+    PollContainer p;
+    p.container = "c1";
+    p.metrics = Batches(Json::array({Json{
+        {"attempt_id", id}, {"from", from}, {"points", Points(from, n)}, {"skipped", skipped}}}));
+    Status st;
+    auto evs = Do(p, &st);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return evs;
+  };
+  auto evs = poll(0, 3);
+  ASSERT_EQ(Types(evs), (std::vector<std::string>{"MetricsRecorded"}));
+  EXPECT_EQ(evs[0].data["from"], 0);
+  EXPECT_EQ(evs[0].data["points"].size(), 3u);
+  EXPECT_EQ(evs[0].data["points"][2], (Json{{"step", 20}, {"loss", 1.0 / 3}}));
+  EXPECT_EQ(last_.metrics_next.at(id), 3);
+  // A resend of the same points and two more: only the two are recorded.
+  evs = poll(0, 5, 2);
+  ASSERT_EQ(Types(evs), (std::vector<std::string>{"MetricsRecorded"}));
+  EXPECT_EQ(evs[0].data["from"], 3);
+  EXPECT_EQ(evs[0].data["points"], Points(3, 2));
+  EXPECT_EQ(evs[0].data["skipped"], 2);
+  EXPECT_EQ(last_.metrics_next.at(id), 5);
+  // A pure resend writes nothing; a batch after a gap writes nothing and says 5.
+  EXPECT_TRUE(poll(0, 5, 2).empty());
+  EXPECT_TRUE(poll(9, 2, 2).empty());
+  EXPECT_EQ(last_.metrics_next.at(id), 5);
+  // The cap (7 points): 2 of 4 are recorded, 2 dropped, and the series is truncated.
+  evs = poll(5, 4, 2);
+  ASSERT_EQ(Types(evs), (std::vector<std::string>{"MetricsRecorded"}));
+  EXPECT_EQ(evs[0].data["points"], Points(5, 2));
+  EXPECT_EQ(evs[0].data["dropped"], 2);
+  EXPECT_EQ(evs[0].data["truncated"], true);
+  const MetricSeries& m = R(run).steps[0].attempts[0].series.at(0);
+  EXPECT_EQ(m.next, 7);
+  EXPECT_EQ(m.dropped, 2);
+  EXPECT_EQ(m.skipped, 2);
+  EXPECT_TRUE(m.truncated);
+  int64_t bytes = 0;
+  for (const auto& p : Points(0, 7)) bytes += static_cast<int64_t>(p.dump().size());
+  EXPECT_EQ(m.bytes, bytes);
+  // The run's JSON shows the series' totals; a snapshot keeps them.
+  Json live = RunToJson(R(run), cfg_)["steps"][0]["attempts"][0]["live_metrics"];
+  EXPECT_EQ(live, Json::parse(R"([{"rank":0,"points":7,"bytes":)" + std::to_string(bytes) +
+                              R"(,"skipped":2,"dropped":2,"truncated":true}])"));
+  auto decoded = DecodeSnapshot(EncodeSnapshot(state_));
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(RunToJson(*decoded->FindRun(run), cfg_), RunToJson(R(run), cfg_));
+  // The series' points are in the log: the view reads them back in order.
+  std::vector<Json> recorded;
+  for (const auto& e : all_) {
+    if (e.type == "MetricsRecorded") recorded.push_back(e.data);
+  }
+  Json view = MetricSeriesView(recorded, MetricsQuery{.name = "loss"});
+  ASSERT_EQ(view["series"].size(), 1u);
+  EXPECT_EQ(view["series"][0]["points"].size(), 7u);
+  EXPECT_EQ(view["series"][0]["points"][6], Json::array({60, 1.0 / 7}));
+  EXPECT_EQ(view["last"], (Json{{"loss", 1.0 / 7}}));
+}
+
+// The byte cap counts points as JSON, like the point cap.
+TEST_F(DeciderTest, LiveMetricsStopAtTheSeriesByteCap) {
+  StartContainer();
+  std::string run = Submit();
+  cfg_.metrics_max_bytes = static_cast<int64_t>(Points(0, 1)[0].dump().size()) * 2 + 1;
+  PollContainer p;
+  p.container = "c1";
+  p.metrics = Batches(
+      Json::array({Json{{"attempt_id", run + "/prep/1"}, {"from", 0}, {"points", Points(0, 5)}}}));
+  auto evs = Do(p);
+  ASSERT_EQ(Types(evs), (std::vector<std::string>{"MetricsRecorded"}));
+  EXPECT_EQ(evs[0].data["points"].size(), 2u);
+  EXPECT_EQ(evs[0].data["dropped"], 3);
+  EXPECT_EQ(evs[0].data["truncated"], true);
+}
+
+// Metrics of an attempt placed elsewhere (or of none) refuse the whole poll.
+TEST_F(DeciderTest, ABatchForAnotherContainersAttemptRefusesThePoll) {
+  StartContainer();
+  std::string run = Submit();
+  PollContainer p;
+  p.container = "c1";
+  p.metrics = Batches(Json::array({Json{{"attempt_id", run + "/train/1"}, {"from", 0}}}));
+  Status st;
+  EXPECT_TRUE(Do(p, &st).empty());
+  EXPECT_EQ(st.code(), StatusCode::kPermissionDenied) << st.ToString();
+  EXPECT_NE(st.message().find("train/1"), std::string::npos);
+}
+
+// A declared checkpoint is recorded once; the step's next attempt starts from the
+// latest, and its record says so.
+TEST_F(DeciderTest, ARetriedAttemptResumesFromTheLatestCheckpoint) {
+  StartContainer();
+  std::string run = Submit();
+  Report(run + "/prep/1", "succeeded");
+  std::string sha(64, 'a');
+  auto checkpoint = [&](const std::string& file, int epoch) {
+    PollContainer p;
+    p.container = "c1";
+    p.metrics = Batches(Json::array({Json{
+        {"attempt_id", run + "/train/1"},
+        {"from", 0},
+        {"checkpoints",
+         Json::array({Json{{"file", file}, {"sha256", sha}, {"size", 10}, {"epoch", epoch}}})}}}));
+    Status st;
+    auto evs = Do(p, &st);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return evs;
+  };
+  auto evs = checkpoint("epoch-1.pt", 1);
+  ASSERT_EQ(Types(evs), (std::vector<std::string>{"CheckpointSaved"}));
+  EXPECT_EQ(evs[0].data["file"], "epoch-1.pt");
+  EXPECT_TRUE(checkpoint("epoch-1.pt", 1).empty());  // the same one again: nothing new
+  sha = std::string(64, 'b');
+  EXPECT_EQ(Types(checkpoint("epoch-2.pt", 2)), (std::vector<std::string>{"CheckpointSaved"}));
+  Json latest = R(run).steps[1].checkpoints.at(-1);
+  EXPECT_EQ(latest["file"], "epoch-2.pt");
+  EXPECT_EQ(latest["epoch"], 2);
+  EXPECT_EQ(latest["attempt"], 1);
+  evs = Report(run + "/train/1", "failed", Json::object(), 1);
+  ASSERT_EQ(Types(evs).back(), "JobRetryScheduled");
+  now_ += std::chrono::seconds(2);
+  evs = DoTick();
+  ASSERT_EQ(Types(evs), (std::vector<std::string>{"JobQueued", "JobAssigned"}));
+  EXPECT_EQ(evs[1].data["checkpoint"]["file"], "epoch-2.pt");
+  const Attempt& second = R(run).steps[1].attempts[1];
+  EXPECT_EQ(second.resumed_from["file"], "epoch-2.pt");
+  EXPECT_EQ(second.resumed_from["sha256"], sha);
+  Json j = RunToJson(R(run), cfg_)["steps"][1];
+  EXPECT_EQ(j["attempts"][1]["resumed_from"]["epoch"], 2);
+  EXPECT_EQ(j["checkpoints"]["step"]["file"], "epoch-2.pt");
+  EXPECT_FALSE(j["attempts"][0].contains("resumed_from"));
+}
+
 }  // namespace
 }  // namespace epoch::engine

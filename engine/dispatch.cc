@@ -14,8 +14,9 @@ namespace {
 // One assignment of the container protocol (DESIGN.md; executors/agent/agent.h): what
 // to run, where, as whom, with which GPUs, and what of the data dir it may read.
 Json AssignmentJson(const EngineConfig& cfg, const Run& run, const Attempt& a,
-                    const std::string& id, const std::string& step, int n, const Json& env,
-                    const std::string& outputs_dir, const std::string& log_path, const Json& gpus) {
+                    const std::string& id, const std::string& step, int n, int rank,
+                    const Json& env, const std::string& outputs_dir, const std::string& log_path,
+                    const Json& gpus) {
   Json inputs = Json::array();
   // What the scheduler reserved, and what the kernel is to enforce: only what the
   // definition declared (null: the container's sig.cpu / sig.memory bound it).
@@ -41,7 +42,14 @@ Json AssignmentJson(const EngineConfig& cfg, const Run& run, const Attempt& a,
               {"outputs_dir", outputs_dir},
               {"log_path", log_path},
               {"timeout_ms", a.timeout_ms},
-              {"gpus", gpus}};
+              {"gpus", gpus},
+              // Live metrics ($EPOCH_METRICS) and checkpoints ($EPOCH_CHECKPOINT_DIR).
+              {"metrics",
+               {{"path", MetricsPath(cfg, run.id, step, n, rank)},
+                {"interval_ms", cfg.metrics_interval.count() / 1000},
+                {"max_points", cfg.metrics_max_points},
+                {"max_bytes", cfg.metrics_max_bytes}}},
+              {"checkpoint_dir", CheckpointDir(cfg, run.id, step, a.trial)}};
 }
 
 }  // namespace
@@ -83,7 +91,7 @@ DispatchView Engine::DispatchFor(const std::string& container,
         log = log.substr(0, log.size() - 4) + "." + std::to_string(rank) + ".log";
       }
       view.assignments.push_back(
-          AssignmentJson(cfg, *run, *ga, id, step, n, env, outputs, log, w->gpus));
+          AssignmentJson(cfg, *run, *ga, id, step, n, rank, env, outputs, log, w->gpus));
       continue;
     }
     const Attempt* a = s.FindAttempt(id);
@@ -93,7 +101,7 @@ DispatchView Engine::DispatchFor(const std::string& container,
     ParseAttemptId(id, &run_id, &step, &n);
     const Run* run = s.FindRun(run_id);
     if (!run) continue;
-    view.assignments.push_back(AssignmentJson(cfg, *run, *a, id, step, n, a->env,
+    view.assignments.push_back(AssignmentJson(cfg, *run, *a, id, step, n, 0, a->env,
                                               OutputsDir(cfg, run_id, step, n),
                                               LogPath(cfg, run_id, step, n), a->gpus));
   }

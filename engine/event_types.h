@@ -251,6 +251,9 @@ struct JobAssigned {
   std::optional<std::vector<Placement>> placements{};
   std::optional<std::string> master_addr{};
   std::optional<int> master_port{};
+  // The checkpoint the attempt starts from (CheckpointSaved's payload and its attempt),
+  // when the step has one.
+  std::optional<Json> checkpoint{};
   static constexpr auto Fields() {
     return std::tuple{F("step", &JobAssigned::step),
                       F("attempt", &JobAssigned::attempt),
@@ -259,7 +262,8 @@ struct JobAssigned {
                       Arr("gpu_uuids", &JobAssigned::gpu_uuids),
                       F("placements", &JobAssigned::placements),
                       F("master_addr", &JobAssigned::master_addr),
-                      F("master_port", &JobAssigned::master_port)};
+                      F("master_port", &JobAssigned::master_port),
+                      Obj("checkpoint", &JobAssigned::checkpoint)};
   }
 };
 
@@ -447,6 +451,49 @@ struct JobRetryScheduled {
   }
 };
 
+// ---- live metrics and checkpoints (stream run-<id>) ----
+
+// A batch of live metric points (events.h). `points` are objects of numbers; `from`
+// numbers the first within the attempt's (rank's) series.
+struct MetricsRecorded {
+  static constexpr std::string_view kType = kMetricsRecorded;
+  static constexpr uint32_t kVersion = 1;
+  std::string step{};
+  int attempt = 0;
+  std::optional<int> rank{};  // a gang worker's series
+  int64_t from = 0;
+  Json points = Json::array();
+  int64_t skipped = 0;  // totals so far, as the agent counts them
+  int64_t dropped = 0;
+  bool truncated = false;
+  static constexpr auto Fields() {
+    return std::tuple{
+        F("step", &MetricsRecorded::step),       F("attempt", &MetricsRecorded::attempt),
+        F("rank", &MetricsRecorded::rank),       F("from", &MetricsRecorded::from),
+        Arr("points", &MetricsRecorded::points), F("skipped", &MetricsRecorded::skipped),
+        F("dropped", &MetricsRecorded::dropped), F("truncated", &MetricsRecorded::truncated)};
+  }
+};
+
+struct CheckpointSaved {
+  static constexpr std::string_view kType = kCheckpointSaved;
+  static constexpr uint32_t kVersion = 1;
+  std::string step{};
+  int attempt = 0;
+  std::optional<int> rank{};
+  std::optional<int> trial{};
+  std::string file{};  // in the step's checkpoint dir
+  std::string sha256{};
+  int64_t size = 0;
+  std::optional<int64_t> epoch{};
+  static constexpr auto Fields() {
+    return std::tuple{F("step", &CheckpointSaved::step), F("attempt", &CheckpointSaved::attempt),
+                      F("rank", &CheckpointSaved::rank), F("trial", &CheckpointSaved::trial),
+                      F("file", &CheckpointSaved::file), F("sha256", &CheckpointSaved::sha256),
+                      F("size", &CheckpointSaved::size), F("epoch", &CheckpointSaved::epoch)};
+  }
+};
+
 // ---- lineage (stream run-<id>) ----
 
 struct DatasetVersionRegistered {
@@ -626,10 +673,10 @@ using Payload =
     std::variant<WorkflowRegistered, RunSubmitted, StepReady, StepSkipped, RunSucceeded, RunFailed,
                  RunCancelRequested, RunCancelled, RunRetryRequested, JobQueued, JobAssigned,
                  JobStarted, JobSucceeded, JobFailed, JobTimedOut, JobCancelled, JobWorkerFinished,
-                 JobCacheHit, StepSweepCompleted, JobRetryScheduled, DatasetVersionRegistered,
-                 ModelVersionRegistered, ModelVersionValidated, ContainerRequested,
-                 ContainerLaunched, ContainerRegistered, ContainerLost, ContainerReleased,
-                 CacheInvalidated, LeaderElected>;
+                 JobCacheHit, StepSweepCompleted, JobRetryScheduled, MetricsRecorded,
+                 CheckpointSaved, DatasetVersionRegistered, ModelVersionRegistered,
+                 ModelVersionValidated, ContainerRequested, ContainerLaunched, ContainerRegistered,
+                 ContainerLost, ContainerReleased, CacheInvalidated, LeaderElected>;
 
 template <class T>
 concept PayloadType = requires {

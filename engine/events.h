@@ -26,7 +26,8 @@ inline constexpr std::string_view kRunCancelled = "RunCancelled";              /
 inline constexpr std::string_view kRunRetryRequested = "RunRetryRequested";    // {steps, by}
 // Jobs: one attempt of one step (stream run-<id>)
 inline constexpr std::string_view kJobQueued = "JobQueued";  // {run, step, attempt, resources, argv, env, timeout_ms, cache?: {key, inputs, miss}, trial?, params?}
-inline constexpr std::string_view kJobAssigned = "JobAssigned";  // {step, attempt, container, gpus}
+inline constexpr std::string_view kJobAssigned =
+    "JobAssigned";  // {step, attempt, container, gpus, checkpoint?}
 inline constexpr std::string_view kJobStarted = "JobStarted";    // {step, attempt, container}
 inline constexpr std::string_view kJobSucceeded = "JobSucceeded";  // {step, attempt, exit_code, metrics, outputs, usage}
 inline constexpr std::string_view kJobFailed = "JobFailed";  // {step, attempt, exit_code, signal, reason, usage}
@@ -40,6 +41,15 @@ inline constexpr std::string_view kJobCacheHit = "JobCacheHit";  // {step, attem
 // result (best_trial null and a reason when no trial produced the metric).
 inline constexpr std::string_view kStepSweepCompleted = "StepSweepCompleted";  // {step, trials, succeeded, failed, metric, goal, best_trial, best_attempt, best_params, best_value, reason?}
 inline constexpr std::string_view kJobRetryScheduled = "JobRetryScheduled";  // {step, attempt, not_before}
+// Live metrics: a batch of points an attempt (or a gang rank) appended to $EPOCH_METRICS,
+// numbered from `from` within its series; totals of what the agent skipped or dropped
+// over the cap, and whether the cap was reached.
+inline constexpr std::string_view kMetricsRecorded =
+    "MetricsRecorded";  // {step, attempt, rank?, from, points, skipped, dropped, truncated}
+// A checkpoint a step declared in $EPOCH_CHECKPOINT_DIR; the next attempt of the step
+// (of the trial) resumes from the latest (JobAssigned's checkpoint).
+inline constexpr std::string_view kCheckpointSaved =
+    "CheckpointSaved";  // {step, attempt, rank?, trial?, file, sha256, size, epoch?}
 // Lineage (stream run-<id>): a succeeded step's outputs as a version of a data set
 // or model; the version is the existing one with the same digest, else the next.
 inline constexpr std::string_view kDatasetVersionRegistered = "DatasetVersionRegistered";  // {name, version, digest, step, attempt, outputs}
@@ -78,6 +88,8 @@ inline constexpr std::string_view kAllTypes[] = {kWorkflowRegistered,
                                                  kJobCacheHit,
                                                  kStepSweepCompleted,
                                                  kJobRetryScheduled,
+                                                 kMetricsRecorded,
+                                                 kCheckpointSaved,
                                                  kDatasetVersionRegistered,
                                                  kModelVersionRegistered,
                                                  kModelVersionValidated,

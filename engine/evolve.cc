@@ -2,6 +2,7 @@
 // (engine/event_types.h). It runs identically live (Processor::Record) and in replay.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -364,6 +365,7 @@ struct Apply {
       a.gpu_uuids = p.gpu_uuids.value_or(Json::array());
       Reserve(s, a.container, t.attempt_id, a.resources, a.gpus);
     }
+    if (p.checkpoint) a.resumed_from = *p.checkpoint;
     return Status::Ok();
   }
 
@@ -503,6 +505,35 @@ struct Apply {
       t.step->phase = StepPhase::kFailed;
       t.step->reason = p.reason.value_or("no trial succeeded");
     }
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::MetricsRecorded& p) {
+    Target t = Resolve(s, e, p.step, p.attempt);
+    if (!t.attempt) return Status::Ok();
+    if (p.from < 0) return Corrupt(e, "from", std::to_string(p.from) + " is negative");
+    MetricSeries& m = t.attempt->series[p.rank.value_or(0)];
+    // Decide records each point once, in order; a batch that overlaps what is
+    // recorded (a hand-edited log) adds only what is new.
+    int64_t fresh = p.from + static_cast<int64_t>(p.points.size()) - std::max(m.next, p.from);
+    if (p.from <= m.next && fresh > 0) {
+      for (size_t i = p.points.size() - static_cast<size_t>(fresh); i < p.points.size(); ++i) {
+        m.bytes += static_cast<int64_t>(p.points[i].dump().size());
+      }
+      m.next += fresh;
+    }
+    m.skipped = std::max(m.skipped, p.skipped);
+    m.dropped = std::max(m.dropped, p.dropped);
+    m.truncated = m.truncated || p.truncated;
+    return Status::Ok();
+  }
+
+  Status operator()(const ev::CheckpointSaved& p) {
+    Target t = Resolve(s, e, p.step);
+    if (!t.step) return Status::Ok();
+    Json c = fields::Encode(p);
+    c.erase("step");
+    t.step->checkpoints[p.trial.value_or(-1)] = std::move(c);
     return Status::Ok();
   }
 

@@ -1,5 +1,7 @@
 #include "engine/report.h"
 
+#include <cmath>
+
 #include "common/json_reader.h"
 
 namespace epoch::engine {
@@ -66,6 +68,80 @@ Result<std::vector<AttemptReport>> ParseAttemptReports(const Json& reports) {
     ASSIGN_OR_RETURN(AttemptReport r,
                      ParseAttemptReport(reports[i], "reports[" + std::to_string(i) + "]"));
     out.push_back(std::move(r));
+  }
+  return out;
+}
+
+namespace {
+
+bool IsHex64(const std::string& s) {
+  return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+}  // namespace
+
+Result<MetricsBatch> ParseMetricsBatch(const Json& j, const std::string& path) {
+  if (!j.is_object()) return InvalidArgument(path + ": must be an object");
+  JsonReader r(j, path);
+  MetricsBatch out;
+  std::optional<std::string> id;
+  RETURN_IF_ERROR(r.String("attempt_id", &id));
+  if (!id || id->empty()) return r.Fail("attempt_id", "required (a non-empty string)");
+  out.attempt_id = std::move(*id);
+  std::optional<int64_t> from, skipped, dropped;
+  RETURN_IF_ERROR(r.Count("from", &from));
+  if (!from) return r.Fail("from", "required (a non-negative integer)");
+  out.from = *from;
+  RETURN_IF_ERROR(r.Count("skipped", &skipped));
+  RETURN_IF_ERROR(r.Count("dropped", &dropped));
+  out.skipped = skipped.value_or(0);
+  out.dropped = dropped.value_or(0);
+  std::optional<bool> truncated;
+  RETURN_IF_ERROR(r.Bool("truncated", &truncated));
+  out.truncated = truncated.value_or(false);
+  RETURN_IF_ERROR(r.ArrayOfObjects("points", &out.points));
+  for (size_t i = 0; i < out.points.size(); ++i) {
+    std::string at = "points[" + std::to_string(i) + "]";
+    for (const auto& [name, value] : out.points[i].items()) {
+      if (name.empty() || name.size() > kMaxMetricNameBytes) {
+        return r.Fail(at, "metric names must be 1 to 128 bytes");
+      }
+      if (!value.is_number() || (value.is_number_float() && !std::isfinite(value.get<double>()))) {
+        return r.Fail(at + "." + name, "must be a finite number");
+      }
+    }
+  }
+  Json checkpoints;
+  RETURN_IF_ERROR(r.ArrayOfObjects("checkpoints", &checkpoints));
+  for (size_t i = 0; i < checkpoints.size(); ++i) {
+    JsonReader c(checkpoints[i], path + ".checkpoints[" + std::to_string(i) + "]");
+    ReportedCheckpoint rc;
+    std::optional<int64_t> size;
+    RETURN_IF_ERROR(c.String("file", &rc.file));
+    RETURN_IF_ERROR(c.String("sha256", &rc.sha256));
+    RETURN_IF_ERROR(c.Count("size", &size));
+    RETURN_IF_ERROR(c.Count("epoch", &rc.epoch));
+    if (rc.file.empty() || rc.file.size() > 255 || rc.file == "." || rc.file == ".." ||
+        rc.file.find('/') != std::string::npos || rc.file.find('\0') != std::string::npos) {
+      return c.Fail("file", "must be a file name in the checkpoint dir");
+    }
+    if (!IsHex64(rc.sha256)) return c.Fail("sha256", "must be 64 lowercase hex digits");
+    if (!size) return c.Fail("size", "required (a non-negative integer)");
+    rc.size = *size;
+    out.checkpoints.push_back(std::move(rc));
+  }
+  return out;
+}
+
+Result<std::vector<MetricsBatch>> ParseMetricsBatches(const Json& batches) {
+  std::vector<MetricsBatch> out;
+  if (batches.is_null()) return out;
+  if (!batches.is_array()) return InvalidArgument("metrics: must be an array");
+  out.reserve(batches.size());
+  for (size_t i = 0; i < batches.size(); ++i) {
+    ASSIGN_OR_RETURN(MetricsBatch b,
+                     ParseMetricsBatch(batches[i], "metrics[" + std::to_string(i) + "]"));
+    out.push_back(std::move(b));
   }
   return out;
 }

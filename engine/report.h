@@ -52,6 +52,37 @@ struct AttemptReport {
   std::optional<std::string> metrics_error;
 };
 
+// A batch of live metric points of one attempt (or gang worker) and the checkpoints it
+// declared, typed at the edge like a report. Wire form, in a poll's "metrics":
+//   {"attempt_id", "from": uint (the first point's number in the series),
+//    "points": [{"<name>": number, ...}, ...], "skipped": uint, "dropped": uint (the
+//    agent's totals so far), "truncated": bool,
+//    "checkpoints": [{"file", "sha256", "size": uint, "epoch": uint|null}]}
+// A point is an object of finite numbers named by 1 to 128 bytes; a checkpoint's file
+// is a plain file name in the step's checkpoint dir.
+struct ReportedCheckpoint {
+  std::string file;
+  std::string sha256;
+  int64_t size = 0;
+  std::optional<int64_t> epoch;
+};
+
+struct MetricsBatch {
+  std::string attempt_id;
+  int64_t from = 0;
+  Json points = Json::array();
+  int64_t skipped = 0;
+  int64_t dropped = 0;
+  bool truncated = false;
+  std::vector<ReportedCheckpoint> checkpoints;
+};
+
+inline constexpr size_t kMaxMetricNameBytes = 128;
+
+Result<MetricsBatch> ParseMetricsBatch(const Json& j, const std::string& path);
+// Every element of a poll's "metrics" (null or absent: none).
+Result<std::vector<MetricsBatch>> ParseMetricsBatches(const Json& batches);
+
 // Parses one report; `path` names it in errors ("reports[2]"). kInvalidArgument
 // "<path>.<field>: <what it must be>" for a missing or mistyped field.
 Result<AttemptReport> ParseAttemptReport(const Json& j, const std::string& path);

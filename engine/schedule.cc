@@ -299,12 +299,19 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
     if (v != Verdict::kPlaced) return;
     const Run& run = *c.run;
     const Json& p0 = placements[0];
+    // The step's latest checkpoint (its trial's), which the attempt starts from.
+    std::optional<Json> checkpoint;
+    if (const StepRun* sr = run.FindStep(c.step)) {
+      auto it = sr->checkpoints.find(c.attempt->trial);
+      if (it != sr->checkpoints.end()) checkpoint = it->second;
+    }
     if (c.attempt->workers <= 1) {
       out.push_back(RunEvent(run, ev::JobAssigned{.step = c.step,
                                                   .attempt = c.number,
                                                   .container = p0["container"],
                                                   .gpus = p0["gpus"],
-                                                  .gpu_uuids = p0["gpu_uuids"]}));
+                                                  .gpu_uuids = p0["gpu_uuids"],
+                                                  .checkpoint = std::move(checkpoint)}));
       return;
     }
     // A gang: torch.distributed's rendezvous is rank 0's host and a port chosen
@@ -326,7 +333,8 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
                                       .container = p0["container"],
                                       .placements = std::move(ranks),
                                       .master_addr = c0.host.empty() ? "127.0.0.1" : c0.host,
-                                      .master_port = port}));
+                                      .master_port = port,
+                                      .checkpoint = std::move(checkpoint)}));
   });
   return out;
 }

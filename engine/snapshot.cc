@@ -84,6 +84,16 @@ struct SnapList<Worker> {
 };
 
 template <>
+struct SnapList<MetricSeries> {
+  static constexpr auto Fields() {
+    using M = MetricSeries;
+    return std::tuple{Plain(&M::next, "next"), Plain(&M::bytes, "bytes"),
+                      Plain(&M::skipped, "skipped"), Plain(&M::dropped, "dropped"),
+                      Plain(&M::truncated, "truncated")};
+  }
+};
+
+template <>
 struct SnapList<Attempt> {
   static constexpr auto Fields() {
     return std::tuple{Plain(&Attempt::number, "attempt number"),
@@ -115,7 +125,9 @@ struct SnapList<Attempt> {
                       Plain(&Attempt::metrics, "metrics"),
                       Plain(&Attempt::outputs, "outputs"),
                       Plain(&Attempt::log, "log"),
-                      Plain(&Attempt::mounts, "mounts")};
+                      Plain(&Attempt::mounts, "mounts"),
+                      Plain(&Attempt::series, "series"),
+                      Plain(&Attempt::resumed_from, "resumed_from")};
   }
 };
 
@@ -131,7 +143,8 @@ struct SnapList<StepRun> {
                       Plain(&StepRun::retry_at, "retry_at"),
                       Plain(&StepRun::next_attempt, "next_attempt"),
                       Plain(&StepRun::round_start, "round_start"),
-                      Plain(&StepRun::best, "best")};
+                      Plain(&StepRun::best, "best"),
+                      Plain(&StepRun::checkpoints, "checkpoints")};
   }
 };
 
@@ -479,6 +492,8 @@ struct SnapList<State> {
 };
 
 static_assert(ListsEveryMember<Worker>(), "a Worker member is missing from SnapList<Worker>");
+static_assert(ListsEveryMember<MetricSeries>(),
+              "a MetricSeries member is missing from SnapList<MetricSeries>");
 static_assert(ListsEveryMember<Attempt>(), "an Attempt member is missing from SnapList<Attempt>");
 static_assert(ListsEveryMember<StepRun>(), "a StepRun member is missing from SnapList<StepRun>");
 static_assert(ListsEveryMember<ArtifactVersion>(),

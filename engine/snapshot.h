@@ -89,7 +89,10 @@
 namespace epoch::engine {
 
 inline constexpr std::string_view kSnapshotMagic = "EPOCHSNP";
-inline constexpr uint32_t kSnapshotFormatVersion = 7;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6: credentials, isolation, logs, mounts, tenant caches and lineage; 7: container enforcement
+inline constexpr uint32_t kSnapshotFormatVersion =
+    8;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
+        // credentials, isolation, logs, mounts, tenant caches and lineage; 7: container
+        // enforcement; 8: live metrics series, checkpoints
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.

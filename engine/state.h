@@ -67,6 +67,15 @@ struct Worker {
   Json outputs{};
 };
 
+// One live-metrics series of an attempt (MetricsRecorded): how much of it is recorded.
+struct MetricSeries {
+  int64_t next = 0;     // points recorded: the next point's number
+  int64_t bytes = 0;    // their size as JSON
+  int64_t skipped = 0;  // the agent's totals: values or lines that were not metrics...
+  int64_t dropped = 0;  // ...and points over a cap (the agent's or the master's)
+  bool truncated = false;
+};
+
 struct Attempt {
   int number = 1;
   AttemptPhase phase = AttemptPhase::kQueued;
@@ -101,6 +110,12 @@ struct Attempt {
   Json trial_params{};
   Json metrics{};
   Json outputs{};
+  // Live metrics: rank (0 unless a gang) -> its series' totals; the points are in the
+  // log, not here, so the state stays small whatever a step writes.
+  std::map<int, MetricSeries> series;
+  // The checkpoint it started from (JobAssigned): {file, sha256, size, epoch, attempt,
+  // rank}; null if none.
+  Json resumed_from{};
 };
 
 struct StepRun {
@@ -117,6 +132,9 @@ struct StepRun {
   // A swept step's outcome once StepSweepCompleted chose it: {trial, attempt, params,
   // value, metric}; null otherwise.
   Json best{};
+  // The latest checkpoint (CheckpointSaved) per trial (-1: the step's own attempts):
+  // {file, sha256, size, epoch, attempt, rank}. A new attempt resumes from it.
+  std::map<int, Json> checkpoints;
 
   Attempt* Last() { return attempts.empty() ? nullptr : &attempts.back(); }
   const Attempt* Last() const { return attempts.empty() ? nullptr : &attempts.back(); }

@@ -2,11 +2,30 @@
 #include "engine/engine.h"
 
 #include <cstdio>
+#include <map>
 #include <optional>
+#include <tuple>
 
 namespace epoch::engine {
 
 namespace {
+
+// An attempt's live-metrics series as recorded (the points are in the log; GET
+// .../metrics serves them): [{"rank", "points", "bytes", "skipped", "dropped",
+// "truncated"}].
+Json SeriesJson(const Attempt& a) {
+  Json out = Json::array();
+  for (const auto& [rank, m] : a.series) {
+    out.push_back(Json{{"rank", rank},
+                       {"points", m.next},
+                       {"bytes", m.bytes},
+                       {"skipped", m.skipped},
+                       {"dropped", m.dropped},
+                       {"truncated", m.truncated}});
+  }
+  return out;
+}
+
 Json OptTime(const std::optional<TimePoint>& t) { return t ? Json(FormatTime(*t)) : Json(); }
 Json TimeOrNull(TimePoint t) { return t == TimePoint{} ? Json() : Json(FormatTime(t)); }
 }  // namespace
@@ -63,6 +82,8 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
       if (!a.log.empty()) attempts.back()["log"] = a.log;
       if (!a.cache_key.empty()) attempts.back()["cache_key"] = a.cache_key;
       if (!a.cached_from.empty()) attempts.back()["cached_from"] = a.cached_from;
+      if (!a.resumed_from.is_null()) attempts.back()["resumed_from"] = a.resumed_from;
+      if (!a.series.empty()) attempts.back()["live_metrics"] = SeriesJson(a);
       if (a.trial >= 0) {
         attempts.back()["trial"] = a.trial;
         attempts.back()["params"] = a.trial_params;
@@ -99,6 +120,13 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
               {"outputs", s.outputs}};
     if (!s.reason.empty()) step["reason"] = s.reason;
     if (!s.best.is_null()) step["best"] = s.best;
+    if (!s.checkpoints.empty()) {
+      Json checkpoints = Json::object();
+      for (const auto& [trial, c] : s.checkpoints) {
+        checkpoints[trial < 0 ? std::string("step") : "trial-" + std::to_string(trial)] = c;
+      }
+      step["checkpoints"] = std::move(checkpoints);
+    }
     if (s.retry_at) step["retry_at"] = FormatTime(*s.retry_at);
     steps.push_back(std::move(step));
   }
@@ -302,6 +330,17 @@ std::string DescribeRunEvent(const std::string& type, const Json& d, const std::
   if (type == ev::kJobRetryScheduled) {
     return "step " + d.value("step", "?") + " attempt " + d.value("attempt", Json(0)).dump() + " scheduled for " +
            d.value("not_before", "?") + " after: " + d.value("after_reason", "");
+  }
+  if (type == ev::kMetricsRecorded) {
+    std::string s = StepAttempt(d) + " recorded " +
+                    std::to_string(d.value("points", Json::array()).size()) + " metric points";
+    if (d.value("truncated", false)) s += " (series truncated at its cap)";
+    return s;
+  }
+  if (type == ev::kCheckpointSaved) {
+    std::string s = StepAttempt(d) + " saved checkpoint " + d.value("file", "?");
+    if (d.contains("epoch") && !d["epoch"].is_null()) s += " (epoch " + d["epoch"].dump() + ")";
+    return s;
   }
   if (type == ev::kStepSweepCompleted) {
     if (d.contains("best_trial") && !d["best_trial"].is_null()) {
@@ -577,6 +616,58 @@ PhaseCounts CountPhases(const State& s) {
   }
   for (const auto& [id, c] : s.containers) out.containers[std::string(Name(c.phase))]++;
   out.queue = s.queue.size();
+  return out;
+}
+
+Json MetricSeriesView(const std::vector<Json>& recorded, const MetricsQuery& q) {
+  // (attempt, rank, name) -> points; the series come out in that order.
+  std::map<std::tuple<int, int, std::string>, Json> series;
+  Json last = Json::object();
+  int last_attempt = 0;
+  for (const Json& m : recorded) {
+    int attempt = m.value("attempt", 0);
+    int rank = m.contains("rank") && m["rank"].is_number_integer() ? m["rank"].get<int>() : 0;
+    if ((q.attempt && attempt != *q.attempt) || (q.rank && rank != *q.rank)) continue;
+    const Json& points = m.contains("points") && m["points"].is_array() ? m["points"] : Json();
+    int64_t index = m.value("from", int64_t{0});
+    if (rank == 0 && attempt > last_attempt) {
+      last = Json::object();
+      last_attempt = attempt;
+    }
+    for (size_t i = 0; i < points.size(); ++i, ++index) {
+      const Json& p = points[i];
+      if (!p.is_object()) continue;
+      Json x = p.contains("step") && p["step"].is_number() ? p["step"] : Json(index);
+      for (const auto& [name, value] : p.items()) {
+        if (name == "step" || (!q.name.empty() && name != q.name)) continue;
+        auto& pts = series[{attempt, rank, name}];
+        if (pts.is_null()) pts = Json::array();
+        pts.push_back(Json::array({x, value}));
+        if (rank == 0 && attempt == last_attempt) last[name] = value;
+      }
+    }
+  }
+  Json out = Json::array();
+  for (auto& [key, pts] : series) {
+    out.push_back(Json{{"attempt", std::get<0>(key)},
+                       {"rank", std::get<1>(key)},
+                       {"name", std::get<2>(key)},
+                       {"points", std::move(pts)}});
+  }
+  return Json{{"series", std::move(out)}, {"last", std::move(last)}};
+}
+
+Json StepMetricTotals(const State& s, const std::string& run, const std::string& step) {
+  const Run* r = s.FindRun(run);
+  const StepRun* sr = r ? r->FindStep(step) : nullptr;
+  if (!sr) return Json();
+  Json out = Json::array();
+  for (const auto& a : sr->attempts) {
+    for (Json t : SeriesJson(a)) {
+      t["attempt"] = a.number;
+      out.push_back(std::move(t));
+    }
+  }
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -140,5 +141,21 @@ struct PhaseCounts {
   size_t queue = 0;
 };
 PhaseCounts CountPhases(const State& s);
+
+// GET /v1/runs/{id}/steps/{step}/metrics: a step's live metrics from the payloads of
+// its MetricsRecorded events (in log order). Filters: `name` (empty: every name),
+// `attempt` and `rank` (absent: all). Returns {"series": [{"attempt", "rank", "name",
+// "points": [[x, y], ...]}], "last": {name: value}}: x is the point's "step" member
+// when it has one, else its number in the series; "last" holds each name's latest
+// value in the newest attempt's rank 0 (a gang's other ranks train the same model).
+struct MetricsQuery {
+  std::string name;
+  std::optional<int> attempt;
+  std::optional<int> rank;
+};
+Json MetricSeriesView(const std::vector<Json>& recorded, const MetricsQuery& q);
+// What the state says of a step's series (per attempt and rank: points, bytes, skipped,
+// dropped, truncated); null if the run or step is unknown.
+Json StepMetricTotals(const State& s, const std::string& run, const std::string& step);
 
 }  // namespace epoch::engine
