@@ -688,6 +688,14 @@ uint64_t HeaderNumber(const Headers& headers, std::string_view name) {
 }
 }  // namespace
 
+Result<Json> ApiClient::GetMetrics(const std::string& run, const std::string& step,
+                                   const MetricsQuery& q) {
+  Query query = {{"name", q.name}};
+  if (q.attempt) query.emplace_back("attempt", std::to_string(*q.attempt));
+  return GetJson(
+      WithQuery("/v1/runs/" + UrlEncode(run) + "/steps/" + UrlEncode(step) + "/metrics", query));
+}
+
 Status ApiClient::GetLogs(const std::string& run, const std::string& step, const LogQuery& q,
                           const std::function<bool(std::string_view)>& on_text) {
   std::string path = "/v1/runs/" + UrlEncode(run) + "/steps/" + UrlEncode(step) + "/logs";

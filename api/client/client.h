@@ -150,6 +150,11 @@ struct EventQuery {
   std::optional<int64_t> limit;
 };
 
+struct MetricsQuery {
+  std::string name;                // empty: every series
+  std::optional<int64_t> attempt;  // default: all
+};
+
 struct LogQuery {
   std::optional<int64_t> attempt;  // default: the last
   std::optional<int64_t> tail;     // only the last N lines (and, following, what comes next)
@@ -204,6 +209,9 @@ class ApiClient {
   // answer), its last `tail` lines, or followed (-f) until the attempt ends.
   Status GetLogs(const std::string& run, const std::string& step, const LogQuery& query,
                  const std::function<bool(std::string_view)>& on_text);
+  // A step's live metrics (GET .../metrics): {"series": [{"attempt", "rank", "name",
+  // "points": [[x, y]]}], "last", "attempts"}.
+  Result<Json> GetMetrics(const std::string& run, const std::string& step, const MetricsQuery& q);
   Result<Json> ListContainers();
   Result<Json> GetCluster();
   // GET /v1/audit/verify; query as the server takes it ("from=..&hash=..", "against=P:H").

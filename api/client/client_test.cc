@@ -423,6 +423,25 @@ std::unique_ptr<ApiClient> MakeClient(std::vector<std::string> servers) {
   return std::move(c).value();
 }
 
+TEST(Output, MetricsSparklinesAndTotals) {
+  EXPECT_EQ(Sparkline({}, 10), "");
+  EXPECT_EQ(Sparkline({1, 2, 3, 4, 5, 6, 7, 8}, 8), "▁▂▃▄▅▆▇█");
+  EXPECT_EQ(Sparkline({5, 5, 5}, 8), "▄▄▄");
+  // Wider than the cells: means of equal shares (1,1 | 9,9).
+  EXPECT_EQ(Sparkline({1, 1, 9, 9}, 2), "▁█");
+  Json m = Json::parse(R"({"series": [{"name": "loss", "attempt": 2, "rank": 0,
+      "points": [[0, 2.0], [10, 1.0], [20, 0.5]]}],
+      "attempts": [{"attempt": 2, "rank": 0, "skipped": 3, "dropped": 0, "truncated": false},
+                   {"attempt": 1, "rank": 0, "skipped": 0, "dropped": 0, "truncated": false}]})");
+  std::string text = RenderMetrics(m);
+  EXPECT_NE(text.find("loss  2        0     3       0.5   0.5  2    █▃▁"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("attempt 2 rank 0: 3 values skipped, 0 points dropped\n"), std::string::npos)
+      << text;
+  EXPECT_EQ(text.find("attempt 1 rank"), std::string::npos) << text;
+  EXPECT_EQ(RenderMetrics(Json::object()), "no live metrics yet\n");
+}
+
 TEST(ApiClient, MapsErrorBodyToStatus) {
   MockServer m;
   m.server.Get("/v1/runs/r-404", [](const httplib::Request&, httplib::Response& res) {

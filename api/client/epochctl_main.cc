@@ -256,6 +256,31 @@ int RunLogs(Context& c, const std::string& id, const std::string& step, const Lo
   return 0;
 }
 
+// Prints a step's live metrics; with follow, again each time they change, until the
+// run has ended (its last points are then printed once more).
+int RunMetrics(Context& c, const std::string& id, const std::string& step,
+               const MetricsQuery& query, bool follow) {
+  std::string shown;
+  while (true) {
+    bool ended = false;
+    if (follow) {
+      auto run = c.api->GetRun(id);
+      if (!run.ok()) return Fail(run.status());
+      ended = IsTerminalRunState(run->value("state", ""));
+    }
+    auto res = c.api->GetMetrics(id, step, query);
+    if (!res.ok()) return Fail(res.status());
+    std::string text = c.json() ? RenderJson(*res) : RenderMetrics(*res);
+    if (text != shown) {
+      if (follow && !shown.empty()) Print("\n");
+      Print(text);
+      shown = std::move(text);
+    }
+    if (!follow || ended) return 0;
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // agents ship about as often
+  }
+}
+
 // ---- events, containers, cluster --------------------------------------------------------
 
 struct EventArgs {
@@ -602,6 +627,25 @@ int Main(int argc, char** argv) {
       if (tail_opt->count()) q.tail = tail;
       q.follow = follow_logs;
       return RunLogs(c, run_id, step, q);
+    };
+  });
+
+  std::string metric_name;
+  int64_t metric_attempt = 0;
+  bool follow_metrics = false;
+  auto* metrics = run->add_subcommand(
+      "metrics", "a step's live metrics: latest values and a curve of each series");
+  metrics->add_option("id", run_id)->required();
+  metrics->add_option("step", step)->required();
+  metrics->add_option("--name", metric_name, "only this series (e.g. loss)");
+  auto* metric_attempt_opt = metrics->add_option("--attempt", metric_attempt, "only this attempt");
+  metrics->add_flag("-f,--follow", follow_metrics, "refresh until the run ends");
+  metrics->callback([&] {
+    action = [&](Context& c) {
+      MetricsQuery q;
+      q.name = metric_name;
+      if (metric_attempt_opt->count()) q.attempt = metric_attempt;
+      return RunMetrics(c, run_id, step, q, follow_metrics);
     };
   });
 

@@ -698,4 +698,65 @@ std::string RenderRunChanges(const Json& before, const Json& after, TimePoint no
   return out;
 }
 
+std::string Sparkline(const std::vector<double>& values, size_t width) {
+  static constexpr const char* kBars[] = {"\u2581", "\u2582", "\u2583", "\u2584",
+                                          "\u2585", "\u2586", "\u2587", "\u2588"};
+  if (values.empty() || width == 0) return "";
+  size_t cells = std::min(width, values.size());
+  std::vector<double> means(cells, 0.0);
+  for (size_t c = 0; c < cells; ++c) {
+    size_t from = c * values.size() / cells, to = (c + 1) * values.size() / cells;
+    double sum = 0;
+    for (size_t i = from; i < to; ++i) sum += values[i];
+    means[c] = sum / static_cast<double>(to - from);
+  }
+  auto [lo, hi] = std::minmax_element(means.begin(), means.end());
+  double min = *lo, span = *hi - *lo;
+  std::string out;
+  for (double m : means) {
+    size_t level = span <= 0 ? 3 : static_cast<size_t>((m - min) / span * 7.0 + 0.5);
+    out += kBars[std::min<size_t>(level, 7)];
+  }
+  return out;
+}
+
+std::string RenderMetrics(const Json& metrics) {
+  Table t({"NAME", "ATTEMPT", "RANK", "POINTS", "LAST", "MIN", "MAX", "CURVE"});
+  const Json& series = metrics.contains("series") && metrics["series"].is_array()
+                           ? metrics["series"]
+                           : Json::array();
+  for (const auto& s : series) {
+    std::vector<double> values;
+    if (s.contains("points") && s["points"].is_array()) {
+      for (const auto& p : s["points"]) {
+        if (p.is_array() && p.size() == 2 && p[1].is_number()) values.push_back(p[1].get<double>());
+      }
+    }
+    auto number = [](double v) {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "%.6g", v);
+      return std::string(buf);
+    };
+    std::string last = values.empty() ? "-" : number(values.back());
+    std::string min =
+        values.empty() ? "-" : number(*std::min_element(values.begin(), values.end()));
+    std::string max =
+        values.empty() ? "-" : number(*std::max_element(values.begin(), values.end()));
+    t.AddRow({Cell(s, "name"), Cell(s, "attempt"), Cell(s, "rank"), std::to_string(values.size()),
+              last, min, max, Sparkline(values, 40)});
+  }
+  std::string out = series.empty() ? "no live metrics yet\n" : t.Render();
+  if (metrics.contains("attempts") && metrics["attempts"].is_array()) {
+    for (const auto& a : metrics["attempts"]) {
+      bool truncated = a.value("truncated", false);
+      int64_t skipped = a.value("skipped", int64_t{0}), dropped = a.value("dropped", int64_t{0});
+      if (!truncated && skipped == 0 && dropped == 0) continue;
+      out += "attempt " + Cell(a, "attempt") + " rank " + Cell(a, "rank") + ": " +
+             std::to_string(skipped) + " values skipped, " + std::to_string(dropped) +
+             " points dropped" + (truncated ? ", truncated at its cap" : "") + "\n";
+    }
+  }
+  return out;
+}
+
 }  // namespace epoch::client

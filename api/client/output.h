@@ -93,4 +93,13 @@ std::string RenderModelVersion(const Json& version);
 // null (first snapshot: every step not pending is reported).
 std::string RenderRunChanges(const Json& before, const Json& after, TimePoint now);
 
+// A series' values as a sparkline of at most `width` cells ("▁▂▃▄▅▆▇█"): each cell the
+// mean of its share of the points, scaled between the series' min and max (a flat
+// series is all "▄"); "" for no values.
+std::string Sparkline(const std::vector<double>& values, size_t width);
+// GET /v1/runs/{id}/steps/{step}/metrics: one line per series (name, attempt, rank,
+// points, last, min, max, sparkline) and each attempt's totals when something was
+// skipped, dropped or truncated.
+std::string RenderMetrics(const Json& metrics);
+
 }  // namespace epoch::client
