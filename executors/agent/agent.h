@@ -12,7 +12,9 @@
 //     -> {"epoch","lease_ms","poll_timeout_ms"}            (optional "release": true)
 //   POST {master}/v1/containers/{id}/poll
 //     {"epoch_seen","reports":[report...],"running":[attempt ids]}
-//     -> {"epoch","ack":[ids],"assignments":[...],"cancels":[ids]}  (optional "release")
+//       (and "metrics":[batch...] when any are due: see "Live metrics" below)
+//     -> {"epoch","ack":[ids],"assignments":[...],"cancels":[ids]}  (optional "release",
+//        "metrics_ack":{"<attempt_id>": next})
 //   A poll answered 404, or 409 with {"error":{"code":"unknown_container"|"register"}},
 //   makes the agent register again. 307 (Location) or a newer leader.json in the data
 //   dir moves it to another master. Any answer whose "epoch" is lower than the highest
@@ -28,11 +30,13 @@
 //   "tenant","run_as":"user[:group]","mounts":[{"path","read_only"}],"max_log_bytes",
 //   "resources":{"cpu_millis","memory_bytes"} (what the scheduler reserved: the CPU
 //   weight), "limits":{"cpu_millis","memory_bytes"} (what the kernel enforces; null:
-//   only the container's limit)}.
+//   only the container's limit), "metrics":{"path","interval_ms","max_points",
+//   "max_bytes"} and "checkpoint_dir" (both optional: live metrics and checkpoints)}.
 //   The workspace must be <data-dir>/runs/<...>, outputs inside it, the log under
 //   <data-dir>/logs/; a mount is absolute, normalised, existing, and inside runs/ when
-//   it is inside the data dir at all. Anything else fails the attempt without running
-//   it ("invalid assignment: ...").
+//   it is inside the data dir at all; metrics.path and checkpoint_dir are inside the
+//   workspace. Anything else fails the attempt without running it ("invalid
+//   assignment: ...").
 // A report: {"attempt_id","state","exit_code","signal","reason","usage","metrics",
 //   "outputs","started_at","finished_at"} and, when the step ran through epoch-sandbox,
 //   "log_bytes", "log_dropped_bytes", "log_truncated". With cgroups in force, "usage"
@@ -40,6 +44,22 @@
 //   "limits":{...},"oom_kills","pids_refused"}, wait4's CPU as "wait4_cpu_s"), and a
 //   failed attempt the OOM killer hit has reason "oom_killed: ..." (one that reached its
 //   pids limit, "pids_limit: ...").
+//
+// Live metrics and checkpoints (live_metrics.h): with "metrics" the agent makes the
+// empty file (and its folders) and with "checkpoint_dir" the folder, as the step's
+// user, and sets EPOCH_METRICS and EPOCH_CHECKPOINT_DIR. The step appends JSON lines
+// ({"step": 120, "loss": 0.41}) and declares a checkpoint it wrote there by rewriting
+// checkpoint.json ({"file": "epoch-2.pt", "epoch": 2}) or with a line's
+// "checkpoint": "<file>". Polls (long ones and the report thread's short ones) carry
+//   batch: {"attempt_id","from","points":[{"<name>": number...}...],"skipped","dropped",
+//           "truncated","checkpoints":[{"file","sha256","size","epoch"(if declared)}]}
+// at most every interval_ms per attempt (sooner only for points a previous, fully
+// acknowledged batch left behind, and an ended attempt's first), at most ~2000 points
+// and 256 KiB of points per body; "from" numbers the first point, every batch starts
+// at the first point not acknowledged, "skipped"/"dropped" are totals and "truncated"
+// says max_points or max_bytes was reached. "metrics_ack" {"<attempt_id>": next}
+// acknowledges the points below next and that poll's checkpoints and totals. A report's
+// "metrics" is each live series' last value with metrics.json's members on top.
 //
 // Steps run through epoch-sandbox (executors/sandbox/; the agent's --isolation): with
 // "namespaces" in force each sees the host read-only, its run's workspace and listed

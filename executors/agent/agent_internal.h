@@ -27,6 +27,7 @@
 #include "common/mutex.h"
 #include "common/status.h"
 #include "executors/agent/agent.h"
+#include "executors/agent/live_metrics.h"
 #include "executors/cgroup.h"
 #include "executors/process.h"
 #include "executors/sandbox_client.h"
@@ -76,6 +77,12 @@ struct Assignment {
   // enforces (0: only the container's limit).
   int64_t cpu_request_millis = 0;
   int64_t cpu_limit_millis = 0, memory_limit_bytes = 0;
+  // Live metrics and checkpoints (live_metrics.h): the NDJSON file the step appends to
+  // ($EPOCH_METRICS) and the folder its checkpoints outlive the attempt in
+  // ($EPOCH_CHECKPOINT_DIR), both inside the workspace; empty: not asked for.
+  std::string metrics_path;
+  int64_t metrics_interval_ms = 1000, metrics_max_points = 100000, metrics_max_bytes = 16 << 20;
+  std::string checkpoint_dir;
 };
 
 // The canonical path `path` must have: inside the data dir, the data dir's own
@@ -187,6 +194,11 @@ struct Agent::Impl {
   std::map<std::string, Json> pending GUARDED_BY(mu);   // unacknowledged reports
   httplib::Client* poll_http GUARDED_BY(mu) = nullptr;  // the poll thread's client, for stop()
 
+  // Live metrics and checkpoints of the attempts: watched by the main loop, collected
+  // and acknowledged by the poll and report threads, finished by the report thread.
+  // Thread-safe itself, and never called with mu held.
+  LiveMetrics live_metrics;
+
   // ---- main loop only
   std::map<std::string, Running> running;
   std::string shutdown_reason;  // main loop only
@@ -220,7 +232,10 @@ struct Agent::Impl {
   std::optional<LeaderFile> ReadLeaderFile();
   void FollowRedirect(const std::string& location);
   void CheckLeaderFile();
-  bool HandleAnswer(const std::string& body, bool is_register);
+  // `sent`: the live metrics the request carried, which the answer's "metrics_ack" covers.
+  bool HandleAnswer(const std::string& body, bool is_register,
+                    const LiveMetrics::Sent* sent = nullptr);
+  bool ApplyAnswer(const Json& j, int64_t epoch, bool is_register);
   bool NeedsRegister(const Reply& r);
   bool Backoff(CondVar& cv, std::chrono::milliseconds& backoff);
   void CheckOrphaned();

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "common/files.h"
+#include "common/sha256.h"
 #include "executors/agent/agent_test_util.h"
 #include "executors/agent/fake_master.h"
 #include "executors/test_util.h"
@@ -495,6 +496,125 @@ TEST(AgentTest, BadMetricsStillReport) {
   EXPECT_NE(r2["metrics_error"].get<std::string>().find("larger than 65536"), std::string::npos)
       << r2.dump();
   EXPECT_EQ(r3["metrics_error"], "metrics.json is not a JSON object");
+}
+
+// Live metrics (live_metrics.h): the step's lines reach the master while it runs, in
+// batches it acknowledges; a checkpoint it declares is recorded with its sha256; the
+// report's metrics are each series' last value with metrics.json's on top.
+TEST(AgentTest, ShipsLiveMetricsAndCheckpointsWhileTheStepRuns) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));
+  const std::string id = AttemptId("r10", "train", 1);
+  const std::string done = tmp / "done";
+  Json a = MakeAssignment(
+      tmp, "r10", "train", 1,
+      {"sh", "-c",
+       "test -f \"$EPOCH_METRICS\" && test -d \"$EPOCH_CHECKPOINT_DIR\" || exit 3\n"
+       "for i in 1 2 3 4 5 6 7 8; do\n"
+       "  printf '{\"step\": %d, \"loss\": 0.%d}\\n' $i $((9 - i)) >> \"$EPOCH_METRICS\"\n"
+       "  if [ $i = 4 ]; then\n"
+       "    printf abc > \"$EPOCH_CHECKPOINT_DIR/epoch-1.pt\"\n"
+       "    printf '{\"file\": \"epoch-1.pt\", \"epoch\": 1}' > \"$EPOCH_CHECKPOINT_DIR/c.tmp\"\n"
+       "    mv \"$EPOCH_CHECKPOINT_DIR/c.tmp\" \"$EPOCH_CHECKPOINT_DIR/checkpoint.json\"\n"
+       "  fi\n"
+       "  sleep 0.25\n"
+       "done\n"
+       "printf 'not json\\n{\"step\": 9, \"loss\": 0.05}' >> \"$EPOCH_METRICS\"\n"
+       "printf '{\"loss\": 0.5, \"acc\": 0.9}' > \"$EPOCH_OUTPUTS/metrics.json\"\n"
+       "touch " +
+           done});
+  a["metrics"] = {{"path", tmp / "runs/r10/train/1/metrics.ndjson"},
+                  {"interval_ms", 200},
+                  {"max_points", 1000},
+                  {"max_bytes", 1 << 20}};
+  a["checkpoint_dir"] = tmp / "runs/r10/train/checkpoints";
+  m.Assign(a);
+  // Points arrive while the step still runs.
+  ASSERT_TRUE(WaitFor([&] { return m.MetricPointsFor(id).size() >= 3; }));
+  EXPECT_FALSE(PathExists(done));
+  EXPECT_TRUE(m.ReportsFor(id).empty());
+
+  Json r = WaitReport(m, id);
+  ASSERT_FALSE(r.is_null());
+  EXPECT_EQ(r["state"], "succeeded") << r.dump();
+  EXPECT_EQ(r["metrics"], Json({{"step", 9}, {"loss", 0.5}, {"acc", 0.9}}));
+  ASSERT_TRUE(WaitFor([&] { return m.MetricPointsFor(id).size() >= 9; }));
+  auto points = m.MetricPointsFor(id);
+  ASSERT_EQ(points.size(), 9u);
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(points[i]["step"], i + 1);
+  EXPECT_EQ(points[3], Json({{"step", 4}, {"loss", 0.5}}));
+  auto batches = m.MetricBatchesFor(id);
+  ASSERT_GE(batches.size(), 3u);  // batched over the run, at most every 200 ms
+  EXPECT_LE(batches.size(), 20u);
+  EXPECT_EQ(batches.back()["skipped"], 1);
+  EXPECT_EQ(batches.back()["dropped"], 0);
+  EXPECT_EQ(batches.back()["truncated"], false);
+  Json checkpoints = Json::array();
+  for (const auto& b : batches) {
+    for (const auto& c : b["checkpoints"]) checkpoints.push_back(c);
+  }
+  EXPECT_EQ(
+      checkpoints,
+      Json::array(
+          {{{"file", "epoch-1.pt"}, {"sha256", Sha256Hex("abc")}, {"size", 3}, {"epoch", 1}}}));
+  // Everything acknowledged: nothing more is sent.
+  size_t n = m.MetricBatchesFor(id).size();
+  std::this_thread::sleep_for(600ms);
+  EXPECT_EQ(m.MetricBatchesFor(id).size(), n);
+}
+
+// Without an acknowledgement the agent sends the same points again; they go once it
+// comes.
+TEST(AgentTest, ResendsLiveMetricsUntilAcknowledged) {
+  TempDir tmp;
+  FakeMaster m;
+  m.Set([](FakeMaster& f) { f.ack_metrics = false; });
+  AgentRun agent(Options(tmp, m));
+  const std::string id = AttemptId("r11", "s", 1);
+  Json a =
+      MakeAssignment(tmp, "r11", "s", 1,
+                     {"sh", "-c", "printf '{\"x\": 1}\\n{\"x\": 2}\\n' >> \"$EPOCH_METRICS\""});
+  a["metrics"] = {{"path", tmp / "runs/r11/s/1/m.ndjson"}, {"interval_ms", 100}};
+  m.Assign(a);
+  ASSERT_TRUE(WaitFor([&] { return m.MetricBatchesFor(id).size() >= 3; }));
+  for (const auto& b : m.MetricBatchesFor(id)) {
+    EXPECT_EQ(b["from"], 0);
+    EXPECT_EQ(b["points"], Json::parse(R"([{"x": 1}, {"x": 2}])"));
+  }
+  EXPECT_EQ(WaitReport(m, id)["metrics"], Json({{"x", 2}}));
+  m.Set([](FakeMaster& f) { f.ack_metrics = true; });
+  size_t n = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    size_t now = m.MetricBatchesFor(id).size();
+    bool settled = now == n && now > 0;
+    n = now;
+    if (!settled) std::this_thread::sleep_for(400ms);
+    return settled;
+  }));
+}
+
+TEST(AgentTest, LiveMetricsPathsMustBeInsideTheWorkspace) {
+  TempDir tmp;
+  FakeMaster m;
+  AgentRun agent(Options(tmp, m));
+  Json a = MakeAssignment(tmp, "r12", "s", 1, {"true"});
+  a["metrics"] = {{"path", tmp / "logs/m.ndjson"}};
+  m.Assign(a);
+  Json b = MakeAssignment(tmp, "r12", "s", 2, {"true"});
+  b["checkpoint_dir"] = tmp / "runs/r12/../../ckpt";
+  m.Assign(b);
+  Json c = MakeAssignment(tmp, "r12", "s", 3, {"true"});
+  c["metrics"] = {{"path", tmp / "runs/r12/m"}, {"max_points", -1}};
+  m.Assign(c);
+  EXPECT_EQ(WaitReport(m, AttemptId("r12", "s", 1))["reason"], "invalid assignment: metrics.path " +
+                                                                   (tmp / "logs/m.ndjson") +
+                                                                   " is not inside the workspace");
+  EXPECT_EQ(WaitReport(m, AttemptId("r12", "s", 2))["reason"],
+            "invalid assignment: checkpoint_dir '" + (tmp / "runs/r12/../../ckpt") +
+                "' is not an absolute, normalised path");
+  EXPECT_EQ(WaitReport(m, AttemptId("r12", "s", 3))["reason"],
+            "invalid assignment: metrics.max_points must be a non-negative integer");
 }
 
 TEST(AgentTest, RegistersAgainWhenTheMasterForgetsIt) {

@@ -103,6 +103,20 @@ Status CheckPlaces(const Assignment& a, const std::string& data_dir) {
   if (!IsBeneath(a.log_path, logs) || a.log_path == logs) {
     return InvalidArgument("log_path " + a.log_path + " is not inside " + logs);
   }
+  // Live metrics and checkpoints: inside the workspace, which the sandbox binds
+  // read-write (so inside runs/).
+  if (!a.metrics_path.empty()) {
+    RETURN_IF_ERROR(CheckPath("metrics.path", a.metrics_path));
+    if (!IsBeneath(a.metrics_path, a.workspace) || a.metrics_path == a.workspace) {
+      return InvalidArgument("metrics.path " + a.metrics_path + " is not inside the workspace");
+    }
+  }
+  if (!a.checkpoint_dir.empty()) {
+    RETURN_IF_ERROR(CheckPath("checkpoint_dir", a.checkpoint_dir));
+    if (!IsBeneath(a.checkpoint_dir, a.workspace) || a.checkpoint_dir == a.workspace) {
+      return InvalidArgument("checkpoint_dir " + a.checkpoint_dir + " is not inside the workspace");
+    }
+  }
   for (const auto& m : a.mounts) {
     RETURN_IF_ERROR(CheckPath("mount", m.path));
     if (IsBeneath(data_dir, m.path)) {
@@ -213,6 +227,33 @@ Result<Assignment> ParseAssignment(const Json& j, const std::string& data_dir,
       return InvalidArgument("max_log_bytes must be a non-negative integer");
     }
     a.max_log_bytes = cap->get<int64_t>();
+  }
+  if (auto m = j.find("metrics"); m != j.end() && !m->is_null()) {
+    auto p = m->is_object() ? m->find("path") : m->end();
+    if (!m->is_object() || p == m->end() || !p->is_string() || p->get<std::string>().empty()) {
+      return InvalidArgument(
+          "metrics must be {\"path\", \"interval_ms\", \"max_points\", "
+          "\"max_bytes\"}");
+    }
+    a.metrics_path = UnderDataDir(data_dir, p->get<std::string>());
+    for (auto [key, out] : {std::pair{"interval_ms", &a.metrics_interval_ms},
+                            std::pair{"max_points", &a.metrics_max_points},
+                            std::pair{"max_bytes", &a.metrics_max_bytes}}) {
+      auto v = m->find(key);
+      if (v == m->end() || v->is_null()) continue;
+      if (!v->is_number_integer() || v->get<int64_t>() < 0) {
+        return InvalidArgument(std::string("metrics.") + key + " must be a non-negative integer");
+      }
+      *out = v->get<int64_t>();
+    }
+    // Never a busy loop, whatever the master asks.
+    a.metrics_interval_ms = std::max<int64_t>(a.metrics_interval_ms, 50);
+  }
+  if (auto c = j.find("checkpoint_dir"); c != j.end() && !c->is_null()) {
+    if (!c->is_string() || c->get<std::string>().empty()) {
+      return InvalidArgument("checkpoint_dir must be a path");
+    }
+    a.checkpoint_dir = UnderDataDir(data_dir, c->get<std::string>());
   }
   RETURN_IF_ERROR(CheckPlaces(a, data_dir));
   if (auto g = j.find("gpus"); g != j.end() && !g->is_null()) {

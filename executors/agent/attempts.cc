@@ -66,7 +66,17 @@ Status Agent::Impl::PrepareFiles(const Assignment& a, const DirOwner& owner, boo
   RETURN_IF_ERROR(EnsureDirs(a.workspace, a.outputs_dir, 0, 0700, owner, 0700, set_owner));
   std::string log_dir = a.log_path.substr(0, a.log_path.find_last_of('/'));
   RETURN_IF_ERROR(EnsureDirs(opt.data_dir, log_dir, 1, 0711, owner, 0750, set_owner));
-  return EnsureFile(a.log_path, owner, 0640, set_owner);
+  RETURN_IF_ERROR(EnsureFile(a.log_path, owner, 0640, set_owner));
+  // Live metrics and checkpoints, inside the workspace: the step's, like its outputs.
+  if (!a.checkpoint_dir.empty()) {
+    RETURN_IF_ERROR(EnsureDirs(a.workspace, a.checkpoint_dir, 0, 0700, owner, 0700, set_owner));
+  }
+  if (!a.metrics_path.empty()) {
+    std::string metrics_dir = a.metrics_path.substr(0, a.metrics_path.find_last_of('/'));
+    RETURN_IF_ERROR(EnsureDirs(a.workspace, metrics_dir, 0, 0700, owner, 0700, set_owner));
+    RETURN_IF_ERROR(EnsureFile(a.metrics_path, owner, 0640, set_owner));
+  }
+  return Status::Ok();
 }
 
 // What the step sees besides the host: its workspace (read-write), the assignment's
@@ -155,6 +165,8 @@ void Agent::Impl::Start(const Json& j, bool marker_written) {
   env["EPOCH_ATTEMPT_ID"] = a.attempt_id;
   env["EPOCH_WORKSPACE"] = a.workspace;
   env["EPOCH_OUTPUTS"] = a.outputs_dir;
+  if (!a.metrics_path.empty()) env["EPOCH_METRICS"] = a.metrics_path;
+  if (!a.checkpoint_dir.empty()) env["EPOCH_CHECKPOINT_DIR"] = a.checkpoint_dir;
   env["EPOCH_CONTAINER_ID"] = opt.id;
   if (switch_user) {
     env["HOME"] = user.home;
@@ -172,6 +184,16 @@ void Agent::Impl::Start(const Json& j, bool marker_written) {
       return;
     }
     group = std::move(*made);
+  }
+  if (!a.metrics_path.empty() || !a.checkpoint_dir.empty()) {
+    // Before the step starts: checkpoint.json as it is now was an earlier attempt's.
+    live_metrics.Watch(a.attempt_id,
+                       LiveMetricsSpec{a.workspace, a.metrics_path, a.checkpoint_dir,
+                                       milliseconds(a.metrics_interval_ms), a.metrics_max_points,
+                                       a.metrics_max_bytes},
+                       SteadyClock::now());
+    MutexLock lock(&mu);
+    report_cv.SignalAll();  // the report thread's next look at the metrics may be sooner
   }
   std::vector<std::string> procs = group ? group->ProcsFiles() : std::vector<std::string>{};
   std::optional<int> oom_score = shielded ? std::optional<int>(0) : std::nullopt;

@@ -2,8 +2,10 @@
 // serves POST /v1/containers/{id}/register and /poll on 127.0.0.1 (port 0), records
 // what agents send (bodies and Authorization headers), and answers with whatever the
 // test queued. A poll that carries reports is answered at once; otherwise it waits up
-// to poll_timeout_ms for work. With redirect_to set it answers every request 307 to
-// that URL instead, as a standby does.
+// to poll_timeout_ms for work. Live metrics batches are kept in order (points below
+// what it already has are ignored, as epochd does) and acknowledged with "metrics_ack",
+// and a poll that carries them is answered at once too. With redirect_to set it answers every
+// request 307 to that URL instead, as a standby does.
 //
 // Thread-safety: every public member is guarded by mu; handlers run on httplib's pool.
 #pragma once
@@ -11,6 +13,7 @@
 #include <httplib.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -88,6 +91,18 @@ class FakeMaster {
     return it == reports.end() ? std::vector<Json>{} : it->second;
   }
 
+  // Every live metrics batch received for id, and the points kept (in index order).
+  std::vector<Json> MetricBatchesFor(const std::string& id) {
+    MutexLock lock(&mu);
+    auto it = metric_batches.find(id);
+    return it == metric_batches.end() ? std::vector<Json>{} : it->second;
+  }
+  std::vector<Json> MetricPointsFor(const std::string& id) {
+    MutexLock lock(&mu);
+    auto it = metric_points.find(id);
+    return it == metric_points.end() ? std::vector<Json>{} : it->second;
+  }
+
   // ---- test-controlled answers (guarded by mu)
   // Every field below is guarded by mu. Those that tests read and write in the callbacks
   // of Set and Get (which run with mu held) are not annotated GUARDED_BY: the analysis
@@ -96,6 +111,7 @@ class FakeMaster {
   CondVar cv;
   int64_t epoch = 1;
   bool ack = true;
+  bool ack_metrics = true;
   int64_t poll_timeout_ms = 200;
   bool release = false;
   int fail_polls = 0;  // answer the next N polls with fail_status
@@ -110,6 +126,9 @@ class FakeMaster {
   int in_flight = 0;  // polls being answered (a dead agent's long poll lingers here)
   std::map<std::string, std::vector<Json>> reports GUARDED_BY(mu);
   std::vector<Json> running_lists GUARDED_BY(mu);
+  std::map<std::string, std::vector<Json>> metric_batches GUARDED_BY(mu);
+  std::map<std::string, std::vector<Json>> metric_points GUARDED_BY(mu);
+  std::map<std::string, int64_t> metrics_next GUARDED_BY(mu);
   std::vector<std::string> authorizations;  // every request's Authorization header
   size_t requests = 0;                      // register and poll requests, redirected too
   bool stopping GUARDED_BY(mu) = false;
@@ -161,6 +180,24 @@ class FakeMaster {
       }
     }
     if (body.is_object() && body.contains("running")) running_lists.push_back(body["running"]);
+    Json metrics_ack = Json::object();
+    if (body.is_object() && body.contains("metrics") && body["metrics"].is_array()) {
+      for (const auto& b : body["metrics"]) {
+        has_reports = true;  // answered at once, like reports
+        std::string id = b.value("attempt_id", "");
+        metric_batches[id].push_back(b);
+        int64_t from = b.value("from", int64_t{0});
+        int64_t& next = metrics_next[id];
+        const Json& points = b["points"];
+        if (from <= next) {
+          for (auto i = static_cast<size_t>(next - from); i < points.size(); ++i) {
+            metric_points[id].push_back(points[i]);
+          }
+          next = std::max(next, from + static_cast<int64_t>(points.size()));
+        }
+        if (ack_metrics) metrics_ack[id] = next;
+      }
+    }
     if (!has_reports) {
       const auto deadline =
           std::chrono::steady_clock::now() + std::chrono::milliseconds(poll_timeout_ms);
@@ -180,6 +217,7 @@ class FakeMaster {
       out["cancels"].push_back(cancels.front());
       cancels.pop_front();
     }
+    if (!metrics_ack.empty()) out["metrics_ack"] = metrics_ack;
     if (release) out["release"] = true;
     res.set_content(out.dump(), "application/json");
   }

@@ -394,7 +394,11 @@ LiveMetrics::Collected LiveMetrics::Collect(Time now) {
     s.last_checked = now;
     bool totals_changed = s.skipped != s.acked.skipped || s.dropped != s.acked.dropped ||
                           s.truncated != s.acked.truncated;
-    if (s.unacked.empty() && s.checkpoints.empty() && !totals_changed) continue;
+    if (s.unacked.empty() && s.checkpoints.empty() && !totals_changed) {
+      // Nothing to force out (a checkpoint still being hashed goes an interval later).
+      if (s.finished) s.sent_since_finish = true;
+      continue;
+    }
     bool due = (s.finished && !s.sent_since_finish) || now - s.last_sent >= s.spec.interval ||
                (s.more_waiting && s.acked_floor >= s.sent_next);
     if (!due) continue;

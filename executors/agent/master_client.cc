@@ -229,7 +229,8 @@ void Agent::Impl::CheckLeaderFile() {
 }
 
 // Applies a register or poll answer. False if it was fenced off or malformed.
-bool Agent::Impl::HandleAnswer(const std::string& body, bool is_register) {
+bool Agent::Impl::HandleAnswer(const std::string& body, bool is_register,
+                               const LiveMetrics::Sent* sent) {
   auto parsed = ParseJson(body);
   if (!parsed.ok() || !parsed->is_object()) {
     spdlog::warn("malformed answer from master: {}", parsed.status().ToString());
@@ -243,74 +244,84 @@ bool Agent::Impl::HandleAnswer(const std::string& body, bool is_register) {
       return false;
     }
     int64_t epoch = e->get<int64_t>();
-    MutexLock lock(&mu);
-    if (epoch < epoch_seen) {
-      spdlog::warn("ignoring answer from epoch {} (highest seen {})", epoch, epoch_seen);
-      return false;
+    if (!ApplyAnswer(j, epoch, is_register)) return false;
+    // Not under mu (live_metrics is never called with it held).
+    if (auto m = j.find("metrics_ack"); m != j.end() && sent != nullptr) {
+      live_metrics.Ack(*m, *sent);
     }
-    if (epoch > epoch_seen) {
-      if (epoch_seen > 0) spdlog::info("master epoch {} -> {}", epoch_seen, epoch);
-      epoch_seen = epoch;
-      if (Status st = WriteAgentJson(); !st.ok()) {
-        spdlog::warn("agent.json: {}", st.ToString());
-      }
-    }
-    last_contact = SteadyClock::now();
-    if (is_register) {
-      if (auto p = j.find("poll_timeout_ms"); p != j.end() && p->is_number_integer()) {
-        poll_timeout_ms = std::clamp<int64_t>(p->get<int64_t>(), 0, 600000);
-      }
-      registered = true;
-      report_cv.SignalAll();
-    }
-    if (auto ack = j.find("ack"); ack != j.end() && ack->is_array()) {
-      for (const auto& a : *ack) {
-        if (!a.is_string()) continue;
-        std::string id = a.get<std::string>();
-        if (pending.erase(id)) {
-          if (Status st = RemoveFile(ReportPath(id)); !st.ok()) {
-            spdlog::warn("removing acknowledged report: {}", st.ToString());
-          }
-          spdlog::debug("report for {} acknowledged", id);
-        }
-      }
-    }
-    bool wake_main = false;
-    if (auto as = j.find("assignments"); as != j.end() && as->is_array()) {
-      for (const auto& a : *as) {
-        std::string id = a.is_object() ? GetString(a, "attempt_id") : "";
-        if (id.empty()) {
-          spdlog::warn("assignment without attempt_id ignored");
-          continue;
-        }
-        if (known.count(id)) {
-          spdlog::info("duplicate assignment of {} ignored", id);
-          continue;
-        }
-        known.insert(id);
-        active.insert(id);
-        inbox.push_back(a);
-        wake_main = true;
-      }
-    }
-    if (auto cs = j.find("cancels"); cs != j.end() && cs->is_array()) {
-      for (const auto& c : *cs) {
-        if (!c.is_string()) continue;
-        cancel_inbox.push_back(c.get<std::string>());
-        wake_main = true;
-      }
-    }
-    if (auto rel = j.find("release"); rel != j.end() && rel->is_boolean() && rel->get<bool>()) {
-      spdlog::info("released by the master");
-      release = true;
-      wake_main = true;
-    }
-    if (wake_main) main_cv.SignalAll();
     return true;
   } catch (const Json::exception& ex) {
     spdlog::warn("unexpected answer from master: {}", ex.what());
     return false;
   }
+}
+
+// HandleAnswer's part under mu: fencing, then what the answer says. False if fenced off.
+bool Agent::Impl::ApplyAnswer(const Json& j, int64_t epoch, bool is_register) {
+  MutexLock lock(&mu);
+  if (epoch < epoch_seen) {
+    spdlog::warn("ignoring answer from epoch {} (highest seen {})", epoch, epoch_seen);
+    return false;
+  }
+  if (epoch > epoch_seen) {
+    if (epoch_seen > 0) spdlog::info("master epoch {} -> {}", epoch_seen, epoch);
+    epoch_seen = epoch;
+    if (Status st = WriteAgentJson(); !st.ok()) {
+      spdlog::warn("agent.json: {}", st.ToString());
+    }
+  }
+  last_contact = SteadyClock::now();
+  if (is_register) {
+    if (auto p = j.find("poll_timeout_ms"); p != j.end() && p->is_number_integer()) {
+      poll_timeout_ms = std::clamp<int64_t>(p->get<int64_t>(), 0, 600000);
+    }
+    registered = true;
+    report_cv.SignalAll();
+  }
+  if (auto ack = j.find("ack"); ack != j.end() && ack->is_array()) {
+    for (const auto& a : *ack) {
+      if (!a.is_string()) continue;
+      std::string id = a.get<std::string>();
+      if (pending.erase(id)) {
+        if (Status st = RemoveFile(ReportPath(id)); !st.ok()) {
+          spdlog::warn("removing acknowledged report: {}", st.ToString());
+        }
+        spdlog::debug("report for {} acknowledged", id);
+      }
+    }
+  }
+  bool wake_main = false;
+  if (auto as = j.find("assignments"); as != j.end() && as->is_array()) {
+    for (const auto& a : *as) {
+      std::string id = a.is_object() ? GetString(a, "attempt_id") : "";
+      if (id.empty()) {
+        spdlog::warn("assignment without attempt_id ignored");
+        continue;
+      }
+      if (known.count(id)) {
+        spdlog::info("duplicate assignment of {} ignored", id);
+        continue;
+      }
+      known.insert(id);
+      active.insert(id);
+      inbox.push_back(a);
+      wake_main = true;
+    }
+  }
+  if (auto cs = j.find("cancels"); cs != j.end() && cs->is_array()) {
+    for (const auto& c : *cs) {
+      if (!c.is_string()) continue;
+      cancel_inbox.push_back(c.get<std::string>());
+      wake_main = true;
+    }
+  }
+  if (auto rel = j.find("release"); rel != j.end() && rel->is_boolean() && rel->get<bool>()) {
+    spdlog::info("released by the master");
+    release = true;
+    wake_main = true;
+  }
+  if (wake_main) main_cv.SignalAll();
+  return true;
 }
 
 bool Agent::Impl::NeedsRegister(const Reply& r) {
@@ -380,6 +391,14 @@ void Agent::Impl::PollThread() {
     bool is_register;
     int64_t timeout_ms;
     size_t sent_reports = 0;
+    LiveMetrics::Collected metrics;
+    {
+      MutexLock lock(&mu);
+      if (threads_stop) return;
+      is_register = !registered;
+    }
+    // The points due now ride on this poll (not under mu: see live_metrics).
+    if (!is_register) metrics = live_metrics.Collect(SteadyClock::now());
     {
       MutexLock lock(&mu);
       if (threads_stop) return;
@@ -391,6 +410,7 @@ void Agent::Impl::PollThread() {
         sent_reports = pending.size();
         body = Json{
             {"epoch_seen", epoch_seen}, {"reports", PendingReports()}, {"running", RunningIds()}};
+        if (!metrics.batches.empty()) body["metrics"] = std::move(metrics.batches);
       }
     }
     {
@@ -406,7 +426,7 @@ void Agent::Impl::PollThread() {
     Reply r = Post(client, base + (is_register ? "/register" : "/poll"), body);
     bool ok = false;
     if (r.status >= 200 && r.status < 300) {
-      ok = HandleAnswer(r.body, is_register);
+      ok = HandleAnswer(r.body, is_register, is_register ? nullptr : &metrics.sent);
       if (ok && is_register) spdlog::info("registered with {} as {}", client.url, opt.id);
     } else if (!is_register && NeedsRegister(r)) {
       spdlog::info("master asks {} to register again ({})", opt.id, r.status);

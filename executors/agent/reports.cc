@@ -149,6 +149,7 @@ std::string MemoryText(int64_t b) {
 using agent_internal::kMaxBackoff;
 using agent_internal::kMinBackoff;
 using agent_internal::milliseconds;
+using agent_internal::SteadyClock;
 
 // ---------------------------------------------------------------- reports
 
@@ -274,7 +275,11 @@ Json Agent::Impl::BuildReport(const Ended& e) {
       report["outputs_error"] = "the outputs folder is not a folder of its own (a symlink?)";
     }
   }
-  report["metrics"] = std::move(metrics);
+  // The last value of each live series, unless metrics.json names it. Finish also
+  // makes the attempt's last points due, to go with (or before) this report.
+  Json live = live_metrics.Finish(e.a.attempt_id, SteadyClock::now());
+  for (auto it = metrics.begin(); it != metrics.end(); ++it) live[it.key()] = it.value();
+  report["metrics"] = std::move(live);
   if (!metrics_error.empty()) report["metrics_error"] = metrics_error;
   report["outputs"] = std::move(outputs);
   if (truncated) report["outputs_truncated"] = true;
@@ -321,30 +326,41 @@ void Agent::Impl::ReportThread() {
   const std::string path = "/v1/containers/" + opt.id + "/poll";
   while (true) {
     bool drain;
+    // Live metrics are due on their own clock, whatever the long poll is doing.
+    std::optional<agent_internal::SteadyTime> metrics_at = live_metrics.NextCheck();
     {
       MutexLock lock(&mu);
-      while (!(threads_stop || draining || !ended.empty() ||
-               (reports_dirty && registered && !pending.empty()))) {
-        report_cv.Wait(&mu);
+      bool work = threads_stop || draining || !ended.empty() ||
+                  (reports_dirty && registered && !pending.empty());
+      if (!work && !(metrics_at && SteadyClock::now() >= *metrics_at)) {
+        if (metrics_at) {
+          report_cv.WaitUntil(&mu, *metrics_at);
+        } else {
+          report_cv.Wait(&mu);
+        }
+        continue;  // look again: at the work, and at when metrics are due
       }
       if (threads_stop) return;
       drain = draining;
     }
     FinishEnded();
+    // After FinishEnded: a finished attempt's last points go with its report.
+    LiveMetrics::Collected metrics = live_metrics.Collect(SteadyClock::now());
     Json body;
     {
       MutexLock lock(&mu);
-      if (pending.empty() || !registered || orphaned) {
+      if ((pending.empty() && metrics.batches.empty()) || !registered || orphaned) {
         reports_dirty = false;
         if (drain && ended.empty()) return;
         continue;
       }
       body = Json{
           {"epoch_seen", epoch_seen}, {"reports", PendingReports()}, {"running", RunningIds()}};
+      if (!metrics.batches.empty()) body["metrics"] = std::move(metrics.batches);
     }
     RefreshClient(client, milliseconds(drain ? 2000 : 5000));
     Reply r = Post(client, path, body);
-    if (r.status >= 200 && r.status < 300 && HandleAnswer(r.body, false)) {
+    if (r.status >= 200 && r.status < 300 && HandleAnswer(r.body, false, &metrics.sent)) {
       backoff = kMinBackoff;
       MutexLock lock(&mu);
       reports_dirty = false;  // unacknowledged ones ride on the long polls
