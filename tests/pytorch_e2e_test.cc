@@ -1,0 +1,117 @@
+// examples/pytorch-fmnist end to end on a small slice of Fashion-MNIST: real epochd,
+// two real epoch-agent containers of 1 CPU, and train as a DistributedDataParallel
+// gang of 2 (gloo) whose ranks land one on each container. Skipped where Debian's
+// /usr/bin/python3 cannot import torch (make deps installs python3-torch; CI runs it).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "tests/harness.h"
+
+namespace epoch::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+const std::string kExample = std::string(EPOCH_SOURCE_DIR) + "/examples/pytorch-fmnist";
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+const Json& Step(const Json& run, const std::string& name) {
+  for (const auto& s : run["steps"]) {
+    if (s["name"] == name) return s;
+  }
+  static const Json kNone;
+  ADD_FAILURE() << "no step " << name << " in " << run.dump(2);
+  return kNone;
+}
+
+// Why the PyTorch tests cannot run here, or "" when they can.
+std::string WhyNoTorch() {
+  std::string out;
+  if (RunCommand("/usr/bin/python3 -c 'import torch, numpy' 2>&1", &out) != 0) {
+    return "/usr/bin/python3 cannot import torch and numpy (apt-get install python3-torch "
+           "python3-numpy, or make deps): " +
+           out;
+  }
+  if (RunCommand("test -r /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", &out)) {
+    return "no Fashion-MNIST in /usr/share/datasets/fashion-mnist (apt-get install "
+           "dataset-fashion-mnist, or make deps)";
+  }
+  return "";
+}
+
+TEST(PytorchE2ETest, DdpGangOfTwoOnTwoContainersTrainsValidatesAndInfers) {
+  if (std::string why = WhyNoTorch(); !why.empty()) GTEST_SKIP() << why;
+  TempDir dir;
+  // Two containers of 1 CPU (and epochd's default memory): a rank asks for cpu 1, so no
+  // container holds both.
+  Epochd d(dir.path(), {"sig.cpu=1", "sig.memory=2144Mi", "sig.minReplicas=2", "sig.maxReplicas=2",
+                        "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s"});
+  d.Start();
+  auto def = ParseJson(Slurp(kExample + "/workflow.json"));
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  std::string run = d.RegisterAndSubmit(*def, Json{{"script", kExample + "/pytorch_fmnist.py"},
+                                                   {"train_limit", 400},
+                                                   {"test_limit", 1000},
+                                                   {"epochs", 1},
+                                                   {"log_every", 2},
+                                                   {"min_accuracy", 0.1},
+                                                   {"infer_count", 5}});
+  if (HasFatalFailure()) return;
+  Json r = d.WaitForRun(run, 150s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(2) << "\n" << d.Log();
+
+  // One attempt of train, two ranks, each on its own container.
+  const Json& train = Step(r, "train");
+  ASSERT_EQ(train["attempts"].size(), 1u) << train.dump(2);
+  const Json& workers = train["attempts"][0]["workers"];
+  ASSERT_EQ(workers.size(), 2u) << train.dump(2);
+  std::set<std::string> containers;
+  for (const auto& w : workers) {
+    EXPECT_EQ(w["state"], "succeeded") << w.dump(2);
+    containers.insert(w["container"].get<std::string>());
+  }
+  EXPECT_EQ(containers.size(), 2u) << train.dump(2);
+
+  // Both ranks joined one process group: each says who it is, and the all_reduce of
+  // rank+1 over the group is 3 only if both contributed.
+  const std::string logs = dir.path() + "/logs/" + run + "/train/";
+  for (int rank = 0; rank < 2; ++rank) {
+    std::string log = Slurp(logs + (rank == 0 ? "1.log" : "1.1.log"));
+    SCOPED_TRACE("rank " + std::to_string(rank) + " log:\n" + log);
+    EXPECT_NE(log.find("rank=" + std::to_string(rank) + " world_size=2"), std::string::npos);
+    EXPECT_NE(log.find("all_reduce(rank+1) = 3 "), std::string::npos);
+    EXPECT_NE(log.find("shard rank::2 of 400 images: 200 images"), std::string::npos);
+    EXPECT_NE(log.find("epoch 1/1 rank " + std::to_string(rank)), std::string::npos);
+  }
+  // Rank 0 wrote the model and the gang's final training metrics.
+  const Json& tm = train["metrics"];
+  EXPECT_EQ(tm.value("world_size", 0), 2) << tm.dump(2);
+  EXPECT_EQ(tm.value("train_images", 0), 400) << tm.dump(2);
+  EXPECT_EQ(tm.value("epochs", 0), 1) << tm.dump(2);
+
+  // validate measured the model on the test slice; infer (gated on it) ran.
+  const Json& vm = Step(r, "validate")["metrics"];
+  ASSERT_TRUE(vm.contains("accuracy") && vm["accuracy"].is_number()) << vm.dump(2);
+  EXPECT_GT(vm["accuracy"].get<double>(), 0.1) << vm.dump(2);
+  EXPECT_EQ(vm.value("samples", 0), 1000) << vm.dump(2);
+  EXPECT_EQ(Step(r, "infer")["state"], "succeeded") << Step(r, "infer").dump(2);
+  EXPECT_EQ(Step(r, "infer")["metrics"].value("predictions", 0), 5);
+
+  // The model's lineage names this run's train step and carries validate's accuracy.
+  auto model = d.Get("/v1/models/fmnist-cnn/versions/1");
+  ASSERT_EQ(model.status, 200) << model.body;
+  EXPECT_NE(model.body.find(run), std::string::npos) << model.body;
+  EXPECT_NE(model.body.find("\"accuracy\""), std::string::npos) << model.body;
+}
+
+}  // namespace
+}  // namespace epoch::testing
