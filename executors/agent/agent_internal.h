@@ -237,6 +237,7 @@ struct Agent::Impl {
                     const LiveMetrics::Sent* sent = nullptr);
   bool ApplyAnswer(const Json& j, int64_t epoch, bool is_register);
   bool NeedsRegister(const Reply& r);
+  void AbandonRefusedMetrics(const Reply& r, const LiveMetrics::Sent& sent);
   bool Backoff(CondVar& cv, std::chrono::milliseconds& backoff);
   void CheckOrphaned();
   Json RegisterBody() REQUIRES(mu);

@@ -594,6 +594,23 @@ TEST(AgentTest, ResendsLiveMetricsUntilAcknowledged) {
   }));
 }
 
+// A master that refuses the batches (400) must not keep the reports from it: the agent
+// stops sending that attempt's metrics.
+TEST(AgentTest, RefusedLiveMetricsNeverHoldBackReports) {
+  TempDir tmp;
+  FakeMaster m;
+  m.Set([](FakeMaster& f) { f.refuse_metrics = true; });
+  AgentRun agent(Options(tmp, m));
+  const std::string id = AttemptId("r13", "s", 1);
+  Json a = MakeAssignment(tmp, "r13", "s", 1,
+                          {"sh", "-c", "printf '{\"x\": 1}\\n' >> \"$EPOCH_METRICS\""});
+  a["metrics"] = {{"path", tmp / "runs/r13/s/1/m.ndjson"}, {"interval_ms", 100}};
+  m.Assign(a);
+  EXPECT_EQ(WaitReport(m, id)["state"], "succeeded");
+  EXPECT_TRUE(WaitFor([&] { return !PathExists(ReportFile(tmp, id)); }));  // acknowledged
+  EXPECT_TRUE(m.MetricBatchesFor(id).empty());
+}
+
 TEST(AgentTest, LiveMetricsPathsMustBeInsideTheWorkspace) {
   TempDir tmp;
   FakeMaster m;

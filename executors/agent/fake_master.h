@@ -112,6 +112,7 @@ class FakeMaster {
   int64_t epoch = 1;
   bool ack = true;
   bool ack_metrics = true;
+  bool refuse_metrics = false;  // answer a poll that carries metrics 400
   int64_t poll_timeout_ms = 200;
   bool release = false;
   int fail_polls = 0;  // answer the next N polls with fail_status
@@ -167,6 +168,12 @@ class FakeMaster {
       res.status = fail_status;
       Json err{{"error", {{"code", fail_code}, {"message", "register again"}}}};
       res.set_content(err.dump(), "application/json");
+      return;
+    }
+    if (refuse_metrics && body.is_object() && body.contains("metrics")) {
+      res.status = 400;
+      res.set_content(R"({"error":{"code":"malformed","message":"no metrics here"}})",
+                      "application/json");
       return;
     }
     Json acks = Json::array();

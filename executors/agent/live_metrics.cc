@@ -464,6 +464,17 @@ void LiveMetrics::Ack(const Json& metrics_ack, const Sent& sent) {
   }
 }
 
+void LiveMetrics::Abandon(const Sent& sent, const std::string& why) {
+  MutexLock lock(&mu_);
+  for (const auto& [id, batch] : sent.attempts) {
+    auto it = series_.find(id);
+    if (it == series_.end()) continue;
+    spdlog::warn("attempt {}: live metrics abandoned ({} point(s) unsent): {}", id,
+                 it->second.unacked.size(), why);
+    series_.erase(it);
+  }
+}
+
 Json LiveMetrics::Finish(const std::string& attempt_id, Time now) {
   {
     MutexLock lock(&mu_);

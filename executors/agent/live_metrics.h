@@ -107,6 +107,10 @@ class LiveMetrics {
   // carried (`sent`). Anything malformed is ignored.
   void Ack(const Json& metrics_ack, const Sent& sent) EXCLUDES(mu_);
 
+  // Stops following the attempts a refused request carried (the master answered it
+  // 400 or 403: it will refuse them again, and reports must not wait behind them).
+  void Abandon(const Sent& sent, const std::string& why) EXCLUDES(mu_);
+
   // The attempt ended: reads the rest of its metrics file (a last line without '\n'
   // included) and its checkpoint.json, and returns the last value of each series over
   // every point parsed, capped or not ({} for an attempt never watched). Its remaining

@@ -324,6 +324,16 @@ bool Agent::Impl::ApplyAnswer(const Json& j, int64_t epoch, bool is_register) {
   return true;
 }
 
+// A poll refused as malformed or forbidden (400, 403) would be refused again with the
+// same batches in it, and the reports that ride with them would never be acknowledged:
+// live metrics must never wedge the container protocol.
+void Agent::Impl::AbandonRefusedMetrics(const Reply& r, const LiveMetrics::Sent& sent) {
+  if ((r.status == 400 || r.status == 403) && !sent.attempts.empty()) {
+    live_metrics.Abandon(sent, "the master answered " + std::to_string(r.status) + ": " +
+                                   ValidUtf8(r.body.substr(0, 200)));
+  }
+}
+
 bool Agent::Impl::NeedsRegister(const Reply& r) {
   if (r.status == 404) return true;
   if (r.status == 409 || r.status == 410) {
@@ -443,6 +453,7 @@ void Agent::Impl::PollThread() {
       } else {
         spdlog::warn("{} answered {}: {}", is_register ? "register" : "poll", r.status,
                      r.body.substr(0, 200));
+        AbandonRefusedMetrics(r, metrics.sent);
       }
       CheckLeaderFile();
     }

@@ -372,6 +372,7 @@ void Agent::Impl::ReportThread() {
       registered = false;
       poll_cv.SignalAll();
     }
+    AbandonRefusedMetrics(r, metrics.sent);
     if (drain) return;  // one try at shutdown; the reports stay on disk
     if (!Backoff(report_cv, backoff)) return;
   }
