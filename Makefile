@@ -9,10 +9,10 @@ DEPS := cmake g++ make pkg-config ccache curl procps openssl \
         librocksdb-dev libboost-dev nlohmann-json3-dev libcpp-httplib-dev libbrotli-dev \
         libspdlog-dev libgtest-dev libgmock-dev libssl-dev zlib1g-dev libcli11-dev \
         clang clang-format libclang-rt-14-dev git \
-        dataset-fashion-mnist \
+        dataset-fashion-mnist python3-torch python3-numpy \
         slurm-wlm munge
 
-.PHONY: deps configure build test demo demo-hello demo-ha demo-slurm demo-fmnist bench clean
+.PHONY: deps configure build test demo demo-hello demo-ha demo-slurm demo-fmnist demo-pytorch bench clean
 
 deps:
 	@missing=""; for p in $(DEPS); do \
@@ -42,6 +42,11 @@ demo: build
 	examples/fashion-mnist/demo.sh $(BUILD)
 
 demo-fmnist: demo
+
+# The same lifecycle in PyTorch: a CNN trained with DistributedDataParallel as a gang of 2
+# ranks on two containers; fails below 0.90 test accuracy.
+demo-pytorch: build
+	examples/pytorch-fmnist/demo.sh $(BUILD)
 
 demo-hello: build
 	examples/hello-lifecycle/demo.sh $(BUILD)

@@ -328,11 +328,12 @@ def cmd_train(a):
     t0 = time.time()
     stop = torch.zeros(1)
     loss_sum, correct, seen = 0.0, 0, 0
+    window, window_n = 0.0, 0  # the loss since the last metrics line
     for epoch in range(first_epoch, a.epochs + 1):
         # The same order on every attempt, so a resumed epoch sees the batches it missed.
         order = torch.from_numpy(np.random.default_rng([a.seed, epoch, rank]).permutation(per_rank))
         te = time.time()
-        loss_sum, correct, seen, window = 0.0, 0, 0, 0.0
+        loss_sum, correct, seen = 0.0, 0, 0
         start = skip if epoch == first_epoch else 0
         for b in range(start, batches):
             # Every rank stops at the same boundary: a SIGTERM on any rank stops them all.
@@ -353,11 +354,12 @@ def cmd_train(a):
             n = len(idx)
             loss_sum += loss.item() * n
             window += loss.item()
+            window_n += 1
             correct += int((logits.argmax(dim=1) == y[idx]).sum())
             seen += n
             if a.log_every and step % a.log_every == 0:
-                metrics.emit(step=step, epoch=epoch, loss=round(window / a.log_every, 6), lr=a.lr)
-                window = 0.0
+                metrics.emit(step=step, epoch=epoch, loss=round(window / window_n, 6), lr=a.lr)
+                window, window_n = 0.0, 0
         loss_avg, acc = loss_sum / max(seen, 1), correct / max(seen, 1)
         log("epoch %d/%d rank %d: loss %.4f accuracy %.4f (its shard, %d images) %.1fs" % (
             epoch, a.epochs, rank, loss_avg, acc, seen, time.time() - te))
