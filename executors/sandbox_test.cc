@@ -476,6 +476,34 @@ TEST_F(SandboxTest, TheLogCapTruncatesWithAMarkerAndCounts) {
   EXPECT_EQ(Log("r10", "s", 2), "small\n");
 }
 
+// Live metrics and checkpoints under the sandbox: the file and folder are the step
+// user's, inside its workspace, and what it writes there reaches the master.
+TEST_F(SandboxTest, LiveMetricsAndCheckpointsAreTheStepUsers) {
+  AgentRun agent(Options());
+  Json a = Assignment("r11", "train", 1,
+                      "printf '{\"loss\": 0.5}\\n{\"loss\": 0.25}\\n' >> \"$EPOCH_METRICS\" && "
+                      "printf w > \"$EPOCH_CHECKPOINT_DIR/w.pt\" && "
+                      "echo '{\"checkpoint\": \"w.pt\", \"epoch\": 3}' >> \"$EPOCH_METRICS\"");
+  a["metrics"] = {{"path", tmp_ / "runs/r11/train/1/metrics.ndjson"}, {"interval_ms", 100}};
+  a["checkpoint_dir"] = tmp_ / "runs/r11/train/checkpoints";
+  m_.Assign(a);
+  Json r = WaitReport(m_, "r11/train/1");
+  ASSERT_EQ(r["state"], "succeeded") << r.dump() << Log("r11", "train", 1);
+  EXPECT_EQ(r["metrics"], Json({{"loss", 0.25}, {"epoch", 3}}));  // a line's epoch is a metric
+  EXPECT_EQ(StatOf(tmp_ / "runs/r11/train/1/metrics.ndjson").st_uid, static_cast<uid_t>(uid1_));
+  struct stat dir = StatOf(tmp_ / "runs/r11/train/checkpoints");
+  EXPECT_EQ(dir.st_uid, static_cast<uid_t>(uid1_));
+  EXPECT_EQ(dir.st_mode & 0777, 0700u);
+  ASSERT_TRUE(WaitFor([&] { return m_.MetricPointsFor("r11/train/1").size() == 3; }));
+  Json checkpoints = Json::array();
+  for (const auto& b : m_.MetricBatchesFor("r11/train/1")) {
+    for (const auto& c : b["checkpoints"]) checkpoints.push_back(c);
+  }
+  EXPECT_EQ(
+      checkpoints,
+      Json::array({{{"file", "w.pt"}, {"sha256", Sha256Hex("w")}, {"size", 1}, {"epoch", 3}}}));
+}
+
 // What the agent registers: what is in force.
 TEST_F(SandboxTest, RegistersTheIsolationInForce) {
   AgentRun agent(Options());
