@@ -225,7 +225,8 @@ class Stop:
     @staticmethod
     def handler(signum, frame):
         Stop.requested = True
-        log("SIGTERM: stopping at the next batch boundary")
+        # os.write, not print: a print interrupted by this handler would be re-entered.
+        os.write(1, b"SIGTERM: stopping at the next batch boundary\n")
 
 
 def read_checkpoint(ckpt_dir):
