@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -40,6 +41,15 @@ std::string ReadSome(int fd, size_t max_bytes) {
     text.append(buf, static_cast<size_t>(n));
   }
   return text;
+}
+
+// A declaration's "epoch": a non-negative integer, else none.
+std::optional<int64_t> EpochOf(const Json& j) {
+  auto e = j.find("epoch");
+  if (e == j.end() || !e->is_number_integer()) return std::nullopt;
+  if (e->is_number_unsigned() && e->get<uint64_t>() > INT64_MAX) return std::nullopt;
+  int64_t v = e->get<int64_t>();
+  return v >= 0 ? std::optional<int64_t>(v) : std::nullopt;
 }
 
 bool IsPlainName(const std::string& f) {
@@ -214,11 +224,7 @@ void LiveMetrics::ProcessLine(const std::string& id, Series& s, std::string_view
     const std::string& name = it.key();
     const Json& v = it.value();
     if (name == "checkpoint" && v.is_string()) {
-      Declaration d{v.get<std::string>(), std::nullopt, "metrics line"};
-      if (auto e = j->find("epoch"); e != j->end() && e->is_number_integer()) {
-        d.epoch = e->get<int64_t>();
-      }
-      Declare(id, s, std::move(d));
+      Declare(id, s, Declaration{v.get<std::string>(), EpochOf(*j), "metrics line"});
       declares = true;
       continue;
     }
@@ -294,11 +300,7 @@ void LiveMetrics::CheckCheckpointJson(const std::string& id, Series& s, bool bas
   if (!j->is_object() || file == j->end() || !file->is_string()) {
     return bad("not {\"file\": \"<name>\", \"epoch\": N}");
   }
-  Declaration d{file->get<std::string>(), std::nullopt, "checkpoint.json"};
-  if (auto e = j->find("epoch"); e != j->end() && e->is_number_integer()) {
-    d.epoch = e->get<int64_t>();
-  }
-  Declare(id, s, std::move(d));
+  Declare(id, s, Declaration{file->get<std::string>(), EpochOf(*j), "checkpoint.json"});
 }
 
 void LiveMetrics::ResolveDeclarations() {

@@ -242,6 +242,12 @@ TEST(LiveMetricsTest, RecordsCheckpointsDeclaredByCheckpointJsonAndMetricsLines)
       b["checkpoints"],
       Json::array(
           {{{"file", "epoch-2.pt"}, {"sha256", Sha256Hex("defg")}, {"size", 4}, {"epoch", 2}}}));
+  // An epoch that is not a non-negative integer is left out (the master refuses one).
+  WriteText(f.ckpt + "/last.pt", "h");
+  WriteText(f.ckpt + "/checkpoint.json", R"({"file": "last.pt", "epoch": -1})");
+  b = OnlyBatch(lm.Collect(f.t0 + 5s));
+  EXPECT_EQ(b["checkpoints"].back(),
+            Json({{"file", "last.pt"}, {"sha256", Sha256Hex("h")}, {"size", 1}}));
 }
 
 TEST(LiveMetricsTest, RefusesSymlinksAndNamesOutsideTheCheckpointDir) {
