@@ -254,7 +254,29 @@ bool DecodeStruct(const Json& j, T* out, Error* e) {
   return ok;
 }
 
+// The number of members of aggregate T (what it can be brace-initialised with; a base
+// class counts as one).
+struct AnyMember {
+  template <class M>
+  operator M&() const&& noexcept;  // never defined: only counted in unevaluated code
+};
+template <class T, class... A>
+constexpr size_t MemberCount() {
+  if constexpr (requires { T{A{}..., AnyMember{}}; }) {
+    return MemberCount<T, A..., AnyMember>();
+  } else {
+    return sizeof...(A);
+  }
+}
+
 }  // namespace detail
+
+// Whether T's field list names each of its data members (for a static_assert next to
+// the list: a member added to the struct and not to the list must not compile).
+template <HasFields T>
+constexpr bool ListsEveryMember() {
+  return detail::MemberCount<T>() == std::tuple_size_v<decltype(T::Fields())>;
+}
 
 // v as JSON: every member its list names (an empty optional is left out).
 template <HasFields T>

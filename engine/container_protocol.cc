@@ -264,37 +264,41 @@ void MetricsEvents(const State& state, const Container& c, const MetricsBatch& b
   if (auto it = a->series.find(rank.value_or(0)); it != a->series.end()) recorded = &it->second;
   int64_t have = recorded ? recorded->next : 0;
   if (auto it = next->find(key); it != next->end()) have = it->second;
+  int64_t points = recorded ? recorded->points : 0;
   int64_t bytes = recorded ? recorded->bytes : 0;
-  // Once a series is truncated it takes no more points (an agent sends none past its
-  // own cap; this holds a misbehaving one to the master's).
-  bool closed = recorded && recorded->truncated;
-  bool truncated = closed || b.truncated;
+  bool capped = recorded && recorded->capped;
+  bool truncated = (recorded && recorded->truncated) || b.truncated;
   int64_t dropped = std::max(b.dropped, recorded ? recorded->dropped : 0);
   int64_t skipped = std::max(b.skipped, recorded ? recorded->skipped : 0);
   ev::MetricsRecorded m{.step = step, .attempt = n, .rank = rank, .from = have};
-  // Points below `have` are recorded already; a gap above it (points the master never
-  // saw) cannot be filled, so such a batch is answered with `have` and resent from it.
+  // Points below `have` are recorded already (a resend); a batch starting past it
+  // (points the master never saw) is answered with `have` and resent from there.
   if (b.from <= have) {
-    int64_t end = b.from + static_cast<int64_t>(b.points.size());
     for (int64_t i = have - b.from; i < static_cast<int64_t>(b.points.size()); ++i) {
       const Json& p = b.points[static_cast<size_t>(i)];
       int64_t size = static_cast<int64_t>(p.dump().size());
-      if (closed || have + 1 > cfg.metrics_max_points || bytes + size > cfg.metrics_max_bytes) {
-        truncated = true;
-        dropped += end - (b.from + i);
-        break;
+      // The agent holds to the same caps; these hold one that does not. Once they are
+      // reached, every later point is dropped (and counted), so the recorded points
+      // stay numbered without gaps.
+      if (capped || points + 1 > cfg.metrics_max_points || bytes + size > cfg.metrics_max_bytes) {
+        capped = truncated = true;
+        ++dropped;
+      } else {
+        m.points.push_back(p);
+        ++points;
+        bytes += size;
       }
-      m.points.push_back(p);
-      bytes += size;
       ++have;
     }
-    bool changed = !m.points.empty() || truncated != closed ||
+    bool changed = have != m.from || truncated != (recorded && recorded->truncated) ||
                    dropped != (recorded ? recorded->dropped : 0) ||
                    skipped != (recorded ? recorded->skipped : 0);
     if (changed) {
+      m.next = have;
       m.skipped = skipped;
       m.dropped = dropped;
       m.truncated = truncated;
+      m.capped = capped;
       d->events.push_back(RunEvent(*run, m, c.id));
     }
   }

@@ -2008,9 +2008,18 @@ TEST_F(DeciderTest, LiveMetricsAreRecordedOnceInOrderUpToTheSeriesCap) {
   EXPECT_EQ(evs[0].data["points"], Points(5, 2));
   EXPECT_EQ(evs[0].data["dropped"], 2);
   EXPECT_EQ(evs[0].data["truncated"], true);
+  EXPECT_EQ(evs[0].data["next"], 9);
+  EXPECT_EQ(last_.metrics_next.at(id), 9);
+  // Capped: later points are dropped and counted, none recorded.
+  evs = poll(9, 1, 2);
+  ASSERT_EQ(Types(evs), (std::vector<std::string>{"MetricsRecorded"}));
+  EXPECT_TRUE(evs[0].data["points"].empty());
+  EXPECT_EQ(evs[0].data["dropped"], 3);
   const MetricSeries& m = R(run).steps[0].attempts[0].series.at(0);
-  EXPECT_EQ(m.next, 7);
-  EXPECT_EQ(m.dropped, 2);
+  EXPECT_EQ(m.points, 7);
+  EXPECT_EQ(m.next, 10);  // dropped points are consumed: never resent
+  EXPECT_TRUE(m.capped);
+  EXPECT_EQ(m.dropped, 3);
   EXPECT_EQ(m.skipped, 2);
   EXPECT_TRUE(m.truncated);
   int64_t bytes = 0;
@@ -2019,7 +2028,7 @@ TEST_F(DeciderTest, LiveMetricsAreRecordedOnceInOrderUpToTheSeriesCap) {
   // The run's JSON shows the series' totals; a snapshot keeps them.
   Json live = RunToJson(R(run), cfg_)["steps"][0]["attempts"][0]["live_metrics"];
   EXPECT_EQ(live, Json::parse(R"([{"rank":0,"points":7,"bytes":)" + std::to_string(bytes) +
-                              R"(,"skipped":2,"dropped":2,"truncated":true}])"));
+                              R"(,"skipped":2,"dropped":3,"truncated":true}])"));
   auto decoded = DecodeSnapshot(EncodeSnapshot(state_));
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
   EXPECT_EQ(RunToJson(*decoded->FindRun(run), cfg_), RunToJson(R(run), cfg_));

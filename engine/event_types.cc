@@ -1,10 +1,32 @@
 #include "engine/event_types.h"
 
+#include <type_traits>
 #include <utility>
 
 namespace epoch::engine::ev {
 
 namespace {
+
+// Every payload's field list names each of its members (JobFailed, JobTimedOut and
+// JobCancelled add none to AttemptEnd's), so a member cannot be left out of the log.
+template <size_t I = 0>
+constexpr bool EveryMemberListed() {
+  if constexpr (I == std::variant_size_v<Payload>) {
+    return true;
+  } else {
+    using T = std::variant_alternative_t<I, Payload>;
+    if constexpr (std::is_base_of_v<AttemptEnd, T>) {
+      static_assert(fields::detail::MemberCount<T>() == 1, "an AttemptEnd type adds a member");
+    } else {
+      static_assert(fields::ListsEveryMember<T>(), "a payload member is missing from its Fields()");
+    }
+    return EveryMemberListed<I + 1>();
+  }
+}
+static_assert(EveryMemberListed());
+static_assert(fields::detail::MemberCount<AttemptEnd>() ==
+                  std::tuple_size_v<decltype(AttemptEnd::EndFields())>,
+              "an AttemptEnd member is missing from EndFields()");
 
 template <size_t I = 0>
 uint32_t VersionOf(std::string_view type) {

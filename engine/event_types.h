@@ -453,8 +453,9 @@ struct JobRetryScheduled {
 
 // ---- live metrics and checkpoints (stream run-<id>) ----
 
-// A batch of live metric points (events.h). `points` are objects of numbers; `from`
-// numbers the first within the attempt's (rank's) series.
+// A batch of live metric points (events.h). `points` are objects of numbers, numbered
+// from `from` within the attempt's (rank's) series; `next` is the number the next
+// batch starts at (past `points` when the master's caps dropped some: `capped`).
 struct MetricsRecorded {
   static constexpr std::string_view kType = kMetricsRecorded;
   static constexpr uint32_t kVersion = 1;
@@ -463,15 +464,18 @@ struct MetricsRecorded {
   std::optional<int> rank{};  // a gang worker's series
   int64_t from = 0;
   Json points = Json::array();
-  int64_t skipped = 0;  // totals so far, as the agent counts them
+  int64_t next = 0;
+  int64_t skipped = 0;  // the series' totals so far
   int64_t dropped = 0;
   bool truncated = false;
+  bool capped = false;
   static constexpr auto Fields() {
     return std::tuple{
-        F("step", &MetricsRecorded::step),       F("attempt", &MetricsRecorded::attempt),
-        F("rank", &MetricsRecorded::rank),       F("from", &MetricsRecorded::from),
-        Arr("points", &MetricsRecorded::points), F("skipped", &MetricsRecorded::skipped),
-        F("dropped", &MetricsRecorded::dropped), F("truncated", &MetricsRecorded::truncated)};
+        F("step", &MetricsRecorded::step),           F("attempt", &MetricsRecorded::attempt),
+        F("rank", &MetricsRecorded::rank),           F("from", &MetricsRecorded::from),
+        Arr("points", &MetricsRecorded::points),     F("next", &MetricsRecorded::next),
+        F("skipped", &MetricsRecorded::skipped),     F("dropped", &MetricsRecorded::dropped),
+        F("truncated", &MetricsRecorded::truncated), F("capped", &MetricsRecorded::capped)};
   }
 };
 

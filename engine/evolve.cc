@@ -511,20 +511,25 @@ struct Apply {
   Status operator()(const ev::MetricsRecorded& p) {
     Target t = Resolve(s, e, p.step, p.attempt);
     if (!t.attempt) return Status::Ok();
-    if (p.from < 0) return Corrupt(e, "from", std::to_string(p.from) + " is negative");
+    if (p.from < 0 || p.next < p.from + static_cast<int64_t>(p.points.size())) {
+      return Corrupt(e, "next",
+                     "batch [" + std::to_string(p.from) + ", " + std::to_string(p.next) +
+                         ") cannot hold its points");
+    }
     MetricSeries& m = t.attempt->series[p.rank.value_or(0)];
     // Decide records each point once, in order; a batch that overlaps what is
     // recorded (a hand-edited log) adds only what is new.
-    int64_t fresh = p.from + static_cast<int64_t>(p.points.size()) - std::max(m.next, p.from);
-    if (p.from <= m.next && fresh > 0) {
-      for (size_t i = p.points.size() - static_cast<size_t>(fresh); i < p.points.size(); ++i) {
+    if (p.from <= m.next) {
+      for (size_t i = static_cast<size_t>(m.next - p.from); i < p.points.size(); ++i) {
         m.bytes += static_cast<int64_t>(p.points[i].dump().size());
+        ++m.points;
       }
-      m.next += fresh;
+      m.next = std::max(m.next, p.next);
     }
     m.skipped = std::max(m.skipped, p.skipped);
     m.dropped = std::max(m.dropped, p.dropped);
     m.truncated = m.truncated || p.truncated;
+    m.capped = m.capped || p.capped;
     return Status::Ok();
   }
 

@@ -87,9 +87,10 @@ template <>
 struct SnapList<MetricSeries> {
   static constexpr auto Fields() {
     using M = MetricSeries;
-    return std::tuple{Plain(&M::next, "next"), Plain(&M::bytes, "bytes"),
-                      Plain(&M::skipped, "skipped"), Plain(&M::dropped, "dropped"),
-                      Plain(&M::truncated, "truncated")};
+    return std::tuple{Plain(&M::next, "next"),       Plain(&M::points, "points"),
+                      Plain(&M::bytes, "bytes"),     Plain(&M::skipped, "skipped"),
+                      Plain(&M::dropped, "dropped"), Plain(&M::truncated, "truncated"),
+                      Plain(&M::capped, "capped")};
   }
 };
 

@@ -299,19 +299,7 @@ constexpr SnapSection<T> Section(const char* name, void (*write)(Writer&, const 
 template <class T>
 struct SnapList;
 
-// The number of members of aggregate T (what it can be brace-initialised with).
-struct AnyMember {
-  template <class M>
-  operator M&() const&& noexcept;  // never defined: only counted in unevaluated code
-};
-template <class T, class... A>
-constexpr size_t MemberCount() {
-  if constexpr (requires { T{A{}..., AnyMember{}}; }) {
-    return MemberCount<T, A..., AnyMember>();
-  } else {
-    return sizeof...(A);
-  }
-}
+using fields::detail::MemberCount;
 template <class E>
 constexpr bool kIsSection = false;
 template <class T>

@@ -69,11 +69,13 @@ struct Worker {
 
 // One live-metrics series of an attempt (MetricsRecorded): how much of it is recorded.
 struct MetricSeries {
-  int64_t next = 0;     // points recorded: the next point's number
-  int64_t bytes = 0;    // their size as JSON
-  int64_t skipped = 0;  // the agent's totals: values or lines that were not metrics...
-  int64_t dropped = 0;  // ...and points over a cap (the agent's or the master's)
-  bool truncated = false;
+  int64_t next = 0;        // the number of the next point the agent sends
+  int64_t points = 0;      // points recorded (below `next`; the rest were dropped)
+  int64_t bytes = 0;       // their size as JSON
+  int64_t skipped = 0;     // the agent's total of values or lines that were not metrics
+  int64_t dropped = 0;     // points over a cap: the agent's total, plus the master's own
+  bool truncated = false;  // a cap was reached (the agent's or the master's)
+  bool capped = false;     // the master's caps were reached: it records no more points
 };
 
 struct Attempt {

@@ -17,7 +17,7 @@ Json SeriesJson(const Attempt& a) {
   Json out = Json::array();
   for (const auto& [rank, m] : a.series) {
     out.push_back(Json{{"rank", rank},
-                       {"points", m.next},
+                       {"points", m.points},
                        {"bytes", m.bytes},
                        {"skipped", m.skipped},
                        {"dropped", m.dropped},

@@ -1,9 +1,9 @@
 // The golden history generator, run as a test: a real epochd with real agents goes
 // through every lifecycle Epoch records (a DAG with data set, model and validation;
 // a cache hit and an invalidation; a skipped step; a failure, its retry and a
-// requested rerun; a timeout; a cancellation; a sweep; a gang; a container lost to
-// kill -9; one released when idle). The test fails when the log it gets lacks any
-// event type (engine/events.h, ev::kAllTypes) or does not replay without error.
+// requested rerun; a timeout; a cancellation; a sweep; a gang; live metrics and a
+// checkpoint; a container lost to kill -9; one released when idle). The test fails when the log it
+// gets lacks any event type (engine/events.h, ev::kAllTypes) or does not replay without error.
 //
 // With EPOCH_WRITE_GOLDEN=<dir> it also writes the log (<dir>/<name>.ndjson, the
 // format of `epochctl events export`) and the state it replays to
@@ -123,6 +123,18 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
        "command": ["true"]}]})J");
   EXPECT_EQ(d.WaitForRun(Submit(d, "gang"))["state"], "succeeded");
 
+  // Live metrics and a checkpoint: three points appended to $EPOCH_METRICS, one line
+  // that is not a metric (skipped), a checkpoint declared in checkpoint.json.
+  Register(d, R"J({"name": "curves", "steps": [
+      {"name": "train", "kind": "train", "command": ["sh", "-c",
+       "for i in 1 2 3; do echo \"{\\\"step\\\": $i, \\\"loss\\\": 0.$i}\" >> $EPOCH_METRICS; done; echo oops >> $EPOCH_METRICS; echo w > $EPOCH_CHECKPOINT_DIR/epoch-1.pt; echo '{\"file\": \"epoch-1.pt\", \"epoch\": 1}' > $EPOCH_CHECKPOINT_DIR/checkpoint.json; sleep 2"]}]})J");
+  std::string curves = Submit(d, "curves");
+  EXPECT_EQ(d.WaitForRun(curves)["state"], "succeeded");
+  HttpResult m = d.Get("/v1/runs/" + curves + "/steps/train/metrics?name=loss");
+  ASSERT_EQ(m.status, 200) << m.body;
+  EXPECT_EQ(m.json()["series"][0]["points"], Json::parse("[[1, 0.1], [2, 0.2], [3, 0.3]]"))
+      << m.body;
+
   // A container lost (its agent killed), then the other released when idle.
   std::vector<pid_t> agents = d.AgentPids();
   ASSERT_GE(agents.size(), 2u) << "the gang ran on two containers";
@@ -157,12 +169,13 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
     EXPECT_TRUE(types.count(std::string(type))) << "the lifecycle recorded no " << type;
   }
   EXPECT_EQ(state.head, log.back()["position"].get<uint64_t>());
-  EXPECT_EQ(state.runs.size(), 7u);
+  EXPECT_EQ(state.runs.size(), 8u);
 
   if (const char* out = std::getenv("EPOCH_WRITE_GOLDEN")) {
     // v2-every-event-type was written by this test before payloads had their own
-    // versions; v3-typed-payloads after (WorkflowRegistered and JobQueued at v2).
-    const std::string name = "v3-typed-payloads";
+    // versions; v3-typed-payloads after (WorkflowRegistered and JobQueued at v2);
+    // v4-live-metrics once metrics and checkpoints were recorded.
+    const std::string name = "v4-live-metrics";
     std::ofstream events(std::string(out) + "/" + name + ".ndjson");
     for (const auto& e : log) events << CanonicalDump(e) << "\n";
     std::ofstream(std::string(out) + "/" + name + ".state.json")
