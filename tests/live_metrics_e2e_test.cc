@@ -227,5 +227,92 @@ TEST_F(LiveMetricsE2ETest, ATimedOutStepResumesFromItsLastCheckpoint) {
   EXPECT_EQ(first["state"], "timed_out") << first.dump();
 }
 
+// A step that checkpoints when it is told to stop (SIGTERM, then executor.killGrace
+// before SIGKILL): timed out in the middle of epoch 3, it saves where it was, and the
+// retry resumes from that checkpoint rather than from epoch 2's.
+constexpr const char* kGraceful = R"SH(
+ck="$EPOCH_CHECKPOINT_DIR"
+if [ -f "$ck/checkpoint.json" ]; then
+  f=$(sed 's/.*"file": *"\([^"]*\)".*/\1/' "$ck/checkpoint.json")
+  echo "resumed from $(cat "$ck/$f")"
+  exit 0
+fi
+e=1; b=0
+trap 'echo "epoch $e batch $b" > "$ck/term.pt"; echo "{\"file\": \"term.pt\", \"epoch\": $((e - 1))}" > "$ck/.c"; mv "$ck/.c" "$ck/checkpoint.json"; echo "saved on SIGTERM"; exit 143' TERM
+while [ $e -le 5 ]; do
+  b=0
+  while [ $b -lt 15 ]; do sleep 0.2; b=$((b + 1)); done
+  echo "epoch $e done"; e=$((e + 1))
+done
+)SH";
+
+TEST_F(LiveMetricsE2ETest, AStepThatCheckpointsOnSigtermResumesFromThere) {
+  Epochd d(dir_.path() + "/data", {"executor.metricsInterval=200ms"});
+  d.Start();
+  Json def = TrainingDef("graceful", "7s");
+  def["steps"][0]["command"] = Json::array({"sh", "-c", kGraceful});
+  std::string run = d.RegisterAndSubmit(def);
+  Json r = d.WaitForRun(run, 60s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump();
+  Json attempts = r["steps"][0]["attempts"];
+  ASSERT_EQ(attempts.size(), 2u) << r.dump();
+  EXPECT_EQ(attempts[0]["state"], "timed_out");
+  EXPECT_EQ(attempts[1]["resumed_from"]["file"], "term.pt") << attempts[1].dump();
+  EXPECT_EQ(attempts[1]["resumed_from"]["epoch"], 2);
+  std::string first = ReadFile(d.data_dir() + "/logs/" + run + "/train/1.log");
+  EXPECT_NE(first.find("saved on SIGTERM"), std::string::npos) << first;
+  std::string second = ReadFile(d.data_dir() + "/logs/" + run + "/train/2.log");
+  EXPECT_NE(second.find("resumed from epoch 3 batch "), std::string::npos) << second;
+}
+
+// The container id (--id) an agent process serves.
+std::string AgentId(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string arg, prev;
+  while (std::getline(in, arg, '\0')) {
+    if (prev == "--id") return arg;
+    prev = arg;
+  }
+  return "";
+}
+
+// A gang of two: rank 1's container dies (agent and step, kill -9) in epoch 3. Rank
+// 0 is stopped, the gang is placed again, both ranks resume from the epoch-2
+// checkpoint rank 0 saved, and the run succeeds.
+TEST_F(LiveMetricsE2ETest, AGangWhoseRankDiesRestartsFromTheLastCheckpoint) {
+  Epochd d(dir_.path() + "/data", {"executor.leaseTime=2s", "executor.metricsInterval=200ms",
+                                   "sig.maxReplicas=4", "sig.cpu=1"});
+  d.Start();
+  Json def = TrainingDef("gang", "");
+  def["steps"][0]["workers"] = 2;
+  def["steps"][0]["resources"] = Json{{"cpu", "1"}};
+  // Only rank 0 writes checkpoints; both ranks resume from them.
+  std::string script = kEpochs;
+  script.replace(script.find("  echo \"weights"), 0, "  if [ \"$RANK\" = 0 ]; then\n");
+  script.replace(script.find("  echo \"{\\\"epoch\\\""), 0, "  fi\n");
+  def["steps"][0]["command"] = Json::array({"sh", "-c", script});
+  std::string run = d.RegisterAndSubmit(def);
+  ASSERT_TRUE(WaitFor([&] { return CheckpointEpoch(d, run) >= 2; }, 40s));
+  ASSERT_EQ(CheckpointEpoch(d, run), 2) << "killed in epoch 3";
+  Json workers = d.Get("/v1/runs/" + run).json()["steps"][0]["attempts"][0]["workers"];
+  ASSERT_EQ(workers.size(), 2u) << workers.dump();
+  std::string rank1 = workers[1]["container"];
+  ASSERT_NE(rank1, workers[0]["container"].get<std::string>()) << "one rank per container";
+  for (pid_t p : d.AgentPids()) {
+    if (AgentId(p) == rank1) KillTree(p);
+  }
+  Json r = d.WaitForRun(run, 120s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump();
+  Json attempts = r["steps"][0]["attempts"];
+  ASSERT_GE(attempts.size(), 2u) << r.dump();
+  EXPECT_EQ(attempts[0]["workers"][1]["state"], "lost") << attempts[0].dump();
+  EXPECT_EQ(attempts[1]["resumed_from"]["file"], "epoch-2.pt") << attempts[1].dump();
+  for (const char* log : {"/train/2.log", "/train/2.1.log"}) {
+    std::string text = ReadFile(d.data_dir() + "/logs/" + run + log);
+    EXPECT_NE(text.find("resumed from epoch-2.pt at epoch 3"), std::string::npos) << log << text;
+    EXPECT_NE(text.find("epoch 5 done"), std::string::npos) << log << text;
+  }
+}
+
 }  // namespace
 }  // namespace epoch::testing
