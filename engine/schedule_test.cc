@@ -1,0 +1,528 @@
+// Placement through the Processor: the pool's ticks and containers (launch back-off,
+// scaling, lost containers), GPU best fit, priority, tenants' quotas and fair share.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/decider_test_util.h"
+
+namespace epoch::engine {
+namespace {
+
+using test_util::DeciderTest;
+using test_util::Reports;
+using test_util::ScalingTest;
+
+TEST_F(DeciderTest, LostContainerFailsItsAttemptsWhichRetry) {
+  StartContainer();
+  std::string run = Submit();
+  auto evs = DoTick({"c1"});
+  std::vector<std::string> types = Types(evs);
+  ASSERT_GE(types.size(), 3u);
+  EXPECT_EQ(types[0], "ContainerLost");
+  EXPECT_EQ(types[1], "JobFailed");
+  EXPECT_EQ(evs[1].data["reason"], "container_lost");
+  EXPECT_EQ(R(run).steps[0].attempts[0].phase, AttemptPhase::kLost);
+  // The pool asks for a replacement in the same tick.
+  EXPECT_EQ(state_.containers.count("c2"), 1u);
+  EXPECT_EQ(state_.containers["c1"].phase, ContainerPhase::kLost);
+  // A lost container's agent is refused.
+  PollContainer p;
+  p.container = "c1";
+  Status st;
+  Do(p, &st);
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition);
+}
+
+TEST(PoolTest, LaunchFailuresBackOffExponentially) {
+  EngineConfig cfg;
+  cfg.max_replicas = 1;
+  cfg.min_replicas = 1;
+  State s;
+  TimePoint now = FromMicros(1'800'000'000'000'000);
+  auto tick = [&] {
+    Processor p(&s, DecideContext{now, &cfg}, 1);
+    p.Record(OnTick(s, Tick{}, DecideContext{now, &cfg}));
+    return p.recorded().size();
+  };
+  auto fail = [&](const std::string& id) {
+    Processor p(&s, DecideContext{now, &cfg}, 1);
+    auto r = p.Apply(ContainerLaunchResult{id, false, "", "no such file"});
+    ASSERT_TRUE(r.ok());
+  };
+  EXPECT_EQ(tick(), 1u);  // c1 requested
+  fail("c1");
+  EXPECT_EQ(s.containers["c1"].reason, "launch failed: no such file");
+  EXPECT_EQ(tick(), 0u);  // backing off 1 s
+  now += std::chrono::seconds(1);
+  EXPECT_EQ(tick(), 1u);  // c2
+  fail("c2");
+  now += std::chrono::seconds(1);
+  EXPECT_EQ(tick(), 0u);  // 2 s now
+  now += std::chrono::seconds(1);
+  EXPECT_EQ(tick(), 1u);  // c3
+  EXPECT_EQ(s.container_counter, 3u);
+}
+
+TEST_F(ScalingTest, ARefusedLaunchFailsOnlyTheDemandNoContainerCouldEverHold) {
+  // One registered container of 4 GPUs exists; a 1-GPU job fits it (when it is free),
+  // a 4-GPU job waiting behind busy GPUs fits it too; nothing fits a 5-GPU ask
+  // until the pool grows, and the backend refuses to grow it.
+  cfg_.container_gpus = 8;
+  cfg_.min_replicas = 1;
+  ASSERT_EQ(Count(Tick(), ev::kContainerRequested), 1);
+  Register("c1", 4);  // registered with 4 of the 8 GPUs a new container would have
+  Submit(R"({"name":"small","steps":[{"name":"a","command":["x"],"resources":{"gpus":4},
+      "retry":{"limit":3}}]})",
+         2);
+  Submit(R"({"name":"big","steps":[{"name":"a","command":["x"],"resources":{"gpus":6},
+      "retry":{"limit":3}}]})",
+         1);
+  auto evs = Tick();
+  ASSERT_EQ(Count(evs, ev::kContainerRequested), 2) << "demand: small1 and big0 wait";
+  std::string id = evs[0].data["container"];
+  ContainerLaunchResult lr{id, false, "",
+                           "slurm refused the job: Requested node configuration is not available"};
+  lr.unschedulable = true;
+  evs = Run(lr);
+  ASSERT_EQ(Count(evs, ev::kContainerLost), 1);
+  EXPECT_EQ(evs[0].data["unschedulable"], true);
+  EXPECT_EQ(evs[0].data["reason"],
+            "launch failed: unschedulable: slurm refused the job: Requested node configuration is "
+            "not available");
+  // Only big0 fails: small1 fits c1 once small0 is done there.
+  ASSERT_EQ(Count(evs, ev::kJobFailed), 1);
+  for (const auto& e : evs) {
+    if (e.type == ev::kJobFailed) {
+      EXPECT_EQ(e.stream, "run-big0");
+      EXPECT_EQ(
+          e.data["reason"],
+          "unschedulable: slurm refused the job: Requested node configuration is not available");
+    }
+  }
+  // Not retried although its policy allows 3 retries: the run fails.
+  EXPECT_EQ(s_.runs["big0"].phase, RunPhase::kFailed);
+  EXPECT_NE(s_.runs["big0"].reason.find("unschedulable"), std::string::npos)
+      << s_.runs["big0"].reason;
+  EXPECT_EQ(s_.runs["small1"].phase, RunPhase::kQueued);
+  // A second refusal (the other container of the round) fails nothing more.
+  ContainerLaunchResult lr2{"c" + std::to_string(s_.container_counter), false, "", "refused"};
+  lr2.unschedulable = true;
+  EXPECT_EQ(Count(Run(lr2), ev::kJobFailed), 0);
+}
+
+TEST_F(ScalingTest, AContainerTheBackendReportsGoneIsLostAndItsAttemptsFail) {
+  cfg_.container_gpus = 0;
+  cfg_.min_replicas = 1;
+  ASSERT_EQ(Count(Tick(), ev::kContainerRequested), 1);
+  Register("c1", 0);
+  Run(ContainerLaunchResult{"c1", true, "77", ""});
+  ASSERT_EQ(s_.containers["c1"].handle, "77");
+  Submit(R"({"name":"w","steps":[{"name":"a","command":["x"],"retry":{"limit":1}}]})", 1);
+  ASSERT_EQ(s_.runs["w0"].steps[0].Last()->phase, AttemptPhase::kAssigned);
+  // An answer about another handle (an older launch) changes nothing.
+  EXPECT_TRUE(Run(ContainerExited{"c1", "76", "slurm job 76 CANCELLED"}).empty());
+  auto evs = Run(ContainerExited{"c1", "77", "slurm job 77 CANCELLED (exit code 0:15) on n1"});
+  ASSERT_EQ(Count(evs, ev::kContainerLost), 1);
+  EXPECT_EQ(evs[0].data["reason"], "slurm job 77 CANCELLED (exit code 0:15) on n1");
+  EXPECT_EQ(s_.containers["c1"].phase, ContainerPhase::kLost);
+  EXPECT_EQ(s_.runs["w0"].steps[0].attempts[0].phase, AttemptPhase::kLost);
+  EXPECT_EQ(Count(evs, ev::kJobRetryScheduled), 1);
+  // Told again: it is already lost.
+  EXPECT_TRUE(Run(ContainerExited{"c1", "77", "again"}).empty());
+}
+
+TEST_F(ScalingTest, AContainerStillQueuedByTheBackendOutlivesTheRegisterTimeout) {
+  cfg_.min_replicas = 1;
+  cfg_.register_timeout = std::chrono::seconds(30);
+  ASSERT_EQ(Count(Tick(), ev::kContainerRequested), 1);
+  now_ += std::chrono::seconds(31);
+  auto tick = [&](std::map<std::string, TimePoint> queued) {
+    Processor p(&s_, DecideContext{now_, &cfg_}, 1);
+    engine::Tick t;
+    t.queued = std::move(queued);
+    p.Record(OnTick(s_, t, DecideContext{now_, &cfg_}));
+    p.Settle();
+    return p.recorded();
+  };
+  // Its Slurm job was PENDING 1 s ago: the 30 s count from then.
+  EXPECT_EQ(Count(tick({{"c1", now_ - std::chrono::seconds(1)}}), ev::kContainerLost), 0);
+  EXPECT_EQ(s_.containers["c1"].phase, ContainerPhase::kRequested);
+  now_ += std::chrono::seconds(28);
+  EXPECT_EQ(Count(tick({{"c1", now_ - std::chrono::seconds(29)}}), ev::kContainerLost), 0);
+  now_ += std::chrono::seconds(2);
+  auto evs = tick({{"c1", now_ - std::chrono::seconds(31)}});
+  ASSERT_EQ(Count(evs, ev::kContainerLost), 1);
+  EXPECT_EQ(evs[0].data["reason"], "never registered (within 30s)");
+}
+
+TEST_F(ScalingTest, BurstGrowsThePoolInUnitsNoFasterThanTheInterval) {
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);  // no demand, min 0: nothing
+  // 20 jobs of 1 CPU each: each container holds one.
+  Submit(R"({"name":"burst","steps":[{"name":"a","command":["x"],"resources":{"cpu":"1"}}]})", 20);
+  auto evs = Tick();
+  EXPECT_EQ(Count(evs, ev::kContainerRequested), 2);  // first round at once
+  EXPECT_EQ(evs[0].data["reason"], "demand");
+  EXPECT_EQ(Live(), 2);
+  now_ += std::chrono::milliseconds(500);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);  // interval not yet over
+  now_ += std::chrono::milliseconds(500);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 2);
+  EXPECT_EQ(Live(), 4);
+  now_ += std::chrono::seconds(1);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 1);  // capped by sig.maxReplicas
+  EXPECT_EQ(Live(), 5);
+  now_ += std::chrono::seconds(5);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);
+  // Work is placed as containers register; when it is all done they go idle and
+  // are released after sig.idleTimeout.
+  for (int i = 1; i <= 5; ++i) Register("c" + std::to_string(i), 0);
+  int done = 0;
+  while (done < 20) {
+    for (const auto& [id, r] : std::map<std::string, engine::Run>(s_.runs)) {
+      const Attempt* a = r.steps[0].Last();
+      if (a && a->phase == AttemptPhase::kAssigned) {
+        PollContainer p;
+        p.container = a->container;
+        p.reports =
+            Reports(Json::array({Json{{"attempt_id", id + "/a/1"}, {"state", "succeeded"}}}));
+        Run(p);
+        ++done;
+      }
+    }
+  }
+  EXPECT_TRUE(s_.queue.empty());
+  now_ += std::chrono::seconds(29);
+  EXPECT_EQ(Count(Tick(), ev::kContainerReleased), 0);
+  now_ += std::chrono::seconds(2);
+  evs = Tick();
+  EXPECT_EQ(Count(evs, ev::kContainerReleased), 5);
+  EXPECT_NE(evs[0].data["reason"].get<std::string>().find("idle for"), std::string::npos);
+  EXPECT_EQ(Live(), 0);
+}
+
+TEST_F(ScalingTest, MinReplicasAreKeptAndNotReleased) {
+  cfg_.min_replicas = 2;
+  auto evs = Tick();
+  EXPECT_EQ(Count(evs, ev::kContainerRequested), 2);
+  EXPECT_EQ(evs[0].data["reason"], "minReplicas");
+  Register("c1", 0);
+  Register("c2", 0);
+  now_ += std::chrono::hours(1);
+  EXPECT_EQ(Count(Tick(), ev::kContainerReleased), 0);
+  EXPECT_EQ(Live(), 2);
+}
+
+TEST_F(ScalingTest, GpusAreGivenToOneAttemptAtATimeWithBestFit) {
+  cfg_.min_replicas = 2;
+  Tick();
+  Register("c1", 4);
+  Register("c2", 4);
+  // Six 1-GPU then three 2-GPU attempts ask for 12 GPUs; 2x4 hold 8. Best fit packs
+  // the singles (4 on c1, 2 on c2), so one double still fits in c2's last two.
+  Submit(
+      R"({"name":"g1","steps":[{"name":"a","command":["x"],"resources":{"gpus":1,"cpu":"10m"}}]})",
+      6);
+  Submit(
+      R"({"name":"g2","steps":[{"name":"a","command":["x"],"resources":{"gpus":2,"cpu":"10m"}}]})",
+      3);
+  std::map<std::string, std::set<std::string>> used;  // container -> gpu indices
+  int placed = 0, waiting = 0;
+  for (const auto& [id, r] : s_.runs) {
+    const Attempt* a = r.steps[0].Last();
+    if (a->phase == AttemptPhase::kQueued) {
+      ++waiting;
+      continue;
+    }
+    ++placed;
+    ASSERT_EQ(static_cast<int>(a->gpus.size()), a->resources.gpus);
+    ASSERT_EQ(a->gpu_uuids.size(), a->gpus.size());
+    for (const auto& g : a->gpus) {
+      EXPECT_TRUE(used[a->container].insert(g.get<std::string>()).second)
+          << "GPU " << g << " of " << a->container << " given twice";
+    }
+  }
+  EXPECT_EQ(used["c1"].size() + used["c2"].size(), 8u);
+  EXPECT_EQ(placed, 7);
+  EXPECT_EQ(waiting, 2);
+  EXPECT_EQ(s_.containers["c1"].busy_gpus.size(), 4u);
+  EXPECT_EQ(s_.containers["c2"].busy_gpus.size(), 4u);
+}
+
+TEST_F(ScalingTest, PriorityMovesARunAhead) {
+  cfg_.min_replicas = 1;
+  cfg_.container_gpus = 1;
+  Tick();
+  Register("c1", 1);
+  Submit(R"({"name":"p","steps":[{"name":"a","command":["x"],"resources":{"gpus":1}}]})", 3);
+  SubmitRun urgent;
+  urgent.run_id = "urgent";
+  urgent.workflow = "p";
+  urgent.priority = 10;
+  Run(urgent);
+  // p0 holds the only GPU; when it finishes, the urgent run goes next, not p1.
+  PollContainer p;
+  p.container = "c1";
+  p.reports = Reports(Json::array({Json{{"attempt_id", "p0/a/1"}, {"state", "succeeded"}}}));
+  Run(p);
+  EXPECT_EQ(s_.runs["urgent"].steps[0].Last()->phase, AttemptPhase::kAssigned);
+  EXPECT_EQ(s_.runs["p1"].steps[0].Last()->phase, AttemptPhase::kQueued);
+}
+
+// Tenants' GPU quotas (tenants.<name>.maxGpus) and fair share between tenants.
+class QuotaTest : public ScalingTest {
+ protected:
+  void SetUp() override {
+    cfg_.min_replicas = 1;
+    cfg_.max_replicas = 1;
+    cfg_.allocation_interval = std::chrono::seconds(0);
+    cfg_.container_cpu_millis = 4000;
+    cfg_.container_memory_bytes = 8LL << 30;
+    Tick();  // requests c1 (minReplicas)
+    ASSERT_EQ(s_.containers.count("c1"), 1u);
+  }
+  // `runs` runs, as `tenant`, of a one-step workflow asking for `gpus` GPUs per
+  // worker and `workers` workers; returns their ids in submission order.
+  std::vector<std::string> SubmitAs(const std::string& tenant, int runs, int gpus = 1,
+                                    int workers = 1) {
+    std::string wf = tenant + "-g" + std::to_string(gpus) + "w" + std::to_string(workers);
+    Json step{{"name", "a"},
+              {"command", Json::array({"x"})},
+              {"resources", Json{{"gpus", gpus}, {"cpu", "10m"}, {"memory", "10Mi"}}}};
+    if (workers > 1) step["workers"] = workers;
+    RegisterWorkflow rw;
+    rw.definition = Json{{"name", wf}, {"steps", Json::array({step})}};
+    rw.tenant = tenant;
+    Status st;
+    Run(rw, &st);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    std::vector<std::string> ids;
+    for (int i = 0; i < runs; ++i) {
+      SubmitRun sr;
+      sr.run_id = wf + "-" + std::to_string(++submitted_);
+      sr.workflow = wf;
+      sr.tenant = tenant;
+      Run(sr, &st);
+      EXPECT_TRUE(st.ok()) << st.ToString();
+      ids.push_back(sr.run_id);
+    }
+    return ids;
+  }
+  // Registers c1 with `gpus` GPUs without scheduling (no Settle): the queue waits.
+  void RegisterOnly(int gpus) {
+    RegisterContainer r;
+    r.container = "c1";
+    r.cpu_millis = cfg_.container_cpu_millis;
+    r.memory_bytes = cfg_.container_memory_bytes;
+    for (int i = 0; i < gpus; ++i) {
+      r.gpus.push_back(Json{{"index", i},
+                            {"uuid", "c1-gpu" + std::to_string(i)},
+                            {"healthy", true},
+                            {"simulated", true}});
+    }
+    Processor p(&s_, DecideContext{now_, &cfg_}, 1);
+    ASSERT_TRUE(p.Apply(r).ok());
+  }
+  void Finish(const std::string& run) {
+    const Attempt* a = s_.runs.at(run).steps[0].Last();
+    ASSERT_NE(a, nullptr);
+    ASSERT_TRUE(a->phase == AttemptPhase::kAssigned) << run << " is " << Name(a->phase);
+    PollContainer p;
+    p.container = a->container;
+    p.reports = Reports(Json::array({Json{{"attempt_id", AttemptId(run, "a", a->number)},
+                                          {"state", "succeeded"},
+                                          {"exit_code", 0}}}));
+    Status st;
+    Run(p, &st);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+  int Held(const std::string& tenant) {
+    auto held = TenantGpusHeld(s_);
+    return held.count(tenant) ? held[tenant] : 0;
+  }
+  AttemptPhase Phase(const std::string& run) { return s_.runs.at(run).steps[0].Last()->phase; }
+  int CountIn(const std::vector<std::string>& runs, AttemptPhase phase) {
+    int n = 0;
+    for (const auto& r : runs) n += Phase(r) == phase;
+    return n;
+  }
+  // The attempt's "reason" as GET /v1/runs/{id} shows it (null when none).
+  Json Reason(const std::string& run) {
+    return RunToJson(s_.runs.at(run), cfg_, &s_)["steps"][0]["attempts"].back()["reason"];
+  }
+
+  int submitted_ = 0;
+};
+
+TEST_F(QuotaTest, AQuotaBlocksPlacementSaysWhyAndDoesNotGrowThePool) {
+  cfg_.max_replicas = 3;
+  cfg_.tenant_max_gpus = {{"ml", 2}};
+  Register("c1", 4);
+  auto ml = SubmitAs("ml", 5);
+  EXPECT_EQ(CountIn(ml, AttemptPhase::kAssigned), 2);
+  EXPECT_EQ(CountIn(ml, AttemptPhase::kQueued), 3);
+  EXPECT_EQ(Held("ml"), 2);
+  EXPECT_EQ(s_.containers["c1"].busy_gpus.size(), 2u);  // two GPUs stay free
+  EXPECT_EQ(Reason(ml[4]), "tenant ml is at its GPU quota (2 of 2 GPUs)");
+  EXPECT_TRUE(Reason(ml[0]).is_null());  // placed: no wait
+  // Derived from state: without it the view has nothing to say, and digests keep.
+  EXPECT_TRUE(RunToJson(s_.runs.at(ml[4]), cfg_)["steps"][0]["attempts"][0]["reason"].is_null());
+  // Held back by the quota is no demand: the pool does not grow.
+  now_ += std::chrono::seconds(5);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);
+  EXPECT_EQ(Live(), 1);
+  // As one ends, the next takes its GPU; never more than two at once.
+  Finish(ml[0]);
+  EXPECT_EQ(Phase(ml[2]), AttemptPhase::kAssigned);
+  EXPECT_EQ(CountIn(ml, AttemptPhase::kQueued), 2);
+  EXPECT_EQ(Held("ml"), 2);
+  // The same work without a quota is demand: the pool asks for more.
+  cfg_.tenant_max_gpus.clear();
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);  // the free two take the last two
+  EXPECT_EQ(CountIn(ml, AttemptPhase::kQueued), 0);
+  auto more = SubmitAs("ml", 3);
+  EXPECT_EQ(CountIn(more, AttemptPhase::kQueued), 3);
+  EXPECT_GT(Count(Tick(), ev::kContainerRequested), 0);
+}
+
+TEST_F(QuotaTest, AQuotaOfZeroStillRunsCpuOnlySteps) {
+  cfg_.tenant_max_gpus = {{"ml", 0}};
+  Register("c1", 4);
+  auto cpu = SubmitAs("ml", 2, /*gpus=*/0);
+  auto gpu = SubmitAs("ml", 1, /*gpus=*/1);
+  EXPECT_EQ(CountIn(cpu, AttemptPhase::kAssigned), 2);
+  EXPECT_EQ(Phase(gpu[0]), AttemptPhase::kQueued);
+  EXPECT_EQ(Reason(gpu[0]),
+            "needs 1 GPU, more than tenant ml's GPU quota of 0 (tenants.ml.maxGpus): it waits "
+            "until the quota is raised");
+}
+
+TEST_F(QuotaTest, AGangCountsEveryWorkersGpus) {
+  cfg_.max_replicas = 3;
+  cfg_.tenant_max_gpus = {{"ml", 3}};
+  Register("c1", 4);
+  // 2 workers x 2 GPUs = 4 > 3: it waits although c1 has room, and asks for nothing.
+  auto big = SubmitAs("ml", 1, /*gpus=*/2, /*workers=*/2);
+  EXPECT_EQ(Phase(big[0]), AttemptPhase::kQueued);
+  EXPECT_TRUE(s_.containers["c1"].busy_gpus.empty());
+  EXPECT_EQ(Reason(big[0]),
+            "needs 4 GPUs, more than tenant ml's GPU quota of 3 (tenants.ml.maxGpus): it waits "
+            "until the quota is raised");
+  // A smaller gang behind it fits the quota (backfill): 2 workers x 1 GPU.
+  auto pair = SubmitAs("ml", 2, /*gpus=*/1, /*workers=*/2);
+  EXPECT_EQ(Phase(pair[0]), AttemptPhase::kAssigned);
+  EXPECT_EQ(s_.runs.at(pair[0]).steps[0].Last()->ranks.size(), 2u);
+  EXPECT_EQ(Held("ml"), 2);
+  // The second pair would hold 4: it waits, though two GPUs are free.
+  EXPECT_EQ(Phase(pair[1]), AttemptPhase::kQueued);
+  EXPECT_EQ(Reason(pair[1]),
+            "tenant ml holds 2 of its 3 GPUs (its quota) and this attempt needs 2");
+  auto one = SubmitAs("ml", 1);
+  EXPECT_EQ(Phase(one[0]), AttemptPhase::kAssigned);
+  EXPECT_EQ(Held("ml"), 3);
+  EXPECT_EQ(Reason(pair[1]), "tenant ml is at its GPU quota (3 of 3 GPUs)");
+  now_ += std::chrono::seconds(5);
+  EXPECT_EQ(Count(Tick(), ev::kContainerRequested), 0);
+}
+
+TEST_F(QuotaTest, FairShareSplitsFourGpusTwoAndTwoWhoeverSubmittedFirst) {
+  // ml submits all ten before cv submits any; nothing runs until c1 registers.
+  auto ml = SubmitAs("ml", 10);
+  auto cv = SubmitAs("cv", 10);
+  RegisterOnly(4);
+  DecideContext ctx{now_, &cfg_};
+  std::vector<Event> placed = Schedule(s_, ctx);
+  ASSERT_EQ(placed.size(), 4u);
+  // A pure function of state: a snapshot of it decides the same.
+  auto copy = DecodeSnapshot(EncodeSnapshot(s_));
+  ASSERT_TRUE(copy.ok());
+  std::vector<Event> again = Schedule(*copy, ctx);
+  ASSERT_EQ(again.size(), placed.size());
+  for (size_t i = 0; i < placed.size(); ++i) {
+    EXPECT_EQ(again[i].stream, placed[i].stream);
+    EXPECT_EQ(again[i].data, placed[i].data);
+  }
+  // Turns: ml, cv, ml, cv (equal shares go by queue order).
+  EXPECT_EQ(placed[0].stream, RunStream(ml[0]));
+  EXPECT_EQ(placed[1].stream, RunStream(cv[0]));
+  EXPECT_EQ(placed[2].stream, RunStream(ml[1]));
+  EXPECT_EQ(placed[3].stream, RunStream(cv[1]));
+  Processor p(&s_, ctx, 1);
+  p.Record(std::move(placed));
+  EXPECT_EQ(Held("ml"), 2);
+  EXPECT_EQ(Held("cv"), 2);
+  // Each GPU that frees goes to whoever then holds less: the split stays 2/2.
+  Finish(ml[0]);
+  EXPECT_EQ(Phase(ml[2]), AttemptPhase::kAssigned);
+  Finish(cv[0]);
+  EXPECT_EQ(Phase(cv[2]), AttemptPhase::kAssigned);
+  EXPECT_EQ(Held("ml"), 2);
+  EXPECT_EQ(Held("cv"), 2);
+  EXPECT_EQ(CountIn(ml, AttemptPhase::kQueued), 7);
+  EXPECT_EQ(CountIn(cv, AttemptPhase::kQueued), 7);
+}
+
+TEST_F(QuotaTest, ATenantThatTookEveryGpuGivesThemUpToTheOtherAsItsAttemptsEnd) {
+  Register("c1", 4);
+  auto ml = SubmitAs("ml", 10);
+  EXPECT_EQ(Held("ml"), 4);  // nobody else was waiting: work-conserving
+  auto cv = SubmitAs("cv", 10);
+  EXPECT_EQ(Held("cv"), 0);
+  Finish(ml[0]);  // ml 3, cv 0: cv
+  Finish(ml[1]);  // ml 2, cv 1: cv
+  EXPECT_EQ(Held("cv"), 2);
+  EXPECT_EQ(Held("ml"), 2);
+  Finish(ml[2]);  // ml 1, cv 2: ml
+  EXPECT_EQ(Held("ml"), 2);
+  EXPECT_EQ(Held("cv"), 2);
+  // A higher priority moves a run ahead within its tenant, not past another tenant's
+  // fair share.
+  SubmitRun urgent;
+  urgent.run_id = "urgent";
+  urgent.workflow = "cv-g1w1";
+  urgent.tenant = "cv";
+  urgent.priority = 10;
+  Run(urgent);
+  Finish(ml[3]);  // ml 1, cv 2: ml, though cv's urgent run has the highest priority
+  EXPECT_EQ(Phase("urgent"), AttemptPhase::kQueued);
+  Finish(cv[0]);  // cv 1, ml 2: cv, and its urgent run first
+  EXPECT_EQ(Phase("urgent"), AttemptPhase::kAssigned);
+}
+
+TEST_F(QuotaTest, ATenantUnderItsQuotaGetsTheGpusATenantAtItsQuotaCannotUse) {
+  cfg_.tenant_max_gpus = {{"ml", 1}};
+  Register("c1", 4);
+  auto ml = SubmitAs("ml", 5);
+  auto cv = SubmitAs("cv", 5);  // no quota
+  EXPECT_EQ(Held("ml"), 1);
+  EXPECT_EQ(Held("cv"), 3);
+  EXPECT_EQ(s_.containers["c1"].busy_gpus.size(), 4u);
+  EXPECT_EQ(Reason(ml[1]), "tenant ml is at its GPU quota (1 of 1 GPUs)");
+  EXPECT_TRUE(Reason(cv[4]).is_null());  // waits for room, not for a quota
+  // When cv's end, cv's next take the GPUs: ml stays at its quota.
+  Finish(cv[0]);
+  EXPECT_EQ(Phase(cv[3]), AttemptPhase::kAssigned);
+  EXPECT_EQ(Held("ml"), 1);
+  EXPECT_EQ(Held("cv"), 3);
+}
+
+TEST_F(QuotaTest, UnlimitedTenantsAndQuotasAboveThePoolShareAlike) {
+  // No quota for cv and default; ml's 100 is more than the pool's 6 GPUs, so it
+  // counts as 6: three equal shares.
+  cfg_.tenant_max_gpus = {{"ml", 100}};
+  auto cv = SubmitAs("cv", 6);
+  auto ml = SubmitAs("ml", 6);
+  auto other = SubmitAs("default", 6);
+  RegisterOnly(6);
+  Tick();
+  EXPECT_EQ(Held("cv"), 2);
+  EXPECT_EQ(Held("ml"), 2);
+  EXPECT_EQ(Held("default"), 2);
+  for (const auto& r : ml) EXPECT_TRUE(Reason(r).is_null()) << r;
+}
+
+}  // namespace
+}  // namespace epoch::engine
