@@ -4,6 +4,7 @@
 // /usr/bin/python3 cannot import torch (make deps installs python3-torch; CI runs it).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -46,6 +47,34 @@ std::string StepLogs(const std::string& data_dir, const std::string& run) {
   return out;
 }
 
+// The example's script where a step can read it: steps run sandboxed with a private
+// /tmp (and the host read-only), so a checkout under /tmp would hide it; a copy under
+// /var/tmp is seen wherever the source tree is. Removed with the object.
+class ScriptCopy {
+ public:
+  ScriptCopy() {
+    char tmpl[] = "/var/tmp/epoch-pytorch-test.XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) return;
+    dir_ = tmpl;
+    std::filesystem::permissions(
+        dir_, std::filesystem::perms::owner_all | std::filesystem::perms::group_read |
+                  std::filesystem::perms::group_exec | std::filesystem::perms::others_read |
+                  std::filesystem::perms::others_exec);
+    std::error_code ec;
+    std::filesystem::copy_file(kExample + "/pytorch_fmnist.py", dir_ + "/pytorch_fmnist.py", ec);
+    if (ec) dir_.clear();
+  }
+  ~ScriptCopy() {
+    std::error_code ec;
+    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
+  }
+  // "" when the copy failed.
+  std::string path() const { return dir_.empty() ? "" : dir_ + "/pytorch_fmnist.py"; }
+
+ private:
+  std::string dir_;
+};
+
 // Why the PyTorch tests cannot run here, or "" when they can.
 std::string WhyNoTorch() {
   std::string out;
@@ -71,7 +100,9 @@ TEST(PytorchE2ETest, DdpGangOfTwoOnTwoContainersTrainsValidatesAndInfers) {
   d.Start();
   auto def = ParseJson(Slurp(kExample + "/workflow.json"));
   ASSERT_TRUE(def.ok()) << def.status().ToString();
-  std::string run = d.RegisterAndSubmit(*def, Json{{"script", kExample + "/pytorch_fmnist.py"},
+  ScriptCopy script;
+  ASSERT_FALSE(script.path().empty()) << "could not copy the script to /var/tmp";
+  std::string run = d.RegisterAndSubmit(*def, Json{{"script", script.path()},
                                                    {"train_limit", 400},
                                                    {"test_limit", 1000},
                                                    {"epochs", 1},
@@ -80,8 +111,6 @@ TEST(PytorchE2ETest, DdpGangOfTwoOnTwoContainersTrainsValidatesAndInfers) {
                                                    {"infer_count", 5}});
   if (HasFatalFailure()) return;
   Json r = d.WaitForRun(run, 150s);
-  // (Steps run sandboxed with a private /tmp: a checkout under /tmp hides the script from
-  // them, and prep fails with exit code 2 saying so in its log.)
   ASSERT_EQ(r["state"], "succeeded") << r.dump(2) << "\n" << StepLogs(dir.path(), run);
 
   // One attempt of train, two ranks, each on its own container.

@@ -28,7 +28,19 @@ DATA=$(mktemp -d /tmp/epoch-pytorch-demo.XXXXXX)
 
 # shellcheck source=../lib.sh
 source "$HERE/../lib.sh"
-trap stop_demo EXIT
+# Steps run sandboxed with a private /tmp: a checkout under /tmp would hide the script
+# from them, so they get a copy under /var/tmp then.
+SCRIPT="$HERE/pytorch_fmnist.py"
+SCRIPT_DIR=
+case "$HERE" in
+  /tmp | /tmp/*)
+    SCRIPT_DIR=$(mktemp -d /var/tmp/epoch-pytorch-demo.XXXXXX)
+    chmod 755 "$SCRIPT_DIR"
+    cp "$SCRIPT" "$SCRIPT_DIR/"
+    SCRIPT="$SCRIPT_DIR/pytorch_fmnist.py"
+    ;;
+esac
+trap 'stop_demo; [ -z "$SCRIPT_DIR" ] || rm -rf "$SCRIPT_DIR"' EXIT
 demo_auth
 
 # A JSON field from stdin: jq-like paths in Python, "" when absent.
@@ -50,8 +62,8 @@ echo "epochd is leader at $SERVER"
 echo "== registering the workflow"
 "$CTL" workflow register "$HERE/workflow.json"
 
-echo "== submitting a run (script=$HERE/pytorch_fmnist.py $*) and following it"
-RUN=$("$CTL" -o json run submit pytorch-fmnist -p "script=$HERE/pytorch_fmnist.py" "$@" |
+echo "== submitting a run (script=$SCRIPT $*) and following it"
+RUN=$("$CTL" -o json run submit pytorch-fmnist -p "script=$SCRIPT" "$@" |
       sed -n 's/^ *"id": *"\([^"]*\)".*/\1/p' | head -n 1)
 echo "run $RUN"
 "$CTL" events --run "$RUN" -f
