@@ -71,6 +71,27 @@ bool ProcessAlive(pid_t pid) {
   return state != 'Z' && state != 'X';
 }
 
+void KillProcessTree(pid_t pid) {
+  std::vector<pid_t> all = {pid};
+  for (size_t i = 0; i < all.size(); ++i) {
+    std::ifstream children("/proc/" + std::to_string(all[i]) + "/task/" + std::to_string(all[i]) +
+                           "/children");
+    pid_t c;
+    while (children >> c) all.push_back(c);
+  }
+  for (pid_t p : all) kill(p, SIGKILL);
+}
+
+std::string AgentContainerId(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string arg, prev;
+  while (std::getline(in, arg, '\0')) {
+    if (prev == "--id") return arg;
+    prev = arg;
+  }
+  return "";
+}
+
 namespace {
 // The certificate to verify an Epochd with: its data dir's generated one (none for
 // plain HTTP, or for a certificate of the test's own).

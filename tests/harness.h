@@ -136,6 +136,11 @@ bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds deadli
 
 // True while a process with this pid exists and is not a zombie.
 bool ProcessAlive(pid_t pid);
+// SIGKILLs pid and every descendant (found through /proc), as a machine's death takes a
+// container's agent with the steps it runs.
+void KillProcessTree(pid_t pid);
+// The container id an epoch-agent process serves (its --id), "" if none.
+std::string AgentContainerId(pid_t pid);
 // Paths of the built binaries (from compile definitions).
 std::string EpochdPath();
 std::string AgentPath();

@@ -22,19 +22,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Every descendant of `pid` (from /proc), then `pid` itself: SIGKILLed together, as a
-// machine's death would take a container's agent and the steps it runs.
-void KillTree(pid_t pid) {
-  std::vector<pid_t> all = {pid};
-  for (size_t i = 0; i < all.size(); ++i) {
-    std::ifstream children("/proc/" + std::to_string(all[i]) + "/task/" + std::to_string(all[i]) +
-                           "/children");
-    pid_t c;
-    while (children >> c) all.push_back(c);
-  }
-  for (pid_t p : all) kill(p, SIGKILL);
-}
-
 // VmRSS of a process, in KiB (0 when unknown).
 int64_t RssKiB(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -211,7 +198,7 @@ TEST_F(LiveMetricsE2ETest, AKilledContainersStepResumesFromItsLastCheckpoint) {
   std::string run = d.RegisterAndSubmit(TrainingDef("resume", ""));
   ASSERT_TRUE(WaitFor([&] { return CheckpointEpoch(d, run) >= 2; }, 30s));
   ASSERT_EQ(CheckpointEpoch(d, run), 2) << "killed in epoch 3";
-  for (pid_t p : d.AgentPids()) KillTree(p);
+  for (pid_t p : d.AgentPids()) KillProcessTree(p);
   ExpectResumedFromEpoch2(d, run);
   Json first = d.Get("/v1/runs/" + run).json()["steps"][0]["attempts"][0];
   EXPECT_EQ(first["state"], "lost") << first.dump();
@@ -265,17 +252,6 @@ TEST_F(LiveMetricsE2ETest, AStepThatCheckpointsOnSigtermResumesFromThere) {
   EXPECT_NE(second.find("resumed from epoch 3 batch "), std::string::npos) << second;
 }
 
-// The container id (--id) an agent process serves.
-std::string AgentId(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string arg, prev;
-  while (std::getline(in, arg, '\0')) {
-    if (prev == "--id") return arg;
-    prev = arg;
-  }
-  return "";
-}
-
 // A gang of two: rank 1's container dies (agent and step, kill -9) in epoch 3. Rank
 // 0 is stopped, the gang is placed again, both ranks resume from the epoch-2
 // checkpoint rank 0 saved, and the run succeeds.
@@ -299,7 +275,7 @@ TEST_F(LiveMetricsE2ETest, AGangWhoseRankDiesRestartsFromTheLastCheckpoint) {
   std::string rank1 = workers[1]["container"];
   ASSERT_NE(rank1, workers[0]["container"].get<std::string>()) << "one rank per container";
   for (pid_t p : d.AgentPids()) {
-    if (AgentId(p) == rank1) KillTree(p);
+    if (AgentContainerId(p) == rank1) KillProcessTree(p);
   }
   Json r = d.WaitForRun(run, 120s);
   ASSERT_EQ(r["state"], "succeeded") << r.dump();

@@ -157,5 +157,72 @@ TEST(PytorchE2ETest, DdpGangOfTwoOnTwoContainersTrainsValidatesAndInfers) {
   EXPECT_NE(model.body.find("\"accuracy\""), std::string::npos) << model.body;
 }
 
+// The gang for real: rank 1's container dies (agent and both of its processes, kill -9)
+// once the training has saved a checkpoint. Rank 0 is stopped, the gang is placed again
+// on two containers, and both ranks resume from that checkpoint, not from epoch 1; the
+// model still validates.
+TEST(PytorchE2ETest, AGangWhoseRankDiesResumesFromItsCheckpoint) {
+  if (std::string why = WhyNoTorch(); !why.empty()) GTEST_SKIP() << why;
+  TempDir dir;
+  Epochd d(dir.path(), {"sig.cpu=1", "sig.memory=2144Mi", "sig.minReplicas=2", "sig.maxReplicas=3",
+                        "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s",
+                        "executor.leaseTime=2s", "executor.metricsInterval=200ms"});
+  d.Start();
+  auto def = ParseJson(Slurp(kExample + "/workflow.json"));
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  ScriptCopy script;
+  ASSERT_FALSE(script.path().empty()) << "could not copy the script to /var/tmp";
+  std::string run = d.RegisterAndSubmit(*def, Json{{"script", script.path()},
+                                                   {"train_limit", 6000},
+                                                   {"test_limit", 1000},
+                                                   {"epochs", 4},
+                                                   {"log_every", 20},
+                                                   {"min_accuracy", 0.1},
+                                                   {"infer_count", 5}});
+  if (HasFatalFailure()) return;
+  Json train;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        train = Step(d.Get("/v1/runs/" + run).json(), "train");
+        std::string state = train.value("state", "");
+        bool ended = state == "succeeded" || state == "failed" || state == "cancelled";
+        return train.contains("checkpoints") || ended;
+      },
+      150s))
+      << train.dump(2);
+  ASSERT_TRUE(train.contains("checkpoints")) << train.dump(2) << StepLogs(dir.path(), run);
+  const Json& workers = train["attempts"][0]["workers"];
+  ASSERT_EQ(workers.size(), 2u) << train.dump(2);
+  std::string rank1 = workers[1]["container"];
+  for (pid_t p : d.AgentPids()) {
+    if (AgentContainerId(p) == rank1) KillProcessTree(p);
+  }
+  Json r = d.WaitForRun(run, 240s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(2) << "\n" << StepLogs(dir.path(), run);
+  const Json& attempts = Step(r, "train")["attempts"];
+  ASSERT_GE(attempts.size(), 2u) << attempts.dump(2);
+  EXPECT_EQ(attempts[0]["workers"][1]["state"], "lost") << attempts[0].dump(2);
+  const Json& resumed = attempts[1]["resumed_from"];
+  ASSERT_TRUE(resumed.is_object()) << attempts[1].dump(2);
+  int epoch = resumed.value("epoch", 0);
+  EXPECT_GE(epoch, 1) << resumed.dump();
+  const std::string logs = dir.path() + "/logs/" + run + "/train/";
+  for (const char* log : {"2.log", "2.1.log"}) {
+    std::string text = Slurp(logs + log);
+    SCOPED_TRACE(std::string(log) + ":\n" + text);
+    EXPECT_NE(text.find("all_reduce(rank+1) = 3 "), std::string::npos);
+    if (std::string(log) == "2.log") {  // rank 0 reads the checkpoint and says so
+      EXPECT_NE(text.find("resumed from " + resumed.value("file", std::string("?")) + " at epoch " +
+                          std::to_string(epoch + 1)),
+                std::string::npos);
+    }
+    EXPECT_EQ(text.find("epoch 1/4 rank"), std::string::npos) << "started again from epoch 1";
+    EXPECT_NE(text.find("epoch 4/4 rank"), std::string::npos);
+  }
+  const Json& vm = Step(r, "validate")["metrics"];
+  ASSERT_TRUE(vm.contains("accuracy")) << vm.dump(2);
+  EXPECT_GT(vm["accuracy"].get<double>(), 0.6) << vm.dump(2);
+}
+
 }  // namespace
 }  // namespace epoch::testing
