@@ -1,7 +1,7 @@
 // ApiServer's live-metrics route: GET /v1/runs/{id}/steps/{step}/metrics, a step's
 // series as recorded by MetricsRecorded events (read from the run's stream, so the
-// state holds only each series' totals), or ?follow=true: each new batch as SSE,
-// resumable from Last-Event-ID (an event position).
+// state holds only each series' totals), or ?follow=true: each batch as an SSE event
+// (id: its position) until the run ends, resumable from Last-Event-ID or ?after=.
 #include <cstdint>
 #include <exception>
 #include <memory>
@@ -68,7 +68,9 @@ void ApiServer::Impl::MetricsRoutes() {
         }
         std::string stream = engine::RunStream(id);
         if (QueryBool(req, "follow")) {
-          uint64_t from = 0;
+          auto after = QueryInt(req, "after", 0, 0, INT64_MAX, &err);
+          if (!after.ok()) return WriteError(res, err);
+          uint64_t from = static_cast<uint64_t>(*after);
           std::string last_id = req.Header("Last-Event-ID");
           if (!last_id.empty()) {
             try {

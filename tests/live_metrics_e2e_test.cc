@@ -100,6 +100,29 @@ TEST_F(LiveMetricsE2ETest, PointsAreServedWhileRunningAndSurviveAMasterKill) {
   EXPECT_EQ(step["metrics"]["lr"], 0.25) << "metrics.json wins";
   EXPECT_EQ(step["attempts"][0]["live_metrics"][0]["points"], 60);
   EXPECT_EQ(step["attempts"][0]["live_metrics"][0]["truncated"], false);
+
+  // Followed (SSE): every batch as an event with its position, to the run's end; and
+  // resumed after one of them, only what came later.
+  HttpResult all = again.Get("/v1/runs/" + run + "/steps/train/metrics?follow=true");
+  ASSERT_EQ(all.status, 200) << all.body;
+  std::vector<uint64_t> ids;
+  int64_t streamed = 0;
+  std::istringstream lines(all.body);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("id: ", 0) == 0) ids.push_back(std::stoull(line.substr(4)));
+    if (line.rfind("data: ", 0) == 0) {
+      Json e = Json::parse(line.substr(6));
+      EXPECT_EQ(e["type"], "MetricsRecorded");
+      streamed += static_cast<int64_t>(e["data"]["points"].size());
+    }
+  }
+  ASSERT_GE(ids.size(), 2u) << all.body;
+  EXPECT_EQ(streamed, 60);
+  HttpResult rest = again.Get("/v1/runs/" + run +
+                              "/steps/train/metrics?follow=true&after=" + std::to_string(ids[0]));
+  ASSERT_EQ(rest.status, 200) << rest.body;
+  EXPECT_EQ(rest.body.find("id: " + std::to_string(ids[0]) + "\n"), std::string::npos);
+  EXPECT_NE(rest.body.find("id: " + std::to_string(ids[1]) + "\n"), std::string::npos);
 }
 
 // A million points against a cap of 5,000: the series keeps the first 5,000, counts
