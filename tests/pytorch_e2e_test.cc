@@ -224,5 +224,55 @@ TEST(PytorchE2ETest, AGangWhoseRankDiesResumesFromItsCheckpoint) {
   EXPECT_GT(vm["accuracy"].get<double>(), 0.6) << vm.dump(2);
 }
 
+// Graceful stop: a cancel sends SIGTERM (SIGKILL only after executor.killGrace); the
+// training checkpoints at the next batch boundary, mid-epoch, and a retry of the run
+// resumes from exactly there.
+TEST(PytorchE2ETest, ACancelledTrainingCheckpointsOnSigtermAndItsRetryResumesThere) {
+  if (std::string why = WhyNoTorch(); !why.empty()) GTEST_SKIP() << why;
+  TempDir dir;
+  Epochd d(dir.path(), {"sig.cpu=1", "sig.memory=2144Mi", "sig.minReplicas=2", "sig.maxReplicas=2",
+                        "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s",
+                        "executor.killGrace=10s", "executor.metricsInterval=200ms"});
+  d.Start();
+  auto def = ParseJson(Slurp(kExample + "/workflow.json"));
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  ScriptCopy script;
+  ASSERT_FALSE(script.path().empty()) << "could not copy the script to /var/tmp";
+  std::string run = d.RegisterAndSubmit(*def, Json{{"script", script.path()},
+                                                   {"train_limit", 6000},
+                                                   {"test_limit", 1000},
+                                                   {"epochs", 3},
+                                                   {"log_every", 20},
+                                                   {"min_accuracy", 0.1},
+                                                   {"infer_count", 5}});
+  if (HasFatalFailure()) return;
+  // Once epoch 1's checkpoint is recorded, the training is in epoch 2: cancel it there.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        Json t = Step(d.Get("/v1/runs/" + run).json(), "train");
+        return t.contains("checkpoints") || t.value("state", "") == "failed";
+      },
+      150s))
+      << StepLogs(dir.path(), run);
+  ASSERT_EQ(d.PostJson("/v1/runs/" + run + "/cancel", Json::object()).status, 202);
+  ASSERT_EQ(d.WaitForRun(run, 60s)["state"], "cancelled");
+  std::string first = Slurp(dir.path() + "/logs/" + run + "/train/1.log");
+  ASSERT_NE(first.find("stopped by SIGTERM at epoch "), std::string::npos) << first;
+  HttpResult retry = d.PostJson("/v1/runs/" + run + "/retry", Json::object());
+  ASSERT_EQ(retry.status / 100, 2) << retry.body;
+  Json r = d.WaitForRun(run, 240s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(2) << "\n" << StepLogs(dir.path(), run);
+  const Json& attempts = Step(r, "train")["attempts"];
+  ASSERT_EQ(attempts.size(), 2u) << attempts.dump(2);
+  EXPECT_EQ(attempts[0]["state"], "cancelled");
+  const Json& resumed = attempts[1]["resumed_from"];
+  std::string file = resumed.value("file", "");
+  EXPECT_NE(file.find("-batch-"), std::string::npos) << "saved mid-epoch on SIGTERM: " << file;
+  std::string second = Slurp(dir.path() + "/logs/" + run + "/train/2.log");
+  EXPECT_NE(second.find("resumed from " + file + " at epoch "), std::string::npos) << second;
+  EXPECT_NE(second.find(", batch "), std::string::npos) << second;
+  EXPECT_EQ(second.find("epoch 1/3 rank"), std::string::npos) << second;
+}
+
 }  // namespace
 }  // namespace epoch::testing
