@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <set>
 #include <sstream>
 
@@ -206,6 +207,7 @@ TEST(PytorchE2ETest, AGangWhoseRankDiesResumesFromItsCheckpoint) {
   ASSERT_TRUE(resumed.is_object()) << attempts[1].dump(2);
   int epoch = resumed.value("epoch", 0);
   EXPECT_GE(epoch, 1) << resumed.dump();
+  std::cout << "the new gang resumed from " << resumed.dump() << "\n";
   const std::string logs = dir.path() + "/logs/" + run + "/train/";
   for (const char* log : {"2.log", "2.1.log"}) {
     std::string text = Slurp(logs + log);
@@ -267,6 +269,7 @@ TEST(PytorchE2ETest, ACancelledTrainingCheckpointsOnSigtermAndItsRetryResumesThe
   EXPECT_EQ(attempts[0]["state"], "cancelled");
   const Json& resumed = attempts[1]["resumed_from"];
   std::string file = resumed.value("file", "");
+  std::cout << "the retry resumed from " << resumed.dump() << "\n";
   EXPECT_NE(file.find("-batch-"), std::string::npos) << "saved mid-epoch on SIGTERM: " << file;
   std::string second = Slurp(dir.path() + "/logs/" + run + "/train/2.log");
   EXPECT_NE(second.find("resumed from " + file + " at epoch "), std::string::npos) << second;
