@@ -1,16 +1,21 @@
 #include "examples/fashion-mnist/commands.h"
 
 #include <sys/stat.h>
+#include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
+#include <optional>
 #include <sstream>
 
 #include "common/files.h"
 #include "common/json.h"
+#include "examples/fashion-mnist/checkpoint.h"
 #include "examples/fashion-mnist/mlp.h"
 #include "examples/fashion-mnist/rng.h"
 #include "examples/fashion-mnist/shards.h"
@@ -70,6 +75,148 @@ Result<Mlp> LoadFmnistModel(const std::string& path) {
                       std::to_string(m.outputs()) + " outputs, not 784 to 10");
   }
   return m;
+}
+
+// Appends live metrics lines to a file, each flushed as it is written so a reader (the
+// agent) sees it at once. A failed write is said once on the log and ends the lines:
+// live metrics are a view of the training, not a reason to stop it.
+class MetricsLines {
+ public:
+  ~MetricsLines() {
+    if (f_ != nullptr) std::fclose(f_);
+  }
+  // "" opens nothing and every Write is a no-op. kInternal when the file cannot be opened.
+  Status Open(const std::string& path) {
+    if (path.empty()) return Status::Ok();
+    f_ = std::fopen(path.c_str(), "a");
+    if (f_ == nullptr) {
+      return Internal("cannot open metrics file " + path + ": " + std::strerror(errno));
+    }
+    path_ = path;
+    return Status::Ok();
+  }
+  void Write(const Json& line, std::ostream& log) {
+    if (f_ == nullptr) return;
+    const std::string text = line.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n";
+    if (std::fwrite(text.data(), 1, text.size(), f_) != text.size() || std::fflush(f_) != 0) {
+      log << "metrics file " << path_ << ": write failed (" << std::strerror(errno)
+          << "); no more metrics lines" << std::endl;
+      std::fclose(f_);
+      f_ = nullptr;
+    }
+  }
+
+ private:
+  std::FILE* f_ = nullptr;
+  std::string path_;
+};
+
+// An epoch's report as JSON: rounded for metrics.json, exact for a checkpoint's history.
+Json EpochJson(const EpochReport& e, bool rounded) {
+  auto r = [&](double v, int digits) { return rounded ? Round(v, digits) : v; };
+  Json j = {{"epoch", e.epoch},
+            {"train_loss", r(e.train_loss, 5)},
+            {"train_accuracy", r(e.train_accuracy, 5)},
+            {"seconds", r(e.seconds, 3)},
+            {"lr", r(e.lr, 10)}};
+  if (!rounded) j["step"] = e.step;
+  if (e.validation_accuracy >= 0) j["validation_accuracy"] = r(e.validation_accuracy, 5);
+  return j;
+}
+
+// The inverse of EpochJson(e, false); nullopt for anything else.
+std::optional<EpochReport> EpochFromJson(const Json& j) {
+  if (!j.is_object()) return std::nullopt;
+  for (const char* k : {"epoch", "step", "train_loss", "train_accuracy", "seconds", "lr"}) {
+    if (!j.contains(k) || !j[k].is_number()) return std::nullopt;
+  }
+  EpochReport e;
+  e.epoch = j["epoch"].get<int>();
+  e.step = j["step"].get<int64_t>();
+  e.train_loss = j["train_loss"].get<double>();
+  e.train_accuracy = j["train_accuracy"].get<double>();
+  e.seconds = j["seconds"].get<double>();
+  e.lr = j["lr"].get<double>();
+  if (j.contains("validation_accuracy")) {
+    if (!j["validation_accuracy"].is_number()) return std::nullopt;
+    e.validation_accuracy = j["validation_accuracy"].get<double>();
+  }
+  return e;
+}
+
+// What a checkpoint must have been written with for this training to resume from it:
+// everything that decides the weights after an epoch (the thread count and the device
+// do not; the data only through its labels' checksum, a cheap proxy).
+Json TrainingSettings(const TrainCommandOptions& o, const std::vector<int>& sizes,
+                      const Dataset& train) {
+  const TrainOptions& t = o.train;
+  const bool sgd = t.optimizer == Optimizer::kSgd;
+  return {{"sizes", sizes},
+          {"epochs", t.epochs},
+          {"lr", t.lr},
+          {"batch", t.batch},
+          {"seed", t.seed},
+          {"optimizer", sgd ? "sgd" : "adam"},
+          {"momentum", sgd ? Json(t.momentum) : Json(nullptr)},
+          {"schedule", t.cosine ? "cosine" : "constant"},
+          {"train_images", train.size()},
+          {"train_labels_crc32",
+           static_cast<uint32_t>(crc32_z(0, train.labels.data(), train.labels.size()))}};
+}
+
+// "seed 1 there, 2 here; epochs 10 there, 12 here" for the settings that differ.
+std::string SettingsDifference(const Json& there, const Json& here) {
+  std::string out;
+  for (const auto& [key, value] : here.items()) {
+    const Json old = there.is_object() && there.contains(key) ? there[key] : Json(nullptr);
+    if (old == value) continue;
+    out += (out.empty() ? "" : "; ") + key + " " + (old.is_null() ? "missing" : old.dump()) +
+           " there, " + value.dump() + " here";
+  }
+  return out.empty() ? "settings unreadable" : out;
+}
+
+// A declared checkpoint to resume from, with the epochs it finished; or nullopt
+// (none, or an unreadable one: said on the log). kFailedPrecondition for a checkpoint
+// of another training.
+struct Resume {
+  std::string file;
+  Checkpoint checkpoint;
+  std::vector<EpochReport> history;
+};
+Result<std::optional<Resume>> FindResume(const std::string& dir, const Json& settings,
+                                         std::ostream& log) {
+  auto declared = LoadDeclaredCheckpoint(dir);
+  if (!declared.ok()) {
+    log << "ignoring the checkpoint in " << dir << ": " << declared.status().message()
+        << "; training from epoch 1" << std::endl;
+    return std::optional<Resume>();
+  }
+  if (!declared->has_value()) return std::optional<Resume>();
+  Resume r;
+  r.file = (*declared)->file;
+  r.checkpoint = std::move((*declared)->checkpoint);
+  const Json& meta = r.checkpoint.meta;
+  const Json there = meta.contains("training") ? meta["training"] : Json(nullptr);
+  if (there != settings) {
+    return FailedPrecondition("checkpoint " + dir + "/" + r.file + " is of another training (" +
+                              SettingsDifference(there, settings) +
+                              "): train with its settings, or use another checkpoint dir");
+  }
+  const Json epochs = meta.contains("epochs") ? meta["epochs"] : Json(nullptr);
+  const int done = r.checkpoint.state.epochs_done;
+  bool ok = epochs.is_array() && epochs.size() == static_cast<size_t>(done);
+  for (size_t i = 0; ok && i < epochs.size(); ++i) {
+    auto e = EpochFromJson(epochs[i]);
+    ok = e.has_value() && e->epoch == static_cast<int>(i) + 1;
+    if (ok) r.history.push_back(*e);
+  }
+  if (!ok) {
+    log << "ignoring the checkpoint " << dir << "/" << r.file << ": its epoch history does not "
+        << "match its epoch " << done << "; training from epoch 1" << std::endl;
+    return std::optional<Resume>();
+  }
+  return std::optional<Resume>(std::move(r));
 }
 
 }  // namespace
@@ -169,11 +316,34 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
   sizes.insert(sizes.end(), o.hidden.begin(), o.hidden.end());
   sizes.push_back(kClasses);
   ASSIGN_OR_RETURN(Mlp model, MakeMlp(sizes, o.train.seed));
+  const TrainOptions& t = o.train;
+  RETURN_IF_ERROR(CheckTrainInput(model, train, t));
   RETURN_IF_ERROR(MakeDirs(o.out));
+
+  // Resume from the checkpoint dir's declared checkpoint, if it has one.
+  const Json settings =
+      o.checkpoint_dir.empty() ? Json(nullptr) : TrainingSettings(o, sizes, train);
+  std::optional<Resume> resume;
+  if (!o.checkpoint_dir.empty()) {
+    ASSIGN_OR_RETURN(resume, FindResume(o.checkpoint_dir, settings, log));
+  }
+  std::vector<EpochReport> history;  // every epoch of the training, resumed ones included
+  if (resume) {
+    model = resume->checkpoint.model;
+    history = resume->history;
+    const int done = resume->checkpoint.state.epochs_done;
+    if (done < t.epochs) {
+      log << "resumed from " << resume->file << " at epoch " << done + 1 << std::endl;
+    } else {
+      log << "resumed from " << resume->file << ": all " << t.epochs << " epochs are done"
+          << std::endl;
+    }
+  }
+  MetricsLines metrics_lines;
+  RETURN_IF_ERROR(metrics_lines.Open(o.metrics));
 
   std::string shape;
   for (int s : sizes) shape += (shape.empty() ? "" : "-") + std::to_string(s);
-  const TrainOptions& t = o.train;
   log << "training MLP " << shape << " (" << model.params.size() << " parameters) on "
       << train.size() << " images, validating on " << validation.size() << "; device " << device
       << (device == "cpu" ? ", " + std::to_string(t.threads) + " threads" : "") << ", "
@@ -181,29 +351,52 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
       << (t.cosine ? " (cosine decay)" : "") << ", batch " << t.batch << ", " << t.epochs
       << " epochs, seed " << t.seed << std::endl;
 
-  auto on_epoch = [&](const EpochReport& e) {
+  TrainHooks hooks;
+  hooks.on_epoch = [&](const EpochReport& e) {
     log << "epoch " << e.epoch << "/" << t.epochs << "  loss " << Fixed(e.train_loss, 4)
         << "  train_acc " << Fixed(e.train_accuracy, 4);
     if (e.validation_accuracy >= 0) log << "  val_acc " << Fixed(e.validation_accuracy, 4);
     log << "  lr " << Fixed(e.lr, 6) << "  " << Fixed(e.seconds, 1) << " s  "
         << static_cast<int64_t>(train.size() / std::max(e.seconds, 1e-9)) << " img/s" << std::endl;
+    history.push_back(e);
+    Json line = {{"epoch", e.epoch},
+                 {"step", e.step},
+                 {"loss", Round(e.train_loss, 6)},
+                 {"train_accuracy", Round(e.train_accuracy, 6)},
+                 {"lr", Round(e.lr, 10)},
+                 {"epoch_seconds", Round(e.seconds, 3)}};
+    if (e.validation_accuracy >= 0) line["validation_accuracy"] = Round(e.validation_accuracy, 6);
+    metrics_lines.Write(line, log);
   };
-  ASSIGN_OR_RETURN(TrainReport r, device == "cuda"
-                                      ? TrainOnCuda(model, train, validation, t, on_epoch)
-                                      : Train(model, train, validation, t, on_epoch));
+  hooks.progress_every = o.metrics.empty() ? 0 : o.metrics_every;
+  hooks.on_progress = [&](const StepReport& sr) {
+    metrics_lines.Write({{"epoch", sr.epoch},
+                         {"step", sr.step},
+                         {"loss", Round(sr.loss, 6)},
+                         {"lr", Round(sr.lr, 10)}},
+                        log);
+  };
+  if (!o.checkpoint_dir.empty()) {
+    hooks.on_checkpoint = [&](const Mlp& m, const TrainState& state) -> Status {
+      Checkpoint c;
+      c.model = m;
+      c.state = state;
+      Json epochs = Json::array();
+      for (const auto& e : history) epochs.push_back(EpochJson(e, false));
+      c.meta = {{"training", settings}, {"epochs", epochs}};
+      ASSIGN_OR_RETURN(std::string file, SaveCheckpoint(o.checkpoint_dir, c));
+      log << "checkpoint " << o.checkpoint_dir << "/" << file << std::endl;
+      return Status::Ok();
+    };
+  }
+  if (resume) hooks.resume = &resume->checkpoint.state;
+  ASSIGN_OR_RETURN(TrainReport r, device == "cuda" ? TrainOnCuda(model, train, validation, t, hooks)
+                                                   : Train(model, train, validation, t, hooks));
   RETURN_IF_ERROR(SaveModel(model, o.out + "/model.bin"));
 
   Json epochs = Json::array();
-  for (const auto& e : r.epochs) {
-    Json j = {{"epoch", e.epoch},
-              {"train_loss", Round(e.train_loss, 5)},
-              {"train_accuracy", Round(e.train_accuracy, 5)},
-              {"seconds", Round(e.seconds, 3)},
-              {"lr", Round(e.lr, 10)}};
-    if (e.validation_accuracy >= 0) j["validation_accuracy"] = Round(e.validation_accuracy, 5);
-    epochs.push_back(j);
-  }
-  const EpochReport& last = r.epochs.back();
+  for (const auto& e : history) epochs.push_back(EpochJson(e, true));
+  const EpochReport& last = history.back();
   Json metrics = {{"train_loss", Round(last.train_loss, 5)},
                   {"train_accuracy", Round(last.train_accuracy, 5)},
                   {"device", device},
@@ -230,6 +423,10 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
   if (last.validation_accuracy >= 0) {
     metrics["accuracy"] = Round(last.validation_accuracy, 5);
     metrics["validation_accuracy"] = Round(last.validation_accuracy, 5);
+  }
+  if (resume) {
+    metrics["resumed_from"] = resume->file;
+    metrics["resumed_at_epoch"] = resume->checkpoint.state.epochs_done + 1;
   }
   RETURN_IF_ERROR(WriteJson(o.out + "/metrics.json", metrics));
   log << "trained in " << Fixed(r.seconds, 1) << " s (" << Fixed(r.train_seconds, 1)

@@ -44,6 +44,19 @@ struct TrainCommandOptions {
   std::string device = "auto";  // auto | cpu | cuda (see ResolveDevice)
   size_t limit = 0;             // use only the first `limit` training images (0: all)
   TrainOptions train;           // train.seed also seeds the initial weights
+  // Live metrics: JSON lines appended (and flushed) to this file, "" for none. After each
+  // epoch {"epoch", "step", "loss", "train_accuracy", "validation_accuracy", "lr",
+  // "epoch_seconds"} (the epoch's mean loss), and every metrics_every optimizer steps
+  // inside one {"epoch", "step", "loss", "lr"} (the mean loss since the previous line);
+  // "step" counts optimizer steps (minibatches) over the whole training. fmnist_main
+  // defaults it to $EPOCH_METRICS.
+  std::string metrics;
+  int metrics_every = 100;  // 0: only the per-epoch lines
+  // Where each epoch's checkpoint goes (checkpoint.h), "" for none. When it declares
+  // one already, training resumes from it: its settings must be these (else
+  // kFailedPrecondition); one that cannot be read is ignored, saying why, and training
+  // starts at epoch 1. fmnist_main defaults it to $EPOCH_CHECKPOINT_DIR.
+  std::string checkpoint_dir;
 };
 Status TrainCommand(const TrainCommandOptions& o, std::ostream& log);
 

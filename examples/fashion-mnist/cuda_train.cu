@@ -437,6 +437,18 @@ class DeviceMlp {
   }
 
   Status DownloadParams(float* out) const { return params_.Download(out, np_, "the parameters"); }
+  // The optimizer state, as TrainState holds it (an empty vector: zeros).
+  Status UploadMoments(const std::vector<float>& m1, const std::vector<float>& m2) {
+    if (!m1.empty()) RETURN_IF_ERROR(m1_.Upload(m1.data(), np_, "the optimizer state"));
+    if (!m2.empty()) RETURN_IF_ERROR(m2_.Upload(m2.data(), np_, "the optimizer state"));
+    return Status::Ok();
+  }
+  Status DownloadMoments(std::vector<float>& m1, std::vector<float>& m2) const {
+    m1.resize(np_);
+    m2.resize(np_);
+    RETURN_IF_ERROR(m1_.Download(m1.data(), np_, "the optimizer state"));
+    return m2_.Download(m2.data(), np_, "the optimizer state");
+  }
   Status DownloadGrad(float* out) const { return grad_.Download(out, np_, "the gradient"); }
 
  private:
@@ -499,8 +511,16 @@ Result<std::string> ProbeCuda() {
 Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& validation,
                                 const TrainOptions& o,
                                 const std::function<void(const EpochReport&)>& on_epoch) {
+  TrainHooks hooks;
+  hooks.on_epoch = on_epoch;
+  return TrainOnCuda(m, train, validation, o, hooks);
+}
+
+Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& validation,
+                                const TrainOptions& o, const TrainHooks& hooks) {
   RETURN_IF_ERROR(CheckTrainInput(m, train, o));
   RETURN_IF_ERROR(CheckShape(m));
+  RETURN_IF_ERROR(CheckResume(hooks.resume, o, m.params.size()));
   const auto t_all = std::chrono::steady_clock::now();
   const size_t n = train.size(), nv = validation.size();
   const BatchPlan plan = PlanBatches(n, o);
@@ -508,6 +528,9 @@ Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& val
 
   DeviceMlp net;
   RETURN_IF_ERROR(net.Init(m, std::max(plan.batch, eval_rows)));
+  if (hooks.resume != nullptr) {
+    RETURN_IF_ERROR(net.UploadMoments(hooks.resume->m1, hooks.resume->m2));
+  }
   DeviceArray<float> images, val_images, x;
   DeviceArray<uint8_t> labels, val_labels, y, row_correct, val_correct;
   DeviceArray<uint32_t> order;
@@ -525,12 +548,16 @@ Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& val
   RETURN_IF_ERROR(row_correct.Allocate(n, "per-image results"));
   RETURN_IF_ERROR(val_loss.Allocate(nv, "per-image losses"));
   RETURN_IF_ERROR(val_correct.Allocate(nv, "per-image results"));
-  RETURN_IF_ERROR(sums.Allocate(2, "epoch sums"));
+  RETURN_IF_ERROR(sums.Allocate(3, "epoch sums"));  // train, validation, progress window
 
+  const int first_epoch = hooks.resume == nullptr ? 1 : hooks.resume->epochs_done + 1;
   MinibatchOrder minibatches(n, o.seed);
+  for (int e = 1; e < first_epoch; ++e) minibatches.NextEpoch();  // replay the epochs done
   TrainReport report;
-  int64_t step_base = 0;
-  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+  int64_t step_base = int64_t{plan.steps} * (first_epoch - 1);
+  const int every = hooks.on_progress ? hooks.progress_every : 0;
+  for (int epoch = first_epoch; epoch <= o.epochs; ++epoch) {
+    size_t window_begin = 0;  // the first image since the last progress report
     const auto t_epoch = std::chrono::steady_clock::now();
     const std::vector<uint32_t>& host_order = minibatches.NextEpoch();
     RETURN_IF_ERROR(Check(
@@ -551,6 +578,21 @@ Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& val
       } else {
         RETURN_IF_ERROR(net.SgdUpdate(static_cast<float>(o.momentum), static_cast<float>(lr)));
       }
+      if (every > 0 && (s + 1) % every == 0 && s + 1 < plan.steps) {
+        const size_t end = begin + rows;
+        RETURN_IF_ERROR(SumStats(row_loss.get() + window_begin, row_correct.get() + window_begin,
+                                 end - window_begin, sums.get() + 2));
+        DeviceSums all[3] = {};
+        RETURN_IF_ERROR(sums.Download(all, 3, "the progress sums"));
+        StepReport sr;
+        sr.epoch = epoch;
+        sr.step = step + 1;
+        sr.samples = static_cast<int64_t>(n) * (epoch - 1) + static_cast<int64_t>(end);
+        sr.loss = all[2].loss / static_cast<double>(end - window_begin);
+        sr.lr = lr;
+        window_begin = end;
+        hooks.on_progress(sr);
+      }
     }
     step_base += plan.steps;
     RETURN_IF_ERROR(SumStats(row_loss.get(), row_correct.get(), n, sums.get()));
@@ -560,6 +602,7 @@ Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& val
 
     EpochReport er;
     er.epoch = epoch;
+    er.step = step_base;
     er.seconds = Since(t_epoch);
     er.lr = last_lr;
     er.train_loss = train_sums.loss / static_cast<double>(n);
@@ -577,12 +620,20 @@ Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& val
       er.validation_accuracy = static_cast<double>(both[1].correct) / static_cast<double>(nv);
     }
     report.epochs.push_back(er);
-    if (on_epoch) on_epoch(er);
+    if (hooks.on_epoch) hooks.on_epoch(er);
+    if (hooks.on_checkpoint) {
+      TrainState state;
+      state.epochs_done = epoch;
+      RETURN_IF_ERROR(net.DownloadParams(m.params.data()));
+      RETURN_IF_ERROR(net.DownloadMoments(state.m1, state.m2));
+      if (o.optimizer != Optimizer::kAdam) state.m2.clear();
+      RETURN_IF_ERROR(hooks.on_checkpoint(m, state));
+    }
   }
   RETURN_IF_ERROR(net.DownloadParams(m.params.data()));
   report.seconds = Since(t_all);
-  report.images_per_second =
-      static_cast<double>(n) * o.epochs / std::max(report.train_seconds, 1e-9);
+  report.images_per_second = static_cast<double>(n) * static_cast<double>(report.epochs.size()) /
+                             std::max(report.train_seconds, 1e-9);
   return report;
 }
 

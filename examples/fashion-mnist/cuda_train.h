@@ -51,8 +51,12 @@ bool CudaCompiled();
 // (they are built for CMAKE_CUDA_ARCHITECTURES).
 Result<std::string> ProbeCuda();
 
-// Train (train.h) on the GPU: same contract, options and reports (`threads` is
-// checked but unused). On success `m` holds the trained parameters.
+// Train (train.h) on the GPU: same contract, options, hooks and reports (`threads` is
+// checked but unused). On success `m` holds the trained parameters; on_checkpoint gets
+// them (and the optimizer state) copied back after each epoch, on_progress the loss
+// summed on the device at each report.
+Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& validation,
+                                const TrainOptions& options, const TrainHooks& hooks);
 Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& validation,
                                 const TrainOptions& options,
                                 const std::function<void(const EpochReport&)>& on_epoch);

@@ -2,9 +2,10 @@
 # make demo: the fashion-mnist workflow end to end. Starts epochd on a temporary data
 # dir with containers of 2 CPUs (the steps ask for 2), registers workflow.json, submits
 # a run with the absolute path of fmnist, follows its events, shows the run, train's
-# log, validate's report and the first predictions, then the model's lineage
-# (`epochctl model get fmnist-mlp`, `epochctl dataset get fashion-mnist`) and the test
-# accuracy, and stops everything it started. Exits 0 only when the run succeeded.
+# log and live metrics (`epochctl run metrics`), validate's report and the first
+# predictions, then the model's lineage (`epochctl model get fmnist-mlp`, `epochctl
+# dataset get fashion-mnist`) and the test accuracy, and stops everything it started.
+# Exits 0 only when the run succeeded.
 #
 # Usage: examples/fashion-mnist/demo.sh [BUILD_DIR] [-p key=value]...
 #   BUILD_DIR (default build) holds bin/epochd, bin/epochctl, bin/epoch-agent and
@@ -48,6 +49,9 @@ echo "== the run"
 echo
 echo "== train (log)"
 "$CTL" run logs "$RUN" train
+echo
+echo "== train's live metrics and checkpoints: epochctl run metrics $RUN train"
+"$CTL" run metrics "$RUN" train || true
 echo
 echo "== validate: accuracy on the 10,000 test images"
 "$CTL" run logs "$RUN" validate

@@ -30,9 +30,15 @@ commands:
   train     --data PREP_DIR --out DIR [--epochs 10] [--lr 0.001] [--batch 64]
             [--hidden 256,128] [--seed 1] [--device auto|cpu|cuda] [--limit N]
             [--optimizer adam|sgd] [--momentum 0.9] [--schedule cosine|constant]
-            [--threads 2]
+            [--threads 2] [--metrics FILE] [--metrics-every 100]
+            [--checkpoint-dir DIR]
             train the MLP 784-<hidden>-10, write model.bin and metrics.json;
-            --device auto uses a GPU when this build has CUDA and one is usable
+            --device auto uses a GPU when this build has CUDA and one is usable;
+            --metrics (default $EPOCH_METRICS) appends JSON lines: one per epoch and
+            one every --metrics-every steps (0: per epoch only);
+            --checkpoint-dir (default $EPOCH_CHECKPOINT_DIR) gets epoch-N.bin and
+            checkpoint.json after every epoch, and training resumes from the
+            checkpoint it declares
   validate  --data PREP_DIR|DATA_DIR --model DIR --out DIR [--threads 2]
             accuracy, per-class accuracy and confusion matrix on the 10,000 test images
   infer     --model DIR --data DATA_DIR|PREP_DIR --out DIR [--count 20] [--offset 0]
@@ -137,6 +143,11 @@ std::string Get(const Flags& f, const std::string& name, const std::string& def 
   return it == f.end() ? def : it->second;
 }
 
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? "" : v;
+}
+
 Status RunPrep(int argc, char** argv) {
   ASSIGN_OR_RETURN(Flags f, ParseFlags(argc, argv, {"data", "out", "validation", "seed"}));
   PrepOptions o;
@@ -148,14 +159,20 @@ Status RunPrep(int argc, char** argv) {
 }
 
 Status RunTrain(int argc, char** argv) {
-  ASSIGN_OR_RETURN(Flags f,
-                   ParseFlags(argc, argv,
-                              {"data", "out", "epochs", "lr", "batch", "hidden", "seed", "device",
-                               "limit", "optimizer", "momentum", "schedule", "threads"}));
+  ASSIGN_OR_RETURN(Flags f, ParseFlags(argc, argv,
+                                       {"data", "out", "epochs", "lr", "batch", "hidden", "seed",
+                                        "device", "limit", "optimizer", "momentum", "schedule",
+                                        "threads", "metrics", "metrics-every", "checkpoint-dir"}));
   TrainCommandOptions o;
   o.data = Get(f, "data");
   o.out = Get(f, "out");
   o.device = Get(f, "device", "auto");
+  // What Epoch gives every step; a flag overrides it, an empty value turns it off.
+  o.metrics = Get(f, "metrics", Env("EPOCH_METRICS"));
+  o.checkpoint_dir = Get(f, "checkpoint-dir", Env("EPOCH_CHECKPOINT_DIR"));
+  ASSIGN_OR_RETURN(int64_t metrics_every,
+                   ParseInt(f, "metrics-every", o.metrics_every, 0, 1'000'000'000));
+  o.metrics_every = static_cast<int>(metrics_every);
   ASSIGN_OR_RETURN(o.hidden, ParseHidden(f));
   ASSIGN_OR_RETURN(int64_t limit, ParseInt(f, "limit", 0, 0, 1'000'000'000));
   o.limit = static_cast<size_t>(limit);

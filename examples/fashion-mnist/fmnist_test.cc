@@ -2,8 +2,10 @@
 // shards and model.bin round trips and corruption, the matrix product against a plain
 // loop, a finite-difference gradient check of the MLP, reproducibility across thread
 // counts, --device resolution (with injected probes, and the real one), the CLI's exit
-// codes and metrics, and a short training run on the real data set (skipped only when
-// /usr/share/datasets/fashion-mnist is absent).
+// codes and metrics, checkpoints (their codec, resuming a training after epoch 2 to
+// the same weights as an uninterrupted one, in the library and through the CLI with
+// its live metrics lines), and a short training run on the real data set (skipped only
+// when /usr/share/datasets/fashion-mnist is absent).
 //
 // FmnistCuda.* compare the CUDA path with the CPU path (gradients, training runs, a
 // CUDA-trained model validated on the CPU). They need a usable GPU and skip without
@@ -23,10 +25,13 @@
 #include <fstream>
 #include <map>
 #include <numbers>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "examples/fashion-mnist/checkpoint.h"
 #include "examples/fashion-mnist/commands.h"
 #include "examples/fashion-mnist/cuda_train.h"
 #include "examples/fashion-mnist/gemm.h"
@@ -510,6 +515,171 @@ TEST(FmnistTrain, MinibatchOrderAndScheduleAreShared) {
   EXPECT_EQ(PlanBatches(10, o).batch, 10);
 }
 
+// ---- checkpoints and resuming ----
+
+TEST(FmnistCheckpoint, RoundTripDeclarationAndCorruption) {
+  TempDir d;
+  auto m = MakeMlp({784, 8, 10}, 3);
+  ASSERT_TRUE(m.ok());
+  Checkpoint c;
+  c.model = *m;
+  c.state.epochs_done = 2;
+  c.state.m1.assign(m->params.size(), 0.25f);
+  c.state.m2.assign(m->params.size(), 0.5f);
+  c.meta = {{"training", {{"seed", 1}}}, {"epochs", Json::array()}};
+
+  // Nothing declared yet: no dir, then a dir without checkpoint.json.
+  auto none = LoadDeclaredCheckpoint(d / "ckpt");
+  ASSERT_TRUE(none.ok()) << none.status().ToString();
+  EXPECT_FALSE(none->has_value());
+
+  auto file = SaveCheckpoint(d / "ckpt", c);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  EXPECT_EQ(*file, "epoch-2.bin");
+  EXPECT_EQ(ParseJson(ReadAll(d / "ckpt/checkpoint.json")).value(),
+            (Json{{"file", "epoch-2.bin"}, {"epoch", 2}}));
+  EXPECT_FALSE(fs::exists(d / "ckpt/epoch-2.bin.tmp"));
+  auto back = LoadDeclaredCheckpoint(d / "ckpt");
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  ASSERT_TRUE(back->has_value());
+  EXPECT_EQ((*back)->file, "epoch-2.bin");
+  const Checkpoint& b = (*back)->checkpoint;
+  EXPECT_EQ(b.model.sizes, m->sizes);
+  EXPECT_EQ(b.model.params, m->params);
+  EXPECT_EQ(b.state.epochs_done, 2);
+  EXPECT_EQ(b.state.m1, c.state.m1);
+  EXPECT_EQ(b.state.m2, c.state.m2);
+  EXPECT_EQ(b.meta, c.meta);
+
+  // SGD: one moment; none at all.
+  c.state.m2.clear();
+  auto sgd = DecodeCheckpoint(EncodeCheckpoint(c).value(), "sgd");
+  ASSERT_TRUE(sgd.ok()) << sgd.status().ToString();
+  EXPECT_EQ(sgd->state.m1, c.state.m1);
+  EXPECT_TRUE(sgd->state.m2.empty());
+  c.state.m1.resize(3);
+  EXPECT_EQ(EncodeCheckpoint(c).status().code(), StatusCode::kInvalidArgument);
+
+  std::string bytes = ReadAll(d / "ckpt/epoch-2.bin");
+  std::string flipped = bytes;
+  flipped[100] ^= 1;
+  auto bad = DecodeCheckpoint(flipped, "x.bin");
+  EXPECT_EQ(bad.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(bad.status().message().find("x.bin: checksum mismatch"), std::string::npos)
+      << bad.status().message();
+  EXPECT_EQ(DecodeCheckpoint(bytes.substr(0, 8), "x.bin").status().code(), StatusCode::kCorruption);
+  EXPECT_NE(DecodeCheckpoint(bytes.substr(0, bytes.size() - 9), "x.bin")
+                .status()
+                .message()
+                .find("checksum mismatch"),
+            std::string::npos);
+  EXPECT_NE(DecodeCheckpoint(ReadAll(d / "ckpt/checkpoint.json"), "x.bin")
+                .status()
+                .message()
+                .find("bad magic"),
+            std::string::npos);
+
+  // checkpoint.json naming a missing file, or a path out of the dir.
+  WriteRaw(d / "ckpt/checkpoint.json", R"({"file": "epoch-9.bin", "epoch": 9})");
+  EXPECT_EQ(LoadDeclaredCheckpoint(d / "ckpt").status().code(), StatusCode::kNotFound);
+  WriteRaw(d / "ckpt/checkpoint.json", R"({"file": "../epoch-2.bin", "epoch": 2})");
+  EXPECT_EQ(LoadDeclaredCheckpoint(d / "ckpt").status().code(), StatusCode::kCorruption);
+  WriteRaw(d / "ckpt/checkpoint.json", "not json");
+  EXPECT_EQ(LoadDeclaredCheckpoint(d / "ckpt").status().code(), StatusCode::kCorruption);
+}
+
+// A training of 4 epochs stopped after epoch 2 (its checkpoint hook fails there) and
+// resumed from the state it saved ends with the very weights of an uninterrupted one,
+// with Adam and with SGD; progress reports come every progress_every steps.
+TEST(FmnistTrain, ResumedAfterEpochTwoEndsWithTheSameWeights) {
+  Dataset train = BandsDataset(300, 1), val = BandsDataset(100, 2);
+  for (Optimizer optimizer : {Optimizer::kAdam, Optimizer::kSgd}) {
+    SCOPED_TRACE(optimizer == Optimizer::kAdam ? "adam" : "sgd");
+    TrainOptions o;
+    o.epochs = 4;
+    o.batch = 32;  // 10 steps an epoch, the last of 12 images
+    o.seed = 4;
+    o.optimizer = optimizer;
+    o.lr = optimizer == Optimizer::kAdam ? 1e-3 : 0.05;
+
+    auto full = MakeMlp({784, 16, 10}, 7);
+    ASSERT_TRUE(full.ok());
+    std::vector<StepReport> progress;
+    std::vector<EpochReport> full_epochs;
+    TrainHooks hooks;
+    hooks.progress_every = 4;
+    hooks.on_progress = [&](const StepReport& r) { progress.push_back(r); };
+    hooks.on_epoch = [&](const EpochReport& e) { full_epochs.push_back(e); };
+    ASSERT_TRUE(Train(*full, train, val, o, hooks).ok());
+    // Steps 4 and 8 of each epoch (step 10 is the epoch's own report).
+    ASSERT_EQ(progress.size(), 8u);
+    EXPECT_EQ(progress[0].epoch, 1);
+    EXPECT_EQ(progress[0].step, 4);
+    EXPECT_EQ(progress[0].samples, 128);
+    EXPECT_EQ(progress[7].epoch, 4);
+    EXPECT_EQ(progress[7].step, 38);
+    EXPECT_EQ(progress[7].samples, 3 * 300 + 256);
+    for (const auto& p : progress) EXPECT_TRUE(std::isfinite(p.loss) && p.loss > 0);
+    ASSERT_EQ(full_epochs.size(), 4u);
+    EXPECT_EQ(full_epochs[1].step, 20);
+
+    // Interrupted: the checkpoint after epoch 2 is the last thing it does.
+    auto first = MakeMlp({784, 16, 10}, 7);
+    std::optional<Checkpoint> saved;
+    TrainHooks stop;
+    stop.on_checkpoint = [&](const Mlp& m, const TrainState& state) -> Status {
+      if (state.epochs_done < 2) return Status::Ok();
+      saved = Checkpoint{m, state, Json::object()};
+      return Unavailable("killed after epoch 2");
+    };
+    auto stopped = Train(*first, train, val, o, stop);
+    ASSERT_EQ(stopped.status().code(), StatusCode::kUnavailable);
+    ASSERT_TRUE(saved.has_value());
+    EXPECT_EQ(saved->state.epochs_done, 2);
+    EXPECT_EQ(saved->state.m2.empty(), optimizer == Optimizer::kSgd);
+
+    // Through the file format, as a new process would read it.
+    auto restored = DecodeCheckpoint(EncodeCheckpoint(*saved).value(), "epoch-2.bin");
+    ASSERT_TRUE(restored.ok()) << restored.status().ToString();
+    Mlp resumed = restored->model;
+    std::vector<int> epochs_run;
+    TrainHooks go_on;
+    go_on.resume = &restored->state;
+    go_on.on_epoch = [&](const EpochReport& e) { epochs_run.push_back(e.epoch); };
+    auto r = Train(resumed, train, val, o, go_on);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(epochs_run, (std::vector<int>{3, 4}));
+    EXPECT_EQ(resumed.params, full->params);  // bit for bit
+    EXPECT_EQ(r->epochs.back().train_loss, full_epochs.back().train_loss);
+    EXPECT_EQ(r->epochs.back().validation_accuracy, full_epochs.back().validation_accuracy);
+    EXPECT_EQ(r->epochs.back().step, 40);
+
+    // All epochs done: nothing to train, the weights stay.
+    TrainState done;
+    done.epochs_done = 4;
+    TrainHooks finished;
+    finished.resume = &done;
+    Mlp copy = *full;
+    auto none = Train(copy, train, val, o, finished);
+    ASSERT_TRUE(none.ok());
+    EXPECT_TRUE(none->epochs.empty());
+    EXPECT_EQ(copy.params, full->params);
+  }
+  // A state that does not fit.
+  auto m = MakeMlp({784, 16, 10}, 7);
+  TrainOptions o;
+  o.epochs = 2;
+  TrainState late;
+  late.epochs_done = 3;
+  TrainHooks h;
+  h.resume = &late;
+  EXPECT_EQ(Train(*m, train, val, o, h).status().code(), StatusCode::kInvalidArgument);
+  TrainState wrong;
+  wrong.m1.assign(5, 0.0f);
+  h.resume = &wrong;
+  EXPECT_EQ(Train(*m, train, val, o, h).status().code(), StatusCode::kInvalidArgument);
+}
+
 // ---- --device ----
 
 const char* kNoDriver =
@@ -603,8 +773,11 @@ TEST(FmnistDevice, WithoutAGpuCudaFailsPreciselyAndAutoFallsBack) {
 
 // ---- the CLI, end to end on fixtures ----
 
-int RunFmnist(const std::string& args, std::string* output) {
-  std::string cmd = std::string(FMNIST_BIN) + " " + args + " 2>&1";
+// Runs fmnist with `env` (e.g. "EPOCH_METRICS=/x") in place of Epoch's variables,
+// which are unset otherwise (this test may itself run as a step).
+int RunFmnistWithEnv(const std::string& env, const std::string& args, std::string* output) {
+  std::string cmd = "env -u EPOCH_METRICS -u EPOCH_CHECKPOINT_DIR " + env + " " +
+                    std::string(FMNIST_BIN) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return -1;
   char buf[4096];
@@ -612,6 +785,10 @@ int RunFmnist(const std::string& args, std::string* output) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) output->append(buf, n);
   int status = pclose(p);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int RunFmnist(const std::string& args, std::string* output) {
+  return RunFmnistWithEnv("", args, output);
 }
 
 TEST(FmnistCli, PrepTrainValidateInferOnFixtures) {
@@ -746,6 +923,134 @@ TEST(FmnistCli, DeviceCpuRecordsTheDeviceAndThroughput) {
   ASSERT_TRUE((*metrics)["images_per_second"].is_number());
   EXPECT_GT((*metrics)["images_per_second"].get<double>(), 0);
   ASSERT_TRUE((*metrics)["train_seconds"].is_number());
+}
+
+// The metrics lines of a file: each must be a JSON object of numbers.
+std::vector<Json> MetricsLines(const std::string& path) {
+  std::vector<Json> lines;
+  std::istringstream in(ReadAll(path));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = ParseJson(line);
+    EXPECT_TRUE(j.ok() && j->is_object()) << path << ": " << line;
+    if (!j.ok()) continue;
+    for (const auto& [name, value] : j->items()) {
+      EXPECT_TRUE(value.is_number()) << path << ": " << name << " in " << line;
+    }
+    lines.push_back(*j);
+  }
+  return lines;
+}
+
+// fmnist train with Epoch's variables: a metrics line per epoch (and every 3 steps) and
+// a checkpoint per epoch. Then, in a second checkpoint dir holding only what a kill after
+// epoch 2 leaves (epoch-2.bin declared), the same training resumes at epoch 3 and writes
+// the very same model.bin. A checkpoint of other settings is refused; an unreadable one
+// is ignored.
+TEST(FmnistCli, MetricsLinesAndResumeFromTheEpochTwoCheckpoint) {
+  TempDir d, data;
+  WriteBandsIdxDir(data, 200, 1);
+  std::string out;
+  ASSERT_EQ(RunFmnist("prep --data " + data.path() + " --out " + d / "prep", &out), 0) << out;
+  const std::string train = "train --data " + d / "prep" +
+                            " --epochs 4 --batch 16 --hidden 16 --device cpu --metrics-every 3";
+
+  out.clear();
+  ASSERT_EQ(RunFmnistWithEnv(
+                "EPOCH_METRICS=" + d / "full.jsonl" + " EPOCH_CHECKPOINT_DIR=" + d / "full-ckpt",
+                train + " --out " + d / "full", &out),
+            0)
+      << out;
+  EXPECT_EQ(out.find("resumed"), std::string::npos) << out;
+  EXPECT_NE(out.find("checkpoint " + d / "full-ckpt/epoch-4.bin\n"), std::string::npos) << out;
+  // 180 training images: 12 steps an epoch, progress lines after steps 3, 6 and 9.
+  std::vector<Json> lines = MetricsLines(d / "full.jsonl");
+  ASSERT_EQ(lines.size(), 16u);
+  std::vector<Json> epoch_lines;
+  for (const auto& j : lines) {
+    ASSERT_TRUE(j.contains("epoch") && j.contains("step") && j.contains("loss") && j.contains("lr"))
+        << j.dump();
+    if (j.contains("train_accuracy")) epoch_lines.push_back(j);
+  }
+  ASSERT_EQ(epoch_lines.size(), 4u);
+  for (int e = 0; e < 4; ++e) {
+    EXPECT_EQ(epoch_lines[e]["epoch"], e + 1);
+    EXPECT_EQ(epoch_lines[e]["step"], 12 * (e + 1));
+    EXPECT_TRUE(epoch_lines[e].contains("validation_accuracy"));
+    EXPECT_TRUE(epoch_lines[e].contains("epoch_seconds"));
+  }
+  EXPECT_EQ(lines[0],
+            (Json{{"epoch", 1}, {"step", 3}, {"loss", lines[0]["loss"]}, {"lr", lines[0]["lr"]}}));
+  EXPECT_GT(lines[0]["loss"].get<double>(), 0);
+  auto full_metrics = ParseJson(ReadAll(d / "full/metrics.json"));
+  ASSERT_TRUE(full_metrics.ok());
+  EXPECT_DOUBLE_EQ(epoch_lines[3]["train_accuracy"].get<double>(),
+                   (*full_metrics)["train_accuracy"].get<double>());
+  EXPECT_EQ(ParseJson(ReadAll(d / "full-ckpt/checkpoint.json")).value(),
+            (Json{{"file", "epoch-4.bin"}, {"epoch", 4}}));
+  for (int e = 1; e <= 4; ++e) {
+    EXPECT_TRUE(fs::exists(d / ("full-ckpt/epoch-" + std::to_string(e) + ".bin"))) << e;
+  }
+
+  // What the checkpoint dir holds when the process dies after epoch 2.
+  fs::create_directories(d / "ckpt");
+  fs::copy_file(d / "full-ckpt/epoch-1.bin", d / "ckpt/epoch-1.bin");
+  fs::copy_file(d / "full-ckpt/epoch-2.bin", d / "ckpt/epoch-2.bin");
+  WriteRaw(d / "ckpt/checkpoint.json", R"({"file": "epoch-2.bin", "epoch": 2})");
+  out.clear();
+  ASSERT_EQ(RunFmnist(train + " --out " + d / "resumed" + " --metrics " + d / "resumed.jsonl" +
+                          " --checkpoint-dir " + d / "ckpt",
+                      &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("resumed from epoch-2.bin at epoch 3\n"), std::string::npos) << out;
+  EXPECT_EQ(out.find("epoch 1/4"), std::string::npos) << out;
+  EXPECT_EQ(out.find("epoch 2/4"), std::string::npos) << out;
+  EXPECT_NE(out.find("epoch 3/4"), std::string::npos) << out;
+  EXPECT_NE(out.find("epoch 4/4"), std::string::npos) << out;
+  const std::string full_model = ReadAll(d / "full/model.bin");
+  ASSERT_FALSE(full_model.empty());
+  EXPECT_TRUE(ReadAll(d / "resumed/model.bin") == full_model) << "the weights differ";
+  auto resumed_metrics = ParseJson(ReadAll(d / "resumed/metrics.json"));
+  ASSERT_TRUE(resumed_metrics.ok());
+  EXPECT_NEAR((*resumed_metrics)["accuracy"].get<double>(),
+              (*full_metrics)["accuracy"].get<double>(), 1e-6);
+  EXPECT_EQ((*resumed_metrics)["resumed_from"], "epoch-2.bin");
+  EXPECT_EQ((*resumed_metrics)["resumed_at_epoch"], 3);
+  ASSERT_EQ((*resumed_metrics)["epochs"].size(), 4u);  // the checkpoint's epochs 1, 2 too
+  for (size_t e = 0; e < 4; ++e) {
+    EXPECT_EQ((*resumed_metrics)["epochs"][e]["train_loss"],
+              (*full_metrics)["epochs"][e]["train_loss"])
+        << e;
+  }
+  std::vector<Json> resumed_lines = MetricsLines(d / "resumed.jsonl");
+  ASSERT_EQ(resumed_lines.size(), 8u);
+  EXPECT_EQ(resumed_lines.front()["epoch"], 3);
+  EXPECT_EQ(resumed_lines.front()["step"], 27);
+  Json resumed_last = resumed_lines.back(), full_last = lines.back();
+  resumed_last.erase("epoch_seconds");
+  full_last.erase("epoch_seconds");
+  EXPECT_EQ(resumed_last, full_last);
+  EXPECT_EQ(ParseJson(ReadAll(d / "ckpt/checkpoint.json")).value(),
+            (Json{{"file", "epoch-4.bin"}, {"epoch", 4}}));
+
+  // Other settings: refused, nothing trained.
+  out.clear();
+  EXPECT_EQ(
+      RunFmnist(train + " --seed 2 --out " + d / "other --checkpoint-dir " + d / "ckpt", &out), 2);
+  EXPECT_NE(out.find("ckpt/epoch-4.bin is of another training (seed 1 there, 2 here)"),
+            std::string::npos)
+      << out;
+  EXPECT_FALSE(fs::exists(d / "other/model.bin"));
+
+  // An unreadable checkpoint: said, and training starts over.
+  WriteRaw(d / "ckpt/epoch-4.bin", "FMC1 but not much else");
+  out.clear();
+  ASSERT_EQ(RunFmnist(train + " --out " + d / "over --checkpoint-dir " + d / "ckpt", &out), 0)
+      << out;
+  EXPECT_NE(out.find("ignoring the checkpoint in " + d / "ckpt" + ": "), std::string::npos) << out;
+  EXPECT_NE(out.find("epoch 1/4"), std::string::npos) << out;
+  EXPECT_TRUE(ReadAll(d / "over/model.bin") == full_model);
 }
 
 // ---- the CUDA path against the CPU path (needs a GPU) ----

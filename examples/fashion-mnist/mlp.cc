@@ -172,7 +172,7 @@ BatchStats LossAndGradient(const Mlp& m, const float* x, const uint8_t* labels, 
   return stats;
 }
 
-Status SaveModel(const Mlp& m, const std::string& path) {
+Result<std::string> EncodeModel(const Mlp& m) {
   RETURN_IF_ERROR(CheckSizes(m.sizes, "SaveModel"));
   if (m.params.size() != Mlp::ParamCount(m.sizes)) {
     return InvalidArgument("SaveModel: parameter count does not match the sizes");
@@ -185,7 +185,11 @@ Status SaveModel(const Mlp& m, const std::string& path) {
   for (int s : m.sizes) put32(static_cast<uint32_t>(s));
   out.append(reinterpret_cast<const char*>(m.params.data()), m.params.size() * sizeof(float));
   put32(static_cast<uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(out.data()), out.size())));
+  return out;
+}
 
+Status SaveModel(const Mlp& m, const std::string& path) {
+  ASSIGN_OR_RETURN(std::string out, EncodeModel(m));
   std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) return Internal("cannot create " + tmp + ": " + std::strerror(errno));
@@ -200,6 +204,10 @@ Status SaveModel(const Mlp& m, const std::string& path) {
 
 Result<Mlp> LoadModel(const std::string& path) {
   ASSIGN_OR_RETURN(std::string b, ReadFile(path, size_t{1} << 30));
+  return DecodeModel(b, path);
+}
+
+Result<Mlp> DecodeModel(std::string_view b, const std::string& path) {
   auto get32 = [&](size_t at) {
     uint32_t v;
     std::memcpy(&v, b.data() + at, 4);

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -77,6 +78,11 @@ Status SaveModel(const Mlp& m, const std::string& path);
 // Reads and checks model.bin: kNotFound, or kCorruption naming the file and the problem
 // (bad magic, version, implausible sizes, wrong length, checksum mismatch).
 Result<Mlp> LoadModel(const std::string& path);
+
+// model.bin's bytes, and back (DecodeModel checks as LoadModel does, naming `name`);
+// checkpoints embed them. kInvalidArgument from EncodeModel for a malformed Mlp.
+Result<std::string> EncodeModel(const Mlp& m);
+Result<Mlp> DecodeModel(std::string_view bytes, const std::string& name);
 
 // The model file path names: path itself when it is a file, <path>/model.bin when it
 // is a directory. kNotFound when neither exists.

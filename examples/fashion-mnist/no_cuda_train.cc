@@ -26,6 +26,11 @@ Result<TrainReport> TrainOnCuda(Mlp&, const Dataset&, const Dataset&, const Trai
   return NotCompiled();
 }
 
+Result<TrainReport> TrainOnCuda(Mlp&, const Dataset&, const Dataset&, const TrainOptions&,
+                                const TrainHooks&) {
+  return NotCompiled();
+}
+
 Result<BatchStats> CudaLossAndGradient(const Mlp&, const float*, const uint8_t*, int, float,
                                        float*) {
   return NotCompiled();

@@ -78,10 +78,34 @@ const std::vector<uint32_t>& MinibatchOrder::NextEpoch() {
   return order_;
 }
 
+Status CheckResume(const TrainState* resume, const TrainOptions& o, size_t np) {
+  if (resume == nullptr) return Status::Ok();
+  if (resume->epochs_done < 0 || resume->epochs_done > o.epochs) {
+    return InvalidArgument("cannot resume after epoch " + std::to_string(resume->epochs_done) +
+                           " of a training of " + std::to_string(o.epochs) + " epochs");
+  }
+  for (const auto* v : {&resume->m1, &resume->m2}) {
+    if (!v->empty() && v->size() != np) {
+      return InvalidArgument("cannot resume: the optimizer state holds " +
+                             std::to_string(v->size()) + " values for a model of " +
+                             std::to_string(np) + " parameters");
+    }
+  }
+  return Status::Ok();
+}
+
 Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
                           const TrainOptions& o,
                           const std::function<void(const EpochReport&)>& on_epoch) {
+  TrainHooks hooks;
+  hooks.on_epoch = on_epoch;
+  return Train(m, train, validation, o, hooks);
+}
+
+Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
+                          const TrainOptions& o, const TrainHooks& hooks) {
   RETURN_IF_ERROR(CheckTrainInput(m, train, o));
+  RETURN_IF_ERROR(CheckResume(hooks.resume, o, m.params.size()));
 
   const size_t n = train.size();
   const BatchPlan plan = PlanBatches(n, o);
@@ -102,16 +126,26 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
     ys[q].resize(part_rows);
   }
   std::vector<float> m1(np, 0.0f), m2(np, 0.0f);  // Adam moments, or SGD velocity (m1)
+  const int first_epoch = hooks.resume == nullptr ? 1 : hooks.resume->epochs_done + 1;
+  if (hooks.resume != nullptr) {
+    if (!hooks.resume->m1.empty()) m1 = hooks.resume->m1;
+    if (!hooks.resume->m2.empty()) m2 = hooks.resume->m2;
+  }
 
   MinibatchOrder minibatches(n, o.seed);
+  // Each epoch reshuffles the previous order: replay the epochs already done.
+  for (int e = 1; e < first_epoch; ++e) minibatches.NextEpoch();
 
   TrainReport report;
   const auto t_all = std::chrono::steady_clock::now();
-  int64_t step_base = 0;
-  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+  int64_t step_base = int64_t{steps} * (first_epoch - 1);
+  const int every = hooks.on_progress ? hooks.progress_every : 0;
+  for (int epoch = first_epoch; epoch <= o.epochs; ++epoch) {
     const std::vector<uint32_t>& order = minibatches.NextEpoch();
     std::vector<BatchStats> stats(kParts);
     double last_lr = o.lr;
+    double window_loss = 0;  // the epoch's loss sum at the last progress report
+    size_t window_images = 0;
     std::barrier sync(threads);
     const auto t_epoch = std::chrono::steady_clock::now();
 
@@ -142,6 +176,22 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
         const int64_t step = step_base + s;  // 0-based over the whole run
         const double lr = LearningRate(o, step, total_steps);
         if (t == 0 && s == steps - 1) last_lr = lr;
+        // Every part's stats are final until the next gradient phase, past the barrier
+        // below; the epoch's own line reports its last window.
+        if (t == 0 && every > 0 && (s + 1) % every == 0 && s + 1 < steps) {
+          double loss_sum = 0;
+          for (const auto& st : stats) loss_sum += st.loss_sum;
+          const size_t images = begin + rows;
+          StepReport sr;
+          sr.epoch = epoch;
+          sr.step = step + 1;
+          sr.samples = static_cast<int64_t>(n) * (epoch - 1) + static_cast<int64_t>(images);
+          sr.loss = (loss_sum - window_loss) / static_cast<double>(images - window_images);
+          sr.lr = lr;
+          window_loss = loss_sum;
+          window_images = images;
+          hooks.on_progress(sr);
+        }
         float* w = m.params.data();
         if (o.optimizer == Optimizer::kAdam) {
           const float step_size = AdamStepSize(lr, step);
@@ -168,6 +218,7 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
 
     EpochReport er;
     er.epoch = epoch;
+    er.step = step_base;
     er.seconds = Since(t_epoch);
     er.lr = last_lr;
     double loss = 0;
@@ -183,11 +234,18 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
       er.validation_accuracy = Evaluate(m, validation, threads).accuracy;
     }
     report.epochs.push_back(er);
-    if (on_epoch) on_epoch(er);
+    if (hooks.on_epoch) hooks.on_epoch(er);
+    if (hooks.on_checkpoint) {
+      TrainState state;
+      state.epochs_done = epoch;
+      state.m1 = m1;
+      if (o.optimizer == Optimizer::kAdam) state.m2 = m2;
+      RETURN_IF_ERROR(hooks.on_checkpoint(m, state));
+    }
   }
   report.seconds = Since(t_all);
-  report.images_per_second =
-      static_cast<double>(n) * o.epochs / std::max(report.train_seconds, 1e-9);
+  report.images_per_second = static_cast<double>(n) * static_cast<double>(report.epochs.size()) /
+                             std::max(report.train_seconds, 1e-9);
   return report;
 }
 

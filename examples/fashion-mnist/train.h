@@ -45,7 +45,8 @@ struct TrainOptions {
 };
 
 struct EpochReport {
-  int epoch = 0;  // 1-based
+  int epoch = 0;     // 1-based
+  int64_t step = 0;  // optimizer steps done over the run at the epoch's end
   double train_loss = 0;
   double train_accuracy = 0;        // on the minibatches as they were trained
   double validation_accuracy = -1;  // -1: no validation set
@@ -60,12 +61,51 @@ struct TrainReport {
   double images_per_second = 0;  // training images processed / train_seconds
 };
 
+// What a training holds between epochs besides the weights (the Mlp): with both, a
+// training that stopped after epochs_done epochs goes on exactly as if it had not (the
+// minibatch order is replayed from the seed, the step count follows from the plan).
+struct TrainState {
+  int epochs_done = 0;        // completed epochs, 0..options.epochs
+  std::vector<float> m1, m2;  // Adam's moments (SGD: m1 the velocity, m2 unused); empty: zeros
+};
+
+// Progress inside an epoch, every TrainHooks::progress_every optimizer steps.
+struct StepReport {
+  int epoch = 0;        // 1-based
+  int64_t step = 0;     // optimizer steps done over the run, this one included
+  int64_t samples = 0;  // training images trained on over the run, this step's included
+  double loss = 0;      // mean loss of the images since the previous report in this epoch
+  double lr = 0;        // of this step
+};
+
+// Optional callbacks and a starting point for Train / TrainOnCuda.
+struct TrainHooks {
+  // After each epoch's validation pass.
+  std::function<void(const EpochReport&)> on_epoch;
+  // After on_epoch, with the trained weights and the state to continue from; an error
+  // stops the training and Train returns it.
+  std::function<Status(const Mlp&, const TrainState&)> on_checkpoint;
+  // Every progress_every steps of an epoch (0: never), on a training thread while the
+  // others wait: keep it short.
+  int progress_every = 0;
+  std::function<void(const StepReport&)> on_progress;
+  // Continue from here (m holds its weights) instead of from epoch 0; may be null.
+  const TrainState* resume = nullptr;
+};
+
 // Trains m in place on train; after each epoch evaluates on validation (when it is
-// not empty) and calls on_epoch (may be null). kInvalidArgument for bad options, an
-// empty training set, or data whose width is not m.inputs().
+// not empty) and calls the hooks. With hooks.resume, trains epochs epochs_done + 1 ..
+// options.epochs only (none when all are done) and reports those. kInvalidArgument for
+// bad options, an empty training set, data whose width is not m.inputs(), or a resume
+// state that does not fit (epochs_done out of range, moments of the wrong size).
+Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
+                          const TrainOptions& options, const TrainHooks& hooks);
 Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
                           const TrainOptions& options,
                           const std::function<void(const EpochReport&)>& on_epoch);
+
+// What Train checks of hooks.resume (null is fine) for a model of np parameters.
+Status CheckResume(const TrainState* resume, const TrainOptions& options, size_t np);
 
 // What Train checks before it starts: kInvalidArgument naming the bad option, an empty
 // training set, or a network that does not map 784 inputs to 10 classes.
