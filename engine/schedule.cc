@@ -289,6 +289,10 @@ int UnplacedDemand(const State& state, const EngineConfig& cfg) {
   return unplaced;
 }
 
+// The ports a gang's rendezvous may get: [kGangPortBase, kGangPortBase + kGangPorts).
+constexpr int kGangPortBase = 29500;
+constexpr uint64_t kGangPorts = 1000;
+
 std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
   std::vector<Event> out;
   if (state.queue.empty()) return out;
@@ -315,9 +319,14 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
       return;
     }
     // A gang: torch.distributed's rendezvous is rank 0's host and a port chosen
-    // here (deterministically, so replay agrees).
+    // here, recorded in JobAssigned (so replay agrees). Consecutive gangs of this master
+    // take consecutive ports; the run id's hash offsets them, so that two masters
+    // sharing hosts (two clusters, concurrent tests) rarely pick the same one. The
+    // range stays below cluster.basePort (30745).
     const Container& c0 = state.containers.at(p0["container"].get<std::string>());
-    int port = 29500 + static_cast<int>((state.gangs_placed + gangs) % 2000);
+    uint64_t spread = 1469598103934665603ULL;  // FNV-1a of the run id
+    for (unsigned char ch : run.id) spread = (spread ^ ch) * 1099511628211ULL;
+    int port = kGangPortBase + static_cast<int>((state.gangs_placed + gangs + spread) % kGangPorts);
     ++gangs;
     std::vector<ev::Placement> ranks;
     for (const auto& p : placements) {

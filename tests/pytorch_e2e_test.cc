@@ -203,17 +203,20 @@ TEST(PytorchE2ETest, AGangWhoseRankDiesResumesFromItsCheckpoint) {
   const Json& attempts = Step(r, "train")["attempts"];
   ASSERT_GE(attempts.size(), 2u) << attempts.dump(2);
   EXPECT_EQ(attempts[0]["workers"][1]["state"], "lost") << attempts[0].dump(2);
-  const Json& resumed = attempts[1]["resumed_from"];
-  ASSERT_TRUE(resumed.is_object()) << attempts[1].dump(2);
+  // The attempt that finished the training (the first retry, unless it failed too).
+  const Json& last = attempts.back();
+  const std::string n = std::to_string(last["attempt"].get<int>());
+  const Json& resumed = last["resumed_from"];
+  ASSERT_TRUE(resumed.is_object()) << last.dump(2);
   int epoch = resumed.value("epoch", 0);
   EXPECT_GE(epoch, 1) << resumed.dump();
   std::cout << "the new gang resumed from " << resumed.dump() << "\n";
   const std::string logs = dir.path() + "/logs/" + run + "/train/";
-  for (const char* log : {"2.log", "2.1.log"}) {
+  for (const std::string& log : {n + ".log", n + ".1.log"}) {
     std::string text = Slurp(logs + log);
-    SCOPED_TRACE(std::string(log) + ":\n" + text);
+    SCOPED_TRACE(log + ":\n" + text);
     EXPECT_NE(text.find("all_reduce(rank+1) = 3 "), std::string::npos);
-    if (std::string(log) == "2.log") {  // rank 0 reads the checkpoint and says so
+    if (log == n + ".log") {  // rank 0 reads the checkpoint and says so
       EXPECT_NE(text.find("resumed from " + resumed.value("file", std::string("?")) + " at epoch " +
                           std::to_string(epoch + 1)),
                 std::string::npos);
