@@ -3,7 +3,9 @@
 // a message that starts with the field it is about ("reports[1].exit_code: ..."),
 // which the route sends as 400 `malformed`; nothing reaches the engine then.
 //
-// Today: the container protocol (register, poll), whose bodies come from agents.
+// The user-facing bodies (submit, cache invalidation) and the container protocol's
+// (register, poll), whose bodies come from agents. What a body cannot say (the caller,
+// the tenant, an Idempotency-Key header, the new run's id) the route adds.
 #pragma once
 
 #include <string>
@@ -14,6 +16,11 @@
 
 namespace epoch::api {
 
+// POST /v1/runs: {"workflow" | "definition", "version", "params", "labels", "priority"};
+// any other member is refused.
+Result<engine::SubmitRun> ParseSubmitBody(const Json& b);
+// POST /v1/cache/invalidate: {"key", "workflow", "step"}, each a non-empty string.
+Result<engine::InvalidateCache> ParseInvalidateBody(const Json& b);
 // POST /v1/containers/{id}/register.
 Result<engine::RegisterContainer> ParseRegisterBody(const std::string& container, const Json& b);
 // POST /v1/containers/{id}/poll: reports typed by engine::ParseAttemptReports.

@@ -140,5 +140,53 @@ TEST(ParseRegisterBody, TypedOrRefusedNamingTheField) {
   }
 }
 
+TEST(ParseSubmitBody, TypedOrRefusedNamingTheField) {
+  auto cmd = ParseSubmitBody(J(R"({"workflow": "w", "version": 2, "params": {"lr": 0.1},
+      "labels": {"team": "ml"}, "priority": -5})"));
+  ASSERT_TRUE(cmd.ok()) << cmd.status().ToString();
+  EXPECT_EQ(cmd->workflow, "w");
+  EXPECT_EQ(cmd->version, 2);
+  EXPECT_EQ(cmd->params, J(R"({"lr": 0.1})"));
+  EXPECT_EQ(cmd->labels, J(R"({"team": "ml"})"));
+  EXPECT_EQ(cmd->priority, -5);
+  EXPECT_FALSE(cmd->definition.has_value());
+  auto inline_def = ParseSubmitBody(J(R"({"definition": {"name": "x"}})"));
+  ASSERT_TRUE(inline_def.ok());
+  EXPECT_EQ((*inline_def->definition)["name"], "x");
+  struct Case {
+    const char* body;
+    const char* message;
+  } cases[] = {
+      {R"({"workflow": "w", "owner": "me"})", "owner: unknown field"},
+      {R"({})", "workflow: required string (or give a definition)"},
+      {R"({"workflow": 7})", "workflow: required string (or give a definition)"},
+      {R"({"definition": []})", "definition: must be an object"},
+      {R"({"workflow": "w", "version": 0})", "version: must be an integer >= 1"},
+      {R"({"workflow": "w", "params": [1]})", "params: must be an object"},
+      {R"({"workflow": "w", "labels": {"a": 1}})", "labels.a: must be a string"},
+      {R"({"workflow": "w", "priority": 1001})", "priority: must be an integer in [-1000, 1000]"},
+  };
+  for (const auto& c : cases) {
+    auto r = ParseSubmitBody(J(c.body));
+    ASSERT_FALSE(r.ok()) << c.body;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(r.status().message(), c.message) << c.body;
+  }
+}
+
+TEST(ParseInvalidateBody, NonEmptyStringsOfKnownFields) {
+  auto cmd = ParseInvalidateBody(J(R"({"workflow": "w", "step": "train"})"));
+  ASSERT_TRUE(cmd.ok()) << cmd.status().ToString();
+  EXPECT_EQ(cmd->workflow, "w");
+  EXPECT_EQ(cmd->step, "train");
+  EXPECT_TRUE(cmd->key.empty());
+  EXPECT_EQ(ParseInvalidateBody(J(R"({"run": "r"})")).status().message(),
+            "run: unknown field (expected key, workflow, step)");
+  EXPECT_EQ(ParseInvalidateBody(J(R"({"key": ""})")).status().message(),
+            "key: must be a non-empty string");
+  EXPECT_EQ(ParseInvalidateBody(J(R"({"step": 3})")).status().message(),
+            "step: must be a non-empty string");
+}
+
 }  // namespace
 }  // namespace epoch::api

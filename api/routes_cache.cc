@@ -3,6 +3,7 @@
 #include <string>
 
 #include "api/auth.h"
+#include "api/dto.h"
 #include "api/http_util.h"
 #include "api/server_impl.h"
 #include "engine/engine.h"
@@ -24,22 +25,11 @@ void ApiServer::Impl::CacheRoutes() {
          HttpError err;
          auto body = ParseBody(req, &err);
          if (!body.ok()) return WriteError(res, err);
-         engine::InvalidateCache cmd;
+         auto parsed = ParseInvalidateBody(*body);
+         if (!parsed.ok())
+           return WriteError(res, {400, "malformed", parsed.status().message(), {}});
+         engine::InvalidateCache cmd = std::move(*parsed);
          cmd.actor = Actor(req);
-         for (const auto& [k, v] : body->items()) {
-           std::string* field = k == "key"        ? &cmd.key
-                                : k == "workflow" ? &cmd.workflow
-                                : k == "step"     ? &cmd.step
-                                                  : nullptr;
-           if (!field) {
-             return WriteError(
-                 res, {400, "malformed", k + ": unknown field (expected key, workflow, step)", {}});
-           }
-           if (!v.is_string() || v.get_ref<const std::string&>().empty()) {
-             return WriteError(res, {400, "malformed", k + ": must be a non-empty string", {}});
-           }
-           *field = v.get<std::string>();
-         }
          // Only the caller's tenant's entries (the same 404s as for ones that do
          // not exist: another tenant's names are not disclosed).
          std::string hidden = engine->Read([&](const engine::State& s) {

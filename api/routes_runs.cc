@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "api/auth.h"
+#include "api/dto.h"
 #include "api/http_util.h"
 #include "api/server_impl.h"
 #include "common/ids.h"
@@ -21,56 +22,10 @@ void ApiServer::Impl::RunsRoutes() {
          auto body = ParseBody(req, &err);
          if (!body.ok()) return WriteError(res, err);
          const Json& b = *body;
-         static const std::set<std::string> kFields{"workflow", "version",    "params",
-                                                    "labels",   "definition", "priority"};
-         for (auto& [k, v] : b.items()) {
-           if (!kFields.count(k)) {
-             return WriteError(res, {400, "malformed", k + ": unknown field", {}});
-           }
-         }
-         engine::SubmitRun cmd;
-         if (b.contains("definition")) {
-           if (!b["definition"].is_object()) {
-             return WriteError(res, {400, "malformed", "definition: must be an object", {}});
-           }
-           cmd.definition = b["definition"];
-         } else if (!b.contains("workflow") || !b["workflow"].is_string()) {
-           return WriteError(
-               res, {400, "malformed", "workflow: required string (or give a definition)", {}});
-         } else {
-           cmd.workflow = b["workflow"];
-         }
-         if (b.contains("version")) {
-           if (!b["version"].is_number_integer() || b["version"].get<int64_t>() < 1) {
-             return WriteError(res, {400, "malformed", "version: must be an integer >= 1", {}});
-           }
-           cmd.version = b["version"];
-         }
-         if (b.contains("params")) {
-           if (!b["params"].is_object()) {
-             return WriteError(res, {400, "malformed", "params: must be an object", {}});
-           }
-           cmd.params = b["params"];
-         }
-         if (b.contains("labels")) {
-           if (!b["labels"].is_object()) {
-             return WriteError(res, {400, "malformed", "labels: must be an object", {}});
-           }
-           for (auto& [k, v] : b["labels"].items()) {
-             if (!v.is_string()) {
-               return WriteError(res, {400, "malformed", "labels." + k + ": must be a string", {}});
-             }
-           }
-           cmd.labels = b["labels"];
-         }
-         if (b.contains("priority")) {
-           if (!b["priority"].is_number_integer() || b["priority"].get<int64_t>() < -1000 ||
-               b["priority"].get<int64_t>() > 1000) {
-             return WriteError(
-                 res, {400, "malformed", "priority: must be an integer in [-1000, 1000]", {}});
-           }
-           cmd.priority = b["priority"];
-         }
+         auto parsed = ParseSubmitBody(b);
+         if (!parsed.ok())
+           return WriteError(res, {400, "malformed", parsed.status().message(), {}});
+         engine::SubmitRun cmd = std::move(*parsed);
          cmd.idempotency_key = req.Header("Idempotency-Key");
          if (cmd.idempotency_key.size() > 256) {
            return WriteError(res, {400, "malformed", "Idempotency-Key: at most 256 bytes", {}});
