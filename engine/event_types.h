@@ -479,6 +479,8 @@ struct MetricsRecorded {
   }
 };
 
+// A checkpoint a step declared in its checkpoint dir. `rank`: the gang rank whose agent
+// saw it first (a gang's ranks share the dir, whichever wrote it).
 struct CheckpointSaved {
   static constexpr std::string_view kType = kCheckpointSaved;
   static constexpr uint32_t kVersion = 1;
