@@ -147,6 +147,36 @@ TEST_F(SweepTest, CancelStopsEveryTrialAndQueuesNoMore) {
   EXPECT_EQ(R(run).steps[0].reason, "run cancelled");
 }
 
+// Each trial has its own checkpoint dir and its own latest checkpoint: one trial's does
+// not become another's.
+TEST_F(SweepTest, EachTrialKeepsItsOwnCheckpoint) {
+  StartContainer();
+  std::string run = Submit(kSweep);
+  std::string trial0 = R(run).steps[0].attempts[0].trial == 0 ? run + "/train/1" : run + "/train/2";
+  PollContainer p;
+  p.container = "c1";
+  auto batches = ParseMetricsBatches(Json::array({Json{
+      {"attempt_id", trial0},
+      {"from", 0},
+      {"checkpoints",
+       Json::array({Json{
+           {"file", "t0.pt"}, {"sha256", std::string(64, 'c')}, {"size", 3}, {"epoch", 1}}})}}}));
+  ASSERT_TRUE(batches.ok()) << batches.status().ToString();
+  p.metrics = *batches;
+  auto evs = Do(p);
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_EQ(evs[0].type, "CheckpointSaved");
+  EXPECT_EQ(evs[0].data["trial"], 0);
+  const auto& checkpoints = R(run).steps[0].checkpoints;
+  ASSERT_EQ(checkpoints.size(), 1u);
+  EXPECT_EQ(checkpoints.at(0)["file"], "t0.pt");
+  EXPECT_EQ(checkpoints.count(-1), 0u) << "not the step's own";
+  // The dirs the trials are given differ.
+  EXPECT_NE(CheckpointDir(cfg_, run, "train", 0), CheckpointDir(cfg_, run, "train", 1));
+  EXPECT_EQ(CheckpointDir(cfg_, run, "train", 1),
+            "/data/runs/" + run + "/train/checkpoints/trial-1");
+}
+
 TEST_F(SweepTest, SweepParamsAndBestParamsAreCheckedAtRegistration) {
   Status st;
   Do(RegisterWorkflow{*ParseJson(R"({"name":"bad","steps":[
