@@ -88,6 +88,48 @@ void ApiServer::Impl::StreamEvents(Response& res, std::shared_ptr<StreamSlots::S
       kSseTick);
 }
 
+Result<uint64_t> ApiServer::Impl::ResumeAfter(const Request& req, HttpError* err) {
+  auto after = QueryInt(req, "after", 0, 0, INT64_MAX, err);
+  if (!after.ok()) return after.status();
+  std::string last_id = req.Header("Last-Event-ID");
+  if (last_id.empty()) return static_cast<uint64_t>(*after);
+  try {
+    return static_cast<uint64_t>(std::stoull(last_id));
+  } catch (const std::exception&) {
+    *err = {400, "bad_parameter", "Last-Event-ID must be a position", {}};
+    return InvalidArgument("Last-Event-ID");
+  }
+}
+
+ApiServer::Impl::Fetch ApiServer::Impl::FollowStream(std::string stream, uint64_t after) {
+  auto version = std::make_shared<uint64_t>(1);
+  return [this, stream = std::move(stream), version, after]() -> Result<EventPage> {
+    ASSIGN_OR_RETURN(auto page, store->ReadStream(stream, *version, 1000));
+    EventPage out;
+    out.more = page.size() == 1000;
+    if (!page.empty()) *version = page.back().version + 1;
+    for (auto& e : page) {
+      if (e.position > after) out.events.push_back(std::move(e));
+    }
+    return out;
+  };
+}
+
+Result<std::vector<storage::Envelope>> ApiServer::Impl::ReadStreamAfter(const std::string& stream,
+                                                                        uint64_t after,
+                                                                        const Keep& keep) {
+  std::vector<storage::Envelope> out;
+  uint64_t version = 1;
+  while (true) {
+    ASSIGN_OR_RETURN(auto page, store->ReadStream(stream, version, 1000));
+    for (auto& e : page) {
+      if (e.position > after && (!keep || keep(e))) out.push_back(std::move(e));
+    }
+    if (page.size() < 1000) return out;
+    version = page.back().version + 1;
+  }
+}
+
 void ApiServer::Impl::EventRoutes() {
   Get("/v1/events", Wrap("/v1/events", [this](const Request& req, Response& res) {
         HttpError err;
@@ -245,54 +287,18 @@ void ApiServer::Impl::EventRoutes() {
             [&](const engine::State& s) { return engine::RunVisible(s, id, Visible()); });
         if (!exists) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
         HttpError err;
-        auto after = QueryInt(req, "after", 0, 0, INT64_MAX, &err);
-        if (!after.ok()) return WriteError(res, err);
-        uint64_t from = static_cast<uint64_t>(*after);
-        std::string last_id = req.Header("Last-Event-ID");
-        if (!last_id.empty()) {
-          try {
-            from = std::stoull(last_id);
-          } catch (const std::exception&) {
-            return WriteError(res, {400, "bad_parameter", "Last-Event-ID must be a position", {}});
-          }
-        }
+        auto from = ResumeAfter(req, &err);
+        if (!from.ok()) return WriteError(res, err);
         std::string stream = engine::RunStream(id);
-        // Reads the run's stream by version, keeping events past the cursor position.
-        auto fetch = [this, stream](uint64_t a) -> Result<std::vector<storage::Envelope>> {
-          std::vector<storage::Envelope> out;
-          uint64_t version = 1;
-          while (true) {
-            ASSIGN_OR_RETURN(auto page, store->ReadStream(stream, version, 1000));
-            for (auto& e : page) {
-              if (e.position > a) out.push_back(std::move(e));
-            }
-            if (page.size() < 1000) break;
-            version = page.back().version + 1;
-          }
-          return out;
-        };
         if (QueryBool(req, "follow")) {
           auto slot = AcquireStream(res);
           if (!slot) return;
-          // A stream-version cursor: each read starts after the last version read
-          // (only the first reads the run's stream from its start).
-          auto version = std::make_shared<uint64_t>(1);
-          Fetch follow = [this, stream, version, from]() -> Result<EventPage> {
-            ASSIGN_OR_RETURN(auto page, store->ReadStream(stream, *version, 1000));
-            EventPage out;
-            out.more = page.size() == 1000;
-            if (!page.empty()) *version = page.back().version + 1;
-            for (auto& e : page) {
-              if (e.position > from) out.events.push_back(std::move(e));
-            }
-            return out;
-          };
           // The stream ends once the run is finished and everything was sent.
-          return StreamEvents(res, std::move(slot), std::move(follow), [this, id] {
+          return StreamEvents(res, std::move(slot), FollowStream(stream, *from), [this, id] {
             return engine->Read([&](const engine::State& s) { return engine::RunEnded(s, id); });
           });
         }
-        auto page = fetch(from);
+        auto page = ReadStreamAfter(stream, *from);
         if (!page.ok()) return WriteError(res, FromStatus(page.status()));
         Json items = Json::array();
         for (const auto& e : *page) items.push_back(EnvelopeToJson(e));

@@ -68,35 +68,14 @@ void ApiServer::Impl::MetricsRoutes() {
         }
         std::string stream = engine::RunStream(id);
         if (QueryBool(req, "follow")) {
-          auto after = QueryInt(req, "after", 0, 0, INT64_MAX, &err);
-          if (!after.ok()) return WriteError(res, err);
-          uint64_t from = static_cast<uint64_t>(*after);
-          std::string last_id = req.Header("Last-Event-ID");
-          if (!last_id.empty()) {
-            try {
-              from = std::stoull(last_id);
-            } catch (const std::exception&) {
-              return WriteError(res,
-                                {400, "bad_parameter", "Last-Event-ID must be a position", {}});
-            }
-          }
+          auto from = ResumeAfter(req, &err);
+          if (!from.ok()) return WriteError(res, err);
           auto slot = AcquireStream(res);
           if (!slot) return;
-          auto version = std::make_shared<uint64_t>(1);
-          Fetch follow = [this, stream, version, from]() -> Result<EventPage> {
-            ASSIGN_OR_RETURN(auto page, store->ReadStream(stream, *version, 1000));
-            EventPage out;
-            out.more = page.size() == 1000;
-            if (!page.empty()) *version = page.back().version + 1;
-            for (auto& e : page) {
-              if (e.position > from) out.events.push_back(std::move(e));
-            }
-            return out;
-          };
           Keep keep = [step, q](const storage::Envelope& e) { return Keeps(e, step, q, nullptr); };
           // Ends once the run is finished and every batch was sent.
           return StreamEvents(
-              res, std::move(slot), std::move(follow),
+              res, std::move(slot), FollowStream(stream, *from),
               [this, id] {
                 return engine->Read(
                     [&](const engine::State& s) { return engine::RunEnded(s, id); });
@@ -104,17 +83,13 @@ void ApiServer::Impl::MetricsRoutes() {
               std::move(keep));
         }
         std::vector<Json> recorded;
-        uint64_t version = 1;
-        while (true) {
-          auto page = store->ReadStream(stream, version, 1000);
-          if (!page.ok()) return WriteError(res, FromStatus(page.status()));
-          for (const auto& e : *page) {
-            Json payload;
-            if (Keeps(e, step, q, &payload)) recorded.push_back(std::move(payload));
-          }
-          if (page->size() < 1000) break;
-          version = page->back().version + 1;
-        }
+        auto events = ReadStreamAfter(stream, 0, [&](const storage::Envelope& e) {
+          Json payload;
+          if (!Keeps(e, step, q, &payload)) return false;
+          recorded.push_back(std::move(payload));
+          return false;  // the payload is all that is needed
+        });
+        if (!events.ok()) return WriteError(res, FromStatus(events.status()));
         Json out = engine::MetricSeriesView(recorded, q);
         out["run"] = id;
         out["step"] = step;

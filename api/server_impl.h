@@ -161,6 +161,16 @@ struct ApiServer::Impl {
   // leaves. A page per call: the next is read only once the last one is written.
   void StreamEvents(Response& res, std::shared_ptr<StreamSlots::Slot> slot, Fetch fetch,
                     std::function<bool()> done, Keep keep = nullptr);
+  // Where a follow of a run's stream resumes: after Last-Event-ID, else after ?after=
+  // (0: from the start). Fills *err on a malformed one.
+  Result<uint64_t> ResumeAfter(const Request& req, HttpError* err);
+  // Reads `stream` from its start, a page per call (a version cursor: each read starts
+  // after the last version read), keeping the events past position `after`.
+  Fetch FollowStream(std::string stream, uint64_t after);
+  // Every event of `stream` past position `after` that `keep` keeps (all when null),
+  // read a page at a time.
+  Result<std::vector<storage::Envelope>> ReadStreamAfter(const std::string& stream, uint64_t after,
+                                                         const Keep& keep = nullptr);
   // Streams a step's log as SSE (one "log" event a line) from byte `from`, until its
   // attempt has finished and everything was sent ("end").
   void FollowLog(Response& res, const std::string& path, const std::string& attempt_id,
