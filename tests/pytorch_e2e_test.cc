@@ -10,6 +10,7 @@
 #include <iostream>
 #include <set>
 #include <sstream>
+#include <vector>
 
 #include "tests/harness.h"
 
@@ -91,25 +92,44 @@ std::string WhyNoTorch() {
   return "";
 }
 
+// epochd's settings for two containers of 1 CPU (a rank asks for cpu 1, so no container
+// holds both), up to `max`, plus `extra`.
+std::vector<std::string> TwoContainers(int max, std::vector<std::string> extra) {
+  std::vector<std::string> cfg = {"sig.cpu=1",
+                                  "sig.memory=2144Mi",
+                                  "sig.minReplicas=2",
+                                  "sig.maxReplicas=" + std::to_string(max),
+                                  "sig.ssAllocationUnit=2",
+                                  "sig.ssAllocationInterval=0s"};
+  cfg.insert(cfg.end(), extra.begin(), extra.end());
+  return cfg;
+}
+
+// Registers the example and submits a run of it with the script's copy and `params`
+// over a small test slice's defaults; *run is its id.
+void SubmitExample(Epochd& d, const ScriptCopy& script, const Json& params, std::string* run) {
+  auto def = ParseJson(Slurp(kExample + "/workflow.json"));
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  ASSERT_FALSE(script.path().empty()) << "could not copy the script to /var/tmp";
+  Json p{{"script", script.path()},
+         {"test_limit", 1000},
+         {"log_every", 20},
+         {"min_accuracy", 0.1},
+         {"infer_count", 5}};
+  p.update(params);
+  *run = d.RegisterAndSubmit(*def, p);
+}
+
 TEST(PytorchE2ETest, DdpGangOfTwoOnTwoContainersTrainsValidatesAndInfers) {
   if (std::string why = WhyNoTorch(); !why.empty()) GTEST_SKIP() << why;
   TempDir dir;
   // Two containers of 1 CPU (and epochd's default memory): a rank asks for cpu 1, so no
   // container holds both.
-  Epochd d(dir.path(), {"sig.cpu=1", "sig.memory=2144Mi", "sig.minReplicas=2", "sig.maxReplicas=2",
-                        "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s"});
+  Epochd d(dir.path(), TwoContainers(2, {}));
   d.Start();
-  auto def = ParseJson(Slurp(kExample + "/workflow.json"));
-  ASSERT_TRUE(def.ok()) << def.status().ToString();
   ScriptCopy script;
-  ASSERT_FALSE(script.path().empty()) << "could not copy the script to /var/tmp";
-  std::string run = d.RegisterAndSubmit(*def, Json{{"script", script.path()},
-                                                   {"train_limit", 400},
-                                                   {"test_limit", 1000},
-                                                   {"epochs", 1},
-                                                   {"log_every", 2},
-                                                   {"min_accuracy", 0.1},
-                                                   {"infer_count", 5}});
+  std::string run;
+  SubmitExample(d, script, Json{{"train_limit", 400}, {"epochs", 1}, {"log_every", 2}}, &run);
   if (HasFatalFailure()) return;
   Json r = d.WaitForRun(run, 150s);
   ASSERT_EQ(r["state"], "succeeded") << r.dump(2) << "\n" << StepLogs(dir.path(), run);
@@ -165,21 +185,12 @@ TEST(PytorchE2ETest, DdpGangOfTwoOnTwoContainersTrainsValidatesAndInfers) {
 TEST(PytorchE2ETest, AGangWhoseRankDiesResumesFromItsCheckpoint) {
   if (std::string why = WhyNoTorch(); !why.empty()) GTEST_SKIP() << why;
   TempDir dir;
-  Epochd d(dir.path(), {"sig.cpu=1", "sig.memory=2144Mi", "sig.minReplicas=2", "sig.maxReplicas=3",
-                        "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s",
-                        "executor.leaseTime=2s", "executor.metricsInterval=200ms"});
+  Epochd d(dir.path(),
+           TwoContainers(3, {"executor.leaseTime=2s", "executor.metricsInterval=200ms"}));
   d.Start();
-  auto def = ParseJson(Slurp(kExample + "/workflow.json"));
-  ASSERT_TRUE(def.ok()) << def.status().ToString();
   ScriptCopy script;
-  ASSERT_FALSE(script.path().empty()) << "could not copy the script to /var/tmp";
-  std::string run = d.RegisterAndSubmit(*def, Json{{"script", script.path()},
-                                                   {"train_limit", 6000},
-                                                   {"test_limit", 1000},
-                                                   {"epochs", 4},
-                                                   {"log_every", 20},
-                                                   {"min_accuracy", 0.1},
-                                                   {"infer_count", 5}});
+  std::string run;
+  SubmitExample(d, script, Json{{"train_limit", 6000}, {"epochs", 4}}, &run);
   if (HasFatalFailure()) return;
   Json train;
   ASSERT_TRUE(WaitFor(
@@ -235,21 +246,12 @@ TEST(PytorchE2ETest, AGangWhoseRankDiesResumesFromItsCheckpoint) {
 TEST(PytorchE2ETest, ACancelledTrainingCheckpointsOnSigtermAndItsRetryResumesThere) {
   if (std::string why = WhyNoTorch(); !why.empty()) GTEST_SKIP() << why;
   TempDir dir;
-  Epochd d(dir.path(), {"sig.cpu=1", "sig.memory=2144Mi", "sig.minReplicas=2", "sig.maxReplicas=2",
-                        "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s",
-                        "executor.killGrace=10s", "executor.metricsInterval=200ms"});
+  Epochd d(dir.path(),
+           TwoContainers(2, {"executor.killGrace=10s", "executor.metricsInterval=200ms"}));
   d.Start();
-  auto def = ParseJson(Slurp(kExample + "/workflow.json"));
-  ASSERT_TRUE(def.ok()) << def.status().ToString();
   ScriptCopy script;
-  ASSERT_FALSE(script.path().empty()) << "could not copy the script to /var/tmp";
-  std::string run = d.RegisterAndSubmit(*def, Json{{"script", script.path()},
-                                                   {"train_limit", 6000},
-                                                   {"test_limit", 1000},
-                                                   {"epochs", 3},
-                                                   {"log_every", 20},
-                                                   {"min_accuracy", 0.1},
-                                                   {"infer_count", 5}});
+  std::string run;
+  SubmitExample(d, script, Json{{"train_limit", 6000}, {"epochs", 3}}, &run);
   if (HasFatalFailure()) return;
   // Once epoch 1's checkpoint is recorded, the training is in epoch 2: cancel it there.
   ASSERT_TRUE(WaitFor(
