@@ -190,6 +190,26 @@ TEST(Sha256Test, KnownVector) {
   EXPECT_EQ(ToHex(*d), Sha256Hex("abc"));
 }
 
+TEST(Sha256Test, TwoPartsHashLikeTheirConcatenation) {
+  EXPECT_EQ(ToHex(Sha256Of("ab", "c")), Sha256Hex("abc"));
+  EXPECT_EQ(ToHex(Sha256Of("", "")), Sha256Hex(""));
+  // Sizes around SHA-256's 64-byte block, each split at every place: the per-thread
+  // context must start afresh each time.
+  for (size_t n : {0, 1, 55, 56, 63, 64, 65, 200}) {
+    std::string s(n, 'x');
+    for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + i % 26);
+    for (size_t cut = 0; cut <= n; ++cut) {
+      ASSERT_EQ(Sha256Of(std::string_view(s).substr(0, cut), std::string_view(s).substr(cut)),
+                Sha256Of(s))
+          << n << " bytes cut at " << cut;
+    }
+  }
+  Sha256 h;
+  h.Update("a");
+  h.Update("bc");
+  EXPECT_EQ(ToHex(h.Finish()), Sha256Hex("abc"));
+}
+
 TEST(IdsTest, NamesAndIds) {
   EXPECT_TRUE(IsValidName("train"));
   EXPECT_TRUE(IsValidName("data-prep_2"));

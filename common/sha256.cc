@@ -8,13 +8,28 @@
 
 namespace epoch {
 
+namespace {
+
+// The SHA-256 implementation, fetched once: EVP_sha256() makes OpenSSL 3 look the
+// algorithm up in its provider on every EVP_DigestInit (about 0.2 us, as much as
+// hashing a 250-byte event).
+const EVP_MD* Md() {
+  static const EVP_MD* const md = [] {
+    const EVP_MD* fetched = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    return fetched != nullptr ? fetched : EVP_sha256();
+  }();
+  return md;
+}
+
+}  // namespace
+
 struct Sha256::Impl {
   EVP_MD_CTX* ctx = nullptr;
 };
 
 Sha256::Sha256() : impl_(std::make_unique<Impl>()) {
   impl_->ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr);
+  EVP_DigestInit_ex(impl_->ctx, Md(), nullptr);
 }
 
 Sha256::~Sha256() { EVP_MD_CTX_free(impl_->ctx); }
@@ -33,7 +48,22 @@ Digest Sha256::Finish() {
 Digest Sha256Of(std::string_view bytes) {
   Digest d{};
   unsigned int len = 0;
-  EVP_Digest(bytes.data(), bytes.size(), d.data(), &len, EVP_sha256(), nullptr);
+  EVP_Digest(bytes.data(), bytes.size(), d.data(), &len, Md(), nullptr);
+  return d;
+}
+
+Digest Sha256Of(std::string_view first, std::string_view second) {
+  // One context per thread, reset by each init: no allocation per hash.
+  thread_local struct Ctx {
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    ~Ctx() { EVP_MD_CTX_free(ctx); }
+  } c;
+  Digest d{};
+  unsigned int len = 0;
+  EVP_DigestInit_ex(c.ctx, Md(), nullptr);
+  EVP_DigestUpdate(c.ctx, first.data(), first.size());
+  EVP_DigestUpdate(c.ctx, second.data(), second.size());
+  EVP_DigestFinal_ex(c.ctx, d.data(), &len);
   return d;
 }
 

@@ -31,6 +31,8 @@ class Sha256 {
 };
 
 Digest Sha256Of(std::string_view bytes);
+// SHA-256 of first || second, without copying them together or allocating.
+Digest Sha256Of(std::string_view first, std::string_view second);
 std::string ToHex(const Digest& d);
 std::string Sha256Hex(std::string_view bytes);
 // Parses 64 hex digits.

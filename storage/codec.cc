@@ -50,6 +50,16 @@ class Reader {
   std::string_view in_;
 };
 
+// An event's hash: SHA-256(key || fields), the key written on the stack.
+Digest HashOf(uint64_t position, std::string_view fields) {
+  char key[8];
+  for (int i = 7; i >= 0; --i) {
+    key[i] = static_cast<char>(position & 0xff);
+    position >>= 8;
+  }
+  return Sha256Of(std::string_view(key, sizeof(key)), fields);
+}
+
 Status Malformed(uint64_t position, const char* what) {
   return Corruption("event " + std::to_string(position) + ": malformed value (" + what + ")");
 }
@@ -190,10 +200,7 @@ void EncodeEvent(uint64_t position, std::string_view stream, uint64_t version,
   value->append(reinterpret_cast<const char*>(prev_hash.data()), kDigestSize);
 
   // hash := SHA-256(key || fields); fields are everything after the format byte.
-  Sha256 h;
-  h.Update(EventKey(position));
-  h.Update(std::string_view(*value).substr(1));
-  *hash_out = h.Finish();
+  *hash_out = HashOf(position, std::string_view(*value).substr(1));
   value->append(reinterpret_cast<const char*>(hash_out->data()), kDigestSize);
 }
 
@@ -224,10 +231,7 @@ Status DecodeEvent(uint64_t position, std::string_view value, Envelope* env, Dig
   }
   if (r.remaining() != 0) return Malformed(position, "trailing bytes");
 
-  Sha256 h;
-  h.Update(EventKey(position));
-  h.Update(value.substr(1, value.size() - 1 - kDigestSize));
-  Digest computed = h.Finish();
+  Digest computed = HashOf(position, value.substr(1, value.size() - 1 - kDigestSize));
   if (computed != stored) {
     return Corruption("event " + std::to_string(position) + ": hash mismatch");
   }
