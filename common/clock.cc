@@ -32,13 +32,52 @@ std::string FormatTime(TimePoint t) {
   return buf;
 }
 
+namespace {
+
+// Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar (m in 1..12; a
+// day past the month's end counts on into the next, as timegm does).
+int64_t DaysFromCivil(int64_t y, int m, int d) {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const int64_t yoe = y - era * 400;
+  const int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+// "YYYY-MM-DDTHH:MM:SS" with every digit in its place (how FormatTime writes, and
+// so every stored event): read without sscanf, which replay would pay per event.
+bool CanonicalDateTime(std::string_view s, int* y, int* mo, int* d, int* h, int* mi, int* se) {
+  static constexpr char kShape[] = "dddd-dd-ddTdd:dd:dd";
+  for (size_t i = 0; i < 19; ++i) {
+    if (kShape[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != kShape[i]) return false;
+  }
+  auto num = [&](size_t at, size_t len) {
+    int v = 0;
+    for (size_t i = at; i < at + len; ++i) v = v * 10 + (s[i] - '0');
+    return v;
+  };
+  *y = num(0, 4);
+  *mo = num(5, 2);
+  *d = num(8, 2);
+  *h = num(11, 2);
+  *mi = num(14, 2);
+  *se = num(17, 2);
+  return true;
+}
+
+}  // namespace
+
 Result<TimePoint> ParseTime(std::string_view s) {
   auto bad = [&] { return InvalidArgument("invalid RFC 3339 time '" + std::string(s) + "'"); };
   if (s.size() < 20) return bad();
   int y, mo, d, h, mi, se;
-  std::string str(s);
-  if (std::sscanf(str.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &y, &mo, &d, &h, &mi, &se) != 6) {
-    return bad();
+  const bool canonical = CanonicalDateTime(s, &y, &mo, &d, &h, &mi, &se);
+  if (!canonical) {
+    std::string str(s);
+    if (std::sscanf(str.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &y, &mo, &d, &h, &mi, &se) != 6) {
+      return bad();
+    }
   }
   if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60) return bad();
   size_t i = 19;
@@ -56,6 +95,10 @@ Result<TimePoint> ParseTime(std::string_view s) {
   }
   std::string_view tz = s.substr(i);
   if (tz != "Z" && tz != "z" && tz != "+00:00") return bad();
+  if (canonical) {
+    int64_t secs = DaysFromCivil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se;
+    return FromMicros(secs * 1000000 + frac_us);
+  }
   struct tm tm_utc = {};
   tm_utc.tm_year = y - 1900;
   tm_utc.tm_mon = mo - 1;

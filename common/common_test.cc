@@ -53,6 +53,38 @@ TEST(ClockTest, FormatAndParseRoundTrip) {
   EXPECT_FALSE(ParseTime("2026-13-01T00:00:00Z").ok());
 }
 
+TEST(ClockTest, ParsesCanonicalTimesLikeTimegm) {
+  // ParseTime reads the canonical form with arithmetic: it must agree with timegm,
+  // including a day past the month's end and a leap second, which count on.
+  for (int y : {0, 1, 1600, 1899, 1969, 1970, 2000, 2024, 2026, 2100, 9999}) {
+    for (int mo : {1, 2, 3, 12}) {
+      for (int d : {1, 28, 29, 31}) {
+        for (int se : {0, 59, 60}) {
+          char text[64];
+          std::snprintf(text, sizeof(text), "%04d-%02d-%02dT23:07:%02d.000042Z", y, mo, d, se);
+          struct tm tm_utc = {};
+          tm_utc.tm_year = y - 1900;
+          tm_utc.tm_mon = mo - 1;
+          tm_utc.tm_mday = d;
+          tm_utc.tm_hour = 23;
+          tm_utc.tm_min = 7;
+          tm_utc.tm_sec = se;
+          auto t = ParseTime(text);
+          ASSERT_TRUE(t.ok()) << text;
+          EXPECT_EQ(ToMicros(*t), static_cast<int64_t>(timegm(&tm_utc)) * 1000000 + 42) << text;
+        }
+      }
+    }
+  }
+  // Not the canonical shape: the general reading (sscanf) takes what it took before.
+  auto spaced = ParseTime("2026-01-07T00:00: 1Z");
+  ASSERT_TRUE(spaced.ok());
+  EXPECT_EQ(FormatTime(*spaced), "2026-01-07T00:00:01.000000Z");
+  EXPECT_FALSE(ParseTime("2026-01-07T24:00:00Z").ok());
+  EXPECT_FALSE(ParseTime("2026-01-07T00:00:00").ok());
+  EXPECT_FALSE(ParseTime("2026-01-07T00:00:00+01:00").ok());
+}
+
 TEST(ClockTest, FormatsEveryTimePointWithoutOverflow) {
   EXPECT_EQ(FormatTime(FromMicros(-1)), "1969-12-31T23:59:59.999999Z");
   EXPECT_EQ(FormatTime(FromMicros(-1000000)), "1969-12-31T23:59:59.000000Z");
