@@ -506,5 +506,153 @@ TEST(FieldsTest, RefusesNamingThePathOfTheMissingOrMistypedField) {
   EXPECT_FALSE(o.ranks.has_value());
 }
 
+// DecodeText against what it stands for: ParseJson, then Decode. Where it decodes, the
+// struct must be the same; where it gives up, the caller takes that path anyway.
+bool SlowDecode(std::string_view text, Outer* o, int max_depth = 64) {
+  auto j = ParseJson(text, max_depth);
+  std::string err;
+  return j.ok() && fields::Decode(*j, o, &err);
+}
+
+TEST(FieldsTest, DecodeTextGivesWhatParseAndDecodeGive) {
+  const std::vector<std::string> texts = {
+      GoodOuter().dump(),
+      GoodOuter().dump(2),  // whitespace everywhere
+      R"({"name":"tab\there \"q\" back\\slash\/ \b\f\n\r","epoch":18446744073709551615,)"
+      R"("bytes":-9223372036854775808,"on":false,"ratio":-1.5e-3,"env":{"k":[1,{"x":null}]},)"
+      R"("argv":[],"exit_code":-2147483648,"ranks":null,"first":{"gpus":["0","1"],"rank":-0},)"
+      R"("extra":{"deep":[[[]]],"s":"}]"}})",
+      "{\"name\":\"caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80\",\"epoch\":0,\"bytes\":0,"
+      "\"on\":true,\"ratio\":2,\"env\":{},\"argv\":[\"a\"],\"first\":{\"rank\":1,"
+      "\"gpus\":[]}} \n",
+  };
+  for (const auto& text : texts) {
+    Outer fast, slow;
+    ASSERT_TRUE(fields::DecodeText(text, &fast)) << text;
+    ASSERT_TRUE(SlowDecode(text, &slow)) << text;
+    EXPECT_EQ(fields::Encode(fast), fields::Encode(slow)) << text;
+  }
+  // Every refused mutation of the refusal test is given up on.
+  Json good = GoodOuter();
+  for (auto mutate : std::vector<std::function<void(Json&)>>{
+           [](Json& j) { j.erase("name"); }, [](Json& j) { j["name"] = 5; },
+           [](Json& j) { j["epoch"] = -1; }, [](Json& j) { j["epoch"] = 1.5; },
+           [](Json& j) { j["on"] = 1; }, [](Json& j) { j["ratio"] = "x"; },
+           [](Json& j) { j["env"] = Json::array(); }, [](Json& j) { j["argv"][1] = false; },
+           [](Json& j) { j["exit_code"] = 4294967296LL; },
+           [](Json& j) { j["ranks"][0]["gpus"] = Json::object(); },
+           [](Json& j) { j["first"] = nullptr; }}) {
+    Json j = good;
+    mutate(j);
+    Outer o;
+    EXPECT_FALSE(fields::DecodeText(j.dump(), &o)) << j.dump();
+  }
+  // What it leaves to Json although Json decodes it: a Unicode escape, a key twice
+  // (Json keeps the last).
+  Json nameless = good;
+  nameless.erase("name");
+  const std::string rest = nameless.dump().replace(0, 1, ",");
+  for (const auto& [head, name] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"name":"\u00e9")", "\xC3\xA9"}, {R"({"name":"a","name":"b")", "b"}}) {
+    const std::string text = head + rest;
+    Outer fast, slow;
+    EXPECT_FALSE(fields::DecodeText(text, &fast)) << text;
+    ASSERT_TRUE(SlowDecode(text, &slow)) << text;
+    EXPECT_EQ(slow.name, name) << text;
+  }
+  // Not JSON: an unclosed document, text after it, a control character, bad UTF-8,
+  // a leading zero, a byte order mark inside.
+  for (std::string text :
+       {good.dump().substr(1), good.dump() + "x", good.dump() + "}",
+        std::string(R"({"name":"a\x01b")"), std::string("{\"name\":\"\xC3(\"")}) {
+    Outer o;
+    EXPECT_FALSE(fields::DecodeText(text, &o)) << text;
+  }
+  std::string zero = good.dump();
+  zero.replace(zero.find("\"epoch\":3"), 9, "\"epoch\":03");
+  std::string bom = good.dump();
+  bom.replace(bom.find("\"ratio\":0.5"), 11,
+              "\"ratio\":\xEF\xBB\xBF"
+              "0.5");
+  for (const auto& text : {zero, bom}) {
+    Outer fast, slow;
+    EXPECT_FALSE(fields::DecodeText(text, &fast)) << text;
+    EXPECT_FALSE(SlowDecode(text, &slow)) << text;
+  }
+}
+
+TEST(FieldsTest, DecodeTextKeepsTheDepthLimit) {
+  // ParseJson's max_depth counts objects and arrays open at once, the document's own
+  // object being the first. DecodeText takes a text only where ParseJson would.
+  auto agree = [](const std::string& text, int max_depth, bool want) {
+    Outer fast, slow;
+    EXPECT_EQ(SlowDecode(text, &slow, max_depth), want) << max_depth << " " << text;
+    EXPECT_EQ(fields::DecodeText(text, &fast, max_depth), want) << max_depth << " " << text;
+  };
+  // GoodOuter is 4 deep: the document, ranks, a rank (a nested struct), its gpus.
+  agree(GoodOuter().dump(), 4, true);
+  agree(GoodOuter().dump(), 3, false);
+  // Without ranks, 3 deep: first (a struct) holds gpus, env (a Json member) holds an array.
+  Json j = GoodOuter();
+  j.erase("ranks");
+  agree(j.dump(), 3, true);
+  agree(j.dump(), 2, false);
+  j["first"]["gpus"] = Json::array({Json::array()});  // a Json member's array, 4 deep
+  agree(j.dump(), 4, true);
+  agree(j.dump(), 3, false);
+  j["first"]["gpus"] = Json::array();
+  j["env"]["A"] = Json::array({Json::array()});  // 4 deep inside a Json object member
+  agree(j.dump(), 4, true);
+  agree(j.dump(), 3, false);
+  j["env"]["A"] = "1";
+  j["unknown"] = Json::array({Json::array({Json::object()})});  // an ignored member, 4 deep
+  agree(j.dump(), 4, true);
+  agree(j.dump(), 3, false);
+  j["unknown"] = "ignored";
+  j["argv"] = Json::array();  // a vector member: 2 deep, as first is 3
+  agree(j.dump(), 3, true);
+  agree(j.dump(), 1, false);
+}
+
+TEST(FieldsTest, DecodeTextOfMutatedTextIsParseAndDecodeOrGivesUp) {
+  // Single-byte edits of a good text (deterministic): wherever DecodeText decodes
+  // one, parsing and decoding it gives the same struct.
+  const std::string base = GoodOuter().dump();
+  const std::string palette = "{}[]\",:\\ -+.0123456789eEtruefalsn\x01\x7F\xC3\xA9\xFF";
+  uint64_t seed = 42;
+  auto next = [&] {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return seed >> 33;
+  };
+  int decoded = 0, checked = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string text = base;
+    for (uint64_t edits = 1 + next() % 2; edits > 0; --edits) {
+      size_t at = next() % text.size();
+      char c = palette[next() % palette.size()];
+      switch (next() % 3) {
+        case 0: text[at] = c; break;
+        case 1: text.insert(at, 1, c); break;
+        default: text.erase(at, 1);
+      }
+    }
+    // At the default limit, and at GoodOuter's own depth and one below it.
+    for (int max_depth : {3, 4}) {
+      Outer fast, slow;
+      if (!fields::DecodeText(text, &fast, max_depth)) continue;
+      ASSERT_TRUE(SlowDecode(text, &slow, max_depth)) << max_depth << " " << text;
+      ASSERT_EQ(fields::Encode(fast), fields::Encode(slow)) << text;
+    }
+    Outer fast, slow;
+    if (!fields::DecodeText(text, &fast)) continue;
+    ++decoded;
+    ASSERT_TRUE(SlowDecode(text, &slow)) << text;
+    ASSERT_EQ(fields::Encode(fast), fields::Encode(slow)) << text;
+    ++checked;
+  }
+  EXPECT_GT(decoded, 1000);  // the edits inside strings and numbers still decode
+  EXPECT_EQ(checked, decoded);
+}
+
 }  // namespace
 }  // namespace epoch

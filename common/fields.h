@@ -14,6 +14,15 @@
 //   if (!fields::Decode(j, &r, &err)) ...             // err: "cpu_millis: expected an integer, got
 //   string"
 //
+// Replay reads stored payloads straight from their JSON text with DecodeText, which
+// builds no Json document except for the Json members themselves:
+//
+//   if (!fields::DecodeText(text, &r, 256)) ... ParseJson(text) then Decode, as above
+//
+// It decodes only text it can take whole and gives up (false) on anything else,
+// leaving the errors to ParseJson and Decode; what it does decode is exactly what
+// they would give.
+//
 // Member types: std::string, bool, int, int64_t, uint64_t, double, Json (with a shape:
 // F = any value, Obj = an object, Arr = an array), std::optional<T> (absent or null is
 // nullopt; nullopt is not written), std::vector<T>, and structs that have Fields().
@@ -254,6 +263,182 @@ bool DecodeStruct(const Json& j, T* out, Error* e) {
   return ok;
 }
 
+// A cursor over JSON text for DecodeText. Each read consumes one well-formed token or
+// value of the kind asked for (whitespace before it skipped) and returns true, or
+// returns false: the text is not one DecodeText takes, and it gives up.
+class TextReader {
+ public:
+  TextReader(std::string_view text, int max_depth) : text_(text), max_depth_(max_depth) {}
+
+  int max_depth() const { return max_depth_; }
+  // The next non-space byte is c: consume it.
+  bool Consume(char c) {
+    SkipSpace();
+    if (at_ < text_.size() && text_[at_] == c) {
+      ++at_;
+      return true;
+    }
+    return false;
+  }
+  // Only whitespace is left.
+  bool AtEnd() {
+    SkipSpace();
+    return at_ == text_.size();
+  }
+  // A string with no Unicode escape (backslash-u), of well-formed UTF-8, decoded.
+  bool String(std::string* out);
+  // An object key with no escape: a view into the text.
+  bool Key(std::string_view* out);
+  // The literal null, consumed only if it is next.
+  bool Null();
+  bool Bool(bool* out);
+  // An integer literal (no fraction or exponent) of at most 64 bits: what Json holds
+  // as an unsigned (not negative) or a signed (negative) integer.
+  bool Integer(bool* negative, uint64_t* magnitude);
+  // Any value: its text, for Json's own parser (which checks it). `depth` is the
+  // nesting level an object or array here would have; none may exceed max_depth.
+  bool Value(int depth, std::string_view* text);
+
+ private:
+  void SkipSpace() {
+    while (at_ < text_.size() &&
+           (text_[at_] == ' ' || text_[at_] == '\n' || text_[at_] == '\r' || text_[at_] == '\t')) {
+      ++at_;
+    }
+  }
+
+  std::string_view text_;
+  size_t at_ = 0;
+  int max_depth_;
+};
+
+// Json::parse of `text` (a value TextReader::Value delimited); false where it throws.
+bool ParseValue(std::string_view text, Json* out);
+
+template <class T>
+bool DecodeStructText(TextReader& r, int depth, T* out);
+
+// One member from the text: the same value DecodeValue would give from the parsed
+// text, or false where DecodeValue would fail (or the text is one not taken).
+template <class M>
+bool DecodeValueText(TextReader& r, int depth, Shape shape, M* out) {
+  if constexpr (std::is_same_v<M, Json>) {
+    std::string_view text;
+    if (!r.Value(depth, &text) || !ParseValue(text, out)) return false;
+    return (shape != Shape::kObject || out->is_object()) &&
+           (shape != Shape::kArray || out->is_array());
+  } else if constexpr (IsOptional<M>::value) {
+    if (r.Null()) {
+      out->reset();
+      return true;
+    }
+    out->emplace();  // a fresh value, as DecodeValue decodes into
+    return DecodeValueText(r, depth, shape, &**out);
+  } else if constexpr (std::is_same_v<M, std::string>) {
+    return r.String(out);
+  } else if constexpr (std::is_same_v<M, bool>) {
+    return r.Bool(out);
+  } else if constexpr (std::is_integral_v<M>) {
+    bool negative = false;
+    uint64_t magnitude = 0;
+    if (!r.Integer(&negative, &magnitude)) return false;
+    if (!negative) {
+      if (magnitude > static_cast<uint64_t>(std::numeric_limits<M>::max())) return false;
+      *out = static_cast<M>(magnitude);
+      return true;
+    }
+    if constexpr (std::is_unsigned_v<M>) {
+      return magnitude == 0 ? (*out = 0, true) : false;  // -0 is 0
+    } else {
+      // |min| as unsigned, without overflowing.
+      const uint64_t limit = static_cast<uint64_t>(-(std::numeric_limits<M>::min() + 1)) + 1;
+      if (magnitude > limit) return false;
+      *out = static_cast<M>(-static_cast<int64_t>(magnitude - 1) - 1);
+      return true;
+    }
+  } else if constexpr (std::is_floating_point_v<M>) {
+    Json j;
+    std::string_view text;
+    if (!r.Value(depth, &text) || !ParseValue(text, &j) || !j.is_number()) return false;
+    *out = j.get<M>();
+    return true;
+  } else if constexpr (IsVector<M>::value) {
+    if (depth > r.max_depth() || !r.Consume('[')) return false;
+    out->clear();
+    if (r.Consume(']')) return true;
+    do {
+      typename M::value_type x{};
+      if (!DecodeValueText(r, depth + 1, Shape::kAny, &x)) return false;
+      out->push_back(std::move(x));
+    } while (r.Consume(','));
+    return r.Consume(']');
+  } else if constexpr (HasFields<M>) {
+    return DecodeStructText(r, depth, out);
+  } else {
+    static_assert(sizeof(M) == 0, "fields: no decoding for this member type");
+  }
+}
+
+template <class T>
+bool DecodeStructText(TextReader& r, int depth, T* out) {
+  constexpr size_t kCount = std::tuple_size_v<decltype(T::Fields())>;
+  static_assert(kCount <= 64, "fields: DecodeText tracks at most 64 members");
+  if (depth > r.max_depth() || !r.Consume('{')) return false;
+  uint64_t seen = 0;
+  if (!r.Consume('}')) {
+    do {
+      std::string_view key;
+      if (!r.Key(&key) || !r.Consume(':')) return false;
+      bool matched = false, ok = true;
+      std::apply(
+          [&](const auto&... f) {
+            size_t i = 0;
+            [[maybe_unused]] auto take = [&](const auto& field) {
+              const uint64_t bit = uint64_t{1} << i++;
+              if (matched || field.name != key) return;
+              matched = true;
+              // A key given twice: Json keeps the last; leave that to it.
+              if ((seen & bit) != 0) {
+                ok = false;
+                return;
+              }
+              seen |= bit;
+              ok = DecodeValueText(r, depth + 1, field.shape, &(out->*(field.member)));
+            };
+            (take(f), ...);
+          },
+          T::Fields());
+      if (!ok) return false;
+      if (!matched) {
+        // A key the list does not name: ignored, but the text must still be JSON.
+        std::string_view text;
+        Json ignored;
+        if (!r.Value(depth + 1, &text) || !ParseValue(text, &ignored)) return false;
+      }
+    } while (r.Consume(','));
+    if (!r.Consume('}')) return false;
+  }
+  // Members the text left out: an optional one is empty, any other is an error.
+  bool complete = true;
+  std::apply(
+      [&](const auto&... f) {
+        size_t i = 0;
+        [[maybe_unused]] auto absent = [&](const auto& field) {
+          const uint64_t bit = uint64_t{1} << i++;
+          if ((seen & bit) != 0) return;
+          auto& m = out->*(field.member);
+          if constexpr (IsOptional<std::remove_cvref_t<decltype(m)>>::value) {
+            m.reset();
+          } else {
+            complete = false;
+          }
+        };
+        (absent(f), ...);
+      },
+      T::Fields());
+  return complete;
+}
+
 // The number of members of aggregate T (what it can be brace-initialised with; a base
 // class counts as one).
 struct AnyMember {
@@ -292,6 +477,18 @@ bool Decode(const Json& j, T* out, std::string* error) {
   if (detail::DecodeStruct(j, out, &e)) return true;
   *error = e.path.empty() ? e.problem : e.path + ": " + e.problem;
   return false;
+}
+
+// The JSON text `text` into *out, as Decode(ParseJson(text, max_depth)) would give it,
+// building no Json document but the Json members'. False when the text is not one it
+// takes: malformed, a member missing or of the wrong type, a key twice, a Unicode escape
+// in a string, nesting deeper than max_depth. The caller then parses the text and
+// decodes that, which names the problem (or, for what it does not take, decodes it).
+// *out is then unspecified.
+template <HasFields T>
+bool DecodeText(std::string_view text, T* out, int max_depth = 64) {
+  detail::TextReader r(text, max_depth);
+  return detail::DecodeStructText(r, 1, out) && r.AtEnd();
 }
 
 }  // namespace epoch::fields
