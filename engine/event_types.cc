@@ -1,6 +1,8 @@
 #include "engine/event_types.h"
 
+#include <string_view>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 
 namespace epoch::engine::ev {
@@ -36,6 +38,31 @@ uint32_t VersionOf(std::string_view type) {
     using T = std::variant_alternative_t<I, Payload>;
     return T::kType == type ? T::kVersion : VersionOf<I + 1>(type);
   }
+}
+
+using TextDecoder = bool (*)(std::string_view text, Payload* out);
+
+template <class T>
+bool DecodeTextAs(std::string_view text, Payload* out) {
+  return fields::DecodeText(text, &out->emplace<T>(), kMaxPayloadDepth);
+}
+
+// The text decoder of a type's payload at today's version; null for a type this
+// Epoch does not know. Replay asks once per event: a hash lookup, not a walk of the
+// type names.
+TextDecoder FindTextDecoder(std::string_view type) {
+  static const auto* const decoders = [] {
+    auto* m = new std::unordered_map<std::string_view, TextDecoder>();
+    [&]<size_t... I>(std::index_sequence<I...>) {
+      (m->emplace(std::variant_alternative_t<I, Payload>::kType,
+                  &DecodeTextAs<std::variant_alternative_t<I, Payload>>),
+       ...);
+    }
+    (std::make_index_sequence<std::variant_size_v<Payload>>());
+    return m;
+  }();
+  auto it = decoders->find(type);
+  return it == decoders->end() ? nullptr : it->second;
 }
 
 template <size_t I = 0>
@@ -99,27 +126,59 @@ Result<Json> Upcast(std::string_view type, uint32_t from, Json data) {
   return data;
 }
 
+namespace {
+
+std::string Prefix(const RecordedEvent& e) {
+  return "event " + std::to_string(e.position) + " (" + e.type + "): ";
+}
+
+// `data` (today's version of e's type) decoded, or the error naming the field.
+Result<Payload> DecodeCurrent(const RecordedEvent& e, const Json& data) {
+  Payload p;
+  std::string error;
+  bool known = false;
+  if (DecodeAs(e, data, &p, &error, &known)) return p;
+  if (!known) {
+    return FailedPrecondition(Prefix(e) +
+                              "not an event type this Epoch knows: the log was written by a "
+                              "newer Epoch");
+  }
+  return Corruption(Prefix(e) + "field " + error);
+}
+
+// e.text, the stored payload at version e.schema.
+Result<Payload> DecodeStored(const RecordedEvent& e) {
+  const std::string& text = *e.text;
+  const uint32_t current = CurrentVersion(e.type);
+  if (current != 0 && (e.schema == 0 || e.schema == current)) {
+    Payload p;
+    if (TextDecoder decode = FindTextDecoder(e.type); decode != nullptr && decode(text, &p)) {
+      return p;
+    }
+  }
+  // What DecodeText does not take: parsed, upcast and decoded, each naming its problem.
+  auto j = ParseJson(text, kMaxPayloadDepth);
+  if (!j.ok()) return Corruption(Prefix(e) + "field data: " + j.status().message());
+  auto data = Upcast(e.type, e.schema == 0 ? current : e.schema, std::move(*j));
+  if (!data.ok()) return Status(data.status().code(), Prefix(e) + data.status().message());
+  if (!data->is_object()) return Corruption(Prefix(e) + "field data: not a JSON object");
+  return DecodeCurrent(e, *data);
+}
+
+}  // namespace
+
 Result<Payload> DecodeEvent(const RecordedEvent& e) {
-  auto prefix = [&] { return "event " + std::to_string(e.position) + " (" + e.type + "): "; };
+  if (e.text.has_value()) return DecodeStored(e);
   const Json* data = &e.data;
   Json upcast;
   uint32_t current = CurrentVersion(e.type);
   if (e.schema != 0 && e.schema != current) {
     auto u = Upcast(e.type, e.schema, e.data);
-    if (!u.ok()) return Status(u.status().code(), prefix() + u.status().message());
+    if (!u.ok()) return Status(u.status().code(), Prefix(e) + u.status().message());
     upcast = std::move(*u);
     data = &upcast;
   }
-  Payload p;
-  std::string error;
-  bool known = false;
-  if (DecodeAs(e, *data, &p, &error, &known)) return p;
-  if (!known) {
-    return FailedPrecondition(prefix() +
-                              "not an event type this Epoch knows: the log was written by a "
-                              "newer Epoch");
-  }
-  return Corruption(prefix() + "field " + error);
+  return DecodeCurrent(e, *data);
 }
 
 }  // namespace epoch::engine::ev

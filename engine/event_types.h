@@ -702,6 +702,14 @@ Result<Json> Upcast(std::string_view type, uint32_t from, Json data);
 
 // The typed payload of a recorded event: upcast, then decoded. Errors are kCorruption
 // "event <position> (<type>): field <path>: <problem>", or Upcast's.
+//
+// An event that carries its stored text (e.text, data left null) is decoded from that:
+// a payload of today's version straight from the text (fields::DecodeText, no Json
+// document), anything else as replay reads a stored payload: ParseJson (nesting up to
+// kMaxPayloadDepth; "field data: malformed JSON ..."), Upcast, an object ("field data:
+// not a JSON object"), then decoded. Either way the result, or the error, is the one
+// that parsing the text into e.data and decoding that would give.
+inline constexpr int kMaxPayloadDepth = 256;
 Result<Payload> DecodeEvent(const RecordedEvent& e);
 
 // A decided event of payload `p` on `stream`: the writer stamps the payload's version.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -129,6 +130,10 @@ struct RecordedEvent {
   // The payload's version: what the envelope says, and after FromEnvelope's upcast
   // today's version of the type. 0: written by this Epoch (today's version).
   uint32_t schema = 0;
+  // The payload as the store holds it (its JSON text, at version `schema`), for a
+  // replayed event whose `data` was left unparsed (null): ev::DecodeEvent then reads
+  // the text itself, and names any problem with it as parsing it would have.
+  std::optional<std::string> text = std::nullopt;
 };
 
 }  // namespace epoch::engine

@@ -135,5 +135,115 @@ TEST(GoldenTest, EveryPayloadVersionAppearsInAGoldenHistory) {
   EXPECT_EQ(upcast, 2);  // WorkflowRegistered and JobQueued are at v2
 }
 
+// What replay did with a stored payload before ev::DecodeEvent read its text: parse it
+// (engine/replay.cc FromEnvelope), upcast it, check that it is an object (Evolve),
+// decode it.
+Result<ev::Payload> DecodeParsed(const RecordedEvent& stored) {
+  auto prefix = "event " + std::to_string(stored.position) + " (" + stored.type + "): ";
+  auto j = ParseJson(*stored.text, ev::kMaxPayloadDepth);
+  if (!j.ok()) return Corruption(prefix + "field data: " + j.status().message());
+  auto data = ev::Upcast(stored.type, stored.schema, std::move(*j));
+  if (!data.ok()) return Status(data.status().code(), prefix + data.status().message());
+  if (!data->is_object()) return Corruption(prefix + "field data: not a JSON object");
+  RecordedEvent e = stored;
+  e.text.reset();
+  e.data = std::move(*data);
+  e.schema = ev::CurrentVersion(e.type);
+  return ev::DecodeEvent(e);
+}
+
+Json EncodePayload(const ev::Payload& p) {
+  return std::visit([](const auto& x) { return fields::Encode(x); }, p);
+}
+
+// DecodeEvent of an event carrying its stored text gives what parsing it gives: the
+// same payload or the same error.
+void ExpectSameAsParsed(const RecordedEvent& e) {
+  auto fast = ev::DecodeEvent(e);
+  auto slow = DecodeParsed(e);
+  ASSERT_EQ(fast.ok(), slow.ok()) << e.type << " " << *e.text << ": "
+                                  << (fast.ok() ? slow.status() : fast.status()).ToString();
+  if (!fast.ok()) {
+    EXPECT_EQ(fast.status().ToString(), slow.status().ToString()) << *e.text;
+    return;
+  }
+  EXPECT_EQ(fast->index(), slow->index()) << *e.text;
+  EXPECT_EQ(EncodePayload(*fast), EncodePayload(*slow)) << *e.text;
+}
+
+TEST(GoldenTest, EveryStoredPayloadDecodesFromItsTextAsFromItsParsedJson) {
+  int events = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(Dir())) {
+    if (entry.path().extension() != ".ndjson") continue;
+    std::ifstream in(entry.path());
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = ParseJson(line);
+      ASSERT_TRUE(j.ok()) << line;
+      RecordedEvent e;
+      e.position = (*j)["position"];
+      e.type = (*j)["type"];
+      e.schema = j->value("schema", 1u);
+      e.text = CanonicalDump((*j)["data"]);  // what the store holds
+      ExpectSameAsParsed(e);
+      auto decoded = ev::DecodeEvent(e);
+      EXPECT_TRUE(decoded.ok()) << decoded.status().ToString();
+      ++events;
+    }
+  }
+  EXPECT_GT(events, 100);
+}
+
+TEST(GoldenTest, AStoredPayloadThatDoesNotDecodeFailsAsWhenParsed) {
+  struct Case {
+    std::string type;
+    uint32_t schema;
+    std::string text;
+    std::string error;  // a part of the message both give; empty: both decode
+  };
+  const std::string deep = std::string(300, '[') + std::string(300, ']');
+  const std::vector<Case> cases = {
+      {"StepReady", 1, R"({"step":"a"})", ""},
+      {"StepReady", 1, R"({"step":"\u00e9"})", ""},        // left to Json: decodes
+      {"StepReady", 1, R"({"step":"a","step":"b"})", ""},  // Json keeps the last
+      {"StepReady", 1, R"({"step":"a","x":[]})", ""},      // an unknown member
+      {"JobQueued", 1, "", "field data: malformed JSON"},
+      {"StepReady", 1, R"({"step":"a")", "field data: malformed JSON"},
+      {"StepReady", 1, R"({"step":"a"} x)", "field data: malformed JSON"},
+      {"StepReady", 1, R"(["step"])", "field data: not a JSON object"},
+      {"StepReady", 1, R"({"step":"a","x":)" + deep + "}", "nested deeper than 256"},
+      {"StepReady", 1, R"({})", "field step: missing"},
+      {"StepReady", 1, R"({"step":5})", "field step: expected a string, got integer"},
+      {"StepReady", 2, R"({"step":"a"})", "written by a newer Epoch"},
+      {"StepReadied", 1, R"({"step":"a"})", "not one this Epoch knows"},
+      {"JobQueued", 1, R"("x")", "field data: not a JSON object, cannot upcast JobQueued v1"},
+  };
+  for (const auto& c : cases) {
+    RecordedEvent e;
+    e.position = 7;
+    e.type = c.type;
+    e.schema = c.schema;
+    e.text = c.text;
+    ExpectSameAsParsed(e);
+    auto got = ev::DecodeEvent(e);
+    if (c.error.empty()) {
+      EXPECT_TRUE(got.ok()) << c.text << ": " << got.status().ToString();
+    } else {
+      ASSERT_FALSE(got.ok()) << c.text;
+      EXPECT_NE(got.status().ToString().find("event 7 (" + c.type + "): "), std::string::npos)
+          << got.status().ToString();
+      EXPECT_NE(got.status().ToString().find(c.error), std::string::npos)
+          << got.status().ToString();
+    }
+  }
+  // Unparsed (schema 0: today's version) and parsed events of today's version decode alike.
+  RecordedEvent e;
+  e.type = "StepReady";
+  e.text = R"({"step":"s"})";
+  auto got = ev::DecodeEvent(e);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(std::get<ev::StepReady>(*got).step, "s");
+}
+
 }  // namespace
 }  // namespace epoch::engine
