@@ -614,6 +614,49 @@ TEST(FieldsTest, DecodeTextKeepsTheDepthLimit) {
   agree(j.dump(), 1, false);
 }
 
+// The type of every number in j and below (Json's == does not tell an unsigned 0
+// from a signed one).
+std::string NumberKinds(const Json& j) {
+  if (j.is_structured()) {
+    std::string out;
+    for (const auto& x : j) out += NumberKinds(x);
+    return out;
+  }
+  return j.is_number_unsigned() ? "u" : j.is_number_integer() ? "i" : j.is_number() ? "f" : "";
+}
+
+TEST(FieldsTest, DecodeTextBuildsJsonMembersAsTheParserDoes) {
+  // env (a Json object member): built directly where simple, else parsed.
+  for (const std::string env :
+       {R"({})", R"({ })", R"({"a":"b","n":-0,"u":0,"big":18446744073709551615})",
+        R"({"neg":-9223372036854775808,"nested":[[],{},[1,[true,false,null]]]})",
+        R"({"k":1,"k":[2]})",                             // a key twice: the last
+        R"({"f":1.5,"e":1e3,"x":-9223372036854775809})",  // floats: parsed
+        R"({"u":"\u00e9","t":"tab\tq\"","s":"cafÃ©"})", " {\n \"a\" : [ 1 , 2 ] \t} "}) {
+    Json good = GoodOuter();
+    good.erase("env");
+    std::string text = good.dump();
+    text.insert(1, "\"env\":" + env + ",");
+    Outer fast, slow;
+    ASSERT_TRUE(fields::DecodeText(text, &fast)) << text;
+    ASSERT_TRUE(SlowDecode(text, &slow)) << text;
+    EXPECT_EQ(fast.env, slow.env) << text;
+    EXPECT_EQ(fast.env.dump(), slow.env.dump()) << text;
+    EXPECT_EQ(NumberKinds(fast.env), NumberKinds(slow.env)) << text;
+  }
+  // What neither takes: a leading zero, a trailing comma, a bare word, bad UTF-8.
+  for (const std::string env : {R"({"a":01})", R"({"a":1,})", R"([1,])", R"({"a":nul})",
+                                "{\"a\":\"\xC3(\"}", R"({"a" 1})"}) {
+    Json good = GoodOuter();
+    good.erase("env");
+    std::string text = good.dump();
+    text.insert(1, "\"env\":" + env + ",");
+    Outer fast, slow;
+    EXPECT_FALSE(fields::DecodeText(text, &fast)) << text;
+    EXPECT_FALSE(SlowDecode(text, &slow)) << text;
+  }
+}
+
 TEST(FieldsTest, DecodeTextOfMutatedTextIsParseAndDecodeOrGivesUp) {
   // Single-byte edits of a good text (deterministic): wherever DecodeText decodes
   // one, parsing and decoding it gives the same struct.
@@ -642,12 +685,14 @@ TEST(FieldsTest, DecodeTextOfMutatedTextIsParseAndDecodeOrGivesUp) {
       if (!fields::DecodeText(text, &fast, max_depth)) continue;
       ASSERT_TRUE(SlowDecode(text, &slow, max_depth)) << max_depth << " " << text;
       ASSERT_EQ(fields::Encode(fast), fields::Encode(slow)) << text;
+      ASSERT_EQ(NumberKinds(fields::Encode(fast)), NumberKinds(fields::Encode(slow))) << text;
     }
     Outer fast, slow;
     if (!fields::DecodeText(text, &fast)) continue;
     ++decoded;
     ASSERT_TRUE(SlowDecode(text, &slow)) << text;
     ASSERT_EQ(fields::Encode(fast), fields::Encode(slow)) << text;
+    ASSERT_EQ(NumberKinds(fields::Encode(fast)), NumberKinds(fields::Encode(slow))) << text;
     ++checked;
   }
   EXPECT_GT(decoded, 1000);  // the edits inside strings and numbers still decode

@@ -186,6 +186,70 @@ bool TextReader::Value(int depth, std::string_view* out) {
   return true;
 }
 
+bool TextReader::SimpleValue(int depth, Json* out) {
+  SkipSpace();
+  if (at_ >= text_.size()) return false;
+  switch (text_[at_]) {
+    case '{': {
+      if (depth > max_depth_) return false;
+      ++at_;
+      *out = Json::object();
+      if (Consume('}')) return true;
+      do {
+        std::string_view key;
+        if (!Key(&key) || !Consume(':')) return false;
+        // A key given twice: Json's parser keeps the last value, as this does.
+        if (!SimpleValue(depth + 1, &(*out)[std::string(key)])) return false;
+      } while (Consume(','));
+      return Consume('}');
+    }
+    case '[': {
+      if (depth > max_depth_) return false;
+      ++at_;
+      *out = Json::array();
+      if (Consume(']')) return true;
+      do {
+        Json element;
+        if (!SimpleValue(depth + 1, &element)) return false;
+        out->push_back(std::move(element));
+      } while (Consume(','));
+      return Consume(']');
+    }
+    case '"': {
+      std::string s;
+      if (!String(&s)) return false;
+      *out = std::move(s);
+      return true;
+    }
+    case 't':
+    case 'f': {
+      bool b = false;
+      if (!Bool(&b)) return false;
+      *out = b;
+      return true;
+    }
+    case 'n':
+      if (!Null()) return false;
+      *out = nullptr;
+      return true;
+    default: {
+      // Json's parser holds a non-negative integer as unsigned, a negative one
+      // (-0 included) as signed; one of more than 64 bits is a float: not taken.
+      bool negative = false;
+      uint64_t magnitude = 0;
+      if (!Integer(&negative, &magnitude)) return false;
+      if (!negative) {
+        *out = magnitude;
+      } else if (magnitude <= uint64_t{1} << 63) {
+        *out = magnitude == 0 ? int64_t{0} : -static_cast<int64_t>(magnitude - 1) - 1;
+      } else {
+        return false;
+      }
+      return true;
+    }
+  }
+}
+
 bool ParseValue(std::string_view text, Json* out) {
   // Json skips a byte order mark at the start of its input; inside a document it
   // is an error.

@@ -298,6 +298,12 @@ class TextReader {
   // Any value: its text, for Json's own parser (which checks it). `depth` is the
   // nesting level an object or array here would have; none may exceed max_depth.
   bool Value(int depth, std::string_view* text);
+  // A value built without Json's parser, as that parser would build it: objects,
+  // arrays, strings (no Unicode escape), integers, true, false and null. False on
+  // anything else (a fraction or exponent, say): rewind and take Value instead.
+  bool SimpleValue(int depth, Json* out);
+  size_t position() const { return at_; }
+  void Rewind(size_t position) { at_ = position; }
 
  private:
   void SkipSpace() {
@@ -315,6 +321,17 @@ class TextReader {
 // Json::parse of `text` (a value TextReader::Value delimited); false where it throws.
 bool ParseValue(std::string_view text, Json* out);
 
+// The next value into *out, as Json's parser would give it: built directly where it
+// is simple (most payloads' Json members are {} or a few strings and integers),
+// else delimited and handed to the parser.
+inline bool JsonValue(TextReader& r, int depth, Json* out) {
+  const size_t start = r.position();
+  if (r.SimpleValue(depth, out)) return true;
+  r.Rewind(start);
+  std::string_view text;
+  return r.Value(depth, &text) && ParseValue(text, out);
+}
+
 template <class T>
 bool DecodeStructText(TextReader& r, int depth, T* out);
 
@@ -323,8 +340,7 @@ bool DecodeStructText(TextReader& r, int depth, T* out);
 template <class M>
 bool DecodeValueText(TextReader& r, int depth, Shape shape, M* out) {
   if constexpr (std::is_same_v<M, Json>) {
-    std::string_view text;
-    if (!r.Value(depth, &text) || !ParseValue(text, out)) return false;
+    if (!JsonValue(r, depth, out)) return false;
     return (shape != Shape::kObject || out->is_object()) &&
            (shape != Shape::kArray || out->is_array());
   } else if constexpr (IsOptional<M>::value) {
@@ -411,9 +427,8 @@ bool DecodeStructText(TextReader& r, int depth, T* out) {
       if (!ok) return false;
       if (!matched) {
         // A key the list does not name: ignored, but the text must still be JSON.
-        std::string_view text;
         Json ignored;
-        if (!r.Value(depth + 1, &text) || !ParseValue(text, &ignored)) return false;
+        if (!JsonValue(r, depth + 1, &ignored)) return false;
       }
     } while (r.Consume(','));
     if (!r.Consume('}')) return false;
