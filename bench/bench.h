@@ -12,6 +12,10 @@ int RunAppendBench(int argc, char** argv);
 int RunStepsBench(int argc, char** argv);
 // epoch-bench submit [--clients 1,8,32] [--seconds S]: durable runs/s over HTTP.
 int RunSubmitBench(int argc, char** argv);
+// epoch-bench containers [N...] [--seconds S] [--rate R]: N simulated containers (async
+// clients in one process) against a real epochd: dispatch p50/p99, epochd's threads,
+// RSS and CPU.
+int RunContainersBench(int argc, char** argv);
 // epoch-bench schedule [--attempts N] [--containers C] [--gpus G]: placement decisions/s.
 int RunScheduleBench(int argc, char** argv);
 // epoch-bench history N DIR: a data dir with >= N events of real runs (ha_bench.cc).

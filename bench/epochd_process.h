@@ -15,6 +15,7 @@ class EpochdProcess {
   explicit EpochdProcess(const std::vector<std::string>& sets);
   ~EpochdProcess();
   const std::string& url() const { return url_; }
+  pid_t pid() const { return pid_; }
   // An admin token for this epochd (added to its data dir's tokens.json).
   const std::string& token() const { return token_; }
   // With EPOCH_BENCH_TLS=1 (HTTPS): the generated certificate to trust; else empty.

@@ -18,6 +18,8 @@ constexpr Subcommand kSubcommands[] = {
     {"steps", epoch::bench::RunStepsBench, "N no-op steps through local containers: steps/s"},
     {"submit", epoch::bench::RunSubmitBench,
      "runs/s acknowledged durably over HTTP with K clients, p50/p99"},
+    {"containers", epoch::bench::RunContainersBench,
+     "[N...]: N simulated containers long-polling a real epochd; dispatch p50/p99, threads, RSS"},
     {"schedule", epoch::bench::RunScheduleBench,
      "placement decisions/s: 1,000 queued attempts over 100 containers of 8 GPUs"},
     {"history", epoch::bench::RunHistoryBench,
