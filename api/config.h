@@ -71,7 +71,7 @@ struct Config {
   int io_threads = 2;    // api.ioThreads: threads that run every socket
   int max_streams = 1024;               // concurrent SSE streams in all
   int max_streams_per_principal = 16;   // ... per token (api.maxStreamsPerPrincipal)
-  int max_connections = 10000;          // api.maxConnections (and at most RLIMIT_NOFILE / 2)
+  int max_connections = 10000;          // api.maxConnections (and within RLIMIT_NOFILE)
   int max_connections_per_client = 256; // api.maxConnectionsPerClient: per remote IP
   uint64_t max_log_response_bytes = 8 << 20;  // api.maxLogResponseBytes: one log answer
   Micros tls_handshake_timeout = std::chrono::seconds(10);  // api.tlsHandshakeTimeout

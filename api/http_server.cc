@@ -105,9 +105,9 @@ void ServerCore::Handle(HttpRequest& req, HttpResponse& res) {
 
 // ---- connections -------------------------------------------------------------------
 
-void ServerCore::Park(uint64_t id, std::weak_ptr<SessionBase> s) {
+void ServerCore::Park(uint64_t id, std::weak_ptr<SessionBase> s, std::string path) {
   MutexLock lock(&mu);
-  parked[id] = std::move(s);
+  parked[id] = Parked{std::move(s), std::move(path)};
 }
 
 void ServerCore::Unpark(uint64_t id) {
@@ -196,12 +196,39 @@ void ServerCore::NotifierLoop() {
       continue;
     }
     seen = now;
-    std::unordered_map<uint64_t, std::weak_ptr<SessionBase>> woken;
+    // Which parked answers the change concerns is asked outside mu (Concerns may read
+    // the engine's state); those still parked afterwards are woken. A session that
+    // parks meanwhile checks for itself (Session::Park).
+    std::vector<std::pair<uint64_t, std::string>> keyed;
+    std::vector<std::weak_ptr<SessionBase>> woken;
     {
       MutexLock lock(&mu);
-      woken.swap(parked);
+      if (!options.change_concerns) {
+        for (auto& [id, p] : parked) woken.push_back(std::move(p.session));
+        parked.clear();
+      } else {
+        for (auto it = parked.begin(); it != parked.end();) {
+          if (it->second.path.empty() || it->second.session.expired()) {
+            woken.push_back(std::move(it->second.session));
+            it = parked.erase(it);
+          } else {
+            keyed.emplace_back(it->first, it->second.path);
+            ++it;
+          }
+        }
+      }
     }
-    for (auto& [id, w] : woken) {
+    if (!keyed.empty()) {
+      std::erase_if(keyed, [this](const auto& k) { return !Concerns(k.second); });
+      MutexLock lock(&mu);
+      for (const auto& [id, path] : keyed) {
+        auto it = parked.find(id);
+        if (it == parked.end()) continue;  // woken meanwhile (its deadline), or gone
+        woken.push_back(std::move(it->second.session));
+        parked.erase(it);
+      }
+    }
+    for (auto& w : woken) {
       if (auto s = w.lock()) s->WakeSoon();
     }
     MutexLock lock(&notifier_mu);
@@ -257,7 +284,8 @@ Result<int> HttpServer::Bind(const std::string& host, int port) {
     s.tls.emplace(std::move(ctx));
   }
   // Every connection is a descriptor: take what the hard limit allows, and keep half of
-  // it for the store, logs and child processes.
+  // it, at most 4096, for the store, logs and child processes (a hard limit of 20,000
+  // then still serves 10,000 containers' long polls and their users).
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
     if (rl.rlim_cur < rl.rlim_max) {
@@ -266,8 +294,11 @@ Result<int> HttpServer::Bind(const std::string& host, int port) {
       if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
     }
   }
-  int64_t fd_cap =
-      rl.rlim_cur == RLIM_INFINITY ? (1LL << 30) : static_cast<int64_t>(rl.rlim_cur) / 2;
+  constexpr int64_t kKeptFiles = 4096;
+  int64_t fd_cap = rl.rlim_cur == RLIM_INFINITY
+                       ? (1LL << 30)
+                       : static_cast<int64_t>(rl.rlim_cur) -
+                             std::min<int64_t>(static_cast<int64_t>(rl.rlim_cur) / 2, kKeptFiles);
   s.connection_cap =
       static_cast<int>(std::min<int64_t>(o.max_connections, std::max<int64_t>(fd_cap, 64)));
   if (s.connection_cap < o.max_connections) {

@@ -6,8 +6,8 @@
 //  - Connections: an acceptor, one session per connection (plain or TLS), keep-alive and
 //    pipelining, a global cap (`max_connections`) and a cap per client IP
 //    (`max_connections_per_client`); a connection over either cap is closed at once.
-//    RLIMIT_NOFILE is raised to its hard limit when the server binds, and at most half
-//    of it goes to connections.
+//    RLIMIT_NOFILE is raised to its hard limit when the server binds, and all of it
+//    goes to connections but half of it, at most 4096, kept for everything else.
 //  - Parsing: request heads of at most `max_header_bytes` (else 400), bodies of at most
 //    `max_body_bytes` whether sized by Content-Length or chunked (else 413 as soon as
 //    the limit is passed; what the client still sends is read and dropped for up to
@@ -25,8 +25,8 @@
 //  - at once: fill HttpResponse (status, headers, body);
 //  - later (long polls): HttpResponse::Defer(deadline, poll). The response parks without
 //    a thread; `poll` runs on a worker right away, then each time the change counter
-//    moves and at the deadline (expired = true, when it must answer), until it
-//    returns true;
+//    moves (and `change_concerns` says the change may concern it) and at the deadline
+//    (expired = true, when it must answer), until it returns true;
 //  - as a stream (SSE): HttpResponse::Stream(content_type, produce, tick). The head goes
 //    out (chunked; the connection closes when the stream ends), then `produce` runs on a
 //    worker right away, when the change counter moves, every `tick` (if set) and, when
@@ -136,7 +136,7 @@ struct HttpServerOptions {
   int worker_threads = 32;
   size_t max_header_bytes = 8 << 10;
   size_t max_body_bytes = 1 << 20;
-  int max_connections = 10000;           // also at most half of RLIMIT_NOFILE
+  int max_connections = 10000;           // also within RLIMIT_NOFILE (see above)
   int max_connections_per_client = 256;  // per remote IP
   Micros tls_handshake_timeout = std::chrono::seconds(10);
   Micros header_timeout = std::chrono::seconds(10);  // a complete request head
@@ -151,6 +151,14 @@ struct HttpServerOptions {
   // early; the notifier copes). Unset: parked responses wake only on deadlines/ticks.
   std::function<uint64_t()> change_counter;
   std::function<void(uint64_t seen, std::chrono::milliseconds timeout)> wait_for_change;
+  // Optional: whether a change can concern the parked deferred answer (not a stream) to
+  // a request for `path`. False leaves it parked until a later change or its deadline,
+  // so that a change wakes only the long polls it concerns, not every one (10,000 parked
+  // container polls would otherwise all run again on every commit). Runs on the notifier
+  // and IO threads with no lock of the server held, after the change is visible to the
+  // polls; must be cheap, and true whenever in doubt. Unset: every change wakes every
+  // parked answer.
+  std::function<bool(const std::string& path)> change_concerns;
 };
 
 // Counters, for /metrics and tests.

@@ -155,7 +155,13 @@ class ServerCore {
   mutable Mutex mu;
   CondVar released_cv;  // a connection was released (Stop waits on it)
   std::unordered_map<uint64_t, std::weak_ptr<SessionBase>> sessions GUARDED_BY(mu);
-  std::unordered_map<uint64_t, std::weak_ptr<SessionBase>> parked GUARDED_BY(mu);
+  // A parked session, and the path whose changes concern it (options.change_concerns);
+  // empty: every change does (streams).
+  struct Parked {
+    std::weak_ptr<SessionBase> session;
+    std::string path;
+  };
+  std::unordered_map<uint64_t, Parked> parked GUARDED_BY(mu);
   std::map<std::string, int> per_client GUARDED_BY(mu);
   uint64_t next_id GUARDED_BY(mu) = 0;
   uint64_t open GUARDED_BY(mu) = 0;
@@ -184,8 +190,13 @@ class ServerCore {
   // Pre-routing, routing, the handler; exceptions become 500s. A worker thread.
   void Handle(HttpRequest& req, HttpResponse& res);
 
-  // A parked session is woken by the notifier when the change counter moves.
-  void Park(uint64_t id, std::weak_ptr<SessionBase> s);
+  // A parked session is woken by the notifier when the change counter moves and the
+  // change concerns `path` (Concerns; "" for streams: every change does).
+  void Park(uint64_t id, std::weak_ptr<SessionBase> s, std::string path);
+  // Whether a change may concern the parked answer to `path` (options.change_concerns).
+  bool Concerns(const std::string& path) const {
+    return path.empty() || !options.change_concerns || options.change_concerns(path);
+  }
   void Unpark(uint64_t id);
   // A session is gone: its slot (in all and for its client's IP) frees.
   void Release(uint64_t id, const std::string& ip);

@@ -201,6 +201,16 @@ class HttpServerTest : public ::testing::Test {
         return true;
       });
     });
+    // Long polls per key: answer once `ready_` is set, counting their runs per key.
+    server_->Route("GET", "/keyed/([^/]+)", [this](HttpRequest& req, HttpResponse& res) {
+      std::atomic<int>* runs = req.matches[1] == "a" ? &keyed_a_ : &keyed_b_;
+      res.Defer(SteadyClock::now() + 5s, [this, runs](HttpResponse& r, bool expired) {
+        ++*runs;
+        if (!ready_ && !expired) return false;
+        r.SetContent(expired ? "expired" : "ready", "text/plain");
+        return true;
+      });
+    });
     // A stream: one line now, then one per counter change; ends at "end".
     server_->Route("GET", "/stream", [this](HttpRequest&, HttpResponse& res) {
       auto guard = std::shared_ptr<int>(new int(0), [this](int* p) {
@@ -249,7 +259,7 @@ class HttpServerTest : public ::testing::Test {
   std::unique_ptr<HttpServer> server_;
   int port_ = 0;
   std::atomic<int> echoes_{0}, polls_{0}, streams_opened_{0}, streams_released_{0};
-  std::atomic<int> firehose_calls_{0};
+  std::atomic<int> firehose_calls_{0}, keyed_a_{0}, keyed_b_{0};
   std::atomic<bool> ready_{false}, stream_end_{false};
 };
 
@@ -509,6 +519,53 @@ TEST_F(HttpServerTest, LongPollsAndStreamsHoldNoWorker) {
   EXPECT_TRUE(eof);
   EXPECT_NE(rest.find("0\r\n\r\n"), std::string::npos) << rest;
   EXPECT_TRUE(WaitFor([&] { return streams_released_.load() == 1; }, 2000ms));
+}
+
+TEST_F(HttpServerTest, AChangeWakesOnlyTheLongPollsItConcernsAndEveryStream) {
+  HttpServerOptions o;
+  std::mutex mu;
+  std::string hot = "/keyed/a";
+  o.change_concerns = [&](const std::string& path) {
+    std::lock_guard<std::mutex> lock(mu);
+    return path == hot;
+  };
+  StartServer(o);
+  Conn a(port_), b(port_), stream(port_);
+  ASSERT_TRUE(a.Send(Get("/keyed/a")));
+  ASSERT_TRUE(b.Send(Get("/keyed/b")));
+  ASSERT_TRUE(stream.Send(Get("/stream")));
+  ASSERT_TRUE(WaitFor([&] { return server_->stats().parked == 3; }, 5000ms));
+  std::string lines;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        lines += stream.ReadSome(20ms);
+        return lines.find("data: changed\n\n") != std::string::npos;
+      },
+      5000ms))
+      << lines;
+  lines.clear();
+  const int b_runs = keyed_b_.load();
+  // A change that concerns /keyed/a: it answers, the stream writes a line, b sleeps on.
+  ready_ = true;
+  changes_.Bump();
+  EXPECT_EQ(BodyOf(a.ReadResponse(3000ms)), "ready");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        lines += stream.ReadSome(20ms);
+        return lines.find("data: changed") != std::string::npos;
+      },
+      3000ms));
+  EXPECT_EQ(b.ReadSome(200ms), "") << "a change that does not concern b woke it";
+  EXPECT_EQ(keyed_b_.load(), b_runs);
+  // One that concerns it wakes it.
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    hot = "/keyed/b";
+  }
+  changes_.Bump();
+  EXPECT_EQ(BodyOf(b.ReadResponse(3000ms)), "ready");
+  EXPECT_EQ(keyed_b_.load(), b_runs + 1);
+  server_->Stop();  // before `hot` and `mu` go
 }
 
 TEST_F(HttpServerTest, ALongPollAnswersAtItsDeadlineWithoutAChange) {

@@ -304,9 +304,12 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   // ---- parked responses ----
   void Park(uint64_t seen, SteadyClock::time_point wake_at) {
     state_ = State::kParked;
-    server_->Park(id_, this->weak_from_this());
-    // A change between the job's start and now would otherwise be missed.
-    if (server_->Counter() != seen) return OnWake(true);
+    // A deferred answer wakes for the changes that concern its path; a stream for all.
+    std::string path = response_.streaming() || !request_ ? "" : request_->path;
+    server_->Park(id_, this->weak_from_this(), path);
+    // A change between the job's start and now would otherwise be missed (one after the
+    // Park above is the notifier's to see).
+    if (server_->Counter() != seen && server_->Concerns(path)) return OnWake(true);
     if (wake_at != SteadyClock::time_point::max()) ArmWake(wake_at);
   }
 

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -77,6 +78,23 @@ struct ApiServer::Impl {
     o.change_counter = [e] { return e->Generation(); };
     o.wait_for_change = [e](uint64_t seen, std::chrono::milliseconds timeout) {
       e->WaitForChange(seen, std::chrono::duration_cast<Micros>(timeout));
+    };
+    // A parked container poll (routes_containers.cc) answers early only with assignments
+    // or cancels (Engine::DispatchFor), which are attempts placed on its container: a
+    // container with none placed sleeps through every other commit. Thousands of idle
+    // containers then cost nothing per commit (issue 16).
+    o.change_concerns = [e](const std::string& path) {
+      constexpr std::string_view kPrefix = "/v1/containers/", kSuffix = "/poll";
+      std::string_view p = path;
+      if (p.size() <= kPrefix.size() + kSuffix.size() || !p.starts_with(kPrefix) ||
+          !p.ends_with(kSuffix)) {
+        return true;
+      }
+      std::string id(p.substr(kPrefix.size(), p.size() - kPrefix.size() - kSuffix.size()));
+      return e->Read([&](const engine::State& s) {
+        auto it = s.containers.find(id);
+        return it == s.containers.end() || !it->second.attempts.empty();
+      });
     };
     return o;
   }
