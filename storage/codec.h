@@ -35,6 +35,9 @@
 //     key   := tenant: name  0x00  key: byte*
 //     value := byte*                             e.g. the run id
 //
+//   Column families `read_records`, `read_index`: the read model (event_store.h
+//   ReadModelFamily); keys and values are the engine's (engine/archive.h).
+//
 // The `default` family is unused. A value that does not parse, or whose hash does
 // not match, is reported as kCorruption naming the event's position.
 //
@@ -56,6 +59,8 @@ inline constexpr char kStreamsFamily[] = "streams";
 inline constexpr char kMetaFamily[] = "meta";
 inline constexpr char kSnapshotsFamily[] = "snapshots";
 inline constexpr char kIdempotencyFamily[] = "idempotency";
+inline constexpr char kReadRecordsFamily[] = "read_records";
+inline constexpr char kReadIndexFamily[] = "read_index";
 
 inline constexpr char kHeadMetaKey[] = "head";
 inline constexpr uint8_t kEnvelopeFormatV1 = 0x01;

@@ -74,6 +74,20 @@ struct StreamAppend {
   std::vector<NewEvent> events;
 };
 
+// The read model: records derived from the log that readers query instead of a
+// master's memory (the engine keeps finished runs there). Two column families of its
+// own: `read_records` (the records) and `read_index` (keys that index them). The store
+// gives them no meaning; whoever writes them can rebuild them from the log.
+enum class ReadModelFamily { kRecords, kIndex };
+struct ReadModelWrite {
+  ReadModelFamily family = ReadModelFamily::kRecords;
+  std::string key;                   // non-empty
+  std::optional<std::string> value;  // nullopt: delete the key
+};
+struct ReadModelEntry {
+  std::string key, value;
+};
+
 // One atomic unit: every stream append in it commits, or none does.
 struct AppendBatch {
   std::vector<StreamAppend> appends;
@@ -84,6 +98,9 @@ struct AppendBatch {
   // Each pair is {IdempotencyRecordKey(tenant, key), value}, i.e. first is
   // tenant + '\0' + key (the tenant has no NUL; the key is non-empty).
   std::vector<std::pair<std::string, std::string>> idempotency;
+  // Read-model writes that must agree with these events: written in the same synced
+  // WriteBatch (only if the batch commits), in order.
+  std::vector<ReadModelWrite> read_model;
 };
 
 // The first member of an AppendBatch::idempotency pair: tenant, 0x00, key.
@@ -181,6 +198,39 @@ class EventStore {
   // only the latest (older ones are deleted in the same synced batch).
   virtual Status PutSnapshot(uint64_t position, const std::string& bytes) = 0;
   virtual Result<std::optional<std::pair<uint64_t, std::string>>> LatestSnapshot() = 0;
+
+  // --- The read model (ReadModelFamily) ---
+  // Writes outside any append: what a rebuild from the log derives. Synced when
+  // `sync` (a rebuild writes unsynced batches, then one synced marker). Refused like
+  // every write on a secondary, a refused store, or after a write failure.
+  virtual Status WriteReadModel(const std::vector<ReadModelWrite>& writes, bool sync) {
+    (void)writes;
+    (void)sync;
+    return FailedPrecondition("this event store has no read model");
+  }
+  virtual Result<std::optional<std::string>> GetReadModel(ReadModelFamily family,
+                                                          const std::string& key) {
+    (void)family;
+    (void)key;
+    return FailedPrecondition("this event store has no read model");
+  }
+  // Entries with from <= key < to (to empty: no upper bound), ascending, or descending
+  // when `reverse`; at most `limit`.
+  virtual Result<std::vector<ReadModelEntry>> ScanReadModel(ReadModelFamily family,
+                                                            const std::string& from,
+                                                            const std::string& to, bool reverse,
+                                                            size_t limit) {
+    (void)family;
+    (void)from;
+    (void)to;
+    (void)reverse;
+    (void)limit;
+    return FailedPrecondition("this event store has no read model");
+  }
+  // Deletes every key of both families (synced): the next owner rebuilds them.
+  virtual Status ClearReadModel() {
+    return FailedPrecondition("this event store has no read model");
+  }
 
   // Approximate size on disk, for /v1/cluster and /metrics.
   virtual uint64_t ApproximateSizeBytes() = 0;

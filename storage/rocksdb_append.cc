@@ -67,6 +67,10 @@ Status ValidateBatch(const AppendBatch& batch, size_t* bytes) {
     }
     total += record_key.size() + value.size();
   }
+  for (const ReadModelWrite& w : batch.read_model) {
+    if (w.key.empty()) return InvalidArgument("a read-model write has an empty key");
+    total += w.key.size() + (w.value ? w.value->size() : 0) + 16;
+  }
   *bytes = total;
   return Status::Ok();
 }
@@ -234,6 +238,13 @@ uint64_t RocksDbEventStore::CommitGroup(const std::vector<Writer*>& group) {
     for (size_t i = 0; i < keys.size(); ++i) {
       wb.Put(d->idempotency, keys[i], w->batch.idempotency[i].second);
       group_keys.insert(std::move(keys[i]));
+    }
+    for (const ReadModelWrite& rw : w->batch.read_model) {
+      if (rw.value) {
+        wb.Put(d->read_model(rw.family), rw.key, *rw.value);
+      } else {
+        wb.Delete(d->read_model(rw.family), rw.key);
+      }
     }
     for (auto& [s, v] : mine) group_versions[s] = v;
     w->staged = std::move(res);

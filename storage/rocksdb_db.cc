@@ -197,6 +197,8 @@ Result<std::shared_ptr<Db>> OpenDb(const std::string& path, const std::string& s
       {codec::kMetaFamily, cf_options},
       {codec::kSnapshotsFamily, cf_options},
       {codec::kIdempotencyFamily, cf_options},
+      {codec::kReadRecordsFamily, cf_options},
+      {codec::kReadIndexFamily, cf_options},
   };
   auto d = std::make_shared<Db>();
   rocksdb::Status s = secondary_path.empty()
@@ -213,6 +215,8 @@ Result<std::shared_ptr<Db>> OpenDb(const std::string& path, const std::string& s
   d->meta = d->handles[3];
   d->snapshots = d->handles[4];
   d->idempotency = d->handles[5];
+  d->read_records = d->handles[6];
+  d->read_index = d->handles[7];
   d->secondary = !secondary_path.empty();
   return d;
 }

@@ -34,6 +34,7 @@
 
 #include "common/mutex.h"
 #include "common/status.h"
+#include "storage/event_store.h"
 
 namespace epoch::storage::internal {
 
@@ -77,6 +78,11 @@ struct Db {
   rocksdb::ColumnFamilyHandle* meta = nullptr;
   rocksdb::ColumnFamilyHandle* snapshots = nullptr;
   rocksdb::ColumnFamilyHandle* idempotency = nullptr;
+  rocksdb::ColumnFamilyHandle* read_records = nullptr;  // the read model (event_store.h)
+  rocksdb::ColumnFamilyHandle* read_index = nullptr;
+  rocksdb::ColumnFamilyHandle* read_model(ReadModelFamily f) const {
+    return f == ReadModelFamily::kRecords ? read_records : read_index;
+  }
   bool secondary = false;
 
   Db() = default;

@@ -6,6 +6,7 @@
 //                           idempotency records, snapshots, stats;
 //   rocksdb_append.cc       Append: the group commit (writer queue, validation,
 //                           CommitGroup) and the notification of subscribers;
+//   rocksdb_read_model.cc   the read model's families (reads, rebuild writes);
 //   rocksdb_read.cc         reads (ReadStream, ReadAll, ReadAt), VerifyChain, the
 //                           head and stream versions, WaitForHead, subscriptions.
 // Each file's top comment says how its part works. Not an interface for anything
@@ -70,6 +71,15 @@ class RocksDbEventStore final : public EventStore {
   StoreStats Stats() override;
   Status WriteFailure() override;
   Result<uint64_t> AvailableBytes() override;
+
+  // rocksdb_read_model.cc
+  Status WriteReadModel(const std::vector<ReadModelWrite>& writes, bool sync) override;
+  Result<std::optional<std::string>> GetReadModel(ReadModelFamily family,
+                                                  const std::string& key) override;
+  Result<std::vector<ReadModelEntry>> ScanReadModel(ReadModelFamily family, const std::string& from,
+                                                    const std::string& to, bool reverse,
+                                                    size_t limit) override;
+  Status ClearReadModel() override;
 
   // rocksdb_append.cc
   Result<AppendResult> Append(AppendBatch batch) override;

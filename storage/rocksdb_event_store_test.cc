@@ -60,9 +60,9 @@ class StoreTest : public ::testing::Test {
   void WithRawEvents(const std::function<void(rocksdb::DB*, rocksdb::ColumnFamilyHandle*)>& fn) {
     store_.reset();
     std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-    for (const char* name :
-         {"default", codec::kEventsFamily, codec::kStreamsFamily, codec::kMetaFamily,
-          codec::kSnapshotsFamily, codec::kIdempotencyFamily}) {
+    for (const char* name : {"default", codec::kEventsFamily, codec::kStreamsFamily,
+                             codec::kMetaFamily, codec::kSnapshotsFamily, codec::kIdempotencyFamily,
+                             codec::kReadRecordsFamily, codec::kReadIndexFamily}) {
       cfs.emplace_back(name, rocksdb::ColumnFamilyOptions());
     }
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
@@ -227,6 +227,55 @@ TEST_F(StoreTest, ConflictWritesNothing) {
   auto third = store_->ReadAt(3);
   ASSERT_TRUE(third.ok());
   EXPECT_EQ(third->prev_hash, before.hash);
+}
+
+// The read model's writes ride in the events' batch: they land only if it commits,
+// survive a reopen, scan in both directions within bounds, and clear as a whole.
+TEST_F(StoreTest, ReadModelWritesCommitWithTheirEventsOrNotAtAll) {
+  using F = ReadModelFamily;
+  AppendBatch b = One("run-1", kNoStream, {"RunSubmitted"});
+  b.read_model = {{F::kRecords, "r1", "one"},
+                  {F::kIndex, "a\x01", "r1"},
+                  {F::kIndex, "a\x02", "r2"},
+                  {F::kIndex, "a\x03", "r3"},
+                  {F::kIndex, "b\x01", "x"}};
+  ASSERT_TRUE(store_->Append(std::move(b)).ok());
+  // A batch that conflicts writes none of its read-model keys.
+  AppendBatch bad = One("run-1", kNoStream, {"RunSubmitted"});
+  bad.read_model = {{F::kRecords, "r1", std::nullopt}, {F::kRecords, "r9", "nine"}};
+  EXPECT_EQ(store_->Append(std::move(bad)).status().code(), StatusCode::kConflict);
+  ASSERT_TRUE(Reopen().ok());
+  auto r1 = store_->GetReadModel(F::kRecords, "r1");
+  ASSERT_TRUE(r1.ok());
+  EXPECT_EQ(*r1, std::optional<std::string>("one"));
+  auto r9 = store_->GetReadModel(F::kRecords, "r9");
+  ASSERT_TRUE(r9.ok());
+  EXPECT_FALSE(r9->has_value());
+  auto keys = [](const Result<std::vector<ReadModelEntry>>& r) {
+    std::vector<std::string> out;
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    if (r.ok()) {
+      for (const auto& e : *r) out.push_back(e.key + "=" + e.value);
+    }
+    return out;
+  };
+  EXPECT_EQ(keys(store_->ScanReadModel(F::kIndex, "a", "b", false, 10)),
+            (std::vector<std::string>{"a\x01=r1", "a\x02=r2", "a\x03=r3"}));
+  EXPECT_EQ(keys(store_->ScanReadModel(F::kIndex, "a", "a\x03", true, 10)),
+            (std::vector<std::string>{"a\x02=r2", "a\x01=r1"}));
+  EXPECT_EQ(keys(store_->ScanReadModel(F::kIndex, "a", "", true, 2)),
+            (std::vector<std::string>{"b\x01=x", "a\x03=r3"}));
+  // Outside appends: a delete and a put; then everything goes at once.
+  ASSERT_TRUE(
+      store_->WriteReadModel({{F::kIndex, "a\x02", std::nullopt}, {F::kRecords, "r2", "two"}}, true)
+          .ok());
+  EXPECT_EQ(keys(store_->ScanReadModel(F::kIndex, "a", "b", false, 10)),
+            (std::vector<std::string>{"a\x01=r1", "a\x03=r3"}));
+  ASSERT_TRUE(store_->ClearReadModel().ok());
+  EXPECT_TRUE(keys(store_->ScanReadModel(F::kIndex, "", "", false, 10)).empty());
+  EXPECT_TRUE(keys(store_->ScanReadModel(F::kRecords, "", "", false, 10)).empty());
+  // The log is untouched by all of it.
+  EXPECT_EQ(store_->Head().position, 1u);
 }
 
 TEST_F(StoreTest, NoStreamSemantics) {
