@@ -5,10 +5,12 @@
 #include "engine/decider.h"
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "engine/archive.h"
 #include "engine/decider_internal.h"
 
 namespace epoch::engine {
@@ -241,24 +243,30 @@ void ReportEvents(const State& state, const Container& c, const AttemptReport& r
 // latest as a CheckpointSaved. `next` carries each series' count across the batches
 // of one poll; d->result.metrics_next tells the agent what is durable.
 void MetricsEvents(const State& state, const Container& c, const MetricsBatch& b,
-                   const EngineConfig& cfg, std::map<std::pair<std::string, int>, int64_t>* next,
+                   const DecideContext& ctx, std::map<std::pair<std::string, int>, int64_t>* next,
                    Decision* d) {
-  const Attempt* ga = nullptr;
-  std::optional<int> rank;
-  const Attempt* a = nullptr;
+  const EngineConfig& cfg = *ctx.config;
   std::string run_id, step;
-  int n = 0;
-  if (state.FindWorker(b.attempt_id, &ga) != nullptr) {
-    a = ga;
-    int r = 0;
-    ParseTaskId(b.attempt_id, &run_id, &step, &n, &r);
+  int n = 0, r = -1;
+  std::optional<int> rank;
+  if (ParseTaskId(b.attempt_id, &run_id, &step, &n, &r) && r >= 0) {
     rank = r;
-  } else {
-    a = state.FindAttempt(b.attempt_id);
-    ParseAttemptId(b.attempt_id, &run_id, &step, &n);
+  } else if (!ParseAttemptId(b.attempt_id, &run_id, &step, &n)) {
+    return;
   }
+  // The last batches of an attempt may come after its report ended the run and folded
+  // it (archive.h): they are recorded against the folded run, which they unfold.
+  std::optional<Run> folded;
   const Run* run = state.FindRun(run_id);
-  if (!a || !run) return;
+  if (!run && ctx.archive) {
+    auto loaded = ctx.archive->Load(state, run_id);
+    if (loaded.ok() && *loaded) run = &folded.emplace(std::move(**loaded));
+  }
+  if (!run) return;
+  const StepRun* attempts = run->FindStep(step);
+  if (!attempts || n < 1 || n > static_cast<int>(attempts->attempts.size())) return;
+  const Attempt* a = &attempts->attempts[static_cast<size_t>(n) - 1];
+  if (rank && *rank >= static_cast<int>(a->ranks.size())) return;
   std::pair<std::string, int> key{b.attempt_id, rank.value_or(0)};
   const MetricSeries* recorded = nullptr;
   if (auto it = a->series.find(rank.value_or(0)); it != a->series.end()) recorded = &it->second;
@@ -331,6 +339,28 @@ void MetricsEvents(const State& state, const Container& c, const MetricsBatch& b
 
 }  // namespace
 
+// The container an attempt (or a gang worker) was placed on: from the state, or from
+// its run's record when the run is folded (its last metrics may come after the report
+// that ended it); "" when there is no such attempt.
+std::string HolderOf(const State& state, const DecideContext& ctx, const std::string& id) {
+  const Attempt* ga = nullptr;
+  if (const Worker* w = state.FindWorker(id, &ga)) return w->container;
+  if (const Attempt* a = state.FindAttempt(id)) return a->container;
+  std::string run_id, step;
+  int n = 0, rank = -1;
+  if (!ctx.archive || !ParseTaskId(id, &run_id, &step, &n, &rank) || state.FindRun(run_id)) {
+    return "";
+  }
+  auto folded = ctx.archive->Load(state, run_id);
+  if (!folded.ok() || !*folded) return "";
+  const StepRun* sr = (*folded)->FindStep(step);
+  if (!sr || n < 1 || n > static_cast<int>(sr->attempts.size())) return "";
+  const Attempt& a = sr->attempts[static_cast<size_t>(n) - 1];
+  if (rank < 0) return a.container;
+  return rank < static_cast<int>(a.ranks.size()) ? a.ranks[static_cast<size_t>(rank)].container
+                                                 : "";
+}
+
 Result<Decision> DecidePoll(const State& state, const PollContainer& cmd,
                             const DecideContext& ctx) {
   auto it = state.containers.find(cmd.container);
@@ -351,11 +381,7 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd,
   for (const auto& r : cmd.reports) named.push_back(r.attempt_id);
   for (const auto& b : cmd.metrics) named.push_back(b.attempt_id);
   for (const auto& id : named) {
-    const Attempt* ga = nullptr;
-    const Worker* w = state.FindWorker(id, &ga);
-    const Attempt* a = w ? nullptr : state.FindAttempt(id);
-    std::string holder = w ? w->container : a ? a->container : "";
-    if (holder != c.id) {
+    if (HolderOf(state, ctx, id) != c.id) {
       return PermissionDenied(
           "container '" + c.id + "' reported on " +
           (id.empty() ? std::string("an attempt without an id") : "attempt '" + id + "'") +
@@ -366,7 +392,7 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd,
   d.result.id = c.id;
   // Metrics first: they were written before the report that ends their attempt.
   std::map<std::pair<std::string, int>, int64_t> next;  // within this poll
-  for (const auto& b : cmd.metrics) MetricsEvents(state, c, b, *ctx.config, &next, &d);
+  for (const auto& b : cmd.metrics) MetricsEvents(state, c, b, ctx, &next, &d);
   std::set<std::string> reported;
   GangProgress progress;
   for (const auto& r : cmd.reports) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/files.h"
+#include "engine/archive.h"
 #include "engine/decider_internal.h"
 #include "workflows/template.h"
 
@@ -126,13 +127,24 @@ Result<Decision> DecideRegisterWorkflow(const State& state, const RegisterWorkfl
   return d;
 }
 
+// The run `id`, open or folded into ctx.archive (then read back into *folded);
+// null when there is none.
+Result<const Run*> FindAnyRun(const State& state, const DecideContext& ctx, const std::string& id,
+                              std::optional<Run>* folded) {
+  if (const Run* run = state.FindRun(id)) return run;
+  if (!ctx.archive) return static_cast<const Run*>(nullptr);
+  ASSIGN_OR_RETURN(*folded, ctx.archive->Load(state, id));
+  return *folded ? &**folded : nullptr;
+}
+
 Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
                                  const DecideContext& ctx) {
   Decision d;
+  std::optional<Run> folded;
   if (!cmd.idempotency_key.empty()) {
     auto it = state.idempotency.find({cmd.tenant, cmd.idempotency_key});
     if (it != state.idempotency.end()) {
-      const Run* first = state.FindRun(it->second);
+      ASSIGN_OR_RETURN(const Run* first, FindAnyRun(state, ctx, it->second, &folded));
       RETURN_IF_ERROR(SameRequest(first ? first->request_digest : "", cmd.request_digest,
                                   cmd.idempotency_key, "run " + it->second));
       d.result.id = it->second;
@@ -144,7 +156,8 @@ Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
   for (auto& [k, v] : cmd.labels.items()) {
     if (!v.is_string()) return InvalidArgument("labels." + k + ": must be a string");
   }
-  if (state.FindRun(cmd.run_id)) return Conflict("run " + cmd.run_id + " already exists");
+  ASSIGN_OR_RETURN(const Run* same_id, FindAnyRun(state, ctx, cmd.run_id, &folded));
+  if (same_id) return Conflict("run " + cmd.run_id + " already exists");
   std::string workflow = cmd.workflow;
   int version = cmd.version;
   std::shared_ptr<const Definition> def;
@@ -204,8 +217,9 @@ Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
   return d;
 }
 
-Result<Decision> DecideCancel(const State& state, const CancelRun& cmd) {
-  const Run* run = state.FindRun(cmd.run_id);
+Result<Decision> DecideCancel(const State& state, const CancelRun& cmd, const DecideContext& ctx) {
+  std::optional<Run> folded;
+  ASSIGN_OR_RETURN(const Run* run, FindAnyRun(state, ctx, cmd.run_id, &folded));
   if (!run) return NotFound("run '" + cmd.run_id + "' not found");
   Decision d;
   d.result.id = run->id;
@@ -218,8 +232,9 @@ Result<Decision> DecideCancel(const State& state, const CancelRun& cmd) {
   return d;
 }
 
-Result<Decision> DecideRetry(const State& state, const RetryRun& cmd) {
-  const Run* run = state.FindRun(cmd.run_id);
+Result<Decision> DecideRetry(const State& state, const RetryRun& cmd, const DecideContext& ctx) {
+  std::optional<Run> folded;
+  ASSIGN_OR_RETURN(const Run* run, FindAnyRun(state, ctx, cmd.run_id, &folded));
   if (!run) return NotFound("run '" + cmd.run_id + "' not found");
   if (run->phase != RunPhase::kFailed && run->phase != RunPhase::kCancelled) {
     return Conflict("run '" + run->id + "' is " + std::string(Name(run->phase)) +
@@ -326,9 +341,9 @@ Result<Decision> Decide(const State& state, const Command& command, const Decide
         } else if constexpr (std::is_same_v<T, SubmitRun>) {
           return DecideSubmitRun(state, cmd, ctx);
         } else if constexpr (std::is_same_v<T, CancelRun>) {
-          return DecideCancel(state, cmd);
+          return DecideCancel(state, cmd, ctx);
         } else if constexpr (std::is_same_v<T, RetryRun>) {
-          return DecideRetry(state, cmd);
+          return DecideRetry(state, cmd, ctx);
         } else if constexpr (std::is_same_v<T, InvalidateCache>) {
           return DecideInvalidateCache(state, cmd);
         } else if constexpr (std::is_same_v<T, RegisterContainer>) {

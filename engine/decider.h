@@ -31,6 +31,8 @@
 
 namespace epoch::engine {
 
+class RunArchive;
+
 struct EngineConfig {
   std::string data_dir;            // runs/, logs/ live here (absolute)
   std::string backend = "local";
@@ -86,6 +88,10 @@ struct DecideContext {
   // Mints each requested container's credential (credentials.h); null: containers
   // are requested without one (tests of the core), and no agent can authenticate.
   CredentialMint* credentials = nullptr;
+  // Where finished runs are folded (archive.h): events evolve through it, and the
+  // commands that name a run (cancel, retry, an idempotent submit) find folded ones in
+  // it. Null: every run stays in the state.
+  RunArchive* archive = nullptr;
 };
 
 struct Decision {

@@ -19,7 +19,12 @@ Engine::Engine(EngineOptions options, storage::EventStore* store, ContainerBacke
       store_(store),
       backend_(backend),
       clock_(clock),
-      files_(options_.config.max_input_bytes, [this] { inputs_hashed_ = true; }) {}
+      files_(options_.config.max_input_bytes, [this] { inputs_hashed_ = true; }) {
+  if (options_.archive_runs) {
+    recording_ = std::make_unique<RecordingArchive>(store_);
+    reading_ = std::make_unique<ReadingArchive>(store_);
+  }
+}
 
 Engine::~Engine() { Stop(); }
 

@@ -70,6 +70,7 @@
 #include "common/clock.h"
 #include "common/mutex.h"
 #include "common/status.h"
+#include "engine/archive.h"
 #include "engine/commands.h"
 #include "engine/container_backend.h"
 #include "engine/decider.h"
@@ -112,6 +113,11 @@ struct EngineOptions {
   // free_space_interval of the engine's clock.
   uint64_t min_free_bytes = 0;
   Micros free_space_interval = std::chrono::seconds(1);
+  // Finished runs leave the state for the store's read model (archive.h), so that
+  // memory follows open work. Start() rebuilds the read model from the log when it
+  // is missing or in another format. false: every run stays in memory (tests of the
+  // core that inspect finished runs in the state).
+  bool archive_runs = false;
 };
 
 // What this master knows of its log's integrity (/v1/cluster "history").
@@ -223,6 +229,21 @@ class Engine {
     return fn(published_);
   }
 
+  // Runs fn(const State&, const Run*) under the published state's shared lock with
+  // run `id`: open (in the state) or folded (read back from the read model); null
+  // when there is neither (or its record cannot be read: logged).
+  template <typename F>
+  auto ReadRun(const std::string& id, F&& fn) const {
+    ReaderLock lock(&published_mu_);
+    if (const Run* run = published_.FindRun(id)) return fn(published_, run);
+    std::optional<Run> folded = LoadFolded(published_, id);
+    return fn(published_, folded ? &*folded : nullptr);
+  }
+  // GET /v1/runs: open and folded runs (views.h ListRuns).
+  Result<RunPage> ListRuns(const RunQuery& q) const;
+  // The read model, for readers (null without archive_runs).
+  const RunArchive* archive() const { return reading_.get(); }
+
   // The backend's last word on each watched container (empty for an unwatched backend).
   std::map<std::string, ContainerDescription> BackendStates() const {
     MutexLock lock(&watch_mu_);
@@ -310,6 +331,14 @@ class Engine {
   Status CheckFreeSpace();
 
   static constexpr uint64_t kWholeLog = ~uint64_t{0};
+  // A folded run read back for readers (ReadRun); nullopt when none or unreadable.
+  std::optional<Run> LoadFolded(const State& s, const std::string& id) const;
+  // Whether the read model is complete for this format (its marker).
+  bool ReadModelComplete();
+  // Writes what the recording archive collected outside an append (a rebuild).
+  Status FlushArchive();
+  // After a rebuild: flushes, then marks the read model complete (synced).
+  Status MarkReadModelComplete();
   void WriterLoop();
   std::vector<std::string> ExpiredLeases(TimePoint now);
   // Writer thread: every watch_interval, hands the live containers' handles to the
@@ -330,6 +359,13 @@ class Engine {
   std::string applied_hash_;    // hash of the event at published_.head (standby thread)
 
   State working_;  // writer thread only (before it starts: the Start/Follow/Promote caller's)
+  // The read model (archive_runs): the leader's writer folds through recording_ (its
+  // writes join each group's append), published_ and a standby through reading_; a
+  // replay through either (recording_ when it rebuilds). working_archive_ is the one
+  // working_ evolves through (null: no archive), owned like working_.
+  std::unique_ptr<RecordingArchive> recording_;
+  std::unique_ptr<ReadingArchive> reading_;
+  RunArchive* working_archive_ = nullptr;
   std::atomic<bool> inputs_hashed_{false};  // set by files_' hashing thread (declared first)
   // What decide may read of files (declared inputs, cached outputs); hashes on a
   // thread of its own.

@@ -863,5 +863,224 @@ TEST_F(CorruptHistoryTest, ASnapshotStartVerifiesTheWholeChainInTheBackground) {
   e.Stop();
 }
 
+// --- The read model (archive.h) ---
+
+// Finished runs leave the state for the store's read model; what the API reads of them
+// must not change: the same JSON as a state that keeps every run, after a restart from
+// a snapshot, after the read model is deleted and rebuilt, and on a standby that
+// follows and then leads.
+class ReadModelTest : public HaEngineTest {
+ protected:
+  EngineOptions Archiving(const std::string& node) {
+    EngineOptions o = Options(node);
+    o.archive_runs = true;
+    return o;
+  }
+  static void Report(Engine& e, const std::string& attempt, const std::string& state,
+                     int exit_code = 0) {
+    PollContainer p;
+    p.container = "c1";
+    p.reports = Reports(
+        Json::array({Json{{"attempt_id", attempt}, {"state", state}, {"exit_code", exit_code}}}));
+    auto r = e.Execute(p);
+    ASSERT_TRUE(r.ok()) << attempt << ": " << r.status().ToString();
+  }
+  // r0 succeeded, r1 cancelled, r2 failed then retried and succeeded (folded twice),
+  // r3 failed, r4 still running, r5 (workflow v, label team=b) succeeded.
+  void WriteHistory(Engine& e) {
+    ASSERT_TRUE(WaitFor([&] { return backend_.Launched() >= 1; }));
+    ASSERT_TRUE(e.Execute(RegisterContainer{
+                              .container = "c1", .cpu_millis = 4000, .memory_bytes = 8LL << 30})
+                    .ok());
+    ASSERT_TRUE(e.Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
+    ASSERT_TRUE(
+        e.Execute(RegisterWorkflow{
+                      *ParseJson(R"({"name":"v","steps":[{"name":"a","command":["true"]}]})"), "a"})
+            .ok());
+    for (int i = 0; i < 5; ++i) {
+      auto r = e.Execute(SubmitRun{.run_id = "r" + std::to_string(i),
+                                   .workflow = "w",
+                                   .labels = Json{{"team", i % 2 == 0 ? "a" : "b"}}});
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+    }
+    ASSERT_TRUE(
+        e.Execute(SubmitRun{.run_id = "r5", .workflow = "v", .labels = Json{{"team", "b"}}}).ok());
+    Report(e, "r0/a/1", "succeeded");
+    Report(e, "r0/b/1", "succeeded");
+    ASSERT_TRUE(e.Execute(CancelRun{"r1", "bob"}).ok());
+    Report(e, "r1/a/1", "cancelled");
+    Report(e, "r2/a/1", "failed", 1);
+    ASSERT_TRUE(e.Execute(RetryRun{"r2", "bob"}).ok());
+    Report(e, "r2/a/2", "succeeded");
+    Report(e, "r2/b/1", "succeeded");
+    Report(e, "r3/a/1", "failed", 2);
+    Report(e, "r5/a/1", "succeeded");
+  }
+  // What the API reads of runs: GET /v1/runs under each filter, in pages of 2 (cursor
+  // to cursor), and GET /v1/runs/{id} of each run and of one that never was.
+  static Json Reads(const Engine& e) {
+    Json out = Json::object();
+    std::vector<std::pair<std::string, RunQuery>> queries = {
+        {"all", {}},
+        {"succeeded", {.state = "succeeded"}},
+        {"failed", {.state = "failed"}},
+        {"running", {.state = "running"}},
+        {"workflow w", {.workflow = "w"}},
+        {"team b", {.labels = {{"team", "b"}}}},
+        {"w and team a", {.workflow = "w", .labels = {{"team", "a"}}}},
+    };
+    for (auto& [name, q] : queries) {
+      Json pages = Json::array();
+      q.limit = 2;
+      for (int i = 0; i < 10; ++i) {
+        auto page = e.ListRuns(q);
+        EXPECT_TRUE(page.ok()) << page.status().ToString();
+        if (!page.ok()) break;
+        pages.push_back(Json{{"items", page->items}, {"next", page->next_cursor}});
+        if (page->next_cursor.is_null()) break;
+        q.cursor = std::stoull(page->next_cursor.get<std::string>());
+      }
+      out["list " + name] = pages;
+    }
+    for (const char* id : {"r0", "r1", "r2", "r3", "r4", "r5", "r9"}) {
+      out[std::string("get ") + id] = e.ReadRun(id, [&](const State& s, const engine::Run* run) {
+        return RunJson(s, e.options().config, run, nullptr);
+      });
+    }
+    return out;
+  }
+  // The same reads from a standby that keeps every run in its state (no read model).
+  Json ReferenceReads() {
+    auto secondary = OpenSecondary();
+    EXPECT_TRUE(secondary);
+    if (!secondary) return Json();
+    Engine plain(Options("plain"), secondary.get(), nullptr, &clock_);
+    EXPECT_TRUE(plain.StartStandby().ok());
+    EXPECT_EQ(plain.Read([](const State& s) { return s.runs.size(); }), 6u);
+    Json reads = Reads(plain);
+    plain.Stop();
+    return reads;
+  }
+  static std::vector<std::string> OpenRuns(const Engine& e) {
+    return e.Read([](const State& s) {
+      std::vector<std::string> ids;
+      for (const auto& [id, run] : s.runs) ids.push_back(id);
+      return ids;
+    });
+  }
+  static std::map<std::string, uint64_t> Archived(const Engine& e) {
+    return e.Read([](const State& s) { return s.archived; });
+  }
+};
+
+TEST_F(ReadModelTest, FinishedRunsLeaveTheStateAndReadTheSame) {
+  auto leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  WriteHistory(*leader);
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  // Only the running run is left in the state; the others are counted by phase.
+  EXPECT_EQ(OpenRuns(*leader), std::vector<std::string>{"r4"});
+  const std::map<std::string, uint64_t> archived{{"cancelled", 1}, {"failed", 1}, {"succeeded", 3}};
+  EXPECT_EQ(Archived(*leader), archived);
+  Json expected = ReferenceReads();
+  ASSERT_FALSE(expected.is_null());
+  EXPECT_EQ(expected["get r9"], Json()) << "an unknown run reads as none";
+  EXPECT_EQ(expected["list all"][0]["items"].size(), 2u);
+  EXPECT_EQ(expected["list succeeded"].size(), 2u) << "3 succeeded runs in pages of 2";
+  EXPECT_EQ(Reads(*leader), expected);
+
+  // A restart from a snapshot: it holds the open run only, the rest is read back.
+  ASSERT_TRUE(leader->WriteSnapshot().ok());
+  leader->Stop();
+  leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  EXPECT_GT(leader->LoadedFrom().first, 0u) << "started from the snapshot";
+  EXPECT_EQ(OpenRuns(*leader), std::vector<std::string>{"r4"});
+  EXPECT_EQ(Archived(*leader), archived);
+  EXPECT_EQ(Reads(*leader), expected);
+
+  // The read model's families deleted: the next start rebuilds them from the log.
+  leader->Stop();
+  leader.reset();
+  ASSERT_TRUE(store_->ClearReadModel().ok());
+  auto gone = store_->ScanReadModel(storage::ReadModelFamily::kIndex, "", "\xff", false, 10);
+  ASSERT_TRUE(gone.ok());
+  EXPECT_TRUE(gone->empty());
+  leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  EXPECT_EQ(leader->LoadedFrom().first, 0u) << "a rebuild replays the whole log";
+  EXPECT_EQ(OpenRuns(*leader), std::vector<std::string>{"r4"});
+  EXPECT_EQ(Archived(*leader), archived);
+  EXPECT_EQ(Reads(*leader), expected);
+  // A run that comes back (a retry of the failed r3) leaves the read model's lists and
+  // is read from the state; its record as it was stays in the store (the audit).
+  ASSERT_TRUE(leader->Execute(RetryRun{"r3", "bob"}).ok());
+  EXPECT_EQ(OpenRuns(*leader), (std::vector<std::string>{"r3", "r4"}));
+  auto failed = leader->ListRuns({.state = "failed"});
+  ASSERT_TRUE(failed.ok());
+  EXPECT_TRUE(failed->items.empty()) << failed->items.dump();
+  auto r3 = leader->ReadRun("r3", [&](const State& s, const engine::Run* run) {
+    return RunJson(s, leader->options().config, run, nullptr);
+  });
+  EXPECT_EQ(r3["state"], "running") << r3.dump();
+  leader->Stop();
+}
+
+TEST_F(ReadModelTest, AStandbyReadsFoldedRunsAndLeadsWithThem) {
+  auto leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  ASSERT_TRUE(WaitFor([&] { return backend_.Launched() >= 1; }));
+  ASSERT_TRUE(leader
+                  ->Execute(RegisterContainer{
+                      .container = "c1", .cpu_millis = 4000, .memory_bytes = 8LL << 30})
+                  .ok());
+  ASSERT_TRUE(leader->Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
+  Submit(*leader, "s0");
+  auto secondary = OpenSecondary();
+  ASSERT_TRUE(secondary);
+  Engine standby(Archiving("b"), secondary.get(), &backend_, &clock_);
+  ASSERT_TRUE(standby.StartStandby().ok());
+  // s0 ends while the standby follows: the leader folds it, and so does the standby,
+  // reading the record the leader wrote with the events.
+  Report(*leader, "s0/a/1", "succeeded");
+  Report(*leader, "s0/b/1", "succeeded");
+  Submit(*leader, "s1");
+  ASSERT_TRUE(secondary->CatchUp().ok());
+  ASSERT_TRUE(standby.Follow().ok());
+  EXPECT_EQ(OpenRuns(standby), std::vector<std::string>{"s1"});
+  Json s0 = leader->ReadRun("s0", [&](const State& s, const engine::Run* run) {
+    return RunJson(s, leader->options().config, run, nullptr);
+  });
+  EXPECT_EQ(s0["state"], "succeeded");
+  auto on_standby = [&](const std::string& id) {
+    return standby.ReadRun(id, [&](const State& s, const engine::Run* run) {
+      return RunJson(s, standby.options().config, run, nullptr);
+    });
+  };
+  EXPECT_EQ(on_standby("s0"), s0);
+  // A run the leader folded after what the standby applied is not shown as folded:
+  // the standby lists s1 open, once.
+  Report(*leader, "s1/a/1", "succeeded");
+  Report(*leader, "s1/b/1", "succeeded");
+  auto listed = standby.ListRuns({});
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->items.size(), 2u) << listed->items.dump();
+  EXPECT_EQ(listed->items[0]["id"], "s1");
+  EXPECT_EQ(listed->items[0]["state"], "queued");
+  // The leader goes; the standby leads with both runs folded.
+  leader->Stop();
+  leader.reset();
+  store_.reset();
+  ASSERT_TRUE(secondary->Promote().ok());
+  ASSERT_TRUE(standby.Promote().ok());
+  EXPECT_TRUE(OpenRuns(standby).empty());
+  EXPECT_EQ(on_standby("s1")["state"], "succeeded");
+  auto all = standby.ListRuns({});
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->items.size(), 2u);
+  EXPECT_EQ(all->items[1], s0);
+  standby.Stop();
+}
+
 }  // namespace
 }  // namespace epoch::engine

@@ -702,7 +702,8 @@ struct Apply {
 Status Evolve(State& s, const RecordedEvent& e) {
   s.head = e.position;
   if (e.epoch > s.epoch) s.epoch = e.epoch;
-  if (!e.data.is_object()) return Corrupt(e, "data", "not a JSON object");
+  // A stored text (e.text) is checked by DecodeEvent, with the same error.
+  if (!e.text && !e.data.is_object()) return Corrupt(e, "data", "not a JSON object");
   ASSIGN_OR_RETURN(ev::Payload payload, ev::DecodeEvent(e));
   return std::visit(Apply{s, e}, payload);
 }

@@ -92,6 +92,8 @@ Status Engine::Lead() {
     return Corruption("state is at " + std::to_string(working_.head) + " but the head is " +
                       std::to_string(head.position));
   }
+  // The leader's writer records what it folds into each append (archive.h).
+  if (recording_) working_archive_ = recording_.get();
   epoch_ = std::max(store_->ClaimedEpoch(), working_.epoch) + 1;
   RETURN_IF_ERROR(store_->ClaimEpoch(epoch_));
   spdlog::info("taking leadership with epoch {} at head {}", epoch_.load(), working_.head);
@@ -109,13 +111,13 @@ Status Engine::Lead() {
       {storage::NewEvent{std::string(ev::kLeaderElected), ev::LeaderElected::kVersion, "system",
                          CanonicalDump(data)}}});
   ASSIGN_OR_RETURN(auto res, store_->Append(std::move(batch)));
-  RecordedEvent le{res.first_position,
-                   std::string(kMasterStream),
-                   std::string(ev::kLeaderElected),
-                   data,
-                   "system",
-                   now,
-                   epoch_};
+  RecordedEvent le{.position = res.first_position,
+                   .stream = std::string(kMasterStream),
+                   .type = std::string(ev::kLeaderElected),
+                   .data = data,
+                   .actor = "system",
+                   .time = now,
+                   .epoch = epoch_};
   EvolveKnownGood(working_, le);
   {
     WriterLock lock(&published_mu_);  // in step with working_ (see callers)

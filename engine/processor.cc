@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 
+#include "engine/archive.h"
+
 namespace epoch::engine {
 
 void Processor::Record(std::vector<Event> events) {
@@ -19,7 +21,7 @@ void Processor::Record(std::vector<Event> events) {
     // Decided events evolve exactly as replay will evolve them. One that cannot be
     // applied is a decider bug; it is not durable yet, and writing it would make
     // every later replay stop at it, so nothing may go on from here.
-    if (Status st = Evolve(*state_, r); !st.ok()) {
+    if (Status st = EvolveArchived(*state_, r, ctx_.archive); !st.ok()) {
       spdlog::critical("a decided {} event cannot be applied: {}", r.type, st.ToString());
       std::abort();
     }

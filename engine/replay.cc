@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/archive.h"
 #include "engine/engine_internal.h"
 #include "engine/event_types.h"
 #include "engine/snapshot.h"
@@ -24,7 +25,7 @@ constexpr size_t kReplayPage = 4096;
 // does not parse is kCorruption naming the position and the field. The payload is
 // upcast to today's version of its type (ev::Upcast): a version above today's is
 // kFailedPrecondition (a newer Epoch wrote the log).
-Result<RecordedEvent> FromEnvelope(const storage::Envelope& env) {
+Result<RecordedEvent> FromEnvelope(storage::Envelope& env) {
   RecordedEvent r;
   r.position = env.position;
   r.stream = env.stream;
@@ -37,6 +38,13 @@ Result<RecordedEvent> FromEnvelope(const storage::Envelope& env) {
                       "): field time: " + t.status().message());
   }
   r.time = *t;
+  if (ev::CurrentVersion(env.type) == env.schema) {
+    // Today's version: ev::DecodeEvent reads the text itself (fields::DecodeText), and
+    // names a problem with it as the parse below would.
+    r.text = std::move(env.data);
+    r.schema = env.schema;
+    return r;
+  }
   auto j = ParseJson(env.data, 256);
   if (!j.ok()) {
     return Corruption("event " + std::to_string(env.position) + " (" + env.type +
@@ -57,8 +65,8 @@ namespace internal {
 
 // Evolves with an event that already evolved another copy of the same state
 // without error (published_ follows working_): failing here is a bug.
-void EvolveKnownGood(State& s, const RecordedEvent& r) {
-  if (Status st = Evolve(s, r); !st.ok()) {
+void EvolveKnownGood(State& s, const RecordedEvent& r, RunArchive* archive) {
+  if (Status st = EvolveArchived(s, r, archive); !st.ok()) {
     spdlog::critical("event {} evolved one copy of the state but not another: {}", r.position,
                      st.ToString());
     std::abort();
@@ -79,13 +87,12 @@ Status Engine::ApplyFromStore(bool mirror, uint64_t* count, uint64_t upto) {
     size_t limit = static_cast<size_t>(std::min<uint64_t>(kReplayPage, upto - working_.head));
     ASSIGN_OR_RETURN(auto page, store_->ReadAll(working_.head, limit));
     if (page.empty()) return Status::Ok();
-    std::vector<RecordedEvent> recorded;
-    recorded.reserve(page.size());
-    for (const auto& env : page) {
+    std::vector<RecordedEvent> recorded;  // kept for the mirror only
+    if (mirror) recorded.reserve(page.size());
+    for (auto& env : page) {
       ASSIGN_OR_RETURN(RecordedEvent r, FromEnvelope(env));
-      recorded.push_back(std::move(r));
       try {
-        RETURN_IF_ERROR(Evolve(working_, recorded.back()));
+        RETURN_IF_ERROR(EvolveArchived(working_, r, working_archive_));
       } catch (const Json::exception& e) {
         return Corruption("applying event " + std::to_string(env.position) + " (" + env.type +
                           "): " + e.what());
@@ -95,11 +102,13 @@ Status Engine::ApplyFromStore(bool mirror, uint64_t* count, uint64_t upto) {
       }
       applied_hash_ = env.hash;
       ++*count;
+      if (mirror) recorded.push_back(std::move(r));
     }
     if (mirror) {
       WriterLock lock(&published_mu_);
-      for (const auto& r : recorded) EvolveKnownGood(published_, r);
+      for (const auto& r : recorded) EvolveKnownGood(published_, r, reading_.get());
     }
+    RETURN_IF_ERROR(FlushArchive());
   }
 }
 
@@ -107,7 +116,24 @@ Status Engine::Load(uint64_t upto) {
   working_ = State{};
   applied_hash_.clear();
   loaded_from_ = 0;
-  if (options_.load_snapshot) {
+  // The read model (archive.h): a replay folds through the records already there,
+  // unless they are missing or of another format; then it clears them and rebuilds
+  // them from the whole log (a snapshot holds open runs only, so it cannot help).
+  bool rebuild = false;
+  working_archive_ = reading_.get();
+  if (reading_ && !ReadModelComplete()) {
+    if (store_->read_only()) {
+      spdlog::warn(
+          "the read model is incomplete and this store is read-only: finished runs "
+          "the leader has not archived are not readable until it rebuilds them");
+    } else {
+      spdlog::warn("rebuilding the read model (finished runs) from the log");
+      RETURN_IF_ERROR(store_->ClearReadModel());
+      rebuild = true;
+      working_archive_ = recording_.get();
+    }
+  }
+  if (options_.load_snapshot && !rebuild) {
     // A snapshot that does not decode or does not match the log is skipped: the
     // log is the truth and a full replay rebuilds the same state.
     auto latest = store_->LatestSnapshot();
@@ -135,6 +161,10 @@ Status Engine::Load(uint64_t upto) {
   }
   uint64_t count = 0;
   RETURN_IF_ERROR(ApplyFromStore(/*mirror=*/false, &count, upto));
+  if (rebuild) {
+    RETURN_IF_ERROR(MarkReadModelComplete());
+    working_archive_ = reading_.get();
+  }
   replayed_ = count;
   last_snapshot_ = loaded_from_;
   storage::HeadInfo head = store_->Head();

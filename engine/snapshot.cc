@@ -485,6 +485,7 @@ struct SnapList<State> {
                       Plain(&S::last_launch_failure, "last_launch_failure"),
                       Plain(&S::last_scale_up, "last_scale_up"),
                       Plain(&S::gangs_placed, "gangs_placed"),
+                      Plain(&S::archived, "archived"),
                       Sym(&S::datasets, "datasets"),
                       Sym(&S::models, "models"),
                       Section<S>("run lineage", WriteRunLineage, ReadRunLineage),
@@ -567,6 +568,61 @@ uint32_t SnapshotCrc(std::string_view bytes) {
 }
 
 std::string EncodeSnapshot(const State& s) { return Encode(s); }
+
+// record := fixed32 format | str id | run fields | pairs datasets | pairs models |
+//           validated (as in run_lineage)
+std::string EncodeRunRecord(const Run& run) {
+  DefTable defs;
+  defs.Add(run.def);
+  Writer w(defs);
+  w.Fixed32(kSnapshotFormatVersion);
+  w.Str(run.id);
+  WriteFields(w, run);
+  for (const auto* pairs : {&run.datasets, &run.models}) {
+    uint32_t first = 0;
+    WriteValue(w, *pairs, kAllSym, first);
+  }
+  uint32_t first = 0;
+  WriteValue(w, run.validated, kAllSym, first);
+  return std::move(w.out());
+}
+
+Result<Run> DecodeRunRecord(std::string_view bytes, const State& s) {
+  if (bytes.size() < 4) return Corruption("run record truncated");
+  uint32_t version = Load32(reinterpret_cast<const unsigned char*>(bytes.data()));
+  if (version != kSnapshotFormatVersion) {
+    return Corruption("run record format " + std::to_string(version) +
+                      " is not supported (this build reads " +
+                      std::to_string(kSnapshotFormatVersion) + ")");
+  }
+  try {
+    // The definition (ref 1) is resolved after the fields name the workflow version:
+    // read once with a placeholder table, then look it up.
+    std::vector<DefPtr> defs(1);
+    Reader r(bytes.substr(4), defs);
+    Run run;
+    run.id = std::string(r.Str());
+    r.set_where(run.id);
+    ReadFields(r, run);
+    ReadValue(r, run.datasets, "lineage pairs", 0);
+    ReadValue(r, run.models, "lineage pairs", 0);
+    ReadValue(r, run.validated, "validated", 0);
+    if (r.ok() && r.remaining() != 0)
+      r.Fail(std::to_string(r.remaining()) + " bytes after the run");
+    if (!r.ok()) return r.status();
+    const WorkflowVersion* v = s.FindWorkflow(run.workflow, run.version);
+    if (!v) {
+      return Corruption("run record '" + run.id + "': workflow " + run.workflow + "@" +
+                        std::to_string(run.version) + " is not registered");
+    }
+    run.def = v->def;
+    return run;
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("decoding run record: out of memory");
+  } catch (const std::exception& e) {
+    return Internal(std::string("decoding run record: ") + e.what());
+  }
+}
 
 Result<State> DecodeSnapshot(std::string_view bytes) {
   if (bytes.size() < kSnapshotHeaderSize) {

@@ -90,9 +90,10 @@ namespace epoch::engine {
 
 inline constexpr std::string_view kSnapshotMagic = "EPOCHSNP";
 inline constexpr uint32_t kSnapshotFormatVersion =
-    8;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
+    9;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
         // credentials, isolation, logs, mounts, tenant caches and lineage; 7: container
-        // enforcement; 8: live metrics series, checkpoints
+        // enforcement; 8: live metrics series, checkpoints; 9: finished runs folded into
+        // the read model (State::archived)
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.
@@ -104,6 +105,14 @@ std::string EncodeSnapshot(const State& s);
 // format version (truncated, wrong magic or version, checksum mismatch, malformed
 // body, a definition that no longer parses), with the reason and byte offset.
 Result<State> DecodeSnapshot(std::string_view bytes);
+
+// A finished run's record in the read model (archive.h): the run as a snapshot
+// writes it (fields, lineage) behind this format's version. Its definition is not
+// in it: DecodeRunRecord takes the registered one (workflow@version) from `s`.
+std::string EncodeRunRecord(const Run& run);
+// Errors: kCorruption for bytes that are not a record of this format version, or a
+// run whose workflow version `s` does not have.
+Result<Run> DecodeRunRecord(std::string_view bytes, const State& s);
 
 // CRC-32C (Castagnoli) of `bytes`: the checksum a snapshot's header holds for its body.
 uint32_t SnapshotCrc(std::string_view bytes);

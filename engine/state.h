@@ -259,6 +259,9 @@ struct State {
   TimePoint last_launch_failure{};
   TimePoint last_scale_up{};  // the pool's last demand-driven round
   uint64_t gangs_placed = 0;  // picks each gang's MASTER_PORT
+  // Runs folded into the read model (archive.h), by phase name: they are no longer
+  // in `runs`. Empty when nothing archives (the decider's unit tests).
+  std::map<std::string, uint64_t> archived;
 
   const Run* FindRun(std::string_view id) const;
   Run* FindRun(std::string_view id);

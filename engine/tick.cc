@@ -85,10 +85,14 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
   // containers already asked for, get sig.ssAllocationUnit more containers, at
   // most one round per sig.ssAllocationInterval, never past sig.maxReplicas.
   // Attempts held back by their tenant's GPU quota are no demand.
-  int unplaced = UnplacedDemand(state, cfg);
   bool interval_passed = state.last_scale_up == TimePoint{} ||
                          ctx.now - state.last_scale_up >= cfg.allocation_interval;
-  if (unplaced > 0 && live < cfg.max_replicas && interval_passed) {
+  // The planner walks the whole queue (O(queue)): it runs only when a scale-up may
+  // follow, not every tick of a pool at its maximum or between rounds, where a long
+  // queue made each tick cost the writer tens of milliseconds.
+  bool may_scale_up = live < cfg.max_replicas && interval_passed;
+  int unplaced = may_scale_up ? UnplacedDemand(state, cfg) : 0;
+  if (unplaced > 0 && may_scale_up) {
     int n = std::min(cfg.allocation_unit, cfg.max_replicas - live);
     for (int i = 0; i < n; ++i) out.push_back(ContainerRequest(state, ctx, requested++, "demand"));
     live += n;
@@ -98,8 +102,8 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
     out.push_back(ContainerRequest(state, ctx, requested++, "minReplicas"));
   }
   // Release containers idle longer than sig.idleTimeout, down to the minimum,
-  // only when nothing is waiting.
-  if (unplaced == 0 && state.queue.empty()) {
+  // only when nothing is waiting (an empty queue has no unplaced demand).
+  if (state.queue.empty()) {
     for (const auto& [id, c] : state.containers) {
       if (live <= cfg.min_replicas) break;
       if (c.phase != ContainerPhase::kRegistered || !c.attempts.empty()) continue;

@@ -370,28 +370,108 @@ std::string DescribeRunEvent(const std::string& type, const Json& d, const std::
   return "";
 }
 
-RunPage ListRuns(const State& s, const EngineConfig& config, const RunQuery& q) {
+namespace {
+
+bool RunMatches(const Run& r, const RunQuery& q) {
+  if (q.visible && !q.visible(r.tenant)) return false;
+  if (!q.state.empty() && Name(r.phase) != q.state) return false;
+  if (!q.workflow.empty() && r.workflow != q.workflow) return false;
+  for (const auto& [k, v] : q.labels) {
+    auto l = r.labels.find(k);
+    if (l == r.labels.end() || !l->is_string() || l->get<std::string>() != v) return false;
+  }
+  return true;
+}
+
+// The folded runs a query can match, newest first, a batch at a time from the most
+// selective index it names.
+class FoldedCursor {
+ public:
+  FoldedCursor(const State& s, const RunArchive* archive, const RunQuery& q) : s_(s), a_(archive) {
+    if (!a_) return;
+    if (!q.labels.empty()) {
+      index_ = RunArchive::IndexLabel(q.labels.front().first, q.labels.front().second);
+    } else if (!q.workflow.empty()) {
+      index_ = RunArchive::IndexWorkflow(q.workflow);
+    } else if (!q.state.empty()) {
+      index_ = RunArchive::IndexPhase(q.state);
+    } else {
+      index_ = RunArchive::IndexAll();
+    }
+    below_ = q.cursor;
+  }
+  // The next folded run's seq (0: none left).
+  Result<uint64_t> Peek() {
+    if (!a_ || done_) return uint64_t{0};
+    if (next_ == batch_.size()) {
+      ASSIGN_OR_RETURN(batch_, a_->Scan(index_, below_, kBatch));
+      next_ = 0;
+      if (batch_.empty()) {
+        done_ = true;
+        return uint64_t{0};
+      }
+      below_ = batch_.back().first;
+      if (batch_.size() < kBatch) below_ = 1;  // nothing older is left after this batch
+    }
+    return batch_[next_].first;
+  }
+  Result<std::optional<Run>> Take() {
+    const auto& [seq, id] = batch_[next_++];
+    if (next_ == batch_.size() && below_ == 1) done_ = true;
+    // A run the store folded after s's head is still open in s (listed from there) or
+    // not yet submitted; either way its records past the head are not s's.
+    if (s_.runs.contains(id)) return std::optional<Run>();
+    return a_->Load(s_, id, s_.head + 1);
+  }
+
+ private:
+  static constexpr size_t kBatch = 128;
+  const State& s_;
+  const RunArchive* a_;
+  std::string index_;
+  uint64_t below_ = 0;
+  std::vector<std::pair<uint64_t, std::string>> batch_;
+  size_t next_ = 0;
+  bool done_ = false;
+};
+
+}  // namespace
+
+Result<RunPage> ListRuns(const State& s, const EngineConfig& config, const RunQuery& q,
+                         const RunArchive* archive) {
   RunPage page;
   auto it = q.cursor > 0 ? s.runs_by_seq.lower_bound(q.cursor) : s.runs_by_seq.end();
-  while (it != s.runs_by_seq.begin()) {
-    --it;
-    const Run& r = s.runs.at(it->second);
-    if (q.visible && !q.visible(r.tenant)) continue;
-    if (!q.state.empty() && Name(r.phase) != q.state) continue;
-    if (!q.workflow.empty() && r.workflow != q.workflow) continue;
-    bool match = true;
-    for (const auto& [k, v] : q.labels) {
-      auto l = r.labels.find(k);
-      if (l == r.labels.end() || !l->is_string() || l->get<std::string>() != v) match = false;
+  FoldedCursor folded(s, archive, q);
+  while (true) {
+    uint64_t open_seq = it == s.runs_by_seq.begin() ? 0 : std::prev(it)->first;
+    ASSIGN_OR_RETURN(uint64_t folded_seq, folded.Peek());
+    if (open_seq == 0 && folded_seq == 0) break;
+    std::optional<Run> loaded;
+    const Run* r = nullptr;
+    uint64_t seq = 0;
+    if (open_seq > folded_seq) {
+      --it;
+      seq = it->first;
+      r = &s.runs.at(it->second);
+    } else {
+      seq = folded_seq;
+      ASSIGN_OR_RETURN(loaded, folded.Take());
+      if (!loaded) continue;  // open in s, or folded after its head
+      r = &*loaded;
     }
-    if (!match) continue;
+    if (!RunMatches(*r, q)) continue;
     if (page.items.size() == q.limit) {
-      page.next_cursor = std::to_string(it->first + 1);
+      page.next_cursor = std::to_string(seq + 1);
       break;
     }
-    page.items.push_back(RunToJson(r, config, &s));
+    page.items.push_back(RunToJson(*r, config, &s));
   }
   return page;
+}
+
+RunPage ListRuns(const State& s, const EngineConfig& config, const RunQuery& q) {
+  auto page = ListRuns(s, config, q, nullptr);  // without an archive nothing fails
+  return page.ok() ? std::move(*page) : RunPage{};
 }
 
 std::string WorkflowTenant(const State& s, const std::string& name) {
@@ -475,23 +555,34 @@ ArtifactLookup FindArtifact(const State& s, bool model, const std::string& name,
   return out;
 }
 
-Json RunJson(const State& s, const EngineConfig& config, const std::string& id,
+Json RunJson(const State& s, const EngineConfig& config, const Run* r,
              const TenantFilter& visible) {
-  const Run* r = s.FindRun(id);
   if (!r || (visible && !visible(r->tenant))) return Json();
   return RunToJson(*r, config, &s);
 }
+Json RunJson(const State& s, const EngineConfig& config, const std::string& id,
+             const TenantFilter& visible) {
+  return RunJson(s, config, s.FindRun(id), visible);
+}
 
-bool RunVisible(const State& s, const std::string& id, const TenantFilter& visible) {
-  const Run* r = s.FindRun(id);
+bool RunVisible(const Run* r, const TenantFilter& visible) {
   return r && (!visible || visible(r->tenant));
 }
-
-bool RunEnded(const State& s, const std::string& id) {
-  const Run* r = s.FindRun(id);
-  return !r || IsTerminal(r->phase);
+bool RunVisible(const State& s, const std::string& id, const TenantFilter& visible) {
+  return RunVisible(s.FindRun(id), visible);
 }
 
+bool RunEnded(const Run* r) { return !r || IsTerminal(r->phase); }
+bool RunEnded(const State& s, const std::string& id) { return RunEnded(s.FindRun(id)); }
+
+bool AttemptEnded(const Run* r, const std::string& attempt_id) {
+  std::string run, step;
+  int number = 0, rank = -1;
+  if (!r || !ParseTaskId(attempt_id, &run, &step, &number, &rank) || run != r->id) return true;
+  const StepRun* sr = r->FindStep(step);
+  if (!sr || number < 1 || number > static_cast<int>(sr->attempts.size())) return true;
+  return IsTerminal(sr->attempts[static_cast<size_t>(number) - 1].phase);
+}
 bool AttemptEnded(const State& s, const std::string& attempt_id) {
   const Attempt* a = s.FindAttempt(attempt_id);
   return !a || IsTerminal(a->phase);
@@ -499,7 +590,10 @@ bool AttemptEnded(const State& s, const std::string& attempt_id) {
 
 Result<int> LogAttempt(const State& s, const std::string& run, const std::string& step, int attempt,
                        const TenantFilter& visible) {
-  const Run* r = s.FindRun(run);
+  return LogAttempt(s.FindRun(run), run, step, attempt, visible);
+}
+Result<int> LogAttempt(const Run* r, const std::string& run, const std::string& step, int attempt,
+                       const TenantFilter& visible) {
   if (!r || (visible && !visible(r->tenant))) return NotFound("run '" + run + "' not found");
   const StepRun* st = r->FindStep(step);
   if (!st) return NotFound("run '" + run + "' has no step '" + step + "'");
@@ -513,14 +607,17 @@ Result<int> LogAttempt(const State& s, const std::string& run, const std::string
 
 bool EventVisible(const State& s, const std::string& stream, const TenantFilter& visible,
                   const std::string& only_tenant) {
+  const Run* run =
+      stream.rfind("run-", 0) == 0 ? s.FindRun(std::string_view(stream).substr(4)) : nullptr;
+  return EventVisible(s, stream, visible, only_tenant, run);
+}
+bool EventVisible(const State& s, const std::string& stream, const TenantFilter& visible,
+                  const std::string& only_tenant, const Run* run) {
   if (!visible && only_tenant.empty()) return true;
   auto sees = [&](const std::string& t) {
     return (!visible || visible(t)) && (only_tenant.empty() || t == only_tenant);
   };
-  if (stream.rfind("run-", 0) == 0) {
-    const Run* r = s.FindRun(std::string_view(stream).substr(4));
-    return r && sees(r->tenant);
-  }
+  if (stream.rfind("run-", 0) == 0) return run && sees(run->tenant);
   if (stream.rfind("workflow-", 0) == 0) {
     std::string owner = WorkflowTenant(s, stream.substr(9));
     return !owner.empty() && sees(owner);
@@ -608,6 +705,7 @@ std::string HiddenCacheTarget(const State& s, const std::string& key, const std:
 
 PhaseCounts CountPhases(const State& s) {
   PhaseCounts out;
+  for (const auto& [phase, n] : s.archived) out.runs[phase] += static_cast<int>(n);
   for (const auto& [id, r] : s.runs) {
     out.runs[std::string(Name(r.phase))]++;
     for (const auto& st : r.steps) {
@@ -658,7 +756,9 @@ Json MetricSeriesView(const std::vector<Json>& recorded, const MetricsQuery& q) 
 }
 
 Json StepMetricTotals(const State& s, const std::string& run, const std::string& step) {
-  const Run* r = s.FindRun(run);
+  return StepMetricTotals(s.FindRun(run), step);
+}
+Json StepMetricTotals(const Run* r, const std::string& step) {
   const StepRun* sr = r ? r->FindStep(step) : nullptr;
   if (!sr) return Json();
   Json out = Json::array();

@@ -22,6 +22,8 @@
 
 namespace epoch::engine {
 
+class RunArchive;
+
 // Converts a State to readable JSON (used by the API and by replay tests that
 // compare a replayed state with the live one). With `state`, a queued attempt held
 // back by its tenant's GPU quota shows why in its "reason" (QuotaWaitReason).
@@ -54,6 +56,10 @@ struct RunPage {
   Json next_cursor;            // the cursor of the next page (a string), null at the end
 };
 RunPage ListRuns(const State& s, const EngineConfig& config, const RunQuery& q);
+// The same over open runs (in `s`) and the runs folded into `archive` (archive.h),
+// merged by submission order. Errors: the archive's (a record that cannot be read).
+Result<RunPage> ListRuns(const State& s, const EngineConfig& config, const RunQuery& q,
+                         const RunArchive* archive);
 
 // Which tenants' things a caller may see; null: every tenant's.
 using TenantFilter = std::function<bool(const std::string& tenant)>;
@@ -89,24 +95,36 @@ ArtifactLookup FindArtifact(const State& s, bool model, const std::string& name,
 // of the run; null when there is none or the caller may not see it.
 Json RunJson(const State& s, const EngineConfig& config, const std::string& id,
              const TenantFilter& visible);
+// The functions of a run id also take the run itself (null: none), for a run that
+// Engine::ReadRun found open or folded.
+Json RunJson(const State& s, const EngineConfig& config, const Run* run,
+             const TenantFilter& visible);
 // Whether run `id` exists and the caller may see it (the runs' commands and events).
 bool RunVisible(const State& s, const std::string& id, const TenantFilter& visible);
+bool RunVisible(const Run* run, const TenantFilter& visible);
 // GET /v1/runs/{id}/events?follow: whether the run has finished (or is unknown), so
 // that its stream may end.
 bool RunEnded(const State& s, const std::string& id);
+bool RunEnded(const Run* run);
 // GET /v1/runs/{id}/steps/{step}/logs?follow: whether the attempt has finished (or is
 // unknown), so that its log stream may end.
 bool AttemptEnded(const State& s, const std::string& attempt_id);
+bool AttemptEnded(const Run* run, const std::string& attempt_id);
 // GET /v1/runs/{id}/steps/{step}/logs: the attempt whose log to serve, `attempt` or
 // (0) the step's latest. kNotFound, with the text the API answers, when the run is
 // unknown or hidden, the step unknown or not yet run, or the attempt not there.
 Result<int> LogAttempt(const State& s, const std::string& run, const std::string& step, int attempt,
+                       const TenantFilter& visible);
+Result<int> LogAttempt(const Run* r, const std::string& run, const std::string& step, int attempt,
                        const TenantFilter& visible);
 // GET /v1/events: whether the caller may read an event of `stream`: those of runs and
 // workflows it may see (and of `only_tenant`'s, when non-empty); other streams only
 // when `visible` is null and no tenant is asked for.
 bool EventVisible(const State& s, const std::string& stream, const TenantFilter& visible,
                   const std::string& only_tenant);
+// `run`: the run of a run stream (Engine::ReadRun), null for other streams.
+bool EventVisible(const State& s, const std::string& stream, const TenantFilter& visible,
+                  const std::string& only_tenant, const Run* run);
 
 // GET /v1/containers: ContainerToJson of each container (lost and released ones only
 // with `all`), with the backend's state where `watched` has it; a caller who does not
@@ -157,5 +175,6 @@ Json MetricSeriesView(const std::vector<Json>& recorded, const MetricsQuery& q);
 // What the state says of a step's series (per attempt and rank: points, bytes, skipped,
 // dropped, truncated); null if the run or step is unknown.
 Json StepMetricTotals(const State& s, const std::string& run, const std::string& step);
+Json StepMetricTotals(const Run* run, const std::string& step);
 
 }  // namespace epoch::engine

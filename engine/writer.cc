@@ -53,7 +53,8 @@ void Engine::WriterLoop() {
       break;
     }
     TimePoint now = clock_->Now();
-    Processor proc(&working_, DecideContext{now, &cfg, &files_, &credentials_}, epoch_);
+    Processor proc(&working_, DecideContext{now, &cfg, &files_, &credentials_, working_archive_},
+                   epoch_);
     std::vector<std::optional<Result<CommandResult>>> results(group.size());
     for (size_t i = 0; i < group.size(); ++i) {
       stats_.commands++;
@@ -74,8 +75,8 @@ void Engine::WriterLoop() {
         MutexLock lock(&watch_mu_);
         tick.queued = queued_seen_;
       }
-      std::vector<Event> tick_events =
-          OnTick(working_, tick, DecideContext{now, &cfg, &files_, &credentials_});
+      std::vector<Event> tick_events = OnTick(
+          working_, tick, DecideContext{now, &cfg, &files_, &credentials_, working_archive_});
       if (!options_.start_pool) {
         std::erase_if(tick_events,
                       [](const Event& e) { return e.type == ev::kContainerRequested; });
@@ -116,6 +117,9 @@ void Engine::WriterLoop() {
                e.data.value("name", "") + "@" + std::to_string(e.data.value("version", 0))});
         }
       }
+      // The runs this group folded or unfolded: their records and index keys commit
+      // with the events that caused them (archive.h).
+      if (recording_) ab.read_model = recording_->TakeWrites();
       TimePoint t0 = clock_->Now();
       auto res = store_->Append(std::move(ab));
       int64_t lat = (clock_->Now() - t0).count();
@@ -150,7 +154,7 @@ void Engine::WriterLoop() {
       stats_.events_appended += recorded.size();
       {
         WriterLock lock(&published_mu_);
-        for (const auto& r : recorded) EvolveKnownGood(published_, r);
+        for (const auto& r : recorded) EvolveKnownGood(published_, r, reading_.get());
       }
       // After publishing: the snapshot thread copies the published state, which must
       // hold the group that made the snapshot due (before, it could copy the state of

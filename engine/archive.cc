@@ -1,0 +1,187 @@
+#include "engine/archive.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/event_types.h"
+#include "engine/snapshot.h"
+
+namespace epoch::engine {
+
+namespace {
+
+using storage::ReadModelFamily;
+using storage::ReadModelWrite;
+
+constexpr char kSep = '\0';
+
+void AppendBig64(std::string* out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint64_t ReadBig64(std::string_view s) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8 && i < s.size(); ++i) v = v << 8 | static_cast<unsigned char>(s[i]);
+  return v;
+}
+
+std::string RecordPrefix(std::string_view id) {
+  std::string k(id);
+  k.push_back(kSep);
+  return k;
+}
+std::string RecordKey(std::string_view id, uint64_t position) {
+  std::string k = RecordPrefix(id);
+  AppendBig64(&k, position);
+  return k;
+}
+
+std::string Prefix(std::initializer_list<std::string_view> parts) {
+  std::string k;
+  for (std::string_view p : parts) {
+    k.append(p);
+    k.push_back(kSep);
+  }
+  return k;
+}
+
+// Every index key of a folded run.
+std::vector<std::string> IndexKeys(const Run& run) {
+  std::vector<std::string> keys = {RunArchive::IndexAll(), RunArchive::IndexTenant(run.tenant),
+                                   RunArchive::IndexPhase(Name(run.phase)),
+                                   RunArchive::IndexWorkflow(run.workflow)};
+  for (auto& [k, v] : run.labels.items()) {
+    if (v.is_string()) keys.push_back(RunArchive::IndexLabel(k, v.get<std::string>()));
+  }
+  for (auto& k : keys) AppendBig64(&k, run.seq);
+  std::string finished = Prefix({"f"});
+  AppendBig64(&finished, static_cast<uint64_t>(ToMicros(run.finished_at.value_or(TimePoint{}))));
+  finished.append(run.id);
+  keys.push_back(std::move(finished));
+  return keys;
+}
+
+}  // namespace
+
+uint32_t RunRecordFormat() { return kSnapshotFormatVersion; }
+
+std::string RunArchive::IndexAll() { return Prefix({"a"}); }
+std::string RunArchive::IndexTenant(std::string_view tenant) { return Prefix({"t", tenant}); }
+std::string RunArchive::IndexPhase(std::string_view phase) { return Prefix({"s", phase}); }
+std::string RunArchive::IndexWorkflow(std::string_view workflow) { return Prefix({"w", workflow}); }
+std::string RunArchive::IndexLabel(std::string_view key, std::string_view value) {
+  return Prefix({"l", key, value});
+}
+
+Result<std::optional<Run>> RunArchive::Load(const State& s, std::string_view id,
+                                            uint64_t position) const {
+  std::string bytes;
+  if (const std::string* pending = Pending(id, position)) {
+    bytes = *pending;
+  } else {
+    // The newest record below `position`: keys sort by position within the id.
+    std::string to = position == UINT64_MAX ? RecordPrefix(id) + std::string(8, '\xff') + "\xff"
+                                            : RecordKey(id, position);
+    ASSIGN_OR_RETURN(auto found,
+                     store_->ScanReadModel(ReadModelFamily::kRecords, RecordPrefix(id), to,
+                                           /*reverse=*/true, 1));
+    if (found.empty()) return std::optional<Run>();
+    bytes = std::move(found.front().value);
+  }
+  auto run = DecodeRunRecord(bytes, s);
+  if (!run.ok()) {
+    return Status(run.status().code(), "the read model's record of run '" + std::string(id) +
+                                           "': " + run.status().message());
+  }
+  return std::optional<Run>(std::move(*run));
+}
+
+Result<std::vector<std::pair<uint64_t, std::string>>> RunArchive::Scan(const std::string& index,
+                                                                       uint64_t below_seq,
+                                                                       size_t limit) const {
+  std::string to = index;
+  if (below_seq == 0) {
+    to.back() = static_cast<char>(kSep + 1);  // past every key of the index
+  } else {
+    AppendBig64(&to, below_seq);
+  }
+  ASSIGN_OR_RETURN(auto found, store_->ScanReadModel(ReadModelFamily::kIndex, index, to,
+                                                     /*reverse=*/true, limit));
+  std::vector<std::pair<uint64_t, std::string>> out;
+  out.reserve(found.size());
+  for (auto& e : found) {
+    out.emplace_back(ReadBig64(std::string_view(e.key).substr(index.size())), std::move(e.value));
+  }
+  return out;
+}
+
+std::vector<ReadModelWrite> RunArchive::FoldWrites(const Run& run, uint64_t position) {
+  std::vector<ReadModelWrite> out;
+  out.push_back({ReadModelFamily::kRecords, RecordKey(run.id, position), EncodeRunRecord(run)});
+  for (auto& k : IndexKeys(run)) out.push_back({ReadModelFamily::kIndex, std::move(k), run.id});
+  return out;
+}
+
+std::vector<ReadModelWrite> RunArchive::UnfoldWrites(const Run& run) {
+  std::vector<ReadModelWrite> out;
+  for (auto& k : IndexKeys(run)) out.push_back({ReadModelFamily::kIndex, std::move(k), {}});
+  return out;
+}
+
+Status RecordingArchive::Folded(const Run& run, uint64_t position) {
+  auto writes = FoldWrites(run, position);
+  records_[run.id][position] = *writes.front().value;
+  for (auto& w : writes) writes_.push_back(std::move(w));
+  return Status::Ok();
+}
+
+Status RecordingArchive::Unfolded(const Run& run, uint64_t) {
+  for (auto& w : UnfoldWrites(run)) writes_.push_back(std::move(w));
+  return Status::Ok();
+}
+
+std::vector<ReadModelWrite> RecordingArchive::TakeWrites() {
+  records_.clear();
+  return std::exchange(writes_, {});
+}
+
+const std::string* RecordingArchive::Pending(std::string_view id, uint64_t position) const {
+  auto it = records_.find(id);
+  if (it == records_.end()) return nullptr;
+  auto r = it->second.lower_bound(position);  // the newest below `position`
+  if (r == it->second.begin()) return nullptr;
+  return &std::prev(r)->second;
+}
+
+bool Foldable(const Run& run) {
+  if (!IsTerminal(run.phase)) return false;
+  for (const auto& s : run.steps) {
+    if (s.HasActive()) return false;
+  }
+  return true;
+}
+
+Status EvolveArchived(State& s, const RecordedEvent& e, RunArchive* archive) {
+  if (!archive || e.stream.rfind("run-", 0) != 0) return Evolve(s, e);
+  std::string id = e.stream.substr(4);
+  if (e.type != ev::kRunSubmitted && !s.runs.count(id)) {
+    ASSIGN_OR_RETURN(std::optional<Run> run, archive->Load(s, id, e.position));
+    if (run) {
+      RETURN_IF_ERROR(archive->Unfolded(*run, e.position));
+      auto counted = s.archived.find(std::string(Name(run->phase)));
+      if (counted != s.archived.end() && --counted->second == 0) s.archived.erase(counted);
+      s.runs_by_seq[run->seq] = id;
+      s.runs.emplace(id, std::move(*run));
+    }
+  }
+  RETURN_IF_ERROR(Evolve(s, e));
+  auto it = s.runs.find(id);
+  if (it == s.runs.end() || !Foldable(it->second)) return Status::Ok();
+  RETURN_IF_ERROR(archive->Folded(it->second, e.position));
+  s.archived[std::string(Name(it->second.phase))]++;
+  s.runs_by_seq.erase(it->second.seq);
+  s.runs.erase(it);
+  return Status::Ok();
+}
+
+}  // namespace epoch::engine
