@@ -314,6 +314,7 @@ int main(int argc, char** argv) {
   eopts.node = config.master_name;
   eopts.advertise_url = config.advertise_url;
   eopts.snapshot_every = config.snapshot_every;
+  eopts.archive_runs = true;  // finished runs live in the read model, not in memory
   eopts.min_free_bytes = config.min_free_bytes;
   eopts.watch_interval = config.watch_interval;
   eopts.allow_corrupt_history = allow_corrupt_history;

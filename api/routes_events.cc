@@ -178,8 +178,14 @@ void ApiServer::Impl::EventRoutes() {
         // The exact stream (not only its prefix), and only what the caller may read.
         Keep keep = [this, exact, stream, tenant, visible = Visible()](const storage::Envelope& e) {
           if (exact && e.stream != stream) return false;
+          if (e.stream.rfind("run-", 0) == 0) {
+            return engine->ReadRun(e.stream.substr(4),
+                                   [&](const engine::State& s, const engine::Run* run) {
+                                     return engine::EventVisible(s, e.stream, visible, tenant, run);
+                                   });
+          }
           return engine->Read([&](const engine::State& s) {
-            return engine::EventVisible(s, e.stream, visible, tenant);
+            return engine::EventVisible(s, e.stream, visible, tenant, nullptr);
           });
         };
         if (QueryBool(req, "follow")) {
@@ -217,8 +223,8 @@ void ApiServer::Impl::EventRoutes() {
   Get(R"(/v1/runs/([^/]+)/history)",
       Wrap("/v1/runs/{id}/history", [this](const Request& req, Response& res) {
         std::string id = req.matches[1];
-        Json run = engine->Read([&](const engine::State& s) {
-          return engine::RunJson(s, engine->options().config, id, Visible());
+        Json run = engine->ReadRun(id, [&](const engine::State& s, const engine::Run* found) {
+          return engine::RunJson(s, engine->options().config, found, Visible());
         });
         if (run.is_null()) {
           return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
@@ -283,8 +289,9 @@ void ApiServer::Impl::EventRoutes() {
   Get(R"(/v1/runs/([^/]+)/events)",
       Wrap("/v1/runs/{id}/events", [this](const Request& req, Response& res) {
         std::string id = req.matches[1];
-        bool exists = engine->Read(
-            [&](const engine::State& s) { return engine::RunVisible(s, id, Visible()); });
+        bool exists = engine->ReadRun(id, [&](const engine::State&, const engine::Run* run) {
+          return engine::RunVisible(run, Visible());
+        });
         if (!exists) return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
         HttpError err;
         auto from = ResumeAfter(req, &err);
@@ -295,7 +302,9 @@ void ApiServer::Impl::EventRoutes() {
           if (!slot) return;
           // The stream ends once the run is finished and everything was sent.
           return StreamEvents(res, std::move(slot), FollowStream(stream, *from), [this, id] {
-            return engine->Read([&](const engine::State& s) { return engine::RunEnded(s, id); });
+            return engine->ReadRun(id, [](const engine::State&, const engine::Run* run) {
+              return engine::RunEnded(run);
+            });
           });
         }
         auto page = ReadStreamAfter(stream, *from);

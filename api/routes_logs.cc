@@ -149,8 +149,8 @@ void ApiServer::Impl::LogRoutes() {
         HttpError err;
         auto attempt_q = QueryInt(req, "attempt", 0, 0, 1000000, &err);
         if (!attempt_q.ok()) return WriteError(res, err);
-        Result<int> found = engine->Read([&](const engine::State& s) {
-          return engine::LogAttempt(s, id, step, static_cast<int>(*attempt_q), Visible());
+        Result<int> found = engine->ReadRun(id, [&](const engine::State&, const engine::Run* run) {
+          return engine::LogAttempt(run, id, step, static_cast<int>(*attempt_q), Visible());
         });
         if (!found.ok()) return WriteError(res, {404, "not_found", found.status().message(), {}});
         const int attempt = *found;
@@ -222,7 +222,7 @@ void ApiServer::Impl::FollowLog(Response& res, const std::string& path,
   // One log event per line, read from `offset` a block per call; "end" once the
   // attempt has finished and everything it wrote was sent.
   struct State {
-    std::string path, attempt_id;
+    std::string path, attempt_id, run;
     std::unique_ptr<LogFile> file;
     uint64_t offset = 0;
     std::string partial;  // an unfinished last line
@@ -231,6 +231,7 @@ void ApiServer::Impl::FollowLog(Response& res, const std::string& path,
   auto st = std::make_shared<State>();
   st->path = path;
   st->attempt_id = attempt_id;
+  st->run = attempt_id.substr(0, attempt_id.find('/'));
   st->offset = from;
   auto line = [](std::string* out, std::string_view text) {
     *out += "event: log\ndata: ";
@@ -240,8 +241,9 @@ void ApiServer::Impl::FollowLog(Response& res, const std::string& path,
   res.Stream(
       "text/event-stream",
       [this, st, slot, line](std::string* out, bool) {
-        bool finished = engine->Read(
-            [&](const engine::State& s) { return engine::AttemptEnded(s, st->attempt_id); });
+        bool finished = engine->ReadRun(st->run, [&](const engine::State&, const engine::Run* run) {
+          return engine::AttemptEnded(run, st->attempt_id);
+        });
         if (!st->file || !st->file->exists()) st->file = std::make_unique<LogFile>(st->path);
         auto chunk = st->file->Read(st->offset, kLogBlock);
         if (!chunk.ok()) {

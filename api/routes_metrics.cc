@@ -56,9 +56,9 @@ void ApiServer::Impl::MetricsRoutes() {
           if (!r.ok()) return WriteError(res, err);
           q.rank = static_cast<int>(*r);
         }
-        Json totals = engine->Read([&](const engine::State& s) {
-          if (!engine::RunVisible(s, id, Visible())) return Json();
-          return engine::StepMetricTotals(s, id, step);
+        Json totals = engine->ReadRun(id, [&](const engine::State&, const engine::Run* run) {
+          if (!engine::RunVisible(run, Visible())) return Json();
+          return engine::StepMetricTotals(run, step);
         });
         if (totals.is_null()) {
           return WriteError(res, {404,
@@ -77,8 +77,9 @@ void ApiServer::Impl::MetricsRoutes() {
           return StreamEvents(
               res, std::move(slot), FollowStream(stream, *from),
               [this, id] {
-                return engine->Read(
-                    [&](const engine::State& s) { return engine::RunEnded(s, id); });
+                return engine->ReadRun(id, [&](const engine::State&, const engine::Run* run) {
+                  return engine::RunEnded(run);
+                });
               },
               std::move(keep));
         }

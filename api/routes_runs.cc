@@ -38,8 +38,8 @@ void ApiServer::Impl::RunsRoutes() {
          cmd.run_id = ids->NewId("r", clock->Now());
          auto r = engine->Execute(cmd);
          if (!r.ok()) return WriteError(res, FromStatus(r.status()));
-         Json run = engine->Read([&](const engine::State& s) {
-           return engine::RunJson(s, engine->options().config, r->id, nullptr);
+         Json run = engine->ReadRun(r->id, [&](const engine::State& s, const engine::Run* found) {
+           return engine::RunJson(s, engine->options().config, found, nullptr);
          });
          res.SetHeader("Location", "/v1/runs/" + r->id);
          WriteJson(res, r->created ? 201 : 200, run);
@@ -79,15 +79,14 @@ void ApiServer::Impl::RunsRoutes() {
         q.labels = std::move(labels);
         q.cursor = static_cast<uint64_t>(*cursor);
         q.limit = static_cast<size_t>(*limit);
-        engine::RunPage page = engine->Read([&](const engine::State& s) {
-          return engine::ListRuns(s, engine->options().config, q);
-        });
-        WriteJson(res, 200, Json{{"items", page.items}, {"next_cursor", page.next_cursor}});
+        Result<engine::RunPage> page = engine->ListRuns(q);
+        if (!page.ok()) return WriteError(res, FromStatus(page.status()));
+        WriteJson(res, 200, Json{{"items", page->items}, {"next_cursor", page->next_cursor}});
       }));
   Get(R"(/v1/runs/([^/]+))", Wrap("/v1/runs/{id}", [this](const Request& req, Response& res) {
         std::string id = req.matches[1];
-        Json run = engine->Read([&](const engine::State& s) {
-          return engine::RunJson(s, engine->options().config, id, Visible());
+        Json run = engine->ReadRun(id, [&](const engine::State& s, const engine::Run* found) {
+          return engine::RunJson(s, engine->options().config, found, Visible());
         });
         if (run.is_null()) {
           return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
@@ -100,15 +99,16 @@ void ApiServer::Impl::RunsRoutes() {
       auto body = ParseBody(req, &err, /*allow_empty=*/true);
       if (!body.ok()) return WriteError(res, err);
       std::string id = req.matches[1];
-      if (!engine->Read(
-              [&](const engine::State& s) { return engine::RunVisible(s, id, Visible()); })) {
+      if (!engine->ReadRun(id, [&](const engine::State&, const engine::Run* found) {
+            return engine::RunVisible(found, Visible());
+          })) {
         return WriteError(res, {404, "not_found", "run '" + id + "' not found", {}});
       }
       Result<engine::CommandResult> r = cancel ? engine->Execute(engine::CancelRun{id, Actor(req)})
                                                : engine->Execute(engine::RetryRun{id, Actor(req)});
       if (!r.ok()) return WriteError(res, FromStatus(r.status()));
-      Json run = engine->Read([&](const engine::State& s) {
-        return engine::RunJson(s, engine->options().config, id, nullptr);
+      Json run = engine->ReadRun(id, [&](const engine::State& s, const engine::Run* found) {
+        return engine::RunJson(s, engine->options().config, found, nullptr);
       });
       WriteJson(res, 202, run);
     };

@@ -161,6 +161,7 @@ int RunHistoryBench(int argc, char** argv) {
   SystemClock clock;
   engine::EngineOptions o;
   o.node = "history";
+  o.archive_runs = true;  // as epochd: finished runs go to the read model
   o.advertise_url = "http://127.0.0.1:1";
   o.config.data_dir = dir;
   o.config.max_replicas = 4;
@@ -292,6 +293,7 @@ int RunReplayBench(int argc, char** argv) {
     engine::EngineOptions o;
     o.config.data_dir = dir;
     o.load_snapshot = snapshots;
+    o.archive_runs = true;
     auto e = std::make_unique<engine::Engine>(o, store->get(), nullptr, &clock);
     t0 = SteadyClock::now();
     if (Status st = e->StartStandby(); !st.ok()) Die(st.ToString());

@@ -548,6 +548,67 @@ TEST_F(E2ETest, DeclaredOutputsAndLineageOfDatasetsAndModels) {
   EXPECT_EQ(r2["steps"][0]["attempts"][0]["reason"], "missing_output: model.bin") << r2.dump(2);
 }
 
+// A run that ends leaves epochd's memory for the read model (engine/archive.h); what
+// the API reads of it is the same from the leader, from a standby, after a restart
+// from a snapshot (which holds open work only), and after a retry brings it back.
+TEST_F(E2ETest, FinishedRunsReadTheSameFromTheReadModelAcrossRestartsAndOnAStandby) {
+  Epochd d(dir_.path(), {"storage.snapshotEvery=10"}, "a");
+  d.Start();
+  std::string ok = d.RegisterAndSubmit(Def(R"J({"name": "lineage", "steps": [
+      {"name": "prep", "kind": "data_prep", "dataset": {"name": "numbers"},
+       "outputs": ["data.txt"], "command": ["sh", "-c", "seq 1 10 > $EPOCH_OUTPUTS/data.txt; echo prepared"]},
+      {"name": "train", "kind": "train", "after": ["prep"], "model": {"name": "summer"},
+       "outputs": ["model.txt"], "command": ["sh", "-c", "echo 55 > $EPOCH_OUTPUTS/model.txt"]}]})J"));
+  std::string bad = d.RegisterAndSubmit(Def(
+      R"J({"name": "bad", "steps": [{"name": "a", "command": ["sh", "-c", "echo no; exit 3"]}]})J"));
+  ASSERT_EQ(d.WaitForRun(ok)["state"], "succeeded");
+  ASSERT_EQ(d.WaitForRun(bad)["state"], "failed");
+  const std::vector<std::string> paths = {"/v1/runs",
+                                          "/v1/runs?state=failed",
+                                          "/v1/runs?workflow=lineage",
+                                          "/v1/runs?limit=1",
+                                          "/v1/runs/" + ok,
+                                          "/v1/runs/" + bad,
+                                          "/v1/runs/" + ok + "/history",
+                                          "/v1/runs/" + bad + "/events",
+                                          "/v1/runs/" + ok + "/steps/prep/logs",
+                                          "/v1/runs/" + bad + "/steps/a/logs?follow=true",
+                                          "/v1/datasets/numbers",
+                                          "/v1/models/summer/versions/1",
+                                          "/v1/runs/r-never"};
+  auto reads = [&](Epochd& e) {
+    Json out = Json::object();
+    for (const auto& p : paths) out[p] = {e.Get(p).status, e.Get(p).body};
+    return out;
+  };
+  Json before = reads(d);
+  EXPECT_EQ(before["/v1/runs/" + ok][0], 200);
+  EXPECT_EQ(Json::parse(before["/v1/runs"][1].get<std::string>())["items"].size(), 2u);
+  EXPECT_NE(before["/v1/runs/" + ok + "/steps/prep/logs"][1].get<std::string>().find("prepared"),
+            std::string::npos);
+  EXPECT_NE(before["/v1/runs/" + bad + "/steps/a/logs?follow=true"][1].get<std::string>().find(
+                "event: end"),
+            std::string::npos);
+  EXPECT_EQ(before["/v1/runs/r-never"][0], 404);
+
+  Epochd standby(dir_.path(), {}, "b");
+  standby.StartStandby();
+  EXPECT_EQ(reads(standby), before);
+  standby.Terminate();
+  d.Terminate();
+  d.Start();
+  EXPECT_EQ(reads(d), before);
+  // The failed run comes back with a retry and ends again: read as open, then as
+  // folded anew.
+  ASSERT_EQ(d.Post("/v1/runs/" + bad + "/retry", "").status, 202);
+  Json again = d.WaitForRun(bad);
+  EXPECT_EQ(again["state"], "failed");
+  EXPECT_EQ(again["steps"][0]["attempts"].size(), 2u) << again.dump();
+  Json failed = d.Get("/v1/runs?state=failed").json()["items"];
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0], again);
+}
+
 TEST_F(E2ETest, EpochctlSubmitWaitsAndExitsByTheRunsOutcome) {
   Epochd d(dir_.path());
   d.Start();
