@@ -31,10 +31,10 @@ class Reader {
     in_.remove_prefix(8);
     return true;
   }
-  bool String(std::string* s) {
+  bool View(std::string_view* s) {
     uint32_t len = 0;
     if (!Fixed32(&len) || in_.size() < len) return false;
-    s->assign(in_.data(), len);
+    *s = in_.substr(0, len);
     in_.remove_prefix(len);
     return true;
   }
@@ -212,8 +212,7 @@ Status EncodeEvent(const Envelope& env, std::string* value, Digest* hash_out) {
   return Status::Ok();
 }
 
-Status DecodeEvent(uint64_t position, std::string_view value, Envelope* env, Digest* raw_hash,
-                   Digest* raw_prev_hash) {
+Status DecodeEventFields(uint64_t position, std::string_view value, EventFields* out) {
   Reader r(value);
   uint8_t format = 0;
   if (!r.Fixed8(&format)) return Malformed(position, "empty");
@@ -221,25 +220,38 @@ Status DecodeEvent(uint64_t position, std::string_view value, Envelope* env, Dig
     return Corruption("event " + std::to_string(position) + ": unknown format " +
                       std::to_string(format));
   }
-  Envelope out;
-  out.position = position;
-  Digest prev{}, stored{};
-  if (!r.String(&out.stream) || !r.Fixed64(&out.version) || !r.String(&out.type) ||
-      !r.Fixed32(&out.schema) || !r.String(&out.time) || !r.Fixed64(&out.epoch) ||
-      !r.String(&out.actor) || !r.String(&out.data) || !r.Raw(&prev) || !r.Raw(&stored)) {
+  if (!r.View(&out->stream) || !r.Fixed64(&out->version) || !r.View(&out->type) ||
+      !r.Fixed32(&out->schema) || !r.View(&out->time) || !r.Fixed64(&out->epoch) ||
+      !r.View(&out->actor) || !r.View(&out->data) || !r.Raw(&out->prev_hash) ||
+      !r.Raw(&out->hash)) {
     return Malformed(position, "truncated");
   }
   if (r.remaining() != 0) return Malformed(position, "trailing bytes");
 
   Digest computed = HashOf(position, value.substr(1, value.size() - 1 - kDigestSize));
-  if (computed != stored) {
+  if (computed != out->hash) {
     return Corruption("event " + std::to_string(position) + ": hash mismatch");
   }
-  out.prev_hash = ToHex(prev);
-  out.hash = ToHex(stored);
-  if (raw_hash != nullptr) *raw_hash = stored;
-  if (raw_prev_hash != nullptr) *raw_prev_hash = prev;
-  *env = std::move(out);
+  return Status::Ok();
+}
+
+Status DecodeEvent(uint64_t position, std::string_view value, Envelope* env, Digest* raw_hash,
+                   Digest* raw_prev_hash) {
+  EventFields f;
+  RETURN_IF_ERROR(DecodeEventFields(position, value, &f));
+  env->position = position;
+  env->stream.assign(f.stream);
+  env->version = f.version;
+  env->type.assign(f.type);
+  env->schema = f.schema;
+  env->time.assign(f.time);
+  env->epoch = f.epoch;
+  env->actor.assign(f.actor);
+  env->data.assign(f.data);
+  env->prev_hash = ToHex(f.prev_hash);
+  env->hash = ToHex(f.hash);
+  if (raw_hash != nullptr) *raw_hash = f.hash;
+  if (raw_prev_hash != nullptr) *raw_prev_hash = f.prev_hash;
   return Status::Ok();
 }
 

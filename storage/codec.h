@@ -113,10 +113,29 @@ void EncodeEvent(uint64_t position, std::string_view stream, uint64_t version,
                  std::string_view actor, std::string_view data, const Digest& prev_hash,
                  std::string* value, Digest* hash_out);
 
+// An `events` value decoded in place: the strings are views into the value (valid
+// while it is), the hashes raw. What every read decodes first; an Envelope (hex
+// hashes, owned strings) is built only where one is handed out.
+struct EventFields {
+  std::string_view stream;
+  uint64_t version = 0;
+  std::string_view type;
+  uint32_t schema = 0;
+  std::string_view time;
+  uint64_t epoch = 0;
+  std::string_view actor;
+  std::string_view data;
+  Digest prev_hash{};
+  Digest hash{};
+};
+
 // Decodes an `events` value stored under `position`, recomputes the hash and
 // compares it with the stored one. kCorruption ("event 42: hash mismatch",
-// "event 42: malformed ...") on any failure. On success env is complete (hashes
-// in lowercase hex) and, if non-null, raw_hash / raw_prev_hash hold the digests.
+// "event 42: malformed ...") on any failure; *out is then unspecified.
+Status DecodeEventFields(uint64_t position, std::string_view value, EventFields* out);
+
+// DecodeEventFields into an Envelope: on success env is complete (hashes in
+// lowercase hex) and, if non-null, raw_hash / raw_prev_hash hold the digests.
 Status DecodeEvent(uint64_t position, std::string_view value, Envelope* env,
                    Digest* raw_hash = nullptr, Digest* raw_prev_hash = nullptr);
 

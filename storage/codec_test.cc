@@ -80,6 +80,42 @@ TEST(CodecTest, EnvelopeRoundTrip) {
   EXPECT_EQ(ToHex(raw_prev), in.prev_hash);
 }
 
+TEST(CodecTest, DecodeEventFieldsViewsTheValueWithRawDigests) {
+  Envelope in = Sample(42);
+  std::string value;
+  Digest hash{};
+  ASSERT_TRUE(EncodeEvent(in, &value, &hash).ok());
+  EventFields f;
+  Status st = DecodeEventFields(42, value, &f);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(f.stream, "run-r1");
+  EXPECT_EQ(f.version, 3u);
+  EXPECT_EQ(f.type, "JobSucceeded");
+  EXPECT_EQ(f.schema, 2u);
+  EXPECT_EQ(f.time, "2026-11-28T13:38:40.123456Z");
+  EXPECT_EQ(f.epoch, 7u);
+  EXPECT_EQ(f.actor, "container-c9");
+  EXPECT_EQ(f.data, in.data);  // NUL and 0xff bytes included
+  EXPECT_EQ(f.hash, hash);
+  EXPECT_EQ(f.prev_hash, Sha256Of("previous"));
+  // Views into the value, not copies: the data ends where the prev_hash begins.
+  EXPECT_EQ(f.data.data() + f.data.size(), value.data() + value.size() - 64);
+  EXPECT_EQ(f.stream.data(), value.data() + 1 + 4);
+  // DecodeEvent is the same decode, with hex hashes.
+  Envelope out;
+  ASSERT_TRUE(DecodeEvent(42, value, &out).ok());
+  EXPECT_EQ(out.hash, ToHex(f.hash));
+  EXPECT_EQ(out.prev_hash, ToHex(f.prev_hash));
+  // A decode into an Envelope that held another event overwrites every field.
+  Envelope reused = Sample(1);
+  reused.data = std::string(1000, 'x');
+  reused.hash = "stale";
+  ASSERT_TRUE(DecodeEvent(42, value, &reused).ok());
+  EXPECT_EQ(reused.position, 42u);
+  EXPECT_EQ(reused.data, in.data);
+  EXPECT_EQ(reused.hash, ToHex(hash));
+}
+
 TEST(CodecTest, HashIsSha256OfPositionAndFields) {
   Envelope in = Sample(9);
   std::string expected_input;
@@ -128,6 +164,10 @@ TEST(CodecTest, EveryFlippedByteIsCorruption) {
     Status st = DecodeEvent(7, bad, &out);
     ASSERT_EQ(st.code(), StatusCode::kCorruption) << "byte " << i;
     EXPECT_EQ(st.message().rfind("event 7: ", 0), 0u) << st.message();
+    EventFields f;
+    Status fs = DecodeEventFields(7, bad, &f);
+    EXPECT_EQ(fs.code(), StatusCode::kCorruption) << "byte " << i;
+    EXPECT_EQ(fs.message(), st.message()) << "byte " << i;
   }
   Envelope out;
   EXPECT_EQ(DecodeEvent(7, value.substr(0, value.size() - 1), &out).code(),

@@ -36,6 +36,8 @@
 
 namespace epoch::storage {
 
+class EventPage;  // storage/event_page.h
+
 struct Envelope {
   uint64_t position = 0;
   std::string stream;
@@ -169,6 +171,10 @@ class EventStore {
   virtual Result<std::vector<Envelope>> ReadAll(uint64_t after, size_t limit,
                                                 const ReadFilter& filter = {}) = 0;
   virtual Result<Envelope> ReadAt(uint64_t position) = 0;
+  // ReadAll for replay (event_page.h): the page is cleared and filled in place with
+  // the events after `after`, at most limit, verified as ReadAll does. The default
+  // goes through ReadAll (event_page.cc); the RocksDB store decodes into the page.
+  virtual Status ReadPage(uint64_t after, size_t limit, EventPage* page);
 
   // Audit: walks the hash chain from position `from` to the head, checking that every
   // event is present, decodes, has the hash of its bytes, and names its predecessor's

@@ -7,7 +7,7 @@
 //   rocksdb_append.cc       Append: the group commit (writer queue, validation,
 //                           CommitGroup) and the notification of subscribers;
 //   rocksdb_read_model.cc   the read model's families (reads, rebuild writes);
-//   rocksdb_read.cc         reads (ReadStream, ReadAll, ReadAt), VerifyChain, the
+//   rocksdb_read.cc         reads (ReadStream, ReadAll, ReadPage, ReadAt), VerifyChain, the
 //                           head and stream versions, WaitForHead, subscriptions.
 // Each file's top comment says how its part works. Not an interface for anything
 // outside storage/.
@@ -89,6 +89,7 @@ class RocksDbEventStore final : public EventStore {
                                            size_t limit) override;
   Result<std::vector<Envelope>> ReadAll(uint64_t after, size_t limit,
                                         const ReadFilter& filter) override;
+  Status ReadPage(uint64_t after, size_t limit, EventPage* page) override;
   Result<ChainReport> VerifyChain(uint64_t from, const std::string& from_hash) override;
   Result<Envelope> ReadAt(uint64_t position) override;
   HeadInfo Head() override;
@@ -133,6 +134,10 @@ class RocksDbEventStore final : public EventStore {
     MutexLock lock(&db_mu_);
     return db_;
   }
+
+  // ReadAll's and ReadPage's walk of the log after `after` (rocksdb_read.cc).
+  template <typename Take>
+  Status ScanLog(uint64_t after, const rocksdb::ReadOptions& options, Take take);
 
   // Recovery (rocksdb_event_store.cc).
   // The last event's position and hash (verified), cross-checked with the head record.

@@ -10,6 +10,7 @@
 
 #include "common/sha256.h"
 #include "storage/codec.h"
+#include "storage/event_page.h"
 #include "storage/event_store.h"
 
 namespace epoch::storage {
@@ -175,6 +176,180 @@ TEST_F(StoreTest, AppendReadStreamReadAllAndHead) {
   EXPECT_EQ(stats.events, 5u);
   EXPECT_EQ(stats.commit_groups, 3u);
   EXPECT_GT(store_->ApproximateSizeBytes(), 0u);
+}
+
+// A store that leaves ReadPage to EventStore's default (through ReadAll), as a
+// wrapping store (a test's tampered store) does; everything else is the real store.
+class ReadAllOnlyStore : public EventStore {
+ public:
+  explicit ReadAllOnlyStore(EventStore* inner) : inner_(inner) {}
+  Result<AppendResult> Append(AppendBatch b) override { return inner_->Append(std::move(b)); }
+  Result<std::vector<Envelope>> ReadStream(const std::string& s, uint64_t from,
+                                           size_t limit) override {
+    return inner_->ReadStream(s, from, limit);
+  }
+  Result<std::vector<Envelope>> ReadAll(uint64_t after, size_t limit,
+                                        const ReadFilter& f) override {
+    return inner_->ReadAll(after, limit, f);
+  }
+  Result<Envelope> ReadAt(uint64_t position) override { return inner_->ReadAt(position); }
+  Result<ChainReport> VerifyChain(uint64_t from, const std::string& hash) override {
+    return inner_->VerifyChain(from, hash);
+  }
+  HeadInfo Head() override { return inner_->Head(); }
+  uint64_t StreamVersion(const std::string& s) override { return inner_->StreamVersion(s); }
+  uint64_t WaitForHead(uint64_t after, std::chrono::milliseconds t) override {
+    return inner_->WaitForHead(after, t);
+  }
+  uint64_t Subscribe(std::function<void(uint64_t)> fn) override {
+    return inner_->Subscribe(std::move(fn));
+  }
+  void Unsubscribe(uint64_t id) override { inner_->Unsubscribe(id); }
+  Result<std::optional<std::string>> GetIdempotency(const std::string& t,
+                                                    const std::string& k) override {
+    return inner_->GetIdempotency(t, k);
+  }
+  Result<std::optional<std::string>> GetMeta(const std::string& k) override {
+    return inner_->GetMeta(k);
+  }
+  Status PutMeta(const std::string& k, const std::string& v) override {
+    return inner_->PutMeta(k, v);
+  }
+  Status PutSnapshot(uint64_t position, const std::string& bytes) override {
+    return inner_->PutSnapshot(position, bytes);
+  }
+  Result<std::optional<std::pair<uint64_t, std::string>>> LatestSnapshot() override {
+    return inner_->LatestSnapshot();
+  }
+  uint64_t ApproximateSizeBytes() override { return inner_->ApproximateSizeBytes(); }
+  Status ClaimEpoch(uint64_t epoch) override { return inner_->ClaimEpoch(epoch); }
+  uint64_t ClaimedEpoch() override { return inner_->ClaimedEpoch(); }
+
+ private:
+  EventStore* inner_;
+};
+
+// A PageReader's read: the store's ReadPage.
+PageReader<EventPage>::Read PageReading(EventStore* store) {
+  return [store](EventPage* page, uint64_t after, size_t limit) {
+    return store->ReadPage(after, limit, page);
+  };
+}
+
+// Twelve events of two streams, with payloads of growing length.
+void AppendTwelve(EventStore* store) {
+  for (int i = 0; i < 12; ++i) {
+    AppendBatch b;
+    b.time = kTime;
+    b.epoch = 2;
+    std::string stream = i % 3 == 0 ? "workflow-a-rather-long-stream-name" : "run-1";
+    StreamAppend sa{stream, kAnyVersion, {}};
+    sa.events.push_back(
+        NewEvent{i % 2 ? "JobSucceeded" : "ContainerRegistered", static_cast<uint32_t>(1 + i % 2),
+                 "user" + std::to_string(i) + "@tenant",
+                 "{\"n\":\"" + std::string(static_cast<size_t>(10 * i), 'x') + "\"}"});
+    b.appends.push_back(std::move(sa));
+    ASSERT_TRUE(store->Append(std::move(b)).ok());
+  }
+}
+
+// The page holds what ReadAll returns, hashes raw.
+void ExpectPageIsReadAll(const EventPage& page, const std::vector<Envelope>& all) {
+  ASSERT_EQ(page.size(), all.size());
+  for (size_t i = 0; i < all.size(); ++i) {
+    const PageEvent& e = page[i];
+    const Envelope& env = all[i];
+    EXPECT_EQ(e.position, env.position);
+    EXPECT_EQ(e.stream, env.stream);
+    EXPECT_EQ(e.version, env.version);
+    EXPECT_EQ(e.type, env.type);
+    EXPECT_EQ(e.schema, env.schema);
+    EXPECT_EQ(e.time, env.time);
+    EXPECT_EQ(e.epoch, env.epoch);
+    EXPECT_EQ(e.actor, env.actor);
+    EXPECT_EQ(e.data, env.data);
+    EXPECT_EQ(ToHex(e.hash), env.hash);
+    EXPECT_EQ(ToHex(e.prev_hash), env.prev_hash);
+  }
+}
+
+TEST_F(StoreTest, ReadPageIsReadAllInPlaceWithRawDigests) {
+  AppendTwelve(store_.get());
+  auto all = store_->ReadAll(0, 100);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 12u);
+  EXPECT_EQ((*all)[11].data, "{\"n\":\"" + std::string(110, 'x') + "\"}");
+
+  EventPage page;
+  ASSERT_TRUE(store_->ReadPage(0, 100, &page).ok());
+  ExpectPageIsReadAll(page, *all);
+  EXPECT_EQ(page[0].prev_hash, Digest{});  // position 1 links to zeros
+  EXPECT_EQ(page[4].prev_hash, page[3].hash);
+  EXPECT_EQ(ToHex(page.back().hash), store_->Head().hash);
+
+  // A refill reuses the slots and their strings: no slot is added, and slot 0's
+  // payload buffer (event 12's 118 bytes) takes event 6's 58 in place.
+  const size_t slots = page.capacity();
+  ASSERT_TRUE(store_->ReadPage(5, 3, &page).ok());
+  ExpectPageIsReadAll(page, std::vector<Envelope>(all->begin() + 5, all->begin() + 8));
+  EXPECT_EQ(page.capacity(), slots);
+  ASSERT_TRUE(store_->ReadPage(11, 1, &page).ok());
+  ASSERT_EQ(page[0].data.size(), 118u);
+  const char* buffer = page[0].data.data();
+  ASSERT_TRUE(store_->ReadPage(5, 1, &page).ok());
+  ASSERT_EQ(page.size(), 1u);
+  EXPECT_EQ(page[0].position, 6u);
+  EXPECT_EQ(page[0].data, (*all)[5].data);
+  EXPECT_EQ(page[0].data.data(), buffer) << "slot 0 reallocated for a payload that fit";
+
+  // Past the head, and a limit of 0: empty pages.
+  ASSERT_TRUE(store_->ReadPage(12, 10, &page).ok());
+  EXPECT_TRUE(page.empty());
+  ASSERT_TRUE(store_->ReadPage(0, 0, &page).ok());
+  EXPECT_TRUE(page.empty());
+
+  // EventStore's default ReadPage (through ReadAll) fills the same page.
+  ReadAllOnlyStore wrapped(store_.get());
+  EventPage by_default;
+  ASSERT_TRUE(wrapped.ReadPage(2, 7, &by_default).ok());
+  ExpectPageIsReadAll(by_default, std::vector<Envelope>(all->begin() + 2, all->begin() + 9));
+}
+
+TEST_F(StoreTest, PageReaderReadsTheNextPageAheadIntoItsOtherPage) {
+  AppendTwelve(store_.get());
+  auto all = store_->ReadAll(0, 100);
+  ASSERT_TRUE(all.ok());
+  auto slice = [&](size_t from, size_t to) {
+    return std::vector<Envelope>(all->begin() + static_cast<long>(from),
+                                 all->begin() + static_cast<long>(to));
+  };
+  PageReader<EventPage> reader(PageReading(store_.get()));
+  auto first = reader.Next(0, 5);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ExpectPageIsReadAll(**first, slice(0, 5));
+  reader.ReadAhead(5, 5);
+  auto second = reader.Next(5, 5);
+  ASSERT_TRUE(second.ok());
+  EXPECT_NE(*second, *first) << "the page read ahead is the other one";
+  ExpectPageIsReadAll(**second, slice(5, 10));
+  reader.ReadAhead(10, 5);
+  auto third = reader.Next(10, 5);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(*third, *first);
+  ExpectPageIsReadAll(**third, slice(10, 12));
+  // A page read ahead that is not the one asked for is dropped; the asked one is read.
+  reader.ReadAhead(12, 5);
+  auto other = reader.Next(2, 3);
+  ASSERT_TRUE(other.ok());
+  ExpectPageIsReadAll(**other, slice(2, 5));
+  // Through EventStore's default ReadPage, too.
+  ReadAllOnlyStore wrapped(store_.get());
+  PageReader<EventPage> by_default(PageReading(&wrapped));
+  ASSERT_TRUE(by_default.Next(0, 6).ok());
+  by_default.ReadAhead(6, 6);
+  auto tail = by_default.Next(6, 6);
+  ASSERT_TRUE(tail.ok());
+  ExpectPageIsReadAll(**tail, slice(6, 12));
 }
 
 TEST_F(StoreTest, HashChainLinksAndMatchesCodec) {
@@ -538,6 +713,19 @@ TEST_F(StoreTest, FlippedByteIsCorruptionNamingThePosition) {
   auto stream = store_->ReadStream("run-1", 1, 10);
   ASSERT_EQ(stream.status().code(), StatusCode::kCorruption);
   EXPECT_EQ(stream.status().message().rfind("event 3: ", 0), 0u);
+  // ReadPage, and a PageReader whose page read ahead reaches it, name it too.
+  EventPage event_page;
+  Status read_page = store_->ReadPage(0, 100, &event_page);
+  EXPECT_EQ(read_page.code(), StatusCode::kCorruption);
+  EXPECT_EQ(read_page.message(), all.status().message());
+  PageReader<EventPage> reader(PageReading(store_.get()));
+  auto first = reader.Next(0, 2);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ((*first)->size(), 2u);
+  reader.ReadAhead(2, 2);
+  auto ahead = reader.Next(2, 2);
+  EXPECT_EQ(ahead.status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(ahead.status().message(), all.status().message());
   // Untouched events still read; a page that ends before it is clean.
   EXPECT_TRUE(store_->ReadAt(2).ok());
   EXPECT_TRUE(store_->ReadAt(4).ok());
@@ -571,6 +759,14 @@ TEST_F(StoreTest, BrokenLinkIsCorruptionNamingThePosition) {
   auto page = store_->ReadAll(3, 10);
   ASSERT_EQ(page.status().code(), StatusCode::kCorruption);
   EXPECT_EQ(page.status().message(), "event 4: prev_hash does not match the hash of event 3");
+  EventPage event_page;
+  Status st = store_->ReadPage(0, 100, &event_page);
+  EXPECT_EQ(st.code(), StatusCode::kCorruption);
+  EXPECT_EQ(st.message(), "event 3: prev_hash does not match the hash of event 2");
+  st = store_->ReadPage(3, 10, &event_page);
+  EXPECT_EQ(st.message(), "event 4: prev_hash does not match the hash of event 3");
+  ASSERT_TRUE(store_->ReadPage(0, 2, &event_page).ok());
+  EXPECT_EQ(event_page.size(), 2u);
 }
 
 TEST_F(StoreTest, ReadAllFiltersByActorAndTimeRange) {

@@ -23,6 +23,7 @@
 
 #include "common/mutex.h"
 #include "storage/codec.h"
+#include "storage/event_page.h"
 #include "storage/event_store.h"
 #include "storage/rocksdb_db.h"
 #include "storage/rocksdb_event_store_internal.h"
@@ -30,7 +31,7 @@
 namespace epoch::storage::internal {
 namespace {
 
-bool Matches(const Envelope& env, const ReadFilter& filter) {
+bool Matches(const codec::EventFields& env, const ReadFilter& filter) {
   if (!filter.stream_prefix.empty() && !env.stream.starts_with(filter.stream_prefix)) {
     return false;
   }
@@ -93,12 +94,15 @@ Result<std::vector<Envelope>> RocksDbEventStore::ReadStream(const std::string& s
   return out;
 }
 
-Result<std::vector<Envelope>> RocksDbEventStore::ReadAll(uint64_t after, size_t limit,
-                                                         const ReadFilter& filter) {
-  std::vector<Envelope> out;
+// Walks the log from `after` + 1 to the head through one snapshot, checking that
+// positions are dense, every event decodes with the hash of its bytes, and each links
+// to the one before it (the first to event `after`, read again). Calls
+// take(position, fields) for each event until it returns false; its views live until
+// the next event.
+template <typename Take>
+Status RocksDbEventStore::ScanLog(uint64_t after, const rocksdb::ReadOptions& options, Take take) {
   const uint64_t head = Head().position;
-  if (limit == 0 || after >= head) return out;
-
+  if (after >= head) return Status::Ok();
   std::shared_ptr<Db> d = db();
   SnapshotReads snap(*d);
   // The link into the page: the first event's prev_hash must be the hash of
@@ -110,32 +114,77 @@ Result<std::vector<Envelope>> RocksDbEventStore::ReadAll(uint64_t after, size_t 
   }
   const std::string upper = codec::EventKey(head + 1);
   rocksdb::Slice upper_slice(upper);
-  rocksdb::ReadOptions ro = snap.options;
+  rocksdb::ReadOptions ro = options;
+  ro.snapshot = snap.options.snapshot;
   ro.iterate_upper_bound = &upper_slice;
   std::unique_ptr<rocksdb::Iterator> it(d->db->NewIterator(ro, d->events));
   uint64_t expected = after + 1;
+  codec::EventFields f;
   for (it->Seek(codec::EventKey(after + 1)); it->Valid(); it->Next(), ++expected) {
     ASSIGN_OR_RETURN(uint64_t position, codec::DecodePositionKey(it->key().ToStringView()));
     if (position != expected) {
       return Corruption("event " + std::to_string(expected) + ": missing");
     }
-    Envelope env;
-    Digest hash{}, prev{};
-    RETURN_IF_ERROR(codec::DecodeEvent(position, it->value().ToStringView(), &env, &hash, &prev));
-    if (prev != expected_prev) {
+    RETURN_IF_ERROR(codec::DecodeEventFields(position, it->value().ToStringView(), &f));
+    if (f.prev_hash != expected_prev) {
       return Corruption("event " + std::to_string(position) +
                         ": prev_hash does not match the hash of event " +
                         std::to_string(position - 1));
     }
-    expected_prev = hash;
-    if (Matches(env, filter)) {
-      out.push_back(std::move(env));
-      if (out.size() >= limit) return out;
-    }
+    expected_prev = f.hash;
+    if (!take(position, f)) return Status::Ok();
   }
   if (!it->status().ok()) return FromRocks(it->status(), "reading the log");
   if (expected <= head) return Corruption("event " + std::to_string(expected) + ": missing");
+  return Status::Ok();
+}
+
+Result<std::vector<Envelope>> RocksDbEventStore::ReadAll(uint64_t after, size_t limit,
+                                                         const ReadFilter& filter) {
+  std::vector<Envelope> out;
+  if (limit == 0) return out;
+  RETURN_IF_ERROR(
+      ScanLog(after, rocksdb::ReadOptions(), [&](uint64_t position, const codec::EventFields& f) {
+        if (!Matches(f, filter)) return true;
+        Envelope& env = out.emplace_back();
+        env.position = position;
+        env.stream.assign(f.stream);
+        env.version = f.version;
+        env.type.assign(f.type);
+        env.schema = f.schema;
+        env.time.assign(f.time);
+        env.epoch = f.epoch;
+        env.actor.assign(f.actor);
+        env.data.assign(f.data);
+        env.prev_hash = ToHex(f.prev_hash);
+        env.hash = ToHex(f.hash);
+        return out.size() < limit;
+      }));
   return out;
+}
+
+Status RocksDbEventStore::ReadPage(uint64_t after, size_t limit, EventPage* page) {
+  page->Clear();
+  if (limit == 0) return Status::Ok();
+  // A replay reads the log once, front to back: its blocks would only evict what
+  // serving reads keep in the block cache.
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  return ScanLog(after, ro, [&](uint64_t position, const codec::EventFields& f) {
+    PageEvent& e = page->Add();
+    e.position = position;
+    e.stream.assign(f.stream);
+    e.version = f.version;
+    e.type.assign(f.type);
+    e.schema = f.schema;
+    e.time.assign(f.time);
+    e.epoch = f.epoch;
+    e.actor.assign(f.actor);
+    e.data.assign(f.data);
+    e.prev_hash = f.prev_hash;
+    e.hash = f.hash;
+    return page->size() < limit;
+  });
 }
 
 Result<ChainReport> RocksDbEventStore::VerifyChain(uint64_t from, const std::string& from_hash) {
@@ -180,10 +229,11 @@ Result<ChainReport> RocksDbEventStore::VerifyChain(uint64_t from, const std::str
     if (*position != expected) {
       return fail(expected, "event " + std::to_string(expected) + ": missing");
     }
-    Envelope env;
-    Digest hash{}, prev{};
-    Status st = codec::DecodeEvent(expected, it->value().ToStringView(), &env, &hash, &prev);
+    codec::EventFields f;
+    Status st = codec::DecodeEventFields(expected, it->value().ToStringView(), &f);
     if (!st.ok()) return fail(expected, st.message());
+    const Digest& hash = f.hash;
+    const Digest& prev = f.prev_hash;
     if (expected == from && from > 1) {
       if (ToHex(hash) != from_hash) {
         return fail(expected, "event " + std::to_string(expected) + ": hash " + ToHex(hash) +
