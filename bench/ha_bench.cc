@@ -10,6 +10,7 @@
 //                               standby acknowledges a write); p50/p99/max. Real epochd
 //                               processes (next to epoch-bench) on one data dir.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -283,6 +284,17 @@ int RunReplayBench(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   SystemClock clock;
+  // CPU seconds of this process (every thread): replay reads ahead on a second thread,
+  // so load_s alone hides what a busy machine would pay.
+  auto cpu_seconds = [] {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    auto secs = [](const timeval& t) {
+      return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+    };
+    return secs(ru.ru_utime) + secs(ru.ru_stime);
+  };
+  double load_cpu_s = 0;
   auto start = [&](bool snapshots, double* open_s, double* load_s,
                    std::unique_ptr<storage::EventStore>* store) {
     auto t0 = SteadyClock::now();
@@ -296,19 +308,22 @@ int RunReplayBench(int argc, char** argv) {
     o.archive_runs = true;
     auto e = std::make_unique<engine::Engine>(o, store->get(), nullptr, &clock);
     t0 = SteadyClock::now();
+    double cpu0 = cpu_seconds();
     if (Status st = e->StartStandby(); !st.ok()) Die(st.ToString());
     *load_s = Seconds(t0);
+    load_cpu_s = cpu_seconds() - cpu0;
     return e;
   };
-  std::printf("start          events    open_s  load_s  total_s  (cold master: open the store, "
-              "rebuild the state)\n");
+  std::printf(
+      "start          events    open_s  load_s  total_s  load_cpu_s  (cold master: open "
+      "the store, rebuild the state)\n");
   std::unique_ptr<storage::EventStore> store;
   double open_s, load_s;
   auto full = start(false, &open_s, &load_s, &store);
   uint64_t head = store->Head().position;
   Json full_digest = full->Read([](const engine::State& s) { return engine::StateDigestJson(s); });
-  std::printf("full replay    %-9llu %-7.2f %-7.2f %-7.2f\n",
-              static_cast<unsigned long long>(head), open_s, load_s, open_s + load_s);
+  std::printf("full replay    %-9llu %-7.2f %-7.2f %-8.2f %-7.2f\n",
+              static_cast<unsigned long long>(head), open_s, load_s, open_s + load_s, load_cpu_s);
   auto t0 = SteadyClock::now();
   auto snap = full->WriteSnapshot();
   if (!snap.ok()) Die(snap.status().ToString());
@@ -318,8 +333,8 @@ int RunReplayBench(int argc, char** argv) {
   auto from_snap = start(true, &open_s, &load_s, &store);
   Json snap_digest =
       from_snap->Read([](const engine::State& s) { return engine::StateDigestJson(s); });
-  std::printf("snapshot+tail  %-9llu %-7.2f %-7.2f %-7.2f\n",
-              static_cast<unsigned long long>(head), open_s, load_s, open_s + load_s);
+  std::printf("snapshot+tail  %-9llu %-7.2f %-7.2f %-8.2f %-7.2f\n",
+              static_cast<unsigned long long>(head), open_s, load_s, open_s + load_s, load_cpu_s);
   std::printf("snapshot at %llu: written in %.2f s; same state as the full replay: %s\n",
               static_cast<unsigned long long>(snap->position), write_s,
               snap_digest == full_digest ? "yes" : "NO");

@@ -164,18 +164,22 @@ bool Foldable(const Run& run) {
 Status EvolveArchived(State& s, const RecordedEvent& e, RunArchive* archive) {
   if (!archive || e.stream.rfind("run-", 0) != 0) return Evolve(s, e);
   std::string id = e.stream.substr(4);
-  if (e.type != ev::kRunSubmitted && !s.runs.count(id)) {
+  // One lookup per event where the run is open (most events): Evolve never erases a
+  // run, so the iterator stays valid; only a run it adds (RunSubmitted) is looked up
+  // again.
+  auto it = s.runs.find(id);
+  if (it == s.runs.end() && e.type != ev::kRunSubmitted) {
     ASSIGN_OR_RETURN(std::optional<Run> run, archive->Load(s, id, e.position));
     if (run) {
       RETURN_IF_ERROR(archive->Unfolded(*run, e.position));
       auto counted = s.archived.find(std::string(Name(run->phase)));
       if (counted != s.archived.end() && --counted->second == 0) s.archived.erase(counted);
       s.runs_by_seq[run->seq] = id;
-      s.runs.emplace(id, std::move(*run));
+      it = s.runs.emplace(id, std::move(*run)).first;
     }
   }
   RETURN_IF_ERROR(Evolve(s, e));
-  auto it = s.runs.find(id);
+  if (it == s.runs.end()) it = s.runs.find(id);
   if (it == s.runs.end() || !Foldable(it->second)) return Status::Ok();
   RETURN_IF_ERROR(archive->Folded(it->second, e.position));
   s.archived[std::string(Name(it->second.phase))]++;

@@ -612,6 +612,76 @@ TEST_F(ReplayFactsTest, DataThatIsNotAnObjectIsNeverGuessed) {
       << st.message();
 }
 
+// Replay reads page after page (4096 events), the next on another thread while one is
+// applied: every event of a log of several pages is applied, in order, and an event
+// that cannot be read or applied in a page read ahead stops it as it would have at
+// that event.
+class ReplayPagesTest : public ReplayFactsTest {
+ protected:
+  // `count` LeaderElected events (epoch i + 1, address "a<i>"), through `edit` first.
+  void AppendElections(int count, const std::function<void(int, Json*, std::string*)>& edit) {
+    for (int from = 0; from < count; from += 1000) {
+      storage::AppendBatch b;
+      b.time = "2026-01-02T03:04:05.000000Z";
+      b.epoch = 1;
+      storage::StreamAppend sa{"master", storage::kAnyVersion, {}};
+      for (int i = from; i < std::min(count, from + 1000); ++i) {
+        Json data{{"epoch", i + 1}, {"node", "n"}, {"address", "a" + std::to_string(i)}};
+        std::string type = "LeaderElected";
+        edit(i, &data, &type);
+        sa.events.push_back({type, 1, "test", data.dump()});
+      }
+      b.appends.push_back(std::move(sa));
+      ASSERT_TRUE(store_->Append(std::move(b)).ok());
+    }
+  }
+};
+
+TEST_F(ReplayPagesTest, EveryEventOfSeveralPagesIsAppliedInOrder) {
+  AppendElections(9000, [](int, Json*, std::string*) {});
+  Status st = StartOnStore();
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  HistoryCheck h = engine_->history();
+  EXPECT_EQ(h.method, "replay");
+  EXPECT_EQ(h.checked, 9000u);
+  EXPECT_EQ(h.head_position, 9000u);
+  auto at = store_->ReadAt(9000);
+  ASSERT_TRUE(at.ok());
+  EXPECT_EQ(h.head_hash, at->hash);
+  // The last election applied was event 9000's; the start then elects its own leader.
+  EXPECT_GE(engine_->epoch(), 9001u);
+}
+
+TEST_F(ReplayPagesTest, ABadTimeInAPageReadAheadStopsReplayAtIt) {
+  // Event 8500 is in the third page, read while the second was applied.
+  AppendElections(8499, [](int, Json*, std::string*) {});
+  storage::AppendBatch bad;
+  bad.time = "yesterday-ish";
+  bad.epoch = 1;
+  bad.appends.push_back(
+      {"master",
+       storage::kAnyVersion,
+       {{"LeaderElected", 1, "test", Json{{"epoch", 1}, {"node", "n"}, {"address", "x"}}.dump()}}});
+  ASSERT_TRUE(store_->Append(std::move(bad)).ok());
+  AppendElections(100, [](int, Json*, std::string*) {});
+  Status st = StartOnStore();
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_NE(st.message().find("event 8500 (LeaderElected): field time"), std::string::npos)
+      << st.message();
+}
+
+TEST_F(ReplayPagesTest, APayloadThatDoesNotApplyInAPageReadAheadStopsReplayAtIt) {
+  // Event 6000 is in the second page, read while the first was applied.
+  AppendElections(9000, [](int i, Json* data, std::string*) {
+    if (i == 5999) data->erase("address");
+  });
+  Status st = StartOnStore();
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_NE(st.message().find("event 6000 (LeaderElected): field address: missing"),
+            std::string::npos)
+      << st.message();
+}
+
 TEST_F(HaEngineTest, RestartLoadsTheLatestSnapshotAndReplaysOnlyTheTail) {
   EngineOptions o = Options("a");
   o.snapshot_every = 10;

@@ -15,50 +15,77 @@
 #include "engine/engine_internal.h"
 #include "engine/event_types.h"
 #include "engine/snapshot.h"
+#include "storage/event_page.h"
 
 namespace epoch::engine {
 
 namespace {
 constexpr size_t kReplayPage = 4096;
 
-// A stored event as evolve reads it. Nothing is guessed: a time or data that
-// does not parse is kCorruption naming the position and the field. The payload is
-// upcast to today's version of its type (ev::Upcast): a version above today's is
-// kFailedPrecondition (a newer Epoch wrote the log).
-Result<RecordedEvent> FromEnvelope(storage::Envelope& env) {
-  RecordedEvent r;
-  r.position = env.position;
-  r.stream = env.stream;
-  r.type = env.type;
-  r.actor = env.actor;
-  r.epoch = env.epoch;
-  auto t = ParseTime(env.time);
+// A stored event as evolve reads it, into `r` (reused from event to event: its
+// strings keep their capacity; e's strings are swapped in, not copied). Nothing is
+// guessed: a time or data that does not parse is kCorruption naming the position
+// and the field. The payload is upcast to today's version of its type (ev::Upcast):
+// a version above today's is kFailedPrecondition (a newer Epoch wrote the log).
+Status FromStored(storage::PageEvent& e, RecordedEvent* r) {
+  r->position = e.position;
+  r->stream.swap(e.stream);
+  r->type.swap(e.type);
+  r->actor.swap(e.actor);
+  r->epoch = e.epoch;
+  auto t = ParseTime(e.time);
   if (!t.ok()) {
-    return Corruption("event " + std::to_string(env.position) + " (" + env.type +
+    return Corruption("event " + std::to_string(e.position) + " (" + r->type +
                       "): field time: " + t.status().message());
   }
-  r.time = *t;
-  if (ev::CurrentVersion(env.type) == env.schema) {
+  r->time = *t;
+  if (ev::CurrentVersion(r->type) == e.schema) {
     // Today's version: ev::DecodeEvent reads the text itself (fields::DecodeText), and
     // names a problem with it as the parse below would.
-    r.text = std::move(env.data);
-    r.schema = env.schema;
-    return r;
+    if (!r->data.is_null()) r->data = nullptr;
+    if (!r->text) r->text.emplace();
+    r->text->swap(e.data);
+    r->schema = e.schema;
+    return Status::Ok();
   }
-  auto j = ParseJson(env.data, 256);
+  r->text.reset();
+  auto j = ParseJson(e.data, 256);
   if (!j.ok()) {
-    return Corruption("event " + std::to_string(env.position) + " (" + env.type +
+    return Corruption("event " + std::to_string(e.position) + " (" + r->type +
                       "): field data: " + j.status().message());
   }
-  auto data = ev::Upcast(env.type, env.schema, std::move(*j));
+  auto data = ev::Upcast(r->type, e.schema, std::move(*j));
   if (!data.ok()) {
-    return Status(data.status().code(), "event " + std::to_string(env.position) + " (" + env.type +
+    return Status(data.status().code(), "event " + std::to_string(e.position) + " (" + r->type +
                                             "): " + data.status().message());
   }
-  r.data = std::move(*data);
-  r.schema = ev::CurrentVersion(env.type);
-  return r;
+  r->data = std::move(*data);
+  r->schema = ev::CurrentVersion(r->type);
+  return Status::Ok();
 }
+
+// A page of the log made ready for Evolve on the thread that read it: the stored
+// events (storage::EventPage) turned into RecordedEvents by FromStored, in order, until
+// one fails. Both vectors keep their slots and strings from page to page.
+struct ReadyPage {
+  storage::EventPage stored;
+  std::vector<RecordedEvent> events;  // events[i] is stored[i], for i < ready
+  size_t ready = 0;
+  Status failed;  // why stored[ready] could not be made ready (ok: the whole page is)
+
+  Status Read(storage::EventStore* store, uint64_t after, size_t limit) {
+    ready = 0;
+    failed = Status::Ok();
+    RETURN_IF_ERROR(store->ReadPage(after, limit, &stored));
+    if (events.size() < stored.size()) events.resize(stored.size());
+    for (; ready < stored.size(); ++ready) {
+      failed = FromStored(stored[ready], &events[ready]);
+      if (!failed.ok()) break;
+    }
+    return Status::Ok();
+  }
+};
+
 }  // namespace
 
 namespace internal {
@@ -82,31 +109,48 @@ using internal::EvolveKnownGood;
 // keeps both in step so that promotion copies nothing. Keeps applied_hash_ at
 // the last event applied.
 Status Engine::ApplyFromStore(bool mirror, uint64_t* count, uint64_t upto) {
+  storage::PageReader<ReadyPage> reader(
+      [store = store_](ReadyPage* page, uint64_t after, size_t limit) {
+        return page->Read(store, after, limit);
+      });
   while (true) {
     if (working_.head >= upto) return Status::Ok();
     size_t limit = static_cast<size_t>(std::min<uint64_t>(kReplayPage, upto - working_.head));
-    ASSIGN_OR_RETURN(auto page, store_->ReadAll(working_.head, limit));
-    if (page.empty()) return Status::Ok();
-    std::vector<RecordedEvent> recorded;  // kept for the mirror only
-    if (mirror) recorded.reserve(page.size());
-    for (auto& env : page) {
-      ASSIGN_OR_RETURN(RecordedEvent r, FromEnvelope(env));
-      try {
-        RETURN_IF_ERROR(EvolveArchived(working_, r, working_archive_));
-      } catch (const Json::exception& e) {
-        return Corruption("applying event " + std::to_string(env.position) + " (" + env.type +
-                          "): " + e.what());
-      }
-      if (working_.head != env.position) {
-        return Corruption("event " + std::to_string(env.position) + " did not advance the state");
-      }
-      applied_hash_ = env.hash;
-      ++*count;
-      if (mirror) recorded.push_back(std::move(r));
+    ASSIGN_OR_RETURN(ReadyPage * page, reader.Next(working_.head, limit));
+    const storage::EventPage& stored = page->stored;
+    if (stored.empty()) return Status::Ok();
+    // A full page: there is likely more (a replay, a standby far behind). A short one
+    // is the tail a standby follows: nothing to read ahead.
+    const uint64_t last = stored.back().position;
+    if (stored.size() == limit && last < upto) {
+      reader.ReadAhead(last, static_cast<size_t>(std::min<uint64_t>(kReplayPage, upto - last)));
     }
+    for (size_t i = 0; i < stored.size(); ++i) {
+      Status st = i < page->ready ? Status::Ok() : page->failed;
+      if (st.ok()) {
+        const RecordedEvent& r = page->events[i];
+        try {
+          st = EvolveArchived(working_, r, working_archive_);
+        } catch (const Json::exception& ex) {
+          st = Corruption("applying event " + std::to_string(r.position) + " (" + r.type +
+                          "): " + ex.what());
+        }
+        if (st.ok() && working_.head != r.position) {
+          st = Corruption("event " + std::to_string(r.position) + " did not advance the state");
+        }
+      }
+      if (!st.ok()) {
+        if (i > 0) applied_hash_ = ToHex(stored[i - 1].hash);
+        return st;
+      }
+      ++*count;
+    }
+    applied_hash_ = ToHex(stored.back().hash);
     if (mirror) {
       WriterLock lock(&published_mu_);
-      for (const auto& r : recorded) EvolveKnownGood(published_, r, reading_.get());
+      for (size_t i = 0; i < stored.size(); ++i) {
+        EvolveKnownGood(published_, page->events[i], reading_.get());
+      }
     }
     RETURN_IF_ERROR(FlushArchive());
   }
