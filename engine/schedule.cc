@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <map>
 #include <string>
+#include <string_view>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/decider_internal.h"
@@ -168,9 +170,30 @@ enum class Verdict { kPlaced, kNoRoom, kOverQuota };
 struct Candidate {
   const std::pair<const std::pair<int, uint64_t>, std::string>* entry;  // in state.queue
   const Run* run;
+  const StepRun* step_run;
   const Attempt* attempt;
   std::string step;
   int number;
+};
+
+// Run::FindStep scans the run's steps, so a pass over the queued attempts of one wide
+// run (a fan-out of N steps queues N) would cost O(queue * steps) on every commit. A
+// pass indexes each run's steps by name once, the first of a name as FindStep finds it.
+class StepIndex {
+ public:
+  const StepRun* Find(const Run& run, std::string_view step) {
+    if (run.steps.size() <= kScanUpTo) return run.FindStep(step);
+    auto [it, made] = by_run_.try_emplace(&run);
+    if (made) {
+      for (const auto& s : run.steps) it->second.emplace(s.name, &s);
+    }
+    auto found = it->second.find(step);
+    return found == it->second.end() ? nullptr : found->second;
+  }
+
+ private:
+  static constexpr size_t kScanUpTo = 16;
+  std::unordered_map<const Run*, std::unordered_map<std::string_view, const StepRun*>> by_run_;
 };
 
 // A tenant with queued attempts: what it holds against what it is entitled to.
@@ -197,14 +220,16 @@ template <typename Visit>
 void PlanQueue(const State& state, const EngineConfig& cfg, std::vector<Slot>& slots,
                Visit&& visit) {
   std::map<std::string, TenantLine> tenants;
+  StepIndex steps;
   for (const auto& entry : state.queue) {
-    Candidate cand{&entry, nullptr, nullptr, {}, 0};
+    Candidate cand{&entry, nullptr, nullptr, nullptr, {}, 0};
     std::string run_id;
     if (!ParseAttemptId(entry.second, &run_id, &cand.step, &cand.number)) continue;
     cand.run = state.FindRun(run_id);
     if (!cand.run || cand.run->cancel_requested || IsTerminal(cand.run->phase)) continue;
-    const StepRun* s = cand.run->FindStep(cand.step);
+    const StepRun* s = steps.Find(*cand.run, cand.step);
     if (!s || cand.number < 1 || cand.number > static_cast<int>(s->attempts.size())) continue;
+    cand.step_run = s;
     cand.attempt = &s->attempts[static_cast<size_t>(cand.number) - 1];
     tenants[cand.run->tenant].queue.push_back(std::move(cand));
   }
@@ -305,9 +330,9 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
     const Json& p0 = placements[0];
     // The step's latest checkpoint (its trial's), which the attempt starts from.
     std::optional<Json> checkpoint;
-    if (const StepRun* sr = run.FindStep(c.step)) {
-      auto it = sr->checkpoints.find(c.attempt->trial);
-      if (it != sr->checkpoints.end()) checkpoint = it->second;
+    if (auto it = c.step_run->checkpoints.find(c.attempt->trial);
+        it != c.step_run->checkpoints.end()) {
+      checkpoint = it->second;
     }
     if (c.attempt->workers <= 1) {
       out.push_back(RunEvent(run, ev::JobAssigned{.step = c.step,
