@@ -118,6 +118,11 @@ Json CacheLookup(const State& state, const Run& run, const Step& step,
                   FormatDuration(*step.cache_max_age);
     return out;
   }
+  if (e.expired_at != TimePoint{}) {
+    out["miss"] = "outputs of " + AttemptId(e.run, e.step, e.attempt) + " expired on " +
+                  FormatTime(e.expired_at) + " (retention.outputs)";
+    return out;
+  }
   if (ctx.files) {
     std::string dir = OutputsDir(cfg, e.run, e.step, e.attempt);
     for (const auto& o : e.outputs) {

@@ -122,6 +122,8 @@ struct CacheEntry {
   Json outputs = Json::array();  // [{"name","size","sha256"}] as in JobSucceeded
   Json metrics = Json::object();
   TimePoint created_at{};
+  // Retention deleted its outputs (OutputsExpired): a lookup misses, saying so.
+  TimePoint expired_at{};
 };
 
 // The key's basis (see the top of this file) and the key itself.

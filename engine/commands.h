@@ -61,6 +61,21 @@ struct InvalidateCache {
   bool any_tenant = false;         // ...unless an admin asks
 };
 
+// Retention (retention.h): the sweeper found these files of a finished run on disk;
+// decide records the expiry of those that may go (past the tenant's horizon, not
+// already expired, not kept by a data set, model or open run) and the sweeper
+// deletes them once that is durable.
+struct ExpireFiles {
+  struct Found {
+    std::string step;
+    int attempt = 0;  // outputs: 0 is the step's checkpoints folder
+    int64_t bytes = 0;
+  };
+  std::string run_id;
+  bool logs = false;  // false: attempt folders and checkpoints (retention.outputs)
+  std::vector<Found> files;
+};
+
 struct RegisterContainer {
   std::string container;
   std::string backend, handle, host;
@@ -115,8 +130,8 @@ struct Tick {
 };
 
 using Command = std::variant<RegisterWorkflow, SubmitRun, CancelRun, RetryRun, InvalidateCache,
-                             RegisterContainer, PollContainer, ContainerLaunchResult, ContainerExited,
-                             Tick>;
+                             RegisterContainer, PollContainer, ContainerLaunchResult,
+                             ContainerExited, Tick, ExpireFiles>;
 
 // What a command's caller learns once its events are durable.
 struct CommandResult {

@@ -13,6 +13,7 @@
 #include "common/files.h"
 #include "engine/archive.h"
 #include "engine/decider_internal.h"
+#include "engine/retention.h"
 #include "workflows/template.h"
 
 namespace epoch::engine {
@@ -242,6 +243,13 @@ Result<Decision> DecideRetry(const State& state, const RetryRun& cmd, const Deci
   }
   std::vector<std::string> steps;
   for (const auto& s : run->steps) {
+    // A succeeded step is reused by the retry: its files must still be there.
+    if (const Attempt* r = s.Result();
+        s.phase == StepPhase::kSucceeded && r && r->outputs_expired) {
+      return FailedPrecondition("outputs of step '" + s.name + "' of run '" + run->id +
+                                "' expired on " + FormatTime(r->outputs_expired.at) +
+                                " (retention.outputs); submit a new run instead");
+    }
     if (s.phase == StepPhase::kSucceeded) continue;
     if (s.phase == StepPhase::kSkipped)
       continue;  // decided by `when`; re-evaluated if upstream re-runs
@@ -354,6 +362,8 @@ Result<Decision> Decide(const State& state, const Command& command, const Decide
           return DecideLaunchResult(state, cmd);
         } else if constexpr (std::is_same_v<T, ContainerExited>) {
           return DecideContainerExited(state, cmd);
+        } else if constexpr (std::is_same_v<T, ExpireFiles>) {
+          return DecideExpireFiles(state, cmd, ctx);
         } else {
           Decision d;
           d.events = OnTick(state, cmd, ctx);

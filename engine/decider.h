@@ -74,6 +74,11 @@ struct EngineConfig {
   Micros metrics_interval = std::chrono::seconds(1);
   int64_t metrics_max_points = 100000;
   int64_t metrics_max_bytes = 16LL << 20;
+  // Retention (retention.h): how long after a run ends its attempt folders and
+  // checkpoints (retention.outputs) and its logs (retention.logs) are kept; 0: for
+  // ever. Per tenant: tenants.<name>.retention.outputs|logs.
+  Micros retention_outputs{0}, retention_logs{0};
+  std::map<std::string, Micros> tenant_retention_outputs, tenant_retention_logs;
 };
 
 // The OS user `tenant`'s steps run as (see EngineConfig::tenant_run_as).

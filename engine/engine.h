@@ -301,6 +301,7 @@ class Engine {
   const EngineStats& stats() const { return stats_; }
   const EngineOptions& options() const { return options_; }
   storage::EventStore* store() const { return store_; }
+  const Clock* clock() const { return clock_; }
 
  private:
   struct Pending {

@@ -674,6 +674,45 @@ struct LeaderElected {
   }
 };
 
+// ---- retention (stream run-<id>) ----
+
+// What retention deleted of one attempt: its folder runs/<run>/<step>/<attempt>/
+// (outputs and all) for OutputsExpired, its log for LogsExpired. Attempt 0 in
+// OutputsExpired: the step's checkpoints folder.
+struct ExpiredFiles {
+  std::string step{};
+  int attempt = 0;
+  int64_t bytes = 0;  // as found on disk just before deletion
+  static constexpr auto Fields() {
+    return std::tuple{F("step", &ExpiredFiles::step), F("attempt", &ExpiredFiles::attempt),
+                      F("bytes", &ExpiredFiles::bytes)};
+  }
+};
+
+struct OutputsExpired {
+  static constexpr std::string_view kType = kOutputsExpired;
+  static constexpr uint32_t kVersion = 1;
+  std::vector<ExpiredFiles> files{};
+  int64_t bytes = 0;      // the sum of files[].bytes
+  std::string horizon{};  // the retention in force, e.g. "720h"
+  static constexpr auto Fields() {
+    return std::tuple{F("files", &OutputsExpired::files), F("bytes", &OutputsExpired::bytes),
+                      F("horizon", &OutputsExpired::horizon)};
+  }
+};
+
+struct LogsExpired {
+  static constexpr std::string_view kType = kLogsExpired;
+  static constexpr uint32_t kVersion = 1;
+  std::vector<ExpiredFiles> files{};
+  int64_t bytes = 0;
+  std::string horizon{};
+  static constexpr auto Fields() {
+    return std::tuple{F("files", &LogsExpired::files), F("bytes", &LogsExpired::bytes),
+                      F("horizon", &LogsExpired::horizon)};
+  }
+};
+
 // Every payload, in kAllTypes' order.
 using Payload =
     std::variant<WorkflowRegistered, RunSubmitted, StepReady, StepSkipped, RunSucceeded, RunFailed,
@@ -682,7 +721,8 @@ using Payload =
                  JobCacheHit, StepSweepCompleted, JobRetryScheduled, MetricsRecorded,
                  CheckpointSaved, DatasetVersionRegistered, ModelVersionRegistered,
                  ModelVersionValidated, ContainerRequested, ContainerLaunched, ContainerRegistered,
-                 ContainerLost, ContainerReleased, CacheInvalidated, LeaderElected>;
+                 ContainerLost, ContainerReleased, CacheInvalidated, LeaderElected, OutputsExpired,
+                 LogsExpired>;
 
 template <class T>
 concept PayloadType = requires {

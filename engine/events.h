@@ -66,6 +66,12 @@ inline constexpr std::string_view kContainerReleased = "ContainerReleased";  // 
 inline constexpr std::string_view kCacheInvalidated = "CacheInvalidated";  // {keys, workflow, step, by}
 // Master (stream master)
 inline constexpr std::string_view kLeaderElected = "LeaderElected";  // {epoch, node, address}
+// Retention (stream run-<id>): files of a finished run past its tenant's
+// retention.outputs / retention.logs were deleted (attempt 0: the step's checkpoints).
+inline constexpr std::string_view kOutputsExpired =
+    "OutputsExpired";  // {files: [{step, attempt, bytes}], bytes, horizon}
+inline constexpr std::string_view kLogsExpired =
+    "LogsExpired";  // {files: [{step, attempt, bytes}], bytes, horizon}
 
 // Every type above. tests/golden_test fails when one of them appears in no golden
 // history (tests/golden/): add the type here, and a history that has it.
@@ -100,7 +106,9 @@ inline constexpr std::string_view kAllTypes[] = {kWorkflowRegistered,
                                                  kContainerLost,
                                                  kContainerReleased,
                                                  kCacheInvalidated,
-                                                 kLeaderElected};
+                                                 kLeaderElected,
+                                                 kOutputsExpired,
+                                                 kLogsExpired};
 }  // namespace ev
 
 inline std::string RunStream(std::string_view run) { return "run-" + std::string(run); }

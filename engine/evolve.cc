@@ -582,6 +582,12 @@ struct Apply {
       v.attempt = p.attempt;
       v.outputs = p.outputs;
       v.registered_at = e.time;
+      v.files_at = AttemptId(r->id, p.step, p.attempt);
+      if (const StepRun* st = r->FindStep(p.step);
+          st && p.attempt >= 1 && p.attempt <= static_cast<int>(st->attempts.size()) &&
+          !st->attempts[static_cast<size_t>(p.attempt - 1)].cached_from.empty()) {
+        v.files_at = st->attempts[static_cast<size_t>(p.attempt - 1)].cached_from;
+      }
       if constexpr (std::is_same_v<P, ev::ModelVersionRegistered>) {
         v.workflow = p.workflow;
         v.workflow_version = p.workflow_version;
@@ -687,6 +693,49 @@ struct Apply {
   Status operator()(const ev::CacheInvalidated& p) {
     for (const auto& k : p.keys) s.cache.erase(k);
     return Status::Ok();
+  }
+
+  // Retention: what the files' records say once they are deleted. A cache entry made
+  // by an expired attempt stays, saying so, and is not reused (advance.cc).
+  Status operator()(const ev::OutputsExpired& p) {
+    for (const auto& f : p.files) {
+      Target t = Resolve(s, e, f.step, f.attempt);
+      if (!t.step) continue;
+      if (f.attempt == 0) {
+        t.step->checkpoints_expired = Expiry{e.time, f.bytes};
+        t.step->checkpoints.clear();  // nothing left to resume from
+        continue;
+      }
+      if (!t.attempt) continue;
+      t.attempt->outputs_expired = Expiry{e.time, f.bytes};
+      auto c = s.cache.find(t.attempt->cache_key);
+      if (c != s.cache.end() && c->second.run == t.run->id && c->second.step == f.step &&
+          c->second.attempt == f.attempt) {
+        c->second.expired_at = e.time;
+      }
+    }
+    if (Run* run = RunOf(e)) {
+      TenantExpired& x = s.expired[run->tenant];
+      x.outputs_bytes += p.bytes;
+      ++x.outputs_events;
+    }
+    return Status::Ok();
+  }
+  Status operator()(const ev::LogsExpired& p) {
+    for (const auto& f : p.files) {
+      Target t = Resolve(s, e, f.step, f.attempt);
+      if (t.attempt) t.attempt->logs_expired = Expiry{e.time, f.bytes};
+    }
+    if (Run* run = RunOf(e)) {
+      TenantExpired& x = s.expired[run->tenant];
+      x.logs_bytes += p.bytes;
+      ++x.logs_events;
+    }
+    return Status::Ok();
+  }
+  Run* RunOf(const RecordedEvent& ev) {
+    return ev.stream.rfind("run-", 0) == 0 ? s.FindRun(std::string_view(ev.stream).substr(4))
+                                           : nullptr;
   }
 
   Status operator()(const ev::LeaderElected& p) {

@@ -95,6 +95,23 @@ struct SnapList<MetricSeries> {
 };
 
 template <>
+struct SnapList<Expiry> {
+  static constexpr auto Fields() {
+    return std::tuple{Plain(&Expiry::at, "expired at"), Plain(&Expiry::bytes, "expired bytes")};
+  }
+};
+
+template <>
+struct SnapList<TenantExpired> {
+  static constexpr auto Fields() {
+    using T = TenantExpired;
+    return std::tuple{
+        Plain(&T::outputs_bytes, "outputs_bytes"), Plain(&T::logs_bytes, "logs_bytes"),
+        Plain(&T::outputs_events, "outputs_events"), Plain(&T::logs_events, "logs_events")};
+  }
+};
+
+template <>
 struct SnapList<Attempt> {
   static constexpr auto Fields() {
     return std::tuple{Plain(&Attempt::number, "attempt number"),
@@ -128,7 +145,9 @@ struct SnapList<Attempt> {
                       Plain(&Attempt::log, "log"),
                       Plain(&Attempt::mounts, "mounts"),
                       Plain(&Attempt::series, "series"),
-                      Plain(&Attempt::resumed_from, "resumed_from")};
+                      Plain(&Attempt::resumed_from, "resumed_from"),
+                      Plain(&Attempt::outputs_expired, "outputs_expired"),
+                      Plain(&Attempt::logs_expired, "logs_expired")};
   }
 };
 
@@ -145,7 +164,8 @@ struct SnapList<StepRun> {
                       Plain(&StepRun::next_attempt, "next_attempt"),
                       Plain(&StepRun::round_start, "round_start"),
                       Plain(&StepRun::best, "best"),
-                      Plain(&StepRun::checkpoints, "checkpoints")};
+                      Plain(&StepRun::checkpoints, "checkpoints"),
+                      Plain(&StepRun::checkpoints_expired, "checkpoints_expired")};
   }
 };
 
@@ -165,7 +185,8 @@ struct SnapList<ArtifactVersion> {
                       Plain(&A::params, "params"),
                       Plain(&A::datasets, "datasets"),
                       Plain(&A::metrics, "metrics"),
-                      Plain(&A::validated_by, "validated_by")};
+                      Plain(&A::validated_by, "validated_by"),
+                      Plain(&A::files_at, "files_at")};
   }
 };
 
@@ -247,10 +268,15 @@ template <>
 struct SnapList<CacheEntry> {
   static constexpr auto Fields() {
     using E = CacheEntry;
-    return std::tuple{Sym(&E::tenant, "tenant"),     Plain(&E::run, "run"),
-                      Sym(&E::step, "step"),         Plain(&E::attempt, "attempt"),
-                      Sym(&E::workflow, "workflow"), Plain(&E::outputs, "outputs"),
-                      Plain(&E::metrics, "metrics"), Plain(&E::created_at, "created_at")};
+    return std::tuple{Sym(&E::tenant, "tenant"),
+                      Plain(&E::run, "run"),
+                      Sym(&E::step, "step"),
+                      Plain(&E::attempt, "attempt"),
+                      Sym(&E::workflow, "workflow"),
+                      Plain(&E::outputs, "outputs"),
+                      Plain(&E::metrics, "metrics"),
+                      Plain(&E::created_at, "created_at"),
+                      Plain(&E::expired_at, "expired_at")};
   }
 };
 
@@ -486,6 +512,7 @@ struct SnapList<State> {
                       Plain(&S::last_scale_up, "last_scale_up"),
                       Plain(&S::gangs_placed, "gangs_placed"),
                       Plain(&S::archived, "archived"),
+                      Plain(&S::expired, "expired"),
                       Sym(&S::datasets, "datasets"),
                       Sym(&S::models, "models"),
                       Section<S>("run lineage", WriteRunLineage, ReadRunLineage),
@@ -497,6 +524,9 @@ static_assert(ListsEveryMember<Worker>(), "a Worker member is missing from SnapL
 static_assert(ListsEveryMember<MetricSeries>(),
               "a MetricSeries member is missing from SnapList<MetricSeries>");
 static_assert(ListsEveryMember<Attempt>(), "an Attempt member is missing from SnapList<Attempt>");
+static_assert(ListsEveryMember<Expiry>(), "an Expiry member is missing from SnapList<Expiry>");
+static_assert(ListsEveryMember<TenantExpired>(),
+              "a TenantExpired member is missing from SnapList<TenantExpired>");
 static_assert(ListsEveryMember<StepRun>(), "a StepRun member is missing from SnapList<StepRun>");
 static_assert(ListsEveryMember<ArtifactVersion>(),
               "an ArtifactVersion member is missing from SnapList<ArtifactVersion>");

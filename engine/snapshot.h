@@ -90,10 +90,11 @@ namespace epoch::engine {
 
 inline constexpr std::string_view kSnapshotMagic = "EPOCHSNP";
 inline constexpr uint32_t kSnapshotFormatVersion =
-    9;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
-        // credentials, isolation, logs, mounts, tenant caches and lineage; 7: container
-        // enforcement; 8: live metrics series, checkpoints; 9: finished runs folded into
-        // the read model (State::archived)
+    10;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
+         // credentials, isolation, logs, mounts, tenant caches and lineage; 7: container
+         // enforcement; 8: live metrics series, checkpoints; 9: finished runs folded into
+         // the read model (State::archived); 10: retention (expired outputs, logs,
+         // checkpoints and cache entries; State::expired)
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.

@@ -771,7 +771,7 @@ TEST(SnapshotTest, MalformedBodiesNameTheProblem) {
     return DecodeSnapshot(bytes).status();
   };
   std::string empty_body = EncodeSnapshot(State{}).substr(kSnapshotHeaderSize);
-  ASSERT_EQ(empty_body.size(), 25u);
+  ASSERT_EQ(empty_body.size(), 26u);
   EXPECT_TRUE(decode(empty_body).ok());
   struct Case {
     std::string body;

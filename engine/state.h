@@ -78,6 +78,13 @@ struct MetricSeries {
   bool capped = false;     // the master's caps were reached: it records no more points
 };
 
+// Files retention deleted (OutputsExpired, LogsExpired): when, and the bytes found.
+struct Expiry {
+  TimePoint at{};  // the epoch: not expired
+  int64_t bytes = 0;
+  explicit operator bool() const { return at != TimePoint{}; }
+};
+
 struct Attempt {
   int number = 1;
   AttemptPhase phase = AttemptPhase::kQueued;
@@ -118,6 +125,8 @@ struct Attempt {
   // The checkpoint it started from (JobAssigned): {file, sha256, size, epoch, attempt,
   // rank}; null if none.
   Json resumed_from{};
+  // Retention: its folder runs/<run>/<step>/<n>/ (outputs and all), its log.
+  Expiry outputs_expired{}, logs_expired{};
 };
 
 struct StepRun {
@@ -137,6 +146,8 @@ struct StepRun {
   // The latest checkpoint (CheckpointSaved) per trial (-1: the step's own attempts):
   // {file, sha256, size, epoch, attempt, rank}. A new attempt resumes from it.
   std::map<int, Json> checkpoints;
+  // Retention deleted the step's checkpoints folder.
+  Expiry checkpoints_expired{};
 
   Attempt* Last() { return attempts.empty() ? nullptr : &attempts.back(); }
   const Attempt* Last() const { return attempts.empty() ? nullptr : &attempts.back(); }
@@ -162,6 +173,9 @@ struct ArtifactVersion {
   Json datasets = Json::array();     // [{name, version}] registered by the same run
   Json metrics = Json::object();     // from the run's validate steps
   Json validated_by = Json::array();  // [{run, step}]
+  // The attempt whose folder holds the files: its own, or the one a cache hit reused
+  // (retention keeps that folder; retention.h).
+  std::string files_at{};
 };
 
 struct Run {
@@ -232,6 +246,13 @@ struct Container {
   Json enforcement = Json::object();
 };
 
+// What retention deleted of one tenant's files, as the events record it.
+struct TenantExpired {
+  int64_t outputs_bytes = 0;  // OutputsExpired: attempt folders and checkpoints
+  int64_t logs_bytes = 0;     // LogsExpired
+  uint64_t outputs_events = 0, logs_events = 0;
+};
+
 struct State {
   uint64_t head = 0;           // position of the last evolved event
   uint64_t epoch = 0;          // highest leader epoch seen
@@ -262,6 +283,8 @@ struct State {
   // Runs folded into the read model (archive.h), by phase name: they are no longer
   // in `runs`. Empty when nothing archives (the decider's unit tests).
   std::map<std::string, uint64_t> archived;
+  // Retention (OutputsExpired, LogsExpired) by tenant.
+  std::map<std::string, TenantExpired> expired;
 
   const Run* FindRun(std::string_view id) const;
   Run* FindRun(std::string_view id);

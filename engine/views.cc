@@ -36,6 +36,11 @@ Json AttemptLimitsJson(const Attempt& a, const workflows::Step* def) {
                def && def->resources.memory_declared ? Json(a.resources.memory_bytes) : Json()}};
 }
 
+namespace {
+// Files retention deleted (retention.h): {"at", "bytes"}.
+Json ExpiryJson(const Expiry& x) { return Json{{"at", FormatTime(x.at)}, {"bytes", x.bytes}}; }
+}  // namespace
+
 Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
   // GPUs the run's tenant holds, computed once and only when a quota applies.
   std::optional<int> tenant_held;
@@ -83,6 +88,8 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
       if (!a.cache_key.empty()) attempts.back()["cache_key"] = a.cache_key;
       if (!a.cached_from.empty()) attempts.back()["cached_from"] = a.cached_from;
       if (!a.resumed_from.is_null()) attempts.back()["resumed_from"] = a.resumed_from;
+      if (a.outputs_expired) attempts.back()["outputs_expired"] = ExpiryJson(a.outputs_expired);
+      if (a.logs_expired) attempts.back()["log_expired"] = ExpiryJson(a.logs_expired);
       if (!a.series.empty()) attempts.back()["live_metrics"] = SeriesJson(a);
       if (a.trial >= 0) {
         attempts.back()["trial"] = a.trial;
@@ -127,6 +134,7 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
       }
       step["checkpoints"] = std::move(checkpoints);
     }
+    if (s.checkpoints_expired) step["checkpoints_expired"] = ExpiryJson(s.checkpoints_expired);
     if (s.retry_at) step["retry_at"] = FormatTime(*s.retry_at);
     steps.push_back(std::move(step));
   }
@@ -210,15 +218,18 @@ Json StateDigestJson(const State& s) {
 }
 
 Json CacheEntryToJson(const std::string& key, const CacheEntry& e) {
-  return Json{{"key", key},
-              {"tenant", e.tenant},
-              {"workflow", e.workflow},
-              {"run", e.run},
-              {"step", e.step},
-              {"attempt", e.attempt},
-              {"created_at", FormatTime(e.created_at)},
-              {"outputs", e.outputs},
-              {"metrics", e.metrics}};
+  Json j{{"key", key},
+         {"tenant", e.tenant},
+         {"workflow", e.workflow},
+         {"run", e.run},
+         {"step", e.step},
+         {"attempt", e.attempt},
+         {"created_at", FormatTime(e.created_at)},
+         {"outputs", e.outputs},
+         {"metrics", e.metrics}};
+  // Only once retention deleted its outputs (goldens written before keep their JSON).
+  if (e.expired_at != TimePoint{}) j["expired_at"] = FormatTime(e.expired_at);
+  return j;
 }
 
 Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool model) {
@@ -230,6 +241,10 @@ Json ArtifactToJson(const std::string& name, const ArtifactVersion& v, bool mode
          {"attempt", v.attempt},
          {"outputs", v.outputs},
          {"registered_at", FormatTime(v.registered_at)}};
+  // Where the files are when that is not the attempt's own folder (a cache hit).
+  if (!v.files_at.empty() && v.files_at != AttemptId(v.run, v.step, v.attempt)) {
+    j["files_at"] = v.files_at;
+  }
   if (model) {
     j["workflow"] = v.workflow;
     j["workflow_version"] = v.workflow_version;

@@ -2,7 +2,8 @@
 // through every lifecycle Epoch records (a DAG with data set, model and validation;
 // a cache hit and an invalidation; a skipped step; a failure, its retry and a
 // requested rerun; a timeout; a cancellation; a sweep; a gang; live metrics and a
-// checkpoint; a container lost to kill -9; one released when idle). The test fails when the log it
+// checkpoint; a tenant's files deleted by retention; a container lost to kill -9; one
+// released when idle). The test fails when the log it
 // gets lacks any event type (engine/events.h, ev::kAllTypes) or does not replay without error.
 //
 // With EPOCH_WRITE_GOLDEN=<dir> it also writes the log (<dir>/<name>.ndjson, the
@@ -69,7 +70,10 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
   // agent is lost within its 2 s lease, well before it could be released as idle.
   Epochd d(dir.path() + "/data",
            {"sig.minReplicas=0", "sig.maxReplicas=3", "sig.idleTimeout=10s",
-            "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s", "executor.leaseTime=2s"});
+            "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s", "executor.leaseTime=2s",
+            // Retention for tenant "old" only, so the lifecycle above keeps its files.
+            "tenants.old.retention.outputs=1s", "tenants.old.retention.logs=1s",
+            "retention.interval=200ms"});
   d.Start();
 
   // A DAG: a cached data set, a model, its validation, and a step `when` skips.
@@ -135,6 +139,22 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
   EXPECT_EQ(m.json()["series"][0]["points"], Json::parse("[[1, 0.1], [2, 0.2], [3, 0.3]]"))
       << m.body;
 
+  // Retention: a run of tenant "old" loses its outputs and logs a second after it ends.
+  const std::string olga = AddToken(d.data_dir(), "olga", "old", "operator");
+  HttpResult wf = HttpCall(d.url(), "POST", "/v1/workflows", R"J({"name": "brief", "steps": [
+      {"name": "a", "outputs": ["out.txt"], "command": ["sh", "-c", "echo x > {{outputs}}/out.txt"]}]})J",
+                           olga);
+  ASSERT_EQ(wf.status, 201) << wf.body;
+  HttpResult brief = HttpCall(d.url(), "POST", "/v1/runs", R"({"workflow": "brief"})", olga);
+  ASSERT_EQ(brief.status, 201) << brief.body;
+  EXPECT_EQ(d.WaitForRun(brief.json()["id"])["state"], "succeeded");
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        std::set<std::string> t = TypesIn(d);
+        return t.count("OutputsExpired") && t.count("LogsExpired");
+      },
+      30s));
+
   // A container lost (its agent killed), then the other released when idle.
   std::vector<pid_t> agents = d.AgentPids();
   ASSERT_GE(agents.size(), 2u) << "the gang ran on two containers";
@@ -169,13 +189,14 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
     EXPECT_TRUE(types.count(std::string(type))) << "the lifecycle recorded no " << type;
   }
   EXPECT_EQ(state.head, log.back()["position"].get<uint64_t>());
-  EXPECT_EQ(state.runs.size(), 8u);
+  EXPECT_EQ(state.runs.size(), 9u);
 
   if (const char* out = std::getenv("EPOCH_WRITE_GOLDEN")) {
     // v2-every-event-type was written by this test before payloads had their own
     // versions; v3-typed-payloads after (WorkflowRegistered and JobQueued at v2);
-    // v4-live-metrics once metrics and checkpoints were recorded.
-    const std::string name = "v4-live-metrics";
+    // v4-live-metrics once metrics and checkpoints were recorded; v5-retention with
+    // OutputsExpired and LogsExpired.
+    const std::string name = "v5-retention";
     std::ofstream events(std::string(out) + "/" + name + ".ndjson");
     for (const auto& e : log) events << CanonicalDump(e) << "\n";
     std::ofstream(std::string(out) + "/" + name + ".state.json")
