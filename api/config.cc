@@ -162,6 +162,21 @@ const std::map<std::string, KeyDef>& Keys() {
          ASSIGN_OR_RETURN(c->allocation_interval, AsDuration(k, v));
          return Status::Ok();
        }}},
+      {"retention.outputs", {"0s", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->retention_outputs, AsDuration(k, v));
+         return Status::Ok();
+       }}},
+      {"retention.logs", {"0s", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->retention_logs, AsDuration(k, v));
+         return Status::Ok();
+       }}},
+      {"retention.interval", {"10m", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->retention_interval, AsDuration(k, v));
+         if (c->retention_interval <= Micros{0}) {
+           return InvalidArgument(k + ": must be above 0s");
+         }
+         return Status::Ok();
+       }}},
       {"sig.idleTimeout", {"10m", [](Config* c, const std::string& k, const Json& v) {
          ASSIGN_OR_RETURN(c->idle_timeout, AsDuration(k, v));
          return Status::Ok();
@@ -439,10 +454,18 @@ Status SetTenantKey(Config* c, const std::string& key, const Json& v) {
   const std::string rest = key.size() > 8 ? key.substr(8) : "";  // after "tenants."
   auto dot = rest.rfind('.');
   if (key == "tenants" || dot == std::string::npos) {
-    return InvalidArgument(key + ": expected tenants.<name>.maxGpus|runAs|inputRoots (values "
-                           "file: " + R"({"tenants": {"<name>": {"maxGpus": 4}}}))");
+    return InvalidArgument(key +
+                           ": expected tenants.<name>.maxGpus|runAs|inputRoots|"
+                           "retention.outputs|retention.logs (values file: " +
+                           R"({"tenants": {"<name>": {"maxGpus": 4}}}))");
   }
   std::string name = rest.substr(0, dot), setting = rest.substr(dot + 1);
+  // tenants.<name>.retention.outputs|logs: two words of setting.
+  if ((setting == "outputs" || setting == "logs") && name.size() > 10 &&
+      std::string_view(name).substr(name.size() - 10) == ".retention") {
+    name.resize(name.size() - 10);
+    setting = "retention." + setting;
+  }
   if (!IsValidName(name)) {
     return InvalidArgument(key + ": invalid tenant name '" + name + "' (expected " +
                            kTenantNamePattern + ")");
@@ -479,9 +502,16 @@ Status SetTenantKey(Config* c, const std::string& key, const Json& v) {
     c->tenant_input_roots[name] = std::move(roots);
     return Status::Ok();
   }
+  if (setting == "retention.outputs" || setting == "retention.logs") {
+    ASSIGN_OR_RETURN(Micros d, AsDuration(key, v));
+    (setting == "retention.outputs" ? c->tenant_retention_outputs
+                                    : c->tenant_retention_logs)[name] = d;
+    return Status::Ok();
+  }
   if (setting != "maxGpus") {
     return InvalidArgument(key + ": unknown tenant setting '" + setting +
-                           "' (a tenant has: maxGpus, runAs, inputRoots)");
+                           "' (a tenant has: maxGpus, runAs, inputRoots, retention.outputs, "
+                           "retention.logs)");
   }
   ASSIGN_OR_RETURN(auto n, AsInt(key, v, 0, 1000000));
   c->tenant_max_gpus[name] = static_cast<int>(n);
@@ -533,6 +563,8 @@ std::vector<std::pair<std::string, std::string>> DescribeKeys() {
   out.push_back({"tenants.<name>.maxGpus", "(unlimited)"});
   out.push_back({"tenants.<name>.runAs", "(executor.runAs)"});
   out.push_back({"tenants.<name>.inputRoots", "[] (only the tenant's own runs' outputs)"});
+  out.push_back({"tenants.<name>.retention.outputs", "(retention.outputs)"});
+  out.push_back({"tenants.<name>.retention.logs", "(retention.logs)"});
   return out;
 }
 
@@ -599,6 +631,15 @@ Json Config::ToJson() const {
   for (const auto& [name, n] : tenant_max_gpus) j["tenants." + name + ".maxGpus"] = n;
   for (const auto& [name, u] : tenant_run_as) j["tenants." + name + ".runAs"] = u;
   for (const auto& [name, r] : tenant_input_roots) j["tenants." + name + ".inputRoots"] = r;
+  j["retention.outputs"] = FormatDuration(retention_outputs);
+  j["retention.logs"] = FormatDuration(retention_logs);
+  j["retention.interval"] = FormatDuration(retention_interval);
+  for (const auto& [name, d] : tenant_retention_outputs) {
+    j["tenants." + name + ".retention.outputs"] = FormatDuration(d);
+  }
+  for (const auto& [name, d] : tenant_retention_logs) {
+    j["tenants." + name + ".retention.logs"] = FormatDuration(d);
+  }
   j["executor.runAs"] = default_run_as;
   j["executor.isolation"] = isolation;
   j["executor.enforce"] = enforce;

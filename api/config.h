@@ -93,6 +93,13 @@ struct Config {
   // tenants.<name>.inputRoots: absolute folders outside the data dir from which the
   // tenant's steps may declare `inputs` (besides its own runs' outputs).
   std::map<std::string, std::vector<std::string>> tenant_input_roots;
+  // retention.outputs / retention.logs: how long after a run ends its attempt folders
+  // (outputs, checkpoints) and its logs are kept (0: for ever); per tenant
+  // tenants.<name>.retention.outputs|logs. retention.interval: how often the leader
+  // looks for what has expired.
+  Micros retention_outputs{0}, retention_logs{0};
+  std::map<std::string, Micros> tenant_retention_outputs, tenant_retention_logs;
+  Micros retention_interval = std::chrono::minutes(10);
   std::string default_run_as = "epoch-step";  // executor.runAs
   int64_t max_log_bytes = 1LL << 30;           // executor.maxLogBytes (0: no cap)
   uint64_t max_input_bytes = 16ULL << 30;      // executor.maxInputBytes

@@ -99,6 +99,39 @@ TEST(ConfigTest, TenantGpuQuotasFromValuesAndSet) {
   EXPECT_TRUE(described);
 }
 
+TEST(ConfigTest, RetentionKeysDefaultsAndTenantOverrides) {
+  Config c;
+  EXPECT_EQ(c.retention_outputs, Micros{0});
+  EXPECT_EQ(c.retention_interval, std::chrono::minutes(10));
+  ASSERT_TRUE(ApplySetArg(&c, "retention.outputs=30d").ok());
+  ASSERT_TRUE(ApplySetArg(&c, "retention.logs=12h").ok());
+  ASSERT_TRUE(ApplySetArg(&c, "retention.interval=1m").ok());
+  // A tenant name may hold dots: the setting is the last two words.
+  ASSERT_TRUE(
+      ApplyValues(&c, *ParseJson(R"({"tenants": {"ml.team": {"retention": {"outputs": "0s"}}}})"))
+          .ok());
+  ASSERT_TRUE(ApplySetArg(&c, "tenants.cv.retention.logs=1h").ok());
+  EXPECT_EQ(c.retention_outputs, std::chrono::hours(24 * 30));
+  EXPECT_EQ(c.retention_logs, std::chrono::hours(12));
+  EXPECT_EQ(c.retention_interval, std::chrono::minutes(1));
+  EXPECT_EQ(c.tenant_retention_outputs.at("ml.team"), Micros{0});
+  EXPECT_EQ(c.tenant_retention_logs.at("cv"), std::chrono::hours(1));
+  Json j = c.ToJson();
+  EXPECT_EQ(j["retention.outputs"], "720h");
+  EXPECT_EQ(j["tenants.cv.retention.logs"], "1h");
+  EXPECT_EQ(ApplySetArg(&c, "tenants.cv.retention.logs=soon").message(),
+            "tenants.cv.retention.logs: invalid duration 'soon': expected a number (e.g. 30s, 5m, "
+            "2h)");
+  EXPECT_EQ(ApplySetArg(&c, "retention.interval=0s").message(),
+            "retention.interval: must be above 0s");
+  EXPECT_EQ(ApplySetArg(&c, "tenants.cv.retention.forever=1").message(),
+            "tenants.cv.retention.forever: unknown tenant setting 'forever' (a tenant has: "
+            "maxGpus, runAs, inputRoots, retention.outputs, retention.logs)");
+  bool described = false;
+  for (const auto& [k, d] : DescribeKeys()) described |= k == "tenants.<name>.retention.outputs";
+  EXPECT_TRUE(described);
+}
+
 TEST(ConfigTest, TenantQuotaErrorsNameTheKeyAndWhatIsWrong) {
   Config c;
   EXPECT_EQ(ApplySetArg(&c, "tenants.ML.maxGpus=4").message(),
@@ -111,7 +144,7 @@ TEST(ConfigTest, TenantQuotaErrorsNameTheKeyAndWhatIsWrong) {
             "tenants..maxGpus: invalid tenant name '' (expected [a-z0-9][a-z0-9._-]{0,62})");
   EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxCpus=4").message(),
             "tenants.ml.maxCpus: unknown tenant setting 'maxCpus' (a tenant has: maxGpus, runAs, "
-            "inputRoots)");
+            "inputRoots, retention.outputs, retention.logs)");
   EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxGpus=-1").message(),
             "tenants.ml.maxGpus: -1 is out of range [0, 1000000]");
   EXPECT_EQ(ApplySetArg(&c, "tenants.ml.maxGpus=four").message(),

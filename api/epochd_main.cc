@@ -20,14 +20,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <thread>
 #include <filesystem>
 #include <iostream>
-#include <spdlog/spdlog.h>
+#include <optional>
+#include <thread>
 
 #include "api/config.h"
 #include "api/leader_lock.h"
@@ -37,6 +38,7 @@
 #include "common/ids.h"
 #include "common/logging.h"
 #include "engine/engine.h"
+#include "engine/retention.h"
 #include "executors/local_backend.h"
 #include "executors/slurm_backend.h"
 #include "storage/event_store.h"
@@ -341,6 +343,10 @@ int main(int argc, char** argv) {
   ec.tenant_run_as = config.tenant_run_as;
   ec.default_run_as = config.default_run_as;
   ec.tenant_input_roots = config.tenant_input_roots;
+  ec.retention_outputs = config.retention_outputs;
+  ec.retention_logs = config.retention_logs;
+  ec.tenant_retention_outputs = config.tenant_retention_outputs;
+  ec.tenant_retention_logs = config.tenant_retention_logs;
   ec.max_input_bytes = config.max_input_bytes;
   ec.max_log_bytes = config.max_log_bytes;
   ec.metrics_interval = config.metrics_interval;
@@ -426,6 +432,9 @@ int main(int argc, char** argv) {
   constexpr auto kCorruptReminder = std::chrono::minutes(1);
   auto next_reminder = std::chrono::steady_clock::now() + kCorruptReminder;
   bool was_corrupt = engine.corrupt_history();
+  // Retention (engine/retention.h): the leader's passes, on a thread of their own.
+  std::optional<engine::RetentionLoop> retention;
+  if (engine::RetentionConfigured(ec)) retention.emplace(&engine, config.retention_interval);
   while (true) {
     sig = sigtimedwait(&stop_signals, nullptr, &wait_ts);
     if (sig > 0) break;
@@ -498,6 +507,7 @@ int main(int argc, char** argv) {
       _exit(kExitStorageFault);
     }).detach();
   }
+  retention.reset();
   server.Stop();
   engine.Stop();
   store.reset();

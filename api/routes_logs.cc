@@ -149,10 +149,21 @@ void ApiServer::Impl::LogRoutes() {
         HttpError err;
         auto attempt_q = QueryInt(req, "attempt", 0, 0, 1000000, &err);
         if (!attempt_q.ok()) return WriteError(res, err);
+        std::string gone;  // retention deleted the log (engine/retention.h)
         Result<int> found = engine->ReadRun(id, [&](const engine::State&, const engine::Run* run) {
-          return engine::LogAttempt(run, id, step, static_cast<int>(*attempt_q), Visible());
+          auto n = engine::LogAttempt(run, id, step, static_cast<int>(*attempt_q), Visible());
+          const engine::StepRun* st = n.ok() ? run->FindStep(step) : nullptr;
+          if (st && *n >= 1 && *n <= static_cast<int>(st->attempts.size())) {
+            const engine::Attempt& a = st->attempts[static_cast<size_t>(*n - 1)];
+            if (a.logs_expired) {
+              gone = "the log of " + engine::AttemptId(id, step, *n) + " expired on " +
+                     FormatTime(a.logs_expired.at) + " (retention.logs)";
+            }
+          }
+          return n;
         });
         if (!found.ok()) return WriteError(res, {404, "not_found", found.status().message(), {}});
+        if (!gone.empty()) return WriteError(res, {410, "gone", gone, {}});
         const int attempt = *found;
         std::string path = engine::LogPath(engine->options().config, id, step, attempt);
         const bool follow = QueryBool(req, "follow");

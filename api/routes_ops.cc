@@ -15,6 +15,7 @@
 #include "api/server_impl.h"
 #include "common/mutex.h"
 #include "engine/engine.h"
+#include "engine/retention.h"
 #include "storage/event_store.h"
 
 namespace epoch::api {
@@ -82,6 +83,11 @@ void ApiServer::Impl::OpsRoutes() {
           j["config"] = config.ToJson();
         }
         WriteJson(res, 200, j);
+      }));
+  // What each tenant's runs hold on the data dir, and what retention deleted
+  // (engine/retention.h); a caller sees the tenants it may read.
+  Get("/v1/usage", Wrap("/v1/usage", [this](const Request&, Response& res) {
+        WriteJson(res, 200, engine::UsageJson(*engine, Visible()));
       }));
   Get("/metrics", Wrap("/metrics", [this](const Request&, Response& res) {
         std::ostringstream o;

@@ -755,6 +755,7 @@ Status ApiClient::GetLogs(const std::string& run, const std::string& step, const
 
 Result<Json> ApiClient::ListContainers() { return GetJson("/v1/containers"); }
 Result<Json> ApiClient::GetCluster() { return GetJson("/v1/cluster"); }
+Result<Json> ApiClient::GetUsage() { return GetJson("/v1/usage"); }
 Result<Json> ApiClient::VerifyAudit(const std::string& query) {
   return GetJson("/v1/audit/verify" + (query.empty() ? "" : "?" + query));
 }

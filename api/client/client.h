@@ -214,6 +214,8 @@ class ApiClient {
   Result<Json> GetMetrics(const std::string& run, const std::string& step, const MetricsQuery& q);
   Result<Json> ListContainers();
   Result<Json> GetCluster();
+  // GET /v1/usage: bytes per tenant on the data dir and what retention deleted.
+  Result<Json> GetUsage();
   // GET /v1/audit/verify; query as the server takes it ("from=..&hash=..", "against=P:H").
   Result<Json> VerifyAudit(const std::string& query);
   // Lineage (GET /v1/datasets, /v1/models): the list holds each name's latest version

@@ -391,6 +391,13 @@ int Containers(Context& c) {
   return 0;
 }
 
+int Usage(Context& c) {
+  auto res = c.api->GetUsage();
+  if (!res.ok()) return Fail(res.status());
+  Print(c.json() ? RenderJson(*res) : RenderUsage(*res));
+  return 0;
+}
+
 int Cluster(Context& c) {
   auto res = c.api->GetCluster();
   if (!res.ok()) return Fail(res.status());
@@ -725,8 +732,14 @@ int Main(int argc, char** argv) {
 
   // admin: works on the tokens file directly (on the master's host, or wherever the
   // shared data dir is mounted), not through the API.
-  auto* admin = app.add_subcommand("admin", "tokens (works on the tokens file, not the API)");
+  auto* admin = app.add_subcommand(
+      "admin", "tokens (works on the tokens file, not the API); usage (asks the API)");
   admin->require_subcommand(1);
+  admin
+      ->add_subcommand("usage",
+                       "bytes of run folders and logs per tenant on the data dir, what retention "
+                       "deleted, and the horizons in force")
+      ->callback([&] { action = [&](Context& c) { return Usage(c); }; });
   auto* token = admin->add_subcommand("token", "create, list and revoke API tokens");
   token->require_subcommand(1);
   std::string tokens_path, t_user, t_tenant, t_role, t_id;

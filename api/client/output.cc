@@ -759,4 +759,30 @@ std::string RenderMetrics(const Json& metrics) {
   return out;
 }
 
+std::string RenderUsage(const Json& usage) {
+  std::ostringstream o;
+  char line[512];
+  std::snprintf(line, sizeof(line), "%-20s %6s %10s %10s %12s %12s %10s %10s\n", "TENANT", "RUNS",
+                "OUTPUTS", "LOGS", "EXPIRED-OUT", "EXPIRED-LOG", "KEEP-OUT", "KEEP-LOG");
+  o << line;
+  const Json tenants = usage.value("tenants", Json::object());
+  for (const auto& [tenant, t] : tenants.items()) {
+    const Json& x = t["expired"];
+    const Json& keep = t["retention"];
+    auto forever = [](const Json& d) {
+      std::string s = d.is_string() ? d.get<std::string>() : "";
+      return s == "0s" || s.empty() ? std::string("forever") : s;
+    };
+    std::snprintf(line, sizeof(line), "%-20s %6lld %10s %10s %12s %12s %10s %10s\n", tenant.c_str(),
+                  static_cast<long long>(t.value("runs", int64_t{0})),
+                  HumanBytes(t.value("outputs_bytes", int64_t{0})).c_str(),
+                  HumanBytes(t.value("logs_bytes", int64_t{0})).c_str(),
+                  HumanBytes(x.value("outputs_bytes", int64_t{0})).c_str(),
+                  HumanBytes(x.value("logs_bytes", int64_t{0})).c_str(),
+                  forever(keep["outputs"]).c_str(), forever(keep["logs"]).c_str());
+    o << line;
+  }
+  return o.str();
+}
+
 }  // namespace epoch::client

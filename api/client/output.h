@@ -65,6 +65,8 @@ std::string RenderEventLine(const Json& event);
 std::string RenderEventHeader();                       // the column titles matching RenderEventLine
 std::string RenderContainers(const Json& containers);  // an array
 std::string RenderCluster(const Json& cluster);
+// GET /v1/usage as a table: one row per tenant.
+std::string RenderUsage(const Json& usage);
 std::string RenderWorkflows(const Json& workflows);  // an array
 std::string RenderWorkflow(const Json& workflow);
 
