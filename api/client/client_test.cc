@@ -198,6 +198,27 @@ TEST(Output, RunTable) {
             "-             -\n");
 }
 
+TEST(Output, RunTableSaysWhatRetentionDeleted) {
+  Json run = SampleRun();
+  run["steps"][0]["attempts"][0]["outputs_expired"] = {{"at", "2026-12-01T00:00:00Z"},
+                                                       {"bytes", 2048}};
+  run["steps"][0]["attempts"][0]["log_expired"] = {{"at", "2026-12-02T00:00:00Z"}, {"bytes", 10}};
+  run["steps"][1]["checkpoints_expired"] = {{"at", "2026-12-01T00:00:00Z"}, {"bytes", 1 << 20}};
+  std::string text = RenderRun(run, At("2026-11-28T13:03:01Z"));
+  EXPECT_THAT(text, HasSubstr("\nExpired (retention):\n"
+                              "  prep/1 outputs: " +
+                              HumanBytes(2048) +
+                              " deleted 2026-12-01T00:00:00Z\n"
+                              "  prep/1 log: " +
+                              HumanBytes(10) +
+                              " deleted 2026-12-02T00:00:00Z\n"
+                              "  train checkpoints: " +
+                              HumanBytes(1 << 20) + " deleted 2026-12-01T00:00:00Z\n"))
+      << text;
+  EXPECT_THAT(RenderRun(SampleRun(), At("2026-11-28T13:03:01Z")),
+              ::testing::Not(HasSubstr("Expired")));
+}
+
 TEST(Output, FailedAttemptOutcomeAndRunList) {
   Json run = SampleRun();
   run["steps"][1]["attempts"].erase(1);

@@ -297,7 +297,26 @@ std::string RenderRun(const Json& run, TimePoint now) {
               std::to_string(AttemptCount(step)), Outcome(last), StepDuration(step, now),
               CpuCell(last), MemoryCell(last), CompactJson(Field(step, "metrics"))});
   }
-  return out + "\n" + t.Render();
+  // What retention deleted (engine/retention.h), one line per attempt or step.
+  std::string expired;
+  auto note = [&](const std::string& what, const Json& x) {
+    if (!x.is_object()) return;
+    expired += "  " + what + ": " + HumanBytes(x.value("bytes", int64_t{0})) + " deleted " +
+               x.value("at", std::string()) + "\n";
+  };
+  for (const Json& step : steps) {
+    const std::string name = Str(step, "name");
+    const Json& attempts = Field(step, "attempts");
+    for (size_t i = 0; attempts.is_array() && i < attempts.size(); ++i) {
+      const Json& a = attempts[i];
+      const std::string id = name + "/" + a.value("attempt", Json()).dump();
+      note(id + " outputs", Field(a, "outputs_expired"));
+      note(id + " log", Field(a, "log_expired"));
+    }
+    note(name + " checkpoints", Field(step, "checkpoints_expired"));
+  }
+  if (!expired.empty()) expired = "\nExpired (retention):\n" + expired;
+  return out + "\n" + t.Render() + expired;
 }
 
 std::string RenderRunList(const Json& runs, TimePoint now) {
