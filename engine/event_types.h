@@ -689,29 +689,21 @@ struct ExpiredFiles {
   }
 };
 
-struct OutputsExpired {
-  static constexpr std::string_view kType = kOutputsExpired;
+// OutputsExpired and LogsExpired: the same payload under two types.
+template <const std::string_view* Type>
+struct FilesExpired {
+  static constexpr std::string_view kType = *Type;
   static constexpr uint32_t kVersion = 1;
   std::vector<ExpiredFiles> files{};
   int64_t bytes = 0;      // the sum of files[].bytes
   std::string horizon{};  // the retention in force, e.g. "720h"
   static constexpr auto Fields() {
-    return std::tuple{F("files", &OutputsExpired::files), F("bytes", &OutputsExpired::bytes),
-                      F("horizon", &OutputsExpired::horizon)};
+    return std::tuple{F("files", &FilesExpired::files), F("bytes", &FilesExpired::bytes),
+                      F("horizon", &FilesExpired::horizon)};
   }
 };
-
-struct LogsExpired {
-  static constexpr std::string_view kType = kLogsExpired;
-  static constexpr uint32_t kVersion = 1;
-  std::vector<ExpiredFiles> files{};
-  int64_t bytes = 0;
-  std::string horizon{};
-  static constexpr auto Fields() {
-    return std::tuple{F("files", &LogsExpired::files), F("bytes", &LogsExpired::bytes),
-                      F("horizon", &LogsExpired::horizon)};
-  }
-};
+using OutputsExpired = FilesExpired<&kOutputsExpired>;
+using LogsExpired = FilesExpired<&kLogsExpired>;
 
 // Every payload, in kAllTypes' order.
 using Payload =
