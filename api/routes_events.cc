@@ -9,6 +9,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -19,12 +20,40 @@
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/json.h"
+#include "common/mutex.h"
 #include "engine/engine.h"
 #include "storage/event_store.h"
 
 namespace epoch::api {
 
 namespace {
+
+// Run id -> tenant, for the events route's tenant checks: at most kMax runs are
+// remembered (then it starts again), and a run the state does not know yet (a lagging
+// standby) is not remembered, so it is asked again.
+class RunTenants {
+ public:
+  std::string Of(const engine::Engine& engine, const std::string& run) {
+    {
+      MutexLock lock(&mu_);
+      if (auto it = tenant_of_.find(run); it != tenant_of_.end()) return it->second;
+    }
+    std::string t = engine.ReadRun(run, [](const engine::State&, const engine::Run* r) {
+      return r ? r->tenant : std::string();
+    });
+    if (!t.empty()) {
+      MutexLock lock(&mu_);
+      if (tenant_of_.size() >= kMax) tenant_of_.clear();
+      tenant_of_.emplace(run, t);
+    }
+    return t;
+  }
+
+ private:
+  static constexpr size_t kMax = 4096;
+  Mutex mu_;
+  std::unordered_map<std::string, std::string> tenant_of_ GUARDED_BY(mu_);
+};
 
 // Event streams re-check (and send kSseKeepAlive's comment line) at least this often.
 constexpr auto kSseTick = std::chrono::milliseconds(5000);
@@ -175,14 +204,18 @@ void ApiServer::Impl::EventRoutes() {
         if (req.HasParam("tenant") && !IsValidName(tenant)) {
           return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
         }
-        // The exact stream (not only its prefix), and only what the caller may read.
-        Keep keep = [this, exact, stream, tenant, visible = Visible()](const storage::Envelope& e) {
+        // The exact stream (not only its prefix), and only what the caller may read. A
+        // run's tenant never changes, so each is looked up once per request or stream
+        // (a finished run's is a read of its record), not once per event.
+        auto tenants = std::make_shared<RunTenants>();
+        Keep keep = [this, exact, stream, tenant, visible = Visible(),
+                     tenants](const storage::Envelope& e) {
           if (exact && e.stream != stream) return false;
+          if (!visible && tenant.empty()) return true;  // the caller reads every tenant
           if (e.stream.rfind("run-", 0) == 0) {
-            return engine->ReadRun(e.stream.substr(4),
-                                   [&](const engine::State& s, const engine::Run* run) {
-                                     return engine::EventVisible(s, e.stream, visible, tenant, run);
-                                   });
+            const std::string owner = tenants->Of(*engine, e.stream.substr(4));
+            return !owner.empty() && (!visible || visible(owner)) &&
+                   (tenant.empty() || owner == tenant);
           }
           return engine->Read([&](const engine::State& s) {
             return engine::EventVisible(s, e.stream, visible, tenant, nullptr);
