@@ -1,6 +1,7 @@
 #include "executors/process.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -8,14 +9,16 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "common/fd.h"
 #include "common/files.h"
-
-extern char** environ;
 
 namespace epoch::executors {
 
@@ -38,56 +41,114 @@ std::string DirOf(const std::string& path) {
 
 Status Errno(const std::string& what) { return Internal(what + ": " + std::strerror(errno)); }
 
+// What the child needs, all prepared by the parent before the clone: the child shares
+// the parent's memory (CLONE_VM) until it execs, so it allocates nothing and writes
+// only its own stack, `sh_argv`'s slot 1 and errno.
+struct ChildArgs {
+  char* const* argv;
+  char** envp;
+  // Where execvp would look for argv[0], in its order: argv[0] itself when it names a
+  // path, else each directory of the child's own PATH joined with it.
+  const std::vector<std::string>* candidates;
+  char** sh_argv;  // {"/bin/sh", <candidate>, argv[1..], null}: execvp's ENOEXEC fallback
+  const char* working_dir;
+  int devnull_fd, log_fd, err_fd;
+  pid_t parent;
+  const int* pass_fds;
+  size_t n_pass;
+  const int* cgroup_fds;
+  size_t n_cgroup;
+  const char* oom_score_adj;
+};
 
-// Runs in the child between fork and exec: async-signal-safe calls only.
-[[noreturn]] void ChildMain(char* const* argv, char** envp, const char* working_dir, int devnull_fd,
-                            int log_fd, int err_fd, pid_t parent, const int* pass_fds,
-                            size_t n_pass, const int* cgroup_fds, size_t n_cgroup,
-                            const char* oom_score_adj) {
-  auto fail = [err_fd](Stage stage, int index = 0) {
+// Runs in the child between clone and exec: async-signal-safe calls only. It starts
+// with every signal blocked (the parent blocked them around the clone), so no handler
+// of the parent's runs on the shared memory before the handlers are reset here.
+[[noreturn]] void ChildMain(const ChildArgs& c) {
+  auto fail = [&c](Stage stage, int index = 0) {
     PreExecError e{static_cast<int>(stage), errno, index};
-    (void)WriteFully(err_fd, &e, sizeof(e));
+    (void)WriteFully(c.err_fd, &e, sizeof(e));
     _exit(127);
   };
   // Ignored signals and the blocked mask survive exec; give the command a clean slate.
-  sigset_t empty;
-  sigemptyset(&empty);
-  sigprocmask(SIG_SETMASK, &empty, nullptr);
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   for (int sig = 1; sig < NSIG; ++sig) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
     sigaction(sig, &dfl, nullptr);
   }
+  sigset_t empty;
+  sigemptyset(&empty);
+  sigprocmask(SIG_SETMASK, &empty, nullptr);
   // Into the attempt's cgroups first: everything from here on is charged there.
-  for (size_t i = 0; i < n_cgroup; ++i) {
-    if (write(cgroup_fds[i], "0", 1) != 1) fail(Stage::kCgroup, static_cast<int>(i));
+  for (size_t i = 0; i < c.n_cgroup; ++i) {
+    if (write(c.cgroup_fds[i], "0", 1) != 1) fail(Stage::kCgroup, static_cast<int>(i));
   }
-  if (oom_score_adj != nullptr) {
+  if (c.oom_score_adj != nullptr) {
     int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-    size_t len = strlen(oom_score_adj);
-    if (fd < 0 || write(fd, oom_score_adj, len) != static_cast<ssize_t>(len)) fail(Stage::kOomScore);
+    size_t len = strlen(c.oom_score_adj);
+    if (fd < 0 || write(fd, c.oom_score_adj, len) != static_cast<ssize_t>(len)) {
+      fail(Stage::kOomScore);
+    }
     close(fd);
   }
   setpgid(0, 0);
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail(Stage::kDeathSignal);
-  if (getppid() != parent) _exit(127);  // the spawner died before the prctl
-  if (working_dir != nullptr && chdir(working_dir) != 0) fail(Stage::kChdir);
-  dup2(devnull_fd, 0);
-  dup2(log_fd, 1);
-  dup2(log_fd, 2);
+  if (getppid() != c.parent) _exit(127);  // the spawner died before the prctl
+  if (c.working_dir != nullptr && chdir(c.working_dir) != 0) fail(Stage::kChdir);
+  dup2(c.devnull_fd, 0);
+  dup2(c.log_fd, 1);
+  dup2(c.log_fd, 2);
   // The parent placed every fd used here above 3 + n_pass, so these cannot clobber one
   // another (dup2 also clears CLOEXEC on the copies).
-  for (size_t i = 0; i < n_pass; ++i) dup2(pass_fds[i], static_cast<int>(3 + i));
+  for (size_t i = 0; i < c.n_pass; ++i) dup2(c.pass_fds[i], static_cast<int>(3 + i));
   // Everything else (sockets of the spawner, other children's pipes) stays behind.
   // err_fd is >= 3 + n_pass and CLOEXEC, so close around it.
-  unsigned first = static_cast<unsigned>(3 + n_pass);
-  if (err_fd > static_cast<int>(first)) close_range(first, static_cast<unsigned>(err_fd - 1), 0);
-  close_range(static_cast<unsigned>(err_fd + 1), ~0U, 0);
-  environ = envp;  // execvp searches the child's own PATH
-  execvp(argv[0], argv);
+  unsigned first = static_cast<unsigned>(3 + c.n_pass);
+  if (c.err_fd > static_cast<int>(first))
+    close_range(first, static_cast<unsigned>(c.err_fd - 1), 0);
+  close_range(static_cast<unsigned>(c.err_fd + 1), ~0U, 0);
+  // execvp's search, on the child's own PATH (the parent's environ is not touched): the
+  // first candidate that execs; a file without a #! line runs under /bin/sh; EACCES
+  // from any candidate is the error when none execs.
+  bool denied = false;
+  for (const auto& path : *c.candidates) {
+    execve(path.c_str(), c.argv, c.envp);
+    if (errno == ENOEXEC) {
+      c.sh_argv[1] = const_cast<char*>(path.c_str());
+      execve(c.sh_argv[0], c.sh_argv, c.envp);
+      errno = ENOEXEC;
+    }
+    if (errno == EACCES) {
+      denied = true;
+    } else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE && errno != ENODEV &&
+               errno != ETIMEDOUT) {
+      break;
+    }
+  }
+  if (denied) errno = EACCES;
   fail(Stage::kExec);
   _exit(127);
+}
+
+int ChildEntry(void* args) { ChildMain(*static_cast<const ChildArgs*>(args)); }
+
+// The candidates ChildMain tries for `file` with the child's PATH (`path`, or execvp's
+// default when there is none), as execvp would.
+std::vector<std::string> ExecCandidates(const std::string& file, const char* path) {
+  if (file.find('/') != std::string::npos) return {file};
+  std::string dirs = path != nullptr ? path : "/bin:/usr/bin";
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    size_t colon = dirs.find(':', start);
+    std::string dir =
+        dirs.substr(start, colon == std::string::npos ? std::string::npos : colon - start);
+    out.push_back(dir.empty() ? file : dir + "/" + file);  // empty: the working directory
+    if (colon == std::string::npos) break;
+    start = colon + 1;
+  }
+  return out;
 }
 
 std::string PreExecMessage(const PreExecError& e, const ProcessSpec& spec) {
@@ -148,6 +209,15 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
   std::vector<char*> argv;
   for (auto& s : argv_copy) argv.push_back(s.data());
   argv.push_back(nullptr);
+  const char* child_path = nullptr;
+  for (const auto& e : env_strings) {
+    if (e.rfind("PATH=", 0) == 0) child_path = e.c_str() + 5;
+  }
+  std::vector<std::string> candidates = ExecCandidates(spec.argv[0], child_path);
+  std::string shell = "/bin/sh";
+  std::vector<char*> sh_argv{shell.data(), nullptr};
+  for (size_t i = 1; i < argv_copy.size(); ++i) sh_argv.push_back(argv_copy[i].data());
+  sh_argv.push_back(nullptr);
 
   // Every fd the child uses sits at or above `floor`, so its dup2s onto 0..2 and onto
   // 3.. (pass_fds) cannot clobber one another. Each is a CLOEXEC copy owned here.
@@ -197,20 +267,40 @@ Result<std::unique_ptr<ChildProcess>> Spawn(const ProcessSpec& spec) {
 
   const char* wd = spec.working_dir.empty() ? nullptr : spec.working_dir.c_str();
   std::string oom_score = spec.oom_score_adj ? std::to_string(*spec.oom_score_adj) : "";
-  pid_t parent = getpid();
+  ChildArgs args{argv.data(),
+                 envp.data(),
+                 &candidates,
+                 sh_argv.data(),
+                 wd,
+                 devnull_fd,
+                 log_fd,
+                 err_fd,
+                 getpid(),
+                 pass.data(),
+                 pass.size(),
+                 cgroup_fds.data(),
+                 cgroup_fds.size(),
+                 spec.oom_score_adj ? oom_score.c_str() : nullptr};
+  // The child shares this memory and this thread waits until it has exec'd (or died),
+  // as posix_spawn does: no copy of the spawner's page tables per attempt (fork copied
+  // them, then exec threw them away; for the agent that was most of a spawn's CPU). It
+  // runs on a stack of its own, with every signal blocked until it has reset them.
+  constexpr size_t kChildStack = 64 << 10;
+  std::unique_ptr<char[]> stack(new char[kChildStack]);
+  char* stack_top = stack.get() + kChildStack;
+  stack_top -= reinterpret_cast<uintptr_t>(stack_top) % 16;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   auto started = std::chrono::steady_clock::now();
-  pid_t pid = fork();
-  if (pid == 0) {
-    ChildMain(argv.data(), envp.data(), wd, devnull_fd, log_fd, err_fd, parent, pass.data(),
-              pass.size(), cgroup_fds.data(), cgroup_fds.size(),
-              spec.oom_score_adj ? oom_score.c_str() : nullptr);
-  }
+  pid_t pid = clone(ChildEntry, stack_top, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
   int fork_errno = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
   // The write end must close here, or the read below never sees EOF.
   std::erase_if(owned, [&](const UniqueFd& fd) { return fd.get() == err_fd; });
   if (pid < 0) {
     errno = fork_errno;
-    return Errno("fork");
+    return Errno("clone");
   }
   // Also set the group from the parent, so a kill(-pid) right after Spawn returns
   // cannot miss the child (the classic setpgid race). EACCES after exec is fine.

@@ -3,8 +3,12 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "executors/test_util.h"
@@ -132,6 +136,49 @@ TEST(ProcessTest, ExecFailureIs127) {
   e = RunToEnd(spec);
   EXPECT_EQ(e.exit_code, 127);
   EXPECT_EQ(e.reason.rfind("exec failed: ", 0), 0u) << e.reason;
+}
+
+// The command is looked up as execvp would, on the child's own PATH (spec.env's), while
+// the spawner's environment stays as it was: the child shares the spawner's memory
+// until it execs.
+TEST(ProcessTest, CommandIsFoundOnTheChildsPathAsExecvpWould) {
+  TempDir tmp;
+  std::filesystem::create_directories(tmp / "a");
+  std::filesystem::create_directories(tmp / "b");
+  auto script = [&](const std::string& path, const std::string& text, mode_t mode) {
+    std::ofstream(path) << text;
+    ASSERT_EQ(chmod(path.c_str(), mode), 0);
+  };
+  // a/ holds a non-executable copy (EACCES: skipped), b/ the one that runs; c/ is missing.
+  script(tmp / "a/epoch-probe", "#!/bin/sh\necho from-a\n", 0644);
+  script(tmp / "b/epoch-probe", "#!/bin/sh\necho from-b \"$1\"\n", 0755);
+  // No #! line: execvp runs it with /bin/sh, its arguments after it.
+  script(tmp / "b/epoch-plain", "echo plain \"$1\" \"$0\"\n", 0755);
+  script(tmp / "a/epoch-denied", "#!/bin/sh\necho never\n", 0644);
+  const char* before = std::getenv("PATH");
+  std::string parent_path = before ? before : "";
+  std::string path = (tmp / "c") + ":" + (tmp / "a") + ":" + (tmp / "b");
+  ProcessSpec spec;
+  spec.env = {{"PATH", path}};
+  spec.log_path = tmp / "log";
+  spec.argv = {"epoch-probe", "x1"};
+  ExitInfo e = RunToEnd(spec);
+  EXPECT_EQ(e.exit_code, 0) << e.reason;
+  spec.argv = {"epoch-plain", "x2"};
+  e = RunToEnd(spec);
+  EXPECT_EQ(e.exit_code, 0) << e.reason;
+  EXPECT_EQ(Slurp(tmp / "log"), "from-b x1\nplain x2 " + tmp / "b/epoch-plain" + "\n");
+  // Found only where it may not run: EACCES, as execvp says.
+  spec.argv = {"epoch-denied"};
+  e = RunToEnd(spec);
+  EXPECT_EQ(e.exit_code, 127);
+  EXPECT_EQ(e.reason, "exec failed: Permission denied");
+  // Not found at all: ENOENT.
+  spec.argv = {"epoch-nowhere"};
+  e = RunToEnd(spec);
+  EXPECT_EQ(e.reason, "exec failed: No such file or directory");
+  const char* after = std::getenv("PATH");
+  EXPECT_EQ(after ? std::string(after) : "", parent_path);
 }
 
 TEST(ProcessTest, BadWorkingDirIs127) {
