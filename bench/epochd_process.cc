@@ -46,8 +46,15 @@ void KillAgents(const std::string& dir) {
 }  // namespace
 
 EpochdProcess::EpochdProcess(const std::vector<std::string>& sets) {
-  char tmpl[] = "/tmp/epoch-bench.XXXXXX";
-  dir_ = mkdtemp(tmpl);
+  // $TMPDIR if set (the data dir's file system is on the steps' hot path: every attempt
+  // makes its folders, log, markers and report there), else /tmp.
+  const char* tmp = std::getenv("TMPDIR");
+  std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/epoch-bench.XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) {
+    std::fprintf(stderr, "epoch-bench: mkdtemp %s failed\n", tmpl.c_str());
+    std::exit(1);
+  }
+  dir_ = tmpl;
   auto made = api::CreateToken(dir_ + "/tokens.json", "bench", "default", api::Role::kAdmin, "");
   if (!made.ok()) {
     std::fprintf(stderr, "epoch-bench: %s\n", made.status().ToString().c_str());

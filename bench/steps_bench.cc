@@ -4,18 +4,21 @@
 // process, alternating executor.enforce=off and auto (cgroup limits on every attempt),
 // and prints each figure and the ratio of the best of each.
 #include <httplib.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "bench/bench.h"
 #include "bench/epochd_process.h"
+#include "common/files.h"
 #include "common/json.h"
 
 namespace epoch::bench {
@@ -25,10 +28,62 @@ namespace {
 struct StepsResult {
   std::string state;
   double secs = 0;
+  // CPU seconds (user + system) spent while the run ran: by epochd, and by the
+  // containers' epoch-agents with the attempts they reaped (sandbox shim and step).
+  double epochd_cpu = 0, agents_cpu = 0;
 };
 
+// utime + stime (with `children`, also cutime + cstime: the reaped children's) of
+// process `pid` in seconds; 0 when it cannot be read.
+double CpuSeconds(pid_t pid, bool children) {
+  auto stat = ReadFile("/proc/" + std::to_string(pid) + "/stat", 4096);
+  if (!stat.ok()) return 0;
+  // Fields after the command's closing parenthesis: state is field 3; utime is 14.
+  size_t close = stat->rfind(')');
+  if (close == std::string::npos) return 0;
+  std::vector<std::string> fields;
+  size_t i = close + 2;
+  while (i < stat->size()) {
+    size_t sp = stat->find(' ', i);
+    if (sp == std::string::npos) sp = stat->size();
+    fields.push_back(stat->substr(i, sp - i));
+    i = sp + 1;
+  }
+  if (fields.size() < 15) return 0;
+  double ticks = 0;
+  for (size_t f = 11; f <= (children ? 14u : 12u); ++f) ticks += std::atof(fields[f].c_str());
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// The epoch-agent processes of the epochd at `url` (their --master names it).
+std::vector<pid_t> AgentPids(const std::string& url) {
+  std::vector<pid_t> pids;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    pid_t pid = static_cast<pid_t>(std::atoi(e.path().filename().c_str()));
+    if (pid <= 0) continue;
+    auto cmd = ReadFile(e.path().string() + "/cmdline", 1 << 16);
+    if (!cmd.ok()) continue;
+    std::replace(cmd->begin(), cmd->end(), '\0', ' ');
+    if (cmd->find("epoch-agent") != std::string::npos &&
+        cmd->find("--master " + url + " ") != std::string::npos) {
+      pids.push_back(pid);
+    }
+  }
+  return pids;
+}
+
+double AgentsCpu(const std::vector<pid_t>& pids) {
+  double sum = 0;
+  for (pid_t p : pids) sum += CpuSeconds(p, true);
+  return sum;
+}
+
 StepsResult RunOnce(int n, int containers, const std::vector<std::string>& extra) {
-  std::vector<std::string> sets = {"sig.maxReplicas=" + std::to_string(containers), "sig.cpu=64",
+  // minReplicas: the containers start (and register, waited for below) before the run;
+  // without it the pool asked for them only once the run queued work.
+  std::vector<std::string> sets = {"sig.maxReplicas=" + std::to_string(containers),
+                                   "sig.minReplicas=" + std::to_string(containers), "sig.cpu=64",
                                    "sig.memory=64Gi"};
   sets.insert(sets.end(), extra.begin(), extra.end());
   EpochdProcess epochd(sets);
@@ -60,6 +115,8 @@ StepsResult RunOnce(int n, int containers, const std::vector<std::string>& extra
     std::fprintf(stderr, "register failed: %s\n", reg ? reg->body.c_str() : "no connection");
     return {};
   }
+  std::vector<pid_t> agents = AgentPids(epochd.url());
+  double epochd_cpu0 = CpuSeconds(epochd.pid(), false), agents_cpu0 = AgentsCpu(agents);
   auto t0 = std::chrono::steady_clock::now();
   auto sub = cli.Post("/v1/runs", R"({"workflow":"fanout"})", "application/json");
   if (!sub || sub->status != 201) {
@@ -71,9 +128,17 @@ StepsResult RunOnce(int n, int containers, const std::vector<std::string>& extra
   // Follow the run's events; the stream ends when the run finishes.
   auto r = cli.Get("/v1/runs/" + id + "/events?follow=true");
   auto t1 = std::chrono::steady_clock::now();
+  double epochd_cpu = CpuSeconds(epochd.pid(), false) - epochd_cpu0;
+  double agents_cpu = AgentsCpu(agents) - agents_cpu0;
+  if (const char* f = std::getenv("EPOCH_BENCH_EVENTS"); f && r) {
+    if (FILE* out = std::fopen(f, "w")) {
+      std::fwrite(r->body.data(), 1, r->body.size(), out);
+      std::fclose(out);
+    }
+  }
   auto run = cli.Get("/v1/runs/" + id);
   if (run && run->status == 200) state = (*ParseJson(run->body))["state"];
-  return {state, std::chrono::duration<double>(t1 - t0).count()};
+  return {state, std::chrono::duration<double>(t1 - t0).count(), epochd_cpu, agents_cpu};
 }
 
 }  // namespace
@@ -99,7 +164,9 @@ int RunStepsBench(int argc, char** argv) {
                  "[--compare-enforce]\n");
     return 2;
   }
-  std::printf("steps  containers  enforce  state      seconds  steps/s\n");
+  std::printf(
+      "steps  containers  enforce  state      seconds  steps/s  epochd-cpu-s  agents-cpu-s  "
+      "cpu-ms/step\n");
   std::vector<std::string> modes = compare ? std::vector<std::string>{"off", "auto", "off", "auto"}
                                            : std::vector<std::string>{""};
   double best[2] = {0, 0};
@@ -109,8 +176,9 @@ int RunStepsBench(int argc, char** argv) {
     if (!mode.empty()) run_sets.push_back("executor.enforce=" + mode);
     StepsResult r = RunOnce(n, containers, run_sets);
     double rate = r.secs > 0 ? n / r.secs : 0;
-    std::printf("%-6d %-11d %-8s %-10s %-8.3f %.0f\n", n, containers,
-                mode.empty() ? "(config)" : mode.c_str(), r.state.c_str(), r.secs, rate);
+    std::printf("%-6d %-11d %-8s %-10s %-8.3f %-8.0f %-13.2f %-13.2f %.2f\n", n, containers,
+                mode.empty() ? "(config)" : mode.c_str(), r.state.c_str(), r.secs, rate,
+                r.epochd_cpu, r.agents_cpu, 1000 * (r.epochd_cpu + r.agents_cpu) / n);
     std::fflush(stdout);
     ok &= r.state == "succeeded";
     if (!mode.empty()) best[mode == "auto"] = std::max(best[mode == "auto"], rate);
