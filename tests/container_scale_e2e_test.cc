@@ -23,22 +23,6 @@ constexpr int kContainers = 500;
 // the load; one per parked poll would be over 500.
 constexpr int64_t kThreadBound = 100;
 
-// A field of /proc/<pid>/status ("Threads"); -1 if missing.
-int64_t ProcStatus(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
-  }
-  return -1;
-}
-
-// A sample of epochd's /metrics ("name value" on a line of its own); -1 if missing.
-int64_t Metric(Epochd& d, const std::string& name) {
-  std::string m = "\n" + d.Get("/metrics").body;
-  size_t at = m.find("\n" + name + " ");
-  return at == std::string::npos ? -1 : std::stoll(m.substr(at + name.size() + 2));
-}
-
 TEST(ContainerScaleE2ETest, FiveHundredSimulatedContainersRegisterParkAndRunWork) {
   TempDir dir, sim_dir;
   const std::string handoff = sim_dir.path() + "/handoff";

@@ -21,6 +21,7 @@
 #include "engine/engine.h"
 #include "engine/events.h"
 #include "engine/state.h"
+#include "tests/exported_event.h"
 #include "tests/harness.h"
 
 namespace epoch::testing {
@@ -172,17 +173,9 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
   engine::State state;
   for (const auto& e : log) {
     types.insert(e["type"].get<std::string>());
-    engine::RecordedEvent r;
-    r.position = e["position"];
-    r.stream = e["stream"];
-    r.type = e["type"];
-    r.data = e["data"];
-    r.actor = e["actor"];
-    r.epoch = e["epoch"];
-    auto t = ParseTime(e["time"].get<std::string>());
-    ASSERT_TRUE(t.ok()) << e.dump();
-    r.time = *t;
-    Status st = engine::Evolve(state, r);
+    auto r = FromExported(e);
+    ASSERT_TRUE(r.ok()) << e.dump();
+    Status st = engine::Evolve(state, *r);
     ASSERT_TRUE(st.ok()) << st.ToString();
   }
   for (std::string_view type : engine::ev::kAllTypes) {

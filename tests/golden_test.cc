@@ -14,6 +14,7 @@
 #include "engine/engine.h"
 #include "engine/event_types.h"
 #include "engine/state.h"
+#include "tests/exported_event.h"
 
 namespace epoch::engine {
 namespace {
@@ -28,18 +29,10 @@ State Replay(const std::string& name) {
   while (std::getline(in, line)) {
     auto j = ParseJson(line);
     EXPECT_TRUE(j.ok()) << line;
-    RecordedEvent e;
-    e.position = (*j)["position"];
-    e.stream = (*j)["stream"];
-    e.type = (*j)["type"];
-    e.data = (*j)["data"];
-    e.actor = (*j)["actor"];
-    e.epoch = (*j)["epoch"];
-    e.time = *ParseTime((*j)["time"].get<std::string>());
-    // The payload version it was written at (v1's export predates the field: 1), so
-    // that Evolve upcasts it as replay does.
-    e.schema = j->value("schema", 1u);
-    Status st = Evolve(s, e);
+    auto e = epoch::testing::FromExported(*j);
+    EXPECT_TRUE(e.ok()) << line;
+    if (!e.ok()) continue;
+    Status st = Evolve(s, *e);
     EXPECT_TRUE(st.ok()) << st.ToString();
   }
   return s;

@@ -392,4 +392,18 @@ std::vector<pid_t> Epochd::AgentPids() const {
   return out;
 }
 
+int64_t ProcStatus(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
+  }
+  return -1;
+}
+
+int64_t Metric(Epochd& d, const std::string& name) {
+  std::string m = "\n" + d.Get("/metrics").body;
+  size_t at = m.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::stoll(m.substr(at + name.size() + 2));
+}
+
 }  // namespace epoch::testing

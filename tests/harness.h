@@ -131,6 +131,11 @@ HttpResult HttpPost(const std::string& url, const std::string& path, const std::
 HttpResult HttpCall(const std::string& url, const std::string& method, const std::string& path,
                     const std::string& body, const std::string& token);
 
+// A field of /proc/<pid>/status ("Threads", "VmRSS" in kB, ...); -1 if missing.
+int64_t ProcStatus(pid_t pid, const std::string& field);
+// A sample of epochd's /metrics ("name value" on a line of its own); -1 if missing.
+int64_t Metric(Epochd& d, const std::string& name);
+
 // Polls cond every 20 ms until it holds or the deadline passes.
 bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds deadline);
 

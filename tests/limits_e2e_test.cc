@@ -34,22 +34,6 @@ namespace {
 using namespace std::chrono_literals;
 using SteadyClock = std::chrono::steady_clock;
 
-// A field of /proc/<pid>/status ("Threads", "VmRSS" in kB, ...); -1 if missing.
-int64_t ProcStatus(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
-  }
-  return -1;
-}
-
-// A sample of epochd's /metrics ("name value" on a line of its own); -1 if missing.
-int64_t Metric(Epochd& d, const std::string& name) {
-  std::string m = "\n" + d.Get("/metrics").body;
-  size_t at = m.find("\n" + name + " ");
-  return at == std::string::npos ? -1 : std::stoll(m.substr(at + name.size() + 2));
-}
-
 // "http://127.0.0.1:PORT" -> PORT.
 int PortOf(const std::string& url) { return std::stoi(url.substr(url.rfind(':') + 1)); }
 
