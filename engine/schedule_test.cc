@@ -182,7 +182,7 @@ TEST_F(ScalingTest, BurstGrowsThePoolInUnitsNoFasterThanTheInterval) {
   for (int i = 1; i <= 5; ++i) Register("c" + std::to_string(i), 0);
   int done = 0;
   while (done < 20) {
-    for (const auto& [id, r] : std::map<std::string, engine::Run>(s_.runs)) {
+    for (const auto& [id, r] : decltype(s_.runs)(s_.runs)) {
       const Attempt* a = r.steps[0].Last();
       if (a && a->phase == AttemptPhase::kAssigned) {
         PollContainer p;

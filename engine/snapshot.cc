@@ -333,7 +333,7 @@ void WriteRuns(Writer& w, const State& s) {
 }
 
 // `n` runs into `runs`, which must be empty or end before the first of them.
-void ReadRunsInto(Reader& r, size_t n, std::map<std::string, Run>& runs) {
+void ReadRunsInto(Reader& r, size_t n, std::map<std::string, Run, std::less<>>& runs) {
   for (size_t i = 0; i < n && r.ok(); ++i) {
     auto it = AppendSorted(r, runs, r.Str(), "runs");
     if (it == runs.end()) return;
@@ -350,7 +350,7 @@ void ReadRunsInto(Reader& r, size_t n, std::map<std::string, Run>& runs) {
 void ReadRuns(Reader& r, State& s) {
   struct Chunk {
     size_t runs = 0, from = 0, to = 0;
-    std::map<std::string, Run> decoded;
+    std::map<std::string, Run, std::less<>> decoded;
     Status status;
   };
   std::vector<Chunk> chunks(r.Count("run chunks"));

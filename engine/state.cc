@@ -141,11 +141,11 @@ const StepRun* Run::FindStep(std::string_view name) const {
 }
 
 const Run* State::FindRun(std::string_view id) const {
-  auto it = runs.find(std::string(id));
+  auto it = runs.find(id);
   return it == runs.end() ? nullptr : &it->second;
 }
 Run* State::FindRun(std::string_view id) {
-  auto it = runs.find(std::string(id));
+  auto it = runs.find(id);
   return it == runs.end() ? nullptr : &it->second;
 }
 

@@ -257,7 +257,7 @@ struct State {
   uint64_t head = 0;           // position of the last evolved event
   uint64_t epoch = 0;          // highest leader epoch seen
   std::map<std::string, std::vector<WorkflowVersion>> workflows;  // name -> versions (1..n)
-  std::map<std::string, Run> runs;
+  std::map<std::string, Run, std::less<>> runs;  // found by string_view (no copy)
   std::map<uint64_t, std::string> runs_by_seq;  // submission order
   std::map<std::string, Container> containers;
   // Queued attempts in dispatch order: (-priority, queue_seq) -> attempt id.
