@@ -157,6 +157,13 @@ bool Foldable(const Run& run) {
   if (!IsTerminal(run.phase)) return false;
   for (const auto& s : run.steps) {
     if (s.HasActive()) return false;
+    // A gang whose attempt ended (a worker failed, the run was cancelled) may still
+    // have workers being stopped: they hold their container's room until they report.
+    for (const auto& a : s.attempts) {
+      for (const auto& w : a.ranks) {
+        if (!IsTerminal(w.phase)) return false;
+      }
+    }
   }
   return true;
 }

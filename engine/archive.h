@@ -127,7 +127,8 @@ class RecordingArchive final : public RunArchive {
 // or decoded; a recording archive does not fail).
 [[nodiscard]] Status EvolveArchived(State& s, const RecordedEvent& e, RunArchive* archive);
 
-// Whether a run may leave State: it is over and nothing of it still runs.
+// Whether a run may leave State: it is over and nothing of it still runs (no attempt,
+// and no gang worker of an ended attempt that has not reported yet).
 bool Foldable(const Run& run);
 
 }  // namespace epoch::engine

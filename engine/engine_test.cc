@@ -1096,6 +1096,51 @@ TEST_F(ReadModelTest, FinishedRunsLeaveTheStateAndReadTheSame) {
   leader->Stop();
 }
 
+// A gang's attempt ends when its first worker reports (here: cancelled); the other
+// worker is still being stopped and holds its room. The run is over but must stay in
+// the state until that worker reports, or its report would find no run, be acked and
+// dropped, and the container's room would stay taken for ever (a retry never placed).
+TEST_F(ReadModelTest, ACancelledGangStaysUntilItsLastWorkerReports) {
+  auto leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  ASSERT_TRUE(WaitFor([&] { return backend_.Launched() >= 1; }));
+  ASSERT_TRUE(leader
+                  ->Execute(RegisterContainer{
+                      .container = "c1", .cpu_millis = 4000, .memory_bytes = 8LL << 30})
+                  .ok());
+  ASSERT_TRUE(
+      leader
+          ->Execute(RegisterWorkflow{
+              *ParseJson(R"({"name":"g","steps":[{"name":"t","workers":2,"command":["true"]}]})"),
+              "a"})
+          .ok());
+  ASSERT_TRUE(leader->Execute(SubmitRun{.run_id = "g1", .workflow = "g"}).ok());
+  auto used = [&] {
+    return leader->Read([](const State& s) { return s.containers.at("c1").used_cpu; });
+  };
+  ASSERT_GT(used(), 0);
+  PollContainer started;
+  started.container = "c1";
+  started.running = {"g1/t/1/0", "g1/t/1/1"};  // both workers run
+  ASSERT_TRUE(leader->Execute(started).ok());
+  ASSERT_TRUE(leader->Execute(CancelRun{"g1", "bob"}).ok());
+  Report(*leader, "g1/t/1/1", "cancelled", 143);
+  Json run = leader->ReadRun("g1", [&](const State& s, const engine::Run* r) {
+    return RunJson(s, leader->options().config, r, nullptr);
+  });
+  EXPECT_EQ(run["state"], "cancelled") << run.dump();
+  EXPECT_EQ(OpenRuns(*leader), std::vector<std::string>{"g1"}) << "worker 0 is still stopping";
+  EXPECT_GT(used(), 0);
+  Report(*leader, "g1/t/1/0", "cancelled", 143);
+  EXPECT_EQ(used(), 0) << "worker 0's room is given back";
+  EXPECT_TRUE(OpenRuns(*leader).empty()) << "folded once nothing of it runs";
+  run = leader->ReadRun("g1", [&](const State& s, const engine::Run* r) {
+    return RunJson(s, leader->options().config, r, nullptr);
+  });
+  EXPECT_EQ(run["steps"][0]["attempts"][0]["workers"][0]["state"], "cancelled") << run.dump();
+  leader->Stop();
+}
+
 TEST_F(ReadModelTest, AStandbyReadsFoldedRunsAndLeadsWithThem) {
   auto leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
   ASSERT_TRUE(leader->Start().ok());
