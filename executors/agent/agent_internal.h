@@ -41,6 +41,9 @@ using SteadyTime = SteadyClock::time_point;
 using std::chrono::milliseconds;
 
 inline constexpr auto kMinBackoff = milliseconds(100);
+// How long the poll thread waits after an answer that only repeated cancels already
+// being carried out (a report, or the end of a report thread's send, wakes it sooner).
+inline constexpr auto kStalePollPause = milliseconds(100);
 inline constexpr auto kMaxBackoff = milliseconds(1000);
 
 // ---------------------------------------------------------------- small helpers (agent.cc)
@@ -190,6 +193,12 @@ struct Agent::Impl {
   std::set<std::string> active GUARDED_BY(mu);          // accepted and not yet reported
   std::deque<Json> inbox GUARDED_BY(mu);                // assignments for the main loop
   std::deque<std::string> cancel_inbox GUARDED_BY(mu);  // cancels for the main loop
+  // Cancels handed to the main loop, until their report is acknowledged: the master
+  // names an attempt in every answer until it has stopped, and that is not news.
+  std::set<std::string> cancelling GUARDED_BY(mu);
+  // The last answer said nothing new (only cancels already being carried out): the
+  // poll thread paces itself instead of asking again at once (kStalePollPause).
+  bool stale_answer GUARDED_BY(mu) = false;
   std::deque<Ended> ended GUARDED_BY(mu);               // for the report thread
   std::map<std::string, Json> pending GUARDED_BY(mu);   // unacknowledged reports
   httplib::Client* poll_http GUARDED_BY(mu) = nullptr;  // the poll thread's client, for stop()

@@ -316,6 +316,29 @@ TEST(AgentTest, CancelKillsTheGroup) {
   EXPECT_TRUE(WaitFor([&] { return ProcessGone(grandchild); }));
 }
 
+// The master names a cancelled attempt in every answer until its report arrives, which
+// takes up to the grace when the step ignores SIGTERM: the agent acts on it once and
+// paces its polls meanwhile instead of asking again at once for the whole grace.
+TEST(AgentTest, ARepeatedCancelIsCarriedOutOnceAndDoesNotSpinThePoll) {
+  TempDir tmp;
+  FakeMaster m;
+  m.Set([](FakeMaster& f) { f.repeat_cancels = true; });
+  AgentOptions o = Options(tmp, m);
+  o.grace = 1s;
+  AgentRun agent(o);
+  const std::string started = tmp / "started";
+  m.Assign(MakeAssignment(tmp, "r4", "s", 1,
+                          {"sh", "-c", "trap '' TERM; touch " + started + "; sleep 30"}));
+  ASSERT_TRUE(WaitFor([&] { return std::filesystem::exists(started); }));
+  const size_t before = m.PollCount();
+  m.Cancel(AttemptId("r4", "s", 1));
+  Json r = WaitReport(m, AttemptId("r4", "s", 1));
+  EXPECT_EQ(r["state"], "cancelled") << r.dump();
+  EXPECT_EQ(r["signal"], SIGKILL) << "it ignored SIGTERM for the whole grace";
+  // About one poll per 100 ms of the 1 s grace, not one per round trip.
+  EXPECT_LT(m.PollCount() - before, 40u);
+}
+
 TEST(AgentTest, CancelOfUnknownAttemptIsReportedAndNeverRuns) {
   TempDir tmp;
   FakeMaster m;

@@ -114,6 +114,9 @@ class FakeMaster {
   bool ack_metrics = true;
   bool refuse_metrics = false;  // answer a poll that carries metrics 400
   int64_t poll_timeout_ms = 200;
+  // As the real master: a cancel is named in every answer until the attempt's report
+  // arrives (otherwise each is answered once).
+  bool repeat_cancels = false;
   bool release = false;
   int fail_polls = 0;  // answer the next N polls with fail_status
   int fail_status = 404;
@@ -184,6 +187,7 @@ class FakeMaster {
         std::string id = r.value("attempt_id", "");
         reports[id].push_back(r);
         if (ack) acks.push_back(id);
+        std::erase(cancels, id);
       }
     }
     if (body.is_object() && body.contains("running")) running_lists.push_back(body["running"]);
@@ -220,10 +224,8 @@ class FakeMaster {
       out["assignments"].push_back(assignments.front());
       assignments.pop_front();
     }
-    while (!cancels.empty()) {
-      out["cancels"].push_back(cancels.front());
-      cancels.pop_front();
-    }
+    for (const auto& id : cancels) out["cancels"].push_back(id);
+    if (!repeat_cancels) cancels.clear();
     if (!metrics_ack.empty()) out["metrics_ack"] = metrics_ack;
     if (release) out["release"] = true;
     res.set_content(out.dump(), "application/json");

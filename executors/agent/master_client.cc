@@ -278,11 +278,14 @@ bool Agent::Impl::ApplyAnswer(const Json& j, int64_t epoch, bool is_register) {
     registered = true;
     report_cv.SignalAll();
   }
+  bool news = false, repeated = false;
   if (auto ack = j.find("ack"); ack != j.end() && ack->is_array()) {
     for (const auto& a : *ack) {
       if (!a.is_string()) continue;
       std::string id = a.get<std::string>();
+      cancelling.erase(id);
       if (pending.erase(id)) {
+        news = true;
         if (Status st = RemoveFile(ReportPath(id)); !st.ok()) {
           spdlog::warn("removing acknowledged report: {}", st.ToString());
         }
@@ -311,6 +314,10 @@ bool Agent::Impl::ApplyAnswer(const Json& j, int64_t epoch, bool is_register) {
   if (auto cs = j.find("cancels"); cs != j.end() && cs->is_array()) {
     for (const auto& c : *cs) {
       if (!c.is_string()) continue;
+      if (!cancelling.insert(c.get<std::string>()).second) {  // being carried out
+        repeated = true;
+        continue;
+      }
       cancel_inbox.push_back(c.get<std::string>());
       wake_main = true;
     }
@@ -321,6 +328,7 @@ bool Agent::Impl::ApplyAnswer(const Json& j, int64_t epoch, bool is_register) {
     wake_main = true;
   }
   if (wake_main) main_cv.SignalAll();
+  stale_answer = repeated && !news && !wake_main;
   return true;
 }
 
@@ -467,6 +475,16 @@ void Agent::Impl::PollThread() {
         unacked = sent_reports > 0 && pending.size() >= sent_reports;
       }
       if (unacked && !Backoff(poll_cv, backoff)) return;
+      // An answer with nothing new came back at once (the master repeats a cancel
+      // until the attempt has stopped, which takes up to executor.killGrace): pause
+      // rather than ask again at once, or the poll spins for the whole grace.
+      MutexLock lock(&mu);
+      if (stale_answer) {
+        const auto until = SteadyClock::now() + agent_internal::kStalePollPause;
+        while (!threads_stop && poll_cv.WaitUntil(&mu, until)) {
+        }
+      }
+      if (threads_stop) return;
       continue;
     }
     CheckOrphaned();
