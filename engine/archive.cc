@@ -58,6 +58,9 @@ std::vector<std::string> IndexKeys(const Run& run) {
   AppendBig64(&finished, static_cast<uint64_t>(ToMicros(run.finished_at.value_or(TimePoint{}))));
   finished.append(run.id);
   keys.push_back(std::move(finished));
+  if (!run.idempotency_key.empty()) {
+    keys.push_back(RunArchive::IndexIdempotent(run.tenant, run.idempotency_key));
+  }
   return keys;
 }
 
@@ -66,6 +69,18 @@ std::vector<std::string> IndexKeys(const Run& run) {
 uint32_t RunRecordFormat() { return kSnapshotFormatVersion; }
 
 std::string RunArchive::IndexAll() { return Prefix({"a"}); }
+std::string RunArchive::IndexIdempotent(std::string_view tenant, std::string_view key) {
+  return Prefix({"k", tenant, key});
+}
+
+Result<std::optional<std::string>> RunArchive::FindIdempotent(std::string_view tenant,
+                                                              std::string_view key) const {
+  const std::string k = IndexIdempotent(tenant, key);
+  if (const std::optional<std::string>* pending = PendingIndex(k)) return *pending;
+  ASSIGN_OR_RETURN(auto found, store_->GetReadModel(ReadModelFamily::kIndex, k));
+  if (found && found->empty()) found.reset();
+  return found;
+}
 std::string RunArchive::IndexTenant(std::string_view tenant) { return Prefix({"t", tenant}); }
 std::string RunArchive::IndexPhase(std::string_view phase) { return Prefix({"s", phase}); }
 std::string RunArchive::IndexWorkflow(std::string_view workflow) { return Prefix({"w", workflow}); }
@@ -140,6 +155,14 @@ Status RecordingArchive::Unfolded(const Run& run, uint64_t) {
   return Status::Ok();
 }
 
+const std::optional<std::string>* RecordingArchive::PendingIndex(std::string_view key) const {
+  // The latest write of the key in this group (a fold puts it, an unfold deletes it).
+  for (auto it = writes_.rbegin(); it != writes_.rend(); ++it) {
+    if (it->family == ReadModelFamily::kIndex && it->key == key) return &it->value;
+  }
+  return nullptr;
+}
+
 std::vector<ReadModelWrite> RecordingArchive::TakeWrites() {
   records_.clear();
   return std::exchange(writes_, {});
@@ -182,6 +205,7 @@ Status EvolveArchived(State& s, const RecordedEvent& e, RunArchive* archive) {
       auto counted = s.archived.find(std::string(Name(run->phase)));
       if (counted != s.archived.end() && --counted->second == 0) s.archived.erase(counted);
       s.runs_by_seq[run->seq] = id;
+      if (!run->idempotency_key.empty()) s.idempotency[{run->tenant, run->idempotency_key}] = id;
       it = s.runs.emplace(id, std::move(*run)).first;
     }
   }
@@ -191,6 +215,10 @@ Status EvolveArchived(State& s, const RecordedEvent& e, RunArchive* archive) {
   RETURN_IF_ERROR(archive->Folded(it->second, e.position));
   s.archived[std::string(Name(it->second.phase))]++;
   s.runs_by_seq.erase(it->second.seq);
+  if (const Run& r = it->second; !r.idempotency_key.empty()) {
+    auto key = s.idempotency.find({r.tenant, r.idempotency_key});
+    if (key != s.idempotency.end() && key->second == id) s.idempotency.erase(key);
+  }
   s.runs.erase(it);
   return Status::Ok();
 }

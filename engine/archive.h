@@ -28,6 +28,8 @@
 //            "w" 0x00 workflow 0x00 B(seq)     -> id   by workflow
 //            "l" 0x00 key 0x00 value 0x00 B(seq) -> id by label
 //            "f" 0x00 B(finished µs) id        -> id   by end time (retention)
+//            "k" 0x00 tenant 0x00 key 0x00     -> id   by Idempotency-Key (State::idempotency
+//                                                      holds open runs' keys only)
 //
 // Thread-safety: a recording archive belongs to the writer thread; a reading one is
 // safe from any thread (it only reads the store).
@@ -71,6 +73,12 @@ class RunArchive {
   static std::string IndexPhase(std::string_view phase);
   static std::string IndexWorkflow(std::string_view workflow);
   static std::string IndexLabel(std::string_view key, std::string_view value);
+  static std::string IndexIdempotent(std::string_view tenant, std::string_view key);
+
+  // The folded run submitted by `tenant` with Idempotency-Key `key`, if any: what this
+  // archive has recorded and not written yet first, then the store.
+  Result<std::optional<std::string>> FindIdempotent(std::string_view tenant,
+                                                    std::string_view key) const;
 
   // Called by EvolveArchived: run `run` was folded at `position` / came back at it.
   virtual Status Folded(const Run& run, uint64_t position) = 0;
@@ -87,6 +95,12 @@ class RunArchive {
   virtual const std::string* Pending(std::string_view id, uint64_t position) const {
     (void)id;
     (void)position;
+    return nullptr;
+  }
+  // The latest index write of `key` not in the store yet (an empty value: deleted);
+  // null when there is none.
+  virtual const std::optional<std::string>* PendingIndex(std::string_view key) const {
+    (void)key;
     return nullptr;
   }
 
@@ -115,6 +129,7 @@ class RecordingArchive final : public RunArchive {
 
  protected:
   const std::string* Pending(std::string_view id, uint64_t position) const override;
+  const std::optional<std::string>* PendingIndex(std::string_view key) const override;
 
  private:
   std::vector<storage::ReadModelWrite> writes_;

@@ -143,12 +143,19 @@ Result<Decision> DecideSubmitRun(const State& state, const SubmitRun& cmd,
   Decision d;
   std::optional<Run> folded;
   if (!cmd.idempotency_key.empty()) {
-    auto it = state.idempotency.find({cmd.tenant, cmd.idempotency_key});
-    if (it != state.idempotency.end()) {
-      ASSIGN_OR_RETURN(const Run* first, FindAnyRun(state, ctx, it->second, &folded));
+    // An open run's key is in the state; a folded run's in the read model.
+    std::optional<std::string> earlier;
+    if (auto it = state.idempotency.find({cmd.tenant, cmd.idempotency_key});
+        it != state.idempotency.end()) {
+      earlier = it->second;
+    } else if (ctx.archive) {
+      ASSIGN_OR_RETURN(earlier, ctx.archive->FindIdempotent(cmd.tenant, cmd.idempotency_key));
+    }
+    if (earlier) {
+      ASSIGN_OR_RETURN(const Run* first, FindAnyRun(state, ctx, *earlier, &folded));
       RETURN_IF_ERROR(SameRequest(first ? first->request_digest : "", cmd.request_digest,
-                                  cmd.idempotency_key, "run " + it->second));
-      d.result.id = it->second;
+                                  cmd.idempotency_key, "run " + *earlier));
+      d.result.id = *earlier;
       d.result.created = false;
       return d;
     }

@@ -1,5 +1,6 @@
 // The engine with a real RocksDB store in a temp dir and a recording backend.
 #include "engine/engine.h"
+#include "engine/archive.h"
 #include "engine/event_types.h"
 
 #include <gtest/gtest.h>
@@ -1139,6 +1140,83 @@ TEST_F(ReadModelTest, ACancelledGangStaysUntilItsLastWorkerReports) {
   });
   EXPECT_EQ(run["steps"][0]["attempts"][0]["workers"][0]["state"], "cancelled") << run.dump();
   leader->Stop();
+}
+
+// A run's Idempotency-Key stays in the state while it is open only; once folded it is
+// found in the read model, so a repeat still answers the first run, across a restart
+// from a snapshot and a rebuild of the read model, and memory does not grow with keys.
+TEST_F(ReadModelTest, IdempotencyKeysOfFoldedRunsAreFoundInTheReadModel) {
+  auto leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  ASSERT_TRUE(WaitFor([&] { return backend_.Launched() >= 1; }));
+  ASSERT_TRUE(leader
+                  ->Execute(RegisterContainer{
+                      .container = "c1", .cpu_millis = 4000, .memory_bytes = 8LL << 30})
+                  .ok());
+  ASSERT_TRUE(leader
+                  ->Execute(RegisterWorkflow{
+                      *ParseJson(R"({"name":"v","steps":[{"name":"a","command":["true"]}]})"), "a"})
+                  .ok());
+  auto submit = [&](Engine& e, const std::string& id, const std::string& digest) {
+    return e.Execute(SubmitRun{
+        .run_id = id, .workflow = "v", .idempotency_key = "key-1", .request_digest = digest});
+  };
+  auto first = submit(*leader, "i1", "d1");
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_TRUE(first->created);
+  Report(*leader, "i1/a/1", "succeeded");
+  auto keys = [](const Engine& e) { return e.Read([](const State& s) { return s.idempotency; }); };
+  EXPECT_TRUE(keys(*leader).empty()) << "i1 is folded: its key left the state";
+  auto check = [&](Engine& e) {
+    auto again = submit(e, "i2", "d1");
+    ASSERT_TRUE(again.ok()) << again.status().ToString();
+    EXPECT_EQ(again->id, "i1");
+    EXPECT_FALSE(again->created);
+    auto other = submit(e, "i3", "d2");
+    ASSERT_FALSE(other.ok());
+    EXPECT_EQ(other.status().code(), StatusCode::kInvalidArgument) << other.status().ToString();
+    EXPECT_TRUE(e.Read([](const State& s) { return s.runs.empty(); })) << "nothing submitted";
+  };
+  check(*leader);
+  ASSERT_TRUE(leader->WriteSnapshot().ok());
+  leader->Stop();
+  leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  check(*leader);
+  leader->Stop();
+  leader.reset();
+  ASSERT_TRUE(store_->ClearReadModel().ok());
+  leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  EXPECT_TRUE(keys(*leader).empty());
+  check(*leader);
+  leader->Stop();
+}
+
+TEST(RecordingArchiveTest, AKeyFoldedInThisGroupIsFoundBeforeItIsWritten) {
+  char tmpl[] = "/tmp/epoch-archive-test.XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  {
+    auto store = storage::OpenRocksDbEventStore({dir + "/store", true});
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    RecordingArchive archive(store->get());
+    engine::Run run;
+    run.id = "r1";
+    run.tenant = "t";
+    run.idempotency_key = "k";
+    run.phase = RunPhase::kSucceeded;
+    auto none = archive.FindIdempotent("t", "k");
+    ASSERT_TRUE(none.ok());
+    EXPECT_FALSE(*none);
+    ASSERT_TRUE(archive.Folded(run, 7).ok());
+    auto found = archive.FindIdempotent("t", "k");
+    ASSERT_TRUE(found.ok());
+    EXPECT_EQ(*found, std::optional<std::string>("r1")) << "pending, not in the store yet";
+    EXPECT_FALSE(*archive.FindIdempotent("u", "k")) << "another tenant's key";
+    ASSERT_TRUE(archive.Unfolded(run, 8).ok());
+    EXPECT_FALSE(*archive.FindIdempotent("t", "k")) << "unfolded: the key is the state's again";
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(ReadModelTest, AStandbyReadsFoldedRunsAndLeadsWithThem) {

@@ -219,6 +219,7 @@ struct Apply {
     }
     if (p.idempotency_key && !p.idempotency_key->empty()) {
       s.idempotency[{run.tenant, *p.idempotency_key}] = run.id;
+      run.idempotency_key = *p.idempotency_key;
     }
     run.request_digest = p.request_digest.value_or("");
     s.runs_by_seq[run.seq] = run.id;

@@ -235,6 +235,7 @@ struct SnapList<Run> {
                       Sym(&Run::tenant, "tenant"),
                       Sym(&Run::submitter, "submitter"),
                       Plain(&Run::request_digest, "request_digest"),
+                      Plain(&Run::idempotency_key, "idempotency_key"),
                       Plain(&Run::params, "params"),
                       Plain(&Run::labels, "labels"),
                       Plain(&Run::priority, "priority"),

@@ -190,6 +190,9 @@ struct Run {
   // with another request is refused (kIdempotencyKeyReused). Empty without a key, or
   // when written before it was recorded.
   std::string request_digest;
+  // The Idempotency-Key it was submitted with (empty: none). State::idempotency maps
+  // it to the run while the run is open; a folded run's is in the read model (archive.h).
+  std::string idempotency_key;
   Json params = Json::object();
   Json labels = Json::object();
   int priority = 0;
@@ -257,14 +260,16 @@ struct State {
   uint64_t head = 0;           // position of the last evolved event
   uint64_t epoch = 0;          // highest leader epoch seen
   std::map<std::string, std::vector<WorkflowVersion>> workflows;  // name -> versions (1..n)
-  std::map<std::string, Run, std::less<>> runs;  // found by string_view (no copy)
+  std::map<std::string, Run, std::less<>> runs;                   // found by string_view (no copy)
   std::map<uint64_t, std::string> runs_by_seq;  // submission order
   std::map<std::string, Container> containers;
   // Queued attempts in dispatch order: (-priority, queue_seq) -> attempt id.
   std::map<std::pair<int, uint64_t>, std::string> queue;
   // Retries waiting for their time: (time, attempt id of the retry to create).
   std::set<std::pair<TimePoint, std::string>> retry_timers;
-  std::map<std::pair<std::string, std::string>, std::string> idempotency;  // (tenant,key)->run
+  // (tenant, Idempotency-Key) -> run, for open runs (a folded run's key is in the read
+  // model: RunArchive::FindIdempotent).
+  std::map<std::pair<std::string, std::string>, std::string> idempotency;
   // Idempotency-Key of POST /v1/workflows: (tenant, key) -> (name, version).
   std::map<std::pair<std::string, std::string>, std::pair<std::string, int>> workflow_keys;
   std::string leader_node, leader_address;  // from the last LeaderElected
