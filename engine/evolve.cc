@@ -675,9 +675,17 @@ struct Apply {
   Status ContainerEnded(const std::string& id, ContainerPhase phase, const std::string& reason) {
     Container* c = FindContainer(id);
     if (!c) return Status::Ok();
+    if (c->ended_at) s.ended_containers.erase({*c->ended_at, id});
     c->phase = phase;
     c->reason = reason;
     c->ended_at = e.time;
+    s.ended_containers.insert({e.time, id});
+    while (s.ended_containers.size() > kEndedContainersKept) {
+      auto oldest = s.ended_containers.begin();
+      if (oldest->second == id) ++oldest;  // the one ending now stays
+      s.containers.erase(oldest->second);
+      s.ended_containers.erase(oldest);
+    }
     if (c->reason.rfind("launch failed", 0) == 0) {
       s.launch_failures_in_row++;
       s.last_launch_failure = e.time;

@@ -499,6 +499,7 @@ struct SnapList<State> {
                       Custom(&S::runs, "runs", WriteRuns, ReadRuns),
                       Custom(&S::runs_by_seq, "runs_by_seq", WriteRunsBySeq, ReadRunsBySeq),
                       Sym(&S::containers, "containers"),
+                      Plain(&S::ended_containers, "ended_containers"),
                       Plain(&S::queue, "queue"),
                       Plain(&S::retry_timers, "retry_timers"),
                       Syms(&S::idempotency, 0b001, "idempotency"),      // (tenant, key) -> run

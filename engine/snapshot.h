@@ -95,7 +95,8 @@ inline constexpr uint32_t kSnapshotFormatVersion =
          // enforcement; 8: live metrics series, checkpoints; 9: finished runs folded into
          // the read model (State::archived); 10: retention (expired outputs, logs,
          // checkpoints and cache entries; State::expired); 11: a run's idempotency key
-         // (State::idempotency holds open runs' only)
+         // (State::idempotency holds open runs' only); ended containers past 1000 leave
+         // the state (State::ended_containers)
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.

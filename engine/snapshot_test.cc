@@ -74,6 +74,48 @@ void SetBodyHeader(std::string& bytes) {
   for (int i = 0; i < 8; ++i) bytes[16 + i] = static_cast<char>(size >> (8 * i));
 }
 
+// Lost and released containers past kEndedContainersKept leave the state, oldest
+// first (their story stays in the log); the live ones and the newest ended stay, and a
+// snapshot keeps exactly that.
+TEST(SnapshotTest, EndedContainersPastTheCapLeaveTheState) {
+  State s;
+  uint64_t pos = 0;
+  auto apply = [&](auto payload, const std::string& id, int64_t second) {
+    RecordedEvent e;
+    e.position = ++pos;
+    e.stream = ContainerStream(id);
+    e.type = std::string(decltype(payload)::kType);
+    e.data = fields::Encode(payload);
+    e.time = TimePoint{} + std::chrono::seconds(1000000 + second);
+    Status st = Evolve(s, e);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  };
+  const int n = static_cast<int>(kEndedContainersKept) + 2;
+  for (int i = 1; i <= n + 1; ++i) {
+    std::string id = "c" + std::to_string(i);
+    apply(ev::ContainerRequested{.container = id, .backend = "local", .reason = "demand"}, id, i);
+  }
+  for (int i = 1; i <= n; ++i) {  // c<n+1> stays requested
+    std::string id = "c" + std::to_string(i);
+    apply(ev::ContainerReleased{.container = id, .reason = "idle"}, id, n + i);
+  }
+  EXPECT_EQ(s.ended_containers.size(), kEndedContainersKept);
+  EXPECT_EQ(s.containers.size(), kEndedContainersKept + 1);
+  EXPECT_FALSE(s.containers.count("c1"));
+  EXPECT_FALSE(s.containers.count("c2"));
+  EXPECT_TRUE(s.containers.count("c3"));
+  EXPECT_EQ(s.containers.at("c" + std::to_string(n + 1)).phase, ContainerPhase::kRequested);
+  // Lost after being released (a late word from the backend): ended once, kept.
+  apply(ev::ContainerLost{.container = "c3", .reason = "gone"}, "c3", 3 * n);
+  EXPECT_EQ(s.ended_containers.size(), kEndedContainersKept);
+  EXPECT_TRUE(s.containers.count("c3"));
+  EXPECT_TRUE(s.containers.count("c4")) << "c3 moved to the newest end; nothing more left";
+  EXPECT_EQ(s.ended_containers.rbegin()->second, "c3");
+  State back = RoundTrip(s);
+  EXPECT_EQ(back.ended_containers, s.ended_containers);
+  EXPECT_EQ(back.containers.size(), s.containers.size());
+}
+
 TEST(SnapshotTest, CrcIsCrc32c) {
   EXPECT_EQ(SnapshotCrc("123456789"), 0xE3069283u);
   EXPECT_EQ(SnapshotCrc(""), 0u);
@@ -771,7 +813,7 @@ TEST(SnapshotTest, MalformedBodiesNameTheProblem) {
     return DecodeSnapshot(bytes).status();
   };
   std::string empty_body = EncodeSnapshot(State{}).substr(kSnapshotHeaderSize);
-  ASSERT_EQ(empty_body.size(), 26u);
+  ASSERT_EQ(empty_body.size(), 27u);
   EXPECT_TRUE(decode(empty_body).ok());
   struct Case {
     std::string body;
@@ -785,7 +827,7 @@ TEST(SnapshotTest, MalformedBodiesNameTheProblem) {
       // A varint of eleven bytes as the head.
       {std::string(10, '\xff') + "\x01" + empty_body.substr(1), "varint"},
       // A string longer than the body (leader_node).
-      {empty_body.substr(0, 11) + "\x7c" + empty_body.substr(12), "runs past the end"},
+      {empty_body.substr(0, 12) + "\x7c" + empty_body.substr(13), "runs past the end"},
       {empty_body + "x", "after the end of the state"},
       {empty_body.substr(0, 19), "truncated"},
   };

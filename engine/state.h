@@ -256,6 +256,11 @@ struct TenantExpired {
   uint64_t outputs_events = 0, logs_events = 0;
 };
 
+// How many lost or released containers State keeps (the most recently ended): their
+// whole story stays in the log (stream container-<id>), so memory follows the live
+// pool and not every container a cluster ever had.
+inline constexpr size_t kEndedContainersKept = 1000;
+
 struct State {
   uint64_t head = 0;           // position of the last evolved event
   uint64_t epoch = 0;          // highest leader epoch seen
@@ -263,6 +268,9 @@ struct State {
   std::map<std::string, Run, std::less<>> runs;                   // found by string_view (no copy)
   std::map<uint64_t, std::string> runs_by_seq;  // submission order
   std::map<std::string, Container> containers;
+  // The lost or released ones among them, by (ended_at, id): past kEndedContainersKept
+  // the oldest leaves `containers`.
+  std::set<std::pair<TimePoint, std::string>> ended_containers;
   // Queued attempts in dispatch order: (-priority, queue_seq) -> attempt id.
   std::map<std::pair<int, uint64_t>, std::string> queue;
   // Retries waiting for their time: (time, attempt id of the retry to create).
