@@ -135,7 +135,7 @@ struct RecordedEvent {
   std::string actor;
   TimePoint time;
   uint64_t epoch = 0;
-  // The payload's version: what the envelope says, and after FromEnvelope's upcast
+  // The payload's version: what the envelope says, and after FromStored's upcast
   // today's version of the type. 0: written by this Epoch (today's version).
   uint32_t schema = 0;
   // The payload as the store holds it (its JSON text, at version `schema`), for a

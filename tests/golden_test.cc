@@ -129,7 +129,7 @@ TEST(GoldenTest, EveryPayloadVersionAppearsInAGoldenHistory) {
 }
 
 // What replay did with a stored payload before ev::DecodeEvent read its text: parse it
-// (engine/replay.cc FromEnvelope), upcast it, check that it is an object (Evolve),
+// (engine/replay.cc FromStored), upcast it, check that it is an object (Evolve),
 // decode it.
 Result<ev::Payload> DecodeParsed(const RecordedEvent& stored) {
   auto prefix = "event " + std::to_string(stored.position) + " (" + stored.type + "): ";
