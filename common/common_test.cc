@@ -325,6 +325,78 @@ TEST(FilesTest, OpenBeneathKeepsSymlinksAndDotsInsideTheRoot) {
   ASSERT_EQ(std::system(cmd.c_str()), 0);
 }
 
+// A step owns runs/a/s and can swap any of its folders for a link; walking or
+// removing what it wrote must never reach behind the link (another run's folder).
+TEST(FilesTest, TreeWalksBeneathARootFollowNoLink) {
+  char tmpl[] = "/tmp/epoch-tree-test.XXXXXX";
+  std::string root = mkdtemp(tmpl);
+  auto write = [&](const std::string& rel, size_t n) {
+    ASSERT_TRUE(MakeDirs(root + "/" + rel.substr(0, rel.find_last_of('/'))).ok());
+    ASSERT_TRUE(WriteFileDurably(root + "/" + rel, std::string(n, 'x')).ok());
+  };
+  write("runs/b/s/1/outputs/model.pt", 100);  // another tenant's
+  write("runs/a/s/1/outputs/out.txt", 7);
+  write("runs/a/s/1/metrics.ndjson", 3);
+  write("runs/a/t/1/outputs/x", 5);
+  ASSERT_EQ(symlink((root + "/runs/b/s/1/outputs/model.pt").c_str(),
+                    (root + "/runs/a/s/1/outputs/steal").c_str()),
+            0);  // a link inside the tree
+  ASSERT_EQ(symlink((root + "/runs/b").c_str(), (root + "/runs/a/u").c_str()), 0);
+  ASSERT_TRUE(MakeDirs(root + "/runs/a/v/1/empty/deeper").ok());
+
+  auto st = StatTreeBeneath(root, root + "/runs/a/s");
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  EXPECT_TRUE(st->present);
+  EXPECT_EQ(st->bytes, 10) << "the link inside counts as nothing";
+  // runs/a/u is a link to runs/b: nothing is beneath it, and it is there as a link.
+  auto behind = StatTreeBeneath(root, root + "/runs/a/u/s/1");
+  ASSERT_TRUE(behind.ok());
+  EXPECT_FALSE(behind->present);
+  EXPECT_EQ(behind->bytes, 0);
+  auto link = StatTreeBeneath(root, root + "/runs/a/u");
+  ASSERT_TRUE(link.ok());
+  EXPECT_TRUE(link->present);
+  EXPECT_EQ(link->bytes, 0);
+  EXPECT_EQ(StatTreeBeneath(root, root + "/../etc").status().code(), StatusCode::kInvalidArgument);
+
+  auto gone = RemoveTreeBeneath(root, root + "/runs/a/u/s/1");  // through the link: nothing
+  ASSERT_TRUE(gone.ok()) << gone.status().ToString();
+  EXPECT_EQ(*gone, 0);
+  EXPECT_TRUE(PathExists(root + "/runs/b/s/1/outputs/model.pt"));
+  auto removed = RemoveTreeBeneath(root, root + "/runs/a/s");
+  ASSERT_TRUE(removed.ok()) << removed.status().ToString();
+  EXPECT_EQ(*removed, 10);
+  EXPECT_FALSE(PathExists(root + "/runs/a/s"));
+  EXPECT_TRUE(PathExists(root + "/runs/b/s/1/outputs/model.pt")) << "the link went, not its target";
+  auto unlinked = RemoveTreeBeneath(root, root + "/runs/a/u");  // the link itself
+  ASSERT_TRUE(unlinked.ok());
+  EXPECT_EQ(*unlinked, 0);
+  EXPECT_FALSE(PathExists(root + "/runs/a/u"));
+  EXPECT_TRUE(PathExists(root + "/runs/b/s/1/outputs/model.pt"));
+  auto again = RemoveTreeBeneath(root, root + "/runs/a/s");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, 0);
+
+  // Pruning removes empty folders only: runs/a/v goes, runs/a/t keeps its file.
+  ASSERT_TRUE(RemoveEmptyDirsBeneath(root, root + "/runs/a").ok());
+  EXPECT_FALSE(PathExists(root + "/runs/a/v"));
+  EXPECT_TRUE(PathExists(root + "/runs/a/t/1/outputs/x"));
+  ASSERT_TRUE(RemoveTreeBeneath(root, root + "/runs/a/t").ok());
+  ASSERT_TRUE(RemoveEmptyDirsBeneath(root, root + "/runs/a").ok());
+  EXPECT_FALSE(PathExists(root + "/runs/a"));
+  EXPECT_TRUE(PathExists(root + "/runs/b/s/1/outputs/model.pt"));
+
+  // A tree deeper than the walk's limit is refused, not followed to the end.
+  std::string deep = root + "/runs/c";
+  for (int i = 0; i < 300; ++i) deep += "/d";
+  ASSERT_TRUE(MakeDirs(deep).ok());
+  auto too_deep = RemoveTreeBeneath(root, root + "/runs/c");
+  EXPECT_EQ(too_deep.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(too_deep.status().message().find("folders deep"), std::string::npos);
+  std::string cmd = "rm -rf " + root;
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+}
+
 TEST(IdsTest, SecureRandomHexIsHexOfTheAskedLengthAndDiffers) {
   std::string a = SecureRandomHex(32), b = SecureRandomHex(32);
   EXPECT_EQ(a.size(), 64u);

@@ -212,4 +212,145 @@ Result<UniqueFd> OpenBeneath(const std::string& root, const std::string& path) {
   return UniqueFd(static_cast<int>(fd));
 }
 
+namespace {
+
+constexpr int kMaxTreeDepth = 256;
+
+// What a walk does with each entry it meets.
+enum class TreeOp { kStat, kRemove, kPruneEmpty };
+
+// Opens the parent folder of `path` beneath root following no link, and names the
+// last component. An invalid fd (errno ENOENT, ENOTDIR or ELOOP) means there is no
+// such folder that is not behind a link: nothing is at `path`.
+Result<std::pair<UniqueFd, std::string>> OpenParentNoLinks(const std::string& root,
+                                                           const std::string& given) {
+  auto norm = NormalizePath(given);
+  if (!norm.ok()) return norm.status();
+  const std::string& path = *norm;
+  if (!IsBeneath(path, root) || path.size() == root.size()) {
+    return InvalidArgument(path + " is not strictly beneath " + root);
+  }
+  UniqueFd top(open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!top) return Errno("open " + root);
+  std::string rel = path.substr(root == "/" ? 1 : root.size() + 1);
+  auto slash = rel.find_last_of('/');
+  std::string parent = slash == std::string::npos ? "." : rel.substr(0, slash);
+  std::string leaf = slash == std::string::npos ? rel : rel.substr(slash + 1);
+  struct open_how how {};
+  how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  long fd = syscall(SYS_openat2, top.get(), parent.c_str(), &how, sizeof(how));
+  if (fd < 0 && errno != ENOENT && errno != ENOTDIR && errno != ELOOP && errno != EXDEV) {
+    return Errno("open " + root + "/" + parent);
+  }
+  return std::pair{UniqueFd(static_cast<int>(fd)), leaf};
+}
+
+// The names in the folder `fd` (not "." and ".."); takes a duplicate of fd.
+Result<std::vector<std::string>> Entries(int fd, const std::string& what) {
+  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return Errno("dup " + what);
+  DIR* d = fdopendir(dup);
+  if (!d) {
+    Status s = Errno("opendir " + what);
+    close(dup);
+    return s;
+  }
+  std::vector<std::string> names;
+  errno = 0;
+  while (dirent* e = readdir(d)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+      names.emplace_back(e->d_name);
+    }
+  }
+  int err = errno;
+  closedir(d);
+  if (err != 0) return Internal("readdir " + what + ": " + std::strerror(err));
+  return names;
+}
+
+// Walks the entry `name` of folder `dir` (`what` names it in errors). kStat adds the
+// sizes of regular files to *bytes; kRemove removes everything and adds what it
+// removed; kPruneEmpty removes folders left empty. The first error stops nothing
+// else: it is returned once the rest is done.
+Status WalkAt(int dir, const std::string& name, const std::string& what, int depth, TreeOp op,
+              int64_t* bytes) {
+  struct stat st {};
+  if (fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    return errno == ENOENT ? Status::Ok() : Errno("stat " + what);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    if (depth >= kMaxTreeDepth) {
+      return FailedPrecondition(what + " is more than " + std::to_string(kMaxTreeDepth) +
+                                " folders deep");
+    }
+    UniqueFd sub(openat(dir, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!sub) {
+      // Swapped for a link or a file since the stat: it is no longer a folder.
+      if (errno != ELOOP && errno != ENOTDIR) return Errno("open " + what);
+      if (op != TreeOp::kRemove) return Status::Ok();
+      if (unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT) return Errno("unlink " + what);
+      return Status::Ok();
+    }
+    auto names = Entries(sub.get(), what);
+    if (!names.ok()) return names.status();
+    Status first = Status::Ok();
+    for (const auto& n : *names) {
+      Status s = WalkAt(sub.get(), n, what + "/" + n, depth + 1, op, bytes);
+      if (first.ok() && !s.ok()) first = s;
+    }
+    sub.reset();
+    if (op == TreeOp::kStat || !first.ok()) return first;
+    if (unlinkat(dir, name.c_str(), AT_REMOVEDIR) != 0) {
+      if (op == TreeOp::kPruneEmpty && (errno == ENOTEMPTY || errno == EEXIST)) {
+        return Status::Ok();
+      }
+      if (errno != ENOENT) return Errno("rmdir " + what);
+    }
+    return Status::Ok();
+  }
+  if (op == TreeOp::kPruneEmpty) return Status::Ok();
+  int64_t size = S_ISREG(st.st_mode) ? static_cast<int64_t>(st.st_size) : 0;
+  if (op == TreeOp::kRemove && unlinkat(dir, name.c_str(), 0) != 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Errno("unlink " + what);
+  }
+  *bytes += size;
+  return Status::Ok();
+}
+
+Result<int64_t> WalkBeneath(const std::string& root, const std::string& path, TreeOp op,
+                            bool* present) {
+  auto parent = OpenParentNoLinks(root, path);
+  if (!parent.ok()) return parent.status();
+  auto& [dir, leaf] = *parent;
+  struct stat st {};
+  bool there = dir && fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+  if (present) *present = there;
+  if (!there) return int64_t{0};
+  int64_t bytes = 0;
+  Status s = WalkAt(dir.get(), leaf, path, 0, op, &bytes);
+  if (!s.ok()) return s;
+  return bytes;
+}
+
+}  // namespace
+
+Result<TreeStat> StatTreeBeneath(const std::string& root, const std::string& path) {
+  TreeStat out;
+  auto bytes = WalkBeneath(root, path, TreeOp::kStat, &out.present);
+  if (!bytes.ok()) return bytes.status();
+  out.bytes = *bytes;
+  return out;
+}
+
+Result<int64_t> RemoveTreeBeneath(const std::string& root, const std::string& path) {
+  return WalkBeneath(root, path, TreeOp::kRemove, nullptr);
+}
+
+Status RemoveEmptyDirsBeneath(const std::string& root, const std::string& path) {
+  auto r = WalkBeneath(root, path, TreeOp::kPruneEmpty, nullptr);
+  return r.ok() ? Status::Ok() : r.status();
+}
+
 }  // namespace epoch

@@ -49,4 +49,23 @@ bool IsBeneath(std::string_view path, std::string_view root);
 // kInternal with the OS's words.
 Result<UniqueFd> OpenBeneath(const std::string& root, const std::string& path);
 
+// Trees that untrusted processes wrote (a step's folders), walked beneath `root`
+// without following a symbolic link anywhere: `path` (normalised here, and refused
+// unless beneath the normalised `root`) is resolved with openat2(RESOLVE_BENEATH |
+// RESOLVE_NO_SYMLINKS), so a link in any of its components means nothing is there, and inside the
+// tree each entry is opened O_NOFOLLOW, so a link is only itself (no bytes; removed as a link,
+// never followed). A step that swaps its own folder for a link into another tenant's cannot make
+// the master count, or delete, what lies behind it. Trees deeper than 256 folders are refused
+// (kFailedPrecondition) rather than holding a descriptor per level.
+struct TreeStat {
+  bool present = false;  // something (a file, a folder or a link) is at `path`
+  int64_t bytes = 0;     // the sizes of the regular files beneath it
+};
+Result<TreeStat> StatTreeBeneath(const std::string& root, const std::string& path);
+// Removes `path` and everything beneath it; returns the bytes of the regular files
+// removed (0 when nothing was there).
+Result<int64_t> RemoveTreeBeneath(const std::string& root, const std::string& path);
+// Removes the empty folders beneath and including `path` (what removing files leaves).
+Status RemoveEmptyDirsBeneath(const std::string& root, const std::string& path);
+
 }  // namespace epoch

@@ -164,29 +164,6 @@ Result<Decision> DecideExpireFiles(const State& state, const ExpireFiles& cmd,
   return d;
 }
 
-int64_t BytesBeneath(const std::string& path) {
-  std::error_code ec;
-  fs::file_status st = fs::symlink_status(path, ec);
-  if (ec || !fs::exists(st)) return 0;
-  if (fs::is_regular_file(st)) {
-    auto n = fs::file_size(path, ec);
-    return ec ? 0 : static_cast<int64_t>(n);
-  }
-  if (!fs::is_directory(st)) return 0;
-  int64_t total = 0;
-  for (fs::recursive_directory_iterator it(path, fs::directory_options::skip_permission_denied, ec),
-       end;
-       !ec && it != end; it.increment(ec)) {
-    std::error_code e2;
-    if (it->is_symlink(e2)) continue;
-    if (it->is_regular_file(e2)) {
-      auto n = it->file_size(e2);
-      if (!e2) total += static_cast<int64_t>(n);
-    }
-  }
-  return total;
-}
-
 namespace {
 
 // An attempt's folder: runs/<run>/<step>/<n> (its outputs/ and the rest).
@@ -207,36 +184,35 @@ std::vector<std::string> LogFiles(const EngineConfig& cfg, const std::string& ru
   return out;
 }
 
-bool Present(const std::string& path) {
+// The data dir, absolute and normalised: the root that every walk of the files steps
+// wrote stays beneath, following no link (common/files.h, StatTreeBeneath).
+std::string DataRoot(const EngineConfig& cfg) {
   std::error_code ec;
-  return fs::exists(fs::symlink_status(path, ec));
+  auto abs = fs::absolute(cfg.data_dir, ec);
+  auto norm = NormalizePath(ec ? cfg.data_dir : abs.string());
+  return norm.ok() ? *norm : cfg.data_dir;
 }
 
-// Deletes `path` (a folder and all beneath it, or a file); symbolic links are removed,
-// never followed. Returns the bytes it held; an error is added to the report.
-int64_t Delete(const std::string& path, SweepReport* report) {
-  int64_t bytes = BytesBeneath(path);
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  if (ec) {
-    report->errors.push_back("deleting " + path + ": " + ec.message());
+// What is at `path` beneath the data dir; a walk that fails counts as nothing there
+// (and adds its error to the report when there is one).
+TreeStat Stat(const std::string& root, const std::string& path, SweepReport* report = nullptr) {
+  auto st = StatTreeBeneath(root, path);
+  if (st.ok()) return *st;
+  if (report) report->errors.push_back("measuring " + path + ": " + st.status().ToString());
+  return {};
+}
+
+// Deletes `path` (a folder and all beneath it, or a file) beneath the data dir,
+// following no link: a link is removed, never followed, and a path whose folders
+// include a link is not there. Returns the bytes it held; an error is added to the
+// report.
+int64_t Delete(const std::string& root, const std::string& path, SweepReport* report) {
+  auto bytes = RemoveTreeBeneath(root, path);
+  if (!bytes.ok()) {
+    report->errors.push_back("deleting " + path + ": " + bytes.status().ToString());
     return 0;
   }
-  return bytes;
-}
-
-// Removes the empty folders beneath and including `dir` (what deleting attempt
-// folders and logs leaves behind).
-void PruneEmpty(const std::string& dir) {
-  std::error_code ec;
-  if (!fs::is_directory(fs::symlink_status(dir, ec))) return;
-  std::vector<std::string> sub;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    std::error_code e2;
-    if (it->is_directory(e2) && !it->is_symlink(e2)) sub.push_back(it->path().string());
-  }
-  for (const auto& s : sub) PruneEmpty(s);
-  if (fs::is_empty(dir, ec) && !ec) fs::remove(dir, ec);
+  return *bytes;
 }
 
 }  // namespace
@@ -263,6 +239,7 @@ SweepReport RetentionSweeper::SweepOnce() {
 
 void RetentionSweeper::SweepRun(const std::string& id, SweepReport* report) {
   const EngineConfig& cfg = engine_->options().config;
+  const std::string root = DataRoot(cfg);
   // A copy, so that the disk is read outside the published state's lock.
   std::optional<Run> run = engine_->ReadRun(
       id, [](const State&, const Run* r) { return r ? std::optional<Run>(*r) : std::nullopt; });
@@ -284,14 +261,17 @@ void RetentionSweeper::SweepRun(const std::string& id, SweepReport* report) {
         bool present = false;
         int64_t bytes = 0;
         for (const auto& p : paths) {
-          present = present || Present(p);
-          bytes += BytesBeneath(p);
+          TreeStat t = Stat(root, p, report);
+          present = present || t.present;
+          bytes += t.bytes;
         }
         if (present) cmd.files.push_back({st.name, a.number, bytes});
       }
       std::string checkpoints = CheckpointDir(cfg, id, st.name, -1);
-      if (!logs && !st.checkpoints_expired && Present(checkpoints)) {
-        cmd.files.push_back({st.name, 0, BytesBeneath(checkpoints)});
+      if (!logs && !st.checkpoints_expired) {
+        if (TreeStat t = Stat(root, checkpoints, report); t.present) {
+          cmd.files.push_back({st.name, 0, t.bytes});
+        }
       }
     }
     if (cmd.files.empty()) continue;
@@ -313,9 +293,9 @@ void RetentionSweeper::SweepRun(const std::string& id, SweepReport* report) {
   auto remove = [&](const std::vector<std::string>& paths, const std::string& what) {
     bool any = false;
     for (const auto& path : paths) {
-      if (!Present(path)) continue;
+      if (!Stat(root, path, report).present) continue;
       any = true;
-      report->bytes_deleted += Delete(path, report);
+      report->bytes_deleted += Delete(root, path, report);
     }
     if (any && !now_expired.count(what)) ++report->deleted_again;
   };
@@ -329,12 +309,16 @@ void RetentionSweeper::SweepRun(const std::string& id, SweepReport* report) {
       remove({CheckpointDir(cfg, id, st.name, -1)}, "outputs " + st.name + "/0");
     }
   }
-  PruneEmpty(WorkspaceDir(cfg, id));
-  PruneEmpty(cfg.data_dir + "/logs/" + id);
+  for (const std::string& dir : {WorkspaceDir(cfg, id), cfg.data_dir + "/logs/" + id}) {
+    if (Status s = RemoveEmptyDirsBeneath(root, dir); !s.ok()) {
+      report->errors.push_back("pruning " + dir + ": " + s.ToString());
+    }
+  }
 }
 
 Json UsageJson(const Engine& engine, const TenantFilter& filter) {
   const EngineConfig& cfg = engine.options().config;
+  const std::string root = DataRoot(cfg);
   auto visible = [&](const std::string& tenant) { return !filter || filter(tenant); };
   Json tenants = Json::object();
   auto entry = [&](const std::string& tenant) -> Json& {
@@ -371,7 +355,7 @@ Json UsageJson(const Engine& engine, const TenantFilter& filter) {
       if (known->second.empty() || !visible(known->second)) continue;
       Json& t = entry(known->second);
       const char* field = std::string_view(sub) == "runs" ? "outputs_bytes" : "logs_bytes";
-      t[field] = t[field].get<int64_t>() + BytesBeneath(it->path().string());
+      t[field] = t[field].get<int64_t>() + Stat(root, it->path().string()).bytes;
     }
   }
   engine.Read([&](const State& s) {

@@ -119,8 +119,4 @@ class RetentionLoop {
 // (empty: every tenant).
 Json UsageJson(const Engine& engine, const TenantFilter& visible);
 
-// Bytes of the regular files beneath `path` (a file: its size), not following
-// symbolic links; 0 when there is nothing there.
-int64_t BytesBeneath(const std::string& path);
-
 }  // namespace epoch::engine

@@ -291,6 +291,56 @@ TEST_F(RetentionTest, FilesPastTheHorizonGoOnceTheEventIsDurable) {
   EXPECT_EQ(after["keep"].logs_events, 1u);
 }
 
+// A step can replace its own step folder with a link into another tenant's run. The
+// sweeper measures and deletes beneath the data dir following no link, so what lies
+// behind the link is neither counted nor deleted; the run's other files still go.
+TEST_F(RetentionTest, AStepFolderSwappedForALinkKeepsWhatItPointsAt) {
+  Start();
+  Ok(RegisterContainer{.container = "c1", .cpu_millis = 8000, .memory_bytes = 16LL << 30});
+  Ok(RegisterWorkflow{*ParseJson(R"({"name":"x","steps":[
+      {"name":"a","outputs":["a.txt"],"command":["true"]},
+      {"name":"b","after":["a"],"outputs":["b.txt"],"command":["true"]}]})"),
+                      "alice"});
+  Ok(RegisterWorkflow{*ParseJson(R"({"name":"v","steps":[
+      {"name":"a","outputs":["a.txt"],"command":["true"]}]})"),
+                      "kim", "keep"});
+  Ok(SubmitRun{.run_id = "k1", .workflow = "v", .tenant = "keep"});
+  Finish("k1", "a", 1, {{"a.txt", 8}}, 50, "succeeded");
+  Ok(SubmitRun{.run_id = "x1", .workflow = "x"});
+  Finish("x1", "a", 1, {{"a.txt", 7}}, 30, "succeeded");
+  Finish("x1", "b", 1, {{"b.txt", 9}}, 30, "succeeded");
+  ASSERT_EQ(RunOf("x1")["state"], "succeeded");
+  // x1's step b now points at k1's step a (as a step that ran `ln -s` would leave it),
+  // and a/1's outputs hold a link to k1's file.
+  fs::remove_all(dir_ + "/runs/x1/b");
+  fs::create_symlink(dir_ + "/runs/k1/a", dir_ + "/runs/x1/b");
+  fs::create_symlink(AttemptDir("k1", "a", 1) + "/outputs/a.txt",
+                     AttemptDir("x1", "a", 1) + "/outputs/stolen.txt");
+
+  RetentionSweeper sweeper(engine_.get());
+  clock_.Set(kT0 + 61min);
+  SweepReport out = sweeper.SweepOnce();
+  EXPECT_TRUE(out.errors.empty()) << out.errors[0];
+  EXPECT_EQ(out.outputs_expired, 1u) << "x1 a/1; b/1 is behind a link, so not there";
+  EXPECT_EQ(out.bytes_deleted, 7 + 10) << "a.txt and metrics; the link inside counts nothing";
+  auto expired = Events("x1", ev::kOutputsExpired);
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0]["files"], Json::parse(R"([{"step":"a","attempt":1,"bytes":17}])"));
+  EXPECT_FALSE(fs::exists(AttemptDir("x1", "a", 1)));
+  EXPECT_TRUE(fs::is_symlink(dir_ + "/runs/x1/b"));
+  EXPECT_TRUE(fs::exists(AttemptDir("k1", "a", 1) + "/outputs/a.txt"));
+  EXPECT_TRUE(fs::exists(AttemptDir("k1", "a", 1) + "/metrics.ndjson"));
+  EXPECT_EQ(fs::file_size(AttemptDir("k1", "a", 1) + "/outputs/a.txt"), 8u);
+  // Usage counts x1's folder as what it holds itself: nothing behind the link.
+  Json usage = UsageJson(*engine_, [](const std::string&) { return true; });
+  EXPECT_EQ(usage["tenants"]["default"]["outputs_bytes"], 0);
+  EXPECT_EQ(usage["tenants"]["keep"]["outputs_bytes"], 18);
+  // The next pass finds nothing more and reports no error.
+  SweepReport again = sweeper.SweepOnce();
+  EXPECT_TRUE(again.errors.empty()) << again.errors[0];
+  EXPECT_EQ(again.outputs_expired + again.deleted_again + again.bytes_deleted, 0u);
+}
+
 TEST(RetentionHorizonTest, TenantsOverrideTheDefault) {
   EngineConfig c;
   EXPECT_FALSE(RetentionConfigured(c));
