@@ -2,9 +2,14 @@
 // ExpireFiles decision, and the sweeper that finds and deletes.
 #include "engine/retention.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <set>
+#include <string_view>
 #include <system_error>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 #include "common/files.h"
@@ -63,37 +68,99 @@ bool RetentionConfigured(const EngineConfig& c) {
   return false;
 }
 
-std::string OutputsKeptBecause(const State& s, const EngineConfig& config, const Run& run,
-                               const std::string& step, int attempt) {
-  const std::string id = AttemptId(run.id, step, attempt);
-  for (bool model : {true, false}) {
-    for (const auto& [key, versions] : model ? s.models : s.datasets) {
-      for (const auto& v : versions) {
-        const std::string at =
-            v.files_at.empty() ? AttemptId(v.run, v.step, v.attempt) : v.files_at;
-        if (at == id) {
-          return std::string(model ? "model " : "data set ") + SplitArtifactKey(key).second + " v" +
-                 std::to_string(v.version);
+namespace {
+
+// What keeps attempt folders past their horizon (OutputsKeptBecause), gathered in one
+// pass over the state so that a decision about many files looks each one up instead
+// of scanning every version and every open run per file. The reason for a folder is
+// the one that scan met first: versions (models, then data sets, in the state's
+// order), then open runs other than `run`, each attempt's cache hit before its
+// mounts. Holds views into `s`, which must outlive it.
+class KeptFolders {
+ public:
+  KeptFolders(const State& s, const EngineConfig& config, std::string_view run) : config_(config) {
+    for (bool model : {true, false}) {
+      for (const auto& [key, versions] : model ? s.models : s.datasets) {
+        for (const auto& v : versions) {
+          std::string at = v.files_at.empty() ? AttemptId(v.run, v.step, v.attempt) : v.files_at;
+          if (versions_.count(at)) continue;
+          versions_.emplace(std::move(at), std::string(model ? "model " : "data set ") +
+                                               SplitArtifactKey(key).second + " v" +
+                                               std::to_string(v.version));
         }
       }
     }
-  }
-  const std::string dir = OutputsDir(config, run.id, step, attempt);
-  for (const auto& [rid, r] : s.runs) {
-    if (IsTerminal(r.phase) || rid == run.id) continue;
-    for (const auto& st : r.steps) {
-      for (const auto& a : st.attempts) {
-        if (a.cached_from == id) return "run " + rid + " reuses it";
-        for (const auto& m : a.mounts) {
-          std::string path = m.is_object() ? m.value("path", "") : "";
-          if (!path.empty() && (IsBeneath(path, dir) || IsBeneath(dir, path))) {
-            return "run " + rid + " mounts it";
+    for (const auto& [rid, r] : s.runs) {
+      if (IsTerminal(r.phase) || rid == run) continue;
+      for (const auto& st : r.steps) {
+        for (const auto& a : st.attempts) {
+          if (!a.cached_from.empty()) {
+            reused_.try_emplace(a.cached_from, Add(rid, " reuses it"));
+          }
+          for (const auto& m : a.mounts) {
+            std::string path = m.is_object() ? m.value("path", "") : "";
+            if (path.empty()) continue;
+            size_t k = Add(rid, " mounts it");
+            mounted_.try_emplace(path, k);
+            // Each folder the mount lies beneath (IsBeneath(path, folder)).
+            for (size_t i = path.find('/'); i != std::string::npos; i = path.find('/', i + 1)) {
+              if (i > 0) beneath_.try_emplace(path.substr(0, i), k);
+            }
+            beneath_.try_emplace(path, k);
           }
         }
       }
     }
   }
-  return "";
+
+  // Why attempt (run, step, attempt)'s folder stays; empty when nothing keeps it.
+  std::string Why(const std::string& run, const std::string& step, int attempt) const {
+    const std::string id = AttemptId(run, step, attempt);
+    if (auto it = versions_.find(id); it != versions_.end()) return it->second;
+    size_t first = kNone;
+    auto consider = [&](const auto& index, std::string_view key) {
+      if (auto it = index.find(key); it != index.end()) first = std::min(first, it->second);
+    };
+    consider(reused_, id);
+    const std::string dir = OutputsDir(config_, run, step, attempt);
+    consider(beneath_, dir);  // a mount inside the folder
+    // A mount of a folder the attempt's lies in (IsBeneath(dir, path)): each prefix of
+    // dir that ends before a '/', dir itself, and "/" for an absolute dir.
+    for (size_t i = dir.find('/'); i != std::string::npos; i = dir.find('/', i + 1)) {
+      consider(mounted_, std::string_view(dir).substr(0, i));
+    }
+    consider(mounted_, dir);
+    if (!dir.empty() && dir.front() == '/') consider(mounted_, "/");
+    if (first == kNone) return "";
+    return "run " + std::string(reasons_[first].run) + reasons_[first].what;
+  }
+
+ private:
+  struct Reason {
+    std::string_view run;
+    const char* what;
+  };
+  static constexpr size_t kNone = static_cast<size_t>(-1);
+
+  size_t Add(std::string_view run, const char* what) {
+    reasons_.push_back(Reason{run, what});
+    return reasons_.size() - 1;
+  }
+
+  const EngineConfig& config_;
+  std::map<std::string, std::string, std::less<>> versions_;  // attempt id -> reason
+  // Indexes into reasons_ (the scan's order: the smallest is the reason given).
+  std::vector<Reason> reasons_;
+  std::map<std::string, size_t, std::less<>> reused_;   // cached_from -> reason
+  std::map<std::string, size_t, std::less<>> mounted_;  // mount path -> reason
+  std::map<std::string, size_t, std::less<>> beneath_;  // folder holding a mount -> reason
+};
+
+}  // namespace
+
+std::string OutputsKeptBecause(const State& s, const EngineConfig& config, const Run& run,
+                               const std::string& step, int attempt) {
+  return KeptFolders(s, config, run.id).Why(run.id, step, attempt);
 }
 
 Result<Decision> DecideExpireFiles(const State& state, const ExpireFiles& cmd,
@@ -119,6 +186,7 @@ Result<Decision> DecideExpireFiles(const State& state, const ExpireFiles& cmd,
   std::map<std::string, std::set<int>> expiring;
   std::vector<ev::ExpiredFiles> files;
   int64_t bytes = 0;
+  std::optional<KeptFolders> kept;  // built for the first attempt folder asked about
   auto take = [&](const ExpireFiles::Found& f) {
     files.push_back(ev::ExpiredFiles{f.step, f.attempt, f.bytes});
     bytes += f.bytes;
@@ -133,7 +201,8 @@ Result<Decision> DecideExpireFiles(const State& state, const ExpireFiles& cmd,
       continue;
     }
     if (a.outputs_expired || expiring[f.step].count(f.attempt)) continue;
-    if (!OutputsKeptBecause(state, cfg, run, f.step, f.attempt).empty()) continue;
+    if (!kept) kept.emplace(state, cfg, run.id);
+    if (!kept->Why(run.id, f.step, f.attempt).empty()) continue;
     take(f);
   }
   if (!cmd.logs) {
