@@ -10,7 +10,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <thread>
 
 #include "common/sha256.h"
 #include "engine/engine.h"
@@ -65,10 +64,8 @@ class RetentionTest : public ::testing::Test {
     engine_ = std::make_unique<Engine>(Options(), store_.get(), &backend_, &clock_);
     ASSERT_TRUE(engine_->Start().ok());
     // sig.minReplicas = 1: the pool asks for c1 on its first tick.
-    for (int i = 0;
-         i < 500 && !engine_->Read([](const State& s) { return s.containers.count("c1"); }); ++i) {
-      std::this_thread::sleep_for(10ms);
-    }
+    ASSERT_TRUE(engine_->AwaitTick(clock_.Now()));
+    ASSERT_TRUE(engine_->Read([](const State& s) { return s.containers.count("c1") > 0; }));
   }
   void Ok(Command c) {
     auto r = engine_->Execute(std::move(c));
