@@ -365,6 +365,11 @@ const std::map<std::string, KeyDef>& Keys() {
          c->max_steps = static_cast<size_t>(n);
          return Status::Ok();
        }}},
+      {"cache.maxEntries", {"10000", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 100000000));
+         c->cache_max_entries = static_cast<size_t>(n);
+         return Status::Ok();
+       }}},
       {"api.host", {"127.0.0.1", [](Config* c, const std::string&, const Json& v) {
          c->host = AsString(v);
          return Status::Ok();
@@ -651,6 +656,7 @@ Json Config::ToJson() const {
   j["executor.metricsMaxPoints"] = metrics_max_points;
   j["executor.metricsMaxBytes"] = metrics_max_bytes;
   j["api.maxSteps"] = max_steps;
+  j["cache.maxEntries"] = cache_max_entries;
   return j;
 }
 

@@ -109,6 +109,7 @@ struct Config {
   int64_t metrics_max_points = 100000;
   int64_t metrics_max_bytes = 16LL << 20;
   size_t max_steps = 10000;                    // api.maxSteps
+  size_t cache_max_entries = 10000;            // cache.maxEntries
 
   // The effective configuration as JSON (dotted keys), for /v1/cluster and logs.
   Json ToJson() const;

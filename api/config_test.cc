@@ -132,6 +132,18 @@ TEST(ConfigTest, RetentionKeysDefaultsAndTenantOverrides) {
   EXPECT_TRUE(described);
 }
 
+TEST(ConfigTest, CacheMaxEntriesDefaultsAndBounds) {
+  Config c;
+  EXPECT_EQ(c.cache_max_entries, 10000u);
+  ASSERT_TRUE(ApplySetArg(&c, "cache.maxEntries=50").ok());
+  EXPECT_EQ(c.cache_max_entries, 50u);
+  EXPECT_EQ(c.ToJson()["cache.maxEntries"], 50);
+  Status zero = ApplySetArg(&c, "cache.maxEntries=0");
+  EXPECT_FALSE(zero.ok());
+  EXPECT_NE(zero.message().find("cache.maxEntries"), std::string::npos) << zero.message();
+  EXPECT_EQ(c.cache_max_entries, 50u) << "a refused value changes nothing";
+}
+
 TEST(ConfigTest, TenantQuotaErrorsNameTheKeyAndWhatIsWrong) {
   Config c;
   EXPECT_EQ(ApplySetArg(&c, "tenants.ML.maxGpus=4").message(),

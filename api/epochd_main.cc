@@ -353,6 +353,7 @@ int main(int argc, char** argv) {
   ec.metrics_max_points = config.metrics_max_points;
   ec.metrics_max_bytes = config.metrics_max_bytes;
   ec.max_steps = config.max_steps;
+  ec.cache_max_entries = config.cache_max_entries;
   for (const char* name : {"EPOCH_FAKE_GPUS"}) {
     if (const char* v = std::getenv(name)) eopts.agent_env[name] = v;
   }

@@ -13,7 +13,9 @@
 // A succeeded attempt that ran with a key leaves a CacheEntry; a later attempt with
 // the same key reuses it (JobCacheHit) if it is younger than the step's maxAge and
 // its output files are still there with their recorded sizes. Entries live in the
-// event log and state, uncapped; CacheInvalidated removes them.
+// event log and state; CacheInvalidated removes them, by request or, past
+// cache.maxEntries, by the leader's tick, least recently used first (an eviction is
+// an event like any other, so a replay holds the same entries).
 //
 // Caching is opt-in because the key only covers what Epoch can see: a step that
 // reads a file it does not declare (a database, a URL, a path in a param that is
@@ -122,6 +124,9 @@ struct CacheEntry {
   Json outputs = Json::array();  // [{"name","size","sha256"}] as in JobSucceeded
   Json metrics = Json::object();
   TimePoint created_at{};
+  // The last JobCacheHit that reused it ({} if none): past cache.maxEntries the least
+  // recently used entries are evicted first (tick.cc).
+  TimePoint last_hit_at{};
   // Retention deleted its outputs (OutputsExpired): a lookup misses, saying so.
   TimePoint expired_at{};
 };

@@ -7,6 +7,7 @@
 
 #include "engine/decider_test_util.h"
 #include "engine/snapshot.h"
+#include "engine/views.h"
 
 namespace epoch::engine {
 namespace {
@@ -197,6 +198,72 @@ TEST_F(CacheTest, InvalidateByKeyOrWorkflowAndRejectsWhatItCannotFind) {
   std::string r2 = Submit(kCachedNoRunId);
   EXPECT_EQ(Find(r2, "prep", "JobCacheHit"), nullptr);
   EXPECT_EQ(Find(r2, "prep", "JobQueued")->data["cache"]["miss"], "no entry");
+}
+
+// Past cache.maxEntries the tick evicts the least recently used entries, recording
+// why; a hit counts as a use, and a replay of the events holds the same entries.
+TEST_F(CacheTest, PastMaxEntriesTheLeastRecentlyUsedAreEvictedAsEvents) {
+  cfg_.cache_max_entries = 2;
+  StartContainer();
+  std::string r1 = Submit(kCachedNoRunId);  // prep and train entries
+  Succeed(r1 + "/prep/1", "shard", 10, "shard-v1");
+  Succeed(r1 + "/train/1", "model", 20, "model-v1");
+  std::string prep_key = Find(r1, "prep", "JobQueued")->data["cache"]["key"];
+  std::string train_key = Find(r1, "train", "JobQueued")->data["cache"]["key"];
+  EXPECT_TRUE(DoTick().empty()) << "at the cap, nothing goes";
+
+  // Later, r2 hits prep's entry (a use) and trains with another lr: a third entry.
+  now_ += std::chrono::minutes(5);
+  std::string r2 = Submit(R"({"name":"cached3","params":{"lr":0.2},
+    "steps":[
+      {"name":"prep","kind":"data_prep","command":["prep","/data/raw.csv","{{outputs}}"],
+       "inputs":["/data/raw.csv"],"outputs":["shard"],"cache":true},
+      {"name":"train","kind":"train","after":["prep"],
+       "command":["train","{{steps.prep.outputs.shard}}","{{params.lr}}","{{outputs}}"],
+       "outputs":["model"],"cache":{"maxAge":"1h"},"model":{"name":"m2"}},
+      {"name":"validate","kind":"validate","after":["train"],
+       "command":["validate","{{steps.train.outputs.model}}"]}]})");
+  ASSERT_NE(Find(r2, "prep", "JobCacheHit"), nullptr);
+  EXPECT_EQ(state_.cache.at(prep_key).last_hit_at, now_);
+  now_ += std::chrono::minutes(1);
+  Succeed(r2 + "/train/1", "model", 30, "model-v2");
+  ASSERT_EQ(state_.cache.size(), 3u);
+  std::string train2_key = Find(r2, "train", "JobQueued")->data["cache"]["key"];
+
+  // r1's train entry is the least recently used (created first, never hit).
+  auto evs = DoTick();
+  ASSERT_EQ(Types(evs), std::vector<std::string>{"CacheInvalidated"});
+  EXPECT_EQ(evs[0].stream, "cache");
+  EXPECT_EQ(evs[0].data["keys"], Json::array({train_key}));
+  EXPECT_EQ(evs[0].data["by"], "cache.maxEntries");
+  EXPECT_EQ(evs[0].data["tenant"], "default");
+  EXPECT_EQ(evs[0].data["reason"],
+            "evicted: the step cache held 3 entries, more than cache.maxEntries (2); these were "
+            "used least recently");
+  ASSERT_EQ(state_.cache.size(), 2u);
+  EXPECT_EQ(state_.cache.count(prep_key), 1u) << "its hit kept it";
+  EXPECT_EQ(state_.cache.count(train2_key), 1u);
+  EXPECT_TRUE(DoTick().empty());
+  Json listed = CacheEntries(state_, nullptr, "", "prep");
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0]["last_hit_at"], FormatTime(state_.cache.at(prep_key).last_hit_at));
+
+  // A run of r1's params now misses train (evicted), and the snapshot and a replay of
+  // the events hold the same entries, last hits included.
+  std::string r3 = Submit(kCachedNoRunId);
+  const RecordedEvent* q3 = Find(r3, "train", "JobQueued");
+  ASSERT_NE(q3, nullptr);
+  EXPECT_EQ(q3->data["cache"]["miss"], "no entry");
+  auto decoded = DecodeSnapshot(EncodeSnapshot(state_));
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(decoded->cache.at(prep_key).last_hit_at, state_.cache.at(prep_key).last_hit_at);
+  State replay;
+  for (const auto& e : all_) ASSERT_TRUE(Evolve(replay, e).ok()) << e.type << " at " << e.position;
+  ASSERT_EQ(replay.cache.size(), state_.cache.size());
+  for (const auto& [k, e] : state_.cache) {
+    ASSERT_EQ(replay.cache.count(k), 1u);
+    EXPECT_EQ(replay.cache.at(k).last_hit_at, e.last_hit_at);
+  }
 }
 
 TEST_F(TenantTest, CacheEntriesAreNeverSharedBetweenTenants) {

@@ -79,6 +79,9 @@ struct EngineConfig {
   // ever. Per tenant: tenants.<name>.retention.outputs|logs.
   Micros retention_outputs{0}, retention_logs{0};
   std::map<std::string, Micros> tenant_retention_outputs, tenant_retention_logs;
+  // The step cache holds at most this many entries (cache.maxEntries): past it the
+  // leader's tick evicts the least recently used, recording CacheInvalidated.
+  size_t cache_max_entries = 10000;
 };
 
 // The OS user `tenant`'s steps run as (see EngineConfig::tenant_run_as).

@@ -654,11 +654,13 @@ struct CacheInvalidated {
   std::optional<std::string> tenant{};
   std::optional<std::string> workflow{};
   std::optional<std::string> step{};
+  // Why, when the master evicted them (cache.maxEntries) rather than a user asking.
+  std::optional<std::string> reason{};
   static constexpr auto Fields() {
-    return std::tuple{F("keys", &CacheInvalidated::keys), F("by", &CacheInvalidated::by),
-                      F("tenant", &CacheInvalidated::tenant),
-                      F("workflow", &CacheInvalidated::workflow),
-                      F("step", &CacheInvalidated::step)};
+    return std::tuple{
+        F("keys", &CacheInvalidated::keys),     F("by", &CacheInvalidated::by),
+        F("tenant", &CacheInvalidated::tenant), F("workflow", &CacheInvalidated::workflow),
+        F("step", &CacheInvalidated::step),     F("reason", &CacheInvalidated::reason)};
   }
 };
 

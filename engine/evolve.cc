@@ -422,6 +422,11 @@ struct Apply {
     a.cache_key = p.key;
     a.cached_from = AttemptId(p.source_run, p.source_step, p.source_attempt);
     a.queued_at = a.finished_at = e.time;
+    if (auto c = s.cache.find(p.key); c != s.cache.end() && c->second.run == p.source_run &&
+                                      c->second.step == p.source_step &&
+                                      c->second.attempt == p.source_attempt) {
+      c->second.last_hit_at = e.time;
+    }
     if (a.trial >= 0) {  // a trial's result, kept for the sweep to choose from
       a.metrics = p.metrics;
       a.outputs = p.outputs;

@@ -277,6 +277,7 @@ struct SnapList<CacheEntry> {
                       Plain(&E::outputs, "outputs"),
                       Plain(&E::metrics, "metrics"),
                       Plain(&E::created_at, "created_at"),
+                      Plain(&E::last_hit_at, "last_hit_at"),
                       Plain(&E::expired_at, "expired_at")};
   }
 };

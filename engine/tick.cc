@@ -1,12 +1,15 @@
 // OnTick: what time alone decides. Retries whose time has come are queued, containers
 // whose lease expired or that never registered are lost, and the pool is sized:
 // scaled up on demand (with a back-off after launch failures), kept at its minimum,
-// and released when idle.
+// and released when idle; a step cache past cache.maxEntries sheds its least recently
+// used entries.
 #include "engine/decider.h"
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/units.h"
@@ -34,11 +37,46 @@ Event ContainerRequest(const State& state, const DecideContext& ctx, int nth,
   return ev::MakeEvent(ContainerStream(id), p);
 }
 
+// Past cache.maxEntries, the least recently used entries go (by their last hit, else
+// their creation; ties by key): one CacheInvalidated per tenant, so that each
+// tenant's history shows what it lost and why.
+void EvictCache(const State& state, const EngineConfig& cfg, std::vector<Event>* out) {
+  if (state.cache.size() <= cfg.cache_max_entries) return;
+  using Use = std::tuple<TimePoint, const std::string*, const CacheEntry*>;
+  std::vector<Use> by_use;
+  by_use.reserve(state.cache.size());
+  for (const auto& [key, e] : state.cache) {
+    by_use.emplace_back(std::max(e.created_at, e.last_hit_at), &key, &e);
+  }
+  size_t n = state.cache.size() - cfg.cache_max_entries;
+  auto older = [](const Use& a, const Use& b) {
+    return std::tie(std::get<0>(a), *std::get<1>(a)) < std::tie(std::get<0>(b), *std::get<1>(b));
+  };
+  std::nth_element(by_use.begin(), by_use.begin() + static_cast<std::ptrdiff_t>(n), by_use.end(),
+                   older);
+  std::map<std::string, std::vector<std::string>> by_tenant;
+  for (size_t i = 0; i < n; ++i) {
+    by_tenant[std::get<2>(by_use[i])->tenant].push_back(*std::get<1>(by_use[i]));
+  }
+  std::string reason = "evicted: the step cache held " + std::to_string(state.cache.size()) +
+                       " entries, more than cache.maxEntries (" +
+                       std::to_string(cfg.cache_max_entries) + "); these were used least recently";
+  for (auto& [tenant, keys] : by_tenant) {
+    std::sort(keys.begin(), keys.end());
+    out->push_back(
+        ev::MakeEvent(std::string(kCacheStream), ev::CacheInvalidated{.keys = std::move(keys),
+                                                                      .by = "cache.maxEntries",
+                                                                      .tenant = tenant,
+                                                                      .reason = reason}));
+  }
+}
+
 }  // namespace
 
 std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideContext& ctx) {
   std::vector<Event> out;
   const EngineConfig& cfg = *ctx.config;
+  EvictCache(state, cfg, &out);
   // Retries whose time has come.
   for (const auto& [when, attempt_id] : state.retry_timers) {
     if (when > ctx.now) break;

@@ -699,6 +699,8 @@ Json CacheEntries(const State& s, const TenantFilter& visible, const std::string
     if (!workflow.empty() && e.workflow != workflow) continue;
     if (!step.empty() && e.step != step) continue;
     items.push_back(CacheEntryToJson(key, e));
+    // Not in CacheEntryToJson: the state's digest JSON predates it.
+    if (e.last_hit_at != TimePoint{}) items.back()["last_hit_at"] = FormatTime(e.last_hit_at);
   }
   return items;
 }
