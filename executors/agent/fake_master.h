@@ -127,6 +127,7 @@ class FakeMaster {
   // ---- observations
   std::vector<Json> registers;
   size_t polls GUARDED_BY(mu) = 0;
+  size_t cancels_answered = 0;  // cancels named in answers, each repeat counted
   int in_flight = 0;  // polls being answered (a dead agent's long poll lingers here)
   std::map<std::string, std::vector<Json>> reports GUARDED_BY(mu);
   std::vector<Json> running_lists GUARDED_BY(mu);
@@ -225,6 +226,7 @@ class FakeMaster {
       assignments.pop_front();
     }
     for (const auto& id : cancels) out["cancels"].push_back(id);
+    cancels_answered += cancels.size();
     if (!repeat_cancels) cancels.clear();
     if (!metrics_ack.empty()) out["metrics_ack"] = metrics_ack;
     if (release) out["release"] = true;
