@@ -956,13 +956,31 @@ class ReadModelTest : public HaEngineTest {
     auto r = e.Execute(p);
     ASSERT_TRUE(r.ok()) << attempt << ": " << r.status().ToString();
   }
-  // r0 succeeded, r1 cancelled, r2 failed then retried and succeeded (folded twice),
-  // r3 failed, r4 still running, r5 (workflow v, label team=b) succeeded.
-  void WriteHistory(Engine& e) {
+  // Waits for the pool to launch c1 and registers it (4 CPUs, 8 GiB).
+  void RegisterC1(Engine& e) {
     ASSERT_TRUE(WaitFor([&] { return backend_.Launched() >= 1; }));
     ASSERT_TRUE(e.Execute(RegisterContainer{
                               .container = "c1", .cpu_millis = 4000, .memory_bytes = 8LL << 30})
                     .ok());
+  }
+  // Starts an archiving leader "a" into *leader, with c1 registered and the workflow
+  // `definition` (JSON) registered by "a".
+  void StartLeader(std::unique_ptr<Engine>* leader, const std::string& definition) {
+    *leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+    ASSERT_TRUE((*leader)->Start().ok());
+    ASSERT_NO_FATAL_FAILURE(RegisterC1(**leader));
+    ASSERT_TRUE((*leader)->Execute(RegisterWorkflow{*ParseJson(definition), "a"}).ok());
+  }
+  // GET /v1/runs/{id}: the run's JSON, open or folded (null when there is none).
+  static Json RunOf(const Engine& e, const std::string& id) {
+    return e.ReadRun(id, [&](const State& s, const engine::Run* run) {
+      return RunJson(s, e.options().config, run, nullptr);
+    });
+  }
+  // r0 succeeded, r1 cancelled, r2 failed then retried and succeeded (folded twice),
+  // r3 failed, r4 still running, r5 (workflow v, label team=b) succeeded.
+  void WriteHistory(Engine& e) {
+    ASSERT_NO_FATAL_FAILURE(RegisterC1(e));
     ASSERT_TRUE(e.Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
     ASSERT_TRUE(
         e.Execute(RegisterWorkflow{
@@ -1014,9 +1032,7 @@ class ReadModelTest : public HaEngineTest {
       out["list " + name] = pages;
     }
     for (const char* id : {"r0", "r1", "r2", "r3", "r4", "r5", "r9"}) {
-      out[std::string("get ") + id] = e.ReadRun(id, [&](const State& s, const engine::Run* run) {
-        return RunJson(s, e.options().config, run, nullptr);
-      });
+      out[std::string("get ") + id] = RunOf(e, id);
     }
     return out;
   }
@@ -1090,9 +1106,7 @@ TEST_F(ReadModelTest, FinishedRunsLeaveTheStateAndReadTheSame) {
   auto failed = leader->ListRuns({.state = "failed"});
   ASSERT_TRUE(failed.ok());
   EXPECT_TRUE(failed->items.empty()) << failed->items.dump();
-  auto r3 = leader->ReadRun("r3", [&](const State& s, const engine::Run* run) {
-    return RunJson(s, leader->options().config, run, nullptr);
-  });
+  Json r3 = RunOf(*leader, "r3");
   EXPECT_EQ(r3["state"], "running") << r3.dump();
   leader->Stop();
 }
@@ -1102,19 +1116,9 @@ TEST_F(ReadModelTest, FinishedRunsLeaveTheStateAndReadTheSame) {
 // the state until that worker reports, or its report would find no run, be acked and
 // dropped, and the container's room would stay taken for ever (a retry never placed).
 TEST_F(ReadModelTest, ACancelledGangStaysUntilItsLastWorkerReports) {
-  auto leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
-  ASSERT_TRUE(leader->Start().ok());
-  ASSERT_TRUE(WaitFor([&] { return backend_.Launched() >= 1; }));
-  ASSERT_TRUE(leader
-                  ->Execute(RegisterContainer{
-                      .container = "c1", .cpu_millis = 4000, .memory_bytes = 8LL << 30})
-                  .ok());
-  ASSERT_TRUE(
-      leader
-          ->Execute(RegisterWorkflow{
-              *ParseJson(R"({"name":"g","steps":[{"name":"t","workers":2,"command":["true"]}]})"),
-              "a"})
-          .ok());
+  std::unique_ptr<Engine> leader;
+  ASSERT_NO_FATAL_FAILURE(StartLeader(
+      &leader, R"({"name":"g","steps":[{"name":"t","workers":2,"command":["true"]}]})"));
   ASSERT_TRUE(leader->Execute(SubmitRun{.run_id = "g1", .workflow = "g"}).ok());
   auto used = [&] {
     return leader->Read([](const State& s) { return s.containers.at("c1").used_cpu; });
@@ -1126,18 +1130,14 @@ TEST_F(ReadModelTest, ACancelledGangStaysUntilItsLastWorkerReports) {
   ASSERT_TRUE(leader->Execute(started).ok());
   ASSERT_TRUE(leader->Execute(CancelRun{"g1", "bob"}).ok());
   Report(*leader, "g1/t/1/1", "cancelled", 143);
-  Json run = leader->ReadRun("g1", [&](const State& s, const engine::Run* r) {
-    return RunJson(s, leader->options().config, r, nullptr);
-  });
+  Json run = RunOf(*leader, "g1");
   EXPECT_EQ(run["state"], "cancelled") << run.dump();
   EXPECT_EQ(OpenRuns(*leader), std::vector<std::string>{"g1"}) << "worker 0 is still stopping";
   EXPECT_GT(used(), 0);
   Report(*leader, "g1/t/1/0", "cancelled", 143);
   EXPECT_EQ(used(), 0) << "worker 0's room is given back";
   EXPECT_TRUE(OpenRuns(*leader).empty()) << "folded once nothing of it runs";
-  run = leader->ReadRun("g1", [&](const State& s, const engine::Run* r) {
-    return RunJson(s, leader->options().config, r, nullptr);
-  });
+  run = RunOf(*leader, "g1");
   EXPECT_EQ(run["steps"][0]["attempts"][0]["workers"][0]["state"], "cancelled") << run.dump();
   leader->Stop();
 }
@@ -1146,17 +1146,9 @@ TEST_F(ReadModelTest, ACancelledGangStaysUntilItsLastWorkerReports) {
 // found in the read model, so a repeat still answers the first run, across a restart
 // from a snapshot and a rebuild of the read model, and memory does not grow with keys.
 TEST_F(ReadModelTest, IdempotencyKeysOfFoldedRunsAreFoundInTheReadModel) {
-  auto leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
-  ASSERT_TRUE(leader->Start().ok());
-  ASSERT_TRUE(WaitFor([&] { return backend_.Launched() >= 1; }));
-  ASSERT_TRUE(leader
-                  ->Execute(RegisterContainer{
-                      .container = "c1", .cpu_millis = 4000, .memory_bytes = 8LL << 30})
-                  .ok());
-  ASSERT_TRUE(leader
-                  ->Execute(RegisterWorkflow{
-                      *ParseJson(R"({"name":"v","steps":[{"name":"a","command":["true"]}]})"), "a"})
-                  .ok());
+  std::unique_ptr<Engine> leader;
+  ASSERT_NO_FATAL_FAILURE(
+      StartLeader(&leader, R"({"name":"v","steps":[{"name":"a","command":["true"]}]})"));
   auto submit = [&](Engine& e, const std::string& id, const std::string& digest) {
     return e.Execute(SubmitRun{
         .run_id = id, .workflow = "v", .idempotency_key = "key-1", .request_digest = digest});
@@ -1220,14 +1212,8 @@ TEST(RecordingArchiveTest, AKeyFoldedInThisGroupIsFoundBeforeItIsWritten) {
 }
 
 TEST_F(ReadModelTest, AStandbyReadsFoldedRunsAndLeadsWithThem) {
-  auto leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
-  ASSERT_TRUE(leader->Start().ok());
-  ASSERT_TRUE(WaitFor([&] { return backend_.Launched() >= 1; }));
-  ASSERT_TRUE(leader
-                  ->Execute(RegisterContainer{
-                      .container = "c1", .cpu_millis = 4000, .memory_bytes = 8LL << 30})
-                  .ok());
-  ASSERT_TRUE(leader->Execute(RegisterWorkflow{*ParseJson(kDef), "a"}).ok());
+  std::unique_ptr<Engine> leader;
+  ASSERT_NO_FATAL_FAILURE(StartLeader(&leader, kDef));
   Submit(*leader, "s0");
   auto secondary = OpenSecondary();
   ASSERT_TRUE(secondary);
@@ -1241,16 +1227,9 @@ TEST_F(ReadModelTest, AStandbyReadsFoldedRunsAndLeadsWithThem) {
   ASSERT_TRUE(secondary->CatchUp().ok());
   ASSERT_TRUE(standby.Follow().ok());
   EXPECT_EQ(OpenRuns(standby), std::vector<std::string>{"s1"});
-  Json s0 = leader->ReadRun("s0", [&](const State& s, const engine::Run* run) {
-    return RunJson(s, leader->options().config, run, nullptr);
-  });
+  Json s0 = RunOf(*leader, "s0");
   EXPECT_EQ(s0["state"], "succeeded");
-  auto on_standby = [&](const std::string& id) {
-    return standby.ReadRun(id, [&](const State& s, const engine::Run* run) {
-      return RunJson(s, standby.options().config, run, nullptr);
-    });
-  };
-  EXPECT_EQ(on_standby("s0"), s0);
+  EXPECT_EQ(RunOf(standby, "s0"), s0);
   // A run the leader folded after what the standby applied is not shown as folded:
   // the standby lists s1 open, once.
   Report(*leader, "s1/a/1", "succeeded");
@@ -1267,7 +1246,7 @@ TEST_F(ReadModelTest, AStandbyReadsFoldedRunsAndLeadsWithThem) {
   ASSERT_TRUE(secondary->Promote().ok());
   ASSERT_TRUE(standby.Promote().ok());
   EXPECT_TRUE(OpenRuns(standby).empty());
-  EXPECT_EQ(on_standby("s1")["state"], "succeeded");
+  EXPECT_EQ(RunOf(standby, "s1")["state"], "succeeded");
   auto all = standby.ListRuns({});
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->items.size(), 2u);
