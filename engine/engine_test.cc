@@ -2,6 +2,7 @@
 #include "engine/engine.h"
 #include "engine/archive.h"
 #include "engine/event_types.h"
+#include "storage/forwarding_store_test_util.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -728,14 +729,12 @@ TEST_F(HaEngineTest, RestartLoadsTheLatestSnapshotAndReplaysOnlyTheTail) {
 // A store whose event `bad` fails verification, as if one of its bytes had been
 // flipped on disk: every read that reaches it is kCorruption naming it, and
 // VerifyChain reports it. Everything else is the real store underneath.
-class TamperedStore : public storage::EventStore {
+class TamperedStore : public storage::test_util::ForwardingEventStore {
  public:
-  TamperedStore(storage::EventStore* inner, uint64_t bad) : inner_(inner), bad_(bad) {}
+  TamperedStore(storage::EventStore* inner, uint64_t bad)
+      : ForwardingEventStore(inner), bad_(bad) {}
   Status Broken() const { return Corruption("event " + std::to_string(bad_) + ": hash mismatch"); }
 
-  Result<storage::AppendResult> Append(storage::AppendBatch b) override {
-    return inner_->Append(std::move(b));
-  }
   Result<std::vector<storage::Envelope>> ReadStream(const std::string& stream, uint64_t from,
                                                     size_t limit) override {
     ASSIGN_OR_RETURN(auto events, inner_->ReadStream(stream, from, limit));
@@ -767,39 +766,10 @@ class TamperedStore : public storage::EventStore {
     }
     return report;
   }
-  storage::HeadInfo Head() override { return inner_->Head(); }
-  uint64_t StreamVersion(const std::string& s) override { return inner_->StreamVersion(s); }
-  uint64_t WaitForHead(uint64_t after, std::chrono::milliseconds t) override {
-    return inner_->WaitForHead(after, t);
-  }
-  uint64_t Subscribe(std::function<void(uint64_t)> fn) override {
-    return inner_->Subscribe(std::move(fn));
-  }
-  void Unsubscribe(uint64_t id) override { inner_->Unsubscribe(id); }
-  Result<std::optional<std::string>> GetIdempotency(const std::string& t,
-                                                    const std::string& k) override {
-    return inner_->GetIdempotency(t, k);
-  }
-  Result<std::optional<std::string>> GetMeta(const std::string& k) override {
-    return inner_->GetMeta(k);
-  }
-  Status PutMeta(const std::string& k, const std::string& v) override {
-    return inner_->PutMeta(k, v);
-  }
-  Status PutSnapshot(uint64_t position, const std::string& bytes) override {
-    return inner_->PutSnapshot(position, bytes);
-  }
-  Result<std::optional<std::pair<uint64_t, std::string>>> LatestSnapshot() override {
-    return inner_->LatestSnapshot();
-  }
-  uint64_t ApproximateSizeBytes() override { return inner_->ApproximateSizeBytes(); }
-  Status ClaimEpoch(uint64_t e) override { return inner_->ClaimEpoch(e); }
-  uint64_t ClaimedEpoch() override { return inner_->ClaimedEpoch(); }
 
   std::atomic<int> verified_{0};
 
  private:
-  storage::EventStore* inner_;
   uint64_t bad_;
 };
 

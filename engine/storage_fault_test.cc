@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "engine/engine.h"
+#include "storage/forwarding_store_test_util.h"
 
 namespace epoch::engine {
 namespace {
@@ -24,9 +25,9 @@ bool WaitFor(const std::function<bool()>& f) {
 
 // The real store underneath, with the free space (AvailableBytes) and a write
 // failure (WriteFailure: as a RocksDB background error sets it) set by the test.
-class SpaceStore : public storage::EventStore {
+class SpaceStore : public storage::test_util::ForwardingEventStore {
  public:
-  explicit SpaceStore(storage::EventStore* inner) : inner_(inner) {}
+  explicit SpaceStore(storage::EventStore* inner) : ForwardingEventStore(inner) {}
 
   Result<uint64_t> AvailableBytes() override {
     asked++;
@@ -45,52 +46,11 @@ class SpaceStore : public storage::EventStore {
     if (Status f = WriteFailure(); !f.ok()) return f;
     return inner_->Append(std::move(b));
   }
-  Result<std::vector<storage::Envelope>> ReadStream(const std::string& stream, uint64_t from,
-                                                    size_t limit) override {
-    return inner_->ReadStream(stream, from, limit);
-  }
-  Result<std::vector<storage::Envelope>> ReadAll(uint64_t after, size_t limit,
-                                                 const storage::ReadFilter& f) override {
-    return inner_->ReadAll(after, limit, f);
-  }
-  Result<storage::Envelope> ReadAt(uint64_t position) override { return inner_->ReadAt(position); }
-  Result<storage::ChainReport> VerifyChain(uint64_t from, const std::string& hash) override {
-    return inner_->VerifyChain(from, hash);
-  }
-  storage::HeadInfo Head() override { return inner_->Head(); }
-  uint64_t StreamVersion(const std::string& s) override { return inner_->StreamVersion(s); }
-  uint64_t WaitForHead(uint64_t after, std::chrono::milliseconds t) override {
-    return inner_->WaitForHead(after, t);
-  }
-  uint64_t Subscribe(std::function<void(uint64_t)> fn) override {
-    return inner_->Subscribe(std::move(fn));
-  }
-  void Unsubscribe(uint64_t id) override { inner_->Unsubscribe(id); }
-  Result<std::optional<std::string>> GetIdempotency(const std::string& t,
-                                                    const std::string& k) override {
-    return inner_->GetIdempotency(t, k);
-  }
-  Result<std::optional<std::string>> GetMeta(const std::string& k) override {
-    return inner_->GetMeta(k);
-  }
-  Status PutMeta(const std::string& k, const std::string& v) override {
-    return inner_->PutMeta(k, v);
-  }
-  Status PutSnapshot(uint64_t position, const std::string& bytes) override {
-    return inner_->PutSnapshot(position, bytes);
-  }
-  Result<std::optional<std::pair<uint64_t, std::string>>> LatestSnapshot() override {
-    return inner_->LatestSnapshot();
-  }
-  uint64_t ApproximateSizeBytes() override { return inner_->ApproximateSizeBytes(); }
-  Status ClaimEpoch(uint64_t e) override { return inner_->ClaimEpoch(e); }
-  uint64_t ClaimedEpoch() override { return inner_->ClaimedEpoch(); }
 
   std::atomic<uint64_t> available{1ull << 40};
   std::atomic<int> asked{0};
 
  private:
-  storage::EventStore* inner_;
   std::mutex mu_;
   Status failure_;  // guarded by mu_
 };

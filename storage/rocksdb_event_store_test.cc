@@ -12,6 +12,7 @@
 #include "storage/codec.h"
 #include "storage/event_page.h"
 #include "storage/event_store.h"
+#include "storage/forwarding_store_test_util.h"
 
 namespace epoch::storage {
 namespace {
@@ -180,54 +181,7 @@ TEST_F(StoreTest, AppendReadStreamReadAllAndHead) {
 
 // A store that leaves ReadPage to EventStore's default (through ReadAll), as a
 // wrapping store (a test's tampered store) does; everything else is the real store.
-class ReadAllOnlyStore : public EventStore {
- public:
-  explicit ReadAllOnlyStore(EventStore* inner) : inner_(inner) {}
-  Result<AppendResult> Append(AppendBatch b) override { return inner_->Append(std::move(b)); }
-  Result<std::vector<Envelope>> ReadStream(const std::string& s, uint64_t from,
-                                           size_t limit) override {
-    return inner_->ReadStream(s, from, limit);
-  }
-  Result<std::vector<Envelope>> ReadAll(uint64_t after, size_t limit,
-                                        const ReadFilter& f) override {
-    return inner_->ReadAll(after, limit, f);
-  }
-  Result<Envelope> ReadAt(uint64_t position) override { return inner_->ReadAt(position); }
-  Result<ChainReport> VerifyChain(uint64_t from, const std::string& hash) override {
-    return inner_->VerifyChain(from, hash);
-  }
-  HeadInfo Head() override { return inner_->Head(); }
-  uint64_t StreamVersion(const std::string& s) override { return inner_->StreamVersion(s); }
-  uint64_t WaitForHead(uint64_t after, std::chrono::milliseconds t) override {
-    return inner_->WaitForHead(after, t);
-  }
-  uint64_t Subscribe(std::function<void(uint64_t)> fn) override {
-    return inner_->Subscribe(std::move(fn));
-  }
-  void Unsubscribe(uint64_t id) override { inner_->Unsubscribe(id); }
-  Result<std::optional<std::string>> GetIdempotency(const std::string& t,
-                                                    const std::string& k) override {
-    return inner_->GetIdempotency(t, k);
-  }
-  Result<std::optional<std::string>> GetMeta(const std::string& k) override {
-    return inner_->GetMeta(k);
-  }
-  Status PutMeta(const std::string& k, const std::string& v) override {
-    return inner_->PutMeta(k, v);
-  }
-  Status PutSnapshot(uint64_t position, const std::string& bytes) override {
-    return inner_->PutSnapshot(position, bytes);
-  }
-  Result<std::optional<std::pair<uint64_t, std::string>>> LatestSnapshot() override {
-    return inner_->LatestSnapshot();
-  }
-  uint64_t ApproximateSizeBytes() override { return inner_->ApproximateSizeBytes(); }
-  Status ClaimEpoch(uint64_t epoch) override { return inner_->ClaimEpoch(epoch); }
-  uint64_t ClaimedEpoch() override { return inner_->ClaimedEpoch(); }
-
- private:
-  EventStore* inner_;
-};
+using ReadAllOnlyStore = test_util::ForwardingEventStore;
 
 // A PageReader's read: the store's ReadPage.
 PageReader<EventPage>::Read PageReading(EventStore* store) {
