@@ -130,8 +130,11 @@ TEST_F(LiveMetricsE2ETest, PointsAreServedWhileRunningAndSurviveAMasterKill) {
 // with what the step wrote. Lines that are not metrics are skipped and counted, and
 // fail nothing.
 TEST_F(LiveMetricsE2ETest, AMillionPointsAreCappedAndBadLinesCounted) {
-  Epochd d(dir_.path() + "/data",
-           {"executor.metricsMaxPoints=5000", "executor.metricsInterval=200ms"});
+  // A lease of 10 s, not the harness's 2 s: with another test hashing 10 GB beside it
+  // (ctest -j2), c1 once went 2 s without a poll while the flood was read, was
+  // declared lost, and the step failed with container_lost.
+  Epochd d(dir_.path() + "/data", {"executor.metricsMaxPoints=5000",
+                                   "executor.metricsInterval=200ms", "executor.leaseTime=10s"});
   d.Start();
   int64_t rss_before = RssKiB(d.pid());
   std::string script =
