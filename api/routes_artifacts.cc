@@ -23,10 +23,12 @@ void ApiServer::Impl::ArtifactRoutes() {
           if (req.HasParam("tenant") && !IsValidName(only)) {
             return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
           }
-          Json items = engine->Read([&](const engine::State& s) {
-            return engine::ListArtifacts(s, model, Visible(), only);
+          // Versions live in the read model (engine::Artifact): read as of the state.
+          Result<Json> items = engine->Read([&](const engine::State& s) {
+            return engine::ListArtifacts(s, model, Visible(), only, engine->archive());
           });
-          WriteJson(res, 200, Json{{"items", items}, {"next_cursor", nullptr}});
+          if (!items.ok()) return WriteError(res, FromStatus(items.status()));
+          WriteJson(res, 200, Json{{"items", *items}, {"next_cursor", nullptr}});
         }));
     auto one = [this, model](const Request& req, Response& res) {
       std::string name = req.matches[1];
@@ -45,9 +47,12 @@ void ApiServer::Impl::ArtifactRoutes() {
       if (req.HasParam("tenant") && !IsValidName(tenant)) {
         return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
       }
-      engine::ArtifactLookup found = engine->Read([&](const engine::State& s) {
-        return engine::FindArtifact(s, model, name, version, tenant, Caller().tenant, Visible());
+      Result<engine::ArtifactLookup> lookup = engine->Read([&](const engine::State& s) {
+        return engine::FindArtifact(s, model, name, version, tenant, Caller().tenant, Visible(),
+                                    engine->archive());
       });
+      if (!lookup.ok()) return WriteError(res, FromStatus(lookup.status()));
+      const engine::ArtifactLookup& found = *lookup;
       const std::vector<std::string>& owners = found.owners;
       if (owners.size() > 1) {
         std::string list;

@@ -12,9 +12,12 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
+#include "engine/archive.h"
 #include "engine/decider_internal.h"
 #include "workflows/template.h"
 
@@ -392,20 +395,28 @@ std::string OutputsDigest(const Json& outputs) {
 }
 
 // The version a step's outputs get: the existing one with the same digest, else the next.
-// `key` is ArtifactKey(tenant, name).
-int ArtifactVersionFor(const std::map<std::string, std::vector<ArtifactVersion>>& all,
-                       const std::string& key, const std::string& digest) {
+// `key` is ArtifactKey(tenant, name). With a read model the versions are there
+// (archive.h): its digest index answers.
+Result<int> ArtifactVersionFor(const std::map<std::string, Artifact>& all, const std::string& key,
+                               const std::string& digest, const RunArchive* archive, bool model) {
   auto it = all.find(key);
   if (it == all.end()) return 1;
-  for (const auto& v : it->second) {
+  for (const auto& v : it->second.versions) {
     if (v.digest == digest) return v.version;
   }
-  return static_cast<int>(it->second.size()) + 1;
+  if (archive) {
+    ASSIGN_OR_RETURN(std::optional<int> same, archive->FindDigest(model, key, digest));
+    if (same && *same <= it->second.count) return *same;
+  }
+  return it->second.count + 1;
 }
 
 // Lineage of a run's succeeded steps: data sets, then models (naming the run's
-// data set versions), then validate metrics attached to the run's models.
-void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) {
+// data set versions), then validate metrics attached to the run's models. A version
+// number that cannot be read from the read model is an error: the run waits (nothing
+// is decided for it) rather than record lineage that may be numbered wrong.
+Status LineageEvents(const State& state, const Run& run, const DecideContext& ctx,
+                     std::vector<Event>* out) {
   const Definition& def = *run.def;
   bool datasets_pending = false;
   for (size_t i = 0; i < def.steps.size(); ++i) {
@@ -414,18 +425,18 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
     if (step.dataset.empty() || run.datasets.count(step.name)) continue;
     if (s.phase != StepPhase::kSucceeded || s.attempts.empty()) continue;
     std::string digest = OutputsDigest(s.outputs);
-    out->push_back(
-        RunEvent(run, ev::DatasetVersionRegistered{
-                          .name = step.dataset,
-                          .version = ArtifactVersionFor(
-                              state.datasets, ArtifactKey(run.tenant, step.dataset), digest),
-                          .digest = digest,
-                          .step = step.name,
-                          .attempt = s.Result()->number,
-                          .outputs = s.outputs}));
+    ASSIGN_OR_RETURN(int version,
+                     ArtifactVersionFor(state.datasets, ArtifactKey(run.tenant, step.dataset),
+                                        digest, ctx.archive, /*model=*/false));
+    out->push_back(RunEvent(run, ev::DatasetVersionRegistered{.name = step.dataset,
+                                                              .version = version,
+                                                              .digest = digest,
+                                                              .step = step.name,
+                                                              .attempt = s.Result()->number,
+                                                              .outputs = s.outputs}));
     datasets_pending = true;
   }
-  if (datasets_pending) return;  // models name them: next round
+  if (datasets_pending) return Status::Ok();  // models name them: next round
   bool models_pending = false;
   for (size_t i = 0; i < def.steps.size(); ++i) {
     const Step& step = def.steps[i];
@@ -442,21 +453,22 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
       Json best = s.best.value("params", Json::object());
       for (const auto& [k, v] : best.items()) params[k] = v;
     }
-    out->push_back(RunEvent(run, ev::ModelVersionRegistered{
-                                     .name = step.model,
-                                     .version = ArtifactVersionFor(
-                                         state.models, ArtifactKey(run.tenant, step.model), digest),
-                                     .digest = digest,
-                                     .step = step.name,
-                                     .attempt = s.Result()->number,
-                                     .outputs = s.outputs,
-                                     .workflow = run.workflow,
-                                     .workflow_version = run.version,
-                                     .params = params,
-                                     .datasets = datasets}));
+    ASSIGN_OR_RETURN(int version,
+                     ArtifactVersionFor(state.models, ArtifactKey(run.tenant, step.model), digest,
+                                        ctx.archive, /*model=*/true));
+    out->push_back(RunEvent(run, ev::ModelVersionRegistered{.name = step.model,
+                                                            .version = version,
+                                                            .digest = digest,
+                                                            .step = step.name,
+                                                            .attempt = s.Result()->number,
+                                                            .outputs = s.outputs,
+                                                            .workflow = run.workflow,
+                                                            .workflow_version = run.version,
+                                                            .params = params,
+                                                            .datasets = datasets}));
     models_pending = true;
   }
-  if (models_pending || run.models.empty()) return;
+  if (models_pending || run.models.empty()) return Status::Ok();
   for (size_t i = 0; i < def.steps.size(); ++i) {
     const Step& step = def.steps[i];
     const StepRun& s = run.steps[i];
@@ -471,6 +483,7 @@ void LineageEvents(const State& state, const Run& run, std::vector<Event>* out) 
               .name = nv.first, .version = nv.second, .step = step.name, .metrics = s.metrics}));
     }
   }
+  return Status::Ok();
 }
 
 std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideContext& ctx) {
@@ -478,7 +491,10 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
   if (!run.def) return out;
   // Lineage is recorded even when the step that completes it ends the run.
   if (run.phase != RunPhase::kCancelled && run.phase != RunPhase::kFailed) {
-    LineageEvents(state, run, &out);
+    if (Status st = LineageEvents(state, run, ctx, &out); !st.ok()) {
+      spdlog::error("run {}: lineage waits: {}", run.id, st.ToString());
+      return {};
+    }
     if (!out.empty()) return out;
   }
   if (IsTerminal(run.phase)) return out;

@@ -1,7 +1,10 @@
 #include "engine/archive.h"
 
+#include <algorithm>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "engine/event_types.h"
@@ -64,6 +67,19 @@ std::vector<std::string> IndexKeys(const Run& run) {
   return keys;
 }
 
+std::string_view Kind(bool model) { return model ? "model" : "dataset"; }
+
+// The record id of a version: 0x02 sorts apart from every run id.
+std::string VersionId(bool model, std::string_view key, int version) {
+  std::string id = "\x02";
+  id.append(Kind(model)).append("/").append(key).append("/").append(std::to_string(version));
+  return id;
+}
+std::string DigestKey(bool model, std::string_view key, std::string_view digest) {
+  return Prefix({"d", Kind(model), key, digest});
+}
+std::string KeptPrefix(std::string_view attempt_id) { return Prefix({"x", attempt_id}); }
+
 }  // namespace
 
 uint32_t RunRecordFormat() { return kSnapshotFormatVersion; }
@@ -88,22 +104,23 @@ std::string RunArchive::IndexLabel(std::string_view key, std::string_view value)
   return Prefix({"l", key, value});
 }
 
+Result<std::optional<std::string>> RunArchive::LoadBytes(std::string_view id,
+                                                         uint64_t position) const {
+  if (const std::string* pending = Pending(id, position)) return std::optional(*pending);
+  // The newest record below `position`: keys sort by position within the id.
+  std::string to = position == UINT64_MAX ? RecordPrefix(id) + std::string(8, '\xff') + "\xff"
+                                          : RecordKey(id, position);
+  ASSIGN_OR_RETURN(auto found, store_->ScanReadModel(ReadModelFamily::kRecords, RecordPrefix(id),
+                                                     to, /*reverse=*/true, 1));
+  if (found.empty()) return std::optional<std::string>();
+  return std::optional(std::move(found.front().value));
+}
+
 Result<std::optional<Run>> RunArchive::Load(const State& s, std::string_view id,
                                             uint64_t position) const {
-  std::string bytes;
-  if (const std::string* pending = Pending(id, position)) {
-    bytes = *pending;
-  } else {
-    // The newest record below `position`: keys sort by position within the id.
-    std::string to = position == UINT64_MAX ? RecordPrefix(id) + std::string(8, '\xff') + "\xff"
-                                            : RecordKey(id, position);
-    ASSIGN_OR_RETURN(auto found,
-                     store_->ScanReadModel(ReadModelFamily::kRecords, RecordPrefix(id), to,
-                                           /*reverse=*/true, 1));
-    if (found.empty()) return std::optional<Run>();
-    bytes = std::move(found.front().value);
-  }
-  auto run = DecodeRunRecord(bytes, s);
+  ASSIGN_OR_RETURN(std::optional<std::string> bytes, LoadBytes(id, position));
+  if (!bytes) return std::optional<Run>();
+  auto run = DecodeRunRecord(*bytes, s);
   if (!run.ok()) {
     return Status(run.status().code(), "the read model's record of run '" + std::string(id) +
                                            "': " + run.status().message());
@@ -130,6 +147,75 @@ Result<std::vector<std::pair<uint64_t, std::string>>> RunArchive::Scan(const std
   return out;
 }
 
+Result<std::optional<ArtifactVersion>> RunArchive::LoadVersion(bool model, std::string_view key,
+                                                               int version,
+                                                               uint64_t position) const {
+  ASSIGN_OR_RETURN(std::optional<std::string> bytes,
+                   LoadBytes(VersionId(model, key, version), position));
+  if (!bytes) return std::optional<ArtifactVersion>();
+  auto v = DecodeArtifactRecord(*bytes);
+  if (!v.ok()) {
+    return Status(v.status().code(), "the read model's record of " +
+                                         std::string(model ? "model " : "data set ") +
+                                         std::string(key) + " v" + std::to_string(version) + ": " +
+                                         v.status().message());
+  }
+  return std::optional(std::move(*v));
+}
+
+Result<std::optional<int>> RunArchive::FindDigest(bool model, std::string_view key,
+                                                  std::string_view digest) const {
+  const std::string k = DigestKey(model, key, digest);
+  std::optional<std::string> found;
+  if (const std::optional<std::string>* pending = PendingIndex(k)) {
+    found = *pending;
+  } else {
+    ASSIGN_OR_RETURN(found, store_->GetReadModel(ReadModelFamily::kIndex, k));
+  }
+  if (!found || found->empty()) return std::optional<int>();
+  try {
+    return std::optional(std::stoi(*found));
+  } catch (const std::exception&) {
+    return Corruption("the read model's digest index of " + std::string(key) + ": '" + *found +
+                      "' is not a version");
+  }
+}
+
+Result<std::string> RunArchive::KeptBy(std::string_view attempt_id) const {
+  const std::string prefix = KeptPrefix(attempt_id);
+  std::vector<std::string> reasons;
+  std::string to = prefix;
+  to.back() = static_cast<char>(kSep + 1);
+  ASSIGN_OR_RETURN(auto found,
+                   store_->ScanReadModel(ReadModelFamily::kIndex, prefix, to, false, 64));
+  for (auto& e : found) reasons.push_back(std::move(e.value));
+  for (const auto& w : PendingIndexWrites(prefix)) reasons.push_back(w);
+  std::string out;
+  for (const auto& r : reasons) {
+    if (r.rfind("model ", 0) == 0) return r;
+    if (out.empty()) out = r;
+  }
+  return out;
+}
+
+std::vector<ReadModelWrite> RunArchive::VersionWrites(bool model, const std::string& key,
+                                                      const ArtifactVersion& v, uint64_t position) {
+  std::vector<ReadModelWrite> out;
+  out.push_back({ReadModelFamily::kRecords, RecordKey(VersionId(model, key, v.version), position),
+                 EncodeArtifactRecord(v)});
+  out.push_back(
+      {ReadModelFamily::kIndex, DigestKey(model, key, v.digest), std::to_string(v.version)});
+  std::string kept =
+      KeptPrefix(v.files_at.empty() ? AttemptId(v.run, v.step, v.attempt) : v.files_at);
+  kept.append(Kind(model)).push_back(kSep);
+  kept.append(key).push_back(kSep);
+  AppendBig64(&kept, static_cast<uint64_t>(v.version));
+  out.push_back({ReadModelFamily::kIndex, std::move(kept),
+                 std::string(model ? "model " : "data set ") + SplitArtifactKey(key).second + " v" +
+                     std::to_string(v.version)});
+  return out;
+}
+
 std::vector<ReadModelWrite> RunArchive::FoldWrites(const Run& run, uint64_t position) {
   std::vector<ReadModelWrite> out;
   out.push_back({ReadModelFamily::kRecords, RecordKey(run.id, position), EncodeRunRecord(run)});
@@ -153,6 +239,24 @@ Status RecordingArchive::Folded(const Run& run, uint64_t position) {
 Status RecordingArchive::Unfolded(const Run& run, uint64_t) {
   for (auto& w : UnfoldWrites(run)) writes_.push_back(std::move(w));
   return Status::Ok();
+}
+
+Status RecordingArchive::VersionFolded(bool model, const std::string& key, const ArtifactVersion& v,
+                                       uint64_t position) {
+  auto writes = VersionWrites(model, key, v, position);
+  records_[VersionId(model, key, v.version)][position] = *writes.front().value;
+  for (auto& w : writes) writes_.push_back(std::move(w));
+  return Status::Ok();
+}
+
+std::vector<std::string> RecordingArchive::PendingIndexWrites(std::string_view prefix) const {
+  std::vector<std::string> out;
+  for (const auto& w : writes_) {
+    if (w.family == ReadModelFamily::kIndex && w.value && w.key.rfind(prefix, 0) == 0) {
+      out.push_back(*w.value);
+    }
+  }
+  return out;
 }
 
 const std::optional<std::string>* RecordingArchive::PendingIndex(std::string_view key) const {
@@ -191,6 +295,92 @@ bool Foldable(const Run& run) {
   return true;
 }
 
+namespace {
+
+// The data set or model versions an event of `run` creates or changes.
+struct Touched {
+  bool model = false;
+  std::string key;       // ArtifactKey; empty: the event touches none
+  int count_before = 0;  // versions above it are new
+  int validated = 0;     // the version a ModelVersionValidated changes
+};
+
+// Brings into State the versions Evolve needs for `e`, as they were before it: a
+// registration's version and the one with its digest (Evolve numbers by them), and the
+// version a validation changes.
+Status BringVersions(State& s, const RecordedEvent& e, const Run* run, RunArchive* archive,
+                     Touched* t) {
+  bool registered =
+      e.type == ev::kDatasetVersionRegistered || e.type == ev::kModelVersionRegistered;
+  if (!run || (!registered && e.type != ev::kModelVersionValidated)) return Status::Ok();
+  // (A payload that does not decode is left to Evolve, which names the problem.)
+  auto payload = ev::DecodeEvent(e);
+  if (!payload.ok()) return Status::Ok();
+  std::string name, digest;
+  int version = 0;
+  std::visit(
+      [&](const auto& p) {
+        using P = std::decay_t<decltype(p)>;
+        if constexpr (std::is_same_v<P, ev::DatasetVersionRegistered> ||
+                      std::is_same_v<P, ev::ModelVersionRegistered>) {
+          name = p.name, version = p.version, digest = p.digest;
+        } else if constexpr (std::is_same_v<P, ev::ModelVersionValidated>) {
+          name = p.name, version = p.version;
+        }
+      },
+      *payload);
+  t->model = e.type != ev::kDatasetVersionRegistered;
+  auto& all = t->model ? s.models : s.datasets;
+  auto found = all.find(ArtifactKey(run->tenant, name));
+  t->key = ArtifactKey(run->tenant, name);
+  if (found == all.end()) return Status::Ok();  // a first version: nothing to bring
+  Artifact& a = found->second;
+  t->count_before = a.count;
+  auto bring = [&](int version) -> Status {
+    if (version < 1 || version > a.count || a.Find(version)) return Status::Ok();
+    ASSIGN_OR_RETURN(std::optional<ArtifactVersion> v,
+                     archive->LoadVersion(t->model, t->key, version, e.position));
+    if (!v) {
+      return Corruption("the read model has no record of " +
+                        std::string(t->model ? "model " : "data set ") + t->key + " v" +
+                        std::to_string(version) + ", needed at position " +
+                        std::to_string(e.position));
+    }
+    a.versions.push_back(std::move(*v));
+    std::sort(
+        a.versions.begin(), a.versions.end(),
+        [](const ArtifactVersion& x, const ArtifactVersion& y) { return x.version < y.version; });
+    return Status::Ok();
+  };
+  if (registered) {
+    RETURN_IF_ERROR(bring(version));
+    ASSIGN_OR_RETURN(std::optional<int> same, archive->FindDigest(t->model, t->key, digest));
+    if (same) RETURN_IF_ERROR(bring(*same));
+  } else {
+    t->validated = ValidatedVersion(*run, name, version);
+    RETURN_IF_ERROR(bring(t->validated));
+  }
+  return Status::Ok();
+}
+
+// Folds the versions `e` created or changed under its position, and drops from State
+// every version of the name.
+Status FoldVersions(State& s, const RecordedEvent& e, RunArchive* archive, const Touched& t) {
+  if (t.key.empty()) return Status::Ok();
+  auto& all = t.model ? s.models : s.datasets;
+  auto found = all.find(t.key);
+  if (found == all.end()) return Status::Ok();
+  for (const auto& v : found->second.versions) {
+    if (v.version > t.count_before || v.version == t.validated) {
+      RETURN_IF_ERROR(archive->VersionFolded(t.model, t.key, v, e.position));
+    }
+  }
+  found->second.versions.clear();
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status EvolveArchived(State& s, const RecordedEvent& e, RunArchive* archive) {
   if (!archive || e.stream.rfind("run-", 0) != 0) return Evolve(s, e);
   std::string id = e.stream.substr(4);
@@ -209,7 +399,11 @@ Status EvolveArchived(State& s, const RecordedEvent& e, RunArchive* archive) {
       it = s.runs.emplace(id, std::move(*run)).first;
     }
   }
+  Touched touched;
+  RETURN_IF_ERROR(
+      BringVersions(s, e, it == s.runs.end() ? nullptr : &it->second, archive, &touched));
   RETURN_IF_ERROR(Evolve(s, e));
+  RETURN_IF_ERROR(FoldVersions(s, e, archive, touched));
   if (it == s.runs.end()) it = s.runs.find(id);
   if (it == s.runs.end() || !Foldable(it->second)) return Status::Ok();
   RETURN_IF_ERROR(archive->Folded(it->second, e.position));

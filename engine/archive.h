@@ -31,6 +31,18 @@
 //            "k" 0x00 tenant 0x00 key 0x00     -> id   by Idempotency-Key (State::idempotency
 //                                                      holds open runs' keys only)
 //
+// Data set and model versions live here too, so that State keeps one count per name
+// (State::datasets / models, Artifact) however many versions a name has. An event that
+// registers or validates a version brings the versions it needs into State (the one it
+// names, the one with its digest), Evolve changes them, and each version it created
+// or changed is folded again under the event's position; then State drops them.
+//   records: 0x02 kind "/" tenant "/" name "/" version 0x00 B(position) -> the version
+//            (EncodeArtifactRecord; kind is "model" or "dataset")
+//   index:   "d" 0x00 kind 0x00 tenant/name 0x00 digest 0x00 -> version (decimal)
+//            "x" 0x00 attempt id 0x00 kind 0x00 tenant/name 0x00 B(version) -> "model mlp
+//                                  v2": the version whose files that attempt's folder holds
+//                                  (retention keeps it)
+//
 // Thread-safety: a recording archive belongs to the writer thread; a reading one is
 // safe from any thread (it only reads the store).
 #pragma once
@@ -84,6 +96,21 @@ class RunArchive {
   virtual Status Folded(const Run& run, uint64_t position) = 0;
   virtual Status Unfolded(const Run& run, uint64_t position) = 0;
 
+  // Version `version` of the data set or model `key` (ArtifactKey) as it was last folded
+  // before `position` (UINT64_MAX: the latest); nullopt if it never was.
+  Result<std::optional<ArtifactVersion>> LoadVersion(bool model, std::string_view key, int version,
+                                                     uint64_t position = UINT64_MAX) const;
+  // The version of `key` whose outputs have `digest`, if one was folded. A state that
+  // lags may not know it yet: callers compare with Artifact::count.
+  Result<std::optional<int>> FindDigest(bool model, std::string_view key,
+                                        std::string_view digest) const;
+  // What keeps the folder of attempt `attempt_id` for retention: "model <name> v<n>" or
+  // "data set <name> v<n>" (a model first), or "" when no folded version names it.
+  Result<std::string> KeptBy(std::string_view attempt_id) const;
+  // Called by EvolveArchived: version `v` of `key` was created or changed at `position`.
+  virtual Status VersionFolded(bool model, const std::string& key, const ArtifactVersion& v,
+                               uint64_t position) = 0;
+
   storage::EventStore* store() const { return store_; }
 
  protected:
@@ -91,11 +118,21 @@ class RunArchive {
   // index deletes).
   static std::vector<storage::ReadModelWrite> FoldWrites(const Run& run, uint64_t position);
   static std::vector<storage::ReadModelWrite> UnfoldWrites(const Run& run);
+  static std::vector<storage::ReadModelWrite> VersionWrites(bool model, const std::string& key,
+                                                            const ArtifactVersion& v,
+                                                            uint64_t position);
+  // The newest record of `id` below `position` (UINT64_MAX: the newest), pending first.
+  Result<std::optional<std::string>> LoadBytes(std::string_view id, uint64_t position) const;
   // A record not in the store yet (recording archives): id -> position -> bytes.
   virtual const std::string* Pending(std::string_view id, uint64_t position) const {
     (void)id;
     (void)position;
     return nullptr;
+  }
+  // The values of index keys under `prefix` put and not in the store yet.
+  virtual std::vector<std::string> PendingIndexWrites(std::string_view prefix) const {
+    (void)prefix;
+    return {};
   }
   // The latest index write of `key` not in the store yet (an empty value: deleted);
   // null when there is none.
@@ -114,6 +151,9 @@ class ReadingArchive final : public RunArchive {
   using RunArchive::RunArchive;
   Status Folded(const Run&, uint64_t) override { return Status::Ok(); }
   Status Unfolded(const Run&, uint64_t) override { return Status::Ok(); }
+  Status VersionFolded(bool, const std::string&, const ArtifactVersion&, uint64_t) override {
+    return Status::Ok();
+  }
 };
 
 // Collects the writes of each fold and unfold until TakeWrites; Load sees the records
@@ -123,6 +163,8 @@ class RecordingArchive final : public RunArchive {
   using RunArchive::RunArchive;
   Status Folded(const Run& run, uint64_t position) override;
   Status Unfolded(const Run& run, uint64_t position) override;
+  Status VersionFolded(bool model, const std::string& key, const ArtifactVersion& v,
+                       uint64_t position) override;
   // What was recorded since the last call, in order.
   std::vector<storage::ReadModelWrite> TakeWrites();
   bool empty() const { return writes_.empty(); }
@@ -130,6 +172,7 @@ class RecordingArchive final : public RunArchive {
  protected:
   const std::string* Pending(std::string_view id, uint64_t position) const override;
   const std::optional<std::string>* PendingIndex(std::string_view key) const override;
+  std::vector<std::string> PendingIndexWrites(std::string_view prefix) const override;
 
  private:
   std::vector<storage::ReadModelWrite> writes_;

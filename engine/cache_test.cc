@@ -45,7 +45,7 @@ TEST_F(CacheTest, TheSameWorkHitsAndDownstreamReadsTheSourceOutputs) {
   ASSERT_NE(tq, nullptr);
   EXPECT_EQ(tq->data["argv"][1], "/data/runs/" + r1 + "/prep/1/outputs/shard");
   // The same data set version: the digest of the same outputs.
-  EXPECT_EQ(state_.datasets.at("default/ds").size(), 1u);
+  EXPECT_EQ(state_.datasets.at("default/ds").count, 1);
   EXPECT_EQ(R(r2).datasets.at("prep"), std::make_pair(std::string("ds"), 1));
 }
 
@@ -83,7 +83,7 @@ TEST_F(CacheTest, ChangedParamMissesTrainButHitsPrepAndChangedInputMissesBoth) {
                               {"step", "train"},
                               {"name", "model"}}}));
   EXPECT_EQ(UpstreamInputs(R(r2), *R(r2).def->FindStep("prep"), cfg_), Json::array());
-  EXPECT_EQ(state_.models.at("default/m2").size(), 1u);  // the same model version
+  EXPECT_EQ(state_.models.at("default/m2").count, 1);  // the same model version
   EXPECT_EQ(R(r2).models.at("train").second, 1);
 
   // A changed param: prep hits, train misses.

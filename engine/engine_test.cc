@@ -2,6 +2,7 @@
 #include "engine/engine.h"
 #include "engine/archive.h"
 #include "engine/event_types.h"
+#include "engine/retention.h"
 #include "storage/forwarding_store_test_util.h"
 
 #include <gtest/gtest.h>
@@ -1152,6 +1153,149 @@ TEST_F(ReadModelTest, IdempotencyKeysOfFoldedRunsAreFoundInTheReadModel) {
   ASSERT_TRUE(leader->Start().ok());
   EXPECT_TRUE(keys(*leader).empty());
   check(*leader);
+  leader->Stop();
+}
+
+// Data set and model versions leave the state for the read model as runs do: State
+// keeps a count per name, and the lineage reads the same as a state that keeps every
+// version, after a restart from a snapshot and after the read model is rebuilt; a
+// version a later run registers again (the same digest) or validates is changed in
+// the read model, and retention still finds what keeps a folder.
+TEST_F(ReadModelTest, DataSetAndModelVersionsLiveInTheReadModelAndReadTheSame) {
+  std::unique_ptr<Engine> leader;
+  ASSERT_NO_FATAL_FAILURE(StartLeader(&leader, R"({"name":"l","steps":[
+      {"name":"prep","kind":"data_prep","outputs":["rows"],"dataset":{"name":"rows"},
+       "command":["true"]},
+      {"name":"train","kind":"train","after":["prep"],"outputs":["model"],
+       "model":{"name":"mlp"},"command":["true"]},
+      {"name":"validate","kind":"validate","after":["train"],"command":["true"]}]})"));
+  auto report = [&](const std::string& attempt, const std::string& out, const std::string& sha,
+                    Json metrics = Json::object()) {
+    PollContainer p;
+    p.container = "c1";
+    Json r{{"attempt_id", attempt}, {"state", "succeeded"}, {"exit_code", 0}, {"metrics", metrics}};
+    if (!out.empty()) {
+      r["outputs"] = Json::array({Json{{"name", out}, {"size", 3}, {"sha256", sha}}});
+    }
+    p.reports = Reports(Json::array({r}));
+    auto done = leader->Execute(p);
+    ASSERT_TRUE(done.ok()) << attempt << ": " << done.status().ToString();
+  };
+  // l1: rows A (v1), mlp M1 (v1) validated 0.8; l2: rows A again (still v1), mlp M2
+  // (v2) validated 0.9; l3: rows B (v2), mlp M1 again (v1, validated again: 0.85);
+  // l4: rows C (v3), still running.
+  struct Plan {
+    std::string rows, model;
+    double accuracy;
+  };
+  std::vector<Plan> plans = {{"A", "M1", 0.8}, {"A", "M2", 0.9}, {"B", "M1", 0.85}};
+  for (size_t i = 0; i < plans.size(); ++i) {
+    std::string id = "l" + std::to_string(i + 1);
+    ASSERT_TRUE(leader->Execute(SubmitRun{.run_id = id, .workflow = "l"}).ok());
+    ASSERT_NO_FATAL_FAILURE(report(id + "/prep/1", "rows", plans[i].rows));
+    ASSERT_NO_FATAL_FAILURE(report(id + "/train/1", "model", plans[i].model));
+    ASSERT_NO_FATAL_FAILURE(
+        report(id + "/validate/1", "", "", Json{{"accuracy", plans[i].accuracy}}));
+    ASSERT_EQ(RunOf(*leader, id)["state"], "succeeded") << RunOf(*leader, id).dump();
+  }
+  ASSERT_TRUE(leader->Execute(SubmitRun{.run_id = "l4", .workflow = "l"}).ok());
+  ASSERT_NO_FATAL_FAILURE(report("l4/prep/1", "rows", "C"));
+
+  // State keeps a count per name and no version.
+  auto counts = [](const Engine& e) {
+    return e.Read([](const State& s) {
+      std::map<std::string, std::pair<int, size_t>> out;
+      for (const auto& [k, a] : s.datasets) out["dataset " + k] = {a.count, a.versions.size()};
+      for (const auto& [k, a] : s.models) out["model " + k] = {a.count, a.versions.size()};
+      return out;
+    });
+  };
+  const std::map<std::string, std::pair<int, size_t>> expected_counts = {
+      {"dataset default/rows", {3, 0}}, {"model default/mlp", {2, 0}}};
+  EXPECT_EQ(counts(*leader), expected_counts);
+
+  // What the API reads: the lists, every version of each name, and single versions.
+  auto reads = [](const Engine& e) {
+    return e.Read([&](const State& s) {
+      Json out = Json::object();
+      for (bool model : {false, true}) {
+        auto list = ListArtifacts(s, model, nullptr, "", e.archive());
+        out[model ? "models" : "datasets"] = list.ok() ? *list : Json(list.status().ToString());
+        for (int v = 0; v <= 4; ++v) {
+          auto found = FindArtifact(s, model, model ? "mlp" : "rows", v, "", "default", nullptr,
+                                    e.archive());
+          out[(model ? "mlp v" : "rows v") + std::to_string(v)] =
+              found.ok() ? found->item : Json(found.status().ToString());
+        }
+      }
+      return out;
+    });
+  };
+  Json expected = [&] {
+    auto secondary = OpenSecondary();
+    EXPECT_TRUE(secondary);
+    if (!secondary) return Json();
+    Engine plain(Options("plain"), secondary.get(), nullptr, &clock_);
+    EXPECT_TRUE(plain.StartStandby().ok());
+    EXPECT_EQ(plain.Read([](const State& s) { return s.models.at("default/mlp").versions.size(); }),
+              2u);
+    Json r = reads(plain);
+    plain.Stop();
+    return r;
+  }();
+  ASSERT_FALSE(expected.is_null());
+  const Json& mlp = expected["mlp v0"]["versions"];
+  ASSERT_EQ(mlp.size(), 2u) << expected.dump();
+  EXPECT_EQ(mlp[0]["run"], "l1");
+  EXPECT_EQ(mlp[0]["metrics"]["accuracy"], 0.85) << "l3 validated v1 again";
+  EXPECT_EQ(mlp[0]["validated_by"].size(), 2u);
+  EXPECT_EQ(mlp[1]["run"], "l2");
+  EXPECT_EQ(mlp[1]["datasets"], Json::parse(R"([{"name":"rows","step":"prep","version":1}])"));
+  EXPECT_EQ(expected["rows v0"]["versions"].size(), 3u);
+  EXPECT_EQ(expected["rows v3"]["run"], "l4");
+  EXPECT_TRUE(expected["rows v4"].is_null());
+  EXPECT_EQ(expected["models"][0]["versions"], 2);
+  EXPECT_EQ(reads(*leader), expected);
+
+  // Retention asks the read model what keeps a folder.
+  auto kept = [&](const Engine& e, const std::string& run, const std::string& step) {
+    return e.Read([&](const State& s) {
+      engine::Run r;
+      r.id = run;
+      return OutputsKeptBecause(s, e.options().config, r, step, 1, e.archive());
+    });
+  };
+  EXPECT_EQ(kept(*leader, "l1", "train"), "model mlp v1");
+  EXPECT_EQ(kept(*leader, "l3", "prep"), "data set rows v2");
+  EXPECT_EQ(kept(*leader, "l3", "train"), "") << "l3's model is l1's v1: l1's folder holds it";
+
+  // A restart from a snapshot, and a rebuild of the read model, read the same.
+  ASSERT_TRUE(leader->WriteSnapshot().ok());
+  leader->Stop();
+  leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  EXPECT_GT(leader->LoadedFrom().first, 0u);
+  EXPECT_EQ(counts(*leader), expected_counts);
+  EXPECT_EQ(reads(*leader), expected);
+  leader->Stop();
+  leader.reset();
+  ASSERT_TRUE(store_->ClearReadModel().ok());
+  leader = std::make_unique<Engine>(Archiving("a"), store_.get(), &backend_, &clock_);
+  ASSERT_TRUE(leader->Start().ok());
+  EXPECT_EQ(leader->LoadedFrom().first, 0u) << "a rebuild replays the whole log";
+  EXPECT_EQ(counts(*leader), expected_counts);
+  EXPECT_EQ(reads(*leader), expected);
+  EXPECT_EQ(kept(*leader, "l1", "train"), "model mlp v1");
+
+  // l4 goes on after the rebuild: its model M2 is v2 again (the digest index), and
+  // its validation changes v2 in the read model.
+  ASSERT_NO_FATAL_FAILURE(report("l4/train/1", "model", "M2"));
+  ASSERT_NO_FATAL_FAILURE(report("l4/validate/1", "", "", Json{{"accuracy", 0.95}}));
+  Json after = reads(*leader);
+  EXPECT_EQ(after["models"][0]["versions"], 2);
+  EXPECT_EQ(after["mlp v2"]["metrics"]["accuracy"], 0.95);
+  EXPECT_EQ(after["mlp v2"]["validated_by"].size(), 2u);
+  EXPECT_EQ(counts(*leader).at("model default/mlp"), (std::pair<int, size_t>{2, 0}));
   leader->Stop();
 }
 

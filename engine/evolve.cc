@@ -561,25 +561,27 @@ struct Apply {
   }
 
   // A data set or model version: within the run's tenant, the version with its
-  // digest, else the next.
+  // digest, else the next. With a read model the versions this needs are in
+  // `artifact.versions` (EvolveArchived brought them in: the event's version and the
+  // one with its digest).
   template <class P>
   Status Artifact(const P& p, bool model) {
     Target t = Resolve(s, e, "");
     Run* r = t.run;
     if (!r) return Status::Ok();
-    auto& versions = (model ? s.models : s.datasets)[ArtifactKey(r->tenant, p.name)];
+    engine::Artifact& artifact = (model ? s.models : s.datasets)[ArtifactKey(r->tenant, p.name)];
     int version = p.version;
-    bool existing = version >= 1 && version <= static_cast<int>(versions.size()) &&
-                    versions[static_cast<size_t>(version - 1)].digest == p.digest;
-    if (version != static_cast<int>(versions.size()) + 1 && !existing) {
+    const ArtifactVersion* same = artifact.Find(version);
+    bool existing = version >= 1 && version <= artifact.count && same && same->digest == p.digest;
+    if (version != artifact.count + 1 && !existing) {
       // Written when names were global, so numbered among every tenant's versions:
       // within the run's tenant it is the version with its digest, else the next.
-      version = static_cast<int>(versions.size()) + 1;
-      for (const auto& v : versions) {
-        if (v.digest == p.digest) version = v.version;
+      version = artifact.count + 1;
+      for (const auto& v : artifact.versions) {
+        if (v.digest == p.digest && v.version <= artifact.count) version = v.version;
       }
     }
-    if (version == static_cast<int>(versions.size()) + 1) {
+    if (version == artifact.count + 1) {
       ArtifactVersion v;
       v.version = version;
       v.digest = p.digest;
@@ -600,7 +602,8 @@ struct Apply {
         v.params = p.params;
         v.datasets = p.datasets;
       }
-      versions.push_back(std::move(v));
+      artifact.versions.push_back(std::move(v));
+      artifact.count = version;
     }
     (model ? r->models : r->datasets)[p.step] = {p.name, version};
     return Status::Ok();
@@ -613,18 +616,15 @@ struct Apply {
     Run* r = t.run;
     if (!r) return Status::Ok();
     auto it = s.models.find(ArtifactKey(r->tenant, p.name));
-    int version = p.version;
-    // The version this run registered under the name (it differs from the event's
-    // only in histories written when names were global).
-    for (const auto& [step, nv] : r->models) {
-      if (nv.first == p.name) version = nv.second;
-    }
-    if (it == s.models.end() || version < 1 || version > static_cast<int>(it->second.size())) {
+    int version = ValidatedVersion(*r, p.name, p.version);
+    if (it == s.models.end() || version < 1 || version > it->second.count) {
       return Status::Ok();
     }
-    ArtifactVersion& v = it->second[static_cast<size_t>(version - 1)];
-    for (const auto& [k, val] : p.metrics.items()) v.metrics[k] = val;
-    v.validated_by.push_back(Json{{"run", r->id}, {"step", p.step}});
+    // Absent only when a read model should hold it and does not (EvolveArchived says so).
+    if (ArtifactVersion* v = it->second.Find(version)) {
+      for (const auto& [k, val] : p.metrics.items()) v->metrics[k] = val;
+      v->validated_by.push_back(Json{{"run", r->id}, {"step", p.step}});
+    }
     r->validated.insert(p.step);
     return Status::Ok();
   }
@@ -761,6 +761,13 @@ struct Apply {
 };
 
 }  // namespace
+
+int ValidatedVersion(const Run& run, const std::string& name, int event_version) {
+  for (const auto& [step, nv] : run.models) {
+    if (nv.first == name) return nv.second;
+  }
+  return event_version;
+}
 
 Status Evolve(State& s, const RecordedEvent& e) {
   s.head = e.position;

@@ -43,9 +43,9 @@ TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation
   t = succeed(r1 + "/validate/1", Json::array(), Json{{"accuracy", 0.9}});
   EXPECT_EQ(std::count(t.begin(), t.end(), "ModelVersionValidated"), 1);
   EXPECT_EQ(t.back(), "RunSucceeded");
-  ASSERT_EQ(state_.datasets["default/fmnist"].size(), 1u);
-  ASSERT_EQ(state_.models["default/mlp"].size(), 1u);
-  const ArtifactVersion& m1 = state_.models["default/mlp"][0];
+  ASSERT_EQ(state_.datasets["default/fmnist"].count, 1);
+  ASSERT_EQ(state_.models["default/mlp"].count, 1);
+  const ArtifactVersion& m1 = state_.models["default/mlp"].versions[0];
   EXPECT_EQ(m1.run, r1);
   EXPECT_EQ(m1.step, "train");
   EXPECT_EQ(m1.params["lr"], 0.1);
@@ -62,10 +62,10 @@ TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation
   succeed(r2 + "/train/1",
           Json::array({Json{{"name", "model.bin"}, {"size", 20}, {"sha256", "cc"}}}));
   succeed(r2 + "/validate/1", Json::array(), Json{{"accuracy", 0.8}});
-  EXPECT_EQ(state_.datasets["default/fmnist"].size(), 1u);
-  ASSERT_EQ(state_.models["default/mlp"].size(), 2u);
-  EXPECT_EQ(state_.models["default/mlp"][1].params["lr"], 0.01);
-  EXPECT_EQ(state_.models["default/mlp"][1].metrics["accuracy"], 0.8);
+  EXPECT_EQ(state_.datasets["default/fmnist"].count, 1);
+  ASSERT_EQ(state_.models["default/mlp"].count, 2);
+  EXPECT_EQ(state_.models["default/mlp"].versions[1].params["lr"], 0.01);
+  EXPECT_EQ(state_.models["default/mlp"].versions[1].metrics["accuracy"], 0.8);
   EXPECT_EQ(R(r2).datasets.at("prep"), std::make_pair(std::string("fmnist"), 1));
   EXPECT_EQ(R(r2).models.at("train"), std::make_pair(std::string("mlp"), 2));
 
@@ -76,7 +76,7 @@ TEST_F(DeciderTest, LineageRegistersDatasetAndModelVersionsAndAttachesValidation
   EXPECT_EQ(EncodeSnapshot(replayed), EncodeSnapshot(state_));
   auto decoded = DecodeSnapshot(EncodeSnapshot(state_));
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
-  EXPECT_EQ(decoded->models["default/mlp"][1].metrics["accuracy"], 0.8);
+  EXPECT_EQ(decoded->models["default/mlp"].versions[1].metrics["accuracy"], 0.8);
   EXPECT_EQ(decoded->FindRun(r2)->models.at("train").second, 2);
   EXPECT_EQ(decoded->FindRun(r1)->validated.count("validate"), 1u);
 }
@@ -124,14 +124,14 @@ TEST_F(TenantTest, TheSameModelNameInTwoTenantsIsTwoModels) {
   // The same bytes in both tenants: still two models, each at version 1.
   std::string ra = run_as("a", "same", 0.7);
   std::string rb = run_as("b", "same", 0.999);
-  ASSERT_EQ(state_.models.at("a/mlp").size(), 1u);
-  ASSERT_EQ(state_.models.at("b/mlp").size(), 1u);
-  EXPECT_EQ(state_.models.at("a/mlp")[0].run, ra);
-  EXPECT_EQ(state_.models.at("b/mlp")[0].run, rb);
+  ASSERT_EQ(state_.models.at("a/mlp").count, 1);
+  ASSERT_EQ(state_.models.at("b/mlp").count, 1);
+  EXPECT_EQ(state_.models.at("a/mlp").versions[0].run, ra);
+  EXPECT_EQ(state_.models.at("b/mlp").versions[0].run, rb);
   // b's validation attached only to b's model.
-  EXPECT_EQ(state_.models.at("a/mlp")[0].metrics["accuracy"], 0.7);
-  EXPECT_EQ(state_.models.at("b/mlp")[0].metrics["accuracy"], 0.999);
-  EXPECT_EQ(state_.models.at("a/mlp")[0].validated_by.size(), 1u);
+  EXPECT_EQ(state_.models.at("a/mlp").versions[0].metrics["accuracy"], 0.7);
+  EXPECT_EQ(state_.models.at("b/mlp").versions[0].metrics["accuracy"], 0.999);
+  EXPECT_EQ(state_.models.at("a/mlp").versions[0].validated_by.size(), 1u);
   EXPECT_EQ(SplitArtifactKey("b/mlp"), std::make_pair(std::string("b"), std::string("mlp")));
 }
 
@@ -168,11 +168,11 @@ TEST_F(TenantTest, ModelVersionsNumberedWhenNamesWereGlobalReplayPerTenant) {
   apply("run-old-b", "ModelVersionValidated",
         fields::Encode(ev::ModelVersionValidated{
             .name = "mlp", .version = 2, .step = "v", .metrics = Json{{"acc", 0.5}}}));
-  ASSERT_EQ(state_.models.at("b/mlp").size(), 1u);
-  EXPECT_EQ(state_.models.at("b/mlp")[0].digest, "d2");
-  EXPECT_EQ(state_.models.at("b/mlp")[0].metrics["acc"], 0.5);
+  ASSERT_EQ(state_.models.at("b/mlp").count, 1);
+  EXPECT_EQ(state_.models.at("b/mlp").versions[0].digest, "d2");
+  EXPECT_EQ(state_.models.at("b/mlp").versions[0].metrics["acc"], 0.5);
   EXPECT_EQ(state_.FindRun("old-b")->models.at("train").second, 1);
-  EXPECT_TRUE(state_.models.at("a/mlp")[0].metrics.empty());
+  EXPECT_TRUE(state_.models.at("a/mlp").versions[0].metrics.empty());
 }
 
 }  // namespace

@@ -75,13 +75,16 @@ namespace {
 // of scanning every version and every open run per file. The reason for a folder is
 // the one that scan met first: versions (models, then data sets, in the state's
 // order), then open runs other than `run`, each attempt's cache hit before its
-// mounts. Holds views into `s`, which must outlive it.
+// mounts. Versions the read model holds (archive.h) are looked up in its index of
+// the folders they name. Holds views into `s`, which must outlive it.
 class KeptFolders {
  public:
-  KeptFolders(const State& s, const EngineConfig& config, std::string_view run) : config_(config) {
+  KeptFolders(const State& s, const EngineConfig& config, std::string_view run,
+              const RunArchive* archive)
+      : config_(config), archive_(archive) {
     for (bool model : {true, false}) {
-      for (const auto& [key, versions] : model ? s.models : s.datasets) {
-        for (const auto& v : versions) {
+      for (const auto& [key, artifact] : model ? s.models : s.datasets) {
+        for (const auto& v : artifact.versions) {
           std::string at = v.files_at.empty() ? AttemptId(v.run, v.step, v.attempt) : v.files_at;
           if (versions_.count(at)) continue;
           versions_.emplace(std::move(at), std::string(model ? "model " : "data set ") +
@@ -117,6 +120,13 @@ class KeptFolders {
   std::string Why(const std::string& run, const std::string& step, int attempt) const {
     const std::string id = AttemptId(run, step, attempt);
     if (auto it = versions_.find(id); it != versions_.end()) return it->second;
+    if (archive_) {
+      // A read that fails keeps the folder: deleting is the step that cannot be undone.
+      auto kept = archive_->KeptBy(id);
+      if (!kept.ok())
+        return "the read model cannot say what keeps it (" + kept.status().ToString() + ")";
+      if (!kept->empty()) return *kept;
+    }
     size_t first = kNone;
     auto consider = [&](const auto& index, std::string_view key) {
       if (auto it = index.find(key); it != index.end()) first = std::min(first, it->second);
@@ -148,6 +158,7 @@ class KeptFolders {
   }
 
   const EngineConfig& config_;
+  const RunArchive* archive_;
   std::map<std::string, std::string, std::less<>> versions_;  // attempt id -> reason
   // Indexes into reasons_ (the scan's order: the smallest is the reason given).
   std::vector<Reason> reasons_;
@@ -159,8 +170,8 @@ class KeptFolders {
 }  // namespace
 
 std::string OutputsKeptBecause(const State& s, const EngineConfig& config, const Run& run,
-                               const std::string& step, int attempt) {
-  return KeptFolders(s, config, run.id).Why(run.id, step, attempt);
+                               const std::string& step, int attempt, const RunArchive* archive) {
+  return KeptFolders(s, config, run.id, archive).Why(run.id, step, attempt);
 }
 
 Result<Decision> DecideExpireFiles(const State& state, const ExpireFiles& cmd,
@@ -201,7 +212,7 @@ Result<Decision> DecideExpireFiles(const State& state, const ExpireFiles& cmd,
       continue;
     }
     if (a.outputs_expired || expiring[f.step].count(f.attempt)) continue;
-    if (!kept) kept.emplace(state, cfg, run.id);
+    if (!kept) kept.emplace(state, cfg, run.id, ctx.archive);
     if (!kept->Why(run.id, f.step, f.attempt).empty()) continue;
     take(f);
   }

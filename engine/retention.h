@@ -57,9 +57,12 @@ bool RetentionConfigured(const EngineConfig& config);
 
 // Why attempt (run, step, attempt)'s folder must stay past its horizon: "model
 // <name> v<k>", "data set <name> v<k>", "run <id> reuses it" (a cache hit of an
-// open run), "run <id> mounts it"; empty when nothing keeps it.
+// open run), "run <id> mounts it"; empty when nothing keeps it. Versions State does not
+// hold are looked up in `archive` (null: State holds them all); a lookup that fails
+// keeps the folder, saying so.
 std::string OutputsKeptBecause(const State& s, const EngineConfig& config, const Run& run,
-                               const std::string& step, int attempt);
+                               const std::string& step, int attempt,
+                               const RunArchive* archive = nullptr);
 
 // The decider's part (Decide dispatches here): the ExpireFiles command. NotFound for an
 // unknown run; FailedPrecondition when the run is not finished, or within its

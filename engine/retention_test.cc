@@ -363,8 +363,9 @@ TEST(RetentionKeepTest, ModelsDataSetsAndOpenRunsKeepAFolder) {
   v.step = "train";
   v.attempt = 1;
   v.files_at = "old/train/3";  // a cache hit of old's attempt 3
-  s.models["t/mlp"].push_back(ArtifactVersion{});
-  s.models["t/mlp"].push_back(v);
+  s.models["t/mlp"].versions.push_back(ArtifactVersion{.version = 1});
+  s.models["t/mlp"].versions.push_back(v);
+  s.models["t/mlp"].count = 2;
   EXPECT_EQ(OutputsKeptBecause(s, c, old, "train", 3), "model mlp v2");
   EXPECT_EQ(OutputsKeptBecause(s, c, old, "train", 2), "");
   engine::Run open;

@@ -190,6 +190,14 @@ struct SnapList<ArtifactVersion> {
   }
 };
 
+template <>
+struct SnapList<Artifact> {
+  static constexpr auto Fields() {
+    using A = Artifact;
+    return std::tuple{Plain(&A::count, "count"), Plain(&A::versions, "versions")};
+  }
+};
+
 // The container's id is its key in State::containers.
 template <>
 struct SnapList<Container> {
@@ -461,13 +469,15 @@ void WriteRunLineage(Writer& w, const State& s) {
   }
 }
 void ReadRunLineage(Reader& r, State& s) {
-  // The data sets and models (read just before) are numbered 1..n in order.
+  // The versions of each data set and model (read just before) ascend within 1..count.
   for (const auto* all : {&s.datasets, &s.models}) {
-    for (const auto& [name, versions] : *all) {
-      for (size_t i = 0; i < versions.size(); ++i) {
-        if (versions[i].version != static_cast<int>(i) + 1) {
+    for (const auto& [name, a] : *all) {
+      int last = 0;
+      for (const auto& v : a.versions) {
+        if (v.version <= last || v.version > a.count) {
           return r.Fail("artifact versions out of order in '" + name + "'");
         }
+        last = v.version;
       }
     }
   }
@@ -533,6 +543,8 @@ static_assert(ListsEveryMember<TenantExpired>(),
 static_assert(ListsEveryMember<StepRun>(), "a StepRun member is missing from SnapList<StepRun>");
 static_assert(ListsEveryMember<ArtifactVersion>(),
               "an ArtifactVersion member is missing from SnapList<ArtifactVersion>");
+static_assert(ListsEveryMember<Artifact>(),
+              "an Artifact member is missing from SnapList<Artifact>");
 static_assert(ListsEveryMember<Container>(),
               "a Container member is missing from SnapList<Container>");
 static_assert(ListsEveryMember<Run>(), "a Run member is missing from SnapList<Run>");
@@ -601,6 +613,38 @@ uint32_t SnapshotCrc(std::string_view bytes) {
 }
 
 std::string EncodeSnapshot(const State& s) { return Encode(s); }
+
+// artifact record := fixed32 format | artifact version fields
+std::string EncodeArtifactRecord(const ArtifactVersion& v) {
+  DefTable defs;
+  Writer w(defs);
+  w.Fixed32(kSnapshotFormatVersion);
+  WriteFields(w, v);
+  return std::move(w.out());
+}
+
+Result<ArtifactVersion> DecodeArtifactRecord(std::string_view bytes) {
+  if (bytes.size() < 4) return Corruption("artifact record truncated");
+  uint32_t version = Load32(reinterpret_cast<const unsigned char*>(bytes.data()));
+  if (version != kSnapshotFormatVersion) {
+    return Corruption("artifact record format " + std::to_string(version) +
+                      " is not supported (this build reads " +
+                      std::to_string(kSnapshotFormatVersion) + ")");
+  }
+  try {
+    std::vector<DefPtr> defs;
+    Reader r(bytes.substr(4), defs);
+    ArtifactVersion v;
+    ReadFields(r, v);
+    if (r.ok() && r.remaining() != 0) {
+      r.Fail(std::to_string(r.remaining()) + " bytes after the artifact version");
+    }
+    if (!r.ok()) return r.status();
+    return v;
+  } catch (const std::exception& ex) {
+    return Corruption(std::string("artifact record: ") + ex.what());
+  }
+}
 
 // record := fixed32 format | str id | run fields | pairs datasets | pairs models |
 //           validated (as in run_lineage)

@@ -90,13 +90,14 @@ namespace epoch::engine {
 
 inline constexpr std::string_view kSnapshotMagic = "EPOCHSNP";
 inline constexpr uint32_t kSnapshotFormatVersion =
-    12;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
+    13;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
          // credentials, isolation, logs, mounts, tenant caches and lineage; 7: container
          // enforcement; 8: live metrics series, checkpoints; 9: finished runs folded into
          // the read model (State::archived); 10: retention (expired outputs, logs,
          // checkpoints and cache entries; State::expired); 11: a run's idempotency key
          // (State::idempotency holds open runs' only); ended containers past 1000 leave
-         // the state (State::ended_containers); 12: a cache entry's last hit
+         // the state (State::ended_containers); 12: a cache entry's last hit; 13: data set and
+         // model versions move to the read model (State keeps a count per name)
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.
@@ -113,6 +114,9 @@ Result<State> DecodeSnapshot(std::string_view bytes);
 // writes it (fields, lineage) behind this format's version. Its definition is not
 // in it: DecodeRunRecord takes the registered one (workflow@version) from `s`.
 std::string EncodeRunRecord(const Run& run);
+// A data set or model version in the read model (archive.h), in the same format.
+std::string EncodeArtifactRecord(const ArtifactVersion& v);
+Result<ArtifactVersion> DecodeArtifactRecord(std::string_view bytes);
 // Errors: kCorruption for bytes that are not a record of this format version, or a
 // run whose workflow version `s` does not have.
 Result<Run> DecodeRunRecord(std::string_view bytes, const State& s);

@@ -1,6 +1,7 @@
 #include "engine/state.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace epoch::engine {
 
@@ -113,6 +114,21 @@ const Worker* State::FindWorker(std::string_view task_id, const Attempt** attemp
   if (!a || rank >= static_cast<int>(a->ranks.size())) return nullptr;
   if (attempt) *attempt = a;
   return &a->ranks[static_cast<size_t>(rank)];
+}
+
+const ArtifactVersion* Artifact::Find(int version) const {
+  // Without a read model versions[i] is version i + 1; with one, a few or none.
+  if (version >= 1 && static_cast<size_t>(version) <= versions.size() &&
+      versions[static_cast<size_t>(version - 1)].version == version) {
+    return &versions[static_cast<size_t>(version - 1)];
+  }
+  for (const auto& v : versions) {
+    if (v.version == version) return &v;
+  }
+  return nullptr;
+}
+ArtifactVersion* Artifact::Find(int version) {
+  return const_cast<ArtifactVersion*>(std::as_const(*this).Find(version));
 }
 
 StepRun* Run::FindStep(std::string_view name) {

@@ -178,6 +178,18 @@ struct ArtifactVersion {
   std::string files_at{};
 };
 
+// A tenant's data set or model: how many versions it has, and the versions State
+// holds. Without a read model (archive.h) that is all of them, in order; with one they
+// live in its records and `versions` is empty between events (EvolveArchived brings
+// in the ones an event changes, then folds them back), so State keeps one count per
+// name however many versions there are.
+struct Artifact {
+  int count = 0;                          // versions 1..count exist
+  std::vector<ArtifactVersion> versions;  // ascending version numbers
+  ArtifactVersion* Find(int version);
+  const ArtifactVersion* Find(int version) const;
+};
+
 struct Run {
   std::string id;
   std::string workflow;
@@ -281,9 +293,9 @@ struct State {
   // Idempotency-Key of POST /v1/workflows: (tenant, key) -> (name, version).
   std::map<std::pair<std::string, std::string>, std::pair<std::string, int>> workflow_keys;
   std::string leader_node, leader_address;  // from the last LeaderElected
-  // Lineage: ArtifactKey(tenant, name) -> versions (1..n). Names are per tenant: two
-  // tenants may each have a model "mlp", with versions of their own.
-  std::map<std::string, std::vector<ArtifactVersion>> datasets, models;
+  // Lineage: ArtifactKey(tenant, name) -> its versions (Artifact). Names are per
+  // tenant: two tenants may each have a model "mlp", with versions of their own.
+  std::map<std::string, Artifact> datasets, models;
   std::map<std::string, CacheEntry> cache;  // cache key -> the result it reuses
   uint64_t next_run_seq = 1;
   uint64_t next_queue_seq = 1;
@@ -311,6 +323,10 @@ struct State {
 // The key of a tenant's data set or model in State::datasets / State::models:
 // "<tenant>/<name>" (tenant names hold no '/').
 std::string ArtifactKey(std::string_view tenant, std::string_view name);
+// The version of model `name` that a ModelVersionValidated of `run` (saying
+// `event_version`) attaches metrics to: the one the run registered under the name (it
+// differs from the event's only in histories written when names were global).
+int ValidatedVersion(const Run& run, const std::string& name, int event_version);
 // Splits an ArtifactKey into (tenant, name).
 std::pair<std::string, std::string> SplitArtifactKey(std::string_view key);
 

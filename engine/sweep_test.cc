@@ -93,9 +93,9 @@ TEST_F(SweepTest, GridOfFourTrialsTwoAtATimeBestWinsAndAFailedTrialIsTolerated) 
   EXPECT_EQ(R(run).steps[1].attempts[0].argv,
             Json::array({"infer", "0.1", "/data/runs/" + run + "/train/3/outputs/model", "0.91"}));
   // The model version is the best trial's, with its params.
-  ASSERT_EQ(state_.models.at("default/swept").size(), 1u);
-  EXPECT_EQ(state_.models.at("default/swept")[0].attempt, 3);
-  EXPECT_EQ(state_.models.at("default/swept")[0].params,
+  ASSERT_EQ(state_.models.at("default/swept").count, 1);
+  EXPECT_EQ(state_.models.at("default/swept").versions[0].attempt, 3);
+  EXPECT_EQ(state_.models.at("default/swept").versions[0].params,
             (Json{{"epochs", 3}, {"hidden", 16}, {"lr", 0.1}}));
 
   // Mid-sweep and finished states survive a snapshot and a replay.

@@ -525,29 +525,47 @@ Json WorkflowVersionJson(const State& s, const std::string& name, int version,
               {"versions", s.workflows.at(name).size()}};
 }
 
-Json ListArtifacts(const State& s, bool models, const TenantFilter& visible,
-                   const std::string& only_tenant) {
+Result<std::optional<ArtifactVersion>> ArtifactVersionOf(const State& s, const RunArchive* archive,
+                                                         bool model, const std::string& key,
+                                                         int version) {
+  const auto& all = model ? s.models : s.datasets;
+  auto it = all.find(key);
+  if (it == all.end() || version < 1 || version > it->second.count) {
+    return std::optional<ArtifactVersion>();
+  }
+  if (const ArtifactVersion* v = it->second.Find(version)) return std::optional(*v);
+  if (!archive) return std::optional<ArtifactVersion>();
+  // As of s (a standby that lags must not show what it has not applied).
+  return archive->LoadVersion(model, key, version, s.head + 1);
+}
+
+Result<Json> ListArtifacts(const State& s, bool models, const TenantFilter& visible,
+                           const std::string& only_tenant, const RunArchive* archive) {
   Json items = Json::array();
-  for (const auto& [key, versions] : models ? s.models : s.datasets) {
+  for (const auto& [key, a] : models ? s.models : s.datasets) {
     auto [tenant, name] = SplitArtifactKey(key);
-    if (versions.empty() || (visible && !visible(tenant))) continue;
+    if (a.count == 0 || (visible && !visible(tenant))) continue;
     if (!only_tenant.empty() && tenant != only_tenant) continue;
-    Json latest = ArtifactToJson(name, versions.back(), models);
+    ASSIGN_OR_RETURN(std::optional<ArtifactVersion> v,
+                     ArtifactVersionOf(s, archive, models, key, a.count));
+    if (!v) continue;
+    Json latest = ArtifactToJson(name, *v, models);
     latest["tenant"] = tenant;
-    latest["versions"] = versions.size();
+    latest["versions"] = a.count;
     items.push_back(std::move(latest));
   }
   return items;
 }
 
-ArtifactLookup FindArtifact(const State& s, bool model, const std::string& name, int version,
-                            std::string tenant, const std::string& caller_tenant,
-                            const TenantFilter& visible) {
+Result<ArtifactLookup> FindArtifact(const State& s, bool model, const std::string& name,
+                                    int version, std::string tenant,
+                                    const std::string& caller_tenant, const TenantFilter& visible,
+                                    const RunArchive* archive) {
   ArtifactLookup out;
   const auto& named = model ? s.models : s.datasets;
   if (tenant.empty() && named.count(ArtifactKey(caller_tenant, name))) tenant = caller_tenant;
   if (tenant.empty() && !visible) {
-    for (const auto& [key, versions] : named) {
+    for (const auto& [key, a] : named) {
       auto [t, n] = SplitArtifactKey(key);
       if (n == name) out.owners.push_back(t);
     }
@@ -556,16 +574,24 @@ ArtifactLookup FindArtifact(const State& s, bool model, const std::string& name,
     out.owners.clear();
   }
   if (tenant.empty() || (visible && !visible(tenant))) return out;
-  auto it = named.find(ArtifactKey(tenant, name));
-  if (it == named.end() || it->second.empty()) return out;
-  if (version > static_cast<int>(it->second.size())) return out;
+  const std::string key = ArtifactKey(tenant, name);
+  auto it = named.find(key);
+  if (it == named.end() || it->second.count == 0) return out;
+  if (version > it->second.count) return out;
   if (version > 0) {
-    out.item = ArtifactToJson(name, it->second[static_cast<size_t>(version - 1)], model);
+    ASSIGN_OR_RETURN(std::optional<ArtifactVersion> v,
+                     ArtifactVersionOf(s, archive, model, key, version));
+    if (!v) return out;
+    out.item = ArtifactToJson(name, *v, model);
     out.item["tenant"] = tenant;
     return out;
   }
   Json versions = Json::array();
-  for (const auto& v : it->second) versions.push_back(ArtifactToJson(name, v, model));
+  for (int n = 1; n <= it->second.count; ++n) {
+    ASSIGN_OR_RETURN(std::optional<ArtifactVersion> v,
+                     ArtifactVersionOf(s, archive, model, key, n));
+    if (v) versions.push_back(ArtifactToJson(name, *v, model));
+  }
   out.item = Json{{"name", name}, {"tenant", tenant}, {"versions", versions}};
   return out;
 }

@@ -72,10 +72,16 @@ Json ListWorkflows(const State& s, const TenantFilter& visible);
 // definition; null when there is none or the caller may not see it.
 Json WorkflowVersionJson(const State& s, const std::string& name, int version,
                          const TenantFilter& visible);
+// Version `version` of the data set or model `key` as of `s`: from State, else from
+// the read model (`archive`; archive.h); nullopt when there is none.
+Result<std::optional<ArtifactVersion>> ArtifactVersionOf(const State& s, const RunArchive* archive,
+                                                         bool model, const std::string& key,
+                                                         int version);
 // GET /v1/models or /v1/datasets: each visible name's latest version, with its tenant
-// and how many versions it has; `only_tenant` (non-empty) keeps one tenant's.
-Json ListArtifacts(const State& s, bool models, const TenantFilter& visible,
-                   const std::string& only_tenant);
+// and how many versions it has; `only_tenant` (non-empty) keeps one tenant's. Versions
+// State does not hold are read from `archive` (null: State holds them all).
+Result<Json> ListArtifacts(const State& s, bool models, const TenantFilter& visible,
+                           const std::string& only_tenant, const RunArchive* archive = nullptr);
 // GET /v1/models/{name}[/versions/{v}] (and data sets): the named artifact of a tenant.
 struct ArtifactLookup {
   // Every version ({"name", "tenant", "versions"}) when `version` is 0, else that
@@ -87,9 +93,10 @@ struct ArtifactLookup {
 };
 // Whose: `tenant` when given; else `caller_tenant`'s, if it has the name; else, for a
 // caller who sees every tenant (`visible` null), the one tenant that has the name.
-ArtifactLookup FindArtifact(const State& s, bool model, const std::string& name, int version,
-                            std::string tenant, const std::string& caller_tenant,
-                            const TenantFilter& visible);
+Result<ArtifactLookup> FindArtifact(const State& s, bool model, const std::string& name,
+                                    int version, std::string tenant,
+                                    const std::string& caller_tenant, const TenantFilter& visible,
+                                    const RunArchive* archive = nullptr);
 
 // GET /v1/runs/{id} (and POST /v1/runs, its cancel and retry, its history): RunToJson
 // of the run; null when there is none or the caller may not see it.

@@ -12,6 +12,13 @@
 namespace epoch::engine {
 namespace {
 
+// The value of a view that reads the read model (none here: State holds everything).
+template <class T>
+T Must(Result<T> r) {
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? std::move(*r) : T{};
+}
+
 class ViewsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -152,19 +159,19 @@ TEST_F(ViewsTest, ArtifactsAreListedPerTenantWithTheirLatestVersion) {
                       .name = "mlp", .version = 2, .digest = "d2", .step = "train", .attempt = 1});
   Apply("run-m3", ev::ModelVersionRegistered{
                       .name = "mlp", .version = 1, .digest = "d3", .step = "train", .attempt = 1});
-  Json all = ListArtifacts(s_, /*models=*/true, nullptr, "");
+  Json all = Must(ListArtifacts(s_, /*models=*/true, nullptr, ""));
   ASSERT_EQ(all.size(), 2u);  // a/mlp and b/mlp
   EXPECT_EQ(all[0]["tenant"], "a");
   EXPECT_EQ(all[0]["version"], 2);
   EXPECT_EQ(all[0]["versions"], 2);
   EXPECT_EQ(all[1]["tenant"], "b");
-  Json b_only = ListArtifacts(s_, true, nullptr, "b");
+  Json b_only = Must(ListArtifacts(s_, true, nullptr, "b"));
   ASSERT_EQ(b_only.size(), 1u);
   EXPECT_EQ(b_only[0]["digest"], "d3");
-  EXPECT_TRUE(ListArtifacts(
-                  s_, true, [](const std::string& t) { return t == "c"; }, "")
+  EXPECT_TRUE(Must(ListArtifacts(
+                       s_, true, [](const std::string& t) { return t == "c"; }, ""))
                   .empty());
-  EXPECT_TRUE(ListArtifacts(s_, /*models=*/false, nullptr, "").empty());
+  EXPECT_TRUE(Must(ListArtifacts(s_, /*models=*/false, nullptr, "")).empty());
 }
 
 TEST_F(ViewsTest, ARunIsReadOnlyByItsTenantsCallersAndEndsWhenTerminalOrUnknown) {
@@ -337,28 +344,28 @@ TEST_F(ViewsTest, AnArtifactIsTheAskedTenantsTheCallersOrTheOnlyOwners) {
   TenantFilter only_b = [](const std::string& t) { return t == "b"; };
 
   // The caller's own.
-  ArtifactLookup own = FindArtifact(s_, true, "mlp", 0, "", "a", only_a_);
+  ArtifactLookup own = Must(FindArtifact(s_, true, "mlp", 0, "", "a", only_a_));
   EXPECT_EQ(own.item["tenant"], "a");
   ASSERT_EQ(own.item["versions"].size(), 2u);
   EXPECT_EQ(own.item["versions"][1]["digest"], "d2");
-  ArtifactLookup v1 = FindArtifact(s_, true, "mlp", 1, "", "a", only_a_);
+  ArtifactLookup v1 = Must(FindArtifact(s_, true, "mlp", 1, "", "a", only_a_));
   EXPECT_EQ(v1.item["digest"], "d1");
   EXPECT_EQ(v1.item["tenant"], "a");
-  EXPECT_TRUE(FindArtifact(s_, true, "mlp", 3, "", "a", only_a_).item.is_null());
+  EXPECT_TRUE(Must(FindArtifact(s_, true, "mlp", 3, "", "a", only_a_)).item.is_null());
   // Another tenant's, asked for or not: not found.
-  EXPECT_TRUE(FindArtifact(s_, true, "mlp", 0, "a", "b", only_b).item.is_null());
-  EXPECT_TRUE(FindArtifact(s_, true, "solo", 0, "", "a", only_a_).item.is_null());
-  EXPECT_TRUE(FindArtifact(s_, true, "solo", 0, "b", "a", only_a_).item.is_null());
+  EXPECT_TRUE(Must(FindArtifact(s_, true, "mlp", 0, "a", "b", only_b)).item.is_null());
+  EXPECT_TRUE(Must(FindArtifact(s_, true, "solo", 0, "", "a", only_a_)).item.is_null());
+  EXPECT_TRUE(Must(FindArtifact(s_, true, "solo", 0, "b", "a", only_a_)).item.is_null());
   // One who sees every tenant: the one owner, or the owners when there are several.
-  EXPECT_EQ(FindArtifact(s_, true, "solo", 0, "", "", nullptr).item["tenant"], "b");
-  ArtifactLookup both = FindArtifact(s_, true, "mlp", 0, "", "", nullptr);
+  EXPECT_EQ(Must(FindArtifact(s_, true, "solo", 0, "", "", nullptr)).item["tenant"], "b");
+  ArtifactLookup both = Must(FindArtifact(s_, true, "mlp", 0, "", "", nullptr));
   EXPECT_TRUE(both.item.is_null());
   EXPECT_EQ(both.owners, (std::vector<std::string>{"a", "b"}));
-  EXPECT_EQ(FindArtifact(s_, true, "mlp", 1, "b", "", nullptr).item["digest"], "d3");
-  ArtifactLookup none = FindArtifact(s_, true, "nope", 0, "", "", nullptr);
+  EXPECT_EQ(Must(FindArtifact(s_, true, "mlp", 1, "b", "", nullptr)).item["digest"], "d3");
+  ArtifactLookup none = Must(FindArtifact(s_, true, "nope", 0, "", "", nullptr));
   EXPECT_TRUE(none.item.is_null());
   EXPECT_TRUE(none.owners.empty());
-  EXPECT_TRUE(FindArtifact(s_, /*model=*/false, "mlp", 0, "", "a", only_a_).item.is_null());
+  EXPECT_TRUE(Must(FindArtifact(s_, /*model=*/false, "mlp", 0, "", "a", only_a_)).item.is_null());
 }
 
 }  // namespace
