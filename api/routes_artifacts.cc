@@ -1,5 +1,6 @@
 // ApiServer's lineage routes: data sets (/v1/datasets) and models (/v1/models), named
 // per tenant, each version with what produced it.
+#include <cstdint>
 #include <exception>
 #include <string>
 #include <utility>
@@ -47,9 +48,16 @@ void ApiServer::Impl::ArtifactRoutes() {
       if (req.HasParam("tenant") && !IsValidName(tenant)) {
         return WriteError(res, {400, "bad_parameter", "tenant: not a tenant name", {}});
       }
+      // Every version: a page at a time (a name can have a version per run).
+      HttpError err;
+      auto limit = QueryInt(req, "limit", kMaxPageSize, 1, kMaxPageSize, &err);
+      if (!limit.ok()) return WriteError(res, err);
+      auto cursor = QueryInt(req, "cursor", 0, 0, INT32_MAX, &err);
+      if (!cursor.ok()) return WriteError(res, err);
       Result<engine::ArtifactLookup> lookup = engine->Read([&](const engine::State& s) {
         return engine::FindArtifact(s, model, name, version, tenant, Caller().tenant, Visible(),
-                                    engine->archive());
+                                    engine->archive(), static_cast<int>(*cursor),
+                                    static_cast<int>(*limit));
       });
       if (!lookup.ok()) return WriteError(res, FromStatus(lookup.status()));
       const engine::ArtifactLookup& found = *lookup;

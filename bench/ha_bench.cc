@@ -33,6 +33,7 @@
 #include "api/auth.h"
 #include "bench/bench.h"
 #include "common/json.h"
+#include "common/sha256.h"
 #include "engine/engine.h"
 #include "storage/event_store.h"
 
@@ -145,16 +146,21 @@ class Master {
 };
 
 const char* kWorkflow = R"({"name":"bench","steps":[{"name":"a","command":["true"]}]})";
+// --lineage: each run's step writes a model file of its own, registered as a new
+// version of model "m" (a history where the lineage grows with the runs).
+const char* kLineageWorkflow = R"({"name":"bench","steps":[{"name":"a","kind":"train",
+  "outputs":["m.pt"],"model":{"name":"m"},"command":["true"]}]})";
 
 }  // namespace
 
 int RunHistoryBench(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: epoch-bench history N DIR\n");
+    std::fprintf(stderr, "usage: epoch-bench history N DIR [--lineage]\n");
     return 2;
   }
   const uint64_t target = std::strtoull(argv[1], nullptr, 10);
   const std::string dir = argv[2];
+  const bool lineage = argc > 3 && std::string(argv[3]) == "--lineage";
   std::filesystem::create_directories(dir + "/store");
   auto store = storage::OpenRocksDbEventStore({dir + "/store", true, ""});
   if (!store.ok()) Die(store.status().ToString());
@@ -185,7 +191,8 @@ int RunHistoryBench(int argc, char** argv) {
     r.epoch_seen = e.epoch();
     if (auto res = e.Execute(r); !res.ok()) Die(res.status().ToString());
   }
-  if (auto r = e.Execute(engine::RegisterWorkflow{*ParseJson(kWorkflow), "bench", "default", ""});
+  if (auto r = e.Execute(engine::RegisterWorkflow{
+          *ParseJson(lineage ? kLineageWorkflow : kWorkflow), "bench", "default", ""});
       !r.ok()) {
     Die(r.status().ToString());
   }
@@ -221,6 +228,11 @@ int RunHistoryBench(int argc, char** argv) {
           r.state = engine::ReportedState::kSucceeded;
           r.exit_code = 0;
           r.usage = Json{{"wall_ms", 1}};
+          if (lineage) {
+            const std::string id = a["attempt_id"];
+            r.outputs =
+                Json::array({Json{{"name", "m.pt"}, {"size", 64}, {"sha256", Sha256Hex(id)}}});
+          }
           p.reports.push_back(std::move(r));
         }
         if (p.reports.empty()) {

@@ -23,7 +23,8 @@ constexpr Subcommand kSubcommands[] = {
     {"schedule", epoch::bench::RunScheduleBench,
      "placement decisions/s: 1,000 queued attempts over 100 containers of 8 GPUs"},
     {"history", epoch::bench::RunHistoryBench,
-     "N DIR: build a data dir with >= N events of real runs (input of replay/failover)"},
+     "N DIR [--lineage]: build a data dir with >= N events of real runs (input of "
+     "replay/failover); --lineage: each run registers a model version"},
     {"replay", epoch::bench::RunReplayBench,
      "DIR: cold master start on DIR's log, full replay vs snapshot + tail"},
     {"verify", epoch::bench::RunVerifyBench,

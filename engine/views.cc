@@ -1,6 +1,7 @@
 // Readable projections of State, shared by the API and by replay tests.
 #include "engine/engine.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <optional>
@@ -560,7 +561,7 @@ Result<Json> ListArtifacts(const State& s, bool models, const TenantFilter& visi
 Result<ArtifactLookup> FindArtifact(const State& s, bool model, const std::string& name,
                                     int version, std::string tenant,
                                     const std::string& caller_tenant, const TenantFilter& visible,
-                                    const RunArchive* archive) {
+                                    const RunArchive* archive, int after, int limit) {
   ArtifactLookup out;
   const auto& named = model ? s.models : s.datasets;
   if (tenant.empty() && named.count(ArtifactKey(caller_tenant, name))) tenant = caller_tenant;
@@ -587,12 +588,19 @@ Result<ArtifactLookup> FindArtifact(const State& s, bool model, const std::strin
     return out;
   }
   Json versions = Json::array();
-  for (int n = 1; n <= it->second.count; ++n) {
+  const int count = it->second.count;
+  const int from = std::max(after, 0);
+  const int last = static_cast<int>(std::min<int64_t>(count, int64_t{from} + limit));
+  for (int n = from + 1; n <= last; ++n) {
     ASSIGN_OR_RETURN(std::optional<ArtifactVersion> v,
                      ArtifactVersionOf(s, archive, model, key, n));
     if (v) versions.push_back(ArtifactToJson(name, *v, model));
   }
-  out.item = Json{{"name", name}, {"tenant", tenant}, {"versions", versions}};
+  out.item = Json{{"name", name},
+                  {"tenant", tenant},
+                  {"versions", versions},
+                  {"count", count},
+                  {"next_cursor", last < count ? Json(std::to_string(last)) : Json()}};
   return out;
 }
 

@@ -93,10 +93,14 @@ struct ArtifactLookup {
 };
 // Whose: `tenant` when given; else `caller_tenant`'s, if it has the name; else, for a
 // caller who sees every tenant (`visible` null), the one tenant that has the name.
+// Every version (`version` 0) comes a page at a time: versions above `after`, at most
+// `limit`, oldest first, with "count" (how many there are) and "next_cursor" (the last
+// version listed when more follow, else null).
 Result<ArtifactLookup> FindArtifact(const State& s, bool model, const std::string& name,
                                     int version, std::string tenant,
                                     const std::string& caller_tenant, const TenantFilter& visible,
-                                    const RunArchive* archive = nullptr);
+                                    const RunArchive* archive = nullptr, int after = 0,
+                                    int limit = 1000);
 
 // GET /v1/runs/{id} (and POST /v1/runs, its cancel and retry, its history): RunToJson
 // of the run; null when there is none or the caller may not see it.

@@ -366,6 +366,16 @@ TEST_F(ViewsTest, AnArtifactIsTheAskedTenantsTheCallersOrTheOnlyOwners) {
   EXPECT_TRUE(none.item.is_null());
   EXPECT_TRUE(none.owners.empty());
   EXPECT_TRUE(Must(FindArtifact(s_, /*model=*/false, "mlp", 0, "", "a", only_a_)).item.is_null());
+  // Every version, a page at a time: the first of a's two, then the rest.
+  Json first = Must(FindArtifact(s_, true, "mlp", 0, "a", "a", only_a_, nullptr, 0, 1)).item;
+  ASSERT_EQ(first["versions"].size(), 1u);
+  EXPECT_EQ(first["versions"][0]["version"], 1);
+  EXPECT_EQ(first["count"], 2);
+  EXPECT_EQ(first["next_cursor"], "1");
+  Json rest = Must(FindArtifact(s_, true, "mlp", 0, "a", "a", only_a_, nullptr, 1, 1)).item;
+  ASSERT_EQ(rest["versions"].size(), 1u);
+  EXPECT_EQ(rest["versions"][0]["digest"], "d2");
+  EXPECT_TRUE(rest["next_cursor"].is_null());
 }
 
 }  // namespace

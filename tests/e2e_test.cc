@@ -508,6 +508,15 @@ TEST_F(E2ETest, DeclaredOutputsAndLineageOfDatasetsAndModels) {
   EXPECT_EQ(d.Get("/v1/models/summer/versions/2").status, 404);
   EXPECT_EQ(d.Get("/v1/models/nothing").status, 404);
   EXPECT_EQ(d.Get("/v1/datasets/numbers/versions/0").status, 400);
+  // Every version, a page at a time.
+  Json page = d.Get("/v1/datasets/numbers?limit=1").json();
+  EXPECT_EQ(page["count"], 1);
+  EXPECT_EQ(page["versions"].size(), 1u);
+  EXPECT_TRUE(page["next_cursor"].is_null()) << page.dump();
+  EXPECT_TRUE(d.Get("/v1/datasets/numbers?cursor=1").json()["versions"].empty());
+  HttpResult bad = d.Get("/v1/datasets/numbers?limit=0");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(bad.body.find("limit"), std::string::npos) << bad.body;
 
   // epochctl shows the same lineage.
   std::string ctl = EpochctlPath() + " --server " + d.url() + " ";
