@@ -767,15 +767,33 @@ std::string ArtifactPath(std::string_view base, const std::string& name,
   if (version) path += "/versions/" + std::to_string(*version);
   return path;
 }
+
+// One version, or every version: the server pages them (1,000 at a time); this
+// follows next_cursor and answers them all in one "versions" list.
+Result<Json> GetArtifact(ApiClient& api, std::string_view base, const std::string& name,
+                         std::optional<int64_t> version) {
+  std::string path = ArtifactPath(base, name, version);
+  if (version) return api.GetJson(path);
+  ASSIGN_OR_RETURN(Json all, api.GetJson(path));
+  Json next = all.value("next_cursor", Json());
+  while (next.is_string()) {
+    ASSIGN_OR_RETURN(Json page, api.GetJson(path + "?cursor=" + next.get<std::string>()));
+    if (!page.contains("versions") || !page["versions"].is_array()) break;
+    for (auto& v : page["versions"]) all["versions"].push_back(std::move(v));
+    next = page.value("next_cursor", Json());
+  }
+  all["next_cursor"] = nullptr;
+  return all;
+}
 }  // namespace
 
 Result<Json> ApiClient::ListDatasets() { return GetJson("/v1/datasets"); }
 Result<Json> ApiClient::GetDataset(const std::string& name, std::optional<int64_t> version) {
-  return GetJson(ArtifactPath("/v1/datasets", name, version));
+  return GetArtifact(*this, "/v1/datasets", name, version);
 }
 Result<Json> ApiClient::ListModels() { return GetJson("/v1/models"); }
 Result<Json> ApiClient::GetModel(const std::string& name, std::optional<int64_t> version) {
-  return GetJson(ArtifactPath("/v1/models", name, version));
+  return GetArtifact(*this, "/v1/models", name, version);
 }
 
 }  // namespace epoch::client

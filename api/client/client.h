@@ -220,8 +220,8 @@ class ApiClient {
   Result<Json> VerifyAudit(const std::string& query);
   // Lineage (GET /v1/datasets, /v1/models): the list holds each name's latest version
   // with a "versions" count; a name without a version answers {"name", "versions": [...]}
-  // (every version), with a version that one version. kNotFound for an unknown name or
-  // version.
+  // (every version: the pages the server sends, followed to the last), with a version
+  // that one version. kNotFound for an unknown name or version.
   Result<Json> ListDatasets();
   Result<Json> GetDataset(const std::string& name, std::optional<int64_t> version);
   Result<Json> ListModels();

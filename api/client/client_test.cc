@@ -900,7 +900,8 @@ TEST(Epochctl, ModelAndDatasetCommands) {
   std::vector<std::string> paths;
   auto record = [&](const httplib::Request& req) {
     std::lock_guard<std::mutex> lock(mu);
-    paths.push_back(req.path);
+    paths.push_back(req.path +
+                    (req.has_param("cursor") ? "?cursor=" + req.get_param_value("cursor") : ""));
   };
   m.server.Get("/v1/models", [&](const httplib::Request& req, httplib::Response& res) {
     record(req);
@@ -908,9 +909,17 @@ TEST(Epochctl, ModelAndDatasetCommands) {
     latest["versions"] = 2;
     res.set_content(Json{{"items", {latest}}, {"next_cursor", nullptr}}.dump(), "application/json");
   });
+  // Every version comes a page at a time: version 1, then (cursor 1) version 2.
   m.server.Get("/v1/models/fmnist-mlp", [&](const httplib::Request& req, httplib::Response& res) {
     record(req);
-    res.set_content(Json{{"name", "fmnist-mlp"}, {"versions", {SampleModelVersion()}}}.dump(),
+    Json v = SampleModelVersion();
+    bool second = req.get_param_value("cursor") == "1";
+    v["version"] = second ? 2 : 1;
+    res.set_content(Json{{"name", "fmnist-mlp"},
+                         {"versions", {v}},
+                         {"count", 2},
+                         {"next_cursor", second ? Json() : Json("1")}}
+                        .dump(),
                     "application/json");
   });
   m.server.Get("/v1/models/fmnist-mlp/versions/2",
@@ -938,6 +947,13 @@ TEST(Epochctl, ModelAndDatasetCommands) {
   Outcome all = RunEpochctl({"--server", m.url(), "model", "get", "fmnist-mlp"});
   EXPECT_EQ(all.exit_code, 0) << all.err;
   EXPECT_THAT(all.out, HasSubstr("accuracy=0.8941"));
+  Outcome pages = RunEpochctl({"--server", m.url(), "-o", "json", "model", "get", "fmnist-mlp"});
+  EXPECT_EQ(pages.exit_code, 0) << pages.err;
+  Json every = Json::parse(pages.out);
+  ASSERT_EQ(every["versions"].size(), 2u) << pages.out;
+  EXPECT_EQ(every["versions"][0]["version"], 1);
+  EXPECT_EQ(every["versions"][1]["version"], 2);
+  EXPECT_TRUE(every["next_cursor"].is_null());
   Outcome one = RunEpochctl({"--server", m.url(), "model", "get", "fmnist-mlp", "2"});
   EXPECT_EQ(one.exit_code, 0) << one.err;
   EXPECT_THAT(one.out, HasSubstr("Data sets:    fashion-mnist@1\n"));
@@ -957,9 +973,10 @@ TEST(Epochctl, ModelAndDatasetCommands) {
   EXPECT_EQ(zero.err, "error: version must be an integer >= 1\n");
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(paths, (std::vector<std::string>{
-                       "/v1/models", "/v1/models/fmnist-mlp", "/v1/models/fmnist-mlp/versions/2",
-                       "/v1/models/fmnist-mlp/versions/2", "/v1/models/nothing", "/v1/datasets",
-                       "/v1/datasets/x/versions/0"}));
+                       "/v1/models", "/v1/models/fmnist-mlp", "/v1/models/fmnist-mlp?cursor=1",
+                       "/v1/models/fmnist-mlp", "/v1/models/fmnist-mlp?cursor=1",
+                       "/v1/models/fmnist-mlp/versions/2", "/v1/models/fmnist-mlp/versions/2",
+                       "/v1/models/nothing", "/v1/datasets", "/v1/datasets/x/versions/0"}));
 }
 
 // --wait: the event stream triggers fresh GETs of the run; the exit code follows the
