@@ -1256,6 +1256,19 @@ TEST_F(ReadModelTest, DataSetAndModelVersionsLiveInTheReadModelAndReadTheSame) {
   EXPECT_TRUE(expected["rows v4"].is_null());
   EXPECT_EQ(expected["models"][0]["versions"], 2);
   EXPECT_EQ(reads(*leader), expected);
+  // An archiving standby that follows the leader reads the same from the records the
+  // leader wrote with the events.
+  {
+    auto secondary = OpenSecondary();
+    ASSERT_TRUE(secondary);
+    Engine standby(Archiving("b"), secondary.get(), &backend_, &clock_);
+    ASSERT_TRUE(standby.StartStandby().ok());
+    ASSERT_TRUE(secondary->CatchUp().ok());
+    ASSERT_TRUE(standby.Follow().ok());
+    EXPECT_EQ(counts(standby), expected_counts);
+    EXPECT_EQ(reads(standby), expected);
+    standby.Stop();
+  }
 
   // Retention asks the read model what keeps a folder.
   auto kept = [&](const Engine& e, const std::string& run, const std::string& step) {
