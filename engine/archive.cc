@@ -205,14 +205,11 @@ std::vector<ReadModelWrite> RunArchive::VersionWrites(bool model, const std::str
                  EncodeArtifactRecord(v)});
   out.push_back(
       {ReadModelFamily::kIndex, DigestKey(model, key, v.digest), std::to_string(v.version)});
-  std::string kept =
-      KeptPrefix(v.files_at.empty() ? AttemptId(v.run, v.step, v.attempt) : v.files_at);
+  std::string kept = KeptPrefix(v.FilesAt());
   kept.append(Kind(model)).push_back(kSep);
   kept.append(key).push_back(kSep);
   AppendBig64(&kept, static_cast<uint64_t>(v.version));
-  out.push_back({ReadModelFamily::kIndex, std::move(kept),
-                 std::string(model ? "model " : "data set ") + SplitArtifactKey(key).second + " v" +
-                     std::to_string(v.version)});
+  out.push_back({ReadModelFamily::kIndex, std::move(kept), ArtifactLabel(model, key, v.version)});
   return out;
 }
 

@@ -85,11 +85,7 @@ class KeptFolders {
     for (bool model : {true, false}) {
       for (const auto& [key, artifact] : model ? s.models : s.datasets) {
         for (const auto& v : artifact.versions) {
-          std::string at = v.files_at.empty() ? AttemptId(v.run, v.step, v.attempt) : v.files_at;
-          if (versions_.count(at)) continue;
-          versions_.emplace(std::move(at), std::string(model ? "model " : "data set ") +
-                                               SplitArtifactKey(key).second + " v" +
-                                               std::to_string(v.version));
+          versions_.try_emplace(v.FilesAt(), ArtifactLabel(model, key, v.version));
         }
       }
     }

@@ -188,6 +188,15 @@ std::string ArtifactKey(std::string_view tenant, std::string_view name) {
   return std::string(tenant) + "/" + std::string(name);
 }
 
+std::string ArtifactVersion::FilesAt() const {
+  return files_at.empty() ? AttemptId(run, step, attempt) : files_at;
+}
+
+std::string ArtifactLabel(bool model, std::string_view key, int version) {
+  return std::string(model ? "model " : "data set ") + SplitArtifactKey(key).second + " v" +
+         std::to_string(version);
+}
+
 std::pair<std::string, std::string> SplitArtifactKey(std::string_view key) {
   size_t slash = key.find('/');
   if (slash == std::string_view::npos) return {"", std::string(key)};

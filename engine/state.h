@@ -176,6 +176,9 @@ struct ArtifactVersion {
   // The attempt whose folder holds the files: its own, or the one a cache hit reused
   // (retention keeps that folder; retention.h).
   std::string files_at{};
+
+  // files_at, or (recorded before it was) the version's own attempt.
+  std::string FilesAt() const;
 };
 
 // A tenant's data set or model: how many versions it has, and the versions State
@@ -327,6 +330,9 @@ std::string ArtifactKey(std::string_view tenant, std::string_view name);
 // `event_version`) attaches metrics to: the one the run registered under the name (it
 // differs from the event's only in histories written when names were global).
 int ValidatedVersion(const Run& run, const std::string& name, int event_version);
+// How retention names a version that keeps a folder: "model mlp v2", "data set rows v1"
+// (`key` an ArtifactKey; the tenant is left out).
+std::string ArtifactLabel(bool model, std::string_view key, int version);
 // Splits an ArtifactKey into (tenant, name).
 std::pair<std::string, std::string> SplitArtifactKey(std::string_view key);
 
