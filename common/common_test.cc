@@ -361,21 +361,25 @@ TEST(FilesTest, TreeWalksBeneathARootFollowNoLink) {
 
   auto gone = RemoveTreeBeneath(root, root + "/runs/a/u/s/1");  // through the link: nothing
   ASSERT_TRUE(gone.ok()) << gone.status().ToString();
-  EXPECT_EQ(*gone, 0);
+  EXPECT_EQ(gone->bytes, 0);
+  EXPECT_FALSE(gone->present);
   EXPECT_TRUE(PathExists(root + "/runs/b/s/1/outputs/model.pt"));
   auto removed = RemoveTreeBeneath(root, root + "/runs/a/s");
   ASSERT_TRUE(removed.ok()) << removed.status().ToString();
-  EXPECT_EQ(*removed, 10);
+  EXPECT_EQ(removed->bytes, 10);
+  EXPECT_TRUE(removed->present);
   EXPECT_FALSE(PathExists(root + "/runs/a/s"));
   EXPECT_TRUE(PathExists(root + "/runs/b/s/1/outputs/model.pt")) << "the link went, not its target";
   auto unlinked = RemoveTreeBeneath(root, root + "/runs/a/u");  // the link itself
   ASSERT_TRUE(unlinked.ok());
-  EXPECT_EQ(*unlinked, 0);
+  EXPECT_EQ(unlinked->bytes, 0);
+  EXPECT_TRUE(unlinked->present);
   EXPECT_FALSE(PathExists(root + "/runs/a/u"));
   EXPECT_TRUE(PathExists(root + "/runs/b/s/1/outputs/model.pt"));
   auto again = RemoveTreeBeneath(root, root + "/runs/a/s");
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ(*again, 0);
+  EXPECT_EQ(again->bytes, 0);
+  EXPECT_FALSE(again->present);
 
   // Pruning removes empty folders only: runs/a/v goes, runs/a/t keeps its file.
   ASSERT_TRUE(RemoveEmptyDirsBeneath(root, root + "/runs/a").ok());

@@ -336,16 +336,22 @@ Result<int64_t> WalkBeneath(const std::string& root, const std::string& path, Tr
 
 }  // namespace
 
-Result<TreeStat> StatTreeBeneath(const std::string& root, const std::string& path) {
+namespace {
+Result<TreeStat> WalkTree(const std::string& root, const std::string& path, TreeOp op) {
   TreeStat out;
-  auto bytes = WalkBeneath(root, path, TreeOp::kStat, &out.present);
+  auto bytes = WalkBeneath(root, path, op, &out.present);
   if (!bytes.ok()) return bytes.status();
   out.bytes = *bytes;
   return out;
 }
+}  // namespace
 
-Result<int64_t> RemoveTreeBeneath(const std::string& root, const std::string& path) {
-  return WalkBeneath(root, path, TreeOp::kRemove, nullptr);
+Result<TreeStat> StatTreeBeneath(const std::string& root, const std::string& path) {
+  return WalkTree(root, path, TreeOp::kStat);
+}
+
+Result<TreeStat> RemoveTreeBeneath(const std::string& root, const std::string& path) {
+  return WalkTree(root, path, TreeOp::kRemove);
 }
 
 Status RemoveEmptyDirsBeneath(const std::string& root, const std::string& path) {

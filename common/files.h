@@ -62,9 +62,9 @@ struct TreeStat {
   int64_t bytes = 0;     // the sizes of the regular files beneath it
 };
 Result<TreeStat> StatTreeBeneath(const std::string& root, const std::string& path);
-// Removes `path` and everything beneath it; returns the bytes of the regular files
-// removed (0 when nothing was there).
-Result<int64_t> RemoveTreeBeneath(const std::string& root, const std::string& path);
+// Removes `path` and everything beneath it; says whether something was there and the
+// bytes of the regular files removed.
+Result<TreeStat> RemoveTreeBeneath(const std::string& root, const std::string& path);
 // Removes the empty folders beneath and including `path` (what removing files leaves).
 Status RemoveEmptyDirsBeneath(const std::string& root, const std::string& path);
 

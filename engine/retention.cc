@@ -280,15 +280,13 @@ TreeStat Stat(const std::string& root, const std::string& path, SweepReport* rep
 
 // Deletes `path` (a folder and all beneath it, or a file) beneath the data dir,
 // following no link: a link is removed, never followed, and a path whose folders
-// include a link is not there. Returns the bytes it held; an error is added to the
-// report.
-int64_t Delete(const std::string& root, const std::string& path, SweepReport* report) {
-  auto bytes = RemoveTreeBeneath(root, path);
-  if (!bytes.ok()) {
-    report->errors.push_back("deleting " + path + ": " + bytes.status().ToString());
-    return 0;
-  }
-  return *bytes;
+// include a link is not there. Says what was there (nothing, after an error, which is
+// added to the report).
+TreeStat Delete(const std::string& root, const std::string& path, SweepReport* report) {
+  auto removed = RemoveTreeBeneath(root, path);
+  if (removed.ok()) return *removed;
+  report->errors.push_back("deleting " + path + ": " + removed.status().ToString());
+  return {};
 }
 
 }  // namespace
@@ -369,9 +367,9 @@ void RetentionSweeper::SweepRun(const std::string& id, SweepReport* report) {
   auto remove = [&](const std::vector<std::string>& paths, const std::string& what) {
     bool any = false;
     for (const auto& path : paths) {
-      if (!Stat(root, path, report).present) continue;
-      any = true;
-      report->bytes_deleted += Delete(root, path, report);
+      TreeStat gone = Delete(root, path, report);
+      any = any || gone.present;
+      report->bytes_deleted += gone.bytes;
     }
     if (any && !now_expired.count(what)) ++report->deleted_again;
   };
