@@ -239,15 +239,7 @@ Status DecodeEvent(uint64_t position, std::string_view value, Envelope* env, Dig
                    Digest* raw_prev_hash) {
   EventFields f;
   RETURN_IF_ERROR(DecodeEventFields(position, value, &f));
-  env->position = position;
-  env->stream.assign(f.stream);
-  env->version = f.version;
-  env->type.assign(f.type);
-  env->schema = f.schema;
-  env->time.assign(f.time);
-  env->epoch = f.epoch;
-  env->actor.assign(f.actor);
-  env->data.assign(f.data);
+  AssignEventFields(position, f, env);
   env->prev_hash = ToHex(f.prev_hash);
   env->hash = ToHex(f.hash);
   if (raw_hash != nullptr) *raw_hash = f.hash;

@@ -134,6 +134,21 @@ struct EventFields {
 // "event 42: malformed ...") on any failure; *out is then unspecified.
 Status DecodeEventFields(uint64_t position, std::string_view value, EventFields* out);
 
+// Copies the fields an Envelope and a PageEvent share out of `f`, decoded from event
+// `position` (the hashes are the caller's: hex in an Envelope, raw in a PageEvent).
+template <typename Event>
+void AssignEventFields(uint64_t position, const EventFields& f, Event* e) {
+  e->position = position;
+  e->stream.assign(f.stream);
+  e->version = f.version;
+  e->type.assign(f.type);
+  e->schema = f.schema;
+  e->time.assign(f.time);
+  e->epoch = f.epoch;
+  e->actor.assign(f.actor);
+  e->data.assign(f.data);
+}
+
 // DecodeEventFields into an Envelope: on success env is complete (hashes in
 // lowercase hex) and, if non-null, raw_hash / raw_prev_hash hold the digests.
 Status DecodeEvent(uint64_t position, std::string_view value, Envelope* env,

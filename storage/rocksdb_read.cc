@@ -45,21 +45,6 @@ bool Matches(const codec::EventFields& env, const ReadFilter& filter) {
   return true;
 }
 
-// The fields an Envelope and a PageEvent share, from event `position` as decoded (its
-// hashes are the caller's: hex in an Envelope, raw digests in a PageEvent).
-template <typename Event>
-void AssignFields(uint64_t position, const codec::EventFields& f, Event* e) {
-  e->position = position;
-  e->stream.assign(f.stream);
-  e->version = f.version;
-  e->type.assign(f.type);
-  e->schema = f.schema;
-  e->time.assign(f.time);
-  e->epoch = f.epoch;
-  e->actor.assign(f.actor);
-  e->data.assign(f.data);
-}
-
 }  // namespace
 
 Result<std::vector<Envelope>> RocksDbEventStore::ReadStream(const std::string& stream,
@@ -162,7 +147,7 @@ Result<std::vector<Envelope>> RocksDbEventStore::ReadAll(uint64_t after, size_t 
       ScanLog(after, rocksdb::ReadOptions(), [&](uint64_t position, const codec::EventFields& f) {
         if (!Matches(f, filter)) return true;
         Envelope& env = out.emplace_back();
-        AssignFields(position, f, &env);
+        codec::AssignEventFields(position, f, &env);
         env.prev_hash = ToHex(f.prev_hash);
         env.hash = ToHex(f.hash);
         return out.size() < limit;
@@ -179,7 +164,7 @@ Status RocksDbEventStore::ReadPage(uint64_t after, size_t limit, EventPage* page
   ro.fill_cache = false;
   return ScanLog(after, ro, [&](uint64_t position, const codec::EventFields& f) {
     PageEvent& e = page->Add();
-    AssignFields(position, f, &e);
+    codec::AssignEventFields(position, f, &e);
     e.prev_hash = f.prev_hash;
     e.hash = f.hash;
     return page->size() < limit;
