@@ -623,14 +623,20 @@ std::string EncodeArtifactRecord(const ArtifactVersion& v) {
   return std::move(w.out());
 }
 
-Result<ArtifactVersion> DecodeArtifactRecord(std::string_view bytes) {
-  if (bytes.size() < 4) return Corruption("artifact record truncated");
+namespace {
+// A read-model record's leading format: this build's, else kCorruption naming `what`.
+Status CheckRecordFormat(std::string_view bytes, const char* what) {
+  if (bytes.size() < 4) return Corruption(std::string(what) + " record truncated");
   uint32_t version = Load32(reinterpret_cast<const unsigned char*>(bytes.data()));
-  if (version != kSnapshotFormatVersion) {
-    return Corruption("artifact record format " + std::to_string(version) +
-                      " is not supported (this build reads " +
-                      std::to_string(kSnapshotFormatVersion) + ")");
-  }
+  if (version == kSnapshotFormatVersion) return Status::Ok();
+  return Corruption(std::string(what) + " record format " + std::to_string(version) +
+                    " is not supported (this build reads " +
+                    std::to_string(kSnapshotFormatVersion) + ")");
+}
+}  // namespace
+
+Result<ArtifactVersion> DecodeArtifactRecord(std::string_view bytes) {
+  RETURN_IF_ERROR(CheckRecordFormat(bytes, "artifact"));
   try {
     std::vector<DefPtr> defs;
     Reader r(bytes.substr(4), defs);
@@ -665,13 +671,7 @@ std::string EncodeRunRecord(const Run& run) {
 }
 
 Result<Run> DecodeRunRecord(std::string_view bytes, const State& s) {
-  if (bytes.size() < 4) return Corruption("run record truncated");
-  uint32_t version = Load32(reinterpret_cast<const unsigned char*>(bytes.data()));
-  if (version != kSnapshotFormatVersion) {
-    return Corruption("run record format " + std::to_string(version) +
-                      " is not supported (this build reads " +
-                      std::to_string(kSnapshotFormatVersion) + ")");
-  }
+  RETURN_IF_ERROR(CheckRecordFormat(bytes, "run"));
   try {
     // The definition (ref 1) is resolved after the fields name the workflow version:
     // read once with a placeholder table, then look it up.
