@@ -214,15 +214,10 @@ TEST_F(CacheTest, PastMaxEntriesTheLeastRecentlyUsedAreEvictedAsEvents) {
 
   // Later, r2 hits prep's entry (a use) and trains with another lr: a third entry.
   now_ += std::chrono::minutes(5);
-  std::string r2 = Submit(R"({"name":"cached3","params":{"lr":0.2},
-    "steps":[
-      {"name":"prep","kind":"data_prep","command":["prep","/data/raw.csv","{{outputs}}"],
-       "inputs":["/data/raw.csv"],"outputs":["shard"],"cache":true},
-      {"name":"train","kind":"train","after":["prep"],
-       "command":["train","{{steps.prep.outputs.shard}}","{{params.lr}}","{{outputs}}"],
-       "outputs":["model"],"cache":{"maxAge":"1h"},"model":{"name":"m2"}},
-      {"name":"validate","kind":"validate","after":["train"],
-       "command":["validate","{{steps.train.outputs.model}}"]}]})");
+  Json other = Json::parse(kCachedNoRunId);  // another workflow, another lr
+  other["name"] = "cached3";
+  other["params"]["lr"] = 0.2;
+  std::string r2 = Submit(other.dump().c_str());
   ASSERT_NE(Find(r2, "prep", "JobCacheHit"), nullptr);
   EXPECT_EQ(state_.cache.at(prep_key).last_hit_at, now_);
   now_ += std::chrono::minutes(1);
