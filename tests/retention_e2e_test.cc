@@ -41,15 +41,17 @@ TEST(RetentionE2ETest, ATenantsOldFilesGoAndEverySurfaceSaysSo) {
   ASSERT_EQ(d.WaitForRun(old_run)["state"], "succeeded");
   ASSERT_EQ(d.WaitForRun(kept)["state"], "succeeded");
 
+  // The events come first and the deletion after them (retention.h): wait for both.
+  const std::string data = d.data_dir();
   Json attempt;
   ASSERT_TRUE(WaitFor(
       [&] {
         attempt = d.Get("/v1/runs/" + old_run).json()["steps"][0]["attempts"][0];
-        return attempt.contains("outputs_expired") && attempt.contains("log_expired");
+        return attempt.contains("outputs_expired") && attempt.contains("log_expired") &&
+               !fs::exists(data + "/runs/" + old_run) && !fs::exists(data + "/logs/" + old_run);
       },
       30000ms))
       << attempt.dump(2);
-  const std::string data = d.data_dir();
   EXPECT_FALSE(fs::exists(data + "/runs/" + old_run)) << "its folders are gone";
   EXPECT_FALSE(fs::exists(data + "/logs/" + old_run));
   EXPECT_TRUE(fs::exists(data + "/runs/" + kept + "/a/1/outputs/out.txt"));
