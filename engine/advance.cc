@@ -335,16 +335,22 @@ void SweepProgress(const State& state, const Run& run, const Step& step, const S
                    const DecideContext& ctx, std::vector<Event>* out) {
   const workflows::Sweep& sweep = *step.sweep;
   int total = workflows::TrialCount(sweep);
-  int queued = 0, active = 0, succeeded = 0;
+  int queued = 0, active = 0, succeeded = 0, stopped = 0;
   std::vector<std::pair<int, Json>> results;
   std::map<int, int> attempt_of;  // trial -> attempt number
   for (const auto& a : s.attempts) {
     if (a.number < s.round_start || a.trial < 0) continue;
     ++queued;
+    // A stopped trial holds its slot until its process has ended.
     if (!IsTerminal(a.phase)) ++active;
-    if (a.phase == AttemptPhase::kSucceeded) ++succeeded;
+    if (!a.stopped.empty()) {
+      ++stopped;  // not a candidate, even if it ended before the cancel reached it
+    } else if (a.phase == AttemptPhase::kSucceeded) {
+      ++succeeded;
+    }
     if (IsTerminal(a.phase)) {
-      results.emplace_back(a.trial, a.phase == AttemptPhase::kSucceeded ? a.metrics : Json());
+      bool candidate = a.phase == AttemptPhase::kSucceeded && a.stopped.empty();
+      results.emplace_back(a.trial, candidate ? a.metrics : Json());
       attempt_of[a.trial] = a.number;
     }
   }
@@ -360,11 +366,13 @@ void SweepProgress(const State& state, const Run& run, const Step& step, const S
   ev::StepSweepCompleted p{.step = s.name,
                            .trials = total,
                            .succeeded = succeeded,
-                           .failed = total - succeeded,
+                           .failed = total - succeeded - stopped,
                            .metric = sweep.metric,
                            .goal = sweep.maximize ? "maximize" : "minimize"};
+  if (sweep.stopping) p.stopped = stopped;
   if (best < 0) {
-    p.reason = succeeded == 0 ? "all " + std::to_string(total) + " trials failed"
+    p.reason = succeeded == 0 ? "all " + std::to_string(total) + " trials failed" +
+                                    (stopped > 0 ? " or were stopped" : "")
                               : "no trial reported metric '" + sweep.metric + "'";
   } else {
     const Attempt& a = s.attempts[static_cast<size_t>(attempt_of[best]) - 1];

@@ -4,6 +4,8 @@
 // container fails what it held (LoseContainer).
 #include "engine/decider.h"
 
+#include <array>
+#include <cmath>
 #include <map>
 #include <optional>
 #include <set>
@@ -152,6 +154,8 @@ void WorkerReportEvents(const State& state, const Container& c, const AttemptRep
   };
   if (st == "cancelled" && run->cancel_requested) {
     end(Ended<ev::JobCancelled>(step, n, "run cancelled"));
+  } else if (st == "cancelled" && !a->stopped.empty()) {
+    end(Ended<ev::JobCancelled>(step, n, "stopped early: " + a->stopped));
   } else if (st == "timed_out") {
     end(Ended<ev::JobTimedOut>(step, n, reason));
   } else {
@@ -227,13 +231,80 @@ void ReportEvents(const State& state, const Container& c, const AttemptReport& r
   } else if (st == ReportedState::kTimedOut) {
     out->push_back(RunEvent(*run, EndOf<ev::JobTimedOut>(report, step, n, "timeout"), c.id));
   } else if (st == ReportedState::kCancelled) {
-    out->push_back(
-        RunEvent(*run,
-                 EndOf<ev::JobCancelled>(report, step, n,
-                                         run->cancel_requested ? "run cancelled" : "cancelled"),
-                 c.id));
+    auto e = EndOf<ev::JobCancelled>(report, step, n,
+                                     run->cancel_requested ? "run cancelled" : "cancelled");
+    // Early stopping's cancel: its reason, not the agent's "cancelled (exit code 143)".
+    if (!run->cancel_requested && !a->stopped.empty()) e.reason = "stopped early: " + a->stopped;
+    out->push_back(RunEvent(*run, e, c.id));
   } else {
     out->push_back(RunEvent(*run, EndOf<ev::JobFailed>(report, step, n, "failed"), c.id));
+  }
+}
+
+// Early stopping (workflows/asha.h): each newly recorded point of a running trial of an
+// asha/hyperband sweep (rank 0's series for a gang) that carries the resource and the
+// objective's metric as numbers is judged at the highest rung of its bracket it has
+// reached and not been judged at; each judgement is a TrialPromoted or TrialStopped.
+// `poll` holds the judgements made earlier in the same poll (not yet in the state),
+// keyed by run and step, so that two trials reporting in one poll see each other.
+void JudgeTrial(const Run& run, const StepRun& sr, const Attempt& a, const ev::MetricsRecorded& m,
+                const Container& c, std::map<std::string, std::vector<RungMark>>* poll,
+                Decision* d) {
+  const workflows::Step* def = run.def ? run.def->FindStep(sr.name) : nullptr;
+  if (!def || !def->sweep || !def->sweep->stopping || a.trial < 0 || m.rank.value_or(0) != 0 ||
+      IsTerminal(a.phase) || !a.stopped.empty() || IsTerminal(run.phase) || run.cancel_requested ||
+      m.points.empty()) {
+    return;
+  }
+  const workflows::Sweep& sweep = *def->sweep;
+  const workflows::Asha& asha = *sweep.stopping;
+  std::vector<RungMark>& mine = (*poll)[run.id + "/" + sr.name];
+  std::vector<workflows::RungResult> recorded;
+  for (const std::vector<RungMark>* marks :
+       std::array<const std::vector<RungMark>*, 2>{&sr.rungs, &mine}) {
+    for (const RungMark& r : *marks) {
+      if (r.attempt < sr.round_start) continue;  // an earlier round's (RunRetryRequested)
+      if (r.attempt == a.number && r.stopped) return;
+      recorded.push_back({.trial = r.trial, .rung = r.rung, .value = r.value});
+    }
+  }
+  for (size_t i = 0; i < m.points.size(); ++i) {
+    const Json& p = m.points[i];
+    if (!p.is_object()) continue;
+    auto res = p.find(asha.resource);
+    auto val = p.find(sweep.metric);
+    if (res == p.end() || val == p.end() || !res->is_number() || !val->is_number()) continue;
+    double progress = res->get<double>(), value = val->get<double>();
+    if (!std::isfinite(progress) || !std::isfinite(value)) continue;
+    workflows::RungJudgement j = workflows::JudgeAtRung(asha, sweep.metric, sweep.maximize,
+                                                        recorded, a.trial, progress, value);
+    if (!j.judged) continue;
+    auto judgement = [&](auto e) {
+      e.step = sr.name;
+      e.attempt = a.number;
+      e.trial = a.trial;
+      e.bracket = workflows::BracketOf(asha, a.trial);
+      e.rung = j.rung;
+      e.milestone = j.milestone;
+      e.resource = asha.resource;
+      e.progress = progress;
+      e.point = m.from + static_cast<int64_t>(i);
+      e.metric = sweep.metric;
+      e.value = value;
+      e.cutoff = j.cutoff;
+      e.compared = j.compared;
+      e.reason = j.reason;
+      return e;
+    };
+    recorded.push_back({.trial = a.trial, .rung = j.rung, .value = value});
+    mine.push_back(RungMark{
+        .attempt = a.number, .trial = a.trial, .rung = j.rung, .value = value, .stopped = j.stop});
+    if (!j.stop) {
+      d->events.push_back(RunEvent(run, judgement(ev::TrialPromoted{}), c.id));
+      continue;
+    }
+    d->events.push_back(RunEvent(run, judgement(ev::TrialStopped{}), c.id));
+    return;
   }
 }
 
@@ -244,7 +315,7 @@ void ReportEvents(const State& state, const Container& c, const AttemptReport& r
 // of one poll; d->result.metrics_next tells the agent what is durable.
 void MetricsEvents(const State& state, const Container& c, const MetricsBatch& b,
                    const DecideContext& ctx, std::map<std::pair<std::string, int>, int64_t>* next,
-                   Decision* d) {
+                   std::map<std::string, std::vector<RungMark>>* judged, Decision* d) {
   const EngineConfig& cfg = *ctx.config;
   std::string run_id, step;
   int n = 0, r = -1;
@@ -308,6 +379,7 @@ void MetricsEvents(const State& state, const Container& c, const MetricsBatch& b
       m.truncated = truncated;
       m.capped = capped;
       d->events.push_back(RunEvent(*run, m, c.id));
+      JudgeTrial(*run, *attempts, *a, m, c, judged, d);
     }
   }
   (*next)[key] = have;
@@ -392,7 +464,8 @@ Result<Decision> DecidePoll(const State& state, const PollContainer& cmd,
   d.result.id = c.id;
   // Metrics first: they were written before the report that ends their attempt.
   std::map<std::pair<std::string, int>, int64_t> next;  // within this poll
-  for (const auto& b : cmd.metrics) MetricsEvents(state, c, b, ctx, &next, &d);
+  std::map<std::string, std::vector<RungMark>> judged;  // early stopping, within this poll
+  for (const auto& b : cmd.metrics) MetricsEvents(state, c, b, ctx, &next, &judged, &d);
   std::set<std::string> reported;
   GangProgress progress;
   for (const auto& r : cmd.reports) {

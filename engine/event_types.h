@@ -414,6 +414,7 @@ struct StepSweepCompleted {
   int trials = 0;
   int succeeded = 0;
   int failed = 0;
+  std::optional<int> stopped{};  // trials early stopping stopped (asha, hyperband)
   std::string metric{};
   std::string goal{};  // maximize | minimize
   std::optional<int> best_trial{};
@@ -426,6 +427,7 @@ struct StepSweepCompleted {
                       F("trials", &StepSweepCompleted::trials),
                       F("succeeded", &StepSweepCompleted::succeeded),
                       F("failed", &StepSweepCompleted::failed),
+                      F("stopped", &StepSweepCompleted::stopped),
                       F("metric", &StepSweepCompleted::metric),
                       F("goal", &StepSweepCompleted::goal),
                       F("best_trial", &StepSweepCompleted::best_trial),
@@ -435,6 +437,39 @@ struct StepSweepCompleted {
                       F("reason", &StepSweepCompleted::reason)};
   }
 };
+
+// TrialPromoted and TrialStopped (events.h): one judgement of a trial at a rung.
+template <const std::string_view* Type>
+struct TrialJudged {
+  static constexpr std::string_view kType = *Type;
+  static constexpr uint32_t kVersion = 1;
+  std::string step{};
+  int attempt = 0;
+  int trial = 0;
+  int bracket = 0;
+  int rung = 0;            // index into the bracket's rungs
+  double milestone = 0;    // the rung's resource, e.g. epoch 3
+  std::string resource{};  // e.g. "epoch"
+  double progress = 0;     // the resource the point reported
+  int64_t point = 0;       // the point's number in the attempt's series
+  std::string metric{};    // the objective's
+  double value = 0;
+  std::optional<double> cutoff{};  // absent for the first trial at a rung
+  int compared = 0;                // trials judged at the rung before it
+  std::string reason{};
+  static constexpr auto Fields() {
+    return std::tuple{
+        F("step", &TrialJudged::step),         F("attempt", &TrialJudged::attempt),
+        F("trial", &TrialJudged::trial),       F("bracket", &TrialJudged::bracket),
+        F("rung", &TrialJudged::rung),         F("milestone", &TrialJudged::milestone),
+        F("resource", &TrialJudged::resource), F("progress", &TrialJudged::progress),
+        F("point", &TrialJudged::point),       F("metric", &TrialJudged::metric),
+        F("value", &TrialJudged::value),       F("cutoff", &TrialJudged::cutoff),
+        F("compared", &TrialJudged::compared), F("reason", &TrialJudged::reason)};
+  }
+};
+using TrialPromoted = TrialJudged<&kTrialPromoted>;
+using TrialStopped = TrialJudged<&kTrialStopped>;
 
 struct JobRetryScheduled {
   static constexpr std::string_view kType = kJobRetryScheduled;
@@ -716,7 +751,7 @@ using Payload =
                  CheckpointSaved, DatasetVersionRegistered, ModelVersionRegistered,
                  ModelVersionValidated, ContainerRequested, ContainerLaunched, ContainerRegistered,
                  ContainerLost, ContainerReleased, CacheInvalidated, LeaderElected, OutputsExpired,
-                 LogsExpired>;
+                 LogsExpired, TrialPromoted, TrialStopped>;
 
 template <class T>
 concept PayloadType = requires {

@@ -40,7 +40,17 @@ inline constexpr std::string_view kJobWorkerFinished = "JobWorkerFinished";  // 
 inline constexpr std::string_view kJobCacheHit = "JobCacheHit";  // {step, attempt, key, source_run, source_step, source_attempt, outputs, metrics, argv, env, resources}
 // A swept step's trials are all done: the best by the objective becomes the step's
 // result (best_trial null and a reason when no trial produced the metric).
-inline constexpr std::string_view kStepSweepCompleted = "StepSweepCompleted";  // {step, trials, succeeded, failed, metric, goal, best_trial, best_attempt, best_params, best_value, reason?}
+inline constexpr std::string_view kStepSweepCompleted =
+    "StepSweepCompleted";  // {step, trials, succeeded, failed, stopped?, metric, goal, best_trial,
+                           // best_attempt, best_params, best_value, reason?}
+// Early stopping (workflows/asha.h): a running trial of an asha/hyperband sweep judged
+// at a rung of its bracket, from a live metric point carrying both the resource and
+// the objective's metric. Promoted: it goes on. Stopped: the agent is told to cancel
+// it (SIGTERM, then the grace), and it is no candidate for the sweep's best.
+inline constexpr std::string_view kTrialPromoted =
+    "TrialPromoted";  // {step, attempt, trial, bracket, rung, milestone, resource, progress, point,
+                      // metric, value, cutoff?, compared, reason}
+inline constexpr std::string_view kTrialStopped = "TrialStopped";            // the same
 inline constexpr std::string_view kJobRetryScheduled = "JobRetryScheduled";  // {step, attempt, not_before}
 // Live metrics: a batch of points an attempt (or a gang rank) appended to $EPOCH_METRICS,
 // numbered from `from` within its series; totals of what the agent skipped or dropped
@@ -108,7 +118,9 @@ inline constexpr std::string_view kAllTypes[] = {kWorkflowRegistered,
                                                  kCacheInvalidated,
                                                  kLeaderElected,
                                                  kOutputsExpired,
-                                                 kLogsExpired};
+                                                 kLogsExpired,
+                                                 kTrialPromoted,
+                                                 kTrialStopped};
 }  // namespace ev
 
 inline std::string RunStream(std::string_view run) { return "run-" + std::string(run); }

@@ -514,6 +514,22 @@ struct Apply {
     return Status::Ok();
   }
 
+  // A rung judgement (early stopping): the rung's record, and a stopped trial's reason
+  // (the dispatcher cancels it; it is no candidate for the best).
+  template <const std::string_view* Type>
+  Status operator()(const ev::TrialJudged<Type>& p) {
+    Target t = Resolve(s, e, p.step, p.attempt);
+    if (!t.attempt) return Status::Ok();
+    bool stopped = Type == &ev::kTrialStopped;
+    t.step->rungs.push_back(RungMark{.attempt = p.attempt,
+                                     .trial = p.trial,
+                                     .rung = p.rung,
+                                     .value = p.value,
+                                     .stopped = stopped});
+    if (stopped && !IsTerminal(t.attempt->phase)) t.attempt->stopped = p.reason;
+    return Status::Ok();
+  }
+
   Status operator()(const ev::MetricsRecorded& p) {
     Target t = Resolve(s, e, p.step, p.attempt);
     if (!t.attempt) return Status::Ok();

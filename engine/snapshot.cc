@@ -112,6 +112,16 @@ struct SnapList<TenantExpired> {
 };
 
 template <>
+struct SnapList<RungMark> {
+  static constexpr auto Fields() {
+    using R = RungMark;
+    return std::tuple{Plain(&R::attempt, "rung attempt"), Plain(&R::trial, "rung trial"),
+                      Plain(&R::rung, "rung"), Plain(&R::value, "rung value"),
+                      Plain(&R::stopped, "rung stopped")};
+  }
+};
+
+template <>
 struct SnapList<Attempt> {
   static constexpr auto Fields() {
     return std::tuple{Plain(&Attempt::number, "attempt number"),
@@ -142,6 +152,7 @@ struct SnapList<Attempt> {
                       Plain(&Attempt::trial_params, "trial_params"),
                       Plain(&Attempt::metrics, "metrics"),
                       Plain(&Attempt::outputs, "outputs"),
+                      Sym(&Attempt::stopped, "stopped"),
                       Plain(&Attempt::log, "log"),
                       Plain(&Attempt::mounts, "mounts"),
                       Plain(&Attempt::series, "series"),
@@ -164,6 +175,7 @@ struct SnapList<StepRun> {
                       Plain(&StepRun::next_attempt, "next_attempt"),
                       Plain(&StepRun::round_start, "round_start"),
                       Plain(&StepRun::best, "best"),
+                      Plain(&StepRun::rungs, "rungs"),
                       Plain(&StepRun::checkpoints, "checkpoints"),
                       Plain(&StepRun::checkpoints_expired, "checkpoints_expired")};
   }
@@ -536,6 +548,7 @@ struct SnapList<State> {
 static_assert(ListsEveryMember<Worker>(), "a Worker member is missing from SnapList<Worker>");
 static_assert(ListsEveryMember<MetricSeries>(),
               "a MetricSeries member is missing from SnapList<MetricSeries>");
+static_assert(ListsEveryMember<RungMark>(), "a RungMark member is missing from SnapList<RungMark>");
 static_assert(ListsEveryMember<Attempt>(), "an Attempt member is missing from SnapList<Attempt>");
 static_assert(ListsEveryMember<Expiry>(), "an Expiry member is missing from SnapList<Expiry>");
 static_assert(ListsEveryMember<TenantExpired>(),

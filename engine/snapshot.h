@@ -90,14 +90,15 @@ namespace epoch::engine {
 
 inline constexpr std::string_view kSnapshotMagic = "EPOCHSNP";
 inline constexpr uint32_t kSnapshotFormatVersion =
-    13;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
+    14;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
          // credentials, isolation, logs, mounts, tenant caches and lineage; 7: container
          // enforcement; 8: live metrics series, checkpoints; 9: finished runs folded into
          // the read model (State::archived); 10: retention (expired outputs, logs,
          // checkpoints and cache entries; State::expired); 11: a run's idempotency key
          // (State::idempotency holds open runs' only); ended containers past 1000 leave
          // the state (State::ended_containers); 12: a cache entry's last hit; 13: data set and
-         // model versions move to the read model (State keeps a count per name)
+         // model versions move to the read model (State keeps a count per name); 14: early
+         // stopping (StepRun::rungs, Attempt::stopped)
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.

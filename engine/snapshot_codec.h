@@ -6,6 +6,7 @@
 #pragma once
 
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -346,6 +347,8 @@ void WriteValue(Writer& w, const M& v, uint32_t sym, uint32_t& nth) {
     w.U8(static_cast<uint8_t>(v));
   } else if constexpr (std::is_same_v<M, bool>) {
     w.U8(v ? 1 : 0);
+  } else if constexpr (std::is_same_v<M, double>) {
+    w.Fixed64(std::bit_cast<uint64_t>(v));
   } else if constexpr (std::is_same_v<M, uint64_t>) {
     w.Varint(v);
   } else if constexpr (std::is_integral_v<M>) {
@@ -713,6 +716,8 @@ void ReadValue(Reader& r, M& out, const char* name, int max) {
     out = r.Enum(static_cast<M>(max), name);
   } else if constexpr (std::is_same_v<M, bool>) {
     out = r.Bool(name);
+  } else if constexpr (std::is_same_v<M, double>) {
+    out = std::bit_cast<double>(r.Fixed64());
   } else if constexpr (std::is_same_v<M, uint64_t>) {
     out = r.Varint();
   } else if constexpr (std::is_same_v<M, int>) {

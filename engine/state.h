@@ -78,6 +78,15 @@ struct MetricSeries {
   bool capped = false;     // the master's caps were reached: it records no more points
 };
 
+// An early-stopping judgement of a sweep trial at a rung (TrialPromoted, TrialStopped).
+struct RungMark {
+  int attempt = 0;
+  int trial = 0;
+  int rung = 0;  // index into the rungs of the trial's bracket (workflows/asha.h)
+  double value = 0;
+  bool stopped = false;
+};
+
 // Files retention deleted (OutputsExpired, LogsExpired): when, and the bytes found.
 struct Expiry {
   TimePoint at{};  // the epoch: not expired
@@ -119,6 +128,9 @@ struct Attempt {
   Json trial_params{};
   Json metrics{};
   Json outputs{};
+  // Early stopping stopped this trial (TrialStopped): why; the agent is told to cancel
+  // it, and it is no candidate for the sweep's best whatever it reports.
+  std::string stopped{};
   // Live metrics: rank (0 unless a gang) -> its series' totals; the points are in the
   // log, not here, so the state stays small whatever a step writes.
   std::map<int, MetricSeries> series;
@@ -143,6 +155,8 @@ struct StepRun {
   // A swept step's outcome once StepSweepCompleted chose it: {trial, attempt, params,
   // value, metric}; null otherwise.
   Json best{};
+  // Early stopping: every rung judgement of the step's trials, in log order.
+  std::vector<RungMark> rungs;
   // The latest checkpoint (CheckpointSaved) per trial (-1: the step's own attempts):
   // {file, sha256, size, epoch, attempt, rank}. A new attempt resumes from it.
   std::map<int, Json> checkpoints;

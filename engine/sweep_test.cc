@@ -22,6 +22,17 @@ constexpr const char* kSweep = R"({"name":"sweep","params":{"epochs":3},"steps":
      "command":["infer","{{steps.train.best.params.lr}}","{{steps.train.outputs.model}}",
                 "{{steps.train.metrics.accuracy}}"]}]})";
 
+// ASHA over four learning rates, two at a time: rungs at epoch 1 and 3, a trial runs
+// in full at 9, each rung keeps the best third.
+constexpr const char* kAsha = R"({"name":"asha","steps":[
+    {"name":"train","kind":"train","outputs":["model"],
+     "command":["train","--lr={{params.lr}}","--epochs=9"],
+     "sweep":{"method":"asha","parameters":{"lr":[0.1,0.2,0.3,0.4]},"parallel":2,
+              "maxResource":9,"reduction":3,
+              "objective":{"metric":"accuracy","goal":"maximize"}}},
+    {"name":"infer","kind":"infer","after":["train"],
+     "command":["infer","{{steps.train.best.params.lr}}","{{steps.train.outputs.model}}"]}]})";
+
 class SweepTest : public DeciderTest {
  protected:
   std::vector<RecordedEvent> Finish(const std::string& attempt, bool ok, double accuracy = 0) {
@@ -38,6 +49,38 @@ class SweepTest : public DeciderTest {
     auto evs = Do(p, &st);
     EXPECT_TRUE(st.ok()) << st.ToString();
     return evs;
+  }
+  // One poll carrying live metric points per attempt: {attempt id -> [points]}, each
+  // series continuing from what the state has recorded.
+  std::vector<RecordedEvent> Points(const std::string& run,
+                                    const std::vector<std::pair<int, Json>>& batches) {
+    Json j = Json::array();
+    for (const auto& [n, points] : batches) {
+      const Attempt& a = R(run).steps[0].attempts[static_cast<size_t>(n) - 1];
+      auto it = a.series.find(0);
+      j.push_back(Json{{"attempt_id", run + "/train/" + std::to_string(n)},
+                       {"from", it == a.series.end() ? 0 : it->second.next},
+                       {"points", points}});
+    }
+    auto parsed = ParseMetricsBatches(j);
+    EXPECT_TRUE(parsed.ok()) << parsed.status().ToString();
+    PollContainer p;
+    p.container = "c1";
+    if (parsed.ok()) p.metrics = *parsed;
+    Status st;
+    auto evs = Do(p, &st);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return evs;
+  }
+  static std::vector<std::string> Judgements(const std::vector<RecordedEvent>& evs) {
+    std::vector<std::string> out;
+    for (const auto& e : evs) {
+      if (e.type == "TrialPromoted" || e.type == "TrialStopped") {
+        out.push_back(e.type + " trial " + e.data["trial"].dump() + " rung " +
+                      e.data["rung"].dump() + ": " + e.data["reason"].get<std::string>());
+      }
+    }
+    return out;
   }
   int Active(const std::string& run) {
     int n = 0;
@@ -175,6 +218,116 @@ TEST_F(SweepTest, EachTrialKeepsItsOwnCheckpoint) {
   EXPECT_NE(CheckpointDir(cfg_, run, "train", 0), CheckpointDir(cfg_, run, "train", 1));
   EXPECT_EQ(CheckpointDir(cfg_, run, "train", 1),
             "/data/runs/" + run + "/train/checkpoints/trial-1");
+}
+
+// Early stopping from scripted curves through the decider: every judgement is an event
+// with its cutoff, two trials reporting in one poll see each other, a stopped trial is
+// cancelled with its reason and frees its slot, a stopped trial that ends "succeeded"
+// before the cancel reaches it is still no candidate, and the best of the rest wins.
+TEST_F(SweepTest, AshaStopsTrialsBelowTheCutoffAndTheBestOfTheRestWins) {
+  StartContainer();
+  std::string run = Submit(kAsha);
+  const auto& attempts = [&]() -> const std::vector<Attempt>& { return R(run).steps[0].attempts; };
+  ASSERT_EQ(attempts().size(), 2u);
+  // Trials 0 (lr 0.1) and 1 (lr 0.2) reach epoch 1 in the same poll. A point without the
+  // objective (a progress line) is not judged.
+  auto evs = Points(run, {{1, Json::array({Json{{"epoch", 0.5}, {"loss", 2.0}},
+                                           Json{{"epoch", 1}, {"accuracy", 0.5}}})},
+                          {2, Json::array({Json{{"epoch", 1}, {"accuracy", 0.3}}})}});
+  EXPECT_EQ(Judgements(evs),
+            (std::vector<std::string>{
+                "TrialPromoted trial 0 rung 0: rung 0 (epoch 1): accuracy 0.5: the first trial at "
+                "this rung goes on",
+                "TrialStopped trial 1 rung 0: rung 0 (epoch 1): accuracy 0.3 is below the best 1/3 "
+                "of the 2 trials judged here (cutoff 0.5): stopped"}));
+  const RecordedEvent* stop = nullptr;
+  for (const auto& e : evs) stop = e.type == "TrialStopped" ? &e : stop;
+  ASSERT_NE(stop, nullptr);
+  EXPECT_EQ(stop->data["attempt"], 2);
+  EXPECT_EQ(stop->data["milestone"], 1.0);
+  EXPECT_EQ(stop->data["progress"], 1.0);
+  EXPECT_EQ(stop->data["point"], 0);
+  EXPECT_EQ(stop->data["cutoff"], 0.5);
+  EXPECT_EQ(stop->data["compared"], 1);
+  EXPECT_EQ(stop->data["resource"], "epoch");
+  EXPECT_EQ(attempts()[1].stopped,
+            "rung 0 (epoch 1): accuracy 0.3 is below the best 1/3 of the 2 trials judged here "
+            "(cutoff 0.5): stopped");
+  EXPECT_TRUE(attempts()[0].stopped.empty());
+  // A stopped trial is judged no more; it holds its slot until its process has ended.
+  EXPECT_TRUE(
+      Judgements(Points(run, {{2, Json::array({Json{{"epoch", 3}, {"accuracy", 0.9}}})}})).empty());
+  EXPECT_EQ(attempts().size(), 2u);
+  // The cancel reaches it after it succeeded: recorded as it ended, but no candidate.
+  Finish(run + "/train/2", true, 0.99);
+  EXPECT_EQ(attempts()[1].phase, AttemptPhase::kSucceeded);
+  ASSERT_EQ(attempts().size(), 3u);
+  EXPECT_EQ(attempts()[2].trial, 2);
+
+  // Trial 0 passes rung 1 first; trial 2 passes rung 0 (cutoff: the 2/3 quantile of 0.3
+  // and 0.5) and is stopped at rung 1 in the same batch.
+  EXPECT_EQ(Judgements(Points(run, {{1, Json::array({Json{{"epoch", 3}, {"accuracy", 0.7}}})}})),
+            (std::vector<std::string>{"TrialPromoted trial 0 rung 1: rung 1 (epoch 3): accuracy "
+                                      "0.7: the first trial at this rung goes on"}));
+  EXPECT_EQ(Judgements(Points(run, {{3, Json::array({Json{{"epoch", 1}, {"accuracy", 0.6}},
+                                                     Json{{"epoch", 2}, {"accuracy", 0.62}},
+                                                     Json{{"epoch", 3}, {"accuracy", 0.65}},
+                                                     Json{{"epoch", 4}, {"accuracy", 0.66}}})}})),
+            (std::vector<std::string>{
+                "TrialPromoted trial 2 rung 0: rung 0 (epoch 1): accuracy 0.6 is within the best "
+                "1/3 of the 3 trials judged here (cutoff 0.433333): goes on",
+                "TrialStopped trial 2 rung 1: rung 1 (epoch 3): accuracy 0.65 is below the best "
+                "1/3 of the 2 trials judged here (cutoff 0.7): stopped"}));
+  PollContainer cancelled;
+  cancelled.container = "c1";
+  cancelled.reports =
+      Reports(Json::array({Json{{"attempt_id", run + "/train/3"}, {"state", "cancelled"}}}));
+  evs = Do(cancelled);
+  // (It never said it was running: its report starts it first.) Trial 3 takes the slot.
+  ASSERT_EQ(Types(evs),
+            (std::vector<std::string>{"JobStarted", "JobCancelled", "JobQueued", "JobAssigned"}));
+  EXPECT_EQ(evs[1].data["reason"],
+            "stopped early: rung 1 (epoch 3): accuracy 0.65 is below the best 1/3 of the 2 trials "
+            "judged here (cutoff 0.7): stopped");
+  ASSERT_EQ(attempts().size(), 4u);
+
+  // Trial 3's first point is past rung 1: judged once, at the highest rung it reached.
+  EXPECT_EQ(Judgements(Points(run, {{4, Json::array({Json{{"epoch", 4}, {"accuracy", 0.9}}})}})),
+            (std::vector<std::string>{
+                "TrialPromoted trial 3 rung 1: rung 1 (epoch 3): accuracy 0.9 is within the best "
+                "1/3 of the 3 trials judged here (cutoff 0.683333): goes on"}));
+  Finish(run + "/train/1", true, 0.8);
+  evs = Finish(run + "/train/4", true, 0.9);
+  const RecordedEvent* done = nullptr;
+  for (const auto& e : evs) done = e.type == "StepSweepCompleted" ? &e : done;
+  ASSERT_NE(done, nullptr);
+  EXPECT_EQ(done->data["best_trial"], 3);
+  EXPECT_EQ(done->data["best_value"], 0.9);
+  EXPECT_EQ(done->data["succeeded"], 2);
+  EXPECT_EQ(done->data["stopped"], 2);
+  EXPECT_EQ(done->data["failed"], 0);
+  EXPECT_EQ(R(run).steps[1].attempts[0].argv,
+            Json::array({"infer", "0.4", "/data/runs/" + run + "/train/4/outputs/model"}));
+
+  // The run's JSON says where each trial stands; a snapshot and a replay agree.
+  Json t1 = RunToJson(R(run), cfg_)["steps"][0]["attempts"][1];
+  EXPECT_EQ(t1["rung"], 0);
+  EXPECT_EQ(t1["bracket"], 0);
+  EXPECT_EQ(t1["rungs"],
+            Json::parse(R"([{"rung":0,"epoch":1.0,"value":0.3,"decision":"stopped"}])"));
+  EXPECT_EQ(t1["stopped"], attempts()[1].stopped);
+  Json t0 = RunToJson(R(run), cfg_)["steps"][0]["attempts"][0];
+  EXPECT_EQ(t0["rung"], 1);
+  EXPECT_FALSE(t0.contains("stopped"));
+  ASSERT_EQ(R(run).steps[0].rungs.size(), 6u);
+  auto decoded = DecodeSnapshot(EncodeSnapshot(state_));
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(StateDigestJson(*decoded), StateDigestJson(state_));
+  EXPECT_EQ(RunToJson(*decoded->FindRun(run), cfg_), RunToJson(R(run), cfg_));
+  State replay;
+  for (const auto& e : all_) ASSERT_TRUE(Evolve(replay, e).ok()) << e.type << " at " << e.position;
+  EXPECT_EQ(StateDigestJson(replay), StateDigestJson(state_));
+  EXPECT_EQ(RunToJson(*replay.FindRun(run), cfg_), RunToJson(R(run), cfg_));
 }
 
 TEST_F(SweepTest, SweepParamsAndBestParamsAreCheckedAtRegistration) {

@@ -97,6 +97,29 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
         attempts.back()["params"] = a.trial_params;
         attempts.back()["metrics"] = a.metrics.is_null() ? Json::object() : a.metrics;
         attempts.back()["outputs"] = a.outputs.is_null() ? Json::array() : a.outputs;
+        if (def && def->sweep && def->sweep->stopping) {
+          // Early stopping: where the trial stands on its bracket's rungs.
+          const workflows::Asha& asha = *def->sweep->stopping;
+          int bracket = workflows::BracketOf(asha, a.trial);
+          std::vector<double> milestones = workflows::Rungs(asha, bracket);
+          Json rungs = Json::array();
+          int highest = -1;
+          for (const RungMark& r : s.rungs) {
+            if (r.attempt != a.number) continue;
+            highest = std::max(highest, r.rung);
+            Json mark{{"rung", r.rung},
+                      {"value", r.value},
+                      {"decision", r.stopped ? "stopped" : "promoted"}};
+            if (r.rung >= 0 && r.rung < static_cast<int>(milestones.size())) {
+              mark[asha.resource] = milestones[static_cast<size_t>(r.rung)];
+            }
+            rungs.push_back(std::move(mark));
+          }
+          attempts.back()["bracket"] = bracket;
+          attempts.back()["rung"] = highest < 0 ? Json() : Json(highest);
+          attempts.back()["rungs"] = std::move(rungs);
+        }
+        if (!a.stopped.empty()) attempts.back()["stopped"] = a.stopped;
       }
       if (a.workers > 1) {
         Json workers = Json::array();
@@ -360,12 +383,17 @@ std::string DescribeRunEvent(const std::string& type, const Json& d, const std::
   }
   if (type == ev::kStepSweepCompleted) {
     if (d.contains("best_trial") && !d["best_trial"].is_null()) {
-      return "step " + d.value("step", "?") + " sweep done: best trial " + d["best_trial"].dump() + " " +
-             d.value("best_params", Json::object()).dump() + " " + d.value("metric", "") + "=" +
-             d.value("best_value", Json()).dump() + " (" + d.value("failed", Json(0)).dump() + " of " +
-             d.value("trials", Json(0)).dump() + " failed)";
+      return "step " + d.value("step", "?") + " sweep done: best trial " + d["best_trial"].dump() +
+             " " + d.value("best_params", Json::object()).dump() + " " + d.value("metric", "") +
+             "=" + d.value("best_value", Json()).dump() + " (" + d.value("failed", Json(0)).dump() +
+             " of " + d.value("trials", Json(0)).dump() + " failed" +
+             (d.contains("stopped") ? ", " + d["stopped"].dump() + " stopped early" : "") + ")";
     }
     return "step " + d.value("step", "?") + " sweep failed: " + d.value("reason", "");
+  }
+  if (type == ev::kTrialPromoted || type == ev::kTrialStopped) {
+    return StepAttempt(d) + " trial " + d.value("trial", Json(0)).dump() +
+           (type == ev::kTrialStopped ? " stopped at " : " promoted at ") + d.value("reason", "");
   }
   if (type == ev::kDatasetVersionRegistered || type == ev::kModelVersionRegistered) {
     bool model = type == ev::kModelVersionRegistered;

@@ -1,7 +1,8 @@
 // The golden history generator, run as a test: a real epochd with real agents goes
 // through every lifecycle Epoch records (a DAG with data set, model and validation;
 // a cache hit and an invalidation; a skipped step; a failure, its retry and a
-// requested rerun; a timeout; a cancellation; a sweep; a gang; live metrics and a
+// requested rerun; a timeout; a cancellation; a sweep; one with early stopping; a gang;
+// live metrics and a
 // checkpoint; a tenant's files deleted by retention; a container lost to kill -9; one
 // released when idle). The test fails when the log it
 // gets lacks any event type (engine/events.h, ev::kAllTypes) or does not replay without error.
@@ -123,6 +124,14 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
                  "objective": {"metric": "accuracy", "goal": "maximize"}},
        "command": ["sh", "-c", "echo '{\"accuracy\": {{params.lr}}}' > $EPOCH_OUTPUTS/metrics.json"]}]})J");
   EXPECT_EQ(d.WaitForRun(Submit(d, "swept"))["state"], "succeeded");
+  // Early stopping: two trials one after the other; the second is worse at the first
+  // rung, stopped (TrialStopped) and cancelled while it waits; the first was promoted.
+  Register(d, R"J({"name": "early", "steps": [
+      {"name": "train", "kind": "train",
+       "sweep": {"method": "asha", "parameters": {"q": [0.9, 0.1]}, "maxResource": 3,
+                 "objective": {"metric": "accuracy", "goal": "maximize"}},
+       "command": ["sh", "-c", "echo \"{\\\"epoch\\\": 1, \\\"accuracy\\\": {{params.q}}}\" >> $EPOCH_METRICS; sleep 1; if [ {{params.q}} = 0.1 ]; then sleep 30; fi; echo '{\"accuracy\": {{params.q}}}' > $EPOCH_OUTPUTS/metrics.json"]}]})J");
+  EXPECT_EQ(d.WaitForRun(Submit(d, "early"))["state"], "succeeded");
   Register(d, R"J({"name": "gang", "steps": [
       {"name": "train", "kind": "train", "workers": 2, "resources": {"cpu": "100m"},
        "command": ["true"]}]})J");
@@ -182,14 +191,15 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
     EXPECT_TRUE(types.count(std::string(type))) << "the lifecycle recorded no " << type;
   }
   EXPECT_EQ(state.head, log.back()["position"].get<uint64_t>());
-  EXPECT_EQ(state.runs.size(), 9u);
+  EXPECT_EQ(state.runs.size(), 10u);
 
   if (const char* out = std::getenv("EPOCH_WRITE_GOLDEN")) {
     // v2-every-event-type was written by this test before payloads had their own
     // versions; v3-typed-payloads after (WorkflowRegistered and JobQueued at v2);
     // v4-live-metrics once metrics and checkpoints were recorded; v5-retention with
-    // OutputsExpired and LogsExpired.
-    const std::string name = "v5-retention";
+    // OutputsExpired and LogsExpired; v6-early-stopping with TrialPromoted and
+    // TrialStopped.
+    const std::string name = "v6-early-stopping";
     std::ofstream events(std::string(out) + "/" + name + ".ndjson");
     for (const auto& e : log) events << CanonicalDump(e) << "\n";
     std::ofstream(std::string(out) + "/" + name + ".state.json")

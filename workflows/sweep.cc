@@ -235,19 +235,49 @@ std::optional<Sweep> ParseSweep(const Json& j, const std::string& path,
     p.Add(path, "must be an object");
     return std::nullopt;
   }
-  CheckKnownFields(j, {"method", "seed", "parameters", "trials", "parallel", "objective"}, path,
-                   &p);
+  CheckKnownFields(j,
+                   {"method", "seed", "parameters", "trials", "parallel", "objective", "resource",
+                    "minResource", "maxResource", "reduction", "brackets", "sample"},
+                   path, &p);
   Sweep s;
 
   bool method_ok = true;
+  bool early = false;  // asha or hyperband
   if (auto it = j.find("method"); it != j.end()) {
     if (it->is_string() && *it == "grid") {
       s.method = Sweep::Method::kGrid;
     } else if (it->is_string() && *it == "random") {
       s.method = Sweep::Method::kRandom;
+    } else if (it->is_string() && (*it == "asha" || *it == "hyperband")) {
+      early = true;
     } else {
-      p.Add(JoinPath(path, "method"), "must be \"grid\" or \"random\"");
+      p.Add(JoinPath(path, "method"), "must be \"grid\", \"random\", \"asha\" or \"hyperband\"");
       method_ok = false;
+    }
+  }
+  if (early) {
+    s.stopping = ParseAsha(j, path, p.list());
+    // How asha/hyperband draw values: as asked, else grid when every parameter is a list.
+    auto params = j.find("parameters");
+    bool any_range = params != j.end() && params->is_object() &&
+                     std::any_of(params->begin(), params->end(), [](const Json& v) {
+                       return v.is_object() && (v.contains("min") || v.contains("max"));
+                     });
+    s.method = any_range ? Sweep::Method::kRandom : Sweep::Method::kGrid;
+    if (auto it = j.find("sample"); it != j.end()) {
+      if (it->is_string() && *it == "grid") {
+        s.method = Sweep::Method::kGrid;
+      } else if (it->is_string() && *it == "random") {
+        s.method = Sweep::Method::kRandom;
+      } else {
+        p.Add(JoinPath(path, "sample"), "must be \"grid\" or \"random\"");
+        method_ok = false;
+      }
+    }
+  } else if (method_ok) {
+    for (const char* f :
+         {"resource", "minResource", "maxResource", "reduction", "brackets", "sample"}) {
+      if (j.contains(f)) p.Add(JoinPath(path, f), "is only for method \"asha\" or \"hyperband\"");
     }
   }
 
@@ -277,7 +307,9 @@ std::optional<Sweep> ParseSweep(const Json& j, const std::string& path,
       std::string epath = JoinPath(ppath, e.key());
       ParseParam(e.key(), e.value(), epath, &param, &p);
       if (method_ok && s.method == Sweep::Method::kGrid && param.is_range) {
-        p.Add(epath, "grid needs a list of values (ranges are for random sweeps)");
+        p.Add(epath, early ? "a grid sample needs a list of values (ranges need \"sample\": "
+                             "\"random\")"
+                           : "grid needs a list of values (ranges are for random sweeps)");
         params_ok = false;
       }
       s.params.push_back(std::move(param));
@@ -288,7 +320,8 @@ std::optional<Sweep> ParseSweep(const Json& j, const std::string& path,
   if (auto it = j.find("trials"); it != j.end()) {
     ParseCount(*it, tpath, &s.trials, &p);
   } else if (method_ok && s.method == Sweep::Method::kRandom) {
-    p.Add(tpath, "required for a random sweep");
+    p.Add(tpath,
+          early ? "required when trials are sampled at random" : "required for a random sweep");
   }
 
   if (auto it = j.find("parallel"); it != j.end()) {

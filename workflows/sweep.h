@@ -3,7 +3,7 @@
 //
 // JSON, as the "sweep" field of a step:
 //   "sweep": {
-//     "method": "grid" | "random",        // default "grid"
+//     "method": "grid" | "random" | "asha" | "hyperband",   // default "grid"
 //     "seed": 7,                          // random only (ignored by grid); default 0
 //     "parameters": {                     // at least one; name -> one of:
 //       "lr":     {"values": [0.001, 0.003]},   // a list of values
@@ -14,7 +14,16 @@
 //     "trials": 8,                        // random: required; grid: optional cap
 //     "parallel": 2,                      // trials running at once; default 1
 //     "objective": {"metric": "accuracy", "goal": "maximize" | "minimize"}  // required
+//     // asha / hyperband only (asha.h): early stopping by the live metrics
+//     "resource": "epoch", "minResource": 1, "maxResource": 9, "reduction": 3,
+//     "brackets": 2,                      // hyperband only
+//     "sample": "grid" | "random"         // how trials get their values; default grid
+//                                         // when every parameter is a list, else random
 //   }
+// asha and hyperband draw each trial's values as grid or random do ("sample", with the
+// same rules for "trials" and "seed") and stop trials early: the engine judges each
+// trial at the rungs of its bracket from the live metric points that carry both
+// `resource` and the objective's metric (asha.h), and stops those below the cutoff.
 // Values in lists are strings, numbers or booleans (like workflow params). Parameter
 // names follow the workflow param rule (1-63 of A-Z a-z 0-9 '_' '-', not starting with
 // a digit or '-'). trials and parallel are integers in 1..kMaxSweepTrials; seed is a
@@ -49,6 +58,7 @@
 #include <vector>
 
 #include "common/json.h"
+#include "workflows/asha.h"
 
 namespace epoch::workflows {
 
@@ -65,8 +75,11 @@ struct SweepParam {
 };
 
 struct Sweep {
+  // How trials get their values (for asha/hyperband: the "sample" field).
   enum class Method { kGrid, kRandom };
   Method method = Method::kGrid;
+  // Early stopping (method "asha" or "hyperband"); nullopt for grid and random.
+  std::optional<Asha> stopping{};
   uint64_t seed = 0;
   std::vector<SweepParam> params{};  // sorted by name
   int trials = 0;                    // 0 = not given (grid: the full grid)
@@ -79,8 +92,10 @@ struct Sweep {
 // Appends one "<path>.<field>: <reason>" string to *problems for every problem found
 // (all of them, not only the first) and returns nullopt if there was any; otherwise
 // the sweep, with params sorted by name. Entries already in *problems are kept and do
-// not count. Detected: unknown fields (in the sweep, objective, a parameter object), a
-// method other than grid/random, parameters missing/empty/not an object, a parameter
+// not count. Detected: unknown fields (in the sweep, objective, a parameter object; the
+// early-stopping fields unless the method is asha/hyperband), a method other than
+// grid/random/asha/hyperband, a "sample" other than grid/random, the early-stopping
+// problems ParseAsha names, parameters missing/empty/not an object, a parameter
 // that is not a non-empty list of scalars, {"values": [...]} or a {min, max} range,
 // min >= max, log with min <= 0, non-integer bounds of an integer range, ranges in a
 // grid, trials missing (random) or not an integer in 1..kMaxSweepTrials, parallel not

@@ -429,8 +429,10 @@ const Case kCases[] = {
     {"UnknownValuesObjectKey", "/parameters/hidden", R"({"values": [1], "weights": [1]})",
      "steps[2].sweep.parameters.hidden.weights: unknown field"},
     // method, seed.
-    {"BadMethod", "/method", R"("bayes")", R"(steps[2].sweep.method: must be "grid" or "random")"},
-    {"MethodNotString", "/method", "1", R"(steps[2].sweep.method: must be "grid" or "random")"},
+    {"BadMethod", "/method", R"("bayes")",
+     R"(steps[2].sweep.method: must be "grid", "random", "asha" or "hyperband")"},
+    {"MethodNotString", "/method", "1",
+     R"(steps[2].sweep.method: must be "grid", "random", "asha" or "hyperband")"},
     {"SeedNegative", "/seed", "-1", "steps[2].sweep.seed: must be a non-negative integer"},
     {"SeedFloat", "/seed", "1.5", "steps[2].sweep.seed: must be a non-negative integer"},
     {"SeedString", "/seed", R"("7")", "steps[2].sweep.seed: must be a non-negative integer"},
@@ -561,9 +563,83 @@ TEST(ParseSweep, GridReportsEveryRange) {
 TEST(ParseSweep, UnknownMethodSkipsMethodSpecificChecks) {
   // With the method unknown, neither "trials required" nor "grid needs a list" applies.
   Json j = RandomSweep();
-  j["method"] = "hyperband";
+  j["method"] = "bayes";
   j.erase("trials");
-  EXPECT_EQ(OnlyProblem(j), "steps[2].sweep.method: must be \"grid\" or \"random\"");
+  EXPECT_EQ(OnlyProblem(j),
+            "steps[2].sweep.method: must be \"grid\", \"random\", \"asha\" or \"hyperband\"");
+}
+
+// ---- asha and hyperband: values drawn as grid or random, early stopping from asha.h ----
+
+TEST(ParseSweep, AshaDrawsAsAGridWhenEveryParameterIsAList) {
+  Json j = GridSweep();
+  j["method"] = "asha";
+  j["maxResource"] = 9;
+  Parsed p = Parse(j);
+  ASSERT_TRUE(p.sweep) << ::testing::PrintToString(p.problems);
+  EXPECT_EQ(p.sweep->method, Sweep::Method::kGrid);
+  ASSERT_TRUE(p.sweep->stopping);
+  EXPECT_EQ(p.sweep->stopping->kind, Asha::Kind::kAsha);
+  EXPECT_EQ(p.sweep->stopping->resource, "epoch");
+  EXPECT_EQ(p.sweep->stopping->max_resource, 9);
+  EXPECT_EQ(TrialCount(*p.sweep), 4);
+  EXPECT_EQ(TrialParams(*p.sweep, 1), (Json{{"hidden", 128}, {"lr", 0.003}}));
+  // The same list sampled at random, with a trial count.
+  j["sample"] = "random";
+  j["trials"] = 6;
+  j["seed"] = 3;
+  p = Parse(j);
+  ASSERT_TRUE(p.sweep) << ::testing::PrintToString(p.problems);
+  EXPECT_EQ(p.sweep->method, Sweep::Method::kRandom);
+  EXPECT_EQ(TrialCount(*p.sweep), 6);
+}
+
+TEST(ParseSweep, HyperbandSamplesAtRandomWhenAParameterIsARange) {
+  Json j = RandomSweep();
+  j["method"] = "hyperband";
+  j["resource"] = "step";
+  j["minResource"] = 100;
+  j["maxResource"] = 2700;
+  Parsed p = Parse(j);
+  ASSERT_TRUE(p.sweep) << ::testing::PrintToString(p.problems);
+  EXPECT_EQ(p.sweep->method, Sweep::Method::kRandom);
+  ASSERT_TRUE(p.sweep->stopping);
+  EXPECT_EQ(p.sweep->stopping->kind, Asha::Kind::kHyperband);
+  EXPECT_EQ(p.sweep->stopping->brackets, 4);
+  EXPECT_EQ(TrialCount(*p.sweep), 8);
+  // Same seed, same values as the random sweep it was made from.
+  Parsed r = Parse(RandomSweep());
+  ASSERT_TRUE(r.sweep);
+  EXPECT_EQ(TrialParams(*p.sweep, 5), TrialParams(*r.sweep, 5));
+}
+
+TEST(ParseSweep, EarlyStoppingProblemsNameTheirFields) {
+  Json j = RandomSweep();
+  j["method"] = "asha";
+  EXPECT_EQ(OnlyProblem(j),
+            "steps[2].sweep.maxResource: required (the resource at which a trial "
+            "has run in full)");
+  j["maxResource"] = 9;
+  j.erase("trials");
+  EXPECT_EQ(OnlyProblem(j), "steps[2].sweep.trials: required when trials are sampled at random");
+  j["trials"] = 4;
+  j["sample"] = "grid";
+  Parsed p = Parse(j);
+  EXPECT_THAT(p.problems,
+              ElementsAre("steps[2].sweep.parameters.layers: a grid sample needs a list of values "
+                          "(ranges need \"sample\": \"random\")",
+                          "steps[2].sweep.parameters.lr: a grid sample needs a list of values "
+                          "(ranges need \"sample\": \"random\")"));
+  j["sample"] = "bayes";
+  EXPECT_EQ(OnlyProblem(j), "steps[2].sweep.sample: must be \"grid\" or \"random\"");
+  // The early-stopping fields belong to asha and hyperband only.
+  Json g = GridSweep();
+  g["maxResource"] = 9;
+  g["sample"] = "grid";
+  EXPECT_THAT(Parse(g).problems,
+              ElementsAre("steps[2].sweep.maxResource: is only for method \"asha\" or "
+                          "\"hyperband\"",
+                          "steps[2].sweep.sample: is only for method \"asha\" or \"hyperband\""));
 }
 
 TEST(ParseSweep, NullProblemsPointerStillRejects) {
