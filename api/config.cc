@@ -365,6 +365,18 @@ const std::map<std::string, KeyDef>& Keys() {
          c->max_steps = static_cast<size_t>(n);
          return Status::Ok();
        }}},
+      {"scheduler.preemption", {"off", [](Config* c, const std::string& k, const Json& v) {
+         std::string mode = AsString(v);
+         if (mode != "off" && mode != "priority") {
+           return InvalidArgument(k + ": must be \"off\" or \"priority\", not \"" + mode + "\"");
+         }
+         c->preemption = mode == "priority";
+         return Status::Ok();
+       }}},
+      {"scheduler.preemptionMinRunTime", {"5m", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->preemption_min_run_time, AsDuration(k, v));
+         return Status::Ok();
+       }}},
       {"cache.maxEntries", {"10000", [](Config* c, const std::string& k, const Json& v) {
          ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 100000000));
          c->cache_max_entries = static_cast<size_t>(n);
@@ -657,6 +669,8 @@ Json Config::ToJson() const {
   j["executor.metricsMaxBytes"] = metrics_max_bytes;
   j["api.maxSteps"] = max_steps;
   j["cache.maxEntries"] = cache_max_entries;
+  j["scheduler.preemption"] = preemption ? "priority" : "off";
+  j["scheduler.preemptionMinRunTime"] = FormatDuration(preemption_min_run_time);
   return j;
 }
 

@@ -110,6 +110,9 @@ struct Config {
   int64_t metrics_max_bytes = 16LL << 20;
   size_t max_steps = 10000;                    // api.maxSteps
   size_t cache_max_entries = 10000;            // cache.maxEntries
+  // scheduler.preemption (off | priority) and scheduler.preemptionMinRunTime.
+  bool preemption = false;
+  Micros preemption_min_run_time = std::chrono::minutes(5);
 
   // The effective configuration as JSON (dotted keys), for /v1/cluster and logs.
   Json ToJson() const;

@@ -144,6 +144,25 @@ TEST(ConfigTest, CacheMaxEntriesDefaultsAndBounds) {
   EXPECT_EQ(c.cache_max_entries, 50u) << "a refused value changes nothing";
 }
 
+TEST(ConfigTest, PreemptionIsOffByDefaultAndItsKeysAreChecked) {
+  Config c;
+  EXPECT_FALSE(c.preemption);
+  EXPECT_EQ(c.ToJson()["scheduler.preemption"], "off");
+  EXPECT_EQ(c.ToJson()["scheduler.preemptionMinRunTime"], "5m");
+  ASSERT_TRUE(ApplySetArg(&c, "scheduler.preemption=priority").ok());
+  ASSERT_TRUE(ApplySetArg(&c, "scheduler.preemptionMinRunTime=90s").ok());
+  EXPECT_TRUE(c.preemption);
+  EXPECT_EQ(c.preemption_min_run_time, std::chrono::seconds(90));
+  EXPECT_EQ(c.ToJson()["scheduler.preemption"], "priority");
+  EXPECT_EQ(ApplySetArg(&c, "scheduler.preemption=fair").message(),
+            "scheduler.preemption: must be \"off\" or \"priority\", not \"fair\"");
+  EXPECT_TRUE(c.preemption) << "a refused value changes nothing";
+  EXPECT_NE(ApplySetArg(&c, "scheduler.preemptionMinRunTime=soon")
+                .message()
+                .find("scheduler.preemptionMinRunTime: "),
+            std::string::npos);
+}
+
 TEST(ConfigTest, TenantQuotaErrorsNameTheKeyAndWhatIsWrong) {
   Config c;
   EXPECT_EQ(ApplySetArg(&c, "tenants.ML.maxGpus=4").message(),

@@ -338,9 +338,19 @@ void SweepProgress(const State& state, const Run& run, const Step& step, const S
   int queued = 0, active = 0, succeeded = 0, stopped = 0;
   std::vector<std::pair<int, Json>> results;
   std::map<int, int> attempt_of;  // trial -> attempt number
+  // Each trial's latest attempt of this round: a preempted one gives way to the next.
+  std::map<int, const Attempt*> latest;
   for (const auto& a : s.attempts) {
-    if (a.number < s.round_start || a.trial < 0) continue;
+    if (a.number >= s.round_start && a.trial >= 0) latest[a.trial] = &a;
+  }
+  std::vector<int> requeue;  // preempted trials, queued again before new ones
+  for (const auto& [trial, ap] : latest) {
+    const Attempt& a = *ap;
     ++queued;
+    if (IsTerminal(a.phase) && a.phase != AttemptPhase::kSucceeded && !a.preempted_by.empty()) {
+      requeue.push_back(trial);
+      continue;
+    }
     // A stopped trial holds its slot until its process has ended.
     if (!IsTerminal(a.phase)) ++active;
     if (!a.stopped.empty()) {
@@ -354,14 +364,19 @@ void SweepProgress(const State& state, const Run& run, const Step& step, const S
       attempt_of[a.trial] = a.number;
     }
   }
+  int next = static_cast<int>(s.attempts.size()) + 1;
+  for (int trial : requeue) {
+    if (active >= sweep.parallel) return;
+    QueueAttempt(state, run, step, next++, ctx, out, trial);
+    ++active;
+  }
   if (queued < total) {
-    int next = static_cast<int>(s.attempts.size()) + 1;
     for (int k = queued; k < total && active < sweep.parallel; ++k, ++active) {
       QueueAttempt(state, run, step, next++, ctx, out, k);
     }
     return;
   }
-  if (active > 0) return;
+  if (active > 0 || !requeue.empty()) return;
   int best = workflows::BestTrial(sweep, results);
   ev::StepSweepCompleted p{.step = s.name,
                            .trials = total,
@@ -534,8 +549,18 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
     }
     if ((s.phase == StepPhase::kFailed || s.phase == StepPhase::kCancelled) && !s.retry_at &&
         !s.HasActive()) {
-      // Attempts used since the run was (re)started; a retry request starts a new round.
-      int used = static_cast<int>(s.attempts.size()) - s.round_start + 1;
+      // A preempted attempt (JobPreempted) is not a try: its step is queued again at once
+      // and resumes from its checkpoint (Schedule hands it the latest).
+      if (const Attempt* last = s.Last(); last && !last->preempted_by.empty() && !step.sweep) {
+        QueueAttempt(state, run, step, static_cast<int>(s.attempts.size()) + 1, ctx, &out);
+        continue;
+      }
+      // Attempts used since the run was (re)started, preemptions aside; a retry request
+      // starts a new round.
+      int used = 0;
+      for (const auto& a : s.attempts) {
+        used += a.number >= s.round_start && a.preempted_by.empty();
+      }
       // A retry of an unschedulable attempt would be refused the same way.
       bool hopeless = s.reason.starts_with(kUnschedulable);
       if (used <= step.retry.limit && !step.sweep && !hopeless) {  // a sweep's trials are its tries

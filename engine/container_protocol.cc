@@ -156,6 +156,8 @@ void WorkerReportEvents(const State& state, const Container& c, const AttemptRep
     end(Ended<ev::JobCancelled>(step, n, "run cancelled"));
   } else if (st == "cancelled" && !a->stopped.empty()) {
     end(Ended<ev::JobCancelled>(step, n, "stopped early: " + a->stopped));
+  } else if (st == "cancelled" && !a->preempted_by.empty()) {
+    end(Ended<ev::JobCancelled>(step, n, "preempted by " + a->preempted_by));
   } else if (st == "timed_out") {
     end(Ended<ev::JobTimedOut>(step, n, reason));
   } else {
@@ -235,6 +237,9 @@ void ReportEvents(const State& state, const Container& c, const AttemptReport& r
                                      run->cancel_requested ? "run cancelled" : "cancelled");
     // Early stopping's cancel: its reason, not the agent's "cancelled (exit code 143)".
     if (!run->cancel_requested && !a->stopped.empty()) e.reason = "stopped early: " + a->stopped;
+    if (!run->cancel_requested && !a->preempted_by.empty()) {
+      e.reason = "preempted by " + a->preempted_by;
+    }
     out->push_back(RunEvent(*run, e, c.id));
   } else {
     out->push_back(RunEvent(*run, EndOf<ev::JobFailed>(report, step, n, "failed"), c.id));

@@ -82,6 +82,11 @@ struct EngineConfig {
   // The step cache holds at most this many entries (cache.maxEntries): past it the
   // leader's tick evicts the least recently used, recording CacheInvalidated.
   size_t cache_max_entries = 10000;
+  // Preemption by priority (scheduler.preemption = priority): a queued attempt that
+  // fits nowhere may take the place of running attempts of lower-priority runs that
+  // have run at least preemption_min_run_time (scheduler.preemptionMinRunTime).
+  bool preemption = false;
+  Micros preemption_min_run_time = std::chrono::minutes(5);
 };
 
 // The OS user `tenant`'s steps run as (see EngineConfig::tenant_run_as).

@@ -114,8 +114,8 @@ DispatchView Engine::DispatchFor(const std::string& container,
       int n, rank;
       ParseTaskId(id, &run_id, &step, &n, &rank);
       const Run* run = s.FindRun(run_id);
-      if (IsTerminal(ga->phase) || !ga->stopped.empty() || w->container != container || !run ||
-          run->cancel_requested || IsTerminal(run->phase) ||
+      if (IsTerminal(ga->phase) || !ga->stopped.empty() || !ga->preempted_by.empty() ||
+          w->container != container || !run || run->cancel_requested || IsTerminal(run->phase) ||
           (IsTerminal(w->phase) && w->phase != AttemptPhase::kCancelled)) {
         view.cancels.push_back(id);
       } else if (w->phase == AttemptPhase::kCancelled) {
@@ -126,8 +126,10 @@ DispatchView Engine::DispatchFor(const std::string& container,
     const Attempt* a = s.FindAttempt(id);
     std::string run_id, step;
     int n;
-    // A trial early stopping stopped (TrialStopped) is cancelled like one of a cancelled run.
-    bool cancel = !a || IsTerminal(a->phase) || !a->stopped.empty() || a->container != container;
+    // A trial early stopping stopped (TrialStopped) and a preempted attempt (JobPreempted)
+    // are cancelled like those of a cancelled run.
+    bool cancel = !a || IsTerminal(a->phase) || !a->stopped.empty() || !a->preempted_by.empty() ||
+                  a->container != container;
     if (!cancel && ParseAttemptId(id, &run_id, &step, &n)) {
       const Run* run = s.FindRun(run_id);
       cancel = !run || run->cancel_requested || IsTerminal(run->phase);

@@ -471,6 +471,25 @@ struct TrialJudged {
 using TrialPromoted = TrialJudged<&kTrialPromoted>;
 using TrialStopped = TrialJudged<&kTrialStopped>;
 
+struct JobPreempted {
+  static constexpr std::string_view kType = kJobPreempted;
+  static constexpr uint32_t kVersion = 1;
+  std::string step{};
+  int attempt = 0;
+  std::string by{};  // the queued attempt it makes room for
+  int priority = 0;  // its run's
+  int by_priority = 0;
+  std::string reason{};
+  static constexpr auto Fields() {
+    return std::tuple{F("step", &JobPreempted::step),
+                      F("attempt", &JobPreempted::attempt),
+                      F("by", &JobPreempted::by),
+                      F("priority", &JobPreempted::priority),
+                      F("by_priority", &JobPreempted::by_priority),
+                      F("reason", &JobPreempted::reason)};
+  }
+};
+
 struct JobRetryScheduled {
   static constexpr std::string_view kType = kJobRetryScheduled;
   static constexpr uint32_t kVersion = 1;
@@ -751,7 +770,7 @@ using Payload =
                  CheckpointSaved, DatasetVersionRegistered, ModelVersionRegistered,
                  ModelVersionValidated, ContainerRequested, ContainerLaunched, ContainerRegistered,
                  ContainerLost, ContainerReleased, CacheInvalidated, LeaderElected, OutputsExpired,
-                 LogsExpired, TrialPromoted, TrialStopped>;
+                 LogsExpired, TrialPromoted, TrialStopped, JobPreempted>;
 
 template <class T>
 concept PayloadType = requires {

@@ -50,7 +50,13 @@ inline constexpr std::string_view kStepSweepCompleted =
 inline constexpr std::string_view kTrialPromoted =
     "TrialPromoted";  // {step, attempt, trial, bracket, rung, milestone, resource, progress, point,
                       // metric, value, cutoff?, compared, reason}
-inline constexpr std::string_view kTrialStopped = "TrialStopped";            // the same
+inline constexpr std::string_view kTrialStopped = "TrialStopped";  // the same
+// Preemption by priority (scheduler.preemption): a running attempt gives way to the
+// queued attempt `by` of a higher-priority run that fits nowhere else; the agent is told
+// to cancel it (SIGTERM, grace), and its step is queued again at once (resuming from
+// its checkpoint) without counting against retry.limit. A gang goes as a whole.
+inline constexpr std::string_view kJobPreempted =
+    "JobPreempted";  // {step, attempt, by, priority, by_priority, reason}
 inline constexpr std::string_view kJobRetryScheduled = "JobRetryScheduled";  // {step, attempt, not_before}
 // Live metrics: a batch of points an attempt (or a gang rank) appended to $EPOCH_METRICS,
 // numbered from `from` within its series; totals of what the agent skipped or dropped
@@ -120,7 +126,8 @@ inline constexpr std::string_view kAllTypes[] = {kWorkflowRegistered,
                                                  kOutputsExpired,
                                                  kLogsExpired,
                                                  kTrialPromoted,
-                                                 kTrialStopped};
+                                                 kTrialStopped,
+                                                 kJobPreempted};
 }  // namespace ev
 
 inline std::string RunStream(std::string_view run) { return "run-" + std::string(run); }

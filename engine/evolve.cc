@@ -530,6 +530,14 @@ struct Apply {
     return Status::Ok();
   }
 
+  // Preemption: the dispatcher cancels the attempt; decide queues its step again.
+  Status operator()(const ev::JobPreempted& p) {
+    Target t = Resolve(s, e, p.step, p.attempt);
+    if (!t.attempt || IsTerminal(t.attempt->phase)) return Status::Ok();
+    t.attempt->preempted_by = p.by;
+    return Status::Ok();
+  }
+
   Status operator()(const ev::MetricsRecorded& p) {
     Target t = Resolve(s, e, p.step, p.attempt);
     if (!t.attempt) return Status::Ok();

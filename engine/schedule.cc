@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -277,6 +278,146 @@ void PlanQueue(const State& state, const EngineConfig& cfg, std::vector<Slot>& s
   }
 }
 
+// ---- preemption (scheduler.preemption = priority) ----
+
+// A running attempt that could give way: all of its workers, wherever they run.
+struct Victim {
+  const Run* run;
+  const std::string* step;
+  const Attempt* attempt;
+  TimePoint since;  // started (or assigned, if not started yet)
+};
+
+std::string GpuName(const Json& g) { return g.is_string() ? g.get<std::string>() : g.dump(); }
+
+// Gives a victim's resources back to `slots` (every worker's, on its container).
+void Release(std::vector<Slot>& slots, const Victim& v) {
+  auto give = [&](const std::string& container, const Json& gpus, const Json& uuids) {
+    for (auto& s : slots) {
+      if (s.c == nullptr || s.c->id != container) continue;
+      s.cpu += v.attempt->resources.cpu_millis;
+      s.mem += v.attempt->resources.memory_bytes;
+      for (size_t i = 0; i < gpus.size(); ++i) {
+        s.gpus.push_back(GpuName(gpus[i]));
+        s.uuids.push_back(i < uuids.size() && uuids[i].is_string() ? uuids[i].get<std::string>()
+                                                                   : "");
+      }
+      return;
+    }
+  };
+  if (v.attempt->ranks.empty()) {
+    give(v.attempt->container, v.attempt->gpus, v.attempt->gpu_uuids);
+  } else {
+    for (const auto& w : v.attempt->ranks) give(w.container, w.gpus, w.gpu_uuids);
+  }
+}
+
+// Whether `cand` fits on `free` with `chosen` victims' resources given back.
+bool FitsWith(const std::vector<Slot>& free, const std::vector<const Victim*>& chosen,
+              const Attempt& cand) {
+  std::vector<Slot> slots = free;
+  for (const Victim* v : chosen) Release(slots, *v);
+  Json placements;
+  return PlaceAll(slots, cand, &placements);
+}
+
+std::string Describe(const workflows::Resources& r, int workers) {
+  std::string s =
+      std::to_string(r.cpu_millis) + "m CPU, " + std::to_string(r.memory_bytes >> 20) + "Mi memory";
+  if (r.gpus > 0) s += ", " + std::to_string(r.gpus) + (r.gpus == 1 ? " GPU" : " GPUs");
+  if (workers > 1) s = std::to_string(workers) + " workers of " + s;
+  return s;
+}
+
+// Once the pool is at sig.maxReplicas, for each queued attempt that found no room in
+// this pass and would not find it on a container still starting (`waiting`, in queue
+// order),
+// the fewest running attempts of lower-priority runs whose room would let it be placed:
+// JobPreempted for each. Victims: not already preempted, stopped or ending, running at
+// least preemption_min_run_time; lowest priority first, then the most recently
+// started (the least work lost). A candidate that already has victims on their way
+// out waits for them. Deterministic: every input is in the state or the context.
+void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slot>& free,
+             std::vector<Candidate> waiting, std::vector<Event>* out) {
+  const EngineConfig& cfg = *ctx.config;
+  // Room is coming when the pool may still grow, or a container on its way holds the
+  // candidate: preemption is for an attempt that fits nowhere, now or soon.
+  int live = 0;
+  std::vector<Slot> pending;
+  for (const auto& [id, c] : state.containers) {
+    live += c.phase == ContainerPhase::kRequested || c.phase == ContainerPhase::kRegistered;
+  }
+  if (live < cfg.max_replicas) return;
+  for (const Slot& s : FreeSlots(state, /*include_pending=*/true)) {
+    if (s.pending) pending.push_back(s);
+  }
+  std::vector<Victim> running;
+  std::set<std::string> awaited;  // candidates whose victims are still ending
+  for (const auto& [id, run] : state.runs) {
+    if (IsTerminal(run.phase)) continue;
+    for (const auto& s : run.steps) {
+      for (const auto& a : s.attempts) {
+        if (a.phase != AttemptPhase::kAssigned && a.phase != AttemptPhase::kRunning) continue;
+        if (!a.preempted_by.empty()) {
+          awaited.insert(a.preempted_by);
+          continue;
+        }
+        if (!a.stopped.empty() || run.cancel_requested) continue;
+        TimePoint since = a.started_at != TimePoint{} ? a.started_at : a.assigned_at;
+        if (ctx.now - since < cfg.preemption_min_run_time) continue;
+        running.push_back(Victim{&run, &s.name, &a, since});
+      }
+    }
+  }
+  if (running.empty()) return;
+  std::sort(running.begin(), running.end(), [](const Victim& a, const Victim& b) {
+    if (a.run->priority != b.run->priority) return a.run->priority < b.run->priority;
+    if (a.since != b.since) return a.since > b.since;
+    return std::tie(a.run->id, *a.step, a.attempt->number) <
+           std::tie(b.run->id, *b.step, b.attempt->number);
+  });
+  std::sort(waiting.begin(), waiting.end(), [](const Candidate& a, const Candidate& b) {
+    return a.entry->first < b.entry->first;  // (-priority, submission)
+  });
+  std::set<const Attempt*> taken;
+  for (const Candidate& c : waiting) {
+    std::string id = AttemptId(c.run->id, c.step, c.number);
+    if (awaited.count(id)) continue;
+    std::vector<Slot> soon = pending;
+    Json placements;
+    if (!pending.empty() && PlaceAll(soon, *c.attempt, &placements)) continue;
+    std::vector<const Victim*> chosen;
+    bool fits = false;
+    for (const Victim& v : running) {
+      if (v.run->priority >= c.run->priority) break;  // sorted: none lower from here
+      if (taken.count(v.attempt)) continue;
+      chosen.push_back(&v);
+      if ((fits = FitsWith(free, chosen, *c.attempt))) break;
+    }
+    if (!fits) continue;
+    // Never more than needed: drop each victim the candidate fits without.
+    for (size_t i = chosen.size(); i-- > 0;) {
+      std::vector<const Victim*> without = chosen;
+      without.erase(without.begin() + static_cast<std::ptrdiff_t>(i));
+      if (FitsWith(free, without, *c.attempt)) chosen = std::move(without);
+    }
+    for (const Victim* v : chosen) {
+      taken.insert(v->attempt);
+      out->push_back(RunEvent(
+          *v->run, ev::JobPreempted{.step = *v->step,
+                                    .attempt = v->attempt->number,
+                                    .by = id,
+                                    .priority = v->run->priority,
+                                    .by_priority = c.run->priority,
+                                    .reason = "preempted by " + id + " (priority " +
+                                              std::to_string(c.run->priority) + " over " +
+                                              std::to_string(v->run->priority) + "), which needs " +
+                                              Describe(c.attempt->resources, c.attempt->workers) +
+                                              " and fits nowhere else"}));
+    }
+  }
+}
+
 }  // namespace
 
 void FailUnschedulable(const State& state, const std::string& why, std::vector<Event>* out) {
@@ -324,7 +465,9 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
   std::vector<Slot> free = FreeSlots(state, /*include_pending=*/false);
   if (free.empty()) return out;
   uint64_t gangs = 0;
+  std::vector<Candidate> waiting;  // no room: preemption may make some
   PlanQueue(state, *ctx.config, free, [&](const Candidate& c, Verdict v, const Json& placements) {
+    if (v == Verdict::kNoRoom && ctx.config->preemption) waiting.push_back(c);
     if (v != Verdict::kPlaced) return;
     const Run& run = *c.run;
     const Json& p0 = placements[0];
@@ -370,6 +513,7 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
                                       .master_port = port,
                                       .checkpoint = std::move(checkpoint)}));
   });
+  if (!waiting.empty()) Preempt(state, ctx, free, std::move(waiting), &out);
   return out;
 }
 

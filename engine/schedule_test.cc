@@ -272,6 +272,143 @@ TEST_F(ScalingTest, PriorityMovesARunAhead) {
   EXPECT_EQ(s_.runs["p1"].steps[0].Last()->phase, AttemptPhase::kQueued);
 }
 
+// Preemption by priority (scheduler.preemption = priority), from the decider's view:
+// who gives way, when, and what happens to the attempt that does.
+class PreemptionTest : public ScalingTest {
+ protected:
+  void SetUp() override {
+    cfg_.min_replicas = 1;
+    cfg_.max_replicas = 1;
+    cfg_.container_gpus = 2;
+    cfg_.preemption = true;
+    cfg_.preemption_min_run_time = std::chrono::seconds(60);
+    Tick();
+    Register("c1", 2);
+  }
+  std::vector<RecordedEvent> Urgent(int gpus, int priority = 10, const std::string& id = "urgent") {
+    Status st;
+    std::string wf = "u" + std::to_string(gpus);
+    Run(RegisterWorkflow{*ParseJson(
+            R"({"name":")" + wf + R"(","steps":[{"name":"a","command":["x"],"resources":{"gpus":)" +
+            std::to_string(gpus) + R"(}}]})")},
+        &st);
+    SubmitRun sr;
+    sr.run_id = id;
+    sr.workflow = wf;
+    sr.priority = priority;
+    auto evs = Run(sr, &st);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return evs;
+  }
+  std::vector<RecordedEvent> Ended(const std::string& attempt, const std::string& state) {
+    PollContainer p;
+    p.container = "c1";
+    p.reports = Reports(Json::array({Json{{"attempt_id", attempt}, {"state", state}}}));
+    return Run(p);
+  }
+  static std::vector<std::string> Preempted(const std::vector<RecordedEvent>& evs) {
+    std::vector<std::string> out;
+    for (const auto& e : evs) {
+      if (e.type == "JobPreempted") {
+        out.push_back(e.stream.substr(4) + "/" + e.data["step"].get<std::string>() + "/" +
+                      e.data["attempt"].dump() + " by " + e.data["by"].get<std::string>());
+      }
+    }
+    return out;
+  }
+};
+
+TEST_F(PreemptionTest, AHigherPriorityRunTakesTheGpusOnceTheMinimumRunTimeHasPassed) {
+  Submit(R"({"name":"low","steps":[{"name":"a","command":["x"],"resources":{"gpus":2}}]})", 1);
+  ASSERT_EQ(s_.runs["low0"].steps[0].Last()->phase, AttemptPhase::kAssigned);
+  now_ += std::chrono::seconds(30);
+  Urgent(1);
+  EXPECT_EQ(s_.runs["urgent"].steps[0].Last()->phase, AttemptPhase::kQueued);
+  EXPECT_TRUE(Preempted(Tick()).empty()) << "low0 has run 30 s, less than the minimum";
+  now_ += std::chrono::seconds(31);
+  auto evs = Tick();
+  ASSERT_EQ(Preempted(evs), (std::vector<std::string>{"low0/a/1 by urgent/a/1"}));
+  for (const auto& e : evs) {
+    if (e.type != "JobPreempted") continue;
+    EXPECT_EQ(e.data["priority"], 0);
+    EXPECT_EQ(e.data["by_priority"], 10);
+    EXPECT_EQ(e.data["reason"],
+              "preempted by urgent/a/1 (priority 10 over 0), which needs 100m CPU, 128Mi "
+              "memory, 1 GPU and fits nowhere else");
+  }
+  EXPECT_EQ(s_.runs["low0"].steps[0].Last()->preempted_by, "urgent/a/1");
+  EXPECT_TRUE(Preempted(Tick()).empty()) << "one preemption per need, however many ticks";
+  // The agent's cancel ends it; the step is queued again at once, no try counted (its
+  // retry.limit is 0), and the urgent attempt takes the GPUs.
+  evs = Ended("low0/a/1", "cancelled");
+  EXPECT_EQ(s_.runs["low0"].steps[0].attempts[0].reason, "preempted by urgent/a/1");
+  ASSERT_EQ(s_.runs["low0"].steps[0].attempts.size(), 2u);
+  EXPECT_EQ(s_.runs["low0"].steps[0].attempts[1].phase, AttemptPhase::kQueued);
+  EXPECT_EQ(s_.runs["low0"].phase, RunPhase::kRunning);
+  EXPECT_EQ(s_.runs["urgent"].steps[0].Last()->phase, AttemptPhase::kAssigned);
+  // low0 does not preempt back (lower priority), and runs once urgent is done.
+  now_ += std::chrono::seconds(120);
+  EXPECT_TRUE(Preempted(Tick()).empty());
+  Ended("urgent/a/1", "succeeded");
+  EXPECT_EQ(s_.runs["low0"].steps[0].attempts[1].phase, AttemptPhase::kAssigned);
+}
+
+TEST_F(PreemptionTest, NeverMoreThanNeededTheYoungestGoesAndEqualPriorityWaits) {
+  Submit(R"({"name":"one","steps":[{"name":"a","command":["x"],"resources":{"gpus":1}}]})", 1);
+  now_ += std::chrono::seconds(10);
+  Submit(R"({"name":"two","steps":[{"name":"a","command":["x"],"resources":{"gpus":1}}]})", 1);
+  now_ += std::chrono::seconds(100);
+  EXPECT_TRUE(Preempted(Urgent(1, 0, "peer")).empty());  // same priority: waits
+  EXPECT_TRUE(Preempted(Tick()).empty());
+  // Either victim frees a GPU: only one goes, the one that started last (least lost).
+  EXPECT_EQ(Preempted(Urgent(1, 5)), (std::vector<std::string>{"two0/a/1 by urgent/a/1"}));
+  EXPECT_TRUE(Preempted(Tick()).empty());
+  EXPECT_TRUE(s_.runs["one0"].steps[0].Last()->preempted_by.empty());
+}
+
+TEST_F(PreemptionTest, AGangIsPreemptedWholeOrNotAtAll) {
+  Submit(R"({"name":"gang","steps":[{"name":"a","command":["x"],"workers":2,
+             "resources":{"gpus":1}}]})",
+         1);
+  ASSERT_EQ(s_.runs["gang0"].steps[0].Last()->ranks.size(), 2u);
+  now_ += std::chrono::seconds(100);
+  // One GPU is needed; the gang holds both: the whole attempt gives way, once.
+  EXPECT_EQ(Preempted(Urgent(1)), (std::vector<std::string>{"gang0/a/1 by urgent/a/1"}));
+  EXPECT_TRUE(Preempted(Tick()).empty());
+  // Its workers are cancelled by the dispatcher; when they end, it is queued again.
+  PollContainer p;
+  p.container = "c1";
+  p.reports = Reports(Json::array({Json{{"attempt_id", "gang0/a/1/0"}, {"state", "cancelled"}},
+                                   Json{{"attempt_id", "gang0/a/1/1"}, {"state", "cancelled"}}}));
+  Run(p);
+  ASSERT_EQ(s_.runs["gang0"].steps[0].attempts.size(), 2u);
+  EXPECT_EQ(s_.runs["gang0"].steps[0].attempts[0].reason, "preempted by urgent/a/1");
+  EXPECT_EQ(s_.runs["gang0"].steps[0].attempts[1].phase, AttemptPhase::kQueued);
+  EXPECT_EQ(s_.runs["urgent"].steps[0].Last()->phase, AttemptPhase::kAssigned);
+}
+
+TEST_F(PreemptionTest, NoneWhileThePoolCanStillGrow) {
+  cfg_.max_replicas = 2;
+  Submit(R"({"name":"low","steps":[{"name":"a","command":["x"],"resources":{"gpus":2}}]})", 1);
+  now_ += std::chrono::hours(1);
+  auto evs = Urgent(1);
+  evs = Tick();  // asks for a second container rather than stop low0
+  EXPECT_TRUE(Preempted(evs).empty());
+  EXPECT_EQ(Count(evs, "ContainerRequested"), 1);
+  // At the pool's size, with the new container on its way, it still waits for it.
+  EXPECT_TRUE(Preempted(Tick()).empty());
+  EXPECT_TRUE(s_.runs["low0"].steps[0].Last()->preempted_by.empty());
+}
+
+TEST_F(PreemptionTest, OffByDefault) {
+  cfg_.preemption = false;
+  Submit(R"({"name":"low","steps":[{"name":"a","command":["x"],"resources":{"gpus":2}}]})", 1);
+  now_ += std::chrono::hours(1);
+  Urgent(2);
+  EXPECT_TRUE(Preempted(Tick()).empty());
+  EXPECT_EQ(EngineConfig{}.preemption, false);
+}
+
 // Tenants' GPU quotas (tenants.<name>.maxGpus) and fair share between tenants.
 class QuotaTest : public ScalingTest {
  protected:

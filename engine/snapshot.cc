@@ -153,6 +153,7 @@ struct SnapList<Attempt> {
                       Plain(&Attempt::metrics, "metrics"),
                       Plain(&Attempt::outputs, "outputs"),
                       Sym(&Attempt::stopped, "stopped"),
+                      Sym(&Attempt::preempted_by, "preempted_by"),
                       Plain(&Attempt::log, "log"),
                       Plain(&Attempt::mounts, "mounts"),
                       Plain(&Attempt::series, "series"),

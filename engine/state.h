@@ -131,6 +131,9 @@ struct Attempt {
   // Early stopping stopped this trial (TrialStopped): why; the agent is told to cancel
   // it, and it is no candidate for the sweep's best whatever it reports.
   std::string stopped{};
+  // Preemption (JobPreempted): the queued attempt it gives way to; the agent is told to
+  // cancel it, and its step is queued again without counting a try.
+  std::string preempted_by{};
   // Live metrics: rank (0 unless a gang) -> its series' totals; the points are in the
   // log, not here, so the state stays small whatever a step writes.
   std::map<int, MetricSeries> series;

@@ -92,6 +92,7 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
       if (a.outputs_expired) attempts.back()["outputs_expired"] = ExpiryJson(a.outputs_expired);
       if (a.logs_expired) attempts.back()["log_expired"] = ExpiryJson(a.logs_expired);
       if (!a.series.empty()) attempts.back()["live_metrics"] = SeriesJson(a);
+      if (!a.preempted_by.empty()) attempts.back()["preempted_by"] = a.preempted_by;
       if (a.trial >= 0) {
         attempts.back()["trial"] = a.trial;
         attempts.back()["params"] = a.trial_params;
@@ -391,6 +392,7 @@ std::string DescribeRunEvent(const std::string& type, const Json& d, const std::
     }
     return "step " + d.value("step", "?") + " sweep failed: " + d.value("reason", "");
   }
+  if (type == ev::kJobPreempted) return StepAttempt(d) + " " + d.value("reason", "preempted");
   if (type == ev::kTrialPromoted || type == ev::kTrialStopped) {
     return StepAttempt(d) + " trial " + d.value("trial", Json(0)).dump() +
            (type == ev::kTrialStopped ? " stopped at " : " promoted at ") + d.value("reason", "");

@@ -2,6 +2,7 @@
 // through every lifecycle Epoch records (a DAG with data set, model and validation;
 // a cache hit and an invalidation; a skipped step; a failure, its retry and a
 // requested rerun; a timeout; a cancellation; a sweep; one with early stopping; a gang;
+// a run preempted by one of higher priority;
 // live metrics and a
 // checkpoint; a tenant's files deleted by retention; a container lost to kill -9; one
 // released when idle). The test fails when the log it
@@ -75,7 +76,9 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
             "sig.ssAllocationUnit=2", "sig.ssAllocationInterval=0s", "executor.leaseTime=2s",
             // Retention for tenant "old" only, so the lifecycle above keeps its files.
             "tenants.old.retention.outputs=1s", "tenants.old.retention.logs=1s",
-            "retention.interval=200ms"});
+            "retention.interval=200ms",
+            // Preemption by priority, at once: only the "urgent" run below outranks others.
+            "scheduler.preemption=priority", "scheduler.preemptionMinRunTime=0s"});
   d.Start();
 
   // A DAG: a cached data set, a model, its validation, and a step `when` skips.
@@ -165,6 +168,20 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
       },
       30s));
 
+  // Preemption: three runs fill the three containers (each takes all 2 CPUs); a run
+  // of higher priority takes one's place (JobPreempted), which runs again after.
+  Register(d, R"J({"name": "hog", "steps": [
+      {"name": "a", "resources": {"cpu": "2"}, "command": ["sleep", "3"]}]})J");
+  std::vector<std::string> hogs;
+  for (int i = 0; i < 3; ++i) hogs.push_back(Submit(d, "hog"));
+  for (const auto& h : hogs) {
+    d.WaitForRunState(h, [](const Json& r) { return r["steps"][0]["state"] == "running"; });
+  }
+  HttpResult urgent = d.PostJson("/v1/runs", Json{{"workflow", "hog"}, {"priority", 5}});
+  ASSERT_EQ(urgent.status, 201) << urgent.body;
+  EXPECT_EQ(d.WaitForRun(urgent.json()["id"])["state"], "succeeded");
+  for (const auto& h : hogs) EXPECT_EQ(d.WaitForRun(h)["state"], "succeeded");
+
   // A container lost (its agent killed), then the other released when idle.
   std::vector<pid_t> agents = d.AgentPids();
   ASSERT_GE(agents.size(), 2u) << "the gang ran on two containers";
@@ -191,15 +208,15 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
     EXPECT_TRUE(types.count(std::string(type))) << "the lifecycle recorded no " << type;
   }
   EXPECT_EQ(state.head, log.back()["position"].get<uint64_t>());
-  EXPECT_EQ(state.runs.size(), 10u);
+  EXPECT_EQ(state.runs.size(), 14u);
 
   if (const char* out = std::getenv("EPOCH_WRITE_GOLDEN")) {
     // v2-every-event-type was written by this test before payloads had their own
     // versions; v3-typed-payloads after (WorkflowRegistered and JobQueued at v2);
     // v4-live-metrics once metrics and checkpoints were recorded; v5-retention with
     // OutputsExpired and LogsExpired; v6-early-stopping with TrialPromoted and
-    // TrialStopped.
-    const std::string name = "v6-early-stopping";
+    // TrialStopped; v7-preemption with JobPreempted.
+    const std::string name = "v7-preemption";
     std::ofstream events(std::string(out) + "/" + name + ".ndjson");
     for (const auto& e : log) events << CanonicalDump(e) << "\n";
     std::ofstream(std::string(out) + "/" + name + ".state.json")
