@@ -278,6 +278,46 @@ TEST(OutputTest, RunChangesShowSweepsAndCacheHits) {
             "accuracy=0.91)\n");
 }
 
+// A hyperband sweep of gang trials, still running: the trials table gets a BRACKET and a
+// WORKERS column; with no best yet, a trial's objective is its value at its last rung.
+TEST(Output, RunningHyperbandSweepOfGangTrials) {
+  Json run = Json::parse(R"({"id": "r-hb", "workflow": "hb", "version": 2, "state": "running",
+    "started_at": "2026-12-07T10:00:00Z", "steps": [
+    {"name": "train", "kind": "train", "state": "running", "attempts": [
+      {"attempt": 1, "trial": 0, "state": "running", "params": {"lr": 0.1, "opt": "adam"},
+       "started_at": "2026-12-07T10:00:00Z", "bracket": 0, "rung": 1,
+       "rungs": [{"rung": 0, "step": 100.0, "value": 0.52, "decision": "promoted"},
+                 {"rung": 1, "step": 300.0, "value": 0.61, "decision": "promoted"}],
+       "world_size": 4, "workers": [{"rank": 0, "state": "running"}, {"rank": 1, "state": "running"},
+                                    {"rank": 2, "state": "running"}, {"rank": 3, "state": "queued"}]},
+      {"attempt": 2, "trial": 1, "state": "running", "params": {"lr": 0.5, "opt": "sgd"},
+       "started_at": "2026-12-07T10:00:30Z", "bracket": 1, "rung": 0,
+       "rungs": [{"rung": 0, "step": 300.0, "value": 0.125, "decision": "stopped"}],
+       "stopped": "rung 0 (step 300): loss 0.125 is below ...",
+       "world_size": 2, "workers": [{"rank": 0, "state": "running"}, {"rank": 1, "state": "succeeded"}]},
+      {"attempt": 3, "trial": 2, "state": "failed", "exit_code": 1, "params": {"lr": 1, "opt": "sgd"},
+       "started_at": "2026-12-07T10:00:40Z", "finished_at": "2026-12-07T10:00:45Z",
+       "bracket": 1, "rung": null, "rungs": []},
+      {"attempt": 4, "trial": 3, "state": "queued", "params": {"lr": 0.01, "opt": "adam"},
+       "bracket": 0, "rung": null, "rungs": []}]}]})");
+  std::string text = RenderRun(run, At("2026-12-07T10:01:00Z"));
+  EXPECT_THAT(text, HasSubstr("\ntrain  train  running  4         -            1m        -"));
+  EXPECT_THAT(
+      text,
+      HasSubstr("\nTrials of train:\n"
+                "TRIAL  ATTEMPT  STATE               PARAMS            BRACKET  RUNG               "
+                "OBJECTIVE  DURATION  WORKERS\n"
+                "0      1        running             lr=0.1 opt=adam   0        rung 1 (step 300)  "
+                "0.61       1m        4: 3 running, 1 queued\n"
+                "1      2        stopping at rung 0  lr=0.5 opt=sgd    1        rung 0 (step 300)  "
+                "0.125      30.0s     2: 1 running, 1 succeeded\n"
+                "2      3        failed (exit 1)     lr=1 opt=sgd      1        -                  "
+                "-          5.0s      -\n"
+                "3      4        queued              lr=0.01 opt=adam  0        -                  "
+                "-          -         -\n"))
+      << text;
+}
+
 Json SampleModelVersion() {
   return Json::parse(R"({
     "name": "fmnist-mlp", "version": 2,
@@ -892,6 +932,106 @@ TEST(Epochctl, SubmitAndFailingGet) {
   Outcome bad_param = RunEpochctl({"--server", m.url(), "run", "submit", "w", "-p", "oops"});
   EXPECT_NE(bad_param.exit_code, 0);
   EXPECT_THAT(bad_param.err, HasSubstr("'oops' is not of the form key=value"));
+}
+
+// What GET /v1/runs/{id} answered for tests/asha_e2e_test.cc's sweep (six trials, five
+// stopped early; argv, usage, resources and logs left out).
+Json SampleAshaRun() {
+  return Json::parse(R"({"id": "r-asha", "workflow": "asha", "version": 1,
+    "state": "succeeded", "params": {}, "labels": {},
+    "submitted_at": "2026-12-07T21:22:04.712203Z", "started_at": "2026-12-07T21:22:04.715310Z",
+    "finished_at": "2026-12-07T21:22:23.605252Z",
+    "steps": [
+    {"name": "train", "kind": "train", "state": "succeeded",
+     "metrics": {"accuracy": 0.9, "epoch": 9},
+     "best": {"attempt": 1, "metric": "accuracy", "params": {"quality": 0.9}, "trial": 0,
+              "value": 0.9},
+     "attempts": [
+      {"attempt": 1, "trial": 0, "bracket": 0, "state": "succeeded", "exit_code": 0,
+       "signal": null, "reason": null, "params": {"quality": 0.9},
+       "metrics": {"accuracy": 0.9, "epoch": 9},
+       "started_at": "2026-12-07T21:22:04.715310Z", "finished_at": "2026-12-07T21:22:13.893340Z",
+       "rung": 1, "rungs": [{"decision": "promoted", "epoch": 1.0, "rung": 0, "value": 0.1},
+                            {"decision": "promoted", "epoch": 3.0, "rung": 1, "value": 0.3}]},
+      {"attempt": 2, "trial": 1, "bracket": 0, "state": "cancelled", "exit_code": 143,
+       "signal": null, "params": {"quality": 0.3}, "metrics": {},
+       "reason": "stopped early: rung 0 (epoch 1): accuracy 0.0333333 is below the best 1/3 of the 2 trials judged here (cutoff 0.1): stopped",
+       "stopped": "rung 0 (epoch 1): accuracy 0.0333333 is below the best 1/3 of the 2 trials judged here (cutoff 0.1): stopped",
+       "started_at": "2026-12-07T21:22:13.896418Z", "finished_at": "2026-12-07T21:22:15.117556Z",
+       "rung": 0, "rungs": [{"decision": "stopped", "epoch": 1.0, "rung": 0, "value": 0.0333333}]},
+      {"attempt": 3, "trial": 2, "bracket": 0, "state": "cancelled", "exit_code": 143,
+       "signal": null, "params": {"quality": 0.2}, "metrics": {},
+       "reason": "stopped early: rung 0 (epoch 1): accuracy 0.0222222 is below the best 1/3 of the 3 trials judged here (cutoff 0.0777778): stopped",
+       "stopped": "rung 0 (epoch 1): accuracy 0.0222222 is below the best 1/3 of the 3 trials judged here (cutoff 0.0777778): stopped",
+       "started_at": "2026-12-07T21:22:15.204333Z", "finished_at": "2026-12-07T21:22:16.227186Z",
+       "rung": 0, "rungs": [{"decision": "stopped", "epoch": 1.0, "rung": 0, "value": 0.0222222}]},
+      {"attempt": 4, "trial": 3, "bracket": 0, "state": "cancelled", "exit_code": 143,
+       "signal": null, "params": {"quality": 0.8}, "metrics": {},
+       "reason": "stopped early: rung 1 (epoch 3): accuracy 0.266667 is below the best 1/3 of the 2 trials judged here (cutoff 0.3): stopped",
+       "stopped": "rung 1 (epoch 3): accuracy 0.266667 is below the best 1/3 of the 2 trials judged here (cutoff 0.3): stopped",
+       "started_at": "2026-12-07T21:22:16.314392Z", "finished_at": "2026-12-07T21:22:19.344906Z",
+       "rung": 1, "rungs": [{"decision": "promoted", "epoch": 1.0, "rung": 0, "value": 0.0888889},
+                            {"decision": "stopped", "epoch": 3.0, "rung": 1, "value": 0.266667}]},
+      {"attempt": 5, "trial": 4, "bracket": 0, "state": "cancelled", "exit_code": 143,
+       "signal": null, "params": {"quality": 0.1}, "metrics": {},
+       "reason": "stopped early: rung 0 (epoch 1): accuracy 0.0111111 is below the best 1/3 of the 5 trials judged here (cutoff 0.0888889): stopped",
+       "stopped": "rung 0 (epoch 1): accuracy 0.0111111 is below the best 1/3 of the 5 trials judged here (cutoff 0.0888889): stopped",
+       "started_at": "2026-12-07T21:22:19.433839Z", "finished_at": "2026-12-07T21:22:20.460716Z",
+       "rung": 0, "rungs": [{"decision": "stopped", "epoch": 1.0, "rung": 0, "value": 0.0111111}]},
+      {"attempt": 6, "trial": 5, "bracket": 0, "state": "cancelled", "exit_code": 143,
+       "signal": null, "params": {"quality": 0.85}, "metrics": {},
+       "reason": "stopped early: rung 1 (epoch 3): accuracy 0.283333 is below the best 1/3 of the 3 trials judged here (cutoff 0.288889): stopped",
+       "stopped": "rung 1 (epoch 3): accuracy 0.283333 is below the best 1/3 of the 3 trials judged here (cutoff 0.288889): stopped",
+       "started_at": "2026-12-07T21:22:20.540469Z", "finished_at": "2026-12-07T21:22:23.574290Z",
+       "rung": 1, "rungs": [{"decision": "promoted", "epoch": 1.0, "rung": 0, "value": 0.0944444},
+                            {"decision": "stopped", "epoch": 3.0, "rung": 1, "value": 0.283333}]}]},
+    {"name": "infer", "kind": "infer", "state": "succeeded", "metrics": {},
+     "attempts": [{"attempt": 1, "state": "succeeded", "exit_code": 0,
+                   "started_at": "2026-12-07T21:22:23.580000Z",
+                   "finished_at": "2026-12-07T21:22:23.600000Z"}]}]})");
+}
+
+// run get of a sweep whose trials early stopping stopped: the step row names the best
+// trial; a table gives each trial's state (where it was stopped), params, rung and last
+// objective value. -o json is the server's answer as it is.
+TEST(Epochctl, RunGetShowsEachTrialAndWhereEarlyStoppingStoppedIt) {
+  MockServer m;
+  m.server.Get("/v1/runs/r-asha", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(SampleAshaRun().dump(), "application/json");
+  });
+  Outcome table = RunEpochctl({"--server", m.url(), "run", "get", "r-asha"});
+  EXPECT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_EQ(
+      table.out,
+      "Run:       r-asha\n"
+      "Workflow:  asha@1\n"
+      "State:     succeeded\n"
+      "Submitted: 2026-12-07T21:22:04.712203Z\n"
+      "Started:   2026-12-07T21:22:04.715310Z\n"
+      "Finished:  2026-12-07T21:22:23.605252Z\n"
+      "Duration:  18.9s\n"
+      "Params:    -\n"
+      "Labels:    -\n"
+      "\n"
+      "STEP   KIND   STATE      ATTEMPTS  EXIT/REASON                 DURATION  "
+      "CPU REQ/USED  MEM REQ/PEAK  METRICS\n"
+      "train  train  succeeded  6         best trial 0: accuracy=0.9  18.9s     "
+      "-             -             {\"accuracy\":0.9,\"epoch\":9}\n"
+      "infer  infer  succeeded  1         exit 0                      20ms      "
+      "-             -             -\n"
+      "\n"
+      "Trials of train:\n"
+      "TRIAL  ATTEMPT  STATE              PARAMS        RUNG              OBJECTIVE  DURATION\n"
+      "0      1        succeeded          quality=0.9   rung 1 (epoch 3)  0.9        9.2s\n"
+      "1      2        stopped at rung 0  quality=0.3   rung 0 (epoch 1)  0.0333333  1.2s\n"
+      "2      3        stopped at rung 0  quality=0.2   rung 0 (epoch 1)  0.0222222  1.0s\n"
+      "3      4        stopped at rung 1  quality=0.8   rung 1 (epoch 3)  0.266667   3.0s\n"
+      "4      5        stopped at rung 0  quality=0.1   rung 0 (epoch 1)  0.0111111  1.0s\n"
+      "5      6        stopped at rung 1  quality=0.85  rung 1 (epoch 3)  0.283333   3.0s\n");
+
+  Outcome json = RunEpochctl({"--server", m.url(), "-o", "json", "run", "get", "r-asha"});
+  EXPECT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(Json::parse(json.out), SampleAshaRun());
 }
 
 TEST(Epochctl, ModelAndDatasetCommands) {

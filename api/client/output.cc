@@ -150,6 +150,177 @@ std::string MemoryCell(const Json& attempt) {
   return out;
 }
 
+// A swept step: its attempts are trials.
+bool IsSweep(const Json& step) {
+  const Json& attempts = Field(step, "attempts");
+  if (!attempts.is_array()) return false;
+  return std::any_of(attempts.begin(), attempts.end(),
+                     [](const Json& a) { return a.is_object() && a.contains("trial"); });
+}
+
+// A value as the server's own numbers look: 6 significant digits, integers without ".0".
+std::string Number(const Json& v) {
+  if (!v.is_number()) return CompactJson(v);
+  if (!v.is_number_float()) return v.dump();
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v.get<double>());
+  return buf;
+}
+
+// "k=v k2=v2" for an object of parameters; "-" for none.
+std::string ParamsCell(const Json& params) {
+  if (!params.is_object() || params.empty()) return "-";
+  std::string out;
+  for (const auto& [k, v] : params.items()) {
+    if (!out.empty()) out += ' ';
+    out += k + "=" + (v.is_string() ? v.get<std::string>() : Number(v));
+  }
+  return out;
+}
+
+// The mark of the rung a trial was last judged at ({rung, <resource>, value, decision}).
+const Json& LastRungMark(const Json& attempt) {
+  static const Json kNull;
+  const Json& rung = Field(attempt, "rung");
+  const Json& marks = Field(attempt, "rungs");
+  if (!rung.is_number_integer() || !marks.is_array()) return kNull;
+  for (const Json& m : marks) {
+    if (Field(m, "rung") == rung) return m;
+  }
+  return kNull;
+}
+
+// "rung 1 (epoch 3)": the highest rung the trial was judged at and the resource it had
+// used there (the mark's one key besides rung, value and decision); "-" before the first.
+std::string RungCell(const Json& attempt) {
+  const Json& rung = Field(attempt, "rung");
+  if (!rung.is_number_integer()) return "-";
+  std::string out = "rung " + rung.dump();
+  const Json& mark = LastRungMark(attempt);
+  if (mark.is_object()) {
+    for (const auto& [k, v] : mark.items()) {
+      if (k == "rung" || k == "value" || k == "decision") continue;
+      out += " (" + k + " " + Number(v) + ")";
+      break;
+    }
+  }
+  return out;
+}
+
+// "succeeded", "running", "failed (exit 1)", or, for a trial early stopping stopped,
+// "stopped at rung R" ("stopping at rung R" until its process has ended).
+std::string TrialState(const Json& attempt) {
+  std::string state = Cell(attempt, "state");
+  if (Field(attempt, "stopped").is_string()) {
+    std::string verb =
+        state == "queued" || state == "assigned" || state == "running" ? "stopping" : "stopped";
+    const Json& rung = Field(attempt, "rung");
+    return rung.is_number_integer() ? verb + " at rung " + rung.dump() : verb;
+  }
+  if (state == "failed" || state == "timed_out" || state == "lost") {
+    std::string outcome = Outcome(attempt);
+    if (outcome != "-") state += " (" + outcome + ")";
+  }
+  return state;
+}
+
+// The trial's last objective value: its final metric when the sweep's objective is known
+// (the step's `best` names it) and the trial reported it, else the value at the highest
+// rung it was judged at; "-" for neither.
+std::string ObjectiveCell(const Json& attempt, const std::string& metric) {
+  if (!metric.empty()) {
+    const Json& v = Field(Field(attempt, "metrics"), metric);
+    if (v.is_number()) return Number(v);
+  }
+  const Json& mark = LastRungMark(attempt);
+  return mark.is_object() ? Number(Field(mark, "value")) : "-";
+}
+
+// A gang attempt: "4: 3 running, 1 succeeded" (its world size, then its workers'
+// states, counted in the order they first appear by rank); "-" for one process.
+std::string WorkersCell(const Json& attempt) {
+  const Json& size = Field(attempt, "world_size");
+  if (!size.is_number()) return "-";
+  std::vector<std::pair<std::string, int>> counts;
+  const Json& workers = Field(attempt, "workers");
+  if (workers.is_array()) {
+    for (const Json& w : workers) {
+      std::string state = Cell(w, "state");
+      auto it = std::find_if(counts.begin(), counts.end(),
+                             [&](const auto& c) { return c.first == state; });
+      if (it == counts.end()) {
+        counts.emplace_back(state, 1);
+      } else {
+        ++it->second;
+      }
+    }
+  }
+  std::string out = size.dump();
+  for (size_t i = 0; i < counts.size(); ++i) {
+    out += (i == 0 ? ": " : ", ") + std::to_string(counts[i].second) + " " + counts[i].first;
+  }
+  return out;
+}
+
+// A swept step's trials, one row per attempt: trial, attempt, state, params, where early
+// stopping judged it (bracket only for hyperband's several brackets), its last objective
+// value, how long it ran, and a gang's size and workers. Columns nobody fills are left out.
+std::string TrialsTable(const Json& step, TimePoint now) {
+  const Json& attempts = Field(step, "attempts");
+  std::string metric = Str(Field(step, "best"), "metric");
+  bool rungs = false, brackets = false, gangs = false;
+  for (const Json& a : attempts) {
+    rungs = rungs || Field(a, "bracket").is_number();
+    brackets = brackets || (Field(a, "bracket").is_number() && Field(a, "bracket") != 0);
+    gangs = gangs || Field(a, "world_size").is_number();
+  }
+  std::vector<std::string> headers{"TRIAL", "ATTEMPT", "STATE", "PARAMS"};
+  if (brackets) headers.push_back("BRACKET");
+  if (rungs) headers.push_back("RUNG");
+  headers.insert(headers.end(), {"OBJECTIVE", "DURATION"});
+  if (gangs) headers.push_back("WORKERS");
+  Table t(headers);
+  for (const Json& a : attempts) {
+    std::vector<std::string> row{Cell(a, "trial"), Cell(a, "attempt"), TrialState(a),
+                                 ParamsCell(Field(a, "params"))};
+    if (brackets) row.push_back(Cell(a, "bracket"));
+    if (rungs) row.push_back(RungCell(a));
+    row.push_back(ObjectiveCell(a, metric));
+    row.push_back(ElapsedCell(a, "started_at", "finished_at", now));
+    if (gangs) row.push_back(WorkersCell(a));
+    t.AddRow(std::move(row));
+  }
+  return "\nTrials of " + Cell(step, "name") + ":\n" + t.Render();
+}
+
+// The EXIT/REASON cell of a swept step: the best trial once there is one ("best trial 0:
+// accuracy=0.9"), else the step's reason; a trial's own outcome is in the trials table.
+std::string SweepOutcome(const Json& step) {
+  const Json& best = Field(step, "best");
+  if (best.is_object()) {
+    return "best trial " + Cell(best, "trial") + ": " + Cell(best, "metric") + "=" +
+           Number(Field(best, "value"));
+  }
+  return Cell(step, "reason");
+}
+
+// A swept step's duration: from its first trial's start to its last trial's end (or now
+// while it is not finished).
+std::string SweepDuration(const Json& step, TimePoint now) {
+  std::optional<TimePoint> first, last;
+  bool open = false;
+  for (const Json& a : Field(step, "attempts")) {
+    auto start = TimeField(a, "started_at");
+    if (!start) continue;
+    if (!first || *start < *first) first = start;
+    auto end = TimeField(a, "finished_at");
+    if (!end) open = true;
+    if (end && (!last || *end > *last)) last = end;
+  }
+  if (!first) return "-";
+  return HumanDuration((open || !last ? now : *last) - *first);
+}
+
 std::string KeyValueBlock(const std::vector<std::pair<std::string, std::string>>& rows) {
   size_t width = 0;
   for (const auto& [k, v] : rows) width = std::max(width, k.size() + 1);
@@ -293,9 +464,15 @@ std::string RenderRun(const Json& run, TimePoint now) {
            "MEM REQ/PEAK", "METRICS"});
   for (const Json& step : steps) {
     const Json& last = LastAttempt(step);
+    bool sweep = IsSweep(step);
     t.AddRow({Cell(step, "name"), Cell(step, "kind"), Cell(step, "state"),
-              std::to_string(AttemptCount(step)), Outcome(last), StepDuration(step, now),
-              CpuCell(last), MemoryCell(last), CompactJson(Field(step, "metrics"))});
+              std::to_string(AttemptCount(step)), sweep ? SweepOutcome(step) : Outcome(last),
+              sweep ? SweepDuration(step, now) : StepDuration(step, now), CpuCell(last),
+              MemoryCell(last), CompactJson(Field(step, "metrics"))});
+  }
+  std::string trials;
+  for (const Json& step : steps) {
+    if (IsSweep(step)) trials += TrialsTable(step, now);
   }
   // What retention deleted (engine/retention.h), one line per attempt or step.
   std::string expired;
@@ -316,7 +493,7 @@ std::string RenderRun(const Json& run, TimePoint now) {
     note(name + " checkpoints", Field(step, "checkpoints_expired"));
   }
   if (!expired.empty()) expired = "\nExpired (retention):\n" + expired;
-  return out + "\n" + t.Render() + expired;
+  return out + "\n" + t.Render() + trials + expired;
 }
 
 std::string RenderRunList(const Json& runs, TimePoint now) {

@@ -56,7 +56,13 @@ std::string RenderJson(const Json& j);
 
 // A Run: a header (id, workflow@version, state, times, params, labels) and a table of
 // steps: name, kind, state, attempts, the last attempt's exit code / signal / reason,
-// duration, metrics as compact JSON.
+// duration, metrics as compact JSON. A swept step's row gives its best trial instead
+// of an outcome and the time from its first trial's start to its last one's end, and a
+// table of its trials follows the steps': trial, attempt, state ("stopped at rung R"
+// when early stopping stopped it), params, [bracket, when hyperband has several], [rung
+// and the resource used there, for asha/hyperband], the last objective value (the final
+// metric once the step's best names the objective, else the value at the last rung),
+// duration, [a gang's world size and its workers' states counted].
 std::string RenderRun(const Json& run, TimePoint now);
 std::string RenderRunList(const Json& runs, TimePoint now);  // an array of Run
 std::string RenderEvents(const Json& events);                // an array of Event
