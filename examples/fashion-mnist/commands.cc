@@ -296,7 +296,7 @@ Status Prep(const PrepOptions& o, std::ostream& log) {
   return Status::Ok();
 }
 
-Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
+Result<TrainEnd> TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
   if (o.data.empty() || o.out.empty()) return InvalidArgument("--data and --out are required");
   ASSIGN_OR_RETURN(DeviceChoice choice, ResolveDevice(o.device));
   const std::string& device = choice.device;
@@ -328,7 +328,9 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
     ASSIGN_OR_RETURN(resume, FindResume(o.checkpoint_dir, settings, log));
   }
   std::vector<EpochReport> history;  // every epoch of the training, resumed ones included
+  std::string latest_checkpoint;     // the file in checkpoint_dir to resume from, if any
   if (resume) {
+    latest_checkpoint = resume->file;
     model = resume->checkpoint.model;
     history = resume->history;
     const int done = resume->checkpoint.state.epochs_done;
@@ -385,13 +387,38 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
       for (const auto& e : history) epochs.push_back(EpochJson(e, false));
       c.meta = {{"training", settings}, {"epochs", epochs}};
       ASSIGN_OR_RETURN(std::string file, SaveCheckpoint(o.checkpoint_dir, c));
+      latest_checkpoint = file;
       log << "checkpoint " << o.checkpoint_dir << "/" << file << std::endl;
       return Status::Ok();
     };
   }
   if (resume) hooks.resume = &resume->checkpoint.state;
+  hooks.stop = o.stop;
   ASSIGN_OR_RETURN(TrainReport r, device == "cuda" ? TrainOnCuda(model, train, validation, t, hooks)
                                                    : Train(model, train, validation, t, hooks));
+  if (r.stopped) {
+    // Checkpoints hold whole epochs (the minibatch order is replayed per epoch), so the
+    // steps done in the unfinished epoch are lost; say so rather than write a partial one.
+    const int64_t into_epoch =
+        r.stopped_step - int64_t{PlanBatches(train.size(), t).steps} * (r.stopped_epoch - 1);
+    log << "SIGTERM received at epoch " << r.stopped_epoch << " step " << r.stopped_step
+        << ": stopped";
+    if (o.checkpoint_dir.empty()) {
+      log << "; no checkpoint dir, nothing to resume from";
+    } else if (latest_checkpoint.empty()) {
+      log << "; no checkpoint written yet (the first is written after epoch 1), a resumed "
+          << "training starts at epoch 1";
+    } else {
+      log << "; the latest checkpoint is " << o.checkpoint_dir << "/" << latest_checkpoint
+          << " (written after epoch " << r.stopped_epoch - 1 << "; checkpoints are written at "
+          << "epoch ends only), a resumed training starts at epoch " << r.stopped_epoch;
+    }
+    if (into_epoch > 0) {
+      log << " (the " << into_epoch << " steps done in epoch " << r.stopped_epoch << " are lost)";
+    }
+    log << std::endl;
+    return TrainEnd::kStopped;
+  }
   RETURN_IF_ERROR(SaveModel(model, o.out + "/model.bin"));
 
   Json epochs = Json::array();
@@ -434,7 +461,7 @@ Status TrainCommand(const TrainCommandOptions& o, std::ostream& log) {
       << device << "); validation accuracy "
       << (last.validation_accuracy >= 0 ? Fixed(last.validation_accuracy, 4) : "n/a") << "; wrote "
       << o.out << "/model.bin" << std::endl;
-  return Status::Ok();
+  return TrainEnd::kTrained;
 }
 
 Result<Dataset> LoadTestSet(const std::string& path) {

@@ -4,7 +4,8 @@
 // `out`, which it creates; progress and results go to the `log` stream (stdout).
 //
 //   prep      IDX files of `data` -> train/validation/test shards + manifest.json
-//   train     prep dir -> model.bin (+ per-epoch metrics), on the CPU or a GPU
+//   train     prep dir -> model.bin (+ per-epoch metrics), on the CPU or a GPU;
+//             stops early, at a minibatch boundary, when asked (SIGTERM)
 //   validate  prep dir or data set dir (its t10k split) + model -> accuracy,
 //             per-class accuracy, confusion matrix
 //   infer     data set dir or prep dir (test images) + model -> predictions.csv
@@ -16,6 +17,7 @@
 // Thread-safety: each command runs alone in its process.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <ostream>
@@ -57,8 +59,16 @@ struct TrainCommandOptions {
   // kFailedPrecondition); one that cannot be read is ignored, saying why, and training
   // starts at epoch 1. fmnist_main defaults it to $EPOCH_CHECKPOINT_DIR.
   std::string checkpoint_dir;
+  // fmnist_main's SIGTERM handler sets it; null for none. Training stops at the next
+  // minibatch boundary (TrainHooks::stop), logs "SIGTERM received at epoch E step S: "
+  // and which checkpoint is the latest (they are written at epoch ends only, so a
+  // resumed training redoes epoch E from its start), and writes neither model.bin nor
+  // metrics.json.
+  const std::atomic<bool>* stop = nullptr;
 };
-Status TrainCommand(const TrainCommandOptions& o, std::ostream& log);
+// How a TrainCommand that returned Ok ended.
+enum class TrainEnd { kTrained, kStopped };
+Result<TrainEnd> TrainCommand(const TrainCommandOptions& o, std::ostream& log);
 
 struct ValidateOptions {
   std::string data;   // prep dir (or a file in it) or data set dir

@@ -557,6 +557,12 @@ Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& val
   int64_t step_base = int64_t{plan.steps} * (first_epoch - 1);
   const int every = hooks.on_progress ? hooks.progress_every : 0;
   for (int epoch = first_epoch; epoch <= o.epochs; ++epoch) {
+    if (StopRequested(hooks)) {
+      report.stopped = true;
+      report.stopped_epoch = epoch;
+      report.stopped_step = step_base;
+      break;
+    }
     size_t window_begin = 0;  // the first image since the last progress report
     const auto t_epoch = std::chrono::steady_clock::now();
     const std::vector<uint32_t>& host_order = minibatches.NextEpoch();
@@ -593,7 +599,14 @@ Result<TrainReport> TrainOnCuda(Mlp& m, const Dataset& train, const Dataset& val
         window_begin = end;
         hooks.on_progress(sr);
       }
+      if (s + 1 < plan.steps && StopRequested(hooks)) {
+        report.stopped = true;
+        report.stopped_epoch = epoch;
+        report.stopped_step = step + 1;
+        break;
+      }
     }
+    if (report.stopped) break;
     step_base += plan.steps;
     RETURN_IF_ERROR(SumStats(row_loss.get(), row_correct.get(), n, sums.get()));
     DeviceSums train_sums{};

@@ -1,10 +1,15 @@
 // fmnist: Fashion-MNIST prep, train, validate and infer (see README.md and
-// commands.h). This file only parses flags and maps a Status to an exit code:
-// 0 success, 2 bad input (flags, data files, models), 1 anything else.
+// commands.h). This file only parses flags, turns SIGTERM during train into a request
+// to stop, and maps a Status to an exit code: 0 success, 2 bad input (flags, data
+// files, models), 1 anything else, 143 (128 + SIGTERM) a training stopped by SIGTERM.
 
+#include <signal.h>
+
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <map>
 #include <set>
@@ -38,7 +43,8 @@ commands:
             one every --metrics-every steps (0: per epoch only);
             --checkpoint-dir (default $EPOCH_CHECKPOINT_DIR) gets epoch-N.bin and
             checkpoint.json after every epoch, and training resumes from the
-            checkpoint it declares
+            checkpoint it declares; SIGTERM stops training at the next minibatch
+            boundary, saying which checkpoint is the latest (exit 143)
   validate  --data PREP_DIR|DATA_DIR --model DIR --out DIR [--threads 2]
             accuracy, per-class accuracy and confusion matrix on the 10,000 test images
   infer     --model DIR --data DATA_DIR|PREP_DIR --out DIR [--count 20] [--offset 0]
@@ -46,7 +52,8 @@ commands:
 
 PREP_DIR / DIR may also name a file in that directory (manifest.json, model.bin), as
 workflow templates like {{steps.prep.outputs.manifest.json}} give.
-exit status: 0 ok, 2 bad input (flags, data, model), 1 other failures
+exit status: 0 ok, 2 bad input (flags, data, model), 1 other failures,
+143 train stopped by SIGTERM (at a minibatch boundary; checkpoints are per epoch)
 )";
 
 using Flags = std::map<std::string, std::string>;
@@ -158,7 +165,28 @@ Status RunPrep(int argc, char** argv) {
   return Prep(o, std::cout);
 }
 
-Status RunTrain(int argc, char** argv) {
+constexpr int kExitStopped = 128 + SIGTERM;
+
+// Set by SIGTERM while train runs; training stops at the next minibatch boundary.
+std::atomic<bool> stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "stored to from a signal handler");
+
+extern "C" void OnSigterm(int) { stop_requested.store(true, std::memory_order_relaxed); }
+
+// SA_RESTART: a write or read the signal interrupts goes on (a checkpoint being written
+// finishes); only the flag changes.
+Status InstallSigtermHandler() {
+  struct sigaction sa = {};
+  sa.sa_handler = OnSigterm;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  if (sigaction(SIGTERM, &sa, nullptr) != 0) {
+    return epoch::Internal(std::string("sigaction(SIGTERM): ") + std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
+Result<TrainEnd> RunTrain(int argc, char** argv) {
   ASSIGN_OR_RETURN(Flags f, ParseFlags(argc, argv,
                                        {"data", "out", "epochs", "lr", "batch", "hidden", "seed",
                                         "device", "limit", "optimizer", "momentum", "schedule",
@@ -198,6 +226,8 @@ Status RunTrain(int argc, char** argv) {
     return InvalidArgument("--schedule must be cosine or constant, not '" + schedule + "'");
   }
   t.cosine = schedule == "cosine";
+  RETURN_IF_ERROR(InstallSigtermHandler());
+  o.stop = &stop_requested;
   return TrainCommand(o, std::cout);
 }
 
@@ -252,7 +282,12 @@ int main(int argc, char** argv) {
   if (cmd == "prep") {
     st = RunPrep(argc, argv);
   } else if (cmd == "train") {
-    st = RunTrain(argc, argv);
+    Result<TrainEnd> end = RunTrain(argc, argv);
+    if (end.ok() && *end == TrainEnd::kStopped) {
+      std::cout.flush();
+      return kExitStopped;
+    }
+    st = end.status();
   } else if (cmd == "validate") {
     st = RunValidate(argc, argv);
   } else if (cmd == "infer") {

@@ -4,25 +4,32 @@
 // counts, --device resolution (with injected probes, and the real one), the CLI's exit
 // codes and metrics, checkpoints (their codec, resuming a training after epoch 2 to
 // the same weights as an uninterrupted one, in the library and through the CLI with
-// its live metrics lines), and a short training run on the real data set (skipped only
-// when /usr/share/datasets/fashion-mnist is absent).
+// its live metrics lines), stopping at a minibatch boundary (in the library, and
+// `fmnist train` child processes stopped by SIGTERM and resumed), and a short training
+// run on the real data set (skipped only when /usr/share/datasets/fashion-mnist is
+// absent).
 //
 // FmnistCuda.* compare the CUDA path with the CPU path (gradients, training runs, a
 // CUDA-trained model validated on the CPU). They need a usable GPU and skip without
 // one, saying why; FMNIST_TEST_REQUIRE_GPU=1 makes "no GPU" a failure instead (as
 // gpu/check_on_device.sh runs them).
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <numbers>
 #include <optional>
@@ -680,6 +687,96 @@ TEST(FmnistTrain, ResumedAfterEpochTwoEndsWithTheSameWeights) {
   EXPECT_EQ(Train(*m, train, val, o, h).status().code(), StatusCode::kInvalidArgument);
 }
 
+// TrainHooks::stop is read at minibatch boundaries: set during a step, the training
+// stops after the next one (an epoch's last step lets the epoch finish); set after an
+// epoch, before the next starts; set after the last, the training is already done.
+// Either thread count stops at the same step with the same weights.
+TEST(FmnistTrain, StopsAtTheNextMinibatchBoundary) {
+  Dataset train = BandsDataset(300, 1), val = BandsDataset(100, 2);
+  TrainOptions o;
+  o.epochs = 4;
+  o.batch = 32;  // 10 steps an epoch
+  o.seed = 4;
+  std::vector<std::vector<float>> stopped_params;
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE(threads);
+    o.threads = threads;
+    auto m = MakeMlp({784, 16, 10}, 7);
+    ASSERT_TRUE(m.ok());
+    const std::vector<float> initial = m->params;
+    std::atomic<bool> stop{false};
+    TrainHooks hooks;
+    hooks.stop = &stop;
+    hooks.progress_every = 5;
+    hooks.on_progress = [&](const StepReport& r) {
+      if (r.step == 5) stop.store(true);
+    };
+    int epochs_seen = 0;
+    hooks.on_epoch = [&](const EpochReport&) { ++epochs_seen; };
+    auto r = Train(*m, train, val, o, hooks);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_TRUE(r->stopped);
+    EXPECT_EQ(r->stopped_epoch, 1);
+    EXPECT_EQ(r->stopped_step, 6);  // seen at the step after the one that set it
+    EXPECT_TRUE(r->epochs.empty());
+    EXPECT_EQ(epochs_seen, 0);
+    EXPECT_NE(m->params, initial);
+    stopped_params.push_back(m->params);
+  }
+  EXPECT_EQ(stopped_params[0], stopped_params[1]);
+
+  // Set after epoch 2: epoch 2's checkpoint is written, epoch 3 never starts, and the
+  // weights are those of that checkpoint.
+  o.threads = 2;
+  auto m = MakeMlp({784, 16, 10}, 7);
+  std::atomic<bool> stop{false};
+  std::vector<int> checkpoints;
+  std::vector<float> at_epoch_two;
+  TrainHooks hooks;
+  hooks.stop = &stop;
+  hooks.on_epoch = [&](const EpochReport& e) {
+    if (e.epoch == 2) stop.store(true);
+  };
+  hooks.on_checkpoint = [&](const Mlp& net, const TrainState& state) -> Status {
+    checkpoints.push_back(state.epochs_done);
+    if (state.epochs_done == 2) at_epoch_two = net.params;
+    return Status::Ok();
+  };
+  auto r = Train(*m, train, val, o, hooks);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->stopped);
+  EXPECT_EQ(r->stopped_epoch, 3);
+  EXPECT_EQ(r->stopped_step, 20);
+  EXPECT_EQ(r->epochs.size(), 2u);
+  EXPECT_EQ(checkpoints, (std::vector<int>{1, 2}));
+  EXPECT_EQ(m->params, at_epoch_two);
+
+  // Set before the start: nothing trained.
+  auto untouched = MakeMlp({784, 16, 10}, 7);
+  const std::vector<float> initial = untouched->params;
+  TrainHooks early;
+  early.stop = &stop;  // still set
+  r = Train(*untouched, train, val, o, early);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->stopped);
+  EXPECT_EQ(r->stopped_epoch, 1);
+  EXPECT_EQ(r->stopped_step, 0);
+  EXPECT_EQ(untouched->params, initial);
+
+  // Set after the last epoch: the training is complete, not stopped.
+  stop.store(false);
+  auto done = MakeMlp({784, 16, 10}, 7);
+  TrainHooks late;
+  late.stop = &stop;
+  late.on_epoch = [&](const EpochReport& e) {
+    if (e.epoch == 4) stop.store(true);
+  };
+  r = Train(*done, train, val, o, late);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->stopped);
+  EXPECT_EQ(r->epochs.size(), 4u);
+}
+
 // ---- --device ----
 
 const char* kNoDriver =
@@ -1051,6 +1148,168 @@ TEST(FmnistCli, MetricsLinesAndResumeFromTheEpochTwoCheckpoint) {
   EXPECT_NE(out.find("ignoring the checkpoint in " + d / "ckpt" + ": "), std::string::npos) << out;
   EXPECT_NE(out.find("epoch 1/4"), std::string::npos) << out;
   EXPECT_TRUE(ReadAll(d / "over/model.bin") == full_model);
+}
+
+// A running `fmnist train` as a real child process (no shell), its stdout and stderr
+// on one pipe read line by line; killed and reaped if the test leaves it running.
+class FmnistChild {
+ public:
+  explicit FmnistChild(std::vector<std::string> args) {
+    args.insert(args.begin(), FMNIST_BIN);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
+    if (posix_spawn(&pid_, FMNIST_BIN, &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    out_ = fdopen(fds[0], "r");
+  }
+  ~FmnistChild() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (out_ != nullptr) std::fclose(out_);
+  }
+  FmnistChild(const FmnistChild&) = delete;
+  FmnistChild& operator=(const FmnistChild&) = delete;
+
+  bool started() const { return pid_ > 0 && out_ != nullptr; }
+
+  // Reads up to and including the first line that starts with `prefix` and returns it
+  // (without its newline); nullopt at the end of the output.
+  std::optional<std::string> WaitForLine(const std::string& prefix) {
+    while (auto line = ReadLine()) {
+      if (line->starts_with(prefix)) return line;
+    }
+    return std::nullopt;
+  }
+
+  void Signal(int sig) { kill(pid_, sig); }
+
+  // Reads the rest of the output and reaps the child: its exit status, or -1 when a
+  // signal killed it.
+  int Wait() {
+    while (ReadLine()) {
+    }
+    int status = 0;
+    const pid_t reaped = waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return reaped > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  const std::string& output() const { return output_; }
+
+ private:
+  // The next line of output, kept in output_; nullopt at its end.
+  std::optional<std::string> ReadLine() {
+    char* line = nullptr;
+    size_t cap = 0;
+    const ssize_t n = getline(&line, &cap, out_);
+    std::optional<std::string> text;
+    if (n > 0) {
+      output_.append(line, static_cast<size_t>(n));
+      text.emplace(line, static_cast<size_t>(n) - (line[n - 1] == '\n' ? 1 : 0));
+    }
+    std::free(line);
+    return text;
+  }
+
+  pid_t pid_ = -1;
+  std::FILE* out_ = nullptr;
+  std::string output_;
+};
+
+// SIGTERM (how Epoch cancels a step, an early-stopped trial included) stops `fmnist
+// train` at the next minibatch boundary with exit 143 and a line naming the epoch, the
+// step and the latest checkpoint (the last finished epoch's: checkpoints hold whole
+// epochs); a run started again resumes from that checkpoint. The training is far too
+// long to finish (100,000 epochs), so only the signal can end it; each SIGTERM is sent
+// once the run has logged an epoch, i.e. written that epoch's metrics line.
+TEST(FmnistCli, SigtermStopsAtAMinibatchBoundaryAndTheRunResumes) {
+  TempDir d, data;
+  WriteBandsIdxDir(data, 200, 1);
+  std::string out;
+  ASSERT_EQ(RunFmnist("prep --data " + data.path() + " --out " + d / "prep", &out), 0) << out;
+  constexpr int kSteps = 15;  // --limit 120 images, batch 8
+  // The command line of a run writing to d/run and d/run.jsonl (no spaces in d).
+  auto args = [&](const std::string& run) {
+    std::istringstream words("train --data " + d / "prep" + " --out " + d / run +
+                             " --epochs 100000 --batch 8 --limit 120 --hidden 16 --device cpu" +
+                             " --threads 1 --metrics-every 0 --metrics " + d / (run + ".jsonl") +
+                             " --checkpoint-dir " + d / "ckpt");
+    return std::vector<std::string>(std::istream_iterator<std::string>(words), {});
+  };
+  // "SIGTERM received at epoch E step S: stopped; the latest checkpoint is ..." -> E, S.
+  auto stop_line = [](const std::string& output) -> std::pair<int, int64_t> {
+    const size_t at = output.find("SIGTERM received at epoch ");
+    int epoch = 0;
+    long long step = -1;
+    if (at == std::string::npos ||
+        std::sscanf(output.c_str() + at, "SIGTERM received at epoch %d step %lld", &epoch, &step) !=
+            2) {
+      return {0, -1};
+    }
+    return {epoch, step};
+  };
+
+  FmnistChild first(args("first"));
+  ASSERT_TRUE(first.started());
+  ASSERT_TRUE(first.WaitForLine("epoch 1/100000 ").has_value()) << first.output();
+  first.Signal(SIGTERM);
+  ASSERT_EQ(first.Wait(), 143) << first.output();
+  const auto [epoch, step] = stop_line(first.output());
+  ASSERT_GE(epoch, 2) << first.output();  // epoch 1 had ended when the signal was sent
+  // Inside epoch `epoch`: never after its last step (that one lets the epoch finish).
+  EXPECT_GE(step, int64_t{kSteps} * (epoch - 1)) << first.output();
+  EXPECT_LT(step, int64_t{kSteps} * epoch) << first.output();
+  const int saved = epoch - 1;
+  const std::string file = "epoch-" + std::to_string(saved) + ".bin";
+  EXPECT_NE(first.output().find("SIGTERM received at epoch " + std::to_string(epoch) + " step " +
+                                std::to_string(step) + ": stopped; the latest checkpoint is " +
+                                d / "ckpt/" + file + " (written after epoch " +
+                                std::to_string(saved) + "; checkpoints are written at epoch " +
+                                "ends only), a resumed training starts at epoch " +
+                                std::to_string(epoch)),
+            std::string::npos)
+      << first.output();
+  EXPECT_TRUE(fs::exists(d / ("ckpt/" + file)));
+  EXPECT_EQ(ParseJson(ReadAll(d / "ckpt/checkpoint.json")).value(),
+            (Json{{"file", file}, {"epoch", saved}}));
+  EXPECT_FALSE(fs::exists(d / "first/model.bin"));  // a stopped training is no model
+  EXPECT_FALSE(fs::exists(d / "first/metrics.json"));
+  std::vector<Json> lines = MetricsLines(d / "first.jsonl");
+  ASSERT_EQ(lines.size(), static_cast<size_t>(saved));  // one per finished epoch
+  EXPECT_EQ(lines.front()["epoch"], 1);
+  EXPECT_EQ(lines.back()["step"], kSteps * saved);
+
+  // Started again on the same checkpoint dir: resumes after the saved epoch.
+  FmnistChild second(args("second"));
+  ASSERT_TRUE(second.started());
+  const std::string resumed = "resumed from " + file + " at epoch " + std::to_string(epoch);
+  EXPECT_EQ(second.WaitForLine("resumed from "), std::optional<std::string>(resumed))
+      << second.output();
+  ASSERT_TRUE(second.WaitForLine("epoch " + std::to_string(epoch) + "/100000 ").has_value())
+      << second.output();
+  EXPECT_EQ(second.output().find("epoch 1/100000"), std::string::npos) << second.output();
+  second.Signal(SIGTERM);
+  ASSERT_EQ(second.Wait(), 143) << second.output();
+  const auto [epoch2, step2] = stop_line(second.output());
+  EXPECT_GT(epoch2, epoch) << second.output();
+  EXPECT_GE(step2, int64_t{kSteps} * (epoch2 - 1)) << second.output();
+  lines = MetricsLines(d / "second.jsonl");
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines.front()["epoch"], epoch);  // the first epoch it trained: the unfinished one
+  EXPECT_EQ(lines.front()["step"], kSteps * epoch);
+  EXPECT_EQ(
+      ParseJson(ReadAll(d / "ckpt/checkpoint.json")).value(),
+      (Json{{"file", "epoch-" + std::to_string(epoch2 - 1) + ".bin"}, {"epoch", epoch2 - 1}}));
 }
 
 // ---- the CUDA path against the CPU path (needs a GPU) ----

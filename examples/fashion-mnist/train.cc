@@ -141,8 +141,17 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
   int64_t step_base = int64_t{steps} * (first_epoch - 1);
   const int every = hooks.on_progress ? hooks.progress_every : 0;
   for (int epoch = first_epoch; epoch <= o.epochs; ++epoch) {
+    if (StopRequested(hooks)) {
+      report.stopped = true;
+      report.stopped_epoch = epoch;
+      report.stopped_step = step_base;
+      break;
+    }
     const std::vector<uint32_t>& order = minibatches.NextEpoch();
     std::vector<BatchStats> stats(kParts);
+    // Thread 0 reads hooks.stop between the two barriers of a step and says here what
+    // every thread sees after the second: the steps done, or 0 to go on.
+    int64_t stop_after = 0;
     double last_lr = o.lr;
     double window_loss = 0;  // the epoch's loss sum at the last progress report
     size_t window_images = 0;
@@ -176,6 +185,7 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
         const int64_t step = step_base + s;  // 0-based over the whole run
         const double lr = LearningRate(o, step, total_steps);
         if (t == 0 && s == steps - 1) last_lr = lr;
+        if (t == 0 && s + 1 < steps && StopRequested(hooks)) stop_after = step + 1;
         // Every part's stats are final until the next gradient phase, past the barrier
         // below; the epoch's own line reports its last window.
         if (t == 0 && every > 0 && (s + 1) % every == 0 && s + 1 < steps) {
@@ -212,8 +222,15 @@ Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validatio
           }
         }
         sync.arrive_and_wait();  // the parameters are updated
+        if (stop_after > 0) break;
       }
     });
+    if (stop_after > 0) {
+      report.stopped = true;
+      report.stopped_epoch = epoch;
+      report.stopped_step = stop_after;
+      break;
+    }
     step_base += steps;
 
     EpochReport er;

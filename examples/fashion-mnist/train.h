@@ -13,6 +13,7 @@
 // not be touched by anyone else during the call. A MinibatchOrder is a plain value.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -59,6 +60,12 @@ struct TrainReport {
   double train_seconds = 0;      // all training steps (validation passes excluded)
   double seconds = 0;            // the whole call, validation passes included
   double images_per_second = 0;  // training images processed / train_seconds
+  // TrainHooks::stop ended the training early: `epochs` and the times above hold the
+  // finished epochs only; it stopped after stopped_step optimizer steps over the run,
+  // in epoch stopped_epoch (1-based; between two epochs: the one it did not start).
+  bool stopped = false;
+  int stopped_epoch = 0;
+  int64_t stopped_step = 0;
 };
 
 // What a training holds between epochs besides the weights (the Mlp): with both, a
@@ -91,11 +98,23 @@ struct TrainHooks {
   std::function<void(const StepReport&)> on_progress;
   // Continue from here (m holds its weights) instead of from epoch 0; may be null.
   const TrainState* resume = nullptr;
+  // Read at every minibatch boundary: before each epoch and after each optimizer step
+  // but an epoch's last (that epoch finishes: its validation pass, on_epoch and
+  // on_checkpoint). Once it reads true the training stops there, leaves m at the
+  // weights of the last step done and returns TrainReport::stopped. May be null. A
+  // signal handler may set it (a lock-free atomic store is async-signal-safe).
+  const std::atomic<bool>* stop = nullptr;
 };
+
+// Whether hooks.stop is set and reads true.
+inline bool StopRequested(const TrainHooks& hooks) {
+  return hooks.stop != nullptr && hooks.stop->load(std::memory_order_relaxed);
+}
 
 // Trains m in place on train; after each epoch evaluates on validation (when it is
 // not empty) and calls the hooks. With hooks.resume, trains epochs epochs_done + 1 ..
-// options.epochs only (none when all are done) and reports those. kInvalidArgument for
+// options.epochs only (none when all are done) and reports those. With hooks.stop, may
+// end early (see TrainHooks::stop and TrainReport::stopped). kInvalidArgument for
 // bad options, an empty training set, data whose width is not m.inputs(), or a resume
 // state that does not fit (epochs_done out of range, moments of the wrong size).
 Result<TrainReport> Train(Mlp& m, const Dataset& train, const Dataset& validation,
