@@ -4,12 +4,16 @@
 // decision) is fixed. The bad trials are stopped at the first rung, two fair ones at
 // the second; each stopped trial gets SIGTERM and writes a checkpoint before it exits;
 // the best trial's outputs and parameters flow to the step after the sweep; the run's
-// record and its history say where each trial stood and why it stopped.
+// record and its history say where each trial stood and why it stopped. The same sweep
+// with its master killed (-9) after the first TrialStopped and restarted on the same data
+// dir makes the same decisions, each once, and runs each trial once.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/json.h"
@@ -140,6 +144,105 @@ TEST(AshaE2ETest, BadTrialsStopAtTheFirstRungWithACheckpointAndTheBestFlowsDowns
   HttpResult infer = d.Get("/v1/runs/" + run + "/steps/infer/logs");
   ASSERT_EQ(infer.status, 200) << infer.body;
   EXPECT_NE(infer.body.find("model 0.9 best 0.9"), std::string::npos) << infer.body;
+}
+
+// Every TrialPromoted / TrialStopped of a run's history, as "promoted 0" / "stopped 1" by
+// trial, in order; and the StepSweepCompleted payload, if there is one.
+struct History {
+  std::map<int, std::vector<std::string>> decisions;
+  std::vector<Json> judgements;  // the events themselves
+  Json done;
+};
+
+History ReadHistory(Epochd& d, const std::string& run) {
+  History h;
+  HttpResult evs = d.Get("/v1/runs/" + run + "/events");
+  EXPECT_EQ(evs.status, 200) << evs.body;
+  Json items = evs.json()["items"];
+  for (const auto& e : items) {
+    const Json& p = e["data"];
+    if (e["type"] == "TrialPromoted" || e["type"] == "TrialStopped") {
+      h.decisions[p["trial"].get<int>()].push_back(
+          std::string(e["type"] == "TrialStopped" ? "stopped " : "promoted ") + p["rung"].dump());
+      h.judgements.push_back(e);
+    }
+    if (e["type"] == "StepSweepCompleted") h.done = p;
+  }
+  return h;
+}
+
+// Replay: the master is killed (-9) just after its first TrialStopped is durable, while
+// the stopped trial may still be running on its agent and the other trials wait; the
+// restarted master replays the history and carries on. No trial runs twice, no trial is
+// judged twice at a rung, and every decision is the one an uninterrupted sweep makes.
+TEST(AshaE2ETest, ReplayAMasterKill9DuringASweepLeavesNoTrialDoubled) {
+  TempDir dir;
+  std::string data = dir.path() + "/data";
+  std::vector<std::string> cfg = {"executor.metricsInterval=200ms", "executor.leaseTime=10s"};
+  Epochd d(data, cfg);
+  d.Start();
+  std::string run = d.RegisterAndSubmit(Workflow());
+  History before;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        before = ReadHistory(d, run);
+        for (const auto& [trial, ds] : before.decisions) {
+          for (const auto& what : ds) {
+            if (what.rfind("stopped ", 0) == 0) return true;
+          }
+        }
+        return false;
+      },
+      60s))
+      << "no TrialStopped; the log:\n"
+      << d.Log();
+  ASSERT_TRUE(before.done.is_null()) << "the sweep was still going when the master died";
+  d.Kill9();
+
+  Epochd again(data, cfg);
+  again.Start();
+  Json r = again.WaitForRun(run, 120s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(1);
+  HttpResult leaders = again.Get("/v1/events?type=LeaderElected");
+  ASSERT_EQ(leaders.status, 200) << leaders.body;
+  EXPECT_EQ(leaders.json()["items"].size(), 2u) << "the master was restarted once";
+
+  // Six attempts, one per trial, none repeated.
+  const Json& train = r["steps"][0];
+  ASSERT_EQ(train["name"], "train");
+  ASSERT_EQ(train["attempts"].size(), 6u) << train.dump(1);
+  std::map<int, int> runs_of;  // trial -> attempts
+  for (const auto& a : train["attempts"]) ++runs_of[a["trial"].get<int>()];
+  EXPECT_EQ(runs_of, (std::map<int, int>{{0, 1}, {1, 1}, {2, 1}, {3, 1}, {4, 1}, {5, 1}}));
+
+  // One judgement per trial and rung, and the decisions of an uninterrupted sweep.
+  History after = ReadHistory(again, run);
+  std::map<std::pair<int, int>, int> judged;  // (trial, rung) -> events
+  for (const Json& e : after.judgements) {
+    int trial = e["data"]["trial"], rung = e["data"]["rung"];
+    EXPECT_EQ(++judged[std::make_pair(trial, rung)], 1)
+        << "trial " << trial << " judged twice at rung " << rung << ": " << e.dump();
+  }
+  using V = std::vector<std::string>;
+  EXPECT_EQ(after.decisions, (std::map<int, V>{{0, V{"promoted 0", "promoted 1"}},
+                                               {1, V{"stopped 0"}},
+                                               {2, V{"stopped 0"}},
+                                               {3, V{"promoted 0", "stopped 1"}},
+                                               {4, V{"stopped 0"}},
+                                               {5, V{"promoted 0", "stopped 1"}}}));
+  // What the first master recorded is a prefix of the history, unchanged.
+  for (const auto& [trial, ds] : before.decisions) {
+    ASSERT_LE(ds.size(), after.decisions[trial].size()) << trial;
+    EXPECT_TRUE(std::equal(ds.begin(), ds.end(), after.decisions[trial].begin())) << trial;
+  }
+  EXPECT_EQ(after.done["best_trial"], 0) << after.done.dump();
+  EXPECT_EQ(after.done["succeeded"], 1);
+  EXPECT_EQ(after.done["stopped"], 5);
+  EXPECT_EQ(after.done["failed"], 0);
+  EXPECT_EQ(train["best"]["trial"], 0);
+  for (const auto& a : train["attempts"]) {
+    EXPECT_EQ(a["state"], a["trial"] == 0 ? "succeeded" : "cancelled") << a.dump();
+  }
 }
 
 }  // namespace
