@@ -377,6 +377,10 @@ const std::map<std::string, KeyDef>& Keys() {
          ASSIGN_OR_RETURN(c->preemption_min_run_time, AsDuration(k, v));
          return Status::Ok();
        }}},
+      {"scheduler.elasticMinRunTime", {"1m", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->elastic_min_run_time, AsDuration(k, v));
+         return Status::Ok();
+       }}},
       {"cache.maxEntries", {"10000", [](Config* c, const std::string& k, const Json& v) {
          ASSIGN_OR_RETURN(auto n, AsInt(k, v, 1, 100000000));
          c->cache_max_entries = static_cast<size_t>(n);
@@ -671,6 +675,7 @@ Json Config::ToJson() const {
   j["cache.maxEntries"] = cache_max_entries;
   j["scheduler.preemption"] = preemption ? "priority" : "off";
   j["scheduler.preemptionMinRunTime"] = FormatDuration(preemption_min_run_time);
+  j["scheduler.elasticMinRunTime"] = FormatDuration(elastic_min_run_time);
   return j;
 }
 

@@ -113,6 +113,7 @@ struct Config {
   // scheduler.preemption (off | priority) and scheduler.preemptionMinRunTime.
   bool preemption = false;
   Micros preemption_min_run_time = std::chrono::minutes(5);
+  Micros elastic_min_run_time = std::chrono::minutes(1);  // scheduler.elasticMinRunTime
 
   // The effective configuration as JSON (dotted keys), for /v1/cluster and logs.
   Json ToJson() const;

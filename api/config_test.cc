@@ -151,6 +151,9 @@ TEST(ConfigTest, PreemptionIsOffByDefaultAndItsKeysAreChecked) {
   EXPECT_EQ(c.ToJson()["scheduler.preemptionMinRunTime"], "5m");
   ASSERT_TRUE(ApplySetArg(&c, "scheduler.preemption=priority").ok());
   ASSERT_TRUE(ApplySetArg(&c, "scheduler.preemptionMinRunTime=90s").ok());
+  EXPECT_EQ(c.ToJson()["scheduler.elasticMinRunTime"], "1m");
+  ASSERT_TRUE(ApplySetArg(&c, "scheduler.elasticMinRunTime=5s").ok());
+  EXPECT_EQ(c.elastic_min_run_time, std::chrono::seconds(5));
   EXPECT_TRUE(c.preemption);
   EXPECT_EQ(c.preemption_min_run_time, std::chrono::seconds(90));
   EXPECT_EQ(c.ToJson()["scheduler.preemption"], "priority");

@@ -356,6 +356,7 @@ int main(int argc, char** argv) {
   ec.cache_max_entries = config.cache_max_entries;
   ec.preemption = config.preemption;
   ec.preemption_min_run_time = config.preemption_min_run_time;
+  ec.elastic_min_run_time = config.elastic_min_run_time;
   for (const char* name : {"EPOCH_FAKE_GPUS"}) {
     if (const char* v = std::getenv(name)) eopts.agent_env[name] = v;
   }

@@ -311,6 +311,7 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
                   .env = *env,
                   .timeout_ms = step.timeout ? step.timeout->count() / 1000 : 0,
                   .workers = step.workers};
+  if (step.workers_min > 0) q.workers_min = step.workers_min;
   if (!mounts.empty()) q.mounts = std::move(mounts);
   if (!cache.is_null()) {
     ev::CacheDecision c;
@@ -551,15 +552,48 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
         !s.HasActive()) {
       // A preempted attempt (JobPreempted) is not a try: its step is queued again at once
       // and resumes from its checkpoint (Schedule hands it the latest).
-      if (const Attempt* last = s.Last(); last && !last->preempted_by.empty() && !step.sweep) {
-        QueueAttempt(state, run, step, static_cast<int>(s.attempts.size()) + 1, ctx, &out);
+      // So is an elastic gang's resize (GangResized): it runs again with the new size.
+      // Both wait for every worker of a gang to end, so that the next attempt is placed
+      // on the room they leave (an elastic one as wide as fits).
+      const Attempt* last = s.Last();
+      const int again = static_cast<int>(s.attempts.size()) + 1;
+      const bool workers_ended =
+          !last || std::all_of(last->ranks.begin(), last->ranks.end(),
+                               [](const Worker& w) { return IsTerminal(w.phase); });
+      if (last && !step.sweep && (!last->preempted_by.empty() || last->resized_to > 0)) {
+        if (workers_ended) QueueAttempt(state, run, step, again, ctx, &out);
         continue;
+      }
+      // An elastic gang that lost workers with their containers shrinks rather than
+      // fails while `workers_min` remain (below it, it retries as any step).
+      if (last && !step.sweep && last->workers_max > 0 && last->phase == AttemptPhase::kLost) {
+        std::vector<std::string> members;
+        for (const auto& w : last->ranks) {
+          if (w.phase != AttemptPhase::kLost) members.push_back(w.container);
+        }
+        if (static_cast<int>(members.size()) >= last->workers_min) {
+          if (!workers_ended) continue;
+          int lost = last->workers - static_cast<int>(members.size());
+          int size = static_cast<int>(members.size());
+          out.push_back(RunEvent(
+              run, ev::GangResized{
+                       .step = s.name,
+                       .attempt = last->number,
+                       .world_size = size,
+                       .from = last->workers,
+                       .members = members,
+                       .reason = std::to_string(lost) + " of " + std::to_string(last->workers) +
+                                 " workers lost with their containers; " + std::to_string(size) +
+                                 " go on (min " + std::to_string(last->workers_min) + ")"}));
+          QueueAttempt(state, run, step, again, ctx, &out);
+          continue;
+        }
       }
       // Attempts used since the run was (re)started, preemptions aside; a retry request
       // starts a new round.
       int used = 0;
       for (const auto& a : s.attempts) {
-        used += a.number >= s.round_start && a.preempted_by.empty();
+        used += a.number >= s.round_start && a.preempted_by.empty() && a.resized_to == 0;
       }
       // A retry of an unschedulable attempt would be refused the same way.
       bool hopeless = s.reason.starts_with(kUnschedulable);

@@ -158,6 +158,9 @@ void WorkerReportEvents(const State& state, const Container& c, const AttemptRep
     end(Ended<ev::JobCancelled>(step, n, "stopped early: " + a->stopped));
   } else if (st == "cancelled" && !a->preempted_by.empty()) {
     end(Ended<ev::JobCancelled>(step, n, "preempted by " + a->preempted_by));
+  } else if (st == "cancelled" && a->resized_to > 0) {
+    end(Ended<ev::JobCancelled>(step, n,
+                                "resized to " + std::to_string(a->resized_to) + " workers"));
   } else if (st == "timed_out") {
     end(Ended<ev::JobTimedOut>(step, n, reason));
   } else {

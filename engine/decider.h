@@ -87,6 +87,9 @@ struct EngineConfig {
   // have run at least preemption_min_run_time (scheduler.preemptionMinRunTime).
   bool preemption = false;
   Micros preemption_min_run_time = std::chrono::minutes(5);
+  // An elastic gang grows (restarting its ranks) only once it has run this long
+  // (scheduler.elasticMinRunTime), so that freed room does not restart it over and over.
+  Micros elastic_min_run_time = std::chrono::minutes(1);
 };
 
 // The OS user `tenant`'s steps run as (see EngineConfig::tenant_run_as).

@@ -62,4 +62,9 @@ void FailUnschedulable(const State& state, const std::string& why, std::vector<E
 // for; those held back by their tenant's GPU quota are not counted (schedule.cc).
 int UnplacedDemand(const State& state, const EngineConfig& cfg);
 
+// Elastic gangs (schedule.cc): with nothing queued, each running elastic attempt below
+// its most workers that has run at least elastic_min_run_time and has room for more
+// on the free capacity gets GangResized (it restarts, placed as wide as fits).
+void GrowElasticGangs(const State& state, const DecideContext& ctx, std::vector<Event>* out);
+
 }  // namespace epoch::engine

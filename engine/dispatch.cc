@@ -115,7 +115,8 @@ DispatchView Engine::DispatchFor(const std::string& container,
       ParseTaskId(id, &run_id, &step, &n, &rank);
       const Run* run = s.FindRun(run_id);
       if (IsTerminal(ga->phase) || !ga->stopped.empty() || !ga->preempted_by.empty() ||
-          w->container != container || !run || run->cancel_requested || IsTerminal(run->phase) ||
+          ga->resized_to > 0 || w->container != container || !run || run->cancel_requested ||
+          IsTerminal(run->phase) ||
           (IsTerminal(w->phase) && w->phase != AttemptPhase::kCancelled)) {
         view.cancels.push_back(id);
       } else if (w->phase == AttemptPhase::kCancelled) {
@@ -129,7 +130,7 @@ DispatchView Engine::DispatchFor(const std::string& container,
     // A trial early stopping stopped (TrialStopped) and a preempted attempt (JobPreempted)
     // are cancelled like those of a cancelled run.
     bool cancel = !a || IsTerminal(a->phase) || !a->stopped.empty() || !a->preempted_by.empty() ||
-                  a->container != container;
+                  a->resized_to > 0 || a->container != container;
     if (!cancel && ParseAttemptId(id, &run_id, &step, &n)) {
       const Run* run = s.FindRun(run_id);
       cancel = !run || run->cancel_requested || IsTerminal(run->phase);

@@ -215,9 +215,10 @@ struct JobQueued {
   int attempt = 0;
   ResourceSpec resources{};
   std::vector<std::string> argv{};
-  Json env = Json::object();  // name -> value
-  int64_t timeout_ms = 0;     // 0: none
-  int workers = 1;            // a gang's size (v2; v1 wrote it only above 1)
+  Json env = Json::object();         // name -> value
+  int64_t timeout_ms = 0;            // 0: none
+  int workers = 1;                   // a gang's size (v2; v1 wrote it only above 1); elastic: max
+  std::optional<int> workers_min{};  // an elastic gang's least size
   std::optional<std::vector<Mount>> mounts{};
   std::optional<CacheDecision> cache{};
   std::optional<int> trial{};  // a sweep's trial, with its parameters
@@ -231,6 +232,7 @@ struct JobQueued {
                       Obj("env", &JobQueued::env),
                       F("timeout_ms", &JobQueued::timeout_ms),
                       F("workers", &JobQueued::workers),
+                      F("workers_min", &JobQueued::workers_min),
                       F("mounts", &JobQueued::mounts),
                       F("cache", &JobQueued::cache),
                       F("trial", &JobQueued::trial),
@@ -487,6 +489,25 @@ struct JobPreempted {
                       F("priority", &JobPreempted::priority),
                       F("by_priority", &JobPreempted::by_priority),
                       F("reason", &JobPreempted::reason)};
+  }
+};
+
+struct GangResized {
+  static constexpr std::string_view kType = kGangResized;
+  static constexpr uint32_t kVersion = 1;
+  std::string step{};
+  int attempt = 0;                     // the attempt that ends for it
+  int world_size = 0;                  // the size asked for next
+  int from = 0;                        // its size
+  std::vector<std::string> members{};  // the containers of the workers that go on
+  std::string reason{};
+  static constexpr auto Fields() {
+    return std::tuple{F("step", &GangResized::step),
+                      F("attempt", &GangResized::attempt),
+                      F("world_size", &GangResized::world_size),
+                      F("from", &GangResized::from),
+                      F("members", &GangResized::members),
+                      F("reason", &GangResized::reason)};
   }
 };
 
@@ -770,7 +791,7 @@ using Payload =
                  CheckpointSaved, DatasetVersionRegistered, ModelVersionRegistered,
                  ModelVersionValidated, ContainerRequested, ContainerLaunched, ContainerRegistered,
                  ContainerLost, ContainerReleased, CacheInvalidated, LeaderElected, OutputsExpired,
-                 LogsExpired, TrialPromoted, TrialStopped, JobPreempted>;
+                 LogsExpired, TrialPromoted, TrialStopped, JobPreempted, GangResized>;
 
 template <class T>
 concept PayloadType = requires {

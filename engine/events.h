@@ -57,6 +57,13 @@ inline constexpr std::string_view kTrialStopped = "TrialStopped";  // the same
 // its checkpoint) without counting against retry.limit. A gang goes as a whole.
 inline constexpr std::string_view kJobPreempted =
     "JobPreempted";  // {step, attempt, by, priority, by_priority, reason}
+// An elastic gang (workers {min, max}) changes size: it grows when room for more workers
+// has freed (the attempt is cancelled and queued again, to be placed as wide as fits),
+// or shrinks when a worker's container is lost while `min` remain (queued again rather
+// than failed). Either way the ranks restart from the checkpoint with the new
+// WORLD_SIZE (the torchrun model), and the change is not a try.
+inline constexpr std::string_view kGangResized =
+    "GangResized";  // {step, attempt, world_size, from, members, reason}
 inline constexpr std::string_view kJobRetryScheduled = "JobRetryScheduled";  // {step, attempt, not_before}
 // Live metrics: a batch of points an attempt (or a gang rank) appended to $EPOCH_METRICS,
 // numbered from `from` within its series; totals of what the agent skipped or dropped
@@ -127,7 +134,8 @@ inline constexpr std::string_view kAllTypes[] = {kWorkflowRegistered,
                                                  kLogsExpired,
                                                  kTrialPromoted,
                                                  kTrialStopped,
-                                                 kJobPreempted};
+                                                 kJobPreempted,
+                                                 kGangResized};
 }  // namespace ev
 
 inline std::string RunStream(std::string_view run) { return "run-" + std::string(run); }

@@ -316,6 +316,10 @@ struct Apply {
     if (a.number != static_cast<int>(t.step->attempts.size()) + 1) return Status::Ok();
     a.timeout_ms = p.timeout_ms;
     a.workers = p.workers;
+    if (p.workers_min) {
+      a.workers_min = *p.workers_min;
+      a.workers_max = p.workers;
+    }
     if (p.mounts) {
       a.mounts = Json::array();
       for (const auto& m : *p.mounts) a.mounts.push_back(fields::Encode(m));
@@ -355,6 +359,7 @@ struct Apply {
         Reserve(s, w.container, t.attempt_id + "/" + std::to_string(w.rank), a.resources, w.gpus);
         a.ranks.push_back(std::move(w));
       }
+      if (a.workers_max > 0) a.workers = static_cast<int>(a.ranks.size());  // as wide as fit
       if (!a.ranks.empty()) {
         a.container = a.ranks[0].container;
         a.gpus = a.ranks[0].gpus;
@@ -535,6 +540,15 @@ struct Apply {
     Target t = Resolve(s, e, p.step, p.attempt);
     if (!t.attempt || IsTerminal(t.attempt->phase)) return Status::Ok();
     t.attempt->preempted_by = p.by;
+    return Status::Ok();
+  }
+
+  // An elastic gang's resize: the size its step asks for next. The dispatcher cancels a
+  // running attempt's workers; decide queues the step again once it has ended.
+  Status operator()(const ev::GangResized& p) {
+    Target t = Resolve(s, e, p.step, p.attempt);
+    if (!t.attempt) return Status::Ok();
+    t.attempt->resized_to = p.world_size;
     return Status::Ok();
   }
 

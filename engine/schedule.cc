@@ -114,10 +114,40 @@ void Take(Slot& s, const workflows::Resources& r, Json* gpus, Json* uuids) {
   }
 }
 
+// Places `k` workers of `r` or none, as PlaceAll does a gang's.
+bool PlaceWorkers(std::vector<Slot>& slots, const workflows::Resources& r, int k,
+                  Json* placements) {
+  std::vector<Slot> trial = slots;
+  Json out = Json::array();
+  std::map<std::string, int> per_container;
+  for (int rank = 0; rank < k; ++rank) {
+    int i = BestFit(trial, r);
+    if (i < 0) return false;
+    Slot& s = trial[static_cast<size_t>(i)];
+    Json gpus = Json::array(), uuids = Json::array();
+    Take(s, r, &gpus, &uuids);
+    out.push_back(Json{{"rank", rank},
+                       {"local_rank", per_container[s.c->id]++},
+                       {"container", s.c->id},
+                       {"gpus", gpus},
+                       {"gpu_uuids", uuids}});
+  }
+  slots = std::move(trial);
+  *placements = std::move(out);
+  return true;
+}
+
 // Places all of an attempt's workers or none: on success the slots are updated
 // and placements holds {rank, local_rank, container, gpus, gpu_uuids} per worker;
-// on failure the slots are untouched (nothing is held while a gang waits).
+// on failure the slots are untouched (nothing is held while a gang waits). An elastic
+// gang is placed as wide as fits, from its most workers down to its least.
 bool PlaceAll(std::vector<Slot>& slots, const Attempt& a, Json* placements) {
+  if (a.workers_max > 0) {
+    for (int k = a.workers_max; k >= std::max(1, a.workers_min); --k) {
+      if (PlaceWorkers(slots, a.resources, k, placements)) return true;
+    }
+    return false;
+  }
   if (a.workers <= 1) {
     // One worker: BestFit changes nothing when it fails, so no trial copy is needed.
     int i = BestFit(slots, a.resources);
@@ -132,24 +162,7 @@ bool PlaceAll(std::vector<Slot>& slots, const Attempt& a, Json* placements) {
                                     {"gpu_uuids", std::move(uuids)}}});
     return true;
   }
-  std::vector<Slot> trial = slots;
-  Json out = Json::array();
-  std::map<std::string, int> per_container;
-  for (int rank = 0; rank < a.workers; ++rank) {
-    int i = BestFit(trial, a.resources);
-    if (i < 0) return false;
-    Slot& s = trial[static_cast<size_t>(i)];
-    Json gpus = Json::array(), uuids = Json::array();
-    Take(s, a.resources, &gpus, &uuids);
-    out.push_back(Json{{"rank", rank},
-                       {"local_rank", per_container[s.c->id]++},
-                       {"container", s.c->id},
-                       {"gpus", gpus},
-                       {"gpu_uuids", uuids}});
-  }
-  slots = std::move(trial);
-  *placements = std::move(out);
-  return true;
+  return PlaceWorkers(slots, a.resources, a.workers, placements);
 }
 
 // GPUs an attempt holds once placed: every worker's.
@@ -477,7 +490,7 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
         it != c.step_run->checkpoints.end()) {
       checkpoint = it->second;
     }
-    if (c.attempt->workers <= 1) {
+    if (c.attempt->workers <= 1 && c.attempt->workers_max == 0) {
       out.push_back(RunEvent(run, ev::JobAssigned{.step = c.step,
                                                   .attempt = c.number,
                                                   .container = p0["container"],
@@ -515,6 +528,43 @@ std::vector<Event> Schedule(const State& state, const DecideContext& ctx) {
   });
   if (!waiting.empty()) Preempt(state, ctx, free, std::move(waiting), &out);
   return out;
+}
+
+void GrowElasticGangs(const State& state, const DecideContext& ctx, std::vector<Event>* out) {
+  if (!state.queue.empty()) return;  // queued work first
+  std::vector<Slot> free;
+  for (const auto& [id, run] : state.runs) {
+    if (IsTerminal(run.phase) || run.cancel_requested) continue;
+    for (const auto& s : run.steps) {
+      const Attempt* a = s.Last();
+      if (!a || a->workers_max == 0 || a->workers >= a->workers_max) continue;
+      if (a->phase != AttemptPhase::kRunning || a->resized_to > 0 || !a->preempted_by.empty() ||
+          !a->stopped.empty() || a->trial >= 0) {
+        continue;
+      }
+      if (ctx.now - a->started_at < ctx.config->elastic_min_run_time) continue;
+      if (free.empty()) free = FreeSlots(state, /*include_pending=*/false);
+      for (int extra = a->workers_max - a->workers; extra >= 1; --extra) {
+        Json placements;
+        if (!PlaceWorkers(free, a->resources, extra, &placements)) continue;
+        std::vector<std::string> members;
+        for (const auto& w : a->ranks) members.push_back(w.container);
+        int size = a->workers + extra;
+        out->push_back(RunEvent(
+            run,
+            ev::GangResized{.step = s.name,
+                            .attempt = a->number,
+                            .world_size = size,
+                            .from = a->workers,
+                            .members = std::move(members),
+                            .reason = "room for " + std::to_string(extra) + " more worker" +
+                                      (extra == 1 ? "" : "s") + ": grows from " +
+                                      std::to_string(a->workers) + " to " + std::to_string(size) +
+                                      " (max " + std::to_string(a->workers_max) + ")"}));
+        break;
+      }
+    }
+  }
 }
 
 std::map<std::string, int> TenantGpusHeld(const State& state) {

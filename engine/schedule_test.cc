@@ -409,6 +409,111 @@ TEST_F(PreemptionTest, OffByDefault) {
   EXPECT_EQ(EngineConfig{}.preemption, false);
 }
 
+// Elastic gangs ("workers": {"min": 2, "max": 3}), from the decider's view: placed as
+// wide as fits, grown when room frees (after elastic_min_run_time), shrunk when a
+// worker's container is lost while min remain; at min, a loss fails as it always did.
+class ElasticTest : public ScalingTest {
+ protected:
+  void SetUp() override {
+    cfg_.min_replicas = 0;
+    cfg_.max_replicas = 0;  // the test registers the containers itself
+    cfg_.container_cpu_millis = 1000;
+    cfg_.elastic_min_run_time = std::chrono::seconds(60);
+  }
+  // One more container in the pool (minReplicas), registered.
+  void Add(const std::string& id) {
+    cfg_.max_replicas = ++cfg_.min_replicas;
+    Tick();
+    ASSERT_EQ(s_.containers.count(id), 1u);
+    Register(id, 0);
+  }
+  std::vector<RecordedEvent> Lose(const std::string& id) {
+    Processor p(&s_, DecideContext{now_, &cfg_}, 1);
+    p.Record(OnTick(s_, engine::Tick{{id}}, DecideContext{now_, &cfg_}));
+    p.Settle();
+    return p.recorded();
+  }
+  // Each live worker of `attempt` reports `state` ("running": listed as running).
+  std::vector<RecordedEvent> Workers(const std::string& attempt, int n, const std::string& state) {
+    std::vector<RecordedEvent> all;
+    for (int r = 0; r < n; ++r) {
+      std::string id = attempt + "/" + std::to_string(r);
+      const Attempt* ga = nullptr;
+      const Worker* w = s_.FindWorker(id, &ga);
+      if (!w || w->phase == AttemptPhase::kLost) continue;
+      PollContainer one;
+      one.container = w->container;
+      if (state == "running") {
+        one.running = {id};
+      } else {
+        one.reports = Reports(Json::array({Json{{"attempt_id", id}, {"state", state}}}));
+      }
+      for (auto& e : Run(one)) all.push_back(e);
+    }
+    return all;
+  }
+  const Attempt& A(int n) { return s_.runs["el0"].steps[0].attempts[static_cast<size_t>(n) - 1]; }
+  static std::vector<std::string> Resized(const std::vector<RecordedEvent>& evs) {
+    std::vector<std::string> out;
+    for (const auto& e : evs) {
+      if (e.type == "GangResized") {
+        out.push_back(e.data["attempt"].dump() + ": " + e.data["from"].dump() + " -> " +
+                      e.data["world_size"].dump() + " " + e.data["members"].dump() + " " +
+                      e.data["reason"].get<std::string>());
+      }
+    }
+    return out;
+  }
+};
+
+TEST_F(ElasticTest, StartsAtWhatFitsGrowsWhenRoomFreesAndShrinksOnALostWorker) {
+  Add("c1");
+  Add("c2");
+  Submit(R"({"name":"el","steps":[{"name":"a","command":["x"],"workers":{"min":2,"max":3},
+             "resources":{"cpu":"1"}}]})",
+         1);
+  ASSERT_EQ(A(1).phase, AttemptPhase::kAssigned) << "2 fit: it starts with 2";
+  EXPECT_EQ(A(1).workers, 2);
+  EXPECT_EQ(A(1).ranks.size(), 2u);
+  Workers("el0/a/1", 2, "running");
+  EXPECT_EQ(A(1).phase, AttemptPhase::kRunning);
+  Add("c3");
+  EXPECT_TRUE(Resized(Tick()).empty()) << "it has not run elastic_min_run_time yet";
+  now_ += std::chrono::seconds(61);
+  auto evs = Tick();
+  EXPECT_EQ(Resized(evs),
+            (std::vector<std::string>{
+                R"(1: 2 -> 3 ["c1","c2"] room for 1 more worker: grows from 2 to 3 (max 3))"}));
+  EXPECT_TRUE(Resized(Tick()).empty()) << "once";
+  // The ranks are cancelled; the step is queued again, not as a try, and placed on 3.
+  Workers("el0/a/1", 2, "cancelled");
+  EXPECT_EQ(A(1).reason, "resized to 3 workers");
+  ASSERT_EQ(s_.runs["el0"].steps[0].attempts.size(), 2u);
+  EXPECT_EQ(A(2).phase, AttemptPhase::kAssigned);
+  EXPECT_EQ(A(2).workers, 3);
+  Workers("el0/a/2", 3, "running");
+  // c3 is lost: 2 of 3 remain, at least min: once the other two have stopped, it
+  // shrinks to 2 rather than failing.
+  evs = Lose("c3");
+  EXPECT_TRUE(Resized(evs).empty()) << "ranks 0 and 1 still run";
+  EXPECT_EQ(A(2).phase, AttemptPhase::kLost);
+  evs = Workers("el0/a/2", 3, "cancelled");
+  EXPECT_EQ(
+      Resized(evs),
+      (std::vector<std::string>{
+          R"(2: 3 -> 2 ["c1","c2"] 1 of 3 workers lost with their containers; 2 go on (min 2))"}));
+  ASSERT_EQ(s_.runs["el0"].steps[0].attempts.size(), 3u);
+  EXPECT_EQ(A(3).phase, AttemptPhase::kAssigned);
+  EXPECT_EQ(A(3).workers, 2);
+  EXPECT_EQ(s_.runs["el0"].phase, RunPhase::kRunning);
+  // At min, a loss is a failure as for any gang (retry.limit 0: the run fails).
+  Workers("el0/a/3", 2, "running");
+  evs = Lose("c2");
+  EXPECT_TRUE(Resized(evs).empty());
+  EXPECT_EQ(s_.runs["el0"].phase, RunPhase::kFailed);
+  EXPECT_EQ(s_.runs["el0"].steps[0].attempts.size(), 3u);
+}
+
 // Tenants' GPU quotas (tenants.<name>.maxGpus) and fair share between tenants.
 class QuotaTest : public ScalingTest {
  protected:

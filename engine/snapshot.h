@@ -98,7 +98,8 @@ inline constexpr uint32_t kSnapshotFormatVersion =
          // (State::idempotency holds open runs' only); ended containers past 1000 leave
          // the state (State::ended_containers); 12: a cache entry's last hit; 13: data set and
          // model versions move to the read model (State keeps a count per name); 14: early
-         // stopping (StepRun::rungs, Attempt::stopped), preemption (Attempt::preempted_by)
+         // stopping (StepRun::rungs, Attempt::stopped), preemption (Attempt::preempted_by), elastic
+         // gangs
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.

@@ -116,6 +116,11 @@ struct Attempt {
   Json mounts = Json::array();
   uint64_t queue_seq = 0;  // FIFO order among queued attempts
   int workers = 1;         // > 1: a gang; `ranks` holds each worker once placed
+  // An elastic gang: the range it may run with (0, 0: exactly `workers`). Queued,
+  // `workers` is the most; once placed, as many as fit.
+  int workers_min = 0, workers_max = 0;
+  // GangResized: the size its step asks for next (the attempt is ended for it).
+  int resized_to = 0;
   std::vector<Worker> ranks;
   std::string master_addr;  // rank 0's host, for torch.distributed
   int master_port = 0;

@@ -77,6 +77,7 @@ std::vector<Event> OnTick(const State& state, const Tick& tick, const DecideCont
   std::vector<Event> out;
   const EngineConfig& cfg = *ctx.config;
   EvictCache(state, cfg, &out);
+  GrowElasticGangs(state, ctx, &out);
   // Retries whose time has come.
   for (const auto& [when, attempt_id] : state.retry_timers) {
     if (when > ctx.now) break;

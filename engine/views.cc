@@ -122,7 +122,7 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
         }
         if (!a.stopped.empty()) attempts.back()["stopped"] = a.stopped;
       }
-      if (a.workers > 1) {
+      if (a.workers > 1 || a.workers_max > 0) {
         Json workers = Json::array();
         for (const auto& w : a.ranks) {
           workers.push_back(Json{{"rank", w.rank},
@@ -140,6 +140,10 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
         }
         attempts.back()["workers"] = workers;
         attempts.back()["world_size"] = a.workers;
+        if (a.workers_max > 0) {
+          attempts.back()["elastic"] = Json{{"min", a.workers_min}, {"max", a.workers_max}};
+        }
+        if (a.resized_to > 0) attempts.back()["resized_to"] = a.resized_to;
         attempts.back()["master_addr"] = a.master_addr;
         attempts.back()["master_port"] = a.master_port;
       }
@@ -393,6 +397,10 @@ std::string DescribeRunEvent(const std::string& type, const Json& d, const std::
     return "step " + d.value("step", "?") + " sweep failed: " + d.value("reason", "");
   }
   if (type == ev::kJobPreempted) return StepAttempt(d) + " " + d.value("reason", "preempted");
+  if (type == ev::kGangResized) {
+    return StepAttempt(d) + " gang resized to " + d.value("world_size", Json(0)).dump() + ": " +
+           d.value("reason", "");
+  }
   if (type == ev::kTrialPromoted || type == ev::kTrialStopped) {
     return StepAttempt(d) + " trial " + d.value("trial", Json(0)).dump() +
            (type == ev::kTrialStopped ? " stopped at " : " promoted at ") + d.value("reason", "");

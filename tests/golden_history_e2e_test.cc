@@ -2,7 +2,7 @@
 // through every lifecycle Epoch records (a DAG with data set, model and validation;
 // a cache hit and an invalidation; a skipped step; a failure, its retry and a
 // requested rerun; a timeout; a cancellation; a sweep; one with early stopping; a gang;
-// a run preempted by one of higher priority;
+// a run preempted by one of higher priority; an elastic gang that shrinks;
 // live metrics and a
 // checkpoint; a tenant's files deleted by retention; a container lost to kill -9; one
 // released when idle). The test fails when the log it
@@ -182,6 +182,27 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
   EXPECT_EQ(d.WaitForRun(urgent.json()["id"])["state"], "succeeded");
   for (const auto& h : hogs) EXPECT_EQ(d.WaitForRun(h)["state"], "succeeded");
 
+  // An elastic gang (1 to 2 workers, each taking a whole container) loses a worker with
+  // its container (agent killed): it shrinks (GangResized) and runs again, not failed.
+  Register(d, R"J({"name": "elastic", "steps": [
+      {"name": "train", "kind": "train", "workers": {"min": 1, "max": 2}, "resources": {"cpu": "2"},
+       "command": ["sh", "-c", "if [ -f $EPOCH_CHECKPOINT_DIR/began ]; then exit 0; fi; touch $EPOCH_CHECKPOINT_DIR/began; sleep 60"]}]})J");
+  std::string elastic = Submit(d, "elastic");
+  Json er = d.WaitForRunState(elastic, [](const Json& r) {
+    const Json& a = r["steps"][0]["attempts"];
+    return !a.empty() && a[0]["state"] == "running" && a[0]["world_size"] == 2;
+  });
+  ASSERT_EQ(er["steps"][0]["attempts"][0]["workers"].size(), 2u) << er.dump();
+  std::string lost = er["steps"][0]["attempts"][0]["workers"][1]["container"];
+  pid_t agent = 0;
+  Json containers = d.Get("/v1/containers").json()["items"];
+  for (const auto& c : containers) {
+    if (c["id"] == lost) agent = static_cast<pid_t>(c["pid"].get<int64_t>());
+  }
+  ASSERT_GT(agent, 0) << containers.dump();
+  kill(agent, SIGKILL);
+  EXPECT_EQ(d.WaitForRun(elastic)["state"], "succeeded");
+
   // A container lost (its agent killed), then the other released when idle.
   std::vector<pid_t> agents = d.AgentPids();
   ASSERT_GE(agents.size(), 2u) << "the gang ran on two containers";
@@ -208,15 +229,15 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
     EXPECT_TRUE(types.count(std::string(type))) << "the lifecycle recorded no " << type;
   }
   EXPECT_EQ(state.head, log.back()["position"].get<uint64_t>());
-  EXPECT_EQ(state.runs.size(), 14u);
+  EXPECT_EQ(state.runs.size(), 15u);
 
   if (const char* out = std::getenv("EPOCH_WRITE_GOLDEN")) {
     // v2-every-event-type was written by this test before payloads had their own
     // versions; v3-typed-payloads after (WorkflowRegistered and JobQueued at v2);
     // v4-live-metrics once metrics and checkpoints were recorded; v5-retention with
     // OutputsExpired and LogsExpired; v6-early-stopping with TrialPromoted and
-    // TrialStopped; v7-preemption with JobPreempted.
-    const std::string name = "v7-preemption";
+    // TrialStopped; v7-preemption with JobPreempted; v8-elastic with GangResized.
+    const std::string name = "v8-elastic";
     std::ofstream events(std::string(out) + "/" + name + ".ndjson");
     for (const auto& e : log) events << CanonicalDump(e) << "\n";
     std::ofstream(std::string(out) + "/" + name + ".state.json")

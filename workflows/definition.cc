@@ -344,10 +344,32 @@ void ParseStep(const Json& j, std::string_view path, const std::optional<Resourc
   }
 
   if (auto it = j.find("workers"); it != j.end()) {
-    if (it->is_number_integer() && it->get<int64_t>() >= 1 && it->get<int64_t>() <= 256) {
-      step->workers = static_cast<int>(it->get<int64_t>());
+    std::string wpath = JoinPath(path, "workers");
+    auto count = [](const Json& v) -> std::optional<int> {
+      if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > 256) return {};
+      return static_cast<int>(v.get<int64_t>());
+    };
+    if (it->is_object()) {
+      // Elastic: {"min": m, "max": M}, 1 <= m < M <= 256.
+      CheckKnownFields(*it, {"min", "max"}, wpath, p);
+      std::optional<int> lo, hi;
+      for (const char* k : {"min", "max"}) {
+        auto f = it->find(k);
+        auto n = f == it->end() ? std::optional<int>() : count(*f);
+        if (!n) p->Add(JoinPath(wpath, k), "must be an integer from 1 to 256");
+        (std::string_view(k) == "min" ? lo : hi) = n;
+      }
+      if (lo && hi && *lo >= *hi) {
+        p->Add(JoinPath(wpath, "min"), "must be less than max (" + std::to_string(*hi) + ")");
+      } else if (lo && hi) {
+        step->workers = *hi;
+        step->workers_min = *lo;
+      }
+    } else if (auto n = count(*it)) {
+      step->workers = *n;
     } else {
-      p->Add(JoinPath(path, "workers"), "must be an integer from 1 to 256");
+      p->Add(wpath,
+             "must be an integer from 1 to 256, or {\"min\": m, \"max\": M} for an elastic gang");
     }
   }
 

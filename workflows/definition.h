@@ -76,6 +76,11 @@ struct Step {
   // Distributed step: `workers` processes run at once (gang-scheduled: all placed or
   // none), each with `resources`, RANK 0..workers-1 and WORLD_SIZE = workers.
   int workers = 1;
+  // An elastic gang ("workers": {"min": m, "max": M}): `workers` is M and this m; it
+  // starts with as many as fit (at least m), grows toward M when room frees and
+  // shrinks instead of failing when a worker is lost while m remain. 0: exactly
+  // `workers`.
+  int workers_min = 0;
   std::string when;                           // source text, empty = always
   std::shared_ptr<const WhenExpr> when_expr;  // null when `when` is empty
   // Declared output file names (plain names, no '/'); empty = none declared. When

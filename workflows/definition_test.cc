@@ -663,7 +663,30 @@ TEST(WorkersTest, ParsedAndValidated) {
   EXPECT_EQ((*ok)->steps[0].workers, 3);
   auto bad = ParseDefinition(*ParseJson(R"({"name":"ddp","steps":[{"name":"t","command":["x"],"workers":0}]})"));
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.status().details().at(0), "steps[0].workers: must be an integer from 1 to 256");
+  EXPECT_EQ(bad.status().details().at(0),
+            "steps[0].workers: must be an integer from 1 to 256, or {\"min\": m, \"max\": M} "
+            "for an elastic gang");
+  EXPECT_EQ((*ok)->steps[0].workers_min, 0) << "a fixed gang";
+}
+
+TEST(WorkersTest, ElasticRangeParsedAndValidated) {
+  auto ok = ParseDefinition(*ParseJson(
+      R"({"name":"ddp","steps":[{"name":"t","command":["x"],"workers":{"min":2,"max":4}}]})"));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ((*ok)->steps[0].workers, 4);
+  EXPECT_EQ((*ok)->steps[0].workers_min, 2);
+  auto problems = [](const char* workers) {
+    auto r = ParseDefinition(
+        *ParseJson(std::string(R"({"name":"ddp","steps":[{"name":"t","command":["x"],"workers":)") +
+                   workers + "}]}"));
+    return r.ok() ? std::vector<std::string>{} : r.status().details();
+  };
+  EXPECT_EQ(problems(R"({"min":4,"max":4})"),
+            std::vector<std::string>{"steps[0].workers.min: must be less than max (4)"});
+  EXPECT_EQ(problems(R"({"min":0,"max":300,"most":3})"),
+            (std::vector<std::string>{"steps[0].workers.most: unknown field",
+                                      "steps[0].workers.min: must be an integer from 1 to 256",
+                                      "steps[0].workers.max: must be an integer from 1 to 256"}));
 }
 
 }  // namespace
