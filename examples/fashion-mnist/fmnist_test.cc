@@ -340,6 +340,32 @@ TEST(FmnistShards, CorruptionIsDetected) {
   ASSERT_FALSE(split.ok());
   EXPECT_NE(split.status().message().find("the manifest says 00000000"), std::string::npos)
       << split.status().message();
+  // One whose entry names another count.
+  manifest["splits"]["train"][0]["count"] = 5;
+  manifest["splits"]["train"][0]["crc32"] = Crc32Hex(*crc);
+  WriteRaw(d / "manifest.json", manifest.dump());
+  split = ReadSplit(d.path(), "train");
+  ASSERT_FALSE(split.ok());
+  EXPECT_NE(split.status().message().find("s.shard: holds 4 images, the manifest says 5"),
+            std::string::npos)
+      << split.status().message();
+
+  // Well formed, checksum and all, but a label out of range or a pixel outside [0, 1].
+  Dataset bad = data;
+  bad.labels[2] = 12;
+  ASSERT_TRUE(WriteShard(d / "label.shard", bad, 0, 4).ok());
+  r = ReadShard(d / "label.shard");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("label 12 of image 2 is out of range 0..9"),
+            std::string::npos)
+      << r.status().message();
+  bad = data;
+  bad.pixels[784 + 5] = 1.5f;
+  ASSERT_TRUE(WriteShard(d / "pixel.shard", bad, 0, 4).ok());
+  r = ReadShard(d / "pixel.shard");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("pixel 5 of image 1 is outside [0, 1]"), std::string::npos)
+      << r.status().message();
 }
 
 // ---- matrix product ----

@@ -1,13 +1,17 @@
 #include "examples/fashion-mnist/shards.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
+#include "common/fd.h"
 #include "common/files.h"
 
 namespace epoch::fmnist {
@@ -25,31 +29,105 @@ uint32_t Crc(const void* data, size_t n, uint32_t crc = 0) {
 
 void Put32(std::string& out, uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); }
 
-uint32_t Get32(const std::string& b, size_t at) {
+uint32_t Get32(const char* b, size_t at) {
   uint32_t v;
-  std::memcpy(&v, b.data() + at, 4);
+  std::memcpy(&v, b + at, 4);
   return v;
 }
 
-// The whole file, read into a buffer of its size (shards are tens of MB: no regrowing).
-Result<std::string> ReadWhole(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) {
+// Reads exactly n bytes at the file offset; false on an error or an early end.
+bool ReadFully(int fd, void* out, size_t n) {
+  char* p = static_cast<char*>(out);
+  while (n > 0) {
+    const ssize_t got = read(fd, p, n);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    p += got;
+    n -= static_cast<size_t>(got);
+  }
+  return true;
+}
+
+// A shard opened and its header checked (every check that needs no more than the
+// header and the file's size): what ReadShardBody reads the rest from.
+struct ShardFile {
+  UniqueFd fd;
+  uint64_t count = 0;
+  char header[kShardHeaderBytes];
+};
+
+Result<ShardFile> OpenShard(const std::string& path) {
+  ShardFile f;
+  f.fd.reset(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!f.fd) {
     if (errno == ENOENT) return NotFound(path + ": no such file");
     return Internal("cannot open " + path + ": " + std::strerror(errno));
   }
   struct stat st;
-  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-    std::fclose(f);
+  if (fstat(f.fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
     return Internal(path + ": not a regular file");
   }
-  std::string b(static_cast<size_t>(st.st_size), '\0');
-  size_t got = std::fread(b.data(), 1, b.size(), f);
-  bool error = std::ferror(f) != 0;
-  std::fclose(f);
-  if (error) return Internal("cannot read " + path + ": " + std::strerror(errno));
-  b.resize(got);
-  return b;
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size < kShardHeaderBytes + 4) {
+    return Corruption(path + ": truncated: " + std::to_string(size) +
+                      " bytes, less than a shard header and trailer");
+  }
+  if (!ReadFully(f.fd.get(), f.header, kShardHeaderBytes)) {
+    return Internal("cannot read " + path + ": " + std::strerror(errno));
+  }
+  const char* b = f.header;
+  if (Get32(b, 0) != kShardMagic) return Corruption(path + ": not an fmnist shard (bad magic)");
+  if (Get32(b, 4) != kShardVersion) {
+    return Corruption(path + ": shard version " + std::to_string(Get32(b, 4)) +
+                      ", this program reads version " + std::to_string(kShardVersion));
+  }
+  f.count = Get32(b, 8);
+  if (Get32(b, 12) != kRows || Get32(b, 16) != kCols) {
+    return Corruption(path + ": images are " + std::to_string(Get32(b, 12)) + "x" +
+                      std::to_string(Get32(b, 16)) + ", expected 28x28");
+  }
+  const uint64_t expected = kShardHeaderBytes + f.count * kPixels * sizeof(float) + f.count + 4;
+  if (size != expected) {
+    return Corruption(path + ": " + std::to_string(size) + " bytes, but a shard of " +
+                      std::to_string(f.count) + " images is " + std::to_string(expected) +
+                      (size < expected ? " (truncated)" : ""));
+  }
+  return f;
+}
+
+// Reads the shard's images straight into `pixels` (count * kPixels floats) and
+// `labels` (count), checks its CRC and their ranges, and returns the CRC. Straight in:
+// a split is hundreds of MB, and copying it through a buffer cost most of train's
+// start-up (the page faults and copies of a whole-file buffer, then of the Dataset).
+Result<uint32_t> ReadShardBody(ShardFile& f, const std::string& path, float* pixels,
+                               uint8_t* labels) {
+  const size_t n = f.count * kPixels;
+  char trailer[4];
+  if (!ReadFully(f.fd.get(), pixels, n * sizeof(float)) ||
+      !ReadFully(f.fd.get(), labels, f.count) || !ReadFully(f.fd.get(), trailer, 4)) {
+    return Internal("cannot read " + path + ": " + std::strerror(errno));
+  }
+  const uint32_t stored = Get32(trailer, 0);
+  uint32_t actual = Crc(f.header, kShardHeaderBytes);
+  actual = Crc(pixels, n * sizeof(float), actual);
+  actual = Crc(labels, f.count, actual);
+  if (stored != actual) {
+    return Corruption(path + ": checksum mismatch: trailer says " + Crc32Hex(stored) +
+                      ", contents hash to " + Crc32Hex(actual));
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!(pixels[i] >= 0.0f && pixels[i] <= 1.0f)) {
+      return Corruption(path + ": pixel " + std::to_string(i % kPixels) + " of image " +
+                        std::to_string(i / kPixels) + " is outside [0, 1]");
+    }
+  }
+  for (size_t i = 0; i < f.count; ++i) {
+    if (labels[i] >= kClasses) {
+      return Corruption(path + ": label " + std::to_string(labels[i]) + " of image " +
+                        std::to_string(i) + " is out of range 0..9");
+    }
+  }
+  return stored;
 }
 
 bool IsDir(const std::string& path) {
@@ -98,51 +176,12 @@ Result<uint32_t> WriteShard(const std::string& path, const Dataset& d, size_t be
 }
 
 Result<Dataset> ReadShard(const std::string& path, uint32_t* crc) {
-  ASSIGN_OR_RETURN(std::string b, ReadWhole(path));
-  if (b.size() < kShardHeaderBytes + 4) {
-    return Corruption(path + ": truncated: " + std::to_string(b.size()) +
-                      " bytes, less than a shard header and trailer");
-  }
-  if (Get32(b, 0) != kShardMagic) return Corruption(path + ": not an fmnist shard (bad magic)");
-  if (Get32(b, 4) != kShardVersion) {
-    return Corruption(path + ": shard version " + std::to_string(Get32(b, 4)) +
-                      ", this program reads version " + std::to_string(kShardVersion));
-  }
-  uint64_t count = Get32(b, 8);
-  if (Get32(b, 12) != kRows || Get32(b, 16) != kCols) {
-    return Corruption(path + ": images are " + std::to_string(Get32(b, 12)) + "x" +
-                      std::to_string(Get32(b, 16)) + ", expected 28x28");
-  }
-  uint64_t expected = kShardHeaderBytes + count * kPixels * sizeof(float) + count + 4;
-  if (b.size() != expected) {
-    return Corruption(path + ": " + std::to_string(b.size()) + " bytes, but a shard of " +
-                      std::to_string(count) + " images is " + std::to_string(expected) +
-                      (b.size() < expected ? " (truncated)" : ""));
-  }
-  uint32_t stored = Get32(b, b.size() - 4);
-  uint32_t actual = Crc(b.data(), b.size() - 4);
-  if (stored != actual) {
-    return Corruption(path + ": checksum mismatch: trailer says " + Crc32Hex(stored) +
-                      ", contents hash to " + Crc32Hex(actual));
-  }
-  if (crc != nullptr) *crc = stored;
+  ASSIGN_OR_RETURN(ShardFile f, OpenShard(path));
   Dataset d;
-  d.pixels.resize(count * kPixels);
-  std::memcpy(d.pixels.data(), b.data() + kShardHeaderBytes, d.pixels.size() * sizeof(float));
-  d.labels.assign(b.begin() + static_cast<ptrdiff_t>(kShardHeaderBytes + d.pixels.size() * 4),
-                  b.end() - 4);
-  for (size_t i = 0; i < d.pixels.size(); ++i) {
-    if (!(d.pixels[i] >= 0.0f && d.pixels[i] <= 1.0f)) {
-      return Corruption(path + ": pixel " + std::to_string(i % kPixels) + " of image " +
-                        std::to_string(i / kPixels) + " is outside [0, 1]");
-    }
-  }
-  for (size_t i = 0; i < d.labels.size(); ++i) {
-    if (d.labels[i] >= kClasses) {
-      return Corruption(path + ": label " + std::to_string(d.labels[i]) + " of image " +
-                        std::to_string(i) + " is out of range 0..9");
-    }
-  }
+  d.pixels.resize(f.count * kPixels);
+  d.labels.resize(f.count);
+  ASSIGN_OR_RETURN(uint32_t stored, ReadShardBody(f, path, d.pixels.data(), d.labels.data()));
+  if (crc != nullptr) *crc = stored;
   return d;
 }
 
@@ -205,7 +244,11 @@ Result<Dataset> ReadSplit(const std::string& dir, std::string_view split) {
   if (!it->is_array()) {
     return Corruption(dir + "/manifest.json: splits." + std::string(split) + " is not an array");
   }
-  Dataset all;
+  // Check every entry and open its shard (its header checked against the file's size
+  // and the entry's count, so the sizes below are real), then read each shard into its
+  // place in one Dataset of the split's size: concatenating would copy the split again.
+  std::vector<std::pair<std::string, ShardFile>> shards;
+  size_t total = 0;
   for (const Json& e : *it) {
     if (!e.is_object() || !e.contains("file") || !e["file"].is_string() || !e.contains("count") ||
         !e["count"].is_number_unsigned() || !e.contains("crc32") || !e["crc32"].is_string()) {
@@ -217,20 +260,30 @@ Result<Dataset> ReadSplit(const std::string& dir, std::string_view split) {
       return Corruption(dir + "/manifest.json: shard name '" + file + "' is not a plain name");
     }
     std::string path = dir + "/" + file;
-    uint32_t crc = 0;
-    ASSIGN_OR_RETURN(Dataset d, ReadShard(path, &crc));
-    if (d.size() != e["count"].get<size_t>()) {
-      return Corruption(path + ": holds " + std::to_string(d.size()) +
+    ASSIGN_OR_RETURN(ShardFile f, OpenShard(path));
+    if (f.count != e["count"].get<size_t>()) {
+      return Corruption(path + ": holds " + std::to_string(f.count) +
                         " images, the manifest says " + std::to_string(e["count"].get<size_t>()));
     }
-    // ReadShard checked the trailer against the contents; this checks it is the shard
-    // the manifest was written with.
-    if (Crc32Hex(crc) != e["crc32"].get<std::string>()) {
-      return Corruption(path + ": CRC-32 " + Crc32Hex(crc) + ", the manifest says " +
-                        e["crc32"].get<std::string>() + " (a shard from another prep run?)");
+    total += f.count;
+    shards.emplace_back(std::move(path), std::move(f));
+  }
+  Dataset all;
+  all.pixels.resize(total * kPixels);
+  all.labels.resize(total);
+  size_t at = 0;
+  for (size_t k = 0; k < shards.size(); ++k) {
+    auto& [path, f] = shards[k];
+    const std::string want = (*it)[k]["crc32"].get<std::string>();
+    ASSIGN_OR_RETURN(uint32_t crc, ReadShardBody(f, path, all.pixels.data() + at * kPixels,
+                                                 all.labels.data() + at));
+    // ReadShardBody checked the trailer against the contents; this checks it is the
+    // shard the manifest was written with.
+    if (Crc32Hex(crc) != want) {
+      return Corruption(path + ": CRC-32 " + Crc32Hex(crc) + ", the manifest says " + want +
+                        " (a shard from another prep run?)");
     }
-    all.pixels.insert(all.pixels.end(), d.pixels.begin(), d.pixels.end());
-    all.labels.insert(all.labels.end(), d.labels.begin(), d.labels.end());
+    at += f.count;
   }
   return all;
 }
