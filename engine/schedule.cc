@@ -344,12 +344,14 @@ std::string Describe(const workflows::Resources& r, int workers) {
 
 // Once the pool is at sig.maxReplicas, for each queued attempt that found no room in
 // this pass and would not find it on a container still starting (`waiting`, in queue
-// order),
-// the fewest running attempts of lower-priority runs whose room would let it be placed:
-// JobPreempted for each. Victims: not already preempted, stopped or ending, running at
-// least preemption_min_run_time; lowest priority first, then the most recently
-// started (the least work lost). A candidate that already has victims on their way
-// out waits for them. Deterministic: every input is in the state or the context.
+// order), the fewest running attempts of lower-priority runs (or, for a tenant below
+// its fair share of the GPUs, of another tenant's runs while that tenant stays at or
+// above its own share) whose room would let it be placed: JobPreempted for each. Fair
+// share: the pool's GPUs split evenly between the tenants with work, capped by their
+// maxGpus. Victims: not already preempted, stopped or ending, running at least
+// preemption_min_run_time; lowest priority first, then the most recently started (the
+// least work lost). A candidate that already has victims on their way out waits for
+// them. Deterministic: every input is in the state or the context.
 void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slot>& free,
              std::vector<Candidate> waiting, std::vector<Event>* out) {
   const EngineConfig& cfg = *ctx.config;
@@ -365,14 +367,25 @@ void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slo
     if (s.pending) pending.push_back(s);
   }
   std::vector<Victim> running;
-  std::set<std::string> awaited;  // candidates whose victims are still ending
+  std::set<std::string> awaited;             // candidates whose victims are still ending
+  std::map<std::string, int> going, coming;  // GPUs of preemptions under way, by tenant
   for (const auto& [id, run] : state.runs) {
     if (IsTerminal(run.phase)) continue;
     for (const auto& s : run.steps) {
       for (const auto& a : s.attempts) {
         if (a.phase != AttemptPhase::kAssigned && a.phase != AttemptPhase::kRunning) continue;
         if (!a.preempted_by.empty()) {
-          awaited.insert(a.preempted_by);
+          // Its GPUs are as good as given: count them with the tenant they go to.
+          going[run.tenant] += GpusNeeded(a);
+          if (awaited.insert(a.preempted_by).second) {
+            std::string by_run, by_step;
+            int by_n;
+            const Attempt* by = state.FindAttempt(a.preempted_by);
+            const Run* br = ParseAttemptId(a.preempted_by, &by_run, &by_step, &by_n)
+                                ? state.FindRun(by_run)
+                                : nullptr;
+            if (by && br) coming[br->tenant] += GpusNeeded(*by);
+          }
           continue;
         }
         if (!a.stopped.empty() || run.cancel_requested) continue;
@@ -392,6 +405,21 @@ void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slo
   std::sort(waiting.begin(), waiting.end(), [](const Candidate& a, const Candidate& b) {
     return a.entry->first < b.entry->first;  // (-priority, submission)
   });
+  // Fair share of the GPUs: the pool's GPUs split evenly between the tenants with work
+  // (running or queued), capped by each one's tenants.<name>.maxGpus.
+  std::map<std::string, int> held = TenantGpusHeld(state);
+  for (const auto& [t, n] : going) held[t] -= n;
+  for (const auto& [t, n] : coming) held[t] += n;
+  std::set<std::string> active;
+  for (const auto& [t, n] : held) active.insert(t);
+  for (const Candidate& c : waiting) active.insert(c.run->tenant);
+  const int pool = PoolGpus(state);
+  auto fair = [&](const std::string& tenant) {
+    int share = active.empty() ? pool : pool / static_cast<int>(active.size());
+    auto q = cfg.tenant_max_gpus.find(tenant);
+    return q == cfg.tenant_max_gpus.end() ? share : std::min(share, q->second);
+  };
+  auto gpus_of = [](const Attempt& a) { return GpusNeeded(a); };
   std::set<const Attempt*> taken;
   for (const Candidate& c : waiting) {
     std::string id = AttemptId(c.run->id, c.step, c.number);
@@ -399,12 +427,24 @@ void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slo
     std::vector<Slot> soon = pending;
     Json placements;
     if (!pending.empty() && PlaceAll(soon, *c.attempt, &placements)) continue;
+    const std::string& tenant = c.run->tenant;
+    const int need = gpus_of(*c.attempt);
+    // Below its fair share even with this attempt placed.
+    const bool under = need > 0 && held[tenant] + need <= fair(tenant);
     std::vector<const Victim*> chosen;
+    std::map<std::string, int> giving;  // GPUs the chosen take from each tenant
     bool fits = false;
     for (const Victim& v : running) {
-      if (v.run->priority >= c.run->priority) break;  // sorted: none lower from here
       if (taken.count(v.attempt)) continue;
+      const std::string& vt = v.run->tenant;
+      const int vg = gpus_of(*v.attempt);
+      // Lower priority; or, for a tenant below its fair share, another tenant's GPUs
+      // while that one stays at or above its own share without them.
+      bool lower = v.run->priority < c.run->priority;
+      bool over = under && vt != tenant && vg > 0 && held[vt] - giving[vt] - vg >= fair(vt);
+      if (!lower && !over) continue;
       chosen.push_back(&v);
+      giving[vt] += vg;
       if ((fits = FitsWith(free, chosen, *c.attempt))) break;
     }
     if (!fits) continue;
@@ -416,18 +456,27 @@ void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slo
     }
     for (const Victim* v : chosen) {
       taken.insert(v->attempt);
+      const std::string& vt = v->run->tenant;
+      std::string why =
+          v->run->priority < c.run->priority
+              ? "priority " + std::to_string(c.run->priority) + " over " +
+                    std::to_string(v->run->priority)
+              : "fair share: tenant " + tenant + " holds " + std::to_string(held[tenant]) +
+                    " of its " + std::to_string(fair(tenant)) + " GPUs, tenant " + vt + " holds " +
+                    std::to_string(held[vt]) + ", above its " + std::to_string(fair(vt));
       out->push_back(RunEvent(
-          *v->run, ev::JobPreempted{.step = *v->step,
-                                    .attempt = v->attempt->number,
-                                    .by = id,
-                                    .priority = v->run->priority,
-                                    .by_priority = c.run->priority,
-                                    .reason = "preempted by " + id + " (priority " +
-                                              std::to_string(c.run->priority) + " over " +
-                                              std::to_string(v->run->priority) + "), which needs " +
-                                              Describe(c.attempt->resources, c.attempt->workers) +
-                                              " and fits nowhere else"}));
+          *v->run,
+          ev::JobPreempted{.step = *v->step,
+                           .attempt = v->attempt->number,
+                           .by = id,
+                           .priority = v->run->priority,
+                           .by_priority = c.run->priority,
+                           .reason = "preempted by " + id + " (" + why + "), which needs " +
+                                     Describe(c.attempt->resources, c.attempt->workers) +
+                                     " and fits nowhere else"}));
     }
+    for (const Victim* v : chosen) held[v->run->tenant] -= gpus_of(*v->attempt);
+    held[tenant] += need;
   }
 }
 

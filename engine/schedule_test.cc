@@ -547,12 +547,13 @@ class QuotaTest : public ScalingTest {
       sr.run_id = wf + "-" + std::to_string(++submitted_);
       sr.workflow = wf;
       sr.tenant = tenant;
-      Run(sr, &st);
+      for (auto& e : Run(sr, &st)) recorded_.push_back(std::move(e));
       EXPECT_TRUE(st.ok()) << st.ToString();
       ids.push_back(sr.run_id);
     }
     return ids;
   }
+  std::vector<RecordedEvent> recorded_;  // what the submissions decided
   // Registers c1 with `gpus` GPUs without scheduling (no Settle): the queue waits.
   void RegisterOnly(int gpus) {
     RegisterContainer r;
@@ -628,6 +629,48 @@ TEST_F(QuotaTest, AQuotaBlocksPlacementSaysWhyAndDoesNotGrowThePool) {
   auto more = SubmitAs("ml", 3);
   EXPECT_EQ(CountIn(more, AttemptPhase::kQueued), 3);
   EXPECT_GT(Count(Tick(), ev::kContainerRequested), 0);
+}
+
+// Preemption for fair share: a tenant below its share of the GPUs takes them back from
+// one above it, as long as that one stays at or above its own share; not beyond.
+TEST_F(QuotaTest, ATenantBelowItsFairShareTakesGpusFromOneAbove) {
+  cfg_.preemption = true;
+  cfg_.preemption_min_run_time = std::chrono::seconds(0);
+  Register("c1", 4);
+  auto a = SubmitAs("a", 4);
+  EXPECT_EQ(Held("a"), 4);
+  // b arrives: 4 GPUs between 2 tenants is 2 each. a gives up one GPU per b attempt.
+  auto b = SubmitAs("b", 3);
+  std::vector<std::string> preempted;
+  for (const auto& [id, r] : s_.runs) {
+    const Attempt& at = r.steps[0].attempts[0];
+    if (!at.preempted_by.empty()) preempted.push_back(id + " by " + at.preempted_by);
+  }
+  // Two of a's (started together: by id), one for each of b's first two; b's third
+  // would take b past its share, and a below its own.
+  EXPECT_EQ(preempted, (std::vector<std::string>{a[0] + " by " + b[0] + "/a/1",
+                                                 a[1] + " by " + b[1] + "/a/1"}));
+  bool found = false;
+  for (const auto& e : recorded_) {
+    if (e.type != "JobPreempted" || e.data["by"] != b[0] + "/a/1") continue;
+    found = true;
+    EXPECT_EQ(e.data["reason"], "preempted by " + b[0] +
+                                    "/a/1 (fair share: tenant b holds 0 of its 2 GPUs, tenant a "
+                                    "holds 4, above its 2), which needs 10m CPU, 10Mi memory, 1 "
+                                    "GPU and fits nowhere else");
+  }
+  EXPECT_TRUE(found);
+  // Once they end, b runs two and a two; b's third waits for a GPU of its own.
+  for (const auto& r : {a[0], a[1]}) {
+    PollContainer p;
+    p.container = "c1";
+    p.reports = Reports(Json::array({Json{{"attempt_id", r + "/a/1"}, {"state", "cancelled"}}}));
+    Run(p);
+  }
+  EXPECT_EQ(Held("a"), 2);
+  EXPECT_EQ(Held("b"), 2);
+  EXPECT_EQ(Phase(b[2]), AttemptPhase::kQueued);
+  EXPECT_EQ(Phase(a[0]), AttemptPhase::kQueued) << "queued again, to run when there is room";
 }
 
 TEST_F(QuotaTest, AQuotaOfZeroStillRunsCpuOnlySteps) {
