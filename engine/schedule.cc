@@ -344,7 +344,7 @@ std::string Describe(const workflows::Resources& r, int workers) {
 
 // Once the pool is at sig.maxReplicas, for each queued attempt that found no room in
 // this pass and would not find it on a container still starting (`waiting`, in queue
-// order), the fewest running attempts of lower-priority runs (or, for a tenant below
+// order), the fewest running attempts of lower-priority runs of its tenant (or, for a tenant below
 // its fair share of the GPUs, of another tenant's runs while that tenant stays at or
 // above its own share) whose room would let it be placed: JobPreempted for each. Fair
 // share: the pool's GPUs split evenly between the tenants with work, capped by their
@@ -438,9 +438,11 @@ void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slo
       if (taken.count(v.attempt)) continue;
       const std::string& vt = v.run->tenant;
       const int vg = gpus_of(*v.attempt);
-      // Lower priority; or, for a tenant below its fair share, another tenant's GPUs
-      // while that one stays at or above its own share without them.
-      bool lower = v.run->priority < c.run->priority;
+      // Lower priority within the candidate's own tenant (a run's priority is its
+      // submitter's to choose, so it ranks runs of one tenant only); or, for a tenant
+      // below its fair share, another tenant's GPUs while that one stays at or above its
+      // own share without them.
+      bool lower = v.run->priority < c.run->priority && vt == tenant;
       bool over = under && vt != tenant && vg > 0 && held[vt] - giving[vt] - vg >= fair(vt);
       if (!lower && !over) continue;
       chosen.push_back(&v);

@@ -673,6 +673,33 @@ TEST_F(QuotaTest, ATenantBelowItsFairShareTakesGpusFromOneAbove) {
   EXPECT_EQ(Phase(a[0]), AttemptPhase::kQueued) << "queued again, to run when there is room";
 }
 
+// Priority ranks the runs of one tenant: a high-priority run preempts its own tenant's
+// lower-priority run, not another tenant that holds no more than its fair share.
+TEST_F(QuotaTest, PriorityDoesNotPreemptAnotherTenantAtItsFairShare) {
+  cfg_.preemption = true;
+  cfg_.preemption_min_run_time = std::chrono::seconds(0);
+  Register("c1", 4);
+  auto a = SubmitAs("a", 2);
+  auto b = SubmitAs("b", 2);
+  EXPECT_EQ(Held("a"), 2);
+  EXPECT_EQ(Held("b"), 2);
+  SubmitRun urgent;
+  urgent.run_id = "urgent";
+  urgent.workflow = "b-g1w1";
+  urgent.tenant = "b";
+  urgent.priority = 1000;
+  Status st;
+  auto evs = Run(urgent, &st);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_EQ(Count(evs, ev::kJobPreempted), 1);
+  for (const auto& e : evs) {
+    if (e.type == ev::kJobPreempted) {
+      EXPECT_EQ(e.stream, "run-" + b[0]) << "one of b's (started together: by id), not a's";
+    }
+  }
+  for (const auto& r : a) EXPECT_TRUE(s_.runs.at(r).steps[0].Last()->preempted_by.empty());
+}
+
 TEST_F(QuotaTest, AQuotaOfZeroStillRunsCpuOnlySteps) {
   cfg_.tenant_max_gpus = {{"ml", 0}};
   Register("c1", 4);
