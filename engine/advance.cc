@@ -227,7 +227,7 @@ bool NamesUpstream(const std::string& text) {
 // still being hashed: the engine advances the run again once it is (the step stays
 // ready, a retry stays due).
 void QueueAttempt(const State& state, const Run& run, const Step& step, int attempt,
-                  const DecideContext& ctx, std::vector<Event>* out, int trial) {
+                  const DecideContext& ctx, std::vector<Event>* out, int trial, int workers_cap) {
   const EngineConfig& cfg = *ctx.config;
   workflows::TemplateContext tc;
   tc.params = run.params;
@@ -312,6 +312,9 @@ void QueueAttempt(const State& state, const Run& run, const Step& step, int atte
                   .timeout_ms = step.timeout ? step.timeout->count() / 1000 : 0,
                   .workers = step.workers};
   if (step.workers_min > 0) q.workers_min = step.workers_min;
+  if (step.workers_min > 0 && workers_cap > 0 && workers_cap < step.workers) {
+    q.workers_cap = workers_cap;
+  }
   if (!mounts.empty()) q.mounts = std::move(mounts);
   if (!cache.is_null()) {
     ev::CacheDecision c;
@@ -554,26 +557,38 @@ std::vector<Event> AdvanceRun(const State& state, const Run& run, const DecideCo
       // and resumes from its checkpoint (Schedule hands it the latest).
       // So is an elastic gang's resize (GangResized): it runs again with the new size.
       // Both wait for every worker of a gang to end, so that the next attempt is placed
-      // on the room they leave (an elastic one as wide as fits).
+      // on the room they leave (an elastic one as wide as fits; one that preemption
+      // took down no wider than it was left, so that the room goes to the preemptor:
+      // it grows back when room frees).
       const Attempt* last = s.Last();
       const int again = static_cast<int>(s.attempts.size()) + 1;
       const bool workers_ended =
           !last || std::all_of(last->ranks.begin(), last->ranks.end(),
                                [](const Worker& w) { return IsTerminal(w.phase); });
       if (last && !step.sweep && (!last->preempted_by.empty() || last->resized_to > 0)) {
-        if (workers_ended) QueueAttempt(state, run, step, again, ctx, &out);
+        const bool taken_down = last->resized_to > 0 && !last->preempted_by.empty();
+        if (workers_ended) {
+          QueueAttempt(state, run, step, again, ctx, &out, /*trial=*/-1,
+                       taken_down ? last->resized_to : 0);
+        }
         continue;
       }
       // An elastic gang that lost workers with their containers shrinks rather than
-      // fails while `workers_min` remain (below it, it retries as any step).
-      if (last && !step.sweep && last->workers_max > 0 && last->phase == AttemptPhase::kLost) {
+      // fails while `workers_min` remain (below it, it retries as any step). A peer's
+      // loss often fails the others first (their collective errors out before the lost
+      // container's lease ends), so a failed elastic gang is judged once every worker
+      // has ended, lost or reported.
+      if (last && !step.sweep && last->workers_max > 0 &&
+          (last->phase == AttemptPhase::kLost || last->phase == AttemptPhase::kFailed)) {
         std::vector<std::string> members;
         for (const auto& w : last->ranks) {
           if (w.phase != AttemptPhase::kLost) members.push_back(w.container);
         }
+        const int lost = last->workers - static_cast<int>(members.size());
         if (static_cast<int>(members.size()) >= last->workers_min) {
-          if (!workers_ended) continue;
-          int lost = last->workers - static_cast<int>(members.size());
+          if (!workers_ended) continue;  // a loss may yet show
+        }
+        if (lost > 0 && static_cast<int>(members.size()) >= last->workers_min) {
           int size = static_cast<int>(members.size());
           out.push_back(RunEvent(
               run, ev::GangResized{

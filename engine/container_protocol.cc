@@ -59,6 +59,18 @@ struct GangProgress {
 
 std::string MissingOutputs(const Run& run, const std::string& step, const Json& reported);
 
+// Why the engine asked `a` to end, for its JobCancelled; "" when it did not.
+std::string CancelReason(const Run& run, const Attempt& a) {
+  if (run.cancel_requested) return "run cancelled";
+  if (!a.stopped.empty()) return "stopped early: " + a.stopped;
+  const std::string resized = "resized to " + std::to_string(a.resized_to) + " workers";
+  if (a.resized_to > 0 && !a.preempted_by.empty())
+    return resized + ": preempted by " + a.preempted_by;
+  if (!a.preempted_by.empty()) return "preempted by " + a.preempted_by;
+  if (a.resized_to > 0) return resized;
+  return "";
+}
+
 // The report's log figures as the log records them, if it has any.
 std::optional<ev::LogInfo> LogOf(const AttemptReport& report) {
   if (!report.log) return std::nullopt;
@@ -89,7 +101,12 @@ void WorkerReportEvents(const State& state, const Container& c, const AttemptRep
   const Attempt* a = state.FindAttempt(attempt_id);
   if (!run || !a || rank >= static_cast<int>(a->ranks.size())) return;
   const Worker& w = a->ranks[static_cast<size_t>(rank)];
-  if (w.container != c.id || (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled)) return;
+  // A worker stopped before the master saw it start (kCancelled) still has its report
+  // recorded, once.
+  if (w.container != c.id || w.reported ||
+      (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled)) {
+    return;
+  }
   const std::string st(Name(report.state));
   const Json& usage = report.usage;
   if (w.phase == AttemptPhase::kAssigned && !IsTerminal(a->phase)) {
@@ -152,15 +169,8 @@ void WorkerReportEvents(const State& state, const Container& c, const AttemptRep
     e.usage = usage;
     out->push_back(RunEvent(*run, e, c.id));
   };
-  if (st == "cancelled" && run->cancel_requested) {
-    end(Ended<ev::JobCancelled>(step, n, "run cancelled"));
-  } else if (st == "cancelled" && !a->stopped.empty()) {
-    end(Ended<ev::JobCancelled>(step, n, "stopped early: " + a->stopped));
-  } else if (st == "cancelled" && !a->preempted_by.empty()) {
-    end(Ended<ev::JobCancelled>(step, n, "preempted by " + a->preempted_by));
-  } else if (st == "cancelled" && a->resized_to > 0) {
-    end(Ended<ev::JobCancelled>(step, n,
-                                "resized to " + std::to_string(a->resized_to) + " workers"));
+  if (std::string why = CancelReason(*run, *a); st == "cancelled" && !why.empty()) {
+    end(Ended<ev::JobCancelled>(step, n, why));
   } else if (st == "timed_out") {
     end(Ended<ev::JobTimedOut>(step, n, reason));
   } else {
@@ -238,10 +248,9 @@ void ReportEvents(const State& state, const Container& c, const AttemptReport& r
   } else if (st == ReportedState::kCancelled) {
     auto e = EndOf<ev::JobCancelled>(report, step, n,
                                      run->cancel_requested ? "run cancelled" : "cancelled");
-    // Early stopping's cancel: its reason, not the agent's "cancelled (exit code 143)".
-    if (!run->cancel_requested && !a->stopped.empty()) e.reason = "stopped early: " + a->stopped;
-    if (!run->cancel_requested && !a->preempted_by.empty()) {
-      e.reason = "preempted by " + a->preempted_by;
+    // The engine's reason for the cancel, not the agent's "cancelled (exit code 143)".
+    if (std::string why = CancelReason(*run, *a); !run->cancel_requested && !why.empty()) {
+      e.reason = why;
     }
     out->push_back(RunEvent(*run, e, c.id));
   } else {

@@ -324,11 +324,13 @@ TEST_F(GangTest, OneWorkerFailingFailsTheAttemptAndTheStepRetriesAsAWhole) {
   Tick();  // the retry is queued but cannot be placed yet
   EXPECT_EQ(s_.runs["ddp0"].steps[0].attempts.size(), 2u);
   EXPECT_EQ(A().phase, AttemptPhase::kQueued);
-  Report(where[0], Json::array({R(0, "cancelled")}));
+  EXPECT_EQ(Count(Report(where[0], Json::array({R(0, "cancelled")})), ev::kJobWorkerFinished), 1);
   Report(where[2], Json::array({R(2, "cancelled")}));
   EXPECT_EQ(A().phase, AttemptPhase::kAssigned);  // the whole gang again
   EXPECT_EQ(A().ranks.size(), 3u);
   EXPECT_EQ(s_.runs["ddp0"].steps[0].attempts[0].ranks[0].phase, AttemptPhase::kCancelled);
+  // A report sent again (its answer lost to a master that died) records nothing more.
+  EXPECT_EQ(Count(Report(where[0], Json::array({R(0, "cancelled")})), ev::kJobWorkerFinished), 0);
 }
 
 // A poll's metrics batches, parsed as the API edge parses them.

@@ -51,9 +51,11 @@ Result<std::string> InputRoot(const State& state, const EngineConfig& cfg,
 // (advance.cc).
 bool NamesUpstream(const std::string& text);
 // Internal: queues attempt `attempt` of `step` (with `trial` >= 0, that trial of its
-// sweep), or records its cache hit (advance.cc).
+// sweep; with `workers_cap` > 0, an elastic gang no wider than that at first), or
+// records its cache hit (advance.cc).
 void QueueAttempt(const State& state, const Run& run, const workflows::Step& step, int attempt,
-                  const DecideContext& ctx, std::vector<Event>* out, int trial = -1);
+                  const DecideContext& ctx, std::vector<Event>* out, int trial = -1,
+                  int workers_cap = 0);
 
 // Internal: queued attempts that no registered container could hold even when empty fail
 // with reason "unschedulable: <why>" (schedule.cc).

@@ -114,9 +114,8 @@ DispatchView Engine::DispatchFor(const std::string& container,
       int n, rank;
       ParseTaskId(id, &run_id, &step, &n, &rank);
       const Run* run = s.FindRun(run_id);
-      if (IsTerminal(ga->phase) || !ga->stopped.empty() || !ga->preempted_by.empty() ||
-          ga->resized_to > 0 || w->container != container || !run || run->cancel_requested ||
-          IsTerminal(run->phase) ||
+      if (IsTerminal(ga->phase) || ga->EndRequested() || w->container != container || !run ||
+          run->cancel_requested || IsTerminal(run->phase) ||
           (IsTerminal(w->phase) && w->phase != AttemptPhase::kCancelled)) {
         view.cancels.push_back(id);
       } else if (w->phase == AttemptPhase::kCancelled) {
@@ -127,10 +126,9 @@ DispatchView Engine::DispatchFor(const std::string& container,
     const Attempt* a = s.FindAttempt(id);
     std::string run_id, step;
     int n;
-    // A trial early stopping stopped (TrialStopped) and a preempted attempt (JobPreempted)
-    // are cancelled like those of a cancelled run.
-    bool cancel = !a || IsTerminal(a->phase) || !a->stopped.empty() || !a->preempted_by.empty() ||
-                  a->resized_to > 0 || a->container != container;
+    // A trial early stopping stopped (TrialStopped), a preempted attempt (JobPreempted)
+    // and a resized gang (GangResized) are cancelled like those of a cancelled run.
+    bool cancel = !a || IsTerminal(a->phase) || a->EndRequested() || a->container != container;
     if (!cancel && ParseAttemptId(id, &run_id, &step, &n)) {
       const Run* run = s.FindRun(run_id);
       cancel = !run || run->cancel_requested || IsTerminal(run->phase);

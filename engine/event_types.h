@@ -219,6 +219,8 @@ struct JobQueued {
   int64_t timeout_ms = 0;            // 0: none
   int workers = 1;                   // a gang's size (v2; v1 wrote it only above 1); elastic: max
   std::optional<int> workers_min{};  // an elastic gang's least size
+  // An elastic gang that preemption took down: the most it starts with this time.
+  std::optional<int> workers_cap{};
   std::optional<std::vector<Mount>> mounts{};
   std::optional<CacheDecision> cache{};
   std::optional<int> trial{};  // a sweep's trial, with its parameters
@@ -233,6 +235,7 @@ struct JobQueued {
                       F("timeout_ms", &JobQueued::timeout_ms),
                       F("workers", &JobQueued::workers),
                       F("workers_min", &JobQueued::workers_min),
+                      F("workers_cap", &JobQueued::workers_cap),
                       F("mounts", &JobQueued::mounts),
                       F("cache", &JobQueued::cache),
                       F("trial", &JobQueued::trial),
@@ -501,13 +504,20 @@ struct GangResized {
   int from = 0;                        // its size
   std::vector<std::string> members{};  // the containers of the workers that go on
   std::string reason{};
+  // Preemption took it down: the queued attempt whose room its workers make (ranks
+  // world_size.. give theirs), and the runs' priorities as in JobPreempted.
+  std::optional<std::string> by{};
+  std::optional<int> priority{}, by_priority{};
   static constexpr auto Fields() {
     return std::tuple{F("step", &GangResized::step),
                       F("attempt", &GangResized::attempt),
                       F("world_size", &GangResized::world_size),
                       F("from", &GangResized::from),
                       F("members", &GangResized::members),
-                      F("reason", &GangResized::reason)};
+                      F("reason", &GangResized::reason),
+                      F("by", &GangResized::by),
+                      F("priority", &GangResized::priority),
+                      F("by_priority", &GangResized::by_priority)};
   }
 };
 

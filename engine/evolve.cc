@@ -319,6 +319,7 @@ struct Apply {
     if (p.workers_min) {
       a.workers_min = *p.workers_min;
       a.workers_max = p.workers;
+      if (p.workers_cap) a.workers_cap = *p.workers_cap;
     }
     if (p.mounts) {
       a.mounts = Json::array();
@@ -483,7 +484,10 @@ struct Apply {
     if (!t.attempt) return Status::Ok();
     if (p.rank < 0 || p.rank >= static_cast<int>(t.attempt->ranks.size())) return Status::Ok();
     Worker& w = t.attempt->ranks[static_cast<size_t>(p.rank)];
-    if (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled) return Status::Ok();
+    if (w.reported || (IsTerminal(w.phase) && w.phase != AttemptPhase::kCancelled)) {
+      return Status::Ok();
+    }
+    w.reported = true;
     w.phase = WorkerPhase(p.state);
     w.finished_at = e.time;
     w.exit_code = p.exit_code;
@@ -549,6 +553,7 @@ struct Apply {
     Target t = Resolve(s, e, p.step, p.attempt);
     if (!t.attempt) return Status::Ok();
     t.attempt->resized_to = p.world_size;
+    if (p.by && !IsTerminal(t.attempt->phase)) t.attempt->preempted_by = *p.by;
     return Status::Ok();
   }
 

@@ -140,10 +140,12 @@ bool PlaceWorkers(std::vector<Slot>& slots, const workflows::Resources& r, int k
 // Places all of an attempt's workers or none: on success the slots are updated
 // and placements holds {rank, local_rank, container, gpus, gpu_uuids} per worker;
 // on failure the slots are untouched (nothing is held while a gang waits). An elastic
-// gang is placed as wide as fits, from its most workers down to its least.
+// gang is placed as wide as fits, from its most workers (or its cap, after preemption
+// took it down) down to its least.
 bool PlaceAll(std::vector<Slot>& slots, const Attempt& a, Json* placements) {
   if (a.workers_max > 0) {
-    for (int k = a.workers_max; k >= std::max(1, a.workers_min); --k) {
+    const int most = a.workers_cap > 0 ? std::min(a.workers_cap, a.workers_max) : a.workers_max;
+    for (int k = most; k >= std::max(1, a.workers_min); --k) {
       if (PlaceWorkers(slots, a.resources, k, placements)) return true;
     }
     return false;
@@ -299,11 +301,24 @@ struct Victim {
   const std::string* step;
   const Attempt* attempt;
   TimePoint since;  // started (or assigned, if not started yet)
+  // An elastic gang taken down rather than stopped: the workers it keeps (ranks
+  // 0..keep-1); 0: the whole attempt gives way.
+  int keep = 0;
+  // The workers it gives up, and their GPUs.
+  int Gives() const { return keep > 0 ? attempt->workers - keep : std::max(1, attempt->workers); }
+  int Gpus() const { return attempt->resources.gpus * Gives(); }
+  // How far it could be taken down: above workers_min, running its whole gang, not a trial.
+  bool Elastic() const {
+    return attempt->workers_max > 0 && attempt->trial < 0 &&
+           attempt->workers > std::max(1, attempt->workers_min) &&
+           static_cast<int>(attempt->ranks.size()) == attempt->workers;
+  }
 };
 
 std::string GpuName(const Json& g) { return g.is_string() ? g.get<std::string>() : g.dump(); }
 
-// Gives a victim's resources back to `slots` (every worker's, on its container).
+// Gives a victim's resources back to `slots` (every worker's it gives up, on its
+// container).
 void Release(std::vector<Slot>& slots, const Victim& v) {
   auto give = [&](const std::string& container, const Json& gpus, const Json& uuids) {
     for (auto& s : slots) {
@@ -321,15 +336,17 @@ void Release(std::vector<Slot>& slots, const Victim& v) {
   if (v.attempt->ranks.empty()) {
     give(v.attempt->container, v.attempt->gpus, v.attempt->gpu_uuids);
   } else {
-    for (const auto& w : v.attempt->ranks) give(w.container, w.gpus, w.gpu_uuids);
+    for (const auto& w : v.attempt->ranks) {
+      if (w.rank >= v.keep) give(w.container, w.gpus, w.gpu_uuids);
+    }
   }
 }
 
 // Whether `cand` fits on `free` with `chosen` victims' resources given back.
-bool FitsWith(const std::vector<Slot>& free, const std::vector<const Victim*>& chosen,
+bool FitsWith(const std::vector<Slot>& free, const std::vector<Victim>& chosen,
               const Attempt& cand) {
   std::vector<Slot> slots = free;
-  for (const Victim* v : chosen) Release(slots, *v);
+  for (const Victim& v : chosen) Release(slots, v);
   Json placements;
   return PlaceAll(slots, cand, &placements);
 }
@@ -346,7 +363,9 @@ std::string Describe(const workflows::Resources& r, int workers) {
 // this pass and would not find it on a container still starting (`waiting`, in queue
 // order), the fewest running attempts of lower-priority runs of its tenant (or, for a tenant below
 // its fair share of the GPUs, of another tenant's runs while that tenant stays at or
-// above its own share) whose room would let it be placed: JobPreempted for each. Fair
+// above its own share) whose room would let it be placed: JobPreempted for each, or, for
+// an elastic gang, GangResized (with `by`) taking it down no lower than its minimum
+// when that is room enough. Fair
 // share: the pool's GPUs split evenly between the tenants with work, capped by their
 // maxGpus. Victims: not already preempted, stopped or ending, running at least
 // preemption_min_run_time; lowest priority first, then the most recently started (the
@@ -375,8 +394,11 @@ void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slo
       for (const auto& a : s.attempts) {
         if (a.phase != AttemptPhase::kAssigned && a.phase != AttemptPhase::kRunning) continue;
         if (!a.preempted_by.empty()) {
-          // Its GPUs are as good as given: count them with the tenant they go to.
-          going[run.tenant] += GpusNeeded(a);
+          // Its GPUs are as good as given: count them with the tenant they go to (a gang
+          // taken down gives only its workers above the size it is left).
+          going[run.tenant] += a.resized_to > 0
+                                   ? a.resources.gpus * std::max(0, a.workers - a.resized_to)
+                                   : GpusNeeded(a);
           if (awaited.insert(a.preempted_by).second) {
             std::string by_run, by_step;
             int by_n;
@@ -388,7 +410,7 @@ void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slo
           }
           continue;
         }
-        if (!a.stopped.empty() || run.cancel_requested) continue;
+        if (a.EndRequested() || run.cancel_requested) continue;
         TimePoint since = a.started_at != TimePoint{} ? a.started_at : a.assigned_at;
         if (ctx.now - since < cfg.preemption_min_run_time) continue;
         running.push_back(Victim{&run, &s.name, &a, since});
@@ -419,7 +441,6 @@ void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slo
     auto q = cfg.tenant_max_gpus.find(tenant);
     return q == cfg.tenant_max_gpus.end() ? share : std::min(share, q->second);
   };
-  auto gpus_of = [](const Attempt& a) { return GpusNeeded(a); };
   std::set<const Attempt*> taken;
   for (const Candidate& c : waiting) {
     std::string id = AttemptId(c.run->id, c.step, c.number);
@@ -428,56 +449,101 @@ void Preempt(const State& state, const DecideContext& ctx, const std::vector<Slo
     Json placements;
     if (!pending.empty() && PlaceAll(soon, *c.attempt, &placements)) continue;
     const std::string& tenant = c.run->tenant;
-    const int need = gpus_of(*c.attempt);
+    const int need = GpusNeeded(*c.attempt);
     // Below its fair share even with this attempt placed.
     const bool under = need > 0 && held[tenant] + need <= fair(tenant);
-    std::vector<const Victim*> chosen;
-    std::map<std::string, int> giving;  // GPUs the chosen take from each tenant
-    bool fits = false;
-    for (const Victim& v : running) {
-      if (taken.count(v.attempt)) continue;
-      const std::string& vt = v.run->tenant;
-      const int vg = gpus_of(*v.attempt);
-      // Lower priority within the candidate's own tenant (a run's priority is its
-      // submitter's to choose, so it ranks runs of one tenant only); or, for a tenant
-      // below its fair share, another tenant's GPUs while that one stays at or above its
-      // own share without them.
-      bool lower = v.run->priority < c.run->priority && vt == tenant;
-      bool over = under && vt != tenant && vg > 0 && held[vt] - giving[vt] - vg >= fair(vt);
-      if (!lower && !over) continue;
-      chosen.push_back(&v);
-      giving[vt] += vg;
-      if ((fits = FitsWith(free, chosen, *c.attempt))) break;
+    // Victims in order until the candidate fits: first with each elastic gang taken
+    // down only to its minimum (it goes on), then, if that is not enough, with whole
+    // attempts.
+    auto choose = [&](bool shrink, std::vector<Victim>* chosen) {
+      std::map<std::string, int> giving;  // GPUs the chosen take from each tenant
+      for (const Victim& v : running) {
+        if (taken.count(v.attempt)) continue;
+        Victim g = v;
+        if (shrink && v.Elastic()) g.keep = std::max(1, v.attempt->workers_min);
+        const std::string& vt = v.run->tenant;
+        const int vg = g.Gpus();
+        // Lower priority within the candidate's own tenant (a run's priority is its
+        // submitter's to choose, so it ranks runs of one tenant only); or, for a tenant
+        // below its fair share, another tenant's GPUs while that one stays at or above
+        // its own share without them.
+        bool lower = v.run->priority < c.run->priority && vt == tenant;
+        bool over = under && vt != tenant && vg > 0 && held[vt] - giving[vt] - vg >= fair(vt);
+        if (!lower && !over) continue;
+        chosen->push_back(g);
+        giving[vt] += vg;
+        if (FitsWith(free, *chosen, *c.attempt)) return true;
+      }
+      return false;
+    };
+    std::vector<Victim> chosen;
+    if (!choose(/*shrink=*/true, &chosen)) {
+      chosen.clear();
+      if (!choose(/*shrink=*/false, &chosen)) continue;
     }
-    if (!fits) continue;
-    // Never more than needed: drop each victim the candidate fits without.
+    // Never more than needed: drop each victim the candidate fits without, and let an
+    // elastic gang keep as many workers as the candidate leaves it.
     for (size_t i = chosen.size(); i-- > 0;) {
-      std::vector<const Victim*> without = chosen;
+      std::vector<Victim> without = chosen;
       without.erase(without.begin() + static_cast<std::ptrdiff_t>(i));
-      if (FitsWith(free, without, *c.attempt)) chosen = std::move(without);
+      if (FitsWith(free, without, *c.attempt)) {
+        chosen = std::move(without);
+        continue;
+      }
+      if (!chosen[i].Elastic()) continue;
+      Victim& v = chosen[i];
+      const int was = v.keep, least = std::max(1, v.attempt->workers_min);
+      for (int keep = v.attempt->workers - 1; keep >= least && (was == 0 || keep > was); --keep) {
+        v.keep = keep;
+        if (FitsWith(free, chosen, *c.attempt)) break;
+        v.keep = was;
+      }
     }
-    for (const Victim* v : chosen) {
-      taken.insert(v->attempt);
-      const std::string& vt = v->run->tenant;
+    for (const Victim& v : chosen) {
+      taken.insert(v.attempt);
+      const std::string& vt = v.run->tenant;
       std::string why =
-          v->run->priority < c.run->priority
+          v.run->priority < c.run->priority
               ? "priority " + std::to_string(c.run->priority) + " over " +
-                    std::to_string(v->run->priority)
+                    std::to_string(v.run->priority)
               : "fair share: tenant " + tenant + " holds " + std::to_string(held[tenant]) +
                     " of its " + std::to_string(fair(tenant)) + " GPUs, tenant " + vt + " holds " +
                     std::to_string(held[vt]) + ", above its " + std::to_string(fair(vt));
-      out->push_back(RunEvent(
-          *v->run,
-          ev::JobPreempted{.step = *v->step,
-                           .attempt = v->attempt->number,
-                           .by = id,
-                           .priority = v->run->priority,
-                           .by_priority = c.run->priority,
-                           .reason = "preempted by " + id + " (" + why + "), which needs " +
-                                     Describe(c.attempt->resources, c.attempt->workers) +
-                                     " and fits nowhere else"}));
+      const std::string needs = "), which needs " +
+                                Describe(c.attempt->resources, c.attempt->workers) +
+                                " and fits nowhere else";
+      if (v.keep > 0) {
+        // Taken down, not stopped: the gang restarts with `keep` workers from its
+        // checkpoint (the torchrun model) and grows back when room frees.
+        std::vector<std::string> members;
+        for (const auto& w : v.attempt->ranks) {
+          if (w.rank < v.keep) members.push_back(w.container);
+        }
+        const int from = v.attempt->workers;
+        out->push_back(RunEvent(
+            *v.run, ev::GangResized{.step = *v.step,
+                                    .attempt = v.attempt->number,
+                                    .world_size = v.keep,
+                                    .from = from,
+                                    .members = std::move(members),
+                                    .reason = "preempted down from " + std::to_string(from) +
+                                              " to " + std::to_string(v.keep) + " workers (min " +
+                                              std::to_string(std::max(1, v.attempt->workers_min)) +
+                                              ") by " + id + " (" + why + needs,
+                                    .by = id,
+                                    .priority = v.run->priority,
+                                    .by_priority = c.run->priority}));
+        continue;
+      }
+      out->push_back(
+          RunEvent(*v.run, ev::JobPreempted{.step = *v.step,
+                                            .attempt = v.attempt->number,
+                                            .by = id,
+                                            .priority = v.run->priority,
+                                            .by_priority = c.run->priority,
+                                            .reason = "preempted by " + id + " (" + why + needs}));
     }
-    for (const Victim* v : chosen) held[v->run->tenant] -= gpus_of(*v->attempt);
+    for (const Victim& v : chosen) held[v.run->tenant] -= v.Gpus();
     held[tenant] += need;
   }
 }
@@ -589,8 +655,7 @@ void GrowElasticGangs(const State& state, const DecideContext& ctx, std::vector<
     for (const auto& s : run.steps) {
       const Attempt* a = s.Last();
       if (!a || a->workers_max == 0 || a->workers >= a->workers_max) continue;
-      if (a->phase != AttemptPhase::kRunning || a->resized_to > 0 || !a->preempted_by.empty() ||
-          !a->stopped.empty() || a->trial >= 0) {
+      if (a->phase != AttemptPhase::kRunning || a->EndRequested() || a->trial >= 0) {
         continue;
       }
       if (ctx.now - a->started_at < ctx.config->elastic_min_run_time) continue;

@@ -387,6 +387,132 @@ TEST_F(PreemptionTest, AGangIsPreemptedWholeOrNotAtAll) {
   EXPECT_EQ(s_.runs["urgent"].steps[0].Last()->phase, AttemptPhase::kAssigned);
 }
 
+// Preemption may take an elastic gang down rather than stop it: to the size the
+// candidate leaves it, no lower than its min; it restarts that wide and grows back
+// when the room frees. Where its min is not room enough, it gives way whole.
+class ElasticPreemptionTest : public PreemptionTest {
+ protected:
+  void SetUp() override {
+    PreemptionTest::SetUp();
+    cfg_.min_replicas = cfg_.max_replicas = 2;
+    Tick();
+    ASSERT_EQ(s_.containers.count("c2"), 1u);
+    Register("c2", 2);  // 4 GPUs in all
+  }
+  // An elastic gang of `min` to 4 workers of 1 GPU: it takes all 4.
+  void Gang(int min) {
+    Submit(R"({"name":"gang","steps":[{"name":"a","command":["x"],"workers":{"min":)" +
+               std::to_string(min) + R"(,"max":4},"resources":{"gpus":1}}]})",
+           1);
+  }
+  const Attempt& G(int n) { return s_.runs["gang0"].steps[0].attempts[static_cast<size_t>(n) - 1]; }
+  // Every worker of `attempt` reports `state` ("running": listed as running).
+  void Workers(const std::string& attempt, const std::string& state) {
+    const Attempt* a = s_.FindAttempt(attempt);
+    ASSERT_NE(a, nullptr);
+    std::vector<Worker> ranks = a->ranks;
+    for (const Worker& w : ranks) {
+      PollContainer p;
+      p.container = w.container;
+      std::string id = attempt + "/" + std::to_string(w.rank);
+      if (state == "running") {
+        p.running = {id};
+      } else {
+        p.reports = Reports(Json::array({Json{{"attempt_id", id}, {"state", state}}}));
+      }
+      Run(p);
+    }
+  }
+  static std::vector<Json> Resized(const std::vector<RecordedEvent>& evs) {
+    std::vector<Json> out;
+    for (const auto& e : evs) {
+      if (e.type == "GangResized") out.push_back(e.data);
+    }
+    return out;
+  }
+};
+
+TEST_F(ElasticPreemptionTest, TakesTheGangDownToWhatTheCandidateLeavesAndItGrowsBack) {
+  Gang(2);
+  ASSERT_EQ(G(1).workers, 4);
+  Workers("gang0/a/1", "running");
+  now_ += std::chrono::seconds(100);
+  auto evs = Urgent(1);
+  EXPECT_TRUE(Preempted(evs).empty()) << "not stopped";
+  std::vector<Json> r = Resized(evs);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0]["attempt"], 1);
+  EXPECT_EQ(r[0]["from"], 4);
+  EXPECT_EQ(r[0]["world_size"], 3) << "one GPU is needed: it keeps 3 of 4";
+  EXPECT_EQ(r[0]["by"], "urgent/a/1");
+  EXPECT_EQ(r[0]["priority"], 0);
+  EXPECT_EQ(r[0]["by_priority"], 10);
+  Json members = Json::array();
+  for (const Worker& w : G(1).ranks) {
+    if (w.rank < 3) members.push_back(w.container);
+  }
+  EXPECT_EQ(r[0]["members"], members);
+  EXPECT_EQ(r[0]["reason"],
+            "preempted down from 4 to 3 workers (min 2) by urgent/a/1 (priority 10 over 0), "
+            "which needs 100m CPU, 128Mi memory, 1 GPU and fits nowhere else");
+  EXPECT_EQ(G(1).preempted_by, "urgent/a/1");
+  EXPECT_TRUE(Resized(Tick()).empty()) << "once";
+  EXPECT_EQ(s_.runs["urgent"].steps[0].Last()->phase, AttemptPhase::kQueued) << "it waits";
+  // Its workers end; the gang is queued again (no try counted) no wider than it was
+  // left, so the freed GPU goes to the candidate and the gang restarts on the other 3.
+  Workers("gang0/a/1", "cancelled");
+  EXPECT_EQ(G(1).reason, "resized to 3 workers: preempted by urgent/a/1");
+  ASSERT_EQ(s_.runs["gang0"].steps[0].attempts.size(), 2u);
+  EXPECT_EQ(G(2).workers_cap, 3);
+  EXPECT_EQ(G(2).phase, AttemptPhase::kAssigned);
+  EXPECT_EQ(G(2).workers, 3);
+  const Attempt* u = s_.runs["urgent"].steps[0].Last();
+  ASSERT_EQ(u->phase, AttemptPhase::kAssigned);
+  // No GPU is held twice.
+  std::set<std::string> held;
+  for (const Worker& w : G(2).ranks) {
+    for (const auto& g : w.gpus) EXPECT_TRUE(held.insert(w.container + ":" + g.dump()).second);
+  }
+  for (const auto& g : u->gpus) EXPECT_TRUE(held.insert(u->container + ":" + g.dump()).second);
+  EXPECT_EQ(held.size(), 4u);
+  // Once urgent is done and the gang has run elastic_min_run_time, it grows back to 4.
+  Workers("gang0/a/2", "running");
+  PollContainer done;
+  done.container = u->container;
+  done.reports = Reports(Json::array({Json{{"attempt_id", "urgent/a/1"}, {"state", "succeeded"}}}));
+  Run(done);
+  ASSERT_EQ(s_.runs["urgent"].phase, RunPhase::kSucceeded);
+  now_ += std::chrono::seconds(61);
+  r = Resized(Tick());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0]["from"], 3);
+  EXPECT_EQ(r[0]["world_size"], 4);
+  EXPECT_FALSE(r[0].contains("by"));
+  Workers("gang0/a/2", "cancelled");
+  ASSERT_EQ(s_.runs["gang0"].steps[0].attempts.size(), 3u);
+  EXPECT_EQ(G(3).workers_cap, 0);
+  EXPECT_EQ(G(3).workers, 4);
+  EXPECT_EQ(s_.runs["gang0"].phase, RunPhase::kRunning);
+}
+
+TEST_F(ElasticPreemptionTest, WhereItsMinimumIsNotRoomEnoughItGivesWayWhole) {
+  Gang(3);
+  now_ += std::chrono::seconds(100);
+  // 2 GPUs are needed; down to its min of 3 the gang would free 1.
+  auto evs = Urgent(2);
+  EXPECT_TRUE(Resized(evs).empty());
+  EXPECT_EQ(Preempted(evs), (std::vector<std::string>{"gang0/a/1 by urgent/a/1"}));
+}
+
+TEST_F(ElasticPreemptionTest, TwoGpusNeededTakeItDownToItsMinimum) {
+  Gang(2);
+  now_ += std::chrono::seconds(100);
+  std::vector<Json> r = Resized(Urgent(2));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0]["from"], 4);
+  EXPECT_EQ(r[0]["world_size"], 2);
+}
+
 TEST_F(PreemptionTest, NoneWhileThePoolCanStillGrow) {
   cfg_.max_replicas = 2;
   Submit(R"({"name":"low","steps":[{"name":"a","command":["x"],"resources":{"gpus":2}}]})", 1);
@@ -512,6 +638,43 @@ TEST_F(ElasticTest, StartsAtWhatFitsGrowsWhenRoomFreesAndShrinksOnALostWorker) {
   EXPECT_TRUE(Resized(evs).empty());
   EXPECT_EQ(s_.runs["el0"].phase, RunPhase::kFailed);
   EXPECT_EQ(s_.runs["el0"].steps[0].attempts.size(), 3u);
+}
+
+// Real DDP: a lost peer fails the others' collective before the lost container's lease
+// ends. The failed elastic gang is judged once every worker has ended: one was lost,
+// so it shrinks rather than retries.
+TEST_F(ElasticTest, PeersFailingBeforeTheLostContainerIsSeenStillShrink) {
+  Add("c1");
+  Add("c2");
+  Add("c3");
+  Submit(R"({"name":"el","steps":[{"name":"a","command":["x"],"workers":{"min":2,"max":3},
+             "resources":{"cpu":"1"}}]})",
+         1);
+  ASSERT_EQ(A(1).workers, 3);
+  Workers("el0/a/1", 3, "running");
+  std::string lost;
+  std::vector<RecordedEvent> evs;
+  for (const Worker& w : std::vector<Worker>(A(1).ranks)) {
+    if (w.rank == 2) {
+      lost = w.container;
+      continue;
+    }
+    PollContainer p;
+    p.container = w.container;
+    p.reports = Reports(Json::array(
+        {Json{{"attempt_id", "el0/a/1/" + std::to_string(w.rank)}, {"state", "failed"}}}));
+    for (auto& e : Run(p)) evs.push_back(e);
+  }
+  EXPECT_EQ(A(1).phase, AttemptPhase::kFailed);
+  EXPECT_EQ(Count(evs, "JobRetryScheduled"), 0) << "rank 2 has not ended yet";
+  EXPECT_TRUE(Resized(evs).empty());
+  evs = Lose(lost);
+  EXPECT_EQ(Count(evs, "JobRetryScheduled"), 0);
+  ASSERT_EQ(Resized(evs).size(), 1u);
+  EXPECT_NE(Resized(evs)[0].find("1: 3 -> 2 "), std::string::npos) << Resized(evs)[0];
+  ASSERT_EQ(s_.runs["el0"].steps[0].attempts.size(), 2u);
+  EXPECT_EQ(A(2).phase, AttemptPhase::kAssigned);
+  EXPECT_EQ(A(2).workers, 2);
 }
 
 // Tenants' GPU quotas (tenants.<name>.maxGpus) and fair share between tenants.

@@ -78,6 +78,7 @@ struct SnapList<Worker> {
                       Plain(&Worker::usage, "usage"),
                       Plain(&Worker::started_at, "started_at"),
                       Plain(&Worker::finished_at, "finished_at"),
+                      Plain(&Worker::reported, "reported"),
                       Plain(&Worker::metrics, "metrics"),
                       Plain(&Worker::outputs, "outputs")};
   }
@@ -141,6 +142,7 @@ struct SnapList<Attempt> {
                       Plain(&Attempt::workers, "workers"),
                       Plain(&Attempt::workers_min, "workers_min"),
                       Plain(&Attempt::workers_max, "workers_max"),
+                      Plain(&Attempt::workers_cap, "workers_cap"),
                       Plain(&Attempt::resized_to, "resized_to"),
                       Plain(&Attempt::ranks, "workers"),
                       Sym(&Attempt::master_addr, "master_addr"),

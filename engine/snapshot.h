@@ -90,7 +90,7 @@ namespace epoch::engine {
 
 inline constexpr std::string_view kSnapshotMagic = "EPOCHSNP";
 inline constexpr uint32_t kSnapshotFormatVersion =
-    14;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
+    15;  // 2: lineage; 3: cache; 4: sweeps, gang rank 0 results; 5: workflow tenants; 6:
          // credentials, isolation, logs, mounts, tenant caches and lineage; 7: container
          // enforcement; 8: live metrics series, checkpoints; 9: finished runs folded into
          // the read model (State::archived); 10: retention (expired outputs, logs,
@@ -99,7 +99,8 @@ inline constexpr uint32_t kSnapshotFormatVersion =
          // the state (State::ended_containers); 12: a cache entry's last hit; 13: data set and
          // model versions move to the read model (State keeps a count per name); 14: early
          // stopping (StepRun::rungs, Attempt::stopped), preemption (Attempt::preempted_by), elastic
-         // gangs
+         // gangs; 15: an elastic gang's start cap after preemption took it down
+         // (Attempt::workers_cap), a gang worker's report recorded (Worker::reported)
 inline constexpr size_t kSnapshotHeaderSize = 24;  // magic, version, crc, size
 
 // Encodes everything in `s`. Deterministic: equal States give equal bytes.

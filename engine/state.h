@@ -62,6 +62,9 @@ struct Worker {
   std::string reason;
   Json usage = Json::object();
   TimePoint started_at{}, finished_at{};
+  // Its agent's final report is recorded (JobWorkerFinished): a report sent again (its
+  // answer lost, say, to a master that died) records nothing more.
+  bool reported = false;
   // Rank 0's report is the attempt's: its metrics and outputs once it succeeded.
   Json metrics{};
   Json outputs{};
@@ -119,6 +122,9 @@ struct Attempt {
   // An elastic gang: the range it may run with (0, 0: exactly `workers`). Queued,
   // `workers` is the most; once placed, as many as fit.
   int workers_min = 0, workers_max = 0;
+  // An elastic gang that preemption took down: the most it starts with (0: workers_max);
+  // it grows back toward workers_max when room frees.
+  int workers_cap = 0;
   // GangResized: the size its step asks for next (the attempt is ended for it).
   int resized_to = 0;
   std::vector<Worker> ranks;
@@ -136,9 +142,13 @@ struct Attempt {
   // Early stopping stopped this trial (TrialStopped): why; the agent is told to cancel
   // it, and it is no candidate for the sweep's best whatever it reports.
   std::string stopped{};
-  // Preemption (JobPreempted): the queued attempt it gives way to; the agent is told to
-  // cancel it, and its step is queued again without counting a try.
+  // Preemption (JobPreempted, or a GangResized that takes an elastic gang down for
+  // another attempt): the queued attempt it gives way to; the agent is told to cancel
+  // it, and its step is queued again without counting a try.
   std::string preempted_by{};
+  // Whether the engine asked it to end although its run goes on: early stopping,
+  // preemption, a resize.
+  bool EndRequested() const { return !stopped.empty() || !preempted_by.empty() || resized_to > 0; }
   // Live metrics: rank (0 unless a gang) -> its series' totals; the points are in the
   // log, not here, so the state stays small whatever a step writes.
   std::map<int, MetricSeries> series;

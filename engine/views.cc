@@ -142,6 +142,7 @@ Json RunToJson(const Run& run, const EngineConfig& config, const State* state) {
         attempts.back()["world_size"] = a.workers;
         if (a.workers_max > 0) {
           attempts.back()["elastic"] = Json{{"min", a.workers_min}, {"max", a.workers_max}};
+          if (a.workers_cap > 0) attempts.back()["elastic"]["cap"] = a.workers_cap;
         }
         if (a.resized_to > 0) attempts.back()["resized_to"] = a.resized_to;
         attempts.back()["master_addr"] = a.master_addr;
