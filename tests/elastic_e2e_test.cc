@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/json.h"
@@ -58,7 +60,10 @@ TEST(ElasticE2ETest, StartsWithTwoGrowsToThreeLosesOneAndFinishesWithTwo) {
   // One container is busy for 3 s.
   std::string hold = d.RegisterAndSubmit(Json::parse(R"({"name": "hold", "steps": [
       {"name": "a", "resources": {"cpu": "2"}, "command": ["sleep", "3"]}]})"));
-  d.WaitForRunState(hold, [](const Json& r) { return r["steps"][0]["state"] == "running"; });
+  d.WaitForRunState(hold, [](const Json& r) {
+    return !r.value("steps", Json::array()).empty() &&
+           r["steps"][0].value("state", "") == "running";
+  });
   Json def{{"name", "elastic"},
            {"steps", Json::array({Json{{"name", "train"},
                                        {"kind", "train"},
@@ -122,6 +127,98 @@ TEST(ElasticE2ETest, StartsWithTwoGrowsToThreeLosesOneAndFinishesWithTwo) {
     last_epoch = epoch;
   }
   EXPECT_GT(last_epoch, 0);
+  EXPECT_EQ(all.back()["state"], "succeeded");
+}
+
+// A master kill -9 in the middle of a resize (the GangResized recorded, the old ranks
+// still ending: their trap takes a second) doubles no worker: the new master neither
+// decides the resize again nor places the next attempt before every old rank has ended.
+TEST(ElasticE2ETest, AMasterKilledDuringAResizeDoublesNoWorker) {
+  TempDir dir;
+  Epochd d(dir.path() + "/data",
+           {"sig.minReplicas=3", "sig.maxReplicas=3", "sig.cpu=2", "executor.leaseTime=2s",
+            "scheduler.elasticMinRunTime=1s", "executor.metricsInterval=200ms"});
+  d.Start();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        int n = 0;
+        Json cs = d.Get("/v1/containers").json()["items"];
+        for (const auto& c : cs) n += c["state"] == "registered";
+        return n == 3;
+      },
+      30s));
+  std::string hold = d.RegisterAndSubmit(Json::parse(R"({"name": "hold", "steps": [
+      {"name": "a", "resources": {"cpu": "2"}, "command": ["sleep", "3"]}]})"));
+  d.WaitForRunState(hold, [](const Json& r) {
+    return !r.value("steps", Json::array()).empty() &&
+           r["steps"][0].value("state", "") == "running";
+  });
+  // The worker, with a SIGTERM trap that takes a second: the window for the kill.
+  std::string worker = kWorker;
+  const std::string fast = R"(trap 'echo "rank $RANK: SIGTERM"; exit 143' TERM)";
+  worker.replace(worker.find(fast), fast.size(),
+                 R"(trap 'echo "rank $RANK: SIGTERM"; sleep 1; exit 143' TERM)");
+  Json def{{"name", "elastic"},
+           {"steps", Json::array({Json{{"name", "train"},
+                                       {"kind", "train"},
+                                       {"workers", Json{{"min", 2}, {"max", 3}}},
+                                       {"resources", Json{{"cpu", "2"}}},
+                                       {"command", Json::array({"sh", "-c", worker})}}})}};
+  std::string run = d.RegisterAndSubmit(def);
+  Json a;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        a = Attempts(d, run);
+        return a.size() == 1 && a[0].contains("resized_to");
+      },
+      60s))
+      << a.dump(1);
+  d.Kill9();
+  ASSERT_EQ(a[0]["state"], "running") << "killed while the old ranks still run: " << a.dump(1);
+  d.Start();
+  Json r = d.WaitForRun(run, 90s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(1);
+
+  // From the events: one resize decision from 2 to 3; every rank of every attempt
+  // started and finished once; each attempt placed only after every rank of the one
+  // before had finished.
+  std::map<int, uint64_t> assigned;                      // attempt -> JobAssigned
+  std::map<std::pair<int, int>, int> started, finished;  // (attempt, rank) -> count
+  std::map<int, uint64_t> last_finished;                 // attempt -> its last rank's end
+  std::map<int, int> width;                              // attempt -> world size
+  int resized_from_1 = 0;
+  for (const auto& e : d.AllEvents()) {
+    if (e["stream"] != "run-" + run) continue;
+    const Json& data = e["data"];
+    const std::string type = e["type"];
+    const uint64_t pos = e["position"];
+    if (type == "GangResized" && data["attempt"] == 1) ++resized_from_1;
+    if (type == "JobAssigned") {
+      assigned[data["attempt"]] = pos;
+      width[data["attempt"]] = static_cast<int>(data["placements"].size());
+    }
+    if (type == "JobStarted" && data.contains("rank")) ++started[{data["attempt"], data["rank"]}];
+    if (type == "JobWorkerFinished") {
+      ++finished[{data["attempt"], data["rank"]}];
+      uint64_t& last = last_finished[data["attempt"]];
+      last = std::max(last, pos);
+    }
+  }
+  EXPECT_EQ(resized_from_1, 1);
+  ASSERT_GE(assigned.size(), 2u);
+  EXPECT_EQ(width[1], 2);
+  EXPECT_EQ(width[2], 3);
+  for (const auto& [n, pos] : assigned) {
+    for (int rank = 0; rank < width[n]; ++rank) {
+      EXPECT_EQ((started[{n, rank}]), 1) << "attempt " << n << " rank " << rank;
+      EXPECT_EQ((finished[{n, rank}]), 1) << "attempt " << n << " rank " << rank;
+    }
+    if (n > 1) {
+      EXPECT_LT(last_finished[n - 1], pos) << "attempt " << n << " overlaps " << n - 1;
+    }
+  }
+  Json all = r["steps"][0]["attempts"];
+  EXPECT_EQ(all[0]["reason"], "resized to 3 workers");
   EXPECT_EQ(all.back()["state"], "succeeded");
 }
 

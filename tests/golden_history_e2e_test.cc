@@ -31,26 +31,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Every event of the log, in order, as GET /v1/events gives them.
-std::vector<Json> ExportAll(Epochd& d) {
-  std::vector<Json> out;
-  uint64_t after = 0;
-  while (true) {
-    HttpResult r = d.Get("/v1/events?after=" + std::to_string(after) + "&limit=1000");
-    EXPECT_EQ(r.status, 200) << r.body;
-    if (r.status != 200) return out;
-    Json items = r.json()["items"];  // (no range-for on a temporary)
-    if (items.empty()) return out;
-    for (const auto& e : items) {
-      after = e["position"].get<uint64_t>();
-      out.push_back(e);
-    }
-  }
-}
-
 std::set<std::string> TypesIn(Epochd& d) {
   std::set<std::string> types;
-  for (const auto& e : ExportAll(d)) types.insert(e["type"].get<std::string>());
+  for (const auto& e : d.AllEvents()) types.insert(e["type"].get<std::string>());
   return types;
 }
 
@@ -214,7 +197,7 @@ TEST(GoldenHistoryE2ETest, ARealLifecycleRecordsEveryEventTypeAndReplays) {
       },
       60s));
 
-  std::vector<Json> log = ExportAll(d);
+  std::vector<Json> log = d.AllEvents();
   ASSERT_FALSE(log.empty());
   std::set<std::string> types;
   engine::State state;

@@ -39,21 +39,6 @@ int64_t MillisSince(SteadyClock::time_point t0) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - t0).count();
 }
 
-// The whole global log, page by page.
-std::vector<Json> AllEvents(Epochd& d) {
-  std::vector<Json> out;
-  uint64_t after = 0;
-  while (true) {
-    HttpResult r = d.Get("/v1/events?limit=1000&after=" + std::to_string(after));
-    EXPECT_EQ(r.status, 200) << r.body;
-    if (r.status != 200) return out;
-    Json items = r.json()["items"];
-    if (items.empty()) return out;
-    for (auto& e : items) out.push_back(e);
-    after = out.back()["position"];
-  }
-}
-
 // Positions 1..n without a gap, each prev_hash the hash of the event before.
 void ExpectUnbrokenChain(const std::vector<Json>& events) {
   std::string prev(64, '0');
@@ -138,7 +123,7 @@ TEST_F(HaTest, FailoverMidRunKeepsTheRunningStepAndTheChain) {
   EXPECT_EQ(r["steps"][0]["attempts"].size(), 1u) << r.dump(2);
   EXPECT_EQ(ReadAll(dir_.path() + "/runs/" + run + "/starts"), "start\n");
 
-  std::vector<Json> events = AllEvents(b);
+  std::vector<Json> events = b.AllEvents();
   ExpectUnbrokenChain(events);
   auto leaders = OfType(events, "LeaderElected");
   ASSERT_EQ(leaders.size(), 2u);
@@ -259,7 +244,7 @@ TEST_F(HaTest, FiveHundredIdempotentSubmissionsThroughThreeLeaderKills) {
   EXPECT_EQ(list.json()["items"].size(), static_cast<size_t>(kRuns));
   ASSERT_TRUE(all_done) << "not every run succeeded";
   for (const auto& item : list.json()["items"]) EXPECT_TRUE(ids.count(item["id"])) << item["id"];
-  std::vector<Json> events = AllEvents(*leader);
+  std::vector<Json> events = leader->AllEvents();
   ExpectUnbrokenChain(events);
   EXPECT_EQ(OfType(events, "RunSubmitted").size(), static_cast<size_t>(kRuns));
   EXPECT_EQ(OfType(events, "LeaderElected").size(), 4u);
@@ -287,7 +272,7 @@ TEST_F(HaTest, LoneMasterKill9LosesNoAcknowledgedSubmission) {
   ASSERT_GT(acked.size(), 10u);
   a.Start();
   for (const auto& id : acked) EXPECT_EQ(a.Get("/v1/runs/" + id).status, 200) << id;
-  ExpectUnbrokenChain(AllEvents(a));
+  ExpectUnbrokenChain(a.AllEvents());
 }
 
 TEST_F(HaTest, IdempotencyKeysAnswerTheFirstResultAcrossRestarts) {

@@ -371,6 +371,22 @@ uint64_t Epochd::Head() {
   return r.json()["head"].value("position", uint64_t{0});
 }
 
+std::vector<Json> Epochd::AllEvents() {
+  std::vector<Json> out;
+  uint64_t after = 0;
+  while (true) {
+    HttpResult r = Get("/v1/events?after=" + std::to_string(after) + "&limit=1000");
+    EXPECT_EQ(r.status, 200) << r.body;
+    if (r.status != 200) return out;
+    Json items = r.json()["items"];  // (no range-for on a temporary)
+    if (items.empty()) return out;
+    for (const auto& e : items) {
+      after = e["position"].get<uint64_t>();
+      out.push_back(e);
+    }
+  }
+}
+
 std::vector<pid_t> Epochd::AgentPids() const {
   std::vector<pid_t> out;
   DIR* d = opendir("/proc");

@@ -99,6 +99,8 @@ class Epochd {
                        std::chrono::seconds timeout = std::chrono::seconds(60));
   // Number of events in the global log.
   uint64_t Head();
+  // Every event of the global log, in order, as GET /v1/events gives them.
+  std::vector<Json> AllEvents();
   // pids of the epoch-agent processes serving this data dir.
   std::vector<pid_t> AgentPids() const;
 

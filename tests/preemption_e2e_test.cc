@@ -38,22 +38,6 @@ while [ $e -lt 6 ]; do
 done
 )SH";
 
-std::vector<Json> AllEvents(Epochd& d) {
-  std::vector<Json> out;
-  uint64_t after = 0;
-  while (true) {
-    HttpResult r = d.Get("/v1/events?after=" + std::to_string(after) + "&limit=1000");
-    EXPECT_EQ(r.status, 200) << r.body;
-    if (r.status != 200) return out;
-    Json items = r.json()["items"];
-    if (items.empty()) return out;
-    for (const auto& e : items) {
-      after = e["position"].get<uint64_t>();
-      out.push_back(e);
-    }
-  }
-}
-
 TEST(PreemptionE2ETest, AHighPriorityRunPreemptsALowOneWhichResumesFromItsCheckpoint) {
   TempDir dir;
   setenv("EPOCH_FAKE_GPUS", "2", 1);
@@ -110,7 +94,7 @@ TEST(PreemptionE2ETest, AHighPriorityRunPreemptsALowOneWhichResumesFromItsCheckp
 
   // From the log of events: the preemption, and then the high run's assignment once the
   // low attempt had ended; no GPU of c1 held by two attempts at any position.
-  std::vector<Json> events = AllEvents(d);
+  std::vector<Json> events = d.AllEvents();
   std::map<std::string, std::string> holder;             // "container/gpu" -> attempt id
   std::map<std::string, std::vector<std::string>> held;  // attempt id -> its keys
   int preempted = 0;

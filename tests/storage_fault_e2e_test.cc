@@ -31,20 +31,6 @@ Json Def(const char* text) {
   return *j;
 }
 
-std::vector<Json> AllEvents(Epochd& d) {
-  std::vector<Json> out;
-  uint64_t after = 0;
-  while (true) {
-    HttpResult r = d.Get("/v1/events?limit=1000&after=" + std::to_string(after));
-    EXPECT_EQ(r.status, 200) << r.body;
-    if (r.status != 200) return out;
-    Json items = r.json()["items"];
-    if (items.empty()) return out;
-    for (auto& e : items) out.push_back(e);
-    after = out.back()["position"];
-  }
-}
-
 class StorageFaultE2eTest : public ::testing::Test {
  protected:
   TempDir dir_;
@@ -156,7 +142,7 @@ TEST_F(StorageFaultE2eTest, AFullDiskFailsOverWithNothingAcknowledgedLost) {
   HttpResult again =
       b.Post("/v1/runs", body.dump(), "application/json", {{"Idempotency-Key", refused_key}});
   ASSERT_TRUE(again.status == 200 || again.status == 201) << again.status << " " << again.body;
-  std::vector<Json> events = AllEvents(b);
+  std::vector<Json> events = b.AllEvents();
   std::string prev(64, '0');
   std::map<std::string, int> submitted;  // idempotency key -> RunSubmitted events
   for (size_t p = 0; p < events.size(); ++p) {
