@@ -282,5 +282,140 @@ TEST(PytorchE2ETest, ACancelledTrainingCheckpointsOnSigtermAndItsRetryResumesThe
   EXPECT_EQ(second.find("epoch 1/3 rank"), std::string::npos) << second;
 }
 
+// Elastic training (issue 17): train as "workers": {"min": 2, "max": 3} on three
+// containers of 1 CPU, one of them busy. The gang starts with 2, grows to 3 when the
+// container frees, loses a rank with its container (agent and processes kill -9) and goes
+// on with 2; every restart resumes from the checkpoint with its new WORLD_SIZE, sharded
+// anew, and the model reaches the accuracy that gates infer. A gang grows only after 10 s
+// of running (scheduler.elasticMinRunTime), so every attempt gets past torch's start.
+TEST(PytorchE2ETest, AnElasticGangStartsWithTwoGrowsToThreeLosesOneAndFinishes) {
+  if (std::string why = WhyNoTorch(); !why.empty()) GTEST_SKIP() << why;
+  TempDir dir;
+  Epochd d(dir.path(),
+           {"sig.cpu=1", "sig.memory=2144Mi", "sig.minReplicas=3", "sig.maxReplicas=3",
+            "sig.ssAllocationUnit=3", "sig.ssAllocationInterval=0s", "executor.leaseTime=2s",
+            "executor.metricsInterval=200ms", "scheduler.elasticMinRunTime=10s"});
+  d.Start();
+  ScriptCopy script;
+  ASSERT_FALSE(script.path().empty()) << "could not copy the script to /var/tmp";
+  const std::string go = std::filesystem::path(script.path()).parent_path().string() + "/go";
+  // One container is busy until the test lets it go.
+  std::string hold = d.RegisterAndSubmit(Json{
+      {"name", "hold"},
+      {"steps",
+       Json::array(
+           {Json{{"name", "a"},
+                 {"resources", Json{{"cpu", "1"}, {"memory", "256Mi"}}},
+                 {"command",
+                  Json::array({"sh", "-c", "while [ ! -e " + go + " ]; do sleep 0.2; done"})}}})}});
+  d.WaitForRunState(hold, [](const Json& r) {
+    return !r.value("steps", Json::array()).empty() &&
+           r["steps"][0].value("state", "") == "running";
+  });
+  auto def = ParseJson(Slurp(kExample + "/workflow.json"));
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  Json& train_def = (*def)["steps"][1];
+  ASSERT_EQ(train_def["name"], "train");
+  train_def["workers"] = Json{{"min", 2}, {"max", 3}};
+  const double target = 0.75;
+  std::string run = d.RegisterAndSubmit(*def, Json{{"script", script.path()},
+                                                   {"train_limit", 6000},
+                                                   {"test_limit", 1000},
+                                                   {"epochs", 6},
+                                                   {"log_every", 20},
+                                                   {"min_accuracy", target},
+                                                   {"infer_count", 5}});
+  // The train step now ({} while epochd, on two busy cores, does not answer in time);
+  // *ended: whether the run has ended (a step is "cancelled" for a moment while a gang
+  // is resized, its run is not).
+  auto train = [&](bool* ended) {
+    HttpResult h = d.Get("/v1/runs/" + run);
+    Json r = h.status == 200 ? h.json() : Json();
+    if (!r.is_object() || !r.contains("steps")) return Json::object();
+    std::string s = r.value("state", "");
+    *ended = s == "succeeded" || s == "failed" || s == "cancelled";
+    return Step(r, "train");
+  };
+  // Two fit: it starts with 2, and once it has saved an epoch, the busy container frees.
+  Json t;
+  bool ended = false;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        t = train(&ended);
+        return t.contains("checkpoints") || ended;
+      },
+      150s))
+      << t.dump(1) << StepLogs(dir.path(), run);
+  ASSERT_EQ(t["attempts"].size(), 1u) << t.dump(1);
+  EXPECT_EQ(t["attempts"][0]["world_size"], 2);
+  std::ofstream(go) << "go\n";
+  // It grows to 3, and rank 2's container is lost once the 3 have saved an epoch.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        t = train(&ended);
+        const Json& c = t.value("checkpoints", Json::object());
+        return (c.contains("step") && c["step"].value("attempt", 0) == 2) || ended;
+      },
+      150s))
+      << t.dump(1) << StepLogs(dir.path(), run);
+  ASSERT_EQ(t["attempts"].size(), 2u) << t.dump(1);
+  const Json& a2 = t["attempts"][1];
+  ASSERT_EQ(a2["world_size"], 3) << t.dump(1);
+  ASSERT_EQ(a2["state"], "running") << t.dump(1);
+  std::string lost = a2["workers"][2]["container"];
+  for (pid_t p : d.AgentPids()) {
+    if (AgentContainerId(p) == lost) KillProcessTree(p);
+  }
+  Json r = d.WaitForRun(run, 300s);
+  ASSERT_EQ(r["state"], "succeeded") << r.dump(1) << "\n" << StepLogs(dir.path(), run);
+
+  // The resizes: 2 -> 3 (room freed), 3 -> 2 (a rank lost), maybe 2 -> 3 again once the
+  // pool has replaced the lost container; never below 2.
+  std::vector<std::string> resized;
+  for (const auto& e : d.AllEvents()) {
+    if (e["stream"] != "run-" + run || e["type"] != "GangResized") continue;
+    resized.push_back(e["data"]["from"].dump() + "->" + e["data"]["world_size"].dump());
+    EXPECT_GE(e["data"]["world_size"].get<int>(), 2);
+  }
+  ASSERT_GE(resized.size(), 2u);
+  EXPECT_EQ(resized[0], "2->3");
+  EXPECT_EQ(resized[1], "3->2");
+  const Json& attempts = Step(r, "train")["attempts"];
+  ASSERT_EQ(attempts.size(), resized.size() + 1) << attempts.dump(1);
+  // Lost, or failed first: the others' all_reduce errors out when their peer dies,
+  // often before the master has seen the container go; either way one rank was lost.
+  EXPECT_TRUE(attempts[1]["state"] == "lost" || attempts[1]["state"] == "failed")
+      << attempts[1].dump(1);
+  EXPECT_EQ(attempts[1]["workers"][2]["state"], "lost") << attempts[1].dump(1);
+  EXPECT_EQ(attempts[2]["world_size"], 2);
+  // Every attempt's ranks formed a group of its size; each after the first resumed from
+  // a checkpoint, never from epoch 1; the last finished the 6 epochs.
+  const std::string logs = dir.path() + "/logs/" + run + "/train/";
+  for (const auto& a : attempts) {
+    const int n = a["attempt"], w = a["world_size"];
+    std::string log = Slurp(logs + std::to_string(n) + ".log");
+    SCOPED_TRACE("attempt " + std::to_string(n) + " rank 0:\n" + log);
+    EXPECT_GE(w, 2);
+    EXPECT_NE(log.find("rank=0 world_size=" + std::to_string(w)), std::string::npos);
+    EXPECT_NE(log.find("all_reduce(rank+1) = " + std::to_string(w * (w + 1) / 2) + " "),
+              std::string::npos);
+    EXPECT_NE(log.find("shard rank::" + std::to_string(w) + " of 6000 images"), std::string::npos);
+    if (n == 1) continue;
+    EXPECT_TRUE(a.contains("resumed_from")) << a.dump(1);
+    EXPECT_NE(log.find("resumed from "), std::string::npos);
+    EXPECT_EQ(log.find("epoch 1/6 rank"), std::string::npos) << "started again from epoch 1";
+  }
+  EXPECT_NE(Slurp(logs + std::to_string(attempts.back()["attempt"].get<int>()) + ".log")
+                .find("epoch 6/6 rank 0"),
+            std::string::npos);
+  // The model reaches the target: validate measures it, and infer, gated on it, ran.
+  const Json& vm = Step(r, "validate")["metrics"];
+  ASSERT_TRUE(vm.contains("accuracy")) << vm.dump(2);
+  std::cout << "elastic training: resizes " << ::testing::PrintToString(resized)
+            << ", test accuracy " << vm["accuracy"] << "\n";
+  EXPECT_GE(vm["accuracy"].get<double>(), target) << vm.dump(2);
+  EXPECT_EQ(Step(r, "infer")["state"], "succeeded") << Step(r, "infer").dump(2);
+}
+
 }  // namespace
 }  // namespace epoch::testing

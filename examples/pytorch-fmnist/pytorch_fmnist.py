@@ -10,7 +10,9 @@
 Runs under Debian's /usr/bin/python3 with python3-torch (1.13, CPU) and python3-numpy:
 no torchvision, no downloads. `train` is one rank of a torch.distributed gang (gloo):
 it reads RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (Epoch sets them for a step with
-"workers": N; without them it trains alone as rank 0 of 1).
+"workers": N; without them it trains alone as rank 0 of 1). Each start shards the data by
+the WORLD_SIZE it is given, so it runs as an elastic gang ("workers": {"min", "max"}): a
+resize restarts every rank from the checkpoint with the new size.
 
 What it uses of Epoch's step contract, each optional (absent: it does without):
   EPOCH_OUTPUTS          default of --out
@@ -309,10 +311,15 @@ def cmd_train(a):
         model.module.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = state["step"]
-        if state["batch"]:  # saved mid-epoch (SIGTERM): finish that epoch
-            first_epoch, skip = state["epoch"] + 1, state["batch"]
-        else:
-            first_epoch = state["epoch"] + 1
+        first_epoch = state["epoch"] + 1
+        saved_world = state.get("world_size", world)
+        if state["batch"] and saved_world == world:  # saved mid-epoch (SIGTERM): finish it
+            skip = state["batch"]
+        elif state["batch"]:
+            # An elastic gang resized (Epoch's GangResized): the shards are not the ones
+            # the batch count was of, so the interrupted epoch starts over on the new ones.
+            log("world size %d, was %d: epoch %d starts over on the new shards" % (
+                world, saved_world, first_epoch))
         log("resumed from %s at epoch %d%s" % (name, first_epoch,
                                                ", batch %d" % (skip + 1) if skip else ""))
 
