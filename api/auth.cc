@@ -81,6 +81,9 @@ Access Classify(std::string_view method, std::string_view path) {
     }
   }
   if (read && (path == "/v1/audit/verify" || path == "/metrics")) return Access::kGlobal;
+  // Signing in authenticates with the token in its body; signing out is anyone's.
+  if (path == "/v1/session" && method == "POST") return Access::kPublic;
+  if (path == "/v1/session" && method == "DELETE") return Access::kSession;
   return read ? Access::kRead : Access::kWrite;
 }
 
@@ -95,7 +98,7 @@ Status Authorize(const Principal& p, Access access) {
       return Unauthenticated("the container protocol takes a container's own credential, "
                              "not a token");
     case Access::kRead:
-      return Status::Ok();
+    case Access::kSession: return Status::Ok();
     case Access::kGlobal:
       return p.role == Role::kAdmin || p.role == Role::kAuditor
                  ? Status::Ok()
@@ -205,13 +208,15 @@ Status RevokeToken(const std::string& path, const std::string& id) {
 
 TokenStore::TokenStore(std::string tokens_path) : path_(std::move(tokens_path)) {}
 
-void TokenStore::ReloadIfChanged() {
+FileVersion FileVersion::Of(const std::string& path) {
   struct stat st {};
-  FileId now;
-  if (stat(path_.c_str(), &st) == 0) {
-    now = FileId{st.st_dev, st.st_ino, st.st_size,
-                 static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
-  }
+  if (stat(path.c_str(), &st) != 0) return FileVersion{};
+  return FileVersion{st.st_dev, st.st_ino, st.st_size,
+                     static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+void TokenStore::ReloadIfChanged() {
+  FileVersion now = FileVersion::Of(path_);
   if (now == seen_) return;
   auto tokens = LoadTokens(path_);
   if (!tokens.ok()) {
@@ -253,10 +258,171 @@ Result<Principal> TokenStore::Authenticate(std::string_view header) {
   return it->second;
 }
 
+Result<Principal> TokenStore::ById(std::string_view id) {
+  MutexLock lock(&mu_);
+  ReloadIfChanged();
+  for (const auto& [hash, p] : by_hash_) {
+    if (p.token_id == id) return p;
+  }
+  return Unauthenticated("the session's token was revoked: sign in again");
+}
+
 size_t TokenStore::size() {
   MutexLock lock(&mu_);
   ReloadIfChanged();
   return by_hash_.size();
+}
+
+// ---- console sessions ------------------------------------------------------------------
+
+namespace {
+constexpr std::string_view kSessionPrefix = "es_";
+}  // namespace
+
+std::string CookieValue(std::string_view header, std::string_view name) {
+  while (!header.empty()) {
+    size_t end = header.find(';');
+    std::string_view pair = header.substr(0, end);
+    header = end == std::string_view::npos ? std::string_view() : header.substr(end + 1);
+    while (!pair.empty() && pair.front() == ' ') pair.remove_prefix(1);
+    size_t eq = pair.find('=');
+    if (eq != std::string_view::npos && pair.substr(0, eq) == name) {
+      return std::string(pair.substr(eq + 1));
+    }
+  }
+  return "";
+}
+
+std::string SessionCsrf(std::string_view secret) {
+  return Sha256Hex("epoch session csrf\n" + std::string(secret));
+}
+
+bool ConstantTimeEquals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  }
+  return diff == 0;
+}
+
+Result<std::vector<SessionEntry>> LoadSessions(const std::string& path) {
+  std::vector<SessionEntry> out;
+  if (!PathExists(path)) return out;
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path, 64u << 20));
+  auto j = ParseJson(text);
+  if (!j.ok()) return j.status().WithContext(path);
+  if (!j->is_object() || !(*j)["sessions"].is_array()) {
+    return InvalidArgument(path + ": expected {\"sessions\": [...]}");
+  }
+  const Json& sessions = (*j)["sessions"];
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    const Json& s = sessions[i];
+    std::string where = path + ": sessions[" + std::to_string(i) + "]";
+    if (!s.is_object()) return InvalidArgument(where + ": must be an object");
+    SessionEntry e;
+    std::string created, expires;
+    for (auto [key, field] : {std::pair{"sha256", &e.sha256},
+                              {"token_id", &e.token_id},
+                              {"created_at", &created},
+                              {"expires_at", &expires}}) {
+      auto it = s.find(key);
+      if (it == s.end() || !it->is_string()) {
+        return InvalidArgument(where + "." + key + ": required string");
+      }
+      *field = it->get<std::string>();
+    }
+    if (e.sha256.size() != 64 || !DigestFromHex(e.sha256).ok()) {
+      return InvalidArgument(where + ".sha256: must be 64 hex digits");
+    }
+    auto c = ParseTime(created);
+    auto x = ParseTime(expires);
+    if (!c.ok()) return InvalidArgument(where + ".created_at: " + c.status().message());
+    if (!x.ok()) return InvalidArgument(where + ".expires_at: " + x.status().message());
+    e.created = *c;
+    e.expires = *x;
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+SessionStore::SessionStore(std::string sessions_path, const Clock* clock)
+    : path_(std::move(sessions_path)), clock_(clock) {}
+
+void SessionStore::ReloadIfChanged() {
+  FileVersion now = FileVersion::Of(path_);
+  if (now == seen_) return;
+  auto sessions = LoadSessions(path_);
+  if (!sessions.ok()) {
+    // Unreadable: nobody is signed in (a session is a convenience; the token remains).
+    spdlog::error("sessions file {}: {} (no session is valid until it is rewritten)", path_,
+                  sessions.status().ToString());
+    by_hash_.clear();
+    seen_ = now;
+    return;
+  }
+  std::map<std::string, SessionEntry> by_hash;
+  for (auto& s : *sessions) by_hash[s.sha256] = std::move(s);
+  by_hash_ = std::move(by_hash);
+  seen_ = now;
+}
+
+Status SessionStore::Update(const std::function<Status(std::vector<SessionEntry>*)>& change) {
+  FileLock lock(path_ + ".lock");
+  RETURN_IF_ERROR(lock.status());
+  // A file that does not parse is started afresh: it held nothing anyone can use.
+  auto loaded = LoadSessions(path_);
+  std::vector<SessionEntry> sessions;
+  if (loaded.ok()) sessions = std::move(*loaded);
+  const TimePoint now = clock_->Now();
+  std::erase_if(sessions, [&](const SessionEntry& s) { return s.expires <= now; });
+  RETURN_IF_ERROR(change(&sessions));
+  Json arr = Json::array();
+  for (const auto& s : sessions) {
+    arr.push_back(Json{{"sha256", s.sha256},
+                       {"token_id", s.token_id},
+                       {"created_at", FormatTime(s.created)},
+                       {"expires_at", FormatTime(s.expires)}});
+  }
+  return WriteFileDurably(path_, Json{{"sessions", arr}}.dump(1) + "\n", 0600);
+}
+
+Result<NewSession> SessionStore::Create(const std::string& token_id, Micros ttl) {
+  NewSession n;
+  n.secret = std::string(kSessionPrefix) + RandomHex(32);
+  n.csrf = SessionCsrf(n.secret);
+  const TimePoint now = clock_->Now();
+  n.expires = now + ttl;
+  RETURN_IF_ERROR(Update([&](std::vector<SessionEntry>* sessions) {
+    sessions->push_back(SessionEntry{Sha256Hex(n.secret), token_id, now, n.expires});
+    return Status::Ok();
+  }));
+  return n;
+}
+
+Result<SessionEntry> SessionStore::Find(std::string_view secret) {
+  if (!StartsWith(secret, kSessionPrefix) || secret.size() != kSessionPrefix.size() + 64) {
+    return Unauthenticated("the session cookie is not an Epoch session: sign in again");
+  }
+  const std::string hash = Sha256Hex(secret);
+  MutexLock lock(&mu_);
+  ReloadIfChanged();
+  auto it = by_hash_.find(hash);
+  if (it == by_hash_.end())
+    return Unauthenticated("signed out, or an unknown session: sign in again");
+  if (it->second.expires <= clock_->Now())
+    return Unauthenticated("the session expired: sign in again");
+  return it->second;
+}
+
+Status SessionStore::Delete(std::string_view secret) {
+  const std::string hash = Sha256Hex(secret);
+  return Update([&](std::vector<SessionEntry>* sessions) {
+    if (std::erase_if(*sessions, [&](const SessionEntry& s) { return s.sha256 == hash; }) == 0) {
+      return NotFound("no such session (signed out already, or expired)");
+    }
+    return Status::Ok();
+  });
 }
 
 }  // namespace epoch::api

@@ -17,17 +17,31 @@
 // tenant; read it), viewer (read its tenant), auditor (read every tenant and the
 // whole history, verify; no writes).
 //
-// Thread-safety: TokenStore is internally synchronised; the rest are pure.
+// Console sessions: a token pasted once into a browser is exchanged (POST /v1/session)
+// for a session, a random secret the browser keeps in an HttpOnly cookie, so no page
+// holds the token. The server keeps only SHA-256 hashes of the secrets, in a sessions
+// file (<data-dir>/sessions.json, mode 0600, on the shared data dir so a standby that
+// takes over knows them). A session acts as its token (same user, tenant and role)
+// while that token is in the tokens file: revoking the token ends its sessions. It
+// also ends at its expiry (api.sessionTtl) or when signed out (DELETE /v1/session).
+// Anything but a GET with a session needs the session's CSRF token in X-CSRF-Token:
+// derived from the secret, it is what GET /v1/session tells a page of the console
+// and what no other site can read or guess.
+//
+// Thread-safety: TokenStore and SessionStore are internally synchronised; the rest
+// are pure.
 #pragma once
 
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/clock.h"
 #include "common/mutex.h"
 #include "common/status.h"
 
@@ -57,11 +71,12 @@ struct TokenEntry {
 
 // What a request needs, by method and path (the route table's classes).
 enum class Access {
-  kPublic,      // /healthz, /readyz: probes
-  kRead,        // GETs of tenant-scoped resources (handlers filter by tenant)
-  kGlobal,      // whole-system reads: /v1/audit/verify (the chain), /metrics (all tenants' counts)
-  kWrite,       // POSTs that change runs, workflows, the cache
-  kAgent,       // the container protocol: a container's own credential, no token
+  kPublic,   // /healthz, /readyz: probes
+  kRead,     // GETs of tenant-scoped resources (handlers filter by tenant)
+  kGlobal,   // whole-system reads: /v1/audit/verify (the chain), /metrics (all tenants' counts)
+  kWrite,    // POSTs that change runs, workflows, the cache
+  kAgent,    // the container protocol: a container's own credential, no token
+  kSession,  // DELETE /v1/session: signing out, whatever the role
 };
 Access Classify(std::string_view method, std::string_view path);
 // kPermissionDenied naming the role and what it may not do.
@@ -89,6 +104,17 @@ Result<NewToken> CreateToken(const std::string& path, const std::string& user,
 // Removes the token with this id; kNotFound if there is none.
 Status RevokeToken(const std::string& path, const std::string& id);
 
+// What tells a file's versions apart for a reload: device, inode, size, mtime (all
+// defaults when it does not exist).
+struct FileVersion {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = -1;
+  int64_t mtime_ns = -1;
+  bool operator==(const FileVersion&) const = default;
+  static FileVersion Of(const std::string& path);
+};
+
 // The server's view of the tokens file, re-read whenever
 // the file's identity, size or mtime changes.
 class TokenStore {
@@ -96,6 +122,9 @@ class TokenStore {
   explicit TokenStore(std::string tokens_path);
   // kUnauthenticated for a missing, malformed or unknown token (never echoing it).
   Result<Principal> Authenticate(std::string_view authorization_header);
+  // The principal of the token with this id, while it is in the file;
+  // kUnauthenticated once it is revoked.
+  Result<Principal> ById(std::string_view id);
   // How many tokens are configured (0: nobody can get in).
   size_t size();
 
@@ -104,13 +133,54 @@ class TokenStore {
   std::string path_;  // set in the constructor only
   Mutex mu_;
   std::map<std::string, Principal> by_hash_ GUARDED_BY(mu_);
-  struct FileId {
-    dev_t dev = 0;
-    ino_t ino = 0;
-    off_t size = -1;
-    int64_t mtime_ns = -1;
-    bool operator==(const FileId&) const = default;
-  } seen_ GUARDED_BY(mu_);
+  FileVersion seen_ GUARDED_BY(mu_);
+};
+
+// The session cookie's name, and the value of a cookie of that name in a Cookie header
+// ("" if none).
+inline constexpr std::string_view kSessionCookie = "epoch_session";
+std::string CookieValue(std::string_view cookie_header, std::string_view name);
+// The CSRF token of the session whose secret this is.
+std::string SessionCsrf(std::string_view secret);
+// Whether two strings are equal, in time that depends only on their lengths.
+bool ConstantTimeEquals(std::string_view a, std::string_view b);
+
+struct SessionEntry {
+  std::string sha256;    // of the secret
+  std::string token_id;  // the token it acts as
+  TimePoint created{}, expires{};
+};
+
+struct NewSession {
+  std::string secret;  // "es_" + 64 hex digits: the cookie's value
+  std::string csrf;    // SessionCsrf(secret)
+  TimePoint expires{};
+};
+
+// The sessions file. A missing file is an empty list.
+Result<std::vector<SessionEntry>> LoadSessions(const std::string& path);
+
+class SessionStore {
+ public:
+  SessionStore(std::string sessions_path, const Clock* clock);
+  // A new session of the token `token_id` for `ttl`, in the file (fsynced) before it
+  // returns. Expired sessions leave the file then.
+  Result<NewSession> Create(const std::string& token_id, Micros ttl);
+  // The live session of this secret; kUnauthenticated when the secret is malformed,
+  // unknown (signed out) or expired.
+  Result<SessionEntry> Find(std::string_view secret);
+  // Signs out: the session leaves the file. kNotFound if it was not there.
+  Status Delete(std::string_view secret);
+
+ private:
+  void ReloadIfChanged() REQUIRES(mu_);
+  // Rewrites the file under its lock with `change` applied to what it holds now.
+  Status Update(const std::function<Status(std::vector<SessionEntry>*)>& change);
+  std::string path_;    // set in the constructor only
+  const Clock* clock_;  // set in the constructor only
+  Mutex mu_;
+  std::map<std::string, SessionEntry> by_hash_ GUARDED_BY(mu_);
+  FileVersion seen_ GUARDED_BY(mu_);
 };
 
 }  // namespace epoch::api

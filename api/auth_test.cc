@@ -41,6 +41,13 @@ TEST(AuthTest, ClassifiesRoutes) {
   EXPECT_EQ(Classify("HEAD", "/v1/runs"), Access::kRead);
   EXPECT_EQ(Classify("POST", "/v1/runs"), Access::kWrite);
   EXPECT_EQ(Classify("DELETE", "/v1/runs/x"), Access::kWrite);
+  EXPECT_EQ(Classify("POST", "/v1/session"), Access::kPublic);
+  EXPECT_EQ(Classify("GET", "/v1/session"), Access::kRead);
+  EXPECT_EQ(Classify("DELETE", "/v1/session"), Access::kSession);
+  EXPECT_EQ(Classify("DELETE", "/v1/sessions"), Access::kWrite);
+  for (Role r : {Role::kAdmin, Role::kOperator, Role::kViewer, Role::kAuditor}) {
+    EXPECT_TRUE(Authorize(Principal{"u", "t", r, "1"}, Access::kSession).ok()) << Name(r);
+  }
 }
 
 TEST(AuthTest, RolesAgainstAccess) {
@@ -165,6 +172,89 @@ TEST(AuthTest, NoRoleMayUseTheContainerProtocolAndThereIsNoAgentRole) {
   EXPECT_NE(loaded.status().message().find("must be one of admin, operator, viewer, auditor"),
             std::string::npos)
       << loaded.status().message();
+}
+
+TEST(SessionTest, CookieValuesCsrfAndConstantTimeEquals) {
+  EXPECT_EQ(CookieValue("epoch_session=es_1", "epoch_session"), "es_1");
+  EXPECT_EQ(CookieValue("a=b;  epoch_session=es_2; c=d", "epoch_session"), "es_2");
+  EXPECT_EQ(CookieValue("xepoch_session=es_3", "epoch_session"), "");
+  EXPECT_EQ(CookieValue("", "epoch_session"), "");
+  EXPECT_EQ(CookieValue("a=b", "epoch_session"), "");
+  EXPECT_EQ(SessionCsrf("es_a").size(), 64u);
+  EXPECT_NE(SessionCsrf("es_a"), SessionCsrf("es_b"));
+  EXPECT_NE(SessionCsrf("es_a"), Sha256Hex("es_a")) << "not the hash the server keeps";
+  EXPECT_TRUE(ConstantTimeEquals("abc", "abc"));
+  EXPECT_FALSE(ConstantTimeEquals("abc", "abd"));
+  EXPECT_FALSE(ConstantTimeEquals("abc", "ab"));
+  EXPECT_FALSE(ConstantTimeEquals("", "a"));
+}
+
+TEST(SessionTest, CreateFindExpireSignOutAndAnotherMasterSeesThem) {
+  TempDir dir;
+  const std::string path = dir.path() + "/sessions.json";
+  ManualClock clock(TimePoint(std::chrono::hours(24 * 20000)));
+  SessionStore store(path, &clock);
+  auto a = store.Create("tok1", std::chrono::hours(1));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_EQ(a->secret.rfind("es_", 0), 0u);
+  EXPECT_EQ(a->secret.size(), 3u + 64);
+  EXPECT_EQ(a->csrf, SessionCsrf(a->secret));
+  EXPECT_EQ(a->expires, clock.Now() + std::chrono::hours(1));
+  // The file keeps the hash, not the secret, and only its owner may read it.
+  std::string text = *ReadFile(path, 1 << 20);
+  EXPECT_EQ(text.find(a->secret), std::string::npos);
+  EXPECT_NE(text.find(Sha256Hex(a->secret)), std::string::npos);
+  struct stat st {};
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  auto found = store.Find(a->secret);
+  ASSERT_TRUE(found.ok()) << found.status().ToString();
+  EXPECT_EQ(found->token_id, "tok1");
+  // Malformed and unknown secrets.
+  EXPECT_EQ(store.Find("es_short").status().code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(store.Find("epoch_" + std::string(64, 'a')).status().code(),
+            StatusCode::kUnauthenticated);
+  EXPECT_EQ(store.Find("es_" + std::string(64, 'a')).status().code(), StatusCode::kUnauthenticated);
+  // A second master on the same data dir (a standby that takes over) knows it.
+  SessionStore other(path, &clock);
+  ASSERT_TRUE(other.Find(a->secret).ok());
+  // Expiry.
+  auto b = store.Create("tok2", std::chrono::minutes(10));
+  ASSERT_TRUE(b.ok());
+  clock.Advance(std::chrono::minutes(11));
+  auto expired = store.Find(b->secret);
+  EXPECT_EQ(expired.status().code(), StatusCode::kUnauthenticated);
+  EXPECT_NE(expired.status().message().find("expired"), std::string::npos);
+  EXPECT_TRUE(store.Find(a->secret).ok());
+  // Signing out on one master ends it on the other; twice is kNotFound.
+  ASSERT_TRUE(other.Delete(a->secret).ok());
+  auto gone = store.Find(a->secret);
+  EXPECT_EQ(gone.status().code(), StatusCode::kUnauthenticated);
+  EXPECT_NE(gone.status().message().find("signed out"), std::string::npos);
+  EXPECT_EQ(store.Delete(a->secret).code(), StatusCode::kNotFound);
+  // Expired sessions leave the file at the next write.
+  auto c = store.Create("tok3", std::chrono::hours(1));
+  ASSERT_TRUE(c.ok());
+  auto all = LoadSessions(path);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].token_id, "tok3");
+}
+
+TEST(SessionTest, ARevokedTokenHasNoPrincipalById) {
+  TempDir dir;
+  const std::string path = dir.path() + "/tokens.json";
+  auto t = CreateToken(path, "alice", "ml", Role::kOperator, "2026-01-01T00:00:00Z");
+  ASSERT_TRUE(t.ok());
+  TokenStore store(path);
+  auto p = store.ById(t->id);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->user, "alice");
+  EXPECT_EQ(p->role, Role::kOperator);
+  ASSERT_TRUE(RevokeToken(path, t->id).ok());
+  auto gone = store.ById(t->id);
+  EXPECT_EQ(gone.status().code(), StatusCode::kUnauthenticated);
+  EXPECT_NE(gone.status().message().find("revoked"), std::string::npos);
 }
 
 }  // namespace

@@ -445,6 +445,13 @@ const std::map<std::string, KeyDef>& Keys() {
       {"api.writeTimeout", {"30s", [](Config* c, const std::string& k, const Json& v) {
          return HttpTimeout(k, v, &c->write_timeout);
        }}},
+      {"api.sessionTtl", {"12h", [](Config* c, const std::string& k, const Json& v) {
+         ASSIGN_OR_RETURN(c->session_ttl, AsDuration(k, v));
+         if (c->session_ttl < std::chrono::minutes(1) || c->session_ttl > std::chrono::hours(24 * 30)) {
+           return InvalidArgument(k + ": must be from 1m to 720h");
+         }
+         return Status::Ok();
+       }}},
       {"ha.tailInterval", {"100ms", [](Config* c, const std::string& k, const Json& v) {
          ASSIGN_OR_RETURN(c->tail_interval, AsDuration(k, v));
          if (c->tail_interval < std::chrono::milliseconds(5) ||
@@ -606,43 +613,44 @@ Status ValidateConfig(const Config& config) {
 
 Json Config::ToJson() const {
   Json j{{"master.name", master_name},
-              {"sig.maxReplicas", max_replicas},
-              {"sig.minReplicas", min_replicas},
-              {"sig.cpu", std::to_string(container_cpu_millis) + "m"},
-              {"sig.memory", container_memory_bytes},
-              {"sig.gpu", container_gpus},
-              {"sig.ssAllocationUnit", allocation_unit},
-              {"sig.ssAllocationInterval", FormatDuration(allocation_interval)},
-              {"sig.idleTimeout", FormatDuration(idle_timeout)},
-              {"cluster.basePort", base_port},
-              {"storage.dataDir", data_dir},
-              {"storage.snapshotEvery", snapshot_every},
-              {"storage.minFreeBytes", min_free_bytes},
-              {"executor.backend", backend},
-                      {"executor.leaseTime", FormatDuration(lease)},
-              {"executor.registerTimeout", FormatDuration(register_timeout)},
-              {"executor.pollTimeout", FormatDuration(poll_timeout)},
-              {"api.host", host},
-              {"api.maxBodyBytes", max_body_bytes},
-              {"api.threads", threads},
-              {"api.ioThreads", io_threads},
-              {"api.maxStreams", max_streams},
-              {"api.maxStreamsPerPrincipal", max_streams_per_principal},
-              {"api.maxConnections", max_connections},
-              {"api.maxConnectionsPerClient", max_connections_per_client},
-              {"api.maxLogResponseBytes", max_log_response_bytes},
-              {"api.tlsHandshakeTimeout", FormatDuration(tls_handshake_timeout)},
-              {"api.headerTimeout", FormatDuration(header_timeout)},
-              {"api.bodyTimeout", FormatDuration(body_timeout)},
-              {"api.keepAliveTimeout", FormatDuration(keep_alive_timeout)},
-              {"api.writeTimeout", FormatDuration(write_timeout)},
-              {"api.advertiseUrl", advertise_url},
-              {"api.tokensFile", tokens_file},
-              {"cluster.tlsCertificate", tls_certificate},
-              {"cluster.tlsKey", tls_key},
-              {"cluster.tlsCaCertificate", tls_ca},
-              {"ha.tailInterval", FormatDuration(tail_interval)},
-              {"ha.secondaryDir", secondary_dir}};
+         {"sig.maxReplicas", max_replicas},
+         {"sig.minReplicas", min_replicas},
+         {"sig.cpu", std::to_string(container_cpu_millis) + "m"},
+         {"sig.memory", container_memory_bytes},
+         {"sig.gpu", container_gpus},
+         {"sig.ssAllocationUnit", allocation_unit},
+         {"sig.ssAllocationInterval", FormatDuration(allocation_interval)},
+         {"sig.idleTimeout", FormatDuration(idle_timeout)},
+         {"cluster.basePort", base_port},
+         {"storage.dataDir", data_dir},
+         {"storage.snapshotEvery", snapshot_every},
+         {"storage.minFreeBytes", min_free_bytes},
+         {"executor.backend", backend},
+         {"executor.leaseTime", FormatDuration(lease)},
+         {"executor.registerTimeout", FormatDuration(register_timeout)},
+         {"executor.pollTimeout", FormatDuration(poll_timeout)},
+         {"api.host", host},
+         {"api.maxBodyBytes", max_body_bytes},
+         {"api.threads", threads},
+         {"api.ioThreads", io_threads},
+         {"api.maxStreams", max_streams},
+         {"api.maxStreamsPerPrincipal", max_streams_per_principal},
+         {"api.maxConnections", max_connections},
+         {"api.maxConnectionsPerClient", max_connections_per_client},
+         {"api.maxLogResponseBytes", max_log_response_bytes},
+         {"api.tlsHandshakeTimeout", FormatDuration(tls_handshake_timeout)},
+         {"api.headerTimeout", FormatDuration(header_timeout)},
+         {"api.bodyTimeout", FormatDuration(body_timeout)},
+         {"api.keepAliveTimeout", FormatDuration(keep_alive_timeout)},
+         {"api.writeTimeout", FormatDuration(write_timeout)},
+         {"api.sessionTtl", FormatDuration(session_ttl)},
+         {"api.advertiseUrl", advertise_url},
+         {"api.tokensFile", tokens_file},
+         {"cluster.tlsCertificate", tls_certificate},
+         {"cluster.tlsKey", tls_key},
+         {"cluster.tlsCaCertificate", tls_ca},
+         {"ha.tailInterval", FormatDuration(tail_interval)},
+         {"ha.secondaryDir", secondary_dir}};
   j["executor.watchInterval"] = FormatDuration(watch_interval);
   j["slurm.partition"] = slurm_partition;
   j["slurm.account"] = slurm_account;

@@ -81,6 +81,7 @@ struct Config {
   Micros write_timeout = std::chrono::seconds(30);   // api.writeTimeout: each write
   std::string advertise_url;  // default https://<host>:<port>
   std::string tokens_file;    // api.tokensFile; empty = <data-dir>/tokens.json
+  Micros session_ttl = std::chrono::hours(12);  // api.sessionTtl: a console session's life
   bool plain_http = false;    // epochd --insecure-http (not a key): no TLS
   // ha.* (hot standby)
   Micros tail_interval = std::chrono::milliseconds(100);  // tail + election attempt period

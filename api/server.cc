@@ -38,6 +38,7 @@ void ApiServer::Impl::Routes() {
   MetricsRoutes();
   EventRoutes();
   ContainerRoutes();
+  SessionRoutes();
 }
 
 // The leader's address as this master knows it: leader.json on the shared data
@@ -76,6 +77,9 @@ bool ApiServer::Impl::Admit(const Request& req, Response& res) {
     } else {
       who = ok;
     }
+  } else if (std::string secret = CookieValue(req.Header("Cookie"), kSessionCookie);
+             !secret.empty() && !req.HasHeader("Authorization")) {
+    who = SessionCaller(req, secret);
   } else {
     who = tokens->Authenticate(req.Header("Authorization"));
   }
@@ -92,6 +96,18 @@ bool ApiServer::Impl::Admit(const Request& req, Response& res) {
   }
   t_caller = std::move(*who);
   return true;
+}
+
+Result<Principal> ApiServer::Impl::SessionCaller(const Request& req, const std::string& secret) {
+  ASSIGN_OR_RETURN(SessionEntry session, sessions->Find(secret));
+  ASSIGN_OR_RETURN(Principal who, tokens->ById(session.token_id));
+  if (req.method != "GET" && req.method != "HEAD" &&
+      !ConstantTimeEquals(req.Header("X-CSRF-Token"), SessionCsrf(secret))) {
+    return PermissionDenied(
+        "a request with a session cookie that changes anything needs the session's CSRF "
+        "token in the X-CSRF-Token header (GET /v1/session gives it)");
+  }
+  return who;
 }
 
 void ApiServer::Impl::HaRouting() {
@@ -158,6 +174,7 @@ Result<int> ApiServer::Bind(const std::string& host, int port) {
                  tokens_path, tokens_path);
   }
   impl_->tokens = std::make_unique<TokenStore>(tokens_path);
+  impl_->sessions = std::make_unique<SessionStore>(c.data_dir + "/sessions.json", impl_->clock);
   return impl_->http.Bind(host, port);
 }
 

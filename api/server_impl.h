@@ -43,7 +43,8 @@ struct ApiServer::Impl {
   HttpServer http;
   std::atomic<bool> stopping{false};
   StreamSlots streams;
-  std::unique_ptr<TokenStore> tokens;  // set by Bind
+  std::unique_ptr<TokenStore> tokens;      // set by Bind
+  std::unique_ptr<SessionStore> sessions;  // set by Bind
 
   Mutex metrics_mu;
   // (route, status) -> count
@@ -102,6 +103,9 @@ struct ApiServer::Impl {
   using Handler = std::function<void(const Request&, Response&)>;
   void Get(const std::string& pattern, Handler h) { http.Route("GET", pattern, std::move(h)); }
   void Post(const std::string& pattern, Handler h) { http.Route("POST", pattern, std::move(h)); }
+  void Delete(const std::string& pattern, Handler h) {
+    http.Route("DELETE", pattern, std::move(h));
+  }
 
   // Wraps a handler: exceptions become 500s, requests are counted and logged.
   Handler Wrap(std::string route, Handler h) {
@@ -143,12 +147,17 @@ struct ApiServer::Impl {
   void MetricsRoutes();    // api/routes_metrics.cc
   void EventRoutes();      // api/routes_events.cc
   void ContainerRoutes();  // api/routes_containers.cc
+  void SessionRoutes();    // api/routes_session.cc
 
   // Who made this request (authenticated before routing).
   static const Principal& Caller() { return t_caller; }
   std::string Actor(const Request&) { return Caller().Actor(); }
   // Authenticates and authorises a request; false (with the 401/403 written) to stop it.
   bool Admit(const Request& req, Response& res);
+  // The principal of a request that carries a session cookie (`secret`) and no token:
+  // its token's, while the session and the token live; anything but a GET also needs
+  // the session's CSRF token in X-CSRF-Token.
+  Result<Principal> SessionCaller(const Request& req, const std::string& secret);
   // What `p` may see, for the engine's views (engine/views.h): null for those who see
   // every tenant, else their own tenant's.
   static engine::TenantFilter Visible(const Principal& p = Caller()) {

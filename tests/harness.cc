@@ -282,6 +282,7 @@ HttpResult Do(const std::string& url, const std::function<httplib::Result(httpli
   out.body = r->body;
   out.content_type = r->get_header_value("Content-Type");
   out.location = r->get_header_value("Location");
+  out.set_cookie = r->get_header_value("Set-Cookie");
   out.role = r->get_header_value("Epoch-Role");
   std::string pos = r->get_header_value("Epoch-Position");
   if (!pos.empty()) out.position = std::strtoull(pos.c_str(), nullptr, 10);
@@ -290,13 +291,15 @@ HttpResult Do(const std::string& url, const std::function<httplib::Result(httpli
 }  // namespace
 
 HttpResult HttpCall(const std::string& url, const std::string& method, const std::string& path,
-                    const std::string& body, const std::string& token) {
+                    const std::string& body, const std::string& token,
+                    const std::vector<std::pair<std::string, std::string>>& headers) {
   return Do(
       url,
       [&](httplib::Client& c) {
         httplib::Request req;
         req.method = method;
         req.path = path;
+        for (const auto& [k, v] : headers) req.set_header(k, v);
         if (method != "GET" && method != "HEAD") {
           req.body = body;
           req.set_header("Content-Type", "application/json");

@@ -37,6 +37,7 @@ struct HttpResult {
   std::string location;  // the Location header (redirects)
   std::string role;      // the Epoch-Role header
   uint64_t position = 0;  // the Epoch-Position header
+  std::string set_cookie;  // the Set-Cookie header
   Json json() const;
 };
 
@@ -129,9 +130,10 @@ std::string AddToken(const std::string& data_dir, const std::string& user,
 HttpResult HttpGet(const std::string& url, const std::string& path);
 HttpResult HttpPost(const std::string& url, const std::string& path, const std::string& body,
                     const std::vector<std::pair<std::string, std::string>>& headers = {});
-// Any method, with `token` as the bearer token (none when empty).
+// Any method, with `token` as the bearer token (none when empty) and `headers`.
 HttpResult HttpCall(const std::string& url, const std::string& method, const std::string& path,
-                    const std::string& body, const std::string& token);
+                    const std::string& body, const std::string& token,
+                    const std::vector<std::pair<std::string, std::string>>& headers = {});
 
 // A field of /proc/<pid>/status ("Threads", "VmRSS" in kB, ...); -1 if missing.
 int64_t ProcStatus(pid_t pid, const std::string& field);

@@ -501,5 +501,98 @@ TEST_F(SecurityE2ETest, LimitsAnswer4xxAndTheServerStaysUp) {
   EXPECT_EQ(d.Head(), head);
 }
 
+// Console sessions (issue 18): a token exchanged for a session cookie; the cookie's
+// flags; what a session may do is its token's (role and tenant); writes need the CSRF
+// token; signing out and revoking the token each end the session.
+TEST_F(SecurityE2ETest, ASessionCookieActsAsItsTokenWithCsrfAndEndsWithItOrOnSignOut) {
+  std::string data = dir_.path() + "/data";
+  Epochd d(data);
+  d.Start();
+  std::string op = AddToken(data, "olga", "ml", "operator");
+  std::string vi = AddToken(data, "victor", "ml", "viewer");
+  auto call = [&](const std::string& method, const std::string& path, const std::string& body,
+                  std::vector<std::pair<std::string, std::string>> headers = {}) {
+    return HttpCall(d.url(), method, path, body, "", headers);
+  };
+  // Signing in: a bad token, a malformed body, then the operator's token.
+  EXPECT_EQ(call("POST", "/v1/session", R"({"token": "epoch_00000000_x"})").status, 401);
+  HttpResult wrong = call("POST", "/v1/session", R"({"token": 7})");
+  EXPECT_EQ(wrong.status, 400);
+  EXPECT_NE(wrong.body.find("token: must be a string"), std::string::npos) << wrong.body;
+  EXPECT_EQ(call("POST", "/v1/session", "").status, 400);
+  HttpResult in = call("POST", "/v1/session", Json{{"token", op}}.dump());
+  ASSERT_EQ(in.status, 201) << in.body;
+  EXPECT_EQ(in.json()["user"], "olga");
+  EXPECT_EQ(in.json()["tenant"], "ml");
+  EXPECT_EQ(in.json()["role"], "operator");
+  const std::string csrf = in.json()["csrf_token"];
+  EXPECT_EQ(csrf.size(), 64u);
+  EXPECT_EQ(in.body.find(op), std::string::npos) << "the token goes nowhere";
+  // The cookie: HttpOnly, Secure, SameSite=Strict, the whole site, 12 h.
+  const std::string& sc = in.set_cookie;
+  ASSERT_EQ(sc.rfind("epoch_session=es_", 0), 0u) << sc;
+  for (const char* flag :
+       {"; HttpOnly", "; Secure", "; SameSite=Strict", "; Path=/", "; Max-Age=43200"}) {
+    EXPECT_NE(sc.find(flag), std::string::npos) << flag << " in " << sc;
+  }
+  const std::string cookie = sc.substr(0, sc.find(';'));
+  const std::string secret = cookie.substr(cookie.find('=') + 1);
+  EXPECT_EQ(ReadAll(data + "/sessions.json").find(secret), std::string::npos)
+      << "only the secret's hash is kept";
+  std::vector<std::pair<std::string, std::string>> with_cookie = {{"Cookie", "a=b; " + cookie}};
+  // Reads with the cookie alone; GET /v1/session says who and gives the CSRF token.
+  EXPECT_EQ(call("GET", "/v1/runs", "", with_cookie).status, 200);
+  HttpResult me = call("GET", "/v1/session", "", with_cookie);
+  ASSERT_EQ(me.status, 200) << me.body;
+  EXPECT_EQ(me.json()["user"], "olga");
+  EXPECT_EQ(me.json()["csrf_token"], csrf);
+  // A write without the CSRF token (what another site could make a browser send) is
+  // refused and does nothing; with it, it is the operator's.
+  const std::string wf = R"({"name": "w", "steps": [{"name": "a", "command": ["true"]}]})";
+  HttpResult forged = call("POST", "/v1/workflows", wf, with_cookie);
+  EXPECT_EQ(forged.status, 403) << forged.body;
+  EXPECT_NE(forged.body.find("X-CSRF-Token"), std::string::npos) << forged.body;
+  auto with_csrf = with_cookie;
+  with_csrf.push_back({"X-CSRF-Token", std::string(64, '0')});
+  EXPECT_EQ(call("POST", "/v1/workflows", wf, with_csrf).status, 403) << "a wrong CSRF token";
+  EXPECT_EQ(d.Get("/v1/workflows/w").status, 404) << "nothing was registered";
+  with_csrf.back().second = csrf;
+  EXPECT_EQ(call("POST", "/v1/workflows", wf, with_csrf).status, 201);
+  HttpResult run = call("POST", "/v1/runs", R"({"workflow": "w"})", with_csrf);
+  ASSERT_EQ(run.status, 201) << run.body;
+  EXPECT_EQ(d.WaitForRun(run.json()["id"])["submitter"], "olga@ml");
+  // A viewer's session may read, not write, CSRF token or not.
+  HttpResult vin = call("POST", "/v1/session", Json{{"token", vi}}.dump());
+  ASSERT_EQ(vin.status, 201);
+  std::vector<std::pair<std::string, std::string>> viewer = {
+      {"Cookie", vin.set_cookie.substr(0, vin.set_cookie.find(';'))},
+      {"X-CSRF-Token", vin.json()["csrf_token"]}};
+  EXPECT_EQ(call("GET", "/v1/runs/" + run.json()["id"].get<std::string>(), "", viewer).status, 200);
+  HttpResult cancel =
+      call("POST", "/v1/runs/" + run.json()["id"].get<std::string>() + "/cancel", "{}", viewer);
+  EXPECT_EQ(cancel.status, 403) << cancel.body;
+  // Revoking the viewer's token ends its session at once.
+  std::string out;
+  ASSERT_EQ(
+      RunCommand(EpochctlPath() + " admin token revoke --data-dir " + data + " " + vi.substr(6, 8),
+                 &out),
+      0)
+      << out;
+  HttpResult revoked = call("GET", "/v1/runs", "", viewer);
+  EXPECT_EQ(revoked.status, 401);
+  EXPECT_NE(revoked.body.find("revoked"), std::string::npos) << revoked.body;
+  // Signing out (CSRF token needed: it is a write) clears the cookie; it no longer works.
+  EXPECT_EQ(call("DELETE", "/v1/session", "", with_cookie).status, 403);
+  HttpResult outr = call("DELETE", "/v1/session", "", with_csrf);
+  EXPECT_EQ(outr.status, 204) << outr.body;
+  EXPECT_NE(outr.set_cookie.find("epoch_session=; "), std::string::npos) << outr.set_cookie;
+  EXPECT_NE(outr.set_cookie.find("Max-Age=0"), std::string::npos) << outr.set_cookie;
+  HttpResult after = call("GET", "/v1/runs", "", with_cookie);
+  EXPECT_EQ(after.status, 401);
+  EXPECT_NE(after.body.find("sign in again"), std::string::npos) << after.body;
+  // A token still works alongside (and wins over) any cookie.
+  EXPECT_EQ(HttpCall(d.url(), "GET", "/v1/runs", "", op, with_cookie).status, 200);
+}
+
 }  // namespace
 }  // namespace epoch::testing
