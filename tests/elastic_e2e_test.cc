@@ -43,11 +43,17 @@ Json Attempts(Epochd& d, const std::string& run) {
   return d.Get("/v1/runs/" + run).json()["steps"][0]["attempts"];
 }
 
-TEST(ElasticE2ETest, StartsWithTwoGrowsToThreeLosesOneAndFinishesWithTwo) {
-  TempDir dir;
-  Epochd d(dir.path() + "/data",
-           {"sig.minReplicas=3", "sig.maxReplicas=3", "sig.cpu=2", "executor.leaseTime=2s",
-            "scheduler.elasticMinRunTime=1s", "executor.metricsInterval=200ms"});
+// Three containers of 2 CPUs (a worker takes a whole one); a gang grows after 1 s.
+const std::vector<std::string> kThreeContainers = {"sig.minReplicas=3",
+                                                   "sig.maxReplicas=3",
+                                                   "sig.cpu=2",
+                                                   "executor.leaseTime=2s",
+                                                   "scheduler.elasticMinRunTime=1s",
+                                                   "executor.metricsInterval=200ms"};
+
+// Starts `d`, waits for its three containers, and keeps one busy for 3 s (the `hold`
+// run, running when this returns): a gang of 2 to 3 starts with 2 and can grow to 3.
+void StartWithOneContainerBusy(Epochd& d) {
   d.Start();
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -57,13 +63,19 @@ TEST(ElasticE2ETest, StartsWithTwoGrowsToThreeLosesOneAndFinishesWithTwo) {
         return n == 3;
       },
       30s));
-  // One container is busy for 3 s.
   std::string hold = d.RegisterAndSubmit(Json::parse(R"({"name": "hold", "steps": [
       {"name": "a", "resources": {"cpu": "2"}, "command": ["sleep", "3"]}]})"));
   d.WaitForRunState(hold, [](const Json& r) {
     return !r.value("steps", Json::array()).empty() &&
            r["steps"][0].value("state", "") == "running";
   });
+}
+
+TEST(ElasticE2ETest, StartsWithTwoGrowsToThreeLosesOneAndFinishesWithTwo) {
+  TempDir dir;
+  Epochd d(dir.path() + "/data", kThreeContainers);
+  StartWithOneContainerBusy(d);
+  if (HasFatalFailure()) return;
   Json def{{"name", "elastic"},
            {"steps", Json::array({Json{{"name", "train"},
                                        {"kind", "train"},
@@ -135,24 +147,9 @@ TEST(ElasticE2ETest, StartsWithTwoGrowsToThreeLosesOneAndFinishesWithTwo) {
 // decides the resize again nor places the next attempt before every old rank has ended.
 TEST(ElasticE2ETest, AMasterKilledDuringAResizeDoublesNoWorker) {
   TempDir dir;
-  Epochd d(dir.path() + "/data",
-           {"sig.minReplicas=3", "sig.maxReplicas=3", "sig.cpu=2", "executor.leaseTime=2s",
-            "scheduler.elasticMinRunTime=1s", "executor.metricsInterval=200ms"});
-  d.Start();
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        int n = 0;
-        Json cs = d.Get("/v1/containers").json()["items"];
-        for (const auto& c : cs) n += c["state"] == "registered";
-        return n == 3;
-      },
-      30s));
-  std::string hold = d.RegisterAndSubmit(Json::parse(R"({"name": "hold", "steps": [
-      {"name": "a", "resources": {"cpu": "2"}, "command": ["sleep", "3"]}]})"));
-  d.WaitForRunState(hold, [](const Json& r) {
-    return !r.value("steps", Json::array()).empty() &&
-           r["steps"][0].value("state", "") == "running";
-  });
+  Epochd d(dir.path() + "/data", kThreeContainers);
+  StartWithOneContainerBusy(d);
+  if (HasFatalFailure()) return;
   // The worker, with a SIGTERM trap that takes a second: the window for the kill.
   std::string worker = kWorker;
   const std::string fast = R"(trap 'echo "rank $RANK: SIGTERM"; exit 143' TERM)";
